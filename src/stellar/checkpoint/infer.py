@@ -1,0 +1,98 @@
+"""Infer a :class:`StellarConfig` from the tensor shapes of a bare official checkpoint.
+
+Shapes fix the widths, depths, patch size, native resolution, token count, decoder depth and
+head type. What they cannot fix takes the paper's defaults: attention heads come from the
+table of known widths (ViT-B 12, L 16, H 16, ...; otherwise width / 64), the spatial
+temperature is 0.06 and the clustering temperatures 0.12 / 0.06.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+
+from torch import Tensor
+
+from stellar.checkpoint.official import to_v4_layout
+from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
+
+# Heads for the widths in use (ViT-Ti/S/B/L/H, our tiny preset, the 512-wide decoder).
+HEADS_BY_WIDTH: dict[int, int] = {
+    96: 4,
+    192: 3,
+    256: 4,
+    384: 6,
+    512: 8,
+    768: 12,
+    1024: 16,
+    1280: 16,
+}
+
+
+def heads_for_width(width: int) -> int:
+    """Attention heads of a ViT of this width (known table, else width / 64)."""
+    if width in HEADS_BY_WIDTH:
+        return HEADS_BY_WIDTH[width]
+    if width % 64 == 0:
+        return width // 64
+    raise ValueError(
+        f"cannot infer the number of attention heads for width {width}: pass a config.json"
+    )
+
+
+def _depth(keys: list[str], part: str) -> int:
+    pattern = re.compile(rf"^{part}\.encoder\.layer\.(\d+)\.")
+    layers = {int(m.group(1)) for k in keys if (m := pattern.match(k))}
+    return max(layers) + 1 if layers else 0
+
+
+def infer_config(state: dict[str, Tensor]) -> StellarConfig:
+    """Build the config that the tensors of an official-layout state dict describe."""
+    state = to_v4_layout(state)
+    keys = list(state)
+    need = ["sparse_tokens", "encoder.embeddings.patch_embeddings.projection.weight"]
+    absent = [k for k in need if k not in state]
+    if absent:
+        raise ValueError(
+            f"not a STELLAR checkpoint: missing {', '.join(absent)} (found {len(keys)} tensors,"
+            f" e.g. {', '.join(keys[:5])})"
+        )
+    r, d = state["sparse_tokens"].shape
+    patch = state["encoder.embeddings.patch_embeddings.projection.weight"].shape[-1]
+    positions = state["encoder.embeddings.position_embeddings"].shape[1] - 1
+    side = math.isqrt(positions)
+    mlp = state["encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]
+    encoder = EncoderConfig(
+        hidden_size=d,
+        num_hidden_layers=_depth(keys, "encoder"),
+        num_attention_heads=heads_for_width(d),
+        intermediate_size=mlp,
+        image_size=side * patch,
+        patch_size=patch,
+        qkv_bias="encoder.encoder.layer.0.attention.attention.query.bias" in state,
+    )
+    fields: dict = {"encoder": encoder, "num_sparse_tokens": r}
+    if "decoder_proj.weight" in state:
+        width = state["decoder_proj.weight"].shape[0]
+        head = state["reconstruction_head.weight"]
+        fields.update(
+            num_decoder_layers=_depth(keys, "decoder"),
+            decoder=DecoderConfig(
+                hidden_size=width,
+                num_attention_heads=heads_for_width(width),
+                intermediate_size=state["decoder.encoder.layer.0.intermediate.dense.weight"].shape[
+                    0
+                ],
+            ),
+            decoder_head="pixel" if head.ndim == 4 else "vq",
+            fourier_features=state["position_embedding.positional_encoding_gaussian_matrix"].shape[
+                1
+            ],
+        )
+        if head.ndim == 2:
+            fields["vq_codebook_size"] = head.shape[0]
+    if "clustering_head.layer.weight" in state:
+        k, proto = state["clustering_head.layer.weight"].shape
+        hidden = state["clustering_head.predictor.layers.0.weight"].shape[0]
+        fields.update(num_clusters=k, prototype_dim=proto, predictor_hidden_dim=hidden)
+    return StellarConfig(**fields)

@@ -1,0 +1,164 @@
+"""Translate between our parameter names and the official checkpoint layout.
+
+The official model's encoder and decoder are HF ``ViTModel`` instances, so their keys follow
+transformers 4.x (``encoder.encoder.layer.{i}.attention.attention.query``) or 5.x
+(``encoder.layers.{i}.attention.q_proj``). We fuse q, k and v into one ``qkv`` projection and
+give modules names that read like the method; this module is the only place that knows both.
+"""
+
+from __future__ import annotations
+
+import re
+
+import torch
+from torch import Tensor
+
+# Official keys that exist in released checkpoints but that no STELLAR computation reads.
+KNOWN_UNUSED_PREFIXES: tuple[str, ...] = (
+    "encoder.pooler.",  # HF ViTModel pooler, never called
+    "decoder.pooler.",
+    "decoder.embeddings.",  # the decoder ViT's own patch/CLS/position embeddings, bypassed
+)
+
+# Parts of the official model and the purposes that need them.
+DECODER_PREFIXES: tuple[str, ...] = (
+    "decoder.",
+    "decoder_proj.",
+    "position_embedding.",
+    "reconstruction_head.",
+)
+HEAD_PREFIXES: tuple[str, ...] = ("clustering_head.", "cls_cluster_head.")
+
+# Inside one HF ViT block (4.x names) -> inside one of our blocks.
+_BLOCK_PARTS: dict[str, str] = {
+    "layernorm_before": "norm1",
+    "attention.output.dense": "attn.proj",
+    "layernorm_after": "norm2",
+    "intermediate.dense": "mlp.fc1",
+    "output.dense": "mlp.fc2",
+}
+_QKV = ("query", "key", "value")
+
+# Whole-name renames outside the blocks (official 4.x -> ours).
+_RENAMES: dict[str, str] = {
+    "encoder.embeddings.patch_embeddings.projection": "encoder.patch_embed",
+    "encoder.embeddings.cls_token": "encoder.cls_token",
+    "encoder.embeddings.position_embeddings": "encoder.pos_embed",
+    "encoder.layernorm": "encoder.norm",
+    "decoder.layernorm": "decoder.norm",
+    "decoder_proj": "decoder.proj",
+    "position_embedding.positional_encoding_gaussian_matrix": "decoder.fourier.gaussian_matrix",
+    "reconstruction_head": "decoder.head",
+}
+
+# transformers 5.x -> 4.x, inside ``{encoder,decoder}.layers.{i}.``
+_V5_PARTS: dict[str, str] = {
+    "attention.q_proj": "attention.attention.query",
+    "attention.k_proj": "attention.attention.key",
+    "attention.v_proj": "attention.attention.value",
+    "attention.o_proj": "attention.output.dense",
+    "mlp.fc1": "intermediate.dense",
+    "mlp.fc2": "output.dense",
+    "layernorm_before": "layernorm_before",
+    "layernorm_after": "layernorm_after",
+}
+_V5_BLOCK = re.compile(r"^(encoder|decoder)\.layers\.(\d+)\.(.+)\.(weight|bias)$")
+_V4_BLOCK = re.compile(r"^(encoder|decoder)\.encoder\.layer\.(\d+)\.(.+)\.(weight|bias)$")
+_OUR_BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
+
+
+def is_known_unused(key: str) -> bool:
+    """Whether an official key is on the explicit list of tensors STELLAR never reads."""
+    return key.startswith(KNOWN_UNUSED_PREFIXES)
+
+
+def to_v4_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Rename transformers-5.x ViT keys to the 4.x layout; 4.x keys pass through."""
+    out = {}
+    for key, value in state.items():
+        m = _V5_BLOCK.match(key)
+        if m and m.group(3) in _V5_PARTS:
+            part, i = m.group(1), m.group(2)
+            key = f"{part}.encoder.layer.{i}.{_V5_PARTS[m.group(3)]}.{m.group(4)}"
+        out[key] = value
+    return out
+
+
+def from_official(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str], list[str]]:
+    """Map an official state dict (4.x or 5.x) to our names.
+
+    Returns:
+        ``(mapped, unused, unknown)``: tensors under our names; official keys that are known
+        to be unused; keys that match nothing (the caller reports them).
+    """
+    mapped: dict[str, Tensor] = {}
+    unused: list[str] = []
+    unknown: list[str] = []
+    qkv: dict[tuple[str, str, str], dict[str, Tensor]] = {}
+    for key, value in to_v4_layout(state).items():
+        if is_known_unused(key):
+            unused.append(key)
+            continue
+        m = _V4_BLOCK.match(key)
+        if m:
+            part, i, inner, kind = m.groups()
+            if inner.startswith("attention.attention.") and inner.rsplit(".", 1)[1] in _QKV:
+                qkv.setdefault((part, i, kind), {})[inner.rsplit(".", 1)[1]] = value
+            elif inner in _BLOCK_PARTS:
+                mapped[f"{part}.blocks.{i}.{_BLOCK_PARTS[inner]}.{kind}"] = value
+            else:
+                unknown.append(key)
+            continue
+        new = _rename(key)
+        if new is None:
+            unknown.append(key)
+        else:
+            mapped[new] = value
+    for (part, i, kind), parts in qkv.items():
+        missing = [name for name in _QKV if name not in parts]
+        if missing:
+            prefix = f"{part}.encoder.layer.{i}.attention.attention"
+            unknown.extend(f"{prefix}.{name}.{kind} (missing)" for name in missing)
+            continue
+        mapped[f"{part}.blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in _QKV], 0)
+    return mapped, unused, unknown
+
+
+def to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Map our state dict to the official transformers-4.x layout (qkv split back apart)."""
+    inverse_blocks = {ours: theirs for theirs, ours in _BLOCK_PARTS.items()}
+    inverse_names = {ours: theirs for theirs, ours in _RENAMES.items()}
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        if key.startswith("tokenizer."):
+            continue  # the frozen VQGAN ships separately
+        m = _OUR_BLOCK.match(key)
+        if m:
+            part, i, inner, kind = m.groups()
+            prefix = f"{part}.encoder.layer.{i}"
+            if inner == "attn.qkv":
+                for name, chunk in zip(_QKV, value.chunk(3, dim=0), strict=True):
+                    out[f"{prefix}.attention.attention.{name}.{kind}"] = chunk.contiguous()
+            else:
+                out[f"{prefix}.{inverse_blocks[inner]}.{kind}"] = value
+            continue
+        stem, _, kind = key.rpartition(".")
+        if key in inverse_names:
+            out[inverse_names[key]] = value
+        elif stem in inverse_names:
+            out[f"{inverse_names[stem]}.{kind}"] = value
+        else:
+            out[key] = value
+    return out
+
+
+def _rename(key: str) -> str | None:
+    if key in _RENAMES:
+        return _RENAMES[key]
+    stem, _, kind = key.rpartition(".")
+    if stem in _RENAMES:
+        return f"{_RENAMES[stem]}.{kind}"
+    identity = ("sparse_tokens", "dense_proj.", "sparse_proj.") + HEAD_PREFIXES
+    if key.startswith(identity):
+        return key
+    return None

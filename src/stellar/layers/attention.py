@@ -1,0 +1,46 @@
+"""Multi-head self-attention with a fused qkv projection and PyTorch's SDPA kernels."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+
+class Attention(nn.Module):
+    """Self-attention over a token sequence.
+
+    q, k and v come from one fused ``Linear(dim, 3*dim)`` (one GEMM instead of three); the
+    checkpoint mapping splits and joins it to the separate query/key/value tensors of the
+    official HF-ViT layout.
+
+    Args:
+        dim: token width.
+        num_heads: number of heads; must divide ``dim``.
+        qkv_bias: whether q, k and v have biases.
+    """
+
+    def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:
+        super().__init__()
+        if dim % num_heads:
+            raise ValueError(f"width {dim} is not divisible by num_heads={num_heads}")
+        self.num_heads = num_heads
+        self.qkv = nn.Linear(dim, 3 * dim, bias=qkv_bias)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        b, n, d = x.shape
+        qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads)
+        q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
+        out = F.scaled_dot_product_attention(q, k, v)
+        return self.proj(out.transpose(1, 2).reshape(b, n, d))
+
+
+def attention_reference(x: Tensor, attn: Attention) -> Tensor:
+    """The plain softmax(QK^T/sqrt(d))V maths, for tests against the fused kernel."""
+    b, n, d = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, d))

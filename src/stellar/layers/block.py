@@ -1,0 +1,59 @@
+"""Pre-LayerNorm transformer block (HF ``ViTLayer`` semantics)."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from stellar.layers.attention import Attention
+from stellar.layers.mlp import Mlp
+
+
+class Block(nn.Module):
+    """``x = x + Attn(LN1(x)); x = x + MLP(LN2(x))``.
+
+    Args:
+        dim: token width.
+        num_heads: attention heads.
+        mlp_dim: hidden width of the MLP.
+        eps: LayerNorm epsilon (1e-12 in STELLAR, as in HF ViT).
+        qkv_bias: whether q, k, v have biases.
+    """
+
+    def __init__(
+        self, dim: int, num_heads: int, mlp_dim: int, eps: float = 1e-12, qkv_bias: bool = True
+    ) -> None:
+        super().__init__()
+        self.norm1 = nn.LayerNorm(dim, eps=eps)
+        self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
+        self.norm2 = nn.LayerNorm(dim, eps=eps)
+        self.mlp = Mlp(dim, mlp_dim)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class Transformer(nn.Module):
+    """A stack of :class:`Block` followed by a final LayerNorm on every token."""
+
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        num_heads: int,
+        mlp_dim: int,
+        eps: float = 1e-12,
+        qkv_bias: bool = True,
+    ) -> None:
+        super().__init__()
+        self.blocks = nn.ModuleList(
+            Block(dim, num_heads, mlp_dim, eps=eps, qkv_bias=qkv_bias) for _ in range(depth)
+        )
+        self.norm = nn.LayerNorm(dim, eps=eps)
+
+    def forward(self, x: Tensor) -> Tensor:
+        """(B, N, D) -> (B, N, D)."""
+        for block in self.blocks:
+            x = block(x)
+        return self.norm(x)

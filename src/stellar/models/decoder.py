@@ -1,0 +1,62 @@
+"""The light reconstruction decoder that turns the low-rank feature map back into an image."""
+
+from __future__ import annotations
+
+from torch import Tensor, nn
+
+from stellar.layers import FourierPositionEncoding, Transformer
+from stellar.models.config import DecoderConfig
+
+
+class ReconstructionDecoder(Transformer):
+    """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head.
+
+    Args:
+        in_dim: encoder width d.
+        cfg: decoder transformer size.
+        depth: number of blocks (``num_decoder_layers``).
+        head: ``"pixel"`` (ConvTranspose2d to RGB) or ``"vq"`` (logits over a codebook).
+        patch_size: encoder patch size (the pixel head's kernel and stride).
+        codebook_size: VQ codebook entries (the vq head's output width).
+        fourier_features: random Fourier features F (the encoding is 2F wide).
+        eps: LayerNorm epsilon.
+    """
+
+    def __init__(
+        self,
+        in_dim: int,
+        cfg: DecoderConfig,
+        depth: int,
+        head: str,
+        patch_size: int,
+        codebook_size: int = 1024,
+        fourier_features: int = 256,
+        eps: float = 1e-12,
+    ) -> None:
+        super().__init__(
+            cfg.hidden_size, depth, cfg.num_attention_heads, cfg.intermediate_size, eps=eps
+        )
+        if 2 * fourier_features != cfg.hidden_size:
+            raise ValueError(
+                f"the Fourier encoding is {2 * fourier_features} wide but the decoder is "
+                f"{cfg.hidden_size} wide"
+            )
+        self.head_type = head
+        self.proj = nn.Linear(in_dim, cfg.hidden_size)
+        self.fourier = FourierPositionEncoding(fourier_features)
+        if head == "pixel":
+            self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, patch_size, stride=patch_size)
+        else:
+            self.head = nn.Linear(cfg.hidden_size, codebook_size)
+
+    def forward_features(self, lowrank: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Decoder tokens before the head: (B, h*w, d) -> (B, h*w, hidden)."""
+        x = self.proj(lowrank) + self.fourier(grid).to(lowrank.dtype)
+        return super().forward(x)
+
+    def head_output(self, features: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Pixel head: (B, h*w, C) -> (B, 3, h*p, w*p); vq head: (B, h*w, C) -> (B, h*w, V)."""
+        if self.head_type == "vq":
+            return self.head(features)
+        b, _, c = features.shape
+        return self.head(features.transpose(1, 2).reshape(b, c, *grid))

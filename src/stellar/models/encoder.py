@@ -1,0 +1,54 @@
+"""The ViT encoder: patch embedding, CLS token, learned positions, pre-LN blocks."""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor, nn
+
+from stellar.layers import Transformer, resize_patch_pos_embed
+from stellar.models.config import EncoderConfig
+
+
+class ViTEncoder(Transformer):
+    """A standard pre-LayerNorm ViT (HF ``ViTModel`` semantics) that also carries extra tokens.
+
+    Extra tokens (STELLAR's concept queries) are appended after the CLS and patch tokens and
+    get no position embedding; the final LayerNorm applies to every output token.
+    """
+
+    def __init__(self, cfg: EncoderConfig) -> None:
+        super().__init__(
+            cfg.hidden_size,
+            cfg.num_hidden_layers,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+            eps=cfg.layer_norm_eps,
+            qkv_bias=cfg.qkv_bias,
+        )
+        self.patch_size = cfg.patch_size
+        d = cfg.hidden_size
+        self.patch_embed = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, stride=cfg.patch_size)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
+        self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid_size**2, d))
+
+    def patch_tokens(self, pixels: Tensor) -> Tensor:
+        """Embedded patches with their position embeddings, (B, 3, H, W) -> (B, h*w, D)."""
+        grid = (pixels.shape[-2] // self.patch_size, pixels.shape[-1] // self.patch_size)
+        x = self.patch_embed(pixels).flatten(2).transpose(1, 2)
+        return x + resize_patch_pos_embed(self.pos_embed[:, 1:], grid)
+
+    def cls_tokens(self, batch_size: int) -> Tensor:
+        """The CLS token with its position embedding, (B, 1, D)."""
+        return (self.cls_token + self.pos_embed[:, :1]).expand(batch_size, -1, -1)
+
+    def forward_features(self, pixels: Tensor, extra_tokens: Tensor | None = None) -> Tensor:
+        """Encode ``[CLS, patches, extra]``: (B, 3, H, W) -> (B, 1 + h*w + r, D)."""
+        patches = self.patch_tokens(pixels)
+        return self.run(patches, extra_tokens)
+
+    def run(self, patches: Tensor, extra_tokens: Tensor | None = None) -> Tensor:
+        """Blocks + final norm over ``[CLS, patches, extra]`` given embedded patches (B, n, D)."""
+        parts = [self.cls_tokens(patches.shape[0]).to(patches.dtype), patches]
+        if extra_tokens is not None:
+            parts.append(extra_tokens.to(patches.dtype))
+        return super().forward(torch.cat(parts, dim=1))

@@ -1,0 +1,343 @@
+"""STELLAR: a ViT with r concept queries, factorised into "what" (S) and "where" (L).
+
+``encode`` turns images into concept tokens ``sparse`` (S, B x r x d) and a localisation matrix
+``spatial`` (L, B x n x r, rows on the simplex); ``lowrank = L @ S`` is the dense feature map the
+decoder turns back into the image (``reconstruct``).
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Literal
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stellar.losses.clustering import OnlineClustering
+from stellar.models.config import StellarConfig
+from stellar.models.decoder import ReconstructionDecoder
+from stellar.models.encoder import ViTEncoder
+
+if TYPE_CHECKING:
+    from stellar.models.vqgan import MaskGITVQGAN
+
+Purpose = Literal["encode", "reconstruct", "pretrain"]
+PURPOSES: tuple[str, ...] = ("encode", "reconstruct", "pretrain")
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# Inputs may overshoot [0, 1] by this much (resampling, bf16 rounding) before we refuse them.
+RANGE_TOLERANCE = 1e-3
+
+
+class STELLAR(nn.Module):
+    """The STELLAR model.
+
+    Args:
+        config: architecture.
+        purpose: which modules exist. ``"encode"``: encoder, concept tokens and the two
+            projections; ``"reconstruct"``: also the decoder; ``"pretrain"``: also the two
+            online-clustering heads.
+    """
+
+    def __init__(self, config: StellarConfig, purpose: Purpose = "encode") -> None:
+        super().__init__()
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        self.config = config
+        self.purpose = purpose
+        enc = config.encoder
+        d = enc.hidden_size
+        self.patch_size = enc.patch_size
+        self.encoder = ViTEncoder(enc)
+        self.sparse_tokens = nn.Parameter(torch.randn(config.num_sparse_tokens, d) * d**-0.5)
+        self.dense_proj = nn.Linear(d, d)
+        self.sparse_proj = nn.Linear(d, d)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+        self.decoder: ReconstructionDecoder | None = None
+        self.clustering_head: OnlineClustering | None = None
+        self.cls_cluster_head: OnlineClustering | None = None
+        self.tokenizer: MaskGITVQGAN | None = None
+        if purpose in ("reconstruct", "pretrain"):
+            self.decoder = ReconstructionDecoder(
+                d,
+                config.decoder,
+                config.num_decoder_layers,
+                config.decoder_head,
+                enc.patch_size,
+                codebook_size=config.vq_codebook_size,
+                fourier_features=config.fourier_features,
+                eps=enc.layer_norm_eps,
+            )
+        if purpose == "pretrain":
+            head = dict(hidden_dim=config.predictor_hidden_dim, proto_dim=config.prototype_dim)
+            self.clustering_head = OnlineClustering(d, config.num_clusters, **head)
+            self.cls_cluster_head = OnlineClustering(d, config.num_clusters, **head)
+        self.init_weights()
+
+    # ------------------------------------------------------------------ initialisation
+    def init_weights(self) -> None:
+        """HF-ViT style init: truncated normal (std 0.02) for linear/conv weights, zero biases.
+
+        Concept tokens keep N(0, 1)·d^-0.5, prototypes keep N(0, 1), the Fourier matrix N(0, 1).
+        """
+        for name, module in self.named_modules():
+            if name.startswith("tokenizer") or name.endswith(".layer"):
+                continue  # frozen third-party tokenizer; clustering prototypes
+            if isinstance(module, nn.Linear | nn.Conv2d):
+                nn.init.trunc_normal_(module.weight, std=0.02)
+                if module.bias is not None:
+                    nn.init.zeros_(module.bias)
+            elif isinstance(module, nn.LayerNorm):
+                nn.init.ones_(module.weight)
+                nn.init.zeros_(module.bias)
+        nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
+        nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
+
+    # ------------------------------------------------------------------ properties
+    @property
+    def num_tokens(self) -> int:
+        """r, the number of concept tokens."""
+        return self.sparse_tokens.shape[0]
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the encoder's weights."""
+        return self.sparse_tokens.dtype
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the encoder's weights."""
+        return self.sparse_tokens.device
+
+    def grid(self, images: Tensor) -> tuple[int, int]:
+        """Patch grid (h, w) of an image batch (B, 3, H, W)."""
+        return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
+
+    # ------------------------------------------------------------------ encoding
+    def check_images(self, images: Tensor) -> None:
+        """Raise ValueError unless ``images`` is a non-empty (B, 3, H, W) float batch in [0, 1]
+        with H and W divisible by the patch size."""
+        p = self.patch_size
+        if not isinstance(images, Tensor):
+            raise ValueError(f"expected a torch.Tensor of images, got {type(images).__name__}")
+        if images.ndim != 4:
+            raise ValueError(
+                f"expected images of shape (B, 3, H, W), got {images.ndim} dims "
+                f"{tuple(images.shape)}; add a batch dimension with images[None]"
+            )
+        if images.shape[1] != 3:
+            raise ValueError(f"expected 3 RGB channels, got shape {tuple(images.shape)}")
+        if images.shape[0] == 0:
+            raise ValueError("expected a non-empty batch, got 0 images")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"expected floating-point images in [0, 1], got dtype {images.dtype}; "
+                "convert uint8 with images.float() / 255"
+            )
+        h, w = images.shape[-2:]
+        if h % p or w % p:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {p}; resize or crop "
+                f"to a multiple of {p} (e.g. {h // p * p}x{w // p * p})"
+            )
+        lo, hi = torch.aminmax(images.detach())
+        lo, hi = float(lo), float(hi)
+        if not (math.isfinite(lo) and math.isfinite(hi)):
+            raise ValueError("images contain NaN or infinite values")
+        if lo < -RANGE_TOLERANCE or hi > 1 + RANGE_TOLERANCE:
+            raise ValueError(
+                f"expected RGB values in [0, 1], got range [{lo:.4g}, {hi:.4g}]; the ImageNet "
+                "normalisation is applied inside the model, pass unnormalised images"
+            )
+
+    def normalize(self, images: Tensor) -> Tensor:
+        """[0, 1] RGB -> ImageNet-normalised pixels in the model's dtype."""
+        return ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
+
+    def encode(self, images: Tensor) -> dict[str, Tensor]:
+        """Encode a batch of images into concept tokens and their spatial maps.
+
+        Args:
+            images: (B, 3, H, W) RGB in [0, 1]; H, W multiples of the patch size p (positions
+                are interpolated for sizes other than the native one).
+
+        Returns:
+            ``cls`` (B, 1, d), ``dense`` (B, n, d), ``sparse`` (B, r, d),
+            ``spatial`` (B, n, r) fp32, rows summing to 1, ``lowrank`` (B, n, d) = spatial @ sparse,
+            ``peak_dist`` (B, r) the max of each concept's map, ``concat`` (B, r, d + n)
+            = [sparse ; spatialᵀ]. n = (H/p)·(W/p), row-major.
+        """
+        self.check_images(images)
+        out = self.forward_encode(images)
+        out["concat"] = torch.cat(
+            [out["sparse"], out["spatial"].transpose(1, 2).to(out["sparse"].dtype)], -1
+        )
+        return out
+
+    def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
+        """:meth:`encode` without input checks (the training hot path)."""
+        tokens = self.encoder.forward_features(self.normalize(images), self.batch_sparse(images))
+        n = tokens.shape[1] - 1 - self.num_tokens
+        cls, dense, sparse = tokens.split([1, n, self.num_tokens], dim=1)
+        return {"cls": cls, "dense": dense, "sparse": sparse, **self.factorize(dense, sparse)}
+
+    def encode_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
+        """Encode CLS + the kept patches + the concept tokens (the masked-view path).
+
+        Args:
+            images: (B, 3, H, W) in [0, 1].
+            keep_idx: (B, k) int64 indices of the kept patches in the row-major grid.
+
+        Returns:
+            ``cls`` (B, 1, d), ``dense`` (B, k, d) the kept patches' outputs, ``sparse`` (B, r, d).
+        """
+        self.check_images(images)
+        n = self.grid(images)[0] * self.grid(images)[1]
+        if keep_idx.ndim != 2 or keep_idx.shape[0] != images.shape[0]:
+            raise ValueError(
+                f"keep_idx must be (B, k) with B={images.shape[0]}, got {tuple(keep_idx.shape)}"
+            )
+        if keep_idx.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"keep_idx must hold integer indices, got {keep_idx.dtype}")
+        if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= n):
+            raise ValueError(f"keep_idx must lie in [0, {n}) for a {self.grid(images)} grid")
+        return self.forward_masked(images, keep_idx)
+
+    def forward_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
+        """:meth:`encode_masked` without input checks."""
+        patches = self.encoder.patch_tokens(self.normalize(images))
+        index = keep_idx.long().unsqueeze(-1).expand(-1, -1, patches.shape[-1])
+        kept = patches.gather(1, index)
+        tokens = self.encoder.run(kept, self.batch_sparse(images))
+        cls, dense, sparse = tokens.split([1, kept.shape[1], self.num_tokens], dim=1)
+        return {"cls": cls, "dense": dense, "sparse": sparse}
+
+    def batch_sparse(self, images: Tensor) -> Tensor:
+        """The concept queries expanded over the batch, (B, r, d)."""
+        return self.sparse_tokens.unsqueeze(0).expand(images.shape[0], -1, -1)
+
+    def factorize(self, dense: Tensor, sparse: Tensor) -> dict[str, Tensor]:
+        """Localisation L and the low-rank map L·S from patch and concept tokens.
+
+        The similarity and softmax run in fp32 whatever the model's or autocast's dtype.
+
+        Args:
+            dense: (B, n, d) patch tokens.
+            sparse: (B, r, d) concept tokens.
+
+        Returns:
+            ``spatial`` (B, n, r) fp32, softmax over r; ``lowrank`` (B, n, d) in sparse's
+            dtype; ``peak_dist`` (B, r) fp32, detached.
+        """
+        keys = self.dense_proj(dense).float()
+        queries = self.sparse_proj(sparse).float()
+        with torch.autocast(device_type=dense.device.type, enabled=False):
+            temp = self.config.spatial_temp
+            if temp is None:
+                logits = keys @ queries.transpose(1, 2) / math.sqrt(keys.shape[-1])
+            else:
+                keys = F.normalize(keys, dim=-1, eps=1e-7)
+                queries = F.normalize(queries, dim=-1, eps=1e-7)
+                logits = keys @ queries.transpose(1, 2) / temp
+            spatial = logits.softmax(dim=-1)
+            lowrank = (spatial @ sparse.float()).to(sparse.dtype)
+        return {
+            "spatial": spatial,
+            "lowrank": lowrank,
+            "peak_dist": spatial.detach().amax(dim=1),
+        }
+
+    # ------------------------------------------------------------------ reconstruction
+    def reconstruct(
+        self,
+        encoded: dict[str, Tensor] | Tensor,
+        spatial: Tensor | None = None,
+        grid: tuple[int, int] | None = None,
+    ) -> dict[str, Tensor]:
+        """Rebuild images from ``encode``'s output, or from ``(sparse, spatial)``.
+
+        Args:
+            encoded: the dict returned by :meth:`encode`, or the concept tokens (B, r, d).
+            spatial: (B, n, r) when ``encoded`` is the concept tokens.
+            grid: (h, w) patch grid; default: square.
+
+        Returns:
+            ``reconstruction`` (B, 3, H, W) in [0, 1] and ``decoder_output`` (B, n, C); the pixel
+            head adds ``x_hat`` (unclamped), the vq head ``logits`` (B, n, V) and ``tokens`` (B, n).
+        """
+        if self.decoder is None:
+            raise ValueError(
+                "this model has no decoder: load it with purpose='reconstruct' (a checkpoint "
+                "that carries the decoder weights) to use reconstruct()"
+            )
+        lowrank = self._lowrank_of(encoded, spatial)
+        grid = grid or _square_grid(lowrank.shape[1])
+        if grid[0] * grid[1] != lowrank.shape[1]:
+            raise ValueError(f"grid {grid} does not hold {lowrank.shape[1]} patches")
+        features = self.decoder.forward_features(lowrank, grid)
+        head = self.decoder.head_output(features, grid)
+        if self.decoder.head_type == "pixel":
+            return {"decoder_output": features, "x_hat": head, "reconstruction": head.clamp(0, 1)}
+        tokens = head.argmax(dim=-1)
+        return {
+            "decoder_output": features,
+            "logits": head,
+            "tokens": tokens,
+            "reconstruction": self.decode_tokens(tokens),
+        }
+
+    def decode_tokens(self, tokens: Tensor) -> Tensor:
+        """VQ codes (B, n) -> images (B, 3, H, W) in [0, 1] through the frozen tokenizer."""
+        if self.tokenizer is None:
+            raise ValueError(
+                "the vq head predicts MaskGIT-VQGAN codes; turning them into pixels needs the "
+                "tokenizer: load with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
+            )
+        return self.tokenizer.decode(tokens).clamp(0, 1)
+
+    def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
+        if isinstance(encoded, dict):
+            if "lowrank" in encoded:
+                return encoded["lowrank"]
+            encoded, spatial = encoded["sparse"], encoded["spatial"]
+        if spatial is None:
+            raise ValueError("reconstruct(sparse, spatial) needs the spatial maps too")
+        if spatial.ndim != 3 or encoded.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
+            raise ValueError(
+                f"expected sparse (B, r, d) and spatial (B, n, r), got {tuple(encoded.shape)} "
+                f"and {tuple(spatial.shape)}"
+            )
+        return (spatial.float() @ encoded.float()).to(encoded.dtype)
+
+    def set_tokenizer(self, tokenizer: MaskGITVQGAN) -> None:
+        """Attach the frozen VQ tokenizer (not part of STELLAR's checkpoint)."""
+        self.tokenizer = tokenizer.requires_grad_(False).eval()
+
+    # ------------------------------------------------------------------ save / load
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` (official key layout) atomically."""
+        from stellar.checkpoint.io import save_pretrained
+
+        return save_pretrained(self, directory)
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, purpose: Purpose = "encode", **kwargs) -> STELLAR:
+        """Load a directory or ``.safetensors`` file; see :func:`stellar.load_stellar`."""
+        from stellar.hub import load_stellar
+
+        return load_stellar(path, purpose=purpose, **kwargs)
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Same as :meth:`encode`."""
+        return self.encode(images)
+
+
+def _square_grid(n: int) -> tuple[int, int]:
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{n} patches do not form a square grid: pass grid=(h, w)")
+    return side, side

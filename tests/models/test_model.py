@@ -1,0 +1,108 @@
+"""The model's behaviour: shapes, invariants, input checks, dtypes, SDPA vs plain maths."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from stellar import create_stellar
+from stellar.layers.attention import Attention, attention_reference
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_stellar("stellar-tiny", purpose="reconstruct")
+
+
+def test_output_shapes_and_simplex_rows(model):
+    out = model.encode(torch.rand(3, 3, 64, 48))
+    n, r, d = 8 * 6, 6, 96
+    assert out["sparse"].shape == (3, r, d)
+    assert out["spatial"].shape == (3, n, r)
+    assert out["dense"].shape == out["lowrank"].shape == (3, n, d)
+    assert out["cls"].shape == (3, 1, d)
+    assert out["peak_dist"].shape == (3, r)
+    assert out["concat"].shape == (3, r, d + n)
+    torch.testing.assert_close(out["spatial"].sum(-1), torch.ones(3, n))
+    torch.testing.assert_close(out["lowrank"], out["spatial"] @ out["sparse"])
+    rec = model.reconstruct(out, grid=(8, 6))
+    assert rec["reconstruction"].shape == (3, 3, 64, 48)
+
+
+def test_batch_elements_are_independent(model):
+    images = torch.rand(4, 3, 64, 64)
+    with torch.no_grad():
+        full = model.encode(images)["spatial"]
+        single = model.encode(images[2:3])["spatial"]
+    torch.testing.assert_close(full[2:3], single, atol=1e-6, rtol=1e-5)
+
+
+def test_sdpa_matches_plain_attention():
+    attn = Attention(32, 4)
+    x = torch.randn(2, 7, 32)
+    torch.testing.assert_close(attn(x), attention_reference(x, attn), atol=1e-6, rtol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "images,message",
+    [
+        (torch.rand(3, 64, 64), "shape \\(B, 3, H, W\\)"),
+        (torch.rand(1, 4, 64, 64), "3 RGB channels"),
+        (torch.zeros(1, 3, 64, 64, dtype=torch.uint8), "floating-point"),
+        (torch.rand(1, 3, 60, 64), "divisible by the patch size 8"),
+        (torch.rand(0, 3, 64, 64), "non-empty"),
+        (torch.rand(1, 3, 64, 64) * 255, "\\[0, 1\\]"),
+        (torch.full((1, 3, 64, 64), float("nan")), "NaN"),
+    ],
+)
+def test_bad_input_is_refused(model, images, message):
+    with pytest.raises(ValueError, match=message):
+        model.encode(images)
+
+
+def test_rounding_overshoot_is_accepted(model):
+    images = torch.rand(1, 3, 64, 64)
+    images[0, 0, 0, 0] = 1.0004
+    model.encode(images)
+
+
+def test_bfloat16_autocast_keeps_factorization_in_fp32(model):
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        ref = model.encode(images)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            out = model.encode(images)
+    assert out["spatial"].dtype == torch.float32
+    torch.testing.assert_close(out["spatial"].sum(-1), torch.ones(2, 64))
+    assert (out["spatial"] - ref["spatial"]).abs().max() < 0.1
+
+
+def test_bfloat16_weights(model):
+    half = create_stellar("stellar-tiny", purpose="reconstruct").to(dtype=torch.bfloat16)
+    with torch.no_grad():
+        out = half.encode(torch.rand(2, 3, 64, 64))
+        rec = half.reconstruct(out)
+    assert out["sparse"].dtype == torch.bfloat16
+    assert out["spatial"].dtype == torch.float32
+    assert torch.isfinite(rec["x_hat"].float()).all()
+
+
+def test_backward_reaches_every_parameter():
+    model = create_stellar("stellar-tiny", purpose="reconstruct").requires_grad_(True)
+    out = model.encode(torch.rand(2, 3, 64, 64))
+    loss = model.reconstruct(out)["x_hat"].square().mean() + out["cls"].square().mean()
+    loss.backward()
+    no_grad = [n for n, p in model.named_parameters() if p.grad is None]
+    assert not no_grad
+    assert all(torch.isfinite(p.grad).all() for p in model.parameters())
+
+
+def test_masked_path_equals_full_path_when_keeping_everything(model):
+    images = torch.rand(2, 3, 64, 64)
+    keep = torch.arange(64).expand(2, -1)
+    with torch.no_grad():
+        full, masked = model.encode(images), model.encode_masked(images, keep)
+    torch.testing.assert_close(masked["sparse"], full["sparse"], atol=1e-5, rtol=1e-5)
+    with pytest.raises(ValueError, match="keep_idx"):
+        model.encode_masked(images, torch.full((2, 4), 64))
