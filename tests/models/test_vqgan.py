@@ -1,0 +1,217 @@
+"""MaskGIT-VQGAN tokenizer: parity with the reference fixtures, strict loading, validation."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from stellar.models.vqgan import MaskGITVQGAN, infer_vqgan_config, load_vqgan
+
+SMALL = {
+    "hidden_channels": 32,
+    "channel_mult": [1, 2],
+    "num_res_blocks": 1,
+    "z_channels": 32,
+    "codebook_size": 64,
+    "codebook_dim": 32,
+    "num_channels": 3,
+    "resolution": 32,
+}
+
+
+def _random_small() -> MaskGITVQGAN:
+    """Small tokenizer whose every parameter (GroupNorm affine included) is random."""
+    model = MaskGITVQGAN(**SMALL)
+    with torch.no_grad():
+        for p in model.parameters():
+            p.copy_(torch.randn_like(p) * 0.1 + (1.0 if p.ndim == 1 else 0.0))
+    return model
+
+
+@pytest.fixture
+def small_dir(reference_dir: Path) -> Path:
+    return reference_dir / "maskgit-vqgan-small"
+
+
+@pytest.fixture
+def small_io(small_dir: Path) -> dict[str, torch.Tensor]:
+    return load_file(str(small_dir / "io.safetensors"))
+
+
+def test_parity_with_reference(small_dir: Path, small_io: dict[str, torch.Tensor]) -> None:
+    model = load_vqgan(small_dir / "weights.safetensors")
+    assert model.config == json.loads((small_dir / "config.json").read_text())
+    images = small_io["input.image"]
+
+    feats = model.encode_features(images)
+    torch.testing.assert_close(feats, small_io["encode.hidden_states"], atol=1e-5, rtol=0)
+    codes = model.encode(images)
+    assert codes.dtype == torch.int64
+    assert torch.equal(codes, small_io["encode.codes"])
+
+    decoded = model.decode(small_io["encode.codes"])
+    torch.testing.assert_close(decoded, small_io["decode.image"], atol=1e-5, rtol=0)
+
+
+def test_reference_decode_is_clamped(small_dir: Path, small_io: dict[str, torch.Tensor]) -> None:
+    model = load_vqgan(small_dir / "weights.safetensors")
+    raw = model.decode(small_io["encode.codes"], clamp=False)
+    # The reference output equals the raw decoder output clamped to [0, 1], and the clamp is
+    # active (raw values leave the range), so the default clamp=True is what the fixture holds.
+    assert raw.min() < 0
+    torch.testing.assert_close(raw.clamp(0, 1), small_io["decode.image"], atol=1e-5, rtol=0)
+
+
+def test_state_dict_matches_released_manifest(reference_dir: Path) -> None:
+    manifest = json.loads((reference_dir / "maskgit_vqgan_f16_256_keys.json").read_text())
+    with torch.device("meta"):
+        model = MaskGITVQGAN()
+    got = {k: list(v.shape) for k, v in model.state_dict().items()}
+    assert got == manifest
+    assert infer_vqgan_config(model.state_dict()) == model.config
+
+
+def test_small_state_dict_matches_fixture_weights(small_dir: Path) -> None:
+    weights = load_file(str(small_dir / "weights.safetensors"))
+    with torch.device("meta"):
+        model = MaskGITVQGAN(**json.loads((small_dir / "config.json").read_text()))
+    assert {k: v.shape for k, v in model.state_dict().items()} == {
+        k: v.shape for k, v in weights.items()
+    }
+
+
+def test_bin_round_trip(tmp_path: Path) -> None:
+    model = _random_small()
+    path = tmp_path / "maskgit-vqgan-imagenet-f16-256.bin"
+    torch.save(model.state_dict(), path)
+    loaded = load_vqgan(path)
+
+    assert loaded.config == model.config
+    assert not loaded.training
+    assert not any(p.requires_grad for p in loaded.parameters())
+    images = torch.rand(2, 3, 32, 32)
+    assert torch.equal(loaded.encode_features(images), model.encode_features(images))
+    codes = model.encode(images)
+    assert torch.equal(loaded.encode(images), codes)
+    assert torch.equal(loaded.decode(codes, clamp=False), model.decode(codes, clamp=False))
+
+
+def test_load_dtype(tmp_path: Path) -> None:
+    model = _random_small()
+    path = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), str(path))
+    loaded = load_vqgan(path, device="cpu", dtype=torch.float64)
+    assert all(p.dtype == torch.float64 for p in loaded.parameters())
+    images = torch.rand(1, 3, 32, 32)
+    torch.testing.assert_close(
+        loaded.encode_features(images).float(), model.encode_features(images), atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize(
+    ("edit", "named", "what"),
+    [
+        ("extra", "encoder.extra.weight", "unexpected"),
+        ("missing", "decoder.up.1.upsample_conv.bias", "missing"),
+        ("misshapen", "decoder.mid.0.conv2.weight", "wrong shapes"),
+    ],
+)
+def test_strict_loading_names_bad_key(tmp_path: Path, edit: str, named: str, what: str) -> None:
+    state = dict(_random_small().state_dict())
+    if edit == "extra":
+        state[named] = torch.zeros(3)
+    elif edit == "missing":
+        del state[named]
+    else:
+        state[named] = torch.zeros(64, 64, 1, 1)
+    path = tmp_path / "bad.bin"
+    torch.save(state, path)
+    with pytest.raises(ValueError, match=what) as err:
+        load_vqgan(path)
+    assert named in str(err.value)
+
+
+def test_missing_file_is_not_downloaded(tmp_path: Path) -> None:
+    path = tmp_path / "nowhere" / "maskgit-vqgan-imagenet-f16-256.bin"
+    with pytest.raises(FileNotFoundError, match="never downloaded") as err:
+        load_vqgan(path)
+    assert str(path) in str(err.value)
+
+
+def test_frozen_and_stays_in_eval() -> None:
+    model = MaskGITVQGAN(**SMALL)
+    parent = torch.nn.Sequential(model)
+    parent.train()
+    assert not model.training
+    assert all(not m.training for m in model.modules())
+    assert not any(p.requires_grad for p in model.parameters())
+
+
+def test_quantize_is_nearest_codebook_entry() -> None:
+    model = _random_small()
+    book = model.quantize.embedding.weight
+    # Features that sit exactly on codebook entries quantise to those entries.
+    codes = torch.randint(0, SMALL["codebook_size"], (2, 16))
+    z = book[codes].reshape(2, 4, 4, -1).permute(0, 3, 1, 2)
+    assert torch.equal(model.quantize(z), codes)
+    # Arbitrary features agree with a brute-force float64 nearest neighbour.
+    z = torch.randn(3, SMALL["z_channels"], 5, 6)
+    flat = z.permute(0, 2, 3, 1).reshape(-1, SMALL["z_channels"]).double()
+    expected = ((flat[:, None, :] - book.double()[None]) ** 2).sum(-1).argmin(1).reshape(3, 30)
+    assert torch.equal(model.quantize(z), expected)
+
+
+def test_shapes_and_non_square_encode() -> None:
+    model = _random_small()
+    images = torch.rand(2, 3, 16, 24)
+    assert model.encode_features(images).shape == (2, SMALL["z_channels"], 8, 12)
+    assert model.encode(images).shape == (2, 96)
+    codes = torch.randint(0, SMALL["codebook_size"], (2, 9))
+    out = model.decode(codes)
+    assert out.shape == (2, 3, 6, 6)
+    assert out.min() >= 0 and out.max() <= 1
+
+
+@pytest.mark.parametrize(
+    ("images", "message"),
+    [
+        (torch.rand(3, 32, 32), "shape"),
+        (torch.rand(1, 1, 32, 32), "channels"),
+        (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "floating"),
+        (torch.rand(1, 3, 31, 32), "multiples of 2"),
+    ],
+)
+def test_image_validation(images: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MaskGITVQGAN(**SMALL).encode(images)
+
+
+@pytest.mark.parametrize(
+    ("codes", "message"),
+    [
+        (torch.zeros(2, 3, 3, dtype=torch.long), r"\(B, n\)"),
+        (torch.zeros(2, 8, dtype=torch.long), "square"),
+        (torch.zeros(2, 4), "integer"),
+        (torch.full((1, 4), 64, dtype=torch.long), r"\[0, 64\)"),
+        (torch.full((1, 4), -1, dtype=torch.long), r"\[0, 64\)"),
+    ],
+)
+def test_code_validation(codes: torch.Tensor, message: str) -> None:
+    with pytest.raises(ValueError, match=message):
+        MaskGITVQGAN(**SMALL).decode(codes)
+
+
+def test_quantize_validation() -> None:
+    with pytest.raises(ValueError, match=r"\(B, 32, h, w\)"):
+        MaskGITVQGAN(**SMALL).quantize(torch.randn(1, 16, 4, 4))
+
+
+def test_constructor_validation() -> None:
+    with pytest.raises(ValueError, match="codebook_dim"):
+        MaskGITVQGAN(**{**SMALL, "codebook_dim": 16})
+    with pytest.raises(ValueError, match="multiple of 32"):
+        MaskGITVQGAN(**{**SMALL, "hidden_channels": 48})
