@@ -1,0 +1,69 @@
+"""Sinkhorn-Knopp balancing of cluster scores into soft assignment targets (SPEC §2.4).
+
+The function expects scores that are *already divided by the Sinkhorn temperature*: the
+reference fixture ``sinkhorn.output`` equals ``sinkhorn_knopp(sinkhorn.input)`` with no further
+scaling, and ``cluster.assignments`` equals ``sinkhorn_knopp(cluster.logits / 0.06)``.
+:func:`stellar.losses.clustering.clustering_targets` applies the temperature for you.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.distributed as dist
+
+__all__ = ["sinkhorn_knopp"]
+
+# Offset added after subtracting the column max: keeps exp() far from underflow for the
+# best-scoring entries while exp(50) ~ 5e21 leaves fp32 ample headroom for the column sums.
+_EXP_OFFSET = 50.0
+_SUM_EPS = 1e-8
+
+
+def _distributed(group: dist.ProcessGroup | None) -> bool:
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
+
+
+@torch.no_grad()
+def sinkhorn_knopp(
+    scores: torch.Tensor,
+    n_iterations: int = 3,
+    group: dist.ProcessGroup | None = None,
+) -> torch.Tensor:
+    """Balance temperature-scaled scores into soft cluster assignments, across all ranks.
+
+    ``Q = exp(scores - colmax + 50)``, then ``n_iterations`` times: divide every column by its
+    sum (+1e-8), then every row by its sum (+1e-8). Computed in fp32 with autocast disabled.
+    When ``torch.distributed`` is initialised, the column max is all-reduced with MAX and the
+    column sums with SUM over ``group``, so each rank's rows equal those of a single process
+    run on the concatenation of every rank's rows (ranks may hold different numbers of rows).
+
+    Args:
+        scores: (N, K) scores, already divided by the Sinkhorn temperature.
+        n_iterations: Number of (column, row) normalisation rounds, at least 1.
+        group: Process group for the all-reduces; the default group when None.
+
+    Returns:
+        (N, K) fp32 assignments, detached; each row sums to 1.
+    """
+    if scores.ndim != 2:
+        raise ValueError(
+            f"sinkhorn_knopp expects scores of shape (N, K), got {tuple(scores.shape)}"
+        )
+    if n_iterations < 1:
+        raise ValueError(f"n_iterations must be >= 1, got {n_iterations}")
+    distributed = _distributed(group)
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        q = scores.detach().float()
+        # A rank with no rows still joins the collectives; -inf is the identity of MAX.
+        empty = q.shape[0] == 0
+        col_max = q.new_full((q.shape[1],), float("-inf")) if empty else q.amax(dim=0)
+        if distributed:
+            dist.all_reduce(col_max, op=dist.ReduceOp.MAX, group=group)
+        q = torch.exp(q - col_max + _EXP_OFFSET)
+        for _ in range(n_iterations):
+            col_sum = q.sum(dim=0)
+            if distributed:
+                dist.all_reduce(col_sum, op=dist.ReduceOp.SUM, group=group)
+            q = q / (col_sum + _SUM_EPS)
+            q = q / (q.sum(dim=1, keepdim=True) + _SUM_EPS)
+    return q
