@@ -1,0 +1,490 @@
+"""Batched multi-view augmentation on the device (torch ops only, no torchvision).
+
+Everything here works on whole batches: the random parameters of every image and view are
+drawn at once from an optional ``torch.Generator`` (so a seeded generator reproduces the
+output exactly on a given device) and applied with vectorised ops, never a Python loop over
+images or views.
+
+Crops follow torchvision's ``RandomResizedCrop`` sampling (integer crop boxes, 10 tries, centre
+crop fallback) but resample all crops of a batch with a single bicubic ``grid_sample``; no
+antialiasing is applied, which is harmless for the mild down-scaling factors of the default
+recipe (a 256 canvas to 224 / 96 px views). Colour follows torchvision's ``ColorJitter``,
+``RandomGrayscale`` and ``GaussianBlur`` semantics.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+__all__ = [
+    "MultiViewAugment",
+    "adjust_brightness",
+    "adjust_contrast",
+    "adjust_hue",
+    "adjust_saturation",
+    "color_blur",
+    "gaussian_blur",
+    "random_resized_crop",
+    "rgb_to_grayscale",
+]
+
+# ITU-R 601-2 luma weights, as PIL and torchvision use.
+_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
+
+
+def _uniform(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """U[0, 1) float32 on ``device``, drawn on the generator's own device."""
+    src = generator.device if generator is not None else device
+    return torch.rand(tuple(shape), generator=generator, device=src).to(device)
+
+
+def _as_float(x: Tensor, name: str) -> Tensor:
+    """uint8 -> [0, 1] float32; half precision -> float32 (crop coordinates need the bits)."""
+    if x.dtype == torch.uint8:
+        return x.float().div_(255.0)
+    if not x.is_floating_point():
+        raise ValueError(f"expected {name} as uint8 or floating point, got {x.dtype}")
+    return x if x.dtype in (torch.float32, torch.float64) else x.float()
+
+
+def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise ValueError(f"expected {name} as (low, high) with 0 < low <= high, got {value}")
+    return lo, hi
+
+
+def _fill_padding(canvas: Tensor, h: Tensor, w: Tensor) -> Tensor:
+    """Replicate each image's last valid row / column into its padding.
+
+    Bicubic taps reach two pixels beyond a crop; with the padding replaced by the edge pixels,
+    sampling near the valid border behaves exactly like resizing the valid image alone.
+    """
+    b, c, hc, wc = canvas.shape
+    rows = torch.minimum(torch.arange(hc, device=canvas.device)[None], h[:, None] - 1)
+    cols = torch.minimum(torch.arange(wc, device=canvas.device)[None], w[:, None] - 1)
+    out = canvas.gather(2, rows[:, None, :, None].expand(b, c, hc, wc))
+    return out.gather(3, cols[:, None, None, :].expand(b, c, hc, wc))
+
+
+def random_resized_crop(
+    canvas: Tensor,
+    size: Tensor,
+    out_size: int,
+    n_views: int,
+    scale: Sequence[float] = (0.36, 1.0),
+    ratio: Sequence[float] = (3 / 4, 4 / 3),
+    generator: torch.Generator | None = None,
+    flip_p: float = 0.5,
+    tries: int = 10,
+    return_params: bool = False,
+) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+    """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample.
+
+    For each crop: target area = U(scale) x valid area, aspect ratio log-uniform in ``ratio``,
+    integer width / height rounded, offset uniform; the first of ``tries`` candidates that fits
+    the valid region is used, else a centre crop with the aspect clamped to ``ratio``
+    (torchvision semantics). Flips (probability ``flip_p``) are folded into the sampling grid;
+    all B x n_views crops are resampled by one ``F.grid_sample(mode="bicubic",
+    align_corners=False)``, then clamped to [0, 1]. Crops never read outside the valid region.
+
+    Args:
+        canvas: (B, C, Hc, Wc) uint8 (0..255) or float ([0, 1]) images.
+        size: (B, 2) integer valid (h, w) of each image, at the canvas' top-left.
+        out_size: side of the square output views.
+        n_views: crops per image (0 gives an empty view axis).
+        scale: range of the crop area as a fraction of the valid area.
+        ratio: range of the crop aspect ratio (width / height).
+        generator: source of randomness (on any device); None uses the global RNG.
+        flip_p: probability of a horizontal flip per crop.
+        tries: candidate boxes per crop before the centre-crop fallback.
+        return_params: also return the boxes and flips.
+
+    Returns:
+        views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
+        also a dict of (B, n_views) tensors ``top``, ``left``, ``height``, ``width`` (canvas
+        pixels) and ``flip`` (bool).
+    """
+    if canvas.ndim != 4:
+        raise ValueError(f"expected canvas of shape (B, C, H, W), got {tuple(canvas.shape)}")
+    b, c, hc, wc = canvas.shape
+    if size.shape != (b, 2):
+        raise ValueError(f"expected size of shape ({b}, 2), got {tuple(size.shape)}")
+    if size.is_floating_point() or size.is_complex():
+        raise ValueError(f"expected integer size, got {size.dtype}")
+    if int(out_size) < 1 or int(n_views) < 0 or int(tries) < 1:
+        raise ValueError(
+            f"expected out_size >= 1, n_views >= 0, tries >= 1; got {out_size}, {n_views}, {tries}"
+        )
+    if not 0.0 <= flip_p <= 1.0:
+        raise ValueError(f"expected flip_p in [0, 1], got {flip_p}")
+    s0, s1 = _pair(scale, "scale")
+    r0, r1 = _pair(ratio, "ratio")
+    out_size, n_views = int(out_size), int(n_views)
+    x = _as_float(canvas, "canvas")
+    dev = x.device
+    size = size.to(dev)
+    if b and bool(((size < 1) | (size > torch.tensor([hc, wc], device=dev))).any()):
+        raise ValueError(f"expected every size within [1, ({hc}, {wc})], got {size.tolist()}")
+
+    v = n_views
+    if b == 0 or v == 0:
+        empty = x.new_zeros(b, v, c, out_size, out_size)
+        if not return_params:
+            return empty
+        z = torch.zeros(b, v, dtype=torch.int64, device=dev)
+        keys = ("top", "left", "height", "width")
+        return empty, {**{k: z for k in keys}, "flip": z.bool()}
+    hi, wi = size[:, 0], size[:, 1]
+    h = hi.to(torch.float32)[:, None]  # (B, 1), broadcast over views
+    w = wi.to(torch.float32)[:, None]
+    u = _uniform((b, v, 4 * tries + 1), generator, dev)
+    u_area, u_ratio, u_top, u_left = u[..., :-1].unflatten(-1, (tries, 4)).unbind(-1)
+    area = (h * w)[..., None] * (s0 + (s1 - s0) * u_area)  # (B, V, T)
+    aspect = torch.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u_ratio)
+    cw = torch.round(torch.sqrt(area * aspect))
+    ch = torch.round(torch.sqrt(area / aspect))
+    fits = (cw > 0) & (cw <= w[..., None]) & (ch > 0) & (ch <= h[..., None])
+    first = fits.to(torch.uint8).argmax(-1, keepdim=True)  # first fitting try (0 if none)
+    found = fits.any(-1)
+    cw, ch = cw.gather(-1, first)[..., 0], ch.gather(-1, first)[..., 0]
+    top = torch.floor(u_top.gather(-1, first)[..., 0] * (h - ch + 1)).clamp_min(0)
+    left = torch.floor(u_left.gather(-1, first)[..., 0] * (w - cw + 1)).clamp_min(0)
+    top, left = torch.minimum(top, h - ch), torch.minimum(left, w - cw)
+
+    # Centre-crop fallback: the whole valid region with its aspect clamped to `ratio`.
+    in_ratio = w / h
+    fw = torch.where(in_ratio > r1, torch.round(h * r1), w)
+    fh = torch.where(in_ratio < r0, torch.round(w / r0), h)
+    cw = torch.where(found, cw, fw)
+    ch = torch.where(found, ch, fh)
+    top = torch.where(found, top, torch.floor((h - fh) / 2))
+    left = torch.where(found, left, torch.floor((w - fw) / 2))
+    flip = u[..., -1] < flip_p  # (B, V)
+
+    # Output pixel centres as fractions of the crop; a flip mirrors the fractions.
+    frac = (torch.arange(out_size, device=dev, dtype=torch.float32) + 0.5) / out_size
+    fx = torch.where(flip[..., None], 1.0 - frac, frac)
+    gx = 2.0 * (left[..., None] + fx * cw[..., None]) / wc - 1.0  # (B, V, out)
+    gy = 2.0 * (top[..., None] + frac * ch[..., None]) / hc - 1.0
+    grid = torch.stack(torch.broadcast_tensors(gx[:, :, None, :], gy[:, :, :, None]), dim=-1)
+    # All views of an image share one grid_sample batch entry: (B, V * out, out, 2).
+    grid = grid.reshape(b, v * out_size, out_size, 2).to(x.dtype)
+    src = _fill_padding(x, hi, wi)
+    views = F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)
+    views = views.view(b, c, v, out_size, out_size).transpose(1, 2).clamp_(0.0, 1.0)
+    views = views.contiguous()
+    if not return_params:
+        return views
+    params = {
+        "top": top.long(),
+        "left": left.long(),
+        "height": ch.long(),
+        "width": cw.long(),
+        "flip": flip,
+    }
+    return views, params
+
+
+def rgb_to_grayscale(img: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB -> (..., 1, H, W) luma with ITU-R 601 weights."""
+    r, g, b = img.unbind(-3)
+    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(-3)
+
+
+def _per_sample(factor: Tensor | float, img: Tensor) -> Tensor:
+    f = torch.as_tensor(factor, dtype=img.dtype, device=img.device)
+    return f.reshape(f.shape + (1,) * (img.ndim - f.ndim))
+
+
+def _blend(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
+    return (ratio * a + (1.0 - ratio) * b).clamp(0.0, 1.0)
+
+
+def adjust_brightness(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Scale by ``factor`` (N,) or scalar: ``clamp(factor * img, 0, 1)``. img (N, 3, H, W)."""
+    return (_per_sample(factor, img) * img).clamp(0.0, 1.0)
+
+
+def adjust_contrast(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the mean of each image's grayscale by ``factor``. img (N, 3, H, W)."""
+    mean = rgb_to_grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(img, mean, _per_sample(factor, img))
+
+
+def adjust_saturation(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the image's own grayscale by ``factor``. img (N, 3, H, W)."""
+    return _blend(img, rgb_to_grayscale(img), _per_sample(factor, img))
+
+
+def adjust_hue(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Rotate the hue by ``factor`` turns (in [-0.5, 0.5]) in HSV space. img (N, 3, H, W).
+
+    RGB -> HSV -> RGB fused: with v = max, d = max - min (= v * s) and the hue h6 in sixths
+    of a turn, each channel is ``v - d * clamp(min(k, 4 - k), 0, 1)``,
+    ``k = (n + h6) mod 6`` with n = 5, 3, 1 for R, G, B.
+    """
+    r, g, b = img.unbind(-3)
+    maxc = img.amax(-3)
+    d = maxc - img.amin(-3)
+    inv = 1.0 / torch.where(d > 0, d, torch.ones_like(d))
+    # Hue from whichever channel is the maximum; ties give the same hue, gray pixels 0.
+    h6 = torch.where(
+        maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0)
+    )
+    h6 = h6 + 6.0 * _per_sample(factor, img)[..., 0, :, :]
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=img.dtype, device=img.device).view(3, 1, 1)
+    k = torch.remainder(n + h6.unsqueeze(-3), 6.0)
+    return maxc.unsqueeze(-3) - d.unsqueeze(-3) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> Tensor:
+    """Separable Gaussian blur with a per-sample ``sigma``, reflect padding.
+
+    Args:
+        img: (N, C, H, W) float.
+        sigma: (N,) or scalar standard deviation in pixels.
+        kernel_size: odd kernel side; must be smaller than twice H and W.
+
+    Returns:
+        (N, C, H, W) blurred images.
+    """
+    if kernel_size < 1 or kernel_size % 2 == 0:
+        raise ValueError(f"expected an odd positive kernel_size, got {kernel_size}")
+    n, c, hh, ww = img.shape
+    r = kernel_size // 2
+    if r >= min(hh, ww):
+        raise ValueError(
+            f"expected images larger than {r} px for kernel {kernel_size}, got {hh}x{ww}"
+        )
+    sig = torch.as_tensor(sigma, dtype=img.dtype, device=img.device).expand(n)
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x[None] / sig[:, None]) ** 2)
+    k = (k / k.sum(-1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    # One grouped conv per axis: every (sample, channel) plane gets its own kernel.
+    y = F.pad(img.reshape(1, n * c, hh, ww), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, hh, ww)
+
+
+def _jitter_range(value: float | Sequence[float], name: str, center: float) -> tuple[float, float]:
+    if isinstance(value, (int, float)):
+        if value < 0:
+            raise ValueError(f"expected {name} >= 0, got {value}")
+        lo, hi = center - float(value), center + float(value)
+        if center == 1.0:
+            lo = max(lo, 0.0)
+    else:
+        lo, hi = (float(t) for t in value)
+    if lo > hi or (center == 1.0 and lo < 0) or (center == 0.0 and not -0.5 <= lo <= hi <= 0.5):
+        raise ValueError(f"expected a valid {name} range, got {value}")
+    return lo, hi
+
+
+def color_blur(
+    views: Tensor,
+    generator: torch.Generator | None = None,
+    brightness: float | Sequence[float] = 0.4,
+    contrast: float | Sequence[float] = 0.4,
+    saturation: float | Sequence[float] = 0.2,
+    hue: float | Sequence[float] = 0.1,
+    jitter_p: float = 0.8,
+    gray_p: float = 0.2,
+    blur_p: float = 0.5,
+    blur_kernel: int = 9,
+    blur_sigma: Sequence[float] = (0.1, 2.0),
+) -> Tensor:
+    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics).
+
+    Order (fixed, unlike torchvision's random jitter order): with probability ``jitter_p``
+    brightness -> contrast -> saturation -> hue, each factor drawn per sample (uniform in
+    [1 - x, 1 + x], hue in [-x, x]); then grayscale with probability ``gray_p`` (601 luma
+    copied to the three channels); then blur with probability ``blur_p``, sigma uniform in
+    ``blur_sigma``. Every applied step clamps to [0, 1]; a sample not selected for a step
+    passes through that step bit-exactly.
+
+    Args:
+        views: (N, 3, H, W) float images in [0, 1].
+        generator: source of randomness (on any device); None uses the global RNG.
+        brightness, contrast, saturation: jitter strength x (or an explicit (low, high)).
+        hue: hue jitter x in [0, 0.5] (or an explicit (low, high) within [-0.5, 0.5]).
+        jitter_p, gray_p, blur_p: probabilities of the three steps.
+        blur_kernel: odd blur kernel size.
+        blur_sigma: (low, high) blur sigma range in pixels.
+
+    Returns:
+        (N, 3, H, W) augmented views, same dtype as ``views``.
+    """
+    if views.ndim != 4 or views.shape[1] != 3:
+        raise ValueError(f"expected views of shape (N, 3, H, W), got {tuple(views.shape)}")
+    if not views.is_floating_point():
+        raise ValueError(f"expected floating-point views in [0, 1], got {views.dtype}")
+    for name, p in (("jitter_p", jitter_p), ("gray_p", gray_p), ("blur_p", blur_p)):
+        if not 0.0 <= p <= 1.0:
+            raise ValueError(f"expected {name} in [0, 1], got {p}")
+    ranges = (
+        _jitter_range(brightness, "brightness", 1.0),
+        _jitter_range(contrast, "contrast", 1.0),
+        _jitter_range(saturation, "saturation", 1.0),
+        _jitter_range(hue, "hue", 0.0),
+    )
+    sig_lo, sig_hi = _pair(blur_sigma, "blur_sigma")
+    n = views.shape[0]
+    x = views.float()
+    u = _uniform((n, 8), generator, x.device)
+
+    def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+        return torch.where(mask[:, None, None, None], new, old)
+
+    do_jitter = u[:, 0] < jitter_p
+    fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
+    # Steps whose range is the identity are skipped (they would only add rounding noise).
+    if ranges[0] != (1.0, 1.0):
+        x = sel(do_jitter, adjust_brightness(x, fb), x)
+    if ranges[1] != (1.0, 1.0):
+        x = sel(do_jitter, adjust_contrast(x, fc), x)
+    if ranges[2] != (1.0, 1.0):
+        x = sel(do_jitter, adjust_saturation(x, fs), x)
+    if ranges[3] != (0.0, 0.0):
+        x = sel(do_jitter, adjust_hue(x, fh), x)
+    if gray_p > 0:
+        x = sel(u[:, 5] < gray_p, rgb_to_grayscale(x).expand_as(x), x)
+    if blur_p > 0:
+        sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
+        x = sel(u[:, 6] < blur_p, gaussian_blur(x, sigma, blur_kernel).clamp(0.0, 1.0), x)
+    return x.to(views.dtype)
+
+
+class MultiViewAugment(nn.Module):
+    """The STELLAR multi-view pipeline on device (SPEC §3).
+
+    ``forward`` turns a batch of canvases into ``n_global`` global views (RandomResizedCrop to
+    ``global_size``, ``global_scale``, flip p 0.5, **no** colour) and ``n_local`` local views
+    (``local_size``, ``local_scale``, flip, **with** colour jitter / grayscale / blur).
+
+    Contract with the trainer: ``image`` is ``global_views[:, 0]`` and is the reconstruction
+    target and main view, so it must carry no colour augmentation; the masked views (all
+    global views, including a copy of the main one) are colour/blur augmented later by the
+    trainer with :meth:`color` (i.e. :func:`color_blur` with this module's settings), after it
+    has taken ``image``. Local views come out already augmented.
+
+    Args:
+        global_size, local_size: output sides of global and local views.
+        n_global: global views per image (>= 1).
+        n_local: local views per image (>= 0).
+        global_scale, local_scale: crop area ranges (fraction of the valid region).
+        ratio: crop aspect-ratio range.
+        flip_p: horizontal flip probability per view.
+        brightness, contrast, saturation, hue, jitter_p, gray_p, blur_p, blur_kernel,
+            blur_sigma: colour/blur settings passed to :func:`color_blur`.
+    """
+
+    def __init__(
+        self,
+        global_size: int = 224,
+        local_size: int = 96,
+        n_global: int = 8,
+        n_local: int = 8,
+        global_scale: Sequence[float] = (0.36, 1.0),
+        local_scale: Sequence[float] = (0.06, 0.36),
+        ratio: Sequence[float] = (3 / 4, 4 / 3),
+        flip_p: float = 0.5,
+        brightness: float = 0.4,
+        contrast: float = 0.4,
+        saturation: float = 0.2,
+        hue: float = 0.1,
+        jitter_p: float = 0.8,
+        gray_p: float = 0.2,
+        blur_p: float = 0.5,
+        blur_kernel: int = 9,
+        blur_sigma: Sequence[float] = (0.1, 2.0),
+    ) -> None:
+        super().__init__()
+        if n_global < 1 or n_local < 0:
+            raise ValueError(f"expected n_global >= 1 and n_local >= 0, got {n_global}, {n_local}")
+        if global_size < 1 or local_size < 1:
+            raise ValueError(f"expected positive view sizes, got {global_size}, {local_size}")
+        self.global_size, self.local_size = int(global_size), int(local_size)
+        self.n_global, self.n_local = int(n_global), int(n_local)
+        self.global_scale = _pair(global_scale, "global_scale")
+        self.local_scale = _pair(local_scale, "local_scale")
+        self.ratio = _pair(ratio, "ratio")
+        self.flip_p = float(flip_p)
+        self.color_kwargs = {
+            "brightness": brightness,
+            "contrast": contrast,
+            "saturation": saturation,
+            "hue": hue,
+            "jitter_p": jitter_p,
+            "gray_p": gray_p,
+            "blur_p": blur_p,
+            "blur_kernel": blur_kernel,
+            "blur_sigma": tuple(blur_sigma),
+        }
+        # Fail at construction, not at the first batch, on bad colour settings.
+        color_blur(torch.zeros(1, 3, blur_kernel, blur_kernel), None, **self.color_kwargs)
+
+    def color(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Colour/blur augment views of shape (..., 3, H, W) with this module's settings."""
+        if views.ndim < 4:
+            raise ValueError(f"expected views of shape (..., 3, H, W), got {tuple(views.shape)}")
+        flat = views.reshape(-1, *views.shape[-3:])
+        return color_blur(flat, generator, **self.color_kwargs).view(views.shape)
+
+    def forward(
+        self, canvas: Tensor, size: Tensor, generator: torch.Generator | None = None
+    ) -> dict[str, Tensor]:
+        """Make the views of a batch.
+
+        Args:
+            canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
+            size: (B, 2) integer valid (h, w) of each canvas.
+            generator: source of randomness; a seeded one reproduces the output.
+
+        Returns:
+            dict with ``image`` (B, 3, G, G), ``global_views`` (B, n_global, 3, G, G) without
+            colour augmentation, ``local_views`` (B, n_local, 3, L, L) colour-augmented; all
+            float32 in [0, 1].
+        """
+        x = _as_float(canvas, "canvas")
+        global_views = random_resized_crop(
+            x,
+            size,
+            self.global_size,
+            self.n_global,
+            self.global_scale,
+            self.ratio,
+            generator,
+            self.flip_p,
+        )
+        local_views = random_resized_crop(
+            x,
+            size,
+            self.local_size,
+            self.n_local,
+            self.local_scale,
+            self.ratio,
+            generator,
+            self.flip_p,
+        )
+        if self.n_local:
+            local_views = self.color(local_views, generator)
+        return {
+            "image": global_views[:, 0],
+            "global_views": global_views,
+            "local_views": local_views,
+        }
+
+    def extra_repr(self) -> str:
+        return (
+            f"global={self.n_global}x{self.global_size} {self.global_scale}, "
+            f"local={self.n_local}x{self.local_size} {self.local_scale}"
+        )

@@ -1,0 +1,241 @@
+"""Batched crops and colour augmentation against torch / PIL / scipy / colorsys references."""
+
+from __future__ import annotations
+
+import colorsys
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageEnhance
+
+from stellar.data.augment import (
+    MultiViewAugment,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_blur,
+    gaussian_blur,
+    random_resized_crop,
+    rgb_to_grayscale,
+)
+
+NO_COLOR = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}
+
+
+def _gen(seed: int = 0) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _sentinel_canvas(sizes: list[tuple[int, int]], side: int, content: torch.Tensor | None = None):
+    """Canvas whose padding is magenta; valid region = ``content`` or mid-gray."""
+    b = len(sizes)
+    canvas = torch.tensor([1.0, 0.0, 1.0]).view(1, 3, 1, 1).repeat(b, 1, side, side)
+    for k, (h, w) in enumerate(sizes):
+        canvas[k, :, :h, :w] = 0.5 if content is None else content[k, :, :h, :w]
+    return canvas, torch.tensor(sizes, dtype=torch.int64)
+
+
+def test_multiview_shapes_range_and_reproducibility() -> None:
+    aug = MultiViewAugment(global_size=24, local_size=12, n_global=3, n_local=2)
+    canvas = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
+    size = torch.tensor([[32, 20], [17, 32]])
+    out = aug(canvas, size, _gen(1))
+    assert out["image"].shape == (2, 3, 24, 24)
+    assert out["global_views"].shape == (2, 3, 3, 24, 24)
+    assert out["local_views"].shape == (2, 2, 3, 12, 12)
+    for v in out.values():
+        assert v.dtype == torch.float32 and v.min() >= 0 and v.max() <= 1
+    assert torch.equal(out["image"], out["global_views"][:, 0])
+    again = aug(canvas, size, _gen(1))
+    other = aug(canvas, size, _gen(2))
+    for k in out:
+        assert torch.equal(out[k], again[k])
+        assert not torch.equal(out[k], other[k])
+    # float input in [0, 1] gives the same views as the uint8 canvas
+    same = aug(canvas.float() / 255, size, _gen(1))
+    torch.testing.assert_close(same["global_views"], out["global_views"])
+    assert aug(canvas, size, _gen(1))["local_views"].shape == (2, 2, 3, 12, 12)
+    no_local = MultiViewAugment(24, 12, n_global=1, n_local=0)(canvas, size, _gen(0))
+    assert no_local["local_views"].shape == (2, 0, 3, 12, 12)
+
+
+def test_full_crop_is_bicubic_resize_and_flip_mirrors() -> None:
+    content = torch.rand(2, 3, 40, 40)
+    canvas, size = _sentinel_canvas([(20, 20), (33, 33)], 40, content)
+    kw = {"scale": (1.0, 1.0), "ratio": (1.0, 1.0), "generator": _gen()}
+    plain = random_resized_crop(canvas, size, 28, 2, flip_p=0.0, **kw)
+    flipped = random_resized_crop(canvas, size, 28, 2, flip_p=1.0, **kw)
+    for k, (h, w) in enumerate(size.tolist()):
+        ref = F.interpolate(
+            content[k : k + 1, :, :h, :w], size=(28, 28), mode="bicubic", align_corners=False
+        ).clamp(0, 1)[0]
+        for v in range(2):
+            torch.testing.assert_close(plain[k, v], ref, atol=1e-5, rtol=0)
+            torch.testing.assert_close(flipped[k, v], ref.flip(-1), atol=1e-5, rtol=0)
+
+
+def test_fallback_is_centre_crop() -> None:
+    content = torch.rand(1, 3, 32, 32)
+    canvas, size = _sentinel_canvas([(16, 30)], 32, content)
+    views, p = random_resized_crop(
+        canvas, size, 32, 1, (1.0, 1.0), (1.0, 1.0), _gen(), flip_p=0.0, return_params=True
+    )
+    # sqrt(16 * 30) > 16 never fits: torchvision falls back to the centred 16 x 16 square
+    assert [int(p[k]) for k in ("top", "left", "height", "width")] == [0, 7, 16, 16]
+    ref = F.interpolate(content[:, :, :16, 7:23], size=32, mode="bicubic", align_corners=False)
+    ref = ref.clamp(0, 1)
+    # away from the crop border (where we read the real neighbours, not a replicated edge)
+    torch.testing.assert_close(views[0, 0, :, 4:-4, 4:-4], ref[0, :, 4:-4, 4:-4], atol=1e-5, rtol=0)
+
+
+def test_crops_stay_inside_valid_region() -> None:
+    sizes = [(64, 64), (64, 9), (7, 64), (30, 41), (1, 1), (12, 50)]
+    canvas, size = _sentinel_canvas(sizes, 64)
+    for scale, out in (((0.06, 0.36), 8), ((0.36, 1.0), 11), ((0.01, 1.0), 5)):
+        views, p = random_resized_crop(
+            canvas, size, out, 40, scale=scale, generator=_gen(3), return_params=True
+        )
+        # any magenta padding leaking in would move a pixel away from the uniform 0.5 gray
+        torch.testing.assert_close(views, torch.full_like(views, 0.5), atol=1e-5, rtol=0)
+        h, w = size[:, None, 0], size[:, None, 1]
+        assert (p["top"] >= 0).all() and (p["left"] >= 0).all()
+        assert (p["height"] >= 1).all() and (p["width"] >= 1).all()
+        assert (p["top"] + p["height"] <= h).all() and (p["left"] + p["width"] <= w).all()
+
+
+def test_crop_parameter_distribution() -> None:
+    canvas, size = _sentinel_canvas([(200, 200)] * 4, 200)
+    views, p = random_resized_crop(
+        canvas, size, 4, 250, scale=(0.36, 1.0), generator=_gen(4), return_params=True
+    )
+    area = (p["height"] * p["width"]).double() / 200**2
+    aspect = p["width"].double() / p["height"].double()
+    assert area.min() > 0.35 and area.max() <= 1.0
+    assert aspect.min() > 0.74 and aspect.max() < 1.35
+    assert 0.6 < area.mean() < 0.75  # uniform on [0.36, 1] has mean 0.68
+    assert 0.45 < p["flip"].double().mean() < 0.55
+    assert len(torch.unique(p["top"])) > 20 and len(torch.unique(p["left"])) > 20
+
+
+def test_crop_rejects_bad_input() -> None:
+    canvas = torch.rand(2, 3, 16, 16)
+    with pytest.raises(ValueError, match="size"):
+        random_resized_crop(canvas, torch.tensor([[16, 17], [4, 4]]), 8, 1)
+    with pytest.raises(ValueError, match="size"):
+        random_resized_crop(canvas, torch.tensor([[16, 16]]), 8, 1)
+    with pytest.raises(ValueError, match="scale"):
+        random_resized_crop(canvas, torch.tensor([[16, 16], [4, 4]]), 8, 1, scale=(0.5, 0.2))
+    with pytest.raises(ValueError, match="canvas"):
+        random_resized_crop(canvas.long(), torch.tensor([[16, 16], [4, 4]]), 8, 1)
+
+
+def test_color_p0_identity_and_partial_selection() -> None:
+    x = torch.rand(64, 3, 12, 12)
+    assert torch.equal(color_blur(x, _gen(), **NO_COLOR), x)
+    out = color_blur(x, _gen(), jitter_p=0.5, gray_p=0.0, blur_p=0.0)
+    unchanged = (out == x).flatten(1).all(1)
+    assert 16 < int(unchanged.sum()) < 48  # the others really changed
+    assert not (out[~unchanged] == x[~unchanged]).flatten(1).all(1).any()
+    for name in ("gray_p", "blur_p"):
+        kw = {**NO_COLOR, name: 0.5}
+        out = color_blur(x, _gen(), **kw)
+        assert 16 < int((out == x).flatten(1).all(1).sum()) < 48
+    again = color_blur(x, _gen(), jitter_p=0.5)
+    assert torch.equal(again, color_blur(x, _gen(), jitter_p=0.5))
+
+
+def test_grayscale_equal_channels_itu601() -> None:
+    x = torch.rand(5, 3, 8, 8)
+    out = color_blur(x, _gen(), **{**NO_COLOR, "gray_p": 1.0})
+    assert torch.equal(out[:, 0], out[:, 1]) and torch.equal(out[:, 1], out[:, 2])
+    ref = 0.299 * x[:, 0] + 0.587 * x[:, 1] + 0.114 * x[:, 2]
+    torch.testing.assert_close(out[:, 0], ref)
+    pil = np.asarray(
+        Image.fromarray((x[0].permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+    )
+    pil_gray = np.asarray(Image.fromarray(pil).convert("L")).astype(float)
+    assert np.abs(pil_gray - out[0, 0].numpy() * 255).max() < 1.01
+
+
+def test_brightness_is_a_per_sample_scale() -> None:
+    x = 0.1 + 0.5 * torch.rand(32, 3, 6, 6)  # 1.4 * 0.6 < 1: no clamping
+    out = color_blur(
+        x, _gen(), brightness=0.4, contrast=0, saturation=0, hue=0, jitter_p=1.0, gray_p=0, blur_p=0
+    )
+    f = (out / x).flatten(1)
+    torch.testing.assert_close(f, f[:, :1].expand_as(f))
+    assert f.min() >= 0.6 - 1e-6 and f.max() <= 1.4 + 1e-6 and f.std() > 0.1
+
+
+def _pil(img: torch.Tensor) -> Image.Image:
+    return Image.fromarray((img.permute(1, 2, 0).numpy() * 255).round().astype(np.uint8))
+
+
+def _tensor(img: Image.Image) -> torch.Tensor:
+    return torch.from_numpy(np.asarray(img).astype(np.float32) / 255).permute(2, 0, 1)
+
+
+def test_contrast_and_saturation_match_pil() -> None:
+    x = torch.from_numpy(np.random.default_rng(0).integers(0, 256, (2, 3, 16, 16)) / 255).float()
+    factors = torch.tensor([0.6, 1.4])
+    con = adjust_contrast(x, factors)
+    sat = adjust_saturation(x, factors)
+    for k, f in enumerate(factors.tolist()):
+        ref_c = _tensor(ImageEnhance.Contrast(_pil(x[k])).enhance(f))
+        ref_s = _tensor(ImageEnhance.Color(_pil(x[k])).enhance(f))
+        # PIL rounds its gray mean / gray image to integers: allow ~2 levels
+        assert (con[k] - ref_c).abs().max() < 2.5 / 255
+        assert (sat[k] - ref_s).abs().max() < 2.5 / 255
+
+
+def test_hue_matches_colorsys_and_zero_is_identity() -> None:
+    x = torch.rand(3, 3, 5, 7)
+    x[0, :, 0, 0] = torch.tensor([0.3, 0.3, 0.3])  # gray pixel: hue undefined, must stay
+    x[0, :, 0, 1] = torch.tensor([1.0, 1.0, 0.2])  # r == g tie
+    torch.testing.assert_close(adjust_hue(x, 0.0), x, atol=1e-6, rtol=0)
+    factors = torch.tensor([0.25, -0.1, 0.5])
+    out = adjust_hue(x, factors)
+    for k, f in enumerate(factors.tolist()):
+        pix = x[k].permute(1, 2, 0).reshape(-1, 3).tolist()
+        ref = []
+        for r, g, b in pix:
+            h, s, v = colorsys.rgb_to_hsv(r, g, b)
+            ref.append(colorsys.hsv_to_rgb((h + f) % 1.0, s, v))
+        ref_t = torch.tensor(ref).view(5, 7, 3).permute(2, 0, 1)
+        torch.testing.assert_close(out[k], ref_t, atol=1e-5, rtol=0)
+
+
+def test_blur_matches_scipy_and_keeps_constant_mean() -> None:
+    from scipy.ndimage import gaussian_filter1d
+
+    x = torch.rand(2, 3, 16, 20, dtype=torch.float64)
+    sigma = torch.tensor([0.5, 1.7], dtype=torch.float64)
+    out = gaussian_blur(x, sigma, 9)
+    for k, s in enumerate(sigma.tolist()):
+        # scipy's 'mirror' is torch's 'reflect'; truncate chosen so the radius is 4
+        ref = x[k].numpy()
+        for axis in (1, 2):
+            ref = gaussian_filter1d(ref, s, axis=axis, mode="mirror", truncate=4.0 / s)
+        np.testing.assert_allclose(out[k].numpy(), ref, atol=1e-10)
+    const = torch.full((4, 3, 10, 10), 0.37)
+    blurred = color_blur(const, _gen(), **{**NO_COLOR, "blur_p": 1.0})
+    torch.testing.assert_close(blurred, const, atol=1e-6, rtol=0)
+    with pytest.raises(ValueError, match="kernel"):
+        gaussian_blur(x, 1.0, 8)
+
+
+def test_multiview_color_contract() -> None:
+    aug = MultiViewAugment(16, 8, n_global=2, n_local=3, jitter_p=0.0, gray_p=1.0, blur_p=0.0)
+    canvas = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
+    size = torch.tensor([[20, 20], [20, 15]])
+    out = aug(canvas, size, _gen())
+    loc, glob = out["local_views"], out["global_views"]
+    assert torch.equal(loc[:, :, 0], loc[:, :, 1])  # local views are colour-augmented
+    assert not torch.equal(glob[:, :, 0], glob[:, :, 1])  # global views are not
+    colored = aug.color(glob, _gen())
+    gray = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 2, 1, 16, 16).expand_as(glob)
+    assert colored.shape == glob.shape and torch.equal(colored, gray)
+    with pytest.raises(ValueError, match="hue"):
+        MultiViewAugment(hue=0.7)
