@@ -1,0 +1,188 @@
+"""LPIPS perceptual distance, VGG variant (Zhang et al. 2018, lpips v0.1).
+
+Pipeline: images in [0, 1] -> [-1, 1] -> ScalingLayer ``(x - shift) / scale`` -> VGG16 conv
+stack, tapped after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 -> unit-normalise each
+feature vector over channels -> squared difference -> learned non-negative 1x1 linear layer
+per tap -> spatial mean -> sum over the five taps.
+
+Weights are never downloaded: :func:`load_lpips` reads a torchvision ``vgg16`` state dict
+(``features.{i}.weight/bias``; ``classifier.*`` is accepted and ignored) and the lpips v0.1
+``vgg.pth`` linear layers (``lin{0..4}.model.1.weight``).
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+logger = logging.getLogger(__name__)
+
+# ScalingLayer constants of lpips v0.1 (inputs in [-1, 1])
+LPIPS_SHIFT = (-0.030, -0.088, -0.188)
+LPIPS_SCALE = (0.458, 0.448, 0.450)
+
+# torchvision vgg16 "D" configuration: channels per conv, "M" = 2x2 max-pool
+_VGG16_CFG = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512)
+# indices in ``features`` of the ReLUs LPIPS taps (relu1_2, relu2_2, relu3_3, relu4_3, relu5_3)
+_TAPS = (3, 8, 15, 22, 29)
+_TAP_CHANNELS = (64, 128, 256, 512, 512)
+
+
+class VGG16Features(nn.Module):
+    """torchvision-compatible ``vgg16().features`` up to relu5_3 (indices 0..29).
+
+    The final max-pool (index 30) carries no weights and LPIPS never uses it, so it is omitted;
+    the state-dict keys ``features.{i}.weight/bias`` are those of torchvision.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        layers: list[nn.Module] = []
+        in_ch = 3
+        for v in _VGG16_CFG:
+            if v == "M":
+                layers.append(nn.MaxPool2d(kernel_size=2, stride=2))
+            else:
+                layers += [nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1), nn.ReLU()]
+                in_ch = int(v)
+        self.features = nn.Sequential(*layers)
+        assert len(self.features) == _TAPS[-1] + 1
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """(B, 3, H, W) scaled images -> the five tapped activations."""
+        taps = []
+        for i, layer in enumerate(self.features):
+            x = layer(x)
+            if i in _TAPS:
+                taps.append(x)
+        return taps
+
+
+class NetLinLayer(nn.Module):
+    """lpips' linear head of one tap: dropout (inactive at eval) + 1x1 conv to one channel."""
+
+    def __init__(self, channels: int) -> None:
+        super().__init__()
+        # index 1 keeps the lpips key layout ``lin{k}.model.1.weight``
+        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(x)
+
+
+def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
+    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
+
+
+class LPIPS(nn.Module):
+    """LPIPS distance with a VGG16 backbone. Use :func:`load_lpips` for pretrained weights."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.net = VGG16Features()
+        self.lin0, self.lin1, self.lin2, self.lin3, self.lin4 = (
+            NetLinLayer(c) for c in _TAP_CHANNELS
+        )
+        self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
+        self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
+
+    @property
+    def lins(self) -> list[NetLinLayer]:
+        return [self.lin0, self.lin1, self.lin2, self.lin3, self.lin4]
+
+    def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
+        """Perceptual distance per image pair.
+
+        Args:
+            x, y: (B, 3, H, W) images, in [0, 1] (``normalize=True``) or in [-1, 1].
+            normalize: map [0, 1] inputs to [-1, 1] first.
+
+        Returns:
+            (B,) distances.
+        """
+        if x.dim() != 4 or x.shape != y.shape or x.shape[1] != 3:
+            raise ValueError(
+                f"expected two (B, 3, H, W) tensors of equal shape, got {tuple(x.shape)} and "
+                f"{tuple(y.shape)}"
+            )
+        if normalize:
+            x, y = 2 * x - 1, 2 * y - 1
+        # one backbone pass over both inputs
+        both = (torch.cat([x, y]) - self.shift) / self.scale
+        total = torch.zeros(x.shape[0], dtype=both.dtype, device=both.device)
+        for feat, lin in zip(self.net(both), self.lins, strict=True):
+            fx, fy = _unit_normalize(feat).chunk(2)
+            total = total + lin((fx - fy).pow(2)).mean(dim=(1, 2, 3))
+        return total
+
+
+def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
+    if path.suffix == ".safetensors":
+        from safetensors.torch import load_file
+
+        return load_file(str(path))
+    obj = torch.load(str(path), map_location="cpu", weights_only=True)
+    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
+        obj = obj["state_dict"]
+    if not isinstance(obj, dict):
+        raise ValueError(f"expected a state dict in {path}, got {type(obj).__name__}")
+    return obj
+
+
+def _check_keys(
+    found: set[str], expected: set[str], ignorable_prefixes: tuple[str, ...], source: Path
+) -> None:
+    missing = sorted(expected - found)
+    unexpected = sorted(k for k in found - expected if not k.startswith(ignorable_prefixes))
+    if missing or unexpected:
+        raise ValueError(
+            f"unexpected key layout in {source}: missing {missing[:10]}"
+            f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
+            f"{' ...' if len(unexpected) > 10 else ''}"
+        )
+
+
+def load_lpips(
+    vgg_weights_path: str | Path,
+    lpips_weights_path: str | Path,
+    device: torch.device | str = "cpu",
+) -> LPIPS:
+    """Build LPIPS-VGG from local files, strictly checking every key.
+
+    Args:
+        vgg_weights_path: torchvision ``vgg16`` state dict (``.pth`` or ``.safetensors``), keys
+            ``features.{i}.weight/bias`` (``classifier.*`` allowed and unused).
+        lpips_weights_path: lpips v0.1 ``vgg.pth`` with ``lin{0..4}.model.1.weight``.
+        device: where the module lives.
+
+    Returns:
+        The frozen :class:`LPIPS` module in eval mode.
+    """
+    vgg_path, lin_path = Path(vgg_weights_path), Path(lpips_weights_path)
+    for p in (vgg_path, lin_path):
+        if not p.is_file():
+            raise FileNotFoundError(
+                "LPIPS needs local weights: pass vgg_weights_path (torchvision vgg16 state dict) "
+                "and lpips_weights_path (lpips v0.1 vgg.pth); nothing is downloaded. "
+                f"Not found: {p}"
+            )
+    model = LPIPS()
+    vgg_sd = _read_state_dict(vgg_path)
+    vgg_expected = set(model.net.state_dict())
+    _check_keys(set(vgg_sd), vgg_expected, ("classifier.",), vgg_path)
+    lin_sd = _read_state_dict(lin_path)
+    lin_expected = {f"lin{i}.model.1.weight" for i in range(5)}
+    _check_keys(set(lin_sd), lin_expected, (), lin_path)
+    merged = {f"net.{k}": vgg_sd[k] for k in vgg_expected} | lin_sd
+    try:
+        model.load_state_dict(merged, strict=True)
+    except RuntimeError as err:  # shape mismatches
+        raise ValueError(f"LPIPS weights do not fit the VGG16 layout: {err}") from err
+    if any(bool((lin.model[1].weight < 0).any()) for lin in model.lins):
+        logger.warning("LPIPS linear weights contain negative values; distances may be < 0")
+    model.requires_grad_(False)
+    logger.info("loaded LPIPS-VGG from %s and %s", vgg_path, lin_path)
+    return model.to(device).eval()

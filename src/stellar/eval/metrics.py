@@ -1,0 +1,184 @@
+"""Image-quality metrics and Fréchet-distance maths (SPEC §5, reconstruction probe).
+
+- :func:`psnr` and :func:`ssim` work per image on (B, C, H, W) batches.
+- :func:`ssim` follows Wang et al. 2004 with an 11×11 Gaussian window (σ 1.5), K1 0.01,
+  K2 0.03, population covariance. It is evaluated on the *valid* region (window fully inside
+  the image), which is exactly what ``skimage.metrics.structural_similarity(...,
+  gaussian_weights=True, sigma=1.5, use_sample_covariance=False)`` averages after cropping its
+  reflect-padded maps by the window radius; channels are averaged.
+- :func:`frechet_distance` works in float64 and takes the trace of sqrt(Σ1 Σ2) from the
+  eigenvalues of the symmetric PSD matrix sqrt(Σ1) Σ2 sqrt(Σ1), which shares its spectrum
+  with Σ1 Σ2; negative round-off eigenvalues are clamped to 0.
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
+    if x.dim() != 4 or x.shape != y.shape:
+        raise ValueError(
+            f"expected two (B, C, H, W) tensors of equal shape, got {tuple(x.shape)} and "
+            f"{tuple(y.shape)}"
+        )
+
+
+def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Peak signal-to-noise ratio per image.
+
+    Args:
+        x, y: (B, C, H, W) images with values in ``[0, data_range]``.
+        data_range: peak value.
+
+    Returns:
+        (B,) PSNR in dB (``inf`` for identical images), float32 or float64.
+    """
+    _check_pair(x, y)
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mse = (x.to(dtype) - y.to(dtype)).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(data_range**2 / mse)
+
+
+def _gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
+    r = torch.arange(size, dtype=dtype, device=device) - (size - 1) / 2
+    k = torch.exp(-0.5 * (r / sigma) ** 2)
+    return k / k.sum()
+
+
+def ssim(
+    x: torch.Tensor,
+    y: torch.Tensor,
+    data_range: float = 1.0,
+    win_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> torch.Tensor:
+    """Structural similarity per image (mean over the valid region and the channels).
+
+    Args:
+        x, y: (B, C, H, W) images with values in ``[0, data_range]``; H, W >= ``win_size``.
+        data_range: dynamic range L (C1 = (k1 L)^2, C2 = (k2 L)^2).
+        win_size: odd Gaussian window size.
+        sigma: Gaussian standard deviation.
+        k1, k2: stabilising constants.
+
+    Returns:
+        (B,) SSIM, float32 (float64 for float64 input).
+    """
+    _check_pair(x, y)
+    if win_size % 2 != 1:
+        raise ValueError(f"expected an odd win_size, got {win_size}")
+    if min(x.shape[-2:]) < win_size:
+        raise ValueError(f"expected H, W >= {win_size}, got {tuple(x.shape[-2:])}")
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    b, c, h, w = x.shape
+    x = x.to(dtype).reshape(b * c, 1, h, w)
+    y = y.to(dtype).reshape(b * c, 1, h, w)
+    g = _gaussian_kernel1d(win_size, sigma, dtype, x.device)
+    # all five moments go through one separable valid convolution
+    stack = torch.cat([x, y, x * x, y * y, x * y], dim=1).reshape(b * c * 5, 1, h, w)
+    filt = F.conv2d(stack, g.view(1, 1, win_size, 1))
+    filt = F.conv2d(filt, g.view(1, 1, 1, win_size))
+    filt = filt.reshape(b * c, 5, h - win_size + 1, w - win_size + 1)
+    ux, uy, uxx, uyy, uxy = filt.unbind(dim=1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = (k1 * data_range) ** 2, (k2 * data_range) ** 2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.reshape(b, -1).mean(dim=1)
+
+
+def _sqrtm_psd(m: torch.Tensor) -> torch.Tensor:
+    """Square root of a symmetric PSD matrix via eigh (negative round-off clamped)."""
+    evals, evecs = torch.linalg.eigh(m)
+    return (evecs * evals.clamp_min(0).sqrt()) @ evecs.T
+
+
+def frechet_distance(
+    mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
+) -> float:
+    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
+
+    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))``.
+
+    Args:
+        mu1, mu2: (D,) means.
+        sigma1, sigma2: (D, D) symmetric PSD covariances.
+
+    Returns:
+        The distance as a Python float.
+    """
+    if mu1.dim() != 1 or mu1.shape != mu2.shape:
+        raise ValueError(f"expected two (D,) means, got {tuple(mu1.shape)}, {tuple(mu2.shape)}")
+    d = mu1.shape[0]
+    if sigma1.shape != (d, d) or sigma2.shape != (d, d):
+        raise ValueError(
+            f"expected ({d}, {d}) covariances, got {tuple(sigma1.shape)}, {tuple(sigma2.shape)}"
+        )
+    mu1, mu2 = mu1.double(), mu2.to(mu1.device).double()
+    s1 = sigma1.to(mu1.device).double()
+    s2 = sigma2.to(mu1.device).double()
+    # symmetrise so eigh sees exactly symmetric input despite round-off in the estimates
+    s1, s2 = (s1 + s1.T) / 2, (s2 + s2.T) / 2
+    root1 = _sqrtm_psd(s1)
+    inner = root1 @ s2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    diff = mu1 - mu2
+    return float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean)
+
+
+class FeatureStatistics:
+    """Streaming mean and covariance of feature batches (float64, Chan et al. merge).
+
+    Numerically stable for large sets: each batch is centred on its own mean and merged.
+    """
+
+    def __init__(self, dim: int | None = None) -> None:
+        self.dim = dim
+        self.count = 0
+        self.mean: torch.Tensor | None = None
+        self.m2: torch.Tensor | None = None
+
+    @torch.no_grad()
+    def update(self, features: torch.Tensor) -> None:
+        """Add a (B, D) batch."""
+        if features.dim() != 2:
+            raise ValueError(f"expected features (B, D), got {tuple(features.shape)}")
+        if self.dim is not None and features.shape[1] != self.dim:
+            raise ValueError(f"expected feature dim {self.dim}, got {features.shape[1]}")
+        nb = features.shape[0]
+        if nb == 0:
+            return
+        self.dim = features.shape[1]
+        f = features.double()
+        mean_b = f.mean(dim=0)
+        centred = f - mean_b
+        m2_b = centred.T @ centred
+        if self.mean is None or self.m2 is None:
+            self.count, self.mean, self.m2 = nb, mean_b, m2_b
+            return
+        n = self.count
+        total = n + nb
+        delta = mean_b.to(self.mean.device) - self.mean
+        self.mean = self.mean + delta * (nb / total)
+        self.m2 = self.m2 + m2_b.to(self.m2.device) + torch.outer(delta, delta) * (n * nb / total)
+        self.count = total
+
+    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """Returns ``(mu (D,), sigma (D, D))`` in float64, sigma with the N - 1 normaliser."""
+        if self.mean is None or self.m2 is None or self.count < 2:
+            raise ValueError(f"expected at least 2 samples, got {self.count}")
+        return self.mean.clone(), self.m2 / (self.count - 1)
+
+
+def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Mean and unbiased covariance (``np.cov(rowvar=False)`` convention) of (N, D) features.
+
+    Returns:
+        ``(mu (D,), sigma (D, D))`` in float64.
+    """
+    stats = FeatureStatistics()
+    stats.update(features)
+    return stats.compute()

@@ -1,0 +1,309 @@
+"""Linear segmentation probe and dataset-level mIoU (SPEC §5).
+
+Probe = BatchNorm2d(d) -> 1x1 Conv2d(d, classes) on the frozen ``dense`` grid, logits
+upsampled bilinearly to the label size, cross-entropy with ignore label 255.
+
+mIoU comes from one confusion matrix accumulated over the whole dataset (never an average of
+per-image or per-batch mIoUs). A class whose union (target pixels + predicted pixels) is empty
+has an undefined IoU (NaN in ``iou_per_class``) and is left out of the mean; a class predicted
+but absent from the targets has IoU 0 and counts.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+logger = logging.getLogger(__name__)
+
+
+def to_channels_first(dense: torch.Tensor, dim: int, layout: str = "auto") -> torch.Tensor:
+    """Bring a dense feature grid to (B, D, h, w).
+
+    Args:
+        dense: (B, h, w, D), (B, D, h, w), or (B, P, D) tokens with P a perfect square.
+        dim: the feature dimension D (used to detect the layout).
+        layout: ``"bhwd"``, ``"bdhw"`` or ``"auto"`` (decided from where ``dim`` sits; an
+            ambiguous shape such as h == D raises).
+
+    Returns:
+        (B, D, h, w) tensor (a view when possible).
+    """
+    if dense.dim() == 3:
+        b, p, d = dense.shape
+        side = math.isqrt(p)
+        if d != dim or side * side != p:
+            raise ValueError(
+                f"expected (B, P, {dim}) tokens with P a perfect square, got {tuple(dense.shape)}"
+            )
+        return dense.reshape(b, side, side, d).permute(0, 3, 1, 2)
+    if dense.dim() != 4:
+        raise ValueError(f"expected (B, h, w, D) or (B, D, h, w) features, got {dense.shape}")
+    if layout == "auto":
+        last, second = dense.shape[-1] == dim, dense.shape[1] == dim
+        if last and second:
+            raise ValueError(
+                f"ambiguous layout for shape {tuple(dense.shape)} with D = {dim}; pass layout"
+            )
+        if not (last or second):
+            raise ValueError(f"expected D = {dim} at axis 1 or -1, got {tuple(dense.shape)}")
+        layout = "bhwd" if last else "bdhw"
+    if layout == "bhwd":
+        if dense.shape[-1] != dim:
+            raise ValueError(f"expected (B, h, w, {dim}), got {tuple(dense.shape)}")
+        return dense.permute(0, 3, 1, 2)
+    if layout == "bdhw":
+        if dense.shape[1] != dim:
+            raise ValueError(f"expected (B, {dim}, h, w), got {tuple(dense.shape)}")
+        return dense
+    raise ValueError(f"expected layout 'auto', 'bhwd' or 'bdhw', got {layout!r}")
+
+
+class SegmentationProbe(nn.Module):
+    """BatchNorm2d(dim) followed by a 1x1 convolution to ``num_classes``."""
+
+    def __init__(self, dim: int, num_classes: int) -> None:
+        super().__init__()
+        if dim < 1 or num_classes < 1:
+            raise ValueError(f"expected dim >= 1 and num_classes >= 1, got {dim}, {num_classes}")
+        self.dim = dim
+        self.bn = nn.BatchNorm2d(dim)
+        self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
+
+    def forward(
+        self,
+        dense: torch.Tensor,
+        out_size: tuple[int, int] | None = None,
+        layout: str = "auto",
+    ) -> torch.Tensor:
+        """Per-pixel class logits.
+
+        Args:
+            dense: (B, h, w, D), (B, D, h, w) or (B, P, D) with P square; see
+                :func:`to_channels_first`.
+            out_size: (H, W) of the labels; None keeps the grid size.
+            layout: forwarded to :func:`to_channels_first`.
+
+        Returns:
+            (B, C, H, W) logits (bilinear, ``align_corners=False``).
+        """
+        x = to_channels_first(dense, self.dim, layout)
+        # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
+        logits = self.conv(self.bn(x.float().contiguous()))
+        if out_size is not None and tuple(out_size) != tuple(logits.shape[-2:]):
+            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits
+
+
+class ConfusionMatrix:
+    """Dataset-level confusion matrix (rows = target, columns = prediction).
+
+    Args:
+        num_classes: C.
+        ignore_index: target value whose pixels are skipped.
+    """
+
+    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+        if num_classes < 1:
+            raise ValueError(f"expected num_classes >= 1, got {num_classes}")
+        self.num_classes = num_classes
+        self.ignore_index = ignore_index
+        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
+
+    def reset(self) -> None:
+        """Zero the accumulated counts."""
+        self.matrix.zero_()
+
+    @torch.no_grad()
+    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
+        """Add one batch.
+
+        Args:
+            pred: (B, H, W) predicted labels, or (B, C, H, W) logits (argmax over C is taken).
+            target: (B, H, W) labels in ``[0, C)`` or ``ignore_index``.
+        """
+        c = self.num_classes
+        if pred.dim() == target.dim() + 1 and pred.shape[1] == c:
+            pred = pred.argmax(dim=1)
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"expected pred (B, H, W) or (B, {c}, H, W) matching target "
+                f"{tuple(target.shape)}, got {tuple(pred.shape)}"
+            )
+        if pred.is_floating_point() or target.is_floating_point():
+            raise ValueError("expected integer label maps for pred and target")
+        target = target.reshape(-1).long()
+        pred = pred.reshape(-1).long().to(target.device)
+        valid = target != self.ignore_index
+        target, pred = target[valid], pred[valid]
+        if target.numel() == 0:
+            return
+        if int(target.min()) < 0 or int(target.max()) >= c:
+            raise ValueError(
+                f"expected target labels in [0, {c}) or {self.ignore_index}, got range "
+                f"[{int(target.min())}, {int(target.max())}]"
+            )
+        if int(pred.min()) < 0 or int(pred.max()) >= c:
+            raise ValueError(
+                f"expected predicted labels in [0, {c}), got range "
+                f"[{int(pred.min())}, {int(pred.max())}]"
+            )
+        counts = torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
+        self.matrix += counts.cpu()
+
+    def compute(self) -> dict:
+        """Metrics of the accumulated matrix.
+
+        Returns:
+            ``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}``;
+            IoU of a class absent from both prediction and target is NaN and excluded from
+            ``miou``. Everything is NaN when no pixel was counted.
+        """
+        m = self.matrix.double()
+        inter = m.diagonal()
+        union = m.sum(dim=0) + m.sum(dim=1) - inter
+        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
+        total = m.sum()
+        present = ~iou.isnan()
+        miou = iou[present].mean().item() if bool(present.any()) else math.nan
+        pixel_acc = (inter.sum() / total).item() if total > 0 else math.nan
+        return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
+
+
+@torch.no_grad()
+def evaluate_segmentation_probe(
+    probe: SegmentationProbe,
+    dense: torch.Tensor,
+    masks: torch.Tensor,
+    num_classes: int,
+    batch_size: int = 16,
+    ignore_index: int = 255,
+    device: torch.device | str = "cpu",
+    layout: str = "auto",
+) -> dict:
+    """mIoU of ``probe`` over cached grids (N, ...) and label maps (N, H, W)."""
+    was_training = probe.training
+    probe.eval()
+    cm = ConfusionMatrix(num_classes, ignore_index)
+    for i in range(0, dense.shape[0], batch_size):
+        target = masks[i : i + batch_size].to(device).long()
+        logits = probe(dense[i : i + batch_size].to(device), tuple(target.shape[-2:]), layout)
+        cm.update(logits.argmax(dim=1), target)
+    probe.train(was_training)
+    return cm.compute()
+
+
+def train_segmentation_probe(
+    train_dense: torch.Tensor,
+    train_masks: torch.Tensor,
+    val_dense: torch.Tensor | None,
+    val_masks: torch.Tensor | None,
+    num_classes: int,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 16,
+    ignore_index: int = 255,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    layout: str = "auto",
+    progress: bool = True,
+) -> tuple[SegmentationProbe, dict]:
+    """Train a :class:`SegmentationProbe` on cached dense grids.
+
+    AdamW with per-step cosine decay to 0 (the SPEC fixes the probe, not the optimiser).
+    Deterministic for a given seed and device; the global RNG is left untouched.
+
+    Args:
+        train_dense: (N, h, w, D), (N, D, h, w) or (N, P, D) frozen features (any float dtype;
+            may stay on CPU, batches move to ``device``).
+        train_masks: (N, H, W) integer labels, ``ignore_index`` for unlabelled pixels.
+        val_dense, val_masks: same for validation, or None.
+        num_classes: C.
+        epochs, lr, weight_decay, batch_size: optimisation settings.
+        ignore_index: label skipped by the loss and the metric.
+        seed: seeds the probe init and the batch order.
+        device: where the probe trains.
+        layout: feature layout, see :func:`to_channels_first`; with ``"auto"`` a 4-D grid is
+            read as (N, D, h, w) only when its last two axes are equal and differ from axis 1,
+            otherwise as (N, h, w, D), so pass ``"bdhw"`` for non-square channels-first grids.
+        progress: show a tqdm bar over epochs.
+
+    Returns:
+        ``(probe, metrics)`` with the :meth:`ConfusionMatrix.compute` keys on the val set
+        (empty dict without one).
+    """
+    if train_masks.dim() != 3 or train_masks.shape[0] != train_dense.shape[0]:
+        raise ValueError(
+            f"expected train_masks (N, H, W) with N = {train_dense.shape[0]}, "
+            f"got {tuple(train_masks.shape)}"
+        )
+    if train_masks.is_floating_point():
+        raise ValueError(f"expected integer train_masks, got dtype {train_masks.dtype}")
+    if (val_dense is None) != (val_masks is None):
+        raise ValueError("expected val_dense and val_masks both given or both None")
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    n = train_dense.shape[0]
+    if n == 0:
+        raise ValueError("expected a non-empty training set")
+    dim = to_channels_first(train_dense[:1], _infer_dim(train_dense, layout), layout).shape[1]
+
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = SegmentationProbe(dim, num_classes)
+    probe = probe.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
+    total = epochs * math.ceil(n / batch_size)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
+    )
+    out_size = tuple(train_masks.shape[-2:])
+
+    probe.train()
+    bar = tqdm(range(epochs), desc="segmentation probe", disable=not progress, leave=False)
+    for epoch in bar:
+        order = torch.randperm(n, generator=gen)
+        loss_sum = torch.zeros((), device=device)
+        for i in range(0, n, batch_size):
+            idx = order[i : i + batch_size]
+            logits = probe(train_dense[idx].to(device), out_size, layout)
+            target = train_masks[idx].to(device).long()
+            loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
+            if not torch.isfinite(loss):
+                # a batch whose pixels are all ignored has a NaN mean loss; skip it
+                continue
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            loss_sum += loss.detach() * idx.numel()
+        mean_loss = (loss_sum / n).item()
+        bar.set_postfix(loss=f"{mean_loss:.4f}")
+        logger.debug("segmentation probe epoch %d/%d loss %.4f", epoch + 1, epochs, mean_loss)
+
+    metrics: dict = {}
+    if val_dense is not None and val_masks is not None:
+        metrics = evaluate_segmentation_probe(
+            probe, val_dense, val_masks, num_classes, batch_size, ignore_index, device, layout
+        )
+        logger.info(
+            "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
+        )
+    return probe, metrics
+
+
+def _infer_dim(dense: torch.Tensor, layout: str) -> int:
+    """Feature dimension of a cached grid; channels-last unless ``layout`` says otherwise."""
+    if dense.dim() == 4 and layout == "bdhw":
+        return dense.shape[1]
+    if dense.dim() == 4 and layout == "auto" and dense.shape[1] != dense.shape[-1]:
+        # (N, D, h, w) grids have h == w in practice; (N, h, w, D) have shape[1] == shape[2]
+        return dense.shape[1] if dense.shape[2] == dense.shape[3] else dense.shape[-1]
+    return dense.shape[-1]

@@ -1,0 +1,117 @@
+"""PSNR / SSIM against numpy and scikit-image, Fréchet maths against closed forms and scipy."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import scipy.linalg
+import torch
+from skimage.metrics import structural_similarity
+
+from stellar.eval.metrics import (
+    FeatureStatistics,
+    feature_statistics,
+    frechet_distance,
+    psnr,
+    ssim,
+)
+
+
+def _images(b=3, c=3, h=32, w=27, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    x = torch.rand(b, c, h, w, generator=g)
+    y = (x + 0.1 * torch.randn(b, c, h, w, generator=g)).clamp(0, 1)
+    return x, y
+
+
+def test_psnr_matches_numpy():
+    x, y = _images()
+    got = psnr(x, y)
+    for i in range(x.shape[0]):
+        mse = np.mean((x[i].double().numpy() - y[i].double().numpy()) ** 2)
+        assert got[i].item() == pytest.approx(10 * math.log10(1.0 / mse), rel=1e-5)
+    assert torch.isinf(psnr(x, x)).all()
+    assert psnr(x * 255, y * 255, data_range=255.0) == pytest.approx(got, rel=1e-4)
+
+
+@pytest.mark.parametrize("shape", [(3, 3, 32, 27), (2, 1, 11, 11), (1, 3, 64, 48)])
+def test_ssim_matches_skimage(shape):
+    x, y = _images(*shape)
+    got = ssim(x, y)
+    assert got.shape == (shape[0],)
+    for i in range(shape[0]):
+        ref = structural_similarity(
+            x[i].double().numpy(),
+            y[i].double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=0,
+        )
+        assert got[i].item() == pytest.approx(ref, abs=1e-4)
+    torch.testing.assert_close(ssim(x.double(), y.double()), got.double(), atol=1e-5, rtol=0)
+
+
+def test_ssim_properties_and_errors():
+    x, y = _images()
+    torch.testing.assert_close(ssim(x, x), torch.ones(3))
+    torch.testing.assert_close(ssim(x, y), ssim(y, x))
+    assert (ssim(x, y) < 1).all()
+    with pytest.raises(ValueError, match="H, W >= 11"):
+        ssim(x[..., :10, :], y[..., :10, :])
+    with pytest.raises(ValueError, match="equal shape"):
+        ssim(x, y[:1])
+
+
+def test_frechet_diagonal_closed_form():
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    mu1, mu2 = torch.randn(d, generator=g), torch.randn(d, generator=g)
+    v1, v2 = torch.rand(d, generator=g) + 0.1, torch.rand(d, generator=g) + 0.1
+    expected = ((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum()
+    got = frechet_distance(mu1, torch.diag(v1), mu2, torch.diag(v2))
+    assert got == pytest.approx(expected.item(), rel=1e-6)
+    # commuting (jointly diagonalisable) covariances: same formula in a rotated basis
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    s1, s2 = q @ torch.diag(v1.double()) @ q.T, q @ torch.diag(v2.double()) @ q.T
+    assert frechet_distance(mu1, s1, mu2, s2) == pytest.approx(expected.item(), rel=1e-6)
+    assert frechet_distance(mu1, s1, mu1, s1) == pytest.approx(0.0, abs=1e-9)
+
+
+def test_frechet_matches_scipy_sqrtm():
+    rng = np.random.default_rng(0)
+    d = 20
+    a, b = rng.normal(size=(d, 40)), rng.normal(size=(d, 8))  # the second is rank-deficient
+    s1, s2 = a @ a.T / 40, b @ b.T / 8
+    mu1, mu2 = rng.normal(size=d), rng.normal(size=d)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    ref = np.sum((mu1 - mu2) ** 2) + np.trace(s1) + np.trace(s2) - 2 * np.trace(covmean)
+    got = frechet_distance(*(torch.from_numpy(v) for v in (mu1, s1, mu2, s2)))
+    assert got == pytest.approx(ref, rel=1e-6, abs=1e-6)
+    # float32 inputs are promoted to float64
+    got32 = frechet_distance(*(torch.from_numpy(v).float() for v in (mu1, s1, mu2, s2)))
+    assert got32 == pytest.approx(ref, rel=1e-4)
+
+
+def test_feature_statistics_and_streaming():
+    g = torch.Generator().manual_seed(0)
+    feats = torch.randn(500, 12, generator=g) * 3 + 100  # large offset: tests stability
+    mu, sigma = feature_statistics(feats)
+    np.testing.assert_allclose(mu.numpy(), feats.double().numpy().mean(0), rtol=1e-12)
+    np.testing.assert_allclose(
+        sigma.numpy(), np.cov(feats.double().numpy(), rowvar=False), rtol=1e-9, atol=1e-9
+    )
+    stream = FeatureStatistics()
+    for chunk in torch.split(feats, [1, 7, 200, 0, 292]):
+        stream.update(chunk)
+    smu, ssig = stream.compute()
+    torch.testing.assert_close(smu, mu, rtol=1e-12, atol=1e-10)
+    torch.testing.assert_close(ssig, sigma, rtol=1e-9, atol=1e-9)
+    assert stream.count == 500
+    with pytest.raises(ValueError, match="at least 2"):
+        feature_statistics(feats[:1])
+    with pytest.raises(ValueError, match="feature dim 12"):
+        stream.update(torch.randn(3, 5))

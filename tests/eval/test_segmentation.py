@@ -1,0 +1,139 @@
+"""Segmentation probe and the dataset-level confusion matrix."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from stellar.eval.segmentation import (
+    ConfusionMatrix,
+    SegmentationProbe,
+    to_channels_first,
+    train_segmentation_probe,
+)
+
+
+def test_hand_computed_confusion_matrix():
+    target = torch.tensor([[[0, 0, 1], [1, 2, 2]]])
+    pred = torch.tensor([[[0, 1, 1], [1, 2, 0]]])
+    cm = ConfusionMatrix(3)
+    cm.update(pred, target)
+    # rows = target, cols = pred
+    assert cm.matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]
+    out = cm.compute()
+    # class 0: inter 1, union 2 + 2 - 1 = 3; class 1: 2 / (2 + 3 - 2); class 2: 1 / (2 + 1 - 1)
+    expected = [1 / 3, 2 / 3, 1 / 2]
+    np.testing.assert_allclose(out["iou_per_class"].numpy(), expected)
+    assert out["miou"] == pytest.approx(sum(expected) / 3)
+    assert out["pixel_acc"] == pytest.approx(4 / 6)
+
+
+def test_perfect_prediction_and_absent_classes():
+    target = torch.randint(0, 3, (2, 5, 5))  # classes 3 and 4 never occur
+    cm = ConfusionMatrix(5)
+    cm.update(target.clone(), target)
+    out = cm.compute()
+    assert out["miou"] == pytest.approx(1.0) and out["pixel_acc"] == pytest.approx(1.0)
+    assert torch.isnan(out["iou_per_class"][3:]).all()
+    # a class predicted but absent from the targets counts with IoU 0
+    pred = target.clone()
+    pred[0, 0, 0] = 4
+    cm2 = ConfusionMatrix(5)
+    cm2.update(pred, target)
+    out2 = cm2.compute()
+    assert out2["iou_per_class"][4] == 0 and math.isnan(out2["iou_per_class"][3])
+    assert out2["miou"] < 1.0
+    assert math.isnan(ConfusionMatrix(3).compute()["miou"])
+
+
+def test_ignore_label_is_ignored():
+    target = torch.tensor([[[0, 1, 255, 255]]])
+    pred = torch.tensor([[[0, 1, 0, 1]]])
+    cm = ConfusionMatrix(2)
+    cm.update(pred, target)
+    assert cm.matrix.sum() == 2
+    assert cm.compute()["miou"] == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="target labels"):
+        cm.update(pred, torch.tensor([[[0, 1, 7, 0]]]))
+    with pytest.raises(ValueError, match="predicted labels"):
+        cm.update(torch.tensor([[[3, 1, 0, 0]]]), target)
+
+
+def test_accumulation_equals_single_update_not_batch_mean():
+    # batch A: class 1 is a single pixel, badly predicted; batch B: large, well predicted.
+    ta = torch.tensor([[[0, 0, 0, 1]]])
+    pa = torch.tensor([[[0, 0, 1, 0]]])
+    tb = torch.tensor([[[1] * 8 + [0] * 8]])
+    pb = tb.clone()
+    acc = ConfusionMatrix(2)
+    acc.update(pa, ta)
+    acc.update(pb, tb)
+    whole = ConfusionMatrix(2)
+    whole.update(
+        torch.cat([pa.flatten(), pb.flatten()])[None, None],
+        torch.cat([ta.flatten(), tb.flatten()])[None, None],
+    )
+    assert torch.equal(acc.matrix, whole.matrix)
+    per_batch = []
+    for p, t in ((pa, ta), (pb, tb)):
+        cm = ConfusionMatrix(2)
+        cm.update(p, t)
+        per_batch.append(cm.compute()["miou"])
+    # dataset-level: class 0 = 10/12, class 1 = 8/10 -> 0.8167; batch mean = (1/3 + 1) / 2
+    assert acc.compute()["miou"] == pytest.approx((10 / 12 + 8 / 10) / 2)
+    assert abs(acc.compute()["miou"] - sum(per_batch) / 2) > 0.1
+
+
+def test_logits_and_layouts():
+    probe = SegmentationProbe(8, 4)
+    grid = torch.randn(2, 6, 6, 8)
+    probe.eval()
+    a = probe(grid, (24, 24))
+    b = probe(grid.permute(0, 3, 1, 2), (24, 24))
+    c = probe(grid.reshape(2, 36, 8), (24, 24))
+    assert a.shape == (2, 4, 24, 24)
+    torch.testing.assert_close(a, b)
+    torch.testing.assert_close(a, c)
+    assert probe(grid).shape == (2, 4, 6, 6)
+    with pytest.raises(ValueError, match="ambiguous"):
+        to_channels_first(torch.randn(1, 8, 8, 8), 8)
+    cm = ConfusionMatrix(4)
+    cm.update(a, a.argmax(1))  # (B, C, H, W) logits are argmaxed
+    assert cm.compute()["pixel_acc"] == 1.0
+
+
+def test_probe_learns_linear_toy_task():
+    g = torch.Generator().manual_seed(0)
+    n, h, d, c = 48, 8, 16, 4
+    w = torch.randn(d, c, generator=g)
+    feats = torch.randn(n, h, h, d, generator=g) * 2 + 1  # off-centre: BN has work to do
+    masks = (feats @ w).argmax(-1)
+    masks[:, 0, :] = 255  # an unlabelled row
+    train = slice(0, 40)
+    val = slice(40, n)
+    probe, m = train_segmentation_probe(
+        feats[train],
+        masks[train],
+        feats[val],
+        masks[val],
+        c,
+        epochs=20,
+        lr=0.1,
+        batch_size=20,
+        progress=False,
+    )
+    assert m["miou"] > 0.85 and m["pixel_acc"] > 0.9
+    # the untrained probe is far from that
+    cm = ConfusionMatrix(c)
+    with torch.no_grad():
+        cm.update(SegmentationProbe(d, c).eval()(feats[val]).argmax(1), masks[val])
+    assert cm.compute()["miou"] < 0.6
+    # upsampled labels work too (logits resized to the mask size)
+    big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
+    _, m2 = train_segmentation_probe(
+        feats[:8], big[:8], feats[val], big[val], c, epochs=1, batch_size=8, progress=False
+    )
+    assert 0.0 <= m2["miou"] <= 1.0
