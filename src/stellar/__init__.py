@@ -1,6 +1,6 @@
 """STELLAR: sparse visual representations by spatial-semantic factorization."""
 
-from stellar.hub import create_stellar, load_stellar
+from stellar.hub import create_stellar, load_model, load_stellar
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.models.registry import list_models
 from stellar.models.stellar import STELLAR
@@ -14,5 +14,6 @@ __all__ = [
     "StellarConfig",
     "create_stellar",
     "list_models",
+    "load_model",
     "load_stellar",
 ]

@@ -269,3 +269,29 @@ def _finish(
     if device is not None or dtype is not None:
         model.to(device=device, dtype=dtype)
     return model
+
+
+def load_model(
+    spec: str | Path,
+    purpose: Purpose = "encode",
+    vq_model: str | Path | MaskGITVQGAN | None = None,
+    device: str | torch.device | None = None,
+) -> STELLAR:
+    """What commands call with ``--model``: a path, a released name, or a preset.
+
+    A path is a checkpoint directory (a training run's ``checkpoints/last`` included) or file;
+    a released name resolves locally as in :func:`load_stellar`; a preset name without
+    weights builds a randomly initialised model and says so in the log.
+    """
+    spec = str(spec)
+    if not Path(spec).exists() and spec in list_models() and not is_released(spec):
+        logger.warning("%s has no weights: using a RANDOMLY INITIALISED model", spec)
+        model = create_stellar(spec, purpose=purpose, vq_model=vq_model)
+        model.requires_grad_(False).eval()
+        return model.to(device) if device is not None else model
+    run_checkpoint = Path(spec) / "checkpoints" / "last"
+    if run_checkpoint.is_dir():
+        spec = str(run_checkpoint)
+    model = load_stellar(spec, purpose=purpose, vq_model=vq_model, device=device)
+    model.requires_grad_(False).eval()
+    return model

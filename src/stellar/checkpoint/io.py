@@ -78,15 +78,18 @@ def save_state_dict(
     return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
 
 
-def save_pretrained(model: STELLAR, directory: str | Path) -> Path:
+def save_pretrained(
+    model: STELLAR, directory: str | Path, state: dict[str, Tensor] | None = None
+) -> Path:
     """Write ``config.json`` + ``model.safetensors`` in the official transformers-4.x layout.
 
     The config is also stored in the safetensors metadata, so the file alone is self-describing.
+    ``state`` replaces ``model.state_dict()`` (e.g. a full state gathered from FSDP shards).
     """
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
     save_state_dict(
-        to_official(model.state_dict()),
+        to_official(model.state_dict() if state is None else state),
         directory / WEIGHTS_NAME,
         {CONFIG_METADATA_KEY: config},
     )

@@ -1,0 +1,61 @@
+"""The ``stellar`` command line. Each subcommand lives with the code it drives.
+
+A command module provides ``add_arguments(parser)`` and ``run(args) -> int``; it is imported
+only when its command runs, so ``stellar --help`` stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+COMMANDS: dict[str, tuple[str, str]] = {
+    "models": ("stellar.commands", "list the registered model names"),
+    "demo": (
+        "stellar.demo",
+        "train a small STELLAR on concept scenes, evaluate it, write a report",
+    ),
+    "train": ("stellar.train.command", "pretrain STELLAR (YAML config + key=value overrides)"),
+    "extract": ("stellar.eval.extract", "write per-image features of a folder in shards"),
+    "eval": ("stellar.eval.command", "evaluation protocols: linear, knn, seg, recon, invariance"),
+    "viz": ("stellar.viz.command", "draw concept maps, PCA and reconstructions of images"),
+    "retrieve": ("stellar.viz.retrieve", "index concept tokens; find the nearest to a query"),
+    "scenes": ("stellar.data.scenes_command", "export the procedural concept scenes to a folder"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The top-level parser with one sub-parser per command."""
+    parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name, (_, help_text) in COMMANDS.items():
+        sub.add_parser(name, help=help_text, add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stellar`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    top = build_parser()
+    args, rest = top.parse_known_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
+    if args.command is None:
+        top.print_help()
+        return 0
+    module = importlib.import_module(COMMANDS[args.command][0])
+    parser = argparse.ArgumentParser(
+        prog=f"stellar {args.command}", description=COMMANDS[args.command][1]
+    )
+    module.add_arguments(parser)
+    return int(module.run(parser.parse_args(rest)) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,224 @@
+"""The STELLAR pretraining objective: one place that computes, weights and sums every term.
+
+:class:`StellarObjective` wraps the model so that one ``forward(batch)`` is the whole training
+computation (DDP and ``torch.compile`` see a single module call). The batch holds views that
+are already augmented and the kept-patch indices of the masked views; randomness lives in the
+data pipeline, so the objective is a deterministic function of its inputs.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from stellar.losses.clustering import clustering_targets, cross_entropy_soft
+from stellar.losses.koleo import koleo_loss
+from stellar.losses.matching import set_alignment_loss, sinkhorn_match
+from stellar.models.stellar import STELLAR
+
+PIXEL_RECON_WEIGHT = 10.0
+VQ_RECON_WEIGHT = 0.05
+
+
+@dataclass
+class ObjectiveConfig:
+    """Switches and weights of the loss terms (SPEC §2); each paper ablation is one flag.
+
+    ``recon_weight=None`` takes the paper's weight for the head (pixel 10, vq 0.05).
+    """
+
+    recon: bool = True
+    recon_weight: float | None = None
+    clustering: bool = True
+    set_align: bool = True
+    cls_align: bool = True
+    koleo: bool = True
+    koleo_weight: float = 0.1
+    global_align: bool = False
+    ot_eps: float = 0.1
+    ot_iterations: int = 5
+
+
+class StellarObjective(nn.Module):
+    """Model + objective: ``forward(batch) -> (total, {name: detached term})``.
+
+    Batch keys (B images; V masked views; L local views):
+        ``image`` (B, 3, G, G) main view, no colour augmentation (reconstruction target);
+        ``masked_views`` (B·V, 3, G, G) colour-augmented copies, image-major, with
+        ``keep_idx`` (B·V, k) the patches each keeps; ``local_views`` (B·L, 3, l, l);
+        ``second_view`` (B, 3, G, G) for global alignment. Absent keys switch terms off.
+
+    Args:
+        model: a ``purpose="pretrain"`` STELLAR.
+        config: which terms, with which weights.
+        teacher: optional EMA copy that supplies the clustering targets.
+    """
+
+    def __init__(
+        self, model: STELLAR, config: ObjectiveConfig, teacher: STELLAR | None = None
+    ) -> None:
+        super().__init__()
+        if model.clustering_head is None or model.decoder is None:
+            raise ValueError("the objective needs a model built with purpose='pretrain'")
+        self.model = model
+        self.config = config
+        # Held outside the module tree: the teacher has no gradients and is not DDP-synced.
+        self._teacher = [teacher] if teacher is not None else []
+
+    @property
+    def teacher(self) -> STELLAR | None:
+        """The EMA teacher, if any."""
+        return self._teacher[0] if self._teacher else None
+
+    def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
+        """Compute every enabled term on one batch."""
+        cfg, model = self.config, self.model
+        mc = model.config
+        terms: dict[str, Tensor] = {}
+        main = model.forward_encode(batch["image"])
+        if cfg.recon:
+            terms["recon"] = self.reconstruction_weight() * self.reconstruction_loss(
+                main, batch["image"]
+            )
+        if cfg.koleo:
+            terms["koleo"] = cfg.koleo_weight * koleo_loss(main["sparse"])
+        logits = model.clustering_head(main["sparse"])
+        cls_logits = model.cls_cluster_head(main["cls"])
+        targets, cls_targets = self.targets(batch["image"], logits, cls_logits)
+
+        if cfg.global_align and "second_view" in batch:
+            terms.update(
+                self.global_alignment(
+                    batch["second_view"], main, logits, cls_logits, targets, cls_targets
+                )
+            )
+        elif cfg.clustering:
+            terms["cluster"] = cross_entropy_soft(logits, targets, mc.logits_temp)
+            terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, mc.logits_temp)
+
+        if "masked_views" in batch and (cfg.set_align or cfg.cls_align or cfg.koleo):
+            terms.update(self.masked_terms(batch, main, targets, cls_targets))
+        if "local_views" in batch and cfg.cls_align:
+            local = model.encoder.forward_features(
+                model.normalize(batch["local_views"]), model.batch_sparse(batch["local_views"])
+            )[:, :1]
+            terms["cls_align_local"] = self.cls_alignment(local, cls_targets)
+        if not terms:
+            raise ValueError("every loss term is switched off: nothing to train")
+        total = torch.stack([t.float() for t in terms.values()]).sum()
+        return total, {name: t.detach().float() for name, t in terms.items()}
+
+    # ------------------------------------------------------------------ terms
+    def reconstruction_weight(self) -> float:
+        """The configured weight, or the paper's for this decoder head."""
+        if self.config.recon_weight is not None:
+            return self.config.recon_weight
+        pixel = self.model.config.decoder_head == "pixel"
+        return PIXEL_RECON_WEIGHT if pixel else VQ_RECON_WEIGHT
+
+    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> Tensor:
+        """Pixel MSE against the [0, 1] image, or CE against the tokenizer's codes."""
+        model = self.model
+        grid = model.grid(image)
+        features = model.decoder.forward_features(main["lowrank"], grid)
+        output = model.decoder.head_output(features, grid)
+        if model.config.decoder_head == "pixel":
+            return F.mse_loss(output.float(), image.float())
+        codes = self.vq_targets(image, grid)
+        return F.cross_entropy(output.float().flatten(0, 1), codes.flatten())
+
+    @torch.no_grad()
+    def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
+        """Tokenizer codes (B, h*w) on the patch grid (the image is resized to grid·16)."""
+        tokenizer = self.model.tokenizer
+        if tokenizer is None:
+            raise ValueError(
+                "the vq reconstruction target needs the MaskGIT-VQGAN tokenizer: load the "
+                "model with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
+            )
+        size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
+        if tuple(image.shape[-2:]) != size:
+            image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
+        return tokenizer.encode(image.clamp(0, 1))
+
+    @torch.no_grad()
+    def targets(self, image: Tensor, logits: Tensor, cls_logits: Tensor) -> tuple[Tensor, Tensor]:
+        """Sinkhorn targets of the main view: from the EMA teacher if any, else the model."""
+        mc = self.model.config
+        teacher = self.teacher
+        if teacher is not None:
+            out = teacher.forward_encode(image)
+            logits = teacher.clustering_head(out["sparse"])
+            cls_logits = teacher.cls_cluster_head(out["cls"])
+        sk = dict(sk_temp=mc.sk_temp, n_iterations=mc.n_sk_iter)
+        return clustering_targets(logits, **sk), clustering_targets(cls_logits, **sk)
+
+    def masked_terms(
+        self,
+        batch: dict[str, Tensor],
+        main: dict[str, Tensor],
+        targets: Tensor,
+        cls_targets: Tensor,
+    ) -> dict[str, Tensor]:
+        """KoLeo, set alignment and CLS alignment of the masked views (one encoder batch)."""
+        cfg, model = self.config, self.model
+        out = model.forward_masked(batch["masked_views"], batch["keep_idx"])
+        terms = {}
+        if cfg.koleo:
+            terms["koleo_masked"] = cfg.koleo_weight * koleo_loss(out["sparse"])
+        if cfg.set_align:
+            index, _ = sinkhorn_match(out["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations)
+            logits = model.clustering_head(out["sparse"])
+            terms["set_align"] = set_alignment_loss(
+                logits, targets, index, model.config.logits_temp
+            )
+        if cfg.cls_align:
+            terms["cls_align_masked"] = self.cls_alignment(out["cls"], cls_targets)
+        return terms
+
+    def cls_alignment(self, cls_tokens: Tensor, cls_targets: Tensor) -> Tensor:
+        """CE of views' CLS logits (B·V, 1, d) against their image's main-view CLS targets."""
+        views = cls_tokens.shape[0] // cls_targets.shape[0]
+        logits = self.model.cls_cluster_head(cls_tokens)
+        expanded = cls_targets.repeat_interleave(views, dim=0)  # image-major views
+        return cross_entropy_soft(logits, expanded, self.model.config.logits_temp)
+
+    def global_alignment(
+        self,
+        second_view: Tensor,
+        main: dict[str, Tensor],
+        logits: Tensor,
+        cls_logits: Tensor,
+        targets: Tensor,
+        cls_targets: Tensor,
+    ) -> dict[str, Tensor]:
+        """Symmetric cross-view clustering between the main and a second global view.
+
+        View-2 tokens are matched to view-1 tokens (and view-1 to view-2) by the OT matcher;
+        each view's Sinkhorn targets supervise the other's logits; directions are averaged.
+        """
+        cfg, model = self.config, self.model
+        temp = model.config.logits_temp
+        other = model.forward_encode(second_view)
+        logits2 = model.clustering_head(other["sparse"])
+        cls_logits2 = model.cls_cluster_head(other["cls"])
+        targets2, cls_targets2 = self.targets(second_view, logits2, cls_logits2)
+        to_first, _ = sinkhorn_match(other["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations)
+        to_second, _ = sinkhorn_match(
+            main["sparse"], other["sparse"], cfg.ot_eps, cfg.ot_iterations
+        )
+        cluster = 0.5 * (
+            set_alignment_loss(logits2, targets, to_first, temp)
+            + set_alignment_loss(logits, targets2, to_second, temp)
+        )
+        cls = 0.5 * (
+            cross_entropy_soft(cls_logits2, cls_targets, temp)
+            + cross_entropy_soft(cls_logits, cls_targets2, temp)
+        )
+        terms = {"cluster": cluster, "cls_cluster": cls}
+        if cfg.koleo:
+            terms["koleo_second"] = cfg.koleo_weight * koleo_loss(other["sparse"])
+        return terms

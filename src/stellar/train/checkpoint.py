@@ -1,0 +1,69 @@
+"""Training checkpoints: weights in the official layout plus optimizer/step/RNG state.
+
+Each save writes a fresh ``step-XXXXXXXX/`` folder (every file atomically), then repoints the
+``last`` symlink with an atomic rename; a crash at any moment leaves the previous ``last``
+intact. ``checkpoints/last`` is itself a model directory that ``load_stellar`` reads.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stellar.checkpoint.io import atomic_write, save_pretrained
+from stellar.models.stellar import STELLAR
+
+logger = logging.getLogger(__name__)
+
+STATE_NAME = "trainer_state.pt"
+LAST = "last"
+
+
+def save_checkpoint(
+    root: Path,
+    step: int,
+    model: STELLAR,
+    state: dict[str, Any],
+    keep: int = 2,
+    weights: dict[str, torch.Tensor] | None = None,
+) -> Path:
+    """Write ``root/step-XXXXXXXX`` (model + trainer state) and point ``root/last`` at it.
+
+    ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards).
+    """
+    folder = root / f"step-{step:08d}"
+    save_pretrained(model, folder, weights)
+    atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    link_tmp = root / f".{LAST}.tmp"
+    if link_tmp.is_symlink() or link_tmp.exists():
+        link_tmp.unlink()
+    os.symlink(folder.name, link_tmp)
+    os.replace(link_tmp, root / LAST)
+    _prune(root, keep)
+    return folder
+
+
+def latest_checkpoint(root: Path) -> Path | None:
+    """The folder ``root/last`` points at, if a complete one exists."""
+    last = root / LAST
+    if last.exists() and (last / STATE_NAME).is_file():
+        return last.resolve()
+    return None
+
+
+def load_trainer_state(folder: Path) -> dict[str, Any]:
+    """The optimizer/step/RNG state saved beside the weights."""
+    return torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    current = (root / LAST).resolve()
+    for old in steps[: max(0, len(steps) - keep)]:
+        if old.resolve() != current:
+            shutil.rmtree(old, ignore_errors=True)

@@ -1,0 +1,455 @@
+"""The pretraining loop: read top to bottom in one sitting.
+
+One optimizer step = ``grad_accum`` micro-batches per process. Each micro-batch: canvases ->
+batched multi-view augmentation on the device -> masking -> ``StellarObjective`` (one module
+call, DDP-wrapped when distributed) -> backward. Randomness of a micro-batch comes from a
+generator seeded by (seed, step, micro-batch, rank), and the data order from (seed, epoch), so
+a resumed run replays exactly what an uninterrupted one would have done.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+import yaml
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, Sampler
+from tqdm.auto import tqdm
+
+from stellar.checkpoint.mae import init_encoder_from_mae
+from stellar.data.augment import MultiViewAugment
+from stellar.data.loader import collate_dict
+from stellar.hub import create_stellar, load_stellar
+from stellar.losses.masking import random_masking
+from stellar.losses.objective import StellarObjective
+from stellar.models.stellar import STELLAR
+from stellar.train import checkpoint as ckpt
+from stellar.train.config import TrainConfig
+from stellar.train.distributed import DistInfo, mean_across_ranks, setup
+from stellar.train.ema import make_teacher, update_teacher
+from stellar.train.schedule import cosine_lr, ema_momentum
+
+logger = logging.getLogger(__name__)
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss or gradient became NaN/inf."""
+
+
+class ResumableSampler(Sampler[int]):
+    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position."""
+
+    def __init__(self, length: int, seed: int, rank: int, world: int) -> None:
+        self.length, self.seed, self.rank, self.world = length, seed, rank, world
+        self.epoch, self.start = 0, 0
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Iterate epoch ``epoch`` from its ``start``-th sample on this rank."""
+        self.epoch, self.start = epoch, start
+
+    def order(self) -> list[int]:
+        """All of this rank's indices in the current epoch."""
+        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+        return torch.randperm(self.length, generator=g)[self.rank :: self.world].tolist()
+
+    def __iter__(self):
+        return iter(self.order()[self.start :])
+
+    def __len__(self) -> int:
+        return len(range(self.rank, self.length, self.world)) - self.start
+
+
+def build_dataset(cfg: TrainConfig) -> Dataset:
+    """The training images; checked before any training work starts."""
+    data = cfg.data
+    if data.source == "scenes":
+        from stellar.data.scenes import ConceptScenes
+
+        return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
+    if data.source == "folder":
+        from stellar.data.folder import validate_image_folder
+
+        if not data.root:
+            raise ValueError("data.source=folder needs data.root=/path/to/images")
+        return validate_image_folder(data.root, canvas_size=data.canvas_size)
+    raise ValueError(f"data.source must be 'scenes' or 'folder', got {data.source!r}")
+
+
+def build_model(cfg: TrainConfig) -> STELLAR:
+    """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised."""
+    vq = cfg.vq_model
+    if cfg.init.checkpoint:
+        model = load_stellar(cfg.init.checkpoint, purpose="pretrain", vq_model=vq)
+    else:
+        model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
+    if cfg.init.encoder:
+        init_encoder_from_mae(model, cfg.init.encoder)
+    if model.config.decoder_head == "vq" and cfg.objective.recon and model.tokenizer is None:
+        raise ValueError(
+            "this model reconstructs MaskGIT-VQGAN codes: pass "
+            "vq_model=/path/to/maskgit-vqgan-imagenet-f16-256.bin, or objective.recon=false"
+        )
+    return model.requires_grad_(True).train()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, and the CLS/position/concept tokens."""
+    no_decay_names = ("cls_token", "pos_embed", "sparse_tokens")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(no_decay_names) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
+
+
+class Trainer:
+    """Builds everything from a :class:`TrainConfig` and runs :meth:`train`."""
+
+    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None) -> None:
+        self.cfg = cfg
+        self.dist = dist or setup()
+        self.device = self.dist.device
+        self.out = Path(cfg.out)
+        self.ckpt_dir = self.out / "checkpoints"
+        self._check_config()
+        torch.manual_seed(cfg.seed)
+        self.dataset = build_dataset(cfg)
+        self.model = build_model(cfg).to(self.device)
+        self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
+        self.objective = StellarObjective(self.model, cfg.objective, self.teacher)
+        self.step_fn = self._wrap(self.objective)
+        a = cfg.augment
+        self.augment = MultiViewAugment(
+            a.global_size, a.local_size, a.n_global, a.n_local, a.global_scale, a.local_scale
+        )
+        self.optimizer = torch.optim.AdamW(
+            param_groups(self.model, cfg.optim.weight_decay),
+            lr=cfg.optim.lr,
+            betas=tuple(cfg.optim.betas),
+            fused=self.device.type == "cuda",
+        )
+        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        self.steps_per_epoch = len(self.dataset) // per_step
+        if self.steps_per_epoch < 1:
+            raise ValueError(
+                f"{len(self.dataset)} images cannot fill one step of {per_step} "
+                "(batch_size x grad_accum x processes): lower batch_size or add images"
+            )
+        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.sampler = ResumableSampler(
+            len(self.dataset), cfg.data.seed, self.dist.rank, self.dist.world_size
+        )
+        self.loader = DataLoader(
+            self.dataset,
+            batch_size=cfg.batch_size,
+            sampler=self.sampler,
+            num_workers=cfg.data.num_workers,
+            collate_fn=collate_dict,
+            pin_memory=self.device.type == "cuda",
+            drop_last=True,
+            persistent_workers=cfg.data.num_workers > 0,
+        )
+        self.step = 0
+        self.autocast_dtype = self._precision()
+
+    # ------------------------------------------------------------------ set-up
+    def _check_config(self) -> None:
+        cfg = self.cfg
+        if cfg.nonfinite not in ("stop", "skip"):
+            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
+        if cfg.strategy not in ("ddp", "fsdp"):
+            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {cfg.strategy!r}")
+        if cfg.augment.n_masked > cfg.augment.n_global:
+            raise ValueError("augment.n_masked cannot exceed augment.n_global")
+        if cfg.objective.global_align and cfg.augment.n_global < 2:
+            raise ValueError("objective.global_align needs augment.n_global >= 2")
+        if cfg.batch_size < 1 or cfg.grad_accum < 1:
+            raise ValueError("batch_size and grad_accum must be >= 1")
+
+    def _precision(self) -> torch.dtype | None:
+        p = self.cfg.precision
+        if p == "auto":
+            return torch.bfloat16 if self.device.type == "cuda" else None
+        if p in ("bf16", "bfloat16"):
+            return torch.bfloat16
+        if p in ("fp32", "float32"):
+            return None
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {p!r}")
+
+    def _wrap(self, objective: StellarObjective) -> nn.Module:
+        wrapped: nn.Module = objective
+        if self.dist.enabled and self.cfg.strategy == "fsdp":
+            from torch.distributed.fsdp import fully_shard
+
+            for block in self.model.encoder.blocks:
+                fully_shard(block)
+            fully_shard(objective)
+        elif self.dist.enabled:
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            wrapped = DistributedDataParallel(objective, device_ids=ids)
+        if self.cfg.compile:
+            wrapped = torch.compile(wrapped)
+        return wrapped
+
+    # ------------------------------------------------------------------ state
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters are FSDP shards (state must be gathered / scattered)."""
+        return self.dist.enabled and self.cfg.strategy == "fsdp"
+
+    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Model and optimizer state; under FSDP gathered in full (a collective)."""
+        if not self.sharded:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def state(self, epoch: int, position: int, optimizer: dict[str, Any]) -> dict[str, Any]:
+        """Everything beyond the weights that an exact resume needs."""
+        state = {
+            "step": self.step,
+            "epoch": epoch,
+            "position": position,
+            "optimizer": optimizer,
+            "cpu_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    def save(self, epoch: int, position: int) -> Path | None:
+        """Checkpoint on the main process (every process must call it)."""
+        path = None
+        weights, optimizer = self._full_states()
+        if self.dist.is_main:
+            path = ckpt.save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                self.model,
+                self.state(epoch, position, optimizer),
+                self.cfg.keep_checkpoints,
+                weights,
+            )
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return path
+
+    def resume(self, folder: Path | None = None) -> tuple[int, int]:
+        """Load the latest (or given) checkpoint; returns (epoch, position in epoch)."""
+        folder = folder or ckpt.latest_checkpoint(self.ckpt_dir)
+        if folder is None:
+            logger.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
+            return 0, 0
+        weights = load_stellar(folder, purpose="pretrain").state_dict()
+        state = ckpt.load_trainer_state(folder)
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            options = StateDictOptions(full_state_dict=True)
+            set_state_dict(
+                self.model,
+                self.optimizer,
+                model_state_dict=weights,
+                optim_state_dict=state["optimizer"],
+                options=options,
+            )
+        else:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            stray = unexpected + [k for k in missing if not k.startswith("tokenizer.")]
+            if stray:  # only the frozen tokenizer lives outside checkpoints
+                raise ValueError(f"{folder} does not match the model: {stray[:10]}")
+            self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["cpu_rng"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", folder, self.step)
+        return int(state["epoch"]), int(state["position"])
+
+    # ------------------------------------------------------------------ one step
+    def generator(self, micro: int) -> torch.Generator:
+        """The randomness of one micro-batch, a function of (seed, step, micro, rank)."""
+        g = torch.Generator(device=self.device)
+        key = ((self.cfg.seed * 1_000_003 + self.step) * 997 + micro) * 65_537 + self.dist.rank
+        return g.manual_seed(key % (2**63))
+
+    def make_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
+        """Canvases -> the objective's batch: main, masked, local (and second) views + masks."""
+        a, obj = self.cfg.augment, self.cfg.objective
+        canvas = batch["canvas"].to(self.device, non_blocking=True)
+        size = batch["size"].to(self.device, non_blocking=True)
+        views = self.augment(canvas, size, g)
+        b = canvas.shape[0]
+        out = {"image": views["image"]}
+        if a.n_masked and (obj.set_align or obj.cls_align or obj.koleo):
+            masked = self.augment.color(views["global_views"][:, : a.n_masked], g)
+            grid = a.global_size // self.model.patch_size
+            out["masked_views"] = masked.flatten(0, 1)
+            out["keep_idx"] = random_masking(
+                b * a.n_masked,
+                grid,
+                grid,
+                a.mask_ratio,
+                a.focal_mode,
+                a.focal_prob,
+                generator=g,
+                device=self.device,
+            )
+        if a.n_local and obj.cls_align:
+            out["local_views"] = views["local_views"].flatten(0, 1)
+        if obj.global_align:
+            out["second_view"] = self.augment.color(views["global_views"][:, 1], g)
+        return out
+
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
+        """One optimizer step over ``grad_accum`` micro-batches; returns logged scalars."""
+        cfg = self.cfg
+        lr = cosine_lr(
+            self.step, self.total_steps, cfg.optim.lr, cfg.optim.warmup, cfg.optim.min_lr
+        )
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(micro_batches):
+            views = self.make_views(batch, self.generator(micro))
+            last = micro == len(micro_batches) - 1
+            sync = contextlib.nullcontext()
+            if isinstance(self.step_fn, DistributedDataParallel) and not last:
+                sync = self.step_fn.no_sync()
+            with (
+                sync,
+                torch.autocast(
+                    self.device.type,
+                    dtype=self.autocast_dtype or torch.float32,
+                    enabled=self.autocast_dtype is not None,
+                ),
+            ):
+                total, terms = self.step_fn(views)
+            (total / len(micro_batches)).backward()
+            for name, value in {"loss": total.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0) + value / len(micro_batches)
+        clip = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
+        logged = mean_across_ranks({**sums, "grad_norm": grad_norm})
+        if not all(math.isfinite(v) for v in logged.values()):
+            self.optimizer.zero_grad(set_to_none=True)
+            return {**logged, "lr": lr, "nonfinite": 1.0}
+        self.optimizer.step()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.teacher is not None:
+            m = ema_momentum(self.step, self.total_steps, cfg.ema.momentum, cfg.ema.final_momentum)
+            update_teacher(self.teacher, self.model, m)
+        return {**logged, "lr": lr}
+
+    # ------------------------------------------------------------------ the loop
+    def train(self, resume: bool = False) -> dict[str, float]:
+        """Run until ``total_steps``; returns the last step's scalars."""
+        cfg = self.cfg
+        epoch, position = self.resume() if resume else (0, 0)
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        log = MetricsLog(self.out, cfg.tensorboard) if self.dist.is_main else None
+        bar = tqdm(
+            total=self.total_steps,
+            initial=self.step,
+            desc="pretrain",
+            unit="step",
+            disable=not (self.dist.is_main and cfg.progress),
+            dynamic_ncols=True,
+        )
+        last: dict[str, float] = {}
+        images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        end = min(self.total_steps, cfg.stop_at or self.total_steps)
+        try:
+            while self.step < end:
+                self.sampler.set_position(epoch, position)
+                batches = iter(self.loader)
+                while self.step < end:
+                    micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
+                    if len(micro) < cfg.grad_accum:
+                        break
+                    start = time.perf_counter()
+                    scalars = self.train_step(micro)
+                    if self.device.type == "cuda":
+                        torch.cuda.synchronize(self.device)
+                    scalars["images_per_s"] = images_per_step / (time.perf_counter() - start)
+                    position += cfg.batch_size * cfg.grad_accum
+                    if scalars.pop("nonfinite", 0.0):
+                        self._nonfinite(scalars)
+                    self.step += 1
+                    last = {"step": self.step, "epoch": epoch, **scalars}
+                    if log and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
+                        log.write(last)
+                    bar.update(1)
+                    bar.set_postfix(
+                        loss=f"{scalars['loss']:.3f}", img_s=f"{scalars['images_per_s']:.0f}"
+                    )
+                    if self.step % cfg.ckpt_every == 0 and self.step < end:
+                        self.save(epoch, position)
+                if self.step < end:  # the data ran out before the step budget: next epoch
+                    epoch, position = epoch + 1, 0
+            self.save(epoch, position)
+        finally:
+            bar.close()
+            if log:
+                log.close()
+        return last
+
+    def _nonfinite(self, scalars: dict[str, float]) -> None:
+        bad = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if not math.isfinite(v))
+        message = f"step {self.step}: non-finite values ({bad}); all terms: {scalars}"
+        if self.cfg.nonfinite == "skip":
+            logger.warning("%s - step skipped (nonfinite=skip)", message)
+            return
+        good = ckpt.latest_checkpoint(self.ckpt_dir)
+        raise TrainingDiverged(
+            f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
+            "Lower optim.lr, or pass nonfinite=skip to skip such steps."
+        )
+
+
+class MetricsLog:
+    """Per-step JSONL metrics and, when available, TensorBoard scalars."""
+
+    def __init__(self, out: Path, tensorboard: bool) -> None:
+        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    def write(self, scalars: dict[str, float]) -> None:
+        """Append one step's scalars."""
+        self.file.write(json.dumps(scalars) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            step = int(scalars["step"])
+            for name, value in scalars.items():
+                if name not in ("step", "epoch"):
+                    self.writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()

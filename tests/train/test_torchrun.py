@@ -1,0 +1,52 @@
+"""``torchrun --nproc_per_node 2 stellar train``: DDP and FSDP on CPU (gloo), with resume."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+
+import pytest
+
+pytestmark = pytest.mark.slow
+
+ARGS = [
+    "--config",
+    "cpu-smoke",
+    "max_steps=4",
+    "batch_size=4",
+    "data.scenes_length=64",
+    "progress=false",
+    "tensorboard=false",
+]
+
+
+def _torchrun(out, *extra):
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--standalone",
+        "--nproc_per_node",
+        "2",
+        "-m",
+        "stellar.cli",
+        "train",
+        *ARGS,
+        f"out={out}",
+        *extra,
+    ]
+    subprocess.run(cmd, check=True, capture_output=True, timeout=600)
+    rows = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp"])
+def test_two_process_training_resumes_exactly(tmp_path, strategy):
+    straight = _torchrun(tmp_path / "a", f"strategy={strategy}")
+    _torchrun(tmp_path / "b", f"strategy={strategy}", "stop_at=2")
+    resumed = _torchrun(tmp_path / "b", f"strategy={strategy}", "--resume")
+    assert sorted(straight) == [1, 2, 3, 4]
+    assert resumed == straight

@@ -1,0 +1,135 @@
+"""The trainer: exact resume across processes, checkpoints, non-finite stops, config parsing."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from stellar import load_stellar
+from stellar.train.config import load_config
+from stellar.train.trainer import Trainer, TrainingDiverged
+
+TINY = [
+    "data.scenes_length=64",
+    "batch_size=4",
+    "augment.n_global=2",
+    "augment.n_local=2",
+    "augment.n_masked=2",
+    "tensorboard=false",
+    "progress=false",
+    "ckpt_every=100",
+]
+
+
+def _train_cli(out: Path, *extra: str) -> None:
+    env = {**os.environ, "PYTHONWARNINGS": "ignore"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "stellar.cli",
+        "train",
+        "--config",
+        "cpu-smoke",
+        f"out={out}",
+        *TINY,
+        *extra,
+    ]
+    subprocess.run(cmd, check=True, env=env, capture_output=True, timeout=300)
+
+
+def _losses(out: Path) -> dict[int, float]:
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    return {r["step"]: r["loss"] for r in rows}
+
+
+def test_resume_in_a_fresh_process_matches_straight_run(tmp_path):
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    _train_cli(straight, "max_steps=6")
+    _train_cli(split, "max_steps=6", "stop_at=3")
+    assert sorted(_losses(split)) == [1, 2, 3]
+    _train_cli(split, "max_steps=6", "--resume")
+    assert _losses(split) == _losses(straight)
+    a = load_stellar(straight / "checkpoints" / "last", purpose="pretrain").state_dict()
+    b = load_stellar(split / "checkpoints" / "last", purpose="pretrain").state_dict()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=0, msg=key)
+
+
+def test_checkpoint_is_loadable_and_last_points_at_newest(tmp_path):
+    cfg = load_config(
+        "cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=4", "ckpt_every=2", "keep_checkpoints=1"]
+    )
+    Trainer(cfg).train()
+    ckpts = tmp_path / "checkpoints"
+    assert (ckpts / "last").resolve().name == "step-00000004"
+    assert [p.name for p in ckpts.glob("step-*")] == ["step-00000004"]
+    model = load_stellar(ckpts / "last", purpose="encode")
+    assert model.encode(torch.rand(1, 3, 64, 64))["sparse"].shape == (1, 6, 96)
+
+
+def test_nonfinite_loss_stops_with_the_step_and_terms(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=3", "ckpt_every=1"])
+    trainer = Trainer(cfg)
+    trainer.train()  # three good steps, checkpoint at step 3
+    good = (tmp_path / "checkpoints" / "last").resolve()
+    with torch.no_grad():
+        trainer.model.sparse_tokens.fill_(float("nan"))
+    trainer.total_steps = 5
+    with pytest.raises(TrainingDiverged, match=r"step 3: non-finite.*last good checkpoint"):
+        trainer.train()
+    assert (tmp_path / "checkpoints" / "last").resolve() == good
+
+
+def test_nonfinite_skip_flag_keeps_going(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=2", "nonfinite=skip"])
+    trainer = Trainer(cfg)
+    with torch.no_grad():
+        trainer.model.sparse_tokens.fill_(float("nan"))
+    before = trainer.model.encoder.patch_embed.weight.clone()
+    trainer.train()
+    torch.testing.assert_close(trainer.model.encoder.patch_embed.weight, before)
+
+
+def test_config_overrides_and_errors():
+    cfg = load_config("cpu-smoke", ["optim.lr=1e-3", "objective.set_align=false", "batch_size=3"])
+    assert cfg.optim.lr == 1e-3 and cfg.objective.set_align is False and cfg.batch_size == 3
+    with pytest.raises(ValueError, match="unknown config key.*optim.lrr"):
+        load_config("cpu-smoke", ["optim.lrr=1"])
+    with pytest.raises(ValueError, match="key=value"):
+        load_config("cpu-smoke", ["batch_size"])
+    with pytest.raises(ValueError, match="neither a YAML file nor a preset"):
+        load_config("no-such-preset")
+
+
+def test_folder_without_images_fails_before_training(tmp_path):
+    (tmp_path / "empty").mkdir()
+    cfg = load_config("cpu-smoke", ["data.source=folder", f"data.root={tmp_path / 'empty'}"])
+    with pytest.raises(ValueError, match="found none"):
+        Trainer(cfg)
+
+
+def test_trains_on_an_image_folder(tmp_path):
+    from PIL import Image
+
+    for i in range(8):
+        Image.new("RGB", (40 + 8 * i, 50), (30 * i, 100, 200)).save(tmp_path / f"{i}.png")
+    (tmp_path / "broken.jpg").write_bytes(b"not an image")
+    cfg = load_config(
+        "cpu-smoke",
+        [
+            *TINY,
+            "data.source=folder",
+            f"data.root={tmp_path}",
+            "data.canvas_size=72",
+            f"out={tmp_path / 'run'}",
+            "max_steps=2",
+        ],
+    )
+    last = Trainer(cfg).train()
+    assert last["step"] == 2 and all(torch.isfinite(torch.tensor(v)) for v in last.values())
