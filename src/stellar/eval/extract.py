@@ -1,0 +1,470 @@
+"""``stellar extract``: per-image features of an image collection, written in shards.
+
+Layout of ``OUT``:
+
+- ``shard-00000.safetensors`` ...: dataset images ``[g * shard_size, (g + 1) * shard_size)``
+  of global shard ``g``; one tensor per requested key with one row per decoded image (the
+  model's per-image shape: ``sparse`` (r, d), ``cls`` (1, d), ``spatial`` (n, r), ...), plus
+  ``index`` and ``label`` (int64). Broken files are left out, so a shard may hold fewer rows.
+- ``index.jsonl``: one line per extracted image, ``{"path", "label", "index", "shard", "row"}``.
+- ``meta.json``: the settings (model spec, keys, resolution, ...), ``count`` and ``complete``.
+
+Distributed (torchrun): rank ``k`` of ``W`` takes the global shards ``k, k + W, k + 2W, ...``,
+so the ranks write disjoint files and together cover every image. Each shard is written
+atomically (temp file + ``os.replace``): an existing shard file is complete, and a rerun skips
+it (resume). ``index.jsonl`` and the final ``meta.json`` are written once every shard exists.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from contextlib import nullcontext
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import Dataset, Subset
+from tqdm.auto import tqdm
+
+from stellar.checkpoint.io import atomic_write
+from stellar.eval.images import EvalImages, make_loader
+
+__all__ = [
+    "FEATURE_KEYS",
+    "add_arguments",
+    "encode_batch",
+    "extract_features",
+    "extract_to_dir",
+    "load_features",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
+DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")
+META_NAME = "meta.json"
+INDEX_NAME = "index.jsonl"
+
+
+def shard_name(shard: int) -> str:
+    """File name of global shard ``shard``."""
+    return f"shard-{shard:05d}.safetensors"
+
+
+def _check_keys(keys: Sequence[str]) -> list[str]:
+    keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
+    bad = [k for k in keys if k not in FEATURE_KEYS]
+    if not keys or bad:
+        raise ValueError(
+            f"expected feature keys among {', '.join(FEATURE_KEYS)}, got {keys or 'none'}"
+        )
+    return keys
+
+
+def _autocast(device: torch.device):
+    if device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return nullcontext()
+
+
+@torch.inference_mode()
+def encode_batch(
+    model: Any, images: Tensor, keys: Sequence[str], fp16: bool = False
+) -> dict[str, Tensor]:
+    """Encode one batch on the model's device (bf16 autocast on CUDA) and return CPU tensors.
+
+    Args:
+        model: a STELLAR model.
+        images: (B, 3, H, W) in [0, 1].
+        keys: outputs of ``model.encode`` to keep.
+        fp16: store floating outputs as float16 (otherwise float32).
+
+    Returns:
+        ``{key: (B, ...)}`` on the CPU.
+    """
+    device = model.device
+    with _autocast(device):
+        out = model.encode(images.to(device, non_blocking=True))
+    dtype = torch.float16 if fp16 else torch.float32
+    return {k: out[k].to("cpu", dtype) for k in keys}
+
+
+def extract_features(
+    model: Any,
+    dataset: Dataset,
+    keys: Sequence[str] = DEFAULT_KEYS,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    fp16: bool = False,
+    progress: bool = True,
+) -> dict[str, Tensor]:
+    """Features of a whole dataset, in memory.
+
+    Args:
+        model: a STELLAR model (its device is used).
+        dataset: yields :class:`~stellar.eval.images.EvalImages` items (``None`` = broken).
+        keys: outputs of ``model.encode`` to keep.
+        batch_size, num_workers: loader settings.
+        fp16: keep floating features as float16.
+        progress: show a tqdm bar.
+
+    Returns:
+        ``{key: (N, ...)}`` for each key, plus ``label`` (N,) and ``index`` (N,) int64, the
+        dataset index of each row; N counts the decodable images only.
+    """
+    keys = _check_keys(keys)
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
+    for batch in tqdm(loader, desc="extract", unit="batch", disable=not progress):
+        if batch["image"].shape[0] == 0:
+            continue
+        for k, v in encode_batch(model, batch["image"], keys, fp16).items():
+            parts[k].append(v)
+        parts["label"].append(batch["label"])
+        parts["index"].append(batch["index"])
+    if not parts["index"]:
+        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
+    return {k: torch.cat(v) for k, v in parts.items()}
+
+
+# ---------------------------------------------------------------------------- sharded output
+@dataclass
+class _Shard:
+    shard: int
+    start: int
+    stop: int
+
+
+def _shards(num_items: int, shard_size: int) -> list[_Shard]:
+    return [
+        _Shard(g, s, min(s + shard_size, num_items))
+        for g, s in enumerate(range(0, num_items, shard_size))
+    ]
+
+
+def _shard_complete(path: Path, keys: Sequence[str]) -> bool:
+    if not path.is_file():
+        return False
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            present = set(f.keys())
+    except Exception:  # noqa: BLE001 - an unreadable shard is redone, not fatal
+        logger.warning("shard %s is unreadable; extracting it again", path)
+        return False
+    return present >= {*keys, "index", "label"}
+
+
+def _write_json(path: Path, payload: Any, lines: bool = False) -> None:
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
+            if lines:
+                f.writelines(json.dumps(row) + "\n" for row in payload)
+            else:
+                json.dump(payload, f, indent=2)
+
+    atomic_write(path, write)
+
+
+def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
+    meta_path = out_dir / META_NAME
+    if meta_path.is_file():
+        old = json.loads(meta_path.read_text())
+        diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+        if diff:
+            raise ValueError(
+                f"{out_dir} holds features extracted with other settings "
+                f"({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
+                "expected the same settings to resume: use another --out folder"
+            )
+        return
+    _write_json(meta_path, {**settings, "count": None, "complete": False})
+
+
+def extract_to_dir(
+    model: Any,
+    dataset: EvalImages,
+    out_dir: str | os.PathLike[str],
+    keys: Sequence[str] = DEFAULT_KEYS,
+    shard_size: int = 1024,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    fp16: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    model_spec: str = "",
+    progress: bool = True,
+    finalize: bool = True,
+) -> list[int]:
+    """Write this rank's shards of ``dataset`` to ``out_dir`` (see the module docstring).
+
+    Args:
+        model: a STELLAR model (its device is used).
+        dataset: the images.
+        out_dir: output folder (created).
+        keys: outputs of ``model.encode`` to store.
+        shard_size: images per shard.
+        batch_size, num_workers: loader settings.
+        fp16: store floating features as float16.
+        rank, world_size: this process takes global shards ``rank::world_size``.
+        model_spec: recorded in ``meta.json``.
+        progress: show a tqdm bar.
+        finalize: write ``index.jsonl`` and the final ``meta.json`` when every shard exists.
+
+    Returns:
+        The global ids of the shards written by this call (existing ones are skipped).
+    """
+    keys = _check_keys(keys)
+    if int(shard_size) < 1:
+        raise ValueError(f"expected shard_size >= 1, got {shard_size}")
+    if not 0 <= rank < world_size:
+        raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world={world_size}")
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    shards = _shards(len(dataset), int(shard_size))
+    settings = {
+        "model": model_spec,
+        "keys": keys,
+        "resolution": dataset.resolution,
+        "resize_ratio": dataset.resize_ratio,
+        "crop": dataset.crop,
+        "fp16": bool(fp16),
+        "shard_size": int(shard_size),
+        "num_files": len(dataset),
+        "num_shards": len(shards),
+    }
+    _prepare_meta(out, settings)
+
+    mine = shards[rank::world_size]
+    todo = [s for s in mine if not _shard_complete(out / shard_name(s.shard), keys)]
+    skipped = len(mine) - len(todo)
+    if skipped:
+        logger.info("rank %d: %d shard(s) already complete, skipped", rank, skipped)
+    written = []
+    bar = tqdm(
+        total=sum(s.stop - s.start for s in todo),
+        desc=f"extract[{rank}]" if world_size > 1 else "extract",
+        unit="img",
+        disable=not progress,
+        position=rank if world_size > 1 else None,
+    )
+    with bar:
+        for s in todo:
+            _extract_shard(model, dataset, out, s, keys, batch_size, num_workers, fp16, bar)
+            written.append(s.shard)
+    if finalize:
+        finalize_dir(out)
+    return written
+
+
+def _extract_shard(
+    model: Any,
+    dataset: EvalImages,
+    out: Path,
+    shard: _Shard,
+    keys: list[str],
+    batch_size: int,
+    num_workers: int,
+    fp16: bool,
+    bar: tqdm,
+) -> None:
+    subset = Subset(dataset, range(shard.start, shard.stop))
+    loader = make_loader(subset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
+    paths: list[str] = []
+    for b, batch in enumerate(loader):
+        n = batch["image"].shape[0]
+        if n:
+            for k, v in encode_batch(model, batch["image"], keys, fp16).items():
+                parts[k].append(v)
+            parts["label"].append(batch["label"])
+            parts["index"].append(batch["index"])
+            paths.extend(batch["path"])
+        bar.update(min(batch_size, len(subset) - b * batch_size))  # broken files count too
+    tensors = {k: torch.cat(v).contiguous() for k, v in parts.items() if v}
+    if not tensors:  # every file of the shard is broken: an empty shard still marks it done
+        tensors = {k: torch.empty(0) for k in keys} | {
+            "label": torch.empty(0, dtype=torch.int64),
+            "index": torch.empty(0, dtype=torch.int64),
+        }
+    metadata = {"paths": json.dumps(paths), "shard": str(shard.shard)}
+    atomic_write(
+        out / shard_name(shard.shard),
+        lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
+    )
+
+
+def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
+    """Write ``index.jsonl`` and the final ``meta.json`` if every shard of ``out_dir`` exists.
+
+    Returns:
+        Whether the folder is complete.
+    """
+    out = Path(out_dir)
+    meta = json.loads((out / META_NAME).read_text())
+    missing = [
+        g
+        for g in range(meta["num_shards"])
+        if not _shard_complete(out / shard_name(g), meta["keys"])
+    ]
+    if missing:
+        logger.info(
+            "%d of %d shards not written yet (other ranks?): index.jsonl not written",
+            len(missing),
+            meta["num_shards"],
+        )
+        return False
+    rows = []
+    for g in range(meta["num_shards"]):
+        with safe_open(str(out / shard_name(g)), framework="pt") as f:
+            paths = json.loads(f.metadata()["paths"])
+            labels = f.get_tensor("label").tolist()
+            indices = f.get_tensor("index").tolist()
+        rows.extend(
+            {"path": p, "label": lab, "index": i, "shard": g, "row": j}
+            for j, (p, lab, i) in enumerate(zip(paths, labels, indices, strict=True))
+        )
+    _write_json(out / INDEX_NAME, rows, lines=True)
+    _write_json(out / META_NAME, {**meta, "count": len(rows), "complete": True})
+    logger.info("wrote %d images' features in %d shards to %s", len(rows), meta["num_shards"], out)
+    return True
+
+
+def load_features(
+    out_dir: str | os.PathLike[str], keys: Sequence[str] | None = None
+) -> tuple[dict[str, Tensor], Tensor, list[str]]:
+    """Read a complete ``stellar extract`` folder back into memory.
+
+    Args:
+        out_dir: the folder.
+        keys: keys to load (default: all stored).
+
+    Returns:
+        ``features`` ``{key: (N, ...)}`` in dataset order, ``labels`` (N,) int64 and the N
+        image paths.
+
+    Raises:
+        ValueError: the folder is not a complete extraction or lacks a requested key.
+    """
+    out = Path(out_dir)
+    meta_path = out / META_NAME
+    if not meta_path.is_file():
+        raise ValueError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
+    meta = json.loads(meta_path.read_text())
+    if not meta.get("complete"):
+        raise ValueError(
+            f"{out} is an incomplete extraction (some shards are missing); run `stellar "
+            "extract` again with the same arguments to finish it"
+        )
+    keys = _check_keys(keys) if keys is not None else list(meta["keys"])
+    absent = [k for k in keys if k not in meta["keys"]]
+    if absent:
+        raise ValueError(f"{out} stores keys {meta['keys']}, not {absent}")
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label")}
+    paths: list[str] = []
+    for g in range(meta["num_shards"]):
+        with safe_open(str(out / shard_name(g)), framework="pt") as f:
+            for k in parts:
+                parts[k].append(f.get_tensor(k))
+            paths.extend(json.loads(f.metadata()["paths"]))
+    features = {k: torch.cat([t for t in v if t.numel()] or v) for k, v in parts.items()}
+    labels = features.pop("label").long()
+    return features, labels, paths
+
+
+# ---------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``stellar extract``."""
+    parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    parser.add_argument("--data", required=True, help="image folder (class sub-folders = labels)")
+    parser.add_argument("--out", required=True, help="output folder for shards + index")
+    parser.add_argument(
+        "--keys",
+        default=",".join(DEFAULT_KEYS),
+        help=f"comma-separated outputs to store, among {','.join(FEATURE_KEYS)}",
+    )
+    parser.add_argument("--dense", action="store_true", help="also store the dense patch tokens")
+    parser.add_argument("--fp16", action="store_true", help="store features as float16")
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="crop size (default: the model's native)"
+    )
+    parser.add_argument(
+        "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def _distributed() -> tuple[int, int, int]:
+    """(rank, world_size, local_rank) from the torchrun environment; joins the group."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local = int(os.environ.get("LOCAL_RANK", "0"))
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        dist.init_process_group(backend=backend)
+    return rank, world, local
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``stellar extract``."""
+    from stellar.hub import load_model
+
+    rank, world, local = _distributed()
+    if args.device is not None:
+        device = torch.device(args.device)
+    elif torch.cuda.is_available():
+        device = torch.device("cuda", local)
+        torch.cuda.set_device(device)
+    else:
+        device = torch.device("cpu")
+    keys = [k for k in args.keys.split(",") if k.strip()]
+    if args.dense and "dense" not in keys:
+        keys.append("dense")
+    keys = _check_keys(keys)
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    model = load_model(args.model, purpose="encode", device=device)
+    resolution = args.resolution or model.config.encoder.image_size
+    if resolution % model.patch_size:
+        raise ValueError(
+            f"expected --resolution divisible by the patch size {model.patch_size}, "
+            f"got {resolution}"
+        )
+    dataset = EvalImages(args.data, resolution, resize_ratio=args.resize_ratio)
+    logger.info("rank %d/%d: %r on %s", rank, world, dataset, device)
+    try:
+        extract_to_dir(
+            model,
+            dataset,
+            args.out,
+            keys=keys,
+            shard_size=args.shard_size,
+            batch_size=args.batch_size,
+            num_workers=args.num_workers,
+            fp16=args.fp16,
+            rank=rank,
+            world_size=world,
+            model_spec=str(args.model),
+            progress=rank == 0,
+            finalize=world == 1,
+        )
+        if world > 1 and dist.is_initialized():
+            dist.barrier()
+            if rank == 0:
+                finalize_dir(args.out)
+            dist.barrier()
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+    return 0

@@ -1,0 +1,258 @@
+"""``stellar viz``: one figure per image with its concept maps, PCA pictures and reconstruction.
+
+Each figure (``OUT/<nnnn>_<name>.png``) shows, left to right: the input, the argmax concept
+segmentation, the concept regions (each token's map thresholded at 1/r, translucent fill and
+outline, one colour per token), the top-3 PCA of ``dense`` and of ``lowrank`` as RGB, and the
+reconstruction when the model has a decoder; below, one heat map per token. ``metrics.json``
+holds per-image statistics of the maps (see :func:`concept_metrics`).
+
+Images are resized so that their shorter side equals ``--resolution`` and centre-cropped to a
+square; any resolution divisible by the patch size works (positions are interpolated).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import math
+import os
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+from torch import Tensor
+from torch.utils.data import Subset
+
+from stellar.eval.images import EvalImages, make_loader
+from stellar.viz.maps import (
+    argmax_segmentation,
+    compose_panel,
+    concept_grid,
+    concept_overlay,
+    pca_rgb,
+    to_pil,
+)
+
+__all__ = ["add_arguments", "concept_metrics", "load_for_viz", "render_figure", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def load_for_viz(
+    spec: str, vq_model: str | None = None, device: torch.device | str | None = None
+) -> tuple[Any, str | None]:
+    """Load ``spec`` with its decoder when it carries one, else encoder-only.
+
+    Returns:
+        ``(model, why)``: ``why`` is None when the model can reconstruct, else the reason it
+        cannot (the checkpoint has no decoder, the VQ tokenizer is missing, ...).
+    """
+    from stellar.hub import load_model
+
+    try:
+        return load_model(spec, purpose="reconstruct", vq_model=vq_model, device=device), None
+    except ValueError as err:
+        logger.warning("no reconstruction panel: %s", err)
+        return load_model(spec, purpose="encode", device=device), str(err)
+
+
+def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
+    """Statistics of a batch of localisation maps.
+
+    Args:
+        spatial: (B, n, r) rows on the simplex.
+        threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
+
+    Returns:
+        ``peak_dist`` (B, r) the max of each map; ``coverage`` (B, r) the fraction of patches
+        above the threshold; ``active`` (B, r) bool, coverage > 0; ``argmax_share`` (B, r)
+        the fraction of patches whose most likely token is k; ``overlap`` (B,) the mean
+        number of tokens above the threshold per patch.
+    """
+    if spatial.ndim != 3:
+        raise ValueError(f"expected spatial (B, n, r), got {tuple(spatial.shape)}")
+    s = spatial.detach().float()
+    thr = 1.0 / s.shape[-1] if threshold is None else float(threshold)
+    above = (s > thr).float()
+    winners = torch.nn.functional.one_hot(s.argmax(-1), s.shape[-1]).float()
+    coverage = above.mean(1)
+    return {
+        "peak_dist": s.amax(1),
+        "coverage": coverage,
+        "active": coverage > 0,
+        "argmax_share": winners.mean(1),
+        "overlap": above.sum(-1).mean(1),
+    }
+
+
+def render_figure(
+    image: Tensor,
+    encoded: dict[str, Tensor],
+    grid: tuple[int, int],
+    reconstruction: Tensor | None = None,
+    threshold: float | None = None,
+    cell: int = 256,
+    title: str | None = None,
+) -> Image.Image:
+    """The figure of one image.
+
+    Args:
+        image: (3, H, W) in [0, 1].
+        encoded: this image's ``spatial`` (n, r), ``dense`` (n, d) and ``lowrank`` (n, d).
+        grid: patch grid (h, w).
+        reconstruction: (3, H, W) in [0, 1], or None to leave the panel out.
+        threshold: concept threshold (default 1/r).
+        cell: display side of each panel.
+        title: text on top.
+
+    Returns:
+        PIL RGB figure.
+    """
+    spatial = encoded["spatial"]
+    r = spatial.shape[-1]
+    photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
+    thr_text = f"> 1/{r}" if threshold is None else f"> {threshold:.3g}"
+    row = [
+        (photo, "input"),
+        (argmax_segmentation(spatial, grid, size=cell), "argmax concept"),
+        (concept_overlay(photo, spatial, grid, threshold), f"concept maps {thr_text}"),
+        (pca_rgb(encoded["dense"], grid, size=cell), "PCA dense"),
+        (pca_rgb(encoded["lowrank"], grid, size=cell), "PCA low-rank"),
+    ]
+    if reconstruction is not None:
+        rec = to_pil(reconstruction).resize((cell, cell), Image.Resampling.BICUBIC)
+        row.append((rec, "reconstruction"))
+    per_row = min(r, max(8, math.ceil(math.sqrt(r))))
+    token_cell = max(48, (len(row) * (cell + 6)) // per_row - 4 * 2)
+    strip = concept_grid(photo, spatial, grid, cell=token_cell, cols=per_row)
+    return compose_panel([row, [(strip, "per-token maps (each scaled to its peak)")]], title=title)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``stellar viz``."""
+    parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    parser.add_argument(
+        "--images", required=True, nargs="+", help="image files and/or folders (recursive)"
+    )
+    parser.add_argument("--out", required=True, help="output folder for the PNGs")
+    parser.add_argument(
+        "--resolution",
+        type=int,
+        default=None,
+        help="input side, a multiple of the patch size (default: the model's native, 224)",
+    )
+    parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
+    parser.add_argument("--max-images", type=int, default=None, help="draw at most N images")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
+    )
+    parser.add_argument(
+        "--cell-size", type=int, default=None, help="panel side in the figure (default min(R, 448))"
+    )
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def _name(index: int, path: str) -> str:
+    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem)
+    return f"{index:04d}_{stem}.png"
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``stellar viz``."""
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    model, why = load_for_viz(args.model, args.vq_model, device)
+    p = model.patch_size
+    resolution = args.resolution or model.config.encoder.image_size
+    if resolution < p or resolution % p:
+        raise ValueError(
+            f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
+        )
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"expected --max-images >= 1, got {args.max_images}")
+    dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)
+    subset = dataset
+    if args.max_images is not None and args.max_images < len(dataset):
+        subset = Subset(dataset, range(args.max_images))
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    cell = args.cell_size or min(resolution, 448)
+    grid = (resolution // p, resolution // p)
+    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    grid_text = f"{grid[0]}x{grid[1]}"
+    model_name = Path(str(args.model)).name
+    records: list[dict[str, Any]] = []
+    for batch in make_loader(subset, args.batch_size, num_workers=0):
+        if batch["image"].shape[0] == 0:
+            continue
+        with torch.inference_mode(), amp:
+            images = batch["image"].to(device)
+            out = model.encode(images)
+            rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
+        out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
+        rec = rec.float().cpu() if rec is not None else None
+        stats = concept_metrics(out["spatial"], args.threshold)
+        for b, (index, path) in enumerate(zip(batch["index"].tolist(), batch["path"], strict=True)):
+            name = _name(index, path)
+            figure = render_figure(
+                batch["image"][b],
+                {k: v[b] for k, v in out.items()},
+                grid,
+                rec[b] if rec is not None else None,
+                args.threshold,
+                cell,
+                title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
+            )
+            figure.save(out_dir / name)
+            active = torch.nonzero(stats["active"][b]).flatten().tolist()
+            records.append(
+                {
+                    "path": path,
+                    "figure": name,
+                    "peak_dist": _round(stats["peak_dist"][b]),
+                    "coverage": _round(stats["coverage"][b]),
+                    "argmax_share": _round(stats["argmax_share"][b]),
+                    "active_tokens": active,
+                    "num_active": len(active),
+                    "num_argmax_tokens": int((stats["argmax_share"][b] > 0).sum()),
+                    "overlap": round(float(stats["overlap"][b]), 4),
+                }
+            )
+    if not records:
+        raise ValueError(f"expected at least one readable image among {args.images}, found none")
+    r = model.num_tokens
+    summary = {
+        "model": str(args.model),
+        "resolution": resolution,
+        "grid": list(grid),
+        "num_tokens": r,
+        "threshold": args.threshold if args.threshold is not None else 1.0 / r,
+        "reconstruction": None if why is None else f"omitted: {why}",
+        "images": records,
+    }
+    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    _print_table(records, r)
+    logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
+    return 0
+
+
+def _round(t: Tensor, digits: int = 4) -> list[float]:
+    return [round(v, digits) for v in t.tolist()]
+
+
+def _print_table(records: list[dict[str, Any]], r: int) -> None:
+    """The command's result on stdout: one line per image."""
+    width = max(12, *(len(os.path.basename(x["path"])) for x in records))
+    width = min(width, 40)
+    print(f"{'image':<{width}} {'active':>7} {'argmax':>7} {'mean peak':>9} {'overlap':>8}")
+    for x in records:
+        name = os.path.basename(x["path"])[:width]
+        mean_peak = sum(x["peak_dist"]) / len(x["peak_dist"])
+        print(
+            f"{name:<{width}} {x['num_active']:>4}/{r:<2} {x['num_argmax_tokens']:>4}/{r:<2} "
+            f"{mean_peak:>9.3f} {x['overlap']:>8.2f}"
+        )

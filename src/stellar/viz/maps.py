@@ -1,0 +1,417 @@
+"""Pictures of concept maps and features, drawn with PIL and torch only (no matplotlib).
+
+Every function is pure: tensors in, a PIL RGB image out. Shapes: ``spatial`` is one image's
+localisation matrix L, (n, r) with n = h·w patches in row-major order and rows on the simplex;
+``grid`` is the patch grid (h, w). Token ``k`` is always drawn in ``palette(r)[k]``, so the
+same concept has the same colour in every panel of a figure.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from torch import Tensor
+
+__all__ = [
+    "argmax_segmentation",
+    "compose_panel",
+    "concept_grid",
+    "concept_overlay",
+    "heatmap",
+    "palette",
+    "pca_rgb",
+    "to_pil",
+]
+
+ImageLike = Image.Image | Tensor | np.ndarray
+Cell = ImageLike | tuple
+Color = tuple[int, int, int]
+
+# An inferno-like ramp (dark -> purple -> red -> orange -> pale yellow), as anchor colours.
+_HEAT_ANCHORS = np.array(
+    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64
+)
+# Upsampled masks are processed in token chunks of at most this many pixels.
+_CHUNK_PIXELS = 1 << 24
+
+
+# ---------------------------------------------------------------------------- colours
+def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
+    """(..., 3) sRGB in [0, 255] -> CIELAB (D65)."""
+    c = rgb / 255.0
+    lin = np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4)
+    m = np.array([[0.4124, 0.3576, 0.1805], [0.2126, 0.7152, 0.0722], [0.0193, 0.1192, 0.9505]])
+    xyz = lin @ m.T / np.array([0.95047, 1.0, 1.08883])
+    f = np.where(xyz > (6 / 29) ** 3, np.cbrt(xyz), xyz / (3 * (6 / 29) ** 2) + 4 / 29)
+    return np.stack(
+        [116 * f[..., 1] - 16, 500 * (f[..., 0] - f[..., 1]), 200 * (f[..., 1] - f[..., 2])], -1
+    )
+
+
+@functools.lru_cache(maxsize=8)
+def _palette_table(size: int) -> np.ndarray:
+    # Greedy farthest-point sampling in CIELAB over a grid of saturated, not-too-dark colours:
+    # each new colour is the candidate farthest from all colours chosen so far.
+    levels = np.linspace(0, 255, 8)
+    cand = np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), -1).reshape(-1, 3)
+    lab = _srgb_to_lab(cand)
+    chroma = np.hypot(lab[:, 1], lab[:, 2])
+    keep = (chroma > 35) & (lab[:, 0] > 35)
+    cand, lab = cand[keep], lab[keep]
+    first = int(np.argmin(np.abs(cand - np.array([255.0, 0.0, 0.0])).sum(1)))
+    chosen = [first]
+    dist = np.linalg.norm(lab - lab[first], axis=1)
+    for _ in range(min(size, len(cand)) - 1):
+        nxt = int(np.argmax(dist))
+        chosen.append(nxt)
+        dist = np.minimum(dist, np.linalg.norm(lab - lab[nxt], axis=1))
+    return np.round(cand[chosen]).astype(np.uint8)
+
+
+def palette(n: int) -> np.ndarray:
+    """``n`` distinguishable colours, (n, 3) uint8; the first ones do not depend on ``n``.
+
+    Up to 64 colours are chosen greedily for maximal CIELAB distance; more tokens reuse them
+    cyclically.
+    """
+    if n < 1:
+        raise ValueError(f"expected n >= 1 colours, got {n}")
+    table = _palette_table(64)
+    return table[np.arange(n) % len(table)]
+
+
+def heatmap(values: Tensor | np.ndarray) -> np.ndarray:
+    """Values in [0, 1] (any shape) -> uint8 colours (..., 3) on an inferno-like ramp."""
+    v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
+    pos = v * (len(_HEAT_ANCHORS) - 1)
+    lo = np.minimum(pos.astype(np.int64), len(_HEAT_ANCHORS) - 2)
+    t = (pos - lo)[..., None]
+    out = _HEAT_ANCHORS[lo] * (1 - t) + _HEAT_ANCHORS[lo + 1] * t
+    return np.round(out).astype(np.uint8)
+
+
+# ---------------------------------------------------------------------------- conversions
+def to_pil(image: ImageLike) -> Image.Image:
+    """A PIL RGB image from a PIL image, a (3, H, W) tensor (float in [0, 1] or uint8) or an
+    (H, W, 3) uint8 array."""
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    if isinstance(image, Tensor):
+        t = image.detach().cpu()
+        if t.ndim != 3 or t.shape[0] != 3:
+            raise ValueError(f"expected an image tensor (3, H, W), got {tuple(t.shape)}")
+        if t.is_floating_point():
+            t = (t.float().clamp(0, 1) * 255).round()
+        return Image.fromarray(t.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[-1] != 3:
+        raise ValueError(f"expected an image array (H, W, 3), got {a.shape}")
+    if a.dtype != np.uint8:
+        a = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)
+    return Image.fromarray(np.ascontiguousarray(a), "RGB")
+
+
+def _maps(spatial: Tensor, grid: tuple[int, int]) -> Tensor:
+    """(n, r) spatial -> (r, h, w) float32 maps."""
+    if not isinstance(spatial, Tensor) or spatial.ndim != 2:
+        shape = tuple(spatial.shape) if isinstance(spatial, Tensor) else type(spatial).__name__
+        raise ValueError(f"expected one image's spatial maps (n, r), got {shape}")
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != spatial.shape[0]:
+        raise ValueError(f"grid {grid} holds {h * w} patches but spatial has {spatial.shape[0]}")
+    return spatial.detach().float().cpu().T.reshape(-1, h, w)
+
+
+def _size_of(size: int | tuple[int, int] | None, grid: tuple[int, int]) -> tuple[int, int]:
+    """(H, W) from an int side, an (H, W) pair or None (the grid itself)."""
+    if size is None:
+        return int(grid[0]), int(grid[1])
+    if isinstance(size, int):
+        return size, size
+    return int(size[0]), int(size[1])
+
+
+# ---------------------------------------------------------------------------- concept maps
+def concept_overlay(
+    image: ImageLike,
+    spatial: Tensor,
+    grid: tuple[int, int],
+    threshold: float | None = None,
+    tokens: Sequence[int] | None = None,
+    alpha: float = 0.45,
+    mode: str = "nearest",
+    outline: bool = True,
+) -> Image.Image:
+    """Each token's region (map > threshold) as a translucent fill with an opaque outline.
+
+    Args:
+        image: the photo (3, H, W) / PIL / (H, W, 3); H, W any size (the maps are resized).
+        spatial: (n, r) localisation of this image.
+        grid: patch grid (h, w), h·w = n.
+        threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
+        tokens: draw only these tokens (default: all); colours stay ``palette(r)[k]``.
+        alpha: opacity of the fill.
+        mode: ``"nearest"`` (patch blocks) or ``"bilinear"`` (smooth borders) upsampling of
+            the maps before thresholding.
+        outline: draw each region's border in its colour.
+
+    Returns:
+        PIL RGB image of the photo's size. Pixels where several tokens pass the threshold get
+        the mean of their colours; pixels where none does are the photo unchanged.
+    """
+    if mode not in ("nearest", "bilinear"):
+        raise ValueError(f"expected mode 'nearest' or 'bilinear', got {mode!r}")
+    photo = torch.from_numpy(np.asarray(to_pil(image), dtype=np.float32).copy())
+    size = photo.shape[:2]
+    maps = _maps(spatial, grid)
+    r = maps.shape[0]
+    thr = 1.0 / r if threshold is None else float(threshold)
+    colors = torch.from_numpy(palette(r).astype(np.float32))
+    ids = torch.arange(r) if tokens is None else torch.as_tensor(list(tokens), dtype=torch.long)
+    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= r):
+        raise ValueError(f"expected token indices in [0, {r}), got {ids.tolist()}")
+    width = max(1, round(min(size) / 256))
+    fill = torch.zeros(*size, 3)
+    fill_n = torch.zeros(*size)
+    edge = torch.zeros(*size, 3)
+    edge_n = torch.zeros(*size)
+    chunk = max(1, _CHUNK_PIXELS // (size[0] * size[1]))
+    for part in ids.split(chunk):  # chunks of tokens only bound the memory of the masks
+        kwargs = {"align_corners": False} if mode == "bilinear" else {}
+        up = F.interpolate(maps[part][None], size=size, mode=mode, **kwargs)[0]
+        mask = (up > thr).float()
+        fill += torch.einsum("khw,kc->hwc", mask, colors[part])
+        fill_n += mask.sum(0)
+        if outline:
+            # Erode by max-pooling the complement; the padding counts as inside the region,
+            # so the image border is not outlined.
+            eroded = 1 - F.max_pool2d(1 - mask[None], 2 * width + 1, 1, width)[0]
+            border = mask * (1 - eroded)
+            edge += torch.einsum("khw,kc->hwc", border, colors[part])
+            edge_n += border.sum(0)
+    out = photo.clone()
+    covered = fill_n > 0
+    mean_fill = fill[covered] / fill_n[covered, None]
+    out[covered] = (1 - alpha) * photo[covered] + alpha * mean_fill
+    on_edge = edge_n > 0
+    out[on_edge] = edge[on_edge] / edge_n[on_edge, None]
+    return Image.fromarray(out.round().clamp(0, 255).to(torch.uint8).numpy(), "RGB")
+
+
+def argmax_segmentation(
+    spatial: Tensor,
+    grid: tuple[int, int],
+    size: int | tuple[int, int] | None = None,
+    image: ImageLike | None = None,
+    alpha: float = 1.0,
+) -> Image.Image:
+    """Each patch coloured by its most likely token, ``palette(r)[argmax_k L[i, k]]``.
+
+    Args:
+        spatial: (n, r) localisation of one image.
+        grid: patch grid (h, w).
+        size: output (H, W) or side (default: the grid itself, one pixel per patch); patches
+            are upsampled as blocks (nearest).
+        image: optional photo to blend under the colours with opacity ``alpha`` (resized to
+            ``size``).
+        alpha: opacity of the colours over ``image``.
+
+    Returns:
+        PIL RGB image.
+    """
+    maps = _maps(spatial, grid)
+    labels = maps.argmax(0)  # (h, w)
+    seg = torch.from_numpy(palette(maps.shape[0]))[labels]  # (h, w, 3) uint8
+    out = Image.fromarray(seg.numpy(), "RGB")
+    hw = _size_of(size, grid)
+    if (out.height, out.width) != hw:
+        out = out.resize((hw[1], hw[0]), Image.Resampling.NEAREST)
+    if image is not None and alpha < 1:
+        photo = to_pil(image).resize(out.size, Image.Resampling.BICUBIC)
+        out = Image.blend(photo, out, alpha)
+    return out
+
+
+def pca_rgb(
+    features: Tensor,
+    grid: tuple[int, int],
+    size: int | tuple[int, int] | None = None,
+    quantile: float = 0.01,
+) -> Image.Image:
+    """The top-3 principal components of one image's patch features as RGB.
+
+    Features are centred, the components come from an exact SVD, each component's sign is
+    fixed so that its largest-magnitude loading is positive (deterministic output), and each
+    channel is mapped to [0, 1] between its ``quantile`` and ``1 - quantile`` values (robust
+    min-max; a constant channel becomes 0.5).
+
+    Args:
+        features: (n, d) patch features (``dense`` or ``lowrank`` of one image).
+        grid: patch grid (h, w).
+        size: output (H, W) or side (default: the grid); upsampled bilinearly.
+        quantile: fraction clipped at each end of every channel.
+
+    Returns:
+        PIL RGB image.
+    """
+    if not isinstance(features, Tensor) or features.ndim != 2:
+        raise ValueError("expected one image's patch features (n, d)")
+    h, w = int(grid[0]), int(grid[1])
+    if h * w != features.shape[0]:
+        raise ValueError(f"grid {grid} holds {h * w} patches but features have {features.shape[0]}")
+    x = features.detach().float().cpu()
+    x = x - x.mean(0, keepdim=True)
+    _, s, vh = torch.linalg.svd(x, full_matrices=False)
+    comps = vh[:3]
+    rows = torch.arange(comps.shape[0])
+    sign = torch.sign(comps[rows, comps.abs().argmax(1)])
+    proj = x @ (comps * sign[:, None]).T  # (n, k <= 3)
+    # Components of (numerically) zero variance carry no structure: keep them flat.
+    proj = proj * (s[: comps.shape[0]] > s[0] * 1e-5 + 1e-12).float()
+    if proj.shape[1] < 3:
+        proj = torch.cat([proj, proj.new_zeros(proj.shape[0], 3 - proj.shape[1])], 1)
+    lo = torch.quantile(proj, quantile, dim=0)
+    hi = torch.quantile(proj, 1 - quantile, dim=0)
+    span = hi - lo
+    flat = span <= 1e-12 * (1 + hi.abs())
+    rgb = ((proj - lo) / torch.where(flat, torch.ones_like(span), span)).clamp(0, 1)
+    rgb[:, flat] = 0.5
+    image = Image.fromarray((rgb.reshape(h, w, 3) * 255).round().to(torch.uint8).numpy(), "RGB")
+    hw = _size_of(size, grid)
+    if (image.height, image.width) != hw:
+        image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
+    return image
+
+
+def concept_grid(
+    image: ImageLike,
+    spatial: Tensor,
+    grid: tuple[int, int],
+    cell: int = 96,
+    cols: int | None = None,
+    image_weight: float = 0.3,
+) -> Image.Image:
+    """One small heat map per token, captioned ``t<k> peak <max L[:, k]>``.
+
+    Each map is scaled by its own peak (so weak tokens stay visible; the caption gives the
+    absolute peak) and blended over a grey version of the photo.
+
+    Args:
+        image: the photo.
+        spatial: (n, r) localisation.
+        grid: patch grid (h, w).
+        cell: side of each map in pixels.
+        cols: maps per row (default: all r on one row, up to 8).
+        image_weight: weight of the grey photo under the heat colours.
+
+    Returns:
+        PIL RGB panel.
+    """
+    maps = _maps(spatial, grid)
+    r = maps.shape[0]
+    peaks = maps.flatten(1).amax(1)
+    up = F.interpolate(maps[None], size=(cell, cell), mode="nearest")[0]
+    heat = heatmap((up / peaks.clamp_min(1e-12)[:, None, None]).numpy()).astype(np.float32)
+    gray = np.asarray(to_pil(image).convert("L").resize((cell, cell), Image.Resampling.BILINEAR))
+    blend = (1 - image_weight) * heat + image_weight * gray[None, :, :, None].astype(np.float32)
+    tiles = np.round(blend).astype(np.uint8)
+    colors = palette(r)
+    cells = [
+        (Image.fromarray(tiles[k]), f"t{k} peak {float(peaks[k]):.2f}", tuple(colors[k].tolist()))
+        for k in range(r)
+    ]
+    cols = cols or min(r, 8)
+    rows = [cells[i : i + cols] for i in range(0, r, cols)]
+    return compose_panel(rows, pad=4, font_size=max(9, min(13, cell // 8)))
+
+
+# ---------------------------------------------------------------------------- layout
+@functools.lru_cache(maxsize=16)
+def _font(size: int) -> ImageFont.ImageFont | ImageFont.FreeTypeFont:
+    try:
+        return ImageFont.load_default(size=size)
+    except (TypeError, OSError, ImportError):  # Pillow < 10.1 or no FreeType: bitmap font
+        return ImageFont.load_default()
+
+
+def _fit(draw: ImageDraw.ImageDraw, text: str, font, width: int) -> str:
+    if width <= 0 or draw.textlength(text, font=font) <= width:
+        return text
+    while text and draw.textlength(text + "…", font=font) > width:
+        text = text[:-1]
+    return text + "…"
+
+
+def compose_panel(
+    rows: Sequence[Sequence[Cell]],
+    title: str | None = None,
+    pad: int = 6,
+    background: Color = (255, 255, 255),
+    font_size: int = 13,
+) -> Image.Image:
+    """Assemble images into a figure: rows of captioned cells, an optional title on top.
+
+    Args:
+        rows: each row a sequence of cells; a cell is an image (PIL / tensor / array), or
+            ``(image, caption)``, or ``(image, caption, (R, G, B))`` to draw a colour swatch
+            before the caption. Cells of a row are top-aligned; rows may differ in width.
+        title: text above everything.
+        pad: spacing in pixels.
+        background: canvas colour.
+        font_size: caption size (PIL's default font).
+
+    Returns:
+        PIL RGB figure.
+    """
+    font = _font(font_size)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    line = int(probe.textbbox((0, 0), "Ag[y", font=font)[3]) + 2
+    parsed: list[list[tuple[Image.Image, str | None, Color | None]]] = []
+    for row in rows:
+        cells = []
+        for c in row:
+            if isinstance(c, tuple):
+                img, caption = c[0], c[1] if len(c) > 1 else None
+                swatch = c[2] if len(c) > 2 else None
+            else:
+                img, caption, swatch = c, None, None
+            cells.append((to_pil(img), caption, swatch))
+        parsed.append(cells)
+    if not any(parsed):
+        raise ValueError("expected at least one image to compose")
+    heights = [
+        max((im.height for im, _, _ in r), default=0) + (line if any(cap for _, cap, _ in r) else 0)
+        for r in parsed
+    ]
+    widths = [sum(im.width for im, _, _ in r) + pad * (len(r) - 1) for r in parsed]
+    top = line + pad if title else 0
+    width = max(widths) + 2 * pad
+    height = top + sum(heights) + pad * (len(parsed) + 1)
+    if title:
+        width = max(width, int(probe.textlength(title, font=font)) + 2 * pad)
+    canvas = Image.new("RGB", (width, height), background)
+    draw = ImageDraw.Draw(canvas)
+    if title:
+        draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
+    y = top + pad
+    for r, h in zip(parsed, heights, strict=True):
+        has_caption = any(cap for _, cap, _ in r)
+        x = pad
+        for im, caption, swatch in r:
+            text_x = x
+            if swatch is not None:
+                s = line - 4
+                draw.rectangle((x, y + 1, x + s, y + 1 + s), fill=tuple(swatch), outline=(0, 0, 0))
+                text_x += s + 3
+            if caption:
+                text = _fit(draw, caption, font, im.width - (text_x - x))
+                draw.text((text_x, y), text, fill=(0, 0, 0), font=font)
+            canvas.paste(im, (x, y + (line if has_caption else 0)))
+            x += im.width + pad
+        y += h + pad
+    return canvas

@@ -1,0 +1,380 @@
+"""``stellar retrieve``: concept retrieval, the nearest concept tokens to a query token.
+
+The index holds every concept token (``sparse``, r per image) of a collection, L2-normalised,
+as one (N·r, d) matrix saved with safetensors (``tokens.safetensors``: ``vectors``, ``image``
+and ``token`` ids, the image paths in the metadata). A query is (image, token index k); its
+token is compared by cosine similarity (inner product of unit vectors) with every indexed
+token, through faiss ``IndexFlatIP`` when faiss is installed and a torch matmul otherwise (both
+exact). The k best are drawn as a grid, each image with the matched token's map overlaid.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from PIL import Image
+from safetensors import safe_open
+from safetensors.torch import save_file
+from torch import Tensor
+from torch.utils.data import Dataset
+from tqdm.auto import tqdm
+
+from stellar.checkpoint.io import atomic_write
+from stellar.eval.images import EvalImages, make_loader
+from stellar.viz.maps import compose_panel, concept_overlay, to_pil
+
+__all__ = [
+    "TokenIndex",
+    "add_arguments",
+    "build_token_index",
+    "query_index",
+    "render_retrieval",
+    "run",
+]
+
+logger = logging.getLogger(__name__)
+
+INDEX_FILE = "tokens.safetensors"
+
+
+@dataclass
+class TokenIndex:
+    """Unit-norm concept tokens of a collection.
+
+    Attributes:
+        vectors: (M, d) float32, L2-normalised, M = N·r rows (image-major).
+        image: (M,) int64, row -> position in ``paths``.
+        token: (M,) int64, row -> concept-token index in [0, r).
+        paths: the N indexed image files.
+        meta: ``model``, ``resolution``, ``num_tokens``.
+    """
+
+    vectors: Tensor
+    image: Tensor
+    token: Tensor
+    paths: list[str]
+    meta: dict[str, Any] = field(default_factory=dict)
+    _faiss: Any = field(default=None, repr=False, compare=False)
+
+    def __len__(self) -> int:
+        return self.vectors.shape[0]
+
+    def row(self, image: int, token: int) -> int:
+        """The row of (image position, token index)."""
+        hits = torch.nonzero((self.image == image) & (self.token == token)).flatten()
+        if hits.numel() == 0:
+            raise ValueError(f"the index holds no token {token} of image {image}")
+        return int(hits[0])
+
+    def save(self, directory: str | os.PathLike[str]) -> Path:
+        """Write ``directory/tokens.safetensors`` atomically."""
+        path = Path(directory) / INDEX_FILE
+        tensors = {
+            "vectors": self.vectors.contiguous(),
+            "image": self.image.contiguous(),
+            "token": self.token.contiguous(),
+        }
+        metadata = {"paths": json.dumps(self.paths), "meta": json.dumps(self.meta)}
+        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
+        """Read an index written by :meth:`save` (a folder or the file itself)."""
+        path = Path(directory)
+        path = path / INDEX_FILE if path.is_dir() else path
+        if not path.is_file():
+            raise ValueError(f"expected a token index at {path}, found none")
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            tensors = {k: f.get_tensor(k) for k in ("vectors", "image", "token")}
+        return cls(
+            tensors["vectors"].float(),
+            tensors["image"].long(),
+            tensors["token"].long(),
+            json.loads(meta.get("paths", "[]")),
+            json.loads(meta.get("meta", "{}")),
+        )
+
+
+def _amp(device: torch.device):
+    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+
+
+def build_token_index(
+    model: Any,
+    dataset: Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    model_spec: str = "",
+    progress: bool = True,
+) -> TokenIndex:
+    """Encode a collection and index all its concept tokens.
+
+    Args:
+        model: a STELLAR model.
+        dataset: :class:`~stellar.eval.images.EvalImages` items (broken files are skipped).
+        batch_size, num_workers: loader settings.
+        model_spec: recorded in the index metadata.
+        progress: show a tqdm bar.
+
+    Returns:
+        The :class:`TokenIndex` (N decodable images, N·r rows).
+    """
+    sparse: list[Tensor] = []
+    paths: list[str] = []
+    loader = make_loader(dataset, batch_size, num_workers)
+    with torch.inference_mode():
+        for batch in tqdm(loader, desc="index", unit="batch", disable=not progress):
+            if batch["image"].shape[0] == 0:
+                continue
+            with _amp(model.device):
+                out = model.encode(batch["image"].to(model.device))
+            sparse.append(F.normalize(out["sparse"].float(), dim=-1).cpu())
+            paths.extend(batch["path"])
+    if not sparse:
+        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
+    tokens = torch.cat(sparse)  # (N, r, d)
+    n, r, d = tokens.shape
+    meta = {
+        "model": model_spec,
+        "resolution": int(getattr(dataset, "resolution", 0)),
+        "num_tokens": r,
+        "dim": d,
+    }
+    return TokenIndex(
+        tokens.reshape(n * r, d),
+        torch.arange(n).repeat_interleave(r),
+        torch.arange(r).repeat(n),
+        paths,
+        meta,
+    )
+
+
+def query_index(index: TokenIndex | Tensor, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
+    """The ``k`` most similar indexed tokens (cosine similarity, exact search).
+
+    Args:
+        index: a :class:`TokenIndex` or an (M, d) matrix of unit rows.
+        vector: (d,) or (q, d) query token(s); normalised here.
+        k: number of neighbours (clamped to M).
+
+    Returns:
+        ``scores`` and ``rows`` (int64), each (k,) for one query or (q, k), best first.
+    """
+    bank = index.vectors if isinstance(index, TokenIndex) else index
+    if bank.ndim != 2 or bank.shape[0] == 0:
+        raise ValueError(f"expected a non-empty (M, d) index, got {tuple(bank.shape)}")
+    single = vector.ndim == 1
+    queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
+    if queries.shape[1] != bank.shape[1]:
+        raise ValueError(f"expected query vectors of dim {bank.shape[1]}, got {queries.shape[1]}")
+    if k < 1:
+        raise ValueError(f"expected k >= 1, got {k}")
+    k = min(int(k), bank.shape[0])
+    found = _faiss_search(index, bank, queries, k)
+    if found is None:
+        scores, rows = (queries @ bank.float().T).topk(k, dim=1)
+    else:
+        scores, rows = found
+    return (scores[0], rows[0]) if single else (scores, rows)
+
+
+def _faiss_search(
+    index: TokenIndex | Tensor, bank: Tensor, queries: Tensor, k: int
+) -> tuple[Tensor, Tensor] | None:
+    try:
+        import faiss  # type: ignore[import-not-found]
+    except ImportError:
+        return None
+    flat = index._faiss if isinstance(index, TokenIndex) else None
+    if flat is None:
+        flat = faiss.IndexFlatIP(bank.shape[1])
+        flat.add(bank.float().contiguous().numpy())
+        if isinstance(index, TokenIndex):
+            index._faiss = flat
+    scores, rows = flat.search(queries.contiguous().numpy(), k)
+    return torch.from_numpy(scores), torch.from_numpy(rows).long()
+
+
+def render_retrieval(
+    query: tuple[Tensor, Tensor, int],
+    results: list[tuple[Tensor, Tensor, int, float, str]],
+    grid: tuple[int, int],
+    cell: int = 160,
+    cols: int = 4,
+    threshold: float | None = None,
+) -> Image.Image:
+    """The query and its neighbours, each with the (matched) token's region overlaid.
+
+    Args:
+        query: ``(image (3, H, W), spatial (n, r), token)``.
+        results: ``(image, spatial, token, similarity, name)`` per neighbour, best first.
+        grid: patch grid (h, w).
+        cell: display side of each image.
+        cols: neighbours per row.
+        threshold: region threshold (default 1/r).
+
+    Returns:
+        PIL RGB figure.
+    """
+
+    def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
+        photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
+        return concept_overlay(photo, spatial, grid, threshold, tokens=[token], alpha=0.4)
+
+    q_image, q_spatial, q_token = query
+    rows: list[list[Any]] = [[(tile(q_image, q_spatial, q_token), f"query: token {q_token}")]]
+    cells = [
+        (tile(im, sp, tok), f"#{i + 1} sim {sim:.3f} t{tok} {name}")
+        for i, (im, sp, tok, sim, name) in enumerate(results)
+    ]
+    rows += [cells[i : i + cols] for i in range(0, len(cells), cols)]
+    return compose_panel(rows, font_size=max(10, min(13, cell // 12)))
+
+
+# ---------------------------------------------------------------------------- command line
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``stellar retrieve``."""
+    parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    parser.add_argument("--data", default=None, help="image folder to index")
+    parser.add_argument("--query", required=True, help="the query image file")
+    parser.add_argument("--token", type=int, required=True, help="concept token index of the query")
+    parser.add_argument("--k", type=int, default=8, help="number of neighbours")
+    parser.add_argument("--out", required=True, help="output folder (figure, results.json)")
+    parser.add_argument(
+        "--index-dir",
+        default=None,
+        help="where the index is kept: reused when it exists, else built there from --data "
+        "(default: OUT/index)",
+    )
+    parser.add_argument(
+        "--resolution", type=int, default=None, help="input side (default: the model's native)"
+    )
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--num-workers", type=int, default=4)
+    parser.add_argument("--cell-size", type=int, default=160, help="image side in the figure")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def _encode_files(
+    model: Any, paths: list[str], resolution: int
+) -> dict[int, tuple[Tensor, Tensor]]:
+    """{position in ``paths``: (image, spatial)} for the decodable files."""
+    dataset = EvalImages(paths, resolution, resize_ratio=1.0)
+    found: dict[int, tuple[Tensor, Tensor]] = {}
+    with torch.inference_mode():
+        for batch in make_loader(dataset, 16, 0):
+            if batch["image"].shape[0] == 0:
+                continue
+            with _amp(model.device):
+                spatial = model.encode(batch["image"].to(model.device))["spatial"].float().cpu()
+            found.update(
+                (int(i), (batch["image"][b], spatial[b]))
+                for b, i in enumerate(batch["index"].tolist())
+            )
+    return found
+
+
+def _load_or_build(args: argparse.Namespace, model: Any, resolution: int) -> TokenIndex:
+    index_dir = Path(args.index_dir) if args.index_dir else Path(args.out) / "index"
+    if (index_dir / INDEX_FILE).is_file():
+        index = TokenIndex.load(index_dir)
+        logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
+        if index.meta.get("model") != str(args.model):
+            logger.warning(
+                "the index was built with --model %s, not %s: similarities may be meaningless",
+                index.meta.get("model"),
+                args.model,
+            )
+        if index.vectors.shape[1] != model.config.encoder.hidden_size:
+            raise ValueError(
+                f"the index in {index_dir} holds {index.vectors.shape[1]}-dim tokens, expected "
+                f"{model.config.encoder.hidden_size} for this model: rebuild it with --data"
+            )
+        return index
+    if args.data is None:
+        raise ValueError(f"expected --data to build an index (none in {index_dir})")
+    dataset = EvalImages(args.data, resolution, resize_ratio=1.0)
+    index = build_token_index(
+        model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model)
+    )
+    index.save(index_dir)
+    logger.info("indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir)
+    return index
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``stellar retrieve``."""
+    from stellar.hub import load_model
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    model = load_model(args.model, purpose="encode", device=device)
+    r, p = model.num_tokens, model.patch_size
+    if not 0 <= args.token < r:
+        raise ValueError(f"expected --token in [0, {r}), got {args.token}")
+    resolution = args.resolution or model.config.encoder.image_size
+    if resolution < p or resolution % p:
+        raise ValueError(
+            f"expected --resolution a multiple of the patch size {p}, got {resolution}"
+        )
+    index = _load_or_build(args, model, resolution)
+    built_at = int(index.meta.get("resolution") or resolution)
+    if built_at != resolution:
+        logger.warning(
+            "the index was built at %d px: using %d px, not %d", built_at, built_at, resolution
+        )
+        resolution = built_at
+    grid = (resolution // p, resolution // p)
+
+    query = EvalImages([args.query], resolution, resize_ratio=1.0)
+    try:
+        q_image = query.load(0)
+    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
+        raise ValueError(f"expected a readable query image, got {args.query} ({err})") from err
+    with torch.inference_mode(), _amp(device):
+        q_out = model.encode(q_image[None].to(device))
+    q_vec = q_out["sparse"][0, args.token].float().cpu()
+    scores, rows = query_index(index, q_vec, args.k)
+
+    image_ids = index.image[rows].tolist()
+    unique = sorted(set(image_ids))
+    encoded = _encode_files(model, [index.paths[i] for i in unique], resolution)
+    by_image = {img: encoded.get(pos) for pos, img in enumerate(unique)}
+    results, records = [], []
+    for rank_, (row, sim, img) in enumerate(
+        zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
+    ):
+        tok = int(index.token[row])
+        path = index.paths[img]
+        records.append({"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path})
+        if by_image[img] is None:
+            logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
+            continue
+        results.append((*by_image[img], tok, sim, Path(path).name))
+    q_spatial = q_out["spatial"][0].float().cpu()
+    figure = render_retrieval((q_image, q_spatial, args.token), results, grid, cell=args.cell_size)
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    figure.save(out / "retrieval.png")
+    summary = {
+        "query": args.query,
+        "token": args.token,
+        "model": str(args.model),
+        "results": records,
+    }
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
+    for x in records:
+        print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")
+    logger.info("wrote %s", out / "retrieval.png")
+    return 0

@@ -1,0 +1,172 @@
+"""Sharded feature extraction: content, index, resume, simulated ranks, the CLI."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from safetensors import safe_open
+
+from stellar import create_stellar
+from stellar.cli import main
+from stellar.eval.extract import (
+    extract_features,
+    extract_to_dir,
+    load_features,
+    shard_name,
+)
+from stellar.eval.images import EvalImages
+
+RES = 32  # stellar-tiny (patch 8) at a 4x4 grid keeps every test fast
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_stellar("stellar-tiny").eval()
+
+
+def _images(root: Path, n: int, classes: int = 2) -> Path:
+    rng = np.random.default_rng(1)
+    for i in range(n):
+        path = root / f"c{i % classes}" / f"{i:03d}.png"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 256, (36, 44, 3), dtype=np.uint8)).save(path)
+    return root
+
+
+def _index_rows(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+
+
+def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 7), RES)
+    out = tmp_path / "out"
+    keys = ["sparse", "cls", "spatial", "dense"]
+    written = extract_to_dir(model, ds, out, keys, shard_size=3, batch_size=2, progress=False)
+    assert written == [0, 1, 2]
+    assert sorted(p.name for p in out.glob("shard-*")) == [shard_name(g) for g in range(3)]
+    meta = json.loads((out / "meta.json").read_text())
+    assert meta["complete"] and meta["count"] == 7 and meta["keys"] == keys
+
+    feats, labels, paths = load_features(out)
+    ref = extract_features(model, ds, keys, batch_size=4, progress=False)
+    assert ref["index"].tolist() == list(range(7))
+    for k in keys:
+        assert feats[k].shape == ref[k].shape and feats[k].dtype == torch.float32
+        torch.testing.assert_close(feats[k], ref[k], atol=1e-5, rtol=1e-5)
+    assert feats["sparse"].shape == (7, model.num_tokens, 96)
+    assert feats["spatial"].shape == (7, (RES // 8) ** 2, model.num_tokens)
+    assert labels.tolist() == ds.labels.tolist() == ref["label"].tolist()
+    assert paths == [str(p) for p in ds.paths]
+
+    rows = _index_rows(out)
+    assert [r["index"] for r in rows] == list(range(7))
+    for r in rows[::3]:  # each index line points at its own row of its shard
+        with safe_open(str(out / shard_name(r["shard"])), framework="pt") as f:
+            row = f.get_tensor("sparse")[r["row"]]
+        torch.testing.assert_close(row, ref["sparse"][r["index"]], atol=1e-5, rtol=1e-5)
+        assert r["path"] == str(ds.paths[r["index"]]) and r["label"] == int(ds.labels[r["index"]])
+
+
+def test_resume_skips_complete_shards(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 5), RES)
+    out = tmp_path / "out"
+    kw = dict(keys=["sparse"], shard_size=2, batch_size=2, progress=False)
+    assert extract_to_dir(model, ds, out, **kw) == [0, 1, 2]
+    before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    (out / shard_name(1)).unlink()
+    (out / "index.jsonl").unlink()
+    assert extract_to_dir(model, ds, out, **kw) == [1]
+    after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
+    assert after[shard_name(0)] == before[shard_name(0)]
+    assert after[shard_name(2)] == before[shard_name(2)]
+    assert len(_index_rows(out)) == 5
+    assert extract_to_dir(model, ds, out, **kw) == []  # nothing left to do
+    assert not list(out.glob(".*tmp"))  # no temp files left behind
+
+
+def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 9), RES)
+    out = tmp_path / "out"
+    kw = dict(keys=["cls", "sparse"], shard_size=2, batch_size=2, progress=False, world_size=2)
+    first = extract_to_dir(model, ds, out, rank=0, **kw)
+    assert first == [0, 2, 4]
+    assert not (out / "index.jsonl").exists()
+    with pytest.raises(ValueError, match="incomplete"):
+        load_features(out)
+    second = extract_to_dir(model, ds, out, rank=1, **kw)
+    assert second == [1, 3]
+    assert not set(first) & set(second)
+    indices = []
+    for g in first + second:
+        with safe_open(str(out / shard_name(g)), framework="pt") as f:
+            indices += f.get_tensor("index").tolist()
+    assert sorted(indices) == list(range(9))
+    feats, labels, paths = load_features(out, keys=["cls"])
+    assert set(feats) == {"cls"} and feats["cls"].shape == (9, 1, 96)
+    assert [r["index"] for r in _index_rows(out)] == list(range(9))
+    ref = extract_features(model, ds, ["cls"], batch_size=9, progress=False)
+    torch.testing.assert_close(feats["cls"], ref["cls"], atol=1e-5, rtol=1e-5)
+
+
+def test_broken_file_left_out(model, tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    root = _images(tmp_path / "data", 4, classes=1)
+    (root / "c0" / "001b.png").write_bytes(b"\x89PNG broken")
+    ds = EvalImages(root, RES)
+    with caplog.at_level(logging.WARNING):
+        extract_to_dir(model, ds, tmp_path / "out", ["sparse"], shard_size=2, progress=False)
+    feats, labels, paths = load_features(tmp_path / "out")
+    assert feats["sparse"].shape[0] == 4 and len(paths) == 4
+    assert not any(p.endswith("001b.png") for p in paths)
+    assert sum("001b.png" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["spatial"], fp16=True, progress=False)
+    feats, _, _ = load_features(out)
+    assert feats["spatial"].dtype == torch.float16
+    torch.testing.assert_close(
+        feats["spatial"].float().sum(-1), torch.ones(2, 16), atol=1e-2, rtol=0
+    )
+    with pytest.raises(ValueError, match="other settings"):
+        extract_to_dir(model, ds, out, ["spatial"], fp16=False, progress=False)
+    with pytest.raises(ValueError, match="feature keys"):
+        extract_to_dir(model, ds, tmp_path / "o2", ["pixels"], progress=False)
+    with pytest.raises(ValueError, match="not"):
+        load_features(out, keys=["sparse"])
+
+
+def test_cli_extract(tmp_path: Path) -> None:
+    root = _images(tmp_path / "data", 3)
+    out = tmp_path / "out"
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--out", str(out)]
+    argv += ["--keys", "sparse", "--dense", "--resolution", "16", "--num-workers", "0"]
+    assert main(argv) == 0
+    feats, labels, _ = load_features(out)
+    assert feats["sparse"].shape == (3, 6, 96) and feats["dense"].shape == (3, 4, 96)
+    assert labels.tolist() == [0, 0, 1]
+    with pytest.raises(ValueError, match="patch size"):
+        main([*argv[:-4], "--resolution", "20"])
+
+
+@pytest.mark.shared
+def test_cli_extract_samples(samples_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    for photo in sorted((samples_dir / "images224").glob("*"))[:6]:
+        (data / photo.name).symlink_to(photo)
+    out = tmp_path / "out"
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(data), "--out", str(out)]
+    assert main([*argv, "--shard-size", "4", "--num-workers", "0", "--fp16"]) == 0
+    feats, labels, paths = load_features(out)
+    assert feats["sparse"].shape == (6, 6, 96) and feats["sparse"].dtype == torch.float16
+    assert torch.isfinite(feats["cls"].float()).all()
+    assert labels.tolist() == [-1] * 6 and len(set(paths)) == 6

@@ -1,0 +1,143 @@
+"""Concept-map pictures: overlay regions, argmax colours, PCA gradients, palette, layout."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stellar.viz.maps import (
+    argmax_segmentation,
+    compose_panel,
+    concept_grid,
+    concept_overlay,
+    heatmap,
+    palette,
+    pca_rgb,
+    to_pil,
+)
+
+
+def _region_spatial(h: int, w: int, r: int, token: int, rows: slice, cols: slice) -> torch.Tensor:
+    """Uniform rows (no token above 1/r) except a block where ``token`` dominates."""
+    maps = torch.full((h, w, r), 1.0 / r)
+    peak = torch.full((r,), 0.2 / (r - 1))
+    peak[token] = 0.8
+    maps[rows, cols] = peak
+    return maps.reshape(h * w, r)
+
+
+def test_palette_is_distinct_and_stable() -> None:
+    p = palette(24)
+    assert p.shape == (24, 3) and p.dtype == np.uint8
+    assert len({tuple(c) for c in p.tolist()}) == 24
+    d = np.abs(p[:, None].astype(int) - p[None].astype(int)).sum(-1)
+    assert d[~np.eye(24, dtype=bool)].min() >= 60  # no two colours nearly alike
+    np.testing.assert_array_equal(palette(6), p[:6])  # colours do not depend on r
+    assert palette(200).shape == (200, 3)
+    with pytest.raises(ValueError):
+        palette(0)
+
+
+def test_overlay_colours_only_the_region() -> None:
+    r, p = 6, 8
+    spatial = _region_spatial(4, 4, r, token=2, rows=slice(0, 2), cols=slice(2, 4))
+    photo = torch.rand(3, 4 * p, 4 * p, generator=torch.Generator().manual_seed(0))
+    base = np.asarray(to_pil(photo)).astype(float)
+    out = concept_overlay(photo, spatial, (4, 4), alpha=0.5)
+    assert isinstance(out, Image.Image) and out.size == (32, 32) and out.mode == "RGB"
+    got = np.asarray(out).astype(float)
+    region = np.zeros((32, 32), bool)
+    region[:16, 16:] = True
+    np.testing.assert_array_equal(got[~region], base[~region])  # untouched outside
+    color = palette(r)[2].astype(float)
+    # Inside: either the outline (the token's colour) or the 50 % blend with it.
+    blend = 0.5 * base + 0.5 * color
+    is_blend = np.abs(got - blend).max(-1) <= 0.51
+    is_edge = np.abs(got - color).max(-1) == 0
+    assert (is_blend | is_edge)[region].all()
+    assert is_edge[region].any() and is_blend[region].any()
+    assert is_edge[1, 16] and is_blend[8, 24]  # border pixel vs interior pixel
+
+
+def test_overlay_selected_tokens_and_modes() -> None:
+    spatial = _region_spatial(4, 4, 6, token=1, rows=slice(1, 3), cols=slice(1, 3))
+    image = Image.new("RGB", (64, 64), (128, 128, 128))
+    none = concept_overlay(image, spatial, (4, 4), tokens=[3])
+    assert np.array_equal(np.asarray(none), np.asarray(image))  # token 3 is never active
+    smooth = np.asarray(concept_overlay(image, spatial, (4, 4), mode="bilinear", outline=False))
+    changed = np.abs(smooth.astype(int) - 128).max(-1) > 0
+    assert changed[32, 32] and not changed[2, 2] and not changed[60, 60]
+    with pytest.raises(ValueError, match="grid"):
+        concept_overlay(image, spatial, (4, 5))
+    with pytest.raises(ValueError, match="token"):
+        concept_overlay(image, spatial, (4, 4), tokens=[6])
+
+
+def test_argmax_colours_match_tokens() -> None:
+    g = torch.Generator().manual_seed(1)
+    spatial = torch.randn(3 * 5, 7, generator=g).softmax(-1)
+    seg = np.asarray(argmax_segmentation(spatial, (3, 5)))
+    assert seg.shape == (3, 5, 3)
+    expect = palette(7)[spatial.argmax(-1).reshape(3, 5).numpy()]
+    np.testing.assert_array_equal(seg, expect)
+    big = np.asarray(argmax_segmentation(spatial, (3, 5), size=(12, 20)))
+    np.testing.assert_array_equal(big, np.repeat(np.repeat(expect, 4, 0), 4, 1))
+
+
+def test_pca_of_a_one_direction_ramp_is_a_gradient() -> None:
+    h, w, d = 6, 10, 16
+    u = torch.randn(d, generator=torch.Generator().manual_seed(2))
+    x = torch.linspace(-1, 1, w).repeat(h)  # varies along the width only
+    feats = x[:, None] * u + 3.0
+    rgb = np.asarray(pca_rgb(feats, (h, w))).astype(int)
+    assert rgb.shape == (h, w, 3)
+    red = rgb[..., 0]
+    assert (red == red[0]).all()  # constant down each column
+    steps = np.diff(red[0])
+    assert (steps >= 0).all() or (steps <= 0).all()
+    assert abs(red[0, -1] - red[0, 0]) >= 250
+    assert (rgb[..., 1:] == 128).all()  # zero-variance components stay flat grey
+
+
+def test_pca_red_follows_the_top_component() -> None:
+    g = torch.Generator().manual_seed(3)
+    feats = torch.randn(64, 12, generator=g) * torch.linspace(3, 0.1, 12)
+    red = np.asarray(pca_rgb(feats, (8, 8), quantile=0.0))[..., 0].reshape(-1).astype(float)
+    centred = (feats - feats.mean(0)).double().numpy()
+    top = np.linalg.eigh(centred.T @ centred)[1][:, -1]  # independent: covariance eigvector
+    score = centred @ top
+    expect = (score - score.min()) / (score.max() - score.min()) * 255
+    if np.corrcoef(expect, red)[0, 1] < 0:
+        expect = 255 - expect
+    assert np.abs(expect - red).max() <= 1.0
+    up = pca_rgb(feats, (8, 8), size=32)
+    assert up.size == (32, 32)
+
+
+def test_concept_grid_layout() -> None:
+    r, cell = 5, 24
+    spatial = _region_spatial(4, 4, r, token=4, rows=slice(0, 1), cols=slice(0, 1))
+    panel = concept_grid(torch.zeros(3, 32, 32), spatial, (4, 4), cell=cell, cols=3)
+    assert panel.width >= 3 * cell and panel.height >= 2 * cell
+    assert heatmap(np.array([0.0, 1.0])).tolist() == [[0, 0, 4], [252, 255, 164]]
+
+
+def test_compose_panel_places_cells() -> None:
+    red = Image.new("RGB", (20, 10), (255, 0, 0))
+    blue = np.zeros((15, 5, 3), np.uint8)
+    blue[..., 2] = 255
+    fig = compose_panel([[red, (blue, "b")], [Image.new("RGB", (4, 4), (0, 255, 0))]], pad=2)
+    a = np.asarray(fig)
+    assert fig.width == 2 + 20 + 2 + 5 + 2
+    ys, xs = np.nonzero((a == (255, 0, 0)).all(-1))
+    assert len(ys) == 200 and xs.min() == 2 and xs.max() == 21
+    ys_b, xs_b = np.nonzero((a == (0, 0, 255)).all(-1))
+    assert len(ys_b) == 75 and xs_b.min() == 24 and ys_b.min() == ys.min()  # top-aligned
+    green = np.nonzero((a == (0, 255, 0)).all(-1))[0]
+    assert len(green) == 16 and green.min() > ys_b.max()  # second row below the first
+    titled = compose_panel([[red]], title="a long title that is wider than the image")
+    assert titled.width > 24
+    with pytest.raises(ValueError):
+        compose_panel([[]])

@@ -1,0 +1,128 @@
+"""Concept retrieval: token index, exact search, save/load, the command."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from stellar import create_stellar
+from stellar.cli import main
+from stellar.eval.images import EvalImages
+from stellar.viz.retrieve import TokenIndex, build_token_index, query_index
+
+RES = 32
+
+
+@pytest.fixture(scope="module")
+def model():
+    torch.manual_seed(0)
+    return create_stellar("stellar-tiny").eval()
+
+
+def _images(root: Path, n: int = 6) -> Path:
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True, exist_ok=True)
+    for i in range(n):
+        a = rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)
+        a[: 10 + 5 * i, :20] = (255 - 40 * i, 40 * i, 90)
+        Image.fromarray(a).save(root / f"img{i}.png")
+    return root
+
+
+def test_index_layout_and_self_retrieval(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data"), RES, resize_ratio=1.0)
+    index = build_token_index(model, ds, batch_size=4, progress=False, model_spec="tiny")
+    r = model.num_tokens
+    assert len(index) == 6 * r and index.vectors.shape == (6 * r, 96)
+    torch.testing.assert_close(index.vectors.norm(dim=1), torch.ones(6 * r))
+    assert index.image.tolist() == [i for i in range(6) for _ in range(r)]
+    assert index.token.tolist() == list(range(r)) * 6
+    assert index.paths == [str(p) for p in ds.paths]
+
+    with torch.no_grad():
+        sparse = model.encode(ds[3]["image"][None])["sparse"][0]  # (r, d), unnormalised
+    scores, rows = query_index(index, sparse[4], k=5)
+    assert rows[0] == index.row(3, 4)
+    assert abs(float(scores[0]) - 1) < 1e-5
+    assert scores.shape == (5,) and (scores[:-1] >= scores[1:]).all()
+
+    # All r tokens of image 3 at once: each finds itself.
+    scores, rows = query_index(index, sparse, k=2)
+    assert scores.shape == (r, 2)
+    assert rows[:, 0].tolist() == [index.row(3, t) for t in range(r)]
+
+
+def test_query_matches_brute_force() -> None:
+    g = torch.Generator().manual_seed(5)
+    bank = F.normalize(torch.randn(50, 8, generator=g), dim=1)
+    q = torch.randn(3, 8, generator=g)
+    scores, rows = query_index(bank, q, k=7)
+    sims = (F.normalize(q, dim=1) @ bank.T).numpy()
+    expect = np.argsort(-sims, axis=1)[:, :7]
+    np.testing.assert_array_equal(rows.numpy(), expect)
+    np.testing.assert_allclose(scores.numpy(), np.take_along_axis(sims, expect, 1), atol=1e-6)
+    assert query_index(bank, q[0], k=500)[1].shape == (50,)  # k clamped to the bank
+    with pytest.raises(ValueError, match="dim"):
+        query_index(bank, torch.randn(5), k=1)
+    with pytest.raises(ValueError, match="k >= 1"):
+        query_index(bank, q, k=0)
+
+
+def test_index_round_trip(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    index = build_token_index(model, ds, progress=False, model_spec="m")
+    index.save(tmp_path / "idx")
+    back = TokenIndex.load(tmp_path / "idx")
+    assert torch.equal(back.vectors, index.vectors) and torch.equal(back.token, index.token)
+    assert back.paths == index.paths and back.meta == index.meta
+    with pytest.raises(ValueError, match="token index"):
+        TokenIndex.load(tmp_path / "nothing")
+
+
+def test_cli_retrieve(tmp_path: Path, capsys) -> None:
+    data = _images(tmp_path / "data")
+    out = tmp_path / "out"
+    argv = ["retrieve", "--model", "stellar-tiny", "--query", str(data / "img2.png")]
+    argv += ["--token", "3", "--k", "4", "--out", str(out), "--num-workers", "0"]
+    assert main([*argv, "--data", str(data), "--cell-size", "48"]) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 4
+    assert Path(results[0]["path"]).name == "img2.png" and results[0]["token"] == 3
+    assert abs(results[0]["similarity"] - 1) < 1e-4
+    assert Image.open(out / "retrieval.png").width >= 4 * 48
+    assert (out / "index" / "tokens.safetensors").is_file()
+    assert "img2.png" in capsys.readouterr().out
+    # Reuse the saved index without --data: the commands seed the random preset's init.
+    again = ["--out", str(tmp_path / "again"), "--index-dir", str(out / "index")]
+    assert main([*argv[:-4], *again]) == 0
+    reused = json.loads((tmp_path / "again" / "results.json").read_text())["results"]
+    assert [(x["path"], x["token"]) for x in reused] == [(x["path"], x["token"]) for x in results]
+    np.testing.assert_allclose(
+        [x["similarity"] for x in reused], [x["similarity"] for x in results], atol=1e-4
+    )
+    with pytest.raises(ValueError, match="--token"):
+        main([*argv[:5], "--token", "6", "--out", str(out)])
+    with pytest.raises(ValueError, match="--data"):
+        main([*argv, "--index-dir", str(tmp_path / "empty")])
+
+
+@pytest.mark.shared
+def test_retrieve_samples(samples_dir: Path, tmp_path: Path) -> None:
+    data = tmp_path / "data"
+    data.mkdir()
+    photos = sorted((samples_dir / "images224").glob("*"))[:6]
+    for photo in photos:
+        (data / photo.name).symlink_to(photo)
+    out = tmp_path / "out"
+    argv = ["retrieve", "--model", "stellar-tiny", "--data", str(data), "--out", str(out)]
+    argv += ["--query", str(data / photos[1].name), "--token", "0", "--num-workers", "0"]
+    assert main(argv) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 8 and Path(results[0]["path"]).name == photos[1].name
+    assert results[0]["token"] == 0 and abs(results[0]["similarity"] - 1) < 1e-4
