@@ -1,0 +1,193 @@
+"""A plain ViT baseline (MAE or HF ViT weights) that evaluates through the same protocols.
+
+``--baseline mae:PATH`` or ``--baseline vit:PATH`` reads the encoder of a local MAE / HF ViT
+checkpoint with :func:`stellar.checkpoint.mae.load_mae_weights` (HF directories, weights files
+and original MAE ``.pth`` files) and builds a :class:`~stellar.models.encoder.ViTEncoder` from
+the tensor shapes. Its outputs are ``cls`` (B, 1, d) and ``dense`` (B, n, d), the patch tokens
+after the final LayerNorm; it has no concept tokens, so ``sparse``, ``spatial`` and
+``lowrank`` do not exist.
+
+Decisions:
+- Inputs are normalised with the ImageNet mean / std (what MAE was trained with), inside the
+  model, exactly as STELLAR does; no masking is applied (MAE's encoder sees every patch).
+- The head count comes from the HF ``config.json`` when there is one, else ``width // 64``
+  (the head width of every standard ViT), logged.
+- LayerNorm epsilon: the HF config's ``layer_norm_eps`` when present, 1e-6 for the original
+  MAE ``.pth`` (timm's ViT), else 1e-12 (HF's default).
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from stellar.checkpoint.mae import load_mae_weights
+from stellar.models.config import DecoderConfig, EncoderConfig
+from stellar.models.encoder import ViTEncoder
+from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
+
+__all__ = [
+    "BASELINE_KEYS",
+    "BASELINE_KINDS",
+    "BaselineConfig",
+    "STELLAR_KEYS",
+    "ViTBaseline",
+    "feature_keys",
+    "load_baseline",
+    "parse_baseline",
+]
+
+logger = logging.getLogger(__name__)
+
+BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
+BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
+STELLAR_KEYS: tuple[str, ...] = ("sparse", "cls", "dense", "lowrank")
+_BLOCK = re.compile(r"^blocks\.(\d+)\.")
+_HEAD_DIM = 64
+
+
+@dataclass
+class BaselineConfig:
+    """The parts of a STELLAR config the protocols read (encoder dims, probe decoder size)."""
+
+    encoder: EncoderConfig
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
+    fourier_features: int = 256
+
+
+class ViTBaseline(nn.Module):
+    """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``.
+
+    Args:
+        config: encoder dimensions.
+        name: the label of the baseline's row in result tables.
+    """
+
+    feature_keys: tuple[str, ...] = BASELINE_KEYS
+
+    def __init__(self, config: BaselineConfig, name: str = "ViT") -> None:
+        super().__init__()
+        self.config = config
+        self.name = name
+        self.patch_size = config.encoder.patch_size
+        self.encoder = ViTEncoder(config.encoder)
+        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
+        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
+
+    @property
+    def device(self) -> torch.device:
+        """The device of the weights."""
+        return self.encoder.cls_token.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        """The dtype of the weights."""
+        return self.encoder.cls_token.dtype
+
+    def check_images(self, images: Tensor) -> None:
+        """Raise ValueError unless ``images`` is a (B, 3, H, W) float batch, H, W multiples of p."""
+        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
+            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
+            raise ValueError(f"expected images of shape (B, 3, H, W), got {shape}")
+        if not images.is_floating_point():
+            raise ValueError(f"expected floating-point images in [0, 1], got {images.dtype}")
+        h, w = images.shape[-2:]
+        if h % self.patch_size or w % self.patch_size:
+            raise ValueError(
+                f"image size {h}x{w} is not divisible by the patch size {self.patch_size}"
+            )
+
+    def encode(self, images: Tensor) -> dict[str, Tensor]:
+        """Encode (B, 3, H, W) RGB in [0, 1] -> ``cls`` (B, 1, d), ``dense`` (B, n, d)."""
+        self.check_images(images)
+        return self.forward_encode(images)
+
+    def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
+        """:meth:`encode` without input checks."""
+        pixels = ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
+        tokens = self.encoder.forward_features(pixels)
+        return {"cls": tokens[:, :1], "dense": tokens[:, 1:]}
+
+    def forward(self, images: Tensor) -> dict[str, Tensor]:
+        """Same as :meth:`encode`."""
+        return self.encode(images)
+
+
+def feature_keys(model: nn.Module) -> tuple[str, ...]:
+    """The per-image feature outputs a model offers the protocols.
+
+    A :class:`ViTBaseline` has ``cls`` and ``dense``; STELLAR also has ``sparse`` and
+    ``lowrank`` (``spatial`` and ``peak_dist`` are maps and statistics, not probe features).
+    """
+    return tuple(getattr(model, "feature_keys", STELLAR_KEYS))
+
+
+def parse_baseline(spec: str) -> tuple[str, Path]:
+    """``"mae:PATH"`` / ``"vit:PATH"`` -> (kind, path); ValueError on anything else."""
+    kind, sep, path = str(spec).partition(":")
+    if not sep or kind.lower() not in BASELINE_KINDS or not path:
+        raise ValueError(
+            f"expected --baseline as mae:PATH or vit:PATH (a local MAE / HF ViT checkpoint), "
+            f"got {spec!r}"
+        )
+    p = Path(path)
+    if not p.exists():
+        raise ValueError(f"baseline checkpoint {str(p)!r} does not exist")
+    return kind.lower(), p
+
+
+def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBaseline:
+    """Build the frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode.
+
+    Raises:
+        ValueError: a malformed spec, an unreadable checkpoint, or shapes that do not describe
+            a ViT.
+    """
+    kind, path = parse_baseline(spec)
+    weights = load_mae_weights(path)
+    tensors = weights.tensors
+    hf = weights.config or {}
+    patch = tensors["patch_embed.weight"]
+    width, channels, p = patch.shape[0], patch.shape[1], patch.shape[-1]
+    depth = 1 + max(int(m.group(1)) for k in tensors if (m := _BLOCK.match(k)))
+    n = tensors["pos_embed"].shape[1] - 1
+    side = math.isqrt(n)
+    if side * side != n:
+        raise ValueError(f"{path}: {n} position embeddings do not form a square grid")
+    heads = hf.get("num_attention_heads")
+    if heads is None:
+        heads = max(1, width // _HEAD_DIM)
+        logger.info("%s has no config.json: assuming %d attention heads (width / 64)", path, heads)
+    default_eps = 1e-6 if weights.layout == "original" else 1e-12
+    enc = EncoderConfig(
+        hidden_size=width,
+        num_hidden_layers=depth,
+        num_attention_heads=int(heads),
+        intermediate_size=tensors["blocks.0.mlp.fc1.weight"].shape[0],
+        image_size=side * p,
+        patch_size=p,
+        num_channels=channels,
+        layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
+        qkv_bias=True,
+    )
+    if width % enc.num_attention_heads:
+        raise ValueError(f"{path}: width {width} is not divisible by {heads} attention heads")
+    model = ViTBaseline(BaselineConfig(enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
+    model.encoder.load_state_dict(tensors, strict=True)
+    model.requires_grad_(False).eval()
+    logger.info(
+        "baseline %s: ViT width %d, depth %d, heads %d, patch %d, %d px",
+        model.name,
+        width,
+        depth,
+        enc.num_attention_heads,
+        p,
+        enc.image_size,
+    )
+    return model.to(device) if device is not None else model

@@ -1,0 +1,434 @@
+"""Semantic invariance and the equivariance partition (SPEC §5).
+
+**Semantic invariance.** Each image x (the evaluation view at the model resolution R) gets K
+random crops: RandomResizedCrop(scale, ratio 3/4-4/3) of x, resampled back to R x R
+(optionally flipped). For every (image, crop) pair the cosine distance ``1 - cos`` between the
+representation of the crop and of the original is measured for:
+
+- ``cls``: the CLS token;
+- ``dense_mean``: the mean over the patch tokens;
+- ``sparse_mean``: the mean-pooled concept-token set (permutation-invariant by construction);
+- ``sparse_matched``: the set distance under the best one-to-one matching, i.e. the minimum
+  over permutations π of ``mean_k (1 - cos(s_k, s'_π(k)))``, solved exactly with the
+  Hungarian algorithm on the r x r cosine-distance matrix (0 iff the sets coincide up to
+  order);
+- ``sparse_same_query``: ``mean_k (1 - cos(s_k, s'_k))``, token k of both views being the output
+  of the same learned query k (no matching).
+
+The reported value of each is the mean over images of the mean over crops (lower = more
+invariant); a plain ViT baseline has only ``cls`` and ``dense_mean``.
+
+**Equivariance partition.** For a spatial transform θ with a known patch correspondence, view 1
+is x and view 2 is θ(x); both are encoded, giving (L1, S1) and (L2, S2) with L (n x r) and S
+(r x d). The rows of L2 are re-indexed onto view 1's grid (only patches present in both views
+are kept: n' rows), and concept k of view 2 is paired with concept k of view 1 (the same
+query). With ΔL = L2 - L1 and ΔS = S2 - S1 the change of Z = L·S splits exactly as
+
+    ΔZ = ΔL·S1 + L1·ΔS + ΔL·ΔS,
+
+the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). With a = ||ΔL·S1||, b = ||L1·ΔS||,
+c = ||ΔL·ΔS|| (Frobenius norms over the n' x d map) the reported shares are
+``l_share = a / (a + b + c)``, ``s_share = b / (a + b + c)`` and ``cross_share = c / (a + b +
+c)``: each in [0, 1], summing to 1 (undefined, NaN, when Z does not change). The symmetric
+midpoint split ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS is also exact, without a cross term, and
+gives ``l_share_mid`` / ``s_share_mid``. ``relative_change`` = ||ΔZ|| / ||Z1||. Values are
+means over images. Transforms:
+
+- ``flip``: horizontal flip; view 2's grid is flipped back (every patch corresponds).
+- ``shift``: translation by ``shift`` whole patches (content moves left, the uncovered right
+  border replicates the last pixel column); column j of view 2 is column j + shift of view 1,
+  the shift columns that leave the image are dropped.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, ImageDraw, ImageFont
+from scipy.optimize import linear_sum_assignment
+from torch import Tensor, nn
+from tqdm.auto import tqdm
+
+from stellar.data.augment import random_resized_crop
+from stellar.eval.baseline import feature_keys
+from stellar.eval.images import EvalImages, make_loader
+
+__all__ = [
+    "DISTANCES",
+    "SHARES",
+    "TRANSFORMS",
+    "cosine_distance",
+    "draw_invariance_chart",
+    "equivariance_partition",
+    "matched_set_distance",
+    "random_crops",
+    "representation_distances",
+    "run_invariance",
+    "transform_views",
+]
+
+logger = logging.getLogger(__name__)
+
+DISTANCES: tuple[str, ...] = (
+    "cls",
+    "dense_mean",
+    "sparse_mean",
+    "sparse_matched",
+    "sparse_same_query",
+)
+SHARES: tuple[str, ...] = (
+    "l_share",
+    "s_share",
+    "cross_share",
+    "l_share_mid",
+    "s_share_mid",
+    "relative_change",
+)
+TRANSFORMS: tuple[str, ...] = ("flip", "shift")
+CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+def cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+    """``1 - cos(a, b)`` along the last axis (float32), broadcasting the leading axes."""
+    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=eps)
+
+
+def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
+    """Mean cosine distance between two token sets under their optimal one-to-one matching.
+
+    Args:
+        a: (..., r, d) tokens.
+        b: (..., r', d) tokens, same leading shape.
+
+    Returns:
+        (...) float32: ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective matchings of the
+        smaller set into the larger one (Hungarian algorithm, exact).
+    """
+    if a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
+        raise ValueError(
+            f"expected token sets (..., r, d) and (..., r', d), got {tuple(a.shape)}, "
+            f"{tuple(b.shape)}"
+        )
+    lead = a.shape[:-2]
+    cost = 1.0 - F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
+    flat = cost.reshape(-1, *cost.shape[-2:]).detach().double().cpu().numpy()
+    # scipy has no batched assignment solver; each r x r problem is microseconds, far below
+    # the cost of the encoder pass that produced the tokens.
+    values = np.array([c[linear_sum_assignment(c)].mean() for c in flat], dtype=np.float32)
+    return torch.from_numpy(values).reshape(lead).to(a.device)
+
+
+def random_crops(
+    images: Tensor,
+    n_crops: int,
+    scale: Sequence[float] = (0.3, 1.0),
+    flip_p: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> Tensor:
+    """K RandomResizedCrop views of each square image, resampled back to its size.
+
+    Args:
+        images: (B, 3, R, R) in [0, 1].
+        n_crops: K.
+        scale: crop area range, as a fraction of the image.
+        flip_p: probability of a horizontal flip per crop.
+        generator: randomness (None = global RNG).
+
+    Returns:
+        (B, K, 3, R, R) in [0, 1]. ``scale=(1, 1)`` with ``flip_p=0`` returns the images.
+    """
+    b, _, h, w = images.shape
+    if h != w:
+        raise ValueError(f"expected square images, got {h}x{w}")
+    size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
+    return random_resized_crop(
+        images, size, h, n_crops, scale=scale, ratio=CROP_RATIO, generator=generator, flip_p=flip_p
+    )
+
+
+def representation_distances(
+    original: dict[str, Tensor], crops: dict[str, Tensor], n_crops: int
+) -> dict[str, Tensor]:
+    """Crop-vs-original cosine distances of every representation the outputs allow.
+
+    Args:
+        original: encoder outputs of B images (``cls`` (B, 1, d), ``dense`` (B, n, d),
+            optionally ``sparse`` (B, r, d)).
+        crops: outputs of their B·K crops, image-major (crop j of image i at row i·K + j).
+        n_crops: K.
+
+    Returns:
+        ``{name: (B, K)}`` for the names of :data:`DISTANCES` that apply.
+    """
+
+    def pair(key: str) -> tuple[Tensor, Tensor]:
+        o = original[key]
+        c = crops[key].reshape(o.shape[0], n_crops, *crops[key].shape[1:])
+        return o.unsqueeze(1), c
+
+    o, c = pair("cls")
+    out = {"cls": cosine_distance(o[..., 0, :], c[..., 0, :])}
+    o, c = pair("dense")
+    out["dense_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
+    if "sparse" in original:
+        o, c = pair("sparse")
+        out["sparse_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
+        out["sparse_matched"] = matched_set_distance(o.expand_as(c), c)
+        out["sparse_same_query"] = cosine_distance(o, c).mean(-1)
+    return out
+
+
+def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> dict[str, Tensor]:
+    """Split the change of Z = L·S between two aligned views into its L and S parts.
+
+    Args:
+        L1, L2: (B, n', r) localisation rows of the same n' patches (view 2 aligned to view 1).
+        S1, S2: (B, r, d) concept tokens, token k of both views from query k.
+
+    Returns:
+        (B,) tensors, float64: ``l_share``, ``s_share``, ``cross_share`` (of ΔZ = ΔL·S1 + L1·ΔS
+        + ΔL·ΔS, shares of the sum of the three norms; NaN where all vanish), ``l_share_mid``,
+        ``s_share_mid`` (of the midpoint split), ``relative_change`` = ||ΔZ|| / ||Z1|| and the
+        raw norms ``norm_l``, ``norm_s``, ``norm_cross``, ``norm_dz``.
+    """
+    if L1.shape != L2.shape or S1.shape != S2.shape or L1.shape[-1] != S1.shape[-2]:
+        raise ValueError(
+            f"expected L1, L2 (B, n, r) and S1, S2 (B, r, d), got {tuple(L1.shape)}, "
+            f"{tuple(L2.shape)}, {tuple(S1.shape)}, {tuple(S2.shape)}"
+        )
+    L1, L2, S1, S2 = (t.double() for t in (L1, L2, S1, S2))
+    dL, dS = L2 - L1, S2 - S1
+
+    def norm(x: Tensor) -> Tensor:
+        return torch.linalg.matrix_norm(x)
+
+    a, b, c = norm(dL @ S1), norm(L1 @ dS), norm(dL @ dS)
+    total = a + b + c
+    nan = torch.full_like(total, float("nan"))
+    mid_l, mid_s = norm(dL @ (S1 + S2) / 2), norm((L1 + L2) / 2 @ dS)
+    mid_total = mid_l + mid_s
+    z1 = L1 @ S1
+    return {
+        "l_share": torch.where(total > 0, a / total, nan),
+        "s_share": torch.where(total > 0, b / total, nan),
+        "cross_share": torch.where(total > 0, c / total, nan),
+        "l_share_mid": torch.where(mid_total > 0, mid_l / mid_total, nan),
+        "s_share_mid": torch.where(mid_total > 0, mid_s / mid_total, nan),
+        "relative_change": norm(L2 @ S2 - z1) / norm(z1).clamp_min(1e-12),
+        "norm_l": a,
+        "norm_s": b,
+        "norm_cross": c,
+        "norm_dz": norm(L2 @ S2 - z1),
+    }
+
+
+Align = Callable[[Tensor], Tensor]
+
+
+def transform_views(
+    name: str, images: Tensor, patch: int, shift: int = 1
+) -> tuple[Tensor, Align, Align]:
+    """View 2 of a spatial transform and the maps that align both grids.
+
+    Args:
+        name: ``"flip"`` or ``"shift"``.
+        images: (B, 3, H, W) view 1.
+        patch: patch size p.
+        shift: translation in patches (``"shift"``), 1 <= shift < W / p.
+
+    Returns:
+        ``(view2, align1, align2)``: ``align_i`` maps (B, n, r) rows of view i's grid to the
+        (B, n', r) rows of the patches both views show, in view 1's order.
+    """
+    b, _, h, w = images.shape
+    gh, gw = h // patch, w // patch
+
+    def grid(x: Tensor) -> Tensor:
+        return x.reshape(x.shape[0], gh, gw, x.shape[-1])
+
+    if name == "flip":
+        return (
+            images.flip(-1),
+            lambda x: x,
+            lambda x: grid(x).flip(2).reshape(x.shape),
+        )
+    if name == "shift":
+        if not 1 <= shift < gw:
+            raise ValueError(f"expected 1 <= shift < {gw} patches, got {shift}")
+        px = shift * patch
+        view = torch.cat([images[..., px:], images[..., -1:].expand(-1, -1, -1, px)], dim=-1)
+        return (
+            view,
+            lambda x: grid(x)[:, :, shift:].reshape(x.shape[0], -1, x.shape[-1]),
+            lambda x: grid(x)[:, :, : gw - shift].reshape(x.shape[0], -1, x.shape[-1]),
+        )
+    raise ValueError(f"expected a transform among {TRANSFORMS}, got {name!r}")
+
+
+def _encode(model: nn.Module, images: Tensor, chunk: int) -> dict[str, Tensor]:
+    parts = [model.forward_encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
+    return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
+
+
+@torch.inference_mode()
+def run_invariance(
+    model: nn.Module,
+    dataset: EvalImages,
+    n_crops: int = 8,
+    scale: Sequence[float] = (0.3, 1.0),
+    flip_p: float = 0.0,
+    transforms: Sequence[str] = TRANSFORMS,
+    shift: int = 1,
+    batch_size: int = 32,
+    num_workers: int = 0,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Crop invariance of every representation and, for STELLAR, the equivariance partition.
+
+    Encoding runs in float32 (no autocast) so that small distances are not rounding noise.
+
+    Returns:
+        ``distances``: ``{name: {"mean", "std"}}`` over images (None for a representation the
+        model lacks); ``equivariance``: ``{transform: {share: mean}}`` (empty for a model
+        without concept tokens); ``num_images``.
+    """
+    if n_crops < 1:
+        raise ValueError(f"expected at least one crop, got {n_crops}")
+    device = model.device
+    factorised = "sparse" in feature_keys(model)
+    if factorised:
+        for t in transforms:
+            if t not in TRANSFORMS:
+                raise ValueError(f"expected transforms among {TRANSFORMS}, got {t!r}")
+    gen = torch.Generator(device=device).manual_seed(seed)
+    dist_parts: dict[str, list[Tensor]] = {}
+    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms} if factorised else {}
+    chunk = max(1, batch_size)
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
+    for batch in tqdm(loader, desc="invariance", unit="batch", disable=not progress):
+        images = batch["image"].to(device)
+        if images.shape[0] == 0:
+            continue
+        crops = random_crops(images, n_crops, scale, flip_p, gen)
+        original = _encode(model, images, chunk)
+        encoded = _encode(model, crops.flatten(0, 1), chunk)
+        for name, d in representation_distances(original, encoded, n_crops).items():
+            dist_parts.setdefault(name, []).append(d.mean(1).cpu())
+        for t in eq_parts:
+            view, align1, align2 = transform_views(t, images, model.patch_size, shift)
+            other = _encode(model, view, chunk)
+            shares = equivariance_partition(
+                align1(original["spatial"]),
+                original["sparse"],
+                align2(other["spatial"]),
+                other["sparse"],
+            )
+            for k, v in shares.items():
+                eq_parts[t].setdefault(k, []).append(v.cpu())
+    if not dist_parts:
+        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
+    distances: dict[str, dict[str, float] | None] = {name: None for name in DISTANCES}
+    for name, parts in dist_parts.items():
+        values = torch.cat(parts).double()
+        distances[name] = {"mean": values.mean().item(), "std": values.std(unbiased=False).item()}
+    equivariance = {
+        t: {k: _nanmean(torch.cat(v)) for k, v in parts.items()} for t, parts in eq_parts.items()
+    }
+    n = sum(p.shape[0] for p in dist_parts["cls"])
+    return {"distances": distances, "equivariance": equivariance, "num_images": n}
+
+
+def _nanmean(x: Tensor) -> float | None:
+    finite = x[~x.isnan()]
+    return finite.mean().item() if finite.numel() else None
+
+
+# ---------------------------------------------------------------------------- figure
+_COLOURS = [(52, 101, 164), (245, 121, 0), (115, 210, 22), (204, 0, 0), (117, 80, 123)]
+_SHARE_COLOURS = {
+    "l_share": (52, 101, 164),
+    "s_share": (245, 121, 0),
+    "cross_share": (160, 160, 160),
+}
+
+
+def draw_invariance_chart(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
+    """Bar chart of the invariance distances per model, plus stacked equivariance shares.
+
+    Args:
+        rows: ``{"model": name, "distances": {...}, "equivariance": {...}}`` per model, as
+            :func:`run_invariance` returns them (plus the name).
+        path: PNG file to write.
+    """
+    font = ImageFont.load_default()
+    names = [n for n in DISTANCES if any((r["distances"] or {}).get(n) for r in rows)]
+    bar_w, gap, margin, plot_h = 48, 26, 60, 220
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    label_w = max([int(probe.textlength(n, font=font)) for n in names] + [0])
+    group_w = max(bar_w * len(rows), label_w) + gap
+    eq = [(r["model"], t, s) for r in rows for t, s in (r.get("equivariance") or {}).items()]
+    eq_h = 30 + 26 * len(eq) if eq else 0
+    width = max(margin * 2 + group_w * max(len(names), 1), 520)
+    height = 40 + plot_h + 50 + 18 * len(rows) + eq_h
+    img = Image.new("RGB", (width, height), "white")
+    draw = ImageDraw.Draw(img)
+    draw.text(
+        (margin, 8),
+        "cosine distance crop vs original (lower = more invariant)",
+        fill="black",
+        font=font,
+    )
+    values = [(r["distances"] or {}).get(n, None) for r in rows for n in names]
+    top = max([v["mean"] for v in values if v] + [1e-3]) * 1.15
+    y0 = 40 + plot_h
+    draw.line([(margin, 40), (margin, y0), (width - margin // 2, y0)], fill="black")
+    draw.text((4, 36), f"{top:.3g}", fill="black", font=font)
+    draw.text((4, y0 - 8), "0", fill="black", font=font)
+    for g, name in enumerate(names):
+        x = margin + gap // 2 + g * group_w
+        for m, row in enumerate(rows):
+            v = (row["distances"] or {}).get(name)
+            if not v:
+                continue
+            hgt = int(round(plot_h * v["mean"] / top))
+            colour = _COLOURS[m % len(_COLOURS)]
+            draw.rectangle([x + m * bar_w, y0 - hgt, x + (m + 1) * bar_w - 3, y0], fill=colour)
+            draw.text((x + m * bar_w, y0 - hgt - 12), f"{v['mean']:.2g}", fill="black", font=font)
+        draw.text((x, y0 + 6), name, fill="black", font=font)
+    y = y0 + 28
+    for m, row in enumerate(rows):
+        draw.rectangle([margin, y + 2, margin + 10, y + 12], fill=_COLOURS[m % len(_COLOURS)])
+        draw.text((margin + 16, y), str(row["model"]), fill="black", font=font)
+        y += 18
+    if eq:
+        y += 12
+        draw.text(
+            (margin, y),
+            "equivariance partition of dZ: L (blue) / S (orange) / cross (grey)",
+            fill="black",
+            font=font,
+        )
+        y += 18
+        bar_len = width - 2 * margin - 160
+        for model_name, t, shares in eq:
+            x = margin + 160
+            draw.text((margin, y + 4), f"{str(model_name)[:18]} {t}", fill="black", font=font)
+            for key, colour in _SHARE_COLOURS.items():
+                share = shares.get(key)
+                if share is None:
+                    continue
+                seg = int(round(bar_len * share))
+                draw.rectangle([x, y, x + seg, y + 18], fill=colour)
+                x += seg
+            y += 26
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img.save(path)
+    return path

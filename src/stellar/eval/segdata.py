@@ -1,0 +1,285 @@
+"""Segmentation data: image folders paired with PNG label maps, validated before any work.
+
+Two layouts are recognised under a folder ``ROOT``:
+
+- **ADE20K**: ``ROOT/images/<split>/*.jpg`` with ``ROOT/annotations/<split>/*.png``, where
+  ``<split>`` is ``training`` or ``validation`` (the ``--train`` folder reads ``training``, the
+  ``--val`` folder ``validation``; both may be the same ``ROOT``).
+- **simple**: ``ROOT/images/`` with ``ROOT/masks/``, ``ROOT/labels/`` or ``ROOT/annotations/``,
+  the label map of ``images/a/b.jpg`` being ``<labels>/a/b.png`` (same relative stem).
+
+Label maps are single-channel images of class indices (modes ``L``, ``P``, ``I``, ``I;16``);
+255 is the ignore label. With ``reduce_zero_label`` (ADE20K's convention, as mmseg does)
+label 0 ("other") becomes 255 and every other label is shifted down by one, so ADE20K's
+1..150 become 0..149.
+
+:func:`find_split` checks, before any model work, that both folders hold files, that every
+image has exactly one label map and vice versa (same relative stems), that no stem appears
+twice, and that each label map has its image's size (read from the file headers only) and a
+single channel. :func:`load_label_maps` resizes the maps with nearest-neighbour sampling to the
+evaluation resolution (the images are stretched to the same square, see the seg protocol) and
+checks every value against the class count.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image
+from torch import Tensor
+from tqdm.auto import tqdm
+
+from stellar.data.folder import IMG_EXTENSIONS
+from stellar.eval.images import find_images
+
+__all__ = [
+    "LABEL_EXTENSIONS",
+    "SegmentationSplit",
+    "find_split",
+    "load_label_maps",
+    "reduce_zero_label",
+]
+
+logger = logging.getLogger(__name__)
+
+# Lossy formats (JPEG) would corrupt class indices, so only lossless ones count as labels.
+LABEL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
+LABEL_FOLDERS: tuple[str, ...] = ("annotations", "masks", "labels")
+SINGLE_CHANNEL_MODES: tuple[str, ...] = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+ADE_SPLITS: dict[str, str] = {"train": "training", "val": "validation"}
+_MAX_LISTED = 5
+
+
+@dataclass
+class SegmentationSplit:
+    """One validated split: images and their label maps, in matching order.
+
+    Attributes:
+        root: the folder the split was found in.
+        layout: ``"ade20k"`` or ``"simple"``.
+        images: image files, sorted by relative path.
+        labels: the label map of each image.
+    """
+
+    root: Path
+    layout: str
+    images: list[Path]
+    labels: list[Path]
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+
+def _listing(items: Sequence[str]) -> str:
+    shown = ", ".join(items[:_MAX_LISTED])
+    more = len(items) - _MAX_LISTED
+    return f"{shown} (+{more} more)" if more > 0 else shown
+
+
+def _locate(root: Path, split: str) -> tuple[str, Path, Path]:
+    """(layout, images folder, labels folder) of ``root`` for ``split`` (train / val)."""
+    ade = ADE_SPLITS[split]
+    if (root / "images" / ade).is_dir() and (root / "annotations" / ade).is_dir():
+        return "ade20k", root / "images" / ade, root / "annotations" / ade
+    if any((root / "images" / s).is_dir() for s in ADE_SPLITS.values()):
+        # an ADE20K tree without this split must not be read as one mixed "simple" folder
+        raise ValueError(
+            f"{str(root)!r} is in the ADE20K layout but lacks images/{ade}/ or "
+            f"annotations/{ade}/ for the {split} split"
+        )
+    if (root / "images").is_dir():
+        for name in LABEL_FOLDERS:
+            if (root / name).is_dir():
+                return "simple", root / "images", root / name
+    raise ValueError(
+        f"expected a segmentation folder at {str(root)!r}: either the ADE20K layout "
+        f"(images/{ade}/*.jpg + annotations/{ade}/*.png) or images/ beside one of "
+        f"{', '.join(f'{n}/' for n in LABEL_FOLDERS)} with matching file stems"
+    )
+
+
+def _by_stem(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
+    keyed: dict[str, Path] = {}
+    duplicates = []
+    for f in files:
+        key = f.relative_to(folder).with_suffix("").as_posix()
+        if key in keyed:
+            duplicates.append(f"{keyed[key].name} / {f.name}")
+        keyed[key] = f
+    if duplicates:
+        raise ValueError(
+            f"several {what} share a stem in {folder}: {_listing(duplicates)}; expected one file "
+            "per stem"
+        )
+    return keyed
+
+
+def find_split(root: str | os.PathLike[str], split: str = "train") -> SegmentationSplit:
+    """Find and validate the image / label-map pairs of one split.
+
+    Args:
+        root: a folder in the ADE20K or the simple layout (module docstring).
+        split: ``"train"`` or ``"val"`` (selects ``training`` / ``validation`` in ADE20K).
+
+    Returns:
+        The validated :class:`SegmentationSplit`.
+
+    Raises:
+        ValueError: unknown layout, no images or no label maps, images without label maps or
+            label maps without images (both listed), a stem used twice, a label map that is not
+            single-channel, or a label map whose size differs from its image's (files named).
+    """
+    if split not in ADE_SPLITS:
+        raise ValueError(f"expected split 'train' or 'val', got {split!r}")
+    root = Path(root)
+    if not root.is_dir():
+        raise ValueError(f"expected a segmentation folder, got {str(root)!r} (not a folder)")
+    layout, image_dir, label_dir = _locate(root, split)
+    image_files = find_images(image_dir, IMG_EXTENSIONS)
+    label_files = find_images(label_dir, LABEL_EXTENSIONS)
+    if not image_files:
+        raise ValueError(f"expected image files in {image_dir}, found none")
+    if not label_files:
+        raise ValueError(
+            f"expected label maps ({' '.join(LABEL_EXTENSIONS)}) in {label_dir}, found none"
+        )
+    images = _by_stem(image_dir, image_files, "images")
+    labels = _by_stem(label_dir, label_files, "label maps")
+    no_label = sorted(set(images) - set(labels))
+    no_image = sorted(set(labels) - set(images))
+    if no_label or no_image:
+        problems = []
+        if no_label:
+            problems.append(
+                f"images without a label map: {_listing([images[k].name for k in no_label])}"
+            )
+        if no_image:
+            problems.append(
+                f"label maps without an image: {_listing([labels[k].name for k in no_image])}"
+            )
+        raise ValueError(
+            f"{len(images)} images in {image_dir} but {len(labels)} label maps in {label_dir}, "
+            f"expected one label map per image with the same stem; " + "; ".join(problems)
+        )
+    keys = sorted(images)
+    pairs = SegmentationSplit(root, layout, [images[k] for k in keys], [labels[k] for k in keys])
+    _check_headers(pairs)
+    logger.info("%s split of %s (%s layout): %d labelled images", split, root, layout, len(pairs))
+    return pairs
+
+
+def _header(path: Path) -> tuple[tuple[int, int], str]:
+    with Image.open(path) as img:
+        return img.size, img.mode
+
+
+def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
+    """Same size for each pair and single-channel labels, from the file headers only."""
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        image_heads = list(pool.map(_header, pairs.images))
+        label_heads = list(pool.map(_header, pairs.labels))
+    sizes, modes = [], []
+    for img, lab, (isize, _), (lsize, lmode) in zip(
+        pairs.images, pairs.labels, image_heads, label_heads, strict=True
+    ):
+        if lmode not in SINGLE_CHANNEL_MODES:
+            modes.append(f"{lab.name} ({lmode})")
+        if isize != lsize:
+            sizes.append(f"{img.name} {isize[0]}x{isize[1]} vs {lab.name} {lsize[0]}x{lsize[1]}")
+    if modes:
+        raise ValueError(
+            f"expected single-channel label maps of class indices (modes "
+            f"{', '.join(SINGLE_CHANNEL_MODES)}), got {_listing(modes)}; convert colour-coded "
+            "maps to index maps first"
+        )
+    if sizes:
+        raise ValueError(
+            f"label maps must have the size of their image (width x height); mismatched: "
+            f"{_listing(sizes)}"
+        )
+
+
+def reduce_zero_label(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray:
+    """ADE20K's convention: 0 -> ``ignore_index``, ``ignore_index`` stays, k -> k - 1."""
+    labels = labels.astype(np.int64)
+    return np.where((labels == 0) | (labels == ignore_index), ignore_index, labels - 1)
+
+
+def _read_label(path: Path, size: int) -> np.ndarray:
+    with Image.open(path) as img:
+        img.load()
+        if img.size != (size, size):
+            img = img.resize((size, size), Image.Resampling.NEAREST)
+        return np.asarray(img).astype(np.int64)
+
+
+def load_label_maps(
+    labels: Sequence[Path],
+    size: int,
+    num_classes: int,
+    reduce_zero: bool = False,
+    ignore_index: int = 255,
+    threads: int = 8,
+    progress: bool = True,
+) -> Tensor:
+    """Read label maps, resized (nearest) to ``size x size``, as one uint8 tensor.
+
+    Args:
+        labels: label-map files.
+        size: output side (the evaluation resolution).
+        num_classes: C; every value must lie in ``[0, C)`` or be ``ignore_index``
+            (after ``reduce_zero``).
+        reduce_zero: apply :func:`reduce_zero_label`.
+        ignore_index: the ignore label (must be >= C and < 256 to fit uint8).
+        threads: reader threads (PIL releases the GIL while decoding).
+        progress: show a tqdm bar.
+
+    Returns:
+        (N, size, size) uint8 labels.
+
+    Raises:
+        ValueError: a value outside ``[0, C)`` other than ``ignore_index`` (file named), or a
+            class count / ignore label that does not fit.
+    """
+    if not 1 <= num_classes <= ignore_index < 256:
+        raise ValueError(
+            f"expected 1 <= num_classes <= ignore_index ({ignore_index}) < 256, "
+            f"got num_classes={num_classes}"
+        )
+    out = torch.empty(len(labels), size, size, dtype=torch.uint8)
+    bad = []
+
+    def work(i: int) -> None:
+        arr = _read_label(Path(labels[i]), size)
+        if reduce_zero:
+            arr = reduce_zero_label(arr, ignore_index)
+        wrong = (arr != ignore_index) & ((arr < 0) | (arr >= num_classes))
+        if wrong.any():
+            bad.append(f"{Path(labels[i]).name} (values {sorted(set(arr[wrong].tolist()))[:5]})")
+            return
+        out[i] = torch.from_numpy(arr.astype(np.uint8))
+
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        list(
+            tqdm(
+                pool.map(work, range(len(labels))),
+                total=len(labels),
+                desc="label maps",
+                disable=not progress,
+                leave=False,
+            )
+        )
+    if bad:
+        hint = "" if reduce_zero else " (ADE20K-style maps with 0 = other need --reduce-zero-label)"
+        raise ValueError(
+            f"expected label values in [0, {num_classes}) or {ignore_index}{hint}; "
+            f"out of range: {_listing(sorted(bad))}"
+        )
+    return out

@@ -1,0 +1,159 @@
+"""``stellar eval linear|knn``: end to end through the CLI, feature folders, input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from stellar import create_stellar
+from stellar.cli import main
+from stellar.eval.command import format_table
+from stellar.eval.probe_runs import LabelledFeatures, features_from_dir, labelled_features, run_knn
+
+COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
+
+
+def _colour_folder(root: Path, per_class: int, classes=tuple(COLOURS), seed: int = 0) -> Path:
+    """Noisy solid-colour images, one class sub-folder per colour (linearly separable)."""
+    rng = np.random.default_rng(seed)
+    for name in classes:
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            noise = rng.integers(-25, 25, (40, 52, 3))
+            a = np.clip(np.array(COLOURS[name])[None, None] + noise, 0, 255).astype(np.uint8)
+            Image.fromarray(a).save(root / name / f"{name}{i}.png")
+    return root
+
+
+@pytest.fixture(scope="module")
+def colours(tmp_path_factory) -> tuple[Path, Path]:
+    root = tmp_path_factory.mktemp("colours")
+    # the val folder has 2 of the 3 classes: its labels must be re-indexed by class name
+    return (
+        _colour_folder(root / "train", 4),
+        _colour_folder(root / "val", 2, ("blue", "red"), seed=1),
+    )
+
+
+def _metrics(out: Path) -> dict:
+    return json.loads((out / "metrics.json").read_text())
+
+
+def test_linear_and_knn_read_colour_classes(colours, tmp_path, capsys) -> None:
+    train, val = colours
+    base = ["--model", "stellar-tiny", "--train", str(train), "--val", str(val), "--no-progress"]
+    assert main(["eval", "linear", *base, "--out", str(tmp_path / "lin")]) == 0
+    assert main(["eval", "knn", *base, "--out", str(tmp_path / "knn"), "--k", "3"]) == 0
+    lin, knn = _metrics(tmp_path / "lin"), _metrics(tmp_path / "knn")
+    (row,) = lin["rows"]
+    assert row["kind"] == "stellar" and row["key"] == "sparse"
+    assert row["num_train"] == 12 and row["num_val"] == 4
+    # chance is 1/3; colour is linearly readable even from a random model's concept tokens
+    assert row["top1"] >= 0.75 and knn["rows"][0]["top1"] >= 0.75
+    assert lin["settings"]["epochs"] == 30 and knn["rows"][0]["k"] == 3
+    table = capsys.readouterr().out
+    assert "top-1 %" in table and "stellar-tiny" in table
+
+
+def test_augmented_linear_runs(colours, tmp_path) -> None:
+    train, val = colours
+    out = tmp_path / "aug"
+    argv = ["eval", "linear", "--model", "stellar-tiny", "--train", str(train), "--val", str(val)]
+    assert main([*argv, "--augmented", "--epochs", "2", "--key", "cls", "--out", str(out)]) == 0
+    m = _metrics(out)
+    assert m["augmented"] is True
+    (row,) = m["rows"]
+    assert row["key"] == "cls" and 0.0 <= row["top1"] <= row["top5"] <= 1.0
+
+
+def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
+    train, val = colours
+    for name, folder in (("ftrain", train), ("fval", val)):
+        argv = ["extract", "--model", "stellar-tiny", "--data", str(folder)]
+        assert (
+            main(
+                [*argv, "--out", str(tmp_path / name), "--keys", "sparse,cls", "--num-workers", "0"]
+            )
+            == 0
+        )
+    torch.manual_seed(0)  # what both commands do before building the random preset
+    model = create_stellar("stellar-tiny").eval()
+    direct = labelled_features(model, val, "cls", 64, progress=False)
+    stored = features_from_dir(tmp_path / "fval", "cls")
+    torch.testing.assert_close(stored.x, direct.x, rtol=1e-5, atol=1e-5)
+    assert stored.classes == ["blue", "red"] and stored.y.tolist() == direct.y.tolist()
+
+    out = tmp_path / "knn"
+    argv = ["eval", "knn", "--model", "stellar-tiny", "--key", "cls", "--out", str(out)]
+    feats = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "fval")]
+    assert main([*argv, *feats, "--k", "5"]) == 0
+    images = ["--train", str(train), "--val", str(val), "--out", str(tmp_path / "knn2")]
+    assert main([*argv[:-2], *images, "--k", "5"]) == 0
+    a, b = _metrics(out)["rows"][0], _metrics(tmp_path / "knn2")["rows"][0]
+    assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
+    with pytest.raises(ValueError, match="stores features"):
+        main([*argv[:-2], "--key", "dense", *feats])
+
+
+def test_val_classes_are_aligned_by_name() -> None:
+    # train classes a, b, c; val holds only c then a: its labels 0, 1 mean c, a
+    x = torch.eye(3)
+    train = LabelledFeatures(x, torch.tensor([0, 1, 2]), ["a", "b", "c"])
+    val = LabelledFeatures(torch.stack([x[2], x[0]]), torch.tensor([0, 1]), ["c", "a"])
+    assert run_knn(train, val, k=1)["top1"] == 1.0
+    stranger = LabelledFeatures(x[:1], torch.tensor([0]), ["z"])
+    with pytest.raises(ValueError, match="do not exist in the training set"):
+        run_knn(train, stranger, k=1)
+
+
+def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
+    train, val = colours
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    Image.new("RGB", (8, 8)).save(flat / "x.png")
+    base = ["eval", "linear", "--model", "stellar-tiny", "--out", str(tmp_path / "o")]
+    with pytest.raises(ValueError, match="found none"):
+        main([*base, "--train", str(empty), "--val", str(val)])
+    with pytest.raises(ValueError, match="class"):
+        main([*base, "--train", str(train), "--val", str(flat)])
+    with pytest.raises(ValueError, match="'foo'"):
+        main([*base, "--train", str(train), "--val", str(val), "--key", "foo"])
+    with pytest.raises(ValueError, match="--train"):
+        main([*base, "--val", str(val)])
+    with pytest.raises(ValueError, match="--augmented"):
+        main([*base, "--augmented", "--train-features", str(tmp_path), "--val", str(val)])
+    assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+def test_format_table_aligns_columns() -> None:
+    text = format_table(
+        [("model", lambda r: r["m"]), ("top-1 %", lambda r: f"{r['a']:.2f}")],
+        [{"m": "a", "a": 1.0}, {"m": "longer", "a": 99.5}],
+    )
+    lines = text.splitlines()
+    assert len(lines) == 4 and len({len(line) for line in lines}) == 1
+    assert lines[2].endswith(" 1.00") and lines[3].startswith("longer")
+
+
+def test_samples_linear_and_knn(samples_dir, tmp_path) -> None:
+    photos = sorted((samples_dir / "images224").glob("*.jpg"))[:12]
+    for split, chunk in (("train", photos[:8]), ("val", photos[8:])):
+        for i, p in enumerate(chunk):  # two pseudo-classes by position
+            d = tmp_path / split / f"c{i % 2}"
+            d.mkdir(parents=True, exist_ok=True)
+            os.symlink(p, d / p.name)
+    base = ["--model", "stellar-tiny", "--train", str(tmp_path / "train")]
+    base += ["--val", str(tmp_path / "val"), "--no-progress"]
+    assert main(["eval", "linear", *base, "--epochs", "3", "--out", str(tmp_path / "l")]) == 0
+    assert main(["eval", "knn", *base, "--key", "lowrank", "--out", str(tmp_path / "k")]) == 0
+    for name, n_val in (("l", 4), ("k", 4)):
+        (row,) = _metrics(tmp_path / name)["rows"]
+        assert row["num_val"] == n_val and 0.0 <= row["top1"] <= row["top5"] <= 1.0
