@@ -72,3 +72,10 @@ def test_unknown_names_and_presets_explain_what_to_do(tmp_path):
         load_stellar("stellar-tiny")
     with pytest.raises(ValueError, match="purpose"):
         load_stellar("stellar-tiny", purpose="finetune")
+
+
+@pytest.mark.parametrize("name", list_models())
+def test_every_registered_model_builds(name):
+    with torch.device("meta"):
+        model = create_stellar(name, purpose="pretrain")
+    assert model.config.num_sparse_tokens == model.sparse_tokens.shape[0]

@@ -120,6 +120,7 @@ def stellar_cpu() -> StellarConfig:
         num_decoder_layers=2,
         decoder_head="pixel",
         decoder=DecoderConfig(hidden_size=256, num_attention_heads=4, intermediate_size=1024),
+        fourier_features=128,
         num_clusters=256,
         prototype_dim=64,
         predictor_hidden_dim=512,

@@ -40,6 +40,7 @@ class AugmentConfig:
     mask_ratio: float = 0.8
     focal_mode: str | None = "gaussian"
     focal_prob: float = 0.5
+    color: dict[str, Any] = field(default_factory=dict)  # color_blur kwargs, e.g. hue: 0.5
 
 
 @dataclass
@@ -172,7 +173,7 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         default = fields[name].default_factory() if callable(fields[name].default_factory) else None
-        if dataclasses.is_dataclass(default) and name != "model_overrides":
+        if dataclasses.is_dataclass(default):
             if not isinstance(value, dict):
                 raise ValueError(f"config key {where}{name} must be a section (mapping)")
             value = _build(type(default), value, f"{where}{name}.")

@@ -132,7 +132,13 @@ class Trainer:
         self.step_fn = self._wrap(self.objective)
         a = cfg.augment
         self.augment = MultiViewAugment(
-            a.global_size, a.local_size, a.n_global, a.n_local, a.global_scale, a.local_scale
+            a.global_size,
+            a.local_size,
+            a.n_global,
+            a.n_local,
+            a.global_scale,
+            a.local_scale,
+            **a.color,
         )
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay),

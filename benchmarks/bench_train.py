@@ -1,0 +1,88 @@
+"""Training-step throughput (images/s), peak memory, FLOPs and (on GPU) MFU, as JSON.
+
+One step = multi-view augmentation + masking + the full objective forward/backward + AdamW,
+exactly as the trainer runs it (random weights, procedural data).
+
+    python benchmarks/bench_train.py --config cpu-smoke batch_size=16
+    python benchmarks/bench_train.py --config vit-b16 --device cuda batch_size=64 \
+        data.source=scenes data.scenes_size=224 objective.recon=false [--compile]
+
+FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step (matmuls,
+convolutions and attention; forward + backward): the encoder on the main, masked and local
+views, the decoder and the clustering heads. MFU = FLOPs / step time / the GPU's dense bf16
+peak (``--peak-tflops``; 989 for H100/H200 SXM).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+from common import emit, environment, peak_memory_mib, reset_peak_memory, time_steps
+from torch.utils.flop_counter import FlopCounterMode
+
+from stellar.train.config import load_config
+from stellar.train.distributed import DistInfo
+from stellar.train.trainer import Trainer
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", default="cpu-smoke")
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--iters", type=int, default=5)
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("overrides", nargs="*")
+    args = parser.parse_args()
+
+    device = torch.device(args.device)
+    cfg = load_config(
+        args.config,
+        [
+            *args.overrides,
+            "progress=false",
+            "tensorboard=false",
+            f"compile={str(args.compile).lower()}",
+            "out=/tmp/bench-train",
+        ],
+    )
+    trainer = Trainer(cfg, DistInfo(device=device))
+    batch = next(iter(trainer.loader))
+
+    def step() -> None:
+        trainer.train_step([batch])
+
+    with FlopCounterMode(display=False) as counter:
+        step()
+    flops = counter.get_total_flops()
+    reset_peak_memory(device)
+    seconds = time_steps(step, device, args.warmup, args.iters)
+    result = {
+        "bench": "train_step",
+        "config": args.config,
+        "model": cfg.model,
+        "overrides": args.overrides,
+        "batch": cfg.batch_size,
+        "views": {
+            "global": cfg.augment.n_global,
+            "masked": cfg.augment.n_masked,
+            "local": cfg.augment.n_local,
+        },
+        "compile": args.compile,
+        "precision": str(trainer.autocast_dtype or "fp32"),
+        "images_per_s": round(cfg.batch_size / seconds, 2),
+        "ms_per_step": round(1000 * seconds, 1),
+        "gflops_per_step": round(flops / 1e9, 1),
+        "achieved_tflops": round(flops / seconds / 1e12, 3),
+        "peak_memory_mib": round(peak_memory_mib(device), 1),
+        **environment(device),
+    }
+    if device.type == "cuda":
+        result["mfu"] = round(flops / seconds / (args.peak_tflops * 1e12), 4)
+    emit(result)
+
+
+if __name__ == "__main__":
+    main()
