@@ -133,3 +133,13 @@ def test_trains_on_an_image_folder(tmp_path):
     )
     last = Trainer(cfg).train()
     assert last["step"] == 2 and all(torch.isfinite(torch.tensor(v)) for v in last.values())
+
+
+def test_gradient_accumulation_consumes_micro_batches(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=2", "grad_accum=3"])
+    trainer = Trainer(cfg)
+    assert trainer.steps_per_epoch == 64 // (4 * 3)
+    last = trainer.train()
+    assert last["step"] == 2
+    state = torch.load(tmp_path / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["position"] == 2 * 3 * 4  # samples consumed on this rank
