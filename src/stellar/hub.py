@@ -32,7 +32,6 @@ logger = logging.getLogger(__name__)
 
 ENV_HOME = "STELLAR_HOME"
 _OURS_DECODER = ("decoder.",)
-_OURS_HEADS = HEAD_PREFIXES
 
 
 def search_dirs(cache_dir: str | Path | None = None) -> list[Path]:
@@ -226,7 +225,7 @@ def _check_missing(model: STELLAR, missing: list[str], source: str) -> None:
 
 
 def _optional_part(key: str) -> bool:
-    return key.startswith(_OURS_DECODER + _OURS_HEADS)
+    return key.startswith(_OURS_DECODER + HEAD_PREFIXES)
 
 
 def _names(keys: list[str], limit: int = 20) -> str:

@@ -20,13 +20,7 @@ KNOWN_UNUSED_PREFIXES: tuple[str, ...] = (
     "decoder.embeddings.",  # the decoder ViT's own patch/CLS/position embeddings, bypassed
 )
 
-# Parts of the official model and the purposes that need them.
-DECODER_PREFIXES: tuple[str, ...] = (
-    "decoder.",
-    "decoder_proj.",
-    "position_embedding.",
-    "reconstruction_head.",
-)
+# The clustering heads keep the official names (they exist only for pretraining).
 HEAD_PREFIXES: tuple[str, ...] = ("clustering_head.", "cls_cluster_head.")
 
 # Inside one HF ViT block (4.x names) -> inside one of our blocks.

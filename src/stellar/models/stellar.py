@@ -196,7 +196,8 @@ class STELLAR(nn.Module):
             ``cls`` (B, 1, d), ``dense`` (B, k, d) the kept patches' outputs, ``sparse`` (B, r, d).
         """
         self.check_images(images)
-        n = self.grid(images)[0] * self.grid(images)[1]
+        grid = self.grid(images)
+        n = grid[0] * grid[1]
         if keep_idx.ndim != 2 or keep_idx.shape[0] != images.shape[0]:
             raise ValueError(
                 f"keep_idx must be (B, k) with B={images.shape[0]}, got {tuple(keep_idx.shape)}"
@@ -204,7 +205,7 @@ class STELLAR(nn.Module):
         if keep_idx.dtype not in (torch.int64, torch.int32):
             raise ValueError(f"keep_idx must hold integer indices, got {keep_idx.dtype}")
         if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= n):
-            raise ValueError(f"keep_idx must lie in [0, {n}) for a {self.grid(images)} grid")
+            raise ValueError(f"keep_idx must lie in [0, {n}) for a {grid} grid")
         return self.forward_masked(images, keep_idx)
 
     def forward_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
