@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches, make_loader
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -112,6 +112,18 @@ def test_all_broken_batch_is_empty(tmp_path: Path) -> None:
     (tmp_path / "x.png").write_bytes(b"")
     batch = next(iter(make_loader(EvalImages(tmp_path, 8), batch_size=4)))
     assert batch["image"].shape[0] == 0 and batch["path"] == []
+
+
+def test_decodable_batches_skip_empty_and_fail_when_nothing_decodes(tmp_path: Path) -> None:
+    (tmp_path / "0.png").write_bytes(b"")
+    (tmp_path / "1.png").write_bytes(b"")
+    _solid(tmp_path / "2.png")
+    ds = EvalImages(tmp_path, 8)
+    batches = list(decodable_batches(ds, batch_size=2, progress=False))
+    assert [b["index"].tolist() for b in batches] == [[2]]
+    (tmp_path / "2.png").write_bytes(b"")
+    with pytest.raises(ValueError, match="decodable image.*found none"):
+        list(decodable_batches(EvalImages(tmp_path, 8), batch_size=2, progress=False))
 
 
 def test_bad_input_raises(tmp_path: Path) -> None:

@@ -36,7 +36,7 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches, make_loader
 
 __all__ = [
     "FEATURE_KEYS",
@@ -124,16 +124,12 @@ def extract_features(
     """
     keys = _check_keys(keys)
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
-    loader = make_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
-    for batch in tqdm(loader, desc="extract", unit="batch", disable=not progress):
-        if batch["image"].shape[0] == 0:
-            continue
+    pin = model.device.type == "cuda"
+    for batch in decodable_batches(dataset, batch_size, num_workers, pin, "extract", progress):
         for k, v in encode_batch(model, batch["image"], keys, fp16).items():
             parts[k].append(v)
         parts["label"].append(batch["label"])
         parts["index"].append(batch["index"])
-    if not parts["index"]:
-        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

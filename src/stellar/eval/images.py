@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,10 +25,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
 
 from stellar.data.folder import IMG_EXTENSIONS, load_rgb
 
-__all__ = ["EvalImages", "collate_images", "find_images", "make_loader"]
+__all__ = ["EvalImages", "collate_images", "decodable_batches", "find_images", "make_loader"]
 
 logger = logging.getLogger(__name__)
 
@@ -225,3 +226,27 @@ def make_loader(
         pin_memory=pin_memory,
         persistent_workers=False,
     )
+
+
+def decodable_batches(
+    dataset: Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    desc: str | None = None,
+    progress: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """The non-empty batches of :func:`make_loader`, under a tqdm bar.
+
+    Raises:
+        ValueError: once the loader is exhausted, if no image of ``dataset`` could be decoded.
+    """
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin_memory)
+    found = False
+    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+        if batch["image"].shape[0] == 0:
+            continue
+        found = True
+        yield batch
+    if not found:
+        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")

@@ -53,11 +53,10 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
 from stellar.data.augment import random_resized_crop
 from stellar.eval.baseline import feature_keys
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches
 
 __all__ = [
     "DISTANCES",
@@ -311,11 +310,9 @@ def run_invariance(
     dist_parts: dict[str, list[Tensor]] = {}
     eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms} if factorised else {}
     chunk = max(1, batch_size)
-    loader = make_loader(dataset, batch_size, num_workers, pin_memory=device.type == "cuda")
-    for batch in tqdm(loader, desc="invariance", unit="batch", disable=not progress):
+    pin = device.type == "cuda"
+    for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
-        if images.shape[0] == 0:
-            continue
         crops = random_crops(images, n_crops, scale, flip_p, gen)
         original = _encode(model, images, chunk)
         encoded = _encode(model, crops.flatten(0, 1), chunk)
@@ -332,8 +329,6 @@ def run_invariance(
             )
             for k, v in shares.items():
                 eq_parts[t].setdefault(k, []).append(v.cpu())
-    if not dist_parts:
-        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
     distances: dict[str, dict[str, float] | None] = {name: None for name in DISTANCES}
     for name, parts in dist_parts.items():
         values = torch.cat(parts).double()

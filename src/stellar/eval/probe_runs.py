@@ -31,7 +31,7 @@ from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
 from stellar.eval.extract import encode_batch, extract_features, load_features
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches
 from stellar.eval.knn import knn_accuracy
 from stellar.eval.linear import (
     LinearProbe,
@@ -128,15 +128,11 @@ def pooled_features(
     """
     xs, ys = [], []
     pin = model.device.type == "cuda"
-    loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin)
-    for batch in tqdm(loader, desc=f"features[{key}]", unit="batch", disable=not progress):
-        if batch["image"].shape[0] == 0:
-            continue
+    batches = decodable_batches(dataset, batch_size, num_workers, pin, f"features[{key}]", progress)
+    for batch in batches:
         out = encode_batch(model, batch["image"], [key])
         xs.append(pool_features(out[key]).float())
         ys.append(batch["label"])
-    if not xs:
-        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
     return torch.cat(xs), torch.cat(ys)
 
 

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 
 from stellar.eval.extract import encode_batch
 from stellar.eval.fid import fid_from_features
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches
 from stellar.eval.metrics import psnr, ssim
 from stellar.models.decoder import ReconstructionDecoder
 
@@ -109,14 +109,11 @@ def cache_features(
         uint8, both on the CPU, for the decodable images.
     """
     feats, images = [], []
-    loader = make_loader(dataset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
-    for batch in tqdm(loader, desc=f"features[{key}]", unit="batch", disable=not progress):
-        if batch["image"].shape[0] == 0:
-            continue
+    pin = model.device.type == "cuda"
+    batches = decodable_batches(dataset, batch_size, num_workers, pin, f"features[{key}]", progress)
+    for batch in batches:
         feats.append(encode_batch(model, batch["image"], [key], fp16=fp16)[key])
         images.append(batch["image"].mul(255).round_().to(torch.uint8))
-    if not feats:
-        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
     return torch.cat(feats), torch.cat(images)
 
 

@@ -26,10 +26,9 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.images import EvalImages, decodable_batches, make_loader
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
 __all__ = [
@@ -131,17 +130,12 @@ def build_token_index(
     """
     sparse: list[Tensor] = []
     paths: list[str] = []
-    loader = make_loader(dataset, batch_size, num_workers)
     with torch.inference_mode():
-        for batch in tqdm(loader, desc="index", unit="batch", disable=not progress):
-            if batch["image"].shape[0] == 0:
-                continue
+        for batch in decodable_batches(dataset, batch_size, num_workers, False, "index", progress):
             with _amp(model.device):
                 out = model.encode(batch["image"].to(model.device))
             sparse.append(F.normalize(out["sparse"].float(), dim=-1).cpu())
             paths.extend(batch["path"])
-    if not sparse:
-        raise ValueError(f"expected at least one decodable image in {dataset!r}, found none")
     tokens = torch.cat(sparse)  # (N, r, d)
     n, r, d = tokens.shape
     meta = {
