@@ -12,6 +12,7 @@ import argparse
 import copy
 import json
 import logging
+import math
 import os
 import platform
 import time
@@ -299,8 +300,22 @@ def table(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def verdicts(results: dict[str, dict[str, float]]) -> list[str]:
-    """Plain-language checks of what the numbers show (computed, never assumed)."""
+def accuracy_gap_stderr(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two accuracies, each measured on ``n`` samples.
+
+    Binomial, treating the two as independent: sqrt(a(1-a)/n + b(1-b)/n).
+    """
+    if n < 1:
+        raise ValueError(f"expected n >= 1, got {n}")
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def verdicts(results: dict[str, dict[str, float]], n_val: int | None = None) -> list[str]:
+    """Plain-language checks of what the numbers show (computed, never assumed).
+
+    With ``n_val`` (validation scenes), the linear-probe line also states the sampling noise of
+    the gap, so a reader can tell a small gain from chance.
+    """
     trained, random = results["STELLAR"], results["random init"]
     lines = []
     for key, margin in MARGINS.items():
@@ -308,9 +323,13 @@ def verdicts(results: dict[str, dict[str, float]]) -> list[str]:
         ok = gain >= margin
         unit = " dB" if key == "psnr" else " points"
         scale = 1 if key == "psnr" else 100
+        noise = ""
+        if key == "linear_top1" and n_val:
+            se = accuracy_gap_stderr(trained[key], random[key], n_val)
+            noise = f"; std. error of the gap on {n_val} scenes: {se * scale:.1f}{unit}"
         lines.append(
             f"- {'PASS' if ok else 'FAIL'}: trained beats random init on {key} by "
-            f"{gain * scale:+.1f}{unit} (clear margin: {margin * scale:g}{unit})"
+            f"{gain * scale:+.1f}{unit} (clear margin: {margin * scale:g}{unit}{noise})"
         )
     if "recon only" in results:
         ablated = results["recon only"]
@@ -345,7 +364,7 @@ def write_report(
         "",
         table(results),
         "",
-        *verdicts(results),
+        *verdicts(results, settings.eval_val),
         "",
         "Timings (s): " + ", ".join(f"{k} {v:.0f}" for k, v in timings.items()),
         "",
@@ -417,7 +436,7 @@ def run_demo(settings: DemoSettings) -> dict:
                 "settings": asdict(settings),
                 "results": results,
                 "timings_s": timings,
-                "verdicts": verdicts(results),
+                "verdicts": verdicts(results, settings.eval_val),
             },
             indent=2,
         )

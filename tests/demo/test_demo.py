@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from stellar.cli import main
-from stellar.demo import table, verdicts
+from stellar.demo import accuracy_gap_stderr, table, verdicts
 
 
 def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
@@ -69,3 +71,14 @@ def test_verdicts_follow_the_numbers():
     results["recon only"] = _result(0.58, 0.4, 13.5)
     assert "does NOT hold" in verdicts(results)[-1]
     assert table(results).count("\n") == 4
+
+
+def test_linear_verdict_states_the_sampling_noise_of_the_gap():
+    # Two accuracies of 0.5 on 100 samples: sqrt(0.25 / 100 * 2) = 0.0707 -> 7.1 points.
+    assert abs(accuracy_gap_stderr(0.5, 0.5, 100) - 0.0707) < 1e-4
+    assert accuracy_gap_stderr(0.5, 0.5, 400) < accuracy_gap_stderr(0.5, 0.5, 100)
+    with pytest.raises(ValueError, match="n >= 1"):
+        accuracy_gap_stderr(0.5, 0.5, 0)
+    results = {"random init": _result(0.5, 0.3, 10.0), "STELLAR": _result(0.5, 0.5, 14.0)}
+    assert "std. error of the gap on 100 scenes: 7.1 points" in verdicts(results, 100)[0]
+    assert "std. error" not in verdicts(results)[0]
