@@ -16,19 +16,11 @@ import argparse
 import json
 
 from stellar import load_stellar
-from stellar.data.scenes import SHAPES, ConceptScenes
-from stellar.demo import encode_scenes
-from stellar.eval.linear import pool_features, predict_logits, train_linear_probe
-from stellar.train.config import load_config
-from stellar.train.trainer import Trainer
+from stellar.data.scenes import SHAPES
+from stellar.demo import DemoSettings, demo_trainer, encode_scenes, eval_scenes
+from stellar.eval.linear import accuracy_topk, pool_features, predict_logits, train_linear_probe
 
 BUDGETS = ((30, 1e-3), (300, 1e-3), (100, 1e-2), (300, 1e-2))
-
-
-def demo_initialisation(seed: int, out: str):
-    """The weights the demo's trainer starts from (its 'random init' row)."""
-    overrides = [f"out={out}", f"seed={seed}", f"data.seed={seed}", "progress=false"]
-    return Trainer(load_config("cpu-demo", overrides)).model
 
 
 def main() -> None:
@@ -37,13 +29,22 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--eval-train", type=int, default=2000)
     parser.add_argument("--eval-val", type=int, default=500)
-    parser.add_argument("--scratch", default="/tmp/stellar-probe-sweep", help="trainer out dir")
+    parser.add_argument(
+        "--scratch", default="/tmp/stellar-probe-sweep", help="the unused trainer's out dir"
+    )
     args = parser.parse_args()
 
-    train = ConceptScenes(size=64, length=args.eval_train, seed=args.seed + 1000)
-    val = ConceptScenes(size=64, length=args.eval_val, seed=args.seed, split="val")
+    settings = DemoSettings(
+        out=args.scratch,
+        seed=args.seed,
+        eval_train=args.eval_train,
+        eval_val=args.eval_val,
+        progress=False,
+    )
+    train, val = eval_scenes(settings)
     models = {
-        "random init": demo_initialisation(args.seed, args.scratch),
+        # The weights the demo's trainer starts from (its "random init" row); nothing is trained.
+        "random init": demo_trainer(settings, "stellar", []).model,
         "STELLAR": load_stellar(args.checkpoint, purpose="reconstruct"),
     }
     for name, model in models.items():
@@ -60,8 +61,7 @@ def main() -> None:
                     x_train, ft["label"], x_val, fv["label"], len(SHAPES),
                     epochs=epochs, lr=lr, seed=args.seed, progress=False,
                 )  # fmt: skip
-                predicted = predict_logits(probe, x_train).argmax(1)
-                fit = (predicted == ft["label"]).float().mean().item()
+                fit = accuracy_topk(predict_logits(probe, x_train), ft["label"], (1,))["top1"]
                 row = {"model": name, "key": key, "epochs": epochs, "lr": lr}
                 row |= {"train_top1": round(fit, 4), "val_top1": round(val_metrics["top1"], 4)}
                 print(json.dumps(row), flush=True)

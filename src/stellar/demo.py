@@ -105,13 +105,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 # ---------------------------------------------------------------------- training
-def train_variant(
-    settings: DemoSettings, name: str, extra: list[str]
-) -> tuple[STELLAR, STELLAR, Path]:
-    """Train one variant; returns (trained model, its random initialisation, run folder)."""
-    out = Path(settings.out) / f"train-{name}"
+def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer:
+    """The ``cpu-demo`` trainer of one variant, writing to ``<out>/train-<name>``."""
     overrides = [
-        f"out={out}",
+        f"out={Path(settings.out) / f'train-{name}'}",
         f"seed={settings.seed}",
         f"data.seed={settings.seed}",
         f"progress={str(settings.progress).lower()}",
@@ -121,13 +118,27 @@ def train_variant(
         overrides.append(f"max_steps={settings.steps}")
     if settings.batch_size is not None:
         overrides.append(f"batch_size={settings.batch_size}")
-    trainer = Trainer(load_config("cpu-demo", overrides))
+    return Trainer(load_config("cpu-demo", overrides))
+
+
+def train_variant(
+    settings: DemoSettings, name: str, extra: list[str]
+) -> tuple[STELLAR, STELLAR, Path]:
+    """Train one variant; returns (trained model, its random initialisation, run folder)."""
+    trainer = demo_trainer(settings, name, extra)
     initial = copy.deepcopy(trainer.model)
     trainer.train()
-    return trainer.model, initial, out
+    return trainer.model, initial, Path(trainer.cfg.out)
 
 
 # ---------------------------------------------------------------------- evaluation
+def eval_scenes(settings: DemoSettings) -> tuple[ConceptScenes, ConceptScenes]:
+    """The probes' training scenes (another seed than training's) and the validation scenes."""
+    train = ConceptScenes(size=64, length=settings.eval_train, seed=settings.seed + 1000)
+    val = ConceptScenes(size=64, length=settings.eval_val, seed=settings.seed, split="val")
+    return train, val
+
+
 @torch.no_grad()
 def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100) -> dict:
     """Features, maps, reconstructions' PSNR and labels of every scene of ``dataset``."""
@@ -413,8 +424,7 @@ def run_demo(settings: DemoSettings) -> dict:
     for m in models.values():
         m.eval()
     start = time.perf_counter()
-    train_scenes = ConceptScenes(size=64, length=settings.eval_train, seed=settings.seed + 1000)
-    val_scenes = ConceptScenes(size=64, length=settings.eval_val, seed=settings.seed, split="val")
+    train_scenes, val_scenes = eval_scenes(settings)
     results = {name: evaluate(m, train_scenes, val_scenes, settings) for name, m in models.items()}
     timings["evaluate"] = time.perf_counter() - start
 
