@@ -15,6 +15,7 @@ import logging
 import math
 import os
 import platform
+import shlex
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -23,7 +24,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from stellar.data.scenes import SHAPES, ConceptScenes
+from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
 from stellar.eval.concepts import concept_purity, localization_scores, token_shape_labels
 from stellar.eval.invariance import random_crops, representation_distances
 from stellar.eval.knn import knn_accuracy
@@ -62,6 +63,7 @@ class DemoSettings:
     seg_epochs: int = 10
     photos: str | None = None
     progress: bool = True
+    overrides: tuple[str, ...] = ()
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -91,13 +93,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "../shared/data/imagenet-samples/images224 when present)",
     )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument(
+        "overrides",
+        nargs="*",
+        help="training-recipe changes for every variant, key=value as in `stellar train` "
+        "(e.g. 'augment.color={hue: 0.5}')",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print the table."""
-    settings = DemoSettings(
-        **{k: v for k, v in vars(args).items() if k in DemoSettings.__annotations__}
-    )
+    given = {k: v for k, v in vars(args).items() if k in DemoSettings.__annotations__}
+    settings = DemoSettings(**given | {"overrides": tuple(given.get("overrides") or ())})
     result = run_demo(settings)
     print(result["table"])
     print(f"report: {Path(settings.out) / 'report.md'}")
@@ -112,6 +119,7 @@ def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer
         f"seed={settings.seed}",
         f"data.seed={settings.seed}",
         f"progress={str(settings.progress).lower()}",
+        *settings.overrides,
         *extra,
     ]
     if settings.steps is not None:
@@ -143,7 +151,7 @@ def eval_scenes(settings: DemoSettings) -> tuple[ConceptScenes, ConceptScenes]:
 def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100) -> dict:
     """Features, maps, reconstructions' PSNR and labels of every scene of ``dataset``."""
     model.eval()
-    keep = ("label", "instance_mask", "semantic_mask", "object_shapes")
+    keep = ("label", "instance_mask", "semantic_mask", "object_shapes", "object_colours")
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         out = model.forward_encode(batch["image"])
@@ -151,9 +159,19 @@ def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100)
         values = {k: out[k] for k in ("sparse", "cls", "dense", "spatial")}
         values["psnr"] = psnr(rec, batch["image"])
         values.update({k: batch[k] for k in keep})
+        values["colour"] = largest_object_colour(batch["object_colours"], batch["object_areas"])
         for k, v in values.items():
             parts.setdefault(k, []).append(v.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
+
+
+def largest_object_colour(object_colours: torch.Tensor, object_areas: torch.Tensor) -> torch.Tensor:
+    """Colour class of the object with the largest visible area (the one ``label`` names).
+
+    (B, K) each -> (B,); ties go to the first object, as for the shape label.
+    """
+    largest = object_areas.argmax(dim=1, keepdim=True)
+    return object_colours.gather(1, largest).squeeze(1)
 
 
 def evaluate(model: STELLAR, train: ConceptScenes, val: ConceptScenes, s: DemoSettings) -> dict:
@@ -171,6 +189,15 @@ def evaluate(model: STELLAR, train: ConceptScenes, val: ConceptScenes, s: DemoSe
     )
     _, lin_cls = train_linear_probe(
         ft["cls"][:, 0], ft["label"], fv["cls"][:, 0], fv["label"], n_shapes, **probe
+    )
+    # A diagnostic, not one of the verdicts: is there *any* object semantics in the tokens?
+    _, lin_colour = train_linear_probe(
+        pool_features(ft["sparse"]),
+        ft["colour"],
+        pool_features(fv["sparse"]),
+        fv["colour"],
+        len(COLOURS),
+        **probe,
     )
     knn = knn_accuracy(
         pool_features(ft["sparse"]), ft["label"], pool_features(fv["sparse"]), fv["label"], n_shapes
@@ -193,6 +220,7 @@ def evaluate(model: STELLAR, train: ConceptScenes, val: ConceptScenes, s: DemoSe
     return {
         "linear_top1": lin["top1"],
         "linear_cls_top1": lin_cls["top1"],
+        "linear_colour_top1": lin_colour["top1"],
         "knn_top1": knn["top1"],
         "seg_miou": seg["miou"],
         "psnr": float(fv["psnr"].mean()),
@@ -288,6 +316,7 @@ COLUMNS = [
     ("linear_top1", "linear probe top-1 (sparse)", 100, "%"),
     ("linear_cls_top1", "linear probe top-1 (CLS)", 100, "%"),
     ("knn_top1", "kNN top-1", 100, "%"),
+    ("linear_colour_top1", "colour probe top-1 (sparse)", 100, "%"),
     ("seg_miou", "seg. probe mIoU", 100, "%"),
     ("localization", "concept localization IoU", 100, "%"),
     ("purity", "concept purity", 100, "%"),
@@ -365,6 +394,7 @@ def write_report(
 ) -> str:
     """``report.md`` with the table, verdicts, definitions and figures."""
     flags = " --ablation" if settings.ablation else ""
+    flags += "".join(f" {shlex.quote(o)}" for o in settings.overrides)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = [
         "# STELLAR demo report",
@@ -381,7 +411,9 @@ def write_report(
         "",
         "Definitions: linear probe / kNN predict the shape of the largest object from the mean "
         f"concept token ({settings.eval_train} training scenes, {settings.eval_val} validation "
-        "scenes of another seed); the segmentation probe predicts background + 8 shapes per "
+        "scenes of another seed); the colour probe is the same linear probe predicting the "
+        "largest object's colour (10 classes), a diagnostic of what the tokens do encode; "
+        "the segmentation probe predicts background + 8 shapes per "
         "pixel from the dense grid; concept localization is the mean over objects of the best "
         "IoU between a token's map thresholded at 1/r and the object's mask; concept purity is "
         "the cluster purity of k-means clusters (k = 16) of the concept tokens w.r.t. the shape "

@@ -5,9 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
+import yaml
 
 from stellar.cli import main
-from stellar.demo import accuracy_gap_stderr, table, verdicts
+from stellar.data.scenes import ConceptScenes
+from stellar.demo import accuracy_gap_stderr, largest_object_colour, table, verdicts
 
 
 def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
@@ -32,14 +35,21 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
         "--ablation",
         "--photos",
         str(samples_dir / "images224"),
+        "augment.color={hue: 0.5, gray_p: 0.5}",
     ]
     assert main(args) == 0
     metrics = json.loads((out / "metrics.json").read_text())
+    # The recipe override reaches every variant's trainer and is stated in the report.
+    assert metrics["settings"]["overrides"] == ["augment.color={hue: 0.5, gray_p: 0.5}"]
+    for variant in ("train-stellar", "train-recon-only"):
+        run_config = yaml.safe_load((out / variant / "config.yaml").read_text())
+        assert run_config["augment"]["color"] == {"hue": 0.5, "gray_p": 0.5}
     assert set(metrics["results"]) == {"random init", "STELLAR", "recon only"}
     for result in metrics["results"].values():
         assert 0 <= result["linear_top1"] <= 1 and 0 <= result["localization"] <= 1
     report = (out / "report.md").read_text()
     assert "| STELLAR |" in report and "Ablation" in report
+    assert "--ablation 'augment.color={hue: 0.5, gray_p: 0.5}'" in report
     for picture in ("concepts_scenes.png", "concepts_photos.png", "loss_curves.png"):
         assert (out / picture).stat().st_size > 1000
         assert f"]({picture})" in report
@@ -50,6 +60,7 @@ def _result(linear, loc, psnr):
         "linear_top1": linear,
         "linear_cls_top1": linear,
         "knn_top1": linear,
+        "linear_colour_top1": linear,
         "seg_miou": 0.1,
         "localization": loc,
         "purity": 0.5,
@@ -82,3 +93,17 @@ def test_linear_verdict_states_the_sampling_noise_of_the_gap():
     results = {"random init": _result(0.5, 0.3, 10.0), "STELLAR": _result(0.5, 0.5, 14.0)}
     assert "std. error of the gap on 100 scenes: 7.1 points" in verdicts(results, 100)[0]
     assert "std. error" not in verdicts(results)[0]
+
+
+def test_colour_target_is_the_colour_of_the_object_the_shape_label_names():
+    items = [ConceptScenes(size=32, length=40, seed=3)[i] for i in range(40)]
+    batch = {k: torch.stack([it[k] for it in items]) for k in ("object_colours", "object_areas")}
+    colour = largest_object_colour(batch["object_colours"], batch["object_areas"])
+    for it, c in zip(items, colour, strict=True):
+        biggest = [j for j, a in enumerate(it["object_areas"]) if a == it["object_areas"].max()][0]
+        assert it["object_shapes"][biggest] == it["label"]
+        assert it["object_colours"][biggest] == c
+    assert len(set(colour.tolist())) > 3
+    # Ties go to the first object, as for the shape label; padding (area 0) never wins.
+    tied = largest_object_colour(torch.tensor([[4, 7, -1]]), torch.tensor([[9, 9, 0]]))
+    assert tied.tolist() == [4]

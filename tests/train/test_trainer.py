@@ -107,6 +107,15 @@ def test_config_overrides_and_errors():
         load_config("no-such-preset")
 
 
+def test_unknown_colour_augmentation_key_fails_before_training(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "augment.color.hu=0.5"])
+    with pytest.raises(ValueError, match=r"unknown augment.color key\(s\) hu; valid: .*hue"):
+        Trainer(cfg)
+    assert not (tmp_path / "checkpoints").exists()
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "augment.color.hue=0.5"])
+    assert Trainer(cfg).augment.color_kwargs["hue"] == 0.5
+
+
 def test_folder_without_images_fails_before_training(tmp_path):
     (tmp_path / "empty").mkdir()
     cfg = load_config("cpu-smoke", ["data.source=folder", f"data.root={tmp_path / 'empty'}"])

@@ -10,10 +10,12 @@ a resumed run replays exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
+import inspect
 import json
 import logging
 import math
 import time
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -32,7 +34,7 @@ from stellar.losses.masking import random_masking
 from stellar.losses.objective import StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.train import checkpoint as ckpt
-from stellar.train.config import TrainConfig
+from stellar.train.config import AugmentConfig, TrainConfig
 from stellar.train.distributed import DistInfo, mean_across_ranks, setup
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.schedule import cosine_lr, ema_momentum
@@ -183,6 +185,15 @@ class Trainer:
             raise ValueError("objective.global_align needs augment.n_global >= 2")
         if cfg.batch_size < 1 or cfg.grad_accum < 1:
             raise ValueError("batch_size and grad_accum must be >= 1")
+        # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
+        set_by_fields = {f.name for f in fields(AugmentConfig)}
+        colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set_by_fields
+        unknown = sorted(set(cfg.augment.color) - colour_keys)
+        if unknown:
+            raise ValueError(
+                f"unknown augment.color key(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(colour_keys))}"
+            )
 
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
