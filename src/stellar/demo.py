@@ -374,13 +374,15 @@ def verdicts(results: dict[str, dict[str, float]], n_val: int | None = None) -> 
     if "recon only" in results:
         ablated = results["recon only"]
         drop = (trained["linear_top1"] - ablated["linear_top1"]) * 100
+        colour_drop = (trained["linear_colour_top1"] - ablated["linear_colour_top1"]) * 100
         psnr_gap = trained["psnr"] - ablated["psnr"]
         collapse = drop >= 10
         survives = psnr_gap <= 1.0
         holds = collapse and survives
         lines.append(
             f"- Ablation (no clustering, set or CLS alignment): linear probe {drop:+.1f} points "
-            f"below STELLAR, PSNR {-psnr_gap:+.2f} dB vs STELLAR. The paper's finding "
+            f"below STELLAR (colour probe {colour_drop:+.1f} points below), "
+            f"PSNR {-psnr_gap:+.2f} dB vs STELLAR. The paper's finding "
             f"(semantics collapse, reconstruction survives) "
             f"{'holds' if holds else 'does NOT hold'} at this scale "
             f"(collapse: {'yes' if collapse else 'no'}, reconstruction survives: "

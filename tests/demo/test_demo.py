@@ -79,6 +79,7 @@ def test_verdicts_follow_the_numbers():
     results["STELLAR"] = _result(0.6, 0.5, 14.0)
     results["recon only"] = _result(0.2, 0.4, 13.5)
     assert "holds at this scale" in verdicts(results)[-1]
+    assert "(colour probe +40.0 points below)" in verdicts(results)[-1]
     results["recon only"] = _result(0.58, 0.4, 13.5)
     assert "does NOT hold" in verdicts(results)[-1]
     assert table(results).count("\n") == 4
