@@ -396,12 +396,15 @@ def write_report(
 ) -> str:
     """``report.md`` with the table, verdicts, definitions and figures."""
     flags = " --ablation" if settings.ablation else ""
+    flags += f" --steps {settings.steps}" if settings.steps is not None else ""
+    flags += f" --batch-size {settings.batch_size}" if settings.batch_size is not None else ""
+    flags += f" --seed {settings.seed}"
     flags += "".join(f" {shlex.quote(o)}" for o in settings.overrides)
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = [
         "# STELLAR demo report",
         "",
-        f"Command: `stellar demo{flags} --seed {settings.seed}` ({machine}).",
+        f"Command: `stellar demo{flags}` ({machine}).",
         "Each model was trained from scratch on procedural concept scenes (64 px) and compared "
         "with its own random initialisation (the same weights before step 1).",
         "",

@@ -49,7 +49,8 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
         assert 0 <= result["linear_top1"] <= 1 and 0 <= result["localization"] <= 1
     report = (out / "report.md").read_text()
     assert "| STELLAR |" in report and "Ablation" in report
-    assert "--ablation 'augment.color={hue: 0.5, gray_p: 0.5}'" in report
+    command = "--ablation --steps 3 --batch-size 8 --seed 0 'augment.color={hue: 0.5, gray_p: 0.5}'"
+    assert f"`stellar demo {command}`" in report
     for picture in ("concepts_scenes.png", "concepts_photos.png", "loss_curves.png"):
         assert (out / picture).stat().st_size > 1000
         assert f"]({picture})" in report
