@@ -104,7 +104,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run the demo and print the table."""
     given = {k: v for k, v in vars(args).items() if k in DemoSettings.__annotations__}
-    settings = DemoSettings(**given | {"overrides": tuple(given.get("overrides") or ())})
+    settings = DemoSettings(**given | {"overrides": tuple(args.overrides)})
     result = run_demo(settings)
     print(result["table"])
     print(f"report: {Path(settings.out) / 'report.md'}")
@@ -151,7 +151,7 @@ def eval_scenes(settings: DemoSettings) -> tuple[ConceptScenes, ConceptScenes]:
 def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100) -> dict:
     """Features, maps, reconstructions' PSNR and labels of every scene of ``dataset``."""
     model.eval()
-    keep = ("label", "instance_mask", "semantic_mask", "object_shapes", "object_colours")
+    keep = ("label", "instance_mask", "semantic_mask", "object_shapes")
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         out = model.forward_encode(batch["image"])
@@ -179,29 +179,19 @@ def evaluate(model: STELLAR, train: ConceptScenes, val: ConceptScenes, s: DemoSe
     ft, fv = encode_scenes(model, train), encode_scenes(model, val)
     n_shapes = len(SHAPES)
     probe = dict(epochs=s.probe_epochs, seed=s.seed, progress=False)
+    # The mean concept token, the feature of the linear, colour and kNN probes.
+    tokens_train, tokens_val = pool_features(ft["sparse"]), pool_features(fv["sparse"])
     _, lin = train_linear_probe(
-        pool_features(ft["sparse"]),
-        ft["label"],
-        pool_features(fv["sparse"]),
-        fv["label"],
-        n_shapes,
-        **probe,
+        tokens_train, ft["label"], tokens_val, fv["label"], n_shapes, **probe
     )
     _, lin_cls = train_linear_probe(
         ft["cls"][:, 0], ft["label"], fv["cls"][:, 0], fv["label"], n_shapes, **probe
     )
     # A diagnostic, not one of the verdicts: is there *any* object semantics in the tokens?
     _, lin_colour = train_linear_probe(
-        pool_features(ft["sparse"]),
-        ft["colour"],
-        pool_features(fv["sparse"]),
-        fv["colour"],
-        len(COLOURS),
-        **probe,
+        tokens_train, ft["colour"], tokens_val, fv["colour"], len(COLOURS), **probe
     )
-    knn = knn_accuracy(
-        pool_features(ft["sparse"]), ft["label"], pool_features(fv["sparse"]), fv["label"], n_shapes
-    )
+    knn = knn_accuracy(tokens_train, ft["label"], tokens_val, fv["label"], n_shapes)
     _, seg = train_segmentation_probe(
         ft["dense"],
         ft["semantic_mask"],
