@@ -151,7 +151,7 @@ def eval_scenes(settings: DemoSettings) -> tuple[ConceptScenes, ConceptScenes]:
 def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100) -> dict:
     """Features, maps, reconstructions' PSNR and labels of every scene of ``dataset``."""
     model.eval()
-    keep = ("label", "instance_mask", "semantic_mask", "object_shapes")
+    keep = ("label", "colour", "instance_mask", "semantic_mask", "object_shapes")
     parts: dict[str, list[torch.Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         out = model.forward_encode(batch["image"])
@@ -159,19 +159,9 @@ def encode_scenes(model: STELLAR, dataset: ConceptScenes, batch_size: int = 100)
         values = {k: out[k] for k in ("sparse", "cls", "dense", "spatial")}
         values["psnr"] = psnr(rec, batch["image"])
         values.update({k: batch[k] for k in keep})
-        values["colour"] = largest_object_colour(batch["object_colours"], batch["object_areas"])
         for k, v in values.items():
             parts.setdefault(k, []).append(v.cpu())
     return {k: torch.cat(v) for k, v in parts.items()}
-
-
-def largest_object_colour(object_colours: torch.Tensor, object_areas: torch.Tensor) -> torch.Tensor:
-    """Colour class of the object with the largest visible area (the one ``label`` names).
-
-    (B, K) each -> (B,); ties go to the first object, as for the shape label.
-    """
-    largest = object_areas.argmax(dim=1, keepdim=True)
-    return object_colours.gather(1, largest).squeeze(1)
 
 
 def evaluate(model: STELLAR, train: ConceptScenes, val: ConceptScenes, s: DemoSettings) -> dict:

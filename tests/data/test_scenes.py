@@ -82,6 +82,7 @@ def test_dtypes_shapes_and_ranges(samples: list[dict[str, torch.Tensor]]) -> Non
         "image": ((3, 32, 32), torch.float32),
         "label": ((), torch.int64),
         "shape": ((), torch.int64),
+        "colour": ((), torch.int64),
         "count": ((), torch.int64),
         "shapes": ((len(SHAPES),), torch.float32),
         "colours": ((len(COLOURS),), torch.float32),
@@ -129,6 +130,7 @@ def test_label_consistency(samples: list[dict[str, torch.Tensor]]) -> None:
         areas = torch.bincount(inst.flatten(), minlength=count + 1)[1:]
         assert torch.equal(s["object_areas"][:count], areas)
         assert int(s["shape"]) == int(obj_shapes[torch.argmax(areas)]) == int(s["label"])
+        assert int(s["colour"]) == int(s["object_colours"][torch.argmax(areas)])
         for i in range(count):
             ys, xs = torch.nonzero(inst == i + 1, as_tuple=True)
             box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
@@ -153,6 +155,7 @@ def test_all_classes_occur(samples: list[dict[str, torch.Tensor]]) -> None:
     # Counts are (close to) uniform over 1..4: each gets a fair share of 300 draws.
     assert min(counts) > 40, counts
     assert {int(s["label"]) for s in samples} == set(range(len(SHAPES)))
+    assert {int(s["colour"]) for s in samples} == set(range(len(COLOURS)))
 
 
 def test_solid_objects_have_their_named_colour(samples: list[dict[str, torch.Tensor]]) -> None:

@@ -5,12 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import yaml
 
 from stellar.cli import main
-from stellar.data.scenes import ConceptScenes
-from stellar.demo import accuracy_gap_stderr, largest_object_colour, table, verdicts
+from stellar.demo import accuracy_gap_stderr, table, verdicts
 
 
 def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
@@ -95,17 +93,3 @@ def test_linear_verdict_states_the_sampling_noise_of_the_gap():
     results = {"random init": _result(0.5, 0.3, 10.0), "STELLAR": _result(0.5, 0.5, 14.0)}
     assert "std. error of the gap on 100 scenes: 7.1 points" in verdicts(results, 100)[0]
     assert "std. error" not in verdicts(results)[0]
-
-
-def test_colour_target_is_the_colour_of_the_object_the_shape_label_names():
-    items = [ConceptScenes(size=32, length=40, seed=3)[i] for i in range(40)]
-    batch = {k: torch.stack([it[k] for it in items]) for k in ("object_colours", "object_areas")}
-    colour = largest_object_colour(batch["object_colours"], batch["object_areas"])
-    for it, c in zip(items, colour, strict=True):
-        biggest = [j for j, a in enumerate(it["object_areas"]) if a == it["object_areas"].max()][0]
-        assert it["object_shapes"][biggest] == it["label"]
-        assert it["object_colours"][biggest] == c
-    assert len(set(colour.tolist())) > 3
-    # Ties go to the first object, as for the shape label; padding (area 0) never wins.
-    tied = largest_object_colour(torch.tensor([[4, 7, -1]]), torch.tensor([[9, 9, 0]]))
-    assert tied.tolist() == [4]

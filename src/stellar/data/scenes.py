@@ -360,7 +360,8 @@ def render_scene(
         Dict of tensors, K = max_objects:
         ``image`` (3, size, size) float32 in [0, 1] (exactly ``uint8 / 255``);
         ``image_uint8`` (3, size, size) uint8;
-        ``label``, ``shape`` () int64: shape class of the object with the largest visible area;
+        ``label``, ``shape`` () int64: shape class of the object with the largest visible area
+        (the first on ties); ``colour`` () int64: that object's colour class;
         ``count`` () int64;
         ``shapes`` (len(SHAPES),) and ``colours`` (len(COLOURS),) float32 multi-hot;
         ``instance_mask`` (size, size) int64, 0 background, 1..count in drawing order;
@@ -464,7 +465,7 @@ def render_scene(
         x0, y0 = region[1].start, region[0].start
         boxes[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
     largest = int(np.argmax(areas[:count]))
-    main_shape = int(obj[0, largest])
+    main_shape, main_colour = int(obj[0, largest]), int(obj[1, largest])
     shape_lut = np.concatenate([[0], obj[0, :count] + 1])
     shapes_mh = np.zeros(len(SHAPES), dtype=np.float32)
     shapes_mh[obj[0, :count]] = 1.0
@@ -480,6 +481,7 @@ def render_scene(
         "image_uint8": torch.from_numpy(u8),
         "label": torch.tensor(main_shape, dtype=torch.int64),
         "shape": torch.tensor(main_shape, dtype=torch.int64),
+        "colour": torch.tensor(main_colour, dtype=torch.int64),
         "count": torch.tensor(count, dtype=torch.int64),
         "shapes": torch.from_numpy(shapes_mh),
         "colours": torch.from_numpy(colours_mh),
