@@ -112,6 +112,27 @@ def test_val_classes_are_aligned_by_name() -> None:
         run_knn(train, stranger, k=1)
 
 
+def test_extract_keeps_class_names_of_nested_class_folders(tmp_path) -> None:
+    # train/<class>/img/*.png: the parent folder of every image is "img", not its class
+    _colour_folder(tmp_path / "flat", 2, ("green", "red"))
+    for name in ("green", "red"):
+        (tmp_path / "nested" / name).mkdir(parents=True)
+        os.rename(tmp_path / "flat" / name, tmp_path / "nested" / name / "img")
+    out = tmp_path / "feats"
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(tmp_path / "nested")]
+    assert main([*argv, "--out", str(out), "--keys", "cls", "--num-workers", "0"]) == 0
+    assert features_from_dir(out, "cls").classes == ["green", "red"]
+
+
+def test_labels_without_class_names_are_not_matched_to_named_ones() -> None:
+    named = LabelledFeatures(torch.eye(3), torch.tensor([0, 1, 2]), ["a", "b", "c"])
+    unnamed = LabelledFeatures(torch.eye(3)[1:], torch.tensor([0, 1]), None)
+    with pytest.raises(ValueError, match="training features carry no class names"):
+        run_knn(unnamed, named, k=1)
+    with pytest.raises(ValueError, match="validation features carry no class names"):
+        run_knn(named, unnamed, k=1)
+
+
 def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
     train, val = colours
     empty = tmp_path / "empty"

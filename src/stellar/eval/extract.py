@@ -237,6 +237,7 @@ def extract_to_dir(
         "shard_size": int(shard_size),
         "num_files": len(dataset),
         "num_shards": len(shards),
+        "classes": list(dataset.classes),
     }
     _prepare_meta(out, settings)
 
@@ -375,6 +376,12 @@ def load_features(
     features = {k: torch.cat([t for t in v if t.numel()] or v) for k, v in parts.items()}
     labels = features.pop("label").long()
     return features, labels, paths
+
+
+def stored_classes(out_dir: str | os.PathLike[str]) -> list[str] | None:
+    """The class names a ``stellar extract`` folder recorded (None before it recorded them)."""
+    meta = json.loads((Path(out_dir) / META_NAME).read_text())
+    return list(meta["classes"]) if meta.get("classes") else None
 
 
 # ---------------------------------------------------------------------------- command line

@@ -30,7 +30,7 @@ from tqdm.auto import tqdm
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
-from stellar.eval.extract import encode_batch, extract_features, load_features
+from stellar.eval.extract import encode_batch, extract_features, load_features, stored_classes
 from stellar.eval.images import EvalImages, decodable_batches
 from stellar.eval.knn import knn_accuracy
 from stellar.eval.linear import (
@@ -155,8 +155,9 @@ def labelled_features(
 def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
     """Pooled ``key`` features of a ``stellar extract`` folder, with labels.
 
-    Class names are recovered from the stored paths (the parent folder of each image) when
-    that is consistent, so that train and val folders can be aligned by name.
+    Class names come from ``meta.json`` (stored by ``stellar extract``); for folders written
+    before it stored them, they are recovered from the stored paths (the parent folder of each
+    image) when that is consistent, so that train and val folders can be aligned by name.
 
     Raises:
         ValueError: the folder lacks ``key`` or its images carry no labels.
@@ -168,24 +169,40 @@ def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
             f"{out_dir} was extracted from images without class sub-folders (labels -1); "
             "expected a labelled extraction"
         )
-    names: dict[int, set[str]] = {}
-    for lab, path in zip(labels.tolist(), paths, strict=True):
-        names.setdefault(lab, set()).add(Path(path).parent.name)
-    classes: list[str] | None = None
-    consistent = all(len(v) == 1 for v in names.values())
-    flat = [next(iter(names[k])) for k in sorted(names)] if consistent else []
-    if consistent and len(set(flat)) == len(flat):
-        num = max(names) + 1
-        classes = [next(iter(names[k])) if k in names else f"<class {k}>" for k in range(num)]
+    classes = stored_classes(out_dir) or _classes_from_paths(labels, paths)
     if classes is None:
         logger.warning("%s: class names not recoverable from paths; labels used as stored", out_dir)
     return LabelledFeatures(x, labels.long(), classes)
 
 
+def _classes_from_paths(labels: Tensor, paths: list[str]) -> list[str] | None:
+    """Class names from each image's parent folder, or None when that is ambiguous."""
+    names: dict[int, set[str]] = {}
+    for lab, path in zip(labels.tolist(), paths, strict=True):
+        names.setdefault(lab, set()).add(Path(path).parent.name)
+    if any(len(v) != 1 for v in names.values()):
+        return None
+    flat = [next(iter(names[k])) for k in sorted(names)]
+    if len(set(flat)) != len(flat):
+        return None
+    return [next(iter(names[k])) if k in names else f"<class {k}>" for k in range(max(names) + 1)]
+
+
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
-    """Validation labels in the training class order, and the class count."""
+    """Validation labels in the training class order, and the class count.
+
+    Raises:
+        ValueError: only one side knows its class names, so the two cannot be aligned.
+    """
     if train.classes is not None and val.classes is not None:
         return class_indices(val.classes, val.y, train.classes), len(train.classes)
+    if (train.classes is None) != (val.classes is None):
+        unnamed = "training" if train.classes is None else "validation"
+        raise ValueError(
+            f"the {unnamed} features carry no class names, so their labels cannot be matched "
+            "to the other split's classes; expected both splits with class names: re-run "
+            "`stellar extract` (it now stores them) or pass image folders"
+        )
     num = int(max(train.y.max(), val.y.max())) + 1
     return val.y, num
 
