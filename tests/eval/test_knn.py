@@ -83,6 +83,18 @@ def test_accuracy_on_clusters_and_topk():
     assert acc_rand["top1"] < 0.4
 
 
+def test_top5_never_counts_a_class_without_votes():
+    # every query's nearest sample is class 0's; its true class c is second nearest
+    c = 10
+    train, labels = torch.eye(c), torch.arange(c)
+    test = torch.eye(c)[[0] * (c - 1)] + 0.01 * torch.eye(c)[1:]
+    truth = torch.arange(1, c)
+    # k = 1: only class 0 gets a vote, so the true class is in no top-5, tie at zero or not
+    assert knn_accuracy(train, labels, test, truth, c, k=1) == {"top1": 0.0, "top5": 0.0}
+    # k = 2: the true class gets the second vote
+    assert knn_accuracy(train, labels, test, truth, c, k=2) == {"top1": 0.0, "top5": 1.0}
+
+
 def test_weights_follow_temperature():
     # two neighbours of different classes: the closer one's share grows as T shrinks
     train = torch.tensor([[1.0, 0.0], [0.8, 0.6]])

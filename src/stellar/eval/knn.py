@@ -215,4 +215,8 @@ def knn_accuracy(
     probs = knn_classify(
         train_features, train_labels, test_features, num_classes, k, temperature, **kwargs
     )
-    return accuracy_topk(probs, test_labels, (1, 5))
+    # A class no neighbour voted for is not a prediction, even when fewer than 5 classes got
+    # votes and it fills a top-5 slot on a tie at zero (DINO's top-5 stops at min(5, k)).
+    labels = test_labels.to(probs.device).long()
+    voted = probs.gather(1, labels.unsqueeze(1)).squeeze(1) > 0
+    return accuracy_topk(probs, torch.where(voted, labels, -1), (1, 5))
