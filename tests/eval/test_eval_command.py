@@ -149,9 +149,36 @@ def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
         main([*base, "--train", str(train), "--val", str(val), "--key", "foo"])
     with pytest.raises(ValueError, match="--train"):
         main([*base, "--val", str(val)])
+    stranger = _colour_folder(tmp_path / "stranger", 1, ("blue", "green"))
+    os.rename(stranger / "green", stranger / "purple")
+    with pytest.raises(ValueError, match=r"\['purple'\] .* have no folder in --train"):
+        main([*base, "--train", str(val), "--val", str(stranger)])
     with pytest.raises(ValueError, match="--augmented"):
         main([*base, "--augmented", "--train-features", str(tmp_path), "--val", str(val)])
     assert not (tmp_path / "o" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "protocol,option,value",
+    [
+        ("linear", "--epochs", "0"),
+        ("linear", "--lr", "-1"),
+        ("linear", "--probe-batch-size", "0"),
+        ("knn", "--k", "0"),
+        ("knn", "--temperature", "0"),
+        ("seg", "--epochs", "0"),
+        ("recon", "--decoder-depth", "0"),
+        ("invariance", "--shift", "0"),
+        ("invariance", "--flip-p", "2"),
+    ],
+)
+def test_bad_numbers_fail_before_the_model_is_loaded(protocol, option, value, tmp_path) -> None:
+    # the model path does not exist: the option must be rejected before anything is loaded
+    argv = ["eval", protocol, "--model", str(tmp_path / "missing.safetensors"), option, value]
+    argv += ["--data", str(tmp_path)] if protocol == "invariance" else []
+    argv += ["--num-classes", "3"] if protocol == "seg" else []
+    with pytest.raises(ValueError, match=f"^{option}: expected"):
+        main([*argv, "--out", str(tmp_path / "o")])
 
 
 def test_format_table_aligns_columns() -> None:

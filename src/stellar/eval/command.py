@@ -181,6 +181,46 @@ def _check_folder(root: str | None, what: str, labelled: bool = False) -> Path:
     return path
 
 
+# Numeric options and what each must satisfy; checked before any model or data work.
+_NUMBER_RULES: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "batch_size": (lambda v: v >= 1, ">= 1"),
+    "num_workers": (lambda v: v >= 0, ">= 0"),
+    "resolution": (lambda v: v >= 1, ">= 1"),
+    "epochs": (lambda v: v >= 1, ">= 1"),
+    "lr": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "weight_decay": (lambda v: math.isfinite(v) and v >= 0, "a finite number >= 0"),
+    "probe_batch_size": (lambda v: v >= 1, ">= 1"),
+    "k": (lambda v: v >= 1, ">= 1"),
+    "temperature": (lambda v: math.isfinite(v) and v > 0, "a finite number > 0"),
+    "decoder_depth": (lambda v: v >= 1, ">= 1"),
+    "eval_every": (lambda v: v >= 0, ">= 0 (0: only at the end)"),
+    "crops": (lambda v: v >= 1, ">= 1"),
+    "flip_p": (lambda v: 0 <= v <= 1, "in [0, 1]"),
+    "shift": (lambda v: v >= 1, ">= 1 patch"),
+    "max_images": (lambda v: v >= 1, ">= 1"),
+}
+
+
+def _check_numbers(args: argparse.Namespace) -> None:
+    """Every numeric option the protocol has, against :data:`_NUMBER_RULES`."""
+    for name, (ok, expected) in _NUMBER_RULES.items():
+        value = getattr(args, name, None)
+        if value is not None and not ok(value):
+            flag = "--" + name.replace("_", "-")
+            raise ValueError(f"{flag}: expected {expected}, got {value}")
+
+
+def _check_val_classes(train: Path, val: Path) -> None:
+    """Every validation class folder must name a training class folder."""
+    known = {d.name for d in train.iterdir() if d.is_dir()}
+    unknown = sorted({f.relative_to(val).parts[0] for f in find_images(val)} - known)
+    if unknown:
+        raise ValueError(
+            f"validation classes {unknown[:10]} of {str(val)!r} have no folder in --train "
+            f"{str(train)!r}; expected the same class folder names"
+        )
+
+
 def _check_features_dir(root: str, key: str, what: str) -> Path:
     path = Path(root)
     meta = path / "meta.json"
@@ -301,6 +341,8 @@ def _classification(args: argparse.Namespace) -> dict[str, Any]:
         train_dir = _check_folder(args.train, "--train", labelled=True)
     if not args.val_features or with_baseline:
         val_dir = _check_folder(args.val, "--val", labelled=True)
+    if train_dir is not None and val_dir is not None:
+        _check_val_classes(train_dir, val_dir)
     load = augmented or not (args.train_features and args.val_features)
     entries = _load_entries(args, key, baseline_key, load_stellar=load)
     rows = []
@@ -470,10 +512,6 @@ def _invariance(args: argparse.Namespace) -> dict[str, Any]:
     lo, hi = args.scale
     if not 0 < lo <= hi <= 1:
         raise ValueError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
-    if args.crops < 1:
-        raise ValueError(f"--crops: expected >= 1, got {args.crops}")
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"--max-images: expected >= 1, got {args.max_images}")
     entries = _load_entries(args, None, None)
     rows = []
     for e in entries:
@@ -623,6 +661,7 @@ def _out_dir(args: argparse.Namespace) -> Path:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar eval PROTOCOL``: compute, print the table, write ``OUT/metrics.json``."""
+    _check_numbers(args)
     if args.baseline is not None:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
     result = _RUNNERS[args.protocol](args)

@@ -280,7 +280,12 @@ def train_linear_augmented(
     Returns:
         ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy
         on the last epoch's augmented views.
+
+    Raises:
+        ValueError: ``epochs`` or ``batch_size`` < 1, or unlabelled training images.
     """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
     check_labelled(folder.classes, folder.labels, str(train_root))
