@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from stellar.cli import main
+from stellar.eval.images import EvalImages
 from stellar.eval.segdata import find_split, load_label_maps, reduce_zero_label
 
 PALETTE = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220)])
@@ -98,6 +99,39 @@ def test_validation_errors_name_the_files(tmp_path) -> None:
     ade = _ade(tmp_path / "ade", n_val=0)
     with pytest.raises(ValueError, match="lacks images/validation"):
         find_split(ade, "val")
+
+
+def test_label_maps_follow_the_image_as_the_model_sees_it(tmp_path) -> None:
+    # a JPEG stored 60 wide x 40 high with EXIF orientation 6: the model sees it 40 x 60
+    stored = np.zeros((40, 60, 3), np.uint8)
+    stored[:, :30, 0] = 255
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    (tmp_path / "images").mkdir()
+    (tmp_path / "masks").mkdir()
+    Image.fromarray(stored).save(tmp_path / "images" / "a.jpg", exif=exif.tobytes(), quality=95)
+    red = np.asarray(Image.open(tmp_path / "images" / "a.jpg").rotate(-90, expand=True)) > 127
+    shown = red[..., 0].astype(np.uint8)  # 40 wide, 60 high: where the red half is displayed
+    Image.fromarray(shown.T.copy()).save(tmp_path / "masks" / "a.png")  # stored orientation
+    with pytest.raises(
+        ValueError, match=r"after the image's EXIF orientation.*40x60 vs a\.png 60x40"
+    ):
+        find_split(tmp_path, "train")
+    Image.fromarray(shown.astype(bool)).save(tmp_path / "masks" / "a.png")  # a mode "1" mask
+    split = find_split(tmp_path, "train")
+    (label,) = load_label_maps(split.labels, 16, 2, progress=False)
+    image = EvalImages(split.images, 16, crop=False)[0]["image"]
+    agree = ((image[0] > 0.5).long() == label.long()).float().mean()
+    assert agree > 0.9  # the red half of the displayed image is the labelled half
+
+
+def test_truncated_label_map_is_named(tmp_path) -> None:
+    _pair(tmp_path / "images", tmp_path / "masks", "a", _label(0))
+    path = tmp_path / "masks" / "a.png"
+    path.write_bytes(path.read_bytes()[:-40])
+    split = find_split(tmp_path, "train")  # the header is intact
+    with pytest.raises(ValueError, match=r"expected readable label maps, got .*a\.png"):
+        load_label_maps(split.labels, 16, 4, progress=False)
 
 
 def test_seg_end_to_end_and_errors(tmp_path, capsys) -> None:

@@ -112,13 +112,17 @@ def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if max_side is not None and img.format == "JPEG":
             img.draft(None, (max_side, max_side))
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
-        try:
-            orientation = img.getexif().get(_EXIF_ORIENTATION, 1)
-        except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
-            orientation = 1
-        if orientation in range(2, 9):
+        if exif_orientation(img) in range(2, 9):
             img = ImageOps.exif_transpose(img)
         return _to_rgb(img)
+
+
+def exif_orientation(img: Image.Image) -> int:
+    """The EXIF orientation tag (1 = as stored; 5-8 swap width and height), 1 when unreadable."""
+    try:
+        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
+        return 1
 
 
 def _scan(root: Path, extensions: tuple[str, ...]) -> list[str]:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, ImageOps
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stellar.data.folder import IMG_EXTENSIONS
+from stellar.data.folder import IMG_EXTENSIONS, exif_orientation
 from stellar.eval.images import find_images
 
 __all__ = [
@@ -52,7 +52,7 @@ logger = logging.getLogger(__name__)
 # Lossy formats (JPEG) would corrupt class indices, so only lossless ones count as labels.
 LABEL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".gif", ".ppm")
 LABEL_FOLDERS: tuple[str, ...] = ("annotations", "masks", "labels")
-SINGLE_CHANNEL_MODES: tuple[str, ...] = ("L", "P", "I", "I;16", "I;16B", "I;16L")
+SINGLE_CHANNEL_MODES: tuple[str, ...] = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 ADE_SPLITS: dict[str, str] = {"train": "training", "val": "validation"}
 _MAX_LISTED = 5
 
@@ -176,8 +176,10 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str]:
+    """Size as displayed (after EXIF orientation, as the model sees the image) and mode."""
     with Image.open(path) as img:
-        return img.size, img.mode
+        w, h = img.size
+        return ((h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)), img.mode
 
 
 def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
@@ -201,7 +203,8 @@ def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
         )
     if sizes:
         raise ValueError(
-            f"label maps must have the size of their image (width x height); mismatched: "
+            "label maps must have the size of their image as displayed (width x height, after "
+            f"the image's EXIF orientation, which the model sees); mismatched: "
             f"{_listing(sizes)}"
         )
 
@@ -215,6 +218,8 @@ def reduce_zero_label(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray
 def _read_label(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img.load()
+        if exif_orientation(img) in range(2, 9):  # oriented like its image is, when it says so
+            img = ImageOps.exif_transpose(img)
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.NEAREST)
         return np.asarray(img).astype(np.int64)
@@ -245,8 +250,8 @@ def load_label_maps(
         (N, size, size) uint8 labels.
 
     Raises:
-        ValueError: a value outside ``[0, C)`` other than ``ignore_index`` (file named), or a
-            class count / ignore label that does not fit.
+        ValueError: a value outside ``[0, C)`` other than ``ignore_index`` (file named), an
+            unreadable file (named), or a class count / ignore label that does not fit.
     """
     if not 1 <= num_classes <= ignore_index < 256:
         raise ValueError(
@@ -254,10 +259,14 @@ def load_label_maps(
             f"got num_classes={num_classes}"
         )
     out = torch.empty(len(labels), size, size, dtype=torch.uint8)
-    bad = []
+    bad, unreadable = [], []
 
     def work(i: int) -> None:
-        arr = _read_label(Path(labels[i]), size)
+        try:
+            arr = _read_label(Path(labels[i]), size)
+        except OSError as e:  # truncated or corrupt: name the file, not just PIL's message
+            unreadable.append(f"{labels[i]} ({e})")
+            return
         if reduce_zero:
             arr = reduce_zero_label(arr, ignore_index)
         wrong = (arr != ignore_index) & ((arr < 0) | (arr >= num_classes))
@@ -276,6 +285,8 @@ def load_label_maps(
                 leave=False,
             )
         )
+    if unreadable:
+        raise ValueError(f"expected readable label maps, got {_listing(sorted(unreadable))}")
     if bad:
         hint = "" if reduce_zero else " (ADE20K-style maps with 0 = other need --reduce-zero-label)"
         raise ValueError(
