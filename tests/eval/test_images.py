@@ -10,7 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
-from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.eval.images import EvalImages, decodable_batches, find_images, make_loader
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 
@@ -79,6 +79,17 @@ def test_labels_from_class_folders_and_lists(tmp_path: Path) -> None:
     assert len(flat) == 3 and flat.labels.tolist() == [-1, -1, -1]
     _solid(tmp_path / "loose.png")  # a file outside class folders: no labels at all
     assert EvalImages(tmp_path, 8).labels.tolist() == [-1] * 4
+
+
+def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
+    _solid(tmp_path / "cat" / "1.png")
+    (tmp_path / "cat" / "loop").symlink_to(tmp_path)  # cat/loop/cat/loop/... would never end
+    (tmp_path / "elsewhere").mkdir()
+    _solid(tmp_path / "elsewhere" / "2.png")
+    (tmp_path / "dog").symlink_to(tmp_path / "elsewhere")  # a class folder kept elsewhere
+    # every real folder is listed once, under the first path that reaches it
+    found = [p.relative_to(tmp_path).as_posix() for p in find_images(tmp_path)]
+    assert found == ["cat/1.png", "dog/2.png"]
 
 
 def test_modes_become_rgb(tmp_path: Path) -> None:

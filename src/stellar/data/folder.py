@@ -23,7 +23,14 @@ import torch
 from PIL import Image, ImageOps
 from torch.utils.data import Dataset
 
-__all__ = ["IMG_EXTENSIONS", "ImageFolder", "load_rgb", "validate_image_folder"]
+__all__ = [
+    "IMG_EXTENSIONS",
+    "ImageFolder",
+    "exif_orientation",
+    "load_rgb",
+    "scan_images",
+    "validate_image_folder",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -125,7 +132,7 @@ def exif_orientation(img: Image.Image) -> int:
         return 1
 
 
-def _scan(root: Path, extensions: tuple[str, ...]) -> list[str]:
+def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
     """Relative paths of the image files under ``root``, sorted by path components.
 
     Hidden files and folders (names starting with '.') are skipped; symlinked folders are
@@ -200,7 +207,7 @@ class ImageFolder(Dataset):
         self.max_attempts = int(max_attempts)
         self.jpeg_draft = bool(jpeg_draft)
 
-        rel = _scan(self.root, self.extensions)
+        rel = scan_images(self.root, self.extensions)
         if not rel:
             raise ValueError(
                 f"expected image files ({' '.join(self.extensions)}) under {str(self.root)!r}, "

@@ -27,7 +27,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
-from stellar.data.folder import IMG_EXTENSIONS, load_rgb
+from stellar.data.folder import IMG_EXTENSIONS, load_rgb, scan_images
 
 __all__ = ["EvalImages", "collate_images", "decodable_batches", "find_images", "make_loader"]
 
@@ -39,18 +39,11 @@ PathLike = str | os.PathLike[str]
 def find_images(root: PathLike, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[Path]:
     """Image files under ``root``, recursively, sorted by path components.
 
-    Hidden files and folders (names starting with ``.``) are skipped.
+    Hidden files and folders (names starting with ``.``) are skipped; symlinked folders are
+    followed once (cycles are cut), as :class:`~stellar.data.folder.ImageFolder` does.
     """
-    exts = {e.lower() for e in extensions}
-    found: list[Path] = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        found.extend(
-            Path(dirpath) / f
-            for f in filenames
-            if not f.startswith(".") and os.path.splitext(f)[1].lower() in exts
-        )
-    return sorted(found, key=lambda p: p.relative_to(root).parts)
+    exts = tuple(e.lower() for e in extensions)
+    return [Path(root) / rel for rel in scan_images(Path(root), exts)]
 
 
 def _labels_from_folders(root: Path, files: list[Path]) -> tuple[list[str], list[int]]:
