@@ -239,3 +239,13 @@ def test_multiview_color_contract() -> None:
     assert colored.shape == glob.shape and torch.equal(colored, gray)
     with pytest.raises(ValueError, match="hue"):
         MultiViewAugment(hue=0.7)
+
+
+def test_multiview_rejects_unusable_settings_when_built() -> None:
+    with pytest.raises(ValueError, match="flip_p"):
+        MultiViewAugment(16, 8, flip_p=2.0)
+    with pytest.raises(ValueError, match="global_scale .* <= 1"):
+        MultiViewAugment(16, 8, global_scale=(0.5, 3.0))
+    with pytest.raises(ValueError, match="larger than 4 px for kernel 9"):
+        MultiViewAugment(16, 4, blur_kernel=9)  # the local views are too small to blur
+    MultiViewAugment(16, 4, n_local=0, blur_kernel=9)  # no local views: nothing too small

@@ -263,6 +263,9 @@ def test_export_round_trip(tmp_path) -> None:
         assert sem.dtype == np.uint8 and ins.dtype == np.uint8
         assert torch.equal(torch.from_numpy(sem.astype(np.int64)), item["semantic_mask"])
         assert torch.equal(torch.from_numpy(ins.astype(np.int64)), item["instance_mask"])
+    with pytest.raises(ValueError, match="already holds an export"):
+        export_scenes(out, split="val", n=3, size=32, seed=6, progress=False)
+    assert len((out / "labels.jsonl").read_text().splitlines()) == n  # the first is untouched
 
 
 def test_objects_stay_learnably_large(samples: list[dict[str, torch.Tensor]]) -> None:

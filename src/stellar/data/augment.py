@@ -416,7 +416,15 @@ class MultiViewAugment(nn.Module):
         self.n_global, self.n_local = int(n_global), int(n_local)
         self.global_scale = _pair(global_scale, "global_scale")
         self.local_scale = _pair(local_scale, "local_scale")
+        for name, (_, hi) in (
+            ("global_scale", self.global_scale),
+            ("local_scale", self.local_scale),
+        ):
+            if hi > 1:
+                raise ValueError(f"expected {name} as fractions of the image area <= 1, got {hi}")
         self.ratio = _pair(ratio, "ratio")
+        if not 0.0 <= flip_p <= 1.0:
+            raise ValueError(f"expected flip_p in [0, 1], got {flip_p}")
         self.flip_p = float(flip_p)
         self.color_kwargs = {
             "brightness": brightness,
@@ -429,8 +437,10 @@ class MultiViewAugment(nn.Module):
             "blur_kernel": blur_kernel,
             "blur_sigma": tuple(blur_sigma),
         }
-        # Fail at construction, not at the first batch, on bad colour settings.
-        color_blur(torch.zeros(1, 3, blur_kernel, blur_kernel), None, **self.color_kwargs)
+        # Fail at construction, not at the first batch, on bad colour settings and on a blur
+        # kernel too large for the smallest view made.
+        side = min(self.global_size, self.local_size if self.n_local else self.global_size)
+        color_blur(torch.zeros(1, 3, side, side), None, **self.color_kwargs)
 
     def color(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Colour/blur augment views of shape (..., 3, H, W) with this module's settings."""

@@ -598,6 +598,9 @@ def export_scenes(
 
     Returns:
         The output folder as a ``Path``.
+
+    Raises:
+        ValueError: bad ``n`` / ``max_objects``, or ``out_dir`` already holds an export.
     """
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
@@ -606,6 +609,13 @@ def export_scenes(
     from tqdm.auto import tqdm
 
     out = Path(out_dir)
+    # Exporting over an earlier export would leave its images beside the new labels.
+    stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.iterdir())]
+    if stale:
+        raise ValueError(
+            f"expected a new or empty output folder, but {stale[0]} already holds an export; "
+            "choose another folder or delete it"
+        )
     ds = ConceptScenes(size=size, length=n, seed=seed, split=split, max_objects=max_objects)
     (out / "masks").mkdir(parents=True, exist_ok=True)
     (out / "classes.json").write_text(
