@@ -268,6 +268,21 @@ def test_export_round_trip(tmp_path) -> None:
     assert len((out / "labels.jsonl").read_text().splitlines()) == n  # the first is untouched
 
 
+def test_export_is_a_segmentation_folder_for_eval_seg(tmp_path) -> None:
+    from stellar.cli import main
+
+    for split in ("train", "val"):
+        assert main(["scenes", "--out", str(tmp_path / split), "--split", split, "-n", "6"]) == 0
+    out = tmp_path / "seg"
+    argv = ["eval", "seg", "--model", "stellar-tiny", "--train", str(tmp_path / "train")]
+    argv += ["--val", str(tmp_path / "val"), "--num-classes", str(1 + len(SHAPES))]
+    assert main([*argv, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
+    metrics = json.loads((out / "metrics.json").read_text())
+    assert metrics["layout"] == {"train": "simple", "val": "simple"}
+    (row,) = metrics["rows"]
+    assert (row["num_train"], row["num_val"]) == (6, 6) and 0 <= row["miou"] <= 1
+
+
 def test_objects_stay_learnably_large(samples: list[dict[str, torch.Tensor]]) -> None:
     # The smallest legal object (R = 12 % of the side, 30 % visible) still covers a few pixels.
     min_area = 0.3 * min(SHAPE_AREA) * (0.12 * 32) ** 2 * 0.9**5

@@ -568,6 +568,10 @@ class ConceptScenes(Dataset):
         return item
 
 
+# Where an export puts the images, the semantic and the instance masks (same relative paths).
+EXPORT_FOLDERS: tuple[str, str, str] = ("images", "masks", "instances")
+
+
 def export_scenes(
     out_dir: str | Path,
     split: str = "val",
@@ -581,10 +585,12 @@ def export_scenes(
 
     Layout under ``out_dir``: ``images/<shape_name>/<index>.png`` (RGB; the folder name is the
     main-shape label, so it loads as an image-classification folder; only shapes that occur get
-    a folder), ``masks/<index>_semantic.png`` and ``masks/<index>_instance.png`` (uint8, values
-    as in ``semantic_mask`` / ``instance_mask``), ``labels.jsonl`` (one JSON object per image
-    with every label and the relative file paths) and ``classes.json`` (class-name tuples).
-    ``<index>`` is zero-padded to at least 6 digits. Item ``i`` equals
+    a folder), ``masks/<shape_name>/<index>.png`` (uint8 ``semantic_mask``: 0 background,
+    1 + shape class) and ``instances/<shape_name>/<index>.png`` (uint8 ``instance_mask``),
+    ``labels.jsonl`` (one JSON object per image with every label and the relative file paths)
+    and ``classes.json`` (class-name tuples). ``images/`` + ``masks/`` is the simple layout
+    ``stellar eval seg`` reads (``--num-classes`` 1 + the number of shapes). ``<index>`` is
+    zero-padded to at least 6 digits. Item ``i`` equals
     ``ConceptScenes(size, n, seed, split, max_objects)[i]``.
 
     Args:
@@ -610,14 +616,15 @@ def export_scenes(
 
     out = Path(out_dir)
     # Exporting over an earlier export would leave its images beside the new labels.
-    stale = [d for d in (out / "images", out / "masks") if d.is_dir() and any(d.iterdir())]
+    folders = [out / d for d in EXPORT_FOLDERS]
+    stale = [d for d in folders if d.is_dir() and any(d.iterdir())]
     if stale:
         raise ValueError(
             f"expected a new or empty output folder, but {stale[0]} already holds an export; "
             "choose another folder or delete it"
         )
     ds = ConceptScenes(size=size, length=n, seed=seed, split=split, max_objects=max_objects)
-    (out / "masks").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     (out / "classes.json").write_text(
         json.dumps({"shapes": SHAPES, "colours": COLOURS, "fills": FILLS}, indent=1) + "\n"
     )
@@ -629,11 +636,10 @@ def export_scenes(
             name = f"{i:0{width}d}"
             shape_name = SHAPES[int(item["shape"])]
             if shape_name not in made:
-                (out / "images" / shape_name).mkdir(parents=True, exist_ok=True)
+                for folder in folders:
+                    (folder / shape_name).mkdir(parents=True, exist_ok=True)
                 made.add(shape_name)
-            img_rel = f"images/{shape_name}/{name}.png"
-            sem_rel = f"masks/{name}_semantic.png"
-            ins_rel = f"masks/{name}_instance.png"
+            img_rel, sem_rel, ins_rel = (f"{d}/{shape_name}/{name}.png" for d in EXPORT_FOLDERS)
             Image.fromarray(item["canvas"].permute(1, 2, 0).numpy()).save(out / img_rel)
             Image.fromarray(item["semantic_mask"].to(torch.uint8).numpy()).save(out / sem_rel)
             Image.fromarray(item["instance_mask"].to(torch.uint8).numpy()).save(out / ins_rel)

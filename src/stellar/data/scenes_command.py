@@ -10,7 +10,7 @@ from stellar.data.scenes import export_scenes
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar scenes``."""
     parser.add_argument(
-        "--out", required=True, help="folder to write images/, masks/, labels.jsonl"
+        "--out", required=True, help="new folder for images/, masks/, instances/, labels.jsonl"
     )
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
     parser.add_argument("-n", "--count", type=int, default=1000)
