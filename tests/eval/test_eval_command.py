@@ -99,6 +99,13 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
     with pytest.raises(ValueError, match="stores features"):
         main([*argv[:-2], "--key", "dense", *feats])
+    other = ["extract", "--model", "stellar-tiny", "--data", str(val), "--resolution", "32"]
+    assert (
+        main([*other, "--out", str(tmp_path / "f32"), "--keys", "cls", "--num-workers", "0"]) == 0
+    )
+    mixed = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "f32")]
+    with pytest.raises(ValueError, match="extracted differently .*resolution 64 vs 32"):
+        main([*argv, *mixed])
 
 
 def test_val_classes_are_aligned_by_name() -> None:

@@ -236,6 +236,25 @@ def _check_features_dir(root: str, key: str, what: str) -> Path:
     return path
 
 
+def _check_same_extraction(train: str, val: str) -> None:
+    """Both feature folders must come from the same model and preprocessing."""
+    metas = [json.loads((Path(p) / "meta.json").read_text()) for p in (train, val)]
+    for meta in metas:  # the same checkpoint may have been named by two different paths
+        if os.path.exists(meta.get("model", "")):
+            meta["model"] = os.path.realpath(meta["model"])
+    a, b = metas
+    differ = [
+        f"{k} {a.get(k)!r} vs {b.get(k)!r}"
+        for k in ("model", "resolution", "resize_ratio", "crop")
+        if a.get(k) != b.get(k)
+    ]
+    if differ:
+        raise ValueError(
+            f"--train-features and --val-features were extracted differently ({'; '.join(differ)}"
+            "); expected both from the same model and settings"
+        )
+
+
 def _resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
     """(STELLAR key, baseline key or None), checked against what each model produces."""
     ours, theirs = PROTOCOL_KEYS[args.protocol]
@@ -334,6 +353,8 @@ def _classification(args: argparse.Namespace) -> dict[str, Any]:
         _check_features_dir(args.train_features, key, "--train-features")
     if args.val_features:
         _check_features_dir(args.val_features, key, "--val-features")
+    if args.train_features and args.val_features:
+        _check_same_extraction(args.train_features, args.val_features)
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
