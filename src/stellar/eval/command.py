@@ -417,6 +417,8 @@ def _seg(args: argparse.Namespace) -> dict[str, Any]:
         raise ValueError(f"expected 1 <= --num-classes < 255, got {args.num_classes}")
     train = find_split(args.train, "train")
     val = find_split(args.val or args.train, "val")
+    if val.images == train.images:
+        logger.warning("no separate validation split: mIoU is measured on the training images")
     entries = _load_entries(args, key, baseline_key)
     progress = not args.no_progress
     masks: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
