@@ -54,7 +54,11 @@ def main(argv: list[str] | None = None) -> int:
         prog=f"stellar {args.command}", description=COMMANDS[args.command][1]
     )
     module.add_arguments(parser)
-    return int(module.run(parser.parse_args(rest)) or 0)
+    # INTERMIXED commands take positionals (key=value overrides) on both sides of the flags.
+    parse = (
+        parser.parse_intermixed_args if getattr(module, "INTERMIXED", False) else parser.parse_args
+    )
+    return int(module.run(parse(rest)) or 0)
 
 
 if __name__ == "__main__":

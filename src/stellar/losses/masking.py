@@ -8,7 +8,7 @@ import torch
 
 __all__ = ["num_kept", "random_masking"]
 
-_FOCAL_MODES = ("gaussian", "block", None)
+FOCAL_MODES = ("gaussian", "block", None)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -88,8 +88,8 @@ def random_masking(
         raise ValueError(
             f"expected positive batch_size, grid_h, grid_w, got {batch_size}, {grid_h}, {grid_w}"
         )
-    if focal_mode not in _FOCAL_MODES:
-        raise ValueError(f"focal_mode must be one of {_FOCAL_MODES}, got {focal_mode!r}")
+    if focal_mode not in FOCAL_MODES:
+        raise ValueError(f"focal_mode must be one of {FOCAL_MODES}, got {focal_mode!r}")
     if not 0.0 <= focal_prob <= 1.0:
         raise ValueError(f"focal_prob must be in [0, 1], got {focal_prob}")
     lo, hi = sigma_range

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import atomic_write, save_pretrained
+from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, save_pretrained
 from stellar.models.stellar import STELLAR
 
 logger = logging.getLogger(__name__)
@@ -54,6 +54,30 @@ def latest_checkpoint(root: Path) -> Path | None:
     if last.exists() and (last / STATE_NAME).is_file():
         return last.resolve()
     return None
+
+
+def resume_checkpoint(root: Path) -> Path:
+    """The folder ``root/last`` points at; a ValueError saying what is missing if unusable."""
+    last = root / LAST
+    if last.is_symlink() and not last.exists():
+        problem = f"it points at {os.readlink(last)}, which does not exist"
+    elif not last.exists():
+        where = root.parent
+        problem = (
+            "it does not exist (no checkpoint was saved there)"
+            if where.is_dir()
+            else f"it does not exist ({where} does not exist: is out= right?)"
+        )
+    elif not (last / STATE_NAME).is_file():
+        problem = f"it has no {STATE_NAME} (the optimizer, step and RNG state)"
+    elif not (last / WEIGHTS_NAME).is_file():
+        problem = f"it has no {WEIGHTS_NAME}"
+    else:
+        return last.resolve()
+    raise ValueError(
+        f"--resume needs a complete checkpoint at {last}, but {problem}. "
+        f"Drop --resume to start a fresh run in {root.parent} instead."
+    )
 
 
 def load_trainer_state(folder: Path) -> dict[str, Any]:

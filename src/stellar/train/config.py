@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
+import datetime
+import types
+import typing
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -11,6 +14,7 @@ from typing import Any
 import yaml
 
 from stellar.losses.objective import ObjectiveConfig
+from stellar.models.config import StellarConfig
 
 
 @dataclass
@@ -116,16 +120,65 @@ def preset_names() -> list[str]:
 def load_config(
     preset_or_path: str | None = None, overrides: list[str] | None = None
 ) -> TrainConfig:
-    """Defaults ⊕ preset (name) or YAML file ⊕ dotted ``key=value`` overrides (YAML-typed)."""
+    """Defaults ⊕ preset (name) or YAML file ⊕ dotted ``key=value`` overrides (YAML-typed).
+
+    Every value is checked against its field's annotation: a ValueError names the key, the
+    expected type and the value given.
+    """
     data: dict[str, Any] = {}
     if preset_or_path:
         data = _read_yaml(preset_or_path)
+    texts: dict[str, str] = {}
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
-        _set_dotted(data, key.strip(), yaml.safe_load(raw))
-    return _build(TrainConfig, data, "")
+        key = key.strip()
+        _set_dotted(data, key, yaml.safe_load(raw))
+        texts[key] = raw.strip()
+    cfg = _build(TrainConfig, data, "", texts)
+    cfg.model_overrides = check_model_overrides(cfg.model_overrides)
+    return cfg
+
+
+def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
+    """``model_overrides`` checked against :class:`StellarConfig` (keys and value types).
+
+    ``encoder`` and ``decoder`` take mappings of their own fields, merged into the preset's.
+    Unknown keys raise: the model side would only warn and train the unchanged model.
+    """
+    nested = {
+        name: hint
+        for name, hint in typing.get_type_hints(StellarConfig).items()
+        if dataclasses.is_dataclass(hint)
+    }
+    valid = [f.name for f in dataclasses.fields(StellarConfig) if f.name not in nested]
+    valid += [
+        f"{name}.{{{', '.join(f.name for f in dataclasses.fields(cls))}}}"
+        for name, cls in nested.items()
+    ]
+    checked, unknown = {}, []
+    for name, value in overrides.items():
+        if name in nested:
+            if not isinstance(value, dict):
+                raise ValueError(
+                    f"config key model_overrides.{name} expects a mapping "
+                    f"(e.g. model_overrides.{name}.hidden_size=256), got {value!r}"
+                )
+            fields = {f.name for f in dataclasses.fields(nested[name])}
+            unknown += [f"{name}.{k}" for k in value if k not in fields]
+            known = {k: v for k, v in value.items() if k in fields}
+            checked[name] = _convert_fields(nested[name], known, f"model_overrides.{name}.")
+        elif name in valid:
+            checked[name] = _convert_fields(StellarConfig, {name: value}, "model_overrides.")[name]
+        else:
+            unknown.append(name)
+    if unknown:
+        raise ValueError(
+            f"unknown model_overrides key(s) {', '.join(sorted(unknown))}; "
+            f"valid keys: {', '.join(valid)}"
+        )
+    return checked
 
 
 def _read_yaml(preset_or_path: str) -> dict[str, Any]:
@@ -146,13 +199,6 @@ def _read_yaml(preset_or_path: str) -> dict[str, Any]:
     return data
 
 
-def _as_float(value: str, key: str) -> float:
-    try:
-        return float(value)
-    except ValueError:
-        raise ValueError(f"config key {key} expects a number, got {value!r}") from None
-
-
 def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     parts = key.split(".")
     for part in parts[:-1]:
@@ -162,7 +208,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     data[parts[-1]] = value
 
 
-def _build(cls: type, data: dict[str, Any], where: str) -> Any:
+def _build(cls: type, data: dict[str, Any], where: str, texts: dict[str, str]) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
@@ -170,16 +216,79 @@ def _build(cls: type, data: dict[str, Any], where: str) -> Any:
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
             f"valid keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(fields)}"
         )
+    hints = typing.get_type_hints(cls)
     kwargs = {}
     for name, value in data.items():
-        default = fields[name].default_factory() if callable(fields[name].default_factory) else None
-        if dataclasses.is_dataclass(default):
+        if dataclasses.is_dataclass(hints[name]):
             if not isinstance(value, dict):
-                raise ValueError(f"config key {where}{name} must be a section (mapping)")
-            value = _build(type(default), value, f"{where}{name}.")
-        elif isinstance(value, list):
-            value = tuple(value)
-        elif isinstance(value, str) and "float" in str(fields[name].type):
-            value = _as_float(value, where + name)  # YAML 1.1 reads "1e-3" as a string
-        kwargs[name] = value
+                raise ValueError(
+                    f"config key {where}{name} must be a section (mapping), got {value!r}"
+                )
+            kwargs[name] = _build(hints[name], value, f"{where}{name}.", texts)
+        else:
+            key = where + name
+            kwargs[name] = _convert(value, hints[name], key, texts.get(key))
     return cls(**kwargs)
+
+
+def _convert_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
+    hints = typing.get_type_hints(cls)
+    return {name: _convert(value, hints[name], where + name) for name, value in data.items()}
+
+
+_SCALARS = (bool, int, float, datetime.date)  # what YAML reads from an unquoted scalar
+
+
+def _convert(value: Any, hint: Any, key: str, text: str | None = None) -> Any:
+    """``value`` as the annotated type, or a ValueError naming key, expected type and value.
+
+    ``text`` is the override's text as typed: a string field keeps it verbatim (YAML would
+    read ``out=010`` as the integer 8).
+    """
+    if typing.get_origin(hint) in (typing.Union, types.UnionType):
+        options = typing.get_args(hint)
+        if value is None and type(None) in options:
+            return None
+        (hint,) = [t for t in options if t is not type(None)]  # the configs use X | None only
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        expected = "true or false"
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        expected = "an integer"
+    elif hint is float:
+        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        elif isinstance(value, int | float) and not isinstance(value, bool):
+            return float(value)
+        expected = "a number"
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+        if isinstance(value, _SCALARS):
+            return text if text is not None else str(value)
+        expected = "a string"
+    elif origin is typing.Literal:
+        if value in args:
+            return value
+        expected = "one of " + ", ".join(map(repr, args))
+    elif origin is tuple:
+        if isinstance(value, list | tuple) and len(value) == len(args):
+            pairs = enumerate(zip(value, args, strict=True))
+            return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in pairs)
+        expected = f"a list of {len(args)} values"
+    elif origin is dict:
+        if isinstance(value, dict):
+            return value
+        expected = "a mapping"
+    else:  # an annotation these configs do not use: nothing to check against
+        return value
+    if value is None:
+        expected += " (null is not allowed here)"
+    raise ValueError(f"config key {key} expects {expected}, got {value!r}")

@@ -30,11 +30,11 @@ from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import collate_dict
 from stellar.hub import create_stellar, load_stellar
-from stellar.losses.masking import random_masking
+from stellar.losses.masking import FOCAL_MODES, random_masking
 from stellar.losses.objective import StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.train import checkpoint as ckpt
-from stellar.train.config import AugmentConfig, TrainConfig
+from stellar.train.config import AugmentConfig, TrainConfig, check_model_overrides
 from stellar.train.distributed import DistInfo, mean_across_ranks, setup
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.schedule import cosine_lr, ema_momentum
@@ -47,7 +47,12 @@ class TrainingDiverged(RuntimeError):
 
 
 class ResumableSampler(Sampler[int]):
-    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position."""
+    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position.
+
+    Each epoch drops the last ``length % world`` samples of the order so that every rank gets
+    the same number: ranks then stay in the same epoch at the same position, which is what
+    a checkpoint (written by rank 0 alone) records for all of them.
+    """
 
     def __init__(self, length: int, seed: int, rank: int, world: int) -> None:
         self.length, self.seed, self.rank, self.world = length, seed, rank, world
@@ -60,13 +65,14 @@ class ResumableSampler(Sampler[int]):
     def order(self) -> list[int]:
         """All of this rank's indices in the current epoch."""
         g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        return torch.randperm(self.length, generator=g)[self.rank :: self.world].tolist()
+        order = torch.randperm(self.length, generator=g)[: self.length - self.length % self.world]
+        return order[self.rank :: self.world].tolist()
 
     def __iter__(self):
         return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return len(range(self.rank, self.length, self.world)) - self.start
+        return self.length // self.world - self.start
 
 
 def build_dataset(cfg: TrainConfig) -> Dataset:
@@ -142,12 +148,15 @@ class Trainer:
             a.local_scale,
             **a.color,
         )
+        self._check_view_sizes()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
             betas=tuple(cfg.optim.betas),
             fused=self.device.type == "cuda",
         )
+        # Per-group weight decay as configured: a resume re-applies it over the checkpoint's.
+        self._group_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         self.steps_per_epoch = len(self.dataset) // per_step
         if self.steps_per_epoch < 1:
@@ -155,7 +164,9 @@ class Trainer:
                 f"{len(self.dataset)} images cannot fill one step of {per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
-        self.total_steps = cfg.max_steps or cfg.epochs * self.steps_per_epoch
+        self.total_steps = (
+            cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
+        )
         self.sampler = ResumableSampler(
             len(self.dataset), cfg.data.seed, self.dist.rank, self.dist.world_size
         )
@@ -174,17 +185,47 @@ class Trainer:
 
     # ------------------------------------------------------------------ set-up
     def _check_config(self) -> None:
-        cfg = self.cfg
+        """Ranges and combinations, before anything is built or written (types: load_config)."""
+        cfg, a = self.cfg, self.cfg.augment
         if cfg.nonfinite not in ("stop", "skip"):
             raise ValueError(f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
         if cfg.strategy not in ("ddp", "fsdp"):
             raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {cfg.strategy!r}")
-        if cfg.augment.n_masked > cfg.augment.n_global:
+        for key, value in (
+            ("batch_size", cfg.batch_size),
+            ("grad_accum", cfg.grad_accum),
+            ("epochs", cfg.epochs),
+            ("log_every", cfg.log_every),
+            ("ckpt_every", cfg.ckpt_every),
+            ("keep_checkpoints", cfg.keep_checkpoints),
+            ("augment.global_size", a.global_size),
+            ("augment.local_size", a.local_size),
+            ("augment.n_global", a.n_global),
+            ("objective.ot_iterations", cfg.objective.ot_iterations),
+        ):
+            _require(value >= 1, key, "an integer >= 1", value)
+        for key, value in (("max_steps", cfg.max_steps), ("stop_at", cfg.stop_at)):
+            _require(value is None or value >= 1, key, "an integer >= 1 or null", value)
+        _require(a.n_local >= 0, "augment.n_local", "an integer >= 0", a.n_local)
+        _require(a.n_masked >= 0, "augment.n_masked", "an integer >= 0", a.n_masked)
+        _require(0.0 <= a.mask_ratio < 1.0, "augment.mask_ratio", "in [0, 1)", a.mask_ratio)
+        _require(0.0 <= a.focal_prob <= 1.0, "augment.focal_prob", "in [0, 1]", a.focal_prob)
+        modes = ", ".join("null" if m is None else m for m in FOCAL_MODES)
+        _require(a.focal_mode in FOCAL_MODES, "augment.focal_mode", f"one of {modes}", a.focal_mode)
+        _require(0.0 <= cfg.ema.momentum <= 1.0, "ema.momentum", "in [0, 1]", cfg.ema.momentum)
+        final = cfg.ema.final_momentum
+        _require(final is None or 0.0 <= final <= 1.0, "ema.final_momentum", "in [0, 1]", final)
+        if a.n_masked > a.n_global:
             raise ValueError("augment.n_masked cannot exceed augment.n_global")
-        if cfg.objective.global_align and cfg.augment.n_global < 2:
+        if cfg.objective.global_align and a.n_global < 2:
             raise ValueError("objective.global_align needs augment.n_global >= 2")
-        if cfg.batch_size < 1 or cfg.grad_accum < 1:
-            raise ValueError("batch_size and grad_accum must be >= 1")
+        if cfg.strategy == "fsdp" and cfg.ema.enabled:
+            # The teacher is an unsharded copy: its EMA update cannot mix with FSDP's shards.
+            raise ValueError(
+                "ema.enabled=true is not supported with strategy=fsdp (the EMA teacher is not "
+                "sharded); use strategy=ddp or ema.enabled=false"
+            )
+        check_model_overrides(cfg.model_overrides)
         # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
         set_by_fields = {f.name for f in fields(AugmentConfig)}
         colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set_by_fields
@@ -194,6 +235,13 @@ class Trainer:
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
+
+    def _check_view_sizes(self) -> None:
+        # The patch size is the model's, so this runs once it is built (nothing written yet).
+        p = self.model.patch_size
+        for key in ("global_size", "local_size"):
+            size = getattr(self.cfg.augment, key)
+            _require(size % p == 0, f"augment.{key}", f"a multiple of the patch size {p}", size)
 
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
@@ -267,11 +315,12 @@ class Trainer:
         return path
 
     def resume(self, folder: Path | None = None) -> tuple[int, int]:
-        """Load the latest (or given) checkpoint; returns (epoch, position in epoch)."""
-        folder = folder or ckpt.latest_checkpoint(self.ckpt_dir)
-        if folder is None:
-            logger.info("no checkpoint in %s: starting from scratch", self.ckpt_dir)
-            return 0, 0
+        """Load the latest (or given) checkpoint; returns (epoch, position in epoch).
+
+        Without a complete ``out/checkpoints/last`` this raises a ValueError (a silent fresh
+        start would write over the run it was meant to continue).
+        """
+        folder = folder or ckpt.resume_checkpoint(self.ckpt_dir)
         weights = load_stellar(folder, purpose="pretrain").state_dict()
         state = ckpt.load_trainer_state(folder)
         if self.sharded:
@@ -291,12 +340,38 @@ class Trainer:
             if stray:  # only the frozen tokenizer lives outside checkpoints
                 raise ValueError(f"{folder} does not match the model: {stray[:10]}")
             self.optimizer.load_state_dict(state["optimizer"])
+        self._reapply_optim_config()
         torch.set_rng_state(state["cpu_rng"])
-        if self.teacher is not None:
+        if self.teacher is not None and "teacher" in state:
             self.teacher.load_state_dict(state["teacher"])
+        elif self.teacher is not None:
+            logger.warning(
+                "%s has no EMA teacher (saved with ema.enabled=false): the teacher starts from "
+                "the resumed student weights",
+                folder,
+            )
+            student = self.model.state_dict()  # the teacher shares no tokenizer (make_teacher)
+            self.teacher.load_state_dict(
+                {k: v for k, v in student.items() if not k.startswith("tokenizer.")}
+            )
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", folder, self.step)
         return int(state["epoch"]), int(state["position"])
+
+    def _reapply_optim_config(self) -> None:
+        """The config's weight decay and betas win over the checkpoint's (as lr does each step)."""
+        betas = tuple(self.cfg.optim.betas)
+        changed = {}
+        for group, decay in zip(self.optimizer.param_groups, self._group_decay, strict=True):
+            for name, want in (("weight_decay", decay), ("betas", betas)):
+                saved = tuple(group[name]) if name == "betas" else group[name]
+                if saved != want:
+                    changed.setdefault(name, (saved, want))
+                    group[name] = want
+        for name, (saved, want) in changed.items():
+            logger.info(
+                "optim.%s: %s in the checkpoint, %s in the config (used)", name, saved, want
+            )
 
     # ------------------------------------------------------------------ one step
     def generator(self, micro: int) -> torch.Generator:
@@ -392,7 +467,7 @@ class Trainer:
         )
         last: dict[str, float] = {}
         images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
-        end = min(self.total_steps, cfg.stop_at or self.total_steps)
+        end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         try:
             while self.step < end:
                 self.sampler.set_position(epoch, position)
@@ -439,6 +514,11 @@ class Trainer:
             f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
             "Lower optim.lr, or pass nonfinite=skip to skip such steps."
         )
+
+
+def _require(ok: bool, key: str, expected: str, value: Any) -> None:
+    if not ok:
+        raise ValueError(f"config key {key} must be {expected}, got {value!r}")
 
 
 class MetricsLog:

@@ -1,0 +1,111 @@
+"""Resume edge cases: a missing checkpoint, changed optimizer settings, a new EMA teacher, and
+the data order every rank resumes from."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+
+import pytest
+import torch
+
+from stellar.cli import main
+from stellar.train.config import load_config
+from stellar.train.trainer import ResumableSampler, Trainer
+
+TINY = [
+    "data.scenes_length=64",
+    "batch_size=4",
+    "augment.n_global=2",
+    "augment.n_local=2",
+    "augment.n_masked=2",
+    "tensorboard=false",
+    "progress=false",
+    "ckpt_every=100",
+    "max_steps=3",
+]
+
+
+@pytest.fixture(scope="module")
+def stopped_run(tmp_path_factory):
+    """A run checkpointed at step 2 of 3 (no EMA), copied fresh for each test."""
+    out = tmp_path_factory.mktemp("base") / "run"
+    Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", "stop_at=2"])).train()
+    return out
+
+
+@pytest.fixture
+def run(stopped_run, tmp_path):
+    copy = tmp_path / "run"
+    shutil.copytree(stopped_run, copy, symlinks=True)
+    return copy
+
+
+def _trainer(out, *extra):
+    return Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", *extra]))
+
+
+def _break_dangling(run):
+    shutil.rmtree(run / "checkpoints" / "step-00000002")
+
+
+def _break_state(run):
+    os.remove(run / "checkpoints" / "step-00000002" / "trainer_state.pt")
+
+
+@pytest.mark.parametrize(
+    ("damage", "problem"),
+    [
+        (_break_dangling, "it points at step-00000002, which does not exist"),
+        (_break_state, "it has no trainer_state.pt"),
+    ],
+)
+def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage, problem):
+    damage(run)
+    before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
+    with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*Drop --resume"):
+        _trainer(run).train(resume=True)
+    assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
+    typo = tmp_path / "rnu"
+    with pytest.raises(ValueError, match=r"rnu/checkpoints/last.*is out= right\?.*fresh run"):
+        main(["train", "--config", "cpu-smoke", f"out={typo}", "--resume", *TINY])
+    assert not typo.exists()
+
+
+def test_resume_uses_the_configs_weight_decay_and_betas(run, caplog):
+    caplog.set_level(logging.INFO, logger="stellar.train.trainer")
+    trainer = _trainer(run, "optim.weight_decay=0.5", "optim.betas=[0.5,0.9]")
+    trainer.train(resume=True)
+    state = torch.load(run / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    groups = [(g["weight_decay"], tuple(g["betas"])) for g in state["optimizer"]["param_groups"]]
+    assert state["step"] == 3 and groups == [(0.5, (0.5, 0.9)), (0.0, (0.5, 0.9))]
+    assert "optim.weight_decay: 0.04 in the checkpoint, 0.5 in the config" in caplog.text
+    assert "optim.betas: (0.9, 0.999) in the checkpoint, (0.5, 0.9) in the config" in caplog.text
+
+
+def test_resume_with_ema_from_a_checkpoint_without_teacher(run, caplog):
+    trainer = _trainer(run, "ema.enabled=true")
+    trainer.resume()
+    assert "has no EMA teacher" in caplog.text and "resumed student weights" in caplog.text
+    student = trainer.model.state_dict()
+    for name, value in trainer.teacher.state_dict().items():
+        torch.testing.assert_close(value, student[name], rtol=0, atol=0, msg=name)
+    assert trainer.teacher.sparse_tokens.data_ptr() != trainer.model.sparse_tokens.data_ptr()
+    assert trainer.train(resume=True)["step"] == 3
+
+
+@pytest.mark.parametrize("length", [15, 16, 17])
+def test_every_rank_gets_the_same_share_of_each_epoch(length):
+    world = 2
+    ranks = [ResumableSampler(length, seed=1, rank=r, world=world) for r in range(world)]
+    orders = [s.order() for s in ranks]
+    assert [len(o) for o in orders] == [length // world] * world
+    assert [len(s) for s in ranks] == [length // world] * world
+    assert len(set(orders[0] + orders[1])) == length - length % world  # disjoint
+    for sampler in ranks:  # a resumed position means the same on every rank
+        sampler.set_position(epoch=3, start=5)
+    assert [len(list(s)) for s in ranks] == [len(s) for s in ranks] == [length // world - 5] * 2
