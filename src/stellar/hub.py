@@ -2,7 +2,8 @@
 
 A registered name resolves to local files only: ``cache_dir``, then ``$STELLAR_HOME``, then
 ``~/.cache/stellar``, each searched for ``<name>/`` (a directory with ``model.safetensors`` or
-``<name>.safetensors``, and optionally ``config.json``) or a file ``<name>.safetensors``.
+``<name>.safetensors``, and optionally ``config.json``) or a file ``<name>.safetensors``. What
+is found there must have the registered architecture (see :func:`check_matches_name`).
 """
 
 from __future__ import annotations
@@ -10,6 +11,8 @@ from __future__ import annotations
 import json
 import logging
 import os
+from collections.abc import Iterable
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -20,9 +23,10 @@ from stellar.checkpoint.io import (
     CONFIG_METADATA_KEY,
     CONFIG_NAME,
     WEIGHTS_NAME,
+    read_header,
     read_state_dict,
 )
-from stellar.checkpoint.official import HEAD_PREFIXES, from_official
+from stellar.checkpoint.official import from_official, is_known_unused, to_official
 from stellar.models.config import StellarConfig
 from stellar.models.registry import get_config, is_released, list_models
 from stellar.models.stellar import PURPOSES, STELLAR, Purpose
@@ -31,7 +35,19 @@ from stellar.models.vqgan import MaskGITVQGAN, load_vqgan
 logger = logging.getLogger(__name__)
 
 ENV_HOME = "STELLAR_HOME"
-_OURS_DECODER = ("decoder.",)
+# Modules that only some purposes build (see STELLAR.__init__); everything else always exists.
+OPTIONAL_PARTS: tuple[str, ...] = ("decoder", "clustering_head", "cls_cluster_head")
+# Official keys that load into the decoder (the decoder ViT's own embeddings are known-unused).
+_DECODER_KEYS = ("decoder.", "decoder_proj.", "position_embedding.", "reconstruction_head.")
+# Config fields that fix a released model's shape, compared when loading by registered name.
+_SHAPE_FIELDS: tuple[tuple[str, str | None, str], ...] = (
+    ("encoder", "hidden_size", "width"),
+    ("encoder", "num_hidden_layers", "depth"),
+    ("encoder", "num_attention_heads", "heads"),
+    ("encoder", "patch_size", "patch size"),
+    ("encoder", "image_size", "image size"),
+    ("num_sparse_tokens", None, "concept tokens"),
+)
 
 
 def search_dirs(cache_dir: str | Path | None = None) -> list[Path]:
@@ -111,9 +127,11 @@ def create_stellar(
         config = get_config(config)
     if overrides:
         config = config.replace(**overrides)
+    # a random vq-head model may stay without a tokenizer until it decodes
+    tokenizer = _tokenizer_for(config, vq_model, purpose) if vq_model is not None else None
     model = STELLAR(config, purpose=purpose)
-    if vq_model is not None:  # a random vq-head model may stay without one until it decodes
-        _attach_tokenizer(model, vq_model, purpose)
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
     return _finish(model, purpose)
 
 
@@ -141,30 +159,135 @@ def load_stellar(
         cache_dir: extra directory searched first for registered names.
 
     Every tensor of the file is either loaded or on the explicit list of known-unused keys
-    (pooler, decoder embeddings) or belongs to a part the purpose does not build; anything
-    else, a missing tensor or a wrong shape raises ValueError naming the keys.
+    (pooler, decoder embeddings) or belongs to a module the purpose does not build (the
+    decoder for ``"encode"``, the clustering heads for ``"encode"`` / ``"reconstruct"``);
+    anything else, a missing tensor or a wrong shape raises ValueError naming the keys. A
+    registered name must resolve to weights of that name's architecture (width, depth, heads,
+    patch and image size, concept tokens), and a ``vq_model`` must have the codebook size
+    the vq head predicts; both are checked before the model is built.
     """
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     weights, config_path = resolve(name_or_path, cache_dir)
+    name = _registered_name(name_or_path)
+    config = tokenizer = None
+    if config_path is not None:  # checks that need only the config come before the weights
+        config = StellarConfig.load(config_path)
+        if name is not None:
+            check_matches_name(config, name, weights)
+        tokenizer = _tokenizer_for(config, vq_model, purpose)
     state, metadata = read_state_dict(weights)
-    config = _config_for(state, metadata, config_path, weights)
+    if config is None:
+        config = _config_for(state, metadata, weights)
+        if name is not None:
+            check_matches_name(config, name, weights)
+        tokenizer = _tokenizer_for(config, vq_model, purpose)
     model = STELLAR(config, purpose=purpose)
     load_official_state(model, state, source=str(weights))
-    _attach_tokenizer(model, vq_model, purpose)
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
     return _finish(model, purpose, device, dtype)
 
 
-def _config_for(
-    state: dict[str, Tensor], metadata: dict[str, str], config_path: Path | None, weights: Path
-) -> StellarConfig:
-    if config_path is not None:
-        return StellarConfig.load(config_path)
+def _registered_name(name_or_path: str | Path) -> str | None:
+    """The registered name ``name_or_path`` was resolved as (None: it is a path)."""
+    path = Path(name_or_path)
+    if path.is_dir() or path.is_file():
+        return None
+    return str(name_or_path) if str(name_or_path) in list_models() else None
+
+
+def check_matches_name(config: StellarConfig, name: str, source: str | Path) -> None:
+    """Raise ValueError when ``config`` is not the architecture registered as ``name``.
+
+    A file named after a released model but holding another size would otherwise load as
+    that other size without a word.
+    """
+    expected = get_config(name)
+    differ = []
+    for part, field, label in _SHAPE_FIELDS:
+        got = getattr(config, part) if field is None else getattr(getattr(config, part), field)
+        want = getattr(expected, part) if field is None else getattr(getattr(expected, part), field)
+        if got != want:
+            key = part if field is None else f"{part}.{field}"
+            differ.append(f"{key} ({label}) {got}, {name} has {want}")
+    if differ:
+        raise ValueError(
+            f"{source} was found for the registered name {name!r} but holds another "
+            f"architecture: {'; '.join(differ)}. Put the right weights there, or pass the file "
+            "path itself to load what it holds"
+        )
+
+
+def _config_for(state: dict[str, Tensor], metadata: dict[str, str], weights: Path) -> StellarConfig:
+    """The config stored in the file's metadata, else the one its tensor shapes describe."""
     if CONFIG_METADATA_KEY in metadata:
-        return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        try:
+            return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{weights}: the config in its metadata is invalid: {err}") from None
     config = infer_config(state)
     logger.info("no config for %s: inferred %s from the tensor shapes", weights, config)
     return config
+
+
+@dataclass
+class ModelInfo:
+    """What a ``--model`` spec describes, read without loading its weights.
+
+    Attributes:
+        spec: the spec (a training run folder replaced by its ``checkpoints/last``).
+        config: the architecture.
+        has_decoder: whether the weights carry a reconstruction decoder (a random preset
+            builds one).
+        random_init: a preset without weights (``create_stellar``).
+    """
+
+    spec: str
+    config: StellarConfig
+    has_decoder: bool
+    random_init: bool
+
+
+def _command_spec(spec: str | Path) -> tuple[str, bool]:
+    """``(spec, random_init)`` of a ``--model`` value: run folders point at their last save."""
+    spec = str(spec)
+    if not Path(spec).exists() and spec in list_models() and not is_released(spec):
+        return spec, True
+    run_checkpoint = Path(spec) / "checkpoints" / "last"
+    if run_checkpoint.is_dir():
+        spec = str(run_checkpoint)
+    return spec, False
+
+
+def inspect_model(spec: str | Path, cache_dir: str | Path | None = None) -> ModelInfo:
+    """The config of ``spec`` and whether it carries a decoder, without loading tensors.
+
+    Reads ``config.json`` or the safetensors header (a zip-format pickle is memory-mapped), so
+    commands can check their arguments against the model before the expensive load.
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_stellar` would for the same spec.
+    """
+    spec, random_init = _command_spec(spec)
+    if random_init:
+        return ModelInfo(spec, get_config(spec), has_decoder=True, random_init=True)
+    weights, config_path = resolve(spec, cache_dir)
+    shapes, metadata = read_header(weights)
+    if config_path is not None:
+        config = StellarConfig.load(config_path)
+    else:
+        meta = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
+        config = _config_for(meta, metadata, weights)
+    name = _registered_name(spec)
+    if name is not None:
+        check_matches_name(config, name, weights)
+    return ModelInfo(spec, config, carries_decoder(shapes), random_init=False)
+
+
+def carries_decoder(keys: Iterable[str]) -> bool:
+    """Whether official-layout ``keys`` include reconstruction-decoder tensors."""
+    return any(k.startswith(_DECODER_KEYS) and not is_known_unused(k) for k in keys)
 
 
 def load_official_state(
@@ -175,10 +298,17 @@ def load_official_state(
     if unknown:
         raise ValueError(f"{source}: unexpected keys that STELLAR does not know: {_names(unknown)}")
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
-    not_built = [k for k in mapped if k not in expected and _optional_part(k)]
-    unexpected = [k for k in mapped if k not in expected and not _optional_part(k)]
-    if unexpected:
-        raise ValueError(f"{source}: unexpected keys for this architecture: {_names(unexpected)}")
+    extra = [k for k in mapped if k not in expected]
+    # Only a module this purpose does not build may be left out; an extra tensor inside a
+    # built module (a decoder layer too many, a stray head tensor) would be silently dropped.
+    not_built = [k for k in extra if _part(k) is not None and getattr(model, _part(k)) is None]
+    unexpected = [k for k in extra if k not in not_built]
+    if unexpected:  # named as in the file (official layout), where the user can find them
+        names = sorted(to_official({k: mapped[k] for k in unexpected}))
+        raise ValueError(
+            f"{source}: unexpected keys for this architecture (purpose={model.purpose!r}): "
+            f"{_names(names)}"
+        )
     wrong = [
         f"{k} (checkpoint {tuple(mapped[k].shape)}, model {tuple(v.shape)})"
         for k, v in expected.items()
@@ -187,7 +317,7 @@ def load_official_state(
     if wrong:
         raise ValueError(f"{source}: shape mismatch: {_names(wrong)}")
     missing = [k for k in expected if k not in mapped]
-    _check_missing(model, missing, source)
+    _check_missing(model, missing, set(mapped), source)
     if unused:
         logger.debug(
             "%s: %d known-unused tensors skipped (%s)", source, len(unused), _names(unused)
@@ -203,11 +333,16 @@ def load_official_state(
     model.load_state_dict({k: mapped[k] for k in expected if k in mapped}, strict=False)
 
 
-def _check_missing(model: STELLAR, missing: list[str], source: str) -> None:
-    core = [k for k in missing if not _optional_part(k)]
+def _check_missing(model: STELLAR, missing: list[str], present: set[str], source: str) -> None:
+    core = [k for k in missing if _part(k) is None]
     if core:
         raise ValueError(f"{source}: missing tensors: {_names(core)}")
-    decoder = [k for k in missing if k.startswith(_OURS_DECODER)]
+    # A part the file carries only in pieces is damaged, not absent: never half random.
+    carried = {_part(k) for k in present}
+    partial = [k for k in missing if _part(k) in carried]
+    if partial:
+        raise ValueError(f"{source}: missing tensors: {_names(partial)}")
+    decoder = [k for k in missing if _part(k) == "decoder"]
     if decoder and model.purpose == "reconstruct":
         raise ValueError(
             f"{source} carries no reconstruction decoder (e.g. an encoder-only feature "
@@ -224,8 +359,10 @@ def _check_missing(model: STELLAR, missing: list[str], source: str) -> None:
         )
 
 
-def _optional_part(key: str) -> bool:
-    return key.startswith(_OURS_DECODER + HEAD_PREFIXES)
+def _part(key: str) -> str | None:
+    """The optional module (our names) that ``key`` belongs to, or None."""
+    head = key.split(".", 1)[0]
+    return head if head in OPTIONAL_PARTS else None
 
 
 def _names(keys: list[str], limit: int = 20) -> str:
@@ -233,26 +370,36 @@ def _names(keys: list[str], limit: int = 20) -> str:
     return shown + (f", ... ({len(keys) - limit} more)" if len(keys) > limit else "")
 
 
-def _attach_tokenizer(
-    model: STELLAR, vq_model: str | Path | MaskGITVQGAN | None, purpose: str
-) -> None:
-    needs = purpose in ("reconstruct", "pretrain") and model.config.decoder_head == "vq"
+def _tokenizer_for(
+    config: StellarConfig, vq_model: str | Path | MaskGITVQGAN | None, purpose: str
+) -> MaskGITVQGAN | None:
+    """The tokenizer to attach (None: not needed or not given), checked against ``config``."""
+    needs = purpose in ("reconstruct", "pretrain") and config.decoder_head == "vq"
     if vq_model is None:
         if needs and purpose == "reconstruct":
             raise ValueError(
                 "this model's decoder predicts MaskGIT-VQGAN codes: pass "
                 "vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin' (never downloaded)"
             )
-        return
+        return None
     if not needs:
         logger.warning(
             "vq_model ignored: purpose=%r with a %r head does not use it",
             purpose,
-            model.config.decoder_head,
+            config.decoder_head,
         )
-        return
+        return None
     tokenizer = vq_model if isinstance(vq_model, MaskGITVQGAN) else load_vqgan(vq_model)
-    model.set_tokenizer(tokenizer)
+    # The vq head's logits index this codebook: another size fails (or decodes garbage)
+    # only mid-run, so refuse it here.
+    if tokenizer.codebook_size != config.vq_codebook_size:
+        where = "" if isinstance(vq_model, MaskGITVQGAN) else f" {vq_model}"
+        raise ValueError(
+            f"the MaskGIT-VQGAN tokenizer{where} has a codebook of {tokenizer.codebook_size} "
+            f"codes, but this model's vq head predicts {config.vq_codebook_size} "
+            "(vq_codebook_size): pass the tokenizer the model was trained with"
+        )
+    return tokenizer
 
 
 def _finish(
@@ -282,15 +429,12 @@ def load_model(
     a released name resolves locally as in :func:`load_stellar`; a preset name without
     weights builds a randomly initialised model and says so in the log.
     """
-    spec = str(spec)
-    if not Path(spec).exists() and spec in list_models() and not is_released(spec):
+    spec, random_init = _command_spec(spec)
+    if random_init:
         logger.warning("%s has no weights: using a RANDOMLY INITIALISED model", spec)
         model = create_stellar(spec, purpose=purpose, vq_model=vq_model)
         model.requires_grad_(False).eval()
         return model.to(device) if device is not None else model
-    run_checkpoint = Path(spec) / "checkpoints" / "last"
-    if run_checkpoint.is_dir():
-        spec = str(run_checkpoint)
     model = load_stellar(spec, purpose=purpose, vq_model=vq_model, device=device)
     model.requires_grad_(False).eval()
     return model

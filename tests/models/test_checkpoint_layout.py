@@ -134,3 +134,81 @@ def test_vq_model_required_for_vq_reconstruction(tmp_path):
     model.save_pretrained(tmp_path)
     with pytest.raises(ValueError, match="vq_model"):
         load_stellar(tmp_path, purpose="reconstruct")
+
+
+@pytest.mark.parametrize("name", RELEASED)
+@pytest.mark.parametrize("purpose", ["encode", "reconstruct", "pretrain"])
+def test_released_layout_loads_strictly_for_every_purpose(reference_dir, name, purpose):
+    from stellar.hub import load_official_state
+
+    keys = _manifest(reference_dir, name)["keys"]
+    state = {k: torch.empty(v, device="meta") for k, v in keys.items()}
+    with torch.device("meta"):
+        model = STELLAR(get_config(name), purpose=purpose)
+    load_official_state(model, state, source=name)  # raises on any unexpected/missing key
+
+
+def _tiny_official(purpose="pretrain"):
+    return to_official(create_stellar("stellar-tiny", purpose=purpose).state_dict())
+
+
+def test_extra_tensors_inside_a_built_part_are_refused(tmp_path):
+    state = _tiny_official()
+    # A second decoder block while the config says num_decoder_layers=1.
+    state.update(
+        {
+            k.replace("layer.0.", "layer.1."): v.clone()
+            for k, v in list(state.items())
+            if k.startswith("decoder.encoder.layer.0.")
+        }
+    )
+    state["clustering_head.bogus.weight"] = torch.zeros(3)
+    save_state_dict(state, tmp_path / "extra.safetensors")
+    create_stellar("stellar-tiny").config.save(tmp_path / "config.json")  # no inferring depth
+    (tmp_path / "model.safetensors").symlink_to(tmp_path / "extra.safetensors")
+    with pytest.raises(ValueError, match="unexpected keys") as err:
+        load_stellar(tmp_path, purpose="reconstruct")
+    assert "decoder.encoder.layer.1.intermediate.dense.weight" in str(err.value)
+    assert "clustering_head" not in str(err.value)  # not built for reconstruct: left out
+    with pytest.raises(ValueError, match=r"clustering_head\.bogus\.weight"):
+        load_stellar(tmp_path, purpose="pretrain")
+    # Parts the purpose does not build may hold anything: encode ignores both.
+    assert load_stellar(tmp_path, purpose="encode").decoder is None
+
+
+@pytest.mark.parametrize(
+    "drop",
+    [
+        "reconstruction_head.weight",
+        "position_embedding.positional_encoding_gaussian_matrix",
+        "decoder_proj.weight",
+        "decoder.encoder.layer.0.intermediate.dense.weight",
+        "clustering_head.predictor.layers.0.weight",
+        "clustering_head.layer.weight",
+    ],
+)
+def test_bare_file_missing_a_decoder_or_head_tensor(tmp_path, drop):
+    source = create_stellar("stellar-tiny", purpose="pretrain")
+    state = to_official(source.state_dict())
+    del state[drop]
+    save_state_dict(state, tmp_path / "bare.safetensors")  # no config: inferred
+    model = load_stellar(tmp_path / "bare.safetensors", purpose="encode")
+    assert model.config.encoder == source.config.encoder
+    torch.testing.assert_close(model.sparse_tokens, source.sparse_tokens, rtol=0, atol=0)
+    # Building the damaged part names what is missing (never half random init).
+    with pytest.raises(ValueError, match="missing tensors|shape mismatch"):
+        load_stellar(tmp_path / "bare.safetensors", purpose="pretrain")
+
+
+@pytest.mark.parametrize(
+    "drop",
+    ["encoder.embeddings.position_embeddings", "encoder.encoder.layer.0.intermediate.dense.weight"],
+)
+def test_bare_file_missing_an_encoder_tensor_says_so(tmp_path, drop):
+    state = _tiny_official("encode")
+    del state[drop]
+    with pytest.raises(ValueError, match=f"not a complete STELLAR checkpoint: missing {drop}"):
+        infer_config(state)
+    save_state_dict(state, tmp_path / "bare.safetensors")
+    with pytest.raises(ValueError, match="not a complete STELLAR checkpoint"):
+        load_stellar(tmp_path / "bare.safetensors")

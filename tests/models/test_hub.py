@@ -56,13 +56,80 @@ def test_bare_file_without_config_is_inferred(tmp_path):
     assert loaded.config == model.config
 
 
-def test_registered_name_resolves_from_cache_dir(tmp_path, monkeypatch):
+@pytest.fixture
+def tiny_released(monkeypatch):
+    """A registered, "released" name with the tiny architecture (real ones are ViT-B+)."""
+    from stellar.models import registry
+
+    name = "stellar-test-released"
+    monkeypatch.setitem(registry._REGISTRY, name, registry._REGISTRY["stellar-tiny"])
+    monkeypatch.setattr(registry, "_RELEASED", registry._RELEASED | {name})
+    return name
+
+
+def test_registered_name_resolves_from_cache_dir(tmp_path, monkeypatch, tiny_released):
     monkeypatch.setenv("STELLAR_HOME", str(tmp_path / "home"))
     with pytest.raises(FileNotFoundError, match="not on this machine"):
-        load_stellar("stellar-b8")
+        load_stellar(tiny_released)
     small = create_stellar("stellar-tiny")
-    small.save_pretrained(tmp_path / "home" / "stellar-b8")
-    assert load_stellar("stellar-b8").config.num_sparse_tokens == 6
+    small.save_pretrained(tmp_path / "home" / tiny_released)
+    loaded = load_stellar(tiny_released)
+    assert loaded.config == small.config
+    torch.testing.assert_close(loaded.sparse_tokens, small.sparse_tokens, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("layout", ["directory", "bare file"])
+def test_registered_name_holding_another_architecture_is_refused(tmp_path, monkeypatch, layout):
+    from stellar.checkpoint.io import save_state_dict
+    from stellar.checkpoint.official import to_official
+    from stellar.hub import inspect_model
+
+    monkeypatch.setenv("STELLAR_HOME", str(tmp_path / "home"))
+    small = create_stellar("stellar-tiny", num_sparse_tokens=8)  # b8's token count, tiny widths
+    if layout == "directory":  # config.json: refused before the weights are read
+        small.save_pretrained(tmp_path / "home" / "stellar-b8")
+    else:  # no config anywhere: the architecture is inferred from the shapes
+        state = to_official(small.state_dict())
+        save_state_dict(state, tmp_path / "home" / "stellar-b8.safetensors")
+    for load in (load_stellar, inspect_model):
+        with pytest.raises(ValueError, match="registered name 'stellar-b8'") as err:
+            load("stellar-b8")
+        message = str(err.value)
+        assert "encoder.hidden_size (width) 96, stellar-b8 has 768" in message
+        assert "encoder.patch_size" in message and "encoder.image_size" in message
+        assert "num_sparse_tokens" not in message  # the one field that agrees is not named
+    # The same file by its path loads as what it is.
+    path = tmp_path / "home" / ("stellar-b8" if layout == "directory" else "stellar-b8.safetensors")
+    assert load_stellar(path).config.encoder.hidden_size == 96
+
+
+def test_vq_tokenizer_codebook_must_match_the_head(tmp_path):
+    from safetensors.torch import save_file
+
+    from stellar.models.vqgan import MaskGITVQGAN
+
+    def tokenizer(codes: int) -> MaskGITVQGAN:
+        return MaskGITVQGAN(
+            hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32,
+            codebook_size=codes, codebook_dim=32,
+        )  # fmt: skip
+
+    with pytest.raises(ValueError, match="codebook of 64 codes.*predicts 1024"):
+        create_stellar(
+            "stellar-tiny", purpose="pretrain", decoder_head="vq", vq_model=tokenizer(64)
+        )
+    ok = create_stellar(
+        "stellar-tiny", purpose="pretrain", decoder_head="vq", vq_model=tokenizer(1024)
+    )
+    assert ok.tokenizer.codebook_size == 1024
+
+    create_stellar("stellar-tiny", purpose="reconstruct", decoder_head="vq").save_pretrained(
+        tmp_path / "m"
+    )
+    save_file(tokenizer(64).state_dict(), str(tmp_path / "vq64.safetensors"))
+    with pytest.raises(ValueError, match="vq64.safetensors has a codebook of 64 codes") as err:
+        load_stellar(tmp_path / "m", purpose="reconstruct", vq_model=tmp_path / "vq64.safetensors")
+    assert "1024" in str(err.value)
 
 
 def test_unknown_names_and_presets_explain_what_to_do(tmp_path):

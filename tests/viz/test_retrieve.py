@@ -126,3 +126,98 @@ def test_retrieve_samples(samples_dir: Path, tmp_path: Path) -> None:
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == 8 and Path(results[0]["path"]).name == photos[1].name
     assert results[0]["token"] == 0 and abs(results[0]["similarity"] - 1) < 1e-4
+
+
+def _retrieve(model: Path | str, out: Path, query: Path, *extra: str) -> int:
+    argv = ["retrieve", "--model", str(model), "--query", str(query), "--token", "0"]
+    return main([*argv, "--out", str(out), "--num-workers", "0", "--k", "3", *extra])
+
+
+def test_index_records_model_identity(model, tmp_path: Path) -> None:
+    from stellar.viz.retrieve import weights_fingerprint
+
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    index = build_token_index(model, ds, progress=False, model_spec="m", data="/some/folder")
+    assert index.meta["weights"] == weights_fingerprint(model)
+    assert index.meta["num_tokens"] == 6 and index.meta["dim"] == 96
+    assert index.meta["patch_size"] == 8 and index.meta["data"] == "/some/folder"
+    other = create_stellar("stellar-tiny")  # another random init, same architecture
+    assert weights_fingerprint(other) != weights_fingerprint(model)
+    copy = create_stellar("stellar-tiny")
+    copy.load_state_dict(model.state_dict())
+    assert weights_fingerprint(copy) == weights_fingerprint(model)
+
+
+def test_stale_index_is_refused(tmp_path: Path) -> None:
+    data = _images(tmp_path / "data", 3)
+    query = data / "img1.png"
+    torch.manual_seed(1)
+    first = create_stellar("stellar-tiny").save_pretrained(tmp_path / "first")
+    torch.manual_seed(2)
+    second = create_stellar("stellar-tiny").save_pretrained(tmp_path / "second")
+    wide = create_stellar("stellar-tiny", num_sparse_tokens=12).save_pretrained(tmp_path / "r12")
+    out = tmp_path / "out"
+    assert _retrieve(first, out, query, "--data", str(data)) == 0
+    # Same model, same or no --data: reused.
+    assert _retrieve(first, out, query) == 0
+    assert _retrieve(first, out, query, "--data", str(data) + "/") == 0
+    index_file = out / "index" / "tokens.safetensors"
+    built = index_file.stat().st_mtime_ns
+    with pytest.raises(ValueError, match="other weights") as err:
+        _retrieve(second, out, query)  # same width and r: only the fingerprint tells
+    assert "new --out" in str(err.value) and "delete" in str(err.value)
+    with pytest.raises(ValueError, match="num_tokens 6 \\(this model: 12\\)"):
+        _retrieve(wide, out, query)
+    other_data = _images(tmp_path / "other", 2)
+    with pytest.raises(ValueError, match="not --data"):
+        _retrieve(first, out, query, "--data", str(other_data))
+    assert index_file.stat().st_mtime_ns == built  # never overwritten by a refused run
+
+
+def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
+    data = _images(tmp_path / "data", 2)
+    index = build_token_index(model, EvalImages(data, RES), progress=False, model_spec="tiny")
+    index.meta = {"model": "tiny", "resolution": RES, "num_tokens": 6, "dim": 96}  # older file
+    index.save(tmp_path / "out" / "index")
+    with pytest.raises(ValueError, match="patch_size None"):
+        _retrieve("stellar-tiny", tmp_path / "out", data / "img0.png")
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--query", "/nonexistent.jpg"], "expected --query an existing image file"),
+        (["--query", "TEXT"], "expected a readable query image"),
+        (["--k", "0"], "--k >= 1"),
+        (["--token", "-1"], "--token >= 0"),
+        (["--token", "6"], r"--token in \[0, 6\)"),
+        (["--resolution", "36"], "patch size 8"),
+        (["--data", "/nonexistent/dir"], "expected an image file or a folder"),
+    ],
+)
+def test_retrieve_checks_arguments_before_loading_or_indexing(
+    tmp_path: Path, monkeypatch, extra, message
+) -> None:
+    import stellar.hub
+    import stellar.viz.retrieve
+
+    def no_work(*args, **kwargs):
+        raise AssertionError("the model was loaded or the data indexed before the checks")
+
+    for module, name in [
+        (stellar.hub, "load_model"),
+        (stellar.hub, "load_stellar"),
+        (stellar.viz.retrieve, "build_token_index"),
+    ]:
+        monkeypatch.setattr(module, name, no_work)
+    data = _images(tmp_path / "data", 2)
+    (tmp_path / "notes.jpg").write_text("not an image")
+    extra = [str(tmp_path / "notes.jpg") if x == "TEXT" else x for x in extra]
+    args = {"--query": str(data / "img0.png"), "--token": "0", "--data": str(data)}
+    args.update(zip(extra[::2], extra[1::2], strict=True))
+    argv = ["retrieve", "--model", "stellar-tiny", "--out", str(tmp_path / "out")]
+    for key, value in args.items():
+        argv += [key, value]
+    with pytest.raises(ValueError, match=message):
+        main(argv)
+    assert not (tmp_path / "out" / "index").exists()

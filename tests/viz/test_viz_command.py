@@ -89,3 +89,86 @@ def test_viz_samples(samples_dir: Path, tmp_path: Path) -> None:
     assert main([*argv, "--cell-size", "96"]) == 0
     assert len(list(out.glob("*.png"))) == 6
     assert len(json.loads((out / "metrics.json").read_text())["images"]) == 6
+
+
+def _small_vq_tokenizer(path: Path, codes: int) -> Path:
+    from safetensors.torch import save_file
+
+    from stellar.models.vqgan import MaskGITVQGAN
+
+    vq = MaskGITVQGAN(
+        hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32,
+        codebook_size=codes, codebook_dim=32,
+    )  # fmt: skip
+    save_file(vq.state_dict(), str(path))
+    return path
+
+
+def test_load_for_viz_falls_back_only_without_decoder_or_tokenizer(tmp_path, monkeypatch):
+    import stellar.hub
+    from stellar.viz.command import load_for_viz
+
+    reads = []
+    real_read = stellar.hub.read_state_dict
+    monkeypatch.setattr(stellar.hub, "read_state_dict", lambda p: reads.append(p) or real_read(p))
+    enc = create_stellar("stellar-tiny").save_pretrained(tmp_path / "enc")
+    vq = create_stellar("stellar-tiny", purpose="reconstruct", decoder_head="vq")
+    vq = vq.save_pretrained(tmp_path / "vq")
+    good = _small_vq_tokenizer(tmp_path / "vq1024.safetensors", 1024)
+
+    model, why = load_for_viz(str(enc))
+    assert model.decoder is None and "no reconstruction decoder" in why
+    model, why = load_for_viz(str(vq))
+    assert model.decoder is None and "--vq-model" in why
+    model, why = load_for_viz(str(vq), str(good))
+    assert why is None and model.tokenizer is not None
+    assert len(reads) == 3  # the decoder is found from the header: each checkpoint read once
+
+    # A --vq-model that is wrong is an error, never a silently missing panel.
+    not_vq = tmp_path / "enc" / "model.safetensors"
+    for bad, message in [
+        (not_vq, "not a MaskGIT-VQGAN state dict"),
+        (_small_vq_tokenizer(tmp_path / "vq64.safetensors", 64), "codebook of 64 codes"),
+        (tmp_path / "missing.bin", "never downloaded"),
+    ]:
+        with pytest.raises((ValueError, FileNotFoundError), match=message) as err:
+            load_for_viz(str(vq), str(bad))
+        assert str(bad) in str(err.value)
+    with pytest.raises(ValueError, match="no reconstruction decoder"):
+        load_for_viz(str(enc), str(good))  # asked for reconstructions the file cannot give
+
+
+def test_cli_viz_bad_vq_model_fails(tmp_path):
+    vq = create_stellar("stellar-tiny", purpose="reconstruct", decoder_head="vq")
+    vq = vq.save_pretrained(tmp_path / "vq")
+    images = _photos(tmp_path / "imgs", 1)
+    argv = ["viz", "--model", str(vq), "--images", str(images), "--out", str(tmp_path / "out")]
+    with pytest.raises(ValueError, match="not a MaskGIT-VQGAN"):
+        main([*argv, "--vq-model", str(vq / "model.safetensors")])
+    assert not (tmp_path / "out" / "metrics.json").exists()
+
+
+@pytest.mark.parametrize(
+    "extra,message",
+    [
+        (["--images", "/nonexistent/dir"], "expected an image file or a folder"),
+        (["--resolution", "60"], "patch size 8"),
+        (["--resolution", "0"], "--resolution >= 1"),
+        (["--max-images", "0"], "--max-images >= 1"),
+    ],
+)
+def test_viz_checks_arguments_before_loading_the_model(tmp_path, monkeypatch, extra, message):
+    import stellar.hub
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before the arguments were checked")
+
+    monkeypatch.setattr(stellar.hub, "load_model", no_loading)
+    monkeypatch.setattr(stellar.hub, "load_stellar", no_loading)
+    ckpt = create_stellar("stellar-tiny").save_pretrained(tmp_path / "ckpt")
+    images = _photos(tmp_path / "imgs", 1)
+    argv = ["viz", "--model", str(ckpt), "--out", str(tmp_path / "out")]
+    if "--images" not in extra:
+        argv += ["--images", str(images)]
+    with pytest.raises(ValueError, match=message):
+        main([*argv, *extra])

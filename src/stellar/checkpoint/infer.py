@@ -46,8 +46,18 @@ def _depth(keys: list[str], part: str) -> int:
     return max(layers) + 1 if layers else 0
 
 
+def _first(state: dict[str, Tensor], *keys: str) -> Tensor | None:
+    return next((state[k] for k in keys if k in state), None)
+
+
 def infer_config(state: dict[str, Tensor]) -> StellarConfig:
-    """Build the config that the tensors of an official-layout state dict describe."""
+    """Build the config that the tensors of an official-layout state dict describe.
+
+    The encoder's tensors must be there (else a ValueError names the missing ones); decoder and
+    clustering-head fields are inferred from whichever of their tensors are present and keep
+    their defaults otherwise, so an encoder-only or partial file still loads for
+    ``purpose="encode"`` (the strict loader reports what a larger purpose lacks).
+    """
     state = to_v4_layout(state)
     keys = list(state)
     need = ["sparse_tokens", "encoder.embeddings.patch_embeddings.projection.weight"]
@@ -57,10 +67,25 @@ def infer_config(state: dict[str, Tensor]) -> StellarConfig:
             f"not a STELLAR checkpoint: missing {', '.join(absent)} (found {len(keys)} tensors,"
             f" e.g. {', '.join(keys[:5])})"
         )
+    encoder_needs = [
+        "encoder.embeddings.position_embeddings",
+        "encoder.encoder.layer.0.intermediate.dense.weight",
+    ]
+    absent = [k for k in encoder_needs if k not in state]
+    if absent:
+        raise ValueError(
+            f"not a complete STELLAR checkpoint: missing {', '.join(absent)}, which the encoder "
+            "needs (pass the complete file, or a config.json beside it)"
+        )
     r, d = state["sparse_tokens"].shape
     patch = state["encoder.embeddings.patch_embeddings.projection.weight"].shape[-1]
     positions = state["encoder.embeddings.position_embeddings"].shape[1] - 1
     side = math.isqrt(positions)
+    if side * side != positions:
+        raise ValueError(
+            f"encoder.embeddings.position_embeddings holds {positions} patch positions (+ CLS), "
+            "which is not a square grid: pass a config.json"
+        )
     mlp = state["encoder.encoder.layer.0.intermediate.dense.weight"].shape[0]
     encoder = EncoderConfig(
         hidden_size=d,
@@ -72,27 +97,49 @@ def infer_config(state: dict[str, Tensor]) -> StellarConfig:
         qkv_bias="encoder.encoder.layer.0.attention.attention.query.bias" in state,
     )
     fields: dict = {"encoder": encoder, "num_sparse_tokens": r}
+    fields.update(_decoder_fields(state, keys))
+    fields.update(_head_fields(state))
+    return StellarConfig(**fields)
+
+
+def _decoder_fields(state: dict[str, Tensor], keys: list[str]) -> dict:
+    """Decoder fields from the decoder tensors that are present (none: the defaults)."""
+    fields: dict = {}
+    decoder: dict = {}
     if "decoder_proj.weight" in state:
         width = state["decoder_proj.weight"].shape[0]
-        head = state["reconstruction_head.weight"]
-        fields.update(
-            num_decoder_layers=_depth(keys, "decoder"),
-            decoder=DecoderConfig(
-                hidden_size=width,
-                num_attention_heads=heads_for_width(width),
-                intermediate_size=state["decoder.encoder.layer.0.intermediate.dense.weight"].shape[
-                    0
-                ],
-            ),
-            decoder_head="pixel" if head.ndim == 4 else "vq",
-            fourier_features=state["position_embedding.positional_encoding_gaussian_matrix"].shape[
-                1
-            ],
-        )
+        decoder.update(hidden_size=width, num_attention_heads=heads_for_width(width))
+    mlp = state.get("decoder.encoder.layer.0.intermediate.dense.weight")
+    if mlp is not None:
+        decoder["intermediate_size"] = mlp.shape[0]
+    if decoder:
+        fields["decoder"] = DecoderConfig(**decoder)
+    depth = _depth(keys, "decoder")
+    if depth:
+        fields["num_decoder_layers"] = depth
+    head = state.get("reconstruction_head.weight")
+    if head is not None:
+        fields["decoder_head"] = "pixel" if head.ndim == 4 else "vq"
         if head.ndim == 2:
             fields["vq_codebook_size"] = head.shape[0]
-    if "clustering_head.layer.weight" in state:
-        k, proto = state["clustering_head.layer.weight"].shape
-        hidden = state["clustering_head.predictor.layers.0.weight"].shape[0]
-        fields.update(num_clusters=k, prototype_dim=proto, predictor_hidden_dim=hidden)
-    return StellarConfig(**fields)
+    fourier = state.get("position_embedding.positional_encoding_gaussian_matrix")
+    if fourier is not None:
+        fields["fourier_features"] = fourier.shape[1]
+    return fields
+
+
+def _head_fields(state: dict[str, Tensor]) -> dict:
+    """Clustering-head fields from whichever of the two heads' tensors are present."""
+    fields: dict = {}
+    prototypes = _first(state, "clustering_head.layer.weight", "cls_cluster_head.layer.weight")
+    if prototypes is not None:
+        k, proto = prototypes.shape
+        fields.update(num_clusters=k, prototype_dim=proto)
+    hidden = _first(
+        state,
+        "clustering_head.predictor.layers.0.weight",
+        "cls_cluster_head.predictor.layers.0.weight",
+    )
+    if hidden is not None:
+        fields["predictor_hidden_dim"] = hidden.shape[0]
+    return fields

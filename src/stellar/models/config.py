@@ -5,6 +5,10 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
+import numbers
+import types
+import typing
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -12,6 +16,9 @@ from typing import Any, Literal
 logger = logging.getLogger(__name__)
 
 DecoderHead = Literal["pixel", "vq"]
+ARCHITECTURE = "stellar"
+# Keys by which other libraries' configs (HF transformers, timm) name their model.
+_FOREIGN_MARKERS = ("model_type", "architectures")
 
 
 @dataclass
@@ -29,6 +36,9 @@ class EncoderConfig:
     qkv_bias: bool = True
     hidden_act: str = "gelu"
 
+    def __post_init__(self) -> None:
+        _check_types(self, "encoder.")
+
     @property
     def grid_size(self) -> int:
         """Patches per side at the native resolution."""
@@ -42,6 +52,9 @@ class DecoderConfig:
     hidden_size: int = 512
     num_attention_heads: int = 8
     intermediate_size: int = 2048
+
+    def __post_init__(self) -> None:
+        _check_types(self, "decoder.")
 
 
 @dataclass
@@ -72,10 +85,11 @@ class StellarConfig:
     architecture: str = "stellar"
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, dict):
+        if isinstance(self.encoder, Mapping):
             self.encoder = _from_fields(EncoderConfig, self.encoder, "encoder")
-        if isinstance(self.decoder, dict):
+        if isinstance(self.decoder, Mapping):
             self.decoder = _from_fields(DecoderConfig, self.decoder, "decoder")
+        _check_types(self, "")
         self.validate()
 
     def validate(self) -> None:
@@ -98,6 +112,8 @@ class StellarConfig:
             problems.append(f"decoder_head must be 'pixel' or 'vq', got {self.decoder_head!r}")
         if self.num_sparse_tokens < 1:
             problems.append("num_sparse_tokens must be >= 1")
+        if self.architecture != ARCHITECTURE:
+            problems.append(f"architecture must be {ARCHITECTURE!r}, got {self.architecture!r}")
         if enc.hidden_act != "gelu":
             problems.append(f"only hidden_act='gelu' is supported, got {enc.hidden_act!r}")
         if self.predictor_layers != 2:
@@ -110,8 +126,33 @@ class StellarConfig:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> StellarConfig:
-        """Build from a dict in the official schema; unknown keys are logged and ignored."""
+    def from_dict(cls, data: Mapping[str, Any]) -> StellarConfig:
+        """Build from a dict in the official schema; unknown keys are logged and ignored.
+
+        Raises:
+            ValueError: ``data`` is not a mapping, is another library's config (HF
+                ``model_type`` / ``architectures``, or ``architecture`` other than
+                ``"stellar"``), names no STELLAR field, or a field has the wrong type.
+        """
+        if not isinstance(data, Mapping):
+            raise ValueError(
+                f"expected a STELLAR config object (a JSON object / mapping), got "
+                f"{type(data).__name__}"
+            )
+        names = {f.name for f in dataclasses.fields(cls)}
+        if "architecture" not in data:
+            foreign = {k: data[k] for k in _FOREIGN_MARKERS if k in data}
+            if foreign:  # e.g. an HF ViTMAE config.json: not ours, whatever its widths
+                shown = ", ".join(f"{k}={v!r}" for k, v in foreign.items())
+                raise ValueError(
+                    f"expected a STELLAR config (architecture={ARCHITECTURE!r}), got another "
+                    f"library's config ({shown})"
+                )
+            if not names & set(data):  # all defaults would silently be stellar-b16
+                raise ValueError(
+                    f"expected a STELLAR config, found none of its fields (got keys: "
+                    f"{', '.join(sorted(map(str, data))) or 'none'})"
+                )
         return _from_fields(cls, data, "config")
 
     def save(self, path: str | Path) -> None:
@@ -123,9 +164,12 @@ class StellarConfig:
         """Read a ``config.json``."""
         try:
             data = json.loads(Path(path).read_text())
-        except json.JSONDecodeError as err:
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
             raise ValueError(f"{path} is not valid JSON: {err}") from err
-        return cls.from_dict(data)
+        try:
+            return cls.from_dict(data)
+        except ValueError as err:
+            raise ValueError(f"{path}: {err}") from None
 
     def replace(self, **changes: Any) -> StellarConfig:
         """A copy with top-level fields changed (``encoder=`` / ``decoder=`` take dicts too)."""
@@ -138,9 +182,69 @@ class StellarConfig:
         return StellarConfig.from_dict(data)
 
 
-def _from_fields(cls: type, data: dict[str, Any], where: str) -> Any:
+def _from_fields(cls: type, data: Mapping[str, Any], where: str) -> Any:
+    if not isinstance(data, Mapping):
+        raise ValueError(f"{where}: expected an object (mapping), got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - names)
+    unknown = sorted(map(str, set(data) - names))
     if unknown:
         logger.warning("ignoring unknown %s keys: %s", where, ", ".join(unknown))
     return cls(**{k: v for k, v in data.items() if k in names})
+
+
+def _check_types(obj: Any, prefix: str) -> None:
+    """Check (and normalise) every field of a config dataclass against its annotation.
+
+    ints must be integers (not bools), floats any real number (stored as float), strs and
+    bools exactly that; a wrong type is a ValueError naming the field, so a config.json with
+    ``"hidden_size": "96"`` fails on load rather than deep inside a forward pass.
+    """
+    hints = typing.get_type_hints(type(obj))
+    for f in dataclasses.fields(obj):
+        value = getattr(obj, f.name)
+        ok, normalised = _conforms(value, hints[f.name])
+        if not ok:
+            raise ValueError(
+                f"{prefix}{f.name}: expected {_describe(hints[f.name])}, got "
+                f"{type(value).__name__} {value!r}"
+            )
+        if normalised is not value:
+            setattr(obj, f.name, normalised)
+
+
+def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return value in typing.get_args(hint) and isinstance(value, str), value
+    if origin in (typing.Union, types.UnionType):
+        for arg in typing.get_args(hint):
+            ok, normalised = _conforms(value, arg)
+            if ok:
+                return True, normalised
+        return False, value
+    if hint is type(None):
+        return value is None, value
+    if hint is bool:
+        return isinstance(value, bool), value
+    if hint is int:
+        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
+        return ok, int(value) if ok else value
+    if hint is float:
+        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
+        return ok, float(value) if ok else value
+    if isinstance(hint, type):
+        return isinstance(value, hint), value
+    return True, value
+
+
+def _describe(hint: Any) -> str:
+    origin = typing.get_origin(hint)
+    if origin is Literal:
+        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
+    if origin in (typing.Union, types.UnionType):
+        return " or ".join(_describe(a) for a in typing.get_args(hint))
+    if hint is type(None):
+        return "null"
+    if dataclasses.is_dataclass(hint):
+        return "an object (mapping)"
+    return getattr(hint, "__name__", str(hint))

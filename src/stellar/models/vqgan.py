@@ -415,12 +415,10 @@ def _check_keys(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
 
 
 def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
+    # Shared reader: a text/JSON/image file gets a ValueError naming it, not torch's internals.
+    from stellar.checkpoint.io import load_weights_file
 
-        state = load_file(str(path), device="cpu")
-    else:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+    state, _ = load_weights_file(path)
     if not isinstance(state, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
     ):
@@ -459,12 +457,15 @@ def load_vqgan(
             f"local path of {RELEASED_FILENAME} (or a .safetensors with the same keys)."
         )
     state = _read_state_dict(path)
-    config = infer_vqgan_config(state)
-    # Built on the meta device so the (up to ~100M) parameters are allocated only once, by the
-    # loaded tensors themselves.
-    with torch.device("meta"):
-        model = MaskGITVQGAN(**config)
-    _check_keys(model, state)
+    try:  # name the file: it is often one of several paths on a command line
+        config = infer_vqgan_config(state)
+        # Built on the meta device so the (up to ~100M) parameters are allocated only once, by
+        # the loaded tensors themselves.
+        with torch.device("meta"):
+            model = MaskGITVQGAN(**config)
+        _check_keys(model, state)
+    except ValueError as err:
+        raise ValueError(f"{path}: {err}") from None
     model.load_state_dict(state, strict=True, assign=True)
     model.to(device=device, dtype=torch.float32 if dtype is None else dtype)
     model.requires_grad_(False)

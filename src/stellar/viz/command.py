@@ -19,7 +19,7 @@ import math
 import os
 from contextlib import nullcontext
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 from PIL import Image
@@ -36,27 +36,45 @@ from stellar.viz.maps import (
     to_pil,
 )
 
+if TYPE_CHECKING:
+    from stellar.hub import ModelInfo
+
 __all__ = ["add_arguments", "concept_metrics", "load_for_viz", "render_figure", "run"]
 
 logger = logging.getLogger(__name__)
 
 
 def load_for_viz(
-    spec: str, vq_model: str | None = None, device: torch.device | str | None = None
+    spec: str,
+    vq_model: str | None = None,
+    device: torch.device | str | None = None,
+    info: ModelInfo | None = None,
 ) -> tuple[Any, str | None]:
-    """Load ``spec`` with its decoder when it carries one, else encoder-only.
+    """Load ``spec`` with its decoder when it can reconstruct, else encoder-only.
+
+    Falls back to encoder-only only when no ``vq_model`` was given and the checkpoint carries
+    no decoder, or its decoder predicts VQ codes (which need the tokenizer). Anything else
+    that goes wrong (a bad ``vq_model``, a damaged decoder) raises: a silently missing panel
+    would hide it. Whether there is a decoder is read from the file's header
+    (:func:`stellar.hub.inspect_model`, or ``info`` when the caller has it), not by trying.
 
     Returns:
         ``(model, why)``: ``why`` is None when the model can reconstruct, else the reason it
-        cannot (the checkpoint has no decoder, the VQ tokenizer is missing, ...).
+        cannot.
     """
-    from stellar.hub import load_model
+    from stellar.hub import inspect_model, load_model
 
-    try:
-        return load_model(spec, purpose="reconstruct", vq_model=vq_model, device=device), None
-    except ValueError as err:
-        logger.warning("no reconstruction panel: %s", err)
-        return load_model(spec, purpose="encode", device=device), str(err)
+    info = info if info is not None else inspect_model(spec)
+    why = None
+    if vq_model is None:
+        if not info.has_decoder:
+            why = f"{spec} carries no reconstruction decoder"
+        elif info.config.decoder_head == "vq":
+            why = "the decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
+    if why is not None:
+        logger.warning("no reconstruction panel: %s", why)
+        return load_model(spec, purpose="encode", device=device), why
+    return load_model(spec, purpose="reconstruct", vq_model=vq_model, device=device), None
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
@@ -163,18 +181,26 @@ def _name(index: int, path: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar viz``."""
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-    model, why = load_for_viz(args.model, args.vq_model, device)
-    p = model.patch_size
-    resolution = args.resolution or model.config.encoder.image_size
+    from stellar.hub import inspect_model
+
+    # Every argument is checked before the model's weights are read.
+    if args.max_images is not None and args.max_images < 1:
+        raise ValueError(f"expected --max-images >= 1, got {args.max_images}")
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
+    if args.batch_size < 1:
+        raise ValueError(f"expected --batch-size >= 1, got {args.batch_size}")
+    info = inspect_model(args.model)  # config and decoder presence from the header only
+    p = info.config.encoder.patch_size
+    resolution = args.resolution or info.config.encoder.image_size
     if resolution < p or resolution % p:
         raise ValueError(
             f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
         )
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"expected --max-images >= 1, got {args.max_images}")
-    dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)
+    dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    model, why = load_for_viz(info.spec, args.vq_model, device, info=info)
     subset = dataset
     if args.max_images is not None and args.max_images < len(dataset):
         subset = Subset(dataset, range(args.max_images))

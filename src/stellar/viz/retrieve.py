@@ -6,11 +6,18 @@ and ``token`` ids, the image paths in the metadata). A query is (image, token in
 token is compared by cosine similarity (inner product of unit vectors) with every indexed
 token, through faiss ``IndexFlatIP`` when faiss is installed and a torch matmul otherwise (both
 exact). The k best are drawn as a grid, each image with the matched token's map overlaid.
+
+A saved index is reused only for the model and collection it was built from: its metadata
+records the ``--model`` spec, a fingerprint of the weights (:func:`weights_fingerprint`, a
+hash of the concept tokens, patch embedding and sparse projection, so a moved or copied
+checkpoint still matches and a retrained one does not), r, d, the patch size and the
+``--data`` folder; any mismatch is an error asking for a new ``--out`` or a rebuild.
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import logging
 import os
@@ -28,6 +35,7 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stellar.checkpoint.io import atomic_write
+from stellar.data.folder import load_rgb
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
@@ -38,6 +46,7 @@ __all__ = [
     "query_index",
     "render_retrieval",
     "run",
+    "weights_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -54,7 +63,9 @@ class TokenIndex:
         image: (M,) int64, row -> position in ``paths``.
         token: (M,) int64, row -> concept-token index in [0, r).
         paths: the N indexed image files.
-        meta: ``model``, ``resolution``, ``num_tokens``.
+        meta: ``model`` (the spec), ``weights`` (:func:`weights_fingerprint`),
+            ``resolution``, ``num_tokens``, ``dim``, ``patch_size`` and ``data`` (the indexed
+            collection, when known).
     """
 
     vectors: Tensor
@@ -108,6 +119,21 @@ def _amp(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
+def weights_fingerprint(model: Any) -> str:
+    """A short hash identifying a model's weights (what a saved index was built with).
+
+    Hashes the concept tokens, the patch embedding and the sparse projection: cheap (no full
+    pass over the weights), independent of the file's path or time stamps, and different
+    for any two trained or differently seeded models.
+    """
+    digest = hashlib.sha256()
+    for tensor in (model.sparse_tokens, model.encoder.patch_embed.weight, model.sparse_proj.weight):
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
 def build_token_index(
     model: Any,
     dataset: Dataset,
@@ -115,6 +141,7 @@ def build_token_index(
     num_workers: int = 0,
     model_spec: str = "",
     progress: bool = True,
+    data: str | None = None,
 ) -> TokenIndex:
     """Encode a collection and index all its concept tokens.
 
@@ -124,6 +151,7 @@ def build_token_index(
         batch_size, num_workers: loader settings.
         model_spec: recorded in the index metadata.
         progress: show a tqdm bar.
+        data: the collection's identity (e.g. its resolved folder), recorded in the metadata.
 
     Returns:
         The :class:`TokenIndex` (N decodable images, N·r rows).
@@ -140,9 +168,12 @@ def build_token_index(
     n, r, d = tokens.shape
     meta = {
         "model": model_spec,
+        "weights": weights_fingerprint(model),
         "resolution": int(getattr(dataset, "resolution", 0)),
         "num_tokens": r,
         "dim": d,
+        "patch_size": int(model.patch_size),
+        "data": data,
     }
     return TokenIndex(
         tokens.reshape(n * r, d),
@@ -278,50 +309,113 @@ def _encode_files(
     return found
 
 
-def _load_or_build(args: argparse.Namespace, model: Any, resolution: int) -> TokenIndex:
-    index_dir = Path(args.index_dir) if args.index_dir else Path(args.out) / "index"
-    if (index_dir / INDEX_FILE).is_file():
-        index = TokenIndex.load(index_dir)
-        logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
-        if index.meta.get("model") != str(args.model):
-            logger.warning(
-                "the index was built with --model %s, not %s: similarities may be meaningless",
-                index.meta.get("model"),
-                args.model,
-            )
-        if index.vectors.shape[1] != model.config.encoder.hidden_size:
-            raise ValueError(
-                f"the index in {index_dir} holds {index.vectors.shape[1]}-dim tokens, expected "
-                f"{model.config.encoder.hidden_size} for this model: rebuild it with --data"
-            )
-        return index
-    if args.data is None:
-        raise ValueError(f"expected --data to build an index (none in {index_dir})")
-    dataset = EvalImages(args.data, resolution, resize_ratio=1.0)
-    index = build_token_index(
-        model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model)
+def _collection(data: str) -> str:
+    """How ``--data`` is recorded in and compared with an index: its resolved path."""
+    return str(Path(data).resolve())
+
+
+def _check_query(path: str) -> None:
+    if not Path(path).is_file():
+        raise ValueError(f"expected --query an existing image file, got {path}")
+    try:
+        load_rgb(path)
+    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
+        raise ValueError(f"expected a readable query image, got {path} ({err})") from err
+
+
+def _refuse_reuse(index_dir: Path, problem: str) -> ValueError:
+    return ValueError(
+        f"the index in {index_dir} {problem}, so it cannot be reused: pass a new --out (or "
+        f"--index-dir) to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
     )
-    index.save(index_dir)
-    logger.info("indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir)
-    return index
+
+
+def _check_reusable(
+    index: TokenIndex, index_dir: Path, args: argparse.Namespace, config: Any
+) -> None:
+    """What can be checked before the model is loaded: shapes and the collection."""
+    meta = index.meta
+    d = config.encoder.hidden_size
+    wanted = {
+        "num_tokens": config.num_sparse_tokens,
+        "dim": d,
+        "patch_size": config.encoder.patch_size,
+    }
+    differ = [f"{k} {meta.get(k)} (this model: {v})" for k, v in wanted.items() if meta.get(k) != v]
+    if index.vectors.shape[1] != d and not differ:
+        differ.append(f"{index.vectors.shape[1]}-dim vectors (this model: {d})")
+    if differ:
+        raise _refuse_reuse(
+            index_dir, f"was built with --model {meta.get('model')}: {', '.join(differ)}"
+        )
+    if args.data is not None and meta.get("data") != _collection(args.data):
+        indexed = meta.get("data") or "an unrecorded collection"
+        raise _refuse_reuse(index_dir, f"indexes {indexed}, not --data {args.data}")
+
+
+def _check_same_weights(index: TokenIndex, index_dir: Path, model: Any, spec: str) -> None:
+    built, ours = index.meta.get("weights"), weights_fingerprint(model)
+    if built != ours:
+        raise _refuse_reuse(
+            index_dir,
+            f"was built with other weights (--model {index.meta.get('model')}, fingerprint "
+            f"{built or 'not recorded'}) than --model {spec} (fingerprint {ours})",
+        )
 
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar retrieve``."""
-    from stellar.hub import load_model
+    from stellar.hub import inspect_model, load_model
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
-    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-    model = load_model(args.model, purpose="encode", device=device)
-    r, p = model.num_tokens, model.patch_size
+    # Every argument is checked before the weights are read or anything is indexed.
+    if args.k < 1:
+        raise ValueError(f"expected --k >= 1, got {args.k}")
+    if args.token < 0:
+        raise ValueError(f"expected --token >= 0, got {args.token}")
+    if args.resolution is not None and args.resolution < 1:
+        raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
+    if args.batch_size < 1 or args.num_workers < 0:
+        raise ValueError(
+            f"expected --batch-size >= 1 and --num-workers >= 0, got {args.batch_size} and "
+            f"{args.num_workers}"
+        )
+    _check_query(args.query)
+    info = inspect_model(args.model)  # the architecture from the header, not the weights
+    r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
         raise ValueError(f"expected --token in [0, {r}), got {args.token}")
-    resolution = args.resolution or model.config.encoder.image_size
+    resolution = args.resolution or info.config.encoder.image_size
     if resolution < p or resolution % p:
         raise ValueError(
             f"expected --resolution a multiple of the patch size {p}, got {resolution}"
         )
-    index = _load_or_build(args, model, resolution)
+    index_dir = Path(args.index_dir) if args.index_dir else Path(args.out) / "index"
+    index, dataset = None, None
+    if (index_dir / INDEX_FILE).is_file():
+        index = TokenIndex.load(index_dir)
+        _check_reusable(index, index_dir, args, info.config)
+    elif args.data is None:
+        raise ValueError(f"expected --data to build an index (none in {index_dir})")
+    else:
+        dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
+
+    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    model = load_model(info.spec, purpose="encode", device=device)
+    if index is not None:
+        _check_same_weights(index, index_dir, model, str(args.model))
+        logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
+    else:
+        index = build_token_index(
+            model,
+            dataset,
+            args.batch_size,
+            args.num_workers,
+            model_spec=str(args.model),
+            data=_collection(args.data),
+        )
+        index.save(index_dir)
+        logger.info("indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir)
     built_at = int(index.meta.get("resolution") or resolution)
     if built_at != resolution:
         logger.warning(

@@ -1,0 +1,69 @@
+"""``config.json``: the official schema loads; malformed or foreign configs are refused by name."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from stellar import create_stellar, load_stellar
+from stellar.models.config import StellarConfig
+
+
+def _official(reference_dir: Path) -> dict:
+    return json.loads((reference_dir / "stellar-tiny" / "config.json").read_text())
+
+
+def test_official_config_loads_with_its_types(reference_dir):
+    config = StellarConfig.load(reference_dir / "stellar-tiny" / "config.json")
+    assert config.encoder.hidden_size == 96 and config.architecture == "stellar"
+    assert isinstance(config.spatial_temp, float) and isinstance(config.encoder.qkv_bias, bool)
+    # JSON writes 1.0 as 1 in some tools: an integer is a valid float field, stored as float.
+    data = {**_official(reference_dir), "sk_scale": 1, "spatial_temp": None}
+    config = StellarConfig.from_dict(data)
+    assert config.sk_scale == 1.0 and type(config.sk_scale) is float
+    assert config.spatial_temp is None
+
+
+@pytest.mark.parametrize(
+    "edit,message",
+    [
+        (lambda d: [], "expected a STELLAR config object"),
+        (lambda d: "stellar", "expected a STELLAR config object"),
+        (lambda d: {**d, "encoder": {**d["encoder"], "hidden_size": "96"}}, "encoder.hidden_size"),
+        (lambda d: {**d, "spatial_temp": "0.06"}, "spatial_temp: expected float or null"),
+        (lambda d: {**d, "num_sparse_tokens": 6.0}, "num_sparse_tokens: expected int"),
+        (lambda d: {**d, "num_sparse_tokens": True}, "num_sparse_tokens: expected int"),
+        (lambda d: {**d, "encoder": {**d["encoder"], "qkv_bias": 1}}, "encoder.qkv_bias"),
+        (lambda d: {**d, "decoder": [512]}, "decoder: expected an object"),
+        (lambda d: {**d, "decoder_head": "conv"}, "decoder_head: expected one of"),
+        (lambda d: {**d, "architecture": "resnet"}, "architecture must be 'stellar'"),
+        # An HF ViTMAE config.json: would otherwise become stellar-b16 with defaults.
+        (
+            lambda d: {"model_type": "vit_mae", "architectures": ["ViTMAEForPreTraining"]},
+            "another library's config",
+        ),
+        (lambda d: {"hidden_size": 768, "depth": 12}, "found none of its fields"),
+    ],
+)
+def test_malformed_config_names_file_and_field(reference_dir, tmp_path, edit, message):
+    path = tmp_path / "config.json"
+    path.write_text(json.dumps(edit(_official(reference_dir))))
+    with pytest.raises(ValueError, match=message) as err:
+        StellarConfig.load(path)
+    assert str(path) in str(err.value)
+
+
+def test_loading_a_checkpoint_with_a_malformed_config(tmp_path):
+    create_stellar("stellar-tiny").save_pretrained(tmp_path)
+    data = json.loads((tmp_path / "config.json").read_text())
+    data["spatial_temp"] = "0.06"  # used to load, then crash at encode
+    (tmp_path / "config.json").write_text(json.dumps(data))
+    with pytest.raises(ValueError, match=r"config\.json: spatial_temp"):
+        load_stellar(tmp_path)
+
+
+def test_overrides_are_type_checked():
+    with pytest.raises(ValueError, match="num_sparse_tokens: expected int"):
+        create_stellar("stellar-tiny", num_sparse_tokens="8")
