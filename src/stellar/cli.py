@@ -61,5 +61,26 @@ def main(argv: list[str] | None = None) -> int:
     return int(module.run(parse(rest)) or 0)
 
 
+def console(argv: list[str] | None = None) -> int:
+    """The ``stellar`` console script: :func:`main`, with bad input reported in one line.
+
+    A ValueError or FileNotFoundError is how every command reports bad input; its message says
+    what was expected, so the traceback is noise and is shown only with ``-v``.
+    """
+    argv = sys.argv[1:] if argv is None else argv
+    try:
+        return main(argv)
+    except (ValueError, FileNotFoundError) as err:
+        if "-v" in argv or "--verbose" in argv:
+            raise
+        command = next((a for a in argv if a in COMMANDS), None)
+        prog = f"stellar {command}" if command else "stellar"
+        print(
+            f"{prog}: error: {err}\n(run with -v before the command for the traceback)",
+            file=sys.stderr,
+        )
+        return 2
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    sys.exit(console())
