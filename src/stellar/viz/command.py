@@ -160,7 +160,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resolution",
         type=int,
         default=None,
-        help="input side, a multiple of the patch size (default: the model's native, 224)",
+        help="input side, a multiple of the patch size (default: the model's native size)",
     )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
     parser.add_argument("--max-images", type=int, default=None, help="draw at most N images")
