@@ -3,6 +3,7 @@ the data order every rank resumes from."""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -109,3 +110,24 @@ def test_every_rank_gets_the_same_share_of_each_epoch(length):
     for sampler in ranks:  # a resumed position means the same on every rank
         sampler.set_position(epoch=3, start=5)
     assert [len(list(s)) for s in ranks] == [len(s) for s in ranks] == [length // world - 5] * 2
+
+
+def test_resume_keeps_each_metrics_row_once(run):
+    metrics = run / "metrics.jsonl"
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
+    with metrics.open("a") as f:  # logged after the step-2 checkpoint, then the process died
+        f.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
+    _trainer(run).train(resume=True)
+    rows = [json.loads(line) for line in metrics.read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] != 1.0
+
+
+def test_resume_with_other_data_settings_fails_before_loading(run):
+    with pytest.raises(ValueError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\).*init.checkpoint"):
+        _trainer(run, "batch_size=2", "data.seed=1").train(resume=True)
+
+
+def test_a_fresh_run_over_an_old_one_says_so_and_starts_its_metrics_afresh(run, caplog):
+    _trainer(run, "max_steps=1").train()
+    assert "already holds a run" in caplog.text and "pass --resume" in caplog.text
+    assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [1]

@@ -78,6 +78,19 @@ def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):
         Trainer(cfg)
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["init.checkpoint=/some/run", "model_overrides.num_sparse_tokens=12"], "init.checkpoint"),
+        (["data.root=/photos"], "add data.source=folder"),
+    ],
+)
+def test_settings_that_would_be_silently_ignored_are_rejected(tmp_path, overrides, message):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *overrides])
+    with pytest.raises(ValueError, match=message):
+        Trainer(cfg)
+
+
 def test_shipped_presets_pass_the_checks():
     from stellar.train.config import preset_names
 

@@ -26,6 +26,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, Dataset, Sampler
 from tqdm.auto import tqdm
 
+from stellar.checkpoint.io import atomic_write
 from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import collate_dict
@@ -226,6 +227,16 @@ class Trainer:
                 "sharded); use strategy=ddp or ema.enabled=false"
             )
         check_model_overrides(cfg.model_overrides)
+        if cfg.init.checkpoint and cfg.model_overrides:
+            raise ValueError(
+                "model_overrides cannot change a model loaded from init.checkpoint (its "
+                "architecture is the checkpoint's); drop them, or start from model=PRESET"
+            )
+        if cfg.data.source == "scenes" and cfg.data.root:
+            raise ValueError(
+                f"data.root={cfg.data.root} is set but data.source is 'scenes' (the built-in "
+                "procedural scenes, no files): add data.source=folder to train on the folder"
+            )
         # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
         set_by_fields = {f.name for f in fields(AugmentConfig)}
         colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set_by_fields
@@ -292,10 +303,32 @@ class Trainer:
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
         return state
+
+    def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
+        """The saved (epoch, position) only means the same data under the same data settings."""
+        saved, now = state.get("config", {}), self.cfg.to_dict()
+        keys = ["batch_size", "grad_accum"] + [
+            f"data.{k}" for k in now["data"] if k != "num_workers"
+        ]
+        differ = [
+            f"{key} {_dotted(saved, key)!r} -> {_dotted(now, key)!r}"
+            for key in keys
+            if saved and _dotted(saved, key) != _dotted(now, key)
+        ]
+        world = state.get("world_size", self.dist.world_size)
+        if world != self.dist.world_size:
+            differ.append(f"processes {world} -> {self.dist.world_size}")
+        if differ:
+            raise ValueError(
+                f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
+                "resume needs the same ones. Restore them, or start a new run from these weights "
+                f"with init.checkpoint={folder}"
+            )
 
     def save(self, epoch: int, position: int) -> Path | None:
         """Checkpoint on the main process (every process must call it)."""
@@ -321,8 +354,9 @@ class Trainer:
         start would write over the run it was meant to continue).
         """
         folder = folder or ckpt.resume_checkpoint(self.ckpt_dir)
-        weights = load_stellar(folder, purpose="pretrain").state_dict()
         state = ckpt.load_trainer_state(folder)
+        self._check_same_data_order(state, folder)
+        weights = load_stellar(folder, purpose="pretrain").state_dict()
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
@@ -456,7 +490,13 @@ class Trainer:
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        log = MetricsLog(self.out, cfg.tensorboard) if self.dist.is_main else None
+        if self.dist.is_main and not resume and ckpt.latest_checkpoint(self.ckpt_dir) is not None:
+            logger.warning(
+                "%s already holds a run: this fresh run replaces its checkpoints and metrics "
+                "(pass --resume to continue it instead)",
+                self.out,
+            )
+        log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
         bar = tqdm(
             total=self.total_steps,
             initial=self.step,
@@ -516,16 +556,43 @@ class Trainer:
         )
 
 
+def _dotted(config: dict[str, Any], key: str) -> Any:
+    """``config["data"]["seed"]`` for ``"data.seed"`` (None where absent)."""
+    for part in key.split("."):
+        config = config.get(part) if isinstance(config, dict) else None
+    return config
+
+
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
     if not ok:
         raise ValueError(f"config key {key} must be {expected}, got {value!r}")
 
 
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a metrics.jsonl whose ``step`` is at most ``step``."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the crash
+            continue
+        if row.get("step", step + 1) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
+
+
 class MetricsLog:
     """Per-step JSONL metrics and, when available, TensorBoard scalars."""
 
-    def __init__(self, out: Path, tensorboard: bool) -> None:
-        self.file = open(out / "metrics.jsonl", "a")  # noqa: SIM115 - closed in close()
+    def __init__(self, out: Path, tensorboard: bool, start_step: int = 0) -> None:
+        path = out / "metrics.jsonl"
+        # A resumed run keeps the rows up to its checkpoint; those logged after it (before a
+        # crash) are logged again, so they are dropped. A fresh run starts a fresh file.
+        kept = _rows_up_to(path, start_step) if start_step > 0 else []
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+        self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
         if tensorboard:
             try:
