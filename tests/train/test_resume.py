@@ -131,3 +131,11 @@ def test_a_fresh_run_over_an_old_one_says_so_and_starts_its_metrics_afresh(run, 
     _trainer(run, "max_steps=1").train()
     assert "already holds a run" in caplog.text and "pass --resume" in caplog.text
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [1]
+
+
+def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run):
+    _trainer(run).train(resume=True)  # steps 3 of 3
+    last = (run / "checkpoints" / "last").resolve()
+    before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()}
+    _trainer(run).train(resume=True)
+    assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()} == before

@@ -38,9 +38,11 @@ def run(args: argparse.Namespace) -> int:
     dist = setup()
     try:
         last = Trainer(cfg, dist).train(resume=args.resume)
-        if dist.is_main and last:
+        if dist.is_main:
             terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch",))
-            print(f"done: {terms}\ncheckpoint: {cfg.out}/checkpoints/last")
+            print(
+                f"done: {terms or 'nothing left to train'}\ncheckpoint: {cfg.out}/checkpoints/last"
+            )
     finally:
         teardown()
     return 0

@@ -508,6 +508,7 @@ class Trainer:
         last: dict[str, float] = {}
         images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
+        first_step = self.step
         try:
             while self.step < end:
                 self.sampler.set_position(epoch, position)
@@ -536,7 +537,10 @@ class Trainer:
                         self.save(epoch, position)
                 if self.step < end:  # the data ran out before the step budget: next epoch
                     epoch, position = epoch + 1, 0
-            self.save(epoch, position)
+            if self.step > first_step:
+                self.save(epoch, position)
+            else:  # resumed at or past the end: the last checkpoint already is the result
+                logger.info("already at step %d of %d: nothing to train", self.step, end)
         finally:
             bar.close()
             if log:
