@@ -10,22 +10,13 @@ import shutil
 
 import pytest
 import torch
+from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
 from stellar.train.config import load_config
 from stellar.train.trainer import ResumableSampler, Trainer
 
-TINY = [
-    "data.scenes_length=64",
-    "batch_size=4",
-    "augment.n_global=2",
-    "augment.n_local=2",
-    "augment.n_masked=2",
-    "tensorboard=false",
-    "progress=false",
-    "ckpt_every=100",
-    "max_steps=3",
-]
+TINY = [*TINY_RUN, "ckpt_every=100", "max_steps=3"]
 
 
 @pytest.fixture(scope="module")

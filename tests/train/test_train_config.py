@@ -3,20 +3,13 @@
 from __future__ import annotations
 
 import pytest
+from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
 from stellar.train.config import load_config
 from stellar.train.trainer import Trainer
 
-TINY = [
-    "data.scenes_length=64",
-    "batch_size=4",
-    "augment.n_global=2",
-    "augment.n_local=2",
-    "augment.n_masked=2",
-    "tensorboard=false",
-    "progress=false",
-]
+TINY = [*TINY_RUN]
 
 
 @pytest.mark.parametrize(

@@ -10,21 +10,13 @@ from pathlib import Path
 
 import pytest
 import torch
+from tiny_run import TINY as TINY_RUN
 
 from stellar import load_stellar
 from stellar.train.config import load_config
 from stellar.train.trainer import Trainer, TrainingDiverged
 
-TINY = [
-    "data.scenes_length=64",
-    "batch_size=4",
-    "augment.n_global=2",
-    "augment.n_local=2",
-    "augment.n_masked=2",
-    "tensorboard=false",
-    "progress=false",
-    "ckpt_every=100",
-]
+TINY = [*TINY_RUN, "ckpt_every=100"]
 
 
 def _train_cli(out: Path, *extra: str) -> None:
