@@ -95,3 +95,20 @@ def test_a_pickle_of_something_else_is_refused_without_weights_only_advice(tmp_p
     with pytest.raises(ValueError, match="is not a .safetensors file") as err:
         read_state_dict(path)
     assert "weights_only" not in str(err.value)
+
+
+def test_last_is_made_durable_before_older_checkpoints_are_pruned(tmp_path, monkeypatch):
+    from stellar import create_stellar
+    from stellar.train import checkpoint as ckpt
+
+    events = []
+    real_prune = ckpt._prune
+    monkeypatch.setattr(ckpt, "fsync_dir", lambda folder: events.append(("fsync", folder)))
+    monkeypatch.setattr(
+        ckpt, "_prune", lambda root, keep: (events.append(("prune", root)), real_prune(root, keep))
+    )
+    model = create_stellar("stellar-tiny")
+    for step in (1, 2):
+        ckpt.save_checkpoint(tmp_path, step, model, {"step": step}, keep=1)
+    assert events[-2:] == [("fsync", tmp_path), ("prune", tmp_path)]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "step-00000002"]

@@ -58,10 +58,25 @@ def atomic_write(path: str | Path, write: Callable[[Path], None]) -> Path:
             os.fchmod(f.fileno(), 0o666 & ~_umask())
             os.fsync(f.fileno())
         os.replace(tmp, path)
+        fsync_dir(path.parent)
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def fsync_dir(folder: str | Path) -> None:
+    """Make the renames in ``folder`` durable (a power cut could otherwise undo them)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory: renames there are not fsync-able
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; nothing more to do
+        pass
+    finally:
+        os.close(fd)
 
 
 def _looks_like(head: bytes) -> str:

@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, save_pretrained
+from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
 from stellar.models.stellar import STELLAR
 
 logger = logging.getLogger(__name__)
@@ -44,6 +44,7 @@ def save_checkpoint(
         link_tmp.unlink()
     os.symlink(folder.name, link_tmp)
     os.replace(link_tmp, root / LAST)
+    fsync_dir(root)  # `last` must durably point at the new folder before older ones go
     _prune(root, keep)
     return folder
 
