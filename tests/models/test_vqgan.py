@@ -100,6 +100,16 @@ def test_bin_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded.decode(codes, clamp=False), model.decode(codes, clamp=False))
 
 
+def test_codes_ignore_a_callers_bf16_autocast() -> None:
+    # training steps run under autocast; the codes they learn from must be the fp32 ones
+    model = _random_small()
+    images = torch.rand(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    codes = model.encode(images)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        assert torch.equal(model.encode(images), codes)
+        assert model.encode_features(images).dtype == torch.float32
+
+
 def test_load_dtype(tmp_path: Path) -> None:
     model = _random_small()
     path = tmp_path / "w.safetensors"

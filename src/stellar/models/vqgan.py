@@ -165,11 +165,13 @@ class VectorQuantizer(nn.Module):
         compute = torch.promote_types(z.dtype, torch.float32)
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim).to(compute)
         book = self.embedding.weight.to(compute)
-        dist = (
-            flat.pow(2).sum(dim=1, keepdim=True)
-            + book.pow(2).sum(dim=1)[None, :]
-            - 2.0 * flat @ book.t()
-        )
+        # A caller's autocast would run the matmul in bf16 and flip near-tie codes.
+        with torch.autocast(device_type=z.device.type, enabled=False):
+            dist = (
+                flat.pow(2).sum(dim=1, keepdim=True)
+                + book.pow(2).sum(dim=1)[None, :]
+                - 2.0 * flat @ book.t()
+            )
         return dist.argmin(dim=1).reshape(z.shape[0], -1)
 
 
@@ -285,7 +287,10 @@ class MaskGITVQGAN(nn.Module):
             (B, z_channels, H/f, W/f) features, f = ``downsample_factor``.
         """
         self._check_images(images)
-        return self.encoder(images.to(self.encoder.conv_in.weight.dtype))
+        # The codes are training targets: computed in the tokenizer's own dtype, never in a
+        # caller's autocast precision (bf16 changes a few percent of them).
+        with torch.autocast(device_type=images.device.type, enabled=False):
+            return self.encoder(images.to(self.encoder.conv_in.weight.dtype))
 
     def encode(self, images: Tensor) -> Tensor:
         """Tokenise images.
