@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import pytest
 import torch
 
@@ -60,6 +62,7 @@ def test_every_term_is_finite_and_reaches_the_heads():
     assert model.cls_cluster_head.layer.weight.grad.abs().sum() > 0
 
 
+@pytest.mark.parametrize("global_align", [False, True])
 @pytest.mark.parametrize(
     "switch,gone",
     [
@@ -70,10 +73,13 @@ def test_every_term_is_finite_and_reaches_the_heads():
         ("koleo", {"koleo", "koleo_masked"}),
     ],
 )
-def test_each_ablation_switch_removes_its_terms(switch, gone):
+def test_each_ablation_switch_removes_its_terms(switch, gone, global_align):
     model = create_stellar("stellar-tiny", purpose="pretrain")
-    _, full = StellarObjective(model, ObjectiveConfig())(_batch())
-    _, ablated = StellarObjective(model, ObjectiveConfig(**{switch: False}))(_batch())
+    on = ObjectiveConfig(global_align=global_align)
+    _, full = StellarObjective(model, on)(_batch())
+    _, ablated = StellarObjective(model, dataclasses.replace(on, **{switch: False}))(_batch())
+    if global_align and switch in ("clustering", "koleo"):
+        gone = gone | {"koleo_second"}  # the second view is encoded for the clustering terms
     assert set(full) - set(ablated) == gone
 
 

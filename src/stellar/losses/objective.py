@@ -89,7 +89,9 @@ class StellarObjective(nn.Module):
         cls_logits = model.cls_cluster_head(main["cls"])
         targets, cls_targets = self.targets(batch["image"], logits, cls_logits)
 
-        if cfg.global_align and "second_view" in batch:
+        # global_align computes the clustering terms across two views: an ablation that
+        # switches clustering off removes them in either form.
+        if cfg.global_align and cfg.clustering and "second_view" in batch:
             terms.update(
                 self.global_alignment(
                     batch["second_view"], main, logits, cls_logits, targets, cls_targets
