@@ -50,3 +50,11 @@ def test_two_process_training_resumes_exactly(tmp_path, strategy):
     resumed = _torchrun(tmp_path / "b", f"strategy={strategy}", "--resume")
     assert sorted(straight) == [1, 2, 3, 4]
     assert resumed == straight
+
+
+@pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
+def test_two_process_reconstruction_only_ablation_trains(tmp_path):
+    # the clustering heads get no gradient here: DDP must be told, or step 2 fails
+    off = ["objective.clustering=false", "objective.set_align=false", "objective.cls_align=false"]
+    losses = _torchrun(tmp_path / "recon-only", "max_steps=2", *off)
+    assert sorted(losses) == [1, 2]

@@ -274,7 +274,12 @@ class Trainer:
             fully_shard(objective)
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            wrapped = DistributedDataParallel(objective, device_ids=ids)
+            o = self.cfg.objective
+            # An ablation leaves the heads or the decoder without gradient; DDP must know.
+            ablated = not all((o.recon, o.clustering, o.set_align, o.cls_align))
+            wrapped = DistributedDataParallel(
+                objective, device_ids=ids, find_unused_parameters=ablated
+            )
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
