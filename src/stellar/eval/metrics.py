@@ -25,6 +25,10 @@ def _check_pair(x: torch.Tensor, y: torch.Tensor) -> None:
         )
 
 
+PSNR_MAX = 100.0  # dB, the PSNR of identical images
+_MIN_RELATIVE_MSE = 10 ** (-PSNR_MAX / 10)
+
+
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
     """Peak signal-to-noise ratio per image.
 
@@ -33,12 +37,13 @@ def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
         data_range: peak value.
 
     Returns:
-        (B,) PSNR in dB (``inf`` for identical images), float32 or float64.
+        (B,) PSNR in dB, float32 or float64, capped at :data:`PSNR_MAX` (identical images): an
+        infinite value would make a whole dataset's mean infinite.
     """
     _check_pair(x, y)
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     mse = (x.to(dtype) - y.to(dtype)).pow(2).flatten(1).mean(dim=1)
-    return 10.0 * torch.log10(data_range**2 / mse)
+    return 10.0 * torch.log10(data_range**2 / mse.clamp_min(data_range**2 * _MIN_RELATIVE_MSE))
 
 
 def _gaussian_kernel1d(size: int, sigma: float, dtype: torch.dtype, device) -> torch.Tensor:
