@@ -44,6 +44,14 @@ def test_threshold_is_one_over_r():
     assert masks.tolist() == [[[[True, False]], [[False, True]]]]
 
 
+def test_a_single_token_covers_the_image():
+    spatial = torch.ones(1, 16, 1)  # r = 1: softmax over one token is 1 everywhere
+    instances = torch.zeros(1, 32, 32, dtype=torch.long)
+    instances[0, :16, :16] = 1
+    score = localization_scores(spatial, (4, 4), instances)
+    torch.testing.assert_close(score, torch.tensor([0.25]))
+
+
 def test_token_labels_follow_the_dominant_object():
     grid = torch.tensor([[[1, 1], [2, 0]]])
     spatial = _one_hot_spatial(grid, r=3)

@@ -31,6 +31,8 @@ def token_masks(spatial: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
     b, _, r = spatial.shape
     maps = spatial.float().transpose(1, 2).reshape(b, r, *grid)
     up = F.interpolate(maps, size=size, mode="bilinear", align_corners=False)
+    if r == 1:  # the single token's map is 1 everywhere, never above 1/r: it covers the image
+        return torch.ones_like(up, dtype=torch.bool)
     return up > 1.0 / r
 
 
