@@ -131,7 +131,8 @@ def frechet_distance(
     inner = root1 @ s2 @ root1
     tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
     diff = mu1 - mu2
-    return float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean)
+    # a distance: rounding can take identical statistics a hair below zero
+    return max(0.0, float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean))
 
 
 class FeatureStatistics:
