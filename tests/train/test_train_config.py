@@ -76,6 +76,7 @@ def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):
     [
         (["init.checkpoint=/some/run", "model_overrides.num_sparse_tokens=12"], "init.checkpoint"),
         (["data.root=/photos"], "add data.source=folder"),
+        (["model_overrides.num_sparse_tokens=1"], "needs at least 2 of them"),
     ],
 )
 def test_settings_that_would_be_silently_ignored_are_rejected(tmp_path, overrides, message):

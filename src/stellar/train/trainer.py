@@ -149,7 +149,7 @@ class Trainer:
             a.local_scale,
             **a.color,
         )
-        self._check_view_sizes()
+        self._check_against_model()
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
@@ -247,12 +247,17 @@ class Trainer:
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
 
-    def _check_view_sizes(self) -> None:
-        # The patch size is the model's, so this runs once it is built (nothing written yet).
+    def _check_against_model(self) -> None:
+        # These need the built model (patch size, token count); nothing is written yet.
         p = self.model.patch_size
         for key in ("global_size", "local_size"):
             size = getattr(self.cfg.augment, key)
             _require(size % p == 0, f"augment.{key}", f"a multiple of the patch size {p}", size)
+        if self.cfg.objective.koleo and self.model.num_tokens < 2:
+            raise ValueError(
+                "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "
+                f"the model has {self.model.num_tokens}: set objective.koleo=false"
+            )
 
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
