@@ -61,26 +61,33 @@ def test_hf_vit_baseline_matches_transformers(hf_vit) -> None:
     torch.testing.assert_close(torch.cat([out["cls"], out["dense"]], 1), ref, rtol=1e-5, atol=1e-5)
 
 
-def test_original_mae_file(tmp_path) -> None:
+# (width, heads): ViT-H is 1280 wide with 16 heads of 80, not 1280 / 64 = 20
+@pytest.mark.parametrize(("width", "heads"), [(64, 1), (1280, 16)])
+def test_original_mae_file(tmp_path, width, heads) -> None:
     enc = EncoderConfig(
-        hidden_size=64,
+        hidden_size=width,
         num_hidden_layers=1,
-        num_attention_heads=1,
+        num_attention_heads=heads,
         intermediate_size=128,
         image_size=32,
         patch_size=8,
         layer_norm_eps=1e-6,
     )
+    torch.manual_seed(0)
     source = ViTBaseline(BaselineConfig(enc)).eval()
+    with torch.no_grad():  # attention weights large enough that a wrong head split shows
+        for name, p in source.encoder.named_parameters():
+            if "attn" in name:
+                p.normal_(0, 0.5)
     state = {
         k.replace("patch_embed.", "patch_embed.proj."): v
         for k, v in source.encoder.state_dict().items()
     }
-    state["mask_token"] = torch.zeros(1, 1, 64)  # MAE pretraining files carry it; unused
+    state["mask_token"] = torch.zeros(1, 1, width)  # MAE pretraining files carry it; unused
     torch.save({"model": state}, tmp_path / "mae.pth")
     base = load_baseline(f"mae:{tmp_path / 'mae.pth'}")
-    # no config: 64 / 64 = 1 head, and timm's LayerNorm eps 1e-6
-    assert base.config.encoder.num_attention_heads == 1
+    # no config: the standard ViT's heads for the width, and timm's LayerNorm eps 1e-6
+    assert base.config.encoder.num_attention_heads == heads
     assert base.config.encoder.layer_norm_eps == 1e-6 and base.name.startswith("MAE")
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():

@@ -10,8 +10,9 @@ after the final LayerNorm; it has no concept tokens, so ``sparse``, ``spatial`` 
 Decisions:
 - Inputs are normalised with the ImageNet mean / std (what MAE was trained with), inside the
   model, exactly as STELLAR does; no masking is applied (MAE's encoder sees every patch).
-- The head count comes from the HF ``config.json`` when there is one, else ``width // 64``
-  (the head width of every standard ViT), logged.
+- The head count comes from the HF ``config.json`` when there is one, else from the standard
+  ViT of that width (:func:`stellar.checkpoint.infer.heads_for_width`: ViT-H has 16 heads of
+  80), logged.
 - LayerNorm epsilon: the HF config's ``layer_norm_eps`` when present, 1e-6 for the original
   MAE ``.pth`` (timm's ViT), else 1e-12 (HF's default).
 """
@@ -27,6 +28,7 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
+from stellar.checkpoint.infer import heads_for_width
 from stellar.checkpoint.mae import load_mae_weights
 from stellar.models.config import DecoderConfig, EncoderConfig
 from stellar.models.encoder import ViTEncoder
@@ -49,7 +51,6 @@ BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
 BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
 STELLAR_KEYS: tuple[str, ...] = ("sparse", "cls", "dense", "lowrank")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
-_HEAD_DIM = 64
 
 
 @dataclass
@@ -161,9 +162,11 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     if side * side != n:
         raise ValueError(f"{path}: {n} position embeddings do not form a square grid")
     heads = hf.get("num_attention_heads")
-    if heads is None:
-        heads = max(1, width // _HEAD_DIM)
-        logger.info("%s has no config.json: assuming %d attention heads (width / 64)", path, heads)
+    if heads is None:  # ViT-H is 1280 wide with 16 heads of 80: not always width / 64
+        heads = heads_for_width(width)
+        logger.info(
+            "%s has no config.json: assuming %d attention heads (width %d)", path, heads, width
+        )
     default_eps = 1e-6 if weights.layout == "original" else 1e-12
     enc = EncoderConfig(
         hidden_size=width,
