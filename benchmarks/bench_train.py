@@ -54,8 +54,12 @@ def main() -> None:
     def step() -> None:
         trainer.train_step([batch])
 
+    # Count on the eager objective: a first compiled call under FlopCounterMode would leave
+    # dynamo never compiling it, and the timed steps would be eager.
+    compiled, trainer.step_fn = trainer.step_fn, trainer.objective
     with FlopCounterMode(display=False) as counter:
         step()
+    trainer.step_fn = compiled
     flops = counter.get_total_flops()
     reset_peak_memory(device)
     seconds = time_steps(step, device, args.warmup, args.iters)
