@@ -66,6 +66,8 @@ def test_overlay_selected_tokens_and_modes() -> None:
     image = Image.new("RGB", (64, 64), (128, 128, 128))
     none = concept_overlay(image, spatial, (4, 4), tokens=[3])
     assert np.array_equal(np.asarray(none), np.asarray(image))  # token 3 is never active
+    empty = concept_overlay(image, spatial, (4, 4), tokens=[])  # token 1 is active, not chosen
+    assert np.array_equal(np.asarray(empty), np.asarray(image))
     smooth = np.asarray(concept_overlay(image, spatial, (4, 4), mode="bilinear", outline=False))
     changed = np.abs(smooth.astype(int) - 128).max(-1) > 0
     assert changed[32, 32] and not changed[2, 2] and not changed[60, 60]

@@ -181,7 +181,8 @@ def concept_overlay(
     edge = torch.zeros(*size, 3)
     edge_n = torch.zeros(*size)
     chunk = max(1, _CHUNK_PIXELS // (size[0] * size[1]))
-    for part in ids.split(chunk):  # chunks of tokens only bound the memory of the masks
+    parts = ids.split(chunk) if ids.numel() else ()  # no tokens chosen: the photo as it is
+    for part in parts:  # chunks of tokens only bound the memory of the masks
         kwargs = {"align_corners": False} if mode == "bilinear" else {}
         up = F.interpolate(maps[part][None], size=size, mode=mode, **kwargs)[0]
         mask = (up > thr).float()
