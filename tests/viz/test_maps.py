@@ -75,6 +75,9 @@ def test_overlay_selected_tokens_and_modes() -> None:
         concept_overlay(image, spatial, (4, 5))
     with pytest.raises(ValueError, match="token"):
         concept_overlay(image, spatial, (4, 4), tokens=[6])
+    spatial[0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN or infinite"):
+        concept_overlay(image, spatial, (4, 4))
 
 
 def test_argmax_colours_match_tokens() -> None:
@@ -101,6 +104,9 @@ def test_pca_of_a_one_direction_ramp_is_a_gradient() -> None:
     assert (steps >= 0).all() or (steps <= 0).all()
     assert abs(red[0, -1] - red[0, 0]) >= 250
     assert (rgb[..., 1:] == 128).all()  # zero-variance components stay flat grey
+    feats[0, 0] = float("inf")
+    with pytest.raises(ValueError, match="patch features hold NaN or infinite"):
+        pca_rgb(feats, (h, w))
 
 
 def test_pca_red_follows_the_top_component() -> None:

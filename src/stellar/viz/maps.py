@@ -124,7 +124,15 @@ def _maps(spatial: Tensor, grid: tuple[int, int]) -> Tensor:
     h, w = int(grid[0]), int(grid[1])
     if h * w != spatial.shape[0]:
         raise ValueError(f"grid {grid} holds {h * w} patches but spatial has {spatial.shape[0]}")
-    return spatial.detach().float().cpu().T.reshape(-1, h, w)
+    return _finite(spatial, "spatial maps").T.reshape(-1, h, w)
+
+
+def _finite(values: Tensor, what: str) -> Tensor:
+    """``values`` as float32 on the CPU; a ValueError if any is NaN or infinite."""
+    out = values.detach().float().cpu()
+    if not bool(torch.isfinite(out).all()):
+        raise ValueError(f"the {what} hold NaN or infinite values (a diverged checkpoint?)")
+    return out
 
 
 def _size_of(size: int | tuple[int, int] | None, grid: tuple[int, int]) -> tuple[int, int]:
@@ -265,7 +273,7 @@ def pca_rgb(
     h, w = int(grid[0]), int(grid[1])
     if h * w != features.shape[0]:
         raise ValueError(f"grid {grid} holds {h * w} patches but features have {features.shape[0]}")
-    x = features.detach().float().cpu()
+    x = _finite(features, "patch features")
     x = x - x.mean(0, keepdim=True)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
     comps = vh[:3]
