@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -92,6 +93,23 @@ def test_original_mae_file(tmp_path, width, heads) -> None:
     images = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(1))
     with torch.no_grad():
         torch.testing.assert_close(base.encode(images)["dense"], source.encode(images)["dense"])
+
+
+def test_hf_preprocessor_mean_and_std_are_used(hf_vit, tmp_path) -> None:
+    path, hf = hf_vit
+    copy = tmp_path / "google-style"
+    shutil.copytree(path, copy)
+    pre = {"image_mean": [0.5, 0.5, 0.5], "image_std": [0.5, 0.5, 0.5]}
+    (copy / "preprocessor_config.json").write_text(json.dumps(pre))
+    base = load_baseline(f"vit:{copy}")
+    images = torch.rand(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        got = base.encode(images)["dense"]
+        ref = hf(pixel_values=(images - 0.5) / 0.5).last_hidden_state[:, 1:]
+    torch.testing.assert_close(got, ref, atol=1e-5, rtol=1e-5)
+    (copy / "preprocessor_config.json").write_text(json.dumps({"image_mean": [0.5]}))
+    with pytest.raises(ValueError, match="image_mean and image_std"):
+        load_baseline(f"vit:{copy}")
 
 
 def test_parse_errors(tmp_path) -> None:

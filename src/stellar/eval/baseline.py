@@ -8,8 +8,10 @@ after the final LayerNorm; it has no concept tokens, so ``sparse``, ``spatial`` 
 ``lowrank`` do not exist.
 
 Decisions:
-- Inputs are normalised with the ImageNet mean / std (what MAE was trained with), inside the
-  model, exactly as STELLAR does; no masking is applied (MAE's encoder sees every patch).
+- Inputs are normalised inside the model with the ImageNet mean / std (what MAE was trained
+  with), exactly as STELLAR does, unless an HF ``preprocessor_config.json`` beside the weights
+  gives others (Google's ViTs use 0.5 / 0.5); no masking is applied (MAE's encoder sees every
+  patch).
 - The head count comes from the HF ``config.json`` when there is one, else from the standard
   ViT of that width (:func:`stellar.checkpoint.infer.heads_for_width`: ViT-H has 16 heads of
   80), logged.
@@ -19,6 +21,7 @@ Decisions:
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -143,6 +146,21 @@ def parse_baseline(spec: str) -> tuple[str, Path]:
     return kind.lower(), p
 
 
+def _preprocessor_mean_std(path: Path) -> tuple[list[float], list[float]] | None:
+    """``image_mean`` / ``image_std`` of an HF ``preprocessor_config.json`` beside the weights."""
+    file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
+    if not file.is_file():
+        return None
+    try:
+        pre = json.loads(file.read_text())
+        mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
+    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+        raise ValueError(f"{file}: expected image_mean and image_std lists ({err})") from None
+    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+        raise ValueError(f"{file}: expected 3 means and 3 positive stds, got {mean}, {std}")
+    return mean, std
+
+
 def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBaseline:
     """Build the frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode.
 
@@ -181,8 +199,15 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     )
     if width % enc.num_attention_heads:
         raise ValueError(f"{path}: width {width} is not divisible by {heads} attention heads")
+    if hf.get("hidden_act", "gelu") != "gelu":
+        raise ValueError(f"{path}: hidden_act {hf['hidden_act']!r}; the baseline runs only gelu")
     model = ViTBaseline(BaselineConfig(enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
     model.encoder.load_state_dict(tensors, strict=True)
+    mean_std = _preprocessor_mean_std(path)
+    if mean_std is not None:  # e.g. Google's HF ViTs were trained on (x - 0.5) / 0.5
+        model.pixel_mean.copy_(torch.tensor(mean_std[0]).view(1, 3, 1, 1))
+        model.pixel_std.copy_(torch.tensor(mean_std[1]).view(1, 3, 1, 1))
+        logger.info("%s: input mean %s, std %s from preprocessor_config.json", path, *mean_std)
     model.requires_grad_(False).eval()
     logger.info(
         "baseline %s: ViT width %d, depth %d, heads %d, patch %d, %d px",
