@@ -130,3 +130,21 @@ def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run):
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()}
     _trainer(run).train(resume=True)
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()} == before
+
+
+def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplog):
+    from PIL import Image
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(8):
+        Image.new("RGB", (40, 40), (30 * i, 100, 200)).save(photos / f"{i}.png")
+    folder = ["data.source=folder", "data.canvas_size=40"]
+    run = tmp_path / "run"
+    _trainer(run, *folder, f"data.root={photos}", "stop_at=1").train()
+    moved = photos.rename(tmp_path / "elsewhere")
+    _trainer(run, *folder, f"data.root={moved}", "stop_at=2").train(resume=True)
+    assert "data.root changed" in caplog.text
+    Image.new("RGB", (40, 40)).save(moved / "8.png")
+    with pytest.raises(ValueError, match="images 8 -> 9"):
+        _trainer(run, *folder, f"data.root={moved}").train(resume=True)

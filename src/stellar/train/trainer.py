@@ -314,6 +314,7 @@ class Trainer:
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
+            "num_images": len(self.dataset),
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -322,17 +323,29 @@ class Trainer:
     def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
         """The saved (epoch, position) only means the same data under the same data settings."""
         saved, now = state.get("config", {}), self.cfg.to_dict()
+        # The image folder may have moved (another machine); its size is compared instead.
         keys = ["batch_size", "grad_accum"] + [
-            f"data.{k}" for k in now["data"] if k != "num_workers"
+            f"data.{k}" for k in now["data"] if k not in ("num_workers", "root")
         ]
         differ = [
             f"{key} {_dotted(saved, key)!r} -> {_dotted(now, key)!r}"
             for key in keys
             if saved and _dotted(saved, key) != _dotted(now, key)
         ]
-        world = state.get("world_size", self.dist.world_size)
-        if world != self.dist.world_size:
-            differ.append(f"processes {world} -> {self.dist.world_size}")
+        for what, old, new in (
+            ("processes", state.get("world_size"), self.dist.world_size),
+            ("images", state.get("num_images"), len(self.dataset)),
+        ):
+            if old is not None and old != new:
+                differ.append(f"{what} {old} -> {new}")
+        if saved and _dotted(saved, "data.root") != now["data"]["root"]:
+            logger.warning(
+                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
+                "holds the same images",
+                folder,
+                _dotted(saved, "data.root"),
+                now["data"]["root"],
+            )
         if differ:
             raise ValueError(
                 f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
