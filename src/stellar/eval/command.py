@@ -154,8 +154,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- validation
-def _check_folder(root: str | None, what: str, labelled: bool = False) -> Path:
-    """A folder that holds images (in class sub-folders when ``labelled``)."""
+def _folder_images(root: str | None, what: str) -> tuple[Path, list[Path]]:
+    """A folder that holds images, and its image files."""
     if root is None:
         raise ValueError(f"expected {what}: pass a folder of images")
     path = Path(root)
@@ -164,21 +164,31 @@ def _check_folder(root: str | None, what: str, labelled: bool = False) -> Path:
     files = find_images(path)
     if not files:
         raise ValueError(f"expected image files in {what} {str(path)!r}, found none")
-    if labelled:
-        flat = [f.name for f in files if len(f.relative_to(path).parts) < 2]
-        if flat:
-            raise ValueError(
-                f"expected labelled images in {what} {str(path)!r}: one sub-folder per class "
-                f"(root/<class>/<image>), but {len(flat)} images have no class folder "
-                f"(e.g. {flat[0]})"
-            )
-        classes = {f.relative_to(path).parts[0] for f in files}
-        if len(classes) < 2:
-            raise ValueError(
-                f"expected at least 2 classes (sub-folders) in {what} {str(path)!r}, found "
-                f"{sorted(classes)}"
-            )
-    return path
+    return path, files
+
+
+def _check_folder(root: str | None, what: str) -> Path:
+    """A folder that holds images."""
+    return _folder_images(root, what)[0]
+
+
+def _check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
+    """A folder of images in class sub-folders, and the names of those classes."""
+    path, files = _folder_images(root, what)
+    flat = [f.name for f in files if len(f.relative_to(path).parts) < 2]
+    if flat:
+        raise ValueError(
+            f"expected labelled images in {what} {str(path)!r}: one sub-folder per class "
+            f"(root/<class>/<image>), but {len(flat)} images have no class folder "
+            f"(e.g. {flat[0]})"
+        )
+    classes = {f.relative_to(path).parts[0] for f in files}
+    if len(classes) < 2:
+        raise ValueError(
+            f"expected at least 2 classes (sub-folders) in {what} {str(path)!r}, found "
+            f"{sorted(classes)}"
+        )
+    return path, classes
 
 
 # Numeric options and what each must satisfy; checked before any model or data work.
@@ -210,10 +220,11 @@ def _check_numbers(args: argparse.Namespace) -> None:
             raise ValueError(f"{flag}: expected {expected}, got {value}")
 
 
-def _check_val_classes(train: Path, val: Path) -> None:
+def _check_val_classes(
+    train: Path, train_classes: set[str], val: Path, val_classes: set[str]
+) -> None:
     """Every validation class folder must name a training class folder."""
-    known = {d.name for d in train.iterdir() if d.is_dir()}
-    unknown = sorted({f.relative_to(val).parts[0] for f in find_images(val)} - known)
+    unknown = sorted(val_classes - train_classes)
     if unknown:
         raise ValueError(
             f"validation classes {unknown[:10]} of {str(val)!r} have no folder in --train "
@@ -359,11 +370,11 @@ def _classification(args: argparse.Namespace) -> dict[str, Any]:
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
     if not args.train_features or with_baseline:
-        train_dir = _check_folder(args.train, "--train", labelled=True)
+        train_dir, train_classes = _check_labelled_folder(args.train, "--train")
     if not args.val_features or with_baseline:
-        val_dir = _check_folder(args.val, "--val", labelled=True)
+        val_dir, val_classes = _check_labelled_folder(args.val, "--val")
     if train_dir is not None and val_dir is not None:
-        _check_val_classes(train_dir, val_dir)
+        _check_val_classes(train_dir, train_classes, val_dir, val_classes)
     load = augmented or not (args.train_features and args.val_features)
     entries = _load_entries(args, key, baseline_key, load_stellar=load)
     rows = []
