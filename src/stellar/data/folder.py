@@ -29,6 +29,7 @@ __all__ = [
     "exif_orientation",
     "load_rgb",
     "scan_images",
+    "upright",
     "validate_image_folder",
 ]
 
@@ -119,9 +120,12 @@ def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image
         if max_side is not None and img.format == "JPEG":
             img.draft(None, (max_side, max_side))
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
-        if exif_orientation(img) in range(2, 9):
-            img = ImageOps.exif_transpose(img)
-        return _to_rgb(img)
+        return _to_rgb(upright(img))
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as displayed: its EXIF orientation applied (itself when it has none)."""
+    return ImageOps.exif_transpose(img) if exif_orientation(img) in range(2, 9) else img
 
 
 def exif_orientation(img: Image.Image) -> int:

@@ -32,11 +32,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from stellar.data.folder import IMG_EXTENSIONS, exif_orientation
+from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, upright
 from stellar.eval.images import find_images
 
 __all__ = [
@@ -218,8 +218,7 @@ def reduce_zero_label(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray
 def _read_label(path: Path, size: int) -> np.ndarray:
     with Image.open(path) as img:
         img.load()
-        if exif_orientation(img) in range(2, 9):  # oriented like its image is, when it says so
-            img = ImageOps.exif_transpose(img)
+        img = upright(img)  # oriented like its image is, when it says so
         if img.size != (size, size):
             img = img.resize((size, size), Image.Resampling.NEAREST)
         return np.asarray(img).astype(np.int64)
