@@ -173,20 +173,29 @@ def load_stellar(
     config = tokenizer = None
     if config_path is not None:  # checks that need only the config come before the weights
         config = StellarConfig.load(config_path)
-        if name is not None:
-            check_matches_name(config, name, weights)
-        tokenizer = _tokenizer_for(config, vq_model, purpose)
+        tokenizer = _checked_tokenizer(config, name, weights, vq_model, purpose)
     state, metadata = read_state_dict(weights)
     if config is None:
         config = _config_for(state, metadata, weights)
-        if name is not None:
-            check_matches_name(config, name, weights)
-        tokenizer = _tokenizer_for(config, vq_model, purpose)
+        tokenizer = _checked_tokenizer(config, name, weights, vq_model, purpose)
     model = STELLAR(config, purpose=purpose)
     load_official_state(model, state, source=str(weights))
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
     return _finish(model, purpose, device, dtype)
+
+
+def _checked_tokenizer(
+    config: StellarConfig,
+    name: str | None,
+    weights: Path,
+    vq_model: str | Path | MaskGITVQGAN | None,
+    purpose: str,
+) -> MaskGITVQGAN | None:
+    """Check ``config`` against the registered ``name``; the tokenizer to attach, checked."""
+    if name is not None:
+        check_matches_name(config, name, weights)
+    return _tokenizer_for(config, vq_model, purpose)
 
 
 def _registered_name(name_or_path: str | Path) -> str | None:
