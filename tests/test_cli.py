@@ -2,20 +2,89 @@
 
 from __future__ import annotations
 
+import argparse
+import re
+
 import pytest
 
+from stellar import commands
 from stellar.cli import console
+from stellar.errors import (
+    Bounds,
+    UsageError,
+    int_range,
+    nonneg_float,
+    positive_int,
+    probability,
+)
 
 
-def test_bad_input_is_one_line_on_stderr_with_exit_code_2(tmp_path, capsys) -> None:
-    argv = ["eval", "knn", "--model", "stellar-tiny", "--train", str(tmp_path / "nowhere")]
-    assert console([*argv, "--val", str(tmp_path)]) == 2
+def test_bad_input_is_one_line_on_stderr_with_exit_code_2(capsys) -> None:
+    assert console(["train", "--config", "no-such-preset"]) == 2
     err = capsys.readouterr().err
-    assert err.startswith("stellar eval: error: expected --train to be a folder")
+    assert err.startswith("stellar train: error: 'no-such-preset' is neither a YAML file")
+    assert err.count("\n") == 1
     assert "Traceback" not in err
 
 
-def test_verbose_keeps_the_traceback(tmp_path) -> None:
-    argv = ["-v", "eval", "knn", "--model", "stellar-tiny", "--train", str(tmp_path / "nowhere")]
-    with pytest.raises(ValueError, match="expected --train to be a folder"):
-        console([*argv, "--val", str(tmp_path)])
+def test_verbose_keeps_the_traceback() -> None:
+    with pytest.raises(UsageError, match="neither a YAML file nor a preset"):
+        console(["-v", "train", "--config", "no-such-preset"])
+
+
+def test_a_bug_keeps_its_traceback_even_when_it_is_a_value_error(monkeypatch) -> None:
+    # A ValueError raised by code (e.g. a shape mismatch mid-training) is not bad input.
+    def broken() -> list[str]:
+        raise ValueError("shape [2, 3] is invalid for input of size 5")
+
+    monkeypatch.setattr(commands, "list_models", broken)
+    with pytest.raises(ValueError, match="shape"):
+        console(["models"])
+
+
+def test_usage_error_is_a_value_error() -> None:
+    # The Python API keeps its ValueError contract for bad arguments.
+    assert issubclass(UsageError, ValueError)
+
+
+@pytest.mark.parametrize(
+    "argv", [["--bogus"], ["--bogus", "models"], ["models", "--bogus"], ["train", "--bogus"]]
+)
+def test_an_unknown_flag_exits_non_zero(argv, capsys) -> None:
+    with pytest.raises(SystemExit) as exit_info:
+        console(argv)
+    assert exit_info.value.code == 2
+    assert "unrecognized arguments: --bogus" in capsys.readouterr().err
+
+
+def test_number_types_reject_out_of_range_text_naming_the_rule() -> None:
+    assert positive_int("3") == 3
+    assert nonneg_float("0") == 0.0
+    assert probability("1") == 1.0
+    assert int_range(2, 4)("4") == 4
+    for parse, text, rule in (
+        (positive_int, "0", ">= 1"),
+        (positive_int, "1.5", ">= 1"),
+        (nonneg_float, "-1e-3", ">= 0"),
+        (nonneg_float, "nan", ">= 0"),
+        (probability, "1.01", "in [0, 1]"),
+        (int_range(2, 4), "5", "in [2, 4]"),
+    ):
+        with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"{rule}, got {text!r}")):
+            parse(text)
+
+
+def test_argparse_reports_a_bad_number_before_any_work(capsys) -> None:
+    parser = argparse.ArgumentParser(prog="p")
+    parser.add_argument("--k", type=positive_int, default=1)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--k", "0"])
+    assert "argument --k: expected an integer >= 1, got '0'" in capsys.readouterr().err
+
+
+def test_bounds_describe_and_check() -> None:
+    assert Bounds(0, 1, high_open=True).describe() == "in [0, 1)"
+    assert Bounds(low=0, low_open=True).describe() == "> 0"
+    assert 1.0 not in Bounds(0, 1, high_open=True)
+    with pytest.raises(UsageError, match=r"augment.mask_ratio: expected in \[0, 1\), got 1.0"):
+        Bounds(0, 1, high_open=True).check(1.0, "augment.mask_ratio")

@@ -11,6 +11,8 @@ import importlib
 import logging
 import sys
 
+from stellar.errors import UsageError
+
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("stellar.commands", "list the registered model names"),
     "demo": (
@@ -29,7 +31,12 @@ COMMANDS: dict[str, tuple[str, str]] = {
 def build_parser() -> argparse.ArgumentParser:
     """The top-level parser with one sub-parser per command."""
     parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="store_true",
+        help="debug logging, and the traceback of usage errors",
+    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -41,6 +48,8 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = build_parser()
     args, rest = top.parse_known_args(argv)
+    if args.command is None and rest:  # flags the sub-commands would have read: none given
+        top.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(
         level=logging.DEBUG if args.verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -64,21 +73,20 @@ def main(argv: list[str] | None = None) -> int:
 def console(argv: list[str] | None = None) -> int:
     """The ``stellar`` console script: :func:`main`, with bad input reported in one line.
 
-    A ValueError or FileNotFoundError is how every command reports bad input; its message says
-    what was expected, so the traceback is noise and is shown only with ``-v``.
+    Only a :class:`~stellar.errors.UsageError` is bad input: its message says what was
+    expected, so it is printed as one line on stderr (exit status 2) and its traceback only
+    with ``-v``. Any other exception is a bug (a ``ValueError`` from a shape mismatch deep in
+    training included) and propagates with its traceback.
     """
     argv = sys.argv[1:] if argv is None else argv
     try:
         return main(argv)
-    except (ValueError, FileNotFoundError) as err:
+    except UsageError as err:
         if "-v" in argv or "--verbose" in argv:
             raise
         command = next((a for a in argv if a in COMMANDS), None)
         prog = f"stellar {command}" if command else "stellar"
-        print(
-            f"{prog}: error: {err}\n(run with -v before the command for the traceback)",
-            file=sys.stderr,
-        )
+        print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
 
 

@@ -13,6 +13,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from stellar.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 DecoderHead = Literal["pixel", "vq"]
@@ -93,7 +95,7 @@ class StellarConfig:
         self.validate()
 
     def validate(self) -> None:
-        """Raise ValueError when the fields cannot describe a working model."""
+        """Raise UsageError when the fields cannot describe a working model."""
         enc = self.encoder
         problems = []
         if enc.hidden_size % enc.num_attention_heads:
@@ -119,7 +121,7 @@ class StellarConfig:
         if self.predictor_layers != 2:
             problems.append("only predictor_layers=2 (the released heads) is supported")
         if problems:
-            raise ValueError("invalid STELLAR config: " + "; ".join(problems))
+            raise UsageError("invalid STELLAR config: " + "; ".join(problems))
 
     def to_dict(self) -> dict[str, Any]:
         """A JSON-ready dict in the official schema."""
@@ -135,7 +137,7 @@ class StellarConfig:
                 ``"stellar"``), names no STELLAR field, or a field has the wrong type.
         """
         if not isinstance(data, Mapping):
-            raise ValueError(
+            raise UsageError(
                 f"expected a STELLAR config object (a JSON object / mapping), got "
                 f"{type(data).__name__}"
             )
@@ -144,12 +146,12 @@ class StellarConfig:
             foreign = {k: data[k] for k in _FOREIGN_MARKERS if k in data}
             if foreign:  # e.g. an HF ViTMAE config.json: not ours, whatever its widths
                 shown = ", ".join(f"{k}={v!r}" for k, v in foreign.items())
-                raise ValueError(
+                raise UsageError(
                     f"expected a STELLAR config (architecture={ARCHITECTURE!r}), got another "
                     f"library's config ({shown})"
                 )
             if not names & set(data):  # all defaults would silently be stellar-b16
-                raise ValueError(
+                raise UsageError(
                     f"expected a STELLAR config, found none of its fields (got keys: "
                     f"{', '.join(sorted(map(str, data))) or 'none'})"
                 )
@@ -165,11 +167,11 @@ class StellarConfig:
         try:
             data = json.loads(Path(path).read_text())
         except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise ValueError(f"{path} is not valid JSON: {err}") from err
+            raise UsageError(f"{path} is not valid JSON: {err}") from err
         try:
             return cls.from_dict(data)
         except ValueError as err:
-            raise ValueError(f"{path}: {err}") from None
+            raise UsageError(f"{path}: {err}") from None
 
     def replace(self, **changes: Any) -> StellarConfig:
         """A copy with top-level fields changed (``encoder=`` / ``decoder=`` take dicts too)."""
@@ -184,7 +186,7 @@ class StellarConfig:
 
 def _from_fields(cls: type, data: Mapping[str, Any], where: str) -> Any:
     if not isinstance(data, Mapping):
-        raise ValueError(f"{where}: expected an object (mapping), got {type(data).__name__}")
+        raise UsageError(f"{where}: expected an object (mapping), got {type(data).__name__}")
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = sorted(map(str, set(data) - names))
     if unknown:
@@ -204,7 +206,7 @@ def _check_types(obj: Any, prefix: str) -> None:
         value = getattr(obj, f.name)
         ok, normalised = _conforms(value, hints[f.name])
         if not ok:
-            raise ValueError(
+            raise UsageError(
                 f"{prefix}{f.name}: expected {_describe(hints[f.name])}, got "
                 f"{type(value).__name__} {value!r}"
             )

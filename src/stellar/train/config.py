@@ -13,6 +13,7 @@ from typing import Any
 
 import yaml
 
+from stellar.errors import UsageError
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig
 
@@ -132,7 +133,7 @@ def load_config(
     for item in overrides or []:
         key, sep, raw = item.partition("=")
         if not sep or not key:
-            raise ValueError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+            raise UsageError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
         key = key.strip()
         _set_dotted(data, key, yaml.safe_load(raw))
         texts[key] = raw.strip()
@@ -161,7 +162,7 @@ def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
     for name, value in overrides.items():
         if name in nested:
             if not isinstance(value, dict):
-                raise ValueError(
+                raise UsageError(
                     f"config key model_overrides.{name} expects a mapping "
                     f"(e.g. model_overrides.{name}.hidden_size=256), got {value!r}"
                 )
@@ -174,7 +175,7 @@ def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
         else:
             unknown.append(name)
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown model_overrides key(s) {', '.join(sorted(unknown))}; "
             f"valid keys: {', '.join(valid)}"
         )
@@ -186,7 +187,7 @@ def _read_yaml(preset_or_path: str) -> dict[str, Any]:
     if not path.is_file():
         candidate = resources.files("stellar") / "configs" / f"{preset_or_path}.yaml"
         if not candidate.is_file():
-            raise ValueError(
+            raise UsageError(
                 f"{preset_or_path!r} is neither a YAML file nor a preset "
                 f"(presets: {', '.join(preset_names())})"
             )
@@ -195,7 +196,7 @@ def _read_yaml(preset_or_path: str) -> dict[str, Any]:
         text = path.read_text()
     data = yaml.safe_load(text) or {}
     if not isinstance(data, dict):
-        raise ValueError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
+        raise UsageError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
     return data
 
 
@@ -204,7 +205,7 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
     for part in parts[:-1]:
         data = data.setdefault(part, {})
         if not isinstance(data, dict):
-            raise ValueError(f"override {key}: {part} is not a section")
+            raise UsageError(f"override {key}: {part} is not a section")
     data[parts[-1]] = value
 
 
@@ -212,7 +213,7 @@ def _build(cls: type, data: dict[str, Any], where: str, texts: dict[str, str]) -
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = sorted(set(data) - set(fields))
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
             f"valid keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(fields)}"
         )
@@ -221,7 +222,7 @@ def _build(cls: type, data: dict[str, Any], where: str, texts: dict[str, str]) -
     for name, value in data.items():
         if dataclasses.is_dataclass(hints[name]):
             if not isinstance(value, dict):
-                raise ValueError(
+                raise UsageError(
                     f"config key {where}{name} must be a section (mapping), got {value!r}"
                 )
             kwargs[name] = _build(hints[name], value, f"{where}{name}.", texts)
@@ -291,4 +292,4 @@ def _convert(value: Any, hint: Any, key: str, text: str | None = None) -> Any:
         return value
     if value is None:
         expected += " (null is not allowed here)"
-    raise ValueError(f"config key {key} expects {expected}, got {value!r}")
+    raise UsageError(f"config key {key} expects {expected}, got {value!r}")

@@ -30,6 +30,7 @@ from stellar.checkpoint.io import atomic_write
 from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import collate_dict
+from stellar.errors import UsageError
 from stellar.hub import create_stellar, load_stellar
 from stellar.losses.masking import FOCAL_MODES, random_masking
 from stellar.losses.objective import StellarObjective
@@ -189,9 +190,9 @@ class Trainer:
         """Ranges and combinations, before anything is built or written (types: load_config)."""
         cfg, a = self.cfg, self.cfg.augment
         if cfg.nonfinite not in ("stop", "skip"):
-            raise ValueError(f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
+            raise UsageError(f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
         if cfg.strategy not in ("ddp", "fsdp"):
-            raise ValueError(f"strategy must be 'ddp' or 'fsdp', got {cfg.strategy!r}")
+            raise UsageError(f"strategy must be 'ddp' or 'fsdp', got {cfg.strategy!r}")
         for key, value in (
             ("batch_size", cfg.batch_size),
             ("grad_accum", cfg.grad_accum),
@@ -217,23 +218,23 @@ class Trainer:
         final = cfg.ema.final_momentum
         _require(final is None or 0.0 <= final <= 1.0, "ema.final_momentum", "in [0, 1]", final)
         if a.n_masked > a.n_global:
-            raise ValueError("augment.n_masked cannot exceed augment.n_global")
+            raise UsageError("augment.n_masked cannot exceed augment.n_global")
         if cfg.objective.global_align and a.n_global < 2:
-            raise ValueError("objective.global_align needs augment.n_global >= 2")
+            raise UsageError("objective.global_align needs augment.n_global >= 2")
         if cfg.strategy == "fsdp" and cfg.ema.enabled:
             # The teacher is an unsharded copy: its EMA update cannot mix with FSDP's shards.
-            raise ValueError(
+            raise UsageError(
                 "ema.enabled=true is not supported with strategy=fsdp (the EMA teacher is not "
                 "sharded); use strategy=ddp or ema.enabled=false"
             )
         check_model_overrides(cfg.model_overrides)
         if cfg.init.checkpoint and cfg.model_overrides:
-            raise ValueError(
+            raise UsageError(
                 "model_overrides cannot change a model loaded from init.checkpoint (its "
                 "architecture is the checkpoint's); drop them, or start from model=PRESET"
             )
         if cfg.data.source == "scenes" and cfg.data.root:
-            raise ValueError(
+            raise UsageError(
                 f"data.root={cfg.data.root} is set but data.source is 'scenes' (the built-in "
                 "procedural scenes, no files): add data.source=folder to train on the folder"
             )
@@ -242,7 +243,7 @@ class Trainer:
         colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set_by_fields
         unknown = sorted(set(cfg.augment.color) - colour_keys)
         if unknown:
-            raise ValueError(
+            raise UsageError(
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
@@ -254,7 +255,7 @@ class Trainer:
             size = getattr(self.cfg.augment, key)
             _require(size % p == 0, f"augment.{key}", f"a multiple of the patch size {p}", size)
         if self.cfg.objective.koleo and self.model.num_tokens < 2:
-            raise ValueError(
+            raise UsageError(
                 "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "
                 f"the model has {self.model.num_tokens}: set objective.koleo=false"
             )
@@ -592,7 +593,7 @@ def _dotted(config: dict[str, Any], key: str) -> Any:
 
 def _require(ok: bool, key: str, expected: str, value: Any) -> None:
     if not ok:
-        raise ValueError(f"config key {key} must be {expected}, got {value!r}")
+        raise UsageError(f"config key {key} must be {expected}, got {value!r}")
 
 
 def _rows_up_to(path: Path, step: int) -> list[str]:
