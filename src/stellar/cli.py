@@ -16,7 +16,7 @@ from stellar.errors import UsageError
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("stellar.commands", "list the registered model names"),
     "demo": (
-        "stellar.demo",
+        "stellar.demo.command",
         "train a small STELLAR on concept scenes, evaluate it, write a report",
     ),
     "train": ("stellar.train.command", "pretrain STELLAR (YAML config + key=value overrides)"),
@@ -24,7 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "eval": ("stellar.eval.command", "evaluation protocols: linear, knn, seg, recon, invariance"),
     "viz": ("stellar.viz.command", "draw concept maps, PCA and reconstructions of images"),
     "retrieve": ("stellar.viz.retrieve", "index concept tokens; find the nearest to a query"),
-    "scenes": ("stellar.data.scenes_command", "export the procedural concept scenes to a folder"),
+    "scenes": ("stellar.demo.scenes_command", "export the procedural concept scenes to a folder"),
 }
 
 

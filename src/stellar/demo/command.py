@@ -25,7 +25,7 @@ from PIL import Image
 from torch.utils.data import DataLoader
 
 from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
-from stellar.eval.concepts import concept_purity, localization_scores, token_shape_labels
+from stellar.demo.concepts import concept_purity, localization_scores, token_shape_labels
 from stellar.eval.invariance import random_crops, representation_distances
 from stellar.eval.knn import knn_accuracy
 from stellar.eval.linear import pool_features, train_linear_probe
@@ -417,7 +417,7 @@ def default_photos() -> Path | None:
     candidates = [
         Path(os.environ.get("STELLAR_SHARED", "")) / "data/imagenet-samples/images224",
         Path.cwd().parent / "shared/data/imagenet-samples/images224",
-        Path(__file__).resolve().parents[3] / "shared/data/imagenet-samples/images224",
+        Path(__file__).resolve().parents[4] / "shared/data/imagenet-samples/images224",
     ]
     return next((p for p in candidates if p.is_dir()), None)
 

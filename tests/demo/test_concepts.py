@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from stellar.eval.concepts import (
+from stellar.demo.concepts import (
     cluster_purity,
     concept_purity,
     localization_scores,
