@@ -17,7 +17,9 @@ import json
 
 from stellar import load_stellar
 from stellar.data.scenes import SHAPES
-from stellar.demo import DemoSettings, demo_trainer, encode_scenes, eval_scenes
+from stellar.demo.evaluate import encode_scenes, eval_scenes
+from stellar.demo.settings import DemoSettings
+from stellar.demo.training import demo_trainer
 from stellar.eval.linear import accuracy_topk, pool_features, predict_logits, train_linear_probe
 
 BUDGETS = ((30, 1e-3), (300, 1e-3), (100, 1e-2), (300, 1e-2))

@@ -8,7 +8,7 @@ import pytest
 import yaml
 
 from stellar.cli import main
-from stellar.demo import accuracy_gap_stderr, table, verdicts
+from stellar.demo.report import accuracy_gap_stderr, table, verdicts
 
 
 def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):

@@ -1,0 +1,44 @@
+"""Training the demo's variants: the ``cpu-demo`` recipe with the demo's budget and seed."""
+
+from __future__ import annotations
+
+import copy
+from pathlib import Path
+
+from stellar.demo.settings import DemoSettings
+from stellar.models.stellar import STELLAR
+from stellar.train.config import load_config
+from stellar.train.trainer import Trainer
+
+RECON_ONLY = [
+    "objective.clustering=false",
+    "objective.set_align=false",
+    "objective.cls_align=false",
+]
+
+
+def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer:
+    """The ``cpu-demo`` trainer of one variant, writing to ``<out>/train-<name>``."""
+    overrides = [
+        f"out={Path(settings.out) / f'train-{name}'}",
+        f"seed={settings.seed}",
+        f"data.seed={settings.seed}",
+        f"progress={str(settings.progress).lower()}",
+        *settings.overrides,
+        *extra,
+    ]
+    if settings.steps is not None:
+        overrides.append(f"max_steps={settings.steps}")
+    if settings.batch_size is not None:
+        overrides.append(f"batch_size={settings.batch_size}")
+    return Trainer(load_config("cpu-demo", overrides))
+
+
+def train_variant(
+    settings: DemoSettings, name: str, extra: list[str]
+) -> tuple[STELLAR, STELLAR, Path]:
+    """Train one variant; returns (trained model, its random initialisation, run folder)."""
+    trainer = demo_trainer(settings, name, extra)
+    initial = copy.deepcopy(trainer.model)
+    trainer.train()
+    return trainer.model, initial, Path(trainer.cfg.out)
