@@ -106,3 +106,42 @@ def test_masked_path_equals_full_path_when_keeping_everything(model):
     torch.testing.assert_close(masked["sparse"], full["sparse"], atol=1e-5, rtol=1e-5)
     with pytest.raises(ValueError, match="keep_idx"):
         model.encode_masked(images, torch.full((2, 4), 64))
+
+
+def test_init_weights_reinitialises_each_part_by_its_own_rule():
+    torch.manual_seed(0)
+    model = create_stellar("stellar-tiny", purpose="pretrain")
+    with torch.no_grad():
+        for p in model.parameters():
+            p.fill_(7.0)
+    pixel_head = model.decoder.head.weight.clone()
+    model.init_weights()
+    d = model.config.encoder.hidden_size
+    for name, p in model.named_parameters():
+        if name == "decoder.head.weight" or name.endswith("decoder.head.bias"):
+            continue  # the ConvTranspose2d pixel head keeps PyTorch's default, set at build
+        if name.endswith("bias") or (p.ndim == 1 and "norm" not in name):
+            assert not p.any(), name
+        elif "norm" in name:
+            assert (p == 1).all(), name
+        elif name.endswith(("clustering_head.layer.weight", "cls_cluster_head.layer.weight")):
+            assert abs(p.std().item() - 1.0) < 0.1, name
+        elif name == "sparse_tokens":
+            assert abs(p.std().item() - d**-0.5) < 0.03, name
+        else:
+            assert abs(p.std().item() - 0.02) < 0.005, name
+    torch.testing.assert_close(model.decoder.head.weight, pixel_head)
+
+
+def test_decode_is_reconstructs_forward(model):
+    out = model.encode(torch.rand(2, 3, 64, 48))
+    decoded = model.decode(out["lowrank"], (8, 6))
+    rec = model.reconstruct(out, grid=(8, 6))
+    assert set(decoded) == {"decoder_output", "x_hat"}
+    torch.testing.assert_close(rec["x_hat"], decoded["x_hat"])
+    torch.testing.assert_close(rec["reconstruction"], decoded["x_hat"].clamp(0, 1))
+    with pytest.raises(ValueError, match="grid"):
+        model.decode(out["lowrank"], (8, 8))
+    encoder_only = create_stellar("stellar-tiny", purpose="encode")
+    with pytest.raises(ValueError, match="no decoder"):
+        encoder_only.decode(out["lowrank"], (8, 6))

@@ -20,7 +20,7 @@ GRAD_PARAMS = {
 
 
 def test_gradients_match_reference(reference_dir, tiny_io):
-    """10·MSE + clustering + CLS clustering + 0.1·KoLeo on the encode pass (SPEC §7)."""
+    """10·MSE + clustering + CLS clustering + 0.1·KoLeo on the encode pass, as the official code."""
     model = load_stellar(reference_dir / "stellar-tiny", purpose="pretrain")
     total, terms = StellarObjective(model, ObjectiveConfig())({"image": tiny_io["input.image"]})
     assert set(terms) == {"recon", "koleo", "cluster", "cls_cluster"}
@@ -131,3 +131,68 @@ def test_vq_head_trains_against_tokenizer_codes():
     assert codes.shape == (2, 64)  # 64 px image resized to 8 * 16 px for an 8x8 code grid
     total, terms = objective({"image": images})
     assert torch.isfinite(terms["recon"]) and terms["recon"] > 0
+
+
+RECON_ONLY = dict(clustering=False, set_align=False, cls_align=False, koleo=False)
+
+
+def test_reconstruction_only_touches_no_head_and_solves_no_sinkhorn(monkeypatch):
+    import stellar.losses.objective as objective_module
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("a Sinkhorn solve ran for a switched-off term")
+
+    monkeypatch.setattr(objective_module, "clustering_targets", refuse)
+    monkeypatch.setattr(objective_module, "sinkhorn_match", refuse)
+    model = create_stellar("stellar-tiny", purpose="pretrain").requires_grad_(True)
+    calls = []
+    for head in (model.clustering_head, model.cls_cluster_head):
+        head.register_forward_hook(lambda *args: calls.append(1))
+    total, terms = StellarObjective(model, ObjectiveConfig(**RECON_ONLY))(_batch())
+    assert set(terms) == {"recon"}
+    total.backward()
+    assert not calls
+    for head in (model.clustering_head, model.cls_cluster_head):
+        assert all(p.grad is None for p in head.parameters())
+
+
+@pytest.mark.parametrize(
+    "switches,n_masked,n_local",
+    [
+        ({}, 2, 2),
+        ({}, 0, 2),
+        ({}, 2, 0),
+        (RECON_ONLY, 2, 2),
+        ({"recon": False}, 2, 2),
+        ({"clustering": False, "set_align": False}, 2, 2),
+        ({"clustering": False, "cls_align": False}, 2, 2),
+        ({"clustering": False, "cls_align": False}, 0, 2),
+        ({"global_align": True, "recon": False}, 2, 0),
+    ],
+)
+def test_declared_views_and_unused_parameters_match_what_a_step_touches(
+    switches, n_masked, n_local
+):
+    """The plan the data pipeline follows, and DDP's find_unused_parameters, are exact."""
+    cfg = ObjectiveConfig(**switches)
+    plan = cfg.views(n_masked, n_local)
+    full = _batch(views=max(n_masked, 1), local=max(n_local, 1))
+    batch = {"image": full["image"]}
+    if plan.masked:
+        batch.update(masked_views=full["masked_views"], keep_idx=full["keep_idx"])
+    if plan.local:
+        batch["local_views"] = full["local_views"]
+    if plan.second:
+        batch["second_view"] = full["second_view"]
+    model = create_stellar("stellar-tiny", purpose="pretrain").requires_grad_(True)
+    objective = StellarObjective(model, cfg)
+    total, _ = objective(batch)
+    total.backward()
+    untouched = {n for n, p in model.named_parameters() if p.grad is None}
+    assert untouched == set(objective.unused_parameters(plan))
+    # A view the plan leaves out changes nothing: the objective would have ignored it.
+    for key, used in (("local_views", cfg.uses_local_views), ("second_view", cfg.uses_second_view)):
+        if not used:
+            _, with_extra = StellarObjective(model, cfg)({**batch, key: full[key]})
+            _, without = StellarObjective(model, cfg)(batch)
+            assert with_extra.keys() == without.keys()

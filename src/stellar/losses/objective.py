@@ -4,6 +4,10 @@
 computation (DDP and ``torch.compile`` see a single module call). The batch holds views that
 are already augmented and the kept-patch indices of the masked views; randomness lives in the
 data pipeline, so the objective is a deterministic function of its inputs.
+
+Which views a step needs follows from the switches alone (:meth:`ObjectiveConfig.views`): the
+data pipeline makes exactly those, and the objective computes nothing for a switched-off term
+(no head, no Sinkhorn solve, no encoder pass).
 """
 
 from __future__ import annotations
@@ -23,9 +27,26 @@ PIXEL_RECON_WEIGHT = 10.0
 VQ_RECON_WEIGHT = 0.05
 
 
+@dataclass(frozen=True)
+class ViewPlan:
+    """The views of one training step, per image, besides the main view.
+
+    Attributes:
+        masked: colour-augmented global views that are masked (the first is a copy of the
+            main view's crop).
+        local: colour-augmented local views.
+        second: whether a second colour-augmented global view is made (global alignment).
+    """
+
+    masked: int = 0
+    local: int = 0
+    second: bool = False
+
+
 @dataclass
 class ObjectiveConfig:
-    """Switches and weights of the loss terms (SPEC §2); each paper ablation is one flag.
+    """Switches and weights of the loss terms; each ablation of the paper (arXiv 2602.01905)
+    is one flag.
 
     ``recon_weight=None`` takes the paper's weight for the head (pixel 10, vq 0.05).
     """
@@ -41,6 +62,29 @@ class ObjectiveConfig:
     ot_eps: float = 0.1
     ot_iterations: int = 5
 
+    @property
+    def uses_masked_views(self) -> bool:
+        """Set alignment, CLS alignment and KoLeo are computed on the masked views."""
+        return self.set_align or self.cls_align or self.koleo
+
+    @property
+    def uses_local_views(self) -> bool:
+        """Only CLS alignment reads the local views."""
+        return self.cls_align
+
+    @property
+    def uses_second_view(self) -> bool:
+        """Global alignment computes the clustering terms across two views."""
+        return self.global_align and self.clustering
+
+    def views(self, n_masked: int, n_local: int) -> ViewPlan:
+        """The views the enabled terms need, given the configured counts per image."""
+        return ViewPlan(
+            masked=n_masked if self.uses_masked_views else 0,
+            local=n_local if self.uses_local_views else 0,
+            second=self.uses_second_view,
+        )
+
 
 class StellarObjective(nn.Module):
     """Model + objective: ``forward(batch) -> (total, {name: detached term})``.
@@ -49,7 +93,8 @@ class StellarObjective(nn.Module):
         ``image`` (B, 3, G, G) main view, no colour augmentation (reconstruction target);
         ``masked_views`` (B·V, 3, G, G) colour-augmented copies, image-major, with
         ``keep_idx`` (B·V, k) the patches each keeps; ``local_views`` (B·L, 3, l, l);
-        ``second_view`` (B, 3, G, G) for global alignment. Absent keys switch terms off.
+        ``second_view`` (B, 3, G, G) for global alignment. Absent keys switch terms off, and
+        a view no enabled term reads is ignored.
 
     Args:
         model: a ``purpose="pretrain"`` STELLAR.
@@ -73,41 +118,61 @@ class StellarObjective(nn.Module):
         """The EMA teacher, if any."""
         return self._teacher[0] if self._teacher else None
 
+    def unused_parameters(self, plan: ViewPlan) -> list[str]:
+        """Names of the model's trainable parameters that no enabled term reaches.
+
+        DDP needs ``find_unused_parameters`` exactly when this is non-empty.
+        """
+        cfg = self.config
+        idle = []
+        if not cfg.recon:  # the factorization and the decoder only feed the reconstruction
+            idle += ["decoder.", "dense_proj.", "sparse_proj."]
+        if not (cfg.clustering or (cfg.set_align and plan.masked)):
+            idle.append("clustering_head.")
+        if not (cfg.clustering or (cfg.cls_align and (plan.masked or plan.local))):
+            idle.append("cls_cluster_head.")
+        return [
+            name
+            for name, p in self.model.named_parameters()
+            if p.requires_grad and name.startswith(tuple(idle))
+        ]
+
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute every enabled term on one batch."""
         cfg, model = self.config, self.model
-        mc = model.config
+        temp = model.config.logits_temp
+        masked = cfg.uses_masked_views and "masked_views" in batch
+        local = cfg.uses_local_views and "local_views" in batch
+        second = cfg.uses_second_view and "second_view" in batch
+        want_targets = cfg.clustering or (cfg.set_align and masked)
+        want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
+
         terms: dict[str, Tensor] = {}
-        main = model.forward_encode(batch["image"])
+        image = batch["image"]
+        main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
-            terms["recon"] = self.reconstruction_weight() * self.reconstruction_loss(
-                main, batch["image"]
-            )
+            terms["recon"] = self.reconstruction_weight() * self.reconstruction_loss(main, image)
         if cfg.koleo:
             terms["koleo"] = cfg.koleo_weight * koleo_loss(main["sparse"])
-        logits = model.clustering_head(main["sparse"])
-        cls_logits = model.cls_cluster_head(main["cls"])
-        targets, cls_targets = self.targets(batch["image"], logits, cls_logits)
-
-        # global_align computes the clustering terms across two views: an ablation that
-        # switches clustering off removes them in either form.
-        if cfg.global_align and cfg.clustering and "second_view" in batch:
+        logits = model.clustering_head(main["sparse"]) if cfg.clustering else None
+        cls_logits = model.cls_cluster_head(main["cls"]) if cfg.clustering else None
+        targets, cls_targets = self.targets(
+            image, main, want_targets, want_cls_targets, logits, cls_logits
+        )
+        if second:
             terms.update(
                 self.global_alignment(
                     batch["second_view"], main, logits, cls_logits, targets, cls_targets
                 )
             )
         elif cfg.clustering:
-            terms["cluster"] = cross_entropy_soft(logits, targets, mc.logits_temp)
-            terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, mc.logits_temp)
-
-        if "masked_views" in batch and (cfg.set_align or cfg.cls_align or cfg.koleo):
+            terms["cluster"] = cross_entropy_soft(logits, targets, temp)
+            terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, temp)
+        if masked:
             terms.update(self.masked_terms(batch, main, targets, cls_targets))
-        if "local_views" in batch and cfg.cls_align:
-            local = model.encoder.forward_features(
-                model.normalize(batch["local_views"]), model.batch_sparse(batch["local_views"])
-            )[:, :1]
-            terms["cls_align_local"] = self.cls_alignment(local, cls_targets)
+        if local:
+            out = model.forward_tokens(batch["local_views"])
+            terms["cls_align_local"] = self.cls_alignment(out["cls"], cls_targets)
         if not terms:
             raise ValueError("every loss term is switched off: nothing to train")
         total = torch.stack([t.float() for t in terms.values()]).sum()
@@ -123,14 +188,12 @@ class StellarObjective(nn.Module):
 
     def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> Tensor:
         """Pixel MSE against the [0, 1] image, or CE against the tokenizer's codes."""
-        model = self.model
-        grid = model.grid(image)
-        features = model.decoder.forward_features(main["lowrank"], grid)
-        output = model.decoder.head_output(features, grid)
-        if model.config.decoder_head == "pixel":
-            return F.mse_loss(output.float(), image.float())
+        grid = self.model.grid(image)
+        out = self.model.decode(main["lowrank"], grid)
+        if "x_hat" in out:
+            return F.mse_loss(out["x_hat"].float(), image.float())
         codes = self.vq_targets(image, grid)
-        return F.cross_entropy(output.float().flatten(0, 1), codes.flatten())
+        return F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
 
     @torch.no_grad()
     def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
@@ -147,23 +210,43 @@ class StellarObjective(nn.Module):
         return tokenizer.encode(image.clamp(0, 1))
 
     @torch.no_grad()
-    def targets(self, image: Tensor, logits: Tensor, cls_logits: Tensor) -> tuple[Tensor, Tensor]:
-        """Sinkhorn targets of the main view: from the EMA teacher if any, else the model."""
+    def targets(
+        self,
+        image: Tensor,
+        encoded: dict[str, Tensor],
+        sparse: bool = True,
+        cls: bool = True,
+        logits: Tensor | None = None,
+        cls_logits: Tensor | None = None,
+    ) -> tuple[Tensor | None, Tensor | None]:
+        """Sinkhorn targets of a view's concept tokens and CLS token (None where not wanted).
+
+        From the EMA teacher if any (it encodes ``image`` itself), else from the model's own
+        heads on ``encoded`` (reusing ``logits`` / ``cls_logits`` when already computed).
+        """
+        if not (sparse or cls):
+            return None, None
+        source = self.model
+        if self.teacher is not None:
+            source, encoded = self.teacher, self.teacher.forward_tokens(image)
+            logits = cls_logits = None
+        if sparse and logits is None:
+            logits = source.clustering_head(encoded["sparse"])
+        if cls and cls_logits is None:
+            cls_logits = source.cls_cluster_head(encoded["cls"])
         mc = self.model.config
-        teacher = self.teacher
-        if teacher is not None:
-            out = teacher.forward_encode(image)
-            logits = teacher.clustering_head(out["sparse"])
-            cls_logits = teacher.cls_cluster_head(out["cls"])
         sk = dict(sk_temp=mc.sk_temp, n_iterations=mc.n_sk_iter)
-        return clustering_targets(logits, **sk), clustering_targets(cls_logits, **sk)
+        return (
+            clustering_targets(logits, **sk) if sparse else None,
+            clustering_targets(cls_logits, **sk) if cls else None,
+        )
 
     def masked_terms(
         self,
         batch: dict[str, Tensor],
         main: dict[str, Tensor],
-        targets: Tensor,
-        cls_targets: Tensor,
+        targets: Tensor | None,
+        cls_targets: Tensor | None,
     ) -> dict[str, Tensor]:
         """KoLeo, set alignment and CLS alignment of the masked views (one encoder batch)."""
         cfg, model = self.config, self.model
@@ -204,10 +287,10 @@ class StellarObjective(nn.Module):
         """
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
-        other = model.forward_encode(second_view)
+        other = model.forward_tokens(second_view)
         logits2 = model.clustering_head(other["sparse"])
         cls_logits2 = model.cls_cluster_head(other["cls"])
-        targets2, cls_targets2 = self.targets(second_view, logits2, cls_logits2)
+        targets2, cls_targets2 = self.targets(second_view, other, True, True, logits2, cls_logits2)
         to_first, _ = sinkhorn_match(other["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations)
         to_second, _ = sinkhorn_match(
             main["sparse"], other["sparse"], cfg.ot_eps, cfg.ot_iterations

@@ -6,10 +6,15 @@ from torch import Tensor, nn
 
 from stellar.layers import FourierPositionEncoding, Transformer
 from stellar.models.config import DecoderConfig
+from stellar.models.init import init_vit_layers_
 
 
 class ReconstructionDecoder(Transformer):
     """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head.
+
+    Initialisation (:meth:`init_weights`): truncated normal (std 0.02) Linear weights (the vq
+    head's too), zero biases, unit LayerNorms; the pixel head's ConvTranspose2d keeps PyTorch's
+    default and the Fourier matrix is a fixed N(0, 1) buffer.
 
     Args:
         in_dim: encoder width d.
@@ -48,6 +53,28 @@ class ReconstructionDecoder(Transformer):
             self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, patch_size, stride=patch_size)
         else:
             self.head = nn.Linear(cfg.hidden_size, codebook_size)
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """(Re-)initialise the learned parameters (the Fourier buffer stays)."""
+        init_vit_layers_(self)
+
+    def forward(self, lowrank: Tensor, grid: tuple[int, int]) -> dict[str, Tensor]:
+        """Decode a low-rank feature map.
+
+        Args:
+            lowrank: (B, h*w, d) features, row-major over the patch grid.
+            grid: (h, w).
+
+        Returns:
+            ``decoder_output`` (B, h*w, hidden), the tokens before the head, and the pixel
+            head's ``x_hat`` (B, 3, h*p, w*p) (unclamped) or the vq head's ``logits``
+            (B, h*w, V).
+        """
+        features = self.forward_features(lowrank, grid)
+        head = self.head_output(features, grid)
+        name = "x_hat" if self.head_type == "pixel" else "logits"
+        return {"decoder_output": features, name: head}
 
     def forward_features(self, lowrank: Tensor, grid: tuple[int, int]) -> Tensor:
         """Decoder tokens before the head: (B, h*w, d) -> (B, h*w, hidden)."""

@@ -7,6 +7,7 @@ from torch import Tensor, nn
 
 from stellar.layers import Transformer, resize_patch_pos_embed
 from stellar.models.config import EncoderConfig
+from stellar.models.init import INIT_STD, init_vit_layers_
 
 
 class ViTEncoder(Transformer):
@@ -14,6 +15,8 @@ class ViTEncoder(Transformer):
 
     Extra tokens (STELLAR's concept queries) are appended after the CLS and patch tokens and
     get no position embedding; the final LayerNorm applies to every output token.
+    Initialisation (:meth:`init_weights`): truncated normal (std 0.02) for the patch embedding,
+    the block Linears, the CLS token and the position embeddings; zero biases; unit LayerNorms.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:
@@ -30,6 +33,13 @@ class ViTEncoder(Transformer):
         self.patch_embed = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid_size**2, d))
+        self.init_weights()
+
+    def init_weights(self) -> None:
+        """(Re-)initialise every parameter of the encoder."""
+        init_vit_layers_(self)
+        nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
+        nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
 
     def patch_tokens(self, pixels: Tensor) -> Tensor:
         """Embedded patches with their position embeddings, (B, 3, H, W) -> (B, h*w, D)."""

@@ -15,10 +15,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stellar.losses.clustering import OnlineClustering
+from stellar.models.clustering import OnlineClustering
 from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
+from stellar.models.init import init_vit_layers_
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -52,7 +53,7 @@ class STELLAR(nn.Module):
         d = enc.hidden_size
         self.patch_size = enc.patch_size
         self.encoder = ViTEncoder(enc)
-        self.sparse_tokens = nn.Parameter(torch.randn(config.num_sparse_tokens, d) * d**-0.5)
+        self.sparse_tokens = nn.Parameter(torch.empty(config.num_sparse_tokens, d))
         self.dense_proj = nn.Linear(d, d)
         self.sparse_proj = nn.Linear(d, d)
         self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
@@ -76,26 +77,29 @@ class STELLAR(nn.Module):
             head = dict(hidden_dim=config.predictor_hidden_dim, proto_dim=config.prototype_dim)
             self.clustering_head = OnlineClustering(d, config.num_clusters, **head)
             self.cls_cluster_head = OnlineClustering(d, config.num_clusters, **head)
-        self.init_weights()
+        # The submodules initialised themselves when built; only STELLAR's own are left.
+        self._init_own_parameters()
 
     # ------------------------------------------------------------------ initialisation
     def init_weights(self) -> None:
-        """HF-ViT style init: truncated normal (std 0.02) for linear/conv weights, zero biases.
+        """Re-initialise every learned parameter; each part owns its rule.
 
-        Concept tokens keep N(0, 1)·d^-0.5, prototypes keep N(0, 1), the Fourier matrix N(0, 1).
+        The encoder, decoder and clustering heads apply their own ``init_weights`` (HF-ViT
+        style: truncated normal, std 0.02, zero biases; prototypes N(0, 1)); the two
+        factorization projections are initialised the same way and the concept tokens
+        N(0, 1)·d^-0.5. The frozen tokenizer is never touched.
         """
-        for name, module in self.named_modules():
-            if name.startswith("tokenizer") or name.endswith(".layer"):
-                continue  # frozen third-party tokenizer; clustering prototypes
-            if isinstance(module, nn.Linear | nn.Conv2d):
-                nn.init.trunc_normal_(module.weight, std=0.02)
-                if module.bias is not None:
-                    nn.init.zeros_(module.bias)
-            elif isinstance(module, nn.LayerNorm):
-                nn.init.ones_(module.weight)
-                nn.init.zeros_(module.bias)
-        nn.init.trunc_normal_(self.encoder.cls_token, std=0.02)
-        nn.init.trunc_normal_(self.encoder.pos_embed, std=0.02)
+        for part in (self.encoder, self.decoder, self.clustering_head, self.cls_cluster_head):
+            if part is not None:
+                part.init_weights()
+        self._init_own_parameters()
+
+    def _init_own_parameters(self) -> None:
+        d = self.sparse_tokens.shape[1]
+        with torch.no_grad():
+            self.sparse_tokens.normal_().mul_(d**-0.5)
+        init_vit_layers_(self.dense_proj)
+        init_vit_layers_(self.sparse_proj)
 
     # ------------------------------------------------------------------ properties
     @property
@@ -180,10 +184,16 @@ class STELLAR(nn.Module):
 
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
         """:meth:`encode` without input checks (the training hot path)."""
+        out = self.forward_tokens(images)
+        return {**out, **self.factorize(out["dense"], out["sparse"])}
+
+    def forward_tokens(self, images: Tensor) -> dict[str, Tensor]:
+        """The encoder's ``cls`` (B, 1, d), ``dense`` (B, n, d) and ``sparse`` (B, r, d) tokens
+        without the factorization, for views whose spatial maps nobody reads; no checks."""
         tokens = self.encoder.forward_features(self.normalize(images), self.batch_sparse(images))
         n = tokens.shape[1] - 1 - self.num_tokens
         cls, dense, sparse = tokens.split([1, n, self.num_tokens], dim=1)
-        return {"cls": cls, "dense": dense, "sparse": sparse, **self.factorize(dense, sparse)}
+        return {"cls": cls, "dense": dense, "sparse": sparse}
 
     def encode_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
         """Encode CLS + the kept patches + the concept tokens (the masked-view path).
@@ -253,6 +263,31 @@ class STELLAR(nn.Module):
         }
 
     # ------------------------------------------------------------------ reconstruction
+    def decode(self, lowrank: Tensor, grid: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        """Run the decoder on a low-rank feature map (the reconstruction loss's forward).
+
+        Args:
+            lowrank: (B, n, d) = spatial @ sparse, row-major over the patch grid.
+            grid: (h, w) patch grid with h·w = n; default: square.
+
+        Returns:
+            ``decoder_output`` (B, n, C) the tokens before the head, and the pixel head's
+            ``x_hat`` (B, 3, h·p, w·p) (unclamped) or the vq head's ``logits`` (B, n, V).
+        """
+        decoder = self._require_decoder()
+        grid = grid or _square_grid(lowrank.shape[1])
+        if grid[0] * grid[1] != lowrank.shape[1]:
+            raise ValueError(f"grid {grid} does not hold {lowrank.shape[1]} patches")
+        return decoder(lowrank, grid)
+
+    def _require_decoder(self) -> ReconstructionDecoder:
+        if self.decoder is None:
+            raise ValueError(
+                "this model has no decoder: load it with purpose='reconstruct' (a checkpoint "
+                "that carries the decoder weights) to use decode() or reconstruct()"
+            )
+        return self.decoder
+
     def reconstruct(
         self,
         encoded: dict[str, Tensor] | Tensor,
@@ -267,29 +302,16 @@ class STELLAR(nn.Module):
             grid: (h, w) patch grid; default: square.
 
         Returns:
-            ``reconstruction`` (B, 3, H, W) in [0, 1] and ``decoder_output`` (B, n, C); the pixel
-            head adds ``x_hat`` (unclamped), the vq head ``logits`` (B, n, V) and ``tokens`` (B, n).
+            :meth:`decode`'s outputs plus ``reconstruction`` (B, 3, H, W) in [0, 1]: the
+            clamped ``x_hat`` for the pixel head; for the vq head the tokenizer's decoding of
+            the argmax ``tokens`` (B, n), also returned.
         """
-        if self.decoder is None:
-            raise ValueError(
-                "this model has no decoder: load it with purpose='reconstruct' (a checkpoint "
-                "that carries the decoder weights) to use reconstruct()"
-            )
-        lowrank = self._lowrank_of(encoded, spatial)
-        grid = grid or _square_grid(lowrank.shape[1])
-        if grid[0] * grid[1] != lowrank.shape[1]:
-            raise ValueError(f"grid {grid} does not hold {lowrank.shape[1]} patches")
-        features = self.decoder.forward_features(lowrank, grid)
-        head = self.decoder.head_output(features, grid)
-        if self.decoder.head_type == "pixel":
-            return {"decoder_output": features, "x_hat": head, "reconstruction": head.clamp(0, 1)}
-        tokens = head.argmax(dim=-1)
-        return {
-            "decoder_output": features,
-            "logits": head,
-            "tokens": tokens,
-            "reconstruction": self.decode_tokens(tokens),
-        }
+        self._require_decoder()
+        out = self.decode(self._lowrank_of(encoded, spatial), grid)
+        if "x_hat" in out:
+            return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
+        tokens = out["logits"].argmax(dim=-1)
+        return {**out, "tokens": tokens, "reconstruction": self.decode_tokens(tokens)}
 
     def decode_tokens(self, tokens: Tensor) -> Tensor:
         """VQ codes (B, n) -> images (B, 3, H, W) in [0, 1] through the frozen tokenizer."""
