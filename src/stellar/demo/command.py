@@ -1,24 +1,42 @@
 """``stellar demo``: watch STELLAR learn on a laptop CPU, no data or weights needed.
 
 Trains the ``cpu-demo`` preset on procedural concept scenes (ground truth of "what" and
-"where" known), evaluates the trained model next to its own random initialisation (and, with
-``--ablation``, a reconstruction-only variant), and writes ``report.md``, ``metrics.json``
-and pictures to ``--out``.
+"where" known) and the supervised reference (the same encoder, data and updates, with labels),
+evaluates both next to STELLAR's own random initialisation (and, with ``--ablation``, the
+paper's ablation variants A-D), and writes ``report.md``, ``metrics.json`` and pictures to
+``--out``.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from stellar.demo.evaluate import eval_scenes, evaluate
+from stellar.demo.ablation import ABLATIONS, RECON_ONLY
+from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
 from stellar.demo.figures import default_photos, loss_figure, photo_figure, scene_figure
-from stellar.demo.report import table, verdicts, write_report
+from stellar.demo.report import SUPERVISED, full_command, table, verdicts, write_report
 from stellar.demo.settings import DemoSettings
-from stellar.demo.training import RECON_ONLY, train_variant
+from stellar.demo.supervised import train_supervised
+from stellar.demo.training import resolve_budget, train_variant
+from stellar.demo.whatwhere import crop_invariance, equivariance_scores
+from stellar.errors import nonneg_int, positive_int
+
+logger = logging.getLogger(__name__)
+
+# Rough costs on 2 CPU cores (measured by `stellar demo`, 2026-11-23: 285 s for 480 steps of
+# 32 scenes; about 20 s to evaluate one model on 2000 + 500 scenes, plus ~10 s for its
+# what-vs-where experiments), for the expected duration printed when the demo starts.
+SECONDS_PER_TRAINED_SCENE = 285 / (480 * 32)
+SECONDS_PER_SUPERVISED_SCENE = 0.1 * SECONDS_PER_TRAINED_SCENE
+SECONDS_PER_EVALUATED_SCENE = 20 / 2500
+SECONDS_PER_MODEL = 10
+# Never evaluated for PSNR: their decoders receive no training.
+NO_RECONSTRUCTION = (SUPERVISED, "A: no reconstruction")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -27,20 +45,29 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=d.out, help="output folder (report.md, metrics.json, PNGs)"
     )
-    parser.add_argument("--seed", type=int, default=d.seed)
-    parser.add_argument("--steps", type=int, default=None, help="training steps (preset: 480)")
-    parser.add_argument("--batch-size", type=int, default=None, help="per step (preset: 32)")
+    parser.add_argument("--seed", type=nonneg_int, default=d.seed)
+    parser.add_argument(
+        "--steps", type=positive_int, default=None, help="training steps (preset: 480)"
+    )
+    parser.add_argument(
+        "--batch-size", type=positive_int, default=None, help="per step (preset: 32)"
+    )
     parser.add_argument(
         "--ablation",
         action="store_true",
-        help="also train the reconstruction-only variant with the same budget",
+        help="also train the paper's ablation variants A-D with the same budget (~30 min)",
     )
     parser.add_argument(
-        "--eval-train", type=int, default=d.eval_train, help="scenes used to fit the probes"
+        "--eval-train",
+        type=positive_int,
+        default=d.eval_train,
+        help="scenes used to fit the probes",
     )
-    parser.add_argument("--eval-val", type=int, default=d.eval_val, help="validation scenes")
-    parser.add_argument("--probe-epochs", type=int, default=d.probe_epochs)
-    parser.add_argument("--seg-epochs", type=int, default=d.seg_epochs)
+    parser.add_argument(
+        "--eval-val", type=positive_int, default=d.eval_val, help="validation scenes"
+    )
+    parser.add_argument("--probe-epochs", type=positive_int, default=d.probe_epochs)
+    parser.add_argument("--seg-epochs", type=positive_int, default=d.seg_epochs)
     parser.add_argument(
         "--photos",
         default=None,
@@ -66,31 +93,78 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def expected_seconds(settings: DemoSettings) -> float:
+    """A rough duration of :func:`run_demo` with these (resolved) settings on 2 CPU cores."""
+    scenes = (settings.steps or 0) * (settings.batch_size or 0)
+    variants = 1 + (len(ABLATIONS) if settings.ablation else 0)
+    train = scenes * (variants * SECONDS_PER_TRAINED_SCENE + SECONDS_PER_SUPERVISED_SCENE)
+    models = variants + 2  # + random init and the supervised reference
+    evaluated = models * (settings.eval_train + settings.eval_val)
+    return train + evaluated * SECONDS_PER_EVALUATED_SCENE + models * SECONDS_PER_MODEL
+
+
+def _timed(timings: dict[str, float], name: str, started: float, plan: float) -> None:
+    timings[name] = time.perf_counter() - started
+    spent = sum(timings.values())
+    logger.info(
+        "demo: %s took %.0f s (%.1f of about %.1f min so far)",
+        name,
+        timings[name],
+        spent / 60,
+        plan / 60,
+    )
+
+
 def run_demo(settings: DemoSettings) -> dict:
     """Train, evaluate, draw and report; returns metrics, timings and the table."""
+    settings = resolve_budget(settings)
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
+    variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
+    plan = expected_seconds(settings)
+    logger.info(
+        "demo: training %s (%d steps of %d scenes each) and the supervised reference, then "
+        "evaluating %d models; expected about %.0f min on 2 CPU cores",
+        ", ".join(variants),
+        settings.steps,
+        settings.batch_size,
+        len(variants) + 2,
+        plan / 60,
+    )
+    logger.info("demo: %s", full_command(settings))
     timings: dict[str, float] = {}
-    start = time.perf_counter()
-    trained, initial, run_dir = train_variant(settings, "stellar", [])
-    timings["train"] = time.perf_counter() - start
-    models = {"random init": initial, "STELLAR": trained}
-    runs = {"STELLAR": run_dir}
-    if settings.ablation:
+    models, runs = {}, {}
+    for name, extra in variants.items():
         start = time.perf_counter()
-        ablated, _, ablated_dir = train_variant(settings, "recon-only", RECON_ONLY)
-        timings["train recon-only"] = time.perf_counter() - start
-        models["recon only"] = ablated
-        runs["recon only"] = ablated_dir
-    for m in models.values():
-        m.eval()
+        folder = "stellar" if name == "STELLAR" else name.split(":")[0].lower()
+        trained, initial, run_dir = train_variant(settings, folder, extra)
+        if name == "STELLAR":
+            models["random init"] = initial
+        models[name], runs[name] = trained, run_dir
+        _timed(timings, f"train {name}", start, plan)
+    start = time.perf_counter()
+    models[SUPERVISED], cached = train_supervised(settings)
+    _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start, plan)
+    order = ["random init", "STELLAR", SUPERVISED, *list(ABLATIONS)]
+    models = {name: models[name] for name in order if name in models}
+
     start = time.perf_counter()
     train_scenes, val_scenes = eval_scenes(settings)
-    results = {name: evaluate(m, train_scenes, val_scenes, settings) for name, m in models.items()}
-    timings["evaluate"] = time.perf_counter() - start
+    results, samples = {}, {}
+    for name, model in models.items():
+        metrics, samples[name] = evaluate(
+            model, train_scenes, val_scenes, settings, reconstruct=name not in NO_RECONSTRUCTION
+        )
+        metrics["equivariance"] = equivariance_scores(model, val_scenes)
+        metrics["invariance"] = crop_invariance(model, val_scenes, settings.seed)
+        results[name] = metrics
+    chance = chance_samples(train_scenes, val_scenes)
+    lines = verdicts(results, samples, chance, settings.seed)
+    _timed(timings, "evaluate", start, plan)
 
+    shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
     figures = []
-    scene_figure(models, val_scenes).save(out / "concepts_scenes.png")
+    scene_figure({k: models[k] for k in shown}, val_scenes).save(out / "concepts_scenes.png")
     figures.append(("concepts_scenes.png", "Concept maps and reconstructions on validation scenes"))
     photos = Path(settings.photos) if settings.photos else default_photos()
     if photos is not None:
@@ -104,13 +178,14 @@ def run_demo(settings: DemoSettings) -> dict:
     (out / "metrics.json").write_text(
         json.dumps(
             {
+                "command": full_command(settings),
                 "settings": asdict(settings),
                 "results": results,
                 "timings_s": timings,
-                "verdicts": verdicts(results, settings.eval_val),
+                "verdicts": lines,
             },
             indent=2,
         )
     )
-    write_report(out, results, timings, settings, figures)
+    write_report(out, results, lines, timings, settings, figures, samples)
     return {"results": results, "timings": timings, "table": table(results)}

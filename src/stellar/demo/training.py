@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import replace
 from pathlib import Path
 
 from stellar.demo.settings import DemoSettings
@@ -10,11 +11,13 @@ from stellar.models.stellar import STELLAR
 from stellar.train.config import load_config
 from stellar.train.trainer import Trainer
 
-RECON_ONLY = [
-    "objective.clustering=false",
-    "objective.set_align=false",
-    "objective.cls_align=false",
-]
+
+def resolve_budget(settings: DemoSettings) -> DemoSettings:
+    """``settings`` with the preset's steps and batch size filled in where not given."""
+    cfg = load_config("cpu-demo", list(settings.overrides))
+    steps = settings.steps if settings.steps is not None else cfg.max_steps
+    batch = settings.batch_size if settings.batch_size is not None else cfg.batch_size
+    return replace(settings, steps=steps, batch_size=batch)
 
 
 def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer:

@@ -1,0 +1,80 @@
+"""Sampling noise of the demo's gaps: is a difference between two models more than chance?
+
+Every demo metric is measured on the same validation scenes for every model, so a gap is read
+against the standard error of the *paired* difference: for a mean of per-sample values
+(accuracy as 0/1 correctness, PSNR per image, IoU per object) that is the standard deviation
+of the per-sample differences over sqrt(n); for mIoU, a ratio of pixel counts pooled over the
+scenes, it is the spread of the gap under a paired bootstrap over scenes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from stellar.eval.segmentation import ConfusionMatrix
+
+
+def accuracy_gap_stderr(a: float, b: float, n: int) -> float:
+    """Standard error of the difference of two accuracies, each measured on ``n`` samples.
+
+    Binomial, treating the two as independent: sqrt(a(1-a)/n + b(1-b)/n).
+    """
+    if n < 1:
+        raise ValueError(f"expected n >= 1, got {n}")
+    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
+
+
+def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
+    """Mean of ``a - b`` and its standard error, for per-sample values of the same samples.
+
+    Args:
+        a, b: (N,) per-sample values of two models (N >= 1).
+
+    Returns:
+        ``(gap, stderr)``; the standard error is 0 for a single sample.
+    """
+    if a.shape != b.shape or a.dim() != 1 or a.numel() == 0:
+        raise ValueError(
+            f"expected two non-empty (N,) tensors of one shape, got {tuple(a.shape)}, "
+            f"{tuple(b.shape)}"
+        )
+    d = a.double() - b.double()
+    se = float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else 0.0
+    return float(d.mean()), se
+
+
+def pooled_miou(confusions: Tensor) -> float:
+    """mIoU of per-scene confusion matrices (N, C, C) summed over the scenes."""
+    cm = ConfusionMatrix(confusions.shape[-1])
+    cm.matrix += confusions.sum(0).to(cm.matrix.dtype)
+    return cm.compute()["miou"]
+
+
+def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
+    """mIoU gap of two models and its paired-bootstrap standard error over scenes.
+
+    Args:
+        a, b: (N, C, C) per-scene confusion matrices (rows: target, columns: prediction).
+        n_boot: bootstrap resamples; seed: their generator's seed.
+
+    Returns:
+        ``(gap, stderr)``.
+    """
+    if a.shape != b.shape or a.dim() != 3:
+        raise ValueError(f"expected two (N, C, C) tensors, got {tuple(a.shape)}, {tuple(b.shape)}")
+    gap = pooled_miou(a) - pooled_miou(b)
+    g = torch.Generator().manual_seed(seed)
+    n = a.shape[0]
+    gaps = []
+    for _ in range(n_boot):
+        idx = torch.randint(n, (n,), generator=g)
+        gaps.append(pooled_miou(a[idx]) - pooled_miou(b[idx]))
+    return gap, float(torch.tensor(gaps, dtype=torch.float64).std())
+
+
+def gap_with_stderr(key: str, a: Tensor, b: Tensor, seed: int = 0) -> tuple[float, float]:
+    """The gap of metric ``key`` between two models' per-sample values, and its std. error."""
+    return miou_gap(a, b, seed=seed) if key == "seg_miou" else paired_gap(a, b)
