@@ -29,8 +29,8 @@ class UsageError(ValueError):
 class Bounds:
     """A closed or open numeric interval; ``None`` leaves that side unbounded.
 
-    ``Bounds(low=1)`` is ">= 1", ``Bounds(0, 1, high_open=True)`` is "in [0, 1)". Numbers
-    outside it, and NaN or infinite values whenever a side is bounded, are rejected.
+    ``Bounds(low=1)`` is ">= 1", ``Bounds(0, 1, high_open=True)`` is "in [0, 1)". NaN and
+    infinite values are never inside.
     """
 
     low: float | None = None
@@ -39,6 +39,8 @@ class Bounds:
     high_open: bool = False
 
     def __contains__(self, value: float) -> bool:
+        if not math.isfinite(value):
+            return False
         above = self.low is None or value > self.low or (not self.low_open and value == self.low)
         below = (
             self.high is None or value < self.high or (not self.high_open and value == self.high)
@@ -58,7 +60,7 @@ class Bounds:
 
     def check(self, value: float, name: str) -> None:
         """Raise :class:`UsageError` naming ``name``, the rule and ``value`` if it is outside."""
-        if value not in self or (isinstance(value, float) and not math.isfinite(value)):
+        if value not in self:
             raise UsageError(f"{name}: expected {self.describe()}, got {value!r}")
 
 
@@ -79,7 +81,7 @@ def number_type(kind: type, bounds: Bounds) -> Callable[[str], Any]:
             value = kind(text)
         except ValueError:
             value = None
-        if value is None or value not in bounds or not math.isfinite(value):
+        if value is None or value not in bounds:
             raise argparse.ArgumentTypeError(f"expected {noun} {bounds.describe()}, got {text!r}")
         return value
 

@@ -2,11 +2,15 @@
 
 from __future__ import annotations
 
+import typing
+
 import pytest
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
-from stellar.train.config import load_config
+from stellar.errors import UsageError
+from stellar.losses.masking import FOCAL_MODES
+from stellar.train.config import FocalMode, load_config
 from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN]
@@ -15,22 +19,28 @@ TINY = [*TINY_RUN]
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("max_steps=abc", "max_steps expects an integer, got 'abc'"),
-        ("objective.ot_iterations=abc", "objective.ot_iterations expects an integer, got 'abc'"),
-        ("batch_size=abc", "batch_size expects an integer, got 'abc'"),
-        ("batch_size=4.5", "batch_size expects an integer, got 4.5"),
-        ("epochs=null", r"epochs expects an integer \(null is not allowed here\), got None"),
-        ("compile=maybe", "compile expects true or false, got 'maybe'"),
-        ("ema.enabled=abc", "ema.enabled expects true or false, got 'abc'"),
-        ("ema.enabled=1", "ema.enabled expects true or false, got 1"),
-        ("optim.lr=fast", "optim.lr expects a number, got 'fast'"),
-        ("optim.betas=[0.9,x]", r"optim.betas\[1\] expects a number, got 'x'"),
-        ("optim.betas=[0.9]", r"optim.betas expects a list of 2 values, got \[0.9\]"),
-        ("augment.color=3", "augment.color expects a mapping, got 3"),
+        ("max_steps=abc", "max_steps: expected an integer or null, got 'abc'"),
+        ("objective.ot_iterations=abc", "objective.ot_iterations: expected an integer, got 'abc'"),
+        ("batch_size=abc", "batch_size: expected an integer, got 'abc'"),
+        ("batch_size=4.5", "batch_size: expected an integer, got 4.5"),
+        ("epochs=null", r"epochs: expected an integer \(null is not allowed here\), got None"),
+        ("compile=maybe", "compile: expected true or false, got 'maybe'"),
+        ("ema.enabled=abc", "ema.enabled: expected true or false, got 'abc'"),
+        ("ema.enabled=1", "ema.enabled: expected true or false, got 1"),
+        ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
+        ("optim.betas=[0.9,x]", r"optim.betas\[1\]: expected a number, got 'x'"),
+        ("optim.betas=[0.9]", r"optim.betas: expected a list of 2 values, got \[0.9\]"),
+        ("augment.color=3", "augment.color: expected a mapping, got 3"),
+        # The enums: each a Literal on its field, so a typo fails when the config is built.
+        ("precision=fp16", "precision: expected one of 'auto', 'bf16'.*, got 'fp16'"),
+        ("strategy=zero", "strategy: expected one of 'ddp', 'fsdp', got 'zero'"),
+        ("data.source=web", "data.source: expected one of 'scenes', 'folder', got 'web'"),
+        ("nonfinite=ignore", "nonfinite: expected one of 'stop', 'skip', got 'ignore'"),
+        ("augment.focal_mode=foo", "augment.focal_mode: expected one of 'gaussian', 'block' or"),
     ],
 )
 def test_wrong_value_types_fail_when_the_config_is_built(override, message):
-    with pytest.raises(ValueError, match=f"config key {message}"):
+    with pytest.raises(UsageError, match=message):
         load_config("cpu-smoke", [override])
 
 
@@ -48,27 +58,45 @@ def test_values_are_converted_to_the_annotated_type():
 @pytest.mark.parametrize(
     ("override", "message"),
     [
-        ("ckpt_every=0", "ckpt_every must be an integer >= 1, got 0"),
-        ("log_every=0", "log_every must be an integer >= 1, got 0"),
-        ("max_steps=0", "max_steps must be an integer >= 1 or null, got 0"),
-        ("stop_at=0", "stop_at must be an integer >= 1 or null, got 0"),
-        ("augment.mask_ratio=1.5", r"augment.mask_ratio must be in \[0, 1\), got 1.5"),
-        ("augment.focal_mode=foo", "augment.focal_mode must be one of gaussian, block, null"),
-        ("augment.global_size=70", "augment.global_size must be a multiple of the patch size 8"),
-        ("augment.local_size=36", "augment.local_size must be a multiple of the patch size 8"),
+        ("ckpt_every=0", "ckpt_every: expected an integer >= 1, got 0"),
+        ("log_every=0", "log_every: expected an integer >= 1, got 0"),
+        ("max_steps=0", "max_steps: expected an integer >= 1 or null, got 0"),
+        ("stop_at=0", "stop_at: expected an integer >= 1 or null, got 0"),
+        ("augment.mask_ratio=1.5", r"augment.mask_ratio: expected a number in \[0, 1\), got 1.5"),
+        ("optim.lr=-1", "optim.lr: expected a number > 0, got -1.0"),
+        ("optim.lr=.inf", "optim.lr: expected a number > 0, got inf"),
+        ("ema.final_momentum=2", r"ema.final_momentum: expected a number in \[0, 1\] or null"),
+        ("objective.ot_iterations=0", "objective.ot_iterations: expected >= 1, got 0"),
+        ("augment.global_size=70", "augment.global_size: expected a multiple of the patch size 8"),
+        ("augment.local_size=36", "augment.local_size: expected a multiple of the patch size 8"),
+        ("model_overrides.spatial_temp=0", r"spatial_temp: expected a number > 0 or null, got 0"),
+        ("model_overrides.encoder.patch_size=0", "encoder.patch_size: expected an integer >= 1"),
+        ("model_overrides.encoder.patch_size=7", "image_size 64 is not divisible by patch_size 7"),
     ],
 )
-def test_out_of_range_values_fail_before_anything_is_written(tmp_path, override, message):
-    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path / 'run'}", "max_steps=2", override])
-    with pytest.raises(ValueError, match=f"config key {message}"):
+def test_out_of_range_values_fail_when_the_config_is_built(tmp_path, override, message):
+    with pytest.raises(UsageError, match=message):
+        load_config("cpu-smoke", [*TINY, f"out={tmp_path / 'run'}", "max_steps=2", override])
+
+
+def test_a_config_edited_in_python_is_checked_before_anything_is_written(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path / 'run'}", "max_steps=2"])
+    cfg.augment.mask_ratio = 1.0
+    with pytest.raises(UsageError, match=r"augment.mask_ratio: expected a number in \[0, 1\)"):
         Trainer(cfg).train()
+    cfg.augment.mask_ratio, cfg.precision = 0.5, "half"
+    with pytest.raises(UsageError, match="precision: expected one of"):
+        Trainer(cfg)
     assert not (tmp_path / "run").exists()
 
 
+def test_the_focal_mode_enum_is_the_masking_one():
+    assert (*typing.get_args(FocalMode), None) == FOCAL_MODES
+
+
 def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):
-    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "strategy=fsdp", "ema.enabled=true"])
-    with pytest.raises(ValueError, match="ema.enabled=true is not supported with strategy=fsdp"):
-        Trainer(cfg)
+    with pytest.raises(UsageError, match="ema.enabled=true is not supported with strategy=fsdp"):
+        load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "strategy=fsdp", "ema.enabled=true"])
 
 
 @pytest.mark.parametrize(
@@ -80,9 +108,8 @@ def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):
     ],
 )
 def test_settings_that_would_be_silently_ignored_are_rejected(tmp_path, overrides, message):
-    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *overrides])
-    with pytest.raises(ValueError, match=message):
-        Trainer(cfg)
+    with pytest.raises(UsageError, match=message):
+        load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *overrides])
 
 
 def test_shipped_presets_pass_the_checks():
@@ -94,22 +121,28 @@ def test_shipped_presets_pass_the_checks():
 
 
 def test_unknown_model_override_keys_are_rejected(tmp_path):
-    with pytest.raises(ValueError, match=r"model_overrides key\(s\) num_sparse_token; .*"):
+    with pytest.raises(UsageError, match=r"key\(s\) model_overrides.num_sparse_token; valid keys"):
         load_config("cpu-smoke", ["model_overrides.num_sparse_token=12"])
-    with pytest.raises(ValueError, match=r"encoder.patch_sz; valid keys: .*encoder.\{.*patch_size"):
+    with pytest.raises(
+        UsageError, match=r"model_overrides.encoder.patch_sz; valid keys under .*patch_size"
+    ):
         load_config("cpu-smoke", ["model_overrides.encoder.patch_sz=4"])
+    with pytest.raises(UsageError, match="model: expected a registered model name"):
+        load_config("cpu-smoke", ["model=stellar-tinyy"])
     # A config built in Python (not through load_config) is checked by the trainer.
     cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}"])
     cfg.model_overrides = {"num_sparse_token": 12}
-    with pytest.raises(ValueError, match="num_sparse_token; valid keys: num_sparse_tokens"):
+    with pytest.raises(UsageError, match="num_sparse_token; valid keys under model_overrides"):
         Trainer(cfg)
-    # Known keys, nested ones included, reach the model.
+    # Known keys, nested ones included, reach the model, converted to their types.
     cfg = load_config(
         "cpu-smoke",
         [*TINY, "model_overrides.num_sparse_tokens=4", "model_overrides.encoder.hidden_size=64"],
     )
+    cfg.model_overrides["spatial_temp"] = 1  # an int for a float field
     model = Trainer(cfg).model
     assert model.config.num_sparse_tokens == 4 and model.config.encoder.hidden_size == 64
+    assert type(model.config.spatial_temp) is float
 
 
 def test_train_overrides_may_follow_the_flags(monkeypatch):

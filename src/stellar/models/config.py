@@ -5,15 +5,13 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import numbers
-import types
-import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from stellar.errors import UsageError
+from stellar.schema import bounded, build, check
 
 logger = logging.getLogger(__name__)
 
@@ -27,19 +25,19 @@ _FOREIGN_MARKERS = ("model_type", "architectures")
 class EncoderConfig:
     """The ViT encoder (HF ``ViTConfig`` field names)."""
 
-    hidden_size: int = 768
-    num_hidden_layers: int = 12
-    num_attention_heads: int = 12
-    intermediate_size: int = 3072
-    image_size: int = 224
-    patch_size: int = 16
-    num_channels: int = 3
-    layer_norm_eps: float = 1e-12
+    hidden_size: int = bounded(768, low=1)
+    num_hidden_layers: int = bounded(12, low=1)
+    num_attention_heads: int = bounded(12, low=1)
+    intermediate_size: int = bounded(3072, low=1)
+    image_size: int = bounded(224, low=1)
+    patch_size: int = bounded(16, low=1)
+    num_channels: int = bounded(3, low=1)
+    layer_norm_eps: float = bounded(1e-12, low=0, low_open=True)
     qkv_bias: bool = True
-    hidden_act: str = "gelu"
+    hidden_act: Literal["gelu"] = "gelu"  # the released models' activation
 
     def __post_init__(self) -> None:
-        _check_types(self, "encoder.")
+        check(self, "encoder.")
 
     @property
     def grid_size(self) -> int:
@@ -51,12 +49,12 @@ class EncoderConfig:
 class DecoderConfig:
     """The reconstruction decoder's transformer (its depth is ``num_decoder_layers``)."""
 
-    hidden_size: int = 512
-    num_attention_heads: int = 8
-    intermediate_size: int = 2048
+    hidden_size: int = bounded(512, low=1)
+    num_attention_heads: int = bounded(8, low=1)
+    intermediate_size: int = bounded(2048, low=1)
 
     def __post_init__(self) -> None:
-        _check_types(self, "decoder.")
+        check(self, "decoder.")
 
 
 @dataclass
@@ -69,34 +67,36 @@ class StellarConfig:
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
-    num_sparse_tokens: int = 16
-    spatial_temp: float | None = 0.06
-    num_decoder_layers: int = 6
+    num_sparse_tokens: int = bounded(16, low=1)
+    # None: scaled dot-product assignment logits instead of cosine / temperature.
+    spatial_temp: float | None = bounded(0.06, low=0, low_open=True)
+    num_decoder_layers: int = bounded(6, low=1)
     decoder_head: DecoderHead = "vq"
     decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    num_clusters: int = 16384
-    prototype_dim: int = 256
-    predictor_layers: int = 2
-    predictor_hidden_dim: int = 2048
-    logits_temp: float = 0.12
-    sk_temp: float = 0.06
-    n_sk_iter: int = 3
-    sk_scale: float = 1.0
-    vq_codebook_size: int = 1024
-    fourier_features: int = 256
-    architecture: str = "stellar"
+    num_clusters: int = bounded(16384, low=1)
+    prototype_dim: int = bounded(256, low=1)
+    predictor_layers: Literal[2] = 2  # the released clustering heads' depth
+    predictor_hidden_dim: int = bounded(2048, low=1)
+    logits_temp: float = bounded(0.12, low=0, low_open=True)
+    sk_temp: float = bounded(0.06, low=0, low_open=True)
+    n_sk_iter: int = bounded(3, low=1)
+    # In the official schema; the released models use 1.0 and nothing else is implemented.
+    sk_scale: float = bounded(1.0, low=1.0, high=1.0)
+    vq_codebook_size: int = bounded(1024, low=1)
+    fourier_features: int = bounded(256, low=1)
+    architecture: Literal["stellar"] = ARCHITECTURE
 
     def __post_init__(self) -> None:
         if isinstance(self.encoder, Mapping):
-            self.encoder = _from_fields(EncoderConfig, self.encoder, "encoder")
+            self.encoder = build(EncoderConfig, self.encoder, "encoder.")
         if isinstance(self.decoder, Mapping):
-            self.decoder = _from_fields(DecoderConfig, self.decoder, "decoder")
-        _check_types(self, "")
+            self.decoder = build(DecoderConfig, self.decoder, "decoder.")
+        check(self)
         self.validate()
 
     def validate(self) -> None:
-        """Raise UsageError when the fields cannot describe a working model."""
-        enc = self.encoder
+        """Raise UsageError when the fields, each valid alone, cannot make a working model."""
+        enc, dec = self.encoder, self.decoder
         problems = []
         if enc.hidden_size % enc.num_attention_heads:
             problems.append(
@@ -108,18 +108,17 @@ class StellarConfig:
                 f"encoder.image_size {enc.image_size} is not divisible by patch_size "
                 f"{enc.patch_size}"
             )
-        if self.decoder.hidden_size % self.decoder.num_attention_heads:
-            problems.append("decoder.hidden_size is not divisible by its num_attention_heads")
-        if self.decoder_head not in ("pixel", "vq"):
-            problems.append(f"decoder_head must be 'pixel' or 'vq', got {self.decoder_head!r}")
-        if self.num_sparse_tokens < 1:
-            problems.append("num_sparse_tokens must be >= 1")
-        if self.architecture != ARCHITECTURE:
-            problems.append(f"architecture must be {ARCHITECTURE!r}, got {self.architecture!r}")
-        if enc.hidden_act != "gelu":
-            problems.append(f"only hidden_act='gelu' is supported, got {enc.hidden_act!r}")
-        if self.predictor_layers != 2:
-            problems.append("only predictor_layers=2 (the released heads) is supported")
+        if dec.hidden_size % dec.num_attention_heads:
+            problems.append(
+                f"decoder.hidden_size {dec.hidden_size} is not divisible by its "
+                f"num_attention_heads {dec.num_attention_heads}"
+            )
+        if 2 * self.fourier_features != dec.hidden_size:
+            problems.append(
+                f"the decoder's Fourier position encoding is 2 x fourier_features = "
+                f"{2 * self.fourier_features} wide, expected decoder.hidden_size "
+                f"{dec.hidden_size}"
+            )
         if problems:
             raise UsageError("invalid STELLAR config: " + "; ".join(problems))
 
@@ -132,7 +131,7 @@ class StellarConfig:
         """Build from a dict in the official schema; unknown keys are logged and ignored.
 
         Raises:
-            ValueError: ``data`` is not a mapping, is another library's config (HF
+            UsageError: ``data`` is not a mapping, is another library's config (HF
                 ``model_type`` / ``architectures``, or ``architecture`` other than
                 ``"stellar"``), names no STELLAR field, or a field has the wrong type.
         """
@@ -155,7 +154,7 @@ class StellarConfig:
                     f"expected a STELLAR config, found none of its fields (got keys: "
                     f"{', '.join(sorted(map(str, data))) or 'none'})"
                 )
-        return _from_fields(cls, data, "config")
+        return build(cls, data, unknown="warn")
 
     def save(self, path: str | Path) -> None:
         """Write ``config.json``."""
@@ -174,79 +173,21 @@ class StellarConfig:
             raise UsageError(f"{path}: {err}") from None
 
     def replace(self, **changes: Any) -> StellarConfig:
-        """A copy with top-level fields changed (``encoder=`` / ``decoder=`` take dicts too)."""
-        data = self.to_dict()
-        for key, value in changes.items():
-            if key in ("encoder", "decoder") and isinstance(value, dict):
-                data[key] = {**data[key], **value}
-            else:
-                data[key] = value
-        return StellarConfig.from_dict(data)
+        """A copy with fields changed (``encoder=`` / ``decoder=`` take dicts of their fields).
+
+        Raises:
+            UsageError: a key that is not a field (listing the valid ones), a value of the
+                wrong type or range, or a combination that cannot make a model.
+        """
+        return build(StellarConfig, merge_fields(self.to_dict(), changes))
 
 
-def _from_fields(cls: type, data: Mapping[str, Any], where: str) -> Any:
-    if not isinstance(data, Mapping):
-        raise UsageError(f"{where}: expected an object (mapping), got {type(data).__name__}")
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(map(str, set(data) - names))
-    if unknown:
-        logger.warning("ignoring unknown %s keys: %s", where, ", ".join(unknown))
-    return cls(**{k: v for k, v in data.items() if k in names})
-
-
-def _check_types(obj: Any, prefix: str) -> None:
-    """Check (and normalise) every field of a config dataclass against its annotation.
-
-    ints must be integers (not bools), floats any real number (stored as float), strs and
-    bools exactly that; a wrong type is a ValueError naming the field, so a config.json with
-    ``"hidden_size": "96"`` fails on load rather than deep inside a forward pass.
-    """
-    hints = typing.get_type_hints(type(obj))
-    for f in dataclasses.fields(obj):
-        value = getattr(obj, f.name)
-        ok, normalised = _conforms(value, hints[f.name])
-        if not ok:
-            raise UsageError(
-                f"{prefix}{f.name}: expected {_describe(hints[f.name])}, got "
-                f"{type(value).__name__} {value!r}"
-            )
-        if normalised is not value:
-            setattr(obj, f.name, normalised)
-
-
-def _conforms(value: Any, hint: Any) -> tuple[bool, Any]:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return value in typing.get_args(hint) and isinstance(value, str), value
-    if origin in (typing.Union, types.UnionType):
-        for arg in typing.get_args(hint):
-            ok, normalised = _conforms(value, arg)
-            if ok:
-                return True, normalised
-        return False, value
-    if hint is type(None):
-        return value is None, value
-    if hint is bool:
-        return isinstance(value, bool), value
-    if hint is int:
-        ok = isinstance(value, numbers.Integral) and not isinstance(value, bool)
-        return ok, int(value) if ok else value
-    if hint is float:
-        ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
-        return ok, float(value) if ok else value
-    if isinstance(hint, type):
-        return isinstance(value, hint), value
-    return True, value
-
-
-def _describe(hint: Any) -> str:
-    origin = typing.get_origin(hint)
-    if origin is Literal:
-        return "one of " + ", ".join(repr(a) for a in typing.get_args(hint))
-    if origin in (typing.Union, types.UnionType):
-        return " or ".join(_describe(a) for a in typing.get_args(hint))
-    if hint is type(None):
-        return "null"
-    if dataclasses.is_dataclass(hint):
-        return "an object (mapping)"
-    return getattr(hint, "__name__", str(hint))
+def merge_fields(data: dict[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` with ``changes`` applied; a mapping given for a section is merged into it."""
+    merged = dict(data)
+    for key, value in changes.items():
+        if isinstance(value, Mapping) and isinstance(merged.get(key), dict):
+            merged[key] = merge_fields(merged[key], value)
+        else:
+            merged[key] = value
+    return merged

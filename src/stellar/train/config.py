@@ -1,63 +1,73 @@
-"""Training configuration: dataclass defaults ⊕ a YAML preset or file ⊕ ``key=value`` overrides."""
+"""Training configuration: dataclass defaults ⊕ a YAML preset or file ⊕ ``key=value`` overrides.
+
+Types and ranges are declared on the fields (``Literal`` enums, :func:`~stellar.schema.bounded`)
+and checked by the one checker, :mod:`stellar.schema`; :meth:`TrainConfig.validate` adds the
+rules that join several fields, and :func:`check_against_model` those that need the model's
+architecture. Both run before anything is built or written.
+"""
 
 from __future__ import annotations
 
 import dataclasses
-import datetime
-import types
-import typing
+import inspect
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import yaml
 
-from stellar.errors import UsageError
+from stellar.data.augment import MultiViewAugment
+from stellar.errors import Bounds, UsageError
 from stellar.losses.objective import ObjectiveConfig
-from stellar.models.config import StellarConfig
+from stellar.models.config import StellarConfig, merge_fields
+from stellar.models.registry import get_config, list_models
+from stellar.schema import bounded, build, check, field_names, nested
+
+FocalMode = Literal["gaussian", "block"]
+Precision = Literal["auto", "bf16", "bfloat16", "fp32", "float32"]
 
 
 @dataclass
 class DataConfig:
     """Where images come from: ``source`` is ``scenes`` (built in) or ``folder`` (``root``)."""
 
-    source: str = "scenes"
+    source: Literal["scenes", "folder"] = "scenes"
     root: str | None = None
-    canvas_size: int = 256
-    scenes_size: int = 64
-    scenes_length: int = 10000
-    num_workers: int = 0
+    canvas_size: int = bounded(256, low=1)
+    scenes_size: int = bounded(64, low=1)
+    scenes_length: int = bounded(10000, low=1)
+    num_workers: int = bounded(0, low=0)
     seed: int = 0
 
 
 @dataclass
 class AugmentConfig:
-    """Multi-view augmentation sizes and counts (SPEC §3; scaled down for CPU presets)."""
+    """Multi-view augmentation sizes and counts (the paper's; scaled down for CPU presets)."""
 
-    global_size: int = 224
-    local_size: int = 96
-    n_global: int = 8
-    n_local: int = 8
-    n_masked: int = 8
+    global_size: int = bounded(224, low=1)
+    local_size: int = bounded(96, low=1)
+    n_global: int = bounded(8, low=1)
+    n_local: int = bounded(8, low=0)
+    n_masked: int = bounded(8, low=0)
     global_scale: tuple[float, float] = (0.36, 1.0)
     local_scale: tuple[float, float] = (0.06, 0.36)
-    mask_ratio: float = 0.8
-    focal_mode: str | None = "gaussian"
-    focal_prob: float = 0.5
-    color: dict[str, Any] = field(default_factory=dict)  # color_blur kwargs, e.g. hue: 0.5
+    mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
+    focal_mode: FocalMode | None = "gaussian"
+    focal_prob: float = bounded(0.5, low=0, high=1)
+    color: dict[str, Any] = field(default_factory=dict)  # MultiViewAugment colour/blur keywords
 
 
 @dataclass
 class OptimConfig:
-    """AdamW with a cosine schedule, linear warm-up and a floor (SPEC §4)."""
+    """AdamW with a cosine schedule, linear warm-up and a floor (the paper's ViT-B/16 recipe)."""
 
-    lr: float = 1.5e-4
-    weight_decay: float = 0.04
+    lr: float = bounded(1.5e-4, low=0, low_open=True)
+    weight_decay: float = bounded(0.04, low=0)
     betas: tuple[float, float] = (0.9, 0.999)
-    warmup: float = 0.1
-    min_lr: float = 1e-6
-    clip_grad: float | None = 3.0
+    warmup: float = bounded(0.1, low=0, high=1)  # fraction of the steps
+    min_lr: float = bounded(1e-6, low=0)
+    clip_grad: float | None = bounded(3.0, low=0, low_open=True)
 
 
 @dataclass
@@ -65,8 +75,8 @@ class EMAConfig:
     """Optional EMA teacher supplying the clustering targets."""
 
     enabled: bool = False
-    momentum: float = 0.996
-    final_momentum: float | None = None
+    momentum: float = bounded(0.996, low=0, high=1)
+    final_momentum: float | None = bounded(None, low=0, high=1)
 
 
 @dataclass
@@ -75,6 +85,10 @@ class InitConfig:
 
     encoder: str | None = None
     checkpoint: str | None = None
+
+
+# Ranges of fields declared in other modules' dataclasses (same rule as ``bounded``).
+_SECTION_BOUNDS = {("objective", "ot_iterations"): Bounds(low=1)}
 
 
 @dataclass
@@ -90,26 +104,103 @@ class TrainConfig:
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
     init: InitConfig = field(default_factory=InitConfig)
-    batch_size: int = 128
-    grad_accum: int = 1
-    epochs: int = 150
-    max_steps: int | None = None
-    stop_at: int | None = None  # checkpoint and stop early (schedule unchanged): preemption
-    precision: str = "auto"
+    batch_size: int = bounded(128, low=1)
+    grad_accum: int = bounded(1, low=1)
+    epochs: int = bounded(150, low=1)
+    max_steps: int | None = bounded(None, low=1)
+    # checkpoint and stop early (schedule unchanged): preemption
+    stop_at: int | None = bounded(None, low=1)
+    precision: Precision = "auto"
     compile: bool = False
-    strategy: str = "ddp"
+    strategy: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     out: str = "runs/stellar"
-    log_every: int = 10
-    ckpt_every: int = 1000
-    keep_checkpoints: int = 2
-    nonfinite: str = "stop"
+    log_every: int = bounded(10, low=1)
+    ckpt_every: int = bounded(1000, low=1)
+    keep_checkpoints: int = bounded(2, low=1)
+    nonfinite: Literal["stop", "skip"] = "stop"
     tensorboard: bool = True
     progress: bool = True
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (for YAML/JSON)."""
         return dataclasses.asdict(self)
+
+    def validate(self, texts: dict[str, str] | None = None) -> TrainConfig:
+        """Check every field (types, ranges) and every rule joining fields; returns self.
+
+        Runs in :func:`load_config` and again when a :class:`~stellar.train.trainer.Trainer`
+        starts (a config may be built or edited in Python), before anything is built.
+
+        Raises:
+            UsageError: naming the key, what it expects and the value.
+        """
+        check(self, texts=texts)
+        for (section, name), rule in _SECTION_BOUNDS.items():
+            rule.check(getattr(getattr(self, section), name), f"{section}.{name}")
+        a = self.augment
+        if a.n_masked > a.n_global:
+            raise UsageError(
+                f"augment.n_masked {a.n_masked} cannot exceed augment.n_global {a.n_global}"
+            )
+        if self.objective.global_align and a.n_global < 2:
+            raise UsageError("objective.global_align needs augment.n_global >= 2")
+        if self.strategy == "fsdp" and self.ema.enabled:
+            # The teacher is an unsharded copy: its EMA update cannot mix with FSDP's shards.
+            raise UsageError(
+                "ema.enabled=true is not supported with strategy=fsdp (the EMA teacher is not "
+                "sharded); use strategy=ddp or ema.enabled=false"
+            )
+        if self.init.checkpoint and self.model_overrides:
+            raise UsageError(
+                "model_overrides cannot change a model loaded from init.checkpoint (its "
+                "architecture is the checkpoint's); drop them, or start from model=PRESET"
+            )
+        if not self.init.checkpoint:  # the architecture is known now: check against it
+            self.model_overrides, architecture = _apply_model_overrides(
+                self.model_overrides, self.model, texts or {}
+            )
+            check_against_model(self, architecture)
+        if self.data.source == "scenes" and self.data.root:
+            raise UsageError(
+                f"data.root={self.data.root} is set but data.source is 'scenes' (the built-in "
+                "procedural scenes, no files): add data.source=folder to train on the folder"
+            )
+        # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
+        colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set(
+            field_names(AugmentConfig)
+        )
+        unknown = sorted(set(a.color) - colour_keys)
+        if unknown:
+            raise UsageError(
+                f"unknown augment.color key(s) {', '.join(unknown)}; "
+                f"valid: {', '.join(sorted(colour_keys))}"
+            )
+        return self
+
+
+def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
+    """The training settings that depend on the architecture (patch size, concept tokens).
+
+    :meth:`TrainConfig.validate` calls it for a preset architecture; the trainer calls it
+    once more for the one loaded from ``init.checkpoint``.
+
+    Raises:
+        UsageError: a view size that is not a multiple of the patch size, or KoLeo with one
+            concept token.
+    """
+    p = model.encoder.patch_size
+    for key in ("global_size", "local_size"):
+        size = getattr(cfg.augment, key)
+        if size % p:
+            raise UsageError(
+                f"augment.{key}: expected a multiple of the patch size {p}, got {size}"
+            )
+    if cfg.objective.koleo and model.num_sparse_tokens < 2:
+        raise UsageError(
+            "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "
+            f"the model has {model.num_sparse_tokens}: set objective.koleo=false"
+        )
 
 
 def preset_names() -> list[str]:
@@ -123,8 +214,8 @@ def load_config(
 ) -> TrainConfig:
     """Defaults ⊕ preset (name) or YAML file ⊕ dotted ``key=value`` overrides (YAML-typed).
 
-    Every value is checked against its field's annotation: a ValueError names the key, the
-    expected type and the value given.
+    Every value is checked against its field's annotation and range: a UsageError names the
+    key, what it expects and the value given.
     """
     data: dict[str, Any] = {}
     if preset_or_path:
@@ -137,49 +228,32 @@ def load_config(
         key = key.strip()
         _set_dotted(data, key, yaml.safe_load(raw))
         texts[key] = raw.strip()
-    cfg = _build(TrainConfig, data, "", texts)
-    cfg.model_overrides = check_model_overrides(cfg.model_overrides)
-    return cfg
+    return build(TrainConfig, data, texts=texts).validate(texts)
 
 
-def check_model_overrides(overrides: dict[str, Any]) -> dict[str, Any]:
-    """``model_overrides`` checked against :class:`StellarConfig` (keys and value types).
+def _apply_model_overrides(
+    overrides: dict[str, Any], model: str, texts: dict[str, str]
+) -> tuple[dict[str, Any], StellarConfig]:
+    """``model_overrides`` applied to the preset ``model``: (converted overrides, architecture).
 
     ``encoder`` and ``decoder`` take mappings of their own fields, merged into the preset's.
-    Unknown keys raise: the model side would only warn and train the unchanged model.
+    The whole architecture is built as a :class:`StellarConfig`, so an unknown key, a wrong
+    type or range, or a combination that cannot make a model fails here, before any work.
     """
-    nested = {
-        name: hint
-        for name, hint in typing.get_type_hints(StellarConfig).items()
-        if dataclasses.is_dataclass(hint)
-    }
-    valid = [f.name for f in dataclasses.fields(StellarConfig) if f.name not in nested]
-    valid += [
-        f"{name}.{{{', '.join(f.name for f in dataclasses.fields(cls))}}}"
-        for name, cls in nested.items()
-    ]
-    checked, unknown = {}, []
-    for name, value in overrides.items():
-        if name in nested:
-            if not isinstance(value, dict):
-                raise UsageError(
-                    f"config key model_overrides.{name} expects a mapping "
-                    f"(e.g. model_overrides.{name}.hidden_size=256), got {value!r}"
-                )
-            fields = {f.name for f in dataclasses.fields(nested[name])}
-            unknown += [f"{name}.{k}" for k in value if k not in fields]
-            known = {k: v for k, v in value.items() if k in fields}
-            checked[name] = _convert_fields(nested[name], known, f"model_overrides.{name}.")
-        elif name in valid:
-            checked[name] = _convert_fields(StellarConfig, {name: value}, "model_overrides.")[name]
-        else:
-            unknown.append(name)
-    if unknown:
+    if model not in list_models():
         raise UsageError(
-            f"unknown model_overrides key(s) {', '.join(sorted(unknown))}; "
-            f"valid keys: {', '.join(valid)}"
+            f"model: expected a registered model name ({', '.join(list_models())}), got {model!r}"
         )
-    return checked
+    if not isinstance(overrides, dict):
+        raise UsageError(f"model_overrides: expected a mapping, got {overrides!r}")
+    base = get_config(model).to_dict()
+    built = build(StellarConfig, merge_fields(base, overrides), "model_overrides.", texts)
+    sections = nested(StellarConfig)
+    converted = {
+        k: ({f: getattr(getattr(built, k), f) for f in v} if k in sections else getattr(built, k))
+        for k, v in overrides.items()
+    }
+    return converted, built
 
 
 def _read_yaml(preset_or_path: str) -> dict[str, Any]:
@@ -207,89 +281,3 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(data, dict):
             raise UsageError(f"override {key}: {part} is not a section")
     data[parts[-1]] = value
-
-
-def _build(cls: type, data: dict[str, Any], where: str, texts: dict[str, str]) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = sorted(set(data) - set(fields))
-    if unknown:
-        raise UsageError(
-            f"unknown config key(s) {', '.join(where + k for k in unknown)}; "
-            f"valid keys{' under ' + where.rstrip('.') if where else ''}: {', '.join(fields)}"
-        )
-    hints = typing.get_type_hints(cls)
-    kwargs = {}
-    for name, value in data.items():
-        if dataclasses.is_dataclass(hints[name]):
-            if not isinstance(value, dict):
-                raise UsageError(
-                    f"config key {where}{name} must be a section (mapping), got {value!r}"
-                )
-            kwargs[name] = _build(hints[name], value, f"{where}{name}.", texts)
-        else:
-            key = where + name
-            kwargs[name] = _convert(value, hints[name], key, texts.get(key))
-    return cls(**kwargs)
-
-
-def _convert_fields(cls: type, data: dict[str, Any], where: str) -> dict[str, Any]:
-    hints = typing.get_type_hints(cls)
-    return {name: _convert(value, hints[name], where + name) for name, value in data.items()}
-
-
-_SCALARS = (bool, int, float, datetime.date)  # what YAML reads from an unquoted scalar
-
-
-def _convert(value: Any, hint: Any, key: str, text: str | None = None) -> Any:
-    """``value`` as the annotated type, or a ValueError naming key, expected type and value.
-
-    ``text`` is the override's text as typed: a string field keeps it verbatim (YAML would
-    read ``out=010`` as the integer 8).
-    """
-    if typing.get_origin(hint) in (typing.Union, types.UnionType):
-        options = typing.get_args(hint)
-        if value is None and type(None) in options:
-            return None
-        (hint,) = [t for t in options if t is not type(None)]  # the configs use X | None only
-    origin, args = typing.get_origin(hint), typing.get_args(hint)
-    if hint is bool:
-        if isinstance(value, bool):
-            return value
-        expected = "true or false"
-    elif hint is int:
-        if isinstance(value, int) and not isinstance(value, bool):
-            return value
-        expected = "an integer"
-    elif hint is float:
-        if isinstance(value, str):  # YAML 1.1 reads "1e-3" (no dot) as a string
-            try:
-                return float(value)
-            except ValueError:
-                pass
-        elif isinstance(value, int | float) and not isinstance(value, bool):
-            return float(value)
-        expected = "a number"
-    elif hint is str:
-        if isinstance(value, str):
-            return value
-        if isinstance(value, _SCALARS):
-            return text if text is not None else str(value)
-        expected = "a string"
-    elif origin is typing.Literal:
-        if value in args:
-            return value
-        expected = "one of " + ", ".join(map(repr, args))
-    elif origin is tuple:
-        if isinstance(value, list | tuple) and len(value) == len(args):
-            pairs = enumerate(zip(value, args, strict=True))
-            return tuple(_convert(v, t, f"{key}[{i}]") for i, (v, t) in pairs)
-        expected = f"a list of {len(args)} values"
-    elif origin is dict:
-        if isinstance(value, dict):
-            return value
-        expected = "a mapping"
-    else:  # an annotation these configs do not use: nothing to check against
-        return value
-    if value is None:
-        expected += " (null is not allowed here)"
-    raise UsageError(f"config key {key} expects {expected}, got {value!r}")

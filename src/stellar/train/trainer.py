@@ -10,12 +10,10 @@ a resumed run replays exactly what an uninterrupted one would have done.
 from __future__ import annotations
 
 import contextlib
-import inspect
 import json
 import logging
 import math
 import time
-from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -30,13 +28,12 @@ from stellar.checkpoint.io import atomic_write
 from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import collate_dict
-from stellar.errors import UsageError
 from stellar.hub import create_stellar, load_stellar
-from stellar.losses.masking import FOCAL_MODES, random_masking
+from stellar.losses.masking import random_masking
 from stellar.losses.objective import StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.train import checkpoint as ckpt
-from stellar.train.config import AugmentConfig, TrainConfig, check_model_overrides
+from stellar.train.config import TrainConfig, check_against_model
 from stellar.train.distributed import DistInfo, mean_across_ranks, setup
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.schedule import cosine_lr, ema_momentum
@@ -133,7 +130,7 @@ class Trainer:
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
-        self._check_config()
+        cfg.validate()  # ranges and combinations, before anything is built or written
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
         self.model = build_model(cfg).to(self.device)
@@ -150,7 +147,7 @@ class Trainer:
             a.local_scale,
             **a.color,
         )
-        self._check_against_model()
+        check_against_model(cfg, self.model.config)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
@@ -186,80 +183,6 @@ class Trainer:
         self.autocast_dtype = self._precision()
 
     # ------------------------------------------------------------------ set-up
-    def _check_config(self) -> None:
-        """Ranges and combinations, before anything is built or written (types: load_config)."""
-        cfg, a = self.cfg, self.cfg.augment
-        if cfg.nonfinite not in ("stop", "skip"):
-            raise UsageError(f"nonfinite must be 'stop' or 'skip', got {cfg.nonfinite!r}")
-        if cfg.strategy not in ("ddp", "fsdp"):
-            raise UsageError(f"strategy must be 'ddp' or 'fsdp', got {cfg.strategy!r}")
-        for key, value in (
-            ("batch_size", cfg.batch_size),
-            ("grad_accum", cfg.grad_accum),
-            ("epochs", cfg.epochs),
-            ("log_every", cfg.log_every),
-            ("ckpt_every", cfg.ckpt_every),
-            ("keep_checkpoints", cfg.keep_checkpoints),
-            ("augment.global_size", a.global_size),
-            ("augment.local_size", a.local_size),
-            ("augment.n_global", a.n_global),
-            ("objective.ot_iterations", cfg.objective.ot_iterations),
-        ):
-            _require(value >= 1, key, "an integer >= 1", value)
-        for key, value in (("max_steps", cfg.max_steps), ("stop_at", cfg.stop_at)):
-            _require(value is None or value >= 1, key, "an integer >= 1 or null", value)
-        _require(a.n_local >= 0, "augment.n_local", "an integer >= 0", a.n_local)
-        _require(a.n_masked >= 0, "augment.n_masked", "an integer >= 0", a.n_masked)
-        _require(0.0 <= a.mask_ratio < 1.0, "augment.mask_ratio", "in [0, 1)", a.mask_ratio)
-        _require(0.0 <= a.focal_prob <= 1.0, "augment.focal_prob", "in [0, 1]", a.focal_prob)
-        modes = ", ".join("null" if m is None else m for m in FOCAL_MODES)
-        _require(a.focal_mode in FOCAL_MODES, "augment.focal_mode", f"one of {modes}", a.focal_mode)
-        _require(0.0 <= cfg.ema.momentum <= 1.0, "ema.momentum", "in [0, 1]", cfg.ema.momentum)
-        final = cfg.ema.final_momentum
-        _require(final is None or 0.0 <= final <= 1.0, "ema.final_momentum", "in [0, 1]", final)
-        if a.n_masked > a.n_global:
-            raise UsageError("augment.n_masked cannot exceed augment.n_global")
-        if cfg.objective.global_align and a.n_global < 2:
-            raise UsageError("objective.global_align needs augment.n_global >= 2")
-        if cfg.strategy == "fsdp" and cfg.ema.enabled:
-            # The teacher is an unsharded copy: its EMA update cannot mix with FSDP's shards.
-            raise UsageError(
-                "ema.enabled=true is not supported with strategy=fsdp (the EMA teacher is not "
-                "sharded); use strategy=ddp or ema.enabled=false"
-            )
-        check_model_overrides(cfg.model_overrides)
-        if cfg.init.checkpoint and cfg.model_overrides:
-            raise UsageError(
-                "model_overrides cannot change a model loaded from init.checkpoint (its "
-                "architecture is the checkpoint's); drop them, or start from model=PRESET"
-            )
-        if cfg.data.source == "scenes" and cfg.data.root:
-            raise UsageError(
-                f"data.root={cfg.data.root} is set but data.source is 'scenes' (the built-in "
-                "procedural scenes, no files): add data.source=folder to train on the folder"
-            )
-        # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
-        set_by_fields = {f.name for f in fields(AugmentConfig)}
-        colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set_by_fields
-        unknown = sorted(set(cfg.augment.color) - colour_keys)
-        if unknown:
-            raise UsageError(
-                f"unknown augment.color key(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(colour_keys))}"
-            )
-
-    def _check_against_model(self) -> None:
-        # These need the built model (patch size, token count); nothing is written yet.
-        p = self.model.patch_size
-        for key in ("global_size", "local_size"):
-            size = getattr(self.cfg.augment, key)
-            _require(size % p == 0, f"augment.{key}", f"a multiple of the patch size {p}", size)
-        if self.cfg.objective.koleo and self.model.num_tokens < 2:
-            raise UsageError(
-                "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "
-                f"the model has {self.model.num_tokens}: set objective.koleo=false"
-            )
-
     def _precision(self) -> torch.dtype | None:
         p = self.cfg.precision
         if p == "auto":
@@ -589,11 +512,6 @@ def _dotted(config: dict[str, Any], key: str) -> Any:
     for part in key.split("."):
         config = config.get(part) if isinstance(config, dict) else None
     return config
-
-
-def _require(ok: bool, key: str, expected: str, value: Any) -> None:
-    if not ok:
-        raise UsageError(f"config key {key} must be {expected}, got {value!r}")
 
 
 def _rows_up_to(path: Path, step: int) -> list[str]:
