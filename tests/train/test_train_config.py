@@ -5,6 +5,7 @@ from __future__ import annotations
 import typing
 
 import pytest
+import yaml
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
@@ -154,3 +155,95 @@ def test_train_overrides_may_follow_the_flags(monkeypatch):
     (args,) = seen
     assert args.resume and args.config == "cpu-demo"
     assert args.overrides == ["out=/tmp/x", "max_steps=1"]
+
+
+class _FakeTrainer:
+    """Records the configuration ``stellar train`` would train with (no model, no data)."""
+
+    seen: list = []
+
+    def __init__(self, cfg, dist=None):
+        self.cfg = cfg
+
+    def train(self, resume=False):
+        _FakeTrainer.seen.append((self.cfg, resume))
+        return {}
+
+
+def _saved_run(out, *overrides):
+    """A run folder as a run with ``overrides`` leaves it: config.yaml and a last checkpoint."""
+    cfg = load_config("cpu-smoke", [f"out={out}", *overrides])
+    last = out / "checkpoints" / "step-00000002"
+    last.mkdir(parents=True)
+    (last / "trainer_state.pt").write_bytes(b"")
+    (last / "model.safetensors").write_bytes(b"")
+    (out / "checkpoints" / "last").symlink_to(last.name)
+    (out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+@pytest.fixture
+def fake_trainer(monkeypatch):
+    import stellar.train.trainer
+
+    _FakeTrainer.seen = []
+    monkeypatch.setattr(stellar.train.trainer, "Trainer", _FakeTrainer)
+    return _FakeTrainer.seen
+
+
+def test_a_fresh_run_refuses_a_folder_holding_a_run_unless_overwrite(tmp_path, fake_trainer):
+    out = tmp_path / "run"
+    _saved_run(out)
+    with pytest.raises(UsageError, match=r"already holds a run .*pass --resume .*--overwrite"):
+        main(["train", f"out={out}"])
+    assert (out / "checkpoints" / "last").is_symlink() and not fake_trainer
+    assert main(["train", f"out={out}", "--overwrite"]) == 0
+    assert not (out / "checkpoints").exists() and not (out / "config.yaml").exists()
+    ((cfg, resume),) = fake_trainer
+    assert not resume and cfg.out == str(out)
+    with pytest.raises(UsageError, match="pick one"):
+        main(["train", f"out={out}", "--overwrite", "--resume"])
+
+
+def test_resume_takes_the_saved_settings_and_reports_allowed_changes(
+    tmp_path, fake_trainer, caplog
+):
+    out = tmp_path / "run"
+    _saved_run(out, "optim.lr=1e-3", "max_steps=2", "stop_at=1", "seed=7")
+    caplog.set_level("INFO", logger="stellar.train.command")
+    # The original overrides are not repeated: the saved ones hold (lr, seed), not the preset's.
+    assert main(["train", f"out={out}", "--resume", "max_steps=5", "log_every=3"]) == 0
+    ((cfg, resume),) = fake_trainer
+    assert resume and cfg.optim.lr == 1e-3 and cfg.seed == 7
+    assert cfg.max_steps == 5 and cfg.log_every == 3 and cfg.stop_at is None
+    assert "max_steps 2 -> 5" in caplog.text and "stop_at 1 -> None" in caplog.text
+    # An override equal to the saved value is no change.
+    assert main(["train", f"out={out}", "--resume", "optim.lr=0.001"]) == 0
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["optim.lr=5e-4"], r"these differ: optim.lr 0.001 -> 0.0005\. A resume may change only"),
+        (["batch_size=2", "seed=3"], "batch_size 8 -> 2; seed 0 -> 3"),
+        (
+            ["model_overrides.num_sparse_tokens=4"],
+            r"a changed architecture .*model_overrides.num_sparse_tokens None -> 4",
+        ),
+        # With --config, the whole configuration is compared (this preset has other sizes).
+        (["--config", "cpu-demo"], "these differ: .*batch_size"),
+    ],
+)
+def test_resume_refuses_other_changes_naming_the_keys(tmp_path, fake_trainer, argv, message):
+    out = tmp_path / "run"
+    _saved_run(out, "optim.lr=1e-3")
+    with pytest.raises(UsageError, match=message):
+        main(["train", f"out={out}", "--resume", *argv])
+    assert not fake_trainer
+
+
+def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
+    out = tmp_path / "run"
+    _saved_run(out)
+    (out / "config.yaml").unlink()
+    with pytest.raises(UsageError, match=r"config.yaml, which does not exist"):
+        main(["train", f"out={out}", "--resume"])

@@ -1,42 +1,109 @@
-"""``stellar train``: pretrain from a preset or YAML with ``key=value`` overrides."""
+"""``stellar train``: pretrain from a preset or YAML with ``key=value`` overrides.
+
+A run folder (``out=``) holds one run: a fresh run refuses a folder that already holds one
+unless ``--overwrite`` is given, and ``--resume`` continues with the settings saved in the
+folder (changing only what :data:`~stellar.train.config.RESUMABLE_KEYS` allows).
+"""
 
 from __future__ import annotations
 
 import argparse
+import logging
+import shutil
 from pathlib import Path
 
-from stellar.train.config import load_config, preset_names
+from stellar.errors import UsageError
+from stellar.train.config import (
+    RESUMABLE_KEYS,
+    TrainConfig,
+    existing_run_files,
+    load_config,
+    preset_names,
+    resume_config,
+)
+
+logger = logging.getLogger(__name__)
 
 # key=value overrides may come before or after the flags (cli.py reads this).
 INTERMIXED = True
+DEFAULT_PRESET = "cpu-smoke"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar train``."""
     parser.add_argument(
         "--config",
-        default="cpu-smoke",
-        help=f"a preset ({', '.join(preset_names())}) or a YAML file",
+        default=None,
+        help=f"a preset ({', '.join(preset_names())}) or a YAML file (default: {DEFAULT_PRESET}; "
+        "with --resume: the run's saved config.yaml)",
     )
     parser.add_argument(
         "--resume",
         action="store_true",
-        help="continue from out/checkpoints/last (an error if it is missing or incomplete)",
+        help="continue from out/checkpoints/last with the run's saved settings; overrides may "
+        f"change only {', '.join(sorted(RESUMABLE_KEYS))}",
+    )
+    parser.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="start a fresh run in an out= folder that already holds one, deleting its "
+        "checkpoints, metrics and config",
     )
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=1e-4 batch_size=64")
 
 
+def prepare(args: argparse.Namespace) -> tuple[TrainConfig, list[Path]]:
+    """The run's configuration and the old run files to delete; every check before any work.
+
+    Raises:
+        UsageError: bad settings; ``--resume`` without a complete checkpoint or with a
+            change it does not allow; a fresh run into a run folder without ``--overwrite``.
+    """
+    from stellar.train.checkpoint import resume_checkpoint
+
+    if args.resume and args.overwrite:
+        raise UsageError("--resume continues the run in out=, --overwrite replaces it: pick one")
+    cfg = load_config(args.config or DEFAULT_PRESET, args.overrides)
+    out = Path(cfg.out)
+    if args.resume:
+        try:
+            resume_checkpoint(out / "checkpoints")
+        except ValueError as err:  # what is missing in the run folder: the user's to fix
+            raise UsageError(str(err)) from None
+        # Without --config only the overrides typed count; with it, the whole configuration.
+        typed = None if args.config else [o.partition("=")[0].strip() for o in args.overrides]
+        cfg, changes = resume_config(out, cfg, typed)
+        for change in changes:
+            logger.info("resuming %s with a changed setting: %s", out, change)
+        return cfg, []
+    old = existing_run_files(out)
+    if old and not args.overwrite:
+        raise UsageError(
+            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume to "
+            "continue it, --overwrite to replace it, or another out= for a new run"
+        )
+    return cfg, old
+
+
 def run(args: argparse.Namespace) -> int:
     """Build the trainer (under torchrun when launched by it) and train."""
-    from stellar.train.checkpoint import resume_checkpoint
     from stellar.train.distributed import setup, teardown
     from stellar.train.trainer import Trainer
 
-    cfg = load_config(args.config, args.overrides)
-    if args.resume:  # fail before the data and model are built
-        resume_checkpoint(Path(cfg.out) / "checkpoints")
+    cfg, old = prepare(args)  # every process checks before any of them deletes
     dist = setup()
     try:
+        if dist.is_main and old:
+            logger.warning("--overwrite: deleting the previous run's %s", ", ".join(map(str, old)))
+            for path in old:
+                if path.is_dir() and not path.is_symlink():
+                    shutil.rmtree(path)
+                else:
+                    path.unlink()
+        if dist.enabled:
+            import torch.distributed
+
+            torch.distributed.barrier()
         last = Trainer(cfg, dist).train(resume=args.resume)
         if dist.is_main:
             terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch",))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -281,3 +282,96 @@ def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
         if not isinstance(data, dict):
             raise UsageError(f"override {key}: {part} is not a section")
     data[parts[-1]] = value
+
+
+# What a resumed run may change: how long it runs, what it logs, where its inputs now are. Any
+# other difference would make the continued run a different one than the checkpoint's.
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "stop_at",
+        "log_every",
+        "ckpt_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "progress",
+        "nonfinite",
+        "data.num_workers",
+        "data.root",
+        "vq_model",
+    }
+)
+RUN_CONFIG = "config.yaml"
+
+
+def resume_config(
+    out: Path, requested: TrainConfig, keys: Iterable[str] | None = None
+) -> tuple[TrainConfig, list[str]]:
+    """The configuration a resumed run continues with: the run's saved one (``out/config.yaml``).
+
+    Of ``requested`` (the command line's configuration) only the values of ``keys`` (dotted;
+    ``None``: every key) that differ from the saved ones count, and only those in
+    :data:`RESUMABLE_KEYS` are applied. ``stop_at`` applies to the invocation that sets it, so
+    it is always taken from ``requested``.
+
+    Returns:
+        (the configuration, the applied changes as ``"key old -> new"``).
+
+    Raises:
+        UsageError: ``config.yaml`` is missing or invalid, or a key outside
+            :data:`RESUMABLE_KEYS` differs (the architecture included), naming the keys.
+    """
+    path = out / RUN_CONFIG
+    if not path.is_file():
+        raise UsageError(
+            f"--resume takes the run's saved settings from {path}, which does not exist; "
+            "drop --resume to start a fresh run"
+        )
+    try:
+        saved = build(TrainConfig, _read_yaml(str(path)), texts={})
+    except UsageError as err:
+        raise UsageError(f"{path}: {err}") from None
+    old, new = _flatten(saved.to_dict()), _flatten(requested.to_dict())
+    wanted = set(new) if keys is None else {k for k in new if _under(k, keys)}
+    differ = sorted(k for k in wanted | {"stop_at"} if k != "out" and old.get(k) != new[k])
+    refused = [k for k in differ if k not in RESUMABLE_KEYS]
+    if refused:
+        shown = "; ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in refused)
+        architecture = [k for k in refused if k == "model" or k.startswith("model_overrides")]
+        why = (
+            " (a changed architecture cannot load the checkpoint's weights)" if architecture else ""
+        )
+        raise UsageError(
+            f"--resume continues {out} with its saved settings ({path}); these differ{why}: "
+            f"{shown}. A resume may change only {', '.join(sorted(RESUMABLE_KEYS))}. Drop the "
+            f"others, or start a new run from these weights with init.checkpoint={out}/checkpoints"
+            "/last"
+        )
+    for key in differ:
+        *sections, name = key.split(".")
+        target = saved
+        for section in sections:
+            target = getattr(target, section)
+        setattr(target, name, new[key])
+    saved.out = requested.out
+    return saved.validate(), [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ]
+
+
+def existing_run_files(out: Path) -> list[Path]:
+    """The files of a run in ``out`` (its config, metrics, checkpoints, TensorBoard logs)."""
+    names = (RUN_CONFIG, "metrics.jsonl", "checkpoints", "tensorboard")
+    return [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
+
+
+def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        if isinstance(value, Mapping) and value:
+            flat.update(_flatten(value, f"{prefix}{key}."))
+        else:
+            flat[prefix + key] = list(value) if isinstance(value, tuple) else value
+    return flat
+
+
+def _under(key: str, keys: Iterable[str]) -> bool:
+    return any(key == k or key.startswith(k + ".") for k in keys)
