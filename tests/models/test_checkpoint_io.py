@@ -10,7 +10,8 @@ import pytest
 import torch
 
 from stellar import create_stellar, load_stellar
-from stellar.checkpoint.io import atomic_write, read_header, read_state_dict, save_state_dict
+from stellar.checkpoint.io import atomic_write, save_state_dict
+from stellar.checkpoint.weights import read_header, read_state_dict
 from stellar.models.vqgan import load_vqgan
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stellar import STELLAR, create_stellar, list_models, load_stellar
-from stellar.checkpoint.io import read_state_dict
+from stellar.checkpoint.weights import read_state_dict
 
 
 def test_list_models_has_released_and_presets():

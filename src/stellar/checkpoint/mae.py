@@ -35,8 +35,8 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
-from stellar.checkpoint.io import read_state_dict
 from stellar.checkpoint.official import from_official
+from stellar.checkpoint.weights import listing, load_strict, read_state_dict
 from stellar.layers.pos_embed import resize_patch_pos_embed
 
 if TYPE_CHECKING:
@@ -71,7 +71,6 @@ _GLOBAL_KEYS: tuple[str, ...] = (
 )
 _BLOCK_MODULES: tuple[str, ...] = ("norm1", "attn.qkv", "attn.proj", "norm2", "mlp.fc1", "mlp.fc2")
 _BLOCK_KEY = re.compile(r"^blocks\.(\d+)\.(.+)\.(weight|bias)$")
-_MAX_LISTED = 12
 
 
 @dataclass
@@ -155,24 +154,9 @@ def init_encoder_from_mae(model: STELLAR, path: str | Path) -> None:
     else:
         grid_note = f"position grid {source_side}x{source_side}"
 
-    expected = model.encoder.state_dict()
-    bad = [
-        f"{k}: checkpoint {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-        for k, v in tensors.items()
-        if k in expected and v.shape != expected[k].shape
-    ]
-    missing = sorted(set(expected) - set(tensors))
-    extra = sorted(set(tensors) - set(expected))
-    if bad or missing or extra:
-        problems = []
-        if bad:
-            problems.append("shape mismatch " + _listing(bad))
-        if missing:
-            problems.append("model tensors the checkpoint lacks " + _listing(missing))
-        if extra:
-            problems.append("checkpoint tensors the model lacks " + _listing(extra))
-        raise ValueError(f"cannot load the MAE encoder {path}: " + "; ".join(problems))
-    model.encoder.load_state_dict(tensors, strict=True)
+    load_strict(
+        model.encoder, tensors, source=f"the MAE encoder {path}", target="the model's encoder"
+    )
     depth = len(model.encoder.blocks)
     logger.info(
         "initialised the encoder from MAE weights %s (%s layout): %d tensors, width %d, "
@@ -306,7 +290,7 @@ def _is_encoder_key(key: str) -> bool:
 def _refuse_finetuned(found: list[str], path: Path) -> None:
     if found:
         raise ValueError(
-            f"{path} looks like a fine-tuned classifier (keys {_listing(sorted(found))}); "
+            f"{path} looks like a fine-tuned classifier (keys {listing(sorted(found))}); "
             "expected an MAE pretraining checkpoint (facebook/vit-mae-* or "
             "mae_pretrain_vit_*.pth). Fine-tuned heads are not mapped: a global-pool fine-tune "
             "has no per-token final norm, and its fc_norm was trained on the pooled token only"
@@ -317,7 +301,7 @@ def _refuse_unknown(unknown: list[str], path: Path) -> None:
     if unknown:
         raise ValueError(
             f"{path} has keys that are neither MAE encoder tensors nor on the known-unused list "
-            f"(decoder, mask token, pooler): {_listing(sorted(unknown))}"
+            f"(decoder, mask token, pooler): {listing(sorted(unknown))}"
         )
 
 
@@ -332,9 +316,7 @@ def _check_complete(tensors: dict[str, Tensor], path: Path) -> None:
     ]
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise ValueError(
-            f"{path} lacks MAE encoder tensors (ViTEncoder names): {_listing(missing)}"
-        )
+        raise ValueError(f"{path} lacks MAE encoder tensors (ViTEncoder names): {listing(missing)}")
 
 
 # ---------------------------------------------------------------------- architecture checks
@@ -373,9 +355,3 @@ def _check_architecture(
             config["layer_norm_eps"],
             cfg.layer_norm_eps,
         )
-
-
-def _listing(keys: list[str]) -> str:
-    shown = ", ".join(keys[:_MAX_LISTED])
-    more = len(keys) - _MAX_LISTED
-    return f"{shown} (+{more} more)" if more > 0 else shown

@@ -24,7 +24,8 @@ from pathlib import Path
 
 from torch import nn
 
-from stellar.checkpoint.io import atomic_write, read_state_dict, save_state_dict
+from stellar.checkpoint.io import atomic_write, save_state_dict
+from stellar.checkpoint.weights import read_state_dict
 from stellar.data.scenes import COLOURS, SHAPES
 from stellar.demo.settings import DemoSettings
 from stellar.demo.training import demo_trainer

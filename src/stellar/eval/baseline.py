@@ -13,7 +13,7 @@ Decisions:
   gives others (Google's ViTs use 0.5 / 0.5); no masking is applied (MAE's encoder sees every
   patch).
 - The head count comes from the HF ``config.json`` when there is one, else from the standard
-  ViT of that width (:func:`stellar.checkpoint.infer.heads_for_width`: ViT-H has 16 heads of
+  ViT of that width (:func:`stellar.models.infer.heads_for_width`: ViT-H has 16 heads of
   80), logged.
 - LayerNorm epsilon: the HF config's ``layer_norm_eps`` when present, 1e-6 for the original
   MAE ``.pth`` (timm's ViT), else 1e-12 (HF's default).
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from stellar.checkpoint.infer import heads_for_width
 from stellar.checkpoint.mae import load_mae_weights
 from stellar.models.config import DecoderConfig, EncoderConfig
 from stellar.models.encoder import ViTEncoder
+from stellar.models.infer import heads_for_width
 from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [

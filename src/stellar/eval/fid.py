@@ -19,6 +19,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stellar.checkpoint.weights import load_strict, read_state_dict
 from stellar.eval.metrics import feature_statistics, frechet_distance
 
 logger = logging.getLogger(__name__)
@@ -230,34 +231,17 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
             "FID needs local Inception weights: pass the path of pytorch-fid's "
             f"pt_inception-2015-12-05 .pth file; nothing is downloaded. Not found: {path}"
         )
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        state = load_file(str(path))
-    else:
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    if not isinstance(state, dict):
-        raise ValueError(f"expected a state dict in {path}, got {type(state).__name__}")
+    state, _ = read_state_dict(path)
     model = FIDInceptionV3()
-    expected = model.state_dict()
-    missing = sorted(
-        k for k in expected if k not in state and not k.endswith(".num_batches_tracked")
-    )
-    unexpected = sorted(
-        k for k in state if k not in expected and not k.startswith(_UNUSED_PREFIXES)
-    )
-    if missing or unexpected:
-        raise ValueError(
-            f"unexpected key layout in {path}: missing {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''}"
-        )
     # absent counters keep their initial value; they play no role in eval-mode batch norm
-    used = {k: state.get(k, v) for k, v in expected.items()}
-    try:
-        model.load_state_dict(used, strict=True)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"FID Inception weights do not fit the layout: {err}") from err
+    load_strict(
+        model,
+        state,
+        source=str(path),
+        target="the pytorch-fid Inception",
+        unused=_UNUSED_PREFIXES,
+        may_be_missing=[k for k in model.state_dict() if k.endswith(".num_batches_tracked")],
+    )
     model.requires_grad_(False)
     logger.info("loaded FID Inception from %s", path)
     return model.to(device).eval()

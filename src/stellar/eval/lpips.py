@@ -18,6 +18,8 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 
+from stellar.checkpoint.weights import load_strict, read_state_dict
+
 logger = logging.getLogger(__name__)
 
 # ScalingLayer constants of lpips v0.1 (inputs in [-1, 1])
@@ -119,32 +121,6 @@ class LPIPS(nn.Module):
         return total
 
 
-def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        return load_file(str(path))
-    obj = torch.load(str(path), map_location="cpu", weights_only=True)
-    if isinstance(obj, dict) and "state_dict" in obj and isinstance(obj["state_dict"], dict):
-        obj = obj["state_dict"]
-    if not isinstance(obj, dict):
-        raise ValueError(f"expected a state dict in {path}, got {type(obj).__name__}")
-    return obj
-
-
-def _check_keys(
-    found: set[str], expected: set[str], ignorable_prefixes: tuple[str, ...], source: Path
-) -> None:
-    missing = sorted(expected - found)
-    unexpected = sorted(k for k in found - expected if not k.startswith(ignorable_prefixes))
-    if missing or unexpected:
-        raise ValueError(
-            f"unexpected key layout in {source}: missing {missing[:10]}"
-            f"{' ...' if len(missing) > 10 else ''}, unexpected {unexpected[:10]}"
-            f"{' ...' if len(unexpected) > 10 else ''}"
-        )
-
-
 def load_lpips(
     vgg_weights_path: str | Path,
     lpips_weights_path: str | Path,
@@ -170,17 +146,19 @@ def load_lpips(
                 f"Not found: {p}"
             )
     model = LPIPS()
-    vgg_sd = _read_state_dict(vgg_path)
-    vgg_expected = set(model.net.state_dict())
-    _check_keys(set(vgg_sd), vgg_expected, ("classifier.",), vgg_path)
-    lin_sd = _read_state_dict(lin_path)
-    lin_expected = {f"lin{i}.model.1.weight" for i in range(5)}
-    _check_keys(set(lin_sd), lin_expected, (), lin_path)
-    merged = {f"net.{k}": vgg_sd[k] for k in vgg_expected} | lin_sd
-    try:
-        model.load_state_dict(merged, strict=True)
-    except RuntimeError as err:  # shape mismatches
-        raise ValueError(f"LPIPS weights do not fit the VGG16 layout: {err}") from err
+    vgg_sd, _ = read_state_dict(vgg_path)
+    load_strict(
+        model.net,
+        vgg_sd,
+        source=str(vgg_path),
+        target="torchvision's vgg16",
+        unused=("classifier.",),
+    )
+    lin_sd, _ = read_state_dict(lin_path)
+    # the file holds the five heads only; the VGG part was loaded above
+    load_strict(
+        model, lin_sd, source=str(lin_path), target="the lpips v0.1 heads", may_be_missing=("net.",)
+    )
     if any(bool((lin.model[1].weight < 0).any()) for lin in model.lins):
         logger.warning("LPIPS linear weights contain negative values; distances may be < 0")
     model.requires_grad_(False)

@@ -15,11 +15,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stellar.checkpoint.io import save_pretrained as write_pretrained
 from stellar.models.clustering import OnlineClustering
 from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
+from stellar.models.pretrained import load_pretrained
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -343,16 +345,27 @@ class STELLAR(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json`` and ``model.safetensors`` (official key layout) atomically."""
-        from stellar.checkpoint.io import save_pretrained
-
-        return save_pretrained(self, directory)
+        return write_pretrained(self, directory)
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, purpose: Purpose = "encode", **kwargs) -> STELLAR:
-        """Load a directory or ``.safetensors`` file; see :func:`stellar.load_stellar`."""
-        from stellar.hub import load_stellar
+    def from_pretrained(
+        cls,
+        name_or_path: str | Path,
+        purpose: Purpose = "encode",
+        vq_model: str | Path | MaskGITVQGAN | None = None,
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        cache_dir: str | Path | None = None,
+    ) -> STELLAR:
+        """Load a registered name, a directory or a weights file strictly.
 
-        return load_stellar(path, purpose=purpose, **kwargs)
+        See :func:`stellar.load_stellar` for the arguments and what is checked.
+        """
+        if purpose not in PURPOSES:
+            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+        return load_pretrained(
+            cls, name_or_path, purpose, vq_model, device=device, dtype=dtype, cache_dir=cache_dir
+        )
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Same as :meth:`encode`."""

@@ -1,4 +1,4 @@
-"""Frozen MaskGIT-VQGAN image tokenizer (third-party weights, SPEC §1.4).
+"""Frozen MaskGIT-VQGAN image tokenizer (third-party weights; the vq head's targets).
 
 The tokenizer turns a [0, 1] RGB image into a grid of discrete codes (f16: one code per 16x16
 pixels, codebook 1024 x 256) and back. STELLAR's ``vq`` reconstruction head predicts these codes.
@@ -17,6 +17,8 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from stellar.checkpoint.weights import load_strict, read_state_dict
 
 __all__ = ["MaskGITVQGAN", "VectorQuantizer", "infer_vqgan_config", "load_vqgan"]
 
@@ -397,43 +399,6 @@ def infer_vqgan_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
     }
 
 
-def _check_keys(model: nn.Module, state_dict: Mapping[str, Tensor]) -> None:
-    """Raise a ValueError naming every missing, unexpected or misshapen key."""
-    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-    got = {k: tuple(v.shape) for k, v in state_dict.items()}
-    missing = sorted(set(expected) - set(got))
-    unexpected = sorted(set(got) - set(expected))
-    misshapen = [
-        f"{k}: expected {expected[k]}, got {got[k]}"
-        for k in sorted(set(expected) & set(got))
-        if expected[k] != got[k]
-    ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys {missing}")
-    if unexpected:
-        problems.append(f"unexpected keys {unexpected}")
-    if misshapen:
-        problems.append(f"wrong shapes [{'; '.join(misshapen)}]")
-    if problems:
-        raise ValueError("MaskGIT-VQGAN state dict does not match: " + ", ".join(problems))
-
-
-def _read_state_dict(path: Path) -> dict[str, Tensor]:
-    # Shared reader: a text/JSON/image file gets a ValueError naming it, not torch's internals.
-    from stellar.checkpoint.io import load_weights_file
-
-    state, _ = load_weights_file(path)
-    if not isinstance(state, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
-    ):
-        raise ValueError(f"{path} does not hold a plain state dict (str -> tensor)")
-    non_float = sorted(k for k, v in state.items() if not v.is_floating_point())
-    if non_float:
-        raise ValueError(f"{path}: expected floating-point tensors, got non-float {non_float}")
-    return dict(state)
-
-
 def load_vqgan(
     path: str | Path,
     device: torch.device | str | None = None,
@@ -461,17 +426,19 @@ def load_vqgan(
             f"MaskGIT-VQGAN weights not found at '{path}'. They are never downloaded: pass the "
             f"local path of {RELEASED_FILENAME} (or a .safetensors with the same keys)."
         )
-    state = _read_state_dict(path)
+    state, _ = read_state_dict(path)
+    non_float = sorted(k for k, v in state.items() if not v.is_floating_point())
+    if non_float:
+        raise ValueError(f"{path}: expected floating-point tensors, got non-float {non_float}")
     try:  # name the file: it is often one of several paths on a command line
         config = infer_vqgan_config(state)
-        # Built on the meta device so the (up to ~100M) parameters are allocated only once, by
-        # the loaded tensors themselves.
-        with torch.device("meta"):
-            model = MaskGITVQGAN(**config)
-        _check_keys(model, state)
     except ValueError as err:
         raise ValueError(f"{path}: {err}") from None
-    model.load_state_dict(state, strict=True, assign=True)
+    # Built on the meta device so the (up to ~100M) parameters are allocated only once, by
+    # the loaded tensors themselves.
+    with torch.device("meta"):
+        model = MaskGITVQGAN(**config)
+    load_strict(model, state, source=str(path), target="the MaskGIT-VQGAN layout", assign=True)
     model.to(device=device, dtype=torch.float32 if dtype is None else dtype)
     model.requires_grad_(False)
     model.eval()

@@ -1,0 +1,262 @@
+"""The one way weights enter a module: read any weights file, load it strictly.
+
+Every loader of the library (STELLAR checkpoints, the MaskGIT-VQGAN tokenizer, MAE
+initialisation, LPIPS and the FID Inception) reads its file with :func:`read_state_dict` and
+loads it with :func:`load_strict`. A leaf module: it imports only torch, safetensors and the
+standard library, so the model classes can use it without an import cycle.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+logger = logging.getLogger(__name__)
+
+_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
+_PICKLE_PROTO = b"\x80"  # legacy torch.save / plain pickle (protocol >= 2)
+_LISTED = 12  # keys shown per kind in an error
+
+
+def _looks_like(head: bytes) -> str:
+    """A few words on what a file that is no checkpoint seems to be, for the error."""
+    if not head:
+        return "the file is empty"
+    if head.startswith(b"\xff\xd8\xff"):
+        return "it looks like a JPEG image"
+    if head.startswith(b"\x89PNG"):
+        return "it looks like a PNG image"
+    if head.lstrip()[:1] in (b"{", b"["):
+        return "it looks like JSON text (a config.json?)"
+    try:
+        head.decode("utf-8")
+    except UnicodeDecodeError:
+        return f"unrecognised content starting with {head[:8]!r}"
+    return "it looks like a text file"
+
+
+def _is_safetensors(head: bytes, size: int) -> bool:
+    # An 8-byte little-endian header length, then the JSON header itself.
+    if len(head) < 10:
+        return False
+    length = int.from_bytes(head[:8], "little")
+    return 2 <= length <= size - 8 and head[8:9] == b"{"
+
+
+def _torch_reason(err: Exception) -> str:
+    """The cause of a torch.load failure, without torch's advice to drop weights_only."""
+    text = str(err)
+    marker = "WeightsUnpickler error:"
+    if marker in text:  # the useful part sits between torch's advice and its doc link
+        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
+    reason = lines[0].split(". Please use", 1)[0] if lines else type(err).__name__
+    if reason.startswith("Unsupported global"):  # e.g. a whole pickled nn.Module
+        reason += " (the pickle holds Python objects, not only tensors)"
+    return reason
+
+
+def _head(path: Path) -> bytes:
+    with open(path, "rb") as f:
+        return f.read(16)
+
+
+def load_weights_file(path: str | Path) -> tuple[Any, dict[str, str]]:
+    """What a ``.safetensors`` file or a torch pickle holds, and its metadata.
+
+    The format is told from the content, not the suffix. Pickles are read with
+    ``weights_only=True`` (no code in them ever runs) and returned as loaded.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is neither format, or is damaged; the message names the path.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no checkpoint file at {path}")
+    head = _head(path)
+    what = f"{path} is not a .safetensors file or a torch state-dict pickle (.bin/.pt/.pth)"
+    if _is_safetensors(head, path.stat().st_size):
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
+                return tensors, dict(f.metadata() or {})
+        except Exception as err:  # a truncated or corrupt file: same meaning to a user
+            raise ValueError(f"{what}: unreadable safetensors data ({err})") from None
+    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
+        raise ValueError(f"{what}: {_looks_like(head)}")
+    try:  # a file object: torch would pick its reader by a ".safetensors" suffix
+        with open(path, "rb") as f:
+            return torch.load(f, map_location="cpu", weights_only=True), {}
+    except Exception as err:  # any unpickling failure means the same to a user
+        raise ValueError(f"{what}: {_torch_reason(err)}") from None
+
+
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a ``.safetensors`` file or a torch pickle (``.bin/.pt/.pth``).
+
+    A nested ``model`` / ``state_dict`` entry of a pickle is unwrapped (the layout of MAE and
+    many training scripts).
+
+    Raises:
+        FileNotFoundError, ValueError: as :func:`load_weights_file`; also a ValueError when
+            the file holds anything but a ``str -> Tensor`` mapping.
+    """
+    obj, metadata = load_weights_file(path)
+    return _state_dict_in(obj, path), metadata
+
+
+def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
+    """Tensor shapes and metadata of a weights file, without reading the tensors if possible.
+
+    A safetensors header is read alone; a zip-format pickle is memory-mapped; only a legacy
+    pickle is read whole.
+    """
+    path = Path(path)
+    if path.is_file():
+        head = _head(path)
+        if _is_safetensors(head, path.stat().st_size):
+            try:
+                with safe_open(str(path), framework="pt") as f:
+                    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+                    return shapes, dict(f.metadata() or {})
+            except Exception:  # noqa: BLE001 - read_state_dict below names the problem
+                pass
+        elif head.startswith(_ZIP_MAGIC):
+            try:
+                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+            except Exception:  # noqa: BLE001 - read_state_dict below names the problem
+                pass
+            else:
+                return {k: tuple(v.shape) for k, v in _state_dict_in(obj, path).items()}, {}
+    state, metadata = read_state_dict(path)
+    return {k: tuple(v.shape) for k, v in state.items()}, metadata
+
+
+def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
+    """The tensors of a loaded pickle, unwrapping a nested ``model`` / ``state_dict`` entry."""
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise ValueError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
+    return dict(obj)
+
+
+def listing(keys: Iterable[str], limit: int = _LISTED) -> str:
+    """``a, b, c (+N more)``: keys for an error message, the first ``limit`` of them."""
+    keys = list(keys)
+    shown = ", ".join(keys[:limit])
+    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+
+
+def _matches(key: str, names: tuple[str, ...]) -> bool:
+    """``key`` is one of ``names`` or lies under one ending in ``.``."""
+    return any(key == n or (n.endswith(".") and key.startswith(n)) for n in names)
+
+
+def check_state(
+    expected: Mapping[str, tuple[int, ...]],
+    state: Mapping[str, Tensor],
+    *,
+    source: str,
+    target: str,
+    unused: Iterable[str] = (),
+    may_be_missing: Iterable[str] = (),
+) -> list[str]:
+    """Raise ValueError unless ``state`` fits ``expected`` key for key, shape for shape.
+
+    Args:
+        expected: the module's ``key -> shape``.
+        state: the tensors read from the file.
+        source: the file (first words of the error).
+        target: what it is loaded into (e.g. ``"the MaskGIT-VQGAN tokenizer"``).
+        unused: the explicit known-unused list: keys (or prefixes ending in ``.``) the file
+            may carry that nothing reads; they are skipped.
+        may_be_missing: module keys (or prefixes) that keep their initial value when absent.
+
+    Returns:
+        The known-unused keys found in ``state`` (sorted).
+    """
+    unused, may_be_missing = tuple(unused), tuple(may_be_missing)
+    skipped = sorted(k for k in state if k not in expected and _matches(k, unused))
+    unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))
+    missing = sorted(k for k in expected if k not in state and not _matches(k, may_be_missing))
+    wrong = [
+        f"{k} (file {tuple(state[k].shape)}, model {tuple(shape)})"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(shape)
+    ]
+    problems = []
+    if missing:
+        problems.append(f"missing keys: {listing(missing)}")
+    if unexpected:
+        problems.append(f"unexpected keys: {listing(unexpected)}")
+    if wrong:
+        problems.append(f"wrong shapes: {listing(wrong)}")
+    if problems:
+        raise ValueError(f"{source} does not fit {target}: " + "; ".join(problems))
+    return skipped
+
+
+def check_finite(state: Mapping[str, Tensor], source: str) -> None:
+    """Refuse NaN or infinite floating-point tensors (a diverged run), naming them."""
+    bad = [
+        k
+        for k, v in state.items()
+        if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise ValueError(
+            f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
+            f"{listing(sorted(bad))}"
+        )
+
+
+def load_strict(
+    module: nn.Module,
+    state: Mapping[str, Tensor],
+    *,
+    source: str,
+    target: str | None = None,
+    unused: Iterable[str] = (),
+    may_be_missing: Iterable[str] = (),
+    assign: bool = False,
+) -> list[str]:
+    """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
+
+    Checks everything (see :func:`check_state`, and finite values) before copying anything,
+    so a refused file leaves ``module`` untouched. ``assign=True`` adopts the file's tensors
+    (for a module built on the meta device).
+
+    Returns:
+        The known-unused keys that were skipped.
+
+    Raises:
+        ValueError: naming every missing, unexpected and wrong-shape key, or the non-finite
+            tensors.
+    """
+    expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
+    target = target or f"the {type(module).__name__} layout"
+    skipped = check_state(
+        expected, state, source=source, target=target, unused=unused, may_be_missing=may_be_missing
+    )
+    used = {k: v for k, v in state.items() if k in expected}
+    check_finite(used, source)
+    if len(used) == len(expected):
+        module.load_state_dict(used, strict=True, assign=assign)
+    else:  # only keys on may_be_missing are absent: they keep their values
+        module.load_state_dict(used, strict=False, assign=assign)
+    if skipped:
+        logger.debug(
+            "%s: %d known-unused tensors skipped (%s)", source, len(skipped), listing(skipped)
+        )
+    return skipped

@@ -1,0 +1,329 @@
+"""From a name or path to a loaded STELLAR: find the files, the config, load strictly.
+
+:meth:`STELLAR.from_pretrained <stellar.models.stellar.STELLAR.from_pretrained>` is built on
+this module (the model class imports its loading helpers, never the reverse), and so are
+:func:`stellar.load_stellar` and the commands' ``--model``. The model class is passed in
+(``cls``), so nothing here imports :mod:`stellar.models.stellar` at run time.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from collections.abc import Iterable
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import torch
+from torch import Tensor
+
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
+from stellar.checkpoint.official import from_official, is_known_unused, to_official
+from stellar.checkpoint.weights import check_finite, check_state, listing, read_state_dict
+from stellar.models.config import StellarConfig
+from stellar.models.infer import infer_config
+from stellar.models.registry import get_config, is_released, list_models
+from stellar.models.vqgan import MaskGITVQGAN, load_vqgan
+
+if TYPE_CHECKING:
+    from stellar.models.stellar import STELLAR
+
+logger = logging.getLogger(__name__)
+
+ENV_HOME = "STELLAR_HOME"
+# Modules that only some purposes build (see STELLAR.__init__); everything else always exists.
+OPTIONAL_PARTS: tuple[str, ...] = ("decoder", "clustering_head", "cls_cluster_head")
+# Official keys that load into the decoder (the decoder ViT's own embeddings are known-unused).
+_DECODER_KEYS = ("decoder.", "decoder_proj.", "position_embedding.", "reconstruction_head.")
+# Config fields that fix a released model's shape, compared when loading by registered name.
+_SHAPE_FIELDS: tuple[tuple[str, str | None, str], ...] = (
+    ("encoder", "hidden_size", "width"),
+    ("encoder", "num_hidden_layers", "depth"),
+    ("encoder", "num_attention_heads", "heads"),
+    ("encoder", "patch_size", "patch size"),
+    ("encoder", "image_size", "image size"),
+    ("num_sparse_tokens", None, "concept tokens"),
+)
+
+
+def search_dirs(cache_dir: str | Path | None = None) -> list[Path]:
+    """Where registered names are looked up, in order."""
+    dirs = [Path(cache_dir)] if cache_dir else []
+    if os.environ.get(ENV_HOME):
+        dirs.append(Path(os.environ[ENV_HOME]))
+    dirs.append(Path.home() / ".cache" / "stellar")
+    return dirs
+
+
+def resolve(
+    name_or_path: str | Path, cache_dir: str | Path | None = None
+) -> tuple[Path, Path | None]:
+    """Find the weights file (and a ``config.json`` when there is one) for a name or path."""
+    path = Path(name_or_path)
+    if path.is_dir():
+        return _weights_in_dir(path), (
+            path / CONFIG_NAME if (path / CONFIG_NAME).is_file() else None
+        )
+    if path.is_file():
+        return path, None
+    name = str(name_or_path)
+    if name not in list_models():
+        raise FileNotFoundError(
+            f"{name!r} is neither an existing file or directory nor a registered model name "
+            f"(known: {', '.join(list_models())})"
+        )
+    if not is_released(name):
+        raise FileNotFoundError(
+            f"{name!r} is a preset with no released weights: build it with "
+            f"create_stellar({name!r}) (random init) or pass the path of your own checkpoint"
+        )
+    tried = []
+    for root in search_dirs(cache_dir):
+        for candidate in (root / name, root / f"{name}.safetensors"):
+            tried.append(str(candidate))
+            if candidate.is_dir():
+                try:
+                    return resolve(candidate)
+                except FileNotFoundError:
+                    continue
+            if candidate.is_file():
+                return candidate, None
+    raise FileNotFoundError(
+        f"weights for {name!r} are not on this machine (looked in: {'; '.join(tried)}). Nothing is "
+        f"downloaded at run time: download {name}.safetensors from the model card "
+        f"(microsoft/STELLAR) and place it in one of those places, set ${ENV_HOME}, pass "
+        "cache_dir=..., or pass the file path itself"
+    )
+
+
+def _weights_in_dir(directory: Path) -> Path:
+    for name in (WEIGHTS_NAME, "weights.safetensors", f"{directory.name}.safetensors"):
+        if (directory / name).is_file():
+            return directory / name
+    found = sorted(directory.glob("*.safetensors"))
+    if len(found) == 1:
+        return found[0]
+    if not found:
+        raise FileNotFoundError(f"no {WEIGHTS_NAME} (or other .safetensors file) in {directory}")
+    raise FileNotFoundError(
+        f"{directory} holds several .safetensors files ({', '.join(p.name for p in found)}) "
+        f"and no {WEIGHTS_NAME}: pass the file you mean"
+    )
+
+
+def registered_name(name_or_path: str | Path) -> str | None:
+    """The registered name ``name_or_path`` was resolved as (None: it is a path)."""
+    path = Path(name_or_path)
+    if path.is_dir() or path.is_file():
+        return None
+    return str(name_or_path) if str(name_or_path) in list_models() else None
+
+
+def check_matches_name(config: StellarConfig, name: str, source: str | Path) -> None:
+    """Raise ValueError when ``config`` is not the architecture registered as ``name``.
+
+    A file named after a released model but holding another size would otherwise load as
+    that other size without a word.
+    """
+    expected = get_config(name)
+    differ = []
+    for part, field, label in _SHAPE_FIELDS:
+        got = getattr(config, part) if field is None else getattr(getattr(config, part), field)
+        want = getattr(expected, part) if field is None else getattr(getattr(expected, part), field)
+        if got != want:
+            key = part if field is None else f"{part}.{field}"
+            differ.append(f"{key} ({label}) {got}, {name} has {want}")
+    if differ:
+        raise ValueError(
+            f"{source} was found for the registered name {name!r} but holds another "
+            f"architecture: {'; '.join(differ)}. Put the right weights there, or pass the file "
+            "path itself to load what it holds"
+        )
+
+
+def config_for(state: dict[str, Tensor], metadata: dict[str, str], weights: Path) -> StellarConfig:
+    """The config stored in the file's metadata, else the one its tensor shapes describe."""
+    if CONFIG_METADATA_KEY in metadata:
+        try:
+            return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        except (json.JSONDecodeError, ValueError) as err:
+            raise ValueError(f"{weights}: the config in its metadata is invalid: {err}") from None
+    config = infer_config(state)
+    logger.info("no config for %s: inferred %s from the tensor shapes", weights, config)
+    return config
+
+
+def carries_decoder(keys: Iterable[str]) -> bool:
+    """Whether official-layout ``keys`` include reconstruction-decoder tensors."""
+    return any(k.startswith(_DECODER_KEYS) and not is_known_unused(k) for k in keys)
+
+
+def load_pretrained(
+    cls: type[STELLAR],
+    name_or_path: str | Path,
+    purpose: str = "encode",
+    vq_model: str | Path | MaskGITVQGAN | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+    cache_dir: str | Path | None = None,
+) -> STELLAR:
+    """What :meth:`STELLAR.from_pretrained` does (see :func:`stellar.load_stellar`)."""
+    weights, config_path = resolve(name_or_path, cache_dir)
+    name = registered_name(name_or_path)
+    config = tokenizer = None
+    if config_path is not None:  # checks that need only the config come before the weights
+        config = StellarConfig.load(config_path)
+        tokenizer = checked_tokenizer(config, name, weights, vq_model, purpose)
+    state, metadata = read_state_dict(weights)
+    if config is None:
+        config = config_for(state, metadata, weights)
+        tokenizer = checked_tokenizer(config, name, weights, vq_model, purpose)
+    model = cls(config, purpose=purpose)
+    load_official_state(model, state, source=str(weights))
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
+    return finish(model, purpose, device, dtype)
+
+
+def checked_tokenizer(
+    config: StellarConfig,
+    name: str | None,
+    weights: Path,
+    vq_model: str | Path | MaskGITVQGAN | None,
+    purpose: str,
+) -> MaskGITVQGAN | None:
+    """Check ``config`` against the registered ``name``; the tokenizer to attach, checked."""
+    if name is not None:
+        check_matches_name(config, name, weights)
+    return tokenizer_for(config, vq_model, purpose)
+
+
+def load_official_state(
+    model: STELLAR, state: dict[str, Tensor], source: str = "checkpoint"
+) -> None:
+    """Load an official-layout state dict into ``model`` strictly (see :func:`load_stellar`).
+
+    Every tensor is loaded, on the known-unused list, or belongs to a part ``model.purpose``
+    does not build; a missing, unexpected or wrong-shape tensor raises ValueError naming it.
+    """
+    mapped, unused, unknown = from_official(state)
+    if unknown:
+        raise ValueError(
+            f"{source}: unexpected keys that STELLAR does not know: {listing(unknown)}"
+        )
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
+    extra = [k for k in mapped if k not in expected]
+    # Only a module this purpose does not build may be left out; an extra tensor inside a
+    # built module (a decoder layer too many, a stray head tensor) would be silently dropped.
+    not_built = [k for k in extra if _part(k) is not None and getattr(model, _part(k)) is None]
+    unexpected = [k for k in extra if k not in not_built]
+    if unexpected:  # named as in the file (official layout), where the user can find them
+        names = sorted(to_official({k: mapped[k] for k in unexpected}))
+        raise ValueError(
+            f"{source}: unexpected keys for this architecture (purpose={model.purpose!r}): "
+            f"{listing(names)}"
+        )
+    absent = _absent_parts(model, [k for k in expected if k not in mapped], set(mapped), source)
+    shapes = {k: tuple(v.shape) for k, v in expected.items()}
+    check_state(
+        shapes,
+        mapped,
+        source=source,
+        target=f"this STELLAR architecture (purpose={model.purpose!r})",
+        unused=not_built,
+        may_be_missing=[f"{part}." for part in absent],
+    )
+    check_finite({k: v for k, v in mapped.items() if k in expected}, source)
+    if unused:
+        logger.debug(
+            "%s: %d known-unused tensors skipped (%s)", source, len(unused), listing(unused)
+        )
+    if not_built:
+        logger.info(
+            "%s: %d tensors of parts that purpose=%r does not build were left out (%s)",
+            source,
+            len(not_built),
+            model.purpose,
+            listing(not_built, 3),
+        )
+    model.load_state_dict({k: mapped[k] for k in expected if k in mapped}, strict=False)
+
+
+def _absent_parts(model: STELLAR, missing: list[str], present: set[str], source: str) -> set[str]:
+    """The optional parts the file lacks entirely (they start fresh for pretraining)."""
+    optional = [k for k in missing if _part(k) is not None]
+    # A part the file carries only in pieces is damaged, not absent: never half random.
+    carried = {_part(k) for k in present}
+    partial = [k for k in optional if _part(k) in carried]
+    if partial:
+        raise ValueError(f"{source}: missing keys: {listing(partial)}")
+    if any(_part(k) == "decoder" for k in optional) and model.purpose == "reconstruct":
+        raise ValueError(
+            f"{source} carries no reconstruction decoder (e.g. an encoder-only feature "
+            "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
+            "or purpose='encode'"
+        )
+    if optional:
+        logger.warning(
+            "%s lacks %d tensors of the decoder / clustering heads; they start from random "
+            "init for pretraining (%s)",
+            source,
+            len(optional),
+            listing(optional, 3),
+        )
+    return {_part(k) for k in optional}
+
+
+def _part(key: str) -> str | None:
+    """The optional module (our names) that ``key`` belongs to, or None."""
+    head = key.split(".", 1)[0]
+    return head if head in OPTIONAL_PARTS else None
+
+
+def tokenizer_for(
+    config: StellarConfig, vq_model: str | Path | MaskGITVQGAN | None, purpose: str
+) -> MaskGITVQGAN | None:
+    """The tokenizer to attach (None: not needed or not given), checked against ``config``."""
+    needs = purpose in ("reconstruct", "pretrain") and config.decoder_head == "vq"
+    if vq_model is None:
+        if needs and purpose == "reconstruct":
+            raise ValueError(
+                "this model's decoder predicts MaskGIT-VQGAN codes: pass "
+                "vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin' (never downloaded)"
+            )
+        return None
+    if not needs:
+        logger.warning(
+            "vq_model ignored: purpose=%r with a %r head does not use it",
+            purpose,
+            config.decoder_head,
+        )
+        return None
+    tokenizer = vq_model if isinstance(vq_model, MaskGITVQGAN) else load_vqgan(vq_model)
+    # The vq head's logits index this codebook: another size fails (or decodes garbage)
+    # only mid-run, so refuse it here.
+    if tokenizer.codebook_size != config.vq_codebook_size:
+        where = "" if isinstance(vq_model, MaskGITVQGAN) else f" {vq_model}"
+        raise ValueError(
+            f"the MaskGIT-VQGAN tokenizer{where} has a codebook of {tokenizer.codebook_size} "
+            f"codes, but this model's vq head predicts {config.vq_codebook_size} "
+            "(vq_codebook_size): pass the tokenizer the model was trained with"
+        )
+    return tokenizer
+
+
+def finish(
+    model: STELLAR,
+    purpose: str,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> STELLAR:
+    """Train or eval mode and gradients by purpose; move to ``device`` / ``dtype``."""
+    training = purpose == "pretrain"
+    model.requires_grad_(training).train(training)
+    if model.tokenizer is not None:
+        model.tokenizer.requires_grad_(False).eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
