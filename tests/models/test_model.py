@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from stellar import create_stellar
-from stellar.layers.attention import Attention, attention_reference
+from stellar.layers.attention import Attention
 
 
 @pytest.fixture(scope="module")
@@ -36,6 +36,15 @@ def test_batch_elements_are_independent(model):
         full = model.encode(images)["spatial"]
         single = model.encode(images[2:3])["spatial"]
     torch.testing.assert_close(full[2:3], single, atol=1e-6, rtol=1e-5)
+
+
+def attention_reference(x: torch.Tensor, attn: Attention) -> torch.Tensor:
+    """The plain softmax(QK^T/sqrt(d))V maths, to test the fused SDPA kernel against."""
+    b, n, d = x.shape
+    h = attn.num_heads
+    q, k, v = attn.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
+    weights = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)
+    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, d))
 
 
 def test_sdpa_matches_plain_attention():

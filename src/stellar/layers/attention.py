@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -35,12 +34,3 @@ class Attention(nn.Module):
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
         out = F.scaled_dot_product_attention(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
-
-
-def attention_reference(x: Tensor, attn: Attention) -> Tensor:
-    """The plain softmax(QK^T/sqrt(d))V maths, for tests against the fused kernel."""
-    b, n, d = x.shape
-    h = attn.num_heads
-    q, k, v = attn.qkv(x).view(b, n, 3, h, d // h).permute(2, 0, 3, 1, 4).unbind(0)
-    weights = torch.softmax(q @ k.transpose(-2, -1) * (d // h) ** -0.5, dim=-1)
-    return attn.proj((weights @ v).transpose(1, 2).reshape(b, n, d))

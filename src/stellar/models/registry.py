@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
+from stellar.models.config import EncoderConfig, StellarConfig
 
 _REGISTRY: dict[str, Callable[[], StellarConfig]] = {}
 _RELEASED: set[str] = set()
@@ -101,27 +101,4 @@ def stellar_tiny() -> StellarConfig:
         decoder_head="pixel",
         num_clusters=128,
         prototype_dim=32,
-    )
-
-
-@register("stellar-cpu")
-def stellar_cpu() -> StellarConfig:
-    """The CPU training preset: 64 px, patch 8, width 192, 6 blocks, 8 tokens, pixel head."""
-    return StellarConfig(
-        encoder=EncoderConfig(
-            hidden_size=192,
-            num_hidden_layers=6,
-            num_attention_heads=3,
-            intermediate_size=768,
-            image_size=64,
-            patch_size=8,
-        ),
-        num_sparse_tokens=8,
-        num_decoder_layers=2,
-        decoder_head="pixel",
-        decoder=DecoderConfig(hidden_size=256, num_attention_heads=4, intermediate_size=1024),
-        fourier_features=128,
-        num_clusters=256,
-        prototype_dim=64,
-        predictor_hidden_dim=512,
     )
