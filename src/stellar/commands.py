@@ -17,7 +17,7 @@ def run(args: argparse.Namespace) -> int:
     for name in list_models():
         c = get_config(name)
         e = c.encoder
-        kind = "released (local file needed)" if is_released(name) else "random-init preset"
+        kind = "released (microsoft/STELLAR)" if is_released(name) else "random-init preset"
         print(
             f"{name:<14} {e.hidden_size:>5} {e.num_hidden_layers:>5} {e.patch_size:>5} "
             f"{c.num_sparse_tokens:>6}  {kind}"

@@ -3,10 +3,10 @@
 The loading itself is :meth:`STELLAR.from_pretrained` (:mod:`stellar.models.pretrained`); this
 module is the front end the package exports and the commands use.
 
-A registered name resolves to local files only: ``cache_dir``, then ``$STELLAR_HOME``, then
-``~/.cache/stellar``, each searched for ``<name>/`` (a directory with ``model.safetensors`` or
-``<name>.safetensors``, and optionally ``config.json``) or a file ``<name>.safetensors``. What
-is found there must have the registered architecture (see :func:`check_matches_name`).
+A registered name is searched in ``cache_dir``, ``$STELLAR_HOME``, ``~/.cache/stellar``
+(``<name>/`` or ``<name>.safetensors``), then the Hugging Face cache, then fetched when allowed
+(:mod:`stellar.checkpoint.cache`). What is found must have the registered architecture (see
+:func:`~stellar.models.pretrained.check_matches_name`).
 """
 
 from __future__ import annotations
@@ -22,8 +22,8 @@ from stellar.models.config import StellarConfig
 from stellar.models.pretrained import (
     carries_decoder,
     check_matches_name,
-    config_for,
     finish,
+    read_config,
     registered_name,
     resolve,
     tokenizer_for,
@@ -41,6 +41,7 @@ def create_stellar(
     name_or_config: str | StellarConfig = "stellar-tiny",
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
+    download: bool = True,
     **overrides,
 ) -> STELLAR:
     """A randomly initialised model of a registered size (``overrides`` change config fields)."""
@@ -50,7 +51,9 @@ def create_stellar(
     if overrides:
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
-    tokenizer = tokenizer_for(config, vq_model, purpose) if vq_model is not None else None
+    tokenizer = None
+    if vq_model is not None:
+        tokenizer = tokenizer_for(config, vq_model, purpose, download)
     model = STELLAR(config, purpose=purpose)
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
@@ -64,21 +67,32 @@ def load_stellar(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
+    download: bool = True,
 ) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
     Args:
         name_or_path: a registered name (``list_models()``), a directory with
             ``model.safetensors`` (+ ``config.json``), or a ``.safetensors`` / torch pickle file
-            in the official key layout (transformers 4.x or 5.x names). Without a config the
-            architecture is inferred from the tensor shapes (:mod:`stellar.models.infer`).
+            in the official key layout (transformers 4.x or 5.x names). A ``config.json``
+            model table beside the file (the hub repository's layout) gives its entry for
+            the file; without any config the architecture is inferred from the tensor shapes
+            (:mod:`stellar.models.infer`) and the assumed values are logged.
         purpose: ``"encode"`` (encoder side only, eval mode, no gradients), ``"reconstruct"``
             (adds the decoder, which the checkpoint must carry) or ``"pretrain"`` (all modules,
             train mode, gradients on; a decoder or heads the checkpoint lacks start fresh).
-        vq_model: path of ``maskgit-vqgan-imagenet-f16-256.bin`` (or a loaded tokenizer), needed
-            by vq-head models for ``reconstruct`` and ``pretrain``.
+        vq_model: ``"maskgit-vqgan"`` (TiTok's released tokenizer, found like a name), the
+            path of ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; needed by
+            vq-head models for ``reconstruct`` and ``pretrain``.
         device, dtype: where and in which dtype to put the model.
         cache_dir: extra directory searched first for registered names.
+        download: False never fetches a missing file (as ``HF_HUB_OFFLINE=1`` or
+            ``STELLAR_OFFLINE=1`` do).
+
+    A registered name is looked up in ``cache_dir``, ``$STELLAR_HOME``, ``~/.cache/stellar``,
+    then the Hugging Face cache of ``microsoft/STELLAR``, and downloaded with
+    ``huggingface_hub`` when it is installed and downloading is allowed
+    (:mod:`stellar.checkpoint.cache`); an error lists every place searched.
 
     Every tensor of the file is either loaded or on the explicit list of known-unused keys
     (pooler, decoder embeddings) or belongs to a module the purpose does not build (the
@@ -95,6 +109,7 @@ def load_stellar(
         device=device,
         dtype=dtype,
         cache_dir=cache_dir,
+        download=download,
     )
 
 
@@ -127,7 +142,9 @@ def _command_spec(spec: str | Path) -> tuple[str, bool]:
     return spec, False
 
 
-def inspect_model(spec: str | Path, cache_dir: str | Path | None = None) -> ModelInfo:
+def inspect_model(
+    spec: str | Path, cache_dir: str | Path | None = None, download: bool = True
+) -> ModelInfo:
     """The config of ``spec`` and whether it carries a decoder, without loading tensors.
 
     Reads ``config.json`` or the safetensors header (a zip-format pickle is memory-mapped), so
@@ -139,13 +156,9 @@ def inspect_model(spec: str | Path, cache_dir: str | Path | None = None) -> Mode
     spec, random_init = _command_spec(spec)
     if random_init:
         return ModelInfo(spec, get_config(spec), has_decoder=True, random_init=True)
-    weights, config_path = resolve(spec, cache_dir)
+    weights, config_path = resolve(spec, cache_dir, download)
     shapes, metadata = read_header(weights)
-    if config_path is not None:
-        config = StellarConfig.load(config_path)
-    else:
-        meta = {k: torch.empty(v, device="meta") for k, v in shapes.items()}
-        config = config_for(meta, metadata, weights)
+    config = read_config(weights, config_path, shapes, metadata, download)
     name = registered_name(spec)
     if name is not None:
         check_matches_name(config, name, weights)
@@ -157,6 +170,7 @@ def load_model(
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
+    download: bool = True,
 ) -> STELLAR:
     """What commands call with ``--model``: a path, a released name, or a preset.
 
@@ -167,9 +181,9 @@ def load_model(
     spec, random_init = _command_spec(spec)
     if random_init:
         logger.warning("%s has no weights: using a RANDOMLY INITIALISED model", spec)
-        model = create_stellar(spec, purpose=purpose, vq_model=vq_model)
+        model = create_stellar(spec, purpose=purpose, vq_model=vq_model, download=download)
         model.requires_grad_(False).eval()
         return model.to(device) if device is not None else model
-    model = load_stellar(spec, purpose=purpose, vq_model=vq_model, device=device)
+    model = load_stellar(spec, purpose=purpose, vq_model=vq_model, device=device, download=download)
     model.requires_grad_(False).eval()
     return model

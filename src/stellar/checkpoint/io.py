@@ -5,13 +5,14 @@ from __future__ import annotations
 import json
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from safetensors.torch import save_file
 from torch import Tensor
 
+from stellar.checkpoint.card import CARD_NAME, model_card
 from stellar.checkpoint.official import to_official
 
 if TYPE_CHECKING:
@@ -84,11 +85,17 @@ def save_state_dict(
 
 
 def save_pretrained(
-    model: STELLAR, directory: str | Path, state: dict[str, Tensor] | None = None
+    model: STELLAR,
+    directory: str | Path,
+    state: dict[str, Tensor] | None = None,
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.json`` + ``model.safetensors`` in the official transformers-4.x layout.
+    """Write ``config.json``, ``model.safetensors`` (official layout) and a model card.
 
-    The config is also stored in the safetensors metadata, so the file alone is self-describing.
+    The config is also stored in the safetensors metadata, so the file alone is
+    self-describing; ``README.md`` is a Hugging Face model card (architecture, ``training``
+    config and ``metrics`` when given, how to load), so the folder can be uploaded as it is.
     ``state`` replaces ``model.state_dict()`` (e.g. a full state gathered from FSDP shards).
     """
     directory = Path(directory)
@@ -99,4 +106,6 @@ def save_pretrained(
         {CONFIG_METADATA_KEY: config},
     )
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
+    card = model_card(model.config.to_dict(), training, metrics)
+    atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
     return directory

@@ -35,8 +35,10 @@ from typing import TYPE_CHECKING, Any
 import torch
 from torch import Tensor
 
+from stellar.checkpoint.cache import find_model_dir
 from stellar.checkpoint.official import from_official
-from stellar.checkpoint.weights import listing, load_strict, read_state_dict
+from stellar.checkpoint.weights import WeightsNotFoundError, listing, load_strict, read_state_dict
+from stellar.errors import UsageError
 from stellar.layers.pos_embed import resize_patch_pos_embed
 
 if TYPE_CHECKING:
@@ -82,12 +84,14 @@ class MaeWeights:
         layout: ``"hf"`` or ``"original"``.
         unused: source keys dropped as known-unused (decoder, mask token, pooler).
         config: the HF ``config.json`` beside the weights, when there is one.
+        path: where they were read (an HF model id resolved to its cached snapshot).
     """
 
     tensors: dict[str, Tensor]
     layout: str
     unused: list[str] = field(default_factory=list)
     config: dict[str, Any] | None = None
+    path: Path | None = None
 
 
 def read_mae_encoder(path: str | Path) -> dict[str, Tensor]:
@@ -108,9 +112,25 @@ def read_mae_encoder(path: str | Path) -> dict[str, Tensor]:
     return load_mae_weights(path).tensors
 
 
-def load_mae_weights(path: str | Path) -> MaeWeights:
-    """:func:`read_mae_encoder` plus the layout, the dropped keys and the HF config."""
-    path = Path(path)
+def resolve_mae(spec: str | Path, download: bool = True) -> Path:
+    """The MAE checkpoint ``spec`` names: an existing path, or an HF model id.
+
+    An id such as ``facebook/vit-mae-base`` is the snapshot folder of that repository in the
+    Hugging Face cache (``config.json`` and its weights), fetched when missing and allowed
+    (:func:`stellar.checkpoint.cache.find_model_dir`).
+    """
+    path = Path(spec).expanduser()
+    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/", "~")):
+        return path
+    return find_model_dir(str(spec), HF_WEIGHT_FILES, f"the MAE weights {spec}", download)
+
+
+def load_mae_weights(path: str | Path, download: bool = True) -> MaeWeights:
+    """:func:`read_mae_encoder` plus the layout, the dropped keys and the HF config.
+
+    ``path`` may also be an HF model id (``facebook/vit-mae-base``): see :func:`resolve_mae`.
+    """
+    path = resolve_mae(path, download)
     state, config = _read_files(path)
     if _ORIGINAL_PATCH_KEY in state:
         tensors, unused = _map_original(state, path)
@@ -119,10 +139,10 @@ def load_mae_weights(path: str | Path) -> MaeWeights:
         tensors, unused = _map_hf(state, path)
         layout = "hf"
     _check_complete(tensors, path)
-    return MaeWeights(tensors, layout, unused, config)
+    return MaeWeights(tensors, layout, unused, config, path)
 
 
-def init_encoder_from_mae(model: STELLAR, path: str | Path) -> None:
+def init_encoder_from_mae(model: STELLAR, path: str | Path, download: bool = True) -> None:
     """Load MAE weights into ``model.encoder`` strictly (every encoder tensor replaced).
 
     Width, depth, MLP width, patch size and channels must match the model (and the attention
@@ -132,13 +152,15 @@ def init_encoder_from_mae(model: STELLAR, path: str | Path) -> None:
 
     Args:
         model: the STELLAR model whose encoder is overwritten in place.
-        path: see :func:`read_mae_encoder`.
+        path: see :func:`read_mae_encoder`, or an HF model id (``facebook/vit-mae-base``).
+        download: False never fetches an id that is not cached (see :func:`resolve_mae`).
 
     Raises:
         ValueError: the checkpoint cannot be read (see :func:`read_mae_encoder`) or its
             architecture differs from the model's.
     """
-    weights = load_mae_weights(path)
+    weights = load_mae_weights(path, download)
+    path = weights.path
     tensors = dict(weights.tensors)
     enc_cfg = model.config.encoder
     _check_architecture(model, tensors, weights.config, path)
@@ -182,12 +204,12 @@ def _read_files(path: Path) -> tuple[dict[str, Tensor], dict[str, Any] | None]:
         for name in HF_INDEX_FILES:
             if (path / name).is_file():
                 return _read_sharded(path / name), config
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"{path} holds none of {', '.join(HF_WEIGHT_FILES + HF_INDEX_FILES)}; pass an HF "
             "model directory, a weights file or an original MAE .pth"
         )
     if not path.is_file():
-        raise FileNotFoundError(f"no MAE checkpoint at {path}")
+        raise WeightsNotFoundError(f"no MAE checkpoint at {path}")
     # A weights file still sitting in its HF directory: its config lets us check the heads.
     config = _read_config(path.parent / HF_CONFIG) if path.name in HF_WEIGHT_FILES else None
     return read_state_dict(path)[0], config
@@ -199,9 +221,9 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     try:
         config = json.loads(path.read_text())
     except json.JSONDecodeError as err:
-        raise ValueError(f"{path} is not valid JSON: {err}") from err
+        raise UsageError(f"{path} is not valid JSON: {err}") from err
     if not isinstance(config, dict):
-        raise ValueError(f"{path} should hold a JSON object (an HF config)")
+        raise UsageError(f"{path} should hold a JSON object (an HF config)")
     return config
 
 
@@ -209,7 +231,7 @@ def _read_sharded(index_path: Path) -> dict[str, Tensor]:
     index = _read_config(index_path) or {}
     weight_map = index.get("weight_map")
     if not isinstance(weight_map, dict):
-        raise ValueError(f"{index_path} has no 'weight_map' object")
+        raise UsageError(f"{index_path} has no 'weight_map' object")
     state: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
         state.update(read_state_dict(index_path.parent / shard)[0])
@@ -239,12 +261,12 @@ def _map_original(state: dict[str, Tensor], path: Path) -> tuple[dict[str, Tenso
 def _map_hf(state: dict[str, Tensor], path: Path) -> tuple[dict[str, Tensor], list[str]]:
     prefixes = sorted({k[: -len(_HF_PATCH_KEY)] for k in state if k.endswith(_HF_PATCH_KEY)})
     if not prefixes:
-        raise ValueError(
+        raise UsageError(
             f"{path} is neither an original MAE checkpoint (no {_ORIGINAL_PATCH_KEY!r}) nor an "
             f"HF ViT / ViTMAE one (no '[vit.]{_HF_PATCH_KEY}')"
         )
     if len(prefixes) > 1 or prefixes[0] not in HF_PREFIXES:
-        raise ValueError(
+        raise UsageError(
             f"{path}: expected the HF ViT backbone under no prefix or 'vit.', found it under "
             f"{prefixes}"
         )
@@ -289,7 +311,7 @@ def _is_encoder_key(key: str) -> bool:
 
 def _refuse_finetuned(found: list[str], path: Path) -> None:
     if found:
-        raise ValueError(
+        raise UsageError(
             f"{path} looks like a fine-tuned classifier (keys {listing(sorted(found))}); "
             "expected an MAE pretraining checkpoint (facebook/vit-mae-* or "
             "mae_pretrain_vit_*.pth). Fine-tuned heads are not mapped: a global-pool fine-tune "
@@ -299,7 +321,7 @@ def _refuse_finetuned(found: list[str], path: Path) -> None:
 
 def _refuse_unknown(unknown: list[str], path: Path) -> None:
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{path} has keys that are neither MAE encoder tensors nor on the known-unused list "
             f"(decoder, mask token, pooler): {listing(sorted(unknown))}"
         )
@@ -316,7 +338,7 @@ def _check_complete(tensors: dict[str, Tensor], path: Path) -> None:
     ]
     missing = [k for k in expected if k not in tensors]
     if missing:
-        raise ValueError(f"{path} lacks MAE encoder tensors (ViTEncoder names): {listing(missing)}")
+        raise UsageError(f"{path} lacks MAE encoder tensors (ViTEncoder names): {listing(missing)}")
 
 
 # ---------------------------------------------------------------------- architecture checks
@@ -345,7 +367,7 @@ def _check_architecture(
     if config is not None and config.get("hidden_act", "gelu") != "gelu":
         problems.append(f"MAE hidden_act {config['hidden_act']!r} but the model uses exact 'gelu'")
     if problems:
-        raise ValueError(f"{path} does not fit the model's encoder: " + "; ".join(problems))
+        raise UsageError(f"{path} does not fit the model's encoder: " + "; ".join(problems))
     if config is None:
         logger.info("%s has no config.json: the attention-head count cannot be checked", path)
     elif float(config.get("layer_norm_eps", cfg.layer_norm_eps)) != cfg.layer_norm_eps:

@@ -2,8 +2,9 @@
 
 Every loader of the library (STELLAR checkpoints, the MaskGIT-VQGAN tokenizer, MAE
 initialisation, LPIPS and the FID Inception) reads its file with :func:`read_state_dict` and
-loads it with :func:`load_strict`. A leaf module: it imports only torch, safetensors and the
-standard library, so the model classes can use it without an import cycle.
+loads it with :func:`load_strict`. A leaf module: it imports only torch, safetensors, the
+standard library and :mod:`stellar.errors` (itself a leaf), so the model classes can use it
+without an import cycle.
 """
 
 from __future__ import annotations
@@ -17,11 +18,21 @@ import torch
 from safetensors import safe_open
 from torch import Tensor, nn
 
+from stellar.errors import UsageError
+
 logger = logging.getLogger(__name__)
 
 _ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
 _PICKLE_PROTO = b"\x80"  # legacy torch.save / plain pickle (protocol >= 2)
 _LISTED = 12  # keys shown per kind in an error
+
+
+class WeightsNotFoundError(UsageError, FileNotFoundError):
+    """A weights file that is not where it was looked for (and could not be fetched).
+
+    Both a :class:`FileNotFoundError` (what the API raises for a missing file) and a
+    :class:`~stellar.errors.UsageError` (the command line prints it as one line).
+    """
 
 
 def _looks_like(head: bytes) -> str:
@@ -74,12 +85,13 @@ def load_weights_file(path: str | Path) -> tuple[Any, dict[str, str]]:
     ``weights_only=True`` (no code in them ever runs) and returned as loaded.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
-        ValueError: the file is neither format, or is damaged; the message names the path.
+        FileNotFoundError: ``path`` is not a file (a :class:`WeightsNotFoundError`).
+        ValueError: the file is neither format, or is damaged; the message names the path
+            (a :class:`~stellar.errors.UsageError`, as every error here about a file).
     """
     path = Path(path)
     if not path.is_file():
-        raise FileNotFoundError(f"no checkpoint file at {path}")
+        raise WeightsNotFoundError(f"no checkpoint file at {path}")
     head = _head(path)
     what = f"{path} is not a .safetensors file or a torch state-dict pickle (.bin/.pt/.pth)"
     if _is_safetensors(head, path.stat().st_size):
@@ -88,14 +100,14 @@ def load_weights_file(path: str | Path) -> tuple[Any, dict[str, str]]:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
                 return tensors, dict(f.metadata() or {})
         except Exception as err:  # a truncated or corrupt file: same meaning to a user
-            raise ValueError(f"{what}: unreadable safetensors data ({err})") from None
+            raise UsageError(f"{what}: unreadable safetensors data ({err})") from None
     if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
-        raise ValueError(f"{what}: {_looks_like(head)}")
+        raise UsageError(f"{what}: {_looks_like(head)}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True), {}
     except Exception as err:  # any unpickling failure means the same to a user
-        raise ValueError(f"{what}: {_torch_reason(err)}") from None
+        raise UsageError(f"{what}: {_torch_reason(err)}") from None
 
 
 def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
@@ -147,7 +159,7 @@ def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
     if not isinstance(obj, Mapping) or not all(
         isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
     ):
-        raise ValueError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
+        raise UsageError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
     return dict(obj)
 
 
@@ -203,7 +215,7 @@ def check_state(
     if wrong:
         problems.append(f"wrong shapes: {listing(wrong)}")
     if problems:
-        raise ValueError(f"{source} does not fit {target}: " + "; ".join(problems))
+        raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
     return skipped
 
 
@@ -215,7 +227,7 @@ def check_finite(state: Mapping[str, Tensor], source: str) -> None:
         if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())
     ]
     if bad:
-        raise ValueError(
+        raise UsageError(
             f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
             f"{listing(sorted(bad))}"
         )

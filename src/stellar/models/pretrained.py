@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from collections.abc import Iterable
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -18,11 +17,21 @@ from typing import TYPE_CHECKING
 import torch
 from torch import Tensor
 
+from stellar.checkpoint.cache import STELLAR_REPO, find_released, local_dirs
 from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 from stellar.checkpoint.official import from_official, is_known_unused, to_official
-from stellar.checkpoint.weights import check_finite, check_state, listing, read_state_dict
+from stellar.checkpoint.weights import (
+    WeightsNotFoundError,
+    check_finite,
+    check_state,
+    listing,
+    read_header,
+    read_state_dict,
+)
+from stellar.errors import UsageError
 from stellar.models.config import StellarConfig
-from stellar.models.infer import infer_config
+from stellar.models.infer import defaulted_fields, infer_config
+from stellar.models.layout import is_model_table, read_json, table_config
 from stellar.models.registry import get_config, is_released, list_models
 from stellar.models.vqgan import MaskGITVQGAN, load_vqgan
 
@@ -31,7 +40,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-ENV_HOME = "STELLAR_HOME"
 # Modules that only some purposes build (see STELLAR.__init__); everything else always exists.
 OPTIONAL_PARTS: tuple[str, ...] = ("decoder", "clustering_head", "cls_cluster_head")
 # Official keys that load into the decoder (the decoder ViT's own embeddings are known-unused).
@@ -47,54 +55,64 @@ _SHAPE_FIELDS: tuple[tuple[str, str | None, str], ...] = (
 )
 
 
-def search_dirs(cache_dir: str | Path | None = None) -> list[Path]:
-    """Where registered names are looked up, in order."""
-    dirs = [Path(cache_dir)] if cache_dir else []
-    if os.environ.get(ENV_HOME):
-        dirs.append(Path(os.environ[ENV_HOME]))
-    dirs.append(Path.home() / ".cache" / "stellar")
-    return dirs
-
-
 def resolve(
-    name_or_path: str | Path, cache_dir: str | Path | None = None
+    name_or_path: str | Path, cache_dir: str | Path | None = None, download: bool = True
 ) -> tuple[Path, Path | None]:
-    """Find the weights file (and a ``config.json`` when there is one) for a name or path."""
-    path = Path(name_or_path)
+    """The weights file and the ``config.json`` that describes it (None: there is none).
+
+    A directory gives its weights and its ``config.json``; a file gives itself and the
+    ``config.json`` beside it when that is a model table (the hub layout). A registered name
+    is searched in ``cache_dir``, ``$STELLAR_HOME``, ``~/.cache/stellar`` (``<name>/`` or
+    ``<name>.safetensors``), then in the Hugging Face cache of ``microsoft/STELLAR``, then
+    downloaded when allowed
+    (:mod:`stellar.checkpoint.cache`).
+    """
+    path = Path(name_or_path).expanduser()
     if path.is_dir():
-        return _weights_in_dir(path), (
-            path / CONFIG_NAME if (path / CONFIG_NAME).is_file() else None
-        )
+        config = path / CONFIG_NAME
+        return _weights_in_dir(path), config if config.is_file() else None
     if path.is_file():
-        return path, None
+        return path, _config_beside(path)
     name = str(name_or_path)
     if name not in list_models():
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"{name!r} is neither an existing file or directory nor a registered model name "
             f"(known: {', '.join(list_models())})"
         )
     if not is_released(name):
-        raise FileNotFoundError(
+        raise WeightsNotFoundError(
             f"{name!r} is a preset with no released weights: build it with "
             f"create_stellar({name!r}) (random init) or pass the path of your own checkpoint"
         )
-    tried = []
-    for root in search_dirs(cache_dir):
-        for candidate in (root / name, root / f"{name}.safetensors"):
-            tried.append(str(candidate))
-            if candidate.is_dir():
-                try:
-                    return resolve(candidate)
-                except FileNotFoundError:
-                    continue
-            if candidate.is_file():
-                return candidate, None
-    raise FileNotFoundError(
-        f"weights for {name!r} are not on this machine (looked in: {'; '.join(tried)}). Nothing is "
-        f"downloaded at run time: download {name}.safetensors from the model card "
-        f"(microsoft/STELLAR) and place it in one of those places, set ${ENV_HOME}, pass "
-        "cache_dir=..., or pass the file path itself"
+    candidates = []
+    for root in local_dirs(cache_dir):
+        folder = root / name
+        if folder.is_dir():
+            try:
+                return resolve(folder)
+            except FileNotFoundError:
+                pass
+        candidates += [folder, root / f"{name}.safetensors"]
+    weights = find_released(
+        STELLAR_REPO,
+        f"{name}.safetensors",
+        f"the weights of {name!r}",
+        candidates,
+        companions=(CONFIG_NAME,),
+        allow_download=download,
     )
+    return weights, _config_beside(weights)
+
+
+def _config_beside(weights: Path) -> Path | None:
+    """The ``config.json`` beside a weights file, when it describes that file."""
+    config = weights.parent / CONFIG_NAME
+    if not config.is_file():
+        return None
+    try:  # our own config.json describes a directory; a file given alone describes itself
+        return config if is_model_table(read_json(config)) else None
+    except ValueError:
+        return None
 
 
 def _weights_in_dir(directory: Path) -> Path:
@@ -105,8 +123,8 @@ def _weights_in_dir(directory: Path) -> Path:
     if len(found) == 1:
         return found[0]
     if not found:
-        raise FileNotFoundError(f"no {WEIGHTS_NAME} (or other .safetensors file) in {directory}")
-    raise FileNotFoundError(
+        raise WeightsNotFoundError(f"no {WEIGHTS_NAME} (or other .safetensors file) in {directory}")
+    raise WeightsNotFoundError(
         f"{directory} holds several .safetensors files ({', '.join(p.name for p in found)}) "
         f"and no {WEIGHTS_NAME}: pass the file you mean"
     )
@@ -135,23 +153,75 @@ def check_matches_name(config: StellarConfig, name: str, source: str | Path) -> 
             key = part if field is None else f"{part}.{field}"
             differ.append(f"{key} ({label}) {got}, {name} has {want}")
     if differ:
-        raise ValueError(
+        raise UsageError(
             f"{source} was found for the registered name {name!r} but holds another "
             f"architecture: {'; '.join(differ)}. Put the right weights there, or pass the file "
             "path itself to load what it holds"
         )
 
 
-def config_for(state: dict[str, Tensor], metadata: dict[str, str], weights: Path) -> StellarConfig:
-    """The config stored in the file's metadata, else the one its tensor shapes describe."""
-    if CONFIG_METADATA_KEY in metadata:
+def read_config(
+    weights: Path,
+    config_path: Path | None,
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict[str, str],
+    download: bool = True,
+) -> StellarConfig:
+    """The configuration of ``weights``: its ``config.json``, else its metadata, else shapes.
+
+    A model table (the hub layout) gives its entry for the file and the entry's backbone
+    (:func:`stellar.models.layout.table_config`); our ``config.json`` must agree with the
+    configuration stored in the file itself; a file with neither is read from its tensor
+    shapes, and the values no shape fixes are logged as defaulted.
+    """
+    embedded = _embedded_config(metadata, weights)
+    if config_path is not None:
+        data = read_json(config_path)
+        if is_model_table(data):
+            return table_config(data, config_path, weights, shapes, download)
         try:
-            return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
-        except (json.JSONDecodeError, ValueError) as err:
-            raise ValueError(f"{weights}: the config in its metadata is invalid: {err}") from None
-    config = infer_config(state)
-    logger.info("no config for %s: inferred %s from the tensor shapes", weights, config)
+            config = StellarConfig.from_dict(data)
+        except ValueError as err:
+            raise UsageError(f"{config_path}: {err}") from None
+        if embedded is not None and embedded != config:
+            differ = _differences(config.to_dict(), embedded.to_dict())
+            raise UsageError(
+                f"{config_path} disagrees with the configuration stored in {weights}: "
+                f"{'; '.join(differ)}. Which one is right is not clear: remove or fix the "
+                "config.json, or load the weights file alone"
+            )
+        return config
+    if embedded is not None:
+        return embedded
+    config = infer_config({k: torch.empty(v, device="meta") for k, v in shapes.items()})
+    logger.warning(
+        "no configuration for %s: read the architecture from the tensor shapes; not fixed by "
+        "any tensor, so defaulted: %s. Put a config.json beside the weights to be sure",
+        weights,
+        ", ".join(defaulted_fields(config)),
+    )
     return config
+
+
+def _embedded_config(metadata: dict[str, str], weights: Path) -> StellarConfig | None:
+    if CONFIG_METADATA_KEY not in metadata:
+        return None
+    try:
+        return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+    except (json.JSONDecodeError, ValueError) as err:
+        raise UsageError(f"{weights}: the config in its metadata is invalid: {err}") from None
+
+
+def _differences(ours: dict, theirs: dict, prefix: str = "") -> list[str]:
+    """``field: config.json X, weights file Y`` for every differing (nested) field."""
+    out = []
+    for key in sorted(set(ours) | set(theirs)):
+        a, b = ours.get(key), theirs.get(key)
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += _differences(a, b, f"{prefix}{key}.")
+        elif a != b:
+            out.append(f"{prefix}{key}: config.json {a!r}, weights file {b!r}")
+    return out
 
 
 def carries_decoder(keys: Iterable[str]) -> bool:
@@ -167,36 +237,25 @@ def load_pretrained(
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
     cache_dir: str | Path | None = None,
+    download: bool = True,
 ) -> STELLAR:
     """What :meth:`STELLAR.from_pretrained` does (see :func:`stellar.load_stellar`)."""
-    weights, config_path = resolve(name_or_path, cache_dir)
+    weights, config_path = resolve(name_or_path, cache_dir, download)
+    shapes, metadata = read_header(weights)
+    config = read_config(weights, config_path, shapes, metadata, download)
+    # checks that need only the config come before the tensors are read
     name = registered_name(name_or_path)
-    config = tokenizer = None
-    if config_path is not None:  # checks that need only the config come before the weights
-        config = StellarConfig.load(config_path)
-        tokenizer = checked_tokenizer(config, name, weights, vq_model, purpose)
-    state, metadata = read_state_dict(weights)
-    if config is None:
-        config = config_for(state, metadata, weights)
-        tokenizer = checked_tokenizer(config, name, weights, vq_model, purpose)
+    if name is not None:
+        check_matches_name(config, name, weights)
+    if purpose == "reconstruct" and not carries_decoder(shapes):
+        raise _no_decoder(str(weights))  # before asking for a tokenizer it could not use
+    tokenizer = tokenizer_for(config, vq_model, purpose, download)
+    state, _ = read_state_dict(weights)
     model = cls(config, purpose=purpose)
     load_official_state(model, state, source=str(weights))
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
     return finish(model, purpose, device, dtype)
-
-
-def checked_tokenizer(
-    config: StellarConfig,
-    name: str | None,
-    weights: Path,
-    vq_model: str | Path | MaskGITVQGAN | None,
-    purpose: str,
-) -> MaskGITVQGAN | None:
-    """Check ``config`` against the registered ``name``; the tokenizer to attach, checked."""
-    if name is not None:
-        check_matches_name(config, name, weights)
-    return tokenizer_for(config, vq_model, purpose)
 
 
 def load_official_state(
@@ -209,7 +268,7 @@ def load_official_state(
     """
     mapped, unused, unknown = from_official(state)
     if unknown:
-        raise ValueError(
+        raise UsageError(
             f"{source}: unexpected keys that STELLAR does not know: {listing(unknown)}"
         )
     expected = {k: v for k, v in model.state_dict().items() if not k.startswith("tokenizer.")}
@@ -220,7 +279,7 @@ def load_official_state(
     unexpected = [k for k in extra if k not in not_built]
     if unexpected:  # named as in the file (official layout), where the user can find them
         names = sorted(to_official({k: mapped[k] for k in unexpected}))
-        raise ValueError(
+        raise UsageError(
             f"{source}: unexpected keys for this architecture (purpose={model.purpose!r}): "
             f"{listing(names)}"
         )
@@ -257,13 +316,9 @@ def _absent_parts(model: STELLAR, missing: list[str], present: set[str], source:
     carried = {_part(k) for k in present}
     partial = [k for k in optional if _part(k) in carried]
     if partial:
-        raise ValueError(f"{source}: missing keys: {listing(partial)}")
+        raise UsageError(f"{source}: missing keys: {listing(partial)}")
     if any(_part(k) == "decoder" for k in optional) and model.purpose == "reconstruct":
-        raise ValueError(
-            f"{source} carries no reconstruction decoder (e.g. an encoder-only feature "
-            "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
-            "or purpose='encode'"
-        )
+        raise _no_decoder(source)
     if optional:
         logger.warning(
             "%s lacks %d tensors of the decoder / clustering heads; they start from random "
@@ -275,6 +330,14 @@ def _absent_parts(model: STELLAR, missing: list[str], present: set[str], source:
     return {_part(k) for k in optional}
 
 
+def _no_decoder(source: str) -> UsageError:
+    return UsageError(
+        f"{source} carries no reconstruction decoder (e.g. an encoder-only feature release), "
+        "so purpose='reconstruct' cannot work: use a checkpoint with the decoder, or "
+        "purpose='encode'"
+    )
+
+
 def _part(key: str) -> str | None:
     """The optional module (our names) that ``key`` belongs to, or None."""
     head = key.split(".", 1)[0]
@@ -282,15 +345,19 @@ def _part(key: str) -> str | None:
 
 
 def tokenizer_for(
-    config: StellarConfig, vq_model: str | Path | MaskGITVQGAN | None, purpose: str
+    config: StellarConfig,
+    vq_model: str | Path | MaskGITVQGAN | None,
+    purpose: str,
+    download: bool = True,
 ) -> MaskGITVQGAN | None:
     """The tokenizer to attach (None: not needed or not given), checked against ``config``."""
     needs = purpose in ("reconstruct", "pretrain") and config.decoder_head == "vq"
     if vq_model is None:
         if needs and purpose == "reconstruct":
-            raise ValueError(
-                "this model's decoder predicts MaskGIT-VQGAN codes: pass "
-                "vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin' (never downloaded)"
+            raise UsageError(
+                "this model's decoder predicts MaskGIT-VQGAN codes: pass vq_model='maskgit-vqgan' "
+                "(TiTok's released tokenizer, found or fetched by name) or the path of "
+                "maskgit-vqgan-imagenet-f16-256.bin"
             )
         return None
     if not needs:
@@ -300,12 +367,15 @@ def tokenizer_for(
             config.decoder_head,
         )
         return None
-    tokenizer = vq_model if isinstance(vq_model, MaskGITVQGAN) else load_vqgan(vq_model)
+    if isinstance(vq_model, MaskGITVQGAN):
+        tokenizer = vq_model
+    else:
+        tokenizer = load_vqgan(vq_model, download=download)
     # The vq head's logits index this codebook: another size fails (or decodes garbage)
     # only mid-run, so refuse it here.
     if tokenizer.codebook_size != config.vq_codebook_size:
         where = "" if isinstance(vq_model, MaskGITVQGAN) else f" {vq_model}"
-        raise ValueError(
+        raise UsageError(
             f"the MaskGIT-VQGAN tokenizer{where} has a codebook of {tokenizer.codebook_size} "
             f"codes, but this model's vq head predicts {config.vq_codebook_size} "
             "(vq_codebook_size): pass the tokenizer the model was trained with"

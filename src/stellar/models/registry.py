@@ -1,7 +1,8 @@
 """Named model sizes: the released checkpoints and small presets for CPU work.
 
-Each entry only sets dimensions (as timm's ``@register_model`` functions do). Weights are never
-downloaded: :func:`stellar.load_stellar` resolves a name to a local file.
+Each entry only sets dimensions (as timm's ``@register_model`` functions do). A released name's
+weights are ``<name>.safetensors`` in the hub repository ``microsoft/STELLAR``;
+:func:`stellar.load_stellar` finds them (:mod:`stellar.checkpoint.cache`).
 """
 
 from __future__ import annotations

@@ -343,29 +343,31 @@ class STELLAR(nn.Module):
         self.tokenizer = tokenizer.requires_grad_(False).eval()
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` (official key layout) atomically."""
-        return write_pretrained(self, directory)
+    def save_pretrained(
+        self,
+        directory: str | Path,
+        training: dict | None = None,
+        metrics: dict | None = None,
+    ) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``.
+
+        The README is a model card (architecture, the ``training`` config and ``metrics``
+        when given, how to load), so the folder can be pushed to the hub unchanged.
+        """
+        return write_pretrained(self, directory, training=training, metrics=metrics)
 
     @classmethod
     def from_pretrained(
-        cls,
-        name_or_path: str | Path,
-        purpose: Purpose = "encode",
-        vq_model: str | Path | MaskGITVQGAN | None = None,
-        device: str | torch.device | None = None,
-        dtype: torch.dtype | None = None,
-        cache_dir: str | Path | None = None,
+        cls, name_or_path: str | Path, purpose: Purpose = "encode", **kwargs
     ) -> STELLAR:
         """Load a registered name, a directory or a weights file strictly.
 
-        See :func:`stellar.load_stellar` for the arguments and what is checked.
+        ``kwargs``: ``vq_model``, ``device``, ``dtype``, ``cache_dir``, ``download``; see
+        :func:`stellar.load_stellar` for them and for what is checked.
         """
         if purpose not in PURPOSES:
             raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-        return load_pretrained(
-            cls, name_or_path, purpose, vq_model, device=device, dtype=dtype, cache_dir=cache_dir
-        )
+        return load_pretrained(cls, name_or_path, purpose, **kwargs)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Same as :meth:`encode`."""

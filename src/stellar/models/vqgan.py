@@ -3,7 +3,7 @@
 The tokenizer turns a [0, 1] RGB image into a grid of discrete codes (f16: one code per 16x16
 pixels, codebook 1024 x 256) and back. STELLAR's ``vq`` reconstruction head predicts these codes.
 The state-dict layout matches the released ``maskgit-vqgan-imagenet-f16-256.bin`` exactly, so the
-released file loads strictly; it is never downloaded here, the user passes a local path.
+released file (``fun-research/TiTok``, found by the name ``"maskgit-vqgan"``) loads strictly.
 """
 
 from __future__ import annotations
@@ -18,7 +18,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stellar.checkpoint.cache import resolve_tokenizer
 from stellar.checkpoint.weights import load_strict, read_state_dict
+from stellar.errors import UsageError
 
 __all__ = ["MaskGITVQGAN", "VectorQuantizer", "infer_vqgan_config", "load_vqgan"]
 
@@ -26,7 +28,6 @@ logger = logging.getLogger(__name__)
 
 _GROUPS = 32
 _EPS = 1e-6
-RELEASED_FILENAME = "maskgit-vqgan-imagenet-f16-256.bin"
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, bias: bool) -> nn.Conv2d:
@@ -403,12 +404,16 @@ def load_vqgan(
     path: str | Path,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
+    download: bool = True,
 ) -> MaskGITVQGAN:
-    """Build a frozen :class:`MaskGITVQGAN` from local weights, loading strictly.
+    """Build a frozen :class:`MaskGITVQGAN` from its weights, loading strictly.
 
     Args:
         path: The released ``maskgit-vqgan-imagenet-f16-256.bin`` (a torch pickle of a plain
-            state dict) or a ``.safetensors`` file with the same keys. Never downloaded.
+            state dict) or a ``.safetensors`` file with the same keys; ``"maskgit-vqgan"``
+            finds TiTok's release by name (:func:`stellar.checkpoint.cache.resolve_tokenizer`).
+        download: False never fetches the file by name (nor do ``HF_HUB_OFFLINE=1`` and
+            ``STELLAR_OFFLINE=1``).
         device: Where to put the model (default CPU).
         dtype: Parameter dtype (default ``torch.float32``).
 
@@ -420,20 +425,15 @@ def load_vqgan(
         FileNotFoundError: ``path`` does not exist.
         ValueError: The file's keys or shapes differ from the architecture (names them).
     """
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(
-            f"MaskGIT-VQGAN weights not found at '{path}'. They are never downloaded: pass the "
-            f"local path of {RELEASED_FILENAME} (or a .safetensors with the same keys)."
-        )
+    path = resolve_tokenizer(path, download=download)
     state, _ = read_state_dict(path)
     non_float = sorted(k for k, v in state.items() if not v.is_floating_point())
     if non_float:
-        raise ValueError(f"{path}: expected floating-point tensors, got non-float {non_float}")
+        raise UsageError(f"{path}: expected floating-point tensors, got non-float {non_float}")
     try:  # name the file: it is often one of several paths on a command line
         config = infer_vqgan_config(state)
     except ValueError as err:
-        raise ValueError(f"{path}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
     # Built on the meta device so the (up to ~100M) parameters are allocated only once, by
     # the loaded tensors themselves.
     with torch.device("meta"):

@@ -1,0 +1,87 @@
+"""The model card (``README.md``) that ``save_pretrained`` writes beside the weights.
+
+A saved folder is then a Hugging Face model repository as it is: ``hf upload ORG/NAME DIR``
+publishes weights, config and a card that says what the model is and how to load it.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from typing import Any
+
+CARD_NAME = "README.md"
+
+
+def _architecture(config: Mapping[str, Any]) -> list[str]:
+    enc = config.get("encoder", {})
+    dec = config.get("decoder", {})
+    rows = [
+        ("encoder", f"ViT, width {enc.get('hidden_size')}, {enc.get('num_hidden_layers')} "
+         f"blocks, {enc.get('num_attention_heads')} heads, MLP {enc.get('intermediate_size')}"),
+        ("input", f"{enc.get('image_size')} px, patch {enc.get('patch_size')}"),
+        ("concept tokens (r)", config.get("num_sparse_tokens")),
+        ("spatial temperature", config.get("spatial_temp")),
+        ("decoder", f"{config.get('num_decoder_layers')} blocks, width {dec.get('hidden_size')}, "
+         f"{config.get('decoder_head')} head"),
+    ]  # fmt: skip
+    return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
+
+
+def model_card(
+    config: Mapping[str, Any],
+    training: Mapping[str, Any] | None = None,
+    metrics: Mapping[str, Any] | None = None,
+) -> str:
+    """Markdown with Hugging Face front matter: architecture, training, metrics, how to load.
+
+    Args:
+        config: the model's ``StellarConfig.to_dict()``.
+        training: the training configuration, when known (written as JSON).
+        metrics: evaluation results, ``name -> value``, when known.
+    """
+    lines = [
+        "---",
+        "library_name: stellar",
+        "pipeline_tag: image-feature-extraction",
+        "tags: [stellar, self-supervised, vision-transformer]",
+        "---",
+        "",
+        "# STELLAR",
+        "",
+        "A STELLAR model (*Learning Sparse Visual Representations via Spatial-Semantic "
+        'Factorization*, arXiv 2602.01905): a ViT whose r concept tokens (the "what") and '
+        'localization matrix (the "where") rebuild the image through a light decoder.',
+        "",
+        "## Architecture",
+        "",
+        *_architecture(config),
+        "",
+    ]
+    if training:
+        body = json.dumps(dict(training), indent=2, sort_keys=True, default=str)
+        lines += ["## Training", "", "```json", body, "```", ""]
+    if metrics:
+        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
+        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
+        lines += [""]
+    lines += [
+        "## How to load",
+        "",
+        "```bash",
+        "pip install stellar-ssl",
+        "hf download ORG/NAME --local-dir stellar-model   # this repository",
+        "```",
+        "",
+        "```python",
+        "from stellar import load_stellar",
+        "",
+        'model = load_stellar("stellar-model")  # purpose="encode"; "reconstruct" adds the decoder',
+        "out = model.encode(images)  # (B, 3, H, W) in [0, 1]: sparse, spatial, lowrank, ...",
+        "```",
+        "",
+        "The weights use the official key layout (`model.safetensors`, with the configuration "
+        "also stored in its metadata; `config.json` is the same configuration).",
+        "",
+    ]
+    return "\n".join(lines)
