@@ -89,7 +89,12 @@ class InitConfig:
 
 
 # Ranges of fields declared in other modules' dataclasses (same rule as ``bounded``).
-_SECTION_BOUNDS = {("objective", "ot_iterations"): Bounds(low=1)}
+_SECTION_BOUNDS = {
+    ("objective", "ot_iterations"): Bounds(low=1),
+    ("objective", "ot_eps"): Bounds(low=0, low_open=True),
+    ("objective", "koleo_weight"): Bounds(low=0),
+    ("objective", "recon_weight"): Bounds(low=0),
+}
 
 
 @dataclass
@@ -138,7 +143,9 @@ class TrainConfig:
         """
         check(self, texts=texts)
         for (section, name), rule in _SECTION_BOUNDS.items():
-            rule.check(getattr(getattr(self, section), name), f"{section}.{name}")
+            value = getattr(getattr(self, section), name)
+            if value is not None:
+                rule.check(value, f"{section}.{name}")
         a = self.augment
         if a.n_masked > a.n_global:
             raise UsageError(
