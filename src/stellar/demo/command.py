@@ -13,7 +13,7 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
@@ -118,6 +118,9 @@ def _timed(timings: dict[str, float], name: str, started: float, plan: float) ->
 def run_demo(settings: DemoSettings) -> dict:
     """Train, evaluate, draw and report; returns metrics, timings and the table."""
     settings = resolve_budget(settings)
+    if settings.photos is None and (found := default_photos()) is not None:
+        # Named in the report's Command line like every other input.
+        settings = replace(settings, photos=str(found))
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
@@ -166,9 +169,9 @@ def run_demo(settings: DemoSettings) -> dict:
     figures = []
     scene_figure({k: models[k] for k in shown}, val_scenes).save(out / "concepts_scenes.png")
     figures.append(("concepts_scenes.png", "Concept maps and reconstructions on validation scenes"))
-    photos = Path(settings.photos) if settings.photos else default_photos()
-    if photos is not None:
-        fig = photo_figure({k: models[k] for k in ("STELLAR", "random init")}, photos)
+    if settings.photos is not None:
+        pair = {k: models[k] for k in ("STELLAR", "random init")}
+        fig = photo_figure(pair, Path(settings.photos))
         if fig is not None:
             fig.save(out / "concepts_photos.png")
             figures.append(("concepts_photos.png", "Concept maps on real photos"))

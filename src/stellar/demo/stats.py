@@ -17,16 +17,6 @@ from torch import Tensor
 from stellar.eval.segmentation import ConfusionMatrix
 
 
-def accuracy_gap_stderr(a: float, b: float, n: int) -> float:
-    """Standard error of the difference of two accuracies, each measured on ``n`` samples.
-
-    Binomial, treating the two as independent: sqrt(a(1-a)/n + b(1-b)/n).
-    """
-    if n < 1:
-        raise ValueError(f"expected n >= 1, got {n}")
-    return math.sqrt((a * (1 - a) + b * (1 - b)) / n)
-
-
 def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
     """Mean of ``a - b`` and its standard error, for per-sample values of the same samples.
 
