@@ -25,7 +25,7 @@ from pathlib import Path
 from torch import nn
 
 from stellar.checkpoint.io import atomic_write, save_state_dict
-from stellar.checkpoint.weights import read_state_dict
+from stellar.checkpoint.weights import load_strict, read_state_dict
 from stellar.data.scenes import COLOURS, SHAPES
 from stellar.demo.settings import DemoSettings
 from stellar.demo.training import demo_trainer
@@ -58,7 +58,7 @@ def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
     if weights.is_file():
         model = copy.deepcopy(trainer.model)
         state, _ = read_state_dict(weights)
-        model.load_state_dict(state)
+        load_strict(model, state, source=str(weights))
         logger.info("supervised reference: cached weights %s", weights)
         return model.eval(), True
     width = trainer.model.config.encoder.hidden_size
