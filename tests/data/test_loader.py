@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 import torch
-from torch.utils.data import Dataset, DistributedSampler
+from torch.utils.data import Dataset
 
-from stellar.data.loader import EpochSampler, build_loader, collate_dict
+from stellar.data.loader import ResumableSampler, build_loader, collate_dict
 
 
 class _Dicts(Dataset):
@@ -44,6 +44,32 @@ def test_collate_stacks_every_key() -> None:
         collate_dict([ds[1], bad])
     with pytest.raises(ValueError, match="dicts"):
         collate_dict([torch.zeros(2)])
+    # unreadable files (None items) are left out; a batch of nothing but them is empty
+    assert collate_dict([None, ds[2], None])["index"].tolist() == [2]
+    assert collate_dict([None, None]) == {}
+
+
+class _SomeUnreadable(_Dicts):
+    def __getitem__(self, i: int):
+        return None if i < 6 else super().__getitem__(i)
+
+
+def test_loader_skips_batches_of_unreadable_files_only() -> None:
+    loader = build_loader(_SomeUnreadable(12), 4, shuffle=False)
+    batches = list(loader)
+    assert [b["index"].tolist() for b in batches] == [[6, 7], [8, 9, 10, 11]]
+
+
+def test_resumable_sampler_is_the_loader_sampler_and_resumes_mid_epoch() -> None:
+    ds = _Dicts(20)
+    loader = build_loader(ds, 2, shuffle=True, seed=4, drop_last=False)
+    loader.set_epoch(2)
+    whole = _indices(loader)
+    loader.sampler.set_position(2, 6)
+    assert _indices(loader) == whole[6:]
+    single = ResumableSampler(20, seed=4)
+    single.set_epoch(2)
+    assert list(single) == whole
 
 
 def test_two_ranks_are_disjoint() -> None:
@@ -51,7 +77,7 @@ def test_two_ranks_are_disjoint() -> None:
     seen = []
     for rank in range(2):
         loader = build_loader(ds, 4, shuffle=True, seed=3, num_replicas=2, rank=rank)
-        assert isinstance(loader.sampler, DistributedSampler)
+        assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.world == 2
         loader.set_epoch(1)
         seen.append(_indices(loader))
     assert len(seen[0]) == len(seen[1]) == 12
@@ -63,7 +89,7 @@ def test_seeded_epoch_shuffling() -> None:
     ds = _Dicts(32)
     a = build_loader(ds, 8, shuffle=True, seed=7)
     b = build_loader(ds, 8, shuffle=True, seed=7)
-    assert isinstance(a.sampler, EpochSampler) and a.pin_memory == torch.cuda.is_available()
+    assert isinstance(a.sampler, ResumableSampler) and a.pin_memory == torch.cuda.is_available()
     assert _indices(a) == _indices(b)
     first = _indices(a)
     assert sorted(first) == list(range(32)) and first != list(range(32))

@@ -14,39 +14,68 @@ from typing import Any
 import numpy as np
 import torch
 import torch.distributed as dist
-from torch.utils.data import DataLoader, Dataset, DistributedSampler, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
 
-__all__ = ["EpochLoader", "EpochSampler", "build_loader", "collate_dict"]
+__all__ = ["EpochLoader", "ResumableSampler", "build_loader", "collate_dict"]
 
 
-class EpochSampler(Sampler[int]):
-    """All indices of a dataset, shuffled from ``seed + epoch`` (or in order).
+class ResumableSampler(Sampler[int]):
+    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position.
 
-    The single-process counterpart of ``DistributedSampler``: the same seed and epoch give
-    the same order on every run; call :meth:`set_epoch` before each epoch.
+    The one sampler of the library (training, probes, single process or torchrun). Each epoch
+    drops the last ``length % world`` samples of the order so that every rank gets the same
+    number: ranks then stay in the same epoch at the same position, which is what a
+    checkpoint (written by rank 0 alone) records for all of them. The same seed and epoch
+    give the same order on every run; call :meth:`set_epoch` (or :meth:`set_position` to
+    resume mid-epoch) before each epoch.
+
+    Args:
+        length: dataset size.
+        seed: seed of the shuffling.
+        rank, world: this process takes positions ``rank, rank + world, ...`` of the order.
+        shuffle: shuffle from ``(seed, epoch)``; False keeps the dataset order.
     """
 
-    def __init__(self, length: int, shuffle: bool = True, seed: int = 0) -> None:
-        if length < 0:
-            raise ValueError(f"expected a non-negative dataset length, got {length}")
-        self.length, self.shuffle, self.seed, self.epoch = int(length), bool(shuffle), int(seed), 0
+    def __init__(
+        self, length: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
+    ) -> None:
+        if length < 0 or world < 1 or not 0 <= rank < world:
+            raise ValueError(
+                "expected length >= 0 and 0 <= rank < world, got "
+                f"length={length}, rank={rank}, world={world}"
+            )
+        self.length, self.seed, self.rank, self.world = int(length), int(seed), rank, world
+        self.shuffle = bool(shuffle)
+        self.epoch, self.start = 0, 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Select the permutation of ``epoch``."""
-        self.epoch = int(epoch)
+        """Iterate epoch ``epoch`` from its beginning."""
+        self.set_position(epoch, 0)
+
+    def set_position(self, epoch: int, start: int) -> None:
+        """Iterate epoch ``epoch`` from its ``start``-th sample on this rank."""
+        self.epoch, self.start = int(epoch), int(start)
+
+    def order(self) -> list[int]:
+        """All of this rank's indices in the current epoch."""
+        kept = self.length - self.length % self.world
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
+            order = torch.randperm(self.length, generator=g)[:kept]
+        else:
+            order = torch.arange(kept)
+        return order[self.rank :: self.world].tolist()
 
     def __iter__(self) -> Iterator[int]:
-        if not self.shuffle:
-            return iter(range(self.length))
-        g = torch.Generator().manual_seed(self.seed + self.epoch)
-        return iter(torch.randperm(self.length, generator=g).tolist())
+        return iter(self.order()[self.start :])
 
     def __len__(self) -> int:
-        return self.length
+        return self.length // self.world - self.start
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader whose :meth:`set_epoch` reshuffles its sampler."""
+    """A DataLoader whose :meth:`set_epoch` reshuffles its sampler and that never yields an
+    empty batch (a batch whose files were all unreadable is skipped)."""
 
     def set_epoch(self, epoch: int) -> None:
         """Forward ``epoch`` to the sampler (call before iterating each epoch)."""
@@ -54,21 +83,28 @@ class EpochLoader(DataLoader):
         if set_epoch is not None:
             set_epoch(epoch)
 
+    def __iter__(self) -> Iterator[Any]:
+        return (batch for batch in super().__iter__() if batch)
+
 
 def collate_dict(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:
     """Stack a list of sample dicts into one dict of batched tensors.
 
     Tensors are stacked along a new first axis (into shared memory inside workers), numbers
-    become tensors, anything else is collated by ``torch.utils.data.default_collate``.
+    become tensors, anything else is collated by ``torch.utils.data.default_collate``. A
+    ``None`` sample (an unreadable file, see :class:`~stellar.data.folder.ImageFolder`) is
+    left out, so a batch may be smaller than requested.
 
     Args:
-        batch: samples, each a mapping with the same keys.
+        batch: samples, each a mapping with the same keys, or None.
 
     Returns:
-        dict mapping each key to its batched value, e.g. ``canvas`` (B, 3, S, S).
+        dict mapping each key to its batched value, e.g. ``canvas`` (B, 3, S, S); empty when
+        every sample was None.
     """
-    if not batch:
-        raise ValueError("expected a non-empty list of samples")
+    batch = [sample for sample in batch if sample is not None]
+    if not batch:  # every file of the batch was unreadable: the loader skips it
+        return {}
     first = batch[0]
     if not isinstance(first, Mapping):
         raise ValueError(f"expected samples as dicts of tensors, got {type(first).__name__}")
@@ -104,29 +140,31 @@ def build_loader(
 ) -> EpochLoader:
     """A DataLoader of dict batches, rank-disjoint under ``torch.distributed``.
 
-    Sampling: with ``distributed`` (default: whenever ``torch.distributed`` is initialised,
-    or when ``num_replicas`` / ``rank`` are given explicitly) a ``DistributedSampler`` gives
-    each rank a disjoint shard; otherwise an :class:`EpochSampler`. Both shuffle from
-    ``seed`` and the epoch: call ``loader.set_epoch(epoch)`` before each epoch.
+    Sampling: a :class:`ResumableSampler`, sharded over the ranks with ``distributed``
+    (default: whenever ``torch.distributed`` is initialised, or when ``num_replicas`` /
+    ``rank`` are given explicitly); it shuffles from ``seed`` and the epoch: call
+    ``loader.set_epoch(epoch)`` before each epoch.
 
     Args:
         dataset: map-style dataset whose items are dicts of tensors (e.g. ``canvas``,
-            ``size``, ``label``, ``index`` plus any extra keys).
+            ``size``, ``label``, ``index`` plus any extra keys), or None for an unreadable
+            file (left out of its batch).
         batch_size: samples per batch (per rank).
         num_workers: decoding worker processes (0 decodes in the main process); workers are
             persistent across epochs.
         shuffle: shuffle the order every epoch.
         seed: seed of the shuffling and of the worker RNGs.
-        drop_last: drop the last incomplete batch (and, distributed, the uneven tail instead
-            of padding it with repeated samples).
-        distributed: force (True) or forbid (False) the DistributedSampler; None = auto.
+        drop_last: drop the last incomplete batch. Distributed, the uneven tail of the order
+            (``len % world`` samples) is always dropped so that ranks stay in step.
+        distributed: force (True) or forbid (False) sharding; None = auto.
         num_replicas, rank: shard explicitly (defaults: world size and rank of the process
             group).
         pin_memory: pin batches for fast host-to-device copies; default when CUDA exists.
         prefetch_factor: batches prefetched per worker (DataLoader default when None).
 
     Returns:
-        An :class:`EpochLoader` yielding dicts of stacked tensors.
+        An :class:`EpochLoader` yielding dicts of stacked tensors; its ``sampler`` is the
+        :class:`ResumableSampler`.
 
     Raises:
         ValueError: bad sizes, distributed requested without a process group, or
@@ -147,23 +185,14 @@ def build_loader(
             "distributed=True expects an initialised torch.distributed process group "
             "(or explicit num_replicas and rank)"
         )
-    sampler: Sampler[int]
     if distributed:
         if num_replicas is None:
             num_replicas = dist.get_world_size() if initialised else 1
         if rank is None:
             rank = dist.get_rank() if initialised else 0
-        sampler = DistributedSampler(
-            dataset,
-            num_replicas=num_replicas,
-            rank=rank,
-            shuffle=shuffle,
-            seed=seed,
-            drop_last=drop_last,
-        )
     else:
-        rank = 0
-        sampler = EpochSampler(len(dataset), shuffle=shuffle, seed=seed)
+        num_replicas, rank = 1, 0
+    sampler = ResumableSampler(len(dataset), seed, rank, num_replicas, shuffle=shuffle)
     if drop_last and len(sampler) < batch_size:
         raise ValueError(
             f"expected at least batch_size={batch_size} samples per rank with drop_last, "

@@ -47,6 +47,7 @@ from stellar.eval.baseline import (
     parse_baseline,
 )
 from stellar.eval.images import EvalImages, find_images
+from stellar.runtime import pick_device
 
 __all__ = ["PROTOCOLS", "add_arguments", "format_table", "run"]
 
@@ -291,12 +292,6 @@ def _resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
     return args.key, key
 
 
-def _device(spec: str | None) -> torch.device:
-    if spec is not None:
-        return torch.device(spec)
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-
-
 def _resolution(args: argparse.Namespace, model: nn.Module) -> int:
     res = args.resolution or model.config.encoder.image_size
     if res % model.patch_size:
@@ -321,7 +316,7 @@ def _load_entries(
 ) -> list[_Entry]:
     from stellar.hub import load_model
 
-    device = _device(args.device)
+    device = pick_device(args.device)
     entries = []
     torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
     model = load_model(args.model, purpose="encode", device=device) if load_stellar else None
@@ -401,7 +396,7 @@ def _classification(args: argparse.Namespace) -> dict[str, Any]:
             metrics = pr.run_knn(train, val, args.k, args.temperature)
             rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
             continue
-        device = e.model.device if e.model is not None else _device(args.device)
+        device = e.model.device if e.model is not None else pick_device(args.device)
         metrics = pr.run_linear(
             train,
             val,
@@ -487,7 +482,7 @@ def _recon(args: argparse.Namespace) -> dict[str, Any]:
     ):
         if path is not None and not Path(path).is_file():
             raise ValueError(f"{flag} {path!r} is not a file")
-    device = _device(args.device)
+    device = pick_device(args.device)
     unavailable = {}
     lpips_net = fid_net = None
     if args.lpips_vgg is not None:

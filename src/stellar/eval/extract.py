@@ -22,13 +22,11 @@ import json
 import logging
 import os
 from collections.abc import Sequence
-from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.distributed as dist
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
@@ -37,6 +35,7 @@ from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.runtime import autocast, setup, teardown
 
 __all__ = [
     "FEATURE_KEYS",
@@ -71,12 +70,6 @@ def _check_keys(keys: Sequence[str]) -> list[str]:
     return keys
 
 
-def _autocast(device: torch.device):
-    if device.type == "cuda":
-        return torch.autocast("cuda", dtype=torch.bfloat16)
-    return nullcontext()
-
-
 @torch.inference_mode()
 def encode_batch(
     model: Any, images: Tensor, keys: Sequence[str], fp16: bool = False
@@ -93,7 +86,7 @@ def encode_batch(
         ``{key: (B, ...)}`` on the CPU.
     """
     device = model.device
-    with _autocast(device):
+    with autocast(device):
         out = model.encode(images.to(device, non_blocking=True))
     dtype = torch.float16 if fp16 else torch.float32
     return {k: out[k].to("cpu", dtype) for k in keys}
@@ -409,29 +402,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
-def _distributed() -> tuple[int, int, int]:
-    """(rank, world_size, local_rank) from the torchrun environment; joins the group."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    if world > 1 and dist.is_available() and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        dist.init_process_group(backend=backend)
-    return rank, world, local
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar extract``."""
     from stellar.hub import load_model
 
-    rank, world, local = _distributed()
-    if args.device is not None:
-        device = torch.device(args.device)
-    elif torch.cuda.is_available():
-        device = torch.device("cuda", local)
-        torch.cuda.set_device(device)
-    else:
-        device = torch.device("cpu")
+    info = setup(args.device)
+    rank, world, device = info.rank, info.world_size, info.device
     keys = [k for k in args.keys.split(",") if k.strip()]
     if args.dense and "dense" not in keys:
         keys.append("dense")
@@ -462,12 +438,11 @@ def run(args: argparse.Namespace) -> int:
             progress=rank == 0,
             finalize=world == 1,
         )
-        if world > 1 and dist.is_initialized():
-            dist.barrier()
-            if rank == 0:
+        if info.enabled:
+            torch.distributed.barrier()
+            if info.is_main:
                 finalize_dir(args.out)
-            dist.barrier()
+            torch.distributed.barrier()
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        teardown()
     return 0

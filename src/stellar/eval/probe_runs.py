@@ -18,7 +18,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Sequence
-from contextlib import nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -42,6 +41,7 @@ from stellar.eval.linear import (
 )
 from stellar.eval.segdata import SegmentationSplit
 from stellar.eval.segmentation import train_segmentation_probe
+from stellar.runtime import autocast
 
 __all__ = [
     "LabelledFeatures",
@@ -75,10 +75,6 @@ class LabelledFeatures:
 
     def __len__(self) -> int:
         return self.x.shape[0]
-
-
-def _autocast(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
 def check_labelled(classes: Sequence[str], labels: Tensor, source: str) -> None:
@@ -328,7 +324,7 @@ def train_linear_augmented(
                 generator=gen,
                 flip_p=0.5,
             )[:, 0]
-            with torch.no_grad(), _autocast(device):
+            with torch.no_grad(), autocast(device):
                 feats = pool_features(model.forward_encode(views)[key]).float()
             target = batch["label"].to(device)
             logits = probe(feats)

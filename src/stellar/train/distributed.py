@@ -1,56 +1,14 @@
-"""torchrun integration: process-group setup from the environment, rank helpers, reductions."""
+"""torchrun integration for training: the process group (from :mod:`stellar.runtime`) and
+the reduction of logged scalars across ranks."""
 
 from __future__ import annotations
-
-import logging
-import os
-from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
 
-logger = logging.getLogger(__name__)
+from stellar.runtime import DistInfo, setup, teardown
 
-
-@dataclass(frozen=True)
-class DistInfo:
-    """Rank, world size and device of this process."""
-
-    rank: int = 0
-    world_size: int = 1
-    local_rank: int = 0
-    device: torch.device = torch.device("cpu")
-
-    @property
-    def is_main(self) -> bool:
-        """Whether this process logs and writes checkpoints."""
-        return self.rank == 0
-
-    @property
-    def enabled(self) -> bool:
-        """Whether more than one process takes part."""
-        return self.world_size > 1
-
-
-def setup(device: str | None = None) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU)."""
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local = int(os.environ.get("LOCAL_RANK", "0"))
-    cuda = torch.cuda.is_available() if device is None else device.startswith("cuda")
-    dev = torch.device("cuda", local) if cuda else torch.device("cpu")
-    if cuda:
-        torch.cuda.set_device(dev)
-    if world > 1 and not dist.is_initialized():
-        dist.init_process_group(backend="nccl" if cuda else "gloo")
-        logger.info("rank %d/%d on %s", rank, world, dev)
-    return DistInfo(rank, world, local, dev)
-
-
-def teardown() -> None:
-    """Leave the process group, if any."""
-    if dist.is_available() and dist.is_initialized():
-        dist.destroy_process_group()
+__all__ = ["DistInfo", "mean_across_ranks", "setup", "teardown"]
 
 
 def _local(value: torch.Tensor) -> torch.Tensor:

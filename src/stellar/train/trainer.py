@@ -21,17 +21,18 @@ import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import DataLoader, Dataset, Sampler
+from torch.utils.data import Dataset
 from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
 from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
-from stellar.data.loader import collate_dict
+from stellar.data.loader import ResumableSampler, build_loader
 from stellar.hub import create_stellar, load_stellar
 from stellar.losses.masking import random_masking
 from stellar.losses.objective import StellarObjective
 from stellar.models.stellar import STELLAR
+from stellar.runtime import autocast, autocast_dtype
 from stellar.train import checkpoint as ckpt
 from stellar.train.config import TrainConfig, check_against_model
 from stellar.train.distributed import DistInfo, mean_across_ranks, setup
@@ -43,35 +44,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf."""
-
-
-class ResumableSampler(Sampler[int]):
-    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position.
-
-    Each epoch drops the last ``length % world`` samples of the order so that every rank gets
-    the same number: ranks then stay in the same epoch at the same position, which is what
-    a checkpoint (written by rank 0 alone) records for all of them.
-    """
-
-    def __init__(self, length: int, seed: int, rank: int, world: int) -> None:
-        self.length, self.seed, self.rank, self.world = length, seed, rank, world
-        self.epoch, self.start = 0, 0
-
-    def set_position(self, epoch: int, start: int) -> None:
-        """Iterate epoch ``epoch`` from its ``start``-th sample on this rank."""
-        self.epoch, self.start = epoch, start
-
-    def order(self) -> list[int]:
-        """All of this rank's indices in the current epoch."""
-        g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-        order = torch.randperm(self.length, generator=g)[: self.length - self.length % self.world]
-        return order[self.rank :: self.world].tolist()
-
-    def __iter__(self):
-        return iter(self.order()[self.start :])
-
-    def __len__(self) -> int:
-        return self.length // self.world - self.start
 
 
 def build_dataset(cfg: TrainConfig) -> Dataset:
@@ -166,32 +138,22 @@ class Trainer:
         self.total_steps = (
             cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         )
-        self.sampler = ResumableSampler(
-            len(self.dataset), cfg.data.seed, self.dist.rank, self.dist.world_size
-        )
-        self.loader = DataLoader(
+        self.loader = build_loader(
             self.dataset,
-            batch_size=cfg.batch_size,
-            sampler=self.sampler,
-            num_workers=cfg.data.num_workers,
-            collate_fn=collate_dict,
+            cfg.batch_size,
+            cfg.data.num_workers,
+            seed=cfg.data.seed,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
             pin_memory=self.device.type == "cuda",
-            drop_last=True,
-            persistent_workers=cfg.data.num_workers > 0,
         )
+        self.sampler: ResumableSampler = self.loader.sampler
         self.step = 0
         self.autocast_dtype = self._precision()
 
     # ------------------------------------------------------------------ set-up
     def _precision(self) -> torch.dtype | None:
-        p = self.cfg.precision
-        if p == "auto":
-            return torch.bfloat16 if self.device.type == "cuda" else None
-        if p in ("bf16", "bfloat16"):
-            return torch.bfloat16
-        if p in ("fp32", "float32"):
-            return None
-        raise ValueError(f"precision must be auto, bf16 or fp32, got {p!r}")
+        return autocast_dtype(self.cfg.precision, self.device)
 
     def _wrap(self, objective: StellarObjective) -> nn.Module:
         wrapped: nn.Module = objective
@@ -406,11 +368,7 @@ class Trainer:
                 sync = self.step_fn.no_sync()
             with (
                 sync,
-                torch.autocast(
-                    self.device.type,
-                    dtype=self.autocast_dtype or torch.float32,
-                    enabled=self.autocast_dtype is not None,
-                ),
+                autocast(self.device, self.autocast_dtype),
             ):
                 total, terms = self.step_fn(views)
             (total / len(micro_batches)).backward()

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import os
-from contextlib import nullcontext
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -27,6 +26,7 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.eval.images import EvalImages, make_loader
+from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
     compose_panel,
@@ -198,7 +198,7 @@ def run(args: argparse.Namespace) -> int:
             f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
         )
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     model, why = load_for_viz(info.spec, args.vq_model, device, info=info)
     subset = dataset
@@ -208,14 +208,13 @@ def run(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     cell = args.cell_size or min(resolution, 448)
     grid = (resolution // p, resolution // p)
-    amp = torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
     grid_text = f"{grid[0]}x{grid[1]}"
     model_name = Path(str(args.model)).name
     records: list[dict[str, Any]] = []
     for batch in make_loader(subset, args.batch_size, num_workers=0):
         if batch["image"].shape[0] == 0:
             continue
-        with torch.inference_mode(), amp:
+        with torch.inference_mode(), autocast(device):
             images = batch["image"].to(device)
             out = model.encode(images)
             rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None

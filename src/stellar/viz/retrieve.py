@@ -21,7 +21,6 @@ import hashlib
 import json
 import logging
 import os
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +36,7 @@ from torch.utils.data import Dataset
 from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import load_rgb
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
 __all__ = [
@@ -115,10 +115,6 @@ class TokenIndex:
         )
 
 
-def _amp(device: torch.device):
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
-
-
 def weights_fingerprint(model: Any) -> str:
     """A short hash identifying a model's weights (what a saved index was built with).
 
@@ -160,7 +156,7 @@ def build_token_index(
     paths: list[str] = []
     with torch.inference_mode():
         for batch in decodable_batches(dataset, batch_size, num_workers, False, "index", progress):
-            with _amp(model.device):
+            with autocast(model.device):
                 out = model.encode(batch["image"].to(model.device))
             sparse.append(F.normalize(out["sparse"].float(), dim=-1).cpu())
             paths.extend(batch["path"])
@@ -300,7 +296,7 @@ def _encode_files(
         for batch in make_loader(dataset, 16, 0):
             if batch["image"].shape[0] == 0:
                 continue
-            with _amp(model.device):
+            with autocast(model.device):
                 spatial = model.encode(batch["image"].to(model.device))["spatial"].float().cpu()
             found.update(
                 (int(i), (batch["image"][b], spatial[b]))
@@ -399,7 +395,7 @@ def run(args: argparse.Namespace) -> int:
     else:
         dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
 
-    device = torch.device(args.device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    device = pick_device(args.device)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     model = load_model(info.spec, purpose="encode", device=device)
     if index is not None:
@@ -429,7 +425,7 @@ def run(args: argparse.Namespace) -> int:
         q_image = query.load(0)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
         raise ValueError(f"expected a readable query image, got {args.query} ({err})") from err
-    with torch.inference_mode(), _amp(device):
+    with torch.inference_mode(), autocast(device):
         q_out = model.encode(q_image[None].to(device))
     q_vec = q_out["sparse"][0, args.token].float().cpu()
     scores, rows = query_index(index, q_vec, args.k)

@@ -1,0 +1,134 @@
+"""Where code runs: the device, the autocast precision and the torchrun process group.
+
+Every command and the trainer go through these three helpers, so "cuda when available",
+"bf16 autocast on CUDA, none on the CPU" and "join the group torchrun describes" are decided
+in one place.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+__all__ = [
+    "PRECISIONS",
+    "DistInfo",
+    "autocast",
+    "autocast_dtype",
+    "pick_device",
+    "rank_info",
+    "setup",
+    "teardown",
+]
+
+logger = logging.getLogger(__name__)
+
+# "auto" is bf16 on CUDA and no autocast (fp32) elsewhere.
+PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bfloat16", "fp32", "float32")
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    """Rank, world size and device of this process."""
+
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_main(self) -> bool:
+        """Whether this process logs and writes shared outputs (checkpoints, indexes)."""
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        """Whether more than one process takes part."""
+        return self.world_size > 1
+
+
+def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
+    """``spec`` as a device, or by default CUDA device ``local_rank`` when CUDA exists, else CPU.
+
+    Raises:
+        ValueError: ``spec`` names no device torch knows (e.g. ``--device gpu``).
+    """
+    if spec is None:
+        return (
+            torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
+        )
+    try:
+        device = torch.device(spec)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(
+            f"expected a device such as cpu, cuda or cuda:1, got {str(spec)!r} ({err})"
+        ) from None
+    if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU
+        device = torch.device("cuda", local_rank)
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting (None: no autocast, fp32).
+
+    Raises:
+        ValueError: ``precision`` is not one of :data:`PRECISIONS`.
+    """
+    if precision == "auto":
+        return torch.bfloat16 if device.type == "cuda" else None
+    if precision in ("bf16", "bfloat16"):
+        return torch.bfloat16
+    if precision in ("fp32", "float32"):
+        return None
+    raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+
+
+def autocast(
+    device: torch.device, dtype: torch.dtype | str | None = "auto"
+) -> contextlib.AbstractContextManager:
+    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name."""
+    if isinstance(dtype, str):
+        dtype = autocast_dtype(dtype, device)
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def rank_info() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` from the torchrun environment ((0, 1, 0) without it)."""
+    env = os.environ
+    return (
+        int(env.get("RANK", "0")),
+        int(env.get("WORLD_SIZE", "1")),
+        int(env.get("LOCAL_RANK", "0")),
+    )
+
+
+def setup(device: str | torch.device | None = None) -> DistInfo:
+    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU).
+
+    Args:
+        device: the device to use (default: CUDA device ``LOCAL_RANK`` when CUDA exists).
+
+    Returns:
+        This process's :class:`DistInfo`; a CUDA device is made the current one.
+    """
+    rank, world, local = rank_info()
+    dev = pick_device(device, local)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+    if world > 1 and dist.is_available() and not dist.is_initialized():
+        dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
+        logger.info("rank %d/%d on %s", rank, world, dev)
+    return DistInfo(rank, world, local, dev)
+
+
+def teardown() -> None:
+    """Leave the process group, if any."""
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
