@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import numpy as np
@@ -164,12 +165,12 @@ def test_empty_folder_raises(tmp_path: Path) -> None:
         ImageFolder(tmp_path / "readme.txt")
 
 
-def test_broken_files_warn_once_and_substitute(
+def test_broken_files_warn_once_and_are_skipped(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     for k in range(2):
         _noise_jpeg(tmp_path / "a" / f"ok{k}.jpg", 24, 24, seed=k)
-    _noise_jpeg(tmp_path / "b" / "ok.jpg", 24, 24, seed=5)  # after b/empty.jpg; c/* wrap to 0
+    _noise_jpeg(tmp_path / "b" / "ok.jpg", 24, 24, seed=5)
     broken = _broken_files(tmp_path)
     ds = ImageFolder(tmp_path, canvas_size=32)
     assert len(ds) == 6
@@ -178,13 +179,10 @@ def test_broken_files_warn_once_and_substitute(
     for _ in range(2):  # a second epoch must not warn again
         for i in range(len(ds)):
             item = ds[i]
-            j = int(item["index"])
-            assert paths[j] not in broken
-            # substitute = first loadable index at or after i (cyclically)
-            n = len(ds)
-            expect = next((i + s) % n for s in range(n) if paths[(i + s) % n] not in broken)
-            assert j == expect
-            assert item["canvas"].shape == (3, 32, 32)
+            if paths[i] in broken:
+                assert item is None
+            else:
+                assert int(item["index"]) == i and item["canvas"].shape == (3, 32, 32)
     messages = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
     for path in broken:
         assert sum(str(path) in m for m in messages) == 1
@@ -192,15 +190,49 @@ def test_broken_files_warn_once_and_substitute(
     assert ds.skipped == 3 and sorted(ds.broken_files) == sorted(broken)
 
 
-def test_nothing_loadable_raises(tmp_path: Path) -> None:
+def test_a_long_run_of_broken_files_never_crashes(tmp_path: Path) -> None:
+    # 40 unreadable files in a row (more than the 32 the old substitution tried) then one image
+    for k in range(40):
+        (tmp_path / f"a{k:02d}.jpg").write_bytes(b"")
+    _noise_jpeg(tmp_path / "z.jpg", 20, 20)
+    ds = ImageFolder(tmp_path, canvas_size=16)
+    loader = build_loader(ds, batch_size=4, shuffle=False, drop_last=False)
+    assert [b["index"].tolist() for b in loader] == [[40]]
+    assert ds.skipped == 40
+
+
+@pytest.mark.skipif(not hasattr(os, "mkfifo"), reason="needs FIFOs")
+def test_a_fifo_named_like_an_image_is_not_read(tmp_path: Path) -> None:
+    _noise_jpeg(tmp_path / "a.jpg", 20, 20)
+    os.mkfifo(tmp_path / "b.jpg")  # opening it for reading would block forever
+    ds = ImageFolder(tmp_path, canvas_size=16)
+    assert [p.name for p in ds.paths] == ["a.jpg"]
+    listed = ImageFolder([tmp_path / "a.jpg"], canvas_size=16)
+    assert listed[0] is not None
+    with pytest.raises(ValueError, match="not a regular file"):
+        load_rgb(tmp_path / "b.jpg")
+
+
+def test_nothing_loadable_is_skipped_and_fails_validation(tmp_path: Path) -> None:
     _broken_files(tmp_path)
     ds = ImageFolder(tmp_path)
-    with pytest.raises(ValueError, match="could be decoded"):
-        ds[0]
+    assert ds[0] is None
     with pytest.raises(ValueError, match="readable images"):
         validate_image_folder(tmp_path)
     with pytest.raises(OSError):
         load_rgb(tmp_path / "c" / "trunc.jpg")
+
+
+def test_one_labelled_folder_check(tmp_path: Path) -> None:
+    _noise_jpeg(tmp_path / "flat.jpg", 20, 20)
+    _noise_jpeg(tmp_path / "cat" / "x.jpg", 20, 20)
+    with pytest.raises(ValueError, match="1 images have no class folder"):
+        ImageFolder(tmp_path).require_labels("--train")
+    (tmp_path / "flat.jpg").unlink()
+    with pytest.raises(ValueError, match="at least 2 classes"):
+        ImageFolder(tmp_path).require_labels("--train")
+    _noise_jpeg(tmp_path / "dog" / "y.jpg", 20, 20)
+    assert ImageFolder(tmp_path).require_labels("--train") == ["cat", "dog"]
 
 
 def test_validate_and_scan_corrupt(tmp_path: Path) -> None:
@@ -218,7 +250,7 @@ def test_broken_marks_shared_with_workers(tmp_path: Path) -> None:
     ds = ImageFolder(tmp_path, canvas_size=16)
     loader = build_loader(ds, batch_size=3, num_workers=2, shuffle=True, seed=0, drop_last=False)
     seen = torch.cat([b["index"] for b in loader])
-    assert len(seen) == len(ds) == 9
+    assert len(seen) == 6 and len(ds) == 9
     assert all(ds.path(int(i)).name.startswith("ok") for i in seen)
     assert ds.skipped == 3  # marks made inside the workers are visible to the parent
 

@@ -1,32 +1,44 @@
-"""A folder of images as fixed-size uint8 canvases, robust to broken files.
+"""The image-folder dataset of training and evaluation: one scan, one label rule, one policy
+for broken files, and a *view* that turns a decoded image into tensors.
 
-Every image is decoded with PIL, converted to RGB, resized (bicubic, antialiased) so that its
-longer side equals ``canvas_size`` and placed at the top-left of a zero canvas. Batches of
-canvases can then be collated and cropped on the device (see :mod:`stellar.data.augment`).
-
-Broken files (zero-byte, truncated, not an image, unsupported mode) never stop an epoch: the
-first failure of a file logs one warning naming it, the file is remembered as broken and the
-next loadable index, ``(i + 1) % len``, is delivered instead.
+- Files: a folder scanned recursively (hidden names skipped, symlinked folders followed once,
+  only regular files with an image extension), a single file, or a list of files and folders.
+- Labels: when every image of a scanned folder lives in a first-level sub-folder (the
+  ImageNet ``train/<class>/*.JPEG`` layout), those sub-folders are the classes, sorted, and an
+  image's label is the index of its folder; otherwise (and for file lists) every label is -1.
+  :meth:`ImageFolder.require_labels` is the one check that a folder is labelled.
+- Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
+  the item of such a file is ``None`` (one warning naming it), the loaders'
+  collate function leaves it out of its batch, and :attr:`ImageFolder.skipped` counts them.
+- Views: :class:`CanvasView` (training: the longer side resized to the canvas, pasted at the
+  top-left of a zero canvas; cropped on the device by :mod:`stellar.data.augment`) and
+  :class:`CentreCropView` (evaluation: shorter side resized, centre square cropped).
 """
 
 from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch.utils.data import Dataset
+
+from stellar.data.decode import exif_orientation, load_rgb, upright
 
 __all__ = [
     "IMG_EXTENSIONS",
+    "CanvasView",
+    "CentreCropView",
+    "EvalImages",
     "ImageFolder",
     "exif_orientation",
+    "find_images",
     "load_rgb",
     "scan_images",
     "upright",
@@ -34,6 +46,8 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+PathLike = str | os.PathLike[str]
 
 IMG_EXTENSIONS: tuple[str, ...] = (
     ".jpg",
@@ -47,9 +61,6 @@ IMG_EXTENSIONS: tuple[str, ...] = (
     ".ppm",
 )
 
-_EXIF_ORIENTATION = 0x0112
-_ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
-
 
 def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
     if isinstance(extensions, str):
@@ -60,87 +71,12 @@ def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
     return exts
 
 
-def _to_uint8_gray(img: Image.Image) -> Image.Image:
-    """High-bit-depth single channel image (I;16*, I, F) scaled (not clipped) to mode L."""
-    a = np.asarray(img)
-    if img.mode.startswith("I;16"):
-        # Full 16-bit range maps onto 0..255 (PIL's own convert("L") would clip at 255).
-        lo, hi = 0.0, 65535.0
-    else:
-        lo, hi = float(a.min()), float(a.max())
-        if img.mode == "I" and lo >= 0 and hi <= 65535:
-            lo, hi = 0.0, 65535.0  # int32 images are 16-bit data in practice (PNG, PPM, TIFF)
-        elif img.mode == "F" and lo >= 0 and hi <= 1:
-            lo, hi = 0.0, 1.0
-        # Otherwise: unknown range, stretch min..max.
-    span = max(hi - lo, 1e-12)
-    out = np.clip((a.astype(np.float64) - lo) * (255.0 / span), 0, 255)
-    return Image.fromarray(np.round(out).astype(np.uint8))  # 2-D uint8 -> mode L
-
-
-def _composite_on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
-def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB.
-
-    Transparency (alpha channels, palette or colour-key ``transparency``) is composited on a
-    white background, so fully transparent pixels become white whatever colour they stored.
-    16-bit and float single-channel images are rescaled to 0..255 (see :func:`_to_uint8_gray`).
-    """
-    mode = img.mode
-    if mode == "RGB" and "transparency" not in img.info:
-        return img
-    if mode.startswith("I;16") or mode in ("I", "F"):
-        return _to_uint8_gray(img).convert("RGB")
-    if mode in _ALPHA_MODES or ("transparency" in img.info and mode in ("1", "L", "P", "RGB")):
-        return _composite_on_white(img)
-    # 1, L, P, CMYK, YCbCr, HSV, ... (PIL raises ValueError for modes it cannot convert).
-    return img.convert("RGB")
-
-
-def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """Decode an image file fully as 8-bit RGB with EXIF orientation applied.
-
-    Args:
-        path: the file.
-        max_side: when given, JPEG decoding may downscale by a power of two (DCT scaling)
-            while keeping both sides >= ``max_side``; a cheap speed-up for large photos.
-
-    Returns:
-        A loaded RGB PIL image.
-
-    Raises:
-        Any PIL / OS error for unreadable, truncated or unsupported files.
-    """
-    with Image.open(path) as img:
-        if max_side is not None and img.format == "JPEG":
-            img.draft(None, (max_side, max_side))
-        img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
-        return _to_rgb(upright(img))
-
-
-def upright(img: Image.Image) -> Image.Image:
-    """``img`` as displayed: its EXIF orientation applied (itself when it has none)."""
-    return ImageOps.exif_transpose(img) if exif_orientation(img) in range(2, 9) else img
-
-
-def exif_orientation(img: Image.Image) -> int:
-    """The EXIF orientation tag (1 = as stored; 5-8 swap width and height), 1 when unreadable."""
-    try:
-        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
-    except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
-        return 1
-
-
 def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
     """Relative paths of the image files under ``root``, sorted by path components.
 
-    Hidden files and folders (names starting with '.') are skipped; symlinked folders are
-    followed once (cycles are cut).
+    Hidden files and folders (names starting with '.') are skipped, and so is anything that is
+    not a regular file (a FIFO named ``.jpg`` would block its reader forever); symlinked
+    folders are followed once (cycles are cut).
     """
     found: list[str] = []
     seen: set[str] = set()
@@ -152,84 +88,172 @@ def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
         seen.add(real)
         dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
         for name in filenames:
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in extensions:
-                found.append(os.path.relpath(os.path.join(dirpath, name), root))
+            if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
+                continue
+            full = os.path.join(dirpath, name)
+            if os.path.isfile(full):  # follows symlinks; False for FIFOs, sockets, devices
+                found.append(os.path.relpath(full, root))
     found.sort(key=lambda p: p.split(os.sep))
     return found
 
 
-class ImageFolder(Dataset):
-    """Images found recursively under ``root``, delivered as fixed-size uint8 canvases.
+def find_images(root: PathLike, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[Path]:
+    """Image files under ``root``, recursively, in :func:`scan_images` order."""
+    exts = _normalise_extensions(extensions)
+    return [Path(root) / rel for rel in scan_images(Path(root), exts)]
 
-    Labels: when every image lives in a sub-folder of ``root`` (the ImageNet
-    ``train/<class>/*.JPEG`` layout), ``classes`` holds the sorted names of the first-level
-    sub-folders that contain images and ``label`` is the index of the image's first-level
-    folder; otherwise ``classes`` is empty and every label is -1. Labels are never required.
 
-    Decoding: PIL, converted to RGB for every mode (alpha and transparency composited on
-    white; CMYK via PIL; 16-bit images rescaled to 8 bit, not clipped), EXIF orientation
-    applied, then resized with PIL bicubic (antialiased) so that the longer side equals
-    ``canvas_size``, keeping the aspect ratio, and pasted at the top-left of a zero canvas.
-
-    Broken files: on the first failure of file ``j`` one warning naming it is logged, ``j`` is
-    marked broken, and index ``(j + 1) % len`` is tried next (at most ``max_attempts``
-    files); a ``ValueError`` is raised if none of them loads. The broken-file marks live in a
-    shared-memory tensor, so the DataLoader workers of one process (forked or spawned) see
-    each other's marks: each broken file warns once per training process (a simultaneous
-    first failure in two workers may warn twice) and ``skipped`` counts the broken files
-    found by all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
+class CanvasView:
+    """Training view: longer side resized (PIL bicubic, antialiased) to ``size``, keeping the
+    aspect ratio, pasted at the top-left of a zero ``size`` x ``size`` canvas.
 
     Args:
-        root: folder to scan recursively.
-        canvas_size: side of the square output canvas.
-        extensions: file extensions to accept (case-insensitive).
-        max_attempts: how many consecutive files to try before giving up on an index.
-        jpeg_draft: let the JPEG decoder downscale large photos by a power of two first
-            (both sides stay >= ``canvas_size``); faster, marginally softer.
+        size: canvas side.
+        jpeg_draft: let the JPEG decoder downscale large photos by a power of two first (both
+            sides stay >= ``size``); faster, marginally softer.
+    """
+
+    def __init__(self, size: int = 256, jpeg_draft: bool = True) -> None:
+        if int(size) < 1:
+            raise ValueError(f"expected canvas_size >= 1, got {size}")
+        self.size, self.jpeg_draft = int(size), bool(jpeg_draft)
+
+    def __call__(self, path: Path) -> dict[str, torch.Tensor]:
+        """``canvas`` (3, S, S) uint8 and ``size`` (2,) int64, the valid (h, w) at the top-left."""
+        s = self.size
+        img = load_rgb(path, max_side=s if self.jpeg_draft else None)
+        w, h = img.size
+        k = s / max(w, h)
+        nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
+        if (nw, nh) != (w, h):
+            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        canvas = np.zeros((s, s, 3), dtype=np.uint8)
+        canvas[:nh, :nw] = np.asarray(img)
+        return {
+            "canvas": torch.from_numpy(canvas).permute(2, 0, 1).contiguous(),
+            "size": torch.tensor([nh, nw], dtype=torch.int64),
+        }
+
+
+class CentreCropView:
+    """Evaluation view: the deterministic "resize, then centre-crop" of the usual protocols.
+
+    The shorter side is resized to ``round(resolution * resize_ratio)`` with PIL bicubic
+    (antialiased when downsampling) and the central ``resolution`` square is cropped (256/224
+    reproduces the 256 -> 224 ImageNet protocol). With ``crop=False`` the image is resized to
+    exactly ``resolution`` squared instead, ignoring its aspect ratio.
+    """
+
+    def __init__(self, resolution: int, resize_ratio: float = 256 / 224, crop: bool = True) -> None:
+        if int(resolution) < 1:
+            raise ValueError(f"expected resolution >= 1, got {resolution}")
+        if crop and resize_ratio < 1:
+            raise ValueError(
+                f"expected resize_ratio >= 1 with crop=True (the crop must fit), got {resize_ratio}"
+            )
+        self.resolution, self.resize_ratio, self.crop = int(resolution), float(resize_ratio), crop
+
+    @property
+    def short_side(self) -> int:
+        """The shorter side after the first resize (``crop=True``)."""
+        return max(self.resolution, round(self.resolution * self.resize_ratio))
+
+    def __call__(self, path: Path) -> dict[str, torch.Tensor]:
+        """``image`` (3, R, R) float32 in [0, 1]."""
+        r = self.resolution
+        if not self.crop:
+            img = load_rgb(path, max_side=r)
+            if img.size != (r, r):
+                img = img.resize((r, r), Image.Resampling.BICUBIC)
+        else:
+            s = self.short_side
+            img = load_rgb(path, max_side=s)
+            w, h = img.size
+            k = s / min(w, h)
+            size = (max(r, round(w * k)), max(r, round(h * k)))
+            if size != (w, h):
+                img = img.resize(size, Image.Resampling.BICUBIC)
+            left, top = round((size[0] - r) / 2), round((size[1] - r) / 2)
+            img = img.crop((left, top, left + r, top + r))
+        array = np.asarray(img, dtype=np.uint8)
+        return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)}
+
+
+def _collect(
+    source: PathLike | Sequence[PathLike], exts: tuple[str, ...]
+) -> tuple[Path | None, list[str]]:
+    """(root or None, file paths: relative to the root, or as given in a list)."""
+    if isinstance(source, str | os.PathLike):
+        path = Path(source)
+        if path.is_dir():
+            return path, scan_images(path, exts)
+        if not (path.is_file() and path.suffix.lower() in exts):
+            why = "not a folder" if path.exists() else "no such file or folder"
+            raise ValueError(f"expected an image file or a folder, got {str(path)!r} ({why})")
+        return None, [str(path)]
+    files: list[str] = []
+    for item in source:
+        path = Path(item)
+        if path.is_dir():
+            files.extend(str(f) for f in find_images(path, exts))
+        elif path.is_file():
+            files.append(str(path))
+        else:
+            raise ValueError(f"expected an image file or a folder, got {str(path)!r}")
+    return None, files
+
+
+class ImageFolder(Dataset):
+    """Images of a folder (or a list of files / folders) through a view (see the module doc).
+
+    Args:
+        source: a folder (scanned recursively, labelled by its class sub-folders), an image
+            file, or a sequence of files and folders (labels -1).
+        canvas_size: side of the :class:`CanvasView` used when ``view`` is None.
+        extensions: accepted file extensions (case-insensitive).
+        jpeg_draft: the default view's JPEG draft decoding.
+        view: what an item holds besides ``label``, ``index`` and ``path``: a callable of the
+            file path (default: ``CanvasView(canvas_size, jpeg_draft)``).
+
+    The broken-file marks live in a shared-memory tensor, so the DataLoader workers of one
+    process see each other's marks: each broken file warns once per process (a simultaneous
+    first failure in two workers may warn twice) and :attr:`skipped` counts those found by
+    all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
 
     Raises:
-        ValueError: ``root`` is not a folder or holds no file with an image extension.
+        ValueError: no image file was found, or a path does not exist.
     """
 
     def __init__(
         self,
-        root: str | os.PathLike[str],
+        source: PathLike | Sequence[PathLike],
         canvas_size: int = 256,
         extensions: Iterable[str] = IMG_EXTENSIONS,
-        max_attempts: int = 32,
         jpeg_draft: bool = True,
+        *,
+        view: Any = None,
     ) -> None:
-        self.root = Path(root)
-        if not self.root.is_dir():
-            raise ValueError(f"expected a folder of images, got {str(self.root)!r} (not a folder)")
-        if int(canvas_size) < 1:
-            raise ValueError(f"expected canvas_size >= 1, got {canvas_size}")
-        if int(max_attempts) < 1:
-            raise ValueError(f"expected max_attempts >= 1, got {max_attempts}")
-        self.canvas_size = int(canvas_size)
         self.extensions = _normalise_extensions(extensions)
-        self.max_attempts = int(max_attempts)
-        self.jpeg_draft = bool(jpeg_draft)
-
-        rel = scan_images(self.root, self.extensions)
-        if not rel:
+        self.view = view if view is not None else CanvasView(canvas_size, jpeg_draft)
+        self.root, files = _collect(source, self.extensions)
+        if not files:
+            where = str(self.root) if self.root is not None else f"{source!s}"
             raise ValueError(
-                f"expected image files ({' '.join(self.extensions)}) under {str(self.root)!r}, "
-                "found none"
+                f"expected image files ({' '.join(self.extensions)}) under {where!r}, found none"
             )
         # One numpy buffer instead of a list of str: avoids copy-on-read growth in workers.
-        self._paths = np.array([os.fsencode(p) for p in rel], dtype=np.bytes_)
-        parts = [p.split(os.sep) for p in rel]
-        if all(len(p) > 1 for p in parts):
-            self.classes: list[str] = sorted({p[0] for p in parts})
-            index = {c: k for k, c in enumerate(self.classes)}
-            labels = [index[p[0]] for p in parts]
-        else:
-            self.classes = []
-            labels = [-1] * len(rel)
+        self._paths = np.array([os.fsencode(p) for p in files], dtype=np.bytes_)
+        self.classes: list[str] = []
+        labels = [-1] * len(files)
+        if self.root is not None:
+            firsts = [p.split(os.sep)[0] if os.sep in p else None for p in files]
+            if all(f is not None for f in firsts):
+                self.classes = sorted(set(firsts))
+                index = {c: k for k, c in enumerate(self.classes)}
+                labels = [index[f] for f in firsts]
         self.class_to_idx: dict[str, int] = {c: k for k, c in enumerate(self.classes)}
         self.labels = torch.tensor(labels, dtype=torch.int64)
-        self._broken = torch.zeros(len(rel), dtype=torch.uint8)
+        self._broken = torch.zeros(len(files), dtype=torch.uint8)
         try:
             self._broken.share_memory_()
         except RuntimeError:  # no usable shared memory: marks stay per process
@@ -239,8 +263,14 @@ class ImageFolder(Dataset):
         return int(self._paths.shape[0])
 
     def path(self, index: int) -> Path:
-        """Absolute path of file ``index``."""
-        return self.root / os.fsdecode(self._paths[index])
+        """Path of file ``index``."""
+        rel = os.fsdecode(self._paths[index])
+        return self.root / rel if self.root is not None else Path(rel)
+
+    @property
+    def paths(self) -> list[Path]:
+        """Every file, in dataset order."""
+        return [self.path(i) for i in range(len(self))]
 
     @property
     def skipped(self) -> int:
@@ -252,64 +282,52 @@ class ImageFolder(Dataset):
         """Paths of the files found broken so far."""
         return [self.path(int(i)) for i in torch.nonzero(self._broken).flatten()]
 
-    def _canvas(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        s = self.canvas_size
-        img = load_rgb(self.path(index), max_side=s if self.jpeg_draft else None)
-        w, h = img.size
-        k = s / max(w, h)
-        nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
-        canvas = np.zeros((s, s, 3), dtype=np.uint8)
-        canvas[:nh, :nw] = np.asarray(img)
-        return (
-            torch.from_numpy(canvas).permute(2, 0, 1).contiguous(),
-            torch.tensor([nh, nw], dtype=torch.int64),
-        )
+    def require_labels(self, what: str) -> list[str]:
+        """The class names, after checking that every image has one and there are >= 2.
+
+        Raises:
+            ValueError: images outside class folders, or fewer than two classes.
+        """
+        where = f"{what} {str(self.root)!r}" if self.root is not None else what
+        if not self.classes:
+            flat = [p for p in self.paths if self.root is None or p.parent == self.root]
+            raise ValueError(
+                f"expected labelled images in {where}: one sub-folder per class "
+                f"(root/<class>/<image>), but {len(flat)} images have no class folder"
+                + (f" (e.g. {flat[0].name})" if flat else "")
+            )
+        if len(self.classes) < 2:
+            raise ValueError(
+                f"expected at least 2 classes (sub-folders) in {where}, found {self.classes}"
+            )
+        return list(self.classes)
 
     def _mark_broken(self, index: int, err: BaseException) -> None:
         if not self._broken[index]:
             self._broken[index] = 1
             logger.warning(
-                "skipping unreadable image %s (%s: %s); substituting the next loadable file",
-                self.path(index),
-                type(err).__name__,
-                err,
+                "skipping unreadable image %s (%s: %s)", self.path(index), type(err).__name__, err
             )
 
-    def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        """Sample ``index`` (or the next loadable one).
-
-        Returns:
-            dict with ``canvas`` (3, S, S) uint8, ``size`` (2,) int64 valid (h, w) at the
-            top-left, ``label`` () int64 (-1 without class folders) and ``index`` () int64,
-            the index of the file actually delivered.
-        """
+    def __getitem__(self, index: int) -> dict[str, Any] | None:
+        """Item ``index``: the view's tensors, ``label`` and ``index`` (int64 scalars, label -1
+        without class folders) and ``path`` (str); ``None`` for a broken file."""
         n = len(self)
         i = int(index)
         if not -n <= i < n:
             raise IndexError(f"index {index} out of range for {n} images")
         i %= n
-        attempts = min(self.max_attempts, n)
-        for step in range(attempts):
-            j = (i + step) % n
-            if self._broken[j]:
-                continue
-            try:
-                canvas, size = self._canvas(j)
-            except Exception as err:  # noqa: BLE001 - any decode failure means "skip this file"
-                self._mark_broken(j, err)
-                continue
-            return {
-                "canvas": canvas,
-                "size": size,
-                "label": self.labels[j].clone(),
-                "index": torch.tensor(j, dtype=torch.int64),
-            }
-        raise ValueError(
-            f"none of the {attempts} files from index {i} ({self.path(i)}) under "
-            f"{str(self.root)!r} could be decoded as an image; expected readable image files"
-        )
+        if self._broken[i]:
+            return None
+        try:
+            item: dict[str, Any] = dict(self.view(self.path(i)))
+        except Exception as err:  # noqa: BLE001 - any decode failure means "skip this file"
+            self._mark_broken(i, err)
+            return None
+        item["label"] = self.labels[i].clone()
+        item["index"] = torch.tensor(i, dtype=torch.int64)
+        item["path"] = str(self.path(i))
+        return item
 
     def check(self, index: int) -> bool:
         """Fully decode file ``index``; mark it broken (one warning) if that fails."""
@@ -325,15 +343,15 @@ class ImageFolder(Dataset):
     def scan_corrupt(self, num_threads: int = 8) -> list[Path]:
         """Decode every file once (threads; PIL releases the GIL) and return the broken ones.
 
-        Optional: costs a full pass over the data. Found files are marked, so training skips
-        them without retrying.
+        Optional: costs a full pass over the data. Found files are marked, so later passes
+        skip them without retrying.
         """
         with ThreadPoolExecutor(max_workers=max(1, int(num_threads))) as pool:
             list(pool.map(self.check, range(len(self))))
         return self.broken_files
 
     def validate(self, probe: int = 8) -> None:
-        """Cheap pre-training check: at least one of ``probe`` evenly spaced files decodes.
+        """Cheap start-up check: at least one of ``probe`` evenly spaced files decodes.
 
         Raises:
             ValueError: none of the probed files is a readable image.
@@ -347,24 +365,58 @@ class ImageFolder(Dataset):
             )
 
     def extra_repr(self) -> str:
-        return f"root={str(self.root)!r}, n={len(self)}, classes={len(self.classes)}"
+        src = str(self.root) if self.root is not None else f"{len(self)} files"
+        return f"{src!r}, n={len(self)}, classes={len(self.classes)}"
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self.extra_repr()})"
 
 
-def validate_image_folder(
-    root: str | os.PathLike[str], probe: int = 8, **kwargs: Any
-) -> ImageFolder:
+class EvalImages(ImageFolder):
+    """An :class:`ImageFolder` through the :class:`CentreCropView`: items hold ``image``
+    (3, resolution, resolution) float32 in [0, 1].
+
+    Args:
+        paths_or_root: as ``source`` of :class:`ImageFolder`.
+        resolution, resize_ratio, crop: the :class:`CentreCropView`.
+        extensions: accepted file extensions.
+    """
+
+    def __init__(
+        self,
+        paths_or_root: PathLike | Sequence[PathLike],
+        resolution: int,
+        resize_ratio: float = 256 / 224,
+        crop: bool = True,
+        extensions: Iterable[str] = IMG_EXTENSIONS,
+    ) -> None:
+        view = CentreCropView(resolution, resize_ratio, crop)  # checks the sizes before a scan
+        super().__init__(paths_or_root, extensions=extensions, view=view)
+        self.resolution, self.resize_ratio, self.crop = view.resolution, view.resize_ratio, crop
+
+    @property
+    def short_side(self) -> int:
+        """The shorter side after the first resize (``crop=True``)."""
+        return self.view.short_side
+
+    def load(self, index: int) -> torch.Tensor:
+        """Decode and transform file ``index`` -> (3, R, R) float32 in [0, 1]; raises on failure."""
+        return self.view(self.path(index))["image"]
+
+    def extra_repr(self) -> str:
+        return (
+            f"{super().extra_repr()}, resolution={self.resolution}, "
+            f"resize_ratio={self.resize_ratio:.4g}, crop={self.crop}"
+        )
+
+
+def validate_image_folder(root: PathLike, probe: int = 8, **kwargs: Any) -> ImageFolder:
     """Build an :class:`ImageFolder` and check that it holds decodable images.
 
     Args:
         root: folder to scan.
         probe: number of evenly spaced files to try decoding.
         **kwargs: forwarded to :class:`ImageFolder`.
-
-    Returns:
-        The dataset, ready to use.
 
     Raises:
         ValueError: no image file, or none of the probed files decodes.

@@ -137,6 +137,7 @@ def build_loader(
     rank: int | None = None,
     pin_memory: bool | None = None,
     prefetch_factor: int | None = None,
+    persistent_workers: bool = True,
 ) -> EpochLoader:
     """A DataLoader of dict batches, rank-disjoint under ``torch.distributed``.
 
@@ -150,8 +151,7 @@ def build_loader(
             ``size``, ``label``, ``index`` plus any extra keys), or None for an unreadable
             file (left out of its batch).
         batch_size: samples per batch (per rank).
-        num_workers: decoding worker processes (0 decodes in the main process); workers are
-            persistent across epochs.
+        num_workers: decoding worker processes (0 decodes in the main process).
         shuffle: shuffle the order every epoch.
         seed: seed of the shuffling and of the worker RNGs.
         drop_last: drop the last incomplete batch. Distributed, the uneven tail of the order
@@ -161,6 +161,7 @@ def build_loader(
             group).
         pin_memory: pin batches for fast host-to-device copies; default when CUDA exists.
         prefetch_factor: batches prefetched per worker (DataLoader default when None).
+        persistent_workers: keep the workers alive across epochs (one pass: False).
 
     Returns:
         An :class:`EpochLoader` yielding dicts of stacked tensors; its ``sampler`` is the
@@ -203,7 +204,7 @@ def build_loader(
     workers = int(num_workers)
     extra: dict[str, Any] = {}
     if workers > 0:
-        extra["persistent_workers"] = True
+        extra["persistent_workers"] = bool(persistent_workers)
         extra["worker_init_fn"] = _seed_worker
         if prefetch_factor is not None:
             extra["prefetch_factor"] = int(prefetch_factor)

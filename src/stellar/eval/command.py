@@ -39,6 +39,7 @@ import torch
 from torch import nn
 from torch.utils.data import Subset
 
+from stellar.data.folder import ImageFolder
 from stellar.eval.baseline import (
     BASELINE_KEYS,
     STELLAR_KEYS,
@@ -155,41 +156,28 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 # ---------------------------------------------------------------------------- validation
-def _folder_images(root: str | None, what: str) -> tuple[Path, list[Path]]:
-    """A folder that holds images, and its image files."""
+def _scan_folder(root: str | None, what: str) -> ImageFolder:
+    """The images of a folder (scanned only, nothing decoded)."""
     if root is None:
         raise ValueError(f"expected {what}: pass a folder of images")
     path = Path(root)
     if not path.is_dir():
         raise ValueError(f"expected {what} to be a folder, got {str(path)!r}")
-    files = find_images(path)
-    if not files:
-        raise ValueError(f"expected image files in {what} {str(path)!r}, found none")
-    return path, files
+    try:
+        return ImageFolder(path)
+    except ValueError:
+        raise ValueError(f"expected image files in {what} {str(path)!r}, found none") from None
 
 
 def _check_folder(root: str | None, what: str) -> Path:
     """A folder that holds images."""
-    return _folder_images(root, what)[0]
+    return _scan_folder(root, what).root
 
 
 def _check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
     """A folder of images in class sub-folders, and the names of those classes."""
-    path, files = _folder_images(root, what)
-    flat = [f.name for f in files if len(f.relative_to(path).parts) < 2]
-    if flat:
-        raise ValueError(
-            f"expected labelled images in {what} {str(path)!r}: one sub-folder per class "
-            f"(root/<class>/<image>), but {len(flat)} images have no class folder "
-            f"(e.g. {flat[0]})"
-        )
-    classes = {f.relative_to(path).parts[0] for f in files}
-    if len(classes) < 2:
-        raise ValueError(
-            f"expected at least 2 classes (sub-folders) in {what} {str(path)!r}, found "
-            f"{sorted(classes)}"
-        )
-    return path, classes
+    folder = _scan_folder(root, what)
+    return folder.root, set(folder.require_labels(what))
 
 
 # Numeric options and what each must satisfy; checked before any model or data work.

@@ -77,19 +77,6 @@ class LabelledFeatures:
         return self.x.shape[0]
 
 
-def check_labelled(classes: Sequence[str], labels: Tensor, source: str) -> None:
-    """ValueError unless every image has a class (a class sub-folder) and there are >= 2."""
-    if labels.numel() == 0 or bool((labels < 0).any()) or not classes:
-        raise ValueError(
-            f"expected labelled images in {source}: one sub-folder per class "
-            "(root/<class>/<image>), but found images outside class folders"
-        )
-    if len(classes) < 2:
-        raise ValueError(
-            f"expected at least 2 classes (sub-folders) in {source}, found {list(classes)}"
-        )
-
-
 def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]) -> Tensor:
     """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order.
 
@@ -143,7 +130,7 @@ def labelled_features(
 ) -> LabelledFeatures:
     """Pooled features and labels of a class-folder tree (evaluation view)."""
     dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
-    check_labelled(dataset.classes, dataset.labels, str(root))
+    dataset.require_labels(str(root))
     x, y = pooled_features(model, dataset, key, batch_size, num_workers, progress)
     return LabelledFeatures(x, y, list(dataset.classes))
 
@@ -284,7 +271,7 @@ def train_linear_augmented(
         raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
-    check_labelled(folder.classes, folder.labels, str(train_root))
+    folder.require_labels(str(train_root))
     classes = list(folder.classes)
     val_y = class_indices(val.classes, val.y, classes) if val.classes is not None else val.y
     loader = build_loader(
