@@ -20,6 +20,7 @@ def test_hand_computed_confusion_matrix():
     target = torch.tensor([[[0, 0, 1], [1, 2, 2]]])
     pred = torch.tensor([[[0, 1, 1], [1, 2, 0]]])
     cm = ConfusionMatrix(3)
+    assert not hasattr(cm, "reset")  # dead code removed (issue 13)
     cm.update(pred, target)
     # rows = target, cols = pred
     assert cm.matrix.tolist() == [[1, 1, 0], [0, 2, 0], [1, 0, 1]]

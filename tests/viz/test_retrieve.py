@@ -48,14 +48,15 @@ def test_index_layout_and_self_retrieval(model, tmp_path: Path) -> None:
     with torch.no_grad():
         sparse = model.encode(ds[3]["image"][None])["sparse"][0]  # (r, d), unnormalised
     scores, rows = query_index(index, sparse[4], k=5)
-    assert rows[0] == index.row(3, 4)
+    assert rows[0] == 3 * r + 4  # rows are image-major
     assert abs(float(scores[0]) - 1) < 1e-5
     assert scores.shape == (5,) and (scores[:-1] >= scores[1:]).all()
 
     # All r tokens of image 3 at once: each finds itself.
     scores, rows = query_index(index, sparse, k=2)
     assert scores.shape == (r, 2)
-    assert rows[:, 0].tolist() == [index.row(3, t) for t in range(r)]
+    assert rows[:, 0].tolist() == [3 * r + t for t in range(r)]
+    assert not hasattr(index, "row")  # dead code removed (issue 13)
 
 
 def test_query_matches_brute_force() -> None:
@@ -222,3 +223,22 @@ def test_retrieve_checks_arguments_before_loading_or_indexing(
     with pytest.raises(ValueError, match=message):
         main(argv)
     assert not (tmp_path / "out" / "index").exists()
+
+
+def test_retrieve_outputs_are_written_atomically(model, tmp_path: Path, monkeypatch) -> None:
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    data = _images(tmp_path / "data", 3)
+    out = tmp_path / "out"
+    query = sorted(data.glob("*.png"))[0]
+    assert _retrieve(ckpt, out, query, "--data", str(data)) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+
+    def partial(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", partial)
+    with pytest.raises(OSError, match="No space"):
+        _retrieve(ckpt, out, query, "--data", str(data))
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before

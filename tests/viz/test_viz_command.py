@@ -172,3 +172,27 @@ def test_viz_checks_arguments_before_loading_the_model(tmp_path, monkeypatch, ex
         argv += ["--images", str(images)]
     with pytest.raises(ValueError, match=message):
         main([*argv, *extra])
+
+
+def _crash_after_partial_png(monkeypatch) -> None:
+    """Every PNG write leaves a few bytes then fails (a kill or a full disk mid-write)."""
+
+    def partial(self, fp, *args, **kwargs):
+        with open(fp, "wb") as f:
+            f.write(b"\x89PNG partial")
+        raise OSError("No space left on device")
+
+    monkeypatch.setattr(Image.Image, "save", partial)
+
+
+def test_viz_outputs_are_written_atomically(tmp_path: Path, monkeypatch) -> None:
+    images = _photos(tmp_path / "imgs", 1)
+    out = tmp_path / "out"
+    argv = ["viz", "--model", "stellar-tiny", "--images", str(images), "--out", str(out)]
+    assert main(argv) == 0
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    _crash_after_partial_png(monkeypatch)
+    with pytest.raises(OSError, match="No space"):
+        main(argv)
+    # the interrupted run left the previous figure whole, and no temporary file behind
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before

@@ -1,4 +1,4 @@
-"""``stellar eval PROTOCOL``: the paper's evaluation protocols on a frozen model (SPEC §5).
+"""``stellar eval PROTOCOL``: the evaluation protocols of arXiv 2602.01905, frozen model.
 
 Protocols (``stellar eval PROTOCOL --help`` lists every option):
 

@@ -1,4 +1,4 @@
-"""Semantic invariance and the equivariance partition (SPEC §5).
+"""Semantic invariance and the equivariance partition (the paper's evaluation protocols).
 
 **Semantic invariance.** Each image x (the evaluation view at the model resolution R) gets K
 random crops: RandomResizedCrop(scale, ratio 3/4-4/3) of x, resampled back to R x R

@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour classification (DINO protocol, SPEC §5).
+"""Weighted k-nearest-neighbour classification (the DINO protocol the paper uses).
 
 Features are L2-normalised, similarity is the cosine, the ``k`` nearest training samples vote
 for their class with weight ``exp(sim / T)``. The test set is processed in chunks so that the

@@ -1,7 +1,7 @@
-"""Linear probe on cached, frozen features (SPEC §5).
+"""Linear probe on cached, frozen features (the paper's evaluation protocols).
 
 Probe = LayerNorm(d) -> Linear(d, classes), trained with AdamW (lr 1e-3, wd 1e-4, 30 epochs).
-The SPEC names no schedule; we use a per-step cosine decay from ``lr`` to 0 without warm-up.
+The paper names no schedule; we use a per-step cosine decay from ``lr`` to 0 without warm-up.
 Features are cached, so the paper's RandomResizedCrop/flip augmentation is the caller's business
 (e.g. cache several augmented views); this module trains on whatever tensors it is given.
 Accuracies are fractions in [0, 1].

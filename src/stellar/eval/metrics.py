@@ -1,4 +1,4 @@
-"""Image-quality metrics and Fréchet-distance maths (SPEC §5, reconstruction probe).
+"""Image-quality metrics and Fréchet-distance maths for the reconstruction probe.
 
 - :func:`psnr` and :func:`ssim` work per image on (B, C, H, W) batches.
 - :func:`ssim` follows Wang et al. 2004 with an 11×11 Gaussian window (σ 1.5), K1 0.01,

@@ -1,4 +1,4 @@
-"""Linear, kNN and segmentation probe runs on a frozen model (SPEC §5).
+"""Linear, kNN and segmentation probe runs on a frozen model (the paper's evaluation protocols).
 
 These functions turn folders into features and call the probe maths of
 :mod:`stellar.eval.linear`, :mod:`stellar.eval.knn` and :mod:`stellar.eval.segmentation`.

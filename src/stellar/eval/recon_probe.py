@@ -1,4 +1,4 @@
-"""Reconstruction probe (SPEC §5): a fresh decoder trained on frozen features.
+"""Reconstruction probe (arXiv 2602.01905): a fresh decoder trained on frozen features.
 
 A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decoder width, 6
 blocks by default, **pixel** head) learns to rebuild the image from one frozen feature grid

@@ -1,4 +1,4 @@
-"""Linear segmentation probe and dataset-level mIoU (SPEC §5).
+"""Linear segmentation probe and dataset-level mIoU (the paper's evaluation protocols).
 
 Probe = BatchNorm2d(d) -> 1x1 Conv2d(d, classes) on the frozen ``dense`` grid, logits
 upsampled bilinearly to the label size, cross-entropy with ignore label 255.
@@ -115,10 +115,6 @@ class ConfusionMatrix:
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
-    def reset(self) -> None:
-        """Zero the accumulated counts."""
-        self.matrix.zero_()
-
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch.
@@ -216,7 +212,7 @@ def train_segmentation_probe(
 ) -> tuple[SegmentationProbe, dict]:
     """Train a :class:`SegmentationProbe` on cached dense grids.
 
-    AdamW with per-step cosine decay to 0 (the SPEC fixes the probe, not the optimiser).
+    AdamW with per-step cosine decay to 0 (the paper fixes the probe, not the optimiser).
     Deterministic for a given seed and device; the global RNG is left untouched.
 
     Args:

@@ -25,6 +25,7 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Subset
 
+from stellar.checkpoint.io import atomic_write
 from stellar.eval.images import EvalImages, make_loader
 from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import (
@@ -232,7 +233,7 @@ def run(args: argparse.Namespace) -> int:
                 cell,
                 title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
             )
-            figure.save(out_dir / name)
+            atomic_write(out_dir / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
             active = torch.nonzero(stats["active"][b]).flatten().tolist()
             records.append(
                 {
@@ -259,7 +260,8 @@ def run(args: argparse.Namespace) -> int:
         "reconstruction": None if why is None else f"omitted: {why}",
         "images": records,
     }
-    (out_dir / "metrics.json").write_text(json.dumps(summary, indent=2))
+    text = json.dumps(summary, indent=2)
+    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
     _print_table(records, r)
     logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0

@@ -78,13 +78,6 @@ class TokenIndex:
     def __len__(self) -> int:
         return self.vectors.shape[0]
 
-    def row(self, image: int, token: int) -> int:
-        """The row of (image position, token index)."""
-        hits = torch.nonzero((self.image == image) & (self.token == token)).flatten()
-        if hits.numel() == 0:
-            raise ValueError(f"the index holds no token {token} of image {image}")
-        return int(hits[0])
-
     def save(self, directory: str | os.PathLike[str]) -> Path:
         """Write ``directory/tokens.safetensors`` atomically."""
         path = Path(directory) / INDEX_FILE
@@ -449,14 +442,14 @@ def run(args: argparse.Namespace) -> int:
     figure = render_retrieval((q_image, q_spatial, args.token), results, grid, cell=args.cell_size)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    figure.save(out / "retrieval.png")
+    atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
     summary = {
         "query": args.query,
         "token": args.token,
         "model": str(args.model),
         "results": records,
     }
-    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
     for x in records:
         print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")
