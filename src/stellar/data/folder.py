@@ -320,7 +320,7 @@ class ImageFolder(Dataset):
         if self._broken[i]:
             return None
         try:
-            item: dict[str, Any] = dict(self.view(self.path(i)))
+            item: dict[str, Any] = self._view(i)
         except Exception as err:  # noqa: BLE001 - any decode failure means "skip this file"
             self._mark_broken(i, err)
             return None
@@ -328,6 +328,9 @@ class ImageFolder(Dataset):
         item["index"] = torch.tensor(i, dtype=torch.int64)
         item["path"] = str(self.path(i))
         return item
+
+    def _view(self, index: int) -> dict[str, Any]:
+        return dict(self.view(self.path(index)))
 
     def check(self, index: int) -> bool:
         """Fully decode file ``index``; mark it broken (one warning) if that fails."""
@@ -402,6 +405,9 @@ class EvalImages(ImageFolder):
     def load(self, index: int) -> torch.Tensor:
         """Decode and transform file ``index`` -> (3, R, R) float32 in [0, 1]; raises on failure."""
         return self.view(self.path(index))["image"]
+
+    def _view(self, index: int) -> dict[str, Any]:
+        return {"image": self.load(index)}
 
     def extra_repr(self) -> str:
         return (
