@@ -13,8 +13,9 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.eval.command import format_table
-from stellar.eval.probe_runs import LabelledFeatures, features_from_dir, labelled_features, run_knn
+from stellar.eval.common import format_table
+from stellar.eval.features import LabelledFeatures, features_from_dir, labelled_features
+from stellar.eval.knn import run_knn
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -179,13 +180,18 @@ def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
         ("invariance", "--flip-p", "2"),
     ],
 )
-def test_bad_numbers_fail_before_the_model_is_loaded(protocol, option, value, tmp_path) -> None:
+def test_bad_numbers_fail_before_the_model_is_loaded(
+    protocol, option, value, tmp_path, capsys
+) -> None:
     # the model path does not exist: the option must be rejected before anything is loaded
     argv = ["eval", protocol, "--model", str(tmp_path / "missing.safetensors"), option, value]
     argv += ["--data", str(tmp_path)] if protocol == "invariance" else []
     argv += ["--num-classes", "3"] if protocol == "seg" else []
-    with pytest.raises(ValueError, match=f"^{option}: expected"):
+    with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main([*argv, "--out", str(tmp_path / "o")])
+    assert exit_info.value.code == 2
+    assert f"argument {option}: expected" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
 
 
 def test_format_table_aligns_columns() -> None:
@@ -212,3 +218,35 @@ def test_samples_linear_and_knn(samples_dir, tmp_path) -> None:
     for name, n_val in (("l", 4), ("k", 4)):
         (row,) = _metrics(tmp_path / name)["rows"]
         assert row["num_val"] == n_val and 0.0 <= row["top1"] <= row["top5"] <= 1.0
+
+
+def test_feature_folders_of_another_model_are_refused(colours, tmp_path) -> None:
+    train, val = colours
+    torch.manual_seed(3)
+    other = create_stellar("stellar-tiny").save_pretrained(tmp_path / "other")
+    for name, folder in (("ftrain", train), ("fval", val)):
+        argv = ["extract", "--model", str(other), "--data", str(folder), "--keys", "cls"]
+        assert main([*argv, "--out", str(tmp_path / name), "--num-workers", "0"]) == 0
+    feats = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "fval")]
+    base = ["eval", "knn", "--key", "cls", "--k", "3", "--out", str(tmp_path / "o")]
+    assert main([*base, "--model", str(other), *feats]) == 0
+    # the preset's random weights are not the ones the features were extracted with
+    with pytest.raises(ValueError, match="other weights"):
+        main([*base, "--model", "stellar-tiny", *feats])
+    mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val)]
+    with pytest.raises(ValueError, match="extracted at 64 px, but this run encodes at 32 px"):
+        main([*base, "--model", str(other), *mixed, "--resolution", "32"])
+
+
+def test_eval_checks_the_output_folder_before_any_work(colours, tmp_path, monkeypatch) -> None:
+    import stellar.hub
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(stellar.hub, "load_model", no_loading)
+    train, val = colours
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["eval", "linear", "--model", "stellar-tiny", "--train", str(train), "--val", str(val)]
+    with pytest.raises(ValueError, match="is a file; expected a folder"):
+        main([*argv, "--out", str(tmp_path / "file")])

@@ -170,3 +170,51 @@ def test_cli_extract_samples(samples_dir: Path, tmp_path: Path) -> None:
     assert feats["sparse"].shape == (6, 6, 96) and feats["sparse"].dtype == torch.float16
     assert torch.isfinite(feats["cls"].float()).all()
     assert labels.tolist() == [-1] * 6 and len(set(paths)) == 6
+
+
+def test_resume_refuses_shards_of_other_weights(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 4), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False, finalize=False)
+    (out / shard_name(1)).unlink()  # interrupted: one shard left to do
+    torch.manual_seed(7)
+    retrained = create_stellar("stellar-tiny").eval()  # same name and shapes, other weights
+    with pytest.raises(ValueError, match="other settings .*weights"):
+        extract_to_dir(retrained, ds, out, ["cls"], shard_size=2, progress=False)
+    assert not (out / shard_name(1)).exists()  # nothing of the other model was merged in
+
+
+def test_non_finite_features_are_refused(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    diverged = create_stellar("stellar-tiny").eval()
+    diverged.load_state_dict(model.state_dict())
+    with torch.no_grad():
+        diverged.encoder.patch_embed.weight.fill_(float("nan"))
+    with pytest.raises(ValueError, match="non-finite sparse"):
+        extract_to_dir(diverged, ds, tmp_path / "out", ["sparse"], progress=False)
+    # a feature folder that holds NaN (written by an older version) is refused when read
+    out = tmp_path / "ok"
+    extract_to_dir(model, ds, out, ["cls"], progress=False)
+    from safetensors.torch import load_file, save_file
+
+    shard = out / shard_name(0)
+    tensors = load_file(str(shard))
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    tensors["cls"][0, 0, 0] = float("inf")
+    save_file(tensors, str(shard), metadata=metadata)
+    with pytest.raises(ValueError, match="non-finite cls"):
+        load_features(out)
+
+
+def test_cli_extract_checks_the_output_folder_first(tmp_path: Path, monkeypatch) -> None:
+    import stellar.hub
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --out was checked")
+
+    monkeypatch.setattr(stellar.hub, "load_model", no_loading)
+    (tmp_path / "file").write_text("not a folder")
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(_images(tmp_path / "d", 2))]
+    with pytest.raises(ValueError, match="is a file; expected a folder"):
+        main([*argv, "--out", str(tmp_path / "file")])

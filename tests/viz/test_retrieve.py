@@ -190,15 +190,16 @@ def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
     [
         (["--query", "/nonexistent.jpg"], "expected --query an existing image file"),
         (["--query", "TEXT"], "expected a readable query image"),
-        (["--k", "0"], "--k >= 1"),
-        (["--token", "-1"], "--token >= 0"),
+        (["--k", "0"], "argument --k: expected an integer >= 1"),
+        (["--token", "-1"], "argument --token: expected an integer >= 0"),
+        (["--out", "FILE"], "is a file; expected a folder"),
         (["--token", "6"], r"--token in \[0, 6\)"),
         (["--resolution", "36"], "patch size 8"),
         (["--data", "/nonexistent/dir"], "expected an image file or a folder"),
     ],
 )
 def test_retrieve_checks_arguments_before_loading_or_indexing(
-    tmp_path: Path, monkeypatch, extra, message
+    tmp_path: Path, monkeypatch, capsys, extra, message
 ) -> None:
     import stellar.hub
     import stellar.viz.retrieve
@@ -214,14 +215,22 @@ def test_retrieve_checks_arguments_before_loading_or_indexing(
         monkeypatch.setattr(module, name, no_work)
     data = _images(tmp_path / "data", 2)
     (tmp_path / "notes.jpg").write_text("not an image")
-    extra = [str(tmp_path / "notes.jpg") if x == "TEXT" else x for x in extra]
+    (tmp_path / "file").write_text("a file, not a folder")
+    subst = {"TEXT": str(tmp_path / "notes.jpg"), "FILE": str(tmp_path / "file")}
+    extra = [subst.get(x, x) for x in extra]
     args = {"--query": str(data / "img0.png"), "--token": "0", "--data": str(data)}
+    args["--out"] = str(tmp_path / "out")
     args.update(zip(extra[::2], extra[1::2], strict=True))
-    argv = ["retrieve", "--model", "stellar-tiny", "--out", str(tmp_path / "out")]
+    argv = ["retrieve", "--model", "stellar-tiny"]
     for key, value in args.items():
         argv += [key, value]
-    with pytest.raises(ValueError, match=message):
-        main(argv)
+    if message.startswith("argument "):  # a number: argparse's usage error
+        with pytest.raises(SystemExit):
+            main(argv)
+        assert message in capsys.readouterr().err
+    else:
+        with pytest.raises(ValueError, match=message):
+            main(argv)
     assert not (tmp_path / "out" / "index").exists()
 
 

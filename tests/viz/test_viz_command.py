@@ -153,11 +153,14 @@ def test_cli_viz_bad_vq_model_fails(tmp_path):
     [
         (["--images", "/nonexistent/dir"], "expected an image file or a folder"),
         (["--resolution", "60"], "patch size 8"),
-        (["--resolution", "0"], "--resolution >= 1"),
-        (["--max-images", "0"], "--max-images >= 1"),
+        (["--resolution", "0"], "argument --resolution: expected an integer >= 1"),
+        (["--max-images", "0"], "argument --max-images: expected an integer >= 1"),
+        (["--out", "FILE"], "is a file; expected a folder"),
     ],
 )
-def test_viz_checks_arguments_before_loading_the_model(tmp_path, monkeypatch, extra, message):
+def test_viz_checks_arguments_before_loading_the_model(
+    tmp_path, monkeypatch, capsys, extra, message
+):
     import stellar.hub
 
     def no_loading(*args, **kwargs):
@@ -167,11 +170,20 @@ def test_viz_checks_arguments_before_loading_the_model(tmp_path, monkeypatch, ex
     monkeypatch.setattr(stellar.hub, "load_stellar", no_loading)
     ckpt = create_stellar("stellar-tiny").save_pretrained(tmp_path / "ckpt")
     images = _photos(tmp_path / "imgs", 1)
-    argv = ["viz", "--model", str(ckpt), "--out", str(tmp_path / "out")]
+    (tmp_path / "file").write_text("a file, not a folder")
+    extra = [str(tmp_path / "file") if x == "FILE" else x for x in extra]
+    argv = ["viz", "--model", str(ckpt)]
+    if "--out" not in extra:
+        argv += ["--out", str(tmp_path / "out")]
     if "--images" not in extra:
         argv += ["--images", str(images)]
-    with pytest.raises(ValueError, match=message):
-        main([*argv, *extra])
+    if message.startswith("argument "):  # a number: argparse's usage error
+        with pytest.raises(SystemExit):
+            main([*argv, *extra])
+        assert message in capsys.readouterr().err
+    else:
+        with pytest.raises(ValueError, match=message):
+            main([*argv, *extra])
 
 
 def _crash_after_partial_png(monkeypatch) -> None:

@@ -32,6 +32,8 @@ import torch
 from torch import Tensor, nn
 
 from stellar.checkpoint.mae import load_mae_weights
+from stellar.errors import UsageError
+from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS
 from stellar.models.config import DecoderConfig, EncoderConfig
 from stellar.models.encoder import ViTEncoder
 from stellar.models.infer import heads_for_width
@@ -43,7 +45,6 @@ __all__ = [
     "BaselineConfig",
     "STELLAR_KEYS",
     "ViTBaseline",
-    "feature_keys",
     "load_baseline",
     "parse_baseline",
 ]
@@ -51,8 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
-BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
-STELLAR_KEYS: tuple[str, ...] = ("sparse", "cls", "dense", "lowrank")
 _BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
@@ -123,26 +122,17 @@ class ViTBaseline(nn.Module):
         return self.encode(images)
 
 
-def feature_keys(model: nn.Module) -> tuple[str, ...]:
-    """The per-image feature outputs a model offers the protocols.
-
-    A :class:`ViTBaseline` has ``cls`` and ``dense``; STELLAR also has ``sparse`` and
-    ``lowrank`` (``spatial`` and ``peak_dist`` are maps and statistics, not probe features).
-    """
-    return tuple(getattr(model, "feature_keys", STELLAR_KEYS))
-
-
 def parse_baseline(spec: str) -> tuple[str, Path]:
     """``"mae:PATH"`` / ``"vit:PATH"`` -> (kind, path); ValueError on anything else."""
     kind, sep, path = str(spec).partition(":")
     if not sep or kind.lower() not in BASELINE_KINDS or not path:
-        raise ValueError(
+        raise UsageError(
             f"expected --baseline as mae:PATH or vit:PATH (a local MAE / HF ViT checkpoint), "
             f"got {spec!r}"
         )
     p = Path(path)
     if not p.exists():
-        raise ValueError(f"baseline checkpoint {str(p)!r} does not exist")
+        raise UsageError(f"baseline checkpoint {str(p)!r} does not exist")
     return kind.lower(), p
 
 

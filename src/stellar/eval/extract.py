@@ -7,7 +7,9 @@ Layout of ``OUT``:
   model's per-image shape: ``sparse`` (r, d), ``cls`` (1, d), ``spatial`` (n, r), ...), plus
   ``index`` and ``label`` (int64). Broken files are left out, so a shard may hold fewer rows.
 - ``index.jsonl``: one line per extracted image, ``{"path", "label", "index", "shard", "row"}``.
-- ``meta.json``: the settings (model spec, keys, resolution, ...), ``count`` and ``complete``.
+- ``meta.json``: the settings (model spec, a fingerprint of its weights, keys, resolution and
+  the rest of the preprocessing, ...), ``count`` and ``complete``. A rerun resumes only onto
+  a folder whose settings, weights included, are the same.
 
 Distributed (torchrun): rank ``k`` of ``W`` takes the global shards ``k, k + W, k + 2W, ...``,
 so the ranks write disjoint files and together cover every image. Each shard is written
@@ -34,13 +36,14 @@ from torch.utils.data import Dataset, Subset
 from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
+from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
-from stellar.runtime import autocast, setup, teardown
+from stellar.runtime import setup, teardown
 
 __all__ = [
     "FEATURE_KEYS",
     "add_arguments",
-    "encode_batch",
     "extract_features",
     "extract_to_dir",
     "load_features",
@@ -64,36 +67,14 @@ def _check_keys(keys: Sequence[str]) -> list[str]:
     keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
     bad = [k for k in keys if k not in FEATURE_KEYS]
     if not keys or bad:
-        raise ValueError(
+        raise UsageError(
             f"expected feature keys among {', '.join(FEATURE_KEYS)}, got {keys or 'none'}"
         )
     return keys
 
 
-@torch.inference_mode()
-def encode_batch(
-    model: Any, images: Tensor, keys: Sequence[str], fp16: bool = False
-) -> dict[str, Tensor]:
-    """Encode one batch on the model's device (bf16 autocast on CUDA) and return CPU tensors.
-
-    Args:
-        model: a STELLAR model.
-        images: (B, 3, H, W) in [0, 1].
-        keys: outputs of ``model.encode`` to keep.
-        fp16: store floating outputs as float16 (otherwise float32).
-
-    Returns:
-        ``{key: (B, ...)}`` on the CPU.
-    """
-    device = model.device
-    with autocast(device):
-        out = model.encode(images.to(device, non_blocking=True))
-    dtype = torch.float16 if fp16 else torch.float32
-    return {k: out[k].to("cpu", dtype) for k in keys}
-
-
 def extract_features(
-    model: Any,
+    model: Encoder,
     dataset: Dataset,
     keys: Sequence[str] = DEFAULT_KEYS,
     batch_size: int = 64,
@@ -170,7 +151,7 @@ def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
         old = json.loads(meta_path.read_text())
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
-            raise ValueError(
+            raise UsageError(
                 f"{out_dir} holds features extracted with other settings "
                 f"({', '.join(f'{k}: {a!r} != {b!r}' for k, (a, b) in diff.items())}); "
                 "expected the same settings to resume: use another --out folder"
@@ -180,7 +161,7 @@ def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
 
 
 def extract_to_dir(
-    model: Any,
+    model: Encoder,
     dataset: EvalImages,
     out_dir: str | os.PathLike[str],
     keys: Sequence[str] = DEFAULT_KEYS,
@@ -222,6 +203,7 @@ def extract_to_dir(
     shards = _shards(len(dataset), int(shard_size))
     settings = {
         "model": model_spec,
+        "weights": weights_fingerprint(model),
         "keys": keys,
         "resolution": dataset.resolution,
         "resize_ratio": dataset.resize_ratio,
@@ -257,7 +239,7 @@ def extract_to_dir(
 
 
 def _extract_shard(
-    model: Any,
+    model: Encoder,
     dataset: EvalImages,
     out: Path,
     shard: _Shard,
@@ -348,17 +330,17 @@ def load_features(
     out = Path(out_dir)
     meta_path = out / META_NAME
     if not meta_path.is_file():
-        raise ValueError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
+        raise UsageError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
     meta = json.loads(meta_path.read_text())
     if not meta.get("complete"):
-        raise ValueError(
+        raise UsageError(
             f"{out} is an incomplete extraction (some shards are missing); run `stellar "
             "extract` again with the same arguments to finish it"
         )
     keys = _check_keys(keys) if keys is not None else list(meta["keys"])
     absent = [k for k in keys if k not in meta["keys"]]
     if absent:
-        raise ValueError(f"{out} stores keys {meta['keys']}, not {absent}")
+        raise UsageError(f"{out} stores keys {meta['keys']}, not {absent}")
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label")}
     paths: list[str] = []
     for g in range(meta["num_shards"]):
@@ -367,6 +349,12 @@ def load_features(
                 parts[k].append(f.get_tensor(k))
             paths.extend(json.loads(f.metadata()["paths"]))
     features = {k: torch.cat([t for t in v if t.numel()] or v) for k, v in parts.items()}
+    bad = [k for k, v in features.items() if v.is_floating_point() and not bool(v.isfinite().all())]
+    if bad:
+        raise UsageError(
+            f"{out} stores non-finite {', '.join(bad)} features (NaN or inf): expected finite "
+            "features; were they extracted from diverged weights?"
+        )
     labels = features.pop("label").long()
     return features, labels, paths
 
@@ -390,11 +378,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--dense", action="store_true", help="also store the dense patch tokens")
     parser.add_argument("--fp16", action="store_true", help="store features as float16")
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--shard-size", type=int, default=1024, help="images per shard")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonneg_int, default=4)
+    parser.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     parser.add_argument(
-        "--resolution", type=int, default=None, help="crop size (default: the model's native)"
+        "--resolution", type=positive_int, default=None, help="crop size (default: native)"
     )
     parser.add_argument(
         "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
@@ -404,10 +392,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar extract``."""
+    from stellar.eval.common import writable_folder
     from stellar.hub import load_model
 
     info = setup(args.device)
     rank, world, device = info.rank, info.world_size, info.device
+    writable_folder(args.out)  # before the model or any image is read
     keys = [k for k in args.keys.split(",") if k.strip()]
     if args.dense and "dense" not in keys:
         keys.append("dense")
@@ -416,7 +406,7 @@ def run(args: argparse.Namespace) -> int:
     model = load_model(args.model, purpose="encode", device=device)
     resolution = args.resolution or model.config.encoder.image_size
     if resolution % model.patch_size:
-        raise ValueError(
+        raise UsageError(
             f"expected --resolution divisible by the patch size {model.patch_size}, "
             f"got {resolution}"
         )

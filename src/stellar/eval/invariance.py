@@ -1,4 +1,5 @@
-"""Semantic invariance and the equivariance partition (the paper's evaluation protocols).
+"""Semantic invariance and the equivariance partition (arXiv 2602.01905): ``stellar eval
+invariance``.
 
 **Semantic invariance.** Each image x (the evaluation view at the model resolution R) gets K
 random crops: RandomResizedCrop(scale, ratio 3/4-4/3) of x, resampled back to R x R
@@ -42,28 +43,38 @@ means over images. Transforms:
 
 from __future__ import annotations
 
+import argparse
 import logging
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image, ImageDraw, ImageFont
 from scipy.optimize import linear_sum_assignment
-from torch import Tensor, nn
+from torch import Tensor
+from torch.utils.data import Subset
 
 from stellar.data.augment import random_resized_crop
-from stellar.eval.baseline import feature_keys
+from stellar.errors import UsageError, positive_int, probability
+from stellar.eval.common import (
+    MODEL,
+    add_common,
+    check_folder,
+    format_table,
+    load_entries,
+    metric,
+    resolution,
+)
+from stellar.eval.encoder import Encoder
 from stellar.eval.images import EvalImages, decodable_batches
+from stellar.eval.invariance_chart import draw_invariance_chart
 
 __all__ = [
     "DISTANCES",
     "SHARES",
     "TRANSFORMS",
     "cosine_distance",
-    "draw_invariance_chart",
     "equivariance_partition",
     "matched_set_distance",
     "random_crops",
@@ -270,14 +281,14 @@ def transform_views(
     raise ValueError(f"expected a transform among {TRANSFORMS}, got {name!r}")
 
 
-def _encode(model: nn.Module, images: Tensor, chunk: int) -> dict[str, Tensor]:
+def _encode(model: Encoder, images: Tensor, chunk: int) -> dict[str, Tensor]:
     parts = [model.forward_encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
     return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
 
 
 @torch.inference_mode()
 def run_invariance(
-    model: nn.Module,
+    model: Encoder,
     dataset: EvalImages,
     n_crops: int = 8,
     scale: Sequence[float] = (0.3, 1.0),
@@ -301,7 +312,7 @@ def run_invariance(
     if n_crops < 1:
         raise ValueError(f"expected at least one crop, got {n_crops}")
     device = model.device
-    factorised = "sparse" in feature_keys(model)
+    factorised = "sparse" in model.feature_keys
     if factorised:
         for t in transforms:
             if t not in TRANSFORMS:
@@ -345,85 +356,73 @@ def _nanmean(x: Tensor) -> float | None:
     return finite.mean().item() if finite.numel() else None
 
 
-# ---------------------------------------------------------------------------- figure
-_COLOURS = [(52, 101, 164), (245, 121, 0), (115, 210, 22), (204, 0, 0), (117, 80, 123)]
-_SHARE_COLOURS = {
-    "l_share": (52, 101, 164),
-    "s_share": (245, 121, 0),
-    "cross_share": (160, 160, 160),
-}
-
-
-def draw_invariance_chart(rows: Sequence[dict[str, Any]], path: str | Path) -> Path:
-    """Bar chart of the invariance distances per model, plus stacked equivariance shares.
-
-    Args:
-        rows: ``{"model": name, "distances": {...}, "equivariance": {...}}`` per model, as
-            :func:`run_invariance` returns them (plus the name).
-        path: PNG file to write.
-    """
-    font = ImageFont.load_default()
-    names = [n for n in DISTANCES if any((r["distances"] or {}).get(n) for r in rows)]
-    bar_w, gap, margin, plot_h = 48, 26, 60, 220
-    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-    label_w = max([int(probe.textlength(n, font=font)) for n in names] + [0])
-    group_w = max(bar_w * len(rows), label_w) + gap
-    eq = [(r["model"], t, s) for r in rows for t, s in (r.get("equivariance") or {}).items()]
-    eq_h = 30 + 26 * len(eq) if eq else 0
-    width = max(margin * 2 + group_w * max(len(names), 1), 520)
-    height = 40 + plot_h + 50 + 18 * len(rows) + eq_h
-    img = Image.new("RGB", (width, height), "white")
-    draw = ImageDraw.Draw(img)
-    draw.text(
-        (margin, 8),
-        "cosine distance crop vs original (lower = more invariant)",
-        fill="black",
-        font=font,
+# ------------------------------------------------------------------ stellar eval invariance
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``stellar eval invariance``."""
+    add_common(p)
+    p.add_argument("--data", required=True, help="image folder")
+    p.add_argument("--crops", type=positive_int, default=8, help="random crops per image")
+    p.add_argument(
+        "--scale", type=float, nargs=2, default=(0.3, 1.0), metavar=("MIN", "MAX"), help="crop area"
     )
-    values = [(r["distances"] or {}).get(n, None) for r in rows for n in names]
-    top = max([v["mean"] for v in values if v] + [1e-3]) * 1.15
-    y0 = 40 + plot_h
-    draw.line([(margin, 40), (margin, y0), (width - margin // 2, y0)], fill="black")
-    draw.text((4, 36), f"{top:.3g}", fill="black", font=font)
-    draw.text((4, y0 - 8), "0", fill="black", font=font)
-    for g, name in enumerate(names):
-        x = margin + gap // 2 + g * group_w
-        for m, row in enumerate(rows):
-            v = (row["distances"] or {}).get(name)
-            if not v:
-                continue
-            hgt = int(round(plot_h * v["mean"] / top))
-            colour = _COLOURS[m % len(_COLOURS)]
-            draw.rectangle([x + m * bar_w, y0 - hgt, x + (m + 1) * bar_w - 3, y0], fill=colour)
-            draw.text((x + m * bar_w, y0 - hgt - 12), f"{v['mean']:.2g}", fill="black", font=font)
-        draw.text((x, y0 + 6), name, fill="black", font=font)
-    y = y0 + 28
-    for m, row in enumerate(rows):
-        draw.rectangle([margin, y + 2, margin + 10, y + 12], fill=_COLOURS[m % len(_COLOURS)])
-        draw.text((margin + 16, y), str(row["model"]), fill="black", font=font)
-        y += 18
-    if eq:
-        y += 12
-        draw.text(
-            (margin, y),
-            "equivariance partition of dZ: L (blue) / S (orange) / cross (grey)",
-            fill="black",
-            font=font,
-        )
-        y += 18
-        bar_len = width - 2 * margin - 160
-        for model_name, t, shares in eq:
-            x = margin + 160
-            draw.text((margin, y + 4), f"{str(model_name)[:18]} {t}", fill="black", font=font)
-            for key, colour in _SHARE_COLOURS.items():
-                share = shares.get(key)
-                if share is None:
-                    continue
-                seg = int(round(bar_len * share))
-                draw.rectangle([x, y, x + seg, y + 18], fill=colour)
-                x += seg
-            y += 26
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    img.save(path)
-    return path
+    p.add_argument("--flip-p", type=probability, default=0.0, help="flip probability of a crop")
+    p.add_argument(
+        "--transforms", default="flip,shift", help="equivariance transforms: flip, shift"
+    )
+    p.add_argument(
+        "--shift", type=positive_int, default=1, help="translation of 'shift', in patches"
+    )
+    p.add_argument("--max-images", type=positive_int, default=None, help="use the first N images")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One row per model: crop distances and (STELLAR) the equivariance partition; a chart."""
+    data = check_folder(args.data, "--data")
+    transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
+    bad = [t for t in transforms if t not in TRANSFORMS]
+    if bad:
+        raise UsageError(f"--transforms: expected names among {', '.join(TRANSFORMS)}, got {bad}")
+    lo, hi = args.scale
+    if not 0 < lo <= hi <= 1:
+        raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
+    rows = []
+    for e in load_entries(args, None, None):
+        res = resolution(args, e.model)
+        dataset = EvalImages(data, res)
+        if args.shift >= res // e.model.patch_size and "shift" in transforms:
+            raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
+        subset = dataset
+        if args.max_images is not None:
+            subset = Subset(dataset, range(min(args.max_images, len(dataset))))
+        result = run_invariance(
+            e.model, subset, args.crops, (lo, hi), args.flip_p, transforms, args.shift,
+            args.batch_size, args.num_workers, args.seed, not args.no_progress,
+        )  # fmt: skip
+        rows.append(e.row(**result))
+    png = draw_invariance_chart(rows, args.out_dir / "invariance.png")
+    return {"rows": rows, "png": str(png)}
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """The distance table and, for STELLAR, the equivariance table."""
+    rows = result["rows"]
+    cols = [MODEL] + [
+        (name, lambda r, n=name: metric(".4f")((r["distances"].get(n) or {}).get("mean")))
+        for name in DISTANCES
+    ]
+    out = ["cosine distance, crop vs original (lower = more invariant)", format_table(cols, rows)]
+    eq_rows = [
+        {"model": r["model"], "transform": t, **s}
+        for r in rows
+        for t, s in (r.get("equivariance") or {}).items()
+    ]
+    if eq_rows:
+        share = ("l_share", "s_share", "cross_share", "relative_change")
+        eq_cols = [MODEL, ("transform", lambda r: r["transform"])] + [
+            (s, lambda r, s=s: metric(".4f")(r.get(s))) for s in share
+        ]
+        out += [
+            "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS",
+            format_table(eq_cols, eq_rows),
+        ]
+    return out

@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour classification (the DINO protocol the paper uses).
+"""Weighted k-nearest-neighbour classification (the DINO protocol): ``stellar eval knn``.
 
 Features are L2-normalised, similarity is the cosine, the ``k`` nearest training samples vote
 for their class with weight ``exp(sim / T)``. The test set is processed in chunks so that the
@@ -14,11 +14,17 @@ Decisions:
 
 from __future__ import annotations
 
+import argparse
 import logging
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from stellar.errors import positive_float, positive_int
+from stellar.eval.common import KEY, MODEL, add_common, add_keys, format_table, percent
+from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS
+from stellar.eval.features import LabelledFeatures, align_val, classification_setup, split_features
 from stellar.eval.linear import accuracy_topk
 
 logger = logging.getLogger(__name__)
@@ -220,3 +226,48 @@ def knn_accuracy(
     labels = test_labels.to(probs.device).long()
     voted = probs.gather(1, labels.unsqueeze(1)).squeeze(1) > 0
     return accuracy_topk(probs, torch.where(voted, labels, -1), (1, 5))
+
+
+def run_knn(
+    train: LabelledFeatures, val: LabelledFeatures, k: int = 20, temperature: float = 0.07
+) -> dict[str, float]:
+    """Weighted kNN (DINO) on pooled features: ``{"top1", "top5"}`` in [0, 1]."""
+    val_y, num = align_val(train, val)
+    return knn_accuracy(train.x, train.y, val.x, val_y, num, k=k, temperature=temperature)
+
+
+# ---------------------------------------------------------------------------- stellar eval knn
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``stellar eval knn``."""
+    add_common(p)
+    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
+    p.add_argument("--train", default=None, help="training folder")
+    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
+    p.add_argument("--val-features", default=None, help="`stellar extract` folder (val)")
+    p.add_argument("--k", type=positive_int, default=20)
+    p.add_argument("--temperature", type=positive_float, default=0.07)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One row per model: kNN top-1 / top-5 on --val with the --train bank."""
+    entries, train_dir, val_dir = classification_setup(args)
+    rows = []
+    for e in entries:
+        val = split_features(args, e, val_dir, args.val_features)
+        train = split_features(args, e, train_dir, args.train_features)
+        metrics = run_knn(train, val, args.k, args.temperature)
+        rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
+    return {"rows": rows, "augmented": False}
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """The printed result."""
+    cols = [
+        MODEL,
+        KEY,
+        ("top-1 %", lambda r: percent(r["top1"])),
+        ("top-5 %", lambda r: percent(r["top5"])),
+        ("k", lambda r: str(r["k"])),
+    ]
+    return [format_table(cols, result["rows"])]

@@ -1,21 +1,41 @@
-"""Linear probe on cached, frozen features (the paper's evaluation protocols).
+"""Linear probe (arXiv 2602.01905): ``stellar eval linear``.
 
-Probe = LayerNorm(d) -> Linear(d, classes), trained with AdamW (lr 1e-3, wd 1e-4, 30 epochs).
-The paper names no schedule; we use a per-step cosine decay from ``lr`` to 0 without warm-up.
-Features are cached, so the paper's RandomResizedCrop/flip augmentation is the caller's business
-(e.g. cache several augmented views); this module trains on whatever tensors it is given.
-Accuracies are fractions in [0, 1].
+Probe = LayerNorm(d) -> Linear(d, classes), trained with AdamW (lr 1e-3, wd 1e-4, 30 epochs)
+and a per-step cosine decay to 0 (:func:`stellar.eval.probe.fit_probe`), either on features
+extracted once (:func:`train_linear_probe`) or, with ``--augmented``, on fresh
+RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + flip views of each training image encoded
+every epoch (:func:`train_linear_augmented`, the paper's recipe). Accuracies are fractions in
+[0, 1].
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from stellar.data.augment import random_resized_crop
+from stellar.data.folder import ImageFolder
+from stellar.data.loader import build_loader
+from stellar.errors import nonneg_float, positive_float, positive_int
+from stellar.eval.common import KEY, MODEL, add_common, add_keys, format_table, percent
+from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder
+from stellar.eval.features import (
+    EVAL_RESIZE_RATIO,
+    LabelledFeatures,
+    align_val,
+    class_indices,
+    classification_setup,
+    pool_features,
+    split_features,
+)
+from stellar.eval.probe import fit_probe, shuffled_batches
+from stellar.runtime import autocast, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -33,22 +53,6 @@ class LinearProbe(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """(N, D) features -> (N, C) logits."""
         return self.head(self.norm(x))
-
-
-def pool_features(x: torch.Tensor) -> torch.Tensor:
-    """Mean over tokens.
-
-    Args:
-        x: (N, T, D) token features, or (N, D) already-pooled features (returned as is).
-
-    Returns:
-        (N, D).
-    """
-    if x.dim() == 3:
-        return x.mean(dim=1)
-    if x.dim() == 2:
-        return x
-    raise ValueError(f"expected features of shape (N, T, D) or (N, D), got {tuple(x.shape)}")
 
 
 def accuracy_topk(
@@ -162,32 +166,24 @@ def train_linear_probe(
         probe = LinearProbe(train_x.shape[1], num_classes)
     probe = probe.to(device)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n / batch_size)
-    total = epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
     train_y_long = train_y.long()
 
-    probe.train()
-    bar = tqdm(range(epochs), desc="linear probe", disable=not progress, leave=False)
-    for epoch in bar:
-        order = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            xb = train_x[idx].to(device, torch.float32)
-            yb = train_y_long[idx].to(device)
-            loss = F.cross_entropy(probe(xb), yb)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * idx.numel()
-        mean_loss = (loss_sum / n).item()
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
-        logger.debug("linear probe epoch %d/%d loss %.4f", epoch + 1, epochs, mean_loss)
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        xb = train_x[idx].to(device, torch.float32)
+        return F.cross_entropy(probe(xb), train_y_long[idx].to(device)), idx.numel()
+
+    fit_probe(
+        probe,
+        epochs,
+        -(-n // batch_size),
+        lambda epoch: shuffled_batches(n, batch_size, gen),
+        loss_of,
+        lr,
+        weight_decay,
+        device,
+        "linear probe",
+        progress,
+    )
 
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
@@ -202,3 +198,168 @@ def train_linear_probe(
         metrics["train_top1"],
     )
     return probe, metrics
+
+
+def run_linear(
+    train: LabelledFeatures,
+    val: LabelledFeatures,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+    device: torch.device | str = "cpu",
+    progress: bool = True,
+) -> dict[str, float]:
+    """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1]."""
+    val_y, num = align_val(train, val)
+    _, metrics = train_linear_probe(
+        train.x, train.y, val.x, val_y, num, epochs, lr, weight_decay, batch_size, seed, device,
+        progress,
+    )  # fmt: skip
+    return metrics
+
+
+AUG_SCALE: tuple[float, float] = (0.2, 1.0)
+AUG_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
+
+
+def train_linear_augmented(
+    model: Encoder,
+    key: str,
+    train_root: str | Path,
+    val: LabelledFeatures,
+    resolution: int,
+    epochs: int = 30,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 256,
+    seed: int = 0,
+    num_workers: int = 0,
+    scale: tuple[float, float] = AUG_SCALE,
+    progress: bool = True,
+) -> dict[str, float]:
+    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views every epoch.
+
+    The frozen model encodes each epoch's views (batched, no gradients); the probe trains as
+    :func:`train_linear_probe` does on cached features.
+
+    Args:
+        model: frozen STELLAR or baseline.
+        key: pooled output used as the feature.
+        train_root: class-folder tree of training images.
+        val: pooled validation features (evaluation view) with class names.
+        resolution: side of the crops fed to the model.
+        epochs, lr, weight_decay, batch_size, seed: optimisation settings.
+        num_workers: decoding workers.
+        scale: RandomResizedCrop area range.
+        progress: tqdm bars.
+
+    Returns:
+        ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy
+        on the last epoch's augmented views.
+    """
+    if epochs < 1 or batch_size < 1:
+        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
+    device = model.device
+    folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
+    classes = folder.require_labels(str(train_root))
+    val_y = class_indices(val.classes, val.y, classes) if val.classes is not None else val.y
+    loader = build_loader(
+        folder, batch_size, num_workers, shuffle=True, seed=seed, drop_last=False,
+        distributed=False, pin_memory=device.type == "cuda",
+    )  # fmt: skip
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        probe = LinearProbe(val.x.shape[1], len(classes))
+    probe = probe.to(device)
+    gen = torch.Generator(device=device).manual_seed(seed)
+    hits = {"correct": 0, "seen": 0}
+
+    def epoch_batches(epoch: int):
+        loader.set_epoch(epoch)
+        hits.update(correct=0, seen=0)
+        return loader
+
+    def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
+        canvas = batch["canvas"].to(device, non_blocking=True)
+        views = random_resized_crop(
+            canvas, batch["size"].to(device), resolution, 1, scale=scale, ratio=AUG_RATIO,
+            generator=gen, flip_p=0.5,
+        )[:, 0]  # fmt: skip
+        with torch.no_grad(), autocast(device):
+            feats = pool_features(model.forward_encode(views)[key]).float()
+        target = batch["label"].to(device)
+        logits = probe(feats)
+        hits["correct"] += int((logits.argmax(1) == target).sum())
+        hits["seen"] += target.numel()
+        return F.cross_entropy(logits, target), target.numel()
+
+    fit_probe(
+        probe, epochs, len(loader), epoch_batches, loss_of, lr, weight_decay, device,
+        "linear probe (augmented)", progress,
+    )  # fmt: skip
+    metrics = accuracy_topk(predict_logits(probe, val.x, device=device), val_y)
+    metrics["train_top1"] = hits["correct"] / max(hits["seen"], 1)
+    return metrics
+
+
+# ---------------------------------------------------------------------------- stellar eval linear
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``stellar eval linear``."""
+    add_common(p)
+    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
+    p.add_argument("--train", default=None, help="training folder")
+    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
+    p.add_argument("--val-features", default=None, help="`stellar extract` folder (val)")
+    p.add_argument("--epochs", type=positive_int, default=30)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--probe-batch-size", type=positive_int, default=256)
+    p.add_argument(
+        "--augmented",
+        action="store_true",
+        help="RandomResizedCrop(0.2-1) + flip views encoded every epoch (the paper's recipe)",
+    )
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One row per model: top-1 / top-5 on --val, and the final probe's train top-1."""
+    entries, train_dir, val_dir = classification_setup(args, augmented=args.augmented)
+    probe = dict(
+        epochs=args.epochs,
+        lr=args.lr,
+        weight_decay=args.weight_decay,
+        batch_size=args.probe_batch_size,
+        seed=args.seed,
+        progress=not args.no_progress,
+    )
+    rows = []
+    for e in entries:
+        val = split_features(args, e, val_dir, args.val_features)
+        if args.augmented:
+            res = e.model.config.encoder.image_size if args.resolution is None else args.resolution
+            metrics = train_linear_augmented(
+                e.model, e.key, train_dir, val, res, num_workers=args.num_workers, **probe
+            )
+            num_train = len(ImageFolder(train_dir))
+        else:
+            train = split_features(args, e, train_dir, args.train_features)
+            device = e.model.device if e.model is not None else pick_device(args.device)
+            metrics = run_linear(train, val, device=device, **probe)
+            num_train = len(train)
+        rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))
+    return {"rows": rows, "augmented": args.augmented}
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """The printed result."""
+    cols = [
+        MODEL,
+        KEY,
+        ("top-1 %", lambda r: percent(r["top1"])),
+        ("top-5 %", lambda r: percent(r["top5"])),
+        ("train top-1 %", lambda r: percent(r.get("train_top1"))),
+    ]
+    return [format_table(cols, result["rows"])]

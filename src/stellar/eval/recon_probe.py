@@ -1,4 +1,5 @@
-"""Reconstruction probe (arXiv 2602.01905): a fresh decoder trained on frozen features.
+"""Reconstruction probe (arXiv 2602.01905): a fresh decoder trained on frozen features;
+``stellar eval recon``.
 
 A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decoder width, 6
 blocks by default, **pixel** head) learns to rebuild the image from one frozen feature grid
@@ -14,8 +15,8 @@ with ``fp16``; images uint8), so each epoch costs only the decoder.
 
 from __future__ import annotations
 
+import argparse
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
@@ -24,12 +25,25 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
-from tqdm.auto import tqdm
 
-from stellar.eval.extract import encode_batch
+from stellar.errors import UsageError, nonneg_float, nonneg_int, positive_float, positive_int
+from stellar.eval.common import (
+    KEY,
+    MODEL,
+    add_common,
+    add_keys,
+    check_folder,
+    format_table,
+    load_entries,
+    metric,
+    resolution,
+    resolve_keys,
+)
+from stellar.eval.encoder import Encoder, encode_batch
 from stellar.eval.fid import fid_from_features
 from stellar.eval.images import EvalImages, decodable_batches
 from stellar.eval.metrics import psnr, ssim
+from stellar.eval.probe import fit_probe, shuffled_batches
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
@@ -48,20 +62,8 @@ PIXEL_LOSS_WEIGHT = 10.0
 DEFAULT_DEPTH = 6
 
 
-def _init_weights(module: nn.Module) -> None:
-    """STELLAR's init for a fresh decoder: trunc-normal(0.02) weights, zero biases, unit LNs."""
-    for m in module.modules():
-        if isinstance(m, nn.Linear | nn.Conv2d | nn.ConvTranspose2d):
-            nn.init.trunc_normal_(m.weight, std=0.02)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias)
-        elif isinstance(m, nn.LayerNorm):
-            nn.init.ones_(m.weight)
-            nn.init.zeros_(m.bias)
-
-
 def fresh_decoder(
-    model: nn.Module, depth: int = DEFAULT_DEPTH, seed: int = 0
+    model: Encoder, depth: int = DEFAULT_DEPTH, seed: int = 0
 ) -> ReconstructionDecoder:
     """A newly initialised pixel-head decoder sized for ``model``'s features.
 
@@ -88,13 +90,16 @@ def fresh_decoder(
             fourier_features=cfg.fourier_features,
             eps=cfg.encoder.layer_norm_eps,
         )
-        _init_weights(decoder)
+        # the decoder initialises its own layers; the pixel head's transposed conv, left at
+        # PyTorch's default there, gets the same truncated normal here
+        nn.init.trunc_normal_(decoder.head.weight, std=0.02)
+        nn.init.zeros_(decoder.head.bias)
     return decoder.train()
 
 
 @torch.inference_mode()
 def cache_features(
-    model: nn.Module,
+    model: Encoder,
     dataset: EvalImages,
     key: str,
     batch_size: int = 64,
@@ -182,37 +187,24 @@ def train_recon_probe(
         raise ValueError(f"expected {grid[0] * grid[1]} tokens per grid, got {features.shape[1]}")
     if epochs < 1 or batch_size < 1:
         raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
-    decoder.to(device).train()
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=lr, weight_decay=weight_decay)
-    total = epochs * math.ceil(n / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
+    decoder.to(device)
     gen = torch.Generator().manual_seed(seed)
-    history: list[dict[str, float]] = []
-    bar = tqdm(range(epochs), desc="reconstruction probe", disable=not progress)
-    for epoch in bar:
-        order = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            x = features[idx].to(device).float()
-            target = _to_float(images[idx], device)
-            x_hat = decoder.head_output(decoder.forward_features(x, grid), grid)
-            loss = PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, target)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * idx.numel()
-        record = {"epoch": epoch + 1, "loss": (loss_sum / n).item()}
-        if val is not None and eval_every > 0 and ((epoch + 1) % eval_every == 0):
-            rec = reconstruct_features(decoder, val[0], grid, batch_size, device)
-            record["val_psnr"] = psnr(rec, val[1].float() / 255).mean().item()
-        history.append(record)
-        bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
-        logger.debug("reconstruction probe %s", record)
-    return history
+
+    def loss_of(idx: Tensor) -> tuple[Tensor, int]:
+        x = features[idx].to(device).float()
+        x_hat = decoder.head_output(decoder.forward_features(x, grid), grid)
+        return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, _to_float(images[idx], device)), idx.numel()
+
+    def after_epoch(epoch: int) -> dict[str, float]:
+        if val is None or eval_every < 1 or (epoch + 1) % eval_every:
+            return {}
+        rec = reconstruct_features(decoder, val[0], grid, batch_size, device)
+        return {"val_psnr": psnr(rec, val[1].float() / 255).mean().item()}
+
+    return fit_probe(
+        decoder, epochs, -(-n // batch_size), lambda epoch: shuffled_batches(n, batch_size, gen),
+        loss_of, lr, weight_decay, device, "reconstruction probe", progress, after_epoch,
+    )  # fmt: skip
 
 
 @torch.no_grad()
@@ -294,7 +286,7 @@ def save_reconstruction_grid(
 
 
 def run_recon(
-    model: nn.Module,
+    model: Encoder,
     train: EvalImages,
     val: EvalImages,
     key: str,
@@ -352,3 +344,100 @@ def run_recon(
     if grid_png is not None:
         metrics["grid_png"] = str(save_reconstruction_grid(va_img, recons, grid_png))
     return metrics
+
+
+# ---------------------------------------------------------------------------- stellar eval recon
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``stellar eval recon``."""
+    add_common(p)
+    add_keys(p, ("lowrank", "dense"), ("dense",))
+    p.add_argument("--train", default=None, help="training folder")
+    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--lr", type=positive_float, default=1e-4)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--decoder-depth", type=positive_int, default=6)
+    p.add_argument("--target", default="pixel", help="pixel (the VQ target is not implemented)")
+    p.add_argument(
+        "--eval-every",
+        type=nonneg_int,
+        default=0,
+        help="val PSNR every N epochs (0: only at the end)",
+    )
+    p.add_argument("--fp16-features", action="store_true", help="cache features as float16")
+    p.add_argument("--lpips-vgg", default=None, help="torchvision vgg16 state dict (local)")
+    p.add_argument("--lpips-weights", default=None, help="lpips v0.1 vgg.pth (local)")
+    p.add_argument("--fid-weights", default=None, help="pt_inception-2015-12-05 .pth (local)")
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One row per model: PSNR, SSIM, LPIPS, rFID of a fresh decoder on frozen features."""
+    from stellar.eval.fid import load_fid_inception
+    from stellar.eval.lpips import load_lpips
+    from stellar.runtime import pick_device
+
+    key, baseline_key = resolve_keys(args)
+    if args.target != "pixel":
+        raise UsageError(
+            f"--target {args.target!r}: only the pixel target is implemented (the VQ target "
+            "would need the MaskGIT-VQGAN tokenizer)"
+        )
+    train_dir = check_folder(args.train, "--train")
+    val_dir = check_folder(args.val, "--val")
+    if (args.lpips_vgg is None) != (args.lpips_weights is None):
+        raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
+    for flag, path in (
+        ("--lpips-vgg", args.lpips_vgg),
+        ("--lpips-weights", args.lpips_weights),
+        ("--fid-weights", args.fid_weights),
+    ):
+        if path is not None and not Path(path).is_file():
+            raise UsageError(f"{flag} {path!r} is not a file")
+    device = pick_device(args.device)
+    unavailable = {}
+    lpips_net = fid_net = None
+    if args.lpips_vgg is not None:
+        lpips_net = load_lpips(args.lpips_vgg, args.lpips_weights, device)
+    else:
+        unavailable["lpips"] = "no weights: pass --lpips-vgg and --lpips-weights (local files)"
+    if args.fid_weights is not None:
+        fid_net = load_fid_inception(args.fid_weights, device)
+    else:
+        unavailable["rfid"] = "no weights: pass --fid-weights (pt_inception-2015-12-05 .pth)"
+    for name, why in unavailable.items():
+        logger.warning("%s not computed: %s", name, why)
+    entries = load_entries(args, key, baseline_key)
+    for e in entries[1:]:  # the baseline's probe decoder gets STELLAR's decoder size
+        e.model.config.decoder = entries[0].model.config.decoder
+        e.model.config.fourier_features = entries[0].model.config.fourier_features
+    rows = []
+    for i, e in enumerate(entries):
+        res = resolution(args, e.model)
+        metrics = run_recon(
+            e.model, EvalImages(train_dir, res), EvalImages(val_dir, res), e.key,
+            depth=args.decoder_depth, epochs=args.epochs, lr=args.lr,
+            weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
+            num_workers=args.num_workers, fp16=args.fp16_features, eval_every=args.eval_every,
+            lpips_net=lpips_net, fid_net=fid_net,
+            grid_png=args.out_dir / f"reconstructions_{i}_{e.kind}.png",
+            progress=not args.no_progress,
+        )  # fmt: skip
+        if fid_net is not None and metrics["rfid"] is None:
+            unavailable["rfid"] = "needs at least 2 validation images"
+        rows.append(e.row(**metrics))
+    return {"rows": rows, "unavailable": unavailable, "target": "pixel"}
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """The printed result, and why a metric is missing."""
+    cols = [
+        MODEL,
+        KEY,
+        ("PSNR dB", lambda r: metric(".2f")(r["psnr"])),
+        ("SSIM", lambda r: metric(".4f")(r["ssim"])),
+        ("LPIPS", lambda r: metric(".4f")(r["lpips"])),
+        ("rFID", lambda r: metric(".2f")(r["rfid"])),
+        ("untrained PSNR", lambda r: metric(".2f")(r["initial_psnr"])),
+    ]
+    notes = [f"{k}: {v}" for k, v in result.get("unavailable", {}).items()]
+    return [format_table(cols, result["rows"]), *notes]

@@ -1,4 +1,4 @@
-"""Linear segmentation probe and dataset-level mIoU (the paper's evaluation protocols).
+"""Linear segmentation probe and dataset-level mIoU (arXiv 2602.01905): ``stellar eval seg``.
 
 Probe = BatchNorm2d(d) -> 1x1 Conv2d(d, classes) on the frozen ``dense`` grid, logits
 upsampled bilinearly to the label size, cross-entropy with ignore label 255.
@@ -11,13 +11,33 @@ but absent from the targets has IoU 0 and counts.
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
+from pathlib import Path
+from typing import Any
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+
+from stellar.errors import UsageError, nonneg_float, positive_float, positive_int
+from stellar.eval.common import (
+    KEY,
+    MODEL,
+    add_common,
+    add_keys,
+    format_table,
+    load_entries,
+    percent,
+    resolution,
+    resolve_keys,
+)
+from stellar.eval.encoder import Encoder
+from stellar.eval.extract import extract_features
+from stellar.eval.images import EvalImages
+from stellar.eval.probe import fit_probe, shuffled_batches
+from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -212,7 +232,7 @@ def train_segmentation_probe(
 ) -> tuple[SegmentationProbe, dict]:
     """Train a :class:`SegmentationProbe` on cached dense grids.
 
-    AdamW with per-step cosine decay to 0 (the paper fixes the probe, not the optimiser).
+    AdamW with per-step cosine decay to 0 (:func:`stellar.eval.probe.fit_probe`).
     Deterministic for a given seed and device; the global RNG is left untouched.
 
     Args:
@@ -255,34 +275,18 @@ def train_segmentation_probe(
         probe = SegmentationProbe(dim, num_classes)
     probe = probe.to(device)
     gen = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    total = epochs * math.ceil(n / batch_size)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
-    )
     out_size = tuple(train_masks.shape[-2:])
 
-    probe.train()
-    bar = tqdm(range(epochs), desc="segmentation probe", disable=not progress, leave=False)
-    for epoch in bar:
-        order = torch.randperm(n, generator=gen)
-        loss_sum = torch.zeros((), device=device)
-        for i in range(0, n, batch_size):
-            idx = order[i : i + batch_size]
-            logits = probe(train_dense[idx].to(device), out_size, layout)
-            target = train_masks[idx].to(device).long()
-            loss = F.cross_entropy(logits, target, ignore_index=ignore_index)
-            if not torch.isfinite(loss):
-                # a batch whose pixels are all ignored has a NaN mean loss; skip it
-                continue
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-            scheduler.step()
-            loss_sum += loss.detach() * idx.numel()
-        mean_loss = (loss_sum / n).item()
-        bar.set_postfix(loss=f"{mean_loss:.4f}")
-        logger.debug("segmentation probe epoch %d/%d loss %.4f", epoch + 1, epochs, mean_loss)
+    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
+        logits = probe(train_dense[idx].to(device), out_size, layout)
+        target = train_masks[idx].to(device).long()
+        return F.cross_entropy(logits, target, ignore_index=ignore_index), idx.numel()
+
+    # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
+    fit_probe(
+        probe, epochs, -(-n // batch_size), lambda epoch: shuffled_batches(n, batch_size, gen),
+        loss_of, lr, weight_decay, device, "segmentation probe", progress, skip_nonfinite=True,
+    )  # fmt: skip
 
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
@@ -303,3 +307,125 @@ def _infer_dim(dense: torch.Tensor, layout: str) -> int:
         # (N, D, h, w) grids have h == w in practice; (N, h, w, D) have shape[1] == shape[2]
         return dense.shape[1] if dense.shape[2] == dense.shape[3] else dense.shape[-1]
     return dense.shape[-1]
+
+
+@torch.inference_mode()
+def _grid_features(
+    model: Encoder,
+    images: list[Path],
+    key: str,
+    res: int,
+    batch_size: int,
+    workers: int,
+    progress: bool,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``key`` grids (N, n, d) float16 of images stretched to the resolution, and their index."""
+    dataset = EvalImages(images, res, crop=False)
+    out = extract_features(model, dataset, [key], batch_size, workers, fp16=True, progress=progress)
+    return out[key], out["index"]
+
+
+def run_seg(
+    model: Encoder,
+    key: str,
+    train: SegmentationSplit,
+    val: SegmentationSplit,
+    train_masks: torch.Tensor,
+    val_masks: torch.Tensor,
+    num_classes: int,
+    resolution: int,
+    epochs: int = 20,
+    lr: float = 1e-3,
+    weight_decay: float = 1e-4,
+    batch_size: int = 16,
+    seed: int = 0,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Segmentation probe on the frozen ``key`` grid of one model, dataset-level mIoU.
+
+    Images are stretched to ``resolution`` squared (nothing is cut off) and their label maps
+    were resized to the same square with nearest sampling (:func:`load_label_maps`), so the
+    metric is measured at the evaluation resolution.
+
+    Returns:
+        ``{"miou", "pixel_acc"}`` in [0, 1] and ``iou_per_class`` (list, None where a class is
+        absent from both prediction and target).
+    """
+    common = (key, resolution, batch_size, num_workers, progress)
+    x_tr, idx_tr = _grid_features(model, train.images, *common)
+    x_va, idx_va = _grid_features(model, val.images, *common)
+    _, metrics = train_segmentation_probe(
+        x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, epochs, lr,
+        weight_decay, batch_size, seed=seed, device=model.device, layout="auto",
+        progress=progress,
+    )  # fmt: skip
+    iou = metrics["iou_per_class"].tolist()
+    return {
+        "miou": metrics["miou"],
+        "pixel_acc": metrics["pixel_acc"],
+        "iou_per_class": [None if math.isnan(v) else v for v in iou],
+    }
+
+
+# ---------------------------------------------------------------------------- stellar eval seg
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    """Options of ``stellar eval seg``."""
+    add_common(p)
+    add_keys(p, ("dense", "lowrank"), ("dense",))
+    p.add_argument("--train", default=None, help="training folder")
+    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--num-classes", type=positive_int, required=True)
+    p.add_argument(
+        "--reduce-zero-label", action="store_true", help="ADE20K: 0 -> ignore, k -> k - 1"
+    )
+    p.add_argument("--epochs", type=positive_int, default=20)
+    p.add_argument("--lr", type=positive_float, default=1e-3)
+    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    p.add_argument("--probe-batch-size", type=positive_int, default=16)
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    """One row per model: mIoU and pixel accuracy on the validation split."""
+    key, baseline_key = resolve_keys(args)
+    if args.train is None:
+        raise UsageError("expected --train: a segmentation folder (ADE20K or images/ + masks/)")
+    if not 1 <= args.num_classes < 255:
+        raise UsageError(f"expected 1 <= --num-classes < 255, got {args.num_classes}")
+    train = find_split(args.train, "train")
+    val = find_split(args.val or args.train, "val")
+    if val.images == train.images:
+        logger.warning("no separate validation split: mIoU is measured on the training images")
+    entries = load_entries(args, key, baseline_key)
+    progress = not args.no_progress
+    masks: dict[int, tuple[torch.Tensor, ...]] = {}
+    for e in entries:  # every label map is read and checked before any feature is computed
+        res = resolution(args, e.model)
+        if res not in masks:
+            masks[res] = tuple(
+                load_label_maps(
+                    s.labels, res, args.num_classes, args.reduce_zero_label, progress=progress
+                )
+                for s in (train, val)
+            )
+    rows = []
+    for e in entries:
+        res = resolution(args, e.model)
+        metrics = run_seg(
+            e.model, e.key, train, val, *masks[res], args.num_classes, res, epochs=args.epochs,
+            lr=args.lr, weight_decay=args.weight_decay, batch_size=args.probe_batch_size,
+            seed=args.seed, num_workers=args.num_workers, progress=progress,
+        )  # fmt: skip
+        rows.append(e.row(**metrics, num_train=len(train), num_val=len(val)))
+    return {"rows": rows, "layout": {"train": train.layout, "val": val.layout}}
+
+
+def tables(result: dict[str, Any]) -> list[str]:
+    """The printed result."""
+    cols = [
+        MODEL,
+        KEY,
+        ("mIoU %", lambda r: percent(r["miou"])),
+        ("pixel acc %", lambda r: percent(r["pixel_acc"])),
+    ]
+    return [format_table(cols, result["rows"])]

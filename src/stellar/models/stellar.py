@@ -45,6 +45,9 @@ class STELLAR(nn.Module):
             online-clustering heads.
     """
 
+    # The outputs of encode() a probe may read (the evaluation protocols' encoder contract).
+    feature_keys: tuple[str, ...] = ("sparse", "cls", "dense", "lowrank")
+
     def __init__(self, config: StellarConfig, purpose: Purpose = "encode") -> None:
         super().__init__()
         if purpose not in PURPOSES:

@@ -26,6 +26,8 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
+from stellar.errors import UsageError, positive_int
+from stellar.eval.common import writable_folder
 from stellar.eval.images import EvalImages, make_loader
 from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import (
@@ -159,18 +161,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
     parser.add_argument(
         "--resolution",
-        type=int,
+        type=positive_int,
         default=None,
         help="input side, a multiple of the patch size (default: the model's native size)",
     )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
-    parser.add_argument("--max-images", type=int, default=None, help="draw at most N images")
-    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument(
+        "--max-images", type=positive_int, default=None, help="draw at most N images"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument(
         "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
     )
     parser.add_argument(
-        "--cell-size", type=int, default=None, help="panel side in the figure (default min(R, 448))"
+        "--cell-size",
+        type=positive_int,
+        default=None,
+        help="panel side in the figure (default min(R, 448))",
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
@@ -184,29 +191,22 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stellar viz``."""
     from stellar.hub import inspect_model
 
-    # Every argument is checked before the model's weights are read.
-    if args.max_images is not None and args.max_images < 1:
-        raise ValueError(f"expected --max-images >= 1, got {args.max_images}")
-    if args.resolution is not None and args.resolution < 1:
-        raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
-    if args.batch_size < 1:
-        raise ValueError(f"expected --batch-size >= 1, got {args.batch_size}")
+    # Every argument is checked before the model's weights are read (numbers: by argparse).
     info = inspect_model(args.model)  # config and decoder presence from the header only
     p = info.config.encoder.patch_size
     resolution = args.resolution or info.config.encoder.image_size
     if resolution < p or resolution % p:
-        raise ValueError(
+        raise UsageError(
             f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
         )
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
+    out_dir = writable_folder(args.out)
     device = pick_device(args.device)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     model, why = load_for_viz(info.spec, args.vq_model, device, info=info)
     subset = dataset
     if args.max_images is not None and args.max_images < len(dataset):
         subset = Subset(dataset, range(args.max_images))
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
     cell = args.cell_size or min(resolution, 448)
     grid = (resolution // p, resolution // p)
     grid_text = f"{grid[0]}x{grid[1]}"
@@ -249,7 +249,7 @@ def run(args: argparse.Namespace) -> int:
                 }
             )
     if not records:
-        raise ValueError(f"expected at least one readable image among {args.images}, found none")
+        raise UsageError(f"expected at least one readable image among {args.images}, found none")
     r = model.num_tokens
     summary = {
         "model": str(args.model),

@@ -17,7 +17,6 @@ checkpoint still matches and a retrained one does not), r, d, the patch size and
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
 import logging
 import os
@@ -35,6 +34,9 @@ from torch.utils.data import Dataset
 
 from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import load_rgb
+from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.common import writable_folder
+from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
 from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
@@ -95,7 +97,7 @@ class TokenIndex:
         path = Path(directory)
         path = path / INDEX_FILE if path.is_dir() else path
         if not path.is_file():
-            raise ValueError(f"expected a token index at {path}, found none")
+            raise UsageError(f"expected a token index at {path}, found none")
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
             tensors = {k: f.get_tensor(k) for k in ("vectors", "image", "token")}
@@ -108,23 +110,8 @@ class TokenIndex:
         )
 
 
-def weights_fingerprint(model: Any) -> str:
-    """A short hash identifying a model's weights (what a saved index was built with).
-
-    Hashes the concept tokens, the patch embedding and the sparse projection: cheap (no full
-    pass over the weights), independent of the file's path or time stamps, and different
-    for any two trained or differently seeded models.
-    """
-    digest = hashlib.sha256()
-    for tensor in (model.sparse_tokens, model.encoder.patch_embed.weight, model.sparse_proj.weight):
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
-
-
 def build_token_index(
-    model: Any,
+    model: Encoder,
     dataset: Dataset,
     batch_size: int = 64,
     num_workers: int = 0,
@@ -149,9 +136,8 @@ def build_token_index(
     paths: list[str] = []
     with torch.inference_mode():
         for batch in decodable_batches(dataset, batch_size, num_workers, False, "index", progress):
-            with autocast(model.device):
-                out = model.encode(batch["image"].to(model.device))
-            sparse.append(F.normalize(out["sparse"].float(), dim=-1).cpu())
+            out = encode_batch(model, batch["image"], ["sparse"])
+            sparse.append(F.normalize(out["sparse"], dim=-1))
             paths.extend(batch["path"])
     tokens = torch.cat(sparse)  # (N, r, d)
     n, r, d = tokens.shape
@@ -261,8 +247,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
     parser.add_argument("--data", default=None, help="image folder to index")
     parser.add_argument("--query", required=True, help="the query image file")
-    parser.add_argument("--token", type=int, required=True, help="concept token index of the query")
-    parser.add_argument("--k", type=int, default=8, help="number of neighbours")
+    parser.add_argument(
+        "--token", type=nonneg_int, required=True, help="concept token index of the query"
+    )
+    parser.add_argument("--k", type=positive_int, default=8, help="number of neighbours")
     parser.add_argument("--out", required=True, help="output folder (figure, results.json)")
     parser.add_argument(
         "--index-dir",
@@ -271,16 +259,18 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "(default: OUT/index)",
     )
     parser.add_argument(
-        "--resolution", type=int, default=None, help="input side (default: the model's native)"
+        "--resolution", type=positive_int, default=None, help="input side (default: native)"
     )
-    parser.add_argument("--batch-size", type=int, default=64)
-    parser.add_argument("--num-workers", type=int, default=4)
-    parser.add_argument("--cell-size", type=int, default=160, help="image side in the figure")
+    parser.add_argument("--batch-size", type=positive_int, default=64)
+    parser.add_argument("--num-workers", type=nonneg_int, default=4)
+    parser.add_argument(
+        "--cell-size", type=positive_int, default=160, help="image side in the figure"
+    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 
 
 def _encode_files(
-    model: Any, paths: list[str], resolution: int
+    model: Encoder, paths: list[str], resolution: int
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """{position in ``paths``: (image, spatial)} for the decodable files."""
     dataset = EvalImages(paths, resolution, resize_ratio=1.0)
@@ -305,15 +295,15 @@ def _collection(data: str) -> str:
 
 def _check_query(path: str) -> None:
     if not Path(path).is_file():
-        raise ValueError(f"expected --query an existing image file, got {path}")
+        raise UsageError(f"expected --query an existing image file, got {path}")
     try:
         load_rgb(path)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise ValueError(f"expected a readable query image, got {path} ({err})") from err
+        raise UsageError(f"expected a readable query image, got {path} ({err})") from err
 
 
-def _refuse_reuse(index_dir: Path, problem: str) -> ValueError:
-    return ValueError(
+def _refuse_reuse(index_dir: Path, problem: str) -> UsageError:
+    return UsageError(
         f"the index in {index_dir} {problem}, so it cannot be reused: pass a new --out (or "
         f"--index-dir) to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
     )
@@ -342,7 +332,7 @@ def _check_reusable(
         raise _refuse_reuse(index_dir, f"indexes {indexed}, not --data {args.data}")
 
 
-def _check_same_weights(index: TokenIndex, index_dir: Path, model: Any, spec: str) -> None:
+def _check_same_weights(index: TokenIndex, index_dir: Path, model: Encoder, spec: str) -> None:
     built, ours = index.meta.get("weights"), weights_fingerprint(model)
     if built != ours:
         raise _refuse_reuse(
@@ -356,35 +346,26 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stellar retrieve``."""
     from stellar.hub import inspect_model, load_model
 
-    # Every argument is checked before the weights are read or anything is indexed.
-    if args.k < 1:
-        raise ValueError(f"expected --k >= 1, got {args.k}")
-    if args.token < 0:
-        raise ValueError(f"expected --token >= 0, got {args.token}")
-    if args.resolution is not None and args.resolution < 1:
-        raise ValueError(f"expected --resolution >= 1, got {args.resolution}")
-    if args.batch_size < 1 or args.num_workers < 0:
-        raise ValueError(
-            f"expected --batch-size >= 1 and --num-workers >= 0, got {args.batch_size} and "
-            f"{args.num_workers}"
-        )
+    # Every argument is checked before the weights are read or anything is indexed (numbers:
+    # by argparse).
     _check_query(args.query)
     info = inspect_model(args.model)  # the architecture from the header, not the weights
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
-        raise ValueError(f"expected --token in [0, {r}), got {args.token}")
+        raise UsageError(f"expected --token in [0, {r}), got {args.token}")
     resolution = args.resolution or info.config.encoder.image_size
     if resolution < p or resolution % p:
-        raise ValueError(
+        raise UsageError(
             f"expected --resolution a multiple of the patch size {p}, got {resolution}"
         )
-    index_dir = Path(args.index_dir) if args.index_dir else Path(args.out) / "index"
+    out = writable_folder(args.out)
+    index_dir = Path(args.index_dir) if args.index_dir else out / "index"
     index, dataset = None, None
     if (index_dir / INDEX_FILE).is_file():
         index = TokenIndex.load(index_dir)
         _check_reusable(index, index_dir, args, info.config)
     elif args.data is None:
-        raise ValueError(f"expected --data to build an index (none in {index_dir})")
+        raise UsageError(f"expected --data to build an index (none in {index_dir})")
     else:
         dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
 
@@ -417,7 +398,7 @@ def run(args: argparse.Namespace) -> int:
     try:
         q_image = query.load(0)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise ValueError(f"expected a readable query image, got {args.query} ({err})") from err
+        raise UsageError(f"expected a readable query image, got {args.query} ({err})") from err
     with torch.inference_mode(), autocast(device):
         q_out = model.encode(q_image[None].to(device))
     q_vec = q_out["sparse"][0, args.token].float().cpu()
@@ -440,8 +421,6 @@ def run(args: argparse.Namespace) -> int:
         results.append((*by_image[img], tok, sim, Path(path).name))
     q_spatial = q_out["spatial"][0].float().cpu()
     figure = render_retrieval((q_image, q_spatial, args.token), results, grid, cell=args.cell_size)
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
     summary = {
         "query": args.query,

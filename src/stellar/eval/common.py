@@ -1,0 +1,242 @@
+"""What every ``stellar eval`` protocol shares: the common options, the models of a run (STELLAR
+and the optional baseline, as :class:`~stellar.eval.encoder.Encoder` rows), input-folder
+checks, the output folder and the result tables.
+
+Each protocol module (:mod:`~stellar.eval.linear`, :mod:`~stellar.eval.knn`,
+:mod:`~stellar.eval.segmentation`, :mod:`~stellar.eval.recon_probe`,
+:mod:`~stellar.eval.invariance`) provides ``add_arguments(parser)``, ``run(args) -> result``
+and ``tables(result) -> list[str]``; :mod:`stellar.eval.command` dispatches to them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from stellar.data.folder import ImageFolder
+from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.baseline import load_baseline
+from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder
+from stellar.runtime import pick_device
+
+__all__ = [
+    "Entry",
+    "add_common",
+    "add_keys",
+    "check_folder",
+    "check_labelled_folder",
+    "format_table",
+    "load_entries",
+    "metric",
+    "percent",
+    "resolution",
+    "resolve_keys",
+    "writable_folder",
+    "write_json",
+]
+
+METRICS_NAME = "metrics.json"
+
+
+# ---------------------------------------------------------------------------- options
+def add_common(p: argparse.ArgumentParser) -> None:
+    """The options every protocol has."""
+    p.add_argument("--model", required=True, help="STELLAR checkpoint path, run dir or model name")
+    p.add_argument(
+        "--baseline", default=None, help="add a plain-ViT row: mae:PATH or vit:PATH (local files)"
+    )
+    p.add_argument("--out", default=None, help="output folder (default: eval-<protocol>)")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
+    p.add_argument("--num-workers", type=nonneg_int, default=0, help="image decoding workers")
+    p.add_argument(
+        "--resolution", type=positive_int, default=None, help="input side (default: native)"
+    )
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+
+
+def add_keys(p: argparse.ArgumentParser, ours: Sequence[str], theirs: Sequence[str]) -> None:
+    """``--key`` (STELLAR, default ``ours[0]``) and ``--baseline-key``."""
+    p.add_argument("--key", default=ours[0], help=f"STELLAR feature: {' | '.join(ours)}")
+    p.add_argument(
+        "--baseline-key",
+        default=None,
+        help=f"baseline feature: {' | '.join(theirs)} (default: --key if possible, else dense)",
+    )
+    p.set_defaults(key_choices=(tuple(ours), tuple(theirs)))
+
+
+def resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
+    """(STELLAR key, baseline key or None), checked against what each model produces."""
+    ours, theirs = args.key_choices
+    if args.key not in ours:
+        raise UsageError(
+            f"--key {args.key!r} cannot be used by `stellar eval {args.protocol}`: expected one of "
+            f"{', '.join(ours)} (STELLAR produces {', '.join(STELLAR_KEYS)})"
+        )
+    if args.baseline is None:
+        if args.baseline_key is not None:
+            raise UsageError("--baseline-key needs --baseline mae:PATH or vit:PATH")
+        return args.key, None
+    key = args.baseline_key
+    if key is None:
+        key = args.key if args.key in theirs else theirs[-1]
+    if key not in theirs:
+        raise UsageError(
+            f"--baseline-key {key!r}: a plain ViT baseline produces only "
+            f"{', '.join(BASELINE_KEYS)} (no concept tokens); `stellar eval {args.protocol}` "
+            f"can use {', '.join(theirs)}"
+        )
+    return args.key, key
+
+
+# ---------------------------------------------------------------------------- input folders
+def _scan(root: str | None, what: str) -> ImageFolder:
+    """The images of a folder (scanned only, nothing decoded)."""
+    if root is None:
+        raise UsageError(f"expected {what}: pass a folder of images")
+    path = Path(root)
+    if not path.is_dir():
+        raise UsageError(f"expected {what} to be a folder, got {str(path)!r}")
+    try:
+        return ImageFolder(path)
+    except ValueError:
+        raise UsageError(f"expected image files in {what} {str(path)!r}, found none") from None
+
+
+def check_folder(root: str | None, what: str) -> Path:
+    """A folder that holds images."""
+    return _scan(root, what).root
+
+
+def check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
+    """A folder of images in class sub-folders, and the names of those classes."""
+    folder = _scan(root, what)
+    return folder.root, set(folder.require_labels(what))
+
+
+# ---------------------------------------------------------------------------- models
+class Entry:
+    """One table row to compute: a model, its label, kind (stellar | baseline) and feature key."""
+
+    def __init__(self, name: str, kind: str, model: Encoder | None, key: str | None) -> None:
+        self.name, self.kind, self.model, self.key = name, kind, model, key
+
+    def row(self, **metrics: Any) -> dict[str, Any]:
+        """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
+        return {"model": self.name, "kind": self.kind, "key": self.key, **metrics}
+
+
+def resolution(args: argparse.Namespace, model: Encoder) -> int:
+    """``--resolution`` or the model's native input side, a multiple of its patch size."""
+    res = args.resolution or model.config.encoder.image_size
+    if res % model.patch_size:
+        raise UsageError(
+            f"expected --resolution divisible by the patch size {model.patch_size}, got {res}"
+        )
+    return res
+
+
+def load_entries(
+    args: argparse.Namespace, key: str | None, baseline_key: str | None, load_stellar: bool = True
+) -> list[Entry]:
+    """The rows of a run: ``--model`` (unless ``load_stellar`` is False) and ``--baseline``."""
+    from stellar.hub import load_model
+
+    device = pick_device(args.device)
+    torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
+    model = load_model(args.model, purpose="encode", device=device) if load_stellar else None
+    entries = [Entry(str(args.model), "stellar", model, key)]
+    if args.baseline is not None:
+        base = load_baseline(args.baseline, device=device)
+        entries.append(Entry(base.name, "baseline", base, baseline_key))
+    for e in entries:
+        if e.model is not None:
+            resolution(args, e.model)
+            if e.key is not None and e.key not in e.model.feature_keys:
+                raise UsageError(f"{e.name} does not produce {e.key!r}")
+    return entries
+
+
+# ---------------------------------------------------------------------------- output
+def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
+    """Create ``path`` if needed and check that files can be written in it, before any work.
+
+    Raises:
+        UsageError: it is a file, or cannot be created or written.
+    """
+    out = Path(path)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"{flag} {str(out)!r} is a file; expected a folder for the outputs")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
+            pass
+    except OSError as err:
+        raise UsageError(f"{flag} {str(out)!r} is not a writable folder ({err.strerror})") from None
+    return out
+
+
+def _jsonable(x: Any) -> Any:
+    if isinstance(x, dict):
+        return {str(k): _jsonable(v) for k, v in x.items()}
+    if isinstance(x, list | tuple):
+        return [_jsonable(v) for v in x]
+    if isinstance(x, torch.Tensor):
+        return _jsonable(x.tolist())
+    if isinstance(x, float) and not math.isfinite(x):
+        return None
+    if isinstance(x, Path):
+        return str(x)
+    return x
+
+
+def write_json(path: Path, payload: Any) -> Path:
+    """``payload`` as indented JSON (tensors as lists, NaN/inf as null), written atomically."""
+    from stellar.checkpoint.io import atomic_write
+
+    text = json.dumps(_jsonable(payload), indent=2)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
+def percent(v: Any) -> str:
+    """A fraction as a percentage with two decimals ("n/a" for None / NaN)."""
+    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
+
+
+def metric(fmt: str) -> Callable[[Any], str]:
+    """A cell formatter for a number ("n/a" for None / NaN)."""
+
+    def cell(v: Any) -> str:
+        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+
+    return cell
+
+
+Column = tuple[str, Callable[[dict], str]]
+MODEL: Column = ("model", lambda r: str(r["model"]))
+KEY: Column = ("key", lambda r: str(r.get("key")))
+
+
+def format_table(columns: Sequence[Column], rows: Sequence[dict]) -> str:
+    """A plain-text table: one column per ``(header, cell(row) -> str)``."""
+    cells = [[h for h, _ in columns]] + [[fn(r) for _, fn in columns] for r in rows]
+    widths = [max(len(row[i]) for row in cells) for i in range(len(columns))]
+    lines = [
+        "  ".join(
+            c.ljust(w) if i == 0 else c.rjust(w)
+            for i, (c, w) in enumerate(zip(row, widths, strict=True))
+        )
+        for row in cells
+    ]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)

@@ -1,0 +1,298 @@
+"""Pooled, labelled features of the classification protocols (linear probe and kNN).
+
+- Features: the model's output ``key`` mean-pooled over its tokens, computed batch by batch
+  (the token axis never accumulates), from the deterministic evaluation view (shorter side ->
+  256/224 of the resolution, centre crop), or read from a ``stellar extract`` folder.
+- Labels: class sub-folders; the validation classes are mapped onto the training classes by
+  name, so a validation folder may hold a subset of the classes (an unknown class is an error).
+- A feature folder is used only with the model it was extracted by: its recorded weights
+  fingerprint and preprocessing must match the ``--model`` of the run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor
+
+from stellar.errors import UsageError
+from stellar.eval.common import Entry, check_labelled_folder, load_entries, resolution, resolve_keys
+from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
+from stellar.eval.extract import load_features, stored_classes
+from stellar.eval.images import EvalImages, decodable_batches
+
+__all__ = [
+    "EVAL_RESIZE_RATIO",
+    "LabelledFeatures",
+    "align_val",
+    "class_indices",
+    "classification_setup",
+    "features_from_dir",
+    "labelled_features",
+    "pool_features",
+    "pooled_features",
+]
+
+logger = logging.getLogger(__name__)
+
+EVAL_RESIZE_RATIO = 256 / 224
+
+
+def pool_features(x: Tensor) -> Tensor:
+    """Mean over tokens: (N, T, D) -> (N, D); (N, D) features are returned as they are."""
+    if x.dim() == 3:
+        return x.mean(dim=1)
+    if x.dim() == 2:
+        return x
+    raise ValueError(f"expected features of shape (N, T, D) or (N, D), got {tuple(x.shape)}")
+
+
+class LabelledFeatures:
+    """Pooled features with labels and the class names the labels index.
+
+    Attributes:
+        x: (N, d) float32 features.
+        y: (N,) int64 labels.
+        classes: class names, ``classes[y[i]]`` is the class of row i (None when unknown).
+    """
+
+    def __init__(self, x: Tensor, y: Tensor, classes: list[str] | None) -> None:
+        self.x, self.y, self.classes = x, y, classes
+
+    def __len__(self) -> int:
+        return self.x.shape[0]
+
+
+def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]) -> Tensor:
+    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order.
+
+    Raises:
+        UsageError: a class of ``names`` used by ``labels`` is not in ``reference``.
+    """
+    index = {c: k for k, c in enumerate(reference)}
+    used = sorted({names[i] for i in labels.unique().tolist()})
+    unknown = [c for c in used if c not in index]
+    if unknown:
+        raise UsageError(
+            f"validation classes {unknown[:10]} do not exist in the training set "
+            f"({len(reference)} classes); expected the same class folder names"
+        )
+    table = torch.tensor([index.get(c, -1) for c in names], dtype=torch.int64)
+    return table[labels.long()]
+
+
+@torch.inference_mode()
+def pooled_features(
+    model: Encoder,
+    dataset: EvalImages,
+    key: str,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> tuple[Tensor, Tensor]:
+    """Mean-pooled ``key`` features of a dataset: ``(x (N, d) float32, labels (N,) int64)``."""
+    xs, ys = [], []
+    pin = model.device.type == "cuda"
+    batches = decodable_batches(dataset, batch_size, num_workers, pin, f"features[{key}]", progress)
+    for batch in batches:
+        out = encode_batch(model, batch["image"], [key])
+        xs.append(pool_features(out[key]).float())
+        ys.append(batch["label"])
+    return torch.cat(xs), torch.cat(ys)
+
+
+def labelled_features(
+    model: Encoder,
+    root: str | Path,
+    key: str,
+    resolution: int,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> LabelledFeatures:
+    """Pooled features and labels of a class-folder tree (evaluation view)."""
+    dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
+    classes = dataset.require_labels(str(root))
+    x, y = pooled_features(model, dataset, key, batch_size, num_workers, progress)
+    return LabelledFeatures(x, y, classes)
+
+
+def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
+    """Pooled ``key`` features of a ``stellar extract`` folder, with labels.
+
+    Class names come from ``meta.json``; for folders written before it stored them, they are
+    recovered from the stored paths (each image's parent folder) when that is consistent.
+
+    Raises:
+        UsageError: the folder lacks ``key`` or its images carry no labels.
+    """
+    features, labels, paths = load_features(out_dir, [key])
+    x = pool_features(features[key].float())
+    if labels.numel() == 0 or bool((labels < 0).any()):
+        raise UsageError(
+            f"{out_dir} was extracted from images without class sub-folders (labels -1); "
+            "expected a labelled extraction"
+        )
+    classes = stored_classes(out_dir) or _classes_from_paths(labels, paths)
+    if classes is None:
+        logger.warning("%s: class names not recoverable from paths; labels used as stored", out_dir)
+    return LabelledFeatures(x, labels.long(), classes)
+
+
+def _classes_from_paths(labels: Tensor, paths: list[str]) -> list[str] | None:
+    """Class names from each image's parent folder, or None when that is ambiguous."""
+    names: dict[int, set[str]] = {}
+    for lab, path in zip(labels.tolist(), paths, strict=True):
+        names.setdefault(lab, set()).add(Path(path).parent.name)
+    if any(len(v) != 1 for v in names.values()):
+        return None
+    flat = [next(iter(names[k])) for k in sorted(names)]
+    if len(set(flat)) != len(flat):
+        return None
+    return [next(iter(names[k])) if k in names else f"<class {k}>" for k in range(max(names) + 1)]
+
+
+def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
+    """Validation labels in the training class order, and the class count.
+
+    Raises:
+        UsageError: only one side knows its class names, so the two cannot be aligned.
+    """
+    if train.classes is not None and val.classes is not None:
+        return class_indices(val.classes, val.y, train.classes), len(train.classes)
+    if (train.classes is None) != (val.classes is None):
+        unnamed = "training" if train.classes is None else "validation"
+        raise UsageError(
+            f"the {unnamed} features carry no class names, so their labels cannot be matched "
+            "to the other split's classes; expected both splits with class names: re-run "
+            "`stellar extract` (it now stores them) or pass image folders"
+        )
+    num = int(max(train.y.max(), val.y.max())) + 1
+    return val.y, num
+
+
+# ---------------------------------------------------------------------------- the run's inputs
+def _meta(root: str) -> dict[str, Any]:
+    return json.loads((Path(root) / "meta.json").read_text())
+
+
+def _check_features_dir(root: str, key: str, what: str) -> None:
+    if not (Path(root) / "meta.json").is_file():
+        raise UsageError(
+            f"expected {what} to be a `stellar extract` folder (meta.json), got {root!r}"
+        )
+    stored = _meta(root).get("keys", [])
+    if key not in stored:
+        raise UsageError(
+            f"{what} {root!r} stores features {stored}, not {key!r}; extract it with --keys {key}"
+        )
+
+
+def _check_same_extraction(train: str, val: str) -> None:
+    """Both feature folders must come from the same model and preprocessing."""
+    metas = [_meta(p) for p in (train, val)]
+    for meta in metas:  # the same checkpoint may have been named by two different paths
+        if os.path.exists(meta.get("model", "")):
+            meta["model"] = os.path.realpath(meta["model"])
+    a, b = metas
+    keys = ("weights", "resolution", "resize_ratio", "crop")
+    if not (a.get("weights") and b.get("weights")):
+        keys = ("model", *keys[1:])  # folders written before the fingerprint was recorded
+    differ = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
+    if differ:
+        raise UsageError(
+            f"--train-features and --val-features were extracted differently ({'; '.join(differ)}"
+            "); expected both from the same model and settings"
+        )
+
+
+def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
+    """A feature folder must hold features of this model at this resolution."""
+    meta = _meta(root)
+    ours = weights_fingerprint(model)
+    if meta.get("weights") is None:
+        logger.warning("%s %s records no weights fingerprint: cannot check its model", what, root)
+    elif meta["weights"] != ours:
+        raise UsageError(
+            f"{what} {root!r} holds features of other weights (extracted with --model "
+            f"{meta.get('model')}, fingerprint {meta['weights']}) than --model (fingerprint "
+            f"{ours}); extract them again with this model"
+        )
+    if meta.get("resolution") is not None and meta["resolution"] != res:
+        raise UsageError(
+            f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
+            f"{res} px; pass --resolution {meta['resolution']} or extract again"
+        )
+
+
+def classification_setup(
+    args: argparse.Namespace, augmented: bool = False
+) -> tuple[list[Entry], Path | None, Path | None]:
+    """Check a linear / kNN run's inputs, then load its models.
+
+    Returns:
+        ``(entries, train folder, val folder)``; a folder is None where a feature folder
+        replaces it for every row.
+    """
+    key, baseline_key = resolve_keys(args)
+    if augmented and args.train_features:
+        raise UsageError(
+            "--augmented encodes new crops every epoch: it needs --train (images), not "
+            "--train-features"
+        )
+    for flag, root in (
+        ("--train-features", args.train_features),
+        ("--val-features", args.val_features),
+    ):
+        if root:
+            _check_features_dir(root, key, flag)
+    if args.train_features and args.val_features:
+        _check_same_extraction(args.train_features, args.val_features)
+    # the baseline always reads images; STELLAR reads them where no feature folder is given
+    with_baseline = args.baseline is not None
+    train_dir = val_dir = None
+    if not args.train_features or with_baseline:
+        train_dir, train_classes = check_labelled_folder(args.train, "--train")
+    if not args.val_features or with_baseline:
+        val_dir, val_classes = check_labelled_folder(args.val, "--val")
+    if train_dir is not None and val_dir is not None:
+        unknown = sorted(val_classes - train_classes)
+        if unknown:
+            raise UsageError(
+                f"validation classes {unknown[:10]} of {str(val_dir)!r} have no folder in "
+                f"--train {str(train_dir)!r}; expected the same class folder names"
+            )
+    entries = load_entries(args, key, baseline_key)
+    ours = entries[0].model
+    for flag, root in (
+        ("--train-features", args.train_features),
+        ("--val-features", args.val_features),
+    ):
+        if root:
+            _check_against_model(root, flag, ours, resolution(args, ours))
+    return entries, train_dir, val_dir
+
+
+def split_features(
+    args: argparse.Namespace, entry: Entry, folder: Path | None, stored_dir: str | None
+) -> LabelledFeatures:
+    """Pooled labelled features of one split: a feature folder (STELLAR) or its images."""
+    if entry.kind == "stellar" and stored_dir:
+        return features_from_dir(stored_dir, entry.key)
+    res = resolution(args, entry.model)
+    return labelled_features(
+        entry.model,
+        folder,
+        entry.key,
+        res,
+        batch_size=args.batch_size,
+        num_workers=args.num_workers,
+        progress=not args.no_progress,
+    )
