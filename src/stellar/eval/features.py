@@ -23,8 +23,22 @@ import torch
 from torch import Tensor
 
 from stellar.errors import UsageError
-from stellar.eval.common import Entry, check_labelled_folder, load_entries, resolution, resolve_keys
-from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
+from stellar.eval.common import (
+    Entry,
+    add_common,
+    add_keys,
+    check_labelled_folder,
+    load_entries,
+    resolution,
+    resolve_keys,
+)
+from stellar.eval.encoder import (
+    BASELINE_KEYS,
+    STELLAR_KEYS,
+    Encoder,
+    encode_batch,
+    weights_fingerprint,
+)
 from stellar.eval.extract import load_features, stored_classes
 from stellar.eval.images import EvalImages, decodable_batches
 
@@ -230,6 +244,16 @@ def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None
             f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
         )
+
+
+def add_classification_arguments(p: argparse.ArgumentParser) -> None:
+    """The options ``stellar eval linear`` and ``knn`` share: models, keys, the two splits."""
+    add_common(p)
+    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
+    p.add_argument("--train", default=None, help="training folder")
+    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
+    p.add_argument("--val-features", default=None, help="`stellar extract` folder (val)")
 
 
 def classification_setup(

@@ -22,9 +22,14 @@ import torch
 import torch.nn.functional as F
 
 from stellar.errors import positive_float, positive_int
-from stellar.eval.common import KEY, MODEL, add_common, add_keys, format_table, percent
-from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS
-from stellar.eval.features import LabelledFeatures, align_val, classification_setup, split_features
+from stellar.eval.common import KEY, MODEL, format_table, percent
+from stellar.eval.features import (
+    LabelledFeatures,
+    add_classification_arguments,
+    align_val,
+    classification_setup,
+    split_features,
+)
 from stellar.eval.linear import accuracy_topk
 
 logger = logging.getLogger(__name__)
@@ -239,12 +244,7 @@ def run_knn(
 # ---------------------------------------------------------------------------- stellar eval knn
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval knn``."""
-    add_common(p)
-    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
-    p.add_argument("--train", default=None, help="training folder")
-    p.add_argument("--val", default=None, help="validation folder")
-    p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
-    p.add_argument("--val-features", default=None, help="`stellar extract` folder (val)")
+    add_classification_arguments(p)
     p.add_argument("--k", type=positive_int, default=20)
     p.add_argument("--temperature", type=positive_float, default=0.07)
 

@@ -23,11 +23,12 @@ from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
 from stellar.errors import nonneg_float, positive_float, positive_int
-from stellar.eval.common import KEY, MODEL, add_common, add_keys, format_table, percent
-from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder
+from stellar.eval.common import KEY, MODEL, format_table, percent
+from stellar.eval.encoder import Encoder
 from stellar.eval.features import (
     EVAL_RESIZE_RATIO,
     LabelledFeatures,
+    add_classification_arguments,
     align_val,
     class_indices,
     classification_setup,
@@ -200,23 +201,13 @@ def train_linear_probe(
     return probe, metrics
 
 
-def run_linear(
-    train: LabelledFeatures,
-    val: LabelledFeatures,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 256,
-    seed: int = 0,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> dict[str, float]:
-    """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1]."""
+def run_linear(train: LabelledFeatures, val: LabelledFeatures, **settings: Any) -> dict[str, float]:
+    """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1].
+
+    ``settings``: the optimisation keywords of :func:`train_linear_probe` (epochs, lr, ...).
+    """
     val_y, num = align_val(train, val)
-    _, metrics = train_linear_probe(
-        train.x, train.y, val.x, val_y, num, epochs, lr, weight_decay, batch_size, seed, device,
-        progress,
-    )  # fmt: skip
+    _, metrics = train_linear_probe(train.x, train.y, val.x, val_y, num, **settings)
     return metrics
 
 
@@ -307,12 +298,7 @@ def train_linear_augmented(
 # ---------------------------------------------------------------------------- stellar eval linear
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval linear``."""
-    add_common(p)
-    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
-    p.add_argument("--train", default=None, help="training folder")
-    p.add_argument("--val", default=None, help="validation folder")
-    p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
-    p.add_argument("--val-features", default=None, help="`stellar extract` folder (val)")
+    add_classification_arguments(p)
     p.add_argument("--epochs", type=positive_int, default=30)
     p.add_argument("--lr", type=positive_float, default=1e-3)
     p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
