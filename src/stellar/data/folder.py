@@ -30,6 +30,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stellar.data.decode import exif_orientation, load_rgb, upright
+from stellar.errors import UsageError
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -189,7 +190,7 @@ def _collect(
             return path, scan_images(path, exts)
         if not (path.is_file() and path.suffix.lower() in exts):
             why = "not a folder" if path.exists() else "no such file or folder"
-            raise ValueError(f"expected an image file or a folder, got {str(path)!r} ({why})")
+            raise UsageError(f"expected an image file or a folder, got {str(path)!r} ({why})")
         return None, [str(path)]
     files: list[str] = []
     for item in source:
@@ -199,7 +200,7 @@ def _collect(
         elif path.is_file():
             files.append(str(path))
         else:
-            raise ValueError(f"expected an image file or a folder, got {str(path)!r}")
+            raise UsageError(f"expected an image file or a folder, got {str(path)!r}")
     return None, files
 
 
@@ -238,7 +239,7 @@ class ImageFolder(Dataset):
         self.root, files = _collect(source, self.extensions)
         if not files:
             where = str(self.root) if self.root is not None else f"{source!s}"
-            raise ValueError(
+            raise UsageError(
                 f"expected image files ({' '.join(self.extensions)}) under {where!r}, found none"
             )
         # One numpy buffer instead of a list of str: avoids copy-on-read growth in workers.
@@ -291,13 +292,13 @@ class ImageFolder(Dataset):
         where = f"{what} {str(self.root)!r}" if self.root is not None else what
         if not self.classes:
             flat = [p for p in self.paths if self.root is None or p.parent == self.root]
-            raise ValueError(
+            raise UsageError(
                 f"expected labelled images in {where}: one sub-folder per class "
                 f"(root/<class>/<image>), but {len(flat)} images have no class folder"
                 + (f" (e.g. {flat[0].name})" if flat else "")
             )
         if len(self.classes) < 2:
-            raise ValueError(
+            raise UsageError(
                 f"expected at least 2 classes (sub-folders) in {where}, found {self.classes}"
             )
         return list(self.classes)
@@ -362,7 +363,7 @@ class ImageFolder(Dataset):
         n = len(self)
         picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(max(1, probe), n))})
         if not any(self.check(k) for k in picks):
-            raise ValueError(
+            raise UsageError(
                 f"expected readable images under {str(self.root)!r}: none of {len(picks)} "
                 f"probed files decodes (e.g. {self.path(picks[0])})"
             )

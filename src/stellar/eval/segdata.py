@@ -37,6 +37,7 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, upright
+from stellar.errors import UsageError
 from stellar.eval.images import find_images
 
 __all__ = [
@@ -90,7 +91,7 @@ def _locate(root: Path, split: str) -> tuple[str, Path, Path]:
         return "ade20k", root / "images" / ade, root / "annotations" / ade
     if any((root / "images" / s).is_dir() for s in ADE_SPLITS.values()):
         # an ADE20K tree without this split must not be read as one mixed "simple" folder
-        raise ValueError(
+        raise UsageError(
             f"{str(root)!r} is in the ADE20K layout but lacks images/{ade}/ or "
             f"annotations/{ade}/ for the {split} split"
         )
@@ -98,7 +99,7 @@ def _locate(root: Path, split: str) -> tuple[str, Path, Path]:
         for name in LABEL_FOLDERS:
             if (root / name).is_dir():
                 return "simple", root / "images", root / name
-    raise ValueError(
+    raise UsageError(
         f"expected a segmentation folder at {str(root)!r}: either the ADE20K layout "
         f"(images/{ade}/*.jpg + annotations/{ade}/*.png) or images/ beside one of "
         f"{', '.join(f'{n}/' for n in LABEL_FOLDERS)} with matching file stems"
@@ -114,7 +115,7 @@ def _by_stem(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
             duplicates.append(f"{keyed[key].name} / {f.name}")
         keyed[key] = f
     if duplicates:
-        raise ValueError(
+        raise UsageError(
             f"several {what} share a stem in {folder}: {_listing(duplicates)}; expected one file "
             "per stem"
         )
@@ -140,14 +141,14 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
         raise ValueError(f"expected split 'train' or 'val', got {split!r}")
     root = Path(root)
     if not root.is_dir():
-        raise ValueError(f"expected a segmentation folder, got {str(root)!r} (not a folder)")
+        raise UsageError(f"expected a segmentation folder, got {str(root)!r} (not a folder)")
     layout, image_dir, label_dir = _locate(root, split)
     image_files = find_images(image_dir, IMG_EXTENSIONS)
     label_files = find_images(label_dir, LABEL_EXTENSIONS)
     if not image_files:
-        raise ValueError(f"expected image files in {image_dir}, found none")
+        raise UsageError(f"expected image files in {image_dir}, found none")
     if not label_files:
-        raise ValueError(
+        raise UsageError(
             f"expected label maps ({' '.join(LABEL_EXTENSIONS)}) in {label_dir}, found none"
         )
     images = _by_stem(image_dir, image_files, "images")
@@ -164,7 +165,7 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
             problems.append(
                 f"label maps without an image: {_listing([labels[k].name for k in no_image])}"
             )
-        raise ValueError(
+        raise UsageError(
             f"{len(images)} images in {image_dir} but {len(labels)} label maps in {label_dir}, "
             f"expected one label map per image with the same stem; " + "; ".join(problems)
         )
@@ -196,13 +197,13 @@ def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
         if isize != lsize:
             sizes.append(f"{img.name} {isize[0]}x{isize[1]} vs {lab.name} {lsize[0]}x{lsize[1]}")
     if modes:
-        raise ValueError(
+        raise UsageError(
             f"expected single-channel label maps of class indices (modes "
             f"{', '.join(SINGLE_CHANNEL_MODES)}), got {_listing(modes)}; convert colour-coded "
             "maps to index maps first"
         )
     if sizes:
-        raise ValueError(
+        raise UsageError(
             "label maps must have the size of their image as displayed (width x height, after "
             f"the image's EXIF orientation, which the model sees); mismatched: "
             f"{_listing(sizes)}"
@@ -253,7 +254,7 @@ def load_label_maps(
             unreadable file (named), or a class count / ignore label that does not fit.
     """
     if not 1 <= num_classes <= ignore_index < 256:
-        raise ValueError(
+        raise UsageError(
             f"expected 1 <= num_classes <= ignore_index ({ignore_index}) < 256, "
             f"got num_classes={num_classes}"
         )
@@ -285,10 +286,10 @@ def load_label_maps(
             )
         )
     if unreadable:
-        raise ValueError(f"expected readable label maps, got {_listing(sorted(unreadable))}")
+        raise UsageError(f"expected readable label maps, got {_listing(sorted(unreadable))}")
     if bad:
         hint = "" if reduce_zero else " (ADE20K-style maps with 0 = other need --reduce-zero-label)"
-        raise ValueError(
+        raise UsageError(
             f"expected label values in [0, {num_classes}) or {ignore_index}{hint}; "
             f"out of range: {_listing(sorted(bad))}"
         )
