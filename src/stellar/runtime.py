@@ -15,6 +15,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from stellar.errors import UsageError
+
 __all__ = [
     "PRECISIONS",
     "DistInfo",
@@ -56,7 +58,7 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
     """``spec`` as a device, or by default CUDA device ``local_rank`` when CUDA exists, else CPU.
 
     Raises:
-        ValueError: ``spec`` names no device torch knows (e.g. ``--device gpu``).
+        UsageError: ``spec`` names no device torch knows (e.g. ``--device gpu``).
     """
     if spec is None:
         return (
@@ -65,7 +67,7 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
     try:
         device = torch.device(spec)
     except (RuntimeError, TypeError) as err:
-        raise ValueError(
+        raise UsageError(
             f"expected a device such as cpu, cuda or cuda:1, got {str(spec)!r} ({err})"
         ) from None
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU

@@ -24,11 +24,15 @@ from torch import Tensor
 
 from stellar.errors import UsageError
 from stellar.eval.common import (
+    KEY,
+    MODEL,
+    Column,
     Entry,
     add_common,
     add_keys,
     check_labelled_folder,
     load_entries,
+    percent,
     resolution,
     resolve_keys,
 )
@@ -244,6 +248,15 @@ def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None
             f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
         )
+
+
+# The first columns of the linear and kNN tables.
+ACCURACY_COLUMNS: list[Column] = [
+    MODEL,
+    KEY,
+    ("top-1 %", lambda r: percent(r["top1"])),
+    ("top-5 %", lambda r: percent(r["top5"])),
+]
 
 
 def add_classification_arguments(p: argparse.ArgumentParser) -> None:

@@ -22,8 +22,9 @@ import torch
 import torch.nn.functional as F
 
 from stellar.errors import positive_float, positive_int
-from stellar.eval.common import KEY, MODEL, format_table, percent
+from stellar.eval.common import format_table
 from stellar.eval.features import (
+    ACCURACY_COLUMNS,
     LabelledFeatures,
     add_classification_arguments,
     align_val,
@@ -263,11 +264,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[str]:
     """The printed result."""
-    cols = [
-        MODEL,
-        KEY,
-        ("top-1 %", lambda r: percent(r["top1"])),
-        ("top-5 %", lambda r: percent(r["top5"])),
-        ("k", lambda r: str(r["k"])),
-    ]
+    cols = [*ACCURACY_COLUMNS, ("k", lambda r: str(r["k"]))]
     return [format_table(cols, result["rows"])]

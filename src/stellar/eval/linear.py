@@ -23,9 +23,10 @@ from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
 from stellar.errors import nonneg_float, positive_float, positive_int
-from stellar.eval.common import KEY, MODEL, format_table, percent
+from stellar.eval.common import format_table, percent
 from stellar.eval.encoder import Encoder
 from stellar.eval.features import (
+    ACCURACY_COLUMNS,
     EVAL_RESIZE_RATIO,
     LabelledFeatures,
     add_classification_arguments,
@@ -341,11 +342,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[str]:
     """The printed result."""
-    cols = [
-        MODEL,
-        KEY,
-        ("top-1 %", lambda r: percent(r["top1"])),
-        ("top-5 %", lambda r: percent(r["top5"])),
-        ("train top-1 %", lambda r: percent(r.get("train_top1"))),
-    ]
+    cols = [*ACCURACY_COLUMNS, ("train top-1 %", lambda r: percent(r.get("train_top1")))]
     return [format_table(cols, result["rows"])]
