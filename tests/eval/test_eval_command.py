@@ -236,6 +236,12 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path) -> None
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val)]
     with pytest.raises(ValueError, match="extracted at 64 px, but this run encodes at 32 px"):
         main([*base, "--model", str(other), *mixed, "--resolution", "32"])
+    argv = ["extract", "--model", str(other), "--data", str(val), "--keys", "cls"]
+    squashed = ["--resize-ratio", "1.0", "--num-workers", "0", "--out", str(tmp_path / "fsq")]
+    assert main([*argv, *squashed]) == 0
+    mixed = ["--train", str(train), "--val-features", str(tmp_path / "fsq")]
+    with pytest.raises(ValueError, match="--resize-ratio 1"):
+        main([*base, "--model", str(other), *mixed])
 
 
 def test_eval_checks_the_output_folder_before_any_work(colours, tmp_path, monkeypatch) -> None:

@@ -231,8 +231,9 @@ def _check_same_extraction(train: str, val: str) -> None:
         )
 
 
-def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold features of this model at this resolution."""
+def _check_against_model(root: str, what: str, model: Encoder, res: int, mixed: bool) -> None:
+    """A feature folder must hold features of this model at this resolution (and, ``mixed``
+    with images of the other split, of the same evaluation view)."""
     meta = _meta(root)
     ours = weights_fingerprint(model)
     if meta.get("weights") is None:
@@ -247,6 +248,13 @@ def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None
         raise UsageError(
             f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
+        )
+    view = (meta.get("resize_ratio", EVAL_RESIZE_RATIO), meta.get("crop", True))
+    if mixed and (abs(view[0] - EVAL_RESIZE_RATIO) > 1e-9 or not view[1]):
+        raise UsageError(
+            f"{what} {root!r} was extracted with --resize-ratio {view[0]:.4g} (crop {view[1]}), "
+            f"but the other split's images are read at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
+            "extract it with the default --resize-ratio, or extract both splits"
         )
 
 
@@ -308,12 +316,13 @@ def classification_setup(
             )
     entries = load_entries(args, key, baseline_key)
     ours = entries[0].model
+    mixed = bool(args.train_features) != bool(args.val_features)
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, ours, resolution(args, ours))
+            _check_against_model(root, flag, ours, resolution(args, ours), mixed)
     return entries, train_dir, val_dir
 
 
