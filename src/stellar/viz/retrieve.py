@@ -38,7 +38,7 @@ from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import writable_folder
 from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
-from stellar.runtime import autocast, pick_device
+from stellar.runtime import pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
 __all__ = [
@@ -279,8 +279,7 @@ def _encode_files(
         for batch in make_loader(dataset, 16, 0):
             if batch["image"].shape[0] == 0:
                 continue
-            with autocast(model.device):
-                spatial = model.encode(batch["image"].to(model.device))["spatial"].float().cpu()
+            spatial = encode_batch(model, batch["image"], ["spatial"])["spatial"]
             found.update(
                 (int(i), (batch["image"][b], spatial[b]))
                 for b, i in enumerate(batch["index"].tolist())
@@ -399,8 +398,7 @@ def run(args: argparse.Namespace) -> int:
         q_image = query.load(0)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
         raise UsageError(f"expected a readable query image, got {args.query} ({err})") from err
-    with torch.inference_mode(), autocast(device):
-        q_out = model.encode(q_image[None].to(device))
+    q_out = encode_batch(model, q_image[None], ["sparse", "spatial"])
     q_vec = q_out["sparse"][0, args.token].float().cpu()
     scores, rows = query_index(index, q_vec, args.k)
 
