@@ -20,6 +20,7 @@ from stellar.data.augment import (
     random_resized_crop,
     rgb_to_grayscale,
 )
+from stellar.losses.objective import ViewPlan
 
 NO_COLOR = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}
 
@@ -249,3 +250,37 @@ def test_multiview_rejects_unusable_settings_when_built() -> None:
     with pytest.raises(ValueError, match="larger than 4 px for kernel 9"):
         MultiViewAugment(16, 4, blur_kernel=9)  # the local views are too small to blur
     MultiViewAugment(16, 4, n_local=0, blur_kernel=9)  # no local views: nothing too small
+
+
+@pytest.mark.parametrize(
+    "plan",
+    [ViewPlan(masked=3, local=2), ViewPlan(masked=0, local=2), ViewPlan(masked=1, second=True)],
+)
+def test_make_builds_exactly_the_planned_views(plan) -> None:
+    aug = MultiViewAugment(32, 16, n_global=4, n_local=3, **NO_COLOR)
+    canvas, size = _sentinel_canvas([(40, 36), (48, 48)], 48, torch.rand(2, 3, 48, 48))
+    out = aug.make(canvas, size, plan, _gen(1))
+    expected = {"image"}
+    expected |= {"masked_views"} if plan.masked else set()
+    expected |= {"local_views"} if plan.local else set()
+    expected |= {"second_view"} if plan.second else set()
+    assert set(out) == expected
+    assert out["image"].shape == (2, 3, 32, 32)
+    if plan.masked:
+        assert out["masked_views"].shape == (2 * plan.masked, 3, 32, 32)
+        # Image-major, the first masked view of each image is its main view (no colour here).
+        torch.testing.assert_close(out["masked_views"][:: plan.masked], out["image"])
+    if plan.local:
+        assert out["local_views"].shape == (2 * plan.local, 3, 16, 16)
+    if plan.second:
+        assert out["second_view"].shape == (2, 3, 32, 32)
+        assert not torch.equal(out["second_view"], out["image"])
+    again = aug.make(canvas, size, plan, _gen(1))
+    assert all(torch.equal(out[k], again[k]) for k in out)
+
+
+def test_make_refuses_more_views_than_the_pipeline_holds() -> None:
+    aug = MultiViewAugment(32, 16, n_global=2, n_local=1, **NO_COLOR)
+    canvas, size = _sentinel_canvas([(40, 36)], 48)
+    with pytest.raises(ValueError, match="at most 2 and 1"):
+        aug.make(canvas, size, ViewPlan(masked=3), _gen())

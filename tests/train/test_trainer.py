@@ -143,3 +143,70 @@ def test_gradient_accumulation_consumes_micro_batches(tmp_path):
     assert last["step"] == 2
     state = torch.load(tmp_path / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
     assert state["position"] == 2 * 3 * 4  # samples consumed on this rank
+
+
+class _NotDDP(torch.nn.Module):
+    """Stands in for torch.compile's OptimizedModule: wraps DDP but is no DDP instance."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def test_compiled_ddp_all_reduces_only_the_last_micro_batch(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from stellar.train.distributed import DistInfo
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        skipped = []
+        no_sync = DistributedDataParallel.no_sync
+
+        def counting(self):
+            skipped.append(1)
+            return no_sync(self)
+
+        monkeypatch.setattr(DistributedDataParallel, "no_sync", counting)
+        # Compiling for real takes minutes on a CPU; the wrapper is what broke no_sync.
+        monkeypatch.setattr(torch, "compile", lambda module, **kwargs: _NotDDP(module))
+        cfg = load_config(
+            "cpu-smoke", [*TINY, f"out={tmp_path}", "compile=true", "grad_accum=3", "max_steps=1"]
+        )
+        trainer = Trainer(cfg, DistInfo(rank=0, world_size=2))  # DDP on a 1-process group
+        assert isinstance(trainer.step_fn, _NotDDP)
+        assert not trainer.ddp.find_unused_parameters  # every term on: no parameter unused
+        batches = iter(trainer.loader)
+        trainer.train_step([next(batches) for _ in range(3)])
+        assert len(skipped) == 2
+    finally:
+        dist.destroy_process_group()
+
+
+def test_ablated_ddp_names_its_unused_parameters(tmp_path):
+    import torch.distributed as dist
+
+    from stellar.train.distributed import DistInfo
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        off = [
+            "objective.clustering=false",
+            "objective.set_align=false",
+            "objective.cls_align=false",
+        ]
+        cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *off])
+        trainer = Trainer(cfg, DistInfo(rank=0, world_size=2))
+        assert trainer.ddp.find_unused_parameters
+        assert trainer.plan.local == 0 and trainer.plan.masked == 2  # KoLeo still masks
+        batches = iter(trainer.loader)
+        views = trainer.make_views(next(batches), trainer.generator(0))
+        assert set(views) == {"image", "masked_views", "keep_idx"}
+    finally:
+        dist.destroy_process_group()

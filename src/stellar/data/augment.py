@@ -8,8 +8,9 @@ images or views.
 Crops follow torchvision's ``RandomResizedCrop`` sampling (integer crop boxes, 10 tries, centre
 crop fallback) but resample all crops of a batch with a single bicubic ``grid_sample``; no
 antialiasing is applied, which is harmless for the mild down-scaling factors of the default
-recipe (a 256 canvas to 224 / 96 px views). Colour follows torchvision's ``ColorJitter``,
-``RandomGrayscale`` and ``GaussianBlur`` semantics.
+recipe (a 256 canvas to 224 / 96 px views). Colour augmentation lives in
+:mod:`stellar.data.color` (torchvision's ``ColorJitter``, ``RandomGrayscale`` and
+``GaussianBlur`` semantics).
 """
 
 from __future__ import annotations
@@ -20,6 +21,19 @@ from collections.abc import Sequence
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+from stellar.data.color import (
+    _pair,
+    _uniform,
+    adjust_brightness,
+    adjust_contrast,
+    adjust_hue,
+    adjust_saturation,
+    color_blur,
+    gaussian_blur,
+    rgb_to_grayscale,
+)
+from stellar.losses.objective import ViewPlan
 
 __all__ = [
     "MultiViewAugment",
@@ -33,17 +47,6 @@ __all__ = [
     "rgb_to_grayscale",
 ]
 
-# ITU-R 601-2 luma weights, as PIL and torchvision use.
-_GRAY_WEIGHTS = (0.299, 0.587, 0.114)
-
-
-def _uniform(
-    shape: Sequence[int], generator: torch.Generator | None, device: torch.device
-) -> Tensor:
-    """U[0, 1) float32 on ``device``, drawn on the generator's own device."""
-    src = generator.device if generator is not None else device
-    return torch.rand(tuple(shape), generator=generator, device=src).to(device)
-
 
 def _as_float(x: Tensor, name: str) -> Tensor:
     """uint8 -> [0, 1] float32; half precision -> float32 (crop coordinates need the bits)."""
@@ -52,13 +55,6 @@ def _as_float(x: Tensor, name: str) -> Tensor:
     if not x.is_floating_point():
         raise ValueError(f"expected {name} as uint8 or floating point, got {x.dtype}")
     return x if x.dtype in (torch.float32, torch.float64) else x.float()
-
-
-def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
-    lo, hi = (float(v) for v in value)
-    if not 0 < lo <= hi:
-        raise ValueError(f"expected {name} as (low, high) with 0 < low <= high, got {value}")
-    return lo, hi
 
 
 def _fill_padding(canvas: Tensor, h: Tensor, w: Tensor) -> Tensor:
@@ -193,188 +189,17 @@ def random_resized_crop(
     return views, params
 
 
-def rgb_to_grayscale(img: Tensor) -> Tensor:
-    """(..., 3, H, W) RGB -> (..., 1, H, W) luma with ITU-R 601 weights."""
-    r, g, b = img.unbind(-3)
-    return (_GRAY_WEIGHTS[0] * r + _GRAY_WEIGHTS[1] * g + _GRAY_WEIGHTS[2] * b).unsqueeze(-3)
-
-
-def _per_sample(factor: Tensor | float, img: Tensor) -> Tensor:
-    f = torch.as_tensor(factor, dtype=img.dtype, device=img.device)
-    return f.reshape(f.shape + (1,) * (img.ndim - f.ndim))
-
-
-def _blend(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
-    return (ratio * a + (1.0 - ratio) * b).clamp(0.0, 1.0)
-
-
-def adjust_brightness(img: Tensor, factor: Tensor | float) -> Tensor:
-    """Scale by ``factor`` (N,) or scalar: ``clamp(factor * img, 0, 1)``. img (N, 3, H, W)."""
-    return (_per_sample(factor, img) * img).clamp(0.0, 1.0)
-
-
-def adjust_contrast(img: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the mean of each image's grayscale by ``factor``. img (N, 3, H, W)."""
-    mean = rgb_to_grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
-    return _blend(img, mean, _per_sample(factor, img))
-
-
-def adjust_saturation(img: Tensor, factor: Tensor | float) -> Tensor:
-    """Blend with the image's own grayscale by ``factor``. img (N, 3, H, W)."""
-    return _blend(img, rgb_to_grayscale(img), _per_sample(factor, img))
-
-
-def adjust_hue(img: Tensor, factor: Tensor | float) -> Tensor:
-    """Rotate the hue by ``factor`` turns (in [-0.5, 0.5]) in HSV space. img (N, 3, H, W).
-
-    RGB -> HSV -> RGB fused: with v = max, d = max - min (= v * s) and the hue h6 in sixths
-    of a turn, each channel is ``v - d * clamp(min(k, 4 - k), 0, 1)``,
-    ``k = (n + h6) mod 6`` with n = 5, 3, 1 for R, G, B.
-    """
-    r, g, b = img.unbind(-3)
-    maxc = img.amax(-3)
-    d = maxc - img.amin(-3)
-    inv = 1.0 / torch.where(d > 0, d, torch.ones_like(d))
-    # Hue from whichever channel is the maximum; ties give the same hue, gray pixels 0.
-    h6 = torch.where(
-        maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0)
-    )
-    h6 = h6 + 6.0 * _per_sample(factor, img)[..., 0, :, :]
-    n = torch.tensor([5.0, 3.0, 1.0], dtype=img.dtype, device=img.device).view(3, 1, 1)
-    k = torch.remainder(n + h6.unsqueeze(-3), 6.0)
-    return maxc.unsqueeze(-3) - d.unsqueeze(-3) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
-
-
-def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> Tensor:
-    """Separable Gaussian blur with a per-sample ``sigma``, reflect padding.
-
-    Args:
-        img: (N, C, H, W) float.
-        sigma: (N,) or scalar standard deviation in pixels.
-        kernel_size: odd kernel side; must be smaller than twice H and W.
-
-    Returns:
-        (N, C, H, W) blurred images.
-    """
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"expected an odd positive kernel_size, got {kernel_size}")
-    n, c, hh, ww = img.shape
-    r = kernel_size // 2
-    if r >= min(hh, ww):
-        raise ValueError(
-            f"expected images larger than {r} px for kernel {kernel_size}, got {hh}x{ww}"
-        )
-    sig = torch.as_tensor(sigma, dtype=img.dtype, device=img.device).expand(n)
-    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
-    k = torch.exp(-0.5 * (x[None] / sig[:, None]) ** 2)
-    k = (k / k.sum(-1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
-    # One grouped conv per axis: every (sample, channel) plane gets its own kernel.
-    y = F.pad(img.reshape(1, n * c, hh, ww), (r, r, r, r), mode="reflect")
-    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
-    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
-    return y.view(n, c, hh, ww)
-
-
-def _jitter_range(value: float | Sequence[float], name: str, center: float) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"expected {name} >= 0, got {value}")
-        lo, hi = center - float(value), center + float(value)
-        if center == 1.0:
-            lo = max(lo, 0.0)
-    else:
-        lo, hi = (float(t) for t in value)
-    if lo > hi or (center == 1.0 and lo < 0) or (center == 0.0 and not -0.5 <= lo <= hi <= 0.5):
-        raise ValueError(f"expected a valid {name} range, got {value}")
-    return lo, hi
-
-
-def color_blur(
-    views: Tensor,
-    generator: torch.Generator | None = None,
-    brightness: float | Sequence[float] = 0.4,
-    contrast: float | Sequence[float] = 0.4,
-    saturation: float | Sequence[float] = 0.2,
-    hue: float | Sequence[float] = 0.1,
-    jitter_p: float = 0.8,
-    gray_p: float = 0.2,
-    blur_p: float = 0.5,
-    blur_kernel: int = 9,
-    blur_sigma: Sequence[float] = (0.1, 2.0),
-) -> Tensor:
-    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics).
-
-    Order (fixed, unlike torchvision's random jitter order): with probability ``jitter_p``
-    brightness -> contrast -> saturation -> hue, each factor drawn per sample (uniform in
-    [1 - x, 1 + x], hue in [-x, x]); then grayscale with probability ``gray_p`` (601 luma
-    copied to the three channels); then blur with probability ``blur_p``, sigma uniform in
-    ``blur_sigma``. Every applied step clamps to [0, 1]; a sample not selected for a step
-    passes through that step bit-exactly.
-
-    Args:
-        views: (N, 3, H, W) float images in [0, 1].
-        generator: source of randomness (on any device); None uses the global RNG.
-        brightness, contrast, saturation: jitter strength x (or an explicit (low, high)).
-        hue: hue jitter x in [0, 0.5] (or an explicit (low, high) within [-0.5, 0.5]).
-        jitter_p, gray_p, blur_p: probabilities of the three steps.
-        blur_kernel: odd blur kernel size.
-        blur_sigma: (low, high) blur sigma range in pixels.
-
-    Returns:
-        (N, 3, H, W) augmented views, same dtype as ``views``.
-    """
-    if views.ndim != 4 or views.shape[1] != 3:
-        raise ValueError(f"expected views of shape (N, 3, H, W), got {tuple(views.shape)}")
-    if not views.is_floating_point():
-        raise ValueError(f"expected floating-point views in [0, 1], got {views.dtype}")
-    for name, p in (("jitter_p", jitter_p), ("gray_p", gray_p), ("blur_p", blur_p)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"expected {name} in [0, 1], got {p}")
-    ranges = (
-        _jitter_range(brightness, "brightness", 1.0),
-        _jitter_range(contrast, "contrast", 1.0),
-        _jitter_range(saturation, "saturation", 1.0),
-        _jitter_range(hue, "hue", 0.0),
-    )
-    sig_lo, sig_hi = _pair(blur_sigma, "blur_sigma")
-    n = views.shape[0]
-    x = views.float()
-    u = _uniform((n, 8), generator, x.device)
-
-    def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-        return torch.where(mask[:, None, None, None], new, old)
-
-    do_jitter = u[:, 0] < jitter_p
-    fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
-    # Steps whose range is the identity are skipped (they would only add rounding noise).
-    if ranges[0] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_brightness(x, fb), x)
-    if ranges[1] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_contrast(x, fc), x)
-    if ranges[2] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_saturation(x, fs), x)
-    if ranges[3] != (0.0, 0.0):
-        x = sel(do_jitter, adjust_hue(x, fh), x)
-    if gray_p > 0:
-        x = sel(u[:, 5] < gray_p, rgb_to_grayscale(x).expand_as(x), x)
-    if blur_p > 0:
-        sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
-        x = sel(u[:, 6] < blur_p, gaussian_blur(x, sigma, blur_kernel).clamp(0.0, 1.0), x)
-    return x.to(views.dtype)
-
-
 class MultiViewAugment(nn.Module):
-    """The STELLAR multi-view pipeline on device (SPEC §3).
+    """The STELLAR multi-view pipeline on device.
 
+    :meth:`make` builds exactly the views a training step's :class:`ViewPlan` asks for.
     ``forward`` turns a batch of canvases into ``n_global`` global views (RandomResizedCrop to
     ``global_size``, ``global_scale``, flip p 0.5, **no** colour) and ``n_local`` local views
     (``local_size``, ``local_scale``, flip, **with** colour jitter / grayscale / blur).
 
-    Contract with the trainer: ``image`` is ``global_views[:, 0]`` and is the reconstruction
-    target and main view, so it must carry no colour augmentation; the masked views (all
-    global views, including a copy of the main one) are colour/blur augmented later by the
-    trainer with :meth:`color` (i.e. :func:`color_blur` with this module's settings), after it
-    has taken ``image``. Local views come out already augmented.
+    ``image`` is ``global_views[:, 0]``: the reconstruction target and main view, it carries
+    no colour augmentation; every other view a step uses is colour/blur augmented with
+    :meth:`color` (i.e. :func:`color_blur` with this module's settings).
 
     Args:
         global_size, local_size: output sides of global and local views.
@@ -448,6 +273,53 @@ class MultiViewAugment(nn.Module):
             raise ValueError(f"expected views of shape (..., 3, H, W), got {tuple(views.shape)}")
         flat = views.reshape(-1, *views.shape[-3:])
         return color_blur(flat, generator, **self.color_kwargs).view(views.shape)
+
+    def make(
+        self,
+        canvas: Tensor,
+        size: Tensor,
+        plan: ViewPlan,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """The views of one training step: the main view and exactly those ``plan`` asks for.
+
+        Only the global crops used are made (the main one, the masked ones, the second one);
+        views of a count of zero are neither cropped nor coloured.
+
+        Args:
+            canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
+            size: (B, 2) integer valid (h, w) of each canvas.
+            plan: views per image (masked <= n_global, local <= n_local).
+            generator: source of randomness; a seeded one reproduces the output.
+
+        Returns:
+            ``image`` (B, 3, G, G) without colour augmentation; when asked for,
+            ``masked_views`` (B·M, 3, G, G), image-major, the first of each image a coloured
+            copy of its main view's crop; ``local_views`` (B·L, 3, l, l); ``second_view``
+            (B, 3, G, G), another global crop; all float32 in [0, 1].
+        """
+        crops = max(1, plan.masked, 2 if plan.second else 1)
+        if crops > self.n_global or plan.local > self.n_local:
+            raise ValueError(
+                f"the plan asks for {crops} global and {plan.local} local views; this "
+                f"pipeline makes at most {self.n_global} and {self.n_local}"
+            )
+        x = _as_float(canvas, "canvas")
+        crop = dict(ratio=self.ratio, generator=generator, flip_p=self.flip_p)
+        global_views = random_resized_crop(
+            x, size, self.global_size, crops, self.global_scale, **crop
+        )
+        out = {"image": global_views[:, 0]}
+        if plan.local:
+            size_l, scale_l = self.local_size, self.local_scale
+            local = random_resized_crop(x, size, size_l, plan.local, scale_l, **crop)
+            out["local_views"] = self.color(local, generator).flatten(0, 1)
+        if plan.masked:
+            masked = self.color(global_views[:, : plan.masked], generator)
+            out["masked_views"] = masked.flatten(0, 1)
+        if plan.second:
+            out["second_view"] = self.color(global_views[:, 1], generator)
+        return out
 
     def forward(
         self, canvas: Tensor, size: Tensor, generator: torch.Generator | None = None

@@ -108,8 +108,10 @@ class Trainer:
         self.model = build_model(cfg).to(self.device)
         self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
         self.objective = StellarObjective(self.model, cfg.objective, self.teacher)
-        self.step_fn = self._wrap(self.objective)
         a = cfg.augment
+        # The views the enabled terms need: the pipeline makes exactly these.
+        self.plan = cfg.objective.views(a.n_masked, a.n_local)
+        self.step_fn = self._wrap(self.objective)
         self.augment = MultiViewAugment(
             a.global_size,
             a.local_size,
@@ -156,7 +158,13 @@ class Trainer:
         return autocast_dtype(self.cfg.precision, self.device)
 
     def _wrap(self, objective: StellarObjective) -> nn.Module:
+        """The module a step calls: DDP- or FSDP-wrapped when distributed, maybe compiled.
+
+        ``self.ddp`` keeps the DDP wrapper itself: a compiled module is no DDP instance, and
+        gradient accumulation needs its ``no_sync``.
+        """
         wrapped: nn.Module = objective
+        self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled and self.cfg.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
@@ -165,15 +173,20 @@ class Trainer:
             fully_shard(objective)
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            o = self.cfg.objective
-            # An ablation leaves the heads or the decoder without gradient; DDP must know.
-            ablated = not all((o.recon, o.clustering, o.set_align, o.cls_align))
-            wrapped = DistributedDataParallel(
-                objective, device_ids=ids, find_unused_parameters=ablated
+            # Only an ablation leaves parameters without a gradient; DDP must know which.
+            unused = objective.unused_parameters(self.plan)
+            wrapped = self.ddp = DistributedDataParallel(
+                objective, device_ids=ids, find_unused_parameters=bool(unused)
             )
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
         return wrapped
+
+    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
+        """DDP all-reduces the gradients of the last micro-batch only."""
+        if self.ddp is not None and not last:
+            return self.ddp.no_sync()
+        return contextlib.nullcontext()
 
     # ------------------------------------------------------------------ state
     @property
@@ -324,19 +337,15 @@ class Trainer:
         return g.manual_seed(key % (2**63))
 
     def make_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
-        """Canvases -> the objective's batch: main, masked, local (and second) views + masks."""
-        a, obj = self.cfg.augment, self.cfg.objective
+        """Canvases -> the objective's batch: the views of ``self.plan`` and the masks."""
+        a, plan = self.cfg.augment, self.plan
         canvas = batch["canvas"].to(self.device, non_blocking=True)
         size = batch["size"].to(self.device, non_blocking=True)
-        views = self.augment(canvas, size, g)
-        b = canvas.shape[0]
-        out = {"image": views["image"]}
-        if a.n_masked and (obj.set_align or obj.cls_align or obj.koleo):
-            masked = self.augment.color(views["global_views"][:, : a.n_masked], g)
+        out = self.augment.make(canvas, size, plan, g)
+        if plan.masked:
             grid = a.global_size // self.model.patch_size
-            out["masked_views"] = masked.flatten(0, 1)
             out["keep_idx"] = random_masking(
-                b * a.n_masked,
+                canvas.shape[0] * plan.masked,
                 grid,
                 grid,
                 a.mask_ratio,
@@ -345,10 +354,6 @@ class Trainer:
                 generator=g,
                 device=self.device,
             )
-        if a.n_local and obj.cls_align:
-            out["local_views"] = views["local_views"].flatten(0, 1)
-        if obj.global_align:
-            out["second_view"] = self.augment.color(views["global_views"][:, 1], g)
         return out
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
@@ -363,11 +368,8 @@ class Trainer:
         for micro, batch in enumerate(micro_batches):
             views = self.make_views(batch, self.generator(micro))
             last = micro == len(micro_batches) - 1
-            sync = contextlib.nullcontext()
-            if isinstance(self.step_fn, DistributedDataParallel) and not last:
-                sync = self.step_fn.no_sync()
             with (
-                sync,
+                self._grad_sync(last),
                 autocast(self.device, self.autocast_dtype),
             ):
                 total, terms = self.step_fn(views)
