@@ -11,7 +11,7 @@ from stellar.losses import koleo_loss
 
 
 def _reference_koleo(x: torch.Tensor) -> float:
-    """Per-token loop in float64, from the SPEC §2.3 wording."""
+    """Per-token loop in float64, from the docstring's definition."""
     total, count = 0.0, 0
     for img in x.double():
         unit = img / img.norm(dim=-1, keepdim=True)

@@ -10,7 +10,7 @@ from stellar.losses import sinkhorn_knopp
 
 
 def _reference_sinkhorn(scores: np.ndarray, n_iterations: int) -> np.ndarray:
-    """Float64 NumPy transcription of SPEC §2.4, independent of the torch code."""
+    """Float64 NumPy transcription of the documented algorithm, independent of the torch code."""
     q = np.exp(scores - scores.max(axis=0, keepdims=True) + 50.0)
     for _ in range(n_iterations):
         q = q / (q.sum(axis=0, keepdims=True) + 1e-8)

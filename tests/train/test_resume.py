@@ -69,7 +69,7 @@ def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
 
 
 def test_resume_uses_the_configs_weight_decay_and_betas(run, caplog):
-    caplog.set_level(logging.INFO, logger="stellar.train.trainer")
+    caplog.set_level(logging.INFO, logger="stellar.train")
     trainer = _trainer(run, "optim.weight_decay=0.5", "optim.betas=[0.5,0.9]")
     trainer.train(resume=True)
     state = torch.load(run / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)

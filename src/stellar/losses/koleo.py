@@ -1,4 +1,4 @@
-"""KoLeo spreading regulariser on the sparse tokens of each image (SPEC §2.3)."""
+"""KoLeo spreading regulariser on the sparse tokens of each image (arXiv 2602.01905)."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Random patch masking of the masked views, with optional focal concentration (SPEC §2.5)."""
+"""Random patch masking of the masked views, with optional focal concentration."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Set alignment between masked-view and main-view sparse tokens (SPEC §2.5).
+"""Set alignment between masked-view and main-view sparse tokens (arXiv 2602.01905).
 
 Predicted views are grouped **image-major**: row ``p`` of ``preds`` belongs to image
 ``p // V`` with ``V = P // B`` views per image (as ``targets.repeat_interleave(V, 0)``). This is

@@ -1,4 +1,4 @@
-"""Sinkhorn-Knopp balancing of cluster scores into soft assignment targets (SPEC §2.4).
+"""Sinkhorn-Knopp balancing of cluster scores into soft assignment targets (arXiv 2602.01905).
 
 The function expects scores that are *already divided by the Sinkhorn temperature*: the
 reference fixture ``sinkhorn.output`` equals ``sinkhorn_knopp(sinkhorn.input)`` with no further

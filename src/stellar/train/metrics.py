@@ -1,0 +1,62 @@
+"""The training metrics log: one JSON line per logged step, and TensorBoard when installed."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+from stellar.checkpoint.io import atomic_write
+
+logger = logging.getLogger(__name__)
+
+
+def _rows_up_to(path: Path, step: int) -> list[str]:
+    """The lines of a metrics.jsonl whose ``step`` is at most ``step``."""
+    if not path.is_file():
+        return []
+    kept = []
+    for line in path.read_text().splitlines(keepends=True):
+        try:
+            row = json.loads(line)
+        except json.JSONDecodeError:  # a line cut short by the crash
+            continue
+        if row.get("step", step + 1) <= step:
+            kept.append(line if line.endswith("\n") else line + "\n")
+    return kept
+
+
+class MetricsLog:
+    """Per-step JSONL metrics and, when available, TensorBoard scalars."""
+
+    def __init__(self, out: Path, tensorboard: bool, start_step: int = 0) -> None:
+        path = out / "metrics.jsonl"
+        # A resumed run keeps the rows up to its checkpoint; those logged after it (before a
+        # crash) are logged again, so they are dropped. A fresh run starts a fresh file.
+        kept = _rows_up_to(path, start_step) if start_step > 0 else []
+        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+        self.file = open(path, "a")  # noqa: SIM115 - closed in close()
+        self.writer = None
+        if tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+
+                self.writer = SummaryWriter(str(out / "tensorboard"))
+            except ImportError:
+                logger.info("tensorboard is not installed: metrics go to metrics.jsonl only")
+
+    def write(self, scalars: dict[str, float]) -> None:
+        """Append one step's scalars."""
+        self.file.write(json.dumps(scalars) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            step = int(scalars["step"])
+            for name, value in scalars.items():
+                if name not in ("step", "epoch"):
+                    self.writer.add_scalar(f"train/{name}", value, step)
+
+    def close(self) -> None:
+        """Flush and close."""
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
