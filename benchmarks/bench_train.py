@@ -7,6 +7,13 @@ exactly as the trainer runs it (random weights, procedural data).
     python benchmarks/bench_train.py --config vit-b16 --device cuda batch_size=64 \
         data.source=scenes data.scenes_size=224 objective.recon=false [--compile]
 
+Each timed call advances the trainer's step counter, as training does (the lr schedule and
+the per-step random generator move on; a compiled step must not recompile for it).
+``--breakdown`` adds the mean time per step of each phase (views and masking, main encode,
+decoder, heads and Sinkhorn, masked views with the OT matching inside them, local views,
+backward, optimizer), from ``torch.profiler`` labels in the step; phases nest, so they do
+not sum to the step.
+
 FLOPs are counted by ``torch.utils.flop_counter.FlopCounterMode`` on one step (matmuls,
 convolutions and attention; forward + backward): the encoder on the main, masked and local
 views, the decoder and the clustering heads. MFU = FLOPs / step time / the GPU's dense bf16
@@ -18,12 +25,39 @@ from __future__ import annotations
 import argparse
 
 import torch
-from common import emit, environment, peak_memory_mib, reset_peak_memory, time_steps
+from common import (
+    emit,
+    environment,
+    peak_memory_mib,
+    reset_peak_memory,
+    synchronize,
+    time_steps,
+)
 from torch.utils.flop_counter import FlopCounterMode
 
+from stellar.losses.objective import PHASE
 from stellar.train.config import load_config
 from stellar.train.distributed import DistInfo
 from stellar.train.trainer import Trainer
+
+
+def phase_breakdown(step, device: torch.device, iters: int) -> dict[str, float]:
+    """Mean milliseconds per step of each labelled phase over ``iters`` profiled steps."""
+    activities = [torch.profiler.ProfilerActivity.CPU]
+    if device.type == "cuda":
+        activities.append(torch.profiler.ProfilerActivity.CUDA)
+    with torch.profiler.profile(activities=activities) as prof:
+        for _ in range(iters):
+            step()
+        synchronize(device)
+    totals: dict[str, float] = {}
+    for event in prof.key_averages():
+        if event.key.startswith(PHASE):
+            # CPU time of the region; on GPU the device time of its kernels when larger.
+            device_us = getattr(event, "device_time_total", 0.0) or 0.0
+            us = max(event.cpu_time_total, device_us)
+            totals[event.key[len(PHASE) :]] = round(us / 1000 / iters, 2)
+    return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
 def main() -> None:
@@ -34,6 +68,7 @@ def main() -> None:
     parser.add_argument("--iters", type=int, default=5)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
+    parser.add_argument("--breakdown", action="store_true", help="per-phase time per step")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
@@ -53,6 +88,7 @@ def main() -> None:
 
     def step() -> None:
         trainer.train_step([batch])
+        trainer.step += 1  # as the training loop does
 
     # Count on the eager objective: a first compiled call under FlopCounterMode would leave
     # dynamo never compiling it, and the timed steps would be eager.
@@ -83,6 +119,8 @@ def main() -> None:
         "peak_memory_mib": round(peak_memory_mib(device), 1),
         **environment(device),
     }
+    if args.breakdown:
+        result["phases_ms_per_step"] = phase_breakdown(step, device, args.iters)
     if device.type == "cuda":
         result["mfu"] = round(flops / seconds / (args.peak_tflops * 1e12), 4)
     emit(result)

@@ -17,12 +17,15 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+from torch.profiler import record_function
 
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
 from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
 from stellar.models.stellar import STELLAR
 
+# Profiler labels of the step's phases (``benchmarks/bench_train.py --breakdown``).
+PHASE = "phase/"
 PIXEL_RECON_WEIGHT = 10.0
 VQ_RECON_WEIGHT = 0.05
 
@@ -149,30 +152,37 @@ class StellarObjective(nn.Module):
 
         terms: dict[str, Tensor] = {}
         image = batch["image"]
-        main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
+        with record_function(PHASE + "main encode"):
+            main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
-            terms["recon"] = self.reconstruction_weight() * self.reconstruction_loss(main, image)
+            with record_function(PHASE + "decoder"):
+                loss = self.reconstruction_loss(main, image)
+            terms["recon"] = self.reconstruction_weight() * loss
         if cfg.koleo:
             terms["koleo"] = cfg.koleo_weight * koleo_loss(main["sparse"])
-        logits = model.clustering_head(main["sparse"]) if cfg.clustering else None
-        cls_logits = model.cls_cluster_head(main["cls"]) if cfg.clustering else None
-        targets, cls_targets = self.targets(
-            image, main, want_targets, want_cls_targets, logits, cls_logits
-        )
-        if second:
-            terms.update(
-                self.global_alignment(
-                    batch["second_view"], main, logits, cls_logits, targets, cls_targets
-                )
+        with record_function(PHASE + "heads and Sinkhorn"):
+            logits = model.clustering_head(main["sparse"]) if cfg.clustering else None
+            cls_logits = model.cls_cluster_head(main["cls"]) if cfg.clustering else None
+            targets, cls_targets = self.targets(
+                image, main, want_targets, want_cls_targets, logits, cls_logits
             )
-        elif cfg.clustering:
-            terms["cluster"] = cross_entropy_soft(logits, targets, temp)
-            terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, temp)
+            if cfg.clustering and not second:
+                terms["cluster"] = cross_entropy_soft(logits, targets, temp)
+                terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, temp)
+        if second:
+            with record_function(PHASE + "second view"):
+                terms.update(
+                    self.global_alignment(
+                        batch["second_view"], main, logits, cls_logits, targets, cls_targets
+                    )
+                )
         if masked:
-            terms.update(self.masked_terms(batch, main, targets, cls_targets))
+            with record_function(PHASE + "masked views"):
+                terms.update(self.masked_terms(batch, main, targets, cls_targets))
         if local:
-            out = model.forward_tokens(batch["local_views"])
-            terms["cls_align_local"] = self.cls_alignment(out["cls"], cls_targets)
+            with record_function(PHASE + "local views"):
+                out = model.forward_tokens(batch["local_views"])
+                terms["cls_align_local"] = self.cls_alignment(out["cls"], cls_targets)
         if not terms:
             raise ValueError("every loss term is switched off: nothing to train")
         total = torch.stack([t.float() for t in terms.values()]).sum()
@@ -255,7 +265,10 @@ class StellarObjective(nn.Module):
         if cfg.koleo:
             terms["koleo_masked"] = cfg.koleo_weight * koleo_loss(out["sparse"])
         if cfg.set_align:
-            index, _ = sinkhorn_match(out["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations)
+            with record_function(PHASE + "OT matching"):
+                index, _ = sinkhorn_match(
+                    out["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations
+                )
             logits = model.clustering_head(out["sparse"])
             terms["set_align"] = set_alignment_loss(
                 logits, targets, index, model.config.logits_temp

@@ -1,4 +1,5 @@
-"""The training metrics log: one JSON line per logged step, and TensorBoard when installed."""
+"""Training metrics: scalars read once per log interval, one JSON line per logged step, and
+TensorBoard when installed."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import json
 import logging
 from pathlib import Path
 
+import torch
+
 from stellar.checkpoint.io import atomic_write
+from stellar.train.distributed import mean_across_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -60,3 +64,34 @@ class MetricsLog:
         self.file.close()
         if self.writer is not None:
             self.writer.close()
+
+
+class PendingScalars:
+    """Step scalars held on the device until the loop reads them all at once.
+
+    Reading a device tensor waits for the device; the loop reads once per ``log_every`` steps
+    (and before a checkpoint) instead of every step, with one all-reduce for all ranks.
+    """
+
+    def __init__(self) -> None:
+        self.rows: list[tuple[int, dict[str, torch.Tensor]]] = []
+
+    def add(self, step: int, scalars: dict[str, torch.Tensor]) -> None:
+        """Keep the 0-dim tensors of step ``step`` (the 0-based index it trained at)."""
+        self.rows.append((step, scalars))
+
+    def read(self) -> list[tuple[int, dict[str, float]]]:
+        """Every kept step's scalars averaged over ranks, as floats; forget them."""
+        if not self.rows:
+            return []
+        flat = {
+            f"{i:08d}/{name}": value
+            for i, (_, scalars) in enumerate(self.rows)
+            for name, value in scalars.items()
+        }
+        values = mean_across_ranks(flat)
+        out = []
+        for i, (step, scalars) in enumerate(self.rows):
+            out.append((step, {name: values[f"{i:08d}/{name}"] for name in scalars}))
+        self.rows = []
+        return out

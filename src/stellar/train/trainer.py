@@ -14,28 +14,26 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Any
 
 import torch
 import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
-from torch.utils.data import Dataset
+from torch.profiler import record_function
 from tqdm.auto import tqdm
 
-from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
-from stellar.hub import create_stellar, load_stellar
 from stellar.losses.masking import random_masking
-from stellar.losses.objective import StellarObjective
-from stellar.models.stellar import STELLAR
-from stellar.runtime import autocast, autocast_dtype
+from stellar.losses.objective import PHASE, StellarObjective
+from stellar.runtime import autocast
 from stellar.train import checkpoint as ckpt
+from stellar.train.build import build_dataset, build_model, param_groups
 from stellar.train.config import TrainConfig, check_against_model
-from stellar.train.distributed import DistInfo, mean_across_ranks, setup
+from stellar.train.distributed import DistInfo, setup
 from stellar.train.ema import make_teacher, update_teacher
-from stellar.train.metrics import MetricsLog
+from stellar.train.metrics import MetricsLog, PendingScalars
+from stellar.train.precision import training_precision
 from stellar.train.resume import TrainerCheckpoints
 from stellar.train.schedule import cosine_lr, ema_momentum
 
@@ -44,53 +42,6 @@ logger = logging.getLogger(__name__)
 
 class TrainingDiverged(RuntimeError):
     """The loss or gradient became NaN/inf."""
-
-
-def build_dataset(cfg: TrainConfig) -> Dataset:
-    """The training images; checked before any training work starts."""
-    data = cfg.data
-    if data.source == "scenes":
-        from stellar.data.scenes import ConceptScenes
-
-        return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
-    if data.source == "folder":
-        from stellar.data.folder import validate_image_folder
-
-        if not data.root:
-            raise ValueError("data.source=folder needs data.root=/path/to/images")
-        return validate_image_folder(data.root, canvas_size=data.canvas_size)
-    raise ValueError(f"data.source must be 'scenes' or 'folder', got {data.source!r}")
-
-
-def build_model(cfg: TrainConfig) -> STELLAR:
-    """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised."""
-    vq = cfg.vq_model
-    if cfg.init.checkpoint:
-        model = load_stellar(cfg.init.checkpoint, purpose="pretrain", vq_model=vq)
-    else:
-        model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
-    if cfg.init.encoder:
-        init_encoder_from_mae(model, cfg.init.encoder)
-    if model.config.decoder_head == "vq" and cfg.objective.recon and model.tokenizer is None:
-        raise ValueError(
-            "this model reconstructs MaskGIT-VQGAN codes: pass "
-            "vq_model=/path/to/maskgit-vqgan-imagenet-f16-256.bin, or objective.recon=false"
-        )
-    return model.requires_grad_(True).train()
-
-
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """No weight decay on biases, norms, and the CLS/position/concept tokens."""
-    no_decay_names = ("cls_token", "pos_embed", "sparse_tokens")
-    decay, no_decay = [], []
-    for name, p in model.named_parameters():
-        if not p.requires_grad:
-            continue
-        (no_decay if p.ndim < 2 or name.endswith(no_decay_names) else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay},
-        {"params": no_decay, "weight_decay": 0.0},
-    ]
 
 
 class Trainer(TrainerCheckpoints):
@@ -126,7 +77,8 @@ class Trainer(TrainerCheckpoints):
             param_groups(self.model, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
             betas=tuple(cfg.optim.betas),
-            fused=self.device.type == "cuda",
+            # Fused kernels where PyTorch has them for this device (CUDA; CPU unless sharded).
+            fused=self.device.type == "cuda" or (self.device.type == "cpu" and not self.sharded),
         )
         # Per-group weight decay as configured: a resume re-applies it over the checkpoint's.
         self._group_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
@@ -151,11 +103,11 @@ class Trainer(TrainerCheckpoints):
         )
         self.sampler: ResumableSampler = self.loader.sampler
         self.step = 0
-        self.autocast_dtype = self._precision()
+        self.autocast_dtype, why = training_precision(cfg.precision, self.device)
+        if self.dist.is_main:
+            logger.info("training step precision: %s", why)
 
     # ------------------------------------------------------------------ set-up
-    def _precision(self) -> torch.dtype | None:
-        return autocast_dtype(self.cfg.precision, self.device)
 
     def _wrap(self, objective: StellarObjective) -> nn.Module:
         """The module a step calls: DDP- or FSDP-wrapped when distributed, maybe compiled.
@@ -215,8 +167,15 @@ class Trainer(TrainerCheckpoints):
             )
         return out
 
-    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, float]:
-        """One optimizer step over ``grad_accum`` micro-batches; returns logged scalars."""
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches.
+
+        Returns the step's scalars (``loss``, the terms, ``grad_norm``, ``lr``, ``nonfinite``)
+        as detached 0-dim device tensors of this rank: nothing here waits for the device.
+        A step whose loss or gradient norm is NaN/inf is applied under ``nonfinite=stop`` (the
+        loop stops at its next read); under ``nonfinite=skip`` it changes nothing, a decision
+        that reads one flag per step.
+        """
         cfg = self.cfg
         lr = cosine_lr(
             self.step, self.total_steps, cfg.optim.lr, cfg.optim.warmup, cfg.optim.min_lr
@@ -225,28 +184,36 @@ class Trainer(TrainerCheckpoints):
             group["lr"] = lr
         sums: dict[str, torch.Tensor] = {}
         for micro, batch in enumerate(micro_batches):
-            views = self.make_views(batch, self.generator(micro))
+            with record_function(PHASE + "views and masking"):
+                views = self.make_views(batch, self.generator(micro))
             last = micro == len(micro_batches) - 1
             with (
                 self._grad_sync(last),
                 autocast(self.device, self.autocast_dtype),
             ):
                 total, terms = self.step_fn(views)
-            (total / len(micro_batches)).backward()
+            with record_function(PHASE + "backward"):
+                (total / len(micro_batches)).backward()
             for name, value in {"loss": total.detach(), **terms}.items():
                 sums[name] = sums.get(name, 0) + value / len(micro_batches)
         clip = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
-        logged = mean_across_ranks({**sums, "grad_norm": grad_norm})
-        if not all(math.isfinite(v) for v in logged.values()):
+        if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
+            grad_norm = grad_norm.full_tensor()
+        scalars = {**sums, "grad_norm": grad_norm.detach()}
+        bad = ~torch.isfinite(torch.stack([v.float() for v in scalars.values()])).all()
+        scalars["nonfinite"] = bad.float()
+        scalars["lr"] = torch.tensor(lr, device=self.device)
+        if cfg.nonfinite == "skip" and _on_any_rank(bad):
             self.optimizer.zero_grad(set_to_none=True)
-            return {**logged, "lr": lr, "nonfinite": 1.0}
-        self.optimizer.step()
+            return scalars
+        with record_function(PHASE + "optimizer"):
+            self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
         if self.teacher is not None:
             m = ema_momentum(self.step, self.total_steps, cfg.ema.momentum, cfg.ema.final_momentum)
             update_teacher(self.teacher, self.model, m)
-        return {**logged, "lr": lr}
+        return scalars
 
     # ------------------------------------------------------------------ the loop
     def train(self, resume: bool = False) -> dict[str, float]:
@@ -275,6 +242,8 @@ class Trainer(TrainerCheckpoints):
         images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
+        pending = PendingScalars()
+        since = time.perf_counter()
         try:
             while self.step < end:
                 self.sampler.set_position(epoch, position)
@@ -283,23 +252,24 @@ class Trainer(TrainerCheckpoints):
                     micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
                     if len(micro) < cfg.grad_accum:
                         break
-                    start = time.perf_counter()
-                    scalars = self.train_step(micro)
-                    if self.device.type == "cuda":
-                        torch.cuda.synchronize(self.device)
-                    scalars["images_per_s"] = images_per_step / (time.perf_counter() - start)
+                    pending.add(self.step, self.train_step(micro))
                     position += cfg.batch_size * cfg.grad_accum
-                    if scalars.pop("nonfinite", 0.0):
-                        self._nonfinite(scalars)
                     self.step += 1
-                    last = {"step": self.step, "epoch": epoch, **scalars}
-                    if log and (self.step % cfg.log_every == 0 or self.step == self.total_steps):
-                        log.write(last)
                     bar.update(1)
-                    bar.set_postfix(
-                        loss=f"{scalars['loss']:.3f}", img_s=f"{scalars['images_per_s']:.0f}"
-                    )
-                    if self.step % cfg.ckpt_every == 0 and self.step < end:
+                    logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                    saving = self.step % cfg.ckpt_every == 0 and self.step < end
+                    if not (logged or saving or self.step == end):
+                        continue
+                    # The one read of the interval: checks every step of it, then logs the last.
+                    rows = self._checked(pending.read())
+                    now = time.perf_counter()
+                    rate = len(rows) * images_per_step / max(now - since, 1e-9)
+                    since = now
+                    last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
+                    if log and logged:
+                        log.write(last)
+                    bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{rate:.0f}")
+                    if saving:
                         self.save(epoch, position)
                 if self.step < end:  # the data ran out before the step budget: next epoch
                     epoch, position = epoch + 1, 0
@@ -313,9 +283,18 @@ class Trainer(TrainerCheckpoints):
                 log.close()
         return last
 
-    def _nonfinite(self, scalars: dict[str, float]) -> None:
+    def _checked(self, rows: list[tuple[int, dict[str, float]]]) -> list[dict[str, float]]:
+        """The rows without their ``nonfinite`` flag; a flagged step warns (skip) or stops."""
+        out = []
+        for step, scalars in rows:
+            if scalars.pop("nonfinite", 0.0):
+                self._nonfinite(step, scalars)
+            out.append(scalars)
+        return out
+
+    def _nonfinite(self, step: int, scalars: dict[str, float]) -> None:
         bad = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if not math.isfinite(v))
-        message = f"step {self.step}: non-finite values ({bad}); all terms: {scalars}"
+        message = f"step {step}: non-finite values ({bad}); all terms: {scalars}"
         if self.cfg.nonfinite == "skip":
             logger.warning("%s - step skipped (nonfinite=skip)", message)
             return
@@ -324,3 +303,11 @@ class Trainer(TrainerCheckpoints):
             f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
             "Lower optim.lr, or pass nonfinite=skip to skip such steps."
         )
+
+
+def _on_any_rank(flag: torch.Tensor) -> bool:
+    """Whether ``flag`` is set on any process (reads it: a host-device synchronisation)."""
+    flag = flag.float().reshape(1)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+    return bool(flag.item())

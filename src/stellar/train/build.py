@@ -1,0 +1,60 @@
+"""What a run trains on and with: the dataset, the model, and the optimizer's parameter groups."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from torch import nn
+from torch.utils.data import Dataset
+
+from stellar.checkpoint.mae import init_encoder_from_mae
+from stellar.hub import create_stellar, load_stellar
+from stellar.models.stellar import STELLAR
+from stellar.train.config import TrainConfig
+
+
+def build_dataset(cfg: TrainConfig) -> Dataset:
+    """The training images; checked before any training work starts."""
+    data = cfg.data
+    if data.source == "scenes":
+        from stellar.data.scenes import ConceptScenes
+
+        return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
+    if data.source == "folder":
+        from stellar.data.folder import validate_image_folder
+
+        if not data.root:
+            raise ValueError("data.source=folder needs data.root=/path/to/images")
+        return validate_image_folder(data.root, canvas_size=data.canvas_size)
+    raise ValueError(f"data.source must be 'scenes' or 'folder', got {data.source!r}")
+
+
+def build_model(cfg: TrainConfig) -> STELLAR:
+    """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised."""
+    vq = cfg.vq_model
+    if cfg.init.checkpoint:
+        model = load_stellar(cfg.init.checkpoint, purpose="pretrain", vq_model=vq)
+    else:
+        model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
+    if cfg.init.encoder:
+        init_encoder_from_mae(model, cfg.init.encoder)
+    if model.config.decoder_head == "vq" and cfg.objective.recon and model.tokenizer is None:
+        raise ValueError(
+            "this model reconstructs MaskGIT-VQGAN codes: pass "
+            "vq_model=/path/to/maskgit-vqgan-imagenet-f16-256.bin, or objective.recon=false"
+        )
+    return model.requires_grad_(True).train()
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """No weight decay on biases, norms, and the CLS/position/concept tokens."""
+    no_decay_names = ("cls_token", "pos_embed", "sparse_tokens")
+    decay, no_decay = [], []
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        (no_decay if p.ndim < 2 or name.endswith(no_decay_names) else decay).append(p)
+    return [
+        {"params": decay, "weight_decay": weight_decay},
+        {"params": no_decay, "weight_decay": 0.0},
+    ]
