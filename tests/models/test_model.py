@@ -154,3 +154,30 @@ def test_decode_is_reconstructs_forward(model):
     encoder_only = create_stellar("stellar-tiny", purpose="encode")
     with pytest.raises(ValueError, match="no decoder"):
         encoder_only.decode(out["lowrank"], (8, 6))
+
+
+def test_activation_checkpointing_gives_the_same_loss_and_gradients():
+    torch.manual_seed(0)
+    model = create_stellar("stellar-tiny", purpose="reconstruct").requires_grad_(True)
+    images = torch.rand(2, 3, 64, 64)
+
+    def loss_and_grads():
+        model.zero_grad()
+        out = model.encode(images)
+        loss = model.reconstruct(out)["x_hat"].square().mean() + out["cls"].square().mean()
+        loss.backward()
+        return loss.detach(), {n: p.grad.clone() for n, p in model.named_parameters()}
+
+    plain, plain_grads = loss_and_grads()
+    model.encoder.checkpoint_blocks = True
+    saved = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: saved.append(1) or t, lambda t: t):
+        checkpointed, grads = loss_and_grads()
+    torch.testing.assert_close(checkpointed, plain)
+    for name, grad in grads.items():
+        torch.testing.assert_close(grad, plain_grads[name], atol=1e-6, rtol=1e-5, msg=name)
+    model.encoder.checkpoint_blocks = False
+    kept = []
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(1) or t, lambda t: t):
+        loss_and_grads()
+    assert len(saved) < len(kept)  # the blocks' activations were not kept

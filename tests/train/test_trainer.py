@@ -201,8 +201,10 @@ def test_ablated_ddp_names_its_unused_parameters(tmp_path):
             "objective.set_align=false",
             "objective.cls_align=false",
         ]
-        cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *off])
+        extra = [*off, "activation_checkpointing=true"]
+        cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *extra])
         trainer = Trainer(cfg, DistInfo(rank=0, world_size=2))
+        assert trainer.model.encoder.checkpoint_blocks
         assert trainer.ddp.find_unused_parameters
         assert trainer.plan.local == 0 and trainer.plan.masked == 2  # KoLeo still masks
         batches = iter(trainer.loader)

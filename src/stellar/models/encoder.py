@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+from torch.utils.checkpoint import checkpoint
 
 from stellar.layers import Transformer, resize_patch_pos_embed
 from stellar.models.config import EncoderConfig
@@ -15,6 +16,8 @@ class ViTEncoder(Transformer):
 
     Extra tokens (STELLAR's concept queries) are appended after the CLS and patch tokens and
     get no position embedding; the final LayerNorm applies to every output token.
+    With ``checkpoint_blocks`` set, each block's activations are recomputed in the backward
+    pass instead of kept (activation checkpointing; only while gradients are recorded).
     Initialisation (:meth:`init_weights`): truncated normal (std 0.02) for the patch embedding,
     the block Linears, the CLS token and the position embeddings; zero biases; unit LayerNorms.
     """
@@ -33,6 +36,7 @@ class ViTEncoder(Transformer):
         self.patch_embed = nn.Conv2d(cfg.num_channels, d, cfg.patch_size, stride=cfg.patch_size)
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid_size**2, d))
+        self.checkpoint_blocks = False
         self.init_weights()
 
     def init_weights(self) -> None:
@@ -61,4 +65,9 @@ class ViTEncoder(Transformer):
         parts = [self.cls_tokens(patches.shape[0]).to(patches.dtype), patches]
         if extra_tokens is not None:
             parts.append(extra_tokens.to(patches.dtype))
-        return super().forward(torch.cat(parts, dim=1))
+        x = torch.cat(parts, dim=1)
+        if not (self.checkpoint_blocks and torch.is_grad_enabled()):
+            return super().forward(x)
+        for block in self.blocks:
+            x = checkpoint(block, x, use_reentrant=False)
+        return self.norm(x)

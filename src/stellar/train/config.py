@@ -118,6 +118,8 @@ class TrainConfig:
     stop_at: int | None = bounded(None, low=1)
     precision: Precision = "auto"
     compile: bool = False
+    # recompute each encoder block in the backward pass: less activation memory (ViT-L/H)
+    activation_checkpointing: bool = False
     strategy: Literal["ddp", "fsdp"] = "ddp"
     seed: int = 0
     out: str = "runs/stellar"

@@ -57,6 +57,7 @@ class Trainer(TrainerCheckpoints):
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
         self.model = build_model(cfg).to(self.device)
+        self.model.encoder.checkpoint_blocks = cfg.activation_checkpointing
         self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
         self.objective = StellarObjective(self.model, cfg.objective, self.teacher)
         a = cfg.augment
