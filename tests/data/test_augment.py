@@ -10,14 +10,13 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageEnhance
 
-from stellar.data.augment import (
-    MultiViewAugment,
+from stellar.data.augment import MultiViewAugment, random_resized_crop
+from stellar.data.color import (
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
     color_blur,
     gaussian_blur,
-    random_resized_crop,
     rgb_to_grayscale,
 )
 from stellar.losses.objective import ViewPlan

@@ -22,30 +22,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stellar.data.color import (
-    _pair,
-    _uniform,
-    adjust_brightness,
-    adjust_contrast,
-    adjust_hue,
-    adjust_saturation,
-    color_blur,
-    gaussian_blur,
-    rgb_to_grayscale,
-)
+from stellar.data.color import _pair, _uniform, color_blur
 from stellar.losses.objective import ViewPlan
 
-__all__ = [
-    "MultiViewAugment",
-    "adjust_brightness",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
-    "color_blur",
-    "gaussian_blur",
-    "random_resized_crop",
-    "rgb_to_grayscale",
-]
+__all__ = ["MultiViewAugment", "random_resized_crop"]
 
 
 def _as_float(x: Tensor, name: str) -> Tensor:
