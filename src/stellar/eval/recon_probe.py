@@ -140,7 +140,7 @@ def reconstruct_features(
     outs = []
     for i in range(0, features.shape[0], batch_size):
         x = features[i : i + batch_size].to(device).float()
-        outs.append(decoder.head_output(decoder.forward_features(x, grid), grid).clamp(0, 1).cpu())
+        outs.append(decoder(x, grid)["x_hat"].clamp(0, 1).cpu())
     decoder.train(was_training)
     return torch.cat(outs)
 
@@ -192,7 +192,7 @@ def train_recon_probe(
 
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
         x = features[idx].to(device).float()
-        x_hat = decoder.head_output(decoder.forward_features(x, grid), grid)
+        x_hat = decoder(x, grid)["x_hat"]
         return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, _to_float(images[idx], device)), idx.numel()
 
     def after_epoch(epoch: int) -> dict[str, float]:
