@@ -251,3 +251,32 @@ def test_retrieve_outputs_are_written_atomically(model, tmp_path: Path, monkeypa
     with pytest.raises(OSError, match="No space"):
         _retrieve(ckpt, out, query, "--data", str(data))
     assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_faiss_and_torch_fallback_return_the_same_neighbours(monkeypatch) -> None:
+    g = torch.Generator().manual_seed(11)
+    index = TokenIndex(
+        F.normalize(torch.randn(40, 16, generator=g), dim=1),
+        torch.arange(40),
+        torch.zeros(40, dtype=torch.long),
+        ["x"] * 40,
+    )
+    q = torch.randn(4, 16, generator=g)
+    pytest.importorskip("faiss", reason="faiss-cpu (the faiss / test extra) is not installed")
+    with_faiss = query_index(index, q, k=6)
+    assert index._faiss is not None  # the faiss index was built and kept
+    monkeypatch.setitem(__import__("sys").modules, "faiss", None)  # import faiss -> ImportError
+    torch_only = TokenIndex(index.vectors, index.image, index.token, index.paths)
+    fallback = query_index(torch_only, q, k=6)
+    assert torch_only._faiss is None  # the torch matmul answered
+    np.testing.assert_array_equal(with_faiss[1].numpy(), fallback[1].numpy())
+    np.testing.assert_allclose(with_faiss[0].numpy(), fallback[0].numpy(), atol=1e-5)
+
+
+def test_test_extra_installs_faiss() -> None:
+    import tomllib
+
+    project = tomllib.loads((Path(__file__).parents[2] / "pyproject.toml").read_text())["project"]
+    extras = project["optional-dependencies"]
+    assert any(dep.startswith("faiss-cpu") for dep in extras["faiss"])
+    assert any(dep.startswith("faiss-cpu") for dep in extras["test"])
