@@ -33,12 +33,12 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset, Subset
-from tqdm.auto import tqdm
 
 from stellar.checkpoint.io import atomic_write
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.progress import progress_bar
 from stellar.runtime import setup, teardown
 
 __all__ = [
@@ -90,7 +90,7 @@ def extract_features(
         keys: outputs of ``model.encode`` to keep.
         batch_size, num_workers: loader settings.
         fp16: keep floating features as float16.
-        progress: show a tqdm bar.
+        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
 
     Returns:
         ``{key: (N, ...)}`` for each key, plus ``label`` (N,) and ``index`` (N,) int64, the
@@ -187,7 +187,7 @@ def extract_to_dir(
         fp16: store floating features as float16.
         rank, world_size: this process takes global shards ``rank::world_size``.
         model_spec: recorded in ``meta.json``.
-        progress: show a tqdm bar.
+        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
         finalize: write ``index.jsonl`` and the final ``meta.json`` when every shard exists.
 
     Returns:
@@ -222,7 +222,7 @@ def extract_to_dir(
     if skipped:
         logger.info("rank %d: %d shard(s) already complete, skipped", rank, skipped)
     written = []
-    bar = tqdm(
+    bar = progress_bar(
         total=sum(s.stop - s.start for s in todo),
         desc=f"extract[{rank}]" if world_size > 1 else "extract",
         unit="img",
@@ -247,7 +247,7 @@ def _extract_shard(
     batch_size: int,
     num_workers: int,
     fp16: bool,
-    bar: tqdm,
+    bar: Any,
 ) -> None:
     subset = Subset(dataset, range(shard.start, shard.stop))
     loader = make_loader(subset, batch_size, num_workers, pin_memory=model.device.type == "cuda")

@@ -14,10 +14,10 @@ from collections.abc import Iterator
 from typing import Any
 
 from torch.utils.data import Dataset
-from tqdm.auto import tqdm
 
 from stellar.data.folder import EvalImages, find_images
 from stellar.data.loader import EpochLoader, build_loader
+from stellar.progress import progress_bar
 
 __all__ = ["EvalImages", "decodable_batches", "find_images", "make_loader"]
 
@@ -56,7 +56,7 @@ def decodable_batches(
     """
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin_memory)
     found = 0
-    for batch in tqdm(loader, desc=desc, unit="batch", disable=not progress):
+    for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
         found += batch["index"].shape[0]
         yield batch
     skipped = len(dataset) - found  # every item not delivered was an unreadable file

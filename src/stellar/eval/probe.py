@@ -14,7 +14,8 @@ from typing import Any
 
 import torch
 from torch import Tensor, nn
-from tqdm.auto import tqdm
+
+from stellar.progress import progress_bar
 
 __all__ = ["fit_probe", "shuffled_batches"]
 
@@ -73,7 +74,7 @@ def fit_probe(
     )
     history: list[dict[str, float]] = []
     probe.train()
-    bar = tqdm(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
         loss_sum, seen = torch.zeros((), device=device), 0
         for batch in batches(epoch):

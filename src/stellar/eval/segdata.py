@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
-from tqdm.auto import tqdm
 
 from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, upright
 from stellar.errors import UsageError
 from stellar.eval.images import find_images
+from stellar.progress import progress_bar
 
 __all__ = [
     "LABEL_EXTENSIONS",
@@ -244,7 +244,7 @@ def load_label_maps(
         reduce_zero: apply :func:`reduce_zero_label`.
         ignore_index: the ignore label (must be >= C and < 256 to fit uint8).
         threads: reader threads (PIL releases the GIL while decoding).
-        progress: show a tqdm bar.
+        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
 
     Returns:
         (N, size, size) uint8 labels.
@@ -277,7 +277,7 @@ def load_label_maps(
 
     with ThreadPoolExecutor(max_workers=threads) as pool:
         list(
-            tqdm(
+            progress_bar(
                 pool.map(work, range(len(labels))),
                 total=len(labels),
                 desc="label maps",

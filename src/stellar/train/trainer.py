@@ -20,12 +20,12 @@ import yaml
 from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
-from tqdm.auto import tqdm
 
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
 from stellar.losses.masking import random_masking
 from stellar.losses.objective import PHASE, StellarObjective
+from stellar.progress import progress_bar
 from stellar.runtime import autocast
 from stellar.train import checkpoint as ckpt
 from stellar.train.build import build_dataset, build_model, param_groups
@@ -231,7 +231,7 @@ class Trainer(TrainerCheckpoints):
                 self.out,
             )
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
-        bar = tqdm(
+        bar = progress_bar(
             total=self.total_steps,
             initial=self.step,
             desc="pretrain",

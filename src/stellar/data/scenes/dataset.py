@@ -140,7 +140,7 @@ def export_scenes(
         raise ValueError(f"n must be >= 0, got {n}")
     if max_objects > 255:
         raise ValueError(f"max_objects must be <= 255 for uint8 masks, got {max_objects}")
-    from tqdm.auto import tqdm
+    from stellar.progress import progress_bar
 
     out = Path(out_dir)
     # Exporting over an earlier export would leave its images beside the new labels.
@@ -159,7 +159,7 @@ def export_scenes(
     width = max(6, len(str(max(n - 1, 0))))
     made: set[str] = set()
     with (out / "labels.jsonl").open("w") as fh:
-        for i in tqdm(range(n), desc=f"export {split} scenes", disable=not progress):
+        for i in progress_bar(range(n), desc=f"export {split} scenes", disable=not progress):
             item = ds[i]
             name = f"{i:0{width}d}"
             shape_name = SHAPES[int(item["shape"])]

@@ -1,0 +1,75 @@
+"""Progress bars that behave in a pipe: tqdm on a terminal, a log line every N steps otherwise.
+
+A tqdm bar redraws itself with carriage returns, which a log file or a CI console keeps as
+thousands of partial lines. When stderr is not a terminal the same bar logs one plain line
+(``logging``, level INFO) at its start, every ``every`` steps and at its end instead.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+from collections.abc import Iterable
+from typing import Any
+
+from tqdm.auto import tqdm
+
+__all__ = ["LoggedBar", "progress_bar"]
+
+logger = logging.getLogger(__name__)
+LINES_PER_BAR = 20  # a bar of known length logs about this many lines
+UNKNOWN_TOTAL_EVERY = 100  # steps between lines when the length is unknown
+
+
+class _LogWriter:
+    """The file tqdm writes to: each non-blank redraw becomes one log line."""
+
+    def write(self, text: str) -> None:
+        line = text.replace("\r", "").strip()
+        if line:
+            logger.info(line)
+
+    def flush(self) -> None:
+        pass
+
+
+class LoggedBar(tqdm):
+    """A tqdm bar that logs a line every ``every`` steps instead of redrawing in place."""
+
+    monitor_interval = 0  # no monitor thread: lines come only at the step cadence
+
+    def __init__(self, *args: Any, every: int, **kwargs: Any) -> None:
+        kwargs.update(file=_LogWriter(), miniters=every, mininterval=0, ascii=True)
+        super().__init__(*args, **kwargs)
+
+    def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs: Any) -> None:
+        # the postfix shows on the next cadence line, not as a line of its own
+        super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+
+def progress_bar(
+    iterable: Iterable | None = None,
+    *,
+    total: int | None = None,
+    every: int | None = None,
+    disable: bool = False,
+    **kwargs: Any,
+) -> tqdm:
+    """A progress bar over ``iterable`` (or updated by hand), as ``tqdm(...)`` takes.
+
+    Args:
+        iterable: what to iterate; its ``len`` is the total when it has one.
+        total: the number of steps, when ``iterable`` has no length or is None.
+        every: steps between log lines when stderr is not a terminal (default: about
+            ``LINES_PER_BAR`` lines over the bar).
+        disable: no bar and no lines.
+        **kwargs: tqdm's own options (``desc``, ``unit``, ``leave``, ...).
+    """
+    if disable or sys.stderr.isatty():
+        return tqdm(iterable, total=total, disable=disable, **kwargs)
+    if total is None and iterable is not None and hasattr(iterable, "__len__"):
+        total = len(iterable)
+    if every is None:
+        every = max(1, math.ceil(total / LINES_PER_BAR)) if total else UNKNOWN_TOTAL_EVERY
+    return LoggedBar(iterable, total=total, every=every, **kwargs)

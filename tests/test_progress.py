@@ -1,0 +1,53 @@
+"""Progress bars: tqdm on a terminal, plain log lines at a fixed cadence in a pipe."""
+
+from __future__ import annotations
+
+import io
+import logging
+
+from tqdm.auto import tqdm
+
+from stellar.progress import LoggedBar, progress_bar
+
+
+class _Terminal(io.StringIO):
+    def isatty(self) -> bool:
+        return True
+
+
+def test_in_a_pipe_no_carriage_returns_and_a_line_every_n_steps(monkeypatch, caplog):
+    stderr = io.StringIO()  # not a terminal
+    monkeypatch.setattr("sys.stderr", stderr)
+    with caplog.at_level(logging.INFO, logger="stellar.progress"):
+        bar = progress_bar(range(100), desc="work", every=10)
+        for i in bar:
+            bar.set_postfix(loss=f"{i:.1f}")  # must not add lines of its own
+        bar.close()
+    lines = [r.getMessage() for r in caplog.records if r.name == "stellar.progress"]
+    assert "\r" not in stderr.getvalue() and stderr.getvalue() == ""
+    assert all("\r" not in line for line in lines)
+    # the start, one line per 10 steps, and the end (the last cadence line may be the end)
+    assert 10 <= len(lines) <= 12, lines
+    assert lines[0].startswith("work:") and "100/100" in lines[-1]
+    assert "loss=" in lines[-1]
+
+
+def test_default_cadence_is_about_twenty_lines(monkeypatch, caplog):
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    with caplog.at_level(logging.INFO, logger="stellar.progress"):
+        for _ in progress_bar(range(1000), desc="long"):
+            pass
+    lines = [r for r in caplog.records if r.name == "stellar.progress"]
+    assert 19 <= len(lines) <= 23
+
+
+def test_on_a_terminal_it_is_tqdm_and_disable_is_silent(monkeypatch, caplog):
+    monkeypatch.setattr("sys.stderr", _Terminal())
+    bar = progress_bar(range(3), desc="tty")
+    assert isinstance(bar, tqdm) and not isinstance(bar, LoggedBar)
+    bar.close()
+    monkeypatch.setattr("sys.stderr", io.StringIO())
+    with caplog.at_level(logging.INFO, logger="stellar.progress"):
+        for _ in progress_bar(range(50), disable=True):
+            pass
+    assert not [r for r in caplog.records if r.name == "stellar.progress"]
