@@ -181,3 +181,35 @@ def test_activation_checkpointing_gives_the_same_loss_and_gradients():
     with torch.autograd.graph.saved_tensors_hooks(lambda t: kept.append(1) or t, lambda t: t):
         loss_and_grads()
     assert len(saved) < len(kept)  # the blocks' activations were not kept
+
+
+def test_reconstruct_uses_the_encoded_grid_even_when_its_count_is_square(model):
+    # 32 x 128 px at patch 8 is a 4 x 16 grid: 64 patches, which is also 8 x 8
+    torch.manual_seed(0)
+    images = torch.rand(1, 3, 32, 128)
+    p = model.patch_size
+    out = model.encode(images)
+    assert tuple(out["grid"].tolist()) == (32 // p, 128 // p)
+    rec = model.reconstruct(out)["reconstruction"]
+    assert rec.shape == (1, 3, 32, 128)
+    explicit = model.reconstruct(out["sparse"], out["spatial"], grid=(32 // p, 128 // p))
+    torch.testing.assert_close(rec, explicit["reconstruction"])
+
+
+def test_reconstruct_refuses_bare_features_whose_grid_it_cannot_know(model):
+    out = model.encode(torch.rand(1, 3, 16, 48))  # 2 x 6 patches: not a square count
+    with pytest.raises(ValueError, match="grid=\\(h, w\\)"):
+        model.reconstruct(out["sparse"], out["spatial"])
+
+
+def test_edits_to_concepts_or_maps_take_effect_in_reconstruct(model):
+    torch.manual_seed(0)
+    out = model.encode(torch.rand(2, 3, 64, 64))
+    before = model.reconstruct(out)["reconstruction"]
+    torch.testing.assert_close(before, model.decode(out["lowrank"], (8, 8))["x_hat"].clamp(0, 1))
+    edited = {**out, "sparse": out["sparse"].flip(1)}  # swap which concept is which
+    after = model.reconstruct(edited)["reconstruction"]
+    assert (after - before).abs().max() > 1e-3
+    torch.testing.assert_close(
+        after, model.reconstruct(edited["sparse"], out["spatial"])["reconstruction"]
+    )

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stellar.checkpoint.io import save_pretrained as write_pretrained
+from stellar.errors import UsageError
 from stellar.models.clustering import OnlineClustering
 from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
@@ -178,13 +179,15 @@ class STELLAR(nn.Module):
             ``cls`` (B, 1, d), ``dense`` (B, n, d), ``sparse`` (B, r, d),
             ``spatial`` (B, n, r) fp32, rows summing to 1, ``lowrank`` (B, n, d) = spatial @ sparse,
             ``peak_dist`` (B, r) the max of each concept's map, ``concat`` (B, r, d + n)
-            = [sparse ; spatialᵀ]. n = (H/p)·(W/p), row-major.
+            = [sparse ; spatialᵀ]. n = (H/p)·(W/p), row-major. ``grid`` (2,) int64 (H/p, W/p)
+            on the CPU, so that :meth:`reconstruct` lays the patches out as they were encoded.
         """
         self.check_images(images)
         out = self.forward_encode(images)
         out["concat"] = torch.cat(
             [out["sparse"], out["spatial"].transpose(1, 2).to(out["sparse"].dtype)], -1
         )
+        out["grid"] = torch.tensor(self.grid(images))
         return out
 
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
@@ -301,10 +304,15 @@ class STELLAR(nn.Module):
     ) -> dict[str, Tensor]:
         """Rebuild images from ``encode``'s output, or from ``(sparse, spatial)``.
 
+        From a dict it reads ``sparse`` (S) and ``spatial`` (L) and recomputes L·S, so edits
+        to the concepts or their maps take effect (``lowrank`` is used only when the dict has
+        no S and L), and ``grid``, which :meth:`encode` records.
+
         Args:
             encoded: the dict returned by :meth:`encode`, or the concept tokens (B, r, d).
             spatial: (B, n, r) when ``encoded`` is the concept tokens.
-            grid: (h, w) patch grid; default: square.
+            grid: (h, w) patch grid; default: the dict's ``grid``, else a square grid (an
+                error when n is not a square).
 
         Returns:
             :meth:`decode`'s outputs plus ``reconstruction`` (B, 3, H, W) in [0, 1]: the
@@ -312,6 +320,8 @@ class STELLAR(nn.Module):
             the argmax ``tokens`` (B, n), also returned.
         """
         self._require_decoder()
+        if grid is None and isinstance(encoded, dict) and "grid" in encoded:
+            grid = tuple(int(v) for v in encoded["grid"])
         out = self.decode(self._lowrank_of(encoded, spatial), grid)
         if "x_hat" in out:
             return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
@@ -329,8 +339,10 @@ class STELLAR(nn.Module):
 
     def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
         if isinstance(encoded, dict):
-            if "lowrank" in encoded:
-                return encoded["lowrank"]
+            if "sparse" not in encoded or "spatial" not in encoded:
+                if "lowrank" in encoded:
+                    return encoded["lowrank"]
+                raise UsageError("reconstruct(dict) needs its 'sparse' and 'spatial' entries")
             encoded, spatial = encoded["sparse"], encoded["spatial"]
         if spatial is None:
             raise ValueError("reconstruct(sparse, spatial) needs the spatial maps too")
@@ -380,5 +392,8 @@ class STELLAR(nn.Module):
 def _square_grid(n: int) -> tuple[int, int]:
     side = math.isqrt(n)
     if side * side != n:
-        raise ValueError(f"{n} patches do not form a square grid: pass grid=(h, w)")
+        raise UsageError(
+            f"{n} patches do not form a square grid: pass grid=(h, w), or reconstruct the dict "
+            "that encode() returned (it records the grid)"
+        )
     return side, side
