@@ -8,11 +8,13 @@ folder (changing only what :data:`~stellar.train.config.RESUMABLE_KEYS` allows).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import shutil
 from pathlib import Path
 
 from stellar.errors import UsageError
+from stellar.runtime import DistInfo
 from stellar.train.config import (
     RESUMABLE_KEYS,
     TrainConfig,
@@ -21,6 +23,7 @@ from stellar.train.config import (
     preset_names,
     resume_config,
 )
+from stellar.train.runlock import run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -88,28 +91,34 @@ def prepare(args: argparse.Namespace) -> tuple[TrainConfig, list[Path]]:
 def run(args: argparse.Namespace) -> int:
     """Build the trainer (under torchrun when launched by it) and train."""
     from stellar.train.distributed import setup, teardown
-    from stellar.train.trainer import Trainer
 
     cfg, old = prepare(args)  # every process checks before any of them deletes
     dist = setup()
     try:
-        if dist.is_main and old:
-            logger.warning("--overwrite: deleting the previous run's %s", ", ".join(map(str, old)))
-            for path in old:
-                if path.is_dir() and not path.is_symlink():
-                    shutil.rmtree(path)
-                else:
-                    path.unlink()
-        if dist.enabled:
-            import torch.distributed
-
-            torch.distributed.barrier()
-        last = Trainer(cfg, dist).train(resume=args.resume)
-        if dist.is_main:
-            terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch",))
-            print(
-                f"done: {terms or 'nothing left to train'}\ncheckpoint: {cfg.out}/checkpoints/last"
-            )
+        # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)
+        with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
+            _train(cfg, old, dist, args.resume)
     finally:
         teardown()
     return 0
+
+
+def _train(cfg: TrainConfig, old: list[Path], dist: DistInfo, resume: bool) -> None:
+    """Delete the replaced run's files (``--overwrite``), then train and print the summary."""
+    from stellar.train.trainer import Trainer
+
+    if dist.is_main and old:
+        logger.warning("--overwrite: deleting the previous run's %s", ", ".join(map(str, old)))
+        for path in old:
+            if path.is_dir() and not path.is_symlink():
+                shutil.rmtree(path)
+            else:
+                path.unlink()
+    if dist.enabled:
+        import torch.distributed
+
+        torch.distributed.barrier()
+    last = Trainer(cfg, dist).train(resume=resume)
+    if dist.is_main:
+        terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch",))
+        print(f"done: {terms or 'nothing left to train'}\ncheckpoint: {cfg.out}/checkpoints/last")

@@ -1,0 +1,54 @@
+"""An exclusive lock on a run folder, so two trainings never write into one ``out=``.
+
+The lock is ``fcntl.flock`` on ``out/.lock``: the kernel releases it when the holding process
+exits, however it exits, so a lock left by a killed run is never stale. The file records who
+holds it (pid, host, command) for the error the second run prints.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import socket
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+from stellar.errors import UsageError
+
+__all__ = ["LOCK_NAME", "run_lock"]
+
+LOCK_NAME = ".lock"
+
+
+@contextlib.contextmanager
+def run_lock(out: str | Path) -> Iterator[Path]:
+    """Hold the run folder ``out`` (created if missing) for the duration of the block.
+
+    Raises:
+        UsageError: another live process holds it; the message names that process.
+    """
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run unlocked rather than not at all
+        yield Path(out)
+        return
+    folder = Path(out)
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / LOCK_NAME
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = path.read_text(errors="replace").strip() or "another process"
+            raise UsageError(
+                f"{folder} is in use by a running training ({holder}); wait for it to finish "
+                "or pass another out="
+            ) from None
+        os.ftruncate(fd, 0)
+        command = " ".join(sys.argv)
+        os.write(fd, f"pid {os.getpid()} on {socket.gethostname()}: {command}\n".encode())
+        yield folder
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
