@@ -53,3 +53,46 @@ def test_the_train_command_takes_the_lock(tmp_path, monkeypatch):
     with run_lock(out), pytest.raises(UsageError, match="in use by a running training"):
         # the same process holds the lock through another descriptor: flock refuses it too
         main(["train", "--config", "cpu-smoke", f"out={out}", "max_steps=1"])
+
+
+def test_temporary_files_of_a_killed_run_are_cleaned_and_nothing_else(tmp_path):
+    from stellar.train.runlock import clean_orphaned_temps
+
+    out = tmp_path / "run"
+    step = out / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    orphans = [
+        out / ".metrics.jsonl.x1y2.tmp",
+        step / ".model.safetensors.ab12.tmp",
+        out / "checkpoints" / ".last.tmp",
+    ]
+    keep = [out / "metrics.jsonl", step / "model.safetensors", out / "notes.tmp"]
+    for path in orphans + keep:
+        path.write_bytes(b"x" * 100)
+    with run_lock(out):
+        assert clean_orphaned_temps(out) == 3
+    assert not any(p.exists() for p in orphans)
+    assert all(p.exists() for p in keep)
+
+
+def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
+    tmp_path, monkeypatch
+):
+    import errno
+
+    from stellar import create_stellar
+    from stellar.train import checkpoint as ckpt
+
+    model = create_stellar("stellar-tiny")
+    root = tmp_path / "checkpoints"
+    first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
+
+    def full(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(ckpt, "save_pretrained", full)
+    with pytest.raises(OSError, match="could not write checkpoint .*step-00000002") as err:
+        ckpt.save_checkpoint(root, 2, model, {"step": 2})
+    assert err.value.errno == errno.ENOSPC
+    assert f"previous checkpoint {first} is intact" in str(err.value)
+    assert ckpt.latest_checkpoint(root) == first

@@ -37,8 +37,16 @@ def save_checkpoint(
     ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards).
     """
     folder = root / f"step-{step:08d}"
-    save_pretrained(model, folder, weights)
-    atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    try:
+        save_pretrained(model, folder, weights)
+        atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
+    except OSError as err:
+        # a full disk or a lost mount: `last` still points at the previous checkpoint
+        previous = latest_checkpoint(root)
+        intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier one"
+        raise OSError(
+            err.errno, f"could not write checkpoint {folder} ({err.strerror or err}); {intact}"
+        ) from err
     link_tmp = root / f".{LAST}.tmp"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()

@@ -23,7 +23,7 @@ from stellar.train.config import (
     preset_names,
     resume_config,
 )
-from stellar.train.runlock import run_lock
+from stellar.train.runlock import clean_orphaned_temps, run_lock
 
 logger = logging.getLogger(__name__)
 
@@ -107,6 +107,8 @@ def _train(cfg: TrainConfig, old: list[Path], dist: DistInfo, resume: bool) -> N
     """Delete the replaced run's files (``--overwrite``), then train and print the summary."""
     from stellar.train.trainer import Trainer
 
+    if dist.is_main:
+        clean_orphaned_temps(cfg.out)
     if dist.is_main and old:
         logger.warning("--overwrite: deleting the previous run's %s", ", ".join(map(str, old)))
         for path in old:

@@ -8,6 +8,7 @@ holds it (pid, host, command) for the error the second run prints.
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import socket
 import sys
@@ -16,7 +17,9 @@ from pathlib import Path
 
 from stellar.errors import UsageError
 
-__all__ = ["LOCK_NAME", "run_lock"]
+__all__ = ["LOCK_NAME", "clean_orphaned_temps", "run_lock"]
+
+logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
 
@@ -52,3 +55,28 @@ def run_lock(out: str | Path) -> Iterator[Path]:
         yield folder
     finally:
         os.close(fd)  # closing the descriptor releases the lock
+
+
+def clean_orphaned_temps(out: str | Path) -> int:
+    """Delete the temporary files a killed run left in ``out`` (call while holding the lock).
+
+    Only our own atomic-write names count: hidden files ending in ``.tmp`` (see
+    :func:`stellar.checkpoint.io.atomic_write`) in the run folder and its checkpoints.
+
+    Returns:
+        The number of files deleted.
+    """
+    folder = Path(out)
+    found = [p for p in folder.glob(".*.tmp") if p.is_file() or p.is_symlink()]
+    found += [p for p in folder.glob("checkpoints/**/.*.tmp") if p.is_file() or p.is_symlink()]
+    size = sum(p.lstat().st_size for p in found)
+    for path in found:
+        path.unlink()
+    if found:
+        logger.info(
+            "removed %d temporary file(s) (%.1f MB) left by an interrupted run in %s",
+            len(found),
+            size / 1e6,
+            folder,
+        )
+    return len(found)
