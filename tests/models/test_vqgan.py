@@ -186,6 +186,22 @@ def test_shapes_and_non_square_encode() -> None:
     assert out.min() >= 0 and out.max() <= 1
 
 
+def test_non_square_codes_decode_on_their_grid() -> None:
+    model = _random_small()
+    codes = model.encode(torch.rand(1, 3, 16, 24))  # an 8 x 12 code grid (96 codes)
+    out = model.decode(codes, grid=(8, 12))
+    assert out.shape == (1, 3, 16, 24)
+    # row-major: decoding the grid's left half alone gives the left half's codes' image size
+    assert model.decode(codes.view(1, 8, 12)[:, :, :6].reshape(1, 48), grid=(8, 6)).shape == (
+        1,
+        3,
+        16,
+        12,
+    )
+    with pytest.raises(ValueError, match="not 8x8"):
+        model.decode(codes, grid=(8, 8))
+
+
 @pytest.mark.parametrize(
     ("images", "message"),
     [

@@ -322,20 +322,23 @@ class STELLAR(nn.Module):
         self._require_decoder()
         if grid is None and isinstance(encoded, dict) and "grid" in encoded:
             grid = tuple(int(v) for v in encoded["grid"])
-        out = self.decode(self._lowrank_of(encoded, spatial), grid)
+        lowrank = self._lowrank_of(encoded, spatial)
+        grid = grid or _square_grid(lowrank.shape[1])
+        out = self.decode(lowrank, grid)
         if "x_hat" in out:
             return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
         tokens = out["logits"].argmax(dim=-1)
-        return {**out, "tokens": tokens, "reconstruction": self.decode_tokens(tokens)}
+        return {**out, "tokens": tokens, "reconstruction": self.decode_tokens(tokens, grid)}
 
-    def decode_tokens(self, tokens: Tensor) -> Tensor:
-        """VQ codes (B, n) -> images (B, 3, H, W) in [0, 1] through the frozen tokenizer."""
+    def decode_tokens(self, tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
+        """VQ codes (B, n) on the (h, w) ``grid`` (default: square) -> images (B, 3, H, W) in
+        [0, 1] through the frozen tokenizer."""
         if self.tokenizer is None:
             raise ValueError(
                 "the vq head predicts MaskGIT-VQGAN codes; turning them into pixels needs the "
                 "tokenizer: load with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
             )
-        return self.tokenizer.decode(tokens).clamp(0, 1)
+        return self.tokenizer.decode(tokens, grid=grid).clamp(0, 1)
 
     def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
         if isinstance(encoded, dict):

@@ -310,18 +310,21 @@ class MaskGITVQGAN(nn.Module):
         """Same as :meth:`encode`: (B, 3, H, W) images in [0, 1] -> (B, h*w) int64 codes."""
         return self.encode(images)
 
-    def decode(self, codes: Tensor, clamp: bool = True) -> Tensor:
-        """Images from a square grid of codes.
+    def decode(
+        self, codes: Tensor, clamp: bool = True, grid: tuple[int, int] | None = None
+    ) -> Tensor:
+        """Images from a grid of codes.
 
         The reference decode output is clamped to [0, 1] (the fixture holds exact 0s and 1s);
         ``clamp=False`` returns the raw decoder output.
 
         Args:
-            codes: (B, n) integer codes with n a perfect square, values in [0, codebook_size).
+            codes: (B, n) integer codes, row-major over the code grid, in [0, codebook_size).
             clamp: Clamp the output to [0, 1].
+            grid: (h, w) code grid with h·w = n; default: square (n must be a square).
 
         Returns:
-            (B, 3, s*f, s*f) images, s = sqrt(n), f = ``downsample_factor``.
+            (B, 3, h*f, w*f) images, f = ``downsample_factor``.
         """
         if not isinstance(codes, Tensor) or codes.ndim != 2:
             shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
@@ -329,9 +332,12 @@ class MaskGITVQGAN(nn.Module):
         if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
             raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
         b, n = codes.shape
-        side = math.isqrt(n)
-        if n == 0 or side * side != n:
-            raise ValueError(f"codes must form a square grid: n={n} is not a positive square")
+        h, w = grid or (math.isqrt(n),) * 2
+        if n == 0 or h * w != n:
+            raise ValueError(
+                f"codes must fill a positive grid: n={n} is not {h}x{w} (pass grid=(h, w) when "
+                "it is not square)"
+            )
         # An out-of-range index is a device-side assert on CUDA; fail clearly instead.
         lo, hi = (int(codes.min()), int(codes.max())) if codes.numel() else (0, 0)
         if lo < 0 or hi >= self.codebook_size:
@@ -339,7 +345,7 @@ class MaskGITVQGAN(nn.Module):
                 f"codes must lie in [0, {self.codebook_size}), got values in [{lo}, {hi}]"
             )
         z = self.quantize.embedding(codes.long())  # (B, n, D)
-        z = z.reshape(b, side, side, self.codebook_dim).permute(0, 3, 1, 2).contiguous()
+        z = z.reshape(b, h, w, self.codebook_dim).permute(0, 3, 1, 2).contiguous()
         images = self.decoder(z)
         return images.clamp(0.0, 1.0) if clamp else images
 
