@@ -189,7 +189,7 @@ def test_reconstruct_uses_the_encoded_grid_even_when_its_count_is_square(model):
     images = torch.rand(1, 3, 32, 128)
     p = model.patch_size
     out = model.encode(images)
-    assert tuple(out["grid"].tolist()) == (32 // p, 128 // p)
+    assert out["grid"].tolist() == [[32 // p, 128 // p]]
     rec = model.reconstruct(out)["reconstruction"]
     assert rec.shape == (1, 3, 32, 128)
     explicit = model.reconstruct(out["sparse"], out["spatial"], grid=(32 // p, 128 // p))
@@ -213,3 +213,17 @@ def test_edits_to_concepts_or_maps_take_effect_in_reconstruct(model):
     torch.testing.assert_close(
         after, model.reconstruct(edited["sparse"], out["spatial"])["reconstruction"]
     )
+
+
+def test_the_encoded_grid_survives_slicing_and_joining_per_key(model):
+    torch.manual_seed(0)
+    out = model.encode(torch.rand(3, 3, 32, 128))
+    assert out["grid"].shape == (3, 2)
+    one = {k: v[1:2] for k, v in out.items()}
+    assert model.reconstruct(one)["reconstruction"].shape == (1, 3, 32, 128)
+    joined = {k: torch.cat([out[k], one[k]]) for k in out}
+    assert model.reconstruct(joined)["reconstruction"].shape == (4, 3, 32, 128)
+    other = model.encode(torch.rand(1, 3, 64, 64))
+    mixed = {k: torch.cat([one[k].flatten(1), other[k].flatten(1)]) for k in ("grid",)}
+    with pytest.raises(ValueError, match="different patch grids"):
+        model.reconstruct({**one, "grid": mixed["grid"]})

@@ -179,15 +179,17 @@ class STELLAR(nn.Module):
             ``cls`` (B, 1, d), ``dense`` (B, n, d), ``sparse`` (B, r, d),
             ``spatial`` (B, n, r) fp32, rows summing to 1, ``lowrank`` (B, n, d) = spatial @ sparse,
             ``peak_dist`` (B, r) the max of each concept's map, ``concat`` (B, r, d + n)
-            = [sparse ; spatialᵀ]. n = (H/p)·(W/p), row-major. ``grid`` (2,) int64 (H/p, W/p)
-            on the CPU, so that :meth:`reconstruct` lays the patches out as they were encoded.
+            = [sparse ; spatialᵀ]. n = (H/p)·(W/p), row-major. ``grid`` (B, 2) int64, (H/p, W/p)
+            per image (a row per image, so the dict can be sliced or joined per key), so that
+            :meth:`reconstruct` lays the patches out as they were encoded.
         """
         self.check_images(images)
         out = self.forward_encode(images)
         out["concat"] = torch.cat(
             [out["sparse"], out["spatial"].transpose(1, 2).to(out["sparse"].dtype)], -1
         )
-        out["grid"] = torch.tensor(self.grid(images))
+        grid = torch.tensor(self.grid(images), device=images.device)
+        out["grid"] = grid.expand(images.shape[0], 2).contiguous()
         return out
 
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
@@ -321,7 +323,7 @@ class STELLAR(nn.Module):
         """
         self._require_decoder()
         if grid is None and isinstance(encoded, dict) and "grid" in encoded:
-            grid = tuple(int(v) for v in encoded["grid"])
+            grid = _recorded_grid(encoded["grid"])
         lowrank = self._lowrank_of(encoded, spatial)
         grid = grid or _square_grid(lowrank.shape[1])
         out = self.decode(lowrank, grid)
@@ -390,6 +392,17 @@ class STELLAR(nn.Module):
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Same as :meth:`encode`."""
         return self.encode(images)
+
+
+def _recorded_grid(grid: Tensor) -> tuple[int, int]:
+    """The one (h, w) of an encode output's ``grid`` (B, 2) (or a single (2,) row)."""
+    rows = grid.reshape(-1, 2)
+    if rows.shape[0] == 0 or not bool((rows == rows[0]).all()):
+        raise UsageError(
+            f"the encoded images have different patch grids {rows.unique(dim=0).tolist()}: "
+            "reconstruct each grid separately"
+        )
+    return int(rows[0, 0]), int(rows[0, 1])
 
 
 def _square_grid(n: int) -> tuple[int, int]:
