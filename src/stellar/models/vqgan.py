@@ -334,19 +334,15 @@ class MaskGITVQGAN(nn.Module):
         b, n = codes.shape
         h, w = grid or (math.isqrt(n),) * 2
         if n == 0 or h * w != n:
-            raise ValueError(
-                f"codes must fill a positive grid: n={n} is not {h}x{w} (pass grid=(h, w) when "
-                "it is not square)"
-            )
+            raise ValueError(f"codes: n={n} is not {h}x{w} (pass grid=(h, w) if it is not square)")
         # An out-of-range index is a device-side assert on CUDA; fail clearly instead.
         lo, hi = (int(codes.min()), int(codes.max())) if codes.numel() else (0, 0)
         if lo < 0 or hi >= self.codebook_size:
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got values in [{lo}, {hi}]"
             )
-        z = self.quantize.embedding(codes.long())  # (B, n, D)
-        z = z.reshape(b, h, w, self.codebook_dim).permute(0, 3, 1, 2).contiguous()
-        images = self.decoder(z)
+        z = self.quantize.embedding(codes.long()).reshape(b, h, w, self.codebook_dim)
+        images = self.decoder(z.permute(0, 3, 1, 2).contiguous())  # from (B, h, w, D)
         return images.clamp(0.0, 1.0) if clamp else images
 
 
