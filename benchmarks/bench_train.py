@@ -9,6 +9,10 @@ exactly as the trainer runs it (random weights, procedural data).
 
 Each timed call advances the trainer's step counter, as training does (the lr schedule and
 the per-step random generator move on; a compiled step must not recompile for it).
+``--versus KEY=VALUE`` (repeatable) measures a second step built with those overrides on
+top (the baseline, e.g. ``--versus precision=fp32``) in the same process, alternating
+``--rounds`` timed blocks of the two so that machine noise falls on both alike, and reports
+both and the speedup (CPU peak memory is the process's, so it is left out of that line).
 ``--breakdown`` adds the mean time per step of each phase (views and masking, main encode,
 decoder, heads and Sinkhorn, masked views with the OT matching inside them, local views,
 backward, optimizer), from ``torch.profiler`` labels in the step; phases nest, so they do
@@ -23,6 +27,7 @@ peak (``--peak-tflops``; 989 for H100/H200 SXM).
 from __future__ import annotations
 
 import argparse
+from collections.abc import Callable
 
 import torch
 from common import (
@@ -60,6 +65,66 @@ def phase_breakdown(step, device: torch.device, iters: int) -> dict[str, float]:
     return dict(sorted(totals.items(), key=lambda kv: -kv[1]))
 
 
+def build(args: argparse.Namespace, extra: list[str]) -> tuple[Trainer, Callable[[], None]]:
+    """A trainer for ``--config`` + the overrides + ``extra``, and a step that advances it."""
+    cfg = load_config(
+        args.config,
+        [
+            *args.overrides,
+            "progress=false",
+            "tensorboard=false",
+            f"compile={str(args.compile).lower()}",
+            "out=/tmp/bench-train",
+            *extra,
+        ],
+    )
+    trainer = Trainer(cfg, DistInfo(device=torch.device(args.device)))
+    batch = next(iter(trainer.loader))
+
+    def step() -> None:
+        trainer.train_step([batch])
+        trainer.step += 1  # as the training loop does
+
+    return trainer, step
+
+
+def count_flops(trainer: Trainer, step: Callable[[], None]) -> float:
+    """FLOPs of one step, counted on the eager objective.
+
+    A first compiled call under FlopCounterMode would leave dynamo never compiling it, and
+    the timed steps would be eager.
+    """
+    compiled, trainer.step_fn = trainer.step_fn, trainer.objective
+    with FlopCounterMode(display=False) as counter:
+        step()
+    trainer.step_fn = compiled
+    return counter.get_total_flops()
+
+
+def alternate(steps: dict[str, Callable[[], None]], device, args) -> dict[str, float]:
+    """Seconds per step of each of ``steps``, timed in alternating blocks of ``--iters``."""
+    for step in steps.values():  # warm up both before any timing
+        for _ in range(args.warmup):
+            step()
+    totals = dict.fromkeys(steps, 0.0)
+    for _ in range(args.rounds):
+        for name, step in steps.items():
+            totals[name] += time_steps(step, device, 0, args.iters)
+    return {name: total / args.rounds for name, total in totals.items()}
+
+
+def describe(trainer: Trainer, seconds: float, flops: float) -> dict:
+    cfg = trainer.cfg
+    return {
+        "precision": str(trainer.autocast_dtype or "fp32"),
+        "compile": cfg.compile,
+        "images_per_s": round(cfg.batch_size / seconds, 2),
+        "ms_per_step": round(1000 * seconds, 1),
+        "gflops_per_step": round(flops / 1e9, 1),
+        "achieved_tflops": round(flops / seconds / 1e12, 3),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="cpu-smoke")
@@ -69,36 +134,20 @@ def main() -> None:
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=989.0)
     parser.add_argument("--breakdown", action="store_true", help="per-phase time per step")
+    parser.add_argument(
+        "--versus",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="also time a baseline step with this override (repeatable), alternating",
+    )
+    parser.add_argument("--rounds", type=int, default=3, help="alternating blocks (--versus)")
     parser.add_argument("overrides", nargs="*")
     args = parser.parse_args()
 
     device = torch.device(args.device)
-    cfg = load_config(
-        args.config,
-        [
-            *args.overrides,
-            "progress=false",
-            "tensorboard=false",
-            f"compile={str(args.compile).lower()}",
-            "out=/tmp/bench-train",
-        ],
-    )
-    trainer = Trainer(cfg, DistInfo(device=device))
-    batch = next(iter(trainer.loader))
-
-    def step() -> None:
-        trainer.train_step([batch])
-        trainer.step += 1  # as the training loop does
-
-    # Count on the eager objective: a first compiled call under FlopCounterMode would leave
-    # dynamo never compiling it, and the timed steps would be eager.
-    compiled, trainer.step_fn = trainer.step_fn, trainer.objective
-    with FlopCounterMode(display=False) as counter:
-        step()
-    trainer.step_fn = compiled
-    flops = counter.get_total_flops()
-    reset_peak_memory(device)
-    seconds = time_steps(step, device, args.warmup, args.iters)
+    trainer, step = build(args, [])
+    cfg = trainer.cfg
     result = {
         "bench": "train_step",
         "config": args.config,
@@ -110,15 +159,25 @@ def main() -> None:
             "masked": cfg.augment.n_masked,
             "local": cfg.augment.n_local,
         },
-        "compile": args.compile,
-        "precision": str(trainer.autocast_dtype or "fp32"),
-        "images_per_s": round(cfg.batch_size / seconds, 2),
-        "ms_per_step": round(1000 * seconds, 1),
-        "gflops_per_step": round(flops / 1e9, 1),
-        "achieved_tflops": round(flops / seconds / 1e12, 3),
-        "peak_memory_mib": round(peak_memory_mib(device), 1),
         **environment(device),
     }
+    flops = count_flops(trainer, step)
+    if args.versus:
+        baseline, baseline_step = build(args, args.versus)
+        seconds = alternate({"new": step, "baseline": baseline_step}, device, args)
+        result["versus"] = args.versus
+        result["rounds"] = args.rounds
+        result["baseline"] = describe(
+            baseline, seconds["baseline"], count_flops(baseline, baseline_step)
+        )
+        result.update(describe(trainer, seconds["new"], flops))
+        result["speedup"] = round(seconds["baseline"] / seconds["new"], 2)
+        emit(result)
+        return
+    reset_peak_memory(device)
+    seconds = time_steps(step, device, args.warmup, args.iters)
+    result.update(describe(trainer, seconds, flops))
+    result["peak_memory_mib"] = round(peak_memory_mib(device), 1)
     if args.breakdown:
         result["phases_ms_per_step"] = phase_breakdown(step, device, args.iters)
     if device.type == "cuda":

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from stellar import create_stellar
-from stellar.layers.attention import Attention
+from stellar.layers.attention import Attention, attend
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +52,20 @@ def test_sdpa_matches_plain_attention():
     attn = Attention(32, 4)
     x = torch.randn(2, 7, 32)
     torch.testing.assert_close(attn(x), attention_reference(x, attn), atol=1e-6, rtol=1e-5)
+
+
+def test_bf16_cpu_attention_matches_fp32_sdpa_with_gradients():
+    # bf16 on CPU takes the written-out product instead of SDPA's flash kernel.
+    q, k, v = (torch.randn(2, 3, 70, 24, requires_grad=True) for _ in range(3))
+    exact = F.scaled_dot_product_attention(q, k, v)
+    grads = torch.autograd.grad(exact.square().sum(), (q, k, v))
+    low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    fast = attend(*low)
+    assert fast.dtype == torch.bfloat16
+    low_grads = torch.autograd.grad(fast.float().square().sum(), low)
+    torch.testing.assert_close(fast.float(), exact, atol=2e-2, rtol=2e-2)
+    for got, want in zip(low_grads, grads, strict=True):
+        torch.testing.assert_close(got.float(), want, atol=5e-2, rtol=5e-2)
 
 
 @pytest.mark.parametrize(

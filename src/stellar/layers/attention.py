@@ -2,8 +2,22 @@
 
 from __future__ import annotations
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
+
+
+def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / √d) v over (B, H, N, d) heads.
+
+    SDPA's kernels everywhere but bf16 on CPU, where its flash kernel is 2-4x slower than
+    bf16 matmuls around an fp32 softmax (forward + backward at our shapes; measured by
+    ``benchmarks/bench_attention.py``), so there the product is written out.
+    """
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
+        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+        return scores.float().softmax(dim=-1).to(v.dtype) @ v
+    return F.scaled_dot_product_attention(q, k, v)
 
 
 class Attention(nn.Module):
@@ -32,5 +46,5 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).view(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)  # each (B, H, N, D/H)
-        out = F.scaled_dot_product_attention(q, k, v)
+        out = attend(q, k, v)
         return self.proj(out.transpose(1, 2).reshape(b, n, d))
