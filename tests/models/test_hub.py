@@ -103,6 +103,30 @@ def test_registered_name_holding_another_architecture_is_refused(tmp_path, monke
     assert load_stellar(path).config.encoder.hidden_size == 96
 
 
+@pytest.mark.parametrize("levels,ok", [(3, False), (4, True), (5, False)])
+def test_vq_tokenizer_downsampling_must_match_the_patch_size(levels, ok):
+    from stellar.models.vqgan import MaskGITVQGAN
+
+    # stellar-tiny's patches are 8 px; `levels` levels downsample by 2 ** (levels - 1)
+    tokenizer = MaskGITVQGAN(
+        hidden_channels=32, channel_mult=(1,) * levels, num_res_blocks=1, z_channels=32,
+        codebook_size=1024, codebook_dim=32,
+    )  # fmt: skip
+    model = create_stellar("stellar-tiny", purpose="pretrain", decoder_head="vq")
+    if ok:
+        model.set_tokenizer(tokenizer)
+        assert model.tokenizer is tokenizer
+        return
+    factor = 2 ** (levels - 1)
+    with pytest.raises(
+        ValueError, match=f"downsamples by {factor}, but this model's patches are 8"
+    ):
+        create_stellar("stellar-tiny", purpose="pretrain", decoder_head="vq", vq_model=tokenizer)
+    with pytest.raises(ValueError, match=f"downsamples by {factor}"):
+        model.set_tokenizer(tokenizer)  # the Python API checks too
+    assert model.tokenizer is None
+
+
 def test_vq_tokenizer_codebook_must_match_the_head(tmp_path):
     from safetensors.torch import save_file
 
@@ -110,7 +134,7 @@ def test_vq_tokenizer_codebook_must_match_the_head(tmp_path):
 
     def tokenizer(codes: int) -> MaskGITVQGAN:
         return MaskGITVQGAN(
-            hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32,
+            hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32,
             codebook_size=codes, codebook_dim=32,
         )  # fmt: skip
 

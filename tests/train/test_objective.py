@@ -116,7 +116,7 @@ def test_vq_head_trains_against_tokenizer_codes():
 
     tokenizer = MaskGITVQGAN(
         hidden_channels=32,
-        channel_mult=(1, 1, 1, 1, 1),
+        channel_mult=(1, 1, 1, 1),  # f8: one code per 8 px patch
         num_res_blocks=1,
         z_channels=32,
         codebook_size=1024,

@@ -97,7 +97,7 @@ def _small_vq_tokenizer(path: Path, codes: int) -> Path:
     from stellar.models.vqgan import MaskGITVQGAN
 
     vq = MaskGITVQGAN(
-        hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32,
+        hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32,
         codebook_size=codes, codebook_dim=32,
     )  # fmt: skip
     save_file(vq.state_dict(), str(path))

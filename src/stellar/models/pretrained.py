@@ -371,16 +371,36 @@ def tokenizer_for(
         tokenizer = vq_model
     else:
         tokenizer = load_vqgan(vq_model, download=download)
-    # The vq head's logits index this codebook: another size fails (or decodes garbage)
-    # only mid-run, so refuse it here.
-    if tokenizer.codebook_size != config.vq_codebook_size:
-        where = "" if isinstance(vq_model, MaskGITVQGAN) else f" {vq_model}"
-        raise UsageError(
-            f"the MaskGIT-VQGAN tokenizer{where} has a codebook of {tokenizer.codebook_size} "
-            f"codes, but this model's vq head predicts {config.vq_codebook_size} "
-            "(vq_codebook_size): pass the tokenizer the model was trained with"
-        )
+    check_tokenizer(config, tokenizer, "" if isinstance(vq_model, MaskGITVQGAN) else str(vq_model))
     return tokenizer
+
+
+def check_tokenizer(config: StellarConfig, tokenizer: MaskGITVQGAN, where: str = "") -> None:
+    """Refuse a tokenizer the vq head cannot use, before any work (it would fail mid-run).
+
+    The head's logits index the tokenizer's codebook, so the sizes must agree; the targets
+    are the codes of the image resized to grid x f (f the tokenizer's downsampling), so f
+    must be between the patch size p and 2p: f = p codes the image as it is, the /14
+    models' f16 tokenizer sees 224 px images at 256 px, and f < p would code a shrunken image
+    (and decode reconstructions smaller than the input).
+
+    Raises:
+        UsageError: naming the tokenizer's and the model's values.
+    """
+    name = f"the MaskGIT-VQGAN tokenizer {where}".rstrip()
+    if tokenizer.codebook_size != config.vq_codebook_size:
+        raise UsageError(
+            f"{name} has a codebook of {tokenizer.codebook_size} codes, but this model's vq "
+            f"head predicts {config.vq_codebook_size} (vq_codebook_size): pass the tokenizer "
+            "the model was trained with"
+        )
+    f, p = tokenizer.downsample_factor, config.encoder.patch_size
+    if not p <= f < 2 * p:
+        raise UsageError(
+            f"{name} downsamples by {f}, but this model's patches are {p} px: one code per "
+            f"patch would code the image resized by {f}/{p}; expected a tokenizer with "
+            f"p <= f < 2p (f16 for /16 and /14 models)"
+        )
 
 
 def finish(

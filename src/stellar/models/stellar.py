@@ -22,7 +22,7 @@ from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
-from stellar.models.pretrained import load_pretrained
+from stellar.models.pretrained import check_tokenizer, load_pretrained
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -359,7 +359,9 @@ class STELLAR(nn.Module):
         return (spatial.float() @ encoded.float()).to(encoded.dtype)
 
     def set_tokenizer(self, tokenizer: MaskGITVQGAN) -> None:
-        """Attach the frozen VQ tokenizer (not part of STELLAR's checkpoint)."""
+        """Attach the frozen VQ tokenizer (not part of STELLAR's checkpoint), checked by
+        :func:`~stellar.models.pretrained.check_tokenizer`."""
+        check_tokenizer(self.config, tokenizer)
         self.tokenizer = tokenizer.requires_grad_(False).eval()
 
     # ------------------------------------------------------------------ save / load
