@@ -13,6 +13,7 @@ import torch
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
+from stellar.errors import UsageError
 from stellar.train.config import load_config
 from stellar.train.trainer import ResumableSampler, Trainer
 
@@ -118,10 +119,14 @@ def test_resume_with_other_data_settings_fails_before_loading(run):
         _trainer(run, "batch_size=2", "data.seed=1").train(resume=True)
 
 
-def test_a_fresh_run_over_an_old_one_says_so_and_starts_its_metrics_afresh(run, caplog):
-    _trainer(run, "max_steps=1").train()
-    assert "already holds a run" in caplog.text and "pass --resume" in caplog.text
+def test_a_fresh_trainer_refuses_an_old_run_unless_told_to_overwrite_it(run):
+    before = (run / "metrics.jsonl").read_bytes()
+    with pytest.raises(UsageError, match=r"already holds a run \(config.yaml, metrics.jsonl, che"):
+        _trainer(run, "max_steps=1").train()
+    assert (run / "metrics.jsonl").read_bytes() == before  # refused before anything is written
+    _trainer(run, "max_steps=1").train(overwrite=True)
     assert [json.loads(line)["step"] for line in (run / "metrics.jsonl").open()] == [1]
+    assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000001"]
 
 
 def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run):

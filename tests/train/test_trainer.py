@@ -135,6 +135,42 @@ def test_trains_on_an_image_folder(tmp_path):
     assert last["step"] == 2 and all(torch.isfinite(torch.tensor(v)) for v in last.values())
 
 
+def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
+    from PIL import Image
+
+    from stellar.data.loader import ResumableSampler
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    files = [photos / f"{i:02d}.png" for i in range(16)]
+    for i, path in enumerate(files):
+        Image.new("RGB", (48, 40), (15 * i, 100, 200)).save(path)
+    # The first batch of epoch 0 and its third batch are all unreadable.
+    order = ResumableSampler(16, seed=0).order()
+    for i in order[0:4] + order[8:12]:
+        files[i].write_bytes(b"not an image")
+
+    def trainer(out, *extra):
+        folder = ["data.source=folder", f"data.root={photos}", "data.canvas_size=72"]
+        args = [*TINY, *folder, "data.seed=0", "max_steps=3", f"out={out}", *extra]
+        return Trainer(load_config("cpu-smoke", args))
+
+    whole = trainer(tmp_path / "whole")
+    last = whole.train()
+    assert last["skipped_images"] == 8  # the summary's count (all files have been read)
+    rows = [json.loads(line) for line in (tmp_path / "whole" / "metrics.jsonl").open()]
+    counts = [r["skipped_images"] for r in rows]  # the log's (the start-up check reads some)
+    assert len(counts) == 3 and 4 <= counts[0] <= counts[1] <= counts[2] == 8
+    trainer(tmp_path / "parts", "stop_at=1").train()
+    state = torch.load(tmp_path / "parts/checkpoints/last/trainer_state.pt", weights_only=True)
+    assert state["position"] == 8  # the skipped batch was read: the sampler is past it
+    resumed = trainer(tmp_path / "parts")
+    resumed.train(resume=True)
+    want, got = whole.model.state_dict(), resumed.model.state_dict()
+    for name in want:
+        torch.testing.assert_close(got[name], want[name], atol=0, rtol=0, msg=name)
+
+
 def test_gradient_accumulation_consumes_micro_batches(tmp_path):
     cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=2", "grad_accum=3"])
     trainer = Trainer(cfg)

@@ -279,6 +279,11 @@ class ImageFolder(Dataset):
         return int(self._broken.sum())
 
     @property
+    def broken_mask(self) -> torch.Tensor:
+        """(N,) uint8, 1 for each file found broken so far (shared with the workers)."""
+        return self._broken
+
+    @property
     def broken_files(self) -> list[Path]:
         """Paths of the files found broken so far."""
         return [self.path(int(i)) for i in torch.nonzero(self._broken).flatten()]

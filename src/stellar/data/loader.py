@@ -75,7 +75,13 @@ class ResumableSampler(Sampler[int]):
 
 class EpochLoader(DataLoader):
     """A DataLoader whose :meth:`set_epoch` reshuffles its sampler and that never yields an
-    empty batch (a batch whose files were all unreadable is skipped)."""
+    empty batch (a batch whose files were all unreadable is skipped).
+
+    ``drawn`` counts the batches the current iteration has taken from the sampler, skipped
+    ones included, so that ``drawn * batch_size`` is the sampler position a resume needs.
+    """
+
+    drawn = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Forward ``epoch`` to the sampler (call before iterating each epoch)."""
@@ -84,7 +90,11 @@ class EpochLoader(DataLoader):
             set_epoch(epoch)
 
     def __iter__(self) -> Iterator[Any]:
-        return (batch for batch in super().__iter__() if batch)
+        self.drawn = 0
+        for batch in super().__iter__():
+            self.drawn += 1
+            if batch:
+                yield batch
 
 
 def collate_dict(batch: Sequence[Mapping[str, Any]]) -> dict[str, Any]:

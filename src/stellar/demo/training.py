@@ -43,5 +43,5 @@ def train_variant(
     """Train one variant; returns (trained model, its random initialisation, run folder)."""
     trainer = demo_trainer(settings, name, extra)
     initial = copy.deepcopy(trainer.model)
-    trainer.train()
+    trainer.train(overwrite=True)  # the demo owns its run folders: a rerun replaces them
     return trainer.model, initial, Path(trainer.cfg.out)

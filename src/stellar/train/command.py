@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import shutil
 from pathlib import Path
 
 from stellar.errors import UsageError
@@ -18,7 +17,7 @@ from stellar.runtime import DistInfo
 from stellar.train.config import (
     RESUMABLE_KEYS,
     TrainConfig,
-    existing_run_files,
+    check_fresh_run,
     load_config,
     preset_names,
     resume_config,
@@ -55,8 +54,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("overrides", nargs="*", help="key=value, e.g. optim.lr=1e-4 batch_size=64")
 
 
-def prepare(args: argparse.Namespace) -> tuple[TrainConfig, list[Path]]:
-    """The run's configuration and the old run files to delete; every check before any work.
+def prepare(args: argparse.Namespace) -> TrainConfig:
+    """The run's configuration; every check before any work.
 
     Raises:
         UsageError: bad settings; ``--resume`` without a complete checkpoint or with a
@@ -78,49 +77,33 @@ def prepare(args: argparse.Namespace) -> tuple[TrainConfig, list[Path]]:
         cfg, changes = resume_config(out, cfg, typed)
         for change in changes:
             logger.info("resuming %s with a changed setting: %s", out, change)
-        return cfg, []
-    old = existing_run_files(out)
-    if old and not args.overwrite:
-        raise UsageError(
-            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume to "
-            "continue it, --overwrite to replace it, or another out= for a new run"
-        )
-    return cfg, old
+        return cfg
+    check_fresh_run(out, args.overwrite)  # the trainer deletes, once every rank has checked
+    return cfg
 
 
 def run(args: argparse.Namespace) -> int:
     """Build the trainer (under torchrun when launched by it) and train."""
     from stellar.train.distributed import setup, teardown
 
-    cfg, old = prepare(args)  # every process checks before any of them deletes
+    cfg = prepare(args)  # every process checks before any of them deletes
     dist = setup()
     try:
         # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)
         with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
-            _train(cfg, old, dist, args.resume)
+            _train(cfg, dist, args.resume, args.overwrite)
     finally:
         teardown()
     return 0
 
 
-def _train(cfg: TrainConfig, old: list[Path], dist: DistInfo, resume: bool) -> None:
-    """Delete the replaced run's files (``--overwrite``), then train and print the summary."""
+def _train(cfg: TrainConfig, dist: DistInfo, resume: bool, overwrite: bool) -> None:
+    """Clean what a killed run left, train, and print the summary."""
     from stellar.train.trainer import Trainer
 
     if dist.is_main:
         clean_orphaned_temps(cfg.out)
-    if dist.is_main and old:
-        logger.warning("--overwrite: deleting the previous run's %s", ", ".join(map(str, old)))
-        for path in old:
-            if path.is_dir() and not path.is_symlink():
-                shutil.rmtree(path)
-            else:
-                path.unlink()
-    if dist.enabled:
-        import torch.distributed
-
-        torch.distributed.barrier()
-    last = Trainer(cfg, dist).train(resume=resume)
+    last = Trainer(cfg, dist).train(resume=resume, overwrite=overwrite)
     if dist.is_main:
         terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k not in ("epoch",))
         print(f"done: {terms or 'nothing left to train'}\ncheckpoint: {cfg.out}/checkpoints/last")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import dataclasses
 import inspect
+import logging
+import shutil
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -27,6 +29,8 @@ from stellar.schema import bounded, build, check, field_names, nested
 
 FocalMode = Literal["gaussian", "block"]
 Precision = Literal["auto", "bf16", "bfloat16", "fp32", "float32"]
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -370,6 +374,33 @@ def existing_run_files(out: Path) -> list[Path]:
     """The files of a run in ``out`` (its config, metrics, checkpoints, TensorBoard logs)."""
     names = (RUN_CONFIG, "metrics.jsonl", "checkpoints", "tensorboard")
     return [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
+
+
+def check_fresh_run(out: Path, overwrite: bool) -> list[Path]:
+    """The files of the run already in ``out`` that a fresh run replaces ([] when none).
+
+    Raises:
+        UsageError: ``out`` holds a run and ``overwrite`` is False.
+    """
+    old = existing_run_files(out)
+    if old and not overwrite:
+        raise UsageError(
+            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume "
+            "(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or "
+            "another out= for a new run"
+        )
+    return old
+
+
+def delete_run_files(paths: list[Path]) -> None:
+    """Delete what :func:`check_fresh_run` returned (the replaced run's files)."""
+    if paths:
+        logger.warning("overwrite: deleting the previous run's %s", ", ".join(map(str, paths)))
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
 
 
 def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

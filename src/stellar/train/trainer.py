@@ -29,7 +29,12 @@ from stellar.progress import progress_bar
 from stellar.runtime import autocast
 from stellar.train import checkpoint as ckpt
 from stellar.train.build import build_dataset, build_model, param_groups
-from stellar.train.config import TrainConfig, check_against_model
+from stellar.train.config import (
+    TrainConfig,
+    check_against_model,
+    check_fresh_run,
+    delete_run_files,
+)
 from stellar.train.distributed import DistInfo, setup
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
@@ -53,6 +58,7 @@ class Trainer(TrainerCheckpoints):
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
+        self.started = False  # whether train() has run: later calls continue the same run
         cfg.validate()  # ranges and combinations, before anything is built or written
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
@@ -217,19 +223,24 @@ class Trainer(TrainerCheckpoints):
         return scalars
 
     # ------------------------------------------------------------------ the loop
-    def train(self, resume: bool = False) -> dict[str, float]:
-        """Run until ``total_steps``; returns the last step's scalars."""
+    def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
+        """Run until ``total_steps``; returns the last step's scalars.
+
+        A fresh run refuses an ``out`` folder that holds another run unless ``overwrite``
+        (which deletes that run's files); a second call continues this trainer's own run.
+        """
         cfg = self.cfg
+        if not resume and not self.started:
+            old = check_fresh_run(self.out, overwrite)  # on every rank, before any deletes
+            if self.dist.is_main:
+                delete_run_files(old)
+            if self.dist.enabled:
+                torch.distributed.barrier()
+        self.started = True
         epoch, position = self.resume() if resume else (0, 0)
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
-        if self.dist.is_main and not resume and ckpt.latest_checkpoint(self.ckpt_dir) is not None:
-            logger.warning(
-                "%s already holds a run: this fresh run replaces its checkpoints and metrics "
-                "(pass --resume to continue it instead)",
-                self.out,
-            )
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
         bar = progress_bar(
             total=self.total_steps,
@@ -248,13 +259,14 @@ class Trainer(TrainerCheckpoints):
         try:
             while self.step < end:
                 self.sampler.set_position(epoch, position)
-                batches = iter(self.loader)
+                start, batches = position, iter(self.loader)
                 while self.step < end:
                     micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
                     if len(micro) < cfg.grad_accum:
                         break
                     pending.add(self.step, self.train_step(micro))
-                    position += cfg.batch_size * cfg.grad_accum
+                    # batches of only unreadable files were skipped but still read
+                    position = start + self.loader.drawn * cfg.batch_size
                     self.step += 1
                     bar.update(1)
                     logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
@@ -267,6 +279,8 @@ class Trainer(TrainerCheckpoints):
                     rate = len(rows) * images_per_step / max(now - since, 1e-9)
                     since = now
                     last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
+                    if (skipped := self.skipped_images()) is not None:
+                        last["skipped_images"] = skipped
                     if log and logged:
                         log.write(last)
                     bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{rate:.0f}")
@@ -276,6 +290,11 @@ class Trainer(TrainerCheckpoints):
                     epoch, position = epoch + 1, 0
             if self.step > first_step:
                 self.save(epoch, position)
+            if last.get("skipped_images"):
+                logger.warning(
+                    "%d unreadable image files were skipped (each named above)",
+                    last["skipped_images"],
+                )
             else:  # resumed at or past the end: the last checkpoint already is the result
                 logger.info("already at step %d of %d: nothing to train", self.step, end)
         finally:
@@ -283,6 +302,16 @@ class Trainer(TrainerCheckpoints):
             if log:
                 log.close()
         return last
+
+    def skipped_images(self) -> int | None:
+        """Unreadable files skipped so far on all ranks (None: the data has no files)."""
+        mask = getattr(self.dataset, "broken_mask", None)
+        if mask is None:
+            return None
+        if self.dist.enabled:  # a file may be found broken by several ranks: take the union
+            mask = mask.to(self.device, copy=True)
+            torch.distributed.all_reduce(mask, op=torch.distributed.ReduceOp.MAX)
+        return int(mask.sum())
 
     def _checked(self, rows: list[tuple[int, dict[str, float]]]) -> list[dict[str, float]]:
         """The rows without their ``nonfinite`` flag; a flagged step warns (skip) or stops."""
