@@ -28,13 +28,12 @@ from stellar.errors import nonneg_int, positive_int
 
 logger = logging.getLogger(__name__)
 
-# Rough costs on 2 CPU cores (measured by `stellar demo`, 2026-11-23: 285 s for 480 steps of
-# 32 scenes; about 20 s to evaluate one model on 2000 + 500 scenes, plus ~10 s for its
-# what-vs-where experiments), for the expected duration printed when the demo starts.
-SECONDS_PER_TRAINED_SCENE = 285 / (480 * 32)
-SECONDS_PER_SUPERVISED_SCENE = 0.1 * SECONDS_PER_TRAINED_SCENE
-SECONDS_PER_EVALUATED_SCENE = 20 / 2500
-SECONDS_PER_MODEL = 10
+# Rough costs on 2 CPU cores (measured by `stellar demo`, 2026-12-01: 323 s for 960 steps of
+# 32 scenes, 94 s for the supervised reference's, 50 s to evaluate three models on 2000 + 500
+# scenes with their what-vs-where experiments), for the duration printed when the demo starts.
+SECONDS_PER_TRAINED_SCENE = 323 / (960 * 32)
+SECONDS_PER_SUPERVISED_SCENE = 94 / (960 * 32)
+SECONDS_PER_EVALUATED_SCENE = 50 / (3 * 2500)
 # Never evaluated for PSNR: their decoders receive no training.
 NO_RECONSTRUCTION = (SUPERVISED, "A: no reconstruction")
 
@@ -47,7 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--seed", type=nonneg_int, default=d.seed)
     parser.add_argument(
-        "--steps", type=positive_int, default=None, help="training steps (preset: 480)"
+        "--steps", type=positive_int, default=None, help="training steps (preset: 960)"
     )
     parser.add_argument(
         "--batch-size", type=positive_int, default=None, help="per step (preset: 32)"
@@ -100,7 +99,7 @@ def expected_seconds(settings: DemoSettings) -> float:
     train = scenes * (variants * SECONDS_PER_TRAINED_SCENE + SECONDS_PER_SUPERVISED_SCENE)
     models = variants + 2  # + random init and the supervised reference
     evaluated = models * (settings.eval_train + settings.eval_val)
-    return train + evaluated * SECONDS_PER_EVALUATED_SCENE + models * SECONDS_PER_MODEL
+    return train + evaluated * SECONDS_PER_EVALUATED_SCENE
 
 
 def _timed(timings: dict[str, float], name: str, started: float, plan: float) -> None:
