@@ -1,24 +1,7 @@
 """Pictures of STELLAR's concepts: maps, PCA, figures (``stellar viz``) and retrieval
 (``stellar retrieve``). Drawn with PIL and torch only."""
 
-from stellar.viz.maps import (
-    argmax_segmentation,
-    compose_panel,
-    concept_grid,
-    concept_overlay,
-    heatmap,
-    palette,
-    pca_rgb,
-    to_pil,
-)
+from stellar.viz import maps
+from stellar.viz.maps import *  # noqa: F403  (the package's public names are maps' own)
 
-__all__ = [
-    "argmax_segmentation",
-    "compose_panel",
-    "concept_grid",
-    "concept_overlay",
-    "heatmap",
-    "palette",
-    "pca_rgb",
-    "to_pil",
-]
+__all__ = list(maps.__all__)
