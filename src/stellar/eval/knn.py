@@ -36,6 +36,9 @@ from stellar.eval.linear import accuracy_topk
 logger = logging.getLogger(__name__)
 
 _DEFAULT_MAX_SIM_ELEMENTS = 1 << 26  # 64M similarities (256 MB in fp32) per block
+# DINO's k and vote temperature T: the defaults of the functions and of the CLI
+K = 20
+TEMPERATURE = 0.07
 
 
 def _check_inputs(
@@ -129,8 +132,8 @@ def knn_classify(
     train_labels: torch.Tensor,
     test_features: torch.Tensor,
     num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
+    k: int = K,
+    temperature: float = TEMPERATURE,
     chunk_size: int | None = None,
     bank_chunk_size: int | None = None,
     max_sim_elements: int = _DEFAULT_MAX_SIM_ELEMENTS,
@@ -206,15 +209,14 @@ def knn_accuracy(
     test_features: torch.Tensor,
     test_labels: torch.Tensor,
     num_classes: int,
-    k: int = 20,
-    temperature: float = 0.07,
-    **kwargs,
+    **knn: Any,
 ) -> dict[str, float]:
-    """kNN top-1 / top-5 accuracy (fractions in [0, 1]).
+    """kNN top-1 / top-5 accuracy (fractions in [0, 1]) of :func:`knn_classify`'s votes.
 
     Args:
         train_features: (N, D); train_labels: (N,); test_features: (M, D);
-        test_labels: (M,); remaining arguments as in :func:`knn_classify`.
+        test_labels: (M,); num_classes: C.
+        knn: the options of :func:`knn_classify` (``k``, ``temperature``, ...).
 
     Returns:
         ``{"top1": float, "top5": float}``.
@@ -224,9 +226,7 @@ def knn_accuracy(
             f"expected test_labels of shape ({test_features.shape[0]},), "
             f"got {tuple(test_labels.shape)}"
         )
-    probs = knn_classify(
-        train_features, train_labels, test_features, num_classes, k, temperature, **kwargs
-    )
+    probs = knn_classify(train_features, train_labels, test_features, num_classes, **knn)
     # A class no neighbour voted for is not a prediction, even when fewer than 5 classes got
     # votes and it fills a top-5 slot on a tie at zero (DINO's top-5 stops at min(5, k)).
     labels = test_labels.to(probs.device).long()
@@ -234,20 +234,21 @@ def knn_accuracy(
     return accuracy_topk(probs, torch.where(voted, labels, -1), (1, 5))
 
 
-def run_knn(
-    train: LabelledFeatures, val: LabelledFeatures, k: int = 20, temperature: float = 0.07
-) -> dict[str, float]:
-    """Weighted kNN (DINO) on pooled features: ``{"top1", "top5"}`` in [0, 1]."""
+def run_knn(train: LabelledFeatures, val: LabelledFeatures, **knn: Any) -> dict[str, float]:
+    """Weighted kNN (DINO) on pooled features: ``{"top1", "top5"}`` in [0, 1].
+
+    ``knn``: the options of :func:`knn_classify` (``k``, ``temperature``, ...).
+    """
     val_y, num = align_val(train, val)
-    return knn_accuracy(train.x, train.y, val.x, val_y, num, k=k, temperature=temperature)
+    return knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
 
 
 # ---------------------------------------------------------------------------- stellar eval knn
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval knn``."""
     add_classification_arguments(p)
-    p.add_argument("--k", type=positive_int, default=20)
-    p.add_argument("--temperature", type=positive_float, default=0.07)
+    p.add_argument("--k", type=positive_int, default=K)
+    p.add_argument("--temperature", type=positive_float, default=TEMPERATURE)
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -257,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         train = split_features(args, e, train_dir, args.train_features)
-        metrics = run_knn(train, val, args.k, args.temperature)
+        metrics = run_knn(train, val, k=args.k, temperature=args.temperature)
         rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "augmented": False}
 
