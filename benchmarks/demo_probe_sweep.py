@@ -14,13 +14,20 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import replace
 
 from stellar import load_stellar
 from stellar.data.scenes import SHAPES
 from stellar.demo.evaluate import encode_scenes, eval_scenes
 from stellar.demo.settings import DemoSettings
 from stellar.demo.training import demo_trainer
-from stellar.eval.linear import accuracy_topk, pool_features, predict_logits, train_linear_probe
+from stellar.eval.linear import (
+    SCHEDULE,
+    accuracy_topk,
+    pool_features,
+    predict_logits,
+    train_linear_probe,
+)
 
 BUDGETS = ((30, 1e-3), (300, 1e-3), (100, 1e-2), (300, 1e-2))
 
@@ -61,7 +68,7 @@ def main() -> None:
             for epochs, lr in BUDGETS:
                 probe, val_metrics = train_linear_probe(
                     x_train, ft["label"], x_val, fv["label"], len(SHAPES),
-                    epochs=epochs, lr=lr, seed=args.seed, progress=False,
+                    replace(SCHEDULE, epochs=epochs, lr=lr, seed=args.seed), progress=False,
                 )  # fmt: skip
                 fit = accuracy_topk(predict_logits(probe, x_train), ft["label"], (1,))["top1"]
                 row = {"model": name, "key": key, "epochs": epochs, "lr": lr}

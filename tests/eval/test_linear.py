@@ -2,10 +2,22 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
 
-from stellar.eval.linear import LinearProbe, accuracy_topk, pool_features, train_linear_probe
+from stellar.eval.linear import (
+    SCHEDULE,
+    LinearProbe,
+    accuracy_topk,
+    pool_features,
+    train_linear_probe,
+)
+
+
+def _schedule(**settings):
+    return replace(SCHEDULE, **settings)
 
 
 def _clusters(n_per_class, c=10, d=32, seed=0, spread=6.0):
@@ -42,7 +54,7 @@ def test_accuracy_topk_hand_example():
 def test_learns_separable_clusters():
     x, y = _clusters(40)
     vx, vy = _clusters(20, seed=1)
-    _, m = train_linear_probe(x, y, vx, vy, 10, epochs=30, batch_size=32, progress=False)
+    _, m = train_linear_probe(x, y, vx, vy, 10, _schedule(epochs=30, batch_size=32), progress=False)
     assert m["top1"] > 0.98 and m["train_top1"] > 0.98 and m["top5"] >= m["top1"]
 
 
@@ -55,7 +67,9 @@ def test_shuffled_labels_give_chance():
     y = torch.randint(0, 10, (300,), generator=g)
     vx = torch.randn(3000, 256, generator=g)
     vy = torch.randint(0, 10, (3000,), generator=g)
-    _, m = train_linear_probe(x, y, vx, vy, 10, epochs=60, lr=1e-2, batch_size=64, progress=False)
+    _, m = train_linear_probe(
+        x, y, vx, vy, 10, _schedule(epochs=60, lr=1e-2, batch_size=64), progress=False
+    )
     assert 0.06 < m["top1"] < 0.14 and 0.42 < m["top5"] < 0.58
     assert m["train_top1"] > 0.9
 
@@ -63,21 +77,22 @@ def test_shuffled_labels_give_chance():
 def test_deterministic_with_seed_and_token_pooling():
     x, y = _clusters(10, d=16)
     tokens = x[:, None, :] + torch.randn(len(x), 3, 16)  # pooled inside the trainer
-    p1, m1 = train_linear_probe(tokens, y, tokens, y, 10, epochs=3, seed=3, progress=False)
+    seed3, seed4 = _schedule(epochs=3, seed=3), _schedule(epochs=3, seed=4)
+    p1, m1 = train_linear_probe(tokens, y, tokens, y, 10, seed3, progress=False)
     torch.manual_seed(999)  # the global RNG must not matter
-    p2, m2 = train_linear_probe(tokens, y, tokens, y, 10, epochs=3, seed=3, progress=False)
+    p2, m2 = train_linear_probe(tokens, y, tokens, y, 10, seed3, progress=False)
     for a, b in zip(p1.state_dict().values(), p2.state_dict().values(), strict=True):
         assert torch.equal(a, b)
     assert m1 == m2
-    p3, _ = train_linear_probe(tokens, y, tokens, y, 10, epochs=3, seed=4, progress=False)
+    p3, _ = train_linear_probe(tokens, y, tokens, y, 10, seed4, progress=False)
     assert not torch.equal(p1.head.weight, p3.head.weight)
 
 
 def test_bad_inputs():
     x, y = _clusters(2)
     with pytest.raises(ValueError, match="train_y in"):
-        train_linear_probe(x, y + 10, None, None, 10, epochs=1, progress=False)
+        train_linear_probe(x, y + 10, None, None, 10, _schedule(epochs=1), progress=False)
     with pytest.raises(ValueError, match="both given or both None"):
-        train_linear_probe(x, y, x, None, 10, epochs=1, progress=False)
-    _, m = train_linear_probe(x, y, None, None, 10, epochs=1, progress=False)
+        train_linear_probe(x, y, x, None, 10, _schedule(epochs=1), progress=False)
+    _, m = train_linear_probe(x, y, None, None, 10, _schedule(epochs=1), progress=False)
     assert m["top1"] != m["top1"]  # NaN without a val set

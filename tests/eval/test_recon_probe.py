@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +17,7 @@ from stellar.cli import main
 from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr
 from stellar.eval.recon_probe import (
+    SCHEDULE,
     cache_features,
     fresh_decoder,
     image_metrics,
@@ -60,9 +62,7 @@ def test_training_improves_reconstruction(small_model, tmp_path) -> None:
         feats,
         images,
         (8, 8),
-        epochs=6,
-        lr=5e-3,
-        batch_size=8,
+        replace(SCHEDULE, epochs=6, lr=5e-3, batch_size=8),
         val=(feats, images),
         eval_every=3,
         progress=False,

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
 import torch
 
 from stellar.eval.segmentation import (
+    SCHEDULE,
     ConfusionMatrix,
     SegmentationProbe,
     to_channels_first,
@@ -121,9 +123,7 @@ def test_probe_learns_linear_toy_task():
         feats[val],
         masks[val],
         c,
-        epochs=20,
-        lr=0.1,
-        batch_size=20,
+        replace(SCHEDULE, epochs=20, lr=0.1, batch_size=20),
         progress=False,
     )
     assert m["miou"] > 0.85 and m["pixel_acc"] > 0.9
@@ -135,6 +135,12 @@ def test_probe_learns_linear_toy_task():
     # upsampled labels work too (logits resized to the mask size)
     big = masks.repeat_interleave(2, 1).repeat_interleave(2, 2)
     _, m2 = train_segmentation_probe(
-        feats[:8], big[:8], feats[val], big[val], c, epochs=1, batch_size=8, progress=False
+        feats[:8],
+        big[:8],
+        feats[val],
+        big[val],
+        c,
+        replace(SCHEDULE, epochs=1, batch_size=8),
+        progress=False,
     )
     assert 0.0 <= m2["miou"] <= 1.0

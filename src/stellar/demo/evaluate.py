@@ -10,6 +10,8 @@ training scenes, background everywhere.
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import torch
 from torch import Tensor
 from torch.utils.data import DataLoader
@@ -19,8 +21,10 @@ from stellar.demo.concepts import concept_purity, localization_scores, token_sha
 from stellar.demo.settings import DemoSettings
 from stellar.demo.stats import pooled_miou
 from stellar.eval.knn import knn_classify
+from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
 from stellar.eval.linear import pool_features, predict_logits, train_linear_probe
 from stellar.eval.metrics import psnr
+from stellar.eval.segmentation import SCHEDULE as SEG_SCHEDULE
 from stellar.eval.segmentation import train_segmentation_probe
 from stellar.models.stellar import STELLAR
 
@@ -113,7 +117,7 @@ def evaluate(
     ft = encode_scenes(model, train, reconstruct=False)
     fv = encode_scenes(model, val, reconstruct=reconstruct)
     n_shapes = len(SHAPES)
-    probe = dict(epochs=s.probe_epochs, seed=s.seed, progress=False)
+    schedule = replace(LINEAR_SCHEDULE, epochs=s.probe_epochs, seed=s.seed)
     samples: dict[str, Tensor] = {}
     # The mean concept token is the feature of the linear, colour and kNN probes.
     tokens_train, tokens_val = pool_features(ft["sparse"]), pool_features(fv["sparse"])
@@ -124,7 +128,9 @@ def evaluate(
         # A diagnostic of what the tokens do encode: the largest object's colour.
         "linear_colour_top1": (tokens_train, tokens_val, "colour", len(COLOURS)),
     }.items():
-        head, _ = train_linear_probe(x_train, ft[target], x_val, fv[target], classes, **probe)
+        head, _ = train_linear_probe(
+            x_train, ft[target], x_val, fv[target], classes, schedule, progress=False
+        )
         samples[key] = _correct(predict_logits(head, x_val), fv[target])
     votes = knn_classify(tokens_train, ft["label"], tokens_val, n_shapes)
     samples["knn_top1"] = _correct(votes.cpu(), fv["label"])
@@ -134,8 +140,7 @@ def evaluate(
         None,
         None,
         SEG_CLASSES,
-        epochs=s.seg_epochs,
-        seed=s.seed,
+        replace(SEG_SCHEDULE, epochs=s.seg_epochs, seed=s.seed),
         progress=False,
     )
     samples["seg_miou"] = _seg_confusions(seg_probe, fv["dense"], fv["semantic_mask"])

@@ -22,7 +22,6 @@ import torch.nn.functional as F
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
-from stellar.errors import nonneg_float, positive_float, positive_int
 from stellar.eval.common import format_table, percent
 from stellar.eval.encoder import Encoder
 from stellar.eval.features import (
@@ -36,7 +35,7 @@ from stellar.eval.features import (
     pool_features,
     split_features,
 )
-from stellar.eval.probe import fit_probe, shuffled_batches
+from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.runtime import autocast, pick_device
 
 logger = logging.getLogger(__name__)
@@ -113,17 +112,17 @@ def _check_xy(x: torch.Tensor, y: torch.Tensor, num_classes: int, name: str) -> 
         )
 
 
+# The paper's linear-probe recipe (the defaults of the functions and of the CLI).
+SCHEDULE = ProbeSchedule(epochs=30, lr=1e-3, weight_decay=1e-4, batch_size=256)
+
+
 def train_linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
     val_x: torch.Tensor | None,
     val_y: torch.Tensor | None,
     num_classes: int,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 256,
-    seed: int = 0,
+    schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[LinearProbe, dict[str, float]]:
@@ -139,8 +138,7 @@ def train_linear_probe(
         val_x: (M, D) or (M, T, D) validation features, or None to skip validation.
         val_y: (M,) labels, or None.
         num_classes: C.
-        epochs, lr, weight_decay, batch_size: AdamW with per-step cosine decay to 0.
-        seed: seeds the probe init and the batch order.
+        schedule: optimisation settings; its seed seeds the probe init and the batch order.
         device: where the probe trains.
         progress: show a tqdm bar over epochs.
 
@@ -157,35 +155,21 @@ def train_linear_probe(
         _check_xy(val_x, val_y, num_classes, "val")
         if val_x.shape[1] != train_x.shape[1]:
             raise ValueError(f"expected val dim {train_x.shape[1]}, got {val_x.shape[1]}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     n = train_x.shape[0]
     if n == 0:
         raise ValueError("expected a non-empty training set")
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(schedule.seed)
         probe = LinearProbe(train_x.shape[1], num_classes)
     probe = probe.to(device)
-    gen = torch.Generator().manual_seed(seed)
     train_y_long = train_y.long()
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
         xb = train_x[idx].to(device, torch.float32)
         return F.cross_entropy(probe(xb), train_y_long[idx].to(device)), idx.numel()
 
-    fit_probe(
-        probe,
-        epochs,
-        -(-n // batch_size),
-        lambda epoch: shuffled_batches(n, batch_size, gen),
-        loss_of,
-        lr,
-        weight_decay,
-        device,
-        "linear probe",
-        progress,
-    )
+    fit_probe(probe, schedule, schedule.index_batches(n), loss_of, device, "linear probe", progress)
 
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
@@ -205,7 +189,7 @@ def train_linear_probe(
 def run_linear(train: LabelledFeatures, val: LabelledFeatures, **settings: Any) -> dict[str, float]:
     """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1].
 
-    ``settings``: the optimisation keywords of :func:`train_linear_probe` (epochs, lr, ...).
+    ``settings``: the keywords of :func:`train_linear_probe` (schedule, device, progress).
     """
     val_y, num = align_val(train, val)
     _, metrics = train_linear_probe(train.x, train.y, val.x, val_y, num, **settings)
@@ -222,11 +206,7 @@ def train_linear_augmented(
     train_root: str | Path,
     val: LabelledFeatures,
     resolution: int,
-    epochs: int = 30,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 256,
-    seed: int = 0,
+    schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
     scale: tuple[float, float] = AUG_SCALE,
     progress: bool = True,
@@ -242,7 +222,7 @@ def train_linear_augmented(
         train_root: class-folder tree of training images.
         val: pooled validation features (evaluation view) with class names.
         resolution: side of the crops fed to the model.
-        epochs, lr, weight_decay, batch_size, seed: optimisation settings.
+        schedule: optimisation settings; its seed also fixes the crops and the probe init.
         num_workers: decoding workers.
         scale: RandomResizedCrop area range.
         progress: tqdm bars.
@@ -251,21 +231,19 @@ def train_linear_augmented(
         ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy
         on the last epoch's augmented views.
     """
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
     classes = folder.require_labels(str(train_root))
     val_y = class_indices(val.classes, val.y, classes) if val.classes is not None else val.y
     loader = build_loader(
-        folder, batch_size, num_workers, shuffle=True, seed=seed, drop_last=False,
+        folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         distributed=False, pin_memory=device.type == "cuda",
     )  # fmt: skip
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(schedule.seed)
         probe = LinearProbe(val.x.shape[1], len(classes))
     probe = probe.to(device)
-    gen = torch.Generator(device=device).manual_seed(seed)
+    gen = torch.Generator(device=device).manual_seed(schedule.seed)
     hits = {"correct": 0, "seen": 0}
 
     def epoch_batches(epoch: int):
@@ -287,10 +265,7 @@ def train_linear_augmented(
         hits["seen"] += target.numel()
         return F.cross_entropy(logits, target), target.numel()
 
-    fit_probe(
-        probe, epochs, len(loader), epoch_batches, loss_of, lr, weight_decay, device,
-        "linear probe (augmented)", progress,
-    )  # fmt: skip
+    fit_probe(probe, schedule, epoch_batches, loss_of, device, "linear probe (augmented)", progress)
     metrics = accuracy_topk(predict_logits(probe, val.x, device=device), val_y)
     metrics["train_top1"] = hits["correct"] / max(hits["seen"], 1)
     return metrics
@@ -300,10 +275,7 @@ def train_linear_augmented(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval linear``."""
     add_classification_arguments(p)
-    p.add_argument("--epochs", type=positive_int, default=30)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
-    p.add_argument("--probe-batch-size", type=positive_int, default=256)
+    SCHEDULE.add_arguments(p, "--probe-batch-size")
     p.add_argument(
         "--augmented",
         action="store_true",
@@ -314,27 +286,21 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: top-1 / top-5 on --val, and the final probe's train top-1."""
     entries, train_dir, val_dir = classification_setup(args, augmented=args.augmented)
-    probe = dict(
-        epochs=args.epochs,
-        lr=args.lr,
-        weight_decay=args.weight_decay,
-        batch_size=args.probe_batch_size,
-        seed=args.seed,
-        progress=not args.no_progress,
-    )
+    schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
+    progress = not args.no_progress
     rows = []
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         if args.augmented:
             res = e.model.config.encoder.image_size if args.resolution is None else args.resolution
             metrics = train_linear_augmented(
-                e.model, e.key, train_dir, val, res, num_workers=args.num_workers, **probe
+                e.model, e.key, train_dir, val, res, schedule, args.num_workers, progress=progress
             )
             num_train = len(ImageFolder(train_dir))
         else:
             train = split_features(args, e, train_dir, args.train_features)
             device = e.model.device if e.model is not None else pick_device(args.device)
-            metrics = run_linear(train, val, device=device, **probe)
+            metrics = run_linear(train, val, schedule=schedule, device=device, progress=progress)
             num_train = len(train)
         rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))
     return {"rows": rows, "augmented": args.augmented}

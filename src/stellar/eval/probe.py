@@ -1,41 +1,81 @@
 """The one training loop of every probe on a frozen model (linear, segmentation, reconstruction).
 
 AdamW with a per-step cosine decay of the learning rate from ``lr`` to 0 and no warm-up (the
-paper fixes the probes, not their optimiser schedule). The caller owns the data order and the
-loss; the loop owns the optimiser, the schedule, the progress bar and the per-epoch record.
+paper fixes the probes, not their optimiser schedule). A :class:`ProbeSchedule` holds the
+optimisation settings; each protocol keeps its defaults as a module constant, which also gives
+its CLI options their defaults. The caller owns the data order and the loss; the loop owns the
+optimiser, the schedule, the progress bar and the per-epoch record.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
 import math
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection
+from dataclasses import dataclass
 from typing import Any
 
 import torch
 from torch import Tensor, nn
 
+from stellar.errors import nonneg_float, positive_float, positive_int
 from stellar.progress import progress_bar
 
-__all__ = ["fit_probe", "shuffled_batches"]
+__all__ = ["ProbeSchedule", "fit_probe"]
 
 logger = logging.getLogger(__name__)
 
 
-def shuffled_batches(n: int, batch_size: int, generator: torch.Generator) -> list[Tensor]:
-    """One epoch of index batches: a permutation of ``range(n)`` from ``generator``, chunked."""
-    order = torch.randperm(n, generator=generator)
-    return [order[i : i + batch_size] for i in range(0, n, batch_size)]
+@dataclass(frozen=True)
+class ProbeSchedule:
+    """How a probe is optimised: ``epochs`` passes in batches of ``batch_size``, AdamW(``lr``,
+    ``weight_decay``) with a per-step cosine decay to 0; ``seed`` fixes the batch order (and,
+    in the protocols, the probe's initialisation)."""
+
+    epochs: int
+    lr: float
+    weight_decay: float
+    batch_size: int
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise ValueError(
+                f"expected epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}"
+            )
+
+    def add_arguments(self, p: argparse.ArgumentParser, batch_flag: str | None) -> None:
+        """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: the protocol
+        takes its batch size from another option), with these values as defaults."""
+        p.add_argument("--epochs", type=positive_int, default=self.epochs)
+        p.add_argument("--lr", type=positive_float, default=self.lr)
+        p.add_argument("--weight-decay", type=nonneg_float, default=self.weight_decay)
+        if batch_flag is not None:
+            p.add_argument(batch_flag, type=positive_int, default=self.batch_size)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace, batch_size: int) -> ProbeSchedule:
+        """The schedule of a run: the options of :meth:`add_arguments` and ``--seed``."""
+        return cls(args.epochs, args.lr, args.weight_decay, batch_size, args.seed)
+
+    def index_batches(self, n: int) -> Callable[[int], list[Tensor]]:
+        """``batches(epoch)`` over ``n`` cached samples for :func:`fit_probe`: each epoch a new
+        permutation of ``range(n)`` (from a generator seeded with ``seed``), chunked."""
+        generator = torch.Generator().manual_seed(self.seed)
+
+        def batches(epoch: int) -> list[Tensor]:
+            order = torch.randperm(n, generator=generator)
+            return [order[i : i + self.batch_size] for i in range(0, n, self.batch_size)]
+
+        return batches
 
 
 def fit_probe(
     probe: nn.Module,
-    epochs: int,
-    steps_per_epoch: int,
-    batches: Callable[[int], Iterable[Any]],
+    schedule: ProbeSchedule,
+    batches: Callable[[int], Collection[Any]],
     loss_of: Callable[[Any], tuple[Tensor, int]],
-    lr: float,
-    weight_decay: float,
     device: torch.device | str,
     desc: str,
     progress: bool = True,
@@ -46,11 +86,10 @@ def fit_probe(
 
     Args:
         probe: the trainable module (already on ``device``).
-        epochs: passes over the data (>= 1).
-        steps_per_epoch: optimiser steps per epoch, for the length of the cosine schedule.
-        batches: ``batches(epoch)`` -> that epoch's batches, in order.
+        schedule: epochs, AdamW settings (its batch size and seed are the caller's to use).
+        batches: ``batches(epoch)`` -> that epoch's batches, in order; every epoch has as
+            many (``len``), which sets the length of the cosine schedule.
         loss_of: batch -> ``(loss, samples in the batch)``.
-        lr, weight_decay: AdamW settings.
         device: where the loss is accumulated.
         desc: progress-bar label.
         progress: show a tqdm bar over epochs.
@@ -61,23 +100,23 @@ def fit_probe(
     Returns:
         One record per epoch: ``epoch`` (from 1), ``loss`` (sample-weighted mean) and the
         entries of ``after_epoch``.
-
-    Raises:
-        ValueError: ``epochs`` < 1.
     """
-    if epochs < 1:
-        raise ValueError(f"expected epochs >= 1, got {epochs}")
-    optimizer = torch.optim.AdamW(probe.parameters(), lr=lr, weight_decay=weight_decay)
-    total = max(1, epochs * steps_per_epoch)
+    epoch_batches = batches(0)  # asked for up front: their count sets the cosine's length
+    total = max(1, schedule.epochs * len(epoch_batches))
+    optimizer = torch.optim.AdamW(
+        probe.parameters(), lr=schedule.lr, weight_decay=schedule.weight_decay
+    )
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1.0 + math.cos(math.pi * min(step, total) / total))
     )
     history: list[dict[str, float]] = []
     probe.train()
-    bar = progress_bar(range(epochs), desc=desc, disable=not progress, leave=False)
+    bar = progress_bar(range(schedule.epochs), desc=desc, disable=not progress, leave=False)
     for epoch in bar:
+        if epoch:
+            epoch_batches = batches(epoch)
         loss_sum, seen = torch.zeros((), device=device), 0
-        for batch in batches(epoch):
+        for batch in epoch_batches:
             loss, count = loss_of(batch)
             if skip_nonfinite and not torch.isfinite(loss):
                 continue

@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
-from stellar.errors import UsageError, nonneg_float, nonneg_int, positive_float, positive_int
+from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import (
     KEY,
     MODEL,
@@ -43,10 +43,11 @@ from stellar.eval.encoder import Encoder, encode_batch
 from stellar.eval.fid import fid_from_features
 from stellar.eval.images import EvalImages, decodable_batches
 from stellar.eval.metrics import psnr, ssim
-from stellar.eval.probe import fit_probe, shuffled_batches
+from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
+    "SCHEDULE",
     "cache_features",
     "fresh_decoder",
     "image_metrics",
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 
 PIXEL_LOSS_WEIGHT = 10.0
 DEFAULT_DEPTH = 6
+SCHEDULE = ProbeSchedule(epochs=20, lr=1e-4, weight_decay=1e-4, batch_size=64)
 
 
 def fresh_decoder(
@@ -150,11 +152,7 @@ def train_recon_probe(
     features: Tensor,
     images: Tensor,
     grid: tuple[int, int],
-    epochs: int = 20,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    batch_size: int = 64,
-    seed: int = 0,
+    schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
     val: tuple[Tensor, Tensor] | None = None,
     eval_every: int = 0,
@@ -167,8 +165,8 @@ def train_recon_probe(
         features: (N, n, d) frozen feature grids, n = h·w.
         images: (N, 3, h·p, w·p) uint8 targets.
         grid: (h, w).
-        epochs, lr, weight_decay, batch_size: AdamW with a per-step cosine decay to 0.
-        seed: batch order.
+        schedule: optimisation settings; its seed fixes the batch order (the decoder's
+            initialisation is :func:`fresh_decoder`'s).
         device: where the decoder trains.
         val: optional ``(features, images)`` for a PSNR every ``eval_every`` epochs.
         eval_every: 0 = no per-epoch validation.
@@ -185,10 +183,7 @@ def train_recon_probe(
         )
     if features.shape[1] != grid[0] * grid[1]:
         raise ValueError(f"expected {grid[0] * grid[1]} tokens per grid, got {features.shape[1]}")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     decoder.to(device)
-    gen = torch.Generator().manual_seed(seed)
 
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
         x = features[idx].to(device).float()
@@ -198,12 +193,12 @@ def train_recon_probe(
     def after_epoch(epoch: int) -> dict[str, float]:
         if val is None or eval_every < 1 or (epoch + 1) % eval_every:
             return {}
-        rec = reconstruct_features(decoder, val[0], grid, batch_size, device)
+        rec = reconstruct_features(decoder, val[0], grid, schedule.batch_size, device)
         return {"val_psnr": psnr(rec, val[1].float() / 255).mean().item()}
 
     return fit_probe(
-        decoder, epochs, -(-n // batch_size), lambda epoch: shuffled_batches(n, batch_size, gen),
-        loss_of, lr, weight_decay, device, "reconstruction probe", progress, after_epoch,
+        decoder, schedule, schedule.index_batches(n), loss_of, device, "reconstruction probe",
+        progress, after_epoch,
     )  # fmt: skip
 
 
@@ -291,11 +286,7 @@ def run_recon(
     val: EvalImages,
     key: str,
     depth: int = DEFAULT_DEPTH,
-    epochs: int = 20,
-    lr: float = 1e-4,
-    weight_decay: float = 1e-4,
-    batch_size: int = 64,
-    seed: int = 0,
+    schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
     fp16: bool = False,
     eval_every: int = 0,
@@ -304,36 +295,25 @@ def run_recon(
     grid_png: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """The whole reconstruction probe for one model.
+    """The whole reconstruction probe for one model; ``schedule``'s batch size also batches
+    the encoding and the decoding of the cached features.
 
     Returns:
         ``psnr``, ``ssim``, ``lpips``, ``rfid`` (None when not computed), ``history`` (per
         epoch), ``initial_psnr`` (the untrained decoder's val PSNR), ``num_train``,
         ``num_val`` and ``grid_png`` (path or None).
     """
-    device = model.device
+    device, batch_size = model.device, schedule.batch_size
     side = train.resolution // model.patch_size
     grid = (side, side)
     tr_x, tr_img = cache_features(model, train, key, batch_size, num_workers, fp16, progress)
     va_x, va_img = cache_features(model, val, key, batch_size, num_workers, fp16, progress)
-    decoder = fresh_decoder(model, depth, seed).to(device)
+    decoder = fresh_decoder(model, depth, schedule.seed).to(device)
     initial = psnr(
         reconstruct_features(decoder, va_x, grid, batch_size, device), va_img.float() / 255
     )
     history = train_recon_probe(
-        decoder,
-        tr_x,
-        tr_img,
-        grid,
-        epochs,
-        lr,
-        weight_decay,
-        batch_size,
-        seed,
-        device,
-        val=(va_x, va_img),
-        eval_every=eval_every,
-        progress=progress,
+        decoder, tr_x, tr_img, grid, schedule, device, (va_x, va_img), eval_every, progress
     )
     recons = reconstruct_features(decoder, va_x, grid, batch_size, device)
     metrics: dict[str, Any] = image_metrics(recons, va_img, lpips_net, fid_net, batch_size, device)
@@ -353,9 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_keys(p, ("lowrank", "dense"), ("dense",))
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--lr", type=positive_float, default=1e-4)
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
+    SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
     p.add_argument("--decoder-depth", type=positive_int, default=6)
     p.add_argument("--target", default="pixel", help="pixel (the VQ target is not implemented)")
     p.add_argument(
@@ -415,8 +393,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         res = resolution(args, e.model)
         metrics = run_recon(
             e.model, EvalImages(train_dir, res), EvalImages(val_dir, res), e.key,
-            depth=args.decoder_depth, epochs=args.epochs, lr=args.lr,
-            weight_decay=args.weight_decay, batch_size=args.batch_size, seed=args.seed,
+            depth=args.decoder_depth, schedule=ProbeSchedule.from_args(args, args.batch_size),
             num_workers=args.num_workers, fp16=args.fp16_features, eval_every=args.eval_every,
             lpips_net=lpips_net, fid_net=fid_net,
             grid_png=args.out_dir / f"reconstructions_{i}_{e.kind}.png",

@@ -21,7 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from stellar.errors import UsageError, nonneg_float, positive_float, positive_int
+from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
     KEY,
     MODEL,
@@ -36,7 +36,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import Encoder
 from stellar.eval.extract import extract_features
 from stellar.eval.images import EvalImages
-from stellar.eval.probe import fit_probe, shuffled_batches
+from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
@@ -214,18 +214,18 @@ def evaluate_segmentation_probe(
     return cm.compute()
 
 
+# The paper's segmentation-probe recipe (the defaults of the functions and of the CLI).
+SCHEDULE = ProbeSchedule(epochs=20, lr=1e-3, weight_decay=1e-4, batch_size=16)
+
+
 def train_segmentation_probe(
     train_dense: torch.Tensor,
     train_masks: torch.Tensor,
     val_dense: torch.Tensor | None,
     val_masks: torch.Tensor | None,
     num_classes: int,
-    epochs: int = 20,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 16,
+    schedule: ProbeSchedule = SCHEDULE,
     ignore_index: int = 255,
-    seed: int = 0,
     device: torch.device | str = "cpu",
     layout: str = "auto",
     progress: bool = True,
@@ -241,9 +241,9 @@ def train_segmentation_probe(
         train_masks: (N, H, W) integer labels, ``ignore_index`` for unlabelled pixels.
         val_dense, val_masks: same for validation, or None.
         num_classes: C.
-        epochs, lr, weight_decay, batch_size: optimisation settings.
+        schedule: optimisation settings (its batch size also batches the validation); its
+            seed seeds the probe init and the batch order.
         ignore_index: label skipped by the loss and the metric.
-        seed: seeds the probe init and the batch order.
         device: where the probe trains.
         layout: feature layout, see :func:`to_channels_first`; with ``"auto"`` a 4-D grid is
             read as (N, D, h, w) only when its last two axes are equal and differ from axis 1,
@@ -263,18 +263,15 @@ def train_segmentation_probe(
         raise ValueError(f"expected integer train_masks, got dtype {train_masks.dtype}")
     if (val_dense is None) != (val_masks is None):
         raise ValueError("expected val_dense and val_masks both given or both None")
-    if epochs < 1 or batch_size < 1:
-        raise ValueError(f"expected epochs >= 1 and batch_size >= 1, got {epochs}, {batch_size}")
     n = train_dense.shape[0]
     if n == 0:
         raise ValueError("expected a non-empty training set")
     dim = to_channels_first(train_dense[:1], _infer_dim(train_dense, layout), layout).shape[1]
 
     with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+        torch.manual_seed(schedule.seed)
         probe = SegmentationProbe(dim, num_classes)
     probe = probe.to(device)
-    gen = torch.Generator().manual_seed(seed)
     out_size = tuple(train_masks.shape[-2:])
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
@@ -284,15 +281,16 @@ def train_segmentation_probe(
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
     fit_probe(
-        probe, epochs, -(-n // batch_size), lambda epoch: shuffled_batches(n, batch_size, gen),
-        loss_of, lr, weight_decay, device, "segmentation probe", progress, skip_nonfinite=True,
+        probe, schedule, schedule.index_batches(n), loss_of, device, "segmentation probe",
+        progress, skip_nonfinite=True,
     )  # fmt: skip
 
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
         metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, batch_size, ignore_index, device, layout
-        )
+            probe, val_dense, val_masks, num_classes, schedule.batch_size, ignore_index, device,
+            layout,
+        )  # fmt: skip
         logger.info(
             "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
         )
@@ -334,11 +332,7 @@ def run_seg(
     val_masks: torch.Tensor,
     num_classes: int,
     resolution: int,
-    epochs: int = 20,
-    lr: float = 1e-3,
-    weight_decay: float = 1e-4,
-    batch_size: int = 16,
-    seed: int = 0,
+    schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
@@ -346,19 +340,19 @@ def run_seg(
 
     Images are stretched to ``resolution`` squared (nothing is cut off) and their label maps
     were resized to the same square with nearest sampling (:func:`load_label_maps`), so the
-    metric is measured at the evaluation resolution.
+    metric is measured at the evaluation resolution. ``schedule``'s batch size also batches
+    the feature extraction.
 
     Returns:
         ``{"miou", "pixel_acc"}`` in [0, 1] and ``iou_per_class`` (list, None where a class is
         absent from both prediction and target).
     """
-    common = (key, resolution, batch_size, num_workers, progress)
+    common = (key, resolution, schedule.batch_size, num_workers, progress)
     x_tr, idx_tr = _grid_features(model, train.images, *common)
     x_va, idx_va = _grid_features(model, val.images, *common)
     _, metrics = train_segmentation_probe(
-        x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, epochs, lr,
-        weight_decay, batch_size, seed=seed, device=model.device, layout="auto",
-        progress=progress,
+        x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, schedule,
+        device=model.device, layout="auto", progress=progress,
     )  # fmt: skip
     iou = metrics["iou_per_class"].tolist()
     return {
@@ -379,10 +373,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--reduce-zero-label", action="store_true", help="ADE20K: 0 -> ignore, k -> k - 1"
     )
-    p.add_argument("--epochs", type=positive_int, default=20)
-    p.add_argument("--lr", type=positive_float, default=1e-3)
-    p.add_argument("--weight-decay", type=nonneg_float, default=1e-4)
-    p.add_argument("--probe-batch-size", type=positive_int, default=16)
+    SCHEDULE.add_arguments(p, "--probe-batch-size")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -398,6 +389,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         logger.warning("no separate validation split: mIoU is measured on the training images")
     entries = load_entries(args, key, baseline_key)
     progress = not args.no_progress
+    schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
     masks: dict[int, tuple[torch.Tensor, ...]] = {}
     for e in entries:  # every label map is read and checked before any feature is computed
         res = resolution(args, e.model)
@@ -412,9 +404,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         res = resolution(args, e.model)
         metrics = run_seg(
-            e.model, e.key, train, val, *masks[res], args.num_classes, res, epochs=args.epochs,
-            lr=args.lr, weight_decay=args.weight_decay, batch_size=args.probe_batch_size,
-            seed=args.seed, num_workers=args.num_workers, progress=progress,
+            e.model, e.key, train, val, *masks[res], args.num_classes, res, schedule,
+            args.num_workers, progress,
         )  # fmt: skip
         rows.append(e.row(**metrics, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "layout": {"train": train.layout, "val": val.layout}}
