@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -79,25 +80,33 @@ class _Level(nn.Module):
         return x
 
 
+@dataclass(frozen=True)
+class _Plan:
+    """The channel plan the encoder and decoder share (``chans``: each level's channels)."""
+
+    hidden_channels: int
+    channel_mult: tuple[int, ...]
+    num_res_blocks: int
+    z_channels: int
+    num_channels: int
+
+    @property
+    def chans(self) -> list[int]:
+        return [self.hidden_channels * m for m in self.channel_mult]
+
+
 class _Encoder(nn.Module):
-    def __init__(
-        self,
-        hidden_channels: int,
-        channel_mult: Sequence[int],
-        num_res_blocks: int,
-        z_channels: int,
-        num_channels: int,
-    ) -> None:
+    def __init__(self, plan: _Plan) -> None:
         super().__init__()
-        chans = [hidden_channels * m for m in channel_mult]
-        ins = [hidden_channels, *chans[:-1]]
-        self.conv_in = _conv(num_channels, hidden_channels, 3, bias=False)
+        chans, blocks = plan.chans, plan.num_res_blocks
+        ins = [plan.hidden_channels, *chans[:-1]]
+        self.conv_in = _conv(plan.num_channels, plan.hidden_channels, 3, bias=False)
         self.down = nn.ModuleList(
-            _Level(i, o, num_res_blocks, upsample=False) for i, o in zip(ins, chans, strict=True)
+            _Level(i, o, blocks, upsample=False) for i, o in zip(ins, chans, strict=True)
         )
-        self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(num_res_blocks))
+        self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(blocks))
         self.norm_out = _norm(chans[-1])
-        self.conv_out = _conv(chans[-1], z_channels, 1, bias=True)
+        self.conv_out = _conv(chans[-1], plan.z_channels, 1, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)
@@ -112,26 +121,19 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    def __init__(
-        self,
-        hidden_channels: int,
-        channel_mult: Sequence[int],
-        num_res_blocks: int,
-        z_channels: int,
-        num_channels: int,
-    ) -> None:
+    def __init__(self, plan: _Plan) -> None:
         super().__init__()
-        chans = [hidden_channels * m for m in channel_mult]
+        chans, blocks = plan.chans, plan.num_res_blocks
         # up.{i} is indexed like the encoder's level i; it runs coarse (i = L-1) to fine (i = 0)
         # and receives the channels of level i+1 (or of the mid blocks at the coarsest level).
         ins = [*chans[1:], chans[-1]]
-        self.conv_in = _conv(z_channels, chans[-1], 3, bias=True)
-        self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(num_res_blocks))
+        self.conv_in = _conv(plan.z_channels, chans[-1], 3, bias=True)
+        self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(blocks))
         self.up = nn.ModuleList(
-            _Level(ins[i], chans[i], num_res_blocks, upsample=i != 0) for i in range(len(chans))
+            _Level(ins[i], chans[i], blocks, upsample=i != 0) for i in range(len(chans))
         )
         self.norm_out = _norm(chans[0])
-        self.conv_out = _conv(chans[0], num_channels, 3, bias=True)
+        self.conv_out = _conv(chans[0], plan.num_channels, 3, bias=True)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.conv_in(z)
@@ -235,9 +237,9 @@ class MaskGITVQGAN(nn.Module):
         self.resolution = resolution
         self.downsample_factor = 2 ** (len(channel_mult) - 1)
 
-        args = (hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels)
-        self.encoder = _Encoder(*args)
-        self.decoder = _Decoder(*args)
+        plan = _Plan(hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels)
+        self.encoder = _Encoder(plan)
+        self.decoder = _Decoder(plan)
         self.quantize = VectorQuantizer(codebook_size, codebook_dim)
         self.requires_grad_(False)
         self.eval()
