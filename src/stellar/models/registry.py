@@ -55,34 +55,24 @@ def _vit(width: int, depth: int, heads: int, patch: int = 16, image: int = 224) 
     )
 
 
-@register("stellar-b16", released=True)
-def stellar_b16() -> StellarConfig:
-    """ViT-B/16, 224 px, 16 concept tokens, VQ decoder head."""
-    return StellarConfig(encoder=_vit(768, 12, 12), num_sparse_tokens=16)
+# The released checkpoints: name -> (encoder width, depth, heads, patch), concept tokens.
+# All are 224 px with the VQ decoder head; ViT-H/14 makes a 16x16 patch grid.
+RELEASED_SIZES: dict[str, tuple[tuple[int, int, int, int], int]] = {
+    "stellar-b16": ((768, 12, 12, 16), 16),
+    "stellar-b8": ((768, 12, 12, 16), 8),  # ablation: 8 concept tokens
+    "stellar-b24": ((768, 12, 12, 16), 24),  # ablation: 24 concept tokens
+    "stellar-l16": ((1024, 24, 16, 16), 16),
+    "stellar-h16": ((1280, 32, 16, 14), 16),
+}
 
 
-@register("stellar-b8", released=True)
-def stellar_b8() -> StellarConfig:
-    """Ablation: ViT-B/16 with 8 concept tokens."""
-    return StellarConfig(encoder=_vit(768, 12, 12), num_sparse_tokens=8)
+def _released(encoder: tuple[int, int, int, int], tokens: int) -> Callable[[], StellarConfig]:
+    width, depth, heads, patch = encoder
+    return lambda: StellarConfig(encoder=_vit(width, depth, heads, patch), num_sparse_tokens=tokens)
 
 
-@register("stellar-b24", released=True)
-def stellar_b24() -> StellarConfig:
-    """Ablation: ViT-B/16 with 24 concept tokens."""
-    return StellarConfig(encoder=_vit(768, 12, 12), num_sparse_tokens=24)
-
-
-@register("stellar-l16", released=True)
-def stellar_l16() -> StellarConfig:
-    """ViT-L/16, 224 px, 16 concept tokens."""
-    return StellarConfig(encoder=_vit(1024, 24, 16), num_sparse_tokens=16)
-
-
-@register("stellar-h16", released=True)
-def stellar_h16() -> StellarConfig:
-    """ViT-H/14 at 224 px (a 16x16 patch grid), 16 concept tokens."""
-    return StellarConfig(encoder=_vit(1280, 32, 16, patch=14), num_sparse_tokens=16)
+for _name, (_encoder, _tokens) in RELEASED_SIZES.items():
+    register(_name, released=True)(_released(_encoder, _tokens))
 
 
 @register("stellar-tiny")
