@@ -51,24 +51,11 @@ def create_stellar(
     if overrides:
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
-    tokenizer = None
-    if vq_model is not None:
-        tokenizer = tokenizer_for(config, vq_model, purpose, download)
-    model = STELLAR(config, purpose=purpose)
-    if tokenizer is not None:
-        model.set_tokenizer(tokenizer)
-    return finish(model, purpose)
+    tokenizer = None if vq_model is None else tokenizer_for(config, vq_model, purpose, download)
+    return finish(STELLAR(config, purpose=purpose), purpose, tokenizer)
 
 
-def load_stellar(
-    name_or_path: str | Path,
-    purpose: Purpose = "encode",
-    vq_model: str | Path | MaskGITVQGAN | None = None,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    cache_dir: str | Path | None = None,
-    download: bool = True,
-) -> STELLAR:
+def load_stellar(name_or_path: str | Path, purpose: Purpose = "encode", **options) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
     Args:
@@ -81,6 +68,9 @@ def load_stellar(
         purpose: ``"encode"`` (encoder side only, eval mode, no gradients), ``"reconstruct"``
             (adds the decoder, which the checkpoint must carry) or ``"pretrain"`` (all modules,
             train mode, gradients on; a decoder or heads the checkpoint lacks start fresh).
+        **options: the keyword arguments below (typed in
+            :func:`~stellar.models.pretrained.load_pretrained`, which does the loading for
+            :meth:`STELLAR.from_pretrained <stellar.models.stellar.STELLAR.from_pretrained>`).
         vq_model: ``"maskgit-vqgan"`` (TiTok's released tokenizer, found like a name), the
             path of ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; needed by
             vq-head models for ``reconstruct`` and ``pretrain``.
@@ -100,17 +90,11 @@ def load_stellar(
     anything else, a missing tensor or a wrong shape raises ValueError naming the keys. A
     registered name must resolve to weights of that name's architecture (width, depth, heads,
     patch and image size, concept tokens), and a ``vq_model`` must have the codebook size
-    the vq head predicts; both are checked before the model is built.
+    the vq head predicts and a downsampling that fits the patch size
+    (:func:`~stellar.models.pretrained.check_tokenizer`); all are checked before the model is
+    built.
     """
-    return STELLAR.from_pretrained(
-        name_or_path,
-        purpose=purpose,
-        vq_model=vq_model,
-        device=device,
-        dtype=dtype,
-        cache_dir=cache_dir,
-        download=download,
-    )
+    return STELLAR.from_pretrained(name_or_path, purpose, **options)
 
 
 @dataclass

@@ -253,9 +253,7 @@ def load_pretrained(
     state, _ = read_state_dict(weights)
     model = cls(config, purpose=purpose)
     load_official_state(model, state, source=str(weights))
-    if tokenizer is not None:
-        model.set_tokenizer(tokenizer)
-    return finish(model, purpose, device, dtype)
+    return finish(model, purpose, tokenizer, device, dtype)
 
 
 def load_official_state(
@@ -406,10 +404,14 @@ def check_tokenizer(config: StellarConfig, tokenizer: MaskGITVQGAN, where: str =
 def finish(
     model: STELLAR,
     purpose: str,
+    tokenizer: MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
 ) -> STELLAR:
-    """Train or eval mode and gradients by purpose; move to ``device`` / ``dtype``."""
+    """Attach ``tokenizer``; train or eval mode and gradients by purpose; move to ``device`` /
+    ``dtype``."""
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
     training = purpose == "pretrain"
     model.requires_grad_(training).train(training)
     if model.tokenizer is not None:
