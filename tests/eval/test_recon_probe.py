@@ -14,11 +14,11 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
+from stellar.eval.extract import extract_features
 from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr
 from stellar.eval.recon_probe import (
     SCHEDULE,
-    cache_features,
     fresh_decoder,
     image_metrics,
     reconstruct_features,
@@ -52,7 +52,8 @@ def small_model():
 
 def test_training_improves_reconstruction(small_model, tmp_path) -> None:
     data = EvalImages(_images(tmp_path / "d", 8), 64, resize_ratio=1.0)
-    feats, images = cache_features(small_model, data, "lowrank", progress=False)
+    out = extract_features(small_model, data, ["lowrank"], progress=False, keep_images=True)
+    feats, images = out["lowrank"], out["image"]
     assert feats.shape == (8, 64, 96) and images.dtype == torch.uint8
     decoder = fresh_decoder(small_model, depth=1, seed=0)
     assert decoder.proj.out_features == 64 and len(decoder.blocks) == 1

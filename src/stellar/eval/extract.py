@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -81,8 +81,10 @@ def extract_features(
     num_workers: int = 0,
     fp16: bool = False,
     progress: bool = True,
+    reduce: Callable[[Tensor], Tensor] | None = None,
+    keep_images: bool = False,
 ) -> dict[str, Tensor]:
-    """Features of a whole dataset, in memory.
+    """Features of a whole dataset, in memory: the one encoding pass of the evaluations.
 
     Args:
         model: a STELLAR model (its device is used).
@@ -91,6 +93,9 @@ def extract_features(
         batch_size, num_workers: loader settings.
         fp16: keep floating features as float16.
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
+        reduce: applied to each batch of features before it is kept (e.g. token pooling, so
+            the token axis never accumulates).
+        keep_images: also keep the images as ``image``, (N, 3, H, W) uint8.
 
     Returns:
         ``{key: (N, ...)}`` for each key, plus ``label`` (N,) and ``index`` (N,) int64, the
@@ -99,11 +104,14 @@ def extract_features(
     keys = _check_keys(keys)
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
     pin = model.device.type == "cuda"
-    for batch in decodable_batches(dataset, batch_size, num_workers, pin, "extract", progress):
+    desc = f"features[{','.join(keys)}]"
+    for batch in decodable_batches(dataset, batch_size, num_workers, pin, desc, progress):
         for k, v in encode_batch(model, batch["image"], keys, fp16).items():
-            parts[k].append(v)
+            parts[k].append(v if reduce is None else reduce(v))
         parts["label"].append(batch["label"])
         parts["index"].append(batch["index"])
+        if keep_images:
+            parts.setdefault("image", []).append(batch["image"].mul(255).round_().to(torch.uint8))
     return {k: torch.cat(v) for k, v in parts.items()}
 
 

@@ -36,15 +36,9 @@ from stellar.eval.common import (
     resolution,
     resolve_keys,
 )
-from stellar.eval.encoder import (
-    BASELINE_KEYS,
-    STELLAR_KEYS,
-    Encoder,
-    encode_batch,
-    weights_fingerprint,
-)
-from stellar.eval.extract import load_features, stored_classes
-from stellar.eval.images import EvalImages, decodable_batches
+from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder, weights_fingerprint
+from stellar.eval.extract import extract_features, load_features, stored_classes
+from stellar.eval.images import EvalImages
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -55,7 +49,6 @@ __all__ = [
     "features_from_dir",
     "labelled_features",
     "pool_features",
-    "pooled_features",
 ]
 
 logger = logging.getLogger(__name__)
@@ -106,26 +99,6 @@ def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]
     return table[labels.long()]
 
 
-@torch.inference_mode()
-def pooled_features(
-    model: Encoder,
-    dataset: EvalImages,
-    key: str,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Mean-pooled ``key`` features of a dataset: ``(x (N, d) float32, labels (N,) int64)``."""
-    xs, ys = [], []
-    pin = model.device.type == "cuda"
-    batches = decodable_batches(dataset, batch_size, num_workers, pin, f"features[{key}]", progress)
-    for batch in batches:
-        out = encode_batch(model, batch["image"], [key])
-        xs.append(pool_features(out[key]).float())
-        ys.append(batch["label"])
-    return torch.cat(xs), torch.cat(ys)
-
-
 def labelled_features(
     model: Encoder,
     root: str | Path,
@@ -135,11 +108,13 @@ def labelled_features(
     num_workers: int = 0,
     progress: bool = True,
 ) -> LabelledFeatures:
-    """Pooled features and labels of a class-folder tree (evaluation view)."""
+    """Pooled float32 features and labels of a class-folder tree (evaluation view)."""
     dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
     classes = dataset.require_labels(str(root))
-    x, y = pooled_features(model, dataset, key, batch_size, num_workers, progress)
-    return LabelledFeatures(x, y, classes)
+    out = extract_features(
+        model, dataset, [key], batch_size, num_workers, progress=progress, reduce=pool_features
+    )
+    return LabelledFeatures(out[key], out["label"], classes)
 
 
 def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:

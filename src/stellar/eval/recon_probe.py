@@ -39,16 +39,16 @@ from stellar.eval.common import (
     resolution,
     resolve_keys,
 )
-from stellar.eval.encoder import Encoder, encode_batch
+from stellar.eval.encoder import Encoder
+from stellar.eval.extract import extract_features
 from stellar.eval.fid import fid_from_features
-from stellar.eval.images import EvalImages, decodable_batches
+from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
     "SCHEDULE",
-    "cache_features",
     "fresh_decoder",
     "image_metrics",
     "reconstruct_features",
@@ -97,31 +97,6 @@ def fresh_decoder(
         nn.init.trunc_normal_(decoder.head.weight, std=0.02)
         nn.init.zeros_(decoder.head.bias)
     return decoder.train()
-
-
-@torch.inference_mode()
-def cache_features(
-    model: Encoder,
-    dataset: EvalImages,
-    key: str,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    fp16: bool = False,
-    progress: bool = True,
-) -> tuple[Tensor, Tensor]:
-    """Frozen ``key`` grids and the images they came from, in memory.
-
-    Returns:
-        ``features`` (N, n, d) float32 (float16 with ``fp16``) and ``images`` (N, 3, R, R)
-        uint8, both on the CPU, for the decodable images.
-    """
-    feats, images = [], []
-    pin = model.device.type == "cuda"
-    batches = decodable_batches(dataset, batch_size, num_workers, pin, f"features[{key}]", progress)
-    for batch in batches:
-        feats.append(encode_batch(model, batch["image"], [key], fp16=fp16)[key])
-        images.append(batch["image"].mul(255).round_().to(torch.uint8))
-    return torch.cat(feats), torch.cat(images)
 
 
 def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
@@ -306,8 +281,16 @@ def run_recon(
     device, batch_size = model.device, schedule.batch_size
     side = train.resolution // model.patch_size
     grid = (side, side)
-    tr_x, tr_img = cache_features(model, train, key, batch_size, num_workers, fp16, progress)
-    va_x, va_img = cache_features(model, val, key, batch_size, num_workers, fp16, progress)
+
+    def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
+        """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
+        out = extract_features(
+            model, images, [key], batch_size, num_workers, fp16, progress, keep_images=True
+        )
+        return out[key], out["image"]
+
+    tr_x, tr_img = cached(train)
+    va_x, va_img = cached(val)
     decoder = fresh_decoder(model, depth, schedule.seed).to(device)
     initial = psnr(
         reconstruct_features(decoder, va_x, grid, batch_size, device), va_img.float() / 255
