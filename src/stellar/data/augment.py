@@ -17,12 +17,13 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stellar.data.color import _pair, _uniform, color_blur
+from stellar.data.color import ColorAugment, _pair, _uniform
 from stellar.losses.objective import ViewPlan
 
 __all__ = ["MultiViewAugment", "random_resized_crop"]
@@ -179,7 +180,7 @@ class MultiViewAugment(nn.Module):
 
     ``image`` is ``global_views[:, 0]``: the reconstruction target and main view, it carries
     no colour augmentation; every other view a step uses is colour/blur augmented with
-    :meth:`color` (i.e. :func:`color_blur` with this module's settings).
+    :meth:`color` (this module's :class:`~stellar.data.color.ColorAugment`, ``color_augment``).
 
     Args:
         global_size, local_size: output sides of global and local views.
@@ -188,8 +189,9 @@ class MultiViewAugment(nn.Module):
         global_scale, local_scale: crop area ranges (fraction of the valid region).
         ratio: crop aspect-ratio range.
         flip_p: horizontal flip probability per view.
-        brightness, contrast, saturation, hue, jitter_p, gray_p, blur_p, blur_kernel,
-            blur_sigma: colour/blur settings passed to :func:`color_blur`.
+        color: colour/blur settings, the fields of :class:`~stellar.data.color.ColorAugment`
+            (brightness, contrast, saturation, hue, jitter_p, gray_p, blur_p, blur_kernel,
+            blur_sigma); the rest keep its defaults.
     """
 
     def __init__(
@@ -202,15 +204,7 @@ class MultiViewAugment(nn.Module):
         local_scale: Sequence[float] = (0.06, 0.36),
         ratio: Sequence[float] = (3 / 4, 4 / 3),
         flip_p: float = 0.5,
-        brightness: float = 0.4,
-        contrast: float = 0.4,
-        saturation: float = 0.2,
-        hue: float = 0.1,
-        jitter_p: float = 0.8,
-        gray_p: float = 0.2,
-        blur_p: float = 0.5,
-        blur_kernel: int = 9,
-        blur_sigma: Sequence[float] = (0.1, 2.0),
+        **color: Any,
     ) -> None:
         super().__init__()
         if n_global < 1 or n_local < 0:
@@ -231,28 +225,18 @@ class MultiViewAugment(nn.Module):
         if not 0.0 <= flip_p <= 1.0:
             raise ValueError(f"expected flip_p in [0, 1], got {flip_p}")
         self.flip_p = float(flip_p)
-        self.color_kwargs = {
-            "brightness": brightness,
-            "contrast": contrast,
-            "saturation": saturation,
-            "hue": hue,
-            "jitter_p": jitter_p,
-            "gray_p": gray_p,
-            "blur_p": blur_p,
-            "blur_kernel": blur_kernel,
-            "blur_sigma": tuple(blur_sigma),
-        }
+        self.color_augment = ColorAugment(**color)
         # Fail at construction, not at the first batch, on bad colour settings and on a blur
         # kernel too large for the smallest view made.
         side = min(self.global_size, self.local_size if self.n_local else self.global_size)
-        color_blur(torch.zeros(1, 3, side, side), None, **self.color_kwargs)
+        self.color_augment(torch.zeros(1, 3, side, side))
 
     def color(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Colour/blur augment views of shape (..., 3, H, W) with this module's settings."""
         if views.ndim < 4:
             raise ValueError(f"expected views of shape (..., 3, H, W), got {tuple(views.shape)}")
         flat = views.reshape(-1, *views.shape[-3:])
-        return color_blur(flat, generator, **self.color_kwargs).view(views.shape)
+        return self.color_augment(flat, generator).view(views.shape)
 
     def make(
         self,

@@ -1,5 +1,8 @@
 """Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur.
 
+:class:`ColorAugment` holds the settings and applies them; :func:`color_blur` is its
+functional form.
+
 Semantics follow torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``; every
 operation works on a whole batch with per-sample random parameters drawn at once from an
 optional ``torch.Generator``.
@@ -8,12 +11,15 @@ optional ``torch.Generator``.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
 __all__ = [
+    "ColorAugment",
     "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
@@ -138,20 +144,10 @@ def _jitter_range(value: float | Sequence[float], name: str, center: float) -> t
     return lo, hi
 
 
-def color_blur(
-    views: Tensor,
-    generator: torch.Generator | None = None,
-    brightness: float | Sequence[float] = 0.4,
-    contrast: float | Sequence[float] = 0.4,
-    saturation: float | Sequence[float] = 0.2,
-    hue: float | Sequence[float] = 0.1,
-    jitter_p: float = 0.8,
-    gray_p: float = 0.2,
-    blur_p: float = 0.5,
-    blur_kernel: int = 9,
-    blur_sigma: Sequence[float] = (0.1, 2.0),
-) -> Tensor:
-    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics).
+@dataclass(frozen=True)
+class ColorAugment:
+    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics); the
+    defaults are the STELLAR recipe's.
 
     Order (fixed, unlike torchvision's random jitter order): with probability ``jitter_p``
     brightness -> contrast -> saturation -> hue, each factor drawn per sample (uniform in
@@ -160,53 +156,71 @@ def color_blur(
     ``blur_sigma``. Every applied step clamps to [0, 1]; a sample not selected for a step
     passes through that step bit-exactly.
 
-    Args:
-        views: (N, 3, H, W) float images in [0, 1].
-        generator: source of randomness (on any device); None uses the global RNG.
+    Attributes:
         brightness, contrast, saturation: jitter strength x (or an explicit (low, high)).
         hue: hue jitter x in [0, 0.5] (or an explicit (low, high) within [-0.5, 0.5]).
         jitter_p, gray_p, blur_p: probabilities of the three steps.
         blur_kernel: odd blur kernel size.
         blur_sigma: (low, high) blur sigma range in pixels.
-
-    Returns:
-        (N, 3, H, W) augmented views, same dtype as ``views``.
     """
-    if views.ndim != 4 or views.shape[1] != 3:
-        raise ValueError(f"expected views of shape (N, 3, H, W), got {tuple(views.shape)}")
-    if not views.is_floating_point():
-        raise ValueError(f"expected floating-point views in [0, 1], got {views.dtype}")
-    for name, p in (("jitter_p", jitter_p), ("gray_p", gray_p), ("blur_p", blur_p)):
-        if not 0.0 <= p <= 1.0:
-            raise ValueError(f"expected {name} in [0, 1], got {p}")
-    ranges = (
-        _jitter_range(brightness, "brightness", 1.0),
-        _jitter_range(contrast, "contrast", 1.0),
-        _jitter_range(saturation, "saturation", 1.0),
-        _jitter_range(hue, "hue", 0.0),
-    )
-    sig_lo, sig_hi = _pair(blur_sigma, "blur_sigma")
-    n = views.shape[0]
-    x = views.float()
-    u = _uniform((n, 8), generator, x.device)
 
-    def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
-        return torch.where(mask[:, None, None, None], new, old)
+    brightness: float | Sequence[float] = 0.4
+    contrast: float | Sequence[float] = 0.4
+    saturation: float | Sequence[float] = 0.2
+    hue: float | Sequence[float] = 0.1
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.5
+    blur_kernel: int = 9
+    blur_sigma: Sequence[float] = (0.1, 2.0)
 
-    do_jitter = u[:, 0] < jitter_p
-    fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
-    # Steps whose range is the identity are skipped (they would only add rounding noise).
-    if ranges[0] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_brightness(x, fb), x)
-    if ranges[1] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_contrast(x, fc), x)
-    if ranges[2] != (1.0, 1.0):
-        x = sel(do_jitter, adjust_saturation(x, fs), x)
-    if ranges[3] != (0.0, 0.0):
-        x = sel(do_jitter, adjust_hue(x, fh), x)
-    if gray_p > 0:
-        x = sel(u[:, 5] < gray_p, rgb_to_grayscale(x).expand_as(x), x)
-    if blur_p > 0:
-        sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
-        x = sel(u[:, 6] < blur_p, gaussian_blur(x, sigma, blur_kernel).clamp(0.0, 1.0), x)
-    return x.to(views.dtype)
+    def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``views`` (N, 3, H, W), float in [0, 1]; same shape and dtype out.
+
+        ``generator``: source of randomness (on any device); None uses the global RNG.
+        """
+        if views.ndim != 4 or views.shape[1] != 3:
+            raise ValueError(f"expected views of shape (N, 3, H, W), got {tuple(views.shape)}")
+        if not views.is_floating_point():
+            raise ValueError(f"expected floating-point views in [0, 1], got {views.dtype}")
+        probabilities = {"jitter_p": self.jitter_p, "gray_p": self.gray_p, "blur_p": self.blur_p}
+        for name, p in probabilities.items():
+            if not 0.0 <= p <= 1.0:
+                raise ValueError(f"expected {name} in [0, 1], got {p}")
+        ranges = (
+            _jitter_range(self.brightness, "brightness", 1.0),
+            _jitter_range(self.contrast, "contrast", 1.0),
+            _jitter_range(self.saturation, "saturation", 1.0),
+            _jitter_range(self.hue, "hue", 0.0),
+        )
+        sig_lo, sig_hi = _pair(self.blur_sigma, "blur_sigma")
+        n = views.shape[0]
+        x = views.float()
+        u = _uniform((n, 8), generator, x.device)
+
+        def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+            return torch.where(mask[:, None, None, None], new, old)
+
+        do_jitter = u[:, 0] < self.jitter_p
+        fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
+        # Steps whose range is the identity are skipped (they would only add rounding noise).
+        if ranges[0] != (1.0, 1.0):
+            x = sel(do_jitter, adjust_brightness(x, fb), x)
+        if ranges[1] != (1.0, 1.0):
+            x = sel(do_jitter, adjust_contrast(x, fc), x)
+        if ranges[2] != (1.0, 1.0):
+            x = sel(do_jitter, adjust_saturation(x, fs), x)
+        if ranges[3] != (0.0, 0.0):
+            x = sel(do_jitter, adjust_hue(x, fh), x)
+        if self.gray_p > 0:
+            x = sel(u[:, 5] < self.gray_p, rgb_to_grayscale(x).expand_as(x), x)
+        if self.blur_p > 0:
+            sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
+            blurred = gaussian_blur(x, sigma, self.blur_kernel).clamp(0.0, 1.0)
+            x = sel(u[:, 6] < self.blur_p, blurred, x)
+        return x.to(views.dtype)
+
+
+def color_blur(views: Tensor, generator: torch.Generator | None = None, **settings: Any) -> Tensor:
+    """:class:`ColorAugment` with ``settings`` (its fields; the rest keep their defaults)."""
+    return ColorAugment(**settings)(views, generator)

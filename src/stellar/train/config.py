@@ -21,6 +21,7 @@ from typing import Any, Literal
 import yaml
 
 from stellar.data.augment import MultiViewAugment
+from stellar.data.color import ColorAugment
 from stellar.errors import Bounds, UsageError
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
@@ -180,10 +181,10 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (the built-in "
                 "procedural scenes, no files): add data.source=folder to train on the folder"
             )
-        # augment.color holds the MultiViewAugment keywords the other augment fields don't set.
-        colour_keys = set(inspect.signature(MultiViewAugment).parameters) - set(
-            field_names(AugmentConfig)
-        )
+        # augment.color holds the MultiViewAugment keywords the other augment fields don't set
+        # (its **color takes the ColorAugment fields).
+        colour_keys = {*inspect.signature(MultiViewAugment).parameters, *field_names(ColorAugment)}
+        colour_keys -= {*field_names(AugmentConfig)}
         unknown = sorted(set(a.color) - colour_keys)
         if unknown:
             raise UsageError(
