@@ -17,17 +17,8 @@ from pathlib import Path
 
 import torch
 
-from stellar.checkpoint.weights import read_header
 from stellar.models.config import StellarConfig
-from stellar.models.pretrained import (
-    carries_decoder,
-    check_matches_name,
-    finish,
-    read_config,
-    registered_name,
-    resolve,
-    tokenizer_for,
-)
+from stellar.models.pretrained import carries_decoder, finish, read_architecture, tokenizer_for
 from stellar.models.registry import get_config, is_released, list_models
 from stellar.models.stellar import STELLAR, Purpose
 from stellar.models.vqgan import MaskGITVQGAN
@@ -140,12 +131,7 @@ def inspect_model(
     spec, random_init = _command_spec(spec)
     if random_init:
         return ModelInfo(spec, get_config(spec), has_decoder=True, random_init=True)
-    weights, config_path = resolve(spec, cache_dir, download)
-    shapes, metadata = read_header(weights)
-    config = read_config(weights, config_path, shapes, metadata, download)
-    name = registered_name(spec)
-    if name is not None:
-        check_matches_name(config, name, weights)
+    _, shapes, config = read_architecture(spec, cache_dir, download)
     return ModelInfo(spec, config, carries_decoder(shapes), random_init=False)
 
 

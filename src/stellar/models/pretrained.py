@@ -229,6 +229,23 @@ def carries_decoder(keys: Iterable[str]) -> bool:
     return any(k.startswith(_DECODER_KEYS) and not is_known_unused(k) for k in keys)
 
 
+def read_architecture(
+    name_or_path: str | Path, cache_dir: str | Path | None = None, download: bool = True
+) -> tuple[Path, dict[str, tuple[int, ...]], StellarConfig]:
+    """The weights file, its tensor shapes and its config, read without loading any tensor.
+
+    A registered name's weights must have that name's architecture
+    (:func:`check_matches_name`).
+    """
+    weights, config_path = resolve(name_or_path, cache_dir, download)
+    shapes, metadata = read_header(weights)
+    config = read_config(weights, config_path, shapes, metadata, download)
+    name = registered_name(name_or_path)
+    if name is not None:
+        check_matches_name(config, name, weights)
+    return weights, shapes, config
+
+
 def load_pretrained(
     cls: type[STELLAR],
     name_or_path: str | Path,
@@ -240,13 +257,8 @@ def load_pretrained(
     download: bool = True,
 ) -> STELLAR:
     """What :meth:`STELLAR.from_pretrained` does (see :func:`stellar.load_stellar`)."""
-    weights, config_path = resolve(name_or_path, cache_dir, download)
-    shapes, metadata = read_header(weights)
-    config = read_config(weights, config_path, shapes, metadata, download)
     # checks that need only the config come before the tensors are read
-    name = registered_name(name_or_path)
-    if name is not None:
-        check_matches_name(config, name, weights)
+    weights, shapes, config = read_architecture(name_or_path, cache_dir, download)
     if purpose == "reconstruct" and not carries_decoder(shapes):
         raise _no_decoder(str(weights))  # before asking for a tokenizer it could not use
     tokenizer = tokenizer_for(config, vq_model, purpose, download)
