@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stellar.errors import UsageError
-from stellar.runtime import autocast, autocast_dtype, pick_device
+from stellar.runtime import autocast, autocast_dtype, cpu_bf16_feature, pick_device
 
 
 def test_device_and_autocast_choices() -> None:
@@ -18,9 +18,11 @@ def test_device_and_autocast_choices() -> None:
     with pytest.raises(UsageError, match="expected a device"):
         pick_device("gpu")
     cpu = torch.device("cpu")
-    assert autocast_dtype("auto", cpu) is None and autocast_dtype("bf16", cpu) is torch.bfloat16
+    native = cpu_bf16_feature() is not None  # auto: bf16 only where the CPU computes it
+    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
+    assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
     assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
-    assert isinstance(autocast(cpu), contextlib.nullcontext)
+    assert isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
     with autocast(cpu, torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):

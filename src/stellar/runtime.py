@@ -1,8 +1,8 @@
 """Where code runs: the device, the autocast precision and the torchrun process group.
 
 Every command and the trainer go through these three helpers, so "cuda when available",
-"bf16 autocast on CUDA, none on the CPU" and "join the group torchrun describes" are decided
-in one place.
+"bf16 autocast where the device computes bf16 natively, fp32 elsewhere" and "join the group
+torchrun describes" are decided in one place.
 """
 
 from __future__ import annotations
@@ -10,7 +10,9 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import platform
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -22,7 +24,9 @@ __all__ = [
     "DistInfo",
     "autocast",
     "autocast_dtype",
+    "cpu_bf16_feature",
     "pick_device",
+    "precision_choice",
     "rank_info",
     "setup",
     "teardown",
@@ -30,7 +34,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# "auto" is bf16 on CUDA and no autocast (fp32) elsewhere.
+# "auto" is bf16 where the device computes it natively (a bf16 GPU; a CPU with AMX,
+# AVX512-BF16 or Arm BF16) and no autocast (fp32) elsewhere.
 PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bfloat16", "fp32", "float32")
 
 
@@ -75,19 +80,55 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
     return device
 
 
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision setting (None: no autocast, fp32).
+def cpu_bf16_feature() -> str | None:
+    """The instruction set that gives this CPU native bf16 matmuls, or None.
+
+    x86: AMX tiles or AVX512-BF16 (what oneDNN's bf16 kernels use); Arm: the ``bf16`` feature
+    (BFMMLA). Without one of them bf16 runs emulated, slower than fp32.
+    """
+    cpu = getattr(torch, "cpu", None)
+    for name, probe in (
+        ("AMX", "_is_amx_tile_supported"),
+        ("AVX512-BF16", "_is_avx512_bf16_supported"),
+    ):
+        check = getattr(cpu, probe, None)
+        if check is not None and check():
+            return name
+    if platform.machine().lower() in ("aarch64", "arm64"):
+        try:
+            flags = Path("/proc/cpuinfo").read_text()
+        except OSError:
+            return None
+        if any(line.startswith("Features") and " bf16" in line for line in flags.splitlines()):
+            return "Arm BF16"
+    return None
+
+
+def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
+    """The autocast dtype of a precision setting (None: no autocast, fp32) and why, for logs.
 
     Raises:
         ValueError: ``precision`` is not one of :data:`PRECISIONS`.
     """
-    if precision == "auto":
-        return torch.bfloat16 if device.type == "cuda" else None
     if precision in ("bf16", "bfloat16"):
-        return torch.bfloat16
+        return torch.bfloat16, f"bf16 autocast (precision={precision})"
     if precision in ("fp32", "float32"):
-        return None
-    raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+        return None, f"fp32 (precision={precision})"
+    if precision != "auto":
+        raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
+    if device.type == "cuda":
+        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
+            return None, "fp32 (precision=auto: this GPU has no bf16)"
+        return torch.bfloat16, "bf16 autocast (precision=auto: the GPU supports bf16)"
+    if device.type == "cpu" and (feature := cpu_bf16_feature()) is not None:
+        return torch.bfloat16, f"bf16 autocast (precision=auto: the CPU has {feature})"
+    return None, f"fp32 (precision=auto: no native bf16 on this {device.type})"
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of a precision setting (None: no autocast, fp32); see
+    :func:`precision_choice`."""
+    return precision_choice(precision, device)[0]
 
 
 def autocast(

@@ -9,7 +9,7 @@ import torch
 
 from stellar import create_stellar
 from stellar.losses.objective import ObjectiveConfig, StellarObjective
-from stellar.train.precision import cpu_bf16_feature, training_precision
+from stellar.runtime import cpu_bf16_feature, precision_choice
 
 # bf16 keeps 8 bits of mantissa (~0.4 % per rounding); the fp32 islands (factorization
 # softmax, Sinkhorn-Knopp, KoLeo, the OT matcher, the prototype logits) keep every term within
@@ -19,14 +19,14 @@ RELATIVE_TOLERANCE = 0.02
 
 def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
     cpu = torch.device("cpu")
-    dtype, why = training_precision("auto", cpu)
+    dtype, why = precision_choice("auto", cpu)
     feature = cpu_bf16_feature()
     assert dtype == (torch.bfloat16 if feature else None)
     assert (feature or "no native bf16") in why
-    assert training_precision("fp32", cpu)[0] is None
-    assert training_precision("bf16", cpu)[0] is torch.bfloat16
+    assert precision_choice("fp32", cpu)[0] is None
+    assert precision_choice("bf16", cpu)[0] is torch.bfloat16
     with pytest.raises(ValueError, match="auto, bf16 or fp32"):
-        training_precision("fp16", cpu)
+        precision_choice("fp16", cpu)
 
 
 def _batch(b: int = 2, views: int = 2, local: int = 2) -> dict[str, torch.Tensor]:

@@ -70,7 +70,8 @@ def feature_keys(model: Encoder) -> tuple[str, ...]:
 def encode_batch(
     model: Encoder, images: Tensor, keys: Sequence[str], fp16: bool = False
 ) -> dict[str, Tensor]:
-    """Encode one batch on the model's device (bf16 autocast on CUDA) and return CPU tensors.
+    """Encode one batch on the model's device and return CPU tensors (bf16 autocast where the
+    device computes it natively: :func:`~stellar.runtime.precision_choice`).
 
     Args:
         model: the encoder.

@@ -26,7 +26,7 @@ from stellar.data.loader import ResumableSampler, build_loader
 from stellar.losses.masking import random_masking
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
-from stellar.runtime import autocast
+from stellar.runtime import autocast, precision_choice
 from stellar.train import checkpoint as ckpt
 from stellar.train.build import build_dataset, build_model, param_groups
 from stellar.train.config import (
@@ -38,7 +38,6 @@ from stellar.train.config import (
 from stellar.train.distributed import DistInfo, setup
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.precision import training_precision
 from stellar.train.resume import TrainerCheckpoints
 from stellar.train.schedule import cosine_lr, ema_momentum
 
@@ -110,7 +109,7 @@ class Trainer(TrainerCheckpoints):
         )
         self.sampler: ResumableSampler = self.loader.sampler
         self.step = 0
-        self.autocast_dtype, why = training_precision(cfg.precision, self.device)
+        self.autocast_dtype, why = precision_choice(cfg.precision, self.device)
         if self.dist.is_main:
             logger.info("training step precision: %s", why)
 
