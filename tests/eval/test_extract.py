@@ -14,12 +14,8 @@ from safetensors import safe_open
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.eval.extract import (
-    extract_features,
-    extract_to_dir,
-    load_features,
-    shard_name,
-)
+from stellar.eval.encoder import extract_features
+from stellar.eval.extract import extract_to_dir, load_features, shard_name
 from stellar.eval.images import EvalImages
 
 RES = 32  # stellar-tiny (patch 8) at a 4x4 grid keeps every test fast
@@ -144,12 +140,26 @@ def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
         load_features(out, keys=["sparse"])
 
 
+def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 3), RES)
+    extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="fp32", progress=False)
+    extract_to_dir(model, ds, tmp_path / "bf16", ["sparse"], precision="bf16", progress=False)
+    meta = json.loads((tmp_path / "bf16" / "meta.json").read_text())
+    assert meta["precision"] == "bf16"
+    exact, fast = (load_features(tmp_path / d)[0]["sparse"] for d in ("fp32", "bf16"))
+    assert not torch.equal(exact, fast)  # bf16 autocast really ran
+    torch.testing.assert_close(fast, exact, atol=0.1, rtol=0.05)
+    with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"):
+        extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="bf16", progress=False)
+
+
 def test_cli_extract(tmp_path: Path) -> None:
     root = _images(tmp_path / "data", 3)
     out = tmp_path / "out"
     argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--out", str(out)]
     argv += ["--keys", "sparse", "--dense", "--resolution", "16", "--num-workers", "0"]
-    assert main(argv) == 0
+    assert main([*argv, "--precision", "fp32"]) == 0
+    assert json.loads((out / "meta.json").read_text())["precision"] == "fp32"
     feats, labels, _ = load_features(out)
     assert feats["sparse"].shape == (3, 6, 96) and feats["dense"].shape == (3, 4, 96)
     assert labels.tolist() == [0, 0, 1]

@@ -14,7 +14,7 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.eval.extract import extract_features
+from stellar.eval.encoder import extract_features
 from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr
 from stellar.eval.recon_probe import (

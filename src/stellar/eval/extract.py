@@ -23,7 +23,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,19 +32,24 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import Tensor
-from torch.utils.data import Dataset, Subset
+from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
 from stellar.errors import UsageError, nonneg_int, positive_int
-from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
-from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.eval.encoder import (
+    DEFAULT_KEYS,
+    FEATURE_KEYS,
+    Encoder,
+    check_keys,
+    encode_batch,
+    weights_fingerprint,
+)
+from stellar.eval.images import EvalImages, make_loader
 from stellar.progress import progress_bar
-from stellar.runtime import setup, teardown
+from stellar.runtime import autocast_dtype, precision_choice, setup, teardown
 
 __all__ = [
-    "FEATURE_KEYS",
     "add_arguments",
-    "extract_features",
     "extract_to_dir",
     "load_features",
     "run",
@@ -52,8 +57,6 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
-DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")
 META_NAME = "meta.json"
 INDEX_NAME = "index.jsonl"
 
@@ -61,58 +64,6 @@ INDEX_NAME = "index.jsonl"
 def shard_name(shard: int) -> str:
     """File name of global shard ``shard``."""
     return f"shard-{shard:05d}.safetensors"
-
-
-def _check_keys(keys: Sequence[str]) -> list[str]:
-    keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
-    bad = [k for k in keys if k not in FEATURE_KEYS]
-    if not keys or bad:
-        raise UsageError(
-            f"expected feature keys among {', '.join(FEATURE_KEYS)}, got {keys or 'none'}"
-        )
-    return keys
-
-
-def extract_features(
-    model: Encoder,
-    dataset: Dataset,
-    keys: Sequence[str] = DEFAULT_KEYS,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    fp16: bool = False,
-    progress: bool = True,
-    reduce: Callable[[Tensor], Tensor] | None = None,
-    keep_images: bool = False,
-) -> dict[str, Tensor]:
-    """Features of a whole dataset, in memory: the one encoding pass of the evaluations.
-
-    Args:
-        model: a STELLAR model (its device is used).
-        dataset: yields :class:`~stellar.eval.images.EvalImages` items (``None`` = broken).
-        keys: outputs of ``model.encode`` to keep.
-        batch_size, num_workers: loader settings.
-        fp16: keep floating features as float16.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        reduce: applied to each batch of features before it is kept (e.g. token pooling, so
-            the token axis never accumulates).
-        keep_images: also keep the images as ``image``, (N, 3, H, W) uint8.
-
-    Returns:
-        ``{key: (N, ...)}`` for each key, plus ``label`` (N,) and ``index`` (N,) int64, the
-        dataset index of each row; N counts the decodable images only.
-    """
-    keys = _check_keys(keys)
-    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
-    pin = model.device.type == "cuda"
-    desc = f"features[{','.join(keys)}]"
-    for batch in decodable_batches(dataset, batch_size, num_workers, pin, desc, progress):
-        for k, v in encode_batch(model, batch["image"], keys, fp16).items():
-            parts[k].append(v if reduce is None else reduce(v))
-        parts["label"].append(batch["label"])
-        parts["index"].append(batch["index"])
-        if keep_images:
-            parts.setdefault("image", []).append(batch["image"].mul(255).round_().to(torch.uint8))
-    return {k: torch.cat(v) for k, v in parts.items()}
 
 
 # ---------------------------------------------------------------------------- sharded output
@@ -182,6 +133,7 @@ def extract_to_dir(
     model_spec: str = "",
     progress: bool = True,
     finalize: bool = True,
+    precision: str = "auto",
 ) -> list[int]:
     """Write this rank's shards of ``dataset`` to ``out_dir`` (see the module docstring).
 
@@ -197,11 +149,13 @@ def extract_to_dir(
         model_spec: recorded in ``meta.json``.
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
         finalize: write ``index.jsonl`` and the final ``meta.json`` when every shard exists.
+        precision: the encoding's autocast (``auto``, ``bf16``, ``fp32``); the dtype it
+            resolves to is recorded, and a resume must resolve to the same.
 
     Returns:
         The global ids of the shards written by this call (existing ones are skipped).
     """
-    keys = _check_keys(keys)
+    keys = check_keys(keys)
     if int(shard_size) < 1:
         raise ValueError(f"expected shard_size >= 1, got {shard_size}")
     if not 0 <= rank < world_size:
@@ -217,6 +171,7 @@ def extract_to_dir(
         "resize_ratio": dataset.resize_ratio,
         "crop": dataset.crop,
         "fp16": bool(fp16),
+        "precision": "bf16" if autocast_dtype(precision, model.device) else "fp32",
         "shard_size": int(shard_size),
         "num_files": len(dataset),
         "num_shards": len(shards),
@@ -239,7 +194,9 @@ def extract_to_dir(
     )
     with bar:
         for s in todo:
-            _extract_shard(model, dataset, out, s, keys, batch_size, num_workers, fp16, bar)
+            _extract_shard(
+                model, dataset, out, s, keys, (batch_size, num_workers), fp16, precision, bar
+            )
             written.append(s.shard)
     if finalize:
         finalize_dir(out)
@@ -252,11 +209,12 @@ def _extract_shard(
     out: Path,
     shard: _Shard,
     keys: list[str],
-    batch_size: int,
-    num_workers: int,
+    loading: tuple[int, int],
     fp16: bool,
+    precision: str,
     bar: Any,
 ) -> None:
+    batch_size, num_workers = loading
     subset = Subset(dataset, range(shard.start, shard.stop))
     loader = make_loader(subset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
@@ -264,7 +222,7 @@ def _extract_shard(
     for b, batch in enumerate(loader):
         n = batch["image"].shape[0]
         if n:
-            for k, v in encode_batch(model, batch["image"], keys, fp16).items():
+            for k, v in encode_batch(model, batch["image"], keys, fp16, precision).items():
                 parts[k].append(v)
             parts["label"].append(batch["label"])
             parts["index"].append(batch["index"])
@@ -345,7 +303,7 @@ def load_features(
             f"{out} is an incomplete extraction (some shards are missing); run `stellar "
             "extract` again with the same arguments to finish it"
         )
-    keys = _check_keys(keys) if keys is not None else list(meta["keys"])
+    keys = check_keys(keys) if keys is not None else list(meta["keys"])
     absent = [k for k in keys if k not in meta["keys"]]
     if absent:
         raise UsageError(f"{out} stores keys {meta['keys']}, not {absent}")
@@ -396,6 +354,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="encoding autocast; auto: bf16 where the device computes it natively, else fp32",
+    )
+    parser.add_argument(
+        "--compile", action="store_true", help="torch.compile the encoder forward (GPU)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -409,9 +376,12 @@ def run(args: argparse.Namespace) -> int:
     keys = [k for k in args.keys.split(",") if k.strip()]
     if args.dense and "dense" not in keys:
         keys.append("dense")
-    keys = _check_keys(keys)
+    keys = check_keys(keys)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     model = load_model(args.model, purpose="encode", device=device)
+    logger.info("encoding precision: %s", precision_choice(args.precision, device)[1])
+    if args.compile:  # the instance's forward_encode, which encode() calls after its checks
+        model.forward_encode = torch.compile(model.forward_encode)
     resolution = args.resolution or model.config.encoder.image_size
     if resolution % model.patch_size:
         raise UsageError(
@@ -430,6 +400,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             num_workers=args.num_workers,
             fp16=args.fp16,
+            precision=args.precision,
             rank=rank,
             world_size=world,
             model_spec=str(args.model),

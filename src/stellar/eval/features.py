@@ -36,8 +36,14 @@ from stellar.eval.common import (
     resolution,
     resolve_keys,
 )
-from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder, weights_fingerprint
-from stellar.eval.extract import extract_features, load_features, stored_classes
+from stellar.eval.encoder import (
+    BASELINE_KEYS,
+    STELLAR_KEYS,
+    Encoder,
+    extract_features,
+    weights_fingerprint,
+)
+from stellar.eval.extract import load_features, stored_classes
 from stellar.eval.images import EvalImages
 
 __all__ = [

@@ -39,8 +39,7 @@ from stellar.eval.common import (
     resolution,
     resolve_keys,
 )
-from stellar.eval.encoder import Encoder
-from stellar.eval.extract import extract_features
+from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
 from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr, ssim

@@ -33,8 +33,7 @@ from stellar.eval.common import (
     resolution,
     resolve_keys,
 )
-from stellar.eval.encoder import Encoder
-from stellar.eval.extract import extract_features
+from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.images import EvalImages
 from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
