@@ -8,6 +8,8 @@ import torch
 from stellar import load_stellar
 
 ATOL = 1e-5
+CUDA_ATOL = 1e-4  # other kernels (TF32 off)
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
 
 @pytest.fixture
@@ -15,9 +17,9 @@ def tiny_model(reference_dir):
     return load_stellar(reference_dir / "stellar-tiny", purpose="reconstruct")
 
 
-def _close(actual: torch.Tensor, expected: torch.Tensor) -> None:
+def _close(actual: torch.Tensor, expected: torch.Tensor, atol: float = ATOL) -> None:
     assert actual.shape == expected.shape
-    torch.testing.assert_close(actual.float(), expected, atol=ATOL, rtol=0)
+    torch.testing.assert_close(actual.float().cpu(), expected, atol=atol, rtol=0)
 
 
 @pytest.mark.parametrize(
@@ -30,6 +32,16 @@ def test_encode_matches_reference(tiny_model, tiny_io, prefix, image):
     assert {"cls", "dense", "sparse", "spatial", "lowrank"} <= set(keys)
     for key in keys:
         _close(out[key], tiny_io[f"{prefix}.{key}"])
+
+
+@CUDA
+def test_encode_on_cuda_matches_reference(tiny_model, tiny_io, monkeypatch):
+    monkeypatch.setattr(torch.backends.cudnn, "allow_tf32", False)
+    monkeypatch.setattr(torch.backends.cuda.matmul, "allow_tf32", False)
+    with torch.no_grad():
+        out = tiny_model.cuda().encode(tiny_io["input.image"].cuda())
+    for key in ("cls", "dense", "sparse", "spatial", "lowrank"):
+        _close(out[key], tiny_io[f"encode.{key}"], CUDA_ATOL)
 
 
 def test_decode_matches_reference(tiny_model, tiny_io):

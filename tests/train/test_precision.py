@@ -29,23 +29,28 @@ def test_auto_takes_bf16_only_where_the_cpu_computes_it_natively():
         precision_choice("fp16", cpu)
 
 
-def _batch(b: int = 2, views: int = 2, local: int = 2) -> dict[str, torch.Tensor]:
+CUDA = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+DEVICES = ["cpu", pytest.param("cuda", marks=CUDA)]
+
+
+def _batch(device: str, b: int = 2, views: int = 2, local: int = 2) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return {
+    batch = {
         "image": torch.rand(b, 3, 64, 64, generator=g),
         "masked_views": torch.rand(b * views, 3, 64, 64, generator=g),
         "keep_idx": torch.stack([torch.randperm(64, generator=g)[:16] for _ in range(b * views)]),
         "local_views": torch.rand(b * local, 3, 32, 32, generator=g),
     }
+    return {k: v.to(device) for k, v in batch.items()}
 
 
-def _history(model, bf16: bool, steps: int = 3) -> list[dict[str, float]]:
-    model = copy.deepcopy(model)
+def _history(model, bf16: bool, device: str, steps: int = 3) -> list[dict[str, float]]:
+    model = copy.deepcopy(model).to(device)
     objective = StellarObjective(model, ObjectiveConfig())
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    batch, history = _batch(), []
+    batch, history = _batch(device), []
     for _ in range(steps):
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        with torch.autocast(device, dtype=torch.bfloat16, enabled=bf16):
             total, terms = objective(batch)
         total.backward()
         optimizer.step()
@@ -54,9 +59,10 @@ def _history(model, bf16: bool, steps: int = 3) -> list[dict[str, float]]:
     return history
 
 
-def test_bf16_step_losses_track_fp32_on_the_same_batch():
+@pytest.mark.parametrize("device", DEVICES)
+def test_bf16_step_losses_track_fp32_on_the_same_batch(device):
     model = create_stellar("stellar-tiny", purpose="pretrain").requires_grad_(True).train()
-    fp32, bf16 = _history(model, bf16=False), _history(model, bf16=True)
+    fp32, bf16 = _history(model, False, device), _history(model, True, device)
     for step, (ref, low) in enumerate(zip(fp32, bf16, strict=True)):
         assert ref.keys() == low.keys()
         for name in ref:
