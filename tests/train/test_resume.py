@@ -129,11 +129,14 @@ def test_a_fresh_trainer_refuses_an_old_run_unless_told_to_overwrite_it(run):
     assert [p.name for p in (run / "checkpoints").glob("step-*")] == ["step-00000001"]
 
 
-def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run):
+def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run, caplog):
+    caplog.set_level(logging.INFO, logger="stellar.train.trainer")
     _trainer(run).train(resume=True)  # steps 3 of 3
+    assert "nothing to train" not in caplog.text
     last = (run / "checkpoints" / "last").resolve()
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()}
     _trainer(run).train(resume=True)
+    assert "already at step 3 of 3: nothing to train" in caplog.text
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()} == before
 
 

@@ -289,13 +289,13 @@ class Trainer(TrainerCheckpoints):
                     epoch, position = epoch + 1, 0
             if self.step > first_step:
                 self.save(epoch, position)
+            else:  # resumed at or past the end: the last checkpoint already is the result
+                logger.info("already at step %d of %d: nothing to train", self.step, end)
             if last.get("skipped_images"):
                 logger.warning(
                     "%d unreadable image files were skipped (each named above)",
                     last["skipped_images"],
                 )
-            else:  # resumed at or past the end: the last checkpoint already is the result
-                logger.info("already at step %d of %d: nothing to train", self.step, end)
         finally:
             bar.close()
             if log:
