@@ -115,8 +115,11 @@ def test_resume_keeps_each_metrics_row_once(run):
 
 
 def test_resume_with_other_data_settings_fails_before_loading(run):
+    trainer = _trainer(run, "batch_size=2", "data.seed=1")
     with pytest.raises(ValueError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\).*init.checkpoint"):
-        _trainer(run, "batch_size=2", "data.seed=1").train(resume=True)
+        trainer.train(resume=True)
+    with pytest.raises(UsageError, match="already holds a run"):  # the failed resume owns nothing
+        trainer.train()
 
 
 def test_a_fresh_trainer_refuses_an_old_run_unless_told_to_overwrite_it(run):

@@ -57,7 +57,8 @@ class Trainer(TrainerCheckpoints):
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
-        self.started = False  # whether train() has run: later calls continue the same run
+        # (epoch, position) where train() last stopped; None before it first started
+        self.cursor: tuple[int, int] | None = None
         cfg.validate()  # ranges and combinations, before anything is built or written
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
@@ -226,17 +227,22 @@ class Trainer(TrainerCheckpoints):
         """Run until ``total_steps``; returns the last step's scalars.
 
         A fresh run refuses an ``out`` folder that holds another run unless ``overwrite``
-        (which deletes that run's files); a second call continues this trainer's own run.
+        (which deletes that run's files); a later call continues this trainer's own run where
+        the last one stopped (its step, epoch and data position).
         """
         cfg = self.cfg
-        if not resume and not self.started:
+        if resume:
+            epoch, position = self.resume()
+        elif self.cursor is not None:
+            epoch, position = self.cursor
+        else:
             old = check_fresh_run(self.out, overwrite)  # on every rank, before any deletes
             if self.dist.is_main:
                 delete_run_files(old)
             if self.dist.enabled:
                 torch.distributed.barrier()
-        self.started = True
-        epoch, position = self.resume() if resume else (0, 0)
+            epoch, position = 0, 0
+        self.cursor = (epoch, position)  # this trainer now owns the run in out
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -267,6 +273,7 @@ class Trainer(TrainerCheckpoints):
                     # batches of only unreadable files were skipped but still read
                     position = start + self.loader.drawn * cfg.batch_size
                     self.step += 1
+                    self.cursor = (epoch, position)
                     bar.update(1)
                     logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
                     saving = self.step % cfg.ckpt_every == 0 and self.step < end
@@ -287,6 +294,7 @@ class Trainer(TrainerCheckpoints):
                         self.save(epoch, position)
                 if self.step < end:  # the data ran out before the step budget: next epoch
                     epoch, position = epoch + 1, 0
+                    self.cursor = (epoch, position)
             if self.step > first_step:
                 self.save(epoch, position)
             else:  # resumed at or past the end: the last checkpoint already is the result
@@ -303,7 +311,8 @@ class Trainer(TrainerCheckpoints):
         return last
 
     def skipped_images(self) -> int | None:
-        """Unreadable files skipped so far on all ranks (None: the data has no files)."""
+        """Unreadable files found so far by this run's processes, all ranks together (a
+        resumed run counts afresh; None: the data has no files)."""
         mask = getattr(self.dataset, "broken_mask", None)
         if mask is None:
             return None
