@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stellar.errors import UsageError
-from stellar.runtime import autocast, autocast_dtype, cpu_bf16_feature, pick_device
+from stellar.runtime import autocast, autocast_dtype, pick_device
 
 
 def test_device_and_autocast_choices() -> None:
@@ -18,12 +18,33 @@ def test_device_and_autocast_choices() -> None:
     with pytest.raises(UsageError, match="expected a device"):
         pick_device("gpu")
     cpu = torch.device("cpu")
-    native = cpu_bf16_feature() is not None  # auto: bf16 only where the CPU computes it
-    assert autocast_dtype("auto", cpu) is (torch.bfloat16 if native else None)
     assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
-    assert autocast_dtype("auto", torch.device("cuda")) is torch.bfloat16
     assert isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
     with autocast(cpu, torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         autocast_dtype("fp8", cpu)
+
+
+@pytest.mark.parametrize(
+    "device,feature,cuda_native,expected,why",
+    [
+        ("cpu", "AVX512-BF16", None, torch.bfloat16, "the CPU has AVX512-BF16"),
+        ("cpu", None, None, None, "no native bf16 on this cpu"),
+        ("cuda", None, True, torch.bfloat16, "the GPU supports bf16"),
+        ("cuda", None, False, None, "this GPU has no native bf16"),  # emulated bf16 is slow
+        ("meta", "AMX", None, None, "no native bf16 on this meta"),
+    ],
+)
+def test_auto_precision_takes_bf16_only_where_it_is_native(
+    monkeypatch, device, feature, cuda_native, expected, why
+) -> None:
+    import stellar.runtime as runtime
+
+    monkeypatch.setattr(runtime, "cpu_bf16_feature", lambda: feature)
+    if cuda_native is not None:
+        monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+        monkeypatch.setattr(runtime, "_cuda_native_bf16", lambda device: cuda_native)
+    dtype, reason = runtime.precision_choice("auto", torch.device(device))
+    assert dtype is expected and why in reason
+    assert autocast_dtype("auto", torch.device(device)) is expected

@@ -8,6 +8,7 @@ torchrun describes" are decided in one place.
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 import os
 import platform
@@ -80,6 +81,7 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
     return device
 
 
+@functools.cache  # autocast() asks once per batch; the CPU does not change
 def cpu_bf16_feature() -> str | None:
     """The instruction set that gives this CPU native bf16 matmuls, or None.
 
@@ -104,6 +106,11 @@ def cpu_bf16_feature() -> str | None:
     return None
 
 
+def _cuda_native_bf16(device: torch.device) -> bool:
+    with torch.cuda.device(device):
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
     """The autocast dtype of a precision setting (None: no autocast, fp32) and why, for logs.
 
@@ -117,8 +124,9 @@ def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype 
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if device.type == "cuda":
-        if torch.cuda.is_available() and not torch.cuda.is_bf16_supported():
-            return None, "fp32 (precision=auto: this GPU has no bf16)"
+        # Emulated bf16 (pre-Ampere GPUs) is slower than fp32: only native support counts.
+        if torch.cuda.is_available() and not _cuda_native_bf16(device):
+            return None, "fp32 (precision=auto: this GPU has no native bf16)"
         return torch.bfloat16, "bf16 autocast (precision=auto: the GPU supports bf16)"
     if device.type == "cpu" and (feature := cpu_bf16_feature()) is not None:
         return torch.bfloat16, f"bf16 autocast (precision=auto: the CPU has {feature})"
