@@ -14,6 +14,8 @@ import torch
 import torch.nn.functional as F
 from common import emit, environment, time_steps
 
+from stellar.layers.attention import written_out
+
 # (name, batch of sequences, heads, tokens, head width)
 SHAPES = (
     ("cpu-demo encoder", 128, 4, 70, 24),
@@ -21,11 +23,6 @@ SHAPES = (
     ("ViT-B/16 224 px, batch 8", 8, 12, 213, 64),
 )
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
-
-
-def written_out(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    return scores.float().softmax(dim=-1).to(v.dtype) @ v
 
 
 def main() -> None:

@@ -54,13 +54,20 @@ def test_sdpa_matches_plain_attention():
     torch.testing.assert_close(attn(x), attention_reference(x, attn), atol=1e-6, rtol=1e-5)
 
 
-def test_bf16_cpu_attention_matches_fp32_sdpa_with_gradients():
-    # bf16 on CPU takes the written-out product instead of SDPA's flash kernel.
+def test_bf16_cpu_attention_matches_fp32_sdpa_with_gradients(monkeypatch):
     q, k, v = (torch.randn(2, 3, 70, 24, requires_grad=True) for _ in range(3))
     exact = F.scaled_dot_product_attention(q, k, v)
     grads = torch.autograd.grad(exact.square().sum(), (q, k, v))
     low = [t.detach().bfloat16().requires_grad_() for t in (q, k, v)]
+    sdpa_calls = []
+    sdpa = F.scaled_dot_product_attention
+    monkeypatch.setattr(
+        F, "scaled_dot_product_attention", lambda *a: sdpa_calls.append(1) or sdpa(*a)
+    )
     fast = attend(*low)
+    assert not sdpa_calls  # bf16 on CPU: the written-out product, not SDPA's flash kernel
+    attend(q, k, v)
+    assert sdpa_calls  # fp32 keeps SDPA
     assert fast.dtype == torch.bfloat16
     low_grads = torch.autograd.grad(fast.float().square().sum(), low)
     torch.testing.assert_close(fast.float(), exact, atol=2e-2, rtol=2e-2)

@@ -6,17 +6,27 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+# Above this many attention scores per call (1 GiB in fp32) the written-out product would hold
+# too much memory (e.g. a large inference batch at high resolution): SDPA's kernel then.
+MAX_WRITTEN_OUT_SCORES = 2**28
+
+
+def written_out(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
+    """softmax(q kᵀ / √d) v as matmuls around an fp32 softmax (all scores in memory)."""
+    scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
+    return scores.float().softmax(dim=-1).to(v.dtype) @ v
+
 
 def attend(q: Tensor, k: Tensor, v: Tensor) -> Tensor:
     """softmax(q kᵀ / √d) v over (B, H, N, d) heads.
 
     SDPA's kernels everywhere but bf16 on CPU, where its flash kernel is 2-4x slower than
-    bf16 matmuls around an fp32 softmax (forward + backward at our shapes; measured by
-    ``benchmarks/bench_attention.py``), so there the product is written out.
+    :func:`written_out` (forward + backward at our shapes; ``benchmarks/bench_attention.py``),
+    as long as the scores fit :data:`MAX_WRITTEN_OUT_SCORES`.
     """
-    if q.device.type == "cpu" and q.dtype == torch.bfloat16:
-        scores = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-        return scores.float().softmax(dim=-1).to(v.dtype) @ v
+    small = q.shape[:-1].numel() * k.shape[-2] <= MAX_WRITTEN_OUT_SCORES
+    if q.device.type == "cpu" and q.dtype == torch.bfloat16 and small:
+        return written_out(q, k, v)
     return F.scaled_dot_product_attention(q, k, v)
 
 
