@@ -104,10 +104,12 @@ def _write_json(path: Path, payload: Any, lines: bool = False) -> None:
     atomic_write(path, write)
 
 
-def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
+def _prepare_meta(out_dir: Path, settings: dict[str, Any], legacy: dict[str, Any]) -> None:
+    """Start ``meta.json``, or check that an existing one has the same ``settings``
+    (``legacy``: the values of keys that older folders did not record)."""
     meta_path = out_dir / META_NAME
     if meta_path.is_file():
-        old = json.loads(meta_path.read_text())
+        old = {**legacy, **json.loads(meta_path.read_text())}
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise UsageError(
@@ -177,7 +179,8 @@ def extract_to_dir(
         "num_shards": len(shards),
         "classes": list(dataset.classes),
     }
-    _prepare_meta(out, settings)
+    # Before the precision was recorded, extraction ran as auto then chose: bf16 on CUDA only.
+    _prepare_meta(out, settings, {"precision": "bf16" if model.device.type == "cuda" else "fp32"})
 
     mine = shards[rank::world_size]
     todo = [s for s in mine if not _shard_complete(out / shard_name(s.shard), keys)]
