@@ -12,7 +12,8 @@ the per-step random generator move on; a compiled step must not recompile for it
 ``--versus KEY=VALUE`` (repeatable) measures a second step built with those overrides on
 top (the baseline, e.g. ``--versus precision=fp32``) in the same process, alternating
 ``--rounds`` timed blocks of the two so that machine noise falls on both alike, and reports
-both and the speedup (CPU peak memory is the process's, so it is left out of that line).
+both and the speedup (CPU peak memory is the process's, so it is left out of that line, as
+are ``--breakdown`` and the MFU: measure those in a single run).
 ``--breakdown`` adds the mean time per step of each phase (views and masking, main encode,
 decoder, heads and Sinkhorn, masked views with the OT matching inside them, local views,
 backward, optimizer), from ``torch.profiler`` labels in the step; phases nest, so they do

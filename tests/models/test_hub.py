@@ -127,6 +127,20 @@ def test_vq_tokenizer_downsampling_must_match_the_patch_size(levels, ok):
     assert model.tokenizer is None
 
 
+@pytest.mark.parametrize("name", ["stellar-b16", "stellar-l16", "stellar-h16"])
+def test_the_released_f16_tokenizer_fits_every_released_model(name):
+    from stellar.models.pretrained import check_tokenizer
+    from stellar.models.registry import get_config
+    from stellar.models.vqgan import MaskGITVQGAN
+
+    f16 = MaskGITVQGAN(
+        hidden_channels=32, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32,
+        codebook_size=1024, codebook_dim=32,
+    )  # fmt: skip
+    assert f16.downsample_factor == 16
+    check_tokenizer(get_config(name), f16)  # patch 16, and patch 14 (resized to 256 px)
+
+
 def test_vq_tokenizer_codebook_must_match_the_head(tmp_path):
     from safetensors.torch import save_file
 

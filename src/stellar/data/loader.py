@@ -78,7 +78,8 @@ class EpochLoader(DataLoader):
     empty batch (a batch whose files were all unreadable is skipped).
 
     ``drawn`` counts the batches the current iteration has taken from the sampler, skipped
-    ones included, so that ``drawn * batch_size`` is the sampler position a resume needs.
+    ones included: ``drawn * batch_size`` is how far this rank's position in the epoch has
+    moved since the iteration started, which a resume needs.
     """
 
     drawn = 0

@@ -28,12 +28,12 @@ from stellar.errors import nonneg_int, positive_int
 
 logger = logging.getLogger(__name__)
 
-# Rough costs on 2 CPU cores (measured by `stellar demo`, 2026-12-01: 323 s for 960 steps of
-# 32 scenes, 94 s for the supervised reference's, 50 s to evaluate three models on 2000 + 500
-# scenes with their what-vs-where experiments), for the duration printed when the demo starts.
-SECONDS_PER_TRAINED_SCENE = 323 / (960 * 32)
-SECONDS_PER_SUPERVISED_SCENE = 94 / (960 * 32)
-SECONDS_PER_EVALUATED_SCENE = 50 / (3 * 2500)
+# Rough costs on 2 CPU cores (measured by a fresh-clone `make demo`, 2026-12-01: 230 s for 960
+# steps of 32 scenes, 65 s for the supervised reference's, 33 s to evaluate three models on
+# 2000 + 500 scenes with their what-vs-where experiments), for the duration printed at start.
+SECONDS_PER_TRAINED_SCENE = 230 / (960 * 32)
+SECONDS_PER_SUPERVISED_SCENE = 65 / (960 * 32)
+SECONDS_PER_EVALUATED_SCENE = 33 / (3 * 2500)
 # Never evaluated for PSNR: their decoders receive no training.
 NO_RECONSTRUCTION = (SUPERVISED, "A: no reconstruction")
 
@@ -54,7 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--ablation",
         action="store_true",
-        help="also train the paper's ablation variants A-D with the same budget (~30 min)",
+        help="also train the paper's ablation variants A-D with the same budget (~25 min)",
     )
     parser.add_argument(
         "--eval-train",

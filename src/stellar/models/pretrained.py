@@ -386,13 +386,15 @@ def tokenizer_for(
 
 
 def check_tokenizer(config: StellarConfig, tokenizer: MaskGITVQGAN, where: str = "") -> None:
-    """Refuse a tokenizer the vq head cannot use, before any work (it would fail mid-run).
+    """Refuse a tokenizer that does not fit the vq head, before any work.
 
-    The head's logits index the tokenizer's codebook, so the sizes must agree; the targets
-    are the codes of the image resized to grid x f (f the tokenizer's downsampling), so f
-    must be between the patch size p and 2p: f = p codes the image as it is, the /14
-    models' f16 tokenizer sees 224 px images at 256 px, and f < p would code a shrunken image
-    (and decode reconstructions smaller than the input).
+    The head's logits index the tokenizer's codebook, so the sizes must agree (another size
+    fails mid-run). The targets are the codes of the image resized to grid x f (f the
+    tokenizer's downsampling), so f must be between the patch size p and 2p: f = p codes the
+    image as it is, and the /14 models' f16 tokenizer sees 224 px images at 256 px (the
+    official recipe); anything else codes the image at another scale than the one the
+    tokenizer was trained for relative to the patches (f < p shrinks it, f >= 2p enlarges it
+    at least twice), a configuration mistake rather than a choice.
 
     Raises:
         UsageError: naming the tokenizer's and the model's values.
