@@ -48,3 +48,17 @@ def test_auto_precision_takes_bf16_only_where_it_is_native(
     dtype, reason = runtime.precision_choice("auto", torch.device(device))
     assert dtype is expected and why in reason
     assert autocast_dtype("auto", torch.device(device)) is expected
+
+
+def test_a_precision_block_sets_what_auto_means() -> None:
+    import stellar.runtime as runtime
+
+    cpu = torch.device("cpu")
+    with runtime.precision("fp32"):
+        assert isinstance(autocast(cpu), contextlib.nullcontext)  # exact fp32 encoding
+        with runtime.precision("bf16"), autocast(cpu):
+            assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+        assert isinstance(autocast(cpu), contextlib.nullcontext)  # restored on exit
+        assert not isinstance(autocast(cpu, "bf16"), contextlib.nullcontext)  # explicit: kept
+    with pytest.raises(ValueError, match="precision"), runtime.precision("fp16"):
+        pass

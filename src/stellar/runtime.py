@@ -7,7 +7,9 @@ torchrun describes" are decided in one place.
 
 from __future__ import annotations
 
+import argparse
 import contextlib
+import contextvars
 import functools
 import logging
 import os
@@ -24,9 +26,11 @@ __all__ = [
     "PRECISIONS",
     "DistInfo",
     "autocast",
+    "add_precision_argument",
     "autocast_dtype",
     "cpu_bf16_feature",
     "pick_device",
+    "precision",
     "precision_choice",
     "rank_info",
     "setup",
@@ -139,12 +143,40 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return precision_choice(precision, device)[0]
 
 
+# What "auto" in autocast() resolves to here: a command's --precision (see precision()).
+_PRECISION: contextvars.ContextVar[str] = contextvars.ContextVar("precision", default="auto")
+
+
+@contextlib.contextmanager
+def precision(name: str):
+    """Within the block, :func:`autocast` with ``dtype="auto"`` (every encoding pass) uses
+    the precision ``name`` (``auto``, ``bf16``, ``fp32``), e.g. ``precision("fp32")`` for
+    exact fp32 features; the commands' ``--precision`` sets it."""
+    precision_choice(name, torch.device("cpu"))  # validates the name
+    token = _PRECISION.set(name)
+    try:
+        yield
+    finally:
+        _PRECISION.reset(token)
+
+
+def add_precision_argument(parser: argparse.ArgumentParser) -> None:
+    """``--precision`` of the commands that encode images."""
+    parser.add_argument(
+        "--precision",
+        choices=("auto", "bf16", "fp32"),
+        default="auto",
+        help="encoding autocast; auto: bf16 where the device computes it natively, else fp32",
+    )
+
+
 def autocast(
     device: torch.device, dtype: torch.dtype | str | None = "auto"
 ) -> contextlib.AbstractContextManager:
-    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name."""
+    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name
+    (``auto``: the precision the enclosing :func:`precision` block chose, else auto)."""
     if isinstance(dtype, str):
-        dtype = autocast_dtype(dtype, device)
+        dtype = autocast_dtype(_PRECISION.get() if dtype == "auto" else dtype, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

@@ -50,8 +50,10 @@ def test_linear_and_knn_read_colour_classes(colours, tmp_path, capsys) -> None:
     train, val = colours
     base = ["--model", "stellar-tiny", "--train", str(train), "--val", str(val), "--no-progress"]
     assert main(["eval", "linear", *base, "--out", str(tmp_path / "lin")]) == 0
-    assert main(["eval", "knn", *base, "--out", str(tmp_path / "knn"), "--k", "3"]) == 0
+    knn_args = ["--out", str(tmp_path / "knn"), "--k", "3", "--precision", "fp32"]
+    assert main(["eval", "knn", *base, *knn_args]) == 0
     lin, knn = _metrics(tmp_path / "lin"), _metrics(tmp_path / "knn")
+    assert lin["settings"]["precision"] == "auto" and knn["settings"]["precision"] == "fp32"
     (row,) = lin["rows"]
     assert row["kind"] == "stellar" and row["key"] == "sparse"
     assert row["num_train"] == 12 and row["num_val"] == 4

@@ -25,7 +25,7 @@ from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
 from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder
-from stellar.runtime import pick_device
+from stellar.runtime import add_precision_argument, pick_device
 
 __all__ = [
     "Entry",
@@ -62,6 +62,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
+    add_precision_argument(p)
 
 
 def add_keys(p: argparse.ArgumentParser, ours: Sequence[str], theirs: Sequence[str]) -> None:

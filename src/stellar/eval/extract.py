@@ -46,7 +46,13 @@ from stellar.eval.encoder import (
 )
 from stellar.eval.images import EvalImages, make_loader
 from stellar.progress import progress_bar
-from stellar.runtime import autocast_dtype, precision_choice, setup, teardown
+from stellar.runtime import (
+    add_precision_argument,
+    autocast_dtype,
+    precision_choice,
+    setup,
+    teardown,
+)
 
 __all__ = [
     "add_arguments",
@@ -357,12 +363,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    parser.add_argument(
-        "--precision",
-        choices=("auto", "bf16", "fp32"),
-        default="auto",
-        help="encoding autocast; auto: bf16 where the device computes it natively, else fp32",
-    )
+    add_precision_argument(parser)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder forward (GPU)"
     )

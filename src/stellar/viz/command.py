@@ -29,7 +29,7 @@ from stellar.checkpoint.io import atomic_write
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import writable_folder
 from stellar.eval.images import EvalImages, make_loader
-from stellar.runtime import autocast, pick_device
+from stellar.runtime import add_precision_argument, autocast, pick_device, precision
 from stellar.viz.maps import (
     argmax_segmentation,
     compose_panel,
@@ -180,6 +180,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="panel side in the figure (default min(R, 448))",
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    add_precision_argument(parser)
 
 
 def _name(index: int, path: str) -> str:
@@ -188,7 +189,12 @@ def _name(index: int, path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``stellar viz``."""
+    """Run ``stellar viz`` (its encoding under ``--precision``)."""
+    with precision(args.precision):
+        return _run(args)
+
+
+def _run(args: argparse.Namespace) -> int:
     from stellar.hub import inspect_model
 
     # Every argument is checked before the model's weights are read (numbers: by argparse).
