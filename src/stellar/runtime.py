@@ -29,6 +29,7 @@ __all__ = [
     "add_precision_argument",
     "autocast_dtype",
     "cpu_bf16_feature",
+    "encoding_dtype",
     "pick_device",
     "precision",
     "precision_choice",
@@ -160,6 +161,12 @@ def precision(name: str):
         _PRECISION.reset(token)
 
 
+def encoding_dtype(device: torch.device) -> torch.dtype | None:
+    """The autocast dtype that ``autocast(device)`` takes here (None: fp32), under the
+    enclosing :func:`precision` block if any."""
+    return autocast_dtype(_PRECISION.get(), device)
+
+
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     """``--precision`` of the commands that encode images."""
     parser.add_argument(
@@ -176,7 +183,7 @@ def autocast(
     """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name
     (``auto``: the precision the enclosing :func:`precision` block chose, else auto)."""
     if isinstance(dtype, str):
-        dtype = autocast_dtype(_PRECISION.get() if dtype == "auto" else dtype, device)
+        dtype = encoding_dtype(device) if dtype == "auto" else autocast_dtype(dtype, device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

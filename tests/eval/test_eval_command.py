@@ -222,7 +222,7 @@ def test_samples_linear_and_knn(samples_dir, tmp_path) -> None:
         assert row["num_val"] == n_val and 0.0 <= row["top1"] <= row["top5"] <= 1.0
 
 
-def test_feature_folders_of_another_model_are_refused(colours, tmp_path) -> None:
+def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog) -> None:
     train, val = colours
     torch.manual_seed(3)
     other = create_stellar("stellar-tiny").save_pretrained(tmp_path / "other")
@@ -238,6 +238,12 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path) -> None
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val)]
     with pytest.raises(ValueError, match="extracted at 64 px, but this run encodes at 32 px"):
         main([*base, "--model", str(other), *mixed, "--resolution", "32"])
+    # another encoding precision is only rounding: a warning that says how to match
+    precision = json.loads((tmp_path / "ftrain" / "meta.json").read_text())["precision"]
+    other_precision = "bf16" if precision == "fp32" else "fp32"
+    with caplog.at_level("WARNING"):
+        assert main([*base, "--model", str(other), *mixed, "--precision", other_precision]) == 0
+    assert f"extracted in {precision}" in caplog.text and f"--precision {precision}" in caplog.text
     argv = ["extract", "--model", str(other), "--data", str(val), "--keys", "cls"]
     squashed = ["--resize-ratio", "1.0", "--num-workers", "0", "--out", str(tmp_path / "fsq")]
     assert main([*argv, *squashed]) == 0

@@ -45,6 +45,7 @@ from stellar.eval.encoder import (
 )
 from stellar.eval.extract import load_features, stored_classes
 from stellar.eval.images import EvalImages
+from stellar.runtime import encoding_dtype
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -229,6 +230,17 @@ def _check_against_model(root: str, what: str, model: Encoder, res: int, mixed: 
         raise UsageError(
             f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
+        )
+    here = "bf16" if encoding_dtype(model.device) else "fp32"
+    if mixed and meta.get("precision", here) != here:  # rounding-level, so only a warning
+        logger.warning(
+            "%s %s was extracted in %s, but this run encodes the other split in %s: pass "
+            "--precision %s to match",
+            what,
+            root,
+            meta["precision"],
+            here,
+            meta["precision"],
         )
     view = (meta.get("resize_ratio", EVAL_RESIZE_RATIO), meta.get("crop", True))
     if mixed and (abs(view[0] - EVAL_RESIZE_RATIO) > 1e-9 or not view[1]):
