@@ -42,6 +42,7 @@ class TrainerCheckpoints:
             "step": self.step,
             "epoch": epoch,
             "position": position,
+            "rank_positions": self._rank_positions(epoch, position),
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
@@ -51,6 +52,16 @@ class TrainerCheckpoints:
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
         return state
+
+    def _rank_positions(self, epoch: int, position: int) -> list[list[int]]:
+        """Every rank's (epoch, position): they differ once a rank skipped a batch of only
+        unreadable files that the others did not have (called on every rank)."""
+        mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)
+        if not self.dist.enabled:
+            return [mine.tolist()]
+        every = [torch.empty_like(mine) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(every, mine)
+        return [t.tolist() for t in every]
 
     def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
         """The saved (epoch, position) only means the same data under the same data settings."""
@@ -89,12 +100,13 @@ class TrainerCheckpoints:
         """Checkpoint on the main process (every process must call it)."""
         path = None
         weights, optimizer = self._full_states()
+        state = self.state(epoch, position, optimizer)  # gathers from every rank
         if self.dist.is_main:
             path = ckpt.save_checkpoint(
                 self.ckpt_dir,
                 self.step,
                 self.model,
-                self.state(epoch, position, optimizer),
+                state,
                 self.cfg.keep_checkpoints,
                 weights,
             )
@@ -145,6 +157,10 @@ class TrainerCheckpoints:
             )
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", folder, self.step)
+        per_rank = state.get("rank_positions")  # older checkpoints: rank 0's for every rank
+        if per_rank and len(per_rank) == self.dist.world_size:
+            epoch, position = per_rank[self.dist.rank]
+            return int(epoch), int(position)
         return int(state["epoch"]), int(state["position"])
 
     def _reapply_optim_config(self) -> None:
