@@ -62,20 +62,13 @@ def test_two_process_reconstruction_only_ablation_trains(tmp_path):
 
 @pytest.mark.skipif(shutil.which("torchrun") is None, reason="torchrun is not on PATH")
 def test_resume_is_exact_when_only_one_rank_skipped_a_batch(tmp_path):
-    from PIL import Image
+    from tiny_run import photo_folder
 
     from stellar.data.loader import ResumableSampler
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    files = [photos / f"{i:02d}.png" for i in range(24)]
-    for i, path in enumerate(files):
-        Image.new("RGB", (48, 40), (10 * i, 100, 200)).save(path)
     # Rank 1's first batch of epoch 0 is all unreadable: its position runs ahead of rank 0's.
-    rank1 = ResumableSampler(24, seed=0, rank=1, world=2)
-    for i in rank1.order()[:4]:
-        files[i].write_bytes(b"not an image")
-    folder = ["data.source=folder", f"data.root={photos}", "data.canvas_size=72", "max_steps=2"]
+    rank1 = ResumableSampler(24, seed=0, rank=1, world=2).order()
+    folder = [*photo_folder(tmp_path / "photos", 24, broken=rank1[:4]), "max_steps=2"]
     straight = _torchrun(tmp_path / "a", *folder)
     _torchrun(tmp_path / "b", *folder, "stop_at=1")
     resumed = _torchrun(tmp_path / "b", *folder, "--resume")

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 from tiny_run import TINY as TINY_RUN
+from tiny_run import photo_folder
 
 from stellar import load_stellar
 from stellar.train.config import load_config
@@ -136,22 +137,13 @@ def test_trains_on_an_image_folder(tmp_path):
 
 
 def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
-    from PIL import Image
-
     from stellar.data.loader import ResumableSampler
 
-    photos = tmp_path / "photos"
-    photos.mkdir()
-    files = [photos / f"{i:02d}.png" for i in range(16)]
-    for i, path in enumerate(files):
-        Image.new("RGB", (48, 40), (15 * i, 100, 200)).save(path)
     # The first batch of epoch 0 and its third batch are all unreadable.
     order = ResumableSampler(16, seed=0).order()
-    for i in order[0:4] + order[8:12]:
-        files[i].write_bytes(b"not an image")
+    folder = photo_folder(tmp_path / "photos", 16, broken=order[0:4] + order[8:12])
 
     def trainer(out, *extra):
-        folder = ["data.source=folder", f"data.root={photos}", "data.canvas_size=72"]
         args = [*TINY, *folder, "data.seed=0", "max_steps=3", f"out={out}", *extra]
         return Trainer(load_config("cpu-smoke", args))
 
