@@ -233,3 +233,14 @@ def test_cli_extract_checks_the_output_folder_first(tmp_path: Path, monkeypatch)
     argv = ["extract", "--model", "stellar-tiny", "--data", str(_images(tmp_path / "d", 2))]
     with pytest.raises(ValueError, match="is a file; expected a folder"):
         main([*argv, "--out", str(tmp_path / "file")])
+
+
+@pytest.mark.slow
+def test_cli_extract_compiled_matches_eager(tmp_path: Path) -> None:
+    root = _images(tmp_path / "data", 3)
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--num-workers", "0"]
+    argv += ["--keys", "sparse", "--resolution", "16", "--precision", "fp32"]
+    assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
+    assert main([*argv, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
+    eager, compiled = (load_features(tmp_path / d)[0]["sparse"] for d in ("eager", "compiled"))
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
