@@ -68,6 +68,12 @@ def test_bf16_cpu_attention_matches_fp32_sdpa_with_gradients(monkeypatch):
     assert not sdpa_calls  # bf16 on CPU: the written-out product, not SDPA's flash kernel
     attend(q, k, v)
     assert sdpa_calls  # fp32 keeps SDPA
+    import stellar.layers.attention as attention
+
+    sdpa_calls.clear()
+    monkeypatch.setattr(attention, "MAX_WRITTEN_OUT_SCORES", 2 * 3 * 70 * 70 - 1)
+    attend(*low)
+    assert sdpa_calls  # too many scores to hold: SDPA's kernel even in bf16
     assert fast.dtype == torch.bfloat16
     low_grads = torch.autograd.grad(fast.float().square().sum(), low)
     torch.testing.assert_close(fast.float(), exact, atol=2e-2, rtol=2e-2)
