@@ -161,10 +161,10 @@ def precision(name: str):
         _PRECISION.reset(token)
 
 
-def encoding_dtype(device: torch.device) -> torch.dtype | None:
-    """The autocast dtype that ``autocast(device)`` takes here (None: fp32), under the
-    enclosing :func:`precision` block if any."""
-    return autocast_dtype(_PRECISION.get(), device)
+def encoding_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
+    """The dtype ``autocast(device, precision)`` takes here (None: fp32): ``auto`` means the
+    enclosing :func:`precision` block's setting, if any."""
+    return autocast_dtype(_PRECISION.get() if precision == "auto" else precision, device)
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -183,7 +183,7 @@ def autocast(
     """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name
     (``auto``: the precision the enclosing :func:`precision` block chose, else auto)."""
     if isinstance(dtype, str):
-        dtype = encoding_dtype(device) if dtype == "auto" else autocast_dtype(dtype, device)
+        dtype = encoding_dtype(device, dtype)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

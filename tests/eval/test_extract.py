@@ -151,6 +151,11 @@ def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path)
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0.05)
     with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"):
         extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="bf16", progress=False)
+    from stellar.runtime import precision
+
+    with precision("fp32"):  # auto inside a block records what the block chose
+        extract_to_dir(model, ds, tmp_path / "blk", ["sparse"], precision="auto", progress=False)
+    assert json.loads((tmp_path / "blk" / "meta.json").read_text())["precision"] == "fp32"
     # A folder written before the precision was recorded was fp32 on a CPU: it still resumes.
     meta_path = tmp_path / "fp32" / "meta.json"
     legacy = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "precision"}

@@ -91,8 +91,9 @@ def encode_batch(
         images: (B, 3, H, W) in [0, 1].
         keys: outputs of ``model.encode`` to keep.
         fp16: store floating outputs as float16 (otherwise float32).
-        precision: ``auto`` (bf16 autocast where the device computes it natively), ``bf16``
-            or ``fp32`` (:func:`~stellar.runtime.precision_choice`).
+        precision: ``auto`` (the enclosing :func:`~stellar.runtime.precision` block's
+            setting, else bf16 autocast where the device computes it natively), ``bf16`` or
+            ``fp32``.
 
     Returns:
         ``{key: (B, ...)}`` on the CPU.

@@ -48,7 +48,7 @@ from stellar.eval.images import EvalImages, make_loader
 from stellar.progress import progress_bar
 from stellar.runtime import (
     add_precision_argument,
-    autocast_dtype,
+    encoding_dtype,
     precision_choice,
     setup,
     teardown,
@@ -179,7 +179,7 @@ def extract_to_dir(
         "resize_ratio": dataset.resize_ratio,
         "crop": dataset.crop,
         "fp16": bool(fp16),
-        "precision": "bf16" if autocast_dtype(precision, model.device) else "fp32",
+        "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
         "shard_size": int(shard_size),
         "num_files": len(dataset),
         "num_shards": len(shards),
