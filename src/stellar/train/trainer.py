@@ -273,7 +273,6 @@ class Trainer(TrainerCheckpoints):
                     # batches of only unreadable files were skipped but still read
                     position = start + self.loader.drawn * cfg.batch_size
                     self.step += 1
-                    self.cursor = (epoch, position)
                     bar.update(1)
                     logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
                     saving = self.step % cfg.ckpt_every == 0 and self.step < end
@@ -294,7 +293,6 @@ class Trainer(TrainerCheckpoints):
                         self.save(epoch, position)
                 if self.step < end:  # the data ran out before the step budget: next epoch
                     epoch, position = epoch + 1, 0
-                    self.cursor = (epoch, position)
             if self.step > first_step:
                 self.save(epoch, position)
             else:  # resumed at or past the end: the last checkpoint already is the result
@@ -305,6 +303,7 @@ class Trainer(TrainerCheckpoints):
                     last["skipped_images"],
                 )
         finally:
+            self.cursor = (epoch, position)  # where a later train() call goes on
             bar.close()
             if log:
                 log.close()
