@@ -14,6 +14,7 @@ import sys
 
 from stellar.checkpoint.cache import ENV_OFFLINE
 from stellar.errors import UsageError
+from stellar.runtime import precision
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "models": ("stellar.commands", "list the registered model names"),
@@ -78,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     parse = (
         parser.parse_intermixed_args if getattr(module, "INTERMIXED", False) else parser.parse_args
     )
-    return int(module.run(parse(rest)) or 0)
+    args = parse(rest)
+    # The encoding commands' --precision: what autocast's "auto" means while the command runs.
+    with precision(getattr(args, "precision", "auto")):
+        return int(module.run(args) or 0)
 
 
 def console(argv: list[str] | None = None) -> int:

@@ -29,7 +29,6 @@ import logging
 
 from stellar.eval.baseline import parse_baseline
 from stellar.eval.common import METRICS_NAME, writable_folder, write_json
-from stellar.runtime import precision
 
 __all__ = ["PROTOCOLS", "add_arguments", "run"]
 
@@ -65,8 +64,7 @@ def run(args: argparse.Namespace) -> int:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
     args.out_dir = writable_folder(args.out or f"eval-{args.protocol}")
     protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
-    with precision(args.precision):
-        result = protocol.run(args)
+    result = protocol.run(args)  # under --precision (stellar.cli)
     skip = ("protocol", "out_dir", "key_choices")
     settings = {k: v for k, v in vars(args).items() if k not in skip}
     write_json(

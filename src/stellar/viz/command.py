@@ -29,7 +29,7 @@ from stellar.checkpoint.io import atomic_write
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import writable_folder
 from stellar.eval.images import EvalImages, make_loader
-from stellar.runtime import add_precision_argument, autocast, pick_device, precision
+from stellar.runtime import add_precision_argument, autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
     compose_panel,
@@ -189,12 +189,7 @@ def _name(index: int, path: str) -> str:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``stellar viz`` (its encoding under ``--precision``)."""
-    with precision(args.precision):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run ``stellar viz`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model
 
     # Every argument is checked before the model's weights are read (numbers: by argparse).

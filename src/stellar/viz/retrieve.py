@@ -38,7 +38,7 @@ from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import writable_folder
 from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
 from stellar.eval.images import EvalImages, decodable_batches, make_loader
-from stellar.runtime import add_precision_argument, pick_device, precision
+from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
 __all__ = [
@@ -343,12 +343,7 @@ def _check_same_weights(index: TokenIndex, index_dir: Path, model: Encoder, spec
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run ``stellar retrieve`` (its encoding under ``--precision``)."""
-    with precision(args.precision):
-        return _run(args)
-
-
-def _run(args: argparse.Namespace) -> int:
+    """Run ``stellar retrieve`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model, load_model
 
     # Every argument is checked before the weights are read or anything is indexed (numbers:
