@@ -19,6 +19,7 @@ ROOT = "stellar"
 # name -> model front end built on the models.
 RANKS: dict[str, int] = {
     "errors": 0,
+    "images": 0,
     "progress": 0,
     "schema": 0,
     "layers": 1,

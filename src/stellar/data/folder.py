@@ -29,8 +29,8 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from stellar.data.decode import exif_orientation, load_rgb, upright
 from stellar.errors import UsageError
+from stellar.images import exif_orientation, load_rgb, resize_centre_crop, to_tensor, upright
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -167,17 +167,8 @@ class CentreCropView:
             if img.size != (r, r):
                 img = img.resize((r, r), Image.Resampling.BICUBIC)
         else:
-            s = self.short_side
-            img = load_rgb(path, max_side=s)
-            w, h = img.size
-            k = s / min(w, h)
-            size = (max(r, round(w * k)), max(r, round(h * k)))
-            if size != (w, h):
-                img = img.resize(size, Image.Resampling.BICUBIC)
-            left, top = round((size[0] - r) / 2), round((size[1] - r) / 2)
-            img = img.crop((left, top, left + r, top + r))
-        array = np.asarray(img, dtype=np.uint8)
-        return {"image": torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)}
+            img = resize_centre_crop(load_rgb(path, max_side=self.short_side), r, self.short_side)
+        return {"image": to_tensor(img)}
 
 
 def _collect(

@@ -89,6 +89,22 @@ class ObjectiveConfig:
         )
 
 
+def total_loss(terms: dict[str, Tensor], rec_coeff: float) -> Tensor:
+    """The release's total: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every term named ``*loss*``.
+
+    Args:
+        terms: loss terms under the release's names (:meth:`StellarObjective.compute`, or the
+            ``predictions`` of a pretraining call).
+        rec_coeff: the reconstruction weight (10 for ``MSE``, 0.05 for ``VQ-CE`` by default).
+
+    Returns:
+        A 0-dim fp32 tensor.
+    """
+    parts = [rec_coeff * terms[k].float() for k in ("MSE", "VQ-CE") if k in terms]
+    parts += [v.float() for k, v in terms.items() if "loss" in k]
+    return torch.stack(parts).sum()
+
+
 class StellarObjective(nn.Module):
     """Model + objective: ``forward(batch) -> (total, {name: detached term})``.
 
@@ -141,7 +157,22 @@ class StellarObjective(nn.Module):
         ]
 
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
-        """Compute every enabled term on one batch."""
+        """Compute every enabled term on one batch: ``(total, {term: detached value})``."""
+        _, terms = self.compute(batch)
+        total = total_loss(terms, self.reconstruction_weight())
+        return total, {name: t.detach().float() for name, t in terms.items()}
+
+    def compute(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
+        """The main view's encoding and the loss terms, under the release's names.
+
+        Returns:
+            ``main``: :meth:`STELLAR.forward_encode` of ``batch["image"]`` (only ``cls``,
+            ``dense``, ``sparse`` when reconstruction is off); ``terms``: the unweighted
+            reconstruction term ``MSE`` (pixel head) or ``VQ-CE`` (vq head), and the weighted
+            ``koleo_loss`` (every view's), ``clustering_loss``, ``cls_clustering_loss``,
+            ``mask_loss`` (set alignment), ``cls_loss`` (masked and local views' CLS
+            alignment); switched-off terms are absent. :func:`total_loss` sums them.
+        """
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
         masked = cfg.uses_masked_views and "masked_views" in batch
@@ -150,16 +181,19 @@ class StellarObjective(nn.Module):
         want_targets = cfg.clustering or (cfg.set_align and masked)
         want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
 
-        terms: dict[str, Tensor] = {}
+        terms: dict[str, list[Tensor]] = {}
+
+        def add(name: str, value: Tensor) -> None:
+            terms.setdefault(name, []).append(value)
+
         image = batch["image"]
         with record_function(PHASE + "main encode"):
             main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
             with record_function(PHASE + "decoder"):
-                loss = self.reconstruction_loss(main, image)
-            terms["recon"] = self.reconstruction_weight() * loss
+                add(self.reconstruction_name(), self.reconstruction_loss(main, image))
         if cfg.koleo:
-            terms["koleo"] = cfg.koleo_weight * koleo_loss(main["sparse"])
+            add("koleo_loss", cfg.koleo_weight * koleo_loss(main["sparse"]))
         with record_function(PHASE + "heads and Sinkhorn"):
             logits = model.clustering_head(main["sparse"]) if cfg.clustering else None
             cls_logits = model.cls_cluster_head(main["cls"]) if cfg.clustering else None
@@ -167,26 +201,25 @@ class StellarObjective(nn.Module):
                 image, main, want_targets, want_cls_targets, logits, cls_logits
             )
             if cfg.clustering and not second:
-                terms["cluster"] = cross_entropy_soft(logits, targets, temp)
-                terms["cls_cluster"] = cross_entropy_soft(cls_logits, cls_targets, temp)
+                add("clustering_loss", cross_entropy_soft(logits, targets, temp))
+                add("cls_clustering_loss", cross_entropy_soft(cls_logits, cls_targets, temp))
         if second:
             with record_function(PHASE + "second view"):
-                terms.update(
-                    self.global_alignment(
-                        batch["second_view"], main, logits, cls_logits, targets, cls_targets
-                    )
-                )
+                for name, value in self.global_alignment(
+                    batch["second_view"], main, logits, cls_logits, targets, cls_targets
+                ).items():
+                    add(name, value)
         if masked:
             with record_function(PHASE + "masked views"):
-                terms.update(self.masked_terms(batch, main, targets, cls_targets))
+                for name, value in self.masked_terms(batch, main, targets, cls_targets).items():
+                    add(name, value)
         if local:
             with record_function(PHASE + "local views"):
                 out = model.forward_tokens(batch["local_views"])
-                terms["cls_align_local"] = self.cls_alignment(out["cls"], cls_targets)
+                add("cls_loss", self.cls_alignment(out["cls"], cls_targets))
         if not terms:
             raise ValueError("every loss term is switched off: nothing to train")
-        total = torch.stack([t.float() for t in terms.values()]).sum()
-        return total, {name: t.detach().float() for name, t in terms.items()}
+        return main, {name: sum(values[1:], values[0]) for name, values in terms.items()}
 
     # ------------------------------------------------------------------ terms
     def reconstruction_weight(self) -> float:
@@ -195,6 +228,10 @@ class StellarObjective(nn.Module):
             return self.config.recon_weight
         pixel = self.model.config.decoder_head == "pixel"
         return PIXEL_RECON_WEIGHT if pixel else VQ_RECON_WEIGHT
+
+    def reconstruction_name(self) -> str:
+        """The release's name of the reconstruction term: ``MSE`` or ``VQ-CE``."""
+        return "MSE" if self.model.config.decoder_head == "pixel" else "VQ-CE"
 
     def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> Tensor:
         """Pixel MSE against the [0, 1] image, or CE against the tokenizer's codes."""
@@ -263,18 +300,18 @@ class StellarObjective(nn.Module):
         out = model.forward_masked(batch["masked_views"], batch["keep_idx"])
         terms = {}
         if cfg.koleo:
-            terms["koleo_masked"] = cfg.koleo_weight * koleo_loss(out["sparse"])
+            terms["koleo_loss"] = cfg.koleo_weight * koleo_loss(out["sparse"])
         if cfg.set_align:
             with record_function(PHASE + "OT matching"):
                 index, _ = sinkhorn_match(
                     out["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations
                 )
             logits = model.clustering_head(out["sparse"])
-            terms["set_align"] = set_alignment_loss(
+            terms["mask_loss"] = set_alignment_loss(
                 logits, targets, index, model.config.logits_temp
             )
         if cfg.cls_align:
-            terms["cls_align_masked"] = self.cls_alignment(out["cls"], cls_targets)
+            terms["cls_loss"] = self.cls_alignment(out["cls"], cls_targets)
         return terms
 
     def cls_alignment(self, cls_tokens: Tensor, cls_targets: Tensor) -> Tensor:
@@ -316,7 +353,7 @@ class StellarObjective(nn.Module):
             cross_entropy_soft(cls_logits2, cls_targets, temp)
             + cross_entropy_soft(cls_logits, cls_targets2, temp)
         )
-        terms = {"cluster": cluster, "cls_cluster": cls}
+        terms = {"clustering_loss": cluster, "cls_clustering_loss": cls}
         if cfg.koleo:
-            terms["koleo_second"] = cfg.koleo_weight * koleo_loss(other["sparse"])
+            terms["koleo_loss"] = cfg.koleo_weight * koleo_loss(other["sparse"])
         return terms

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from stellar.checkpoint.io import save_pretrained as write_pretrained
 from stellar.errors import UsageError
+from stellar.images import ImageInput, preprocess
 from stellar.models.clustering import OnlineClustering
 from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
@@ -114,6 +115,21 @@ class STELLAR(nn.Module):
         return self.sparse_tokens.shape[0]
 
     @property
+    def embed_dim(self) -> int:
+        """d, the width of every token (``sparse``, ``dense``, ``lowrank``, ``cls``)."""
+        return self.sparse_tokens.shape[1]
+
+    @property
+    def num_features(self) -> int:
+        """d, as timm names it: the size of a pooled feature."""
+        return self.embed_dim
+
+    @property
+    def image_size(self) -> int:
+        """The side the model was trained at; :meth:`preprocess` resizes to it."""
+        return self.config.encoder.image_size
+
+    @property
     def dtype(self) -> torch.dtype:
         """The dtype of the encoder's weights."""
         return self.sparse_tokens.dtype
@@ -168,12 +184,23 @@ class STELLAR(nn.Module):
         """[0, 1] RGB -> ImageNet-normalised pixels in the model's dtype."""
         return ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
 
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
+    def preprocess(self, images: ImageInput) -> Tensor:
+        """PIL images or image files (any mode and size) -> the (B, 3, S, S) input batch.
+
+        As the release prepares images: RGB, the shorter side resized to the model's image size
+        S with bicubic interpolation, the central square cropped, values in [0, 1] (the ImageNet
+        normalisation happens inside the model). On the model's device.
+        """
+        return preprocess(images, self.image_size).to(self.device)
+
+    def encode(self, images: Tensor | ImageInput) -> dict[str, Tensor]:
         """Encode a batch of images into concept tokens and their spatial maps.
 
         Args:
-            images: (B, 3, H, W) RGB in [0, 1]; H, W multiples of the patch size p (positions
-                are interpolated for sizes other than the native one).
+            images: (B, 3, H, W) RGB in [0, 1], H, W multiples of the patch size p (positions
+                are interpolated for sizes other than the native one); or what
+                :meth:`preprocess` takes (a PIL image, a file path, a list of them), which it
+                turns into such a batch first.
 
         Returns:
             ``cls`` (B, 1, d), ``dense`` (B, n, d), ``sparse`` (B, r, d),
@@ -183,6 +210,8 @@ class STELLAR(nn.Module):
             per image (a row per image, so the dict can be sliced or joined per key), so that
             :meth:`reconstruct` lays the patches out as they were encoded.
         """
+        if not isinstance(images, Tensor):
+            images = self.preprocess(images)
         self.check_images(images)
         out = self.forward_encode(images)
         out["concat"] = torch.cat(

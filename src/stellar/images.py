@@ -1,24 +1,40 @@
-"""Decoding any image file as 8-bit RGB, upright by its EXIF orientation.
+"""Images in: decoding any file as 8-bit RGB, and the release's preprocessing to a batch.
 
 One decoder for every reader of image files (the image-folder dataset, segmentation label
-maps, query images): PIL, every mode converted to RGB (alpha and transparency composited on
-white; CMYK via PIL; 16-bit and float images rescaled to 8 bit, not clipped), EXIF
-orientation applied. Only regular files are opened, so a FIFO or a device that happens to
-carry an image extension fails at once instead of blocking the reader.
+maps, query images, :func:`preprocess`): PIL, every mode converted to RGB (alpha and
+transparency composited on white; CMYK via PIL; 16-bit and float images rescaled to 8 bit, not
+clipped), EXIF orientation applied. Only regular files are opened, so a FIFO or a device that
+happens to carry an image extension fails at once instead of blocking the reader.
+
+One geometric transform for evaluation and inference, :func:`resize_centre_crop`: the shorter
+side resized with PIL bicubic (antialiased when shrinking), the central square cropped.
 """
 
 from __future__ import annotations
 
 import os
 import stat
+from collections.abc import Sequence
 
 import numpy as np
+import torch
 from PIL import Image, ImageOps
 
-__all__ = ["exif_orientation", "load_rgb", "upright"]
+__all__ = [
+    "ImageInput",
+    "exif_orientation",
+    "load_rgb",
+    "preprocess",
+    "resize_centre_crop",
+    "to_tensor",
+    "upright",
+]
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
+
+# What preprocess() takes: a PIL image or a file path, or a list of them.
+ImageInput = Image.Image | str | os.PathLike | Sequence[Image.Image | str | os.PathLike]
 
 
 def _to_uint8_gray(img: Image.Image) -> Image.Image:
@@ -99,3 +115,57 @@ def exif_orientation(img: Image.Image) -> int:
         return int(img.getexif().get(_EXIF_ORIENTATION, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
         return 1
+
+
+def resize_centre_crop(
+    img: Image.Image, resolution: int, short_side: int | None = None
+) -> Image.Image:
+    """Resize the shorter side to ``short_side`` (default ``resolution``; PIL bicubic), then
+    crop the central ``resolution`` square."""
+    s = max(resolution, short_side or resolution)
+    w, h = img.size
+    k = s / min(w, h)
+    size = (max(resolution, round(w * k)), max(resolution, round(h * k)))
+    if size != (w, h):
+        img = img.resize(size, Image.Resampling.BICUBIC)
+    left, top = round((size[0] - resolution) / 2), round((size[1] - resolution) / 2)
+    return img.crop((left, top, left + resolution, top + resolution))
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """An RGB PIL image -> (3, H, W) float32 in [0, 1]."""
+    array = np.asarray(img, dtype=np.uint8)
+    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+
+
+def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
+    """PIL images or image files (any mode and size) -> a (B, 3, R, R) batch in [0, 1].
+
+    The release's preprocessing: RGB, the shorter side resized to ``resolution`` with bicubic
+    interpolation, the central square cropped; the ImageNet normalisation is left to the model.
+
+    Raises:
+        TypeError: for anything but a PIL image, a path or a list of them.
+    """
+    single = isinstance(images, (Image.Image, str, os.PathLike))
+    items = [images] if single else list(images) if isinstance(images, (list, tuple)) else None
+    if items is None:
+        raise TypeError(
+            f"expected a PIL image, an image file path or a list of them, got "
+            f"{type(images).__name__}"
+        )
+    if not items:
+        raise ValueError("expected at least one image, got an empty list")
+    batch = []
+    for item in items:
+        if isinstance(item, Image.Image):
+            img = _to_rgb(upright(item))
+        elif isinstance(item, (str, os.PathLike)):
+            img = load_rgb(item, max_side=resolution)
+        else:
+            raise TypeError(
+                f"expected PIL images or image file paths, got {type(item).__name__}; a tensor "
+                "batch (B, 3, H, W) in [0, 1] goes to encode() directly"
+            )
+        batch.append(to_tensor(resize_centre_crop(img, resolution)))
+    return torch.stack(batch)
