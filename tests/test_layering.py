@@ -34,6 +34,7 @@ RANKS: dict[str, int] = {
     "viz": 7,
     "commands": 8,
     "cli": 9,
+    "api": 9,
     "demo": 9,
     "__init__": 10,
 }

@@ -1,0 +1,125 @@
+"""The release's pretraining call: ``load_stellar(name, purpose="pretrain")(batch)``.
+
+:class:`StellarForPretraining` takes the model card's batch dict, makes the views the objective
+needs from the views it is given (colour/blur and masking of the global views; the local views
+as they come), or from ``image`` alone, and runs :class:`StellarObjective` — the objective the
+trainer runs — returning the main view's features and the loss terms under the release's names.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from stellar.data.augment import MultiViewAugment
+from stellar.losses.masking import random_masking
+from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_loss
+from stellar.models.config import StellarConfig
+from stellar.models.stellar import STELLAR
+
+__all__ = ["StellarForPretraining"]
+
+# The release's views per image: 8 masked global views, 8 local views of 96 px at 224 px.
+N_MASKED, N_LOCAL, LOCAL_FRACTION = 8, 8, 96 / 224
+
+
+class StellarForPretraining(STELLAR):
+    """A ``purpose="pretrain"`` STELLAR (decoder and clustering heads) whose call takes the
+    model card's batch dict; everything else, state dict included, is STELLAR's.
+
+    Args:
+        config: the architecture.
+        purpose: ``"pretrain"`` (the only one this class is for).
+        objective: which loss terms, with which weights (default: the paper's).
+        mask_ratio, focal_mode, focal_prob: the masking of the masked views
+            (:func:`~stellar.losses.masking.random_masking`).
+    """
+
+    def __init__(
+        self,
+        config: StellarConfig,
+        purpose: str = "pretrain",
+        objective: ObjectiveConfig | None = None,
+        mask_ratio: float = 0.8,
+        focal_mode: str | None = "gaussian",
+        focal_prob: float = 0.5,
+    ) -> None:
+        if purpose != "pretrain":
+            raise ValueError(
+                f"StellarForPretraining is built for purpose='pretrain', not {purpose!r}"
+            )
+        super().__init__(config, purpose)
+        self.objective_config = objective or ObjectiveConfig()
+        p, size = self.patch_size, self.image_size
+        self.augment = MultiViewAugment(
+            global_size=size,
+            local_size=p * max(1, round(size * LOCAL_FRACTION / p)),
+            n_global=max(N_MASKED, 2),
+            n_local=N_LOCAL,
+        )
+        self.masking = dict(mask_ratio=mask_ratio, focal_mode=focal_mode, focal_prob=focal_prob)
+
+    @property
+    def objective(self) -> StellarObjective:
+        """The objective the trainer runs, on this model (held outside the module tree)."""
+        return StellarObjective(self, self.objective_config)
+
+    def forward(self, inputs: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+        """One pretraining forward pass on the model card's batch (images alone: :meth:`encode`).
+
+        Args:
+            inputs: ``image`` (B, 3, H, W) in [0, 1], the main view and reconstruction target;
+                optionally ``global_views`` (B, G, 3, H, W) without colour augmentation (view 0
+                is the image's crop), ``local_views`` (B, L, 3, h, w) colour-augmented, and
+                ``labels`` (returned as ``gold_labels``, unused). Without views, they are made
+                from ``image`` by our augmentation.
+
+        Returns:
+            ``{"predictions": ...}`` with the main view's ``sparse`` (B, r, d), ``spatial``
+            (B, n, r), ``concat`` (B, r, d + n), ``lowrank`` (B, n, d), ``dense`` (B, n, d),
+            ``cls`` (B, 1, d), ``peak_dist`` (B, r) and the loss terms ``MSE`` or ``VQ-CE``,
+            ``koleo_loss``, ``clustering_loss``, ``cls_clustering_loss``, ``mask_loss``,
+            ``cls_loss`` (those the objective enables); :meth:`loss` sums them.
+        """
+        if not isinstance(inputs, dict):
+            return self.encode(inputs)
+        if "image" not in inputs:
+            raise ValueError("expected the model card's batch dict, with at least 'image'")
+        self.check_images(inputs["image"])
+        main, terms = self.objective.compute(self.views(inputs))
+        predictions = {**main, **terms}
+        if "spatial" in main:
+            spatial = main["spatial"].transpose(1, 2).to(main["sparse"].dtype)
+            predictions["concat"] = torch.cat([main["sparse"], spatial], -1)
+        if "labels" in inputs:
+            predictions["gold_labels"] = inputs["labels"]
+        return {"predictions": predictions}
+
+    def loss(self, predictions: dict[str, Tensor]) -> Tensor:
+        """The release's total: rec_coeff x (``MSE`` or ``VQ-CE``) + every ``*loss*`` term."""
+        return total_loss(predictions, self.objective.reconstruction_weight())
+
+    def views(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The objective's batch: the main view and the views its enabled terms read."""
+        image = inputs["image"]
+        b = image.shape[0]
+        plan = self.objective.config.views(N_MASKED, N_LOCAL)
+        if "global_views" not in inputs and "local_views" not in inputs:
+            size = torch.tensor(image.shape[-2:], device=image.device).expand(b, 2)
+            batch = self.augment.make(image, size, plan)
+            batch["image"] = image
+        else:
+            batch = {"image": image}
+            global_views = inputs.get("global_views")
+            if global_views is not None and plan.masked:
+                masked = global_views[:, : plan.masked]
+                batch["masked_views"] = self.augment.color(masked).flatten(0, 1)
+            if global_views is not None and plan.second and global_views.shape[1] > 1:
+                batch["second_view"] = self.augment.color(global_views[:, 1])
+            if "local_views" in inputs and plan.local:
+                batch["local_views"] = inputs["local_views"][:, : plan.local].flatten(0, 1)
+        if "masked_views" in batch:
+            h, w = self.grid(batch["masked_views"])
+            n = batch["masked_views"].shape[0]
+            batch["keep_idx"] = random_masking(n, h, w, **self.masking, device=image.device)
+        return batch

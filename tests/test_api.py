@@ -1,0 +1,174 @@
+"""The calls of the released model card (SPEC §6), the photo path in, and the pretraining call."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+from stellar import STELLAR, StellarForPretraining, create_stellar, load_stellar, total_loss
+from stellar.data.folder import CentreCropView
+from stellar.losses.objective import StellarObjective
+from stellar.runtime import precision
+
+REPO = Path(__file__).resolve().parents[1]
+CARD_KEYS = {"sparse", "spatial", "concat", "lowrank", "dense", "cls", "peak_dist"}
+LOSS_KEYS = {"koleo_loss", "clustering_loss", "cls_clustering_loss", "mask_loss", "cls_loss"}
+
+
+@pytest.fixture
+def vq_checkpoint(tmp_path, reference_dir):
+    """A vq-head model matched to the small reference tokenizer (f2, 64 codes), saved by
+    ``save_pretrained`` in the official layout, and the tokenizer's file."""
+    tokenizer = reference_dir / "maskgit-vqgan-small" / "weights.safetensors"
+    model = create_stellar(
+        "stellar-tiny",
+        purpose="pretrain",
+        decoder_head="vq",
+        vq_codebook_size=64,
+        encoder={"patch_size": 2, "image_size": 16},
+        vq_model=tokenizer,
+    )
+    model.save_pretrained(tmp_path / "ckpt")
+    return tmp_path / "ckpt", tokenizer
+
+
+def test_model_card_snippets_run_verbatim_from_the_checkout(vq_checkpoint, tmp_path):
+    """The card's lines, its import included, with our checkpoint and tokenizer paths."""
+    ckpt, tokenizer = vq_checkpoint
+    card = textwrap.dedent(
+        f"""
+        import json, torch
+        from load_stellar import load_stellar, list_models
+        print(list_models())
+        model = load_stellar({str(ckpt)!r})
+        image = torch.rand(2, 3, 16, 16)
+        out = model.encode(image)
+        shapes = {{k: list(v.shape) for k, v in out.items()}}
+        model = load_stellar({str(ckpt)!r}, purpose="reconstruct", vq_model={str(tokenizer)!r})
+        features = model.encode(image)
+        rec = model.reconstruct(features)
+        again = model.reconstruct(features["sparse"], features["spatial"])
+        assert torch.equal(rec["reconstruction"], again["reconstruction"])
+        shapes.update({{"rec." + k: list(v.shape) for k, v in rec.items()}})
+        lo, hi = float(rec["reconstruction"].min()), float(rec["reconstruction"].max())
+        model = load_stellar({str(ckpt)!r}, purpose="pretrain", vq_model={str(tokenizer)!r})
+        labels = torch.tensor([3, 5])
+        losses = model({{"image": image, "labels": labels}})["predictions"]
+        total = model.loss(losses)
+        total.backward()
+        print(json.dumps({{"shapes": shapes, "range": [lo, hi], "keys": sorted(losses),
+                          "grad": float(model.sparse_tokens.grad.abs().sum())}}))
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", card], cwd=REPO, capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    n, r, d = 64, 6, 96  # (16 / 2)^2 patches, stellar-tiny's tokens and width
+    shapes = result["shapes"]
+    assert shapes["sparse"] == [2, r, d] and shapes["spatial"] == [2, n, r]
+    assert shapes["dense"] == shapes["lowrank"] == [2, n, d] and shapes["cls"] == [2, 1, d]
+    assert shapes["rec.reconstruction"] == [2, 3, 16, 16]
+    assert shapes["rec.tokens"] == [2, n] and shapes["rec.logits"] == [2, n, 64]
+    assert 0 <= result["range"][0] <= result["range"][1] <= 1
+    assert set(result["keys"]) == CARD_KEYS | LOSS_KEYS | {"VQ-CE", "gold_labels"}
+    assert result["grad"] > 0
+
+
+def _photos(folder: Path) -> list[Path]:
+    """Photos of several modes and sizes, saved losslessly."""
+    g = torch.Generator().manual_seed(0)
+    folder.mkdir()
+    paths = []
+    for i, (mode, size) in enumerate([("RGB", (90, 60)), ("L", (64, 64)), ("RGBA", (50, 120))]):
+        pixels = torch.randint(0, 256, (size[1], size[0], 4), generator=g, dtype=torch.uint8)
+        img = Image.fromarray(pixels.numpy(), "RGBA").convert(mode)
+        paths.append(folder / f"{i}.png")
+        img.save(paths[-1])
+    return paths
+
+
+def test_preprocess_takes_photos_of_any_mode_and_size_as_the_eval_view_does(tmp_path):
+    model = create_stellar("stellar-tiny")
+    paths = _photos(tmp_path / "photos")
+    batch = model.preprocess(paths)
+    assert batch.shape == (3, 3, 64, 64) and batch.dtype == torch.float32
+    assert batch.min() >= 0 and batch.max() <= 1
+    # one transform: the evaluation view at ratio 1 (shorter side to 64, centre crop)
+    view = CentreCropView(64, resize_ratio=1.0)
+    for row, path in zip(batch, paths, strict=True):
+        torch.testing.assert_close(row, view(path)["image"], rtol=0, atol=0)
+    torch.testing.assert_close(model.preprocess(Image.open(paths[0])), batch[:1])
+    with pytest.raises(TypeError, match="PIL image"):
+        model.preprocess({"image": batch})
+
+
+def test_encode_takes_a_photo_directly(tmp_path):
+    model = create_stellar("stellar-tiny")
+    path = _photos(tmp_path / "photos")[0]
+    with precision("fp32"):
+        direct = model.encode(Image.open(path))
+        via_batch = model.encode(model.preprocess(path))
+    torch.testing.assert_close(direct["sparse"], via_batch["sparse"], rtol=0, atol=0)
+
+
+def test_sizes_in_the_conventions_of_timm():
+    model = create_stellar("stellar-tiny")
+    assert model.embed_dim == model.num_features == 96
+    assert model.num_tokens == 6 and model.patch_size == 8 and model.image_size == 64
+
+
+@pytest.fixture
+def pixel_model(tmp_path) -> StellarForPretraining:
+    create_stellar("stellar-tiny", purpose="pretrain").save_pretrained(tmp_path / "tiny")
+    return load_stellar(tmp_path / "tiny", purpose="pretrain")
+
+
+def test_pretraining_call_runs_the_trainers_objective(pixel_model):
+    """The card's call and StellarObjective (what the trainer runs) give the same terms."""
+    assert isinstance(pixel_model, STELLAR) and pixel_model.training
+    image = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)
+    predictions = pixel_model({"image": image})["predictions"]
+    torch.manual_seed(1)
+    total, terms = StellarObjective(pixel_model, pixel_model.objective_config)(
+        pixel_model.views({"image": image})
+    )
+    assert set(terms) == LOSS_KEYS | {"MSE"} and set(predictions) >= CARD_KEYS
+    for name, value in terms.items():
+        torch.testing.assert_close(predictions[name].detach(), value)
+    torch.testing.assert_close(pixel_model.loss(predictions).detach(), total)
+    by_hand = 10 * predictions["MSE"] + sum(predictions[k] for k in LOSS_KEYS)
+    torch.testing.assert_close(total_loss(predictions, 10.0), by_hand)
+
+
+def test_pretraining_call_uses_the_views_it_is_given(pixel_model):
+    image = torch.rand(2, 3, 64, 64)
+    global_views = torch.rand(2, 3, 3, 64, 64)
+    local_views = torch.rand(2, 4, 3, 24, 24)
+    batch = pixel_model.views(
+        {"image": image, "global_views": global_views, "local_views": local_views}
+    )
+    assert torch.equal(batch["image"], image)
+    assert batch["masked_views"].shape == (6, 3, 64, 64)  # every global view, masked
+    assert batch["keep_idx"].shape == (6, 12)  # 20 % of the 64 patches kept
+    assert torch.equal(batch["local_views"], local_views.flatten(0, 1))  # taken as given
+    predictions = pixel_model({"image": image, "global_views": global_views})["predictions"]
+    assert "cls_loss" in predictions  # from the masked views alone
+    pixel_model.loss(predictions).backward()
+    assert pixel_model.cls_cluster_head.layer.weight.grad.abs().sum() > 0
+
+
+def test_pretraining_model_saves_and_reloads_as_stellar(pixel_model, tmp_path):
+    pixel_model.save_pretrained(tmp_path / "again")
+    encoder = load_stellar(tmp_path / "again")
+    assert type(encoder) is STELLAR
+    torch.testing.assert_close(encoder.sparse_tokens, pixel_model.sparse_tokens)
