@@ -297,7 +297,7 @@ class StellarObjective(nn.Module):
     ) -> dict[str, Tensor]:
         """KoLeo, set alignment and CLS alignment of the masked views (one encoder batch)."""
         cfg, model = self.config, self.model
-        out = model.forward_masked(batch["masked_views"], batch["keep_idx"])
+        out = model.encode_masked(batch["masked_views"], batch["keep_idx"])
         terms = {}
         if cfg.koleo:
             terms["koleo_loss"] = cfg.koleo_weight * koleo_loss(out["sparse"])

@@ -235,7 +235,7 @@ class STELLAR(nn.Module):
         return {"cls": cls, "dense": dense, "sparse": sparse}
 
     def encode_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
-        """Encode CLS + the kept patches + the concept tokens (the masked-view path).
+        """Encode CLS + the kept patches + the concept tokens (the masked views; no checks).
 
         Args:
             images: (B, 3, H, W) in [0, 1].
@@ -244,21 +244,6 @@ class STELLAR(nn.Module):
         Returns:
             ``cls`` (B, 1, d), ``dense`` (B, k, d) the kept patches' outputs, ``sparse`` (B, r, d).
         """
-        self.check_images(images)
-        grid = self.grid(images)
-        n = grid[0] * grid[1]
-        if keep_idx.ndim != 2 or keep_idx.shape[0] != images.shape[0]:
-            raise ValueError(
-                f"keep_idx must be (B, k) with B={images.shape[0]}, got {tuple(keep_idx.shape)}"
-            )
-        if keep_idx.dtype not in (torch.int64, torch.int32):
-            raise ValueError(f"keep_idx must hold integer indices, got {keep_idx.dtype}")
-        if keep_idx.numel() and (int(keep_idx.min()) < 0 or int(keep_idx.max()) >= n):
-            raise ValueError(f"keep_idx must lie in [0, {n}) for a {grid} grid")
-        return self.forward_masked(images, keep_idx)
-
-    def forward_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
-        """:meth:`encode_masked` without input checks."""
         patches = self.encoder.patch_tokens(self.normalize(images))
         index = keep_idx.long().unsqueeze(-1).expand(-1, -1, patches.shape[-1])
         kept = patches.gather(1, index)
