@@ -1,0 +1,71 @@
+"""How many of the package's files a user call passes through (docs/ARCHITECTURE.md targets).
+
+    python benchmarks/code_paths.py step   # one training step of the cpu-smoke preset
+    python benchmarks/code_paths.py load   # load_stellar of a checkpoint folder (strict load)
+
+Every Python function call made during the measured call is recorded (``sys.setprofile``) and
+the files of ``src/stellar`` it ran code in are listed. ``step`` measures ``Trainer.train_step``
+alone (the set-up is not a step); layers of the network (``layers/``) are listed apart, as the
+model's building blocks rather than the step's logic.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from collections.abc import Callable
+from pathlib import Path
+
+import stellar
+
+PACKAGE = Path(stellar.__file__).resolve().parent
+
+
+def files_called(run: Callable[[], object]) -> list[str]:
+    """The package's files whose code runs during ``run()``, in order of first call."""
+    seen: dict[str, None] = {}
+
+    def profile(frame, event, arg):
+        if event == "call":
+            path = Path(frame.f_code.co_filename)
+            if path.is_relative_to(PACKAGE):
+                seen.setdefault(str(path.relative_to(PACKAGE)), None)
+
+    sys.setprofile(profile)
+    try:
+        run()
+    finally:
+        sys.setprofile(None)
+    return list(seen)
+
+
+def measure_step() -> list[str]:
+    from stellar.train.config import load_config
+    from stellar.train.trainer import Trainer
+
+    with tempfile.TemporaryDirectory() as out:
+        trainer = Trainer(load_config("cpu-smoke", [f"out={out}"]))
+        batch = next(iter(trainer.loader))
+        trainer.train_step([batch])  # warm: the first call imports lazily
+        return files_called(lambda: trainer.train_step([batch]))
+
+
+def measure_load() -> list[str]:
+    with tempfile.TemporaryDirectory() as out:
+        stellar.create_stellar("stellar-tiny").save_pretrained(out)
+        return files_called(lambda: stellar.load_stellar(out))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("what", choices=["step", "load"])
+    files = {"step": measure_step, "load": measure_load}[parser.parse_args().what]()
+    logic = [f for f in files if not f.startswith("layers/")]
+    print(f"{len(logic)} files (+ {len(files) - len(logic)} in layers/):")
+    for f in files:
+        print("  ", f)
+
+
+if __name__ == "__main__":
+    main()
