@@ -30,7 +30,7 @@ def _all(explorer) -> list[int]:
 def test_open_point_retrieve_drop(client, explorer, tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.open(explorer.picks[5]).resize((150, 100)).save(photo)
-    out = client.predict(handle_file(str(photo)), _all(explorer), api_name="/open")
+    out = client.predict(handle_file(str(photo)), api_name="/open")
     concepts, argmax, recon, maps, pca_d, pca_l, legend, selected, shown, gallery, status = out
     assert "Opened" in status and selected is None and gallery == []
     for picture in (concepts, argmax, recon, maps, pca_d, pca_l):
@@ -63,7 +63,7 @@ def _pixels(path) -> torch.Tensor:
 def test_bad_inputs_give_a_message(client, explorer, tmp_path):
     text = tmp_path / "notes.txt"
     text.write_text("hello")
-    status = client.predict(handle_file(str(text)), _all(explorer), api_name="/open")[-1]
+    status = client.predict(handle_file(str(text)), api_name="/open")[-1]
     assert status.startswith("**Error:**") and "expected an image file" in status
     assert "Traceback" not in status
 
@@ -79,7 +79,7 @@ def test_edits_without_decoder_say_why(tmp_path, serve_explorer):
     status = client.predict(api_name="/drop")[-1]
     assert "open an image first" in status
     pick = handle_file(str(explorer.picks[0]))
-    out = client.predict(pick, _all(explorer), api_name="/open")
+    out = client.predict(pick, api_name="/open")
     assert out[2] is None and "No reconstruction" in out[-1]
     client.predict(10.0, 10.0, _all(explorer), api_name="/point")
     edited, delta, text, _ = client.predict(api_name="/drop")

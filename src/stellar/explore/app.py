@@ -11,6 +11,7 @@ bar.
 
 import functools
 import logging
+from pathlib import Path
 
 import gradio as gr
 from PIL import Image
@@ -58,6 +59,10 @@ def _guard(n_outputs: int):
     return wrap
 
 
+def _picture(label: str, elem_id: str, height: int = 320) -> gr.Image:
+    return gr.Image(label=label, interactive=False, format="png", height=height, elem_id=elem_id)
+
+
 def build_app(explorer: Explorer) -> gr.Blocks:
     """The page for ``explorer``'s model; launch it with ``.launch(server_name=...)``."""
     model = explorer.model
@@ -66,8 +71,13 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     picks = [str(p) for p in explorer.picks]
 
     def fresh(enc) -> dict:
+        recon = None
+        if explorer.can_reconstruct:
+            recon = to_pil(explorer.reconstruct(enc.sparse, enc.spatial, enc.grid))
+            recon = recon.resize((CELL, CELL), Image.Resampling.BICUBIC)
         return {
             "enc": enc,
+            "recon": recon,
             "selected": None,
             "sparse": enc.sparse,
             "spatial": enc.spatial,
@@ -78,17 +88,13 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def views(state, shown, message):
         enc = state["enc"]
         pictures = render_views(enc, shown, state["selected"], cell=CELL)
-        recon = None
-        if explorer.can_reconstruct:
-            recon = to_pil(explorer.reconstruct(enc.sparse, enc.spatial, enc.grid))
-            recon = recon.resize((CELL, CELL), Image.Resampling.BICUBIC)
-        else:
+        if not explorer.can_reconstruct:
             message += f" No reconstruction: {explorer.why_not}."
         return (
             state,
             pictures["concepts"],
             pictures["argmax"],
-            recon,
+            state["recon"],
             pictures["tokens"],
             pictures["pca_dense"],
             pictures["pca_lowrank"],
@@ -103,17 +109,19 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         return state
 
     @_guard(12)
-    def open_file(path, shown):
+    def open_file(path):
         if path is None:
             raise ValueError("no file was uploaded")
-        enc = encode_image(model, open_image(path), name=str(path).rsplit("/", 1)[-1])
-        state = fresh(enc)
-        out = views(state, shown, f"Opened **{enc.name}**: click a region to select its concept.")
-        return (*out[:-1], list(range(r)), [], out[-1])
+        enc = encode_image(model, open_image(path), name=Path(path).name)
+        every = list(range(r))
+        out = views(
+            fresh(enc), every, f"Opened **{enc.name}**: click a region to select its concept."
+        )
+        return (*out[:-1], every, [], out[-1])
 
     @_guard(12)
-    def pick(shown, evt: gr.SelectData):
-        return open_file.__wrapped__(picks[evt.index], shown)
+    def pick(evt: gr.SelectData):
+        return open_file.__wrapped__(picks[evt.index])
 
     @_guard(10)
     def point(x, y, shown, state):
@@ -221,32 +229,17 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             elem_id="picker",
         )
         with gr.Row():
-            concepts = gr.Image(
-                label="Concept regions: click one to select its token",
-                interactive=False,
-                format="png",
-                elem_id="concepts",
-            )
-            argmax = gr.Image(
-                label="Argmax concept (click works here too)",
-                interactive=False,
-                format="png",
-                elem_id="argmax",
-            )
-            recon = gr.Image(label="Reconstruction", interactive=False, format="png")
+            concepts = _picture("Concept regions: click one to select its token", "concepts")
+            argmax = _picture("Argmax concept (click works here too)", "argmax")
+            recon = _picture("Reconstruction", "recon")
         legend = gr.HTML(elem_id="legend-box")
         with gr.Row():
             selected = gr.Dropdown(token_choices, value=None, label="Selected token")
             shown = gr.CheckboxGroup(token_choices, value=list(range(r)), label="Tokens drawn")
-        token_maps = gr.Image(
-            label="Per-token maps (each scaled to its peak)",
-            interactive=False,
-            format="png",
-            elem_id="token-maps",
-        )
         with gr.Row():
-            pca_dense = gr.Image(label="PCA of dense features", interactive=False, format="png")
-            pca_lowrank = gr.Image(label="PCA of low-rank L·S", interactive=False, format="png")
+            pca_dense = _picture("PCA of dense features", "pca-dense", 240)
+            pca_lowrank = _picture("PCA of low-rank L·S", "pca-lowrank", 240)
+            token_maps = _picture("Per-token maps (each scaled to its peak)", "token-maps", 240)
         gr.Markdown("## Retrieve: where else does the selected concept occur?")
         with gr.Row():
             k = gr.Slider(1, 32, value=8, step=1, label="neighbours")
@@ -272,8 +265,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             reset_btn = gr.Button("Undo all edits")
         edit_text = gr.Markdown(elem_id="edit-text")
         with gr.Row():
-            edited_recon = gr.Image(label="Edited reconstruction", interactive=False, format="png")
-            delta = gr.Image(label="‖ΔZ‖ per patch", interactive=False, format="png")
+            edited_recon = _picture("Edited reconstruction", "edited")
+            delta = _picture("‖ΔZ‖ per patch", "delta")
         x = gr.Number(visible=False)
         y = gr.Number(visible=False)
         point_btn = gr.Button(visible=False)
@@ -292,8 +285,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         ]
         opened = [*shown_views[:-1], shown, gallery, status]
         edit_out = [state, edited_recon, delta, edit_text, status]
-        upload.upload(open_file, [upload, shown], opened, api_name="open")
-        picker.select(pick, [shown], opened, api_name="pick")
+        upload.upload(open_file, [upload], opened, api_name="open")
+        picker.select(pick, None, opened, api_visibility="private")
         for picture in (concepts, argmax):
             picture.select(click, [shown, state], shown_views, api_visibility="private")
         point_btn.click(point, [x, y, shown, state], shown_views, api_name="point")
