@@ -78,7 +78,7 @@ def test_upload_click_retrieve_in_chromium(browser, served, explorer, tmp_path):
     _click(browser, browser.find_elements(By.CSS_SELECTOR, "#neighbours button")[1])
     _wait(browser, lambda b: "Swap source" in _status(b))
     _click(browser, browser.find_element(By.ID, "swap"))
-    _wait(browser, lambda b: "Swap t" in b.find_element(By.ID, "edit-text").text)
+    _wait(browser, lambda b: "Swap token" in b.find_element(By.ID, "edit-text").text)
     assert browser.find_element(By.CSS_SELECTOR, "#delta img").is_displayed()
     browser.execute_script("window.scrollTo(0, 0);")
     shot = tmp_path / "explore.png"

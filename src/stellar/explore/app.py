@@ -59,8 +59,10 @@ def _guard(n_outputs: int):
     return wrap
 
 
-def _picture(label: str, elem_id: str, height: int = 320) -> gr.Image:
-    return gr.Image(label=label, interactive=False, format="png", height=height, elem_id=elem_id)
+def _picture(label: str, elem_id: str, height: int = 320, scale: int = 1) -> gr.Image:
+    return gr.Image(
+        label=label, interactive=False, format="png", height=height, elem_id=elem_id, scale=scale
+    )
 
 
 def build_app(explorer: Explorer) -> gr.Blocks:
@@ -239,7 +241,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         with gr.Row():
             pca_dense = _picture("PCA of dense features", "pca-dense", 240)
             pca_lowrank = _picture("PCA of low-rank L·S", "pca-lowrank", 240)
-            token_maps = _picture("Per-token maps (each scaled to its peak)", "token-maps", 240)
+            token_maps = _picture("Per-token maps (each scaled to its peak)", "token-maps", 240, 2)
         gr.Markdown("## Retrieve: where else does the selected concept occur?")
         with gr.Row():
             k = gr.Slider(1, 32, value=8, step=1, label="neighbours")
@@ -248,7 +250,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         gallery = gr.Gallery(
             label="Nearest concept tokens",
             columns=8,
-            height=260,
+            height=220,
             allow_preview=False,
             elem_id="neighbours",
             format="png",

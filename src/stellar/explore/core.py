@@ -46,13 +46,14 @@ __all__ = [
 MAX_PIXELS = 40_000_000
 
 DROP_TEXT = (
-    "**Drop t{k}**: column {k} of L is set to 0 and each patch's row of L is divided by its "
-    "new sum, so the other concepts share that patch's weight; S is unchanged. A patch whose "
-    "whole weight was on t{k} keeps an all-zero row (no concept describes it; its Z row is 0)."
+    "**Drop token {k}**: column {k} of L is set to 0 and each patch's row of L is divided by "
+    "its new sum, so the other concepts share that patch's weight; S is unchanged. A patch "
+    "whose whole weight was on token {k} keeps an all-zero row (no concept describes it; its "
+    "Z row is 0)."
 )
 SWAP_TEXT = (
-    "**Swap t{k}**: row {k} of S (what t{k} is) is replaced by token t{j} of {name}; L (where "
-    "each concept is) is unchanged, so the new concept is drawn where t{k} was."
+    "**Swap token {k}**: row {k} of S (what token {k} is) is replaced by token {j} of {name}; "
+    "L (where each concept is) is unchanged, so the new concept is decoded where token {k} was."
 )
 
 
