@@ -60,6 +60,12 @@ SWAP_TEXT = (
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """A user's file as an RGB image, or a :class:`UsageError` that says what is wrong.
 
+    Args:
+        path: the uploaded or picked file.
+
+    Returns:
+        The decoded RGB image, EXIF orientation applied.
+
     Raises:
         UsageError: not a decodable image, or larger than :data:`MAX_PIXELS`.
     """
@@ -109,9 +115,17 @@ class Encoded:
 
 
 @torch.inference_mode()
-def encode_image(model, image: Image.Image, name: str = "image") -> Encoded:
-    """Preprocess (the release's resize and centre crop) and encode one image on the model's
-    device; the outputs come back as float32 CPU tensors."""
+def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "image") -> Encoded:
+    """Preprocess (the release's resize and centre crop) and encode one image.
+
+    Args:
+        model: a STELLAR model; runs on its device.
+        image: a PIL image or an image file.
+        name: what the page calls it.
+
+    Returns:
+        The :class:`Encoded` image, float32 CPU tensors.
+    """
     batch = model.preprocess(image)
     out = model.encode(batch)
     first = {k: out[k][0].float().cpu() for k in ("sparse", "spatial", "dense")}
