@@ -33,6 +33,7 @@ RANKS: dict[str, int] = {
     "eval": 7,
     "viz": 7,
     "commands": 8,
+    "explore": 8,
     "cli": 9,
     "api": 9,
     "demo": 9,

@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "viz": ("stellar.viz.command", "draw concept maps, PCA and reconstructions of images"),
     "retrieve": ("stellar.viz.retrieve", "index concept tokens; find the nearest to a query"),
     "scenes": ("stellar.demo.scenes_command", "export the procedural concept scenes to a folder"),
+    "explore": ("stellar.explore.command", "browse, retrieve and edit concepts in the browser"),
 }
 
 

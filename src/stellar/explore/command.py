@@ -1,0 +1,52 @@
+"""``stellar explore``: the concept explorer in the browser (a Gradio app, the ``app`` extra).
+
+Serves on 127.0.0.1 unless ``--host`` says otherwise, and makes a public share link only with
+``--share``. Gradio is imported here, when the command runs, never at ``import stellar``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+
+from stellar.errors import UsageError, positive_int
+
+__all__ = ["add_arguments", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Arguments of ``stellar explore``."""
+    parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    parser.add_argument(
+        "--collection",
+        default=None,
+        help="image folder to pick from and search (default: example concept scenes)",
+    )
+    parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
+    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
+    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+
+
+def run(args: argparse.Namespace) -> int:
+    """Load the model, then serve the page until interrupted."""
+    try:
+        from stellar.explore.app import build_app
+    except ImportError as err:
+        raise UsageError(
+            f"stellar explore needs Gradio ({err}): pip install 'stellar-ssl[app]'"
+        ) from err
+    from stellar.explore.explorer import Explorer
+    from stellar.runtime import pick_device
+
+    explorer = Explorer.load(
+        args.model, args.collection, args.vq_model, str(pick_device(args.device))
+    )
+    logger.info("serving the explorer on http://%s:%d", args.host, args.port)
+    build_app(explorer).launch(
+        server_name=args.host, server_port=args.port, share=args.share, max_file_size="64mb"
+    )
+    return 0

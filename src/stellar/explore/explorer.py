@@ -1,0 +1,134 @@
+"""The model behind the explorer page: loaded once, with its decoder when it can reconstruct,
+the collection to search, and the example images.
+
+Without ``--collection`` the collection is a folder of example concept scenes
+(:func:`stellar.data.scenes.render_scene`, validation split, at the model's resolution),
+written once next to the cached indexes, so every part of the page works out of the box.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from stellar.data.folder import find_images
+from stellar.data.scenes import render_scene
+from stellar.errors import UsageError
+from stellar.explore.retrieval import Collection, default_cache_root
+from stellar.hub import inspect_model, load_model
+from stellar.viz.maps import to_pil
+
+__all__ = ["Explorer", "example_scenes"]
+
+logger = logging.getLogger(__name__)
+
+NUM_EXAMPLES = 16
+MAX_PICKS = 32  # images of the collection offered in the picker
+
+
+def example_scenes(folder: Path, size: int, n: int = NUM_EXAMPLES) -> list[Path]:
+    """``n`` concept scenes of ``size`` px as PNGs in ``folder`` (rendered once)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for i in range(n):
+        path = folder / f"scene_{i:03d}.png"
+        if not path.is_file():
+            image = render_scene(0, i, size=size, split="val")["image"]
+            tmp = path.with_suffix(".tmp.png")
+            to_pil(image).save(tmp)
+            tmp.replace(path)  # a concurrent reader never sees half a file
+        paths.append(path)
+    return paths
+
+
+class Explorer:
+    """A loaded model and the images the page offers.
+
+    Args:
+        model: the STELLAR model (``purpose="reconstruct"`` when ``why_not`` is None).
+        spec: the ``--model`` value.
+        collection: the searchable images.
+        picks: the images offered in the picker.
+        why_not: None when the model can reconstruct, else the reason it cannot.
+    """
+
+    def __init__(
+        self,
+        model,
+        spec: str,
+        collection: Collection,
+        picks: list[Path],
+        why_not: str | None = None,
+    ):
+        self.model, self.spec, self.collection = model, spec, collection
+        self.picks, self.why_not = picks, why_not
+
+    @classmethod
+    def load(
+        cls,
+        spec: str,
+        collection: str | Path | None = None,
+        vq_model: str | None = None,
+        device: str | None = None,
+        cache_root: Path | None = None,
+    ) -> Explorer:
+        """Load ``spec`` (as every ``--model``: path, run folder, released name or preset).
+
+        The decoder is loaded when the checkpoint carries one and, for a vq head, when a
+        ``vq_model`` is given; otherwise the model is encoder-only and edits say why they
+        cannot be drawn.
+        """
+        if collection is not None and not Path(collection).is_dir():
+            raise UsageError(f"expected --collection an image folder, got {collection}")
+        info = inspect_model(spec)
+        why = None
+        if not info.has_decoder:
+            why = f"{spec} carries no reconstruction decoder"
+        elif info.config.decoder_head == "vq" and vq_model is None:
+            why = "its decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
+        purpose = "encode" if why else "reconstruct"
+        torch.manual_seed(0)  # a random-init preset gets the same weights in every run
+        model = load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device)
+        root = cache_root or default_cache_root()
+        examples = example_scenes(root / f"examples-{model.image_size}", model.image_size)
+        folder = Path(collection) if collection is not None else examples[0].parent
+        picks = list(examples)
+        if collection is not None:
+            picks = find_images(folder)[:MAX_PICKS] + picks
+        return cls(model, spec, Collection(model, folder, spec, root), picks, why)
+
+    @property
+    def can_reconstruct(self) -> bool:
+        """Whether reconstructions (and so edits) can be drawn."""
+        return self.why_not is None
+
+    @torch.inference_mode()
+    def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int]) -> Tensor:
+        """The decoder's image of Z = L·S.
+
+        Args:
+            sparse: (r, d) concept tokens S.
+            spatial: (n, r) localisation L.
+            grid: the patch grid (h, w).
+
+        Returns:
+            (3, H, W) in [0, 1] on the CPU.
+        """
+        if not self.can_reconstruct:
+            raise UsageError(f"no reconstruction: {self.why_not}")
+        device = self.model.device
+        s, l_ = sparse[None].to(device), spatial[None].to(device)
+        return self.model.reconstruct(s, l_, grid=grid)["reconstruction"][0].float().cpu()
+
+    def describe(self) -> str:
+        """One line about the model for the page's header."""
+        m = self.model
+        h = m.image_size // m.patch_size
+        rec = "reconstruction on" if self.can_reconstruct else f"no reconstruction ({self.why_not})"
+        return (
+            f"**{Path(self.spec).name}**: {m.num_tokens} concept tokens of width {m.embed_dim}, "
+            f"{m.image_size} px, {h}x{h} patches; {rec}. Collection: `{self.collection.folder}`."
+        )

@@ -1,0 +1,146 @@
+"""Concept retrieval for the explorer: the token index of ``stellar retrieve``, built on first
+use and cached per (collection, weights).
+
+The explorer's one dependence on :mod:`stellar.viz.retrieve`: the index is
+:func:`~stellar.viz.retrieve.build_token_index` over the collection at the model's native
+resolution, searched with :func:`~stellar.viz.retrieve.query_index` (faiss when installed). A
+saved index is reused only when its metadata matches this model and collection as ``stellar
+retrieve`` requires (the weights fingerprint, r, d, patch size, resolution and the resolved
+folder); otherwise it is rebuilt. Indexes live in ``$STELLAR_HOME/explore`` (default
+``~/.cache/stellar/explore``), one folder per collection and weights.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import threading
+from collections import OrderedDict
+from dataclasses import dataclass
+from pathlib import Path
+
+from torch import Tensor
+
+from stellar.eval.images import EvalImages
+from stellar.explore.core import Encoded, encode_image, open_image
+from stellar.viz.retrieve import (
+    INDEX_FILE,
+    TokenIndex,
+    build_token_index,
+    query_index,
+    weights_fingerprint,
+)
+
+__all__ = ["Collection", "Neighbour", "default_cache_root"]
+
+logger = logging.getLogger(__name__)
+
+
+def default_cache_root() -> Path:
+    """``$STELLAR_HOME/explore``, else ``~/.cache/stellar/explore``."""
+    return Path(os.environ.get("STELLAR_HOME", "~/.cache/stellar")).expanduser() / "explore"
+
+
+@dataclass
+class Neighbour:
+    """One retrieved concept token: ``token`` of the image ``encoded``, cosine ``similarity``."""
+
+    encoded: Encoded
+    path: str
+    token: int
+    similarity: float
+
+
+class Collection:
+    """An image folder whose concept tokens can be searched.
+
+    Args:
+        model: the STELLAR model (encode purpose is enough).
+        folder: the image folder (searched recursively).
+        spec: the ``--model`` value, recorded in the index.
+        cache_root: where indexes are kept (default :func:`default_cache_root`).
+    """
+
+    def __init__(self, model, folder: str | Path, spec: str, cache_root: Path | None = None):
+        self.model, self.spec = model, spec
+        self.folder = Path(folder).resolve()
+        self.fingerprint = weights_fingerprint(model)
+        key = hashlib.sha256(f"{self.folder}\n{self.fingerprint}".encode()).hexdigest()[:16]
+        self.index_dir = (cache_root or default_cache_root()) / key
+        self._index: TokenIndex | None = None
+        self._lock = threading.Lock()
+        self._encoded: OrderedDict[str, Encoded] = OrderedDict()
+
+    def expected_meta(self) -> dict:
+        """What an index of this collection by this model records."""
+        return {
+            "weights": self.fingerprint,
+            "num_tokens": self.model.num_tokens,
+            "dim": self.model.embed_dim,
+            "patch_size": self.model.patch_size,
+            "resolution": self.model.image_size,
+            "data": str(self.folder),
+        }
+
+    @property
+    def ready(self) -> bool:
+        """Whether the index is in memory (searching does not build it)."""
+        return self._index is not None
+
+    def index(self, progress: bool = True) -> TokenIndex:
+        """The index: in memory, else the cached one when it matches, else built and saved.
+
+        Thread-safe: concurrent callers wait for one build.
+        """
+        with self._lock:
+            if self._index is None:
+                self._index = self._load_or_build(progress)
+            return self._index
+
+    def _load_or_build(self, progress: bool) -> TokenIndex:
+        if (self.index_dir / INDEX_FILE).is_file():
+            index = TokenIndex.load(self.index_dir)
+            differ = {k for k, v in self.expected_meta().items() if index.meta.get(k) != v}
+            if not differ:
+                logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
+                return index
+            logger.warning("rebuilding the index in %s: %s differ", self.index_dir, sorted(differ))
+        dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
+        index = build_token_index(
+            self.model,
+            dataset,
+            batch_size=16,
+            model_spec=self.spec,
+            progress=progress,
+            data=str(self.folder),
+        )
+        index.save(self.index_dir)
+        logger.info(
+            "indexed %d tokens of %d images in %s", len(index), len(index.paths), self.index_dir
+        )
+        return index
+
+    def encoded(self, path: str) -> Encoded:
+        """One collection image, encoded (the last 64 are kept)."""
+        if path not in self._encoded:
+            self._encoded[path] = encode_image(self.model, open_image(path), Path(path).name)
+            if len(self._encoded) > 64:
+                self._encoded.popitem(last=False)
+        self._encoded.move_to_end(path)
+        return self._encoded[path]
+
+    def neighbours(self, vector: Tensor, k: int = 8) -> list[Neighbour]:
+        """The ``k`` indexed concept tokens most similar to ``vector`` (d,), best first."""
+        index = self.index()
+        scores, rows = query_index(index, vector, k)
+        found = []
+        for score, row in zip(scores.tolist(), rows.tolist(), strict=True):
+            path = index.paths[int(index.image[row])]
+            try:
+                encoded = self.encoded(path)
+            except ValueError:  # deleted or damaged since indexing: left out of the gallery
+                logger.warning("cannot read %s any more; left out", path)
+                continue
+            found.append(Neighbour(encoded, path, int(index.token[row]), float(score)))
+        return found
