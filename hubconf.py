@@ -3,10 +3,10 @@
     model = torch.hub.load("<this repository or a checkout>", "stellar_b16")  # released weights
     model = torch.hub.load(checkout, "stellar_tiny", pretrained=False, source="local")
 
-``pretrained=True`` loads the released weights as :func:`stellar.load_stellar` does (local
-folders, then the Hugging Face cache, then a download when allowed); ``pretrained=False``
-builds the architecture with random weights (:func:`stellar.create_stellar`). Other keyword
-arguments (``purpose``, ``vq_model``, ``device``, ``cache_dir``, ``download``) pass through.
+``pretrained=True`` loads the released weights as :func:`stellar.load_stellar` does (the
+Hugging Face cache, else a download); ``pretrained=False`` builds the architecture with random
+weights (:func:`stellar.create_stellar`). Other keyword arguments (``purpose``, ``vq_model``,
+``device``) pass through.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-dependencies = ["torch", "safetensors"]
+dependencies = ["torch", "safetensors", "huggingface_hub"]
 
 # A checkout or torch.hub's copy of the repository needs no install: its src/ comes first.
 _SRC = Path(__file__).resolve().parent / "src"

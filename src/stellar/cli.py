@@ -9,10 +9,8 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
-import os
 import sys
 
-from stellar.checkpoint.cache import ENV_OFFLINE
 from stellar.errors import UsageError
 from stellar.runtime import precision
 
@@ -41,12 +39,6 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="debug logging, and the traceback of usage errors",
     )
-    parser.add_argument(
-        "--offline",
-        action="store_true",
-        help=f"never download weights (as {ENV_OFFLINE}=1 or HF_HUB_OFFLINE=1): names "
-        "resolve to files already on this machine (also accepted after the command)",
-    )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
@@ -58,9 +50,6 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     top = build_parser()
     args, rest = top.parse_known_args(argv)
-    if args.offline or "--offline" in rest:  # read by every loader (stellar.checkpoint.cache)
-        rest = [a for a in rest if a != "--offline"]
-        os.environ[ENV_OFFLINE] = "1"
     if args.command is None and rest:  # flags the sub-commands would have read: none given
         top.error(f"unrecognized arguments: {' '.join(rest)}")
     logging.basicConfig(

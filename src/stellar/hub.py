@@ -1,39 +1,63 @@
-"""``load_stellar`` / ``create_stellar`` / ``load_model``: names and paths to ready models.
+"""From a name or a path to a ready STELLAR: ``load_stellar``, ``create_stellar``, ``load_model``.
 
-The loading itself is :meth:`STELLAR.from_pretrained` (:mod:`stellar.models.pretrained`); this
-module is the front end the package exports and the commands use.
+A released name is ``<name>.safetensors`` of the Hugging Face repository ``microsoft/STELLAR``
+with the repository's ``config.json`` model table, fetched by ``huggingface_hub`` (its cache,
+``HF_HOME``, ``HF_HUB_OFFLINE``, downloads). A path is a weights file, a directory
+(``model.safetensors`` + ``config.json``) or a training run folder (its ``checkpoints/last``);
+:func:`resolve` is that one rule, and every ``--model`` option goes through it.
 
-A registered name is searched in ``cache_dir``, ``$STELLAR_HOME``, ``~/.cache/stellar``
-(``<name>/`` or ``<name>.safetensors``), then the Hugging Face cache, then fetched when allowed
-(:mod:`stellar.checkpoint.cache`). What is found must have the registered architecture (see
-:func:`~stellar.models.pretrained.check_matches_name`).
+The architecture has one source, the first that exists: the ``config.json`` beside the
+weights (ours, or the model table's entry for the file), the config stored in the file's
+metadata, the registry (a released name whose table is not at hand), and last the tensor
+shapes (:func:`stellar.models.infer.infer_config`).
 """
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 
-from stellar.models.config import StellarConfig
-from stellar.models.pretrained import carries_decoder, finish, read_architecture, tokenizer_for
-from stellar.models.registry import get_config, is_released, list_models
-from stellar.models.stellar import STELLAR, Purpose
-from stellar.models.vqgan import MaskGITVQGAN
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
+from stellar.checkpoint.official import carries_decoder, from_official, load_official, no_decoder
+from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, read_header, read_state_dict
+from stellar.errors import UsageError
+from stellar.models.config import EncoderConfig, StellarConfig
+from stellar.models.infer import defaulted_fields, encoder_from_hf, infer_config
+from stellar.models.registry import BACKBONES, get_config, is_released, list_models
+from stellar.models.stellar import PURPOSES, STELLAR, Purpose
+from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer, load_vqgan
 
-__all__ = ["ModelInfo", "create_stellar", "inspect_model", "load_model", "load_stellar"]
+__all__ = ["ModelInfo", "create_stellar", "inspect_model", "load_model", "load_stellar", "resolve"]
 
 logger = logging.getLogger(__name__)
+
+STELLAR_REPO = "microsoft/STELLAR"
+# Weights a directory may hold: ours, then the reference fixture's name.
+WEIGHT_FILES = (WEIGHTS_NAME, "weights.safetensors")
+# What a model table entry sets (the official card builds STELLARModel from exactly these).
+TABLE_FIELDS = ("num_sparse_tokens", "num_decoder_layers", "spatial_temp")
+# The fields that fix a registered name's shape, compared when loading by name.
+NAME_FIELDS = (
+    "encoder.hidden_size",
+    "encoder.num_hidden_layers",
+    "encoder.num_attention_heads",
+    "encoder.patch_size",
+    "encoder.image_size",
+    "num_sparse_tokens",
+)
 
 
 def create_stellar(
     name_or_config: str | StellarConfig = "stellar-tiny",
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
-    download: bool = True,
-    **overrides,
+    **overrides: Any,
 ) -> STELLAR:
     """A randomly initialised model of a registered size (``overrides`` change config fields)."""
     config = name_or_config
@@ -42,50 +66,249 @@ def create_stellar(
     if overrides:
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
-    tokenizer = None if vq_model is None else tokenizer_for(config, vq_model, purpose, download)
-    return finish(STELLAR(config, purpose=purpose), purpose, tokenizer)
+    tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
+    return _finish(STELLAR(config, purpose=purpose), purpose, tokenizer)
 
 
-def load_stellar(name_or_path: str | Path, purpose: Purpose = "encode", **options) -> STELLAR:
+def load_stellar(
+    name_or_path: str | Path,
+    purpose: Purpose = "encode",
+    vq_model: str | Path | MaskGITVQGAN | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
     Args:
-        name_or_path: a registered name (``list_models()``), a directory with
-            ``model.safetensors`` (+ ``config.json``), or a ``.safetensors`` / torch pickle file
-            in the official key layout (transformers 4.x or 5.x names). A ``config.json``
-            model table beside the file (the hub repository's layout) gives its entry for
-            the file; without any config the architecture is inferred from the tensor shapes
-            (:mod:`stellar.models.infer`) and the assumed values are logged.
-        purpose: ``"encode"`` (encoder side only, eval mode, no gradients), ``"reconstruct"``
-            (adds the decoder, which the checkpoint must carry) or ``"pretrain"`` (all modules,
+        name_or_path: a released name (``list_models(released_only=True)``), a weights file
+            (``.safetensors`` or torch pickle, official key layout of transformers 4.x or
+            5.x), a directory holding one, or a training run folder (its latest checkpoint).
+        purpose: ``"encode"`` (encoder side, eval mode, no gradients), ``"reconstruct"`` (adds
+            the decoder, which the checkpoint must carry) or ``"pretrain"`` (every module,
             train mode, gradients on; a decoder or heads the checkpoint lacks start fresh).
-        **options: the keyword arguments below (typed in
-            :func:`~stellar.models.pretrained.load_pretrained`, which does the loading for
-            :meth:`STELLAR.from_pretrained <stellar.models.stellar.STELLAR.from_pretrained>`).
-        vq_model: ``"maskgit-vqgan"`` (TiTok's released tokenizer, found like a name), the
-            path of ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; needed by
-            vq-head models for ``reconstruct`` and ``pretrain``.
+        vq_model: ``"maskgit-vqgan"`` (TiTok's release, fetched like a name), the path of
+            ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
+            it to reconstruct and to pretrain.
         device, dtype: where and in which dtype to put the model.
-        cache_dir: extra directory searched first for registered names.
-        download: False never fetches a missing file (as ``HF_HUB_OFFLINE=1`` or
-            ``STELLAR_OFFLINE=1`` do).
 
-    A registered name is looked up in ``cache_dir``, ``$STELLAR_HOME``, ``~/.cache/stellar``,
-    then the Hugging Face cache of ``microsoft/STELLAR``, and downloaded with
-    ``huggingface_hub`` when it is installed and downloading is allowed
-    (:mod:`stellar.checkpoint.cache`); an error lists every place searched.
+    Every tensor of the file is used, on the known-unused list, or belongs to a part the
+    purpose does not build; a missing, unexpected or wrong-shape tensor, a non-finite one, a
+    name whose file holds another architecture, or a tokenizer that does not fit the vq head
+    raises ValueError naming it, before the model is built where the header suffices.
 
-    Every tensor of the file is either loaded or on the explicit list of known-unused keys
-    (pooler, decoder embeddings) or belongs to a module the purpose does not build (the
-    decoder for ``"encode"``, the clustering heads for ``"encode"`` / ``"reconstruct"``);
-    anything else, a missing tensor or a wrong shape raises ValueError naming the keys. A
-    registered name must resolve to weights of that name's architecture (width, depth, heads,
-    patch and image size, concept tokens), and a ``vq_model`` must have the codebook size
-    the vq head predicts and a downsampling that fits the patch size
-    (:func:`~stellar.models.pretrained.check_tokenizer`); all are checked before the model is
-    built.
+    Raises:
+        FileNotFoundError: no such path, or a name neither cached nor downloadable.
+        ValueError: the checks above.
     """
-    return STELLAR.from_pretrained(name_or_path, purpose, **options)
+    if purpose not in PURPOSES:
+        raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
+    weights, keys, config = read_checkpoint(name_or_path)
+    if purpose == "reconstruct" and not carries_decoder(keys):
+        raise no_decoder(str(weights))  # before asking for a tokenizer it could not use
+    tokenizer = _tokenizer(config, vq_model, purpose)
+    model = STELLAR(config, purpose=purpose)
+    load_official(model, read_state_dict(weights)[0], source=str(weights))
+    return _finish(model, purpose, tokenizer, device, dtype)
+
+
+def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
+    """The weights file ``name_or_path`` means, and the released name it was given as.
+
+    A training run folder means its ``checkpoints/last``; a directory its
+    ``model.safetensors`` (or its only ``.safetensors``); a released name its file in
+    ``microsoft/STELLAR`` (from the Hugging Face cache, else downloaded).
+
+    Raises:
+        FileNotFoundError: none of these, naming what to do instead.
+    """
+    path = Path(name_or_path).expanduser()
+    if (path / "checkpoints" / "last").is_dir():
+        path = path / "checkpoints" / "last"
+    if path.is_dir():
+        found = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
+        found = found or sorted(path.glob("*.safetensors"))
+        if len(found) == 1 or (found and found[0].name in WEIGHT_FILES):
+            return found[0], None
+        raise WeightsNotFoundError(
+            f"{path} holds no {WEIGHTS_NAME} but {len(found)} .safetensors files: pass the file"
+        )
+    if path.is_file():
+        return path, None
+    name = str(name_or_path)
+    if not is_released(name):
+        raise WeightsNotFoundError(
+            f"{name!r} has no released weights: build a registered preset with "
+            f"create_stellar({name!r}) (random init), or pass an existing file or directory "
+            f"(released names: {', '.join(list_models(released_only=True))})"
+            if name in list_models()
+            else f"{name!r} is neither an existing file or directory nor a registered model "
+            f"name (known: {', '.join(list_models())})"
+        )
+    return hub_file(STELLAR_REPO, f"{name}.safetensors", fetch=[CONFIG_NAME]), name
+
+
+def read_checkpoint(name_or_path: str | Path) -> tuple[Path, list[str], StellarConfig]:
+    """The weights file, its (official) keys and its config, read without loading tensors."""
+    weights, name = resolve(name_or_path)
+    shapes, metadata = read_header(weights)
+    table = weights.parent / CONFIG_NAME
+    if name is not None and not table.is_file():
+        try:
+            table = hub_file(STELLAR_REPO, CONFIG_NAME)
+        except FileNotFoundError as err:
+            logger.warning("%s; using the registered architecture of %s", err, name)
+    config = _config(weights, table if table.is_file() else None, shapes, metadata, name)
+    if name is not None:
+        _check_matches_name(config, name, weights)
+    return weights, list(shapes), config
+
+
+def _config(
+    weights: Path,
+    config_path: Path | None,
+    shapes: dict[str, tuple[int, ...]],
+    metadata: dict[str, str],
+    name: str | None,
+) -> StellarConfig:
+    if config_path is not None:
+        data = _read_json(config_path)
+        if isinstance(data, dict) and isinstance(data.get("models"), dict):
+            return _table_config(data["models"], config_path, weights, shapes)
+        try:
+            return StellarConfig.from_dict(data)
+        except ValueError as err:
+            raise UsageError(f"{config_path}: {err}") from None
+    if CONFIG_METADATA_KEY in metadata:
+        try:
+            return StellarConfig.from_dict(json.loads(metadata[CONFIG_METADATA_KEY]))
+        except ValueError as err:  # JSONDecodeError included
+            raise UsageError(f"{weights}: the config in its metadata is invalid: {err}") from None
+    if name is not None:
+        return get_config(name)
+    config = _inferred(shapes)
+    logger.warning(
+        "no configuration for %s: read the architecture from the tensor shapes; not fixed by "
+        "any tensor, so defaulted: %s. Put a config.json beside the weights to be sure",
+        weights,
+        ", ".join(defaulted_fields(config)),
+    )
+    return config
+
+
+def _inferred(shapes: dict[str, tuple[int, ...]], heads: int | None = None) -> StellarConfig:
+    """:func:`infer_config` of an official-layout file's shapes."""
+    ours = from_official({k: torch.empty(s, device="meta") for k, s in shapes.items()})[0]
+    return infer_config({k: tuple(v.shape) for k, v in ours.items()}, heads)
+
+
+def _table_config(
+    table: dict[str, Any], source: Path, weights: Path, shapes: dict[str, tuple[int, ...]]
+) -> StellarConfig:
+    """The hub model table's entry for ``weights``: its fields and ``backbone`` encoder over
+    the registered size of the entry's name (or, for another name, the tensor shapes)."""
+    found = [
+        n for n, e in table.items() if isinstance(e, dict) and e.get("weights") == weights.name
+    ]
+    if not found:
+        raise UsageError(
+            f"{source} is a model table, but no entry has weights {weights.name!r} (entries: "
+            f"{', '.join(table) or 'none'}): load a file the table describes"
+        )
+    name, entry = found[0], table[found[0]]
+    where = f"{source} (entry {name!r})"
+    encoder = _backbone(entry.get("backbone"), source.parent, where)
+    base = (
+        get_config(name)
+        if name in list_models()
+        else _inferred(shapes, encoder.num_attention_heads)
+    )
+    changes = {k: entry[k] for k in TABLE_FIELDS if k in entry}
+    try:
+        return base.replace(encoder=dataclasses.asdict(encoder), **changes)
+    except ValueError as err:
+        raise UsageError(f"{where}: {err}") from None
+
+
+def _backbone(backbone: Any, table_dir: Path, where: str) -> EncoderConfig:
+    """The encoder a table entry's ``backbone`` names: a known MAE id, a directory with an HF
+    ViT ``config.json`` (relative to the table, else to the working directory), or another id."""
+    if not isinstance(backbone, str) or not backbone:
+        raise UsageError(f"{where}: expected 'backbone', an HF model id or a directory")
+    if backbone in BACKBONES:
+        return BACKBONES[backbone]
+    for folder in (table_dir / backbone, Path(backbone).expanduser()):
+        if (folder / CONFIG_NAME).is_file():
+            return encoder_from_hf(_read_json(folder / CONFIG_NAME), str(folder / CONFIG_NAME))
+    config = hub_file(backbone, CONFIG_NAME)
+    return encoder_from_hf(_read_json(config), str(config))
+
+
+def _read_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
+
+
+def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
+    """Refuse a file found for a released name that holds another architecture."""
+
+    def value(c: StellarConfig, key: str) -> Any:
+        part, _, field = key.rpartition(".")
+        return getattr(getattr(c, part) if part else c, field)
+
+    want = get_config(name)
+    differ = [
+        f"{key} {value(config, key)}, {name} has {value(want, key)}"
+        for key in NAME_FIELDS
+        if value(config, key) != value(want, key)
+    ]
+    if differ:
+        raise UsageError(
+            f"{source} was found for the registered name {name!r} but holds another "
+            f"architecture: {'; '.join(differ)}. Pass the file path itself to load what it holds"
+        )
+
+
+def _tokenizer(
+    config: StellarConfig, vq_model: str | Path | MaskGITVQGAN | None, purpose: str
+) -> MaskGITVQGAN | None:
+    """The tokenizer to attach (None: not needed or not given), checked against ``config``."""
+    needs = purpose in ("reconstruct", "pretrain") and config.decoder_head == "vq"
+    if vq_model is None:
+        if needs and purpose == "reconstruct":
+            raise UsageError(
+                "this model's decoder predicts MaskGIT-VQGAN codes: pass vq_model='maskgit-vqgan' "
+                "(TiTok's released tokenizer, fetched by name) or the path of "
+                "maskgit-vqgan-imagenet-f16-256.bin"
+            )
+        return None
+    if not needs:
+        logger.warning("vq_model ignored: purpose=%r with a %r head", purpose, config.decoder_head)
+        return None
+    loaded = isinstance(vq_model, MaskGITVQGAN)
+    tokenizer = vq_model if loaded else load_vqgan(vq_model)
+    check_tokenizer(config, tokenizer, "" if loaded else str(vq_model))
+    return tokenizer
+
+
+def _finish(
+    model: STELLAR,
+    purpose: str,
+    tokenizer: MaskGITVQGAN | None = None,
+    device: str | torch.device | None = None,
+    dtype: torch.dtype | None = None,
+) -> STELLAR:
+    """Attach ``tokenizer``; train mode and gradients for pretraining only; move the model."""
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
+    training = purpose == "pretrain"
+    model.requires_grad_(training).train(training)
+    if model.tokenizer is not None:
+        model.tokenizer.requires_grad_(False).eval()
+    if device is not None or dtype is not None:
+        model.to(device=device, dtype=dtype)
+    return model
 
 
 @dataclass
@@ -93,11 +316,10 @@ class ModelInfo:
     """What a ``--model`` spec describes, read without loading its weights.
 
     Attributes:
-        spec: the spec (a training run folder replaced by its ``checkpoints/last``).
+        spec: the spec as given.
         config: the architecture.
-        has_decoder: whether the weights carry a reconstruction decoder (a random preset
-            builds one).
-        random_init: a preset without weights (``create_stellar``).
+        has_decoder: whether the weights carry a reconstruction decoder (a preset builds one).
+        random_init: a registered preset without weights (``create_stellar``).
     """
 
     spec: str
@@ -106,33 +328,17 @@ class ModelInfo:
     random_init: bool
 
 
-def _command_spec(spec: str | Path) -> tuple[str, bool]:
-    """``(spec, random_init)`` of a ``--model`` value: run folders point at their last save."""
-    spec = str(spec)
-    if not Path(spec).exists() and spec in list_models() and not is_released(spec):
-        return spec, True
-    run_checkpoint = Path(spec) / "checkpoints" / "last"
-    if run_checkpoint.is_dir():
-        spec = str(run_checkpoint)
-    return spec, False
+def _preset(spec: str | Path) -> bool:
+    """A registered name without weights that is not also a path: built at random."""
+    return not Path(spec).exists() and str(spec) in list_models() and not is_released(str(spec))
 
 
-def inspect_model(
-    spec: str | Path, cache_dir: str | Path | None = None, download: bool = True
-) -> ModelInfo:
-    """The config of ``spec`` and whether it carries a decoder, without loading tensors.
-
-    Reads ``config.json`` or the safetensors header (a zip-format pickle is memory-mapped), so
-    commands can check their arguments against the model before the expensive load.
-
-    Raises:
-        FileNotFoundError, ValueError: as :func:`load_stellar` would for the same spec.
-    """
-    spec, random_init = _command_spec(spec)
-    if random_init:
-        return ModelInfo(spec, get_config(spec), has_decoder=True, random_init=True)
-    _, shapes, config = read_architecture(spec, cache_dir, download)
-    return ModelInfo(spec, config, carries_decoder(shapes), random_init=False)
+def inspect_model(spec: str | Path) -> ModelInfo:
+    """The config of a ``--model`` spec and whether it carries a decoder (header only)."""
+    if _preset(spec):
+        return ModelInfo(str(spec), get_config(str(spec)), has_decoder=True, random_init=True)
+    _, keys, config = read_checkpoint(spec)
+    return ModelInfo(str(spec), config, carries_decoder(keys), random_init=False)
 
 
 def load_model(
@@ -140,20 +346,13 @@ def load_model(
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
-    download: bool = True,
 ) -> STELLAR:
-    """What commands call with ``--model``: a path, a released name, or a preset.
-
-    A path is a checkpoint directory (a training run's ``checkpoints/last`` included) or file;
-    a released name resolves locally as in :func:`load_stellar`; a preset name without
-    weights builds a randomly initialised model and says so in the log.
-    """
-    spec, random_init = _command_spec(spec)
-    if random_init:
+    """What commands call with ``--model``, frozen in eval mode: :func:`load_stellar`, or a
+    registered preset randomly initialised (said in the log)."""
+    if _preset(spec):
         logger.warning("%s has no weights: using a RANDOMLY INITIALISED model", spec)
-        model = create_stellar(spec, purpose=purpose, vq_model=vq_model, download=download)
-        model.requires_grad_(False).eval()
-        return model.to(device) if device is not None else model
-    model = load_stellar(spec, purpose=purpose, vq_model=vq_model, device=device, download=download)
+        model = create_stellar(str(spec), purpose=purpose, vq_model=vq_model)
+    else:
+        model = load_stellar(spec, purpose=purpose, vq_model=vq_model)
     model.requires_grad_(False).eval()
-    return model
+    return model.to(device) if device is not None else model

@@ -1,11 +1,11 @@
-"""Names, paths and files: ``load_stellar``, ``save_pretrained``, ``list_models``."""
+"""Paths and names: ``load_stellar``, ``save_pretrained``, ``list_models``, tokenizers."""
 
 from __future__ import annotations
 
 import pytest
 import torch
 
-from stellar import STELLAR, create_stellar, list_models, load_stellar
+from stellar import create_stellar, list_models, load_stellar
 from stellar.checkpoint.weights import read_state_dict
 
 
@@ -23,11 +23,11 @@ def test_list_models_has_released_and_presets():
     assert "stellar-tiny" not in list_models(released_only=True)
 
 
-def test_save_and_from_pretrained_round_trip(tmp_path):
+def test_save_and_load_round_trip(tmp_path):
     model = create_stellar("stellar-tiny", purpose="reconstruct")
     model.save_pretrained(tmp_path / "run")
     assert (tmp_path / "run" / "config.json").is_file()
-    loaded = STELLAR.from_pretrained(tmp_path / "run", purpose="reconstruct")
+    loaded = load_stellar(tmp_path / "run", purpose="reconstruct")
     assert loaded.config == model.config
     images = torch.rand(2, 3, 64, 64)
     with torch.no_grad():
@@ -56,51 +56,27 @@ def test_bare_file_without_config_is_inferred(tmp_path):
     assert loaded.config == model.config
 
 
-@pytest.fixture
-def tiny_released(monkeypatch):
-    """A registered, "released" name with the tiny architecture (real ones are ViT-B+)."""
-    from stellar.models import registry
+def test_a_training_run_folder_means_its_last_checkpoint(tmp_path):
+    from stellar.hub import inspect_model, load_model
 
-    name = "stellar-test-released"
-    monkeypatch.setitem(registry._REGISTRY, name, registry._REGISTRY["stellar-tiny"])
-    monkeypatch.setattr(registry, "_RELEASED", registry._RELEASED | {name})
-    return name
-
-
-def test_registered_name_resolves_from_cache_dir(tmp_path, monkeypatch, tiny_released):
-    monkeypatch.setenv("STELLAR_HOME", str(tmp_path / "home"))
-    with pytest.raises(FileNotFoundError, match="not on this machine"):
-        load_stellar(tiny_released)
-    small = create_stellar("stellar-tiny")
-    small.save_pretrained(tmp_path / "home" / tiny_released)
-    loaded = load_stellar(tiny_released)
-    assert loaded.config == small.config
-    torch.testing.assert_close(loaded.sparse_tokens, small.sparse_tokens, rtol=0, atol=0)
+    model = create_stellar("stellar-tiny", purpose="reconstruct")
+    model.save_pretrained(tmp_path / "run" / "checkpoints" / "last")
+    for load in (load_stellar, load_model):
+        loaded = load(tmp_path / "run")
+        torch.testing.assert_close(loaded.sparse_tokens, model.sparse_tokens, rtol=0, atol=0)
+    info = inspect_model(tmp_path / "run")
+    assert info.config == model.config and info.has_decoder and not info.random_init
 
 
-@pytest.mark.parametrize("layout", ["directory", "bare file"])
-def test_registered_name_holding_another_architecture_is_refused(tmp_path, monkeypatch, layout):
-    from stellar.checkpoint.io import save_state_dict
-    from stellar.checkpoint.official import to_official
-    from stellar.hub import inspect_model
-
-    monkeypatch.setenv("STELLAR_HOME", str(tmp_path / "home"))
-    small = create_stellar("stellar-tiny", num_sparse_tokens=8)  # b8's token count, tiny widths
-    if layout == "directory":  # config.json: refused before the weights are read
-        small.save_pretrained(tmp_path / "home" / "stellar-b8")
-    else:  # no config anywhere: the architecture is inferred from the shapes
-        state = to_official(small.state_dict())
-        save_state_dict(state, tmp_path / "home" / "stellar-b8.safetensors")
-    for load in (load_stellar, inspect_model):
-        with pytest.raises(ValueError, match="registered name 'stellar-b8'") as err:
-            load("stellar-b8")
-        message = str(err.value)
-        assert "encoder.hidden_size (width) 96, stellar-b8 has 768" in message
-        assert "encoder.patch_size" in message and "encoder.image_size" in message
-        assert "num_sparse_tokens" not in message  # the one field that agrees is not named
-    # The same file by its path loads as what it is.
-    path = tmp_path / "home" / ("stellar-b8" if layout == "directory" else "stellar-b8.safetensors")
-    assert load_stellar(path).config.encoder.hidden_size == 96
+def test_a_directory_with_several_weights_files_asks_for_one(tmp_path):
+    create_stellar("stellar-tiny").save_pretrained(tmp_path / "a")
+    for name in ("x.safetensors", "y.safetensors"):
+        (tmp_path / "a" / "model.safetensors").rename(tmp_path / "a" / name)
+        create_stellar("stellar-tiny").save_pretrained(tmp_path / "a")
+    (tmp_path / "a" / "model.safetensors").unlink()
+    with pytest.raises(FileNotFoundError, match="2 .safetensors files: pass the file"):
+        load_stellar(tmp_path / "a")
+    assert load_stellar(tmp_path / "a" / "x.safetensors").config.num_sparse_tokens == 6
 
 
 @pytest.mark.parametrize("levels,ok", [(3, False), (4, True), (5, False)])
@@ -129,9 +105,8 @@ def test_vq_tokenizer_downsampling_must_match_the_patch_size(levels, ok):
 
 @pytest.mark.parametrize("name", ["stellar-b16", "stellar-l16", "stellar-h16"])
 def test_the_released_f16_tokenizer_fits_every_released_model(name):
-    from stellar.models.pretrained import check_tokenizer
     from stellar.models.registry import get_config
-    from stellar.models.vqgan import MaskGITVQGAN
+    from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer
 
     f16 = MaskGITVQGAN(
         hidden_channels=32, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32,

@@ -105,12 +105,12 @@ def _small_vq_tokenizer(path: Path, codes: int) -> Path:
 
 
 def test_load_for_viz_falls_back_only_without_decoder_or_tokenizer(tmp_path, monkeypatch):
-    import stellar.models.pretrained as pretrained
+    import stellar.hub as hub
     from stellar.viz.command import load_for_viz
 
     reads = []
-    real_read = pretrained.read_state_dict
-    monkeypatch.setattr(pretrained, "read_state_dict", lambda p: reads.append(p) or real_read(p))
+    real_read = hub.read_state_dict
+    monkeypatch.setattr(hub, "read_state_dict", lambda p: reads.append(p) or real_read(p))
     enc = create_stellar("stellar-tiny").save_pretrained(tmp_path / "enc")
     vq = create_stellar("stellar-tiny", purpose="reconstruct", decoder_head="vq")
     vq = vq.save_pretrained(tmp_path / "vq")

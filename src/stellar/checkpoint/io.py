@@ -7,16 +7,13 @@ import os
 import tempfile
 from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from safetensors.torch import save_file
-from torch import Tensor
+from torch import Tensor, nn
 
 from stellar.checkpoint.card import CARD_NAME, model_card
 from stellar.checkpoint.official import to_official
-
-if TYPE_CHECKING:
-    from stellar.models.stellar import STELLAR
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -85,18 +82,17 @@ def save_state_dict(
 
 
 def save_pretrained(
-    model: STELLAR,
+    model: nn.Module,
     directory: str | Path,
     state: dict[str, Tensor] | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
 ) -> Path:
-    """Write ``config.json``, ``model.safetensors`` (official layout) and a model card.
+    """Write a STELLAR ``model`` as ``config.json``, ``model.safetensors`` and a model card.
 
-    The config is also stored in the safetensors metadata, so the file alone is
-    self-describing; ``README.md`` is a Hugging Face model card (architecture, ``training``
-    config and ``metrics`` when given, how to load), so the folder can be uploaded as it is.
-    ``state`` replaces ``model.state_dict()`` (e.g. a full state gathered from FSDP shards).
+    The weights use the official layout and carry the config in their metadata (the file alone
+    is self-describing); ``README.md`` is a Hugging Face model card, so the folder can be
+    uploaded as it is. ``state`` replaces ``model.state_dict()`` (e.g. gathered FSDP shards).
     """
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"

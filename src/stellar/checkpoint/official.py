@@ -3,15 +3,22 @@
 The official model's encoder and decoder are HF ``ViTModel`` instances, so their keys follow
 transformers 4.x (``encoder.encoder.layer.{i}.attention.attention.query``) or 5.x
 (``encoder.layers.{i}.attention.q_proj``). We fuse q, k and v into one ``qkv`` projection and
-give modules names that read like the method; this module is the only place that knows both.
+give modules names that read like the method; this module is the only place that knows both,
+and :func:`load_official` loads the official layout into a model strictly.
 """
 
 from __future__ import annotations
 
+import logging
 import re
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
+
+from stellar.checkpoint.weights import check_finite, check_state, listing
+from stellar.errors import UsageError
+
+logger = logging.getLogger(__name__)
 
 # Official keys that exist in released checkpoints but that no STELLAR computation reads.
 KNOWN_UNUSED_PREFIXES: tuple[str, ...] = (
@@ -22,6 +29,12 @@ KNOWN_UNUSED_PREFIXES: tuple[str, ...] = (
 
 # The clustering heads keep the official names (they exist only for pretraining).
 HEAD_PREFIXES: tuple[str, ...] = ("clustering_head.", "cls_cluster_head.")
+# The model's parts that only some purposes build -> their official key prefixes.
+OPTIONAL_PARTS: dict[str, tuple[str, ...]] = {
+    "decoder": ("decoder.", "decoder_proj.", "position_embedding.", "reconstruction_head."),
+    "clustering_head": ("clustering_head.",),
+    "cls_cluster_head": ("cls_cluster_head.",),
+}
 
 # Inside one HF ViT block (4.x names) -> inside one of our blocks.
 _BLOCK_PARTS: dict[str, str] = {
@@ -156,3 +169,56 @@ def _rename(key: str) -> str | None:
     if key.startswith(identity):
         return key
     return None
+
+
+def _carries(keys: list[str], part: str) -> bool:
+    return any(k.startswith(OPTIONAL_PARTS[part]) and not is_known_unused(k) for k in keys)
+
+
+def carries_decoder(keys: list[str]) -> bool:
+    """Whether official-layout ``keys`` include the reconstruction decoder's tensors."""
+    return _carries(keys, "decoder")
+
+
+def no_decoder(source: str) -> UsageError:
+    return UsageError(
+        f"{source} carries no reconstruction decoder (e.g. an encoder-only feature release), "
+        "so purpose='reconstruct' cannot work: use a checkpoint with the decoder, or "
+        "purpose='encode'"
+    )
+
+
+def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
+    """Load an official-layout (4.x or 5.x) state dict into a STELLAR ``model`` strictly.
+
+    Every tensor is loaded, on the known-unused list, or belongs to a part ``model.purpose``
+    does not build; a part the file lacks entirely starts from its initialisation (for
+    pretraining from an encoder-only release). Anything else (a missing, unexpected or
+    wrong-shape key, named as in the file, or a non-finite tensor) raises ValueError before
+    anything is copied.
+    """
+    state = to_v4_layout(state)
+    keys = list(state)
+    built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
+    absent = [part for part in built if not _carries(keys, part)]
+    if "decoder" in absent and model.purpose == "reconstruct":
+        raise no_decoder(source)
+    skip = [p for part in OPTIONAL_PARTS if part not in built for p in OPTIONAL_PARTS[part]]
+    fresh = [p for part in absent for p in OPTIONAL_PARTS[part]]
+    expected = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
+    check_state(
+        expected,
+        state,
+        source=source,
+        target=f"this STELLAR architecture (purpose={model.purpose!r})",
+        unused=KNOWN_UNUSED_PREFIXES + tuple(skip),
+        may_be_missing=fresh,
+    )
+    used = {k: v for k, v in state.items() if k in expected}
+    check_finite(used, source)
+    if absent:
+        logger.warning("%s lacks %s: they start from random init", source, ", ".join(absent))
+    left = [k for k in keys if k not in expected]
+    if left:
+        logger.info("%s: %d tensors not used (%s)", source, len(left), listing(left, 3))
+    model.load_state_dict(from_official(used)[0], strict=not absent)

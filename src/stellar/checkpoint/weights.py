@@ -1,16 +1,15 @@
-"""The one way weights enter a module: read any weights file, load it strictly.
+"""The one way weights enter a module: fetch a released file, read any weights file, load strictly.
 
-Every loader of the library (STELLAR checkpoints, the MaskGIT-VQGAN tokenizer, MAE
-initialisation, LPIPS and the FID Inception) reads its file with :func:`read_state_dict` and
-loads it with :func:`load_strict`. A leaf module: it imports only torch, safetensors, the
-standard library and :mod:`stellar.errors` (itself a leaf), so the model classes can use it
-without an import cycle.
+Every loader (STELLAR checkpoints, the MaskGIT-VQGAN tokenizer, MAE initialisation, LPIPS, the
+FID Inception) reads with :func:`read_state_dict` and loads with :func:`load_strict`; released
+files come through :func:`hub_file`, so ``huggingface_hub`` owns the cache, offline mode and
+downloads.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -28,21 +27,42 @@ _LISTED = 12  # keys shown per kind in an error
 
 
 class WeightsNotFoundError(UsageError, FileNotFoundError):
-    """A weights file that is not where it was looked for (and could not be fetched).
+    """A weights file that is not there: a FileNotFoundError the command line prints as one line."""
 
-    Both a :class:`FileNotFoundError` (what the API raises for a missing file) and a
-    :class:`~stellar.errors.UsageError` (the command line prints it as one line).
+
+def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
+    """``filename`` of the Hugging Face repository ``repo_id``, from the hub cache or downloaded.
+
+    ``huggingface_hub`` reads ``HF_HOME`` / ``HF_HUB_CACHE`` and ``HF_HUB_OFFLINE`` (when it is
+    first imported); ``fetch`` names the other files the error's ``hf download`` command lists.
+
+    Raises:
+        FileNotFoundError: the file is neither cached nor downloadable (a
+            :class:`WeightsNotFoundError` naming the repository, the file and the command).
     """
+    # imported on use: `import stellar` stays light
+    from huggingface_hub import constants, hf_hub_download
+    from huggingface_hub.errors import EntryNotFoundError, HFValidationError
+
+    try:
+        return Path(hf_hub_download(repo_id, filename))
+    except (EntryNotFoundError, HFValidationError, OSError) as err:
+        why = "HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else str(err).split("\n")[0]
+        command = " ".join(["hf download", repo_id, filename, *fetch])
+        raise WeightsNotFoundError(
+            f"{filename} of the Hugging Face repository {repo_id} is not in the local cache and "
+            f"was not downloaded ({type(err).__name__}: {why}). Fetch it with `{command}` (it "
+            "then loads offline too), or pass the path of a local copy"
+        ) from None
 
 
 def _looks_like(head: bytes) -> str:
-    """A few words on what a file that is no checkpoint seems to be, for the error."""
+    """What a file that is no checkpoint seems to be, for the error."""
     if not head:
         return "the file is empty"
-    if head.startswith(b"\xff\xd8\xff"):
-        return "it looks like a JPEG image"
-    if head.startswith(b"\x89PNG"):
-        return "it looks like a PNG image"
+    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image")):
+        if head.startswith(magic):
+            return f"it looks like {kind}"
     if head.lstrip()[:1] in (b"{", b"["):
         return "it looks like JSON text (a config.json?)"
     try:
@@ -54,18 +74,15 @@ def _looks_like(head: bytes) -> str:
 
 def _is_safetensors(head: bytes, size: int) -> bool:
     # An 8-byte little-endian header length, then the JSON header itself.
-    if len(head) < 10:
-        return False
     length = int.from_bytes(head[:8], "little")
-    return 2 <= length <= size - 8 and head[8:9] == b"{"
+    return len(head) >= 10 and 2 <= length <= size - 8 and head[8:9] == b"{"
 
 
 def _torch_reason(err: Exception) -> str:
     """The cause of a torch.load failure, without torch's advice to drop weights_only."""
     text = str(err)
-    marker = "WeightsUnpickler error:"
-    if marker in text:  # the useful part sits between torch's advice and its doc link
-        text = text.split(marker, 1)[1].split("Check the documentation", 1)[0]
+    if "WeightsUnpickler error:" in text:  # the cause sits between the advice and a doc link
+        text = text.split("WeightsUnpickler error:", 1)[1].split("Check the documentation")[0]
     lines = [ln.strip() for ln in text.splitlines() if ln.strip() and "weights_only" not in ln]
     reason = lines[0].split(". Please use", 1)[0] if lines else type(err).__name__
     if reason.startswith("Unsupported global"):  # e.g. a whole pickled nn.Module
@@ -78,16 +95,16 @@ def _head(path: Path) -> bytes:
         return f.read(16)
 
 
-def load_weights_file(path: str | Path) -> tuple[Any, dict[str, str]]:
-    """What a ``.safetensors`` file or a torch pickle holds, and its metadata.
+def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
+    """Tensors and metadata of a ``.safetensors`` file or a torch pickle (``.bin/.pt/.pth``).
 
-    The format is told from the content, not the suffix. Pickles are read with
-    ``weights_only=True`` (no code in them ever runs) and returned as loaded.
+    The format is told from the content, not the suffix; pickles are read with
+    ``weights_only=True`` (no code in them runs) and a nested ``model`` / ``state_dict`` entry
+    is unwrapped (MAE's layout).
 
     Raises:
-        FileNotFoundError: ``path`` is not a file (a :class:`WeightsNotFoundError`).
-        ValueError: the file is neither format, or is damaged; the message names the path
-            (a :class:`~stellar.errors.UsageError`, as every error here about a file).
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: neither format, damaged, or not a ``str -> Tensor`` mapping; names the path.
     """
     path = Path(path)
     if not path.is_file():
@@ -105,54 +122,33 @@ def load_weights_file(path: str | Path) -> tuple[Any, dict[str, str]]:
         raise UsageError(f"{what}: {_looks_like(head)}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
-            return torch.load(f, map_location="cpu", weights_only=True), {}
+            obj = torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means the same to a user
         raise UsageError(f"{what}: {_torch_reason(err)}") from None
-
-
-def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]]:
-    """Tensors and metadata of a ``.safetensors`` file or a torch pickle (``.bin/.pt/.pth``).
-
-    A nested ``model`` / ``state_dict`` entry of a pickle is unwrapped (the layout of MAE and
-    many training scripts).
-
-    Raises:
-        FileNotFoundError, ValueError: as :func:`load_weights_file`; also a ValueError when
-            the file holds anything but a ``str -> Tensor`` mapping.
-    """
-    obj, metadata = load_weights_file(path)
-    return _state_dict_in(obj, path), metadata
+    return _state_dict_in(obj, path), {}
 
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Tensor shapes and metadata of a weights file, without reading the tensors if possible.
-
-    A safetensors header is read alone; a zip-format pickle is memory-mapped; only a legacy
-    pickle is read whole.
-    """
+    """Tensor shapes and metadata, without reading tensors: a safetensors header alone, a
+    zip-format pickle memory-mapped (only a legacy pickle is read whole)."""
     path = Path(path)
     if path.is_file():
         head = _head(path)
-        if _is_safetensors(head, path.stat().st_size):
-            try:
+        try:
+            if _is_safetensors(head, path.stat().st_size):
                 with safe_open(str(path), framework="pt") as f:
                     shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
                     return shapes, dict(f.metadata() or {})
-            except Exception:  # noqa: BLE001 - read_state_dict below names the problem
-                pass
-        elif head.startswith(_ZIP_MAGIC):
-            try:
+            if head.startswith(_ZIP_MAGIC):
                 obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-            except Exception:  # noqa: BLE001 - read_state_dict below names the problem
-                pass
-            else:
                 return {k: tuple(v.shape) for k, v in _state_dict_in(obj, path).items()}, {}
+        except Exception:  # noqa: BLE001 - read_state_dict below names the problem
+            pass
     state, metadata = read_state_dict(path)
     return {k: tuple(v.shape) for k, v in state.items()}, metadata
 
 
 def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
-    """The tensors of a loaded pickle, unwrapping a nested ``model`` / ``state_dict`` entry."""
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
             obj = obj[key]
@@ -188,12 +184,10 @@ def check_state(
 
     Args:
         expected: the module's ``key -> shape``.
-        state: the tensors read from the file.
-        source: the file (first words of the error).
-        target: what it is loaded into (e.g. ``"the MaskGIT-VQGAN tokenizer"``).
-        unused: the explicit known-unused list: keys (or prefixes ending in ``.``) the file
-            may carry that nothing reads; they are skipped.
-        may_be_missing: module keys (or prefixes) that keep their initial value when absent.
+        state: the tensors read from ``source``.
+        source, target: the file and what it is loaded into, for the error.
+        unused: the explicit known-unused list: keys (or prefixes ending in ``.``) skipped.
+        may_be_missing: keys (or prefixes) that keep their initial value when absent.
 
     Returns:
         The known-unused keys found in ``state`` (sorted).
@@ -207,13 +201,11 @@ def check_state(
         for k, shape in expected.items()
         if k in state and tuple(state[k].shape) != tuple(shape)
     ]
-    problems = []
-    if missing:
-        problems.append(f"missing keys: {listing(missing)}")
-    if unexpected:
-        problems.append(f"unexpected keys: {listing(unexpected)}")
-    if wrong:
-        problems.append(f"wrong shapes: {listing(wrong)}")
+    problems = [
+        f"{kind}: {listing(keys)}"
+        for kind, keys in (("missing keys", missing), ("unexpected keys", unexpected))
+        if keys
+    ] + ([f"wrong shapes: {listing(wrong)}"] if wrong else [])
     if problems:
         raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
     return skipped
@@ -221,15 +213,15 @@ def check_state(
 
 def check_finite(state: Mapping[str, Tensor], source: str) -> None:
     """Refuse NaN or infinite floating-point tensors (a diverged run), naming them."""
-    bad = [
+    bad = sorted(
         k
         for k, v in state.items()
         if v.is_floating_point() and v.device.type != "meta" and not bool(torch.isfinite(v).all())
-    ]
+    )
     if bad:
         raise UsageError(
             f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
-            f"{listing(sorted(bad))}"
+            f"{listing(bad)}"
         )
 
 
@@ -245,28 +237,26 @@ def load_strict(
 ) -> list[str]:
     """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
 
-    Checks everything (see :func:`check_state`, and finite values) before copying anything,
-    so a refused file leaves ``module`` untouched. ``assign=True`` adopts the file's tensors
-    (for a module built on the meta device).
+    Everything is checked (:func:`check_state`, finite values) before anything is copied, so a
+    refused file leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module
+    built on the meta device).
 
     Returns:
         The known-unused keys that were skipped.
-
-    Raises:
-        ValueError: naming every missing, unexpected and wrong-shape key, or the non-finite
-            tensors.
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    target = target or f"the {type(module).__name__} layout"
     skipped = check_state(
-        expected, state, source=source, target=target, unused=unused, may_be_missing=may_be_missing
+        expected,
+        state,
+        source=source,
+        target=target or f"the {type(module).__name__} layout",
+        unused=unused,
+        may_be_missing=may_be_missing,
     )
     used = {k: v for k, v in state.items() if k in expected}
     check_finite(used, source)
-    if len(used) == len(expected):
-        module.load_state_dict(used, strict=True, assign=assign)
-    else:  # only keys on may_be_missing are absent: they keep their values
-        module.load_state_dict(used, strict=False, assign=assign)
+    # only keys on may_be_missing can be absent here: they keep their values
+    module.load_state_dict(used, strict=len(used) == len(expected), assign=assign)
     if skipped:
         logger.debug(
             "%s: %d known-unused tensors skipped (%s)", source, len(skipped), listing(skipped)

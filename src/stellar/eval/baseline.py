@@ -12,19 +12,18 @@ Decisions:
   with), exactly as STELLAR does, unless an HF ``preprocessor_config.json`` beside the weights
   gives others (Google's ViTs use 0.5 / 0.5); no masking is applied (MAE's encoder sees every
   patch).
-- The head count comes from the HF ``config.json`` when there is one, else from the standard
-  ViT of that width (:func:`stellar.models.infer.heads_for_width`: ViT-H has 16 heads of
-  80), logged.
+- The architecture is read from the tensor shapes (:func:`stellar.models.infer.infer_config`);
+  the head count from the HF ``config.json`` when there is one, else the standard ViT's of
+  that width.
 - LayerNorm epsilon: the HF config's ``layer_norm_eps`` when present, 1e-6 for the original
   MAE ``.pth`` (timm's ViT), else 1e-12 (HF's default).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
-import math
-import re
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -32,11 +31,12 @@ import torch
 from torch import Tensor, nn
 
 from stellar.checkpoint.mae import load_mae_weights
+from stellar.checkpoint.weights import load_strict
 from stellar.errors import UsageError
 from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS
 from stellar.models.config import DecoderConfig, EncoderConfig
 from stellar.models.encoder import ViTEncoder
-from stellar.models.infer import heads_for_width
+from stellar.models.infer import heads_for_width, infer_config
 from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
 
 __all__ = [
@@ -52,7 +52,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
-_BLOCK = re.compile(r"^blocks\.(\d+)\.")
 
 
 @dataclass
@@ -160,52 +159,22 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     """
     kind, path = parse_baseline(spec)
     weights = load_mae_weights(path)
-    tensors = weights.tensors
     hf = weights.config or {}
-    patch = tensors["patch_embed.weight"]
-    width, channels, p = patch.shape[0], patch.shape[1], patch.shape[-1]
-    depth = 1 + max(int(m.group(1)) for k in tensors if (m := _BLOCK.match(k)))
-    n = tensors["pos_embed"].shape[1] - 1
-    side = math.isqrt(n)
-    if side * side != n:
-        raise ValueError(f"{path}: {n} position embeddings do not form a square grid")
-    heads = hf.get("num_attention_heads")
-    if heads is None:  # ViT-H is 1280 wide with 16 heads of 80: not always width / 64
-        heads = heads_for_width(width)
-        logger.info(
-            "%s has no config.json: assuming %d attention heads (width %d)", path, heads, width
-        )
-    default_eps = 1e-6 if weights.layout == "original" else 1e-12
-    enc = EncoderConfig(
-        hidden_size=width,
-        num_hidden_layers=depth,
-        num_attention_heads=int(heads),
-        intermediate_size=tensors["blocks.0.mlp.fc1.weight"].shape[0],
-        image_size=side * p,
-        patch_size=p,
-        num_channels=channels,
-        layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)),
-        qkv_bias=True,
+    shapes = {f"encoder.{k}": tuple(v.shape) for k, v in weights.tensors.items()}
+    # without a config.json: the standard ViT's heads (ViT-H: 16 of 80), else 64-wide ones
+    heads = hf.get("num_attention_heads") or heads_for_width(
+        shapes.get("encoder.pos_embed", [0])[-1], True
     )
-    if width % enc.num_attention_heads:
-        raise ValueError(f"{path}: width {width} is not divisible by {heads} attention heads")
-    if hf.get("hidden_act", "gelu") != "gelu":
-        raise ValueError(f"{path}: hidden_act {hf['hidden_act']!r}; the baseline runs only gelu")
+    enc = infer_config(shapes, heads=heads).encoder
+    default_eps = 1e-6 if weights.layout == "original" else 1e-12  # timm's ViT, HF's
+    enc = dataclasses.replace(enc, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)))
     model = ViTBaseline(BaselineConfig(enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
-    model.encoder.load_state_dict(tensors, strict=True)
+    load_strict(model.encoder, weights.tensors, source=str(path), target="a ViT encoder")
     mean_std = _preprocessor_mean_std(path)
     if mean_std is not None:  # e.g. Google's HF ViTs were trained on (x - 0.5) / 0.5
         model.pixel_mean.copy_(torch.tensor(mean_std[0]).view(1, 3, 1, 1))
         model.pixel_std.copy_(torch.tensor(mean_std[1]).view(1, 3, 1, 1))
         logger.info("%s: input mean %s, std %s from preprocessor_config.json", path, *mean_std)
     model.requires_grad_(False).eval()
-    logger.info(
-        "baseline %s: ViT width %d, depth %d, heads %d, patch %d, %d px",
-        model.name,
-        width,
-        depth,
-        enc.num_attention_heads,
-        p,
-        enc.image_size,
-    )
+    logger.info("baseline %s: %s", model.name, enc)
     return model.to(device) if device is not None else model

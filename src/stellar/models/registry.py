@@ -1,12 +1,13 @@
 """Named model sizes: the released checkpoints and small presets for CPU work.
 
 Each entry only sets dimensions (as timm's ``@register_model`` functions do). A released name's
-weights are ``<name>.safetensors`` in the hub repository ``microsoft/STELLAR``;
-:func:`stellar.load_stellar` finds them (:mod:`stellar.checkpoint.cache`).
+weights are ``<name>.safetensors`` in the hub repository ``microsoft/STELLAR``
+(:func:`stellar.load_stellar`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 
 from stellar.models.config import EncoderConfig, StellarConfig
@@ -44,35 +45,33 @@ def get_config(name: str) -> StellarConfig:
     return _REGISTRY[name]()
 
 
-def _vit(width: int, depth: int, heads: int, patch: int = 16, image: int = 224) -> EncoderConfig:
-    return EncoderConfig(
-        hidden_size=width,
-        num_hidden_layers=depth,
-        num_attention_heads=heads,
-        intermediate_size=4 * width,
-        image_size=image,
-        patch_size=patch,
-    )
+def _vit(width: int, depth: int, heads: int, patch: int = 16) -> EncoderConfig:
+    return EncoderConfig(width, depth, heads, 4 * width, image_size=224, patch_size=patch)
 
 
-# The released checkpoints: name -> (encoder width, depth, heads, patch), concept tokens.
-# All are 224 px with the VQ decoder head; ViT-H/14 makes a 16x16 patch grid.
-RELEASED_SIZES: dict[str, tuple[tuple[int, int, int, int], int]] = {
-    "stellar-b16": ((768, 12, 12, 16), 16),
-    "stellar-b8": ((768, 12, 12, 16), 8),  # ablation: 8 concept tokens
-    "stellar-b24": ((768, 12, 12, 16), 24),  # ablation: 24 concept tokens
-    "stellar-l16": ((1024, 24, 16, 16), 16),
-    "stellar-h16": ((1280, 32, 16, 14), 16),
+# The MAE initialisations the released models were trained from, as their HF config.json says.
+BACKBONES: dict[str, EncoderConfig] = {
+    "facebook/vit-mae-base": _vit(768, 12, 12),
+    "facebook/vit-mae-large": _vit(1024, 24, 16),
+    "facebook/vit-mae-huge": _vit(1280, 32, 16, patch=14),
+}
+# The released checkpoints: name -> (backbone, concept tokens); 224 px, VQ decoder head.
+RELEASED_SIZES: dict[str, tuple[str, int]] = {
+    "stellar-b16": ("facebook/vit-mae-base", 16),
+    "stellar-b8": ("facebook/vit-mae-base", 8),  # ablation: 8 concept tokens
+    "stellar-b24": ("facebook/vit-mae-base", 24),  # ablation: 24 concept tokens
+    "stellar-l16": ("facebook/vit-mae-large", 16),
+    "stellar-h16": ("facebook/vit-mae-huge", 16),  # ViT-H/14: a 16x16 patch grid
 }
 
 
-def _released(encoder: tuple[int, int, int, int], tokens: int) -> Callable[[], StellarConfig]:
-    width, depth, heads, patch = encoder
-    return lambda: StellarConfig(encoder=_vit(width, depth, heads, patch), num_sparse_tokens=tokens)
+def _released(backbone: str, tokens: int) -> Callable[[], StellarConfig]:
+    encoder = BACKBONES[backbone]
+    return lambda: StellarConfig(encoder=dataclasses.replace(encoder), num_sparse_tokens=tokens)
 
 
-for _name, (_encoder, _tokens) in RELEASED_SIZES.items():
-    register(_name, released=True)(_released(_encoder, _tokens))
+for _name, (_backbone, _tokens) in RELEASED_SIZES.items():
+    register(_name, released=True)(_released(_backbone, _tokens))
 
 
 @register("stellar-tiny")

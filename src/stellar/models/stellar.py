@@ -23,7 +23,7 @@ from stellar.models.config import StellarConfig
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
-from stellar.models.pretrained import check_tokenizer, load_pretrained
+from stellar.models.vqgan import check_tokenizer
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -374,7 +374,7 @@ class STELLAR(nn.Module):
 
     def set_tokenizer(self, tokenizer: MaskGITVQGAN) -> None:
         """Attach the frozen VQ tokenizer (not part of STELLAR's checkpoint), checked by
-        :func:`~stellar.models.pretrained.check_tokenizer`."""
+        :func:`~stellar.models.vqgan.check_tokenizer`."""
         check_tokenizer(self.config, tokenizer)
         self.tokenizer = tokenizer.requires_grad_(False).eval()
 
@@ -391,19 +391,6 @@ class STELLAR(nn.Module):
         when given, how to load), so the folder can be pushed to the hub unchanged.
         """
         return write_pretrained(self, directory, training=training, metrics=metrics)
-
-    @classmethod
-    def from_pretrained(
-        cls, name_or_path: str | Path, purpose: Purpose = "encode", **kwargs
-    ) -> STELLAR:
-        """Load a registered name, a directory or a weights file strictly.
-
-        ``kwargs``: ``vq_model``, ``device``, ``dtype``, ``cache_dir``, ``download``; see
-        :func:`stellar.load_stellar` for them and for what is checked.
-        """
-        if purpose not in PURPOSES:
-            raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
-        return load_pretrained(cls, name_or_path, purpose, **kwargs)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Same as :meth:`encode`."""

@@ -13,22 +13,28 @@ import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stellar.checkpoint.cache import resolve_tokenizer
-from stellar.checkpoint.weights import load_strict, read_state_dict
+from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, load_strict, read_state_dict
 from stellar.errors import UsageError
 
-__all__ = ["MaskGITVQGAN", "VectorQuantizer", "infer_vqgan_config", "load_vqgan"]
+if TYPE_CHECKING:
+    from stellar.models.config import StellarConfig
+
+__all__ = ["MaskGITVQGAN", "VectorQuantizer", "check_tokenizer", "infer_vqgan_config", "load_vqgan"]
 
 logger = logging.getLogger(__name__)
 
 _GROUPS = 32
 _EPS = 1e-6
+# TiTok's release of the tokenizer, found by the name "maskgit-vqgan" (or its file name)
+TOKENIZER_NAME = "maskgit-vqgan"
+TOKENIZER_REPO = "fun-research/TiTok"
+TOKENIZER_FILE = "maskgit-vqgan-imagenet-f16-256.bin"
 
 
 def _conv(in_ch: int, out_ch: int, kernel: int, bias: bool) -> nn.Conv2d:
@@ -408,28 +414,28 @@ def load_vqgan(
     path: str | Path,
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
-    download: bool = True,
 ) -> MaskGITVQGAN:
-    """Build a frozen :class:`MaskGITVQGAN` from its weights, loading strictly.
+    """A frozen :class:`MaskGITVQGAN` (eval mode, no gradients), loaded strictly.
 
     Args:
-        path: The released ``maskgit-vqgan-imagenet-f16-256.bin`` (a torch pickle of a plain
-            state dict) or a ``.safetensors`` file with the same keys; ``"maskgit-vqgan"``
-            finds TiTok's release by name (:func:`stellar.checkpoint.cache.resolve_tokenizer`).
-        download: False never fetches the file by name (nor do ``HF_HUB_OFFLINE=1`` and
-            ``STELLAR_OFFLINE=1``).
-        device: Where to put the model (default CPU).
-        dtype: Parameter dtype (default ``torch.float32``).
-
-    Returns:
-        The tokenizer in eval mode with ``requires_grad`` off; its configuration is inferred from
-        the tensor shapes (see :func:`infer_vqgan_config`).
+        path: ``"maskgit-vqgan"`` (TiTok's release, from the Hugging Face cache or downloaded),
+            the path of ``maskgit-vqgan-imagenet-f16-256.bin`` (a torch pickle, read with
+            ``weights_only``) or a ``.safetensors`` file with the same keys; the
+            configuration is read from the tensor shapes (:func:`infer_vqgan_config`).
+        device: where to put the model (default CPU).
+        dtype: parameter dtype (default ``torch.float32``).
 
     Raises:
-        FileNotFoundError: ``path`` does not exist.
-        ValueError: The file's keys or shapes differ from the architecture (names them).
+        FileNotFoundError: no such file (a path is never downloaded).
+        ValueError: the file's keys or shapes differ from the architecture (names them).
     """
-    path = resolve_tokenizer(path, download=download)
+    if not Path(path).is_file():
+        if str(path) not in (TOKENIZER_NAME, TOKENIZER_FILE):
+            raise WeightsNotFoundError(
+                f"no MaskGIT-VQGAN weights at {path}: a path is never downloaded; pass the "
+                f"local {TOKENIZER_FILE}, or {TOKENIZER_NAME!r} to fetch TiTok's release"
+            )
+        path = hub_file(TOKENIZER_REPO, TOKENIZER_FILE)
     state, _ = read_state_dict(path)
     non_float = sorted(k for k, v in state.items() if not v.is_floating_point())
     if non_float:
@@ -448,3 +454,31 @@ def load_vqgan(
     model.eval()
     logger.info("loaded MaskGIT-VQGAN from %s with config %s", path, config)
     return model
+
+
+def check_tokenizer(config: StellarConfig, tokenizer: MaskGITVQGAN, where: str = "") -> None:
+    """Refuse a tokenizer that does not fit a model's vq head, before any work.
+
+    The head's logits index the codebook, so the sizes must agree. The targets are the codes
+    of the image resized to grid x f (f the downsampling), so p <= f < 2p for patch size p:
+    f = p codes the image as it is, and the /14 models' f16 tokenizer sees 224 px images at
+    256 px (the official recipe); anything else codes it at another scale relative to the
+    patches than the tokenizer was trained for.
+
+    Raises:
+        ValueError: naming the tokenizer's and the model's values.
+    """
+    name = f"the MaskGIT-VQGAN tokenizer {where}".rstrip()
+    if tokenizer.codebook_size != config.vq_codebook_size:
+        raise UsageError(
+            f"{name} has a codebook of {tokenizer.codebook_size} codes, but this model's vq "
+            f"head predicts {config.vq_codebook_size} (vq_codebook_size): pass the tokenizer "
+            "the model was trained with"
+        )
+    f, p = tokenizer.downsample_factor, config.encoder.patch_size
+    if not p <= f < 2 * p:
+        raise UsageError(
+            f"{name} downsamples by {f}, but this model's patches are {p} px: one code per "
+            f"patch would code the image resized by {f}/{p}; expected a tokenizer with "
+            "p <= f < 2p (f16 for /16 and /14 models)"
+        )
