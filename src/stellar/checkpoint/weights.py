@@ -129,19 +129,13 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
 
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:
-    """Tensor shapes and metadata, without reading tensors: a safetensors header alone, a
-    zip-format pickle memory-mapped (only a legacy pickle is read whole)."""
+    """Tensor shapes and metadata; a safetensors file's header alone is read."""
     path = Path(path)
-    if path.is_file():
-        head = _head(path)
+    if path.is_file() and _is_safetensors(_head(path), path.stat().st_size):
         try:
-            if _is_safetensors(head, path.stat().st_size):
-                with safe_open(str(path), framework="pt") as f:
-                    shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
-                    return shapes, dict(f.metadata() or {})
-            if head.startswith(_ZIP_MAGIC):
-                obj = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
-                return {k: tuple(v.shape) for k, v in _state_dict_in(obj, path).items()}, {}
+            with safe_open(str(path), framework="pt") as f:
+                shapes = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}  # noqa: SIM118
+                return shapes, dict(f.metadata() or {})
         except Exception:  # noqa: BLE001 - read_state_dict below names the problem
             pass
     state, metadata = read_state_dict(path)

@@ -354,58 +354,39 @@ class MaskGITVQGAN(nn.Module):
         return images.clamp(0.0, 1.0) if clamp else images
 
 
-def _block_indices(keys: set[str], pattern: str) -> int:
-    """Number of consecutive indices i = 0, 1, ... for which ``pattern.format(i)`` is a key."""
+def _count(keys: Mapping[str, Tensor], pattern: str) -> int:
+    """How many consecutive i = 0, 1, ... have ``pattern.format(i)`` among ``keys``."""
     n = 0
     while pattern.format(n) in keys:
         n += 1
     return n
 
 
-def infer_vqgan_config(state_dict: Mapping[str, Tensor]) -> dict[str, Any]:
-    """Constructor arguments of :class:`MaskGITVQGAN` read from a state dict's tensor shapes.
-
-    ``resolution`` is not stored in the weights; it is set to ``16 * 2**(levels - 1)``
-    (256 for the released f16 model), which is metadata only.
+def infer_vqgan_config(state: Mapping[str, Tensor]) -> dict[str, Any]:
+    """:class:`MaskGITVQGAN`'s arguments read from the tensor shapes (``resolution``, not
+    stored, is 16 x 2^(levels - 1): 256 for the released f16 model).
 
     Raises:
-        ValueError: When a key needed to read the configuration is absent or inconsistent.
+        ValueError: a key needed to read them is absent or has an unexpected shape.
     """
-    keys = set(state_dict)
-    needed = [
-        "encoder.conv_in.weight",
-        "encoder.conv_out.weight",
-        "quantize.embedding.weight",
-        "encoder.down.0.block.0.conv1.weight",
-    ]
-    absent = [k for k in needed if k not in keys]
-    if absent:
-        raise ValueError(f"not a MaskGIT-VQGAN state dict: missing keys {absent}")
-    conv_in = state_dict["encoder.conv_in.weight"]
-    hidden, num_channels = int(conv_in.shape[0]), int(conv_in.shape[1])
-    levels = _block_indices(keys, "encoder.down.{}.block.0.conv1.weight")
-    num_res_blocks = _block_indices(keys, "encoder.down.0.block.{}.conv1.weight")
-    outs = [
-        int(state_dict[f"encoder.down.{i}.block.0.conv1.weight"].shape[0]) for i in range(levels)
-    ]
-    if any(c % hidden for c in outs):
-        raise ValueError(
-            f"level channels {outs} are not multiples of hidden_channels={hidden} "
-            "(read from encoder.down.*.block.0.conv1.weight)"
-        )
-    book = state_dict["quantize.embedding.weight"]
-    if book.ndim != 2:
-        raise ValueError(
-            f"quantize.embedding.weight must be 2-D (size, dim), got {tuple(book.shape)}"
-        )
+    try:
+        hidden, channels = state["encoder.conv_in.weight"].shape[:2]
+        levels = _count(state, "encoder.down.{}.block.0.conv1.weight")
+        outs = [state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(levels)]
+        size, dim = state["quantize.embedding.weight"].shape
+        z = state["encoder.conv_out.weight"].shape[0]
+    except (KeyError, ValueError) as err:  # ValueError: a codebook that is not (size, dim)
+        raise ValueError(f"not a MaskGIT-VQGAN state dict: {err}") from None
+    if not outs or any(c % hidden for c in outs):
+        raise ValueError(f"not a MaskGIT-VQGAN state dict: level channels {outs}, conv_in {hidden}")
     return {
         "hidden_channels": hidden,
         "channel_mult": [c // hidden for c in outs],
-        "num_res_blocks": num_res_blocks,
-        "z_channels": int(state_dict["encoder.conv_out.weight"].shape[0]),
-        "codebook_size": int(book.shape[0]),
-        "codebook_dim": int(book.shape[1]),
-        "num_channels": num_channels,
+        "num_res_blocks": _count(state, "encoder.down.0.block.{}.conv1.weight"),
+        "z_channels": z,
+        "codebook_size": size,
+        "codebook_dim": dim,
+        "num_channels": channels,
         "resolution": 16 * 2 ** (levels - 1),
     }
 
@@ -415,19 +396,14 @@ def load_vqgan(
     device: torch.device | str | None = None,
     dtype: torch.dtype | None = None,
 ) -> MaskGITVQGAN:
-    """A frozen :class:`MaskGITVQGAN` (eval mode, no gradients), loaded strictly.
+    """A frozen :class:`MaskGITVQGAN` (eval mode), its configuration read from the shapes.
 
-    Args:
-        path: ``"maskgit-vqgan"`` (TiTok's release, from the Hugging Face cache or downloaded),
-            the path of ``maskgit-vqgan-imagenet-f16-256.bin`` (a torch pickle, read with
-            ``weights_only``) or a ``.safetensors`` file with the same keys; the
-            configuration is read from the tensor shapes (:func:`infer_vqgan_config`).
-        device: where to put the model (default CPU).
-        dtype: parameter dtype (default ``torch.float32``).
+    ``path``: ``"maskgit-vqgan"`` (TiTok's release, through the Hugging Face cache), or a path
+    (never downloaded) of ``maskgit-vqgan-imagenet-f16-256.bin`` or a ``.safetensors`` with
+    the same keys. ``dtype`` defaults to float32.
 
     Raises:
-        FileNotFoundError: no such file (a path is never downloaded).
-        ValueError: the file's keys or shapes differ from the architecture (names them).
+        FileNotFoundError, ValueError: no such file; keys or shapes that do not fit (named).
     """
     if not Path(path).is_file():
         if str(path) not in (TOKENIZER_NAME, TOKENIZER_FILE):
@@ -444,8 +420,7 @@ def load_vqgan(
         config = infer_vqgan_config(state)
     except ValueError as err:
         raise UsageError(f"{path}: {err}") from None
-    # Built on the meta device so the (up to ~100M) parameters are allocated only once, by
-    # the loaded tensors themselves.
+    # on the meta device: the loaded tensors are the only allocation
     with torch.device("meta"):
         model = MaskGITVQGAN(**config)
     load_strict(model, state, source=str(path), target="the MaskGIT-VQGAN layout", assign=True)
@@ -457,17 +432,9 @@ def load_vqgan(
 
 
 def check_tokenizer(config: StellarConfig, tokenizer: MaskGITVQGAN, where: str = "") -> None:
-    """Refuse a tokenizer that does not fit a model's vq head, before any work.
-
-    The head's logits index the codebook, so the sizes must agree. The targets are the codes
-    of the image resized to grid x f (f the downsampling), so p <= f < 2p for patch size p:
-    f = p codes the image as it is, and the /14 models' f16 tokenizer sees 224 px images at
-    256 px (the official recipe); anything else codes it at another scale relative to the
-    patches than the tokenizer was trained for.
-
-    Raises:
-        ValueError: naming the tokenizer's and the model's values.
-    """
+    """Raise ValueError unless the codebook is the vq head's and the downsampling f fits the
+    patch size p (p <= f < 2p: the /14 models' f16 tokenizer sees 224 px at 256 px, as in
+    the official recipe; other f code the image at another scale than it was trained for)."""
     name = f"the MaskGIT-VQGAN tokenizer {where}".rstrip()
     if tokenizer.codebook_size != config.vq_codebook_size:
         raise UsageError(
