@@ -194,8 +194,8 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     Every tensor is loaded, on the known-unused list, or belongs to a part ``model.purpose``
     does not build; a part the file lacks entirely starts from its initialisation (for
     pretraining from an encoder-only release). Anything else (a missing, unexpected or
-    wrong-shape key, named as in the file, or a non-finite tensor) raises ValueError before
-    anything is copied.
+    wrong-shape key, named in the official 4.x layout, or a non-finite tensor) raises
+    ValueError before anything is copied.
     """
     state = to_v4_layout(state)
     keys = list(state)
