@@ -35,5 +35,5 @@ def load_stellar(
             ``dtype``; see :func:`stellar.hub.load_stellar`.
     """
     if purpose == "pretrain":
-        return StellarForPretraining.from_pretrained(name_or_path, purpose, **options)
+        return hub.load_stellar(name_or_path, purpose, model_class=StellarForPretraining, **options)
     return hub.load_stellar(name_or_path, purpose, **options)

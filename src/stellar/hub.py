@@ -76,6 +76,7 @@ def load_stellar(
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
+    model_class: type[STELLAR] = STELLAR,
 ) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
@@ -90,6 +91,7 @@ def load_stellar(
             ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
             it to reconstruct and to pretrain.
         device, dtype: where and in which dtype to put the model.
+        model_class: the STELLAR (sub)class built, called as ``model_class(config, purpose)``.
 
     Every tensor of the file is used, on the known-unused list, or belongs to a part the
     purpose does not build; a missing, unexpected or wrong-shape tensor, a non-finite one, a
@@ -106,7 +108,7 @@ def load_stellar(
     if purpose == "reconstruct" and not carries_decoder(keys):
         raise no_decoder(str(weights))  # before asking for a tokenizer it could not use
     tokenizer = _tokenizer(config, vq_model, purpose)
-    model = STELLAR(config, purpose=purpose)
+    model = model_class(config, purpose)
     load_official(model, read_state_dict(weights)[0], source=str(weights))
     return _finish(model, purpose, tokenizer, device, dtype)
 
