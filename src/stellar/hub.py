@@ -24,7 +24,13 @@ from typing import Any
 import torch
 
 from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
-from stellar.checkpoint.official import carries_decoder, from_official, load_official, no_decoder
+from stellar.checkpoint.official import (
+    absent_parts,
+    carries_decoder,
+    from_official,
+    load_official,
+    no_decoder,
+)
 from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, read_header, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.config import EncoderConfig, StellarConfig
@@ -108,7 +114,10 @@ def load_stellar(
     if purpose == "reconstruct" and not carries_decoder(keys):
         raise no_decoder(str(weights))  # before asking for a tokenizer it could not use
     tokenizer = _tokenizer(config, vq_model, purpose)
-    model = model_class(config, purpose)
+    with torch.device("meta"):  # no random init of tensors the file then overwrites
+        model = model_class(config, purpose)
+    if absent_parts(model, keys):  # parts the file lacks start from their init: build them
+        model = model_class(config, purpose)
     load_official(model, read_state_dict(weights)[0], source=str(weights))
     return _finish(model, purpose, tokenizer, device, dtype)
 

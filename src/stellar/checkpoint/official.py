@@ -180,6 +180,12 @@ def carries_decoder(keys: list[str]) -> bool:
     return _carries(keys, "decoder")
 
 
+def absent_parts(model: nn.Module, keys: list[str]) -> list[str]:
+    """The optional parts ``model`` builds that official-layout ``keys`` lack entirely."""
+    built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
+    return [part for part in built if not _carries(keys, part)]
+
+
 def no_decoder(source: str) -> UsageError:
     return UsageError(
         f"{source} carries no reconstruction decoder (e.g. an encoder-only feature release), "
@@ -200,7 +206,7 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     state = to_v4_layout(state)
     keys = list(state)
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
-    absent = [part for part in built if not _carries(keys, part)]
+    absent = absent_parts(model, keys)
     if "decoder" in absent and model.purpose == "reconstruct":
         raise no_decoder(source)
     skip = [p for part in OPTIONAL_PARTS if part not in built for p in OPTIONAL_PARTS[part]]
@@ -221,4 +227,7 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     left = [k for k in keys if k not in expected]
     if left:
         logger.info("%s: %d tensors not used (%s)", source, len(left), listing(left, 3))
-    model.load_state_dict(from_official(used)[0], strict=not absent)
+    # A model built on the meta device takes the file's tensors themselves (in fp32).
+    assign = any(t.is_meta for t in model.state_dict().values())
+    tensors = {k: v.float() if v.is_floating_point() else v for k, v in used.items()}
+    model.load_state_dict(from_official(tensors)[0], strict=not absent, assign=assign)

@@ -63,8 +63,6 @@ class STELLAR(nn.Module):
         self.sparse_tokens = nn.Parameter(torch.empty(config.num_sparse_tokens, d))
         self.dense_proj = nn.Linear(d, d)
         self.sparse_proj = nn.Linear(d, d)
-        self.register_buffer("pixel_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), False)
-        self.register_buffer("pixel_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), False)
         self.decoder: ReconstructionDecoder | None = None
         self.clustering_head: OnlineClustering | None = None
         self.cls_cluster_head: OnlineClustering | None = None
@@ -182,7 +180,9 @@ class STELLAR(nn.Module):
 
     def normalize(self, images: Tensor) -> Tensor:
         """[0, 1] RGB -> ImageNet-normalised pixels in the model's dtype."""
-        return ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
+        mean = torch.tensor(IMAGENET_MEAN, device=images.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, device=images.device).view(1, 3, 1, 1)
+        return ((images - mean) / std).to(self.dtype)
 
     def preprocess(self, images: ImageInput) -> Tensor:
         """PIL images or image files (any mode and size) -> the (B, 3, S, S) input batch.
