@@ -16,6 +16,7 @@ from typing import Any
 import torch
 
 from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
+from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
 
 logger = logging.getLogger(__name__)
@@ -66,7 +67,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def resume_checkpoint(root: Path) -> Path:
-    """The folder ``root/last`` points at; a ValueError saying what is missing if unusable."""
+    """The folder ``root/last`` points at; a UsageError saying what is missing if unusable."""
     last = root / LAST
     if last.is_symlink() and not last.exists():
         problem = f"it points at {os.readlink(last)}, which does not exist"
@@ -83,15 +84,10 @@ def resume_checkpoint(root: Path) -> Path:
         problem = f"it has no {WEIGHTS_NAME}"
     else:
         return last.resolve()
-    raise ValueError(
+    raise UsageError(
         f"--resume needs a complete checkpoint at {last}, but {problem}. "
         f"Drop --resume to start a fresh run in {root.parent} instead."
     )
-
-
-def load_trainer_state(folder: Path) -> dict[str, Any]:
-    """The optimizer/step/RNG state saved beside the weights."""
-    return torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
 
 
 def _prune(root: Path, keep: int) -> None:

@@ -8,9 +8,9 @@ import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from stellar.checkpoint.io import atomic_write
-from stellar.train.distributed import mean_across_ranks
 
 logger = logging.getLogger(__name__)
 
@@ -95,3 +95,15 @@ class PendingScalars:
             out.append((step, {name: values[f"{i:08d}/{name}"] for name in scalars}))
         self.rows = []
         return out
+
+
+def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average scalar tensors over ranks (one all-reduce) and return floats."""
+    names = sorted(values)
+    # FSDP2 returns replicated DTensors (e.g. the clipped grad norm): take the plain tensor.
+    local = [getattr(v, "full_tensor", lambda v=v: v)() for v in map(values.get, names)]
+    stacked = torch.stack([v.detach().float().reshape(()) for v in local])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist(), strict=True))

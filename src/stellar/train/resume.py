@@ -1,8 +1,8 @@
-"""The trainer's checkpoints: what an exact resume needs, saving it, and loading it back.
+"""The trainer's checkpoints: what an exact resume needs, saving it, and restoring it into the
+trainer's own model and optimizer (no second model is loaded).
 
 A mixin of :class:`stellar.train.trainer.Trainer`, kept apart so that the training step and
-loop read on their own. It uses the trainer's ``cfg``, ``dist``, ``model``, ``optimizer``,
-``teacher``, ``dataset``, ``step``, ``ckpt_dir`` and ``_group_decay``.
+loop read on their own.
 """
 
 from __future__ import annotations
@@ -12,15 +12,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
-from stellar.hub import load_stellar
-from stellar.train import checkpoint as ckpt
+from stellar.checkpoint.official import from_official
+from stellar.train.checkpoint import STATE_NAME, WEIGHTS_NAME, resume_checkpoint, save_checkpoint
 
 logger = logging.getLogger(__name__)
 
 
 class TrainerCheckpoints:
-    """Save / resume for the trainer (see the module docstring for what it relies on)."""
+    """Save / resume for the trainer."""
 
     @property
     def sharded(self) -> bool:
@@ -64,36 +65,35 @@ class TrainerCheckpoints:
         return [t.tolist() for t in every]
 
     def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
-        """The saved (epoch, position) only means the same data under the same data settings."""
-        saved, now = state.get("config", {}), self.cfg.to_dict()
+        """The saved (epoch, position) means the same data only under the same data settings."""
+        saved, now = state["config"], self.cfg.to_dict()
         # The image folder may have moved (another machine); its size is compared instead.
-        keys = ["batch_size", "grad_accum"] + [
-            f"data.{k}" for k in now["data"] if k not in ("num_workers", "root")
-        ]
+        keys = ["batch_size", "grad_accum", *(f"data.{k}" for k in now["data"])]
+        keys = [k for k in keys if k not in ("data.num_workers", "data.root")]
         differ = [
-            f"{key} {_dotted(saved, key)!r} -> {_dotted(now, key)!r}"
-            for key in keys
-            if saved and _dotted(saved, key) != _dotted(now, key)
+            f"{k} {_dotted(saved, k)!r} -> {_dotted(now, k)!r}"
+            for k in keys
+            if _dotted(saved, k) != _dotted(now, k)
         ]
         for what, old, new in (
-            ("processes", state.get("world_size"), self.dist.world_size),
-            ("images", state.get("num_images"), len(self.dataset)),
+            ("processes", state["world_size"], self.dist.world_size),
+            ("images", state["num_images"], len(self.dataset)),
         ):
-            if old is not None and old != new:
+            if old != new:
                 differ.append(f"{what} {old} -> {new}")
-        if saved and _dotted(saved, "data.root") != now["data"]["root"]:
-            logger.warning(
-                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
-                "holds the same images",
-                folder,
-                _dotted(saved, "data.root"),
-                now["data"]["root"],
-            )
         if differ:
             raise ValueError(
                 f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
                 "resume needs the same ones. Restore them, or start a new run from these weights "
                 f"with init.checkpoint={folder}"
+            )
+        if saved["data"]["root"] != now["data"]["root"]:
+            logger.warning(
+                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
+                "holds the same images",
+                folder,
+                saved["data"]["root"],
+                now["data"]["root"],
             )
 
     def save(self, epoch: int, position: int) -> Path | None:
@@ -102,7 +102,7 @@ class TrainerCheckpoints:
         weights, optimizer = self._full_states()
         state = self.state(epoch, position, optimizer)  # gathers from every rank
         if self.dist.is_main:
-            path = ckpt.save_checkpoint(
+            path = save_checkpoint(
                 self.ckpt_dir,
                 self.step,
                 self.model,
@@ -114,41 +114,34 @@ class TrainerCheckpoints:
             torch.distributed.barrier()
         return path
 
-    def resume(self, folder: Path | None = None) -> tuple[int, int]:
-        """Load the latest (or given) checkpoint; returns (epoch, position in epoch).
-
-        Without a complete ``out/checkpoints/last`` this raises a ValueError (a silent fresh
-        start would write over the run it was meant to continue).
-        """
-        folder = folder or ckpt.resume_checkpoint(self.ckpt_dir)
-        state = ckpt.load_trainer_state(folder)
+    def resume(self) -> tuple[int, int]:
+        """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
+        folder = resume_checkpoint(self.ckpt_dir)
+        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
         self._check_same_data_order(state, folder)
-        weights = load_stellar(folder, purpose="pretrain").state_dict()
+        weights, _, unknown = from_official(load_file(folder / WEIGHTS_NAME))
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
-            options = StateDictOptions(full_state_dict=True)
             set_state_dict(
                 self.model,
                 self.optimizer,
                 model_state_dict=weights,
                 optim_state_dict=state["optimizer"],
-                options=options,
+                options=StateDictOptions(full_state_dict=True),
             )
         else:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
-            stray = unexpected + [k for k in missing if not k.startswith("tokenizer.")]
+            stray = unknown + unexpected + [k for k in missing if not k.startswith("tokenizer.")]
             if stray:  # only the frozen tokenizer lives outside checkpoints
                 raise ValueError(f"{folder} does not match the model: {stray[:10]}")
             self.optimizer.load_state_dict(state["optimizer"])
-        self._reapply_optim_config()
         torch.set_rng_state(state["cpu_rng"])
         if self.teacher is not None and "teacher" in state:
             self.teacher.load_state_dict(state["teacher"])
         elif self.teacher is not None:
             logger.warning(
-                "%s has no EMA teacher (saved with ema.enabled=false): the teacher starts from "
-                "the resumed student weights",
+                "%s has no EMA teacher: the teacher starts from the resumed student weights",
                 folder,
             )
             student = self.model.state_dict()  # the teacher shares no tokenizer (make_teacher)
@@ -157,26 +150,8 @@ class TrainerCheckpoints:
             )
         self.step = int(state["step"])
         logger.info("resumed from %s at step %d", folder, self.step)
-        per_rank = state.get("rank_positions")  # older checkpoints: rank 0's for every rank
-        if per_rank and len(per_rank) == self.dist.world_size:
-            epoch, position = per_rank[self.dist.rank]
-            return int(epoch), int(position)
-        return int(state["epoch"]), int(state["position"])
-
-    def _reapply_optim_config(self) -> None:
-        """The config's weight decay and betas win over the checkpoint's (as lr does each step)."""
-        betas = tuple(self.cfg.optim.betas)
-        changed = {}
-        for group, decay in zip(self.optimizer.param_groups, self._group_decay, strict=True):
-            for name, want in (("weight_decay", decay), ("betas", betas)):
-                saved = tuple(group[name]) if name == "betas" else group[name]
-                if saved != want:
-                    changed.setdefault(name, (saved, want))
-                    group[name] = want
-        for name, (saved, want) in changed.items():
-            logger.info(
-                "optim.%s: %s in the checkpoint, %s in the config (used)", name, saved, want
-            )
+        epoch, position = state["rank_positions"][self.dist.rank]
+        return int(epoch), int(position)
 
 
 def _dotted(config: dict[str, Any], key: str) -> Any:
