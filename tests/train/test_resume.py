@@ -9,7 +9,6 @@ import os
 import shutil
 
 import pytest
-import torch
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
@@ -67,17 +66,6 @@ def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
     with pytest.raises(ValueError, match=r"rnu/config.yaml does not exist \(is out= right\?\)"):
         main(["train", "--config", "cpu-smoke", f"out={typo}", "--resume", *TINY])
     assert not typo.exists()
-
-
-def test_resume_with_ema_from_a_checkpoint_without_teacher(run, caplog):
-    trainer = _trainer(run, "ema.enabled=true")
-    trainer.resume()
-    assert "has no EMA teacher" in caplog.text and "resumed student weights" in caplog.text
-    student = trainer.model.state_dict()
-    for name, value in trainer.teacher.state_dict().items():
-        torch.testing.assert_close(value, student[name], rtol=0, atol=0, msg=name)
-    assert trainer.teacher.sparse_tokens.data_ptr() != trainer.model.sparse_tokens.data_ptr()
-    assert trainer.train(resume=True)["step"] == 3
 
 
 @pytest.mark.parametrize("length", [15, 16, 17])

@@ -28,7 +28,7 @@ from stellar.models.registry import get_config, list_models
 from stellar.schema import bounded, build, hints
 
 FocalMode = Literal["gaussian", "block"]
-Precision = Literal["auto", "bf16", "bfloat16", "fp32", "float32"]
+Precision = Literal["auto", "bf16", "fp32"]
 DEFAULT_PRESET = "cpu-smoke"
 RUN_CONFIG = "config.yaml"
 
@@ -310,7 +310,7 @@ def resume_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     Raises:
         UsageError: a key outside :data:`RESUMABLE_KEYS` differs, naming every such key.
     """
-    old, new = _flatten(saved), _flatten(cfg.to_dict())
+    old, new = flatten(saved), flatten(cfg.to_dict())
     differ = sorted(k for k in old.keys() | new.keys() if k != "out" and old.get(k) != new.get(k))
     shown = {k: f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in differ}
     if refused := [k for k in differ if k not in RESUMABLE_KEYS]:
@@ -325,11 +325,12 @@ def resume_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     return list(shown.values())
 
 
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict by dotted key (tuples as lists, as YAML reads them back)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
         if isinstance(value, Mapping):
-            flat.update(_flatten(value, f"{prefix}{key}."))
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = list(value) if isinstance(value, tuple) else value
     return flat

@@ -3,6 +3,7 @@ TensorBoard when installed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
@@ -15,29 +16,18 @@ from stellar.checkpoint.io import atomic_write
 logger = logging.getLogger(__name__)
 
 
-def _rows_up_to(path: Path, step: int) -> list[str]:
-    """The lines of a metrics.jsonl whose ``step`` is at most ``step``."""
-    if not path.is_file():
-        return []
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the crash
-            continue
-        if row.get("step", step + 1) <= step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    return kept
-
-
 class MetricsLog:
     """Per-step JSONL metrics and, when available, TensorBoard scalars."""
 
     def __init__(self, out: Path, tensorboard: bool, start_step: int = 0) -> None:
         path = out / "metrics.jsonl"
         # A resumed run keeps the rows up to its checkpoint; those logged after it (before a
-        # crash) are logged again, so they are dropped. A fresh run starts a fresh file.
-        kept = _rows_up_to(path, start_step) if start_step > 0 else []
+        # crash, maybe cut short) are logged again. A fresh run starts a fresh file.
+        kept = []
+        for line in path.read_text().splitlines() if start_step > 0 and path.is_file() else []:
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("step", start_step + 1) <= start_step:
+                    kept.append(line + "\n")
         atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
@@ -67,11 +57,8 @@ class MetricsLog:
 
 
 class PendingScalars:
-    """Step scalars held on the device until the loop reads them all at once.
-
-    Reading a device tensor waits for the device; the loop reads once per ``log_every`` steps
-    (and before a checkpoint) instead of every step, with one all-reduce for all ranks.
-    """
+    """Step scalars held on the device until the loop reads them all at once: once per
+    ``log_every`` steps, with one all-reduce, instead of a device wait every step."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, dict[str, torch.Tensor]]] = []

@@ -28,11 +28,10 @@ from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
 from stellar.runtime import DistInfo, autocast, precision_choice, setup
 from stellar.train.build import build_dataset, build_model, param_groups
-from stellar.train.checkpoint import latest_checkpoint
+from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.resume import TrainerCheckpoints
 from stellar.train.runlock import check_fresh_run, delete_run_files
 from stellar.train.schedule import cosine_lr, ema_momentum
 
