@@ -16,6 +16,7 @@ import datetime
 import functools
 import logging
 import numbers
+import os
 import types
 import typing
 from collections.abc import Mapping
@@ -84,7 +85,7 @@ def build(cls: type, data: Any, where: str = "", unknown: Literal["raise", "warn
 def convert(value: Any, hint: Any, key: str) -> Any:
     """``value`` as the annotated type, or a UsageError naming key, expected type and value.
 
-    A str field takes a YAML scalar as its text (``out: 2024``).
+    A str field takes a YAML scalar (``out: 2024``) or a path as its text.
     """
     result = _convert(value, hint, key)
     if result is _FAIL:
@@ -113,7 +114,7 @@ def _convert(value: Any, hint: Any, key: str) -> Any:
         ok = isinstance(value, numbers.Real) and not isinstance(value, bool)
         return float(value) if ok else _FAIL
     if hint is str:
-        if isinstance(value, bool | int | float | datetime.date):
+        if isinstance(value, bool | int | float | datetime.date | os.PathLike):
             return str(value)
         return value if isinstance(value, str) else _FAIL
     if origin is Literal:

@@ -246,7 +246,7 @@ def test_the_train_function_and_the_command_give_the_same_run(tmp_path):
     from stellar.cli import main
     from stellar.train import train
 
-    run = train("cpu-smoke", TINY, out=str(tmp_path / "py"), max_steps=2, optim__lr=1e-3)
+    run = train("cpu-smoke", TINY, out=tmp_path / "py", max_steps=2, optim__lr=1e-3)
     assert run.out == tmp_path / "py" and run.metrics["step"] == 2
     assert (run.out / "checkpoints" / "last" / "model.safetensors").is_file()
     cli = tmp_path / "cli"
@@ -257,3 +257,7 @@ def test_the_train_function_and_the_command_give_the_same_run(tmp_path):
     for name, value in run.model.state_dict().items():
         if not name.startswith("tokenizer."):
             torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    # A resume from Python: the saved settings, only the listed ones may change.
+    assert train(resume=True, out=run.out, max_steps=3).metrics["step"] == 3
+    with pytest.raises(ValueError, match="these differ: batch_size 4 -> 2"):
+        train(resume=True, out=run.out, batch_size=2)
