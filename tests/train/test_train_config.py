@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import typing
 
 import pytest
@@ -151,7 +152,7 @@ def test_unknown_model_override_keys_are_rejected(tmp_path):
 
 
 def test_train_overrides_may_follow_the_flags(monkeypatch):
-    import stellar.train.command as command
+    from stellar.train import command
 
     seen = []
     monkeypatch.setattr(command, "run", lambda args: seen.append(args) or 0)
@@ -189,7 +190,8 @@ def _saved_run(out, *overrides):
 @pytest.fixture
 def fake_trainer(monkeypatch):
     _FakeTrainer.seen = []
-    monkeypatch.setattr("stellar.train.Trainer", _FakeTrainer)
+    # the package module (stellar.train may also name the function re-exported by stellar)
+    monkeypatch.setattr(importlib.import_module("stellar.train"), "Trainer", _FakeTrainer)
     return _FakeTrainer.seen
 
 
