@@ -124,13 +124,8 @@ class StellarConfig:
             UsageError: not a mapping, another library's config, no STELLAR field, or a
                 field of the wrong type or range.
         """
-        if not isinstance(data, Mapping):
-            raise UsageError(
-                f"expected a STELLAR config object (a JSON object / mapping), got "
-                f"{type(data).__name__}"
-            )
         names = {f.name for f in dataclasses.fields(cls)}
-        if "architecture" not in data:
+        if isinstance(data, Mapping) and "architecture" not in data:
             foreign = {k: data[k] for k in _FOREIGN_MARKERS if k in data}
             if foreign:  # e.g. an HF ViTMAE config.json: not ours, whatever its widths
                 shown = ", ".join(f"{k}={v!r}" for k, v in foreign.items())

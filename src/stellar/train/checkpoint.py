@@ -76,12 +76,7 @@ def resume_checkpoint(root: Path) -> Path:
     if last.is_symlink() and not last.exists():
         problem = f"it points at {os.readlink(last)}, which does not exist"
     elif not last.exists():
-        where = root.parent
-        problem = (
-            "it does not exist (no checkpoint was saved there)"
-            if where.is_dir()
-            else f"it does not exist ({where} does not exist: is out= right?)"
-        )
+        problem = "it does not exist (no checkpoint was saved there)"
     elif not (last / STATE_NAME).is_file():
         problem = f"it has no {STATE_NAME} (the optimizer, step and RNG state)"
     elif not (last / WEIGHTS_NAME).is_file():
