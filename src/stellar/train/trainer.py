@@ -23,6 +23,7 @@ from torch.profiler import record_function
 
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
+from stellar.errors import UsageError
 from stellar.losses.masking import random_masking
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
@@ -85,7 +86,7 @@ class Trainer(TrainerCheckpoints):
         per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         self.steps_per_epoch = len(self.dataset) // per_step
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise UsageError(
                 f"{len(self.dataset)} images cannot fill one step of {per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
