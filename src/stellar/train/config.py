@@ -247,7 +247,7 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, A
     if isinstance(overrides, Mapping):
         return dict(overrides)
     parsed = {}
-    for item in overrides:
+    for item in [overrides] if isinstance(overrides, str) else overrides:
         key, sep, raw = item.partition("=")
         key, raw = key.strip(), raw.strip()
         if not sep or not key:
