@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from stellar.errors import UsageError
-from stellar.runtime import autocast, autocast_dtype, pick_device
+from stellar.runtime import autocast, pick_device, precision_choice
 
 
 def test_device_and_autocast_choices() -> None:
@@ -18,12 +18,13 @@ def test_device_and_autocast_choices() -> None:
     with pytest.raises(UsageError, match="expected a device"):
         pick_device("gpu")
     cpu = torch.device("cpu")
-    assert autocast_dtype("bf16", cpu) is torch.bfloat16 and autocast_dtype("fp32", cpu) is None
+    assert precision_choice("bf16", cpu)[0] is torch.bfloat16
+    assert precision_choice("fp32", cpu)[0] is None
     assert isinstance(autocast(cpu, "fp32"), contextlib.nullcontext)
     with autocast(cpu, torch.bfloat16):
         assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
-        autocast_dtype("fp8", cpu)
+        precision_choice("fp8", cpu)
 
 
 @pytest.mark.parametrize(
@@ -47,7 +48,6 @@ def test_auto_precision_takes_bf16_only_where_it_is_native(
         monkeypatch.setattr(runtime, "_cuda_native_bf16", lambda device: cuda_native)
     dtype, reason = runtime.precision_choice("auto", torch.device(device))
     assert dtype is expected and why in reason
-    assert autocast_dtype("auto", torch.device(device)) is expected
 
 
 def test_a_precision_block_sets_what_auto_means() -> None:

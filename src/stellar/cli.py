@@ -76,13 +76,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def console(argv: list[str] | None = None) -> int:
-    """The ``stellar`` console script: :func:`main`, with bad input reported in one line.
-
-    Only a :class:`~stellar.errors.UsageError` is bad input: its message says what was
-    expected, so it is printed as one line on stderr (exit status 2) and its traceback only
-    with ``-v``. Any other exception is a bug (a ``ValueError`` from a shape mismatch deep in
-    training included) and propagates with its traceback.
-    """
+    """The ``stellar`` console script: :func:`main`, a :class:`~stellar.errors.UsageError`
+    printed as one line on stderr (exit status 2; its traceback with ``-v``). Any other
+    exception is a bug and keeps its traceback."""
     argv = sys.argv[1:] if argv is None else argv
     try:
         return main(argv)

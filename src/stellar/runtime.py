@@ -13,36 +13,14 @@ import contextvars
 import functools
 import logging
 import os
-import platform
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from stellar.errors import UsageError
 
-__all__ = [
-    "PRECISIONS",
-    "DistInfo",
-    "autocast",
-    "add_precision_argument",
-    "autocast_dtype",
-    "cpu_bf16_feature",
-    "encoding_dtype",
-    "pick_device",
-    "precision",
-    "precision_choice",
-    "rank_info",
-    "setup",
-    "teardown",
-]
-
 logger = logging.getLogger(__name__)
-
-# "auto" is bf16 where the device computes it natively (a bf16 GPU; a CPU with AMX,
-# AVX512-BF16 or Arm BF16) and no autocast (fp32) elsewhere.
-PRECISIONS: tuple[str, ...] = ("auto", "bf16", "bfloat16", "fp32", "float32")
 
 
 @dataclass(frozen=True)
@@ -88,11 +66,8 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
 
 @functools.cache  # autocast() asks once per batch; the CPU does not change
 def cpu_bf16_feature() -> str | None:
-    """The instruction set that gives this CPU native bf16 matmuls, or None.
-
-    x86: AMX tiles or AVX512-BF16 (what oneDNN's bf16 kernels use); Arm: the ``bf16`` feature
-    (BFMMLA). Without one of them bf16 runs emulated, slower than fp32.
-    """
+    """The x86 feature that gives this CPU native bf16 matmuls (AMX tiles or AVX512-BF16, what
+    oneDNN's bf16 kernels use), or None: without one bf16 runs emulated, slower than fp32."""
     cpu = getattr(torch, "cpu", None)
     for name, probe in (
         ("AMX", "_is_amx_tile_supported"),
@@ -101,13 +76,6 @@ def cpu_bf16_feature() -> str | None:
         check = getattr(cpu, probe, None)
         if check is not None and check():
             return name
-    if platform.machine().lower() in ("aarch64", "arm64"):
-        try:
-            flags = Path("/proc/cpuinfo").read_text()
-        except OSError:
-            return None
-        if any(line.startswith("Features") and " bf16" in line for line in flags.splitlines()):
-            return "Arm BF16"
     return None
 
 
@@ -120,12 +88,12 @@ def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype 
     """The autocast dtype of a precision setting (None: no autocast, fp32) and why, for logs.
 
     Raises:
-        ValueError: ``precision`` is not one of :data:`PRECISIONS`.
+        ValueError: ``precision`` is not auto, bf16 or fp32.
     """
-    if precision in ("bf16", "bfloat16"):
-        return torch.bfloat16, f"bf16 autocast (precision={precision})"
-    if precision in ("fp32", "float32"):
-        return None, f"fp32 (precision={precision})"
+    if precision == "bf16":
+        return torch.bfloat16, "bf16 autocast (precision=bf16)"
+    if precision == "fp32":
+        return None, "fp32 (precision=fp32)"
     if precision != "auto":
         raise ValueError(f"precision must be auto, bf16 or fp32, got {precision!r}")
     if device.type == "cuda":
@@ -136,12 +104,6 @@ def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype 
     if device.type == "cpu" and (feature := cpu_bf16_feature()) is not None:
         return torch.bfloat16, f"bf16 autocast (precision=auto: the CPU has {feature})"
     return None, f"fp32 (precision=auto: no native bf16 on this {device.type})"
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of a precision setting (None: no autocast, fp32); see
-    :func:`precision_choice`."""
-    return precision_choice(precision, device)[0]
 
 
 # What "auto" in autocast() resolves to here: a command's --precision (see precision()).
@@ -164,7 +126,7 @@ def precision(name: str):
 def encoding_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
     """The dtype ``autocast(device, precision)`` takes here (None: fp32): ``auto`` means the
     enclosing :func:`precision` block's setting, if any."""
-    return autocast_dtype(_PRECISION.get() if precision == "auto" else precision, device)
+    return precision_choice(_PRECISION.get() if precision == "auto" else precision, device)[0]
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -189,16 +151,6 @@ def autocast(
     return torch.autocast(device.type, dtype=dtype)
 
 
-def rank_info() -> tuple[int, int, int]:
-    """``(rank, world_size, local_rank)`` from the torchrun environment ((0, 1, 0) without it)."""
-    env = os.environ
-    return (
-        int(env.get("RANK", "0")),
-        int(env.get("WORLD_SIZE", "1")),
-        int(env.get("LOCAL_RANK", "0")),
-    )
-
-
 def setup(device: str | torch.device | None = None) -> DistInfo:
     """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU).
 
@@ -208,7 +160,10 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     Returns:
         This process's :class:`DistInfo`; a CUDA device is made the current one.
     """
-    rank, world, local = rank_info()
+    env = os.environ
+    rank, world, local = (
+        int(env.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))
+    )
     dev = pick_device(device, local)
     if dev.type == "cuda":
         torch.cuda.set_device(dev)

@@ -30,8 +30,8 @@ def test_official_config_loads_with_its_types(reference_dir):
 @pytest.mark.parametrize(
     "edit,message",
     [
-        (lambda d: [], "expected a STELLAR config object"),
-        (lambda d: "stellar", "expected a STELLAR config object"),
+        (lambda d: [], "expected a mapping"),
+        (lambda d: "stellar", "expected a mapping"),
         (lambda d: {**d, "encoder": {**d["encoder"], "hidden_size": "96"}}, "encoder.hidden_size"),
         (lambda d: {**d, "spatial_temp": "0.06"}, "spatial_temp: expected a number or null"),
         (lambda d: {**d, "num_sparse_tokens": 6.0}, "num_sparse_tokens: expected an integer"),

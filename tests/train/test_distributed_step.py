@@ -14,7 +14,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from stellar import create_stellar
 from stellar.losses.objective import ObjectiveConfig, StellarObjective
-from stellar.train.distributed import mean_across_ranks
+from stellar.train.metrics import mean_across_ranks
 
 STEPS = 2
 B, V, L = 4, 2, 2

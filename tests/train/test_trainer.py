@@ -188,7 +188,7 @@ def test_compiled_ddp_all_reduces_only_the_last_micro_batch(tmp_path, monkeypatc
     import torch.distributed as dist
     from torch.nn.parallel import DistributedDataParallel
 
-    from stellar.train.distributed import DistInfo
+    from stellar.runtime import DistInfo
 
     store = f"file://{tmp_path / 'store'}"
     dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
@@ -219,7 +219,7 @@ def test_compiled_ddp_all_reduces_only_the_last_micro_batch(tmp_path, monkeypatc
 def test_ablated_ddp_names_its_unused_parameters(tmp_path):
     import torch.distributed as dist
 
-    from stellar.train.distributed import DistInfo
+    from stellar.runtime import DistInfo
 
     store = f"file://{tmp_path / 'store'}"
     dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
@@ -240,3 +240,24 @@ def test_ablated_ddp_names_its_unused_parameters(tmp_path):
         assert set(views) == {"image", "masked_views", "keep_idx"}
     finally:
         dist.destroy_process_group()
+
+
+def test_the_train_function_and_the_command_give_the_same_run(tmp_path):
+    from stellar.cli import main
+    from stellar.train import train
+
+    run = train("cpu-smoke", TINY, out=tmp_path / "py", max_steps=2, optim__lr=1e-3)
+    assert run.out == tmp_path / "py" and run.metrics["step"] == 2
+    assert (run.out / "checkpoints" / "last" / "model.safetensors").is_file()
+    cli = tmp_path / "cli"
+    argv = ["train", "--config", "cpu-smoke", *TINY, f"out={cli}", "max_steps=2", "optim.lr=1e-3"]
+    assert main(argv) == 0
+    assert _losses(cli) == _losses(run.out)
+    got = load_stellar(cli, purpose="pretrain").state_dict()  # a run folder: its last checkpoint
+    for name, value in run.model.state_dict().items():
+        if not name.startswith("tokenizer."):
+            torch.testing.assert_close(got[name], value, rtol=0, atol=0, msg=name)
+    # A resume from Python: the saved settings, only the listed ones may change.
+    assert train(resume=True, out=run.out, max_steps=3).metrics["step"] == 3
+    with pytest.raises(ValueError, match="these differ: batch_size 4 -> 2"):
+        train(resume=True, out=run.out, batch_size=2)

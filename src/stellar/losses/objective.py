@@ -23,6 +23,7 @@ from stellar.losses.clustering import clustering_targets, cross_entropy_soft
 from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
 from stellar.models.stellar import STELLAR
+from stellar.schema import bounded
 
 # Profiler labels of the step's phases (``benchmarks/bench_train.py --breakdown``).
 PHASE = "phase/"
@@ -55,15 +56,15 @@ class ObjectiveConfig:
     """
 
     recon: bool = True
-    recon_weight: float | None = None
+    recon_weight: float | None = bounded(None, low=0)
     clustering: bool = True
     set_align: bool = True
     cls_align: bool = True
     koleo: bool = True
-    koleo_weight: float = 0.1
+    koleo_weight: float = bounded(0.1, low=0)
     global_align: bool = False
-    ot_eps: float = 0.1
-    ot_iterations: int = 5
+    ot_eps: float = bounded(0.1, low=0, low_open=True)
+    ot_iterations: int = bounded(5, low=1)
 
     @property
     def uses_masked_views(self) -> bool:

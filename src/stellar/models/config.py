@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 from stellar.errors import UsageError
-from stellar.schema import bounded, build, check
+from stellar.schema import bounded, build
 
 logger = logging.getLogger(__name__)
 
@@ -36,9 +36,6 @@ class EncoderConfig:
     qkv_bias: bool = True
     hidden_act: Literal["gelu"] = "gelu"  # the released models' activation
 
-    def __post_init__(self) -> None:
-        check(self, "encoder.")
-
     @property
     def grid_size(self) -> int:
         """Patches per side at the native resolution."""
@@ -53,17 +50,15 @@ class DecoderConfig:
     num_attention_heads: int = bounded(8, low=1)
     intermediate_size: int = bounded(2048, low=1)
 
-    def __post_init__(self) -> None:
-        check(self, "decoder.")
-
 
 @dataclass
 class StellarConfig:
     """Everything that fixes the architecture of a STELLAR model.
 
-    Field names follow the official ``config.json`` (see
-    ``fixtures/reference/stellar-tiny/config.json``); ``vq_codebook_size`` and
-    ``fourier_features`` are our additions (the released models use 1024 and 256).
+    Field names follow the official ``config.json``; ``vq_codebook_size`` and
+    ``fourier_features`` are our additions (the released models use 1024 and 256). Values
+    from outside (a file, overrides) are type- and range-checked by :func:`from_dict` and
+    :meth:`replace`; construction checks the rules that join fields.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -91,11 +86,6 @@ class StellarConfig:
             self.encoder = build(EncoderConfig, self.encoder, "encoder.")
         if isinstance(self.decoder, Mapping):
             self.decoder = build(DecoderConfig, self.decoder, "decoder.")
-        check(self)
-        self.validate()
-
-    def validate(self) -> None:
-        """Raise UsageError when the fields, each valid alone, cannot make a working model."""
         enc, dec = self.encoder, self.decoder
         problems = []
         if enc.hidden_size % enc.num_attention_heads:
@@ -131,17 +121,11 @@ class StellarConfig:
         """Build from a dict in the official schema; unknown keys are logged and ignored.
 
         Raises:
-            UsageError: ``data`` is not a mapping, is another library's config (HF
-                ``model_type`` / ``architectures``, or ``architecture`` other than
-                ``"stellar"``), names no STELLAR field, or a field has the wrong type.
+            UsageError: not a mapping, another library's config, no STELLAR field, or a
+                field of the wrong type or range.
         """
-        if not isinstance(data, Mapping):
-            raise UsageError(
-                f"expected a STELLAR config object (a JSON object / mapping), got "
-                f"{type(data).__name__}"
-            )
         names = {f.name for f in dataclasses.fields(cls)}
-        if "architecture" not in data:
+        if isinstance(data, Mapping) and "architecture" not in data:
             foreign = {k: data[k] for k in _FOREIGN_MARKERS if k in data}
             if foreign:  # e.g. an HF ViTMAE config.json: not ours, whatever its widths
                 shown = ", ".join(f"{k}={v!r}" for k, v in foreign.items())
@@ -173,11 +157,11 @@ class StellarConfig:
             raise UsageError(f"{path}: {err}") from None
 
     def replace(self, **changes: Any) -> StellarConfig:
-        """A copy with fields changed (``encoder=`` / ``decoder=`` take dicts of their fields).
+        """A checked copy with fields changed (``encoder=`` / ``decoder=`` take dicts of fields).
 
         Raises:
-            UsageError: a key that is not a field (listing the valid ones), a value of the
-                wrong type or range, or a combination that cannot make a model.
+            UsageError: an unknown key (listing the valid ones), a wrong type or range, or a
+                combination that cannot make a model.
         """
         return build(StellarConfig, merge_fields(self.to_dict(), changes))
 

@@ -1,1 +1,91 @@
-"""train"""
+"""Pretraining: :func:`train` is what ``stellar train`` runs."""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections.abc import Iterable, Mapping
+from pathlib import Path
+from typing import Any, NamedTuple
+
+from torch import nn
+
+from stellar.errors import UsageError
+from stellar.runtime import setup, teardown
+from stellar.train.config import (
+    DEFAULT_PRESET,
+    TrainConfig,
+    load_config,
+    parse_overrides,
+    read_run_config,
+    read_yaml,
+    resume_changes,
+)
+from stellar.train.runlock import clean_orphaned_temps, run_lock
+from stellar.train.trainer import Trainer
+
+logger = logging.getLogger(__name__)
+
+
+class TrainResult(NamedTuple):
+    """What :func:`train` returns."""
+
+    out: Path  # the run folder; ``load_stellar(out)`` loads its latest checkpoint
+    metrics: dict[str, float]  # the last logged step's scalars ({} if nothing was left to do)
+    model: nn.Module  # the trained STELLAR (``purpose="pretrain"``)
+
+
+def train(
+    config: str | Path | Mapping[str, Any] | TrainConfig | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    **settings: Any,
+) -> TrainResult:
+    """Pretrain STELLAR into the run folder ``out`` (under ``torchrun``: on every rank).
+
+    ``stellar.train("cpu-smoke", out="runs/x", max_steps=10, optim__lr=1e-3)``: keyword
+    settings are config keys, ``__`` standing for the section dot (or pass
+    ``**{"optim.lr": 1e-3}``, or ``overrides=["optim.lr=1e-3"]`` as on the command line).
+
+    Args:
+        config: a preset name (``cpu-smoke``, ``cpu-demo``, ``vit-b16``, ``vit-l16``,
+            ``vit-h14``), a YAML file, a mapping or a :class:`TrainConfig`. Default: the
+            ``cpu-smoke`` preset, or with ``resume`` the run's saved ``config.yaml``.
+        overrides: ``key=value`` texts or a mapping of dotted keys, applied over ``config``.
+        resume: continue ``out/checkpoints/last`` exactly; only the keys in
+            :data:`~stellar.train.config.RESUMABLE_KEYS` may differ from the saved settings.
+        overwrite: start afresh in an ``out`` that holds a run, deleting its files (without
+            it such a folder is refused).
+        **settings: more overrides.
+
+    Returns:
+        The run folder, the last step's metrics and the trained model.
+
+    Raises:
+        UsageError: bad settings (naming the key), a refused change on resume, a run folder
+            in use by another training or holding a run without ``overwrite``.
+    """
+    if resume and overwrite:
+        raise UsageError("--resume continues the run in out=, --overwrite replaces it: pick one")
+    changes = parse_overrides(overrides)
+    changes.update({k.replace("__", "."): v for k, v in settings.items()})
+    if resume and config is None:  # the saved settings, with only the overrides changed
+        out = changes.get("out", read_yaml(DEFAULT_PRESET)["out"])
+        config = {**read_run_config(out), "stop_at": None}  # stop_at is this invocation's
+    cfg = load_config(config or DEFAULT_PRESET, changes)
+    if resume:
+        for change in resume_changes(read_run_config(cfg.out), cfg):
+            logger.info("resuming %s with a changed setting: %s", cfg.out, change)
+    dist = setup()
+    try:
+        # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)
+        with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
+            if dist.is_main:
+                clean_orphaned_temps(cfg.out)
+            trainer = Trainer(cfg, dist)
+            metrics = trainer.train(resume=resume, overwrite=overwrite)
+    finally:
+        teardown()
+    return TrainResult(Path(cfg.out), metrics, trainer.model)

@@ -8,6 +8,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from stellar.checkpoint.mae import init_encoder_from_mae
+from stellar.errors import UsageError
 from stellar.hub import create_stellar, load_stellar
 from stellar.models.stellar import STELLAR
 from stellar.train.config import TrainConfig
@@ -20,13 +21,11 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
         from stellar.data.scenes import ConceptScenes
 
         return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
-    if data.source == "folder":
-        from stellar.data.folder import validate_image_folder
+    from stellar.data.folder import validate_image_folder
 
-        if not data.root:
-            raise ValueError("data.source=folder needs data.root=/path/to/images")
-        return validate_image_folder(data.root, canvas_size=data.canvas_size)
-    raise ValueError(f"data.source must be 'scenes' or 'folder', got {data.source!r}")
+    if not data.root:  # a preset for image folders leaves it to the command line
+        raise UsageError("data.source=folder needs data.root=/path/to/images")
+    return validate_image_folder(data.root, canvas_size=data.canvas_size)
 
 
 def build_model(cfg: TrainConfig) -> STELLAR:

@@ -1,4 +1,5 @@
-"""Training checkpoints: weights in the official layout plus optimizer/step/RNG state.
+"""Training checkpoints: weights in the official layout plus optimizer/step/RNG state, and
+the trainer's save / exact resume (into its own model and optimizer: no second model load).
 
 Each save writes a fresh ``step-XXXXXXXX/`` folder (every file atomically), then repoints the
 ``last`` symlink with an atomic rename; a crash at any moment leaves the previous ``last``
@@ -14,9 +15,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors.torch import load_file
 
 from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
+from stellar.checkpoint.official import from_official
+from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
+from stellar.train.config import flatten
 
 logger = logging.getLogger(__name__)
 
@@ -66,32 +71,22 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def resume_checkpoint(root: Path) -> Path:
-    """The folder ``root/last`` points at; a ValueError saying what is missing if unusable."""
+    """The folder ``root/last`` points at; a UsageError saying what is missing if unusable."""
     last = root / LAST
     if last.is_symlink() and not last.exists():
         problem = f"it points at {os.readlink(last)}, which does not exist"
     elif not last.exists():
-        where = root.parent
-        problem = (
-            "it does not exist (no checkpoint was saved there)"
-            if where.is_dir()
-            else f"it does not exist ({where} does not exist: is out= right?)"
-        )
+        problem = "it does not exist (no checkpoint was saved there)"
     elif not (last / STATE_NAME).is_file():
         problem = f"it has no {STATE_NAME} (the optimizer, step and RNG state)"
     elif not (last / WEIGHTS_NAME).is_file():
         problem = f"it has no {WEIGHTS_NAME}"
     else:
         return last.resolve()
-    raise ValueError(
+    raise UsageError(
         f"--resume needs a complete checkpoint at {last}, but {problem}. "
         f"Drop --resume to start a fresh run in {root.parent} instead."
     )
-
-
-def load_trainer_state(folder: Path) -> dict[str, Any]:
-    """The optimizer/step/RNG state saved beside the weights."""
-    return torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -100,3 +95,126 @@ def _prune(root: Path, keep: int) -> None:
     for old in steps[: max(0, len(steps) - keep)]:
         if old.resolve() != current:
             shutil.rmtree(old, ignore_errors=True)
+
+
+class TrainerCheckpoints:
+    """Save / resume, a mixin of :class:`~stellar.train.trainer.Trainer` (kept apart so that
+    the step and the loop read on their own)."""
+
+    @property
+    def sharded(self) -> bool:
+        """Whether parameters are FSDP shards (state must be gathered / scattered)."""
+        return self.dist.enabled and self.cfg.strategy == "fsdp"
+
+    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        """Model and optimizer state; under FSDP gathered in full (a collective)."""
+        if not self.sharded:
+            return self.model.state_dict(), self.optimizer.state_dict()
+        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+        return get_state_dict(self.model, self.optimizer, options=options)
+
+    def state(self, epoch: int, position: int, optimizer: dict[str, Any]) -> dict[str, Any]:
+        """Everything beyond the weights that an exact resume needs."""
+        state = {
+            "step": self.step,
+            "epoch": epoch,
+            "position": position,
+            "rank_positions": self._rank_positions(epoch, position),
+            "optimizer": optimizer,
+            "cpu_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+            "world_size": self.dist.world_size,
+            "num_images": len(self.dataset),
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
+        return state
+
+    def _rank_positions(self, epoch: int, position: int) -> list[list[int]]:
+        """Every rank's (epoch, position): they differ once a rank skipped a batch of only
+        unreadable files that the others did not have (called on every rank)."""
+        mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)
+        if not self.dist.enabled:
+            return [mine.tolist()]
+        every = [torch.empty_like(mine) for _ in range(self.dist.world_size)]
+        torch.distributed.all_gather(every, mine)
+        return [t.tolist() for t in every]
+
+    def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
+        """The saved (epoch, position) means the same data only under the same data settings."""
+        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
+        # The image folder may have moved (another machine); its size is compared instead.
+        keys = ["batch_size", "grad_accum", *(k for k in now if k.startswith("data."))]
+        differ = [
+            f"{k} {saved.get(k)!r} -> {now[k]!r}"
+            for k in keys
+            if k not in ("data.num_workers", "data.root") and saved.get(k) != now[k]
+        ]
+        for what, old, new in (
+            ("processes", state["world_size"], self.dist.world_size),
+            ("images", state["num_images"], len(self.dataset)),
+        ):
+            if old != new:
+                differ.append(f"{what} {old} -> {new}")
+        if differ:
+            raise ValueError(
+                f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
+                "resume needs the same ones. Restore them, or start a new run from these weights "
+                f"with init.checkpoint={folder}"
+            )
+        if saved["data.root"] != now["data.root"]:
+            logger.warning(
+                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
+                "holds the same images",
+                *(folder, saved["data.root"], now["data.root"]),
+            )
+
+    def save(self, epoch: int, position: int) -> Path | None:
+        """Checkpoint on the main process (every process must call it)."""
+        path = None
+        weights, optimizer = self._full_states()
+        state = self.state(epoch, position, optimizer)  # gathers from every rank
+        if self.dist.is_main:
+            path = save_checkpoint(
+                self.ckpt_dir,
+                self.step,
+                self.model,
+                state,
+                self.cfg.keep_checkpoints,
+                weights,
+            )
+        if self.dist.enabled:
+            torch.distributed.barrier()
+        return path
+
+    def resume(self) -> tuple[int, int]:
+        """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
+        folder = resume_checkpoint(self.ckpt_dir)
+        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+        self._check_same_data_order(state, folder)
+        weights, _, unknown = from_official(load_file(folder / WEIGHTS_NAME))
+        if self.sharded:
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
+
+            set_state_dict(
+                self.model,
+                self.optimizer,
+                model_state_dict=weights,
+                optim_state_dict=state["optimizer"],
+                options=StateDictOptions(full_state_dict=True),
+            )
+        else:
+            missing, unexpected = self.model.load_state_dict(weights, strict=False)
+            stray = unknown + unexpected + [k for k in missing if not k.startswith("tokenizer.")]
+            if stray:  # only the frozen tokenizer lives outside checkpoints
+                raise ValueError(f"{folder} does not match the model: {stray[:10]}")
+            self.optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["cpu_rng"])
+        if self.teacher is not None:
+            self.teacher.load_state_dict(state["teacher"])
+        self.step = int(state["step"])
+        logger.info("resumed from %s at step %d", folder, self.step)
+        epoch, position = state["rank_positions"][self.dist.rank]
+        return int(epoch), int(position)

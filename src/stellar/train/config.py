@@ -1,17 +1,16 @@
 """Training configuration: dataclass defaults ⊕ a YAML preset or file ⊕ ``key=value`` overrides.
 
-Types and ranges are declared on the fields (``Literal`` enums, :func:`~stellar.schema.bounded`)
-and checked by the one checker, :mod:`stellar.schema`; :meth:`TrainConfig.validate` adds the
-rules that join several fields, and :func:`check_against_model` those that need the model's
-architecture. Both run before anything is built or written.
+Types and ranges sit on the fields and are checked by :func:`stellar.schema.build`; the rules
+that join fields (the architecture's patch size included) run once, when a
+:class:`TrainConfig` is built by :func:`load_config`, before anything is built or written.
 """
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import inspect
-import logging
-import shutil
+import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
@@ -22,16 +21,34 @@ import yaml
 
 from stellar.data.augment import MultiViewAugment
 from stellar.data.color import ColorAugment
-from stellar.errors import Bounds, UsageError
+from stellar.errors import UsageError
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
-from stellar.schema import bounded, build, check, field_names, nested
+from stellar.schema import bounded, build, hints
 
 FocalMode = Literal["gaussian", "block"]
-Precision = Literal["auto", "bf16", "bfloat16", "fp32", "float32"]
+Precision = Literal["auto", "bf16", "fp32"]
+DEFAULT_PRESET = "cpu-smoke"
+RUN_CONFIG = "config.yaml"
 
-logger = logging.getLogger(__name__)
+# What a resumed run may change: how long it runs, what it logs, where its inputs now are. Any
+# other difference would make the continued run a different one than the checkpoint's.
+RESUMABLE_KEYS = frozenset(
+    {
+        "max_steps",
+        "stop_at",
+        "log_every",
+        "ckpt_every",
+        "keep_checkpoints",
+        "tensorboard",
+        "progress",
+        "nonfinite",
+        "data.num_workers",
+        "data.root",
+        "vq_model",
+    }
+)
 
 
 @dataclass
@@ -93,18 +110,9 @@ class InitConfig:
     checkpoint: str | None = None
 
 
-# Ranges of fields declared in other modules' dataclasses (same rule as ``bounded``).
-_SECTION_BOUNDS = {
-    ("objective", "ot_iterations"): Bounds(low=1),
-    ("objective", "ot_eps"): Bounds(low=0, low_open=True),
-    ("objective", "koleo_weight"): Bounds(low=0),
-    ("objective", "recon_weight"): Bounds(low=0),
-}
-
-
 @dataclass
 class TrainConfig:
-    """Everything a pretraining run needs."""
+    """Everything a pretraining run needs (build it with :func:`load_config`)."""
 
     model: str = "stellar-tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
@@ -119,8 +127,7 @@ class TrainConfig:
     grad_accum: int = bounded(1, low=1)
     epochs: int = bounded(150, low=1)
     max_steps: int | None = bounded(None, low=1)
-    # checkpoint and stop early (schedule unchanged): preemption
-    stop_at: int | None = bounded(None, low=1)
+    stop_at: int | None = bounded(None, low=1)  # checkpoint and stop early: preemption
     precision: Precision = "auto"
     compile: bool = False
     # recompute each encoder block in the backward pass: less activation memory (ViT-L/H)
@@ -135,24 +142,8 @@ class TrainConfig:
     tensorboard: bool = True
     progress: bool = True
 
-    def to_dict(self) -> dict[str, Any]:
-        """A plain dict (for YAML/JSON)."""
-        return dataclasses.asdict(self)
-
-    def validate(self, texts: dict[str, str] | None = None) -> TrainConfig:
-        """Check every field (types, ranges) and every rule joining fields; returns self.
-
-        Runs in :func:`load_config` and again when a :class:`~stellar.train.trainer.Trainer`
-        starts (a config may be built or edited in Python), before anything is built.
-
-        Raises:
-            UsageError: naming the key, what it expects and the value.
-        """
-        check(self, texts=texts)
-        for (section, name), rule in _SECTION_BOUNDS.items():
-            value = getattr(getattr(self, section), name)
-            if value is not None:
-                rule.check(value, f"{section}.{name}")
+    def __post_init__(self) -> None:
+        """The rules that join fields; UsageError naming the keys."""
         a = self.augment
         if a.n_masked > a.n_global:
             raise UsageError(
@@ -160,54 +151,50 @@ class TrainConfig:
             )
         if self.objective.global_align and a.n_global < 2:
             raise UsageError("objective.global_align needs augment.n_global >= 2")
-        if self.strategy == "fsdp" and self.ema.enabled:
-            # The teacher is an unsharded copy: its EMA update cannot mix with FSDP's shards.
-            raise UsageError(
-                "ema.enabled=true is not supported with strategy=fsdp (the EMA teacher is not "
-                "sharded); use strategy=ddp or ema.enabled=false"
-            )
-        if self.init.checkpoint and self.model_overrides:
-            raise UsageError(
-                "model_overrides cannot change a model loaded from init.checkpoint (its "
-                "architecture is the checkpoint's); drop them, or start from model=PRESET"
-            )
-        if not self.init.checkpoint:  # the architecture is known now: check against it
-            self.model_overrides, architecture = _apply_model_overrides(
-                self.model_overrides, self.model, texts or {}
-            )
-            check_against_model(self, architecture)
+        if self.strategy == "fsdp" and self.ema.enabled:  # the EMA teacher is not sharded
+            raise UsageError("ema.enabled=true is not supported with strategy=fsdp")
         if self.data.source == "scenes" and self.data.root:
             raise UsageError(
-                f"data.root={self.data.root} is set but data.source is 'scenes' (the built-in "
-                "procedural scenes, no files): add data.source=folder to train on the folder"
+                f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
+                "add data.source=folder to train on the folder"
             )
-        # augment.color holds the MultiViewAugment keywords the other augment fields don't set
-        # (its **color takes the ColorAugment fields).
-        colour_keys = {*inspect.signature(MultiViewAugment).parameters, *field_names(ColorAugment)}
-        colour_keys -= {*field_names(AugmentConfig)}
-        unknown = sorted(set(a.color) - colour_keys)
-        if unknown:
+        colour_keys = {*inspect.signature(MultiViewAugment).parameters, *_names(ColorAugment)}
+        colour_keys -= {*_names(AugmentConfig)}
+        if unknown := sorted(set(a.color) - colour_keys):
             raise UsageError(
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
-        return self
+        if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
+            if self.model_overrides:
+                raise UsageError(
+                    "model_overrides cannot change a model loaded from init.checkpoint; drop "
+                    "them, or start from model=PRESET"
+                )
+            return
+        if self.model not in list_models():
+            raise UsageError(
+                f"model: expected a registered model name ({', '.join(list_models())}), "
+                f"got {self.model!r}"
+            )
+        base = get_config(self.model).to_dict()
+        merged = merge_fields(base, self.model_overrides)
+        check_against_model(self, build(StellarConfig, merged, "model_overrides."))
+
+    def to_dict(self) -> dict[str, Any]:
+        """A plain dict (for YAML/JSON)."""
+        return dataclasses.asdict(self)
+
+
+def _names(cls: type) -> list[str]:
+    return [f.name for f in dataclasses.fields(cls)]
 
 
 def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
-    """The training settings that depend on the architecture (patch size, concept tokens).
-
-    :meth:`TrainConfig.validate` calls it for a preset architecture; the trainer calls it
-    once more for the one loaded from ``init.checkpoint``.
-
-    Raises:
-        UsageError: a view size that is not a multiple of the patch size, or KoLeo with one
-            concept token.
-    """
+    """The settings that depend on the architecture: view sizes, KoLeo's concept tokens."""
     p = model.encoder.patch_size
     for key in ("global_size", "local_size"):
-        size = getattr(cfg.augment, key)
-        if size % p:
+        if (size := getattr(cfg.augment, key)) % p:
             raise UsageError(
                 f"augment.{key}: expected a multiple of the patch size {p}, got {size}"
             )
@@ -225,194 +212,125 @@ def preset_names() -> list[str]:
 
 
 def load_config(
-    preset_or_path: str | None = None, overrides: list[str] | None = None
+    config: str | Path | Mapping[str, Any] | TrainConfig | None = None,
+    overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> TrainConfig:
-    """Defaults ⊕ preset (name) or YAML file ⊕ dotted ``key=value`` overrides (YAML-typed).
+    """Defaults ⊕ ``config`` ⊕ overrides, type-, range- and rule-checked once.
 
-    Every value is checked against its field's annotation and range: a UsageError names the
-    key, what it expects and the value given.
+    Args:
+        config: a preset name, a YAML file, a mapping of fields, or a TrainConfig (re-checked).
+        overrides: ``key=value`` texts (YAML values) or a mapping, dotted keys for sections
+            (``optim.lr``).
+
+    Raises:
+        UsageError: naming the key, what it expects and the value given.
     """
-    data: dict[str, Any] = {}
-    if preset_or_path:
-        data = _read_yaml(preset_or_path)
-    texts: dict[str, str] = {}
-    for item in overrides or []:
+    if isinstance(config, TrainConfig):
+        data = config.to_dict()
+    elif isinstance(config, Mapping):
+        data = copy.deepcopy(dict(config))
+    else:
+        data = read_yaml(config) if config else {}
+    for key, value in parse_overrides(overrides).items():
+        *sections, name = key.split(".")
+        target = data
+        for part in sections:
+            target = target.setdefault(part, {})
+            if not isinstance(target, dict):
+                raise UsageError(f"override {key}: {part} is not a section")
+        target[name] = value
+    return build(TrainConfig, data)
+
+
+def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, Any]:
+    """``key=value`` texts as a mapping: YAML values, the text as typed for a str field."""
+    if isinstance(overrides, Mapping):
+        return dict(overrides)
+    parsed = {}
+    for item in [overrides] if isinstance(overrides, str) else overrides:
         key, sep, raw = item.partition("=")
+        key, raw = key.strip(), raw.strip()
         if not sep or not key:
             raise UsageError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
-        key = key.strip()
-        _set_dotted(data, key, yaml.safe_load(raw))
-        texts[key] = raw.strip()
-    return build(TrainConfig, data, texts=texts).validate(texts)
+        # YAML would read out=010 as the integer 8; a str field keeps the text.
+        text = _hint(key) in (str, str | None) and raw != "null"
+        parsed[key] = raw if text else yaml.load(raw, _Loader)
+    return parsed
 
 
-def _apply_model_overrides(
-    overrides: dict[str, Any], model: str, texts: dict[str, str]
-) -> tuple[dict[str, Any], StellarConfig]:
-    """``model_overrides`` applied to the preset ``model``: (converted overrides, architecture).
-
-    ``encoder`` and ``decoder`` take mappings of their own fields, merged into the preset's.
-    The whole architecture is built as a :class:`StellarConfig`, so an unknown key, a wrong
-    type or range, or a combination that cannot make a model fails here, before any work.
-    """
-    if model not in list_models():
-        raise UsageError(
-            f"model: expected a registered model name ({', '.join(list_models())}), got {model!r}"
-        )
-    if not isinstance(overrides, dict):
-        raise UsageError(f"model_overrides: expected a mapping, got {overrides!r}")
-    base = get_config(model).to_dict()
-    built = build(StellarConfig, merge_fields(base, overrides), "model_overrides.", texts)
-    sections = nested(StellarConfig)
-    converted = {
-        k: ({f: getattr(getattr(built, k), f) for f in v} if k in sections else getattr(built, k))
-        for k, v in overrides.items()
-    }
-    return converted, built
+def _hint(key: str) -> Any:
+    """The annotation of a dotted TrainConfig key (None for an unknown one)."""
+    hint: Any = TrainConfig
+    for part in key.split("."):
+        hint = hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
+    return hint
 
 
-def _read_yaml(preset_or_path: str) -> dict[str, Any]:
+class _Loader(yaml.SafeLoader):
+    """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string)."""
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)
+
+
+def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
+    """The mapping in a YAML file or a shipped preset."""
     path = Path(preset_or_path)
     if not path.is_file():
-        candidate = resources.files("stellar") / "configs" / f"{preset_or_path}.yaml"
-        if not candidate.is_file():
+        path = resources.files("stellar") / "configs" / f"{preset_or_path}.yaml"
+        if not path.is_file():
             raise UsageError(
                 f"{preset_or_path!r} is neither a YAML file nor a preset "
                 f"(presets: {', '.join(preset_names())})"
             )
-        text = candidate.read_text()
-    else:
-        text = path.read_text()
-    data = yaml.safe_load(text) or {}
+    data = yaml.load(path.read_text(), _Loader) or {}
     if not isinstance(data, dict):
         raise UsageError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
     return data
 
 
-def _set_dotted(data: dict[str, Any], key: str, value: Any) -> None:
-    parts = key.split(".")
-    for part in parts[:-1]:
-        data = data.setdefault(part, {})
-        if not isinstance(data, dict):
-            raise UsageError(f"override {key}: {part} is not a section")
-    data[parts[-1]] = value
-
-
-# What a resumed run may change: how long it runs, what it logs, where its inputs now are. Any
-# other difference would make the continued run a different one than the checkpoint's.
-RESUMABLE_KEYS = frozenset(
-    {
-        "max_steps",
-        "stop_at",
-        "log_every",
-        "ckpt_every",
-        "keep_checkpoints",
-        "tensorboard",
-        "progress",
-        "nonfinite",
-        "data.num_workers",
-        "data.root",
-        "vq_model",
-    }
-)
-RUN_CONFIG = "config.yaml"
-
-
-def resume_config(
-    out: Path, requested: TrainConfig, keys: Iterable[str] | None = None
-) -> tuple[TrainConfig, list[str]]:
-    """The configuration a resumed run continues with: the run's saved one (``out/config.yaml``).
-
-    Of ``requested`` (the command line's configuration) only the values of ``keys`` (dotted;
-    ``None``: every key) that differ from the saved ones count, and only those in
-    :data:`RESUMABLE_KEYS` are applied. ``stop_at`` applies to the invocation that sets it, so
-    it is always taken from ``requested``.
-
-    Returns:
-        (the configuration, the applied changes as ``"key old -> new"``).
-
-    Raises:
-        UsageError: ``config.yaml`` is missing or invalid, or a key outside
-            :data:`RESUMABLE_KEYS` differs (the architecture included), naming the keys.
-    """
-    path = out / RUN_CONFIG
+def read_run_config(out: str | Path) -> dict[str, Any]:
+    """The settings a run in ``out`` saved (``out/config.yaml``), for ``--resume``."""
+    path = Path(out) / RUN_CONFIG
     if not path.is_file():
         raise UsageError(
-            f"--resume takes the run's saved settings from {path}, which does not exist; "
-            "drop --resume to start a fresh run"
+            f"--resume continues the run in {out} with its saved settings, but {path} does "
+            "not exist (is out= right?): drop --resume to start a fresh run"
         )
-    try:
-        saved = build(TrainConfig, _read_yaml(str(path)), texts={})
-    except UsageError as err:
-        raise UsageError(f"{path}: {err}") from None
-    old, new = _flatten(saved.to_dict()), _flatten(requested.to_dict())
-    wanted = set(new) if keys is None else {k for k in new if _under(k, keys)}
-    differ = sorted(k for k in wanted | {"stop_at"} if k != "out" and old.get(k) != new[k])
-    refused = [k for k in differ if k not in RESUMABLE_KEYS]
-    if refused:
-        shown = "; ".join(f"{k} {old.get(k)!r} -> {new[k]!r}" for k in refused)
-        architecture = [k for k in refused if k == "model" or k.startswith("model_overrides")]
-        why = (
-            " (a changed architecture cannot load the checkpoint's weights)" if architecture else ""
-        )
-        raise UsageError(
-            f"--resume continues {out} with its saved settings ({path}); these differ{why}: "
-            f"{shown}. A resume may change only {', '.join(sorted(RESUMABLE_KEYS))}. Drop the "
-            f"others, or start a new run from these weights with init.checkpoint={out}/checkpoints"
-            "/last"
-        )
-    for key in differ:
-        *sections, name = key.split(".")
-        target = saved
-        for section in sections:
-            target = getattr(target, section)
-        setattr(target, name, new[key])
-    saved.out = requested.out
-    return saved.validate(), [f"{k} {old.get(k)!r} -> {new[k]!r}" for k in differ]
+    return read_yaml(path)
 
 
-def existing_run_files(out: Path) -> list[Path]:
-    """The files of a run in ``out`` (its config, metrics, checkpoints, TensorBoard logs)."""
-    names = (RUN_CONFIG, "metrics.jsonl", "checkpoints", "tensorboard")
-    return [out / n for n in names if (out / n).exists() or (out / n).is_symlink()]
-
-
-def check_fresh_run(out: Path, overwrite: bool) -> list[Path]:
-    """The files of the run already in ``out`` that a fresh run replaces ([] when none).
+def resume_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+    """The differences of ``cfg`` from a run's ``saved`` settings, as ``"key old -> new"``.
 
     Raises:
-        UsageError: ``out`` holds a run and ``overwrite`` is False.
+        UsageError: a key outside :data:`RESUMABLE_KEYS` differs, naming every such key.
     """
-    old = existing_run_files(out)
-    if old and not overwrite:
+    old, new = flatten(saved), flatten(cfg.to_dict())
+    differ = sorted(k for k in old.keys() | new.keys() if k != "out" and old.get(k) != new.get(k))
+    shown = {k: f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in differ}
+    if refused := [k for k in differ if k not in RESUMABLE_KEYS]:
+        why = " (a changed architecture cannot load the checkpoint's weights)"
+        architecture = any(k == "model" or k.startswith("model_overrides") for k in refused)
         raise UsageError(
-            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume "
-            "(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or "
-            "another out= for a new run"
+            f"--resume continues {cfg.out} with its saved settings; these differ"
+            f"{why if architecture else ''}: {'; '.join(shown[k] for k in refused)}. A resume "
+            f"may change only {', '.join(sorted(RESUMABLE_KEYS))}. Drop the others, or start a "
+            f"new run from these weights with init.checkpoint={cfg.out}/checkpoints/last"
         )
-    return old
+    return list(shown.values())
 
 
-def delete_run_files(paths: list[Path]) -> None:
-    """Delete what :func:`check_fresh_run` returned (the replaced run's files)."""
-    if paths:
-        logger.warning("overwrite: deleting the previous run's %s", ", ".join(map(str, paths)))
-    for path in paths:
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        else:
-            path.unlink()
-
-
-def _flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+def flatten(data: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    """A nested config dict by dotted key (tuples as lists, as YAML reads them back)."""
     flat: dict[str, Any] = {}
     for key, value in data.items():
-        if isinstance(value, Mapping) and value:
-            flat.update(_flatten(value, f"{prefix}{key}."))
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, f"{prefix}{key}."))
         else:
             flat[prefix + key] = list(value) if isinstance(value, tuple) else value
     return flat
-
-
-def _under(key: str, keys: Iterable[str]) -> bool:
-    return any(key == k or key.startswith(k + ".") for k in keys)

@@ -3,31 +3,17 @@ TensorBoard when installed."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from pathlib import Path
 
 import torch
+import torch.distributed as dist
 
 from stellar.checkpoint.io import atomic_write
-from stellar.train.distributed import mean_across_ranks
 
 logger = logging.getLogger(__name__)
-
-
-def _rows_up_to(path: Path, step: int) -> list[str]:
-    """The lines of a metrics.jsonl whose ``step`` is at most ``step``."""
-    if not path.is_file():
-        return []
-    kept = []
-    for line in path.read_text().splitlines(keepends=True):
-        try:
-            row = json.loads(line)
-        except json.JSONDecodeError:  # a line cut short by the crash
-            continue
-        if row.get("step", step + 1) <= step:
-            kept.append(line if line.endswith("\n") else line + "\n")
-    return kept
 
 
 class MetricsLog:
@@ -36,8 +22,12 @@ class MetricsLog:
     def __init__(self, out: Path, tensorboard: bool, start_step: int = 0) -> None:
         path = out / "metrics.jsonl"
         # A resumed run keeps the rows up to its checkpoint; those logged after it (before a
-        # crash) are logged again, so they are dropped. A fresh run starts a fresh file.
-        kept = _rows_up_to(path, start_step) if start_step > 0 else []
+        # crash, maybe cut short) are logged again. A fresh run starts a fresh file.
+        kept = []
+        for line in path.read_text().splitlines() if start_step > 0 and path.is_file() else []:
+            with contextlib.suppress(json.JSONDecodeError):
+                if json.loads(line).get("step", start_step + 1) <= start_step:
+                    kept.append(line + "\n")
         atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
@@ -67,11 +57,8 @@ class MetricsLog:
 
 
 class PendingScalars:
-    """Step scalars held on the device until the loop reads them all at once.
-
-    Reading a device tensor waits for the device; the loop reads once per ``log_every`` steps
-    (and before a checkpoint) instead of every step, with one all-reduce for all ranks.
-    """
+    """Step scalars held on the device until the loop reads them all at once: once per
+    ``log_every`` steps, with one all-reduce, instead of a device wait every step."""
 
     def __init__(self) -> None:
         self.rows: list[tuple[int, dict[str, torch.Tensor]]] = []
@@ -95,3 +82,15 @@ class PendingScalars:
             out.append((step, {name: values[f"{i:08d}/{name}"] for name in scalars}))
         self.rows = []
         return out
+
+
+def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
+    """Average scalar tensors over ranks (one all-reduce) and return floats."""
+    names = sorted(values)
+    # FSDP2 returns replicated DTensors (e.g. the clipped grad norm): take the plain tensor.
+    local = [getattr(v, "full_tensor", lambda v=v: v)() for v in map(values.get, names)]
+    stacked = torch.stack([v.detach().float().reshape(()) for v in local])
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(stacked)
+        stacked /= dist.get_world_size()
+    return dict(zip(names, stacked.tolist(), strict=True))

@@ -1,4 +1,4 @@
-"""An exclusive lock on a run folder, so two trainings never write into one ``out=``.
+"""The run folder ``out=``: one training at a time, and a fresh run never silently replaces one.
 
 The lock is ``fcntl.flock`` on ``out/.lock``: the kernel releases it when the holding process
 exits, however it exits, so a lock left by a killed run is never stale. The file records who
@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import shutil
 import socket
 import sys
 from collections.abc import Iterator
@@ -17,11 +18,10 @@ from pathlib import Path
 
 from stellar.errors import UsageError
 
-__all__ = ["LOCK_NAME", "clean_orphaned_temps", "run_lock"]
-
 logger = logging.getLogger(__name__)
 
 LOCK_NAME = ".lock"
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard")
 
 
 @contextlib.contextmanager
@@ -60,11 +60,8 @@ def run_lock(out: str | Path) -> Iterator[Path]:
 def clean_orphaned_temps(out: str | Path) -> int:
     """Delete the temporary files a killed run left in ``out`` (call while holding the lock).
 
-    Only our own atomic-write names count: hidden files ending in ``.tmp`` (see
-    :func:`stellar.checkpoint.io.atomic_write`) in the run folder and its checkpoints.
-
-    Returns:
-        The number of files deleted.
+    Only our own atomic-write names count: hidden files ending in ``.tmp`` in the run folder
+    and its checkpoints. Returns how many were deleted.
     """
     folder = Path(out)
     found = [p for p in folder.glob(".*.tmp") if p.is_file() or p.is_symlink()]
@@ -80,3 +77,30 @@ def clean_orphaned_temps(out: str | Path) -> int:
             folder,
         )
     return len(found)
+
+
+def check_fresh_run(out: str | Path, overwrite: bool) -> list[Path]:
+    """The files of the run already in ``out`` that a fresh run replaces ([] when none).
+
+    Raises:
+        UsageError: ``out`` holds a run and ``overwrite`` is False.
+    """
+    old = [Path(out) / n for n in RUN_FILES if os.path.lexists(Path(out) / n)]
+    if old and not overwrite:
+        raise UsageError(
+            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume "
+            "(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or "
+            "another out= for a new run"
+        )
+    return old
+
+
+def delete_run_files(paths: list[Path]) -> None:
+    """Delete what :func:`check_fresh_run` returned (the replaced run's files)."""
+    if paths:
+        logger.warning("overwrite: deleting the previous run's %s", ", ".join(map(str, paths)))
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()

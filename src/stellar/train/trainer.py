@@ -23,22 +23,17 @@ from torch.profiler import record_function
 
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
+from stellar.errors import UsageError
 from stellar.losses.masking import random_masking
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
-from stellar.runtime import autocast, precision_choice
-from stellar.train import checkpoint as ckpt
+from stellar.runtime import DistInfo, autocast, precision_choice, setup
 from stellar.train.build import build_dataset, build_model, param_groups
-from stellar.train.config import (
-    TrainConfig,
-    check_against_model,
-    check_fresh_run,
-    delete_run_files,
-)
-from stellar.train.distributed import DistInfo, setup
+from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
+from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.resume import TrainerCheckpoints
+from stellar.train.runlock import check_fresh_run, delete_run_files
 from stellar.train.schedule import cosine_lr, ema_momentum
 
 logger = logging.getLogger(__name__)
@@ -49,7 +44,8 @@ class TrainingDiverged(RuntimeError):
 
 
 class Trainer(TrainerCheckpoints):
-    """Builds everything from a :class:`TrainConfig` and runs :meth:`train`."""
+    """Builds everything from a :class:`TrainConfig` (from
+    :func:`~stellar.train.config.load_config`, which checks it) and runs :meth:`train`."""
 
     def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None) -> None:
         self.cfg = cfg
@@ -59,7 +55,6 @@ class Trainer(TrainerCheckpoints):
         self.ckpt_dir = self.out / "checkpoints"
         # (epoch, position) where train() last stopped; None before it first started
         self.cursor: tuple[int, int] | None = None
-        cfg.validate()  # ranges and combinations, before anything is built or written
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
         self.model = build_model(cfg).to(self.device)
@@ -79,7 +74,8 @@ class Trainer(TrainerCheckpoints):
             a.local_scale,
             **a.color,
         )
-        check_against_model(cfg, self.model.config)
+        if cfg.init.checkpoint:  # a preset's architecture was checked with the config
+            check_against_model(cfg, self.model.config)
         self.optimizer = torch.optim.AdamW(
             param_groups(self.model, cfg.optim.weight_decay),
             lr=cfg.optim.lr,
@@ -87,12 +83,10 @@ class Trainer(TrainerCheckpoints):
             # Fused kernels where PyTorch has them for this device (CUDA; CPU unless sharded).
             fused=self.device.type == "cuda" or (self.device.type == "cpu" and not self.sharded),
         )
-        # Per-group weight decay as configured: a resume re-applies it over the checkpoint's.
-        self._group_decay = [g["weight_decay"] for g in self.optimizer.param_groups]
         per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         self.steps_per_epoch = len(self.dataset) // per_step
         if self.steps_per_epoch < 1:
-            raise ValueError(
+            raise UsageError(
                 f"{len(self.dataset)} images cannot fill one step of {per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
@@ -245,7 +239,7 @@ class Trainer(TrainerCheckpoints):
         self.cursor = (epoch, position)  # this trainer now owns the run in out
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+            (self.out / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
         bar = progress_bar(
             total=self.total_steps,
@@ -335,7 +329,7 @@ class Trainer(TrainerCheckpoints):
         if self.cfg.nonfinite == "skip":
             logger.warning("%s - step skipped (nonfinite=skip)", message)
             return
-        good = ckpt.latest_checkpoint(self.ckpt_dir)
+        good = latest_checkpoint(self.ckpt_dir)
         raise TrainingDiverged(
             f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
             "Lower optim.lr, or pass nonfinite=skip to skip such steps."
