@@ -14,9 +14,9 @@ from safetensors import safe_open
 
 from stellar import create_stellar
 from stellar.cli import main
+from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
 from stellar.eval.extract import extract_to_dir, load_features, shard_name
-from stellar.eval.images import EvalImages
 
 RES = 32  # stellar-tiny (patch 8) at a 4x4 grid keeps every test fast
 
@@ -52,13 +52,13 @@ def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
 
     feats, labels, paths = load_features(out)
     ref = extract_features(model, ds, keys, batch_size=4, progress=False)
-    assert ref["index"].tolist() == list(range(7))
+    assert ref["indices"].tolist() == list(range(7))
     for k in keys:
         assert feats[k].shape == ref[k].shape and feats[k].dtype == torch.float32
         torch.testing.assert_close(feats[k], ref[k], atol=1e-5, rtol=1e-5)
     assert feats["sparse"].shape == (7, model.num_tokens, 96)
     assert feats["spatial"].shape == (7, (RES // 8) ** 2, model.num_tokens)
-    assert labels.tolist() == ds.labels.tolist() == ref["label"].tolist()
+    assert labels.tolist() == ds.labels.tolist() == ref["labels"].tolist()
     assert paths == [str(p) for p in ds.paths]
 
     rows = _index_rows(out)
@@ -156,18 +156,13 @@ def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path)
     with precision("fp32"):  # auto inside a block records what the block chose
         extract_to_dir(model, ds, tmp_path / "blk", ["sparse"], precision="auto", progress=False)
     assert json.loads((tmp_path / "blk" / "meta.json").read_text())["precision"] == "fp32"
-    # A folder written before the precision was recorded was fp32 on a CPU: it still resumes.
-    meta_path = tmp_path / "fp32" / "meta.json"
-    legacy = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "precision"}
-    meta_path.write_text(json.dumps(legacy))
-    extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="fp32", progress=False)
 
 
 def test_cli_extract(tmp_path: Path) -> None:
     root = _images(tmp_path / "data", 3)
     out = tmp_path / "out"
     argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--out", str(out)]
-    argv += ["--keys", "sparse", "--dense", "--resolution", "16", "--num-workers", "0"]
+    argv += ["--keys", "sparse,dense", "--resolution", "16", "--num-workers", "0"]
     assert main([*argv, "--precision", "fp32"]) == 0
     assert json.loads((out / "meta.json").read_text())["precision"] == "fp32"
     feats, labels, _ = load_features(out)

@@ -13,7 +13,7 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.eval.images import EvalImages
+from stellar.data.folder import EvalImages
 from stellar.viz.retrieve import TokenIndex, build_token_index, query_index
 
 RES = 32
@@ -188,7 +188,7 @@ def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--query", "/nonexistent.jpg"], "expected --query an existing image file"),
+        (["--query", "/nonexistent.jpg"], "expected a readable query image"),
         (["--query", "TEXT"], "expected a readable query image"),
         (["--k", "0"], "argument --k: expected an integer >= 1"),
         (["--token", "-1"], "argument --token: expected an integer >= 0"),

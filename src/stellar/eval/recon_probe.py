@@ -6,11 +6,8 @@ blocks by default, **pixel** head) learns to rebuild the image from one frozen f
 (``lowrank`` for STELLAR, ``dense`` for dense baselines): loss ``10 · MSE(x_hat, image)``
 (the pretraining pixel loss), AdamW (lr 1e-4, wd 1e-4) with a per-step cosine decay to 0,
 20 epochs. Validation reports PSNR and SSIM (means over images) and, only when their local
-weight files are given, LPIPS-VGG and rFID (Inception features of the val images vs their
-reconstructions). The VQ target is not implemented: the probe always predicts pixels.
-
-Features and images are computed once and cached in memory (features float32, or float16
-with ``fp16``; images uint8), so each epoch costs only the decoder.
+weight files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
+Features and images are cached in memory, so each epoch costs only the decoder.
 """
 
 from __future__ import annotations
@@ -26,6 +23,7 @@ import torch.nn.functional as F
 from PIL import Image
 from torch import Tensor, nn
 
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import (
     KEY,
@@ -41,7 +39,6 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
-from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.models.decoder import ReconstructionDecoder
@@ -77,8 +74,6 @@ def fresh_decoder(
     Returns:
         The decoder, in train mode, on the CPU.
     """
-    if depth < 1:
-        raise ValueError(f"expected a decoder depth >= 1, got {depth}")
     cfg = model.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -151,12 +146,6 @@ def train_recon_probe(
         epochs, ``val_psnr`` (dB).
     """
     n = features.shape[0]
-    if n == 0 or images.shape[0] != n:
-        raise ValueError(
-            f"expected as many images as feature grids (> 0), got {n} and {images.shape[0]}"
-        )
-    if features.shape[1] != grid[0] * grid[1]:
-        raise ValueError(f"expected {grid[0] * grid[1]} tokens per grid, got {features.shape[1]}")
     decoder.to(device)
 
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
@@ -207,23 +196,13 @@ def image_metrics(
             for i in range(0, recons.shape[0], batch_size)
         ]
         out["lpips"] = torch.cat(dists).mean().item()
-    if fid_net is not None:
-        if recons.shape[0] < 2:
-            logger.warning("rFID needs at least 2 validation images; not computed")
-        else:
-            real = torch.cat(
-                [
-                    fid_net(targets[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, recons.shape[0], batch_size)
-                ]
-            )
-            fake = torch.cat(
-                [
-                    fid_net(recons[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, recons.shape[0], batch_size)
-                ]
-            )
-            out["rfid"] = fid_from_features(real, fake)
+    if fid_net is not None and recons.shape[0] > 1:  # a covariance needs two images
+
+        def pool(images: Tensor) -> Tensor:
+            chunks = images.split(batch_size)
+            return torch.cat([fid_net(c.to(device)).cpu() for c in chunks])
+
+        out["rfid"] = fid_from_features(pool(targets), pool(recons))
     return out
 
 
@@ -284,9 +263,10 @@ def run_recon(
     def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
         """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
         out = extract_features(
-            model, images, [key], batch_size, num_workers, fp16, progress, keep_images=True
-        )
-        return out[key], out["image"]
+            model, images, [key], batch_size, fp16=fp16, num_workers=num_workers,
+            progress=progress, keep_images=True,
+        )  # fmt: skip
+        return out[key], out["images"]
 
     tr_x, tr_img = cached(train)
     va_x, va_img = cached(val)
@@ -317,7 +297,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
     p.add_argument("--decoder-depth", type=positive_int, default=6)
-    p.add_argument("--target", default="pixel", help="pixel (the VQ target is not implemented)")
     p.add_argument(
         "--eval-every",
         type=nonneg_int,
@@ -337,11 +316,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stellar.runtime import pick_device
 
     key, baseline_key = resolve_keys(args)
-    if args.target != "pixel":
-        raise UsageError(
-            f"--target {args.target!r}: only the pixel target is implemented (the VQ target "
-            "would need the MaskGIT-VQGAN tokenizer)"
-        )
     train_dir = check_folder(args.train, "--train")
     val_dir = check_folder(args.val, "--val")
     if (args.lpips_vgg is None) != (args.lpips_weights is None):

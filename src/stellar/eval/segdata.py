@@ -35,9 +35,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, upright
+from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, find_images, upright
 from stellar.errors import UsageError
-from stellar.eval.images import find_images
 from stellar.progress import progress_bar
 
 __all__ = [

@@ -26,9 +26,10 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import writable_folder
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.encoder import make_loader
 from stellar.runtime import add_precision_argument, autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
@@ -213,9 +214,7 @@ def run(args: argparse.Namespace) -> int:
     grid_text = f"{grid[0]}x{grid[1]}"
     model_name = Path(str(args.model)).name
     records: list[dict[str, Any]] = []
-    for batch in make_loader(subset, args.batch_size, num_workers=0):
-        if batch["image"].shape[0] == 0:
-            continue
+    for batch in make_loader(subset, args.batch_size):
         with torch.inference_mode(), autocast(device):
             images = batch["image"].to(device)
             out = model.encode(images)

@@ -33,11 +33,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stellar.checkpoint.io import atomic_write
-from stellar.data.folder import load_rgb
+from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import writable_folder
-from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
-from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.eval.encoder import (
+    Encoder,
+    encode_batch,
+    encode_batches,
+    extract_features,
+    make_loader,
+    weights_fingerprint,
+)
+from stellar.images import preprocess
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
@@ -48,7 +55,6 @@ __all__ = [
     "query_index",
     "render_retrieval",
     "run",
-    "weights_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -123,7 +129,7 @@ def build_token_index(
 
     Args:
         model: a STELLAR model.
-        dataset: :class:`~stellar.eval.images.EvalImages` items (broken files are skipped).
+        dataset: :class:`~stellar.data.folder.EvalImages` items (broken files are skipped).
         batch_size, num_workers: loader settings.
         model_spec: recorded in the index metadata.
         progress: show a tqdm bar.
@@ -132,14 +138,10 @@ def build_token_index(
     Returns:
         The :class:`TokenIndex` (N decodable images, N·r rows).
     """
-    sparse: list[Tensor] = []
-    paths: list[str] = []
-    with torch.inference_mode():
-        for batch in decodable_batches(dataset, batch_size, num_workers, False, "index", progress):
-            out = encode_batch(model, batch["image"], ["sparse"])
-            sparse.append(F.normalize(out["sparse"], dim=-1))
-            paths.extend(batch["path"])
-    tokens = torch.cat(sparse)  # (N, r, d)
+    out = extract_features(
+        model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
+    )
+    tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
     n, r, d = tokens.shape
     meta = {
         "model": model_spec,
@@ -154,7 +156,7 @@ def build_token_index(
         tokens.reshape(n * r, d),
         torch.arange(n).repeat_interleave(r),
         torch.arange(r).repeat(n),
-        paths,
+        out["paths"],
         meta,
     )
 
@@ -274,18 +276,10 @@ def _encode_files(
     model: Encoder, paths: list[str], resolution: int
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """{position in ``paths``: (image, spatial)} for the decodable files."""
-    dataset = EvalImages(paths, resolution, resize_ratio=1.0)
-    found: dict[int, tuple[Tensor, Tensor]] = {}
-    with torch.inference_mode():
-        for batch in make_loader(dataset, 16, 0):
-            if batch["image"].shape[0] == 0:
-                continue
-            spatial = encode_batch(model, batch["image"], ["spatial"])["spatial"]
-            found.update(
-                (int(i), (batch["image"][b], spatial[b]))
-                for b, i in enumerate(batch["index"].tolist())
-            )
-    return found
+    loader = make_loader(EvalImages(paths, resolution, resize_ratio=1.0), 16)
+    out = encode_batches(model, loader, ["spatial"], keep_images=True)
+    rows = zip(out["indices"].tolist(), out["images"], out["spatial"], strict=True)
+    return {i: (image.float() / 255, spatial) for i, image, spatial in rows}
 
 
 def _collection(data: str) -> str:
@@ -293,13 +287,11 @@ def _collection(data: str) -> str:
     return str(Path(data).resolve())
 
 
-def _check_query(path: str) -> None:
-    if not Path(path).is_file():
-        raise UsageError(f"expected --query an existing image file, got {path}")
+def _read_query(path: str) -> Image.Image:
     try:
-        load_rgb(path)
+        return load_rgb(path)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image, got {path} ({err})") from err
+        raise UsageError(f"expected a readable query image (--query), got {path} ({err})") from err
 
 
 def _refuse_reuse(index_dir: Path, problem: str) -> UsageError:
@@ -348,7 +340,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Every argument is checked before the weights are read or anything is indexed (numbers:
     # by argparse).
-    _check_query(args.query)
+    q_photo = _read_query(args.query)
     info = inspect_model(args.model)  # the architecture from the header, not the weights
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
@@ -394,11 +386,7 @@ def run(args: argparse.Namespace) -> int:
         resolution = built_at
     grid = (resolution // p, resolution // p)
 
-    query = EvalImages([args.query], resolution, resize_ratio=1.0)
-    try:
-        q_image = query.load(0)
-    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image, got {args.query} ({err})") from err
+    q_image = preprocess(q_photo, resolution)[0]
     q_out = encode_batch(model, q_image[None], ["sparse", "spatial"])
     q_vec = q_out["sparse"][0, args.token].float().cpu()
     scores, rows = query_index(index, q_vec, args.k)
