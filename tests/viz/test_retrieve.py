@@ -69,10 +69,6 @@ def test_query_matches_brute_force() -> None:
     np.testing.assert_array_equal(rows.numpy(), expect)
     np.testing.assert_allclose(scores.numpy(), np.take_along_axis(sims, expect, 1), atol=1e-6)
     assert query_index(bank, q[0], k=500)[1].shape == (50,)  # k clamped to the bank
-    with pytest.raises(ValueError, match="dim"):
-        query_index(bank, torch.randn(5), k=1)
-    with pytest.raises(ValueError, match="k >= 1"):
-        query_index(bank, q, k=0)
 
 
 def test_index_round_trip(model, tmp_path: Path) -> None:
