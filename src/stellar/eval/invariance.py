@@ -33,10 +33,12 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch.utils.data import Subset
 
+from stellar.checkpoint.io import atomic_write
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int, probability
@@ -50,7 +52,6 @@ from stellar.eval.common import (
     resolution,
 )
 from stellar.eval.encoder import Encoder, decodable_batches
-from stellar.eval.invariance_chart import draw_invariance_chart
 
 __all__ = [
     "DISTANCES",
@@ -354,8 +355,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
-    png = draw_invariance_chart(rows, args.out_dir / "invariance.png")
+    png = atomic_write(args.out_dir / "invariance.png", lambda tmp: _chart(rows).save(tmp, "PNG"))
     return {"rows": rows, "png": str(png)}
+
+
+def _chart(rows: list[dict[str, Any]]) -> Image.Image:
+    """Distances per model, and each model's equivariance shares stacked per transform."""
+    from stellar.viz.maps import compose_panel
+    from stellar.viz.plots import bar_chart
+
+    names = [n for n in DISTANCES if any(r["distances"][n] for r in rows)]
+    bars = {r["model"]: [(r["distances"][n] or {}).get("mean") for n in names] for r in rows}
+    panels = [bar_chart(names, bars, "cosine distance, crop vs original (lower = invariant)")]
+    eq = [(f"{r['model']} {t}", s) for r in rows for t, s in (r["equivariance"] or {}).items()]
+    if eq:
+        shares = {k: [s[k] for _, s in eq] for k in ("l_share", "s_share", "cross_share")}
+        title = "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"
+        panels.append(bar_chart([name for name, _ in eq], shares, title, stacked=True))
+    return compose_panel([[p] for p in panels])
 
 
 def tables(result: dict[str, Any]) -> list[str]:
