@@ -36,8 +36,8 @@ def _images(root: Path, n: int, classes: int = 2) -> Path:
     return root
 
 
-def _index_rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+def _meta(out: Path) -> dict:
+    return json.loads((out / "meta.json").read_text())
 
 
 def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
@@ -61,13 +61,9 @@ def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
     assert labels.tolist() == ds.labels.tolist() == ref["labels"].tolist()
     assert paths == [str(p) for p in ds.paths]
 
-    rows = _index_rows(out)
-    assert [r["index"] for r in rows] == list(range(7))
-    for r in rows[::3]:  # each index line points at its own row of its shard
-        with safe_open(str(out / shard_name(r["shard"])), framework="pt") as f:
-            row = f.get_tensor("sparse")[r["row"]]
-        torch.testing.assert_close(row, ref["sparse"][r["index"]], atol=1e-5, rtol=1e-5)
-        assert r["path"] == str(ds.paths[r["index"]]) and r["label"] == int(ds.labels[r["index"]])
+    with safe_open(str(out / shard_name(1)), framework="pt") as f:  # images 3, 4, 5
+        assert f.get_tensor("index").tolist() == [3, 4, 5]
+        assert json.loads(f.metadata()["paths"]) == [str(p) for p in ds.paths[3:6]]
 
 
 def test_resume_skips_complete_shards(model, tmp_path: Path) -> None:
@@ -77,12 +73,13 @@ def test_resume_skips_complete_shards(model, tmp_path: Path) -> None:
     assert extract_to_dir(model, ds, out, **kw) == [0, 1, 2]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     (out / shard_name(1)).unlink()
-    (out / "index.jsonl").unlink()
+    meta = _meta(out)
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False, "count": None}))
     assert extract_to_dir(model, ds, out, **kw) == [1]
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     assert after[shard_name(0)] == before[shard_name(0)]
     assert after[shard_name(2)] == before[shard_name(2)]
-    assert len(_index_rows(out)) == 5
+    assert _meta(out)["complete"] and _meta(out)["count"] == 5
     assert extract_to_dir(model, ds, out, **kw) == []  # nothing left to do
     assert not list(out.glob(".*tmp"))  # no temp files left behind
 
@@ -93,7 +90,7 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
     kw = dict(keys=["cls", "sparse"], shard_size=2, batch_size=2, progress=False, world_size=2)
     first = extract_to_dir(model, ds, out, rank=0, **kw)
     assert first == [0, 2, 4]
-    assert not (out / "index.jsonl").exists()
+    assert not _meta(out)["complete"]
     with pytest.raises(ValueError, match="incomplete"):
         load_features(out)
     second = extract_to_dir(model, ds, out, rank=1, **kw)
@@ -106,7 +103,7 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
     assert sorted(indices) == list(range(9))
     feats, labels, paths = load_features(out, keys=["cls"])
     assert set(feats) == {"cls"} and feats["cls"].shape == (9, 1, 96)
-    assert [r["index"] for r in _index_rows(out)] == list(range(9))
+    assert _meta(out)["count"] == 9
     ref = extract_features(model, ds, ["cls"], batch_size=9, progress=False)
     torch.testing.assert_close(feats["cls"], ref["cls"], atol=1e-5, rtol=1e-5)
 

@@ -6,13 +6,12 @@ Layout of ``OUT``:
 - ``shard-00000.safetensors`` ...: dataset images ``[g * shard_size, (g + 1) * shard_size)``
   of global shard ``g``; one tensor per requested key with one row per decoded image (the
   model's per-image shape), plus ``index`` and ``label`` (int64), the paths in the metadata.
-- ``index.jsonl``: one line per extracted image, ``{"path", "label", "index", "shard", "row"}``.
 - ``meta.json``: the settings (model spec, a fingerprint of its weights, keys, preprocessing,
   ...), ``count`` and ``complete``. A rerun resumes only onto a folder with the same settings.
 
 Under torchrun rank ``k`` of ``W`` takes the global shards ``k, k + W, ...``. Each shard is
-written atomically, so an existing shard is complete and a rerun skips it; ``index.jsonl`` and
-the final ``meta.json`` are written once every shard exists.
+written atomically, so an existing shard is complete and a rerun skips it; the final
+``meta.json`` is written once every shard exists.
 """
 
 from __future__ import annotations
@@ -61,7 +60,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
-INDEX_NAME = "index.jsonl"
 DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar extract` keeps
 
 
@@ -83,15 +81,8 @@ def _shard_complete(path: Path, keys: Sequence[str]) -> bool:
     return present >= {*keys, "index", "label"}
 
 
-def _write_json(path: Path, payload: Any, lines: bool = False) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            if lines:
-                f.writelines(json.dumps(row) + "\n" for row in payload)
-            else:
-                json.dump(payload, f, indent=2)
-
-    atomic_write(path, write)
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
 def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
@@ -139,7 +130,7 @@ def extract_to_dir(
         rank, world_size: this process takes global shards ``rank::world_size``.
         model_spec: recorded in ``meta.json``.
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        finalize: write ``index.jsonl`` and the final ``meta.json`` when every shard exists.
+        finalize: mark the folder complete when every shard exists.
         precision: the encoding's autocast (``auto``, ``bf16``, ``fp32``); the dtype it
             resolves to is recorded, and a resume must resolve to the same.
 
@@ -215,38 +206,20 @@ def _write_shard(path: Path, shard: int, out: dict[str, Any], keys: list[str]) -
 
 
 def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
-    """Write ``index.jsonl`` and the final ``meta.json`` if every shard of ``out_dir`` exists.
-
-    Returns:
-        Whether the folder is complete.
-    """
+    """Mark ``out_dir`` complete in ``meta.json`` if every shard exists; whether it is."""
     out = Path(out_dir)
     meta = json.loads((out / META_NAME).read_text())
-    missing = [
-        g
-        for g in range(meta["num_shards"])
-        if not _shard_complete(out / shard_name(g), meta["keys"])
-    ]
+    shards = [out / shard_name(g) for g in range(meta["num_shards"])]
+    missing = sum(not _shard_complete(path, meta["keys"]) for path in shards)
     if missing:
-        logger.info(
-            "%d of %d shards not written yet (other ranks?): index.jsonl not written",
-            len(missing),
-            meta["num_shards"],
-        )
+        logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
         return False
-    rows = []
-    for g in range(meta["num_shards"]):
-        with safe_open(str(out / shard_name(g)), framework="pt") as f:
-            paths = json.loads(f.metadata()["paths"])
-            labels = f.get_tensor("label").tolist()
-            indices = f.get_tensor("index").tolist()
-        rows.extend(
-            {"path": p, "label": lab, "index": i, "shard": g, "row": j}
-            for j, (p, lab, i) in enumerate(zip(paths, labels, indices, strict=True))
-        )
-    _write_json(out / INDEX_NAME, rows, lines=True)
-    _write_json(out / META_NAME, {**meta, "count": len(rows), "complete": True})
-    logger.info("wrote %d images' features in %d shards to %s", len(rows), meta["num_shards"], out)
+    count = 0
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            count += f.get_slice("index").get_shape()[0]
+    _write_json(out / META_NAME, {**meta, "count": count, "complete": True})
+    logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
     return True
 
 
