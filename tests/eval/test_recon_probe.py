@@ -86,9 +86,9 @@ def test_image_metrics_and_grid(tmp_path) -> None:
     assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
     path = save_reconstruction_grid(target, noisy, tmp_path / "g.png", max_images=2)
     grid = np.asarray(Image.open(path))
-    assert grid.shape == (2 * 26, 2 * 26, 3)
+    assert grid.shape == (2 + 2 * 26, 2 + 2 * 26, 3)  # 2 x 2 tiles of 24 px, 2 px apart
     np.testing.assert_array_equal(
-        grid[:24, 26:50], (target[1] * 255).round().byte().permute(1, 2, 0)
+        grid[2:26, 28:52], (target[1] * 255).round().byte().permute(1, 2, 0)
     )
 
 

@@ -17,12 +17,11 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
+from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import (
@@ -65,14 +64,8 @@ def fresh_decoder(
 ) -> ReconstructionDecoder:
     """A newly initialised pixel-head decoder sized for ``model``'s features.
 
-    Args:
-        model: STELLAR or a baseline (its ``config.encoder``, ``config.decoder`` and
-            ``config.fourier_features`` fix the widths; the patch size fixes the head).
-        depth: transformer blocks (6 in the paper).
-        seed: seeds the initialisation and the Fourier matrix (global RNG untouched).
-
-    Returns:
-        The decoder, in train mode, on the CPU.
+    The widths come from ``model.config`` (``encoder``, ``decoder``, ``fourier_features``),
+    the head from its patch size; ``seed`` seeds the initialisation (global RNG untouched).
     """
     cfg = model.config
     with torch.random.fork_rng(devices=[]):
@@ -134,10 +127,9 @@ def train_recon_probe(
         features: (N, n, d) frozen feature grids, n = h·w.
         images: (N, 3, h·p, w·p) uint8 targets.
         grid: (h, w).
-        schedule: optimisation settings; its seed fixes the batch order (the decoder's
-            initialisation is :func:`fresh_decoder`'s).
+        schedule: optimisation settings; its seed fixes the batch order.
         device: where the decoder trains.
-        val: optional ``(features, images)`` for a PSNR every ``eval_every`` epochs.
+        val: optional ``(features, images)`` for a PSNR every ``eval_every`` (> 0) epochs.
         eval_every: 0 = no per-epoch validation.
         progress: tqdm bar over epochs.
 
@@ -209,7 +201,7 @@ def image_metrics(
 def save_reconstruction_grid(
     inputs: Tensor, recons: Tensor, path: str | Path, max_images: int = 8
 ) -> Path:
-    """Write a PNG: top row the inputs, bottom row their reconstructions.
+    """A PNG of the first ``max_images`` inputs (top row) over their reconstructions.
 
     Args:
         inputs: (N, 3, H, W) uint8 or [0, 1] float.
@@ -217,20 +209,11 @@ def save_reconstruction_grid(
         path: output file.
         max_images: columns.
     """
-    k = min(max_images, inputs.shape[0])
-    if inputs.dtype != torch.uint8:
-        inputs = inputs.clamp(0, 1).mul(255).round().to(torch.uint8)
-    rec = recons[:k].clamp(0, 1).mul(255).round().to(torch.uint8)
-    rows = torch.stack([inputs[:k], rec])  # (2, k, 3, H, W)
-    _, _, c, h, w = rows.shape
-    # rows -> (2H, kW, 3) with a 2-pixel white gutter between tiles
-    pad = 2
-    padded = F.pad(rows, (0, pad, 0, pad), value=255)
-    canvas = padded.permute(0, 3, 1, 4, 2).reshape(2 * (h + pad), k * (w + pad), c)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(canvas.numpy())).save(path)
-    return path
+    from stellar.viz.maps import compose_panel
+
+    rows = [list(inputs[:max_images]), list(recons[:max_images])]
+    figure = compose_panel(rows, pad=2)
+    return atomic_write(Path(path), lambda tmp: figure.save(tmp, format="PNG"))
 
 
 def run_recon(
