@@ -333,7 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: crop distances and (STELLAR) the equivariance partition; a chart."""
-    data = check_folder(args.data, "--data")
+    data = check_folder(args.data, "--data").root
     transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
     bad = [t for t in transforms if t not in TRANSFORMS]
     if bad:

@@ -35,7 +35,7 @@ from stellar.eval.features import (
     split_features,
 )
 from stellar.eval.probe import ProbeSchedule, fit_probe
-from stellar.runtime import autocast, pick_device
+from stellar.runtime import autocast
 
 logger = logging.getLogger(__name__)
 
@@ -265,8 +265,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_train = len(ImageFolder(train_dir))
         else:
             train = split_features(args, e, train_dir, args.train_features)
-            device = e.model.device if e.model is not None else pick_device(args.device)
-            metrics = run_linear(train, val, schedule=schedule, device=device, progress=progress)
+            metrics = run_linear(
+                train, val, schedule=schedule, device=e.model.device, progress=progress
+            )
             num_train = len(train)
         rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))
     return {"rows": rows, "augmented": args.augmented}

@@ -299,8 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stellar.runtime import pick_device
 
     key, baseline_key = resolve_keys(args)
-    train_dir = check_folder(args.train, "--train")
-    val_dir = check_folder(args.val, "--val")
+    train_dir = check_folder(args.train, "--train").root
+    val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
         raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
     for flag, path in (
