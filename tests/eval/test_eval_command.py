@@ -107,7 +107,7 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
         main([*other, "--out", str(tmp_path / "f32"), "--keys", "cls", "--num-workers", "0"]) == 0
     )
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "f32")]
-    with pytest.raises(ValueError, match="extracted differently .*resolution 64 vs 32"):
+    with pytest.raises(ValueError, match="extracted at 32 px, but this run encodes at 64 px"):
         main([*argv, *mixed])
 
 

@@ -148,21 +148,9 @@ def _check_features_dir(root: str, key: str, what: str) -> None:
         )
 
 
-def _check_same_extraction(train: str, val: str) -> None:
-    """Both feature folders must come from the same weights and preprocessing."""
-    a, b = _meta(train), _meta(val)
-    keys = ("weights", "resolution", "resize_ratio", "crop")
-    differ = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-    if differ:
-        raise UsageError(
-            f"--train-features and --val-features were extracted differently ({'; '.join(differ)}"
-            "); expected both from the same model and settings"
-        )
-
-
-def _check_against_model(root: str, what: str, model: Encoder, res: int, mixed: bool) -> None:
-    """A feature folder must hold features of this model at this resolution (and, ``mixed``
-    with images of the other split, of the same evaluation view)."""
+def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
+    """A feature folder must hold features of this model, at this resolution, of the evaluation
+    view the images of a split are read with (so two folders also match each other)."""
     meta = _meta(root)
     ours = weights_fingerprint(model)
     if meta["weights"] != ours:
@@ -177,11 +165,11 @@ def _check_against_model(root: str, what: str, model: Encoder, res: int, mixed: 
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
         )
     ratio, crop = meta["resize_ratio"], meta["crop"]
-    if mixed and (abs(ratio - EVAL_RESIZE_RATIO) > 1e-9 or not crop):
+    if abs(ratio - EVAL_RESIZE_RATIO) > 1e-9 or not crop:
         raise UsageError(
             f"{what} {root!r} was extracted with --resize-ratio {ratio:.4g} (crop {crop}), "
-            f"but the other split's images are read at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
-            "extract it with the default --resize-ratio, or extract both splits"
+            f"but the protocol reads images at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
+            "extract it with the default --resize-ratio"
         )
 
 
@@ -225,8 +213,6 @@ def classification_setup(
     ):
         if root:
             _check_features_dir(root, key, flag)
-    if args.train_features and args.val_features:
-        _check_same_extraction(args.train_features, args.val_features)
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
@@ -243,13 +229,12 @@ def classification_setup(
             )
     entries = load_entries(args, key, baseline_key)
     ours = entries[0].model
-    mixed = bool(args.train_features) != bool(args.val_features)
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, ours, resolution(args, ours), mixed)
+            _check_against_model(root, flag, ours, resolution(args, ours))
     return entries, train_dir, val_dir
 
 
