@@ -11,7 +11,7 @@ import hashlib
 import logging
 import os
 from collections.abc import Iterable, Iterator, Sequence
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Protocol
 
 import torch
 from PIL import Image
@@ -54,7 +54,6 @@ PathLike = str | os.PathLike[str]
 Images = PathLike | Sequence[PathLike] | Sequence[Image.Image] | Dataset
 
 
-@runtime_checkable
 class Encoder(Protocol):
     """A frozen image encoder as the protocols use it.
 

@@ -393,8 +393,6 @@ def tables(result: dict[str, Any]) -> list[str]:
         eq_cols = [MODEL, ("transform", lambda r: r["transform"])] + [
             (s, lambda r, s=s: metric(".4f")(r.get(s))) for s in share
         ]
-        out += [
-            "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS",
-            format_table(eq_cols, eq_rows),
-        ]
+        out += ["equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"]
+        out += [format_table(eq_cols, eq_rows)]
     return out

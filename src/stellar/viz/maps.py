@@ -120,13 +120,12 @@ def _finite(values: Tensor, what: str) -> Tensor:
     return out
 
 
-def _size_of(size: int | tuple[int, int] | None, grid: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) from an int side, an (H, W) pair or None (the grid itself)."""
+def _resized(image: Image.Image, size: int | tuple[int, int] | None, resample) -> Image.Image:
+    """``image`` at ``size``: an (H, W) pair, a side, or None to keep it (one pixel a patch)."""
     if size is None:
-        return int(grid[0]), int(grid[1])
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
+        return image
+    h, w = (size, size) if isinstance(size, int) else size
+    return image if image.size == (w, h) else image.resize((w, h), resample)
 
 
 # ---------------------------------------------------------------------------- concept maps
@@ -205,11 +204,7 @@ def argmax_segmentation(
     maps = _maps(spatial, grid)
     labels = maps.argmax(0)  # (h, w)
     seg = torch.from_numpy(palette(maps.shape[0]))[labels]  # (h, w, 3) uint8
-    out = Image.fromarray(seg.numpy(), "RGB")
-    hw = _size_of(size, grid)
-    if (out.height, out.width) != hw:
-        out = out.resize((hw[1], hw[0]), Image.Resampling.NEAREST)
-    return out
+    return _resized(Image.fromarray(seg.numpy(), "RGB"), size, Image.Resampling.NEAREST)
 
 
 def pca_rgb(
@@ -253,10 +248,7 @@ def pca_rgb(
     rgb = ((proj - lo) / torch.where(flat, torch.ones_like(span), span)).clamp(0, 1)
     rgb[:, flat] = 0.5
     image = Image.fromarray((rgb.reshape(h, w, 3) * 255).round().to(torch.uint8).numpy(), "RGB")
-    hw = _size_of(size, grid)
-    if (image.height, image.width) != hw:
-        image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    return image
+    return _resized(image, size, Image.Resampling.BILINEAR)
 
 
 def concept_grid(
