@@ -75,6 +75,15 @@ def test_folder_files_and_pil_images_give_the_rows_of_encode(model, tmp_path: Pa
         torch.testing.assert_close(from_pil[k], ref[k].float(), atol=1e-5, rtol=0)
 
 
+def test_rows_match_encode_of_model_preprocess(model, tmp_path: Path) -> None:
+    paths = _photos(tmp_path / "photos")
+    with precision("fp32"):
+        ref = model.encode(model.preprocess(paths))  # the release's preprocessing, native size
+        out = extract_features(model, tmp_path / "photos", ("sparse", "lowrank"), progress=False)
+    for k in ("sparse", "lowrank"):
+        torch.testing.assert_close(out[k], ref[k].float(), atol=1e-5, rtol=0)
+
+
 def test_pooled_features_and_class_folders(model, tmp_path: Path) -> None:
     for cls in ("cat", "dog"):
         _photos(tmp_path / "data" / cls)
