@@ -189,6 +189,8 @@ def argmax_segmentation(
     spatial: Tensor,
     grid: tuple[int, int],
     size: int | tuple[int, int] | None = None,
+    image: ImageLike | None = None,
+    alpha: float = 1.0,
 ) -> Image.Image:
     """Each patch coloured by its most likely token, ``palette(r)[argmax_k L[i, k]]``.
 
@@ -197,6 +199,8 @@ def argmax_segmentation(
         grid: patch grid (h, w).
         size: output (H, W) or side (default: the grid itself, one pixel per patch); patches
             are upsampled as blocks (nearest).
+        image: optional photo under the colours, which then have opacity ``alpha``.
+        alpha: opacity of the colours over ``image``.
 
     Returns:
         PIL RGB image.
@@ -204,7 +208,11 @@ def argmax_segmentation(
     maps = _maps(spatial, grid)
     labels = maps.argmax(0)  # (h, w)
     seg = torch.from_numpy(palette(maps.shape[0]))[labels]  # (h, w, 3) uint8
-    return _resized(Image.fromarray(seg.numpy(), "RGB"), size, Image.Resampling.NEAREST)
+    out = _resized(Image.fromarray(seg.numpy(), "RGB"), size, Image.Resampling.NEAREST)
+    if image is not None and alpha < 1:
+        photo = to_pil(image).resize(out.size, Image.Resampling.BICUBIC)
+        out = Image.blend(photo, out, alpha)
+    return out
 
 
 def pca_rgb(
