@@ -7,8 +7,8 @@ import pytest
 from PIL import Image
 
 from stellar import create_stellar
+from stellar.data.folder import EvalImages
 from stellar.demo.figures import photo_figure, sample_photos
-from stellar.eval.images import EvalImages
 
 
 def _photos(folder, n: int, seed: int = 0):

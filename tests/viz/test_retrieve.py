@@ -13,7 +13,7 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.eval.images import EvalImages
+from stellar.data.folder import EvalImages
 from stellar.viz.retrieve import TokenIndex, build_token_index, query_index
 
 RES = 32
@@ -69,10 +69,6 @@ def test_query_matches_brute_force() -> None:
     np.testing.assert_array_equal(rows.numpy(), expect)
     np.testing.assert_allclose(scores.numpy(), np.take_along_axis(sims, expect, 1), atol=1e-6)
     assert query_index(bank, q[0], k=500)[1].shape == (50,)  # k clamped to the bank
-    with pytest.raises(ValueError, match="dim"):
-        query_index(bank, torch.randn(5), k=1)
-    with pytest.raises(ValueError, match="k >= 1"):
-        query_index(bank, q, k=0)
 
 
 def test_index_round_trip(model, tmp_path: Path) -> None:
@@ -188,7 +184,7 @@ def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--query", "/nonexistent.jpg"], "expected --query an existing image file"),
+        (["--query", "/nonexistent.jpg"], "expected a readable query image"),
         (["--query", "TEXT"], "expected a readable query image"),
         (["--k", "0"], "argument --k: expected an integer >= 1"),
         (["--token", "-1"], "argument --token: expected an integer >= 0"),

@@ -10,8 +10,8 @@ from pathlib import Path
 import torch
 from PIL import Image
 
+from stellar.data.folder import EvalImages
 from stellar.data.scenes import ConceptScenes
-from stellar.eval.images import EvalImages
 from stellar.models.stellar import STELLAR
 from stellar.viz.maps import argmax_segmentation, compose_panel, concept_overlay, to_pil
 from stellar.viz.plots import line_plot

@@ -87,38 +87,13 @@ class ViTBaseline(nn.Module):
         """The device of the weights."""
         return self.encoder.cls_token.device
 
-    @property
-    def dtype(self) -> torch.dtype:
-        """The dtype of the weights."""
-        return self.encoder.cls_token.dtype
-
-    def check_images(self, images: Tensor) -> None:
-        """Raise ValueError unless ``images`` is a (B, 3, H, W) float batch, H, W multiples of p."""
-        if not isinstance(images, Tensor) or images.ndim != 4 or images.shape[1] != 3:
-            shape = tuple(images.shape) if isinstance(images, Tensor) else type(images).__name__
-            raise ValueError(f"expected images of shape (B, 3, H, W), got {shape}")
-        if not images.is_floating_point():
-            raise ValueError(f"expected floating-point images in [0, 1], got {images.dtype}")
-        h, w = images.shape[-2:]
-        if h % self.patch_size or w % self.patch_size:
-            raise ValueError(
-                f"image size {h}x{w} is not divisible by the patch size {self.patch_size}"
-            )
-
-    def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """Encode (B, 3, H, W) RGB in [0, 1] -> ``cls`` (B, 1, d), ``dense`` (B, n, d)."""
-        self.check_images(images)
-        return self.forward_encode(images)
-
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
-        """:meth:`encode` without input checks."""
-        pixels = ((images - self.pixel_mean) / self.pixel_std).to(self.dtype)
+        """(B, 3, H, W) RGB in [0, 1] -> ``cls`` (B, 1, d), ``dense`` (B, n, d)."""
+        pixels = ((images - self.pixel_mean) / self.pixel_std).to(self.pixel_mean.dtype)
         tokens = self.encoder.forward_features(pixels)
         return {"cls": tokens[:, :1], "dense": tokens[:, 1:]}
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Same as :meth:`encode`."""
-        return self.encode(images)
+    encode = forward = forward_encode  # its inputs come from the protocols' own pipeline
 
 
 def parse_baseline(spec: str) -> tuple[str, Path]:

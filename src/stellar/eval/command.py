@@ -1,24 +1,10 @@
 """``stellar eval PROTOCOL``: the evaluation protocols of arXiv 2602.01905 on a frozen model.
 
-A thin dispatcher. Each protocol module owns its options, its run and its table columns:
-
-- ``linear`` (:mod:`stellar.eval.linear`): LayerNorm -> Linear probe on a mean-pooled output
-  (``--key``, default ``sparse``), on features extracted once (or read from ``stellar
-  extract`` folders) or, with ``--augmented``, on fresh RandomResizedCrop + flip views.
-- ``knn`` (:mod:`stellar.eval.knn`): weighted k-NN (DINO, k 20, T 0.07) on the same features.
-- ``seg`` (:mod:`stellar.eval.segmentation`): BatchNorm -> 1x1 conv probe on the ``dense``
-  grid, dataset-level mIoU; ADE20K or images/ + masks/ folders (:mod:`stellar.eval.segdata`).
-- ``recon`` (:mod:`stellar.eval.recon_probe`): a fresh pixel decoder trained on frozen
-  ``lowrank`` features; PSNR, SSIM, and LPIPS / rFID when their local weights are passed.
-- ``invariance`` (:mod:`stellar.eval.invariance`): crop-vs-original cosine distances and the
-  equivariance partition of ΔZ into its L and S parts.
-
-``--baseline mae:PATH`` (or ``vit:PATH``) adds a row for a plain ViT read from a local MAE / HF
-ViT checkpoint (:mod:`stellar.eval.baseline`), evaluated with ``--baseline-key``.
-
-Every protocol prints a table (accuracies and mIoU in percent), writes ``OUT/metrics.json``
-(fractions in [0, 1], PSNR in dB, NaN as null) and checks its inputs (numbers, folders, keys,
-the output folder) before any model or data work.
+A thin dispatcher: each protocol module (:data:`PROTOCOLS`) owns its options, its run and its
+table columns. ``--baseline mae:PATH`` (or ``vit:PATH``) adds a row for a plain ViT read from
+a local MAE / HF ViT checkpoint (:mod:`stellar.eval.baseline`). Every protocol prints a table
+(accuracies and mIoU in percent), writes ``OUT/metrics.json`` (fractions in [0, 1], PSNR in
+dB, NaN as null) and checks its inputs before any model or data work.
 """
 
 from __future__ import annotations

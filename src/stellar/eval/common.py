@@ -16,6 +16,7 @@ import math
 import os
 import tempfile
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,36 +102,28 @@ def resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
 
 
 # ---------------------------------------------------------------------------- input folders
-def _scan(root: str | None, what: str) -> ImageFolder:
-    """The images of a folder (scanned only, nothing decoded)."""
-    if root is None:
-        raise UsageError(f"expected {what}: pass a folder of images")
-    path = Path(root)
-    if not path.is_dir():
-        raise UsageError(f"expected {what} to be a folder, got {str(path)!r}")
-    try:
-        return ImageFolder(path)
-    except ValueError:
-        raise UsageError(f"expected image files in {what} {str(path)!r}, found none") from None
-
-
-def check_folder(root: str | None, what: str) -> Path:
-    """A folder that holds images."""
-    return _scan(root, what).root
+def check_folder(root: str | None, what: str) -> ImageFolder:
+    """The images of a folder, scanned only (nothing decoded)."""
+    if root is None or not Path(root).is_dir():
+        raise UsageError(f"expected {what} to be a folder of images, got {root!r}")
+    return ImageFolder(root)  # a folder without images is its UsageError
 
 
 def check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
     """A folder of images in class sub-folders, and the names of those classes."""
-    folder = _scan(root, what)
+    folder = check_folder(root, what)
     return folder.root, set(folder.require_labels(what))
 
 
 # ---------------------------------------------------------------------------- models
+@dataclass
 class Entry:
     """One table row to compute: a model, its label, kind (stellar | baseline) and feature key."""
 
-    def __init__(self, name: str, kind: str, model: Encoder | None, key: str | None) -> None:
-        self.name, self.kind, self.model, self.key = name, kind, model, key
+    name: str
+    kind: str
+    model: Encoder
+    key: str | None
 
     def row(self, **metrics: Any) -> dict[str, Any]:
         """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
@@ -148,23 +141,22 @@ def resolution(args: argparse.Namespace, model: Encoder) -> int:
 
 
 def load_entries(
-    args: argparse.Namespace, key: str | None, baseline_key: str | None, load_stellar: bool = True
+    args: argparse.Namespace, key: str | None, baseline_key: str | None
 ) -> list[Entry]:
-    """The rows of a run: ``--model`` (unless ``load_stellar`` is False) and ``--baseline``."""
+    """The rows of a run: ``--model`` and ``--baseline``."""
     from stellar.hub import load_model
 
     device = pick_device(args.device)
     torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
-    model = load_model(args.model, purpose="encode", device=device) if load_stellar else None
+    model = load_model(args.model, purpose="encode", device=device)
     entries = [Entry(str(args.model), "stellar", model, key)]
     if args.baseline is not None:
         base = load_baseline(args.baseline, device=device)
         entries.append(Entry(base.name, "baseline", base, baseline_key))
     for e in entries:
-        if e.model is not None:
-            resolution(args, e.model)
-            if e.key is not None and e.key not in e.model.feature_keys:
-                raise UsageError(f"{e.name} does not produce {e.key!r}")
+        resolution(args, e.model)
+        if e.key is not None and e.key not in e.model.feature_keys:
+            raise UsageError(f"{e.name} does not produce {e.key!r}")
     return entries
 
 

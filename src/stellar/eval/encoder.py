@@ -2,35 +2,46 @@
 
 Every protocol takes an :class:`Encoder`: STELLAR (:class:`stellar.models.stellar.STELLAR`) and
 the plain ViT / MAE baselines (:class:`stellar.eval.baseline.ViTBaseline`) both satisfy it.
+:func:`extract_features` is the pass behind every protocol and ``stellar extract``.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Sequence
-from typing import Any, Protocol, runtime_checkable
+import logging
+import os
+from collections.abc import Iterable, Iterator, Sequence
+from typing import Any, Protocol
 
 import torch
+from PIL import Image
 from torch import Tensor
 from torch.utils.data import Dataset
 
+from stellar.data.folder import EvalImages
+from stellar.data.loader import EpochLoader, build_loader
 from stellar.errors import UsageError
-from stellar.eval.images import decodable_batches
+from stellar.images import preprocess
 from stellar.models.stellar import STELLAR
+from stellar.progress import progress_bar
 from stellar.runtime import autocast
 
 __all__ = [
     "BASELINE_KEYS",
-    "DEFAULT_KEYS",
     "FEATURE_KEYS",
     "STELLAR_KEYS",
     "Encoder",
     "check_keys",
+    "decodable_batches",
     "encode_batch",
+    "encode_batches",
     "extract_features",
-    "feature_keys",
+    "make_loader",
+    "pool_features",
     "weights_fingerprint",
 ]
+
+logger = logging.getLogger(__name__)
 
 # The per-image probe features each kind of model offers (``spatial`` and ``peak_dist`` are
 # maps and statistics, not probe features).
@@ -38,19 +49,19 @@ STELLAR_KEYS: tuple[str, ...] = STELLAR.feature_keys
 BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
 # Every output an encoding pass may keep.
 FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
-DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar extract` keeps
+
+PathLike = str | os.PathLike[str]
+Images = PathLike | Sequence[PathLike] | Sequence[Image.Image] | Dataset
 
 
-@runtime_checkable
 class Encoder(Protocol):
     """A frozen image encoder as the protocols use it.
 
     Attributes:
         patch_size: p; inputs are (B, 3, H, W) with H and W multiples of p.
         feature_keys: the outputs of :meth:`encode` a probe may read.
-        config: ``config.encoder`` (an :class:`~stellar.models.config.EncoderConfig`: width,
-            native ``image_size``), ``config.decoder`` and ``config.fourier_features`` (the
-            size of a reconstruction-probe decoder).
+        config: ``config.encoder`` (width, native ``image_size``), ``config.decoder`` and
+            ``config.fourier_features`` (the size of a reconstruction-probe decoder).
     """
 
     patch_size: int
@@ -58,9 +69,7 @@ class Encoder(Protocol):
     config: Any
 
     @property
-    def device(self) -> torch.device:
-        """Where the weights are."""
-        ...
+    def device(self) -> torch.device: ...
 
     def encode(self, images: Tensor) -> dict[str, Tensor]:
         """(B, 3, H, W) RGB in [0, 1] -> ``{key: (B, tokens, d)}`` (checked inputs)."""
@@ -71,9 +80,38 @@ class Encoder(Protocol):
         ...
 
 
-def feature_keys(model: Encoder) -> tuple[str, ...]:
-    """The probe features ``model`` offers."""
-    return tuple(model.feature_keys)
+def pool_features(x: Tensor) -> Tensor:
+    """Mean over tokens: (N, T, D) -> (N, D); (N, D) features are returned as they are."""
+    return x.mean(dim=1) if x.dim() == 3 else x
+
+
+def check_keys(keys: Sequence[str]) -> list[str]:
+    """``keys`` without blanks and repeats, each one of :data:`FEATURE_KEYS`."""
+    keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
+    bad = [k for k in keys if k not in FEATURE_KEYS]
+    if not keys or bad:
+        raise UsageError(
+            f"expected feature keys among {', '.join(FEATURE_KEYS)}, got {keys or 'none'}"
+        )
+    return keys
+
+
+def weights_fingerprint(model: Any) -> str:
+    """A short hash identifying a model's weights (what saved features were computed with).
+
+    Hashes the concept tokens, the patch embedding and the sparse projection (the patch
+    embedding alone for a model without concept tokens): cheap, independent of the file's path,
+    and different for any two trained or differently seeded models.
+    """
+    digest = hashlib.sha256()
+    tensors = [model.encoder.patch_embed.weight]
+    if hasattr(model, "sparse_tokens"):
+        tensors = [model.sparse_tokens, model.encoder.patch_embed.weight, model.sparse_proj.weight]
+    for tensor in tensors:
+        t = tensor.detach().to("cpu", torch.float32).contiguous()
+        digest.update(str(tuple(t.shape)).encode())
+        digest.update(t.numpy().tobytes())
+    return digest.hexdigest()[:16]
 
 
 @torch.inference_mode()
@@ -84,7 +122,7 @@ def encode_batch(
     fp16: bool = False,
     precision: str = "auto",
 ) -> dict[str, Tensor]:
-    """Encode one batch on the model's device under ``inference_mode`` and return CPU tensors.
+    """Encode one batch on the model's device and return CPU tensors.
 
     Args:
         model: the encoder.
@@ -92,8 +130,7 @@ def encode_batch(
         keys: outputs of ``model.encode`` to keep.
         fp16: store floating outputs as float16 (otherwise float32).
         precision: ``auto`` (the enclosing :func:`~stellar.runtime.precision` block's
-            setting, else bf16 autocast where the device computes it natively), ``bf16`` or
-            ``fp32``.
+            setting, else bf16 where the device computes it natively), ``bf16`` or ``fp32``.
 
     Returns:
         ``{key: (B, ...)}`` on the CPU.
@@ -115,75 +152,152 @@ def encode_batch(
     return kept
 
 
-def weights_fingerprint(model: Any) -> str:
-    """A short hash identifying a model's weights (what saved features were computed with).
+# ---------------------------------------------------------------------------- image passes
+class _ImageList(Dataset):
+    """PIL images (or files) read by :func:`stellar.images.preprocess`, as
+    :class:`EvalImages` items."""
 
-    Hashes the concept tokens, the patch embedding and the sparse projection (the patch
-    embedding alone for a model without concept tokens): cheap (no full pass over the
-    weights), independent of the file's path or time stamps, and different for any two
-    trained or differently seeded models.
+    def __init__(self, images: Sequence[Image.Image | PathLike], resolution: int) -> None:
+        self.images, self.resolution = list(images), resolution
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, i: int) -> dict[str, Any] | None:
+        img = self.images[i]
+        try:
+            image = preprocess(img, self.resolution)[0]
+        except Exception as err:  # noqa: BLE001 - as a broken file: skipped and reported
+            logger.warning("skipping unreadable image %d (%s: %s)", i, type(err).__name__, err)
+            return None
+        path = str(img) if not isinstance(img, Image.Image) else getattr(img, "filename", "")
+        path = path or f"<image {i}>"
+        return {"image": image, "label": torch.tensor(-1), "index": torch.tensor(i), "path": path}
+
+
+def as_dataset(model: Encoder, images: Images, resolution: int | None = None) -> Dataset:
+    """The dataset of an image folder, a list of files or PIL images, or a dataset as it is.
+
+    Files and PIL images (any mode and size) are read as :meth:`STELLAR.preprocess` reads them
+    (:func:`stellar.images.preprocess`): shorter side resized (bicubic) to ``resolution``
+    (default: the model's native side), centre square cropped, values in [0, 1]; a folder
+    through the same view (:class:`EvalImages` with ``resize_ratio=1``).
     """
-    digest = hashlib.sha256()
-    tensors = [model.encoder.patch_embed.weight]
-    if hasattr(model, "sparse_tokens"):
-        tensors = [model.sparse_tokens, model.encoder.patch_embed.weight, model.sparse_proj.weight]
-    for tensor in tensors:
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
-    return digest.hexdigest()[:16]
+    if isinstance(images, Dataset):
+        return images
+    res = resolution or model.config.encoder.image_size
+    if not isinstance(images, str | os.PathLike) and any(
+        isinstance(x, Image.Image) for x in images
+    ):
+        return _ImageList(images, res)
+    return EvalImages(images, res, resize_ratio=1.0)
 
 
-def check_keys(keys: Sequence[str]) -> list[str]:
-    """``keys`` without blanks and repeats, each one of :data:`FEATURE_KEYS`."""
-    keys = list(dict.fromkeys(k.strip() for k in keys if k.strip()))
-    bad = [k for k in keys if k not in FEATURE_KEYS]
-    if not keys or bad:
-        raise UsageError(
-            f"expected feature keys among {', '.join(FEATURE_KEYS)}, got {keys or 'none'}"
+def make_loader(
+    dataset: Dataset, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
+) -> EpochLoader:
+    """A sequential loader that leaves broken files out (and skips batches of only those)."""
+    return build_loader(
+        dataset, batch_size, num_workers, shuffle=False, drop_last=False, distributed=False,
+        pin_memory=pin_memory, persistent_workers=False,
+    )  # fmt: skip
+
+
+def decodable_batches(
+    dataset: Dataset,
+    batch_size: int = 64,
+    num_workers: int = 0,
+    pin_memory: bool = False,
+    desc: str | None = None,
+    progress: bool = True,
+) -> Iterator[dict[str, Any]]:
+    """The batches of :func:`make_loader` under a progress bar; the count of files skipped as
+    unreadable is logged at the end.
+
+    Raises:
+        UsageError: once the loader is exhausted, if no image of ``dataset`` could be decoded.
+    """
+    loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin_memory)
+    found = 0
+    for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
+        found += batch["index"].shape[0]
+        yield batch
+    skipped = len(dataset) - found  # every item not delivered was an unreadable file
+    if skipped:
+        logger.warning(
+            "%s: skipped %d unreadable file(s) of %d", desc or "pass", skipped, found + skipped
         )
-    return keys
+    if not found:
+        raise UsageError(f"expected at least one decodable image in {dataset!r}, found none")
 
 
 def extract_features(
     model: Encoder,
-    dataset: Dataset,
-    keys: Sequence[str] = DEFAULT_KEYS,
+    images: Images,
+    features: Sequence[str] = ("sparse",),
     batch_size: int = 64,
-    num_workers: int = 0,
+    *,
+    resolution: int | None = None,
+    pool: bool = False,
     fp16: bool = False,
-    progress: bool = True,
-    reduce: Callable[[Tensor], Tensor] | None = None,
     precision: str = "auto",
+    num_workers: int = 0,
+    progress: bool = True,
     keep_images: bool = False,
-) -> dict[str, Tensor]:
-    """Features of a whole dataset, in memory: the one encoding pass of the evaluations.
+) -> dict[str, Any]:
+    """Features of a collection of images, in memory, one row per readable image.
 
     Args:
-        model: a STELLAR model (its device is used).
-        dataset: yields :class:`~stellar.eval.images.EvalImages` items (``None`` = broken).
-        keys: outputs of ``model.encode`` to keep.
-        batch_size, num_workers: loader settings.
-        fp16: keep floating features as float16.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        reduce: applied to each batch of features before it is kept (e.g. token pooling, so
+        model: STELLAR or a baseline (its device is used).
+        images: a folder (scanned recursively; class sub-folders give ``labels``), a list of
+            image files, a list of PIL images, or a dataset of
+            :class:`~stellar.data.folder.EvalImages` items. Files and PIL images are read as
+            :meth:`STELLAR.preprocess` reads them; unreadable files are skipped (a warning
+            names each one).
+        features: outputs of ``model.encode`` to keep, among :data:`FEATURE_KEYS`.
+        batch_size: images per encoder batch.
+        resolution: input side, a multiple of the patch size (default: the model's native).
+        pool: mean over the token axis, so each feature is (N, d) (computed batch by batch;
             the token axis never accumulates).
-        keep_images: also keep the images as ``image``, (N, 3, H, W) uint8.
-        precision: the encoding's autocast (see :func:`~stellar.eval.encoder.encode_batch`).
+        fp16: keep floating features as float16 (else float32).
+        precision: ``auto``, ``bf16`` or ``fp32`` (see :func:`encode_batch`).
+        num_workers: image decoding processes.
+        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
+        keep_images: also return the model inputs as ``images``, (N, 3, R, R) uint8.
 
     Returns:
-        ``{key: (N, ...)}`` for each key, plus ``label`` (N,) and ``index`` (N,) int64, the
-        dataset index of each row; N counts the decodable images only.
+        ``{key: (N, ...)}`` for each feature (the model's per-image shape: ``sparse`` (N, r, d),
+        ``cls`` (N, 1, d), ``dense`` / ``lowrank`` (N, n, d), ``spatial`` (N, n, r),
+        ``peak_dist`` (N, r); (N, d) with ``pool``), ``paths`` (N image paths, in row order),
+        ``labels`` (N,) int64 (class index, -1 without class folders) and ``indices`` (N,)
+        int64, each row's position in ``images``.
     """
-    keys = check_keys(keys)
-    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
+    keys = check_keys(features)
+    dataset = as_dataset(model, images, resolution)
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
-    for batch in decodable_batches(dataset, batch_size, num_workers, pin, desc, progress):
+    batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)
+    return encode_batches(model, batches, keys, fp16, precision, pool, keep_images)
+
+
+def encode_batches(
+    model: Encoder,
+    batches: Iterable[dict[str, Any]],
+    keys: Sequence[str],
+    fp16: bool = False,
+    precision: str = "auto",
+    pool: bool = False,
+    keep_images: bool = False,
+) -> dict[str, Any]:
+    """:func:`extract_features` of loader batches; features are empty lists when none came."""
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "labels", "indices")}
+    paths: list[str] = []
+    for batch in batches:
         for k, v in encode_batch(model, batch["image"], keys, fp16, precision).items():
-            parts[k].append(v if reduce is None else reduce(v))
-        parts["label"].append(batch["label"])
-        parts["index"].append(batch["index"])
+            parts[k].append(pool_features(v) if pool else v)
+        parts["labels"].append(batch["label"])
+        parts["indices"].append(batch["index"])
+        paths.extend(batch["path"])
         if keep_images:
-            parts.setdefault("image", []).append(batch["image"].mul(255).round_().to(torch.uint8))
-    return {k: torch.cat(v) for k, v in parts.items()}
+            parts.setdefault("images", []).append(batch["image"].mul(255).round_().byte())
+    return {**{k: torch.cat(v) if v else v for k, v in parts.items()}, "paths": paths}

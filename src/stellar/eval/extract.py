@@ -1,20 +1,17 @@
-"""``stellar extract``: per-image features of an image collection, written in shards.
+"""``stellar extract``: :func:`~stellar.eval.encoder.extract_features` written in resumable
+shards.
 
 Layout of ``OUT``:
 
 - ``shard-00000.safetensors`` ...: dataset images ``[g * shard_size, (g + 1) * shard_size)``
   of global shard ``g``; one tensor per requested key with one row per decoded image (the
-  model's per-image shape: ``sparse`` (r, d), ``cls`` (1, d), ``spatial`` (n, r), ...), plus
-  ``index`` and ``label`` (int64). Broken files are left out, so a shard may hold fewer rows.
-- ``index.jsonl``: one line per extracted image, ``{"path", "label", "index", "shard", "row"}``.
-- ``meta.json``: the settings (model spec, a fingerprint of its weights, keys, resolution and
-  the rest of the preprocessing, ...), ``count`` and ``complete``. A rerun resumes only onto
-  a folder whose settings, weights included, are the same.
+  model's per-image shape), plus ``index`` and ``label`` (int64), the paths in the metadata.
+- ``meta.json``: the settings (model spec, a fingerprint of its weights, keys, preprocessing,
+  ...), ``count`` and ``complete``. A rerun resumes only onto a folder with the same settings.
 
-Distributed (torchrun): rank ``k`` of ``W`` takes the global shards ``k, k + W, k + 2W, ...``,
-so the ranks write disjoint files and together cover every image. Each shard is written
-atomically (temp file + ``os.replace``): an existing shard file is complete, and a rerun skips
-it (resume). ``index.jsonl`` and the final ``meta.json`` are written once every shard exists.
+Under torchrun rank ``k`` of ``W`` takes the global shards ``k, k + W, ...``. Each shard is
+written atomically, so an existing shard is complete and a rerun skips it; the final
+``meta.json`` is written once every shard exists.
 """
 
 from __future__ import annotations
@@ -23,8 +20,7 @@ import argparse
 import json
 import logging
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -35,16 +31,16 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.encoder import (
-    DEFAULT_KEYS,
     FEATURE_KEYS,
     Encoder,
     check_keys,
-    encode_batch,
+    encode_batches,
+    make_loader,
     weights_fingerprint,
 )
-from stellar.eval.images import EvalImages, make_loader
 from stellar.progress import progress_bar
 from stellar.runtime import (
     add_precision_argument,
@@ -64,7 +60,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
-INDEX_NAME = "index.jsonl"
+DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar extract` keeps
 
 
 def shard_name(shard: int) -> str:
@@ -73,20 +69,6 @@ def shard_name(shard: int) -> str:
 
 
 # ---------------------------------------------------------------------------- sharded output
-@dataclass
-class _Shard:
-    shard: int
-    start: int
-    stop: int
-
-
-def _shards(num_items: int, shard_size: int) -> list[_Shard]:
-    return [
-        _Shard(g, s, min(s + shard_size, num_items))
-        for g, s in enumerate(range(0, num_items, shard_size))
-    ]
-
-
 def _shard_complete(path: Path, keys: Sequence[str]) -> bool:
     if not path.is_file():
         return False
@@ -99,23 +81,15 @@ def _shard_complete(path: Path, keys: Sequence[str]) -> bool:
     return present >= {*keys, "index", "label"}
 
 
-def _write_json(path: Path, payload: Any, lines: bool = False) -> None:
-    def write(tmp: Path) -> None:
-        with open(tmp, "w", encoding="utf-8") as f:
-            if lines:
-                f.writelines(json.dumps(row) + "\n" for row in payload)
-            else:
-                json.dump(payload, f, indent=2)
-
-    atomic_write(path, write)
+def _write_json(path: Path, payload: Any) -> None:
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
-def _prepare_meta(out_dir: Path, settings: dict[str, Any], legacy: dict[str, Any]) -> None:
-    """Start ``meta.json``, or check that an existing one has the same ``settings``
-    (``legacy``: the values of keys that older folders did not record)."""
+def _prepare_meta(out_dir: Path, settings: dict[str, Any]) -> None:
+    """Start ``meta.json``, or check that an existing one has the same ``settings``."""
     meta_path = out_dir / META_NAME
     if meta_path.is_file():
-        old = {**legacy, **json.loads(meta_path.read_text())}
+        old = json.loads(meta_path.read_text())
         diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
         if diff:
             raise UsageError(
@@ -156,7 +130,7 @@ def extract_to_dir(
         rank, world_size: this process takes global shards ``rank::world_size``.
         model_spec: recorded in ``meta.json``.
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        finalize: write ``index.jsonl`` and the final ``meta.json`` when every shard exists.
+        finalize: mark the folder complete when every shard exists.
         precision: the encoding's autocast (``auto``, ``bf16``, ``fp32``); the dtype it
             resolves to is recorded, and a resume must resolve to the same.
 
@@ -164,13 +138,10 @@ def extract_to_dir(
         The global ids of the shards written by this call (existing ones are skipped).
     """
     keys = check_keys(keys)
-    if int(shard_size) < 1:
-        raise ValueError(f"expected shard_size >= 1, got {shard_size}")
-    if not 0 <= rank < world_size:
-        raise ValueError(f"expected 0 <= rank < world_size, got rank={rank}, world={world_size}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    shards = _shards(len(dataset), int(shard_size))
+    n = len(dataset)
+    shards = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
     settings = {
         "model": model_spec,
         "weights": weights_fingerprint(model),
@@ -180,109 +151,75 @@ def extract_to_dir(
         "crop": dataset.crop,
         "fp16": bool(fp16),
         "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
-        "shard_size": int(shard_size),
+        "shard_size": shard_size,
         "num_files": len(dataset),
         "num_shards": len(shards),
         "classes": list(dataset.classes),
     }
-    # Before the precision was recorded, extraction ran as auto then chose: bf16 on CUDA only.
-    _prepare_meta(out, settings, {"precision": "bf16" if model.device.type == "cuda" else "fp32"})
+    _prepare_meta(out, settings)
 
-    mine = shards[rank::world_size]
-    todo = [s for s in mine if not _shard_complete(out / shard_name(s.shard), keys)]
+    mine = list(range(len(shards)))[rank::world_size]
+    todo = [g for g in mine if not _shard_complete(out / shard_name(g), keys)]
     skipped = len(mine) - len(todo)
     if skipped:
         logger.info("rank %d: %d shard(s) already complete, skipped", rank, skipped)
     written = []
     bar = progress_bar(
-        total=sum(s.stop - s.start for s in todo),
+        total=sum(len(shards[g]) for g in todo),
         desc=f"extract[{rank}]" if world_size > 1 else "extract",
         unit="img",
         disable=not progress,
         position=rank if world_size > 1 else None,
     )
     with bar:
-        for s in todo:
-            _extract_shard(
-                model, dataset, out, s, keys, (batch_size, num_workers), fp16, precision, bar
-            )
-            written.append(s.shard)
+        for g in todo:
+            subset = Subset(dataset, shards[g])
+            loader = make_loader(subset, batch_size, num_workers, model.device.type == "cuda")
+            batches = _counted(loader, batch_size, len(subset), bar)
+            out_g = encode_batches(model, batches, keys, fp16, precision)
+            _write_shard(out / shard_name(g), g, out_g, keys)
+            written.append(g)
     if finalize:
         finalize_dir(out)
     return written
 
 
-def _extract_shard(
-    model: Encoder,
-    dataset: EvalImages,
-    out: Path,
-    shard: _Shard,
-    keys: list[str],
-    loading: tuple[int, int],
-    fp16: bool,
-    precision: str,
-    bar: Any,
-) -> None:
-    batch_size, num_workers = loading
-    subset = Subset(dataset, range(shard.start, shard.stop))
-    loader = make_loader(subset, batch_size, num_workers, pin_memory=model.device.type == "cuda")
-    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
-    paths: list[str] = []
-    for b, batch in enumerate(loader):
-        n = batch["image"].shape[0]
-        if n:
-            for k, v in encode_batch(model, batch["image"], keys, fp16, precision).items():
-                parts[k].append(v)
-            parts["label"].append(batch["label"])
-            parts["index"].append(batch["index"])
-            paths.extend(batch["path"])
-        bar.update(min(batch_size, len(subset) - b * batch_size))  # broken files count too
-    tensors = {k: torch.cat(v).contiguous() for k, v in parts.items() if v}
-    if not tensors:  # every file of the shard is broken: an empty shard still marks it done
-        tensors = {k: torch.empty(0) for k in keys} | {
-            "label": torch.empty(0, dtype=torch.int64),
-            "index": torch.empty(0, dtype=torch.int64),
-        }
-    metadata = {"paths": json.dumps(paths), "shard": str(shard.shard)}
-    atomic_write(
-        out / shard_name(shard.shard),
-        lambda tmp: save_file(tensors, str(tmp), metadata=metadata),
-    )
+def _counted(loader: Any, batch_size: int, total: int, bar: Any) -> Iterator[dict[str, Any]]:
+    """The loader's batches, advancing ``bar`` by the files drawn (broken ones included)."""
+    done = 0
+    for batch in loader:
+        now = min(loader.drawn * batch_size, total)
+        bar.update(now - done)
+        done = now
+        yield batch
+    bar.update(total - done)
+
+
+def _write_shard(path: Path, shard: int, out: dict[str, Any], keys: list[str]) -> None:
+    """One shard file; every file of it broken gives an empty shard, which still marks it done."""
+    tensors = {k: out[k] if len(out[k]) else torch.empty(0) for k in keys}
+    for name, stored in (("labels", "label"), ("indices", "index")):
+        tensors[stored] = out[name] if len(out[name]) else torch.empty(0, dtype=torch.int64)
+    tensors = {k: v.contiguous() for k, v in tensors.items()}
+    metadata = {"paths": json.dumps(out["paths"]), "shard": str(shard)}
+    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
 def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
-    """Write ``index.jsonl`` and the final ``meta.json`` if every shard of ``out_dir`` exists.
-
-    Returns:
-        Whether the folder is complete.
-    """
+    """Mark ``out_dir`` complete in ``meta.json`` if every shard exists; whether it is."""
     out = Path(out_dir)
     meta = json.loads((out / META_NAME).read_text())
-    missing = [
-        g
-        for g in range(meta["num_shards"])
-        if not _shard_complete(out / shard_name(g), meta["keys"])
-    ]
+    shards = [out / shard_name(g) for g in range(meta["num_shards"])]
+    missing = sum(not _shard_complete(path, meta["keys"]) for path in shards)
     if missing:
-        logger.info(
-            "%d of %d shards not written yet (other ranks?): index.jsonl not written",
-            len(missing),
-            meta["num_shards"],
-        )
+        logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
         return False
-    rows = []
-    for g in range(meta["num_shards"]):
-        with safe_open(str(out / shard_name(g)), framework="pt") as f:
-            paths = json.loads(f.metadata()["paths"])
-            labels = f.get_tensor("label").tolist()
-            indices = f.get_tensor("index").tolist()
-        rows.extend(
-            {"path": p, "label": lab, "index": i, "shard": g, "row": j}
-            for j, (p, lab, i) in enumerate(zip(paths, labels, indices, strict=True))
-        )
-    _write_json(out / INDEX_NAME, rows, lines=True)
-    _write_json(out / META_NAME, {**meta, "count": len(rows), "complete": True})
-    logger.info("wrote %d images' features in %d shards to %s", len(rows), meta["num_shards"], out)
+    count = 0
+    for path in shards:
+        with safe_open(str(path), framework="pt") as f:
+            count += f.get_slice("index").get_shape()[0]
+    _write_json(out / META_NAME, {**meta, "count": count, "complete": True})
+    logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
     return True
 
 
@@ -334,12 +271,6 @@ def load_features(
     return features, labels, paths
 
 
-def stored_classes(out_dir: str | os.PathLike[str]) -> list[str] | None:
-    """The class names a ``stellar extract`` folder recorded (None before it recorded them)."""
-    meta = json.loads((Path(out_dir) / META_NAME).read_text())
-    return list(meta["classes"]) if meta.get("classes") else None
-
-
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar extract``."""
@@ -351,7 +282,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=",".join(DEFAULT_KEYS),
         help=f"comma-separated outputs to store, among {','.join(FEATURE_KEYS)}",
     )
-    parser.add_argument("--dense", action="store_true", help="also store the dense patch tokens")
     parser.add_argument("--fp16", action="store_true", help="store features as float16")
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--num-workers", type=nonneg_int, default=4)
@@ -377,10 +307,7 @@ def run(args: argparse.Namespace) -> int:
     info = setup(args.device)
     rank, world, device = info.rank, info.world_size, info.device
     writable_folder(args.out)  # before the model or any image is read
-    keys = [k for k in args.keys.split(",") if k.strip()]
-    if args.dense and "dense" not in keys:
-        keys.append("dense")
-    keys = check_keys(keys)
+    keys = check_keys(args.keys.split(","))
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     model = load_model(args.model, purpose="encode", device=device)
     logger.info("encoding precision: %s", precision_choice(args.precision, device)[1])

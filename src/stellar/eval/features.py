@@ -14,7 +14,6 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -22,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError
 from stellar.eval.common import (
     KEY,
@@ -41,11 +41,10 @@ from stellar.eval.encoder import (
     STELLAR_KEYS,
     Encoder,
     extract_features,
+    pool_features,
     weights_fingerprint,
 )
-from stellar.eval.extract import load_features, stored_classes
-from stellar.eval.images import EvalImages
-from stellar.runtime import encoding_dtype
+from stellar.eval.extract import load_features
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -63,25 +62,16 @@ logger = logging.getLogger(__name__)
 EVAL_RESIZE_RATIO = 256 / 224
 
 
-def pool_features(x: Tensor) -> Tensor:
-    """Mean over tokens: (N, T, D) -> (N, D); (N, D) features are returned as they are."""
-    if x.dim() == 3:
-        return x.mean(dim=1)
-    if x.dim() == 2:
-        return x
-    raise ValueError(f"expected features of shape (N, T, D) or (N, D), got {tuple(x.shape)}")
-
-
 class LabelledFeatures:
     """Pooled features with labels and the class names the labels index.
 
     Attributes:
         x: (N, d) float32 features.
         y: (N,) int64 labels.
-        classes: class names, ``classes[y[i]]`` is the class of row i (None when unknown).
+        classes: class names, ``classes[y[i]]`` is the class of row i.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, classes: list[str] | None) -> None:
+    def __init__(self, x: Tensor, y: Tensor, classes: list[str]) -> None:
         self.x, self.y, self.classes = x, y, classes
 
     def __len__(self) -> int:
@@ -119,67 +109,30 @@ def labelled_features(
     dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
     classes = dataset.require_labels(str(root))
     out = extract_features(
-        model, dataset, [key], batch_size, num_workers, progress=progress, reduce=pool_features
+        model, dataset, [key], batch_size, pool=True, num_workers=num_workers, progress=progress
     )
-    return LabelledFeatures(out[key], out["label"], classes)
+    return LabelledFeatures(out[key], out["labels"], classes)
 
 
 def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
-    """Pooled ``key`` features of a ``stellar extract`` folder, with labels.
-
-    Class names come from ``meta.json``; for folders written before it stored them, they are
-    recovered from the stored paths (each image's parent folder) when that is consistent.
-
-    Raises:
-        UsageError: the folder lacks ``key`` or its images carry no labels.
-    """
-    features, labels, paths = load_features(out_dir, [key])
-    x = pool_features(features[key].float())
-    if labels.numel() == 0 or bool((labels < 0).any()):
+    """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
+    features, labels, _ = load_features(out_dir, [key])
+    classes = _meta(out_dir)["classes"]
+    if labels.numel() == 0 or bool((labels < 0).any()) or not classes:
         raise UsageError(
             f"{out_dir} was extracted from images without class sub-folders (labels -1); "
             "expected a labelled extraction"
         )
-    classes = stored_classes(out_dir) or _classes_from_paths(labels, paths)
-    if classes is None:
-        logger.warning("%s: class names not recoverable from paths; labels used as stored", out_dir)
-    return LabelledFeatures(x, labels.long(), classes)
-
-
-def _classes_from_paths(labels: Tensor, paths: list[str]) -> list[str] | None:
-    """Class names from each image's parent folder, or None when that is ambiguous."""
-    names: dict[int, set[str]] = {}
-    for lab, path in zip(labels.tolist(), paths, strict=True):
-        names.setdefault(lab, set()).add(Path(path).parent.name)
-    if any(len(v) != 1 for v in names.values()):
-        return None
-    flat = [next(iter(names[k])) for k in sorted(names)]
-    if len(set(flat)) != len(flat):
-        return None
-    return [next(iter(names[k])) if k in names else f"<class {k}>" for k in range(max(names) + 1)]
+    return LabelledFeatures(pool_features(features[key].float()), labels.long(), classes)
 
 
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
-    """Validation labels in the training class order, and the class count.
-
-    Raises:
-        UsageError: only one side knows its class names, so the two cannot be aligned.
-    """
-    if train.classes is not None and val.classes is not None:
-        return class_indices(val.classes, val.y, train.classes), len(train.classes)
-    if (train.classes is None) != (val.classes is None):
-        unnamed = "training" if train.classes is None else "validation"
-        raise UsageError(
-            f"the {unnamed} features carry no class names, so their labels cannot be matched "
-            "to the other split's classes; expected both splits with class names: re-run "
-            "`stellar extract` (it now stores them) or pass image folders"
-        )
-    num = int(max(train.y.max(), val.y.max())) + 1
-    return val.y, num
+    """Validation labels in the training class order, and the class count."""
+    return class_indices(val.classes, val.y, train.classes), len(train.classes)
 
 
 # ---------------------------------------------------------------------------- the run's inputs
-def _meta(root: str) -> dict[str, Any]:
+def _meta(root: str | Path) -> dict[str, Any]:
     return json.loads((Path(root) / "meta.json").read_text())
 
 
@@ -195,59 +148,28 @@ def _check_features_dir(root: str, key: str, what: str) -> None:
         )
 
 
-def _check_same_extraction(train: str, val: str) -> None:
-    """Both feature folders must come from the same model and preprocessing."""
-    metas = [_meta(p) for p in (train, val)]
-    for meta in metas:  # the same checkpoint may have been named by two different paths
-        if os.path.exists(meta.get("model", "")):
-            meta["model"] = os.path.realpath(meta["model"])
-    a, b = metas
-    keys = ("weights", "resolution", "resize_ratio", "crop")
-    if not (a.get("weights") and b.get("weights")):
-        keys = ("model", *keys[1:])  # folders written before the fingerprint was recorded
-    differ = [f"{k} {a.get(k)!r} vs {b.get(k)!r}" for k in keys if a.get(k) != b.get(k)]
-    if differ:
-        raise UsageError(
-            f"--train-features and --val-features were extracted differently ({'; '.join(differ)}"
-            "); expected both from the same model and settings"
-        )
-
-
-def _check_against_model(root: str, what: str, model: Encoder, res: int, mixed: bool) -> None:
-    """A feature folder must hold features of this model at this resolution (and, ``mixed``
-    with images of the other split, of the same evaluation view)."""
+def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
+    """A feature folder must hold features of this model, at this resolution, of the evaluation
+    view the images of a split are read with (so two folders also match each other)."""
     meta = _meta(root)
     ours = weights_fingerprint(model)
-    if meta.get("weights") is None:
-        logger.warning("%s %s records no weights fingerprint: cannot check its model", what, root)
-    elif meta["weights"] != ours:
+    if meta["weights"] != ours:
         raise UsageError(
             f"{what} {root!r} holds features of other weights (extracted with --model "
-            f"{meta.get('model')}, fingerprint {meta['weights']}) than --model (fingerprint "
+            f"{meta['model']}, fingerprint {meta['weights']}) than --model (fingerprint "
             f"{ours}); extract them again with this model"
         )
-    if meta.get("resolution") is not None and meta["resolution"] != res:
+    if meta["resolution"] != res:
         raise UsageError(
             f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
             f"{res} px; pass --resolution {meta['resolution']} or extract again"
         )
-    here = "bf16" if encoding_dtype(model.device) else "fp32"
-    if mixed and meta.get("precision", here) != here:  # rounding-level, so only a warning
-        logger.warning(
-            "%s %s was extracted in %s, but this run encodes the other split in %s: pass "
-            "--precision %s to match",
-            what,
-            root,
-            meta["precision"],
-            here,
-            meta["precision"],
-        )
-    view = (meta.get("resize_ratio", EVAL_RESIZE_RATIO), meta.get("crop", True))
-    if mixed and (abs(view[0] - EVAL_RESIZE_RATIO) > 1e-9 or not view[1]):
+    ratio, crop = meta["resize_ratio"], meta["crop"]
+    if abs(ratio - EVAL_RESIZE_RATIO) > 1e-9 or not crop:
         raise UsageError(
-            f"{what} {root!r} was extracted with --resize-ratio {view[0]:.4g} (crop {view[1]}), "
-            f"but the other split's images are read at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
-            "extract it with the default --resize-ratio, or extract both splits"
+            f"{what} {root!r} was extracted with --resize-ratio {ratio:.4g} (crop {crop}), "
+            f"but the protocol reads images at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
+            "extract it with the default --resize-ratio"
         )
 
 
@@ -291,8 +213,6 @@ def classification_setup(
     ):
         if root:
             _check_features_dir(root, key, flag)
-    if args.train_features and args.val_features:
-        _check_same_extraction(args.train_features, args.val_features)
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
@@ -309,13 +229,12 @@ def classification_setup(
             )
     entries = load_entries(args, key, baseline_key)
     ours = entries[0].model
-    mixed = bool(args.train_features) != bool(args.val_features)
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, ours, resolution(args, ours), mixed)
+            _check_against_model(root, flag, ours, resolution(args, ours))
     return entries, train_dir, val_dir
 
 

@@ -195,8 +195,6 @@ class FIDInceptionV3(nn.Module):
         Returns:
             (B, 2048) features.
         """
-        if images.dim() != 4 or images.shape[1] != 3:
-            raise ValueError(f"expected images (B, 3, H, W), got {tuple(images.shape)}")
         x = F.interpolate(
             images.float(),
             size=(FID_INPUT_SIZE, FID_INPUT_SIZE),
@@ -225,12 +223,6 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
     Returns:
         Frozen :class:`FIDInceptionV3` in eval mode.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(
-            "FID needs local Inception weights: pass the path of pytorch-fid's "
-            f"pt_inception-2015-12-05 .pth file; nothing is downloaded. Not found: {path}"
-        )
     state, _ = read_state_dict(path)
     model = FIDInceptionV3()
     # absent counters keep their initial value; they play no role in eval-mode batch norm
@@ -249,10 +241,6 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
     """FID between two (N, D) feature sets (float64 statistics, unbiased covariances)."""
-    if real.dim() != 2 or fake.dim() != 2 or real.shape[1] != fake.shape[1]:
-        raise ValueError(
-            f"expected (N, D) and (M, D) features, got {tuple(real.shape)}, {tuple(fake.shape)}"
-        )
     mu1, s1 = feature_statistics(real)
     mu2, s2 = feature_statistics(fake)
     return frechet_distance(mu1, s1, mu2, s2)

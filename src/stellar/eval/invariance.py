@@ -1,44 +1,26 @@
 """Semantic invariance and the equivariance partition (arXiv 2602.01905): ``stellar eval
 invariance``.
 
-**Semantic invariance.** Each image x (the evaluation view at the model resolution R) gets K
-random crops: RandomResizedCrop(scale, ratio 3/4-4/3) of x, resampled back to R x R
-(optionally flipped). For every (image, crop) pair the cosine distance ``1 - cos`` between the
-representation of the crop and of the original is measured for:
+**Semantic invariance.** Each image (the evaluation view at resolution R) gets K random crops
+(RandomResizedCrop(scale, ratio 3/4-4/3), resampled back to R x R, optionally flipped). The
+cosine distance ``1 - cos`` between the representation of a crop and of the original is
+measured for ``cls``, ``dense_mean`` (mean patch token), ``sparse_mean`` (mean concept token),
+``sparse_matched`` (the concept-token sets under their best one-to-one matching, Hungarian
+algorithm) and ``sparse_same_query`` (token k against token k). Reported: the mean over images
+of the mean over crops (lower = more invariant); a plain ViT has only the first two.
 
-- ``cls``: the CLS token;
-- ``dense_mean``: the mean over the patch tokens;
-- ``sparse_mean``: the mean-pooled concept-token set (permutation-invariant by construction);
-- ``sparse_matched``: the set distance under the best one-to-one matching, i.e. the minimum
-  over permutations π of ``mean_k (1 - cos(s_k, s'_π(k)))``, solved exactly with the
-  Hungarian algorithm on the r x r cosine-distance matrix (0 iff the sets coincide up to
-  order);
-- ``sparse_same_query``: ``mean_k (1 - cos(s_k, s'_k))``, token k of both views being the output
-  of the same learned query k (no matching).
-
-The reported value of each is the mean over images of the mean over crops (lower = more
-invariant); a plain ViT baseline has only ``cls`` and ``dense_mean``.
-
-**Equivariance partition.** For a spatial transform θ with a known patch correspondence, view 1
-is x and view 2 is θ(x); both are encoded, giving (L1, S1) and (L2, S2) with L (n x r) and S
-(r x d). The rows of L2 are re-indexed onto view 1's grid (only patches present in both views
-are kept: n' rows), and concept k of view 2 is paired with concept k of view 1 (the same
-query). With ΔL = L2 - L1 and ΔS = S2 - S1 the change of Z = L·S splits exactly as
+**Equivariance partition.** For a spatial transform θ with a known patch correspondence (a
+horizontal ``flip``; a ``shift`` by whole patches, the uncovered border replicating the last
+column), both views are encoded into (L1, S1) and (L2, S2); L2's rows are aligned onto view
+1's grid (patches present in both views only) and concept k is paired with concept k. With
+ΔL = L2 - L1 and ΔS = S2 - S1 the change of Z = L·S splits exactly as
 
     ΔZ = ΔL·S1 + L1·ΔS + ΔL·ΔS,
 
-the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). With a = ||ΔL·S1||, b = ||L1·ΔS||,
-c = ||ΔL·ΔS|| (Frobenius norms over the n' x d map) the reported shares are
-``l_share = a / (a + b + c)``, ``s_share = b / (a + b + c)`` and ``cross_share = c / (a + b +
-c)``: each in [0, 1], summing to 1 (undefined, NaN, when Z does not change). The symmetric
-midpoint split ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS is also exact, without a cross term, and
-gives ``l_share_mid`` / ``s_share_mid``. ``relative_change`` = ||ΔZ|| / ||Z1||. Values are
-means over images. Transforms:
-
-- ``flip``: horizontal flip; view 2's grid is flipped back (every patch corresponds).
-- ``shift``: translation by ``shift`` whole patches (content moves left, the uncovered right
-  border replicates the last pixel column); column j of view 2 is column j + shift of view 1,
-  the shift columns that leave the image are dropped.
+the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). The shares of the three
+Frobenius norms (``l_share``, ``s_share``, ``cross_share``, summing to 1) and of the exact
+midpoint split ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS (``l_share_mid``, ``s_share_mid``) are
+reported as means over images, with ``relative_change`` = ||ΔZ|| / ||Z1||.
 """
 
 from __future__ import annotations
@@ -51,11 +33,14 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
+from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 from torch.utils.data import Subset
 
+from stellar.checkpoint.io import atomic_write
 from stellar.data.augment import random_resized_crop
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int, probability
 from stellar.eval.common import (
     MODEL,
@@ -66,13 +51,10 @@ from stellar.eval.common import (
     metric,
     resolution,
 )
-from stellar.eval.encoder import Encoder
-from stellar.eval.images import EvalImages, decodable_batches
-from stellar.eval.invariance_chart import draw_invariance_chart
+from stellar.eval.encoder import Encoder, decodable_batches
 
 __all__ = [
     "DISTANCES",
-    "SHARES",
     "TRANSFORMS",
     "cosine_distance",
     "equivariance_partition",
@@ -91,14 +73,6 @@ DISTANCES: tuple[str, ...] = (
     "sparse_mean",
     "sparse_matched",
     "sparse_same_query",
-)
-SHARES: tuple[str, ...] = (
-    "l_share",
-    "s_share",
-    "cross_share",
-    "l_share_mid",
-    "s_share_mid",
-    "relative_change",
 )
 TRANSFORMS: tuple[str, ...] = ("flip", "shift")
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
@@ -120,11 +94,6 @@ def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
         (...) float32: ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective matchings of the
         smaller set into the larger one (Hungarian algorithm, exact).
     """
-    if a.ndim < 2 or a.shape[:-2] != b.shape[:-2] or a.shape[-1] != b.shape[-1]:
-        raise ValueError(
-            f"expected token sets (..., r, d) and (..., r', d), got {tuple(a.shape)}, "
-            f"{tuple(b.shape)}"
-        )
     lead = a.shape[:-2]
     cost = 1.0 - F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
     flat = cost.reshape(-1, *cost.shape[-2:]).detach().double().cpu().numpy()
@@ -154,8 +123,6 @@ def random_crops(
         (B, K, 3, R, R) in [0, 1]. ``scale=(1, 1)`` with ``flip_p=0`` returns the images.
     """
     b, _, h, w = images.shape
-    if h != w:
-        raise ValueError(f"expected square images, got {h}x{w}")
     size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
     return random_resized_crop(
         images, size, h, n_crops, scale=scale, ratio=CROP_RATIO, generator=generator, flip_p=flip_p
@@ -207,11 +174,6 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
         ``s_share_mid`` (of the midpoint split), ``relative_change`` = ||ΔZ|| / ||Z1|| and the
         raw norms ``norm_l``, ``norm_s``, ``norm_cross``, ``norm_dz``.
     """
-    if L1.shape != L2.shape or S1.shape != S2.shape or L1.shape[-1] != S1.shape[-2]:
-        raise ValueError(
-            f"expected L1, L2 (B, n, r) and S1, S2 (B, r, d), got {tuple(L1.shape)}, "
-            f"{tuple(L2.shape)}, {tuple(S1.shape)}, {tuple(S2.shape)}"
-        )
     L1, L2, S1, S2 = (t.double() for t in (L1, L2, S1, S2))
     dL, dS = L2 - L1, S2 - S1
 
@@ -309,14 +271,8 @@ def run_invariance(
         model lacks); ``equivariance``: ``{transform: {share: mean}}`` (empty for a model
         without concept tokens); ``num_images``.
     """
-    if n_crops < 1:
-        raise ValueError(f"expected at least one crop, got {n_crops}")
     device = model.device
     factorised = "sparse" in model.feature_keys
-    if factorised:
-        for t in transforms:
-            if t not in TRANSFORMS:
-                raise ValueError(f"expected transforms among {TRANSFORMS}, got {t!r}")
     gen = torch.Generator(device=device).manual_seed(seed)
     dist_parts: dict[str, list[Tensor]] = {}
     eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms} if factorised else {}
@@ -377,7 +333,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: crop distances and (STELLAR) the equivariance partition; a chart."""
-    data = check_folder(args.data, "--data")
+    data = check_folder(args.data, "--data").root
     transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
     bad = [t for t in transforms if t not in TRANSFORMS]
     if bad:
@@ -399,8 +355,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
-    png = draw_invariance_chart(rows, args.out_dir / "invariance.png")
+    png = atomic_write(args.out_dir / "invariance.png", lambda tmp: _chart(rows).save(tmp, "PNG"))
     return {"rows": rows, "png": str(png)}
+
+
+def _chart(rows: list[dict[str, Any]]) -> Image.Image:
+    """Distances per model, and each model's equivariance shares stacked per transform."""
+    from stellar.viz.maps import compose_panel
+    from stellar.viz.plots import bar_chart
+
+    names = [n for n in DISTANCES if any(r["distances"][n] for r in rows)]
+    bars = {r["model"]: [(r["distances"][n] or {}).get("mean") for n in names] for r in rows}
+    panels = [bar_chart(names, bars, "cosine distance, crop vs original (lower = invariant)")]
+    eq = [(f"{r['model']} {t}", s) for r in rows for t, s in (r["equivariance"] or {}).items()]
+    if eq:
+        shares = {k: [s[k] for _, s in eq] for k in ("l_share", "s_share", "cross_share")}
+        title = "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"
+        panels.append(bar_chart([name for name, _ in eq], shares, title, stacked=True))
+    return compose_panel([[p] for p in panels])
 
 
 def tables(result: dict[str, Any]) -> list[str]:
@@ -421,8 +393,6 @@ def tables(result: dict[str, Any]) -> list[str]:
         eq_cols = [MODEL, ("transform", lambda r: r["transform"])] + [
             (s, lambda r, s=s: metric(".4f")(r.get(s))) for s in share
         ]
-        out += [
-            "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS",
-            format_table(eq_cols, eq_rows),
-        ]
+        out += ["equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"]
+        out += [format_table(eq_cols, eq_rows)]
     return out

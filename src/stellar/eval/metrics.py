@@ -135,56 +135,15 @@ def frechet_distance(
     return max(0.0, float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean))
 
 
-class FeatureStatistics:
-    """Streaming mean and covariance of feature batches (float64, Chan et al. merge).
-
-    Numerically stable for large sets: each batch is centred on its own mean and merged.
-    """
-
-    def __init__(self, dim: int | None = None) -> None:
-        self.dim = dim
-        self.count = 0
-        self.mean: torch.Tensor | None = None
-        self.m2: torch.Tensor | None = None
-
-    @torch.no_grad()
-    def update(self, features: torch.Tensor) -> None:
-        """Add a (B, D) batch."""
-        if features.dim() != 2:
-            raise ValueError(f"expected features (B, D), got {tuple(features.shape)}")
-        if self.dim is not None and features.shape[1] != self.dim:
-            raise ValueError(f"expected feature dim {self.dim}, got {features.shape[1]}")
-        nb = features.shape[0]
-        if nb == 0:
-            return
-        self.dim = features.shape[1]
-        f = features.double()
-        mean_b = f.mean(dim=0)
-        centred = f - mean_b
-        m2_b = centred.T @ centred
-        if self.mean is None or self.m2 is None:
-            self.count, self.mean, self.m2 = nb, mean_b, m2_b
-            return
-        n = self.count
-        total = n + nb
-        delta = mean_b.to(self.mean.device) - self.mean
-        self.mean = self.mean + delta * (nb / total)
-        self.m2 = self.m2 + m2_b.to(self.m2.device) + torch.outer(delta, delta) * (n * nb / total)
-        self.count = total
-
-    def compute(self) -> tuple[torch.Tensor, torch.Tensor]:
-        """Returns ``(mu (D,), sigma (D, D))`` in float64, sigma with the N - 1 normaliser."""
-        if self.mean is None or self.m2 is None or self.count < 2:
-            raise ValueError(f"expected at least 2 samples, got {self.count}")
-        return self.mean.clone(), self.m2 / (self.count - 1)
-
-
 def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean and unbiased covariance (``np.cov(rowvar=False)`` convention) of (N, D) features.
+    """Mean and unbiased covariance (``np.cov(rowvar=False)``) of (N, D) features, N >= 2.
 
     Returns:
         ``(mu (D,), sigma (D, D))`` in float64.
     """
-    stats = FeatureStatistics()
-    stats.update(features)
-    return stats.compute()
+    if features.shape[0] < 2:
+        raise ValueError(f"expected at least 2 samples, got {features.shape[0]}")
+    f = features.double()
+    mu = f.mean(dim=0)
+    centred = f - mu  # centred in float64 first: stable for features far from the origin
+    return mu, centred.T @ centred / (f.shape[0] - 1)

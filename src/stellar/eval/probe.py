@@ -39,12 +39,6 @@ class ProbeSchedule:
     batch_size: int
     seed: int = 0
 
-    def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise ValueError(
-                f"expected epochs >= 1 and batch_size >= 1, got {self.epochs}, {self.batch_size}"
-            )
-
     def add_arguments(self, p: argparse.ArgumentParser, batch_flag: str | None) -> None:
         """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: the protocol
         takes its batch size from another option), with these values as defaults."""

@@ -6,11 +6,8 @@ blocks by default, **pixel** head) learns to rebuild the image from one frozen f
 (``lowrank`` for STELLAR, ``dense`` for dense baselines): loss ``10 · MSE(x_hat, image)``
 (the pretraining pixel loss), AdamW (lr 1e-4, wd 1e-4) with a per-step cosine decay to 0,
 20 epochs. Validation reports PSNR and SSIM (means over images) and, only when their local
-weight files are given, LPIPS-VGG and rFID (Inception features of the val images vs their
-reconstructions). The VQ target is not implemented: the probe always predicts pixels.
-
-Features and images are computed once and cached in memory (features float32, or float16
-with ``fp16``; images uint8), so each epoch costs only the decoder.
+weight files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
+Features and images are cached in memory, so each epoch costs only the decoder.
 """
 
 from __future__ import annotations
@@ -20,12 +17,12 @@ import logging
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import Tensor, nn
 
+from stellar.checkpoint.io import atomic_write
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import (
     KEY,
@@ -41,7 +38,6 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
-from stellar.eval.images import EvalImages
 from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.models.decoder import ReconstructionDecoder
@@ -68,17 +64,9 @@ def fresh_decoder(
 ) -> ReconstructionDecoder:
     """A newly initialised pixel-head decoder sized for ``model``'s features.
 
-    Args:
-        model: STELLAR or a baseline (its ``config.encoder``, ``config.decoder`` and
-            ``config.fourier_features`` fix the widths; the patch size fixes the head).
-        depth: transformer blocks (6 in the paper).
-        seed: seeds the initialisation and the Fourier matrix (global RNG untouched).
-
-    Returns:
-        The decoder, in train mode, on the CPU.
+    The widths come from ``model.config`` (``encoder``, ``decoder``, ``fourier_features``),
+    the head from its patch size; ``seed`` seeds the initialisation (global RNG untouched).
     """
-    if depth < 1:
-        raise ValueError(f"expected a decoder depth >= 1, got {depth}")
     cfg = model.config
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
@@ -139,10 +127,9 @@ def train_recon_probe(
         features: (N, n, d) frozen feature grids, n = h·w.
         images: (N, 3, h·p, w·p) uint8 targets.
         grid: (h, w).
-        schedule: optimisation settings; its seed fixes the batch order (the decoder's
-            initialisation is :func:`fresh_decoder`'s).
+        schedule: optimisation settings; its seed fixes the batch order.
         device: where the decoder trains.
-        val: optional ``(features, images)`` for a PSNR every ``eval_every`` epochs.
+        val: optional ``(features, images)`` for a PSNR every ``eval_every`` (> 0) epochs.
         eval_every: 0 = no per-epoch validation.
         progress: tqdm bar over epochs.
 
@@ -151,12 +138,6 @@ def train_recon_probe(
         epochs, ``val_psnr`` (dB).
     """
     n = features.shape[0]
-    if n == 0 or images.shape[0] != n:
-        raise ValueError(
-            f"expected as many images as feature grids (> 0), got {n} and {images.shape[0]}"
-        )
-    if features.shape[1] != grid[0] * grid[1]:
-        raise ValueError(f"expected {grid[0] * grid[1]} tokens per grid, got {features.shape[1]}")
     decoder.to(device)
 
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
@@ -207,30 +188,20 @@ def image_metrics(
             for i in range(0, recons.shape[0], batch_size)
         ]
         out["lpips"] = torch.cat(dists).mean().item()
-    if fid_net is not None:
-        if recons.shape[0] < 2:
-            logger.warning("rFID needs at least 2 validation images; not computed")
-        else:
-            real = torch.cat(
-                [
-                    fid_net(targets[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, recons.shape[0], batch_size)
-                ]
-            )
-            fake = torch.cat(
-                [
-                    fid_net(recons[i : i + batch_size].to(device)).cpu()
-                    for i in range(0, recons.shape[0], batch_size)
-                ]
-            )
-            out["rfid"] = fid_from_features(real, fake)
+    if fid_net is not None and recons.shape[0] > 1:  # a covariance needs two images
+
+        def pool(images: Tensor) -> Tensor:
+            chunks = images.split(batch_size)
+            return torch.cat([fid_net(c.to(device)).cpu() for c in chunks])
+
+        out["rfid"] = fid_from_features(pool(targets), pool(recons))
     return out
 
 
 def save_reconstruction_grid(
     inputs: Tensor, recons: Tensor, path: str | Path, max_images: int = 8
 ) -> Path:
-    """Write a PNG: top row the inputs, bottom row their reconstructions.
+    """A PNG of the first ``max_images`` inputs (top row) over their reconstructions.
 
     Args:
         inputs: (N, 3, H, W) uint8 or [0, 1] float.
@@ -238,20 +209,11 @@ def save_reconstruction_grid(
         path: output file.
         max_images: columns.
     """
-    k = min(max_images, inputs.shape[0])
-    if inputs.dtype != torch.uint8:
-        inputs = inputs.clamp(0, 1).mul(255).round().to(torch.uint8)
-    rec = recons[:k].clamp(0, 1).mul(255).round().to(torch.uint8)
-    rows = torch.stack([inputs[:k], rec])  # (2, k, 3, H, W)
-    _, _, c, h, w = rows.shape
-    # rows -> (2H, kW, 3) with a 2-pixel white gutter between tiles
-    pad = 2
-    padded = F.pad(rows, (0, pad, 0, pad), value=255)
-    canvas = padded.permute(0, 3, 1, 4, 2).reshape(2 * (h + pad), k * (w + pad), c)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(np.ascontiguousarray(canvas.numpy())).save(path)
-    return path
+    from stellar.viz.maps import compose_panel
+
+    rows = [list(inputs[:max_images]), list(recons[:max_images])]
+    figure = compose_panel(rows, pad=2)
+    return atomic_write(Path(path), lambda tmp: figure.save(tmp, format="PNG"))
 
 
 def run_recon(
@@ -284,9 +246,10 @@ def run_recon(
     def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
         """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
         out = extract_features(
-            model, images, [key], batch_size, num_workers, fp16, progress, keep_images=True
-        )
-        return out[key], out["image"]
+            model, images, [key], batch_size, fp16=fp16, num_workers=num_workers,
+            progress=progress, keep_images=True,
+        )  # fmt: skip
+        return out[key], out["images"]
 
     tr_x, tr_img = cached(train)
     va_x, va_img = cached(val)
@@ -317,7 +280,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
     p.add_argument("--decoder-depth", type=positive_int, default=6)
-    p.add_argument("--target", default="pixel", help="pixel (the VQ target is not implemented)")
     p.add_argument(
         "--eval-every",
         type=nonneg_int,
@@ -337,13 +299,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stellar.runtime import pick_device
 
     key, baseline_key = resolve_keys(args)
-    if args.target != "pixel":
-        raise UsageError(
-            f"--target {args.target!r}: only the pixel target is implemented (the VQ target "
-            "would need the MaskGIT-VQGAN tokenizer)"
-        )
-    train_dir = check_folder(args.train, "--train")
-    val_dir = check_folder(args.val, "--val")
+    train_dir = check_folder(args.train, "--train").root
+    val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
         raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
     for flag, path in (

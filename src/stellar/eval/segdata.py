@@ -12,13 +12,6 @@ Label maps are single-channel images of class indices (modes ``L``, ``P``, ``I``
 255 is the ignore label. With ``reduce_zero_label`` (ADE20K's convention, as mmseg does)
 label 0 ("other") becomes 255 and every other label is shifted down by one, so ADE20K's
 1..150 become 0..149.
-
-:func:`find_split` checks, before any model work, that both folders hold files, that every
-image has exactly one label map and vice versa (same relative stems), that no stem appears
-twice, and that each label map has its image's size (read from the file headers only) and a
-single channel. :func:`load_label_maps` resizes the maps with nearest-neighbour sampling to the
-evaluation resolution (the images are stretched to the same square, see the seg protocol) and
-checks every value against the class count.
 """
 
 from __future__ import annotations
@@ -35,9 +28,8 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, upright
+from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, find_images, upright
 from stellar.errors import UsageError
-from stellar.eval.images import find_images
 from stellar.progress import progress_bar
 
 __all__ = [
@@ -129,16 +121,12 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
         root: a folder in the ADE20K or the simple layout (module docstring).
         split: ``"train"`` or ``"val"`` (selects ``training`` / ``validation`` in ADE20K).
 
-    Returns:
-        The validated :class:`SegmentationSplit`.
-
     Raises:
-        ValueError: unknown layout, no images or no label maps, images without label maps or
+        UsageError: unknown layout, no images or no label maps, images without label maps or
             label maps without images (both listed), a stem used twice, a label map that is not
-            single-channel, or a label map whose size differs from its image's (files named).
+            single-channel, or a label map whose size differs from its image's (files named,
+            sizes read from the file headers only).
     """
-    if split not in ADE_SPLITS:
-        raise ValueError(f"expected split 'train' or 'val', got {split!r}")
     root = Path(root)
     if not root.is_dir():
         raise UsageError(f"expected a segmentation folder, got {str(root)!r} (not a folder)")
@@ -230,9 +218,8 @@ def load_label_maps(
     size: int,
     num_classes: int,
     reduce_zero: bool = False,
-    ignore_index: int = 255,
-    threads: int = 8,
     progress: bool = True,
+    ignore_index: int = 255,
 ) -> Tensor:
     """Read label maps, resized (nearest) to ``size x size``, as one uint8 tensor.
 
@@ -242,22 +229,16 @@ def load_label_maps(
         num_classes: C; every value must lie in ``[0, C)`` or be ``ignore_index``
             (after ``reduce_zero``).
         reduce_zero: apply :func:`reduce_zero_label`.
-        ignore_index: the ignore label (must be >= C and < 256 to fit uint8).
-        threads: reader threads (PIL releases the GIL while decoding).
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
+        ignore_index: the ignore label (> C, < 256 to fit uint8).
 
     Returns:
         (N, size, size) uint8 labels.
 
     Raises:
-        ValueError: a value outside ``[0, C)`` other than ``ignore_index`` (file named), an
-            unreadable file (named), or a class count / ignore label that does not fit.
+        UsageError: a value outside ``[0, C)`` other than ``ignore_index`` or an unreadable
+            file (each named).
     """
-    if not 1 <= num_classes <= ignore_index < 256:
-        raise UsageError(
-            f"expected 1 <= num_classes <= ignore_index ({ignore_index}) < 256, "
-            f"got num_classes={num_classes}"
-        )
     out = torch.empty(len(labels), size, size, dtype=torch.uint8)
     bad, unreadable = [], []
 
@@ -275,7 +256,7 @@ def load_label_maps(
             return
         out[i] = torch.from_numpy(arr.astype(np.uint8))
 
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:  # PIL releases the GIL while decoding
         list(
             progress_bar(
                 pool.map(work, range(len(labels))),

@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
     KEY,
@@ -34,53 +35,10 @@ from stellar.eval.common import (
     resolve_keys,
 )
 from stellar.eval.encoder import Encoder, extract_features
-from stellar.eval.images import EvalImages
 from stellar.eval.probe import ProbeSchedule, fit_probe
 from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
-
-
-def to_channels_first(dense: torch.Tensor, dim: int, layout: str = "auto") -> torch.Tensor:
-    """Bring a dense feature grid to (B, D, h, w).
-
-    Args:
-        dense: (B, h, w, D), (B, D, h, w), or (B, P, D) tokens with P a perfect square.
-        dim: the feature dimension D (used to detect the layout).
-        layout: ``"bhwd"``, ``"bdhw"`` or ``"auto"`` (decided from where ``dim`` sits; an
-            ambiguous shape such as h == D raises).
-
-    Returns:
-        (B, D, h, w) tensor (a view when possible).
-    """
-    if dense.dim() == 3:
-        b, p, d = dense.shape
-        side = math.isqrt(p)
-        if d != dim or side * side != p:
-            raise ValueError(
-                f"expected (B, P, {dim}) tokens with P a perfect square, got {tuple(dense.shape)}"
-            )
-        return dense.reshape(b, side, side, d).permute(0, 3, 1, 2)
-    if dense.dim() != 4:
-        raise ValueError(f"expected (B, h, w, D) or (B, D, h, w) features, got {dense.shape}")
-    if layout == "auto":
-        last, second = dense.shape[-1] == dim, dense.shape[1] == dim
-        if last and second:
-            raise ValueError(
-                f"ambiguous layout for shape {tuple(dense.shape)} with D = {dim}; pass layout"
-            )
-        if not (last or second):
-            raise ValueError(f"expected D = {dim} at axis 1 or -1, got {tuple(dense.shape)}")
-        layout = "bhwd" if last else "bdhw"
-    if layout == "bhwd":
-        if dense.shape[-1] != dim:
-            raise ValueError(f"expected (B, h, w, {dim}), got {tuple(dense.shape)}")
-        return dense.permute(0, 3, 1, 2)
-    if layout == "bdhw":
-        if dense.shape[1] != dim:
-            raise ValueError(f"expected (B, {dim}, h, w), got {tuple(dense.shape)}")
-        return dense
-    raise ValueError(f"expected layout 'auto', 'bhwd' or 'bdhw', got {layout!r}")
 
 
 class SegmentationProbe(nn.Module):
@@ -88,32 +46,24 @@ class SegmentationProbe(nn.Module):
 
     def __init__(self, dim: int, num_classes: int) -> None:
         super().__init__()
-        if dim < 1 or num_classes < 1:
-            raise ValueError(f"expected dim >= 1 and num_classes >= 1, got {dim}, {num_classes}")
-        self.dim = dim
         self.bn = nn.BatchNorm2d(dim)
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
 
-    def forward(
-        self,
-        dense: torch.Tensor,
-        out_size: tuple[int, int] | None = None,
-        layout: str = "auto",
-    ) -> torch.Tensor:
+    def forward(self, dense: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
         """Per-pixel class logits.
 
         Args:
-            dense: (B, h, w, D), (B, D, h, w) or (B, P, D) with P square; see
-                :func:`to_channels_first`.
+            dense: (B, n, D) patch tokens of a square h x h grid, n = h².
             out_size: (H, W) of the labels; None keeps the grid size.
-            layout: forwarded to :func:`to_channels_first`.
 
         Returns:
             (B, C, H, W) logits (bilinear, ``align_corners=False``).
         """
-        x = to_channels_first(dense, self.dim, layout)
+        b, n, d = dense.shape
+        side = math.isqrt(n)
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
-        logits = self.conv(self.bn(x.float().contiguous()))
+        x = dense.float().reshape(b, side, side, d).permute(0, 3, 1, 2).contiguous()
+        logits = self.conv(self.bn(x))
         if out_size is not None and tuple(out_size) != tuple(logits.shape[-2:]):
             logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
         return logits
@@ -128,8 +78,6 @@ class ConfusionMatrix:
     """
 
     def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        if num_classes < 1:
-            raise ValueError(f"expected num_classes >= 1, got {num_classes}")
         self.num_classes = num_classes
         self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
@@ -143,30 +91,16 @@ class ConfusionMatrix:
             target: (B, H, W) labels in ``[0, C)`` or ``ignore_index``.
         """
         c = self.num_classes
-        if pred.dim() == target.dim() + 1 and pred.shape[1] == c:
+        if pred.dim() == target.dim() + 1:
             pred = pred.argmax(dim=1)
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"expected pred (B, H, W) or (B, {c}, H, W) matching target "
-                f"{tuple(target.shape)}, got {tuple(pred.shape)}"
-            )
-        if pred.is_floating_point() or target.is_floating_point():
-            raise ValueError("expected integer label maps for pred and target")
         target = target.reshape(-1).long()
         pred = pred.reshape(-1).long().to(target.device)
         valid = target != self.ignore_index
         target, pred = target[valid], pred[valid]
-        if target.numel() == 0:
-            return
-        if int(target.min()) < 0 or int(target.max()) >= c:
+        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
             raise ValueError(
                 f"expected target labels in [0, {c}) or {self.ignore_index}, got range "
                 f"[{int(target.min())}, {int(target.max())}]"
-            )
-        if int(pred.min()) < 0 or int(pred.max()) >= c:
-            raise ValueError(
-                f"expected predicted labels in [0, {c}), got range "
-                f"[{int(pred.min())}, {int(pred.max())}]"
             )
         counts = torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
         self.matrix += counts.cpu()
@@ -199,15 +133,14 @@ def evaluate_segmentation_probe(
     batch_size: int = 16,
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
-    layout: str = "auto",
 ) -> dict:
-    """mIoU of ``probe`` over cached grids (N, ...) and label maps (N, H, W)."""
+    """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
     was_training = probe.training
     probe.eval()
     cm = ConfusionMatrix(num_classes, ignore_index)
     for i in range(0, dense.shape[0], batch_size):
         target = masks[i : i + batch_size].to(device).long()
-        logits = probe(dense[i : i + batch_size].to(device), tuple(target.shape[-2:]), layout)
+        logits = probe(dense[i : i + batch_size].to(device), tuple(target.shape[-2:]))
         cm.update(logits.argmax(dim=1), target)
     probe.train(was_training)
     return cm.compute()
@@ -226,17 +159,15 @@ def train_segmentation_probe(
     schedule: ProbeSchedule = SCHEDULE,
     ignore_index: int = 255,
     device: torch.device | str = "cpu",
-    layout: str = "auto",
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
-    """Train a :class:`SegmentationProbe` on cached dense grids.
+    """Train a :class:`SegmentationProbe` on cached dense tokens.
 
-    AdamW with per-step cosine decay to 0 (:func:`stellar.eval.probe.fit_probe`).
     Deterministic for a given seed and device; the global RNG is left untouched.
 
     Args:
-        train_dense: (N, h, w, D), (N, D, h, w) or (N, P, D) frozen features (any float dtype;
-            may stay on CPU, batches move to ``device``).
+        train_dense: (N, n, D) frozen patch tokens of square grids (any float dtype; may stay
+            on CPU, batches move to ``device``).
         train_masks: (N, H, W) integer labels, ``ignore_index`` for unlabelled pixels.
         val_dense, val_masks: same for validation, or None.
         num_classes: C.
@@ -244,41 +175,25 @@ def train_segmentation_probe(
             seed seeds the probe init and the batch order.
         ignore_index: label skipped by the loss and the metric.
         device: where the probe trains.
-        layout: feature layout, see :func:`to_channels_first`; with ``"auto"`` a 4-D grid is
-            read as (N, D, h, w) only when its last two axes are equal and differ from axis 1,
-            otherwise as (N, h, w, D), so pass ``"bdhw"`` for non-square channels-first grids.
         progress: show a tqdm bar over epochs.
 
     Returns:
         ``(probe, metrics)`` with the :meth:`ConfusionMatrix.compute` keys on the val set
         (empty dict without one).
     """
-    if train_masks.dim() != 3 or train_masks.shape[0] != train_dense.shape[0]:
-        raise ValueError(
-            f"expected train_masks (N, H, W) with N = {train_dense.shape[0]}, "
-            f"got {tuple(train_masks.shape)}"
-        )
-    if train_masks.is_floating_point():
-        raise ValueError(f"expected integer train_masks, got dtype {train_masks.dtype}")
-    if (val_dense is None) != (val_masks is None):
-        raise ValueError("expected val_dense and val_masks both given or both None")
-    n = train_dense.shape[0]
-    if n == 0:
-        raise ValueError("expected a non-empty training set")
-    dim = to_channels_first(train_dense[:1], _infer_dim(train_dense, layout), layout).shape[1]
-
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(schedule.seed)
-        probe = SegmentationProbe(dim, num_classes)
+        probe = SegmentationProbe(train_dense.shape[-1], num_classes)
     probe = probe.to(device)
     out_size = tuple(train_masks.shape[-2:])
 
     def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        logits = probe(train_dense[idx].to(device), out_size, layout)
+        logits = probe(train_dense[idx].to(device), out_size)
         target = train_masks[idx].to(device).long()
         return F.cross_entropy(logits, target, ignore_index=ignore_index), idx.numel()
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
+    n = train_dense.shape[0]
     fit_probe(
         probe, schedule, schedule.index_batches(n), loss_of, device, "segmentation probe",
         progress, skip_nonfinite=True,
@@ -287,23 +202,12 @@ def train_segmentation_probe(
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
         metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, schedule.batch_size, ignore_index, device,
-            layout,
-        )  # fmt: skip
+            probe, val_dense, val_masks, num_classes, schedule.batch_size, ignore_index, device
+        )
         logger.info(
             "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
         )
     return probe, metrics
-
-
-def _infer_dim(dense: torch.Tensor, layout: str) -> int:
-    """Feature dimension of a cached grid; channels-last unless ``layout`` says otherwise."""
-    if dense.dim() == 4 and layout == "bdhw":
-        return dense.shape[1]
-    if dense.dim() == 4 and layout == "auto" and dense.shape[1] != dense.shape[-1]:
-        # (N, D, h, w) grids have h == w in practice; (N, h, w, D) have shape[1] == shape[2]
-        return dense.shape[1] if dense.shape[2] == dense.shape[3] else dense.shape[-1]
-    return dense.shape[-1]
 
 
 @torch.inference_mode()
@@ -318,8 +222,10 @@ def _grid_features(
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``key`` grids (N, n, d) float16 of images stretched to the resolution, and their index."""
     dataset = EvalImages(images, res, crop=False)
-    out = extract_features(model, dataset, [key], batch_size, workers, fp16=True, progress=progress)
-    return out[key], out["index"]
+    out = extract_features(
+        model, dataset, [key], batch_size, fp16=True, num_workers=workers, progress=progress
+    )
+    return out[key], out["indices"]
 
 
 def run_seg(
@@ -351,7 +257,7 @@ def run_seg(
     x_va, idx_va = _grid_features(model, val.images, *common)
     _, metrics = train_segmentation_probe(
         x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, schedule,
-        device=model.device, layout="auto", progress=progress,
+        device=model.device, progress=progress,
     )  # fmt: skip
     iou = metrics["iou_per_class"].tolist()
     return {

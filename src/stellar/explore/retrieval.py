@@ -22,7 +22,7 @@ from pathlib import Path
 
 from torch import Tensor
 
-from stellar.eval.images import EvalImages
+from stellar.data.folder import EvalImages
 from stellar.explore.core import Encoded, encode_image, open_image
 from stellar.viz.retrieve import (
     INDEX_FILE,

@@ -4,10 +4,8 @@ Each figure (``OUT/<nnnn>_<name>.png``) shows, left to right: the input, the arg
 segmentation, the concept regions (each token's map thresholded at 1/r, translucent fill and
 outline, one colour per token), the top-3 PCA of ``dense`` and of ``lowrank`` as RGB, and the
 reconstruction when the model has a decoder; below, one heat map per token. ``metrics.json``
-holds per-image statistics of the maps (see :func:`concept_metrics`).
-
-Images are resized so that their shorter side equals ``--resolution`` and centre-cropped to a
-square; any resolution divisible by the patch size works (positions are interpolated).
+holds per-image statistics of the maps (see :func:`concept_metrics`). Images are read as
+:func:`~stellar.eval.encoder.extract_features` reads them, at ``--resolution``.
 """
 
 from __future__ import annotations
@@ -16,7 +14,6 @@ import argparse
 import json
 import logging
 import math
-import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -26,9 +23,10 @@ from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import writable_folder
-from stellar.eval.images import EvalImages, make_loader
+from stellar.eval.encoder import make_loader
 from stellar.runtime import add_precision_argument, autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
@@ -55,11 +53,9 @@ def load_for_viz(
 ) -> tuple[Any, str | None]:
     """Load ``spec`` with its decoder when it can reconstruct, else encoder-only.
 
-    Falls back to encoder-only only when no ``vq_model`` was given and the checkpoint carries
-    no decoder, or its decoder predicts VQ codes (which need the tokenizer). Anything else
-    that goes wrong (a bad ``vq_model``, a damaged decoder) raises: a silently missing panel
-    would hide it. Whether there is a decoder is read from the file's header
-    (:func:`stellar.hub.inspect_model`, or ``info`` when the caller has it), not by trying.
+    Encoder-only only when no ``vq_model`` was given and the checkpoint carries no decoder or
+    one that predicts VQ codes (read from the file's header); anything else that goes wrong
+    raises, since a silently missing panel would hide it.
 
     Returns:
         ``(model, why)``: ``why`` is None when the model can reconstruct, else the reason it
@@ -93,8 +89,6 @@ def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str
         the fraction of patches whose most likely token is k; ``overlap`` (B,) the mean
         number of tokens above the threshold per patch.
     """
-    if spatial.ndim != 3:
-        raise ValueError(f"expected spatial (B, n, r), got {tuple(spatial.shape)}")
     s = spatial.detach().float()
     thr = 1.0 / s.shape[-1] if threshold is None else float(threshold)
     above = (s > thr).float()
@@ -213,9 +207,7 @@ def run(args: argparse.Namespace) -> int:
     grid_text = f"{grid[0]}x{grid[1]}"
     model_name = Path(str(args.model)).name
     records: list[dict[str, Any]] = []
-    for batch in make_loader(subset, args.batch_size, num_workers=0):
-        if batch["image"].shape[0] == 0:
-            continue
+    for batch in make_loader(subset, args.batch_size):
         with torch.inference_mode(), autocast(device):
             images = batch["image"].to(device)
             out = model.encode(images)
@@ -249,7 +241,7 @@ def run(args: argparse.Namespace) -> int:
                     "overlap": round(float(stats["overlap"][b]), 4),
                 }
             )
-    if not records:
+    if not records:  # every file was unreadable (each one named in a warning)
         raise UsageError(f"expected at least one readable image among {args.images}, found none")
     r = model.num_tokens
     summary = {
@@ -274,13 +266,11 @@ def _round(t: Tensor, digits: int = 4) -> list[float]:
 
 def _print_table(records: list[dict[str, Any]], r: int) -> None:
     """The command's result on stdout: one line per image."""
-    width = max(12, *(len(os.path.basename(x["path"])) for x in records))
-    width = min(width, 40)
+    width = min(40, max(12, *(len(Path(x["path"]).name) for x in records)))
     print(f"{'image':<{width}} {'active':>7} {'argmax':>7} {'mean peak':>9} {'overlap':>8}")
     for x in records:
-        name = os.path.basename(x["path"])[:width]
         mean_peak = sum(x["peak_dist"]) / len(x["peak_dist"])
         print(
-            f"{name:<{width}} {x['num_active']:>4}/{r:<2} {x['num_argmax_tokens']:>4}/{r:<2} "
-            f"{mean_peak:>9.3f} {x['overlap']:>8.2f}"
+            f"{Path(x['path']).name[:width]:<{width}} {x['num_active']:>4}/{r:<2} "
+            f"{x['num_argmax_tokens']:>4}/{r:<2} {mean_peak:>9.3f} {x['overlap']:>8.2f}"
         )

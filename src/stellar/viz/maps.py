@@ -28,7 +28,7 @@ __all__ = [
     "to_pil",
 ]
 
-ImageLike = Image.Image | Tensor | np.ndarray
+ImageLike = Image.Image | Tensor
 Cell = ImageLike | tuple
 Color = tuple[int, int, int]
 
@@ -97,33 +97,18 @@ def heatmap(values: Tensor | np.ndarray) -> np.ndarray:
 
 # ---------------------------------------------------------------------------- conversions
 def to_pil(image: ImageLike) -> Image.Image:
-    """A PIL RGB image from a PIL image, a (3, H, W) tensor (float in [0, 1] or uint8) or an
-    (H, W, 3) uint8 array."""
+    """A PIL RGB image from a PIL image or a (3, H, W) tensor (float in [0, 1] or uint8)."""
     if isinstance(image, Image.Image):
         return image.convert("RGB")
-    if isinstance(image, Tensor):
-        t = image.detach().cpu()
-        if t.ndim != 3 or t.shape[0] != 3:
-            raise ValueError(f"expected an image tensor (3, H, W), got {tuple(t.shape)}")
-        if t.is_floating_point():
-            t = (t.float().clamp(0, 1) * 255).round()
-        return Image.fromarray(t.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[-1] != 3:
-        raise ValueError(f"expected an image array (H, W, 3), got {a.shape}")
-    if a.dtype != np.uint8:
-        a = np.round(np.clip(a.astype(np.float64), 0, 1) * 255).astype(np.uint8)
-    return Image.fromarray(np.ascontiguousarray(a), "RGB")
+    t = image.detach().cpu()
+    if t.is_floating_point():
+        t = (t.float().clamp(0, 1) * 255).round()
+    return Image.fromarray(t.to(torch.uint8).permute(1, 2, 0).numpy(), "RGB")
 
 
 def _maps(spatial: Tensor, grid: tuple[int, int]) -> Tensor:
     """(n, r) spatial -> (r, h, w) float32 maps."""
-    if not isinstance(spatial, Tensor) or spatial.ndim != 2:
-        shape = tuple(spatial.shape) if isinstance(spatial, Tensor) else type(spatial).__name__
-        raise ValueError(f"expected one image's spatial maps (n, r), got {shape}")
     h, w = int(grid[0]), int(grid[1])
-    if h * w != spatial.shape[0]:
-        raise ValueError(f"grid {grid} holds {h * w} patches but spatial has {spatial.shape[0]}")
     return _finite(spatial, "spatial maps").T.reshape(-1, h, w)
 
 
@@ -135,13 +120,12 @@ def _finite(values: Tensor, what: str) -> Tensor:
     return out
 
 
-def _size_of(size: int | tuple[int, int] | None, grid: tuple[int, int]) -> tuple[int, int]:
-    """(H, W) from an int side, an (H, W) pair or None (the grid itself)."""
+def _resized(image: Image.Image, size: int | tuple[int, int] | None, resample) -> Image.Image:
+    """``image`` at ``size``: an (H, W) pair, a side, or None to keep it (one pixel a patch)."""
     if size is None:
-        return int(grid[0]), int(grid[1])
-    if isinstance(size, int):
-        return size, size
-    return int(size[0]), int(size[1])
+        return image
+    h, w = (size, size) if isinstance(size, int) else size
+    return image if image.size == (w, h) else image.resize((w, h), resample)
 
 
 # ---------------------------------------------------------------------------- concept maps
@@ -152,8 +136,6 @@ def concept_overlay(
     threshold: float | None = None,
     tokens: Sequence[int] | None = None,
     alpha: float = 0.45,
-    mode: str = "nearest",
-    outline: bool = True,
 ) -> Image.Image:
     """Each token's region (map > threshold) as a translucent fill with an opaque outline.
 
@@ -164,16 +146,11 @@ def concept_overlay(
         threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
         tokens: draw only these tokens (default: all); colours stay ``palette(r)[k]``.
         alpha: opacity of the fill.
-        mode: ``"nearest"`` (patch blocks) or ``"bilinear"`` (smooth borders) upsampling of
-            the maps before thresholding.
-        outline: draw each region's border in its colour.
 
     Returns:
         PIL RGB image of the photo's size. Pixels where several tokens pass the threshold get
         the mean of their colours; pixels where none does are the photo unchanged.
     """
-    if mode not in ("nearest", "bilinear"):
-        raise ValueError(f"expected mode 'nearest' or 'bilinear', got {mode!r}")
     photo = torch.from_numpy(np.asarray(to_pil(image), dtype=np.float32).copy())
     size = photo.shape[:2]
     maps = _maps(spatial, grid)
@@ -181,8 +158,6 @@ def concept_overlay(
     thr = 1.0 / r if threshold is None else float(threshold)
     colors = torch.from_numpy(palette(r).astype(np.float32))
     ids = torch.arange(r) if tokens is None else torch.as_tensor(list(tokens), dtype=torch.long)
-    if ids.numel() and (int(ids.min()) < 0 or int(ids.max()) >= r):
-        raise ValueError(f"expected token indices in [0, {r}), got {ids.tolist()}")
     width = max(1, round(min(size) / 256))
     fill = torch.zeros(*size, 3)
     fill_n = torch.zeros(*size)
@@ -191,18 +166,16 @@ def concept_overlay(
     chunk = max(1, _CHUNK_PIXELS // (size[0] * size[1]))
     parts = ids.split(chunk) if ids.numel() else ()  # no tokens chosen: the photo as it is
     for part in parts:  # chunks of tokens only bound the memory of the masks
-        kwargs = {"align_corners": False} if mode == "bilinear" else {}
-        up = F.interpolate(maps[part][None], size=size, mode=mode, **kwargs)[0]
+        up = F.interpolate(maps[part][None], size=size, mode="nearest")[0]
         mask = (up > thr).float()
         fill += torch.einsum("khw,kc->hwc", mask, colors[part])
         fill_n += mask.sum(0)
-        if outline:
-            # Erode by max-pooling the complement; the padding counts as inside the region,
-            # so the image border is not outlined.
-            eroded = 1 - F.max_pool2d(1 - mask[None], 2 * width + 1, 1, width)[0]
-            border = mask * (1 - eroded)
-            edge += torch.einsum("khw,kc->hwc", border, colors[part])
-            edge_n += border.sum(0)
+        # Erode by max-pooling the complement; the padding counts as inside the region, so
+        # the image border is not outlined.
+        eroded = 1 - F.max_pool2d(1 - mask[None], 2 * width + 1, 1, width)[0]
+        border = mask * (1 - eroded)
+        edge += torch.einsum("khw,kc->hwc", border, colors[part])
+        edge_n += border.sum(0)
     out = photo.clone()
     covered = fill_n > 0
     mean_fill = fill[covered] / fill_n[covered, None]
@@ -226,8 +199,7 @@ def argmax_segmentation(
         grid: patch grid (h, w).
         size: output (H, W) or side (default: the grid itself, one pixel per patch); patches
             are upsampled as blocks (nearest).
-        image: optional photo to blend under the colours with opacity ``alpha`` (resized to
-            ``size``).
+        image: optional photo under the colours, which then have opacity ``alpha``.
         alpha: opacity of the colours over ``image``.
 
     Returns:
@@ -236,10 +208,7 @@ def argmax_segmentation(
     maps = _maps(spatial, grid)
     labels = maps.argmax(0)  # (h, w)
     seg = torch.from_numpy(palette(maps.shape[0]))[labels]  # (h, w, 3) uint8
-    out = Image.fromarray(seg.numpy(), "RGB")
-    hw = _size_of(size, grid)
-    if (out.height, out.width) != hw:
-        out = out.resize((hw[1], hw[0]), Image.Resampling.NEAREST)
+    out = _resized(Image.fromarray(seg.numpy(), "RGB"), size, Image.Resampling.NEAREST)
     if image is not None and alpha < 1:
         photo = to_pil(image).resize(out.size, Image.Resampling.BICUBIC)
         out = Image.blend(photo, out, alpha)
@@ -268,11 +237,7 @@ def pca_rgb(
     Returns:
         PIL RGB image.
     """
-    if not isinstance(features, Tensor) or features.ndim != 2:
-        raise ValueError("expected one image's patch features (n, d)")
     h, w = int(grid[0]), int(grid[1])
-    if h * w != features.shape[0]:
-        raise ValueError(f"grid {grid} holds {h * w} patches but features have {features.shape[0]}")
     x = _finite(features, "patch features")
     x = x - x.mean(0, keepdim=True)
     _, s, vh = torch.linalg.svd(x, full_matrices=False)
@@ -291,10 +256,7 @@ def pca_rgb(
     rgb = ((proj - lo) / torch.where(flat, torch.ones_like(span), span)).clamp(0, 1)
     rgb[:, flat] = 0.5
     image = Image.fromarray((rgb.reshape(h, w, 3) * 255).round().to(torch.uint8).numpy(), "RGB")
-    hw = _size_of(size, grid)
-    if (image.height, image.width) != hw:
-        image = image.resize((hw[1], hw[0]), Image.Resampling.BILINEAR)
-    return image
+    return _resized(image, size, Image.Resampling.BILINEAR)
 
 
 def concept_grid(

@@ -1,17 +1,11 @@
 """``stellar retrieve``: concept retrieval, the nearest concept tokens to a query token.
 
 The index holds every concept token (``sparse``, r per image) of a collection, L2-normalised,
-as one (N·r, d) matrix saved with safetensors (``tokens.safetensors``: ``vectors``, ``image``
-and ``token`` ids, the image paths in the metadata). A query is (image, token index k); its
-token is compared by cosine similarity (inner product of unit vectors) with every indexed
-token, through faiss ``IndexFlatIP`` when faiss is installed and a torch matmul otherwise (both
-exact). The k best are drawn as a grid, each image with the matched token's map overlaid.
-
-A saved index is reused only for the model and collection it was built from: its metadata
-records the ``--model`` spec, a fingerprint of the weights (:func:`weights_fingerprint`, a
-hash of the concept tokens, patch embedding and sparse projection, so a moved or copied
-checkpoint still matches and a retrained one does not), r, d, the patch size and the
-``--data`` folder; any mismatch is an error asking for a new ``--out`` or a rebuild.
+as one (N·r, d) matrix in ``tokens.safetensors`` (``vectors``, ``image`` and ``token`` ids, the
+paths in the metadata). A query token is compared by cosine similarity with every indexed
+token (exact: faiss ``IndexFlatIP`` when installed, else a matmul); the k best are drawn, each
+image with the matched token's map overlaid. A saved index is reused only for the model (its
+:func:`weights_fingerprint`), shapes and ``--data`` folder it records.
 """
 
 from __future__ import annotations
@@ -33,11 +27,18 @@ from torch import Tensor
 from torch.utils.data import Dataset
 
 from stellar.checkpoint.io import atomic_write
-from stellar.data.folder import load_rgb
+from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import writable_folder
-from stellar.eval.encoder import Encoder, encode_batch, weights_fingerprint
-from stellar.eval.images import EvalImages, decodable_batches, make_loader
+from stellar.eval.encoder import (
+    Encoder,
+    encode_batch,
+    encode_batches,
+    extract_features,
+    make_loader,
+    weights_fingerprint,
+)
+from stellar.images import preprocess
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
@@ -48,7 +49,6 @@ __all__ = [
     "query_index",
     "render_retrieval",
     "run",
-    "weights_fingerprint",
 ]
 
 logger = logging.getLogger(__name__)
@@ -121,25 +121,13 @@ def build_token_index(
 ) -> TokenIndex:
     """Encode a collection and index all its concept tokens.
 
-    Args:
-        model: a STELLAR model.
-        dataset: :class:`~stellar.eval.images.EvalImages` items (broken files are skipped).
-        batch_size, num_workers: loader settings.
-        model_spec: recorded in the index metadata.
-        progress: show a tqdm bar.
-        data: the collection's identity (e.g. its resolved folder), recorded in the metadata.
-
-    Returns:
-        The :class:`TokenIndex` (N decodable images, N·r rows).
+    ``model_spec`` and ``data`` (the collection's identity, e.g. its resolved folder) are
+    recorded in the metadata; broken files are skipped. Returns N·r rows for N decodable images.
     """
-    sparse: list[Tensor] = []
-    paths: list[str] = []
-    with torch.inference_mode():
-        for batch in decodable_batches(dataset, batch_size, num_workers, False, "index", progress):
-            out = encode_batch(model, batch["image"], ["sparse"])
-            sparse.append(F.normalize(out["sparse"], dim=-1))
-            paths.extend(batch["path"])
-    tokens = torch.cat(sparse)  # (N, r, d)
+    out = extract_features(
+        model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
+    )
+    tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
     n, r, d = tokens.shape
     meta = {
         "model": model_spec,
@@ -154,7 +142,7 @@ def build_token_index(
         tokens.reshape(n * r, d),
         torch.arange(n).repeat_interleave(r),
         torch.arange(r).repeat(n),
-        paths,
+        out["paths"],
         meta,
     )
 
@@ -171,14 +159,8 @@ def query_index(index: TokenIndex | Tensor, vector: Tensor, k: int = 8) -> tuple
         ``scores`` and ``rows`` (int64), each (k,) for one query or (q, k), best first.
     """
     bank = index.vectors if isinstance(index, TokenIndex) else index
-    if bank.ndim != 2 or bank.shape[0] == 0:
-        raise ValueError(f"expected a non-empty (M, d) index, got {tuple(bank.shape)}")
     single = vector.ndim == 1
     queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
-    if queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"expected query vectors of dim {bank.shape[1]}, got {queries.shape[1]}")
-    if k < 1:
-        raise ValueError(f"expected k >= 1, got {k}")
     k = min(int(k), bank.shape[0])
     found = _faiss_search(index, bank, queries, k)
     if found is None:
@@ -274,18 +256,10 @@ def _encode_files(
     model: Encoder, paths: list[str], resolution: int
 ) -> dict[int, tuple[Tensor, Tensor]]:
     """{position in ``paths``: (image, spatial)} for the decodable files."""
-    dataset = EvalImages(paths, resolution, resize_ratio=1.0)
-    found: dict[int, tuple[Tensor, Tensor]] = {}
-    with torch.inference_mode():
-        for batch in make_loader(dataset, 16, 0):
-            if batch["image"].shape[0] == 0:
-                continue
-            spatial = encode_batch(model, batch["image"], ["spatial"])["spatial"]
-            found.update(
-                (int(i), (batch["image"][b], spatial[b]))
-                for b, i in enumerate(batch["index"].tolist())
-            )
-    return found
+    loader = make_loader(EvalImages(paths, resolution, resize_ratio=1.0), 16)
+    out = encode_batches(model, loader, ["spatial"], keep_images=True)
+    rows = zip(out["indices"].tolist(), out["images"], out["spatial"], strict=True)
+    return {i: (image.float() / 255, spatial) for i, image, spatial in rows}
 
 
 def _collection(data: str) -> str:
@@ -293,13 +267,11 @@ def _collection(data: str) -> str:
     return str(Path(data).resolve())
 
 
-def _check_query(path: str) -> None:
-    if not Path(path).is_file():
-        raise UsageError(f"expected --query an existing image file, got {path}")
+def _read_query(path: str) -> Image.Image:
     try:
-        load_rgb(path)
+        return load_rgb(path)
     except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image, got {path} ({err})") from err
+        raise UsageError(f"expected a readable query image (--query), got {path} ({err})") from err
 
 
 def _refuse_reuse(index_dir: Path, problem: str) -> UsageError:
@@ -313,16 +285,13 @@ def _check_reusable(
     index: TokenIndex, index_dir: Path, args: argparse.Namespace, config: Any
 ) -> None:
     """What can be checked before the model is loaded: shapes and the collection."""
-    meta = index.meta
-    d = config.encoder.hidden_size
+    meta, enc = index.meta, config.encoder
     wanted = {
         "num_tokens": config.num_sparse_tokens,
-        "dim": d,
-        "patch_size": config.encoder.patch_size,
+        "dim": enc.hidden_size,
+        "patch_size": enc.patch_size,
     }
     differ = [f"{k} {meta.get(k)} (this model: {v})" for k, v in wanted.items() if meta.get(k) != v]
-    if index.vectors.shape[1] != d and not differ:
-        differ.append(f"{index.vectors.shape[1]}-dim vectors (this model: {d})")
     if differ:
         raise _refuse_reuse(
             index_dir, f"was built with --model {meta.get('model')}: {', '.join(differ)}"
@@ -348,7 +317,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Every argument is checked before the weights are read or anything is indexed (numbers:
     # by argparse).
-    _check_query(args.query)
+    q_photo = _read_query(args.query)
     info = inspect_model(args.model)  # the architecture from the header, not the weights
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
@@ -377,13 +346,9 @@ def run(args: argparse.Namespace) -> int:
         logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
     else:
         index = build_token_index(
-            model,
-            dataset,
-            args.batch_size,
-            args.num_workers,
-            model_spec=str(args.model),
+            model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model),
             data=_collection(args.data),
-        )
+        )  # fmt: skip
         index.save(index_dir)
         logger.info("indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir)
     built_at = int(index.meta.get("resolution") or resolution)
@@ -394,11 +359,7 @@ def run(args: argparse.Namespace) -> int:
         resolution = built_at
     grid = (resolution // p, resolution // p)
 
-    query = EvalImages([args.query], resolution, resize_ratio=1.0)
-    try:
-        q_image = query.load(0)
-    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image, got {args.query} ({err})") from err
+    q_image = preprocess(q_photo, resolution)[0]
     q_out = encode_batch(model, q_image[None], ["sparse", "spatial"])
     q_vec = q_out["sparse"][0, args.token].float().cpu()
     scores, rows = query_index(index, q_vec, args.k)
@@ -421,12 +382,7 @@ def run(args: argparse.Namespace) -> int:
     q_spatial = q_out["spatial"][0].float().cpu()
     figure = render_retrieval((q_image, q_spatial, args.token), results, grid, cell=args.cell_size)
     atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
-    summary = {
-        "query": args.query,
-        "token": args.token,
-        "model": str(args.model),
-        "results": records,
-    }
+    summary = {"query": args.query, "token": args.token, "model": args.model, "results": records}
     atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
     print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
     for x in records:
