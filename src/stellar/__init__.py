@@ -1,11 +1,20 @@
-"""STELLAR: sparse visual representations by spatial-semantic factorization."""
+"""STELLAR: sparse visual representations by spatial-semantic factorization.
+
+The calls of the model card and of a research user: :func:`load_stellar` (a released name, a
+weights file, a directory or a training run folder), :meth:`STELLAR.preprocess` /
+:meth:`STELLAR.encode` / :meth:`STELLAR.reconstruct`, :func:`extract_features` (a folder of
+images to features), :func:`train` (what ``stellar train`` runs) and the pretraining call of
+:class:`StellarForPretraining` with :func:`total_loss`.
+"""
 
 from stellar.api import load_stellar
+from stellar.eval.encoder import extract_features
 from stellar.hub import create_stellar, load_model
 from stellar.losses.objective import total_loss
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.models.registry import list_models
 from stellar.models.stellar import STELLAR
+from stellar.train import TrainResult, train
 from stellar.train.pretraining import StellarForPretraining
 
 __version__ = "0.1.0"
@@ -16,9 +25,12 @@ __all__ = [
     "EncoderConfig",
     "StellarConfig",
     "StellarForPretraining",
+    "TrainResult",
     "create_stellar",
+    "extract_features",
     "list_models",
     "load_model",
     "load_stellar",
     "total_loss",
+    "train",
 ]
