@@ -8,6 +8,8 @@ trainer runs — returning the main view's features and the loss terms under the
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor
 
@@ -17,10 +19,27 @@ from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_lo
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
 
-__all__ = ["StellarForPretraining"]
+__all__ = ["StellarForPretraining", "add_masks"]
 
 # The release's views per image: 8 masked global views, 8 local views of 96 px at 224 px.
 N_MASKED, N_LOCAL, LOCAL_FRACTION = 8, 8, 96 / 224
+
+
+def add_masks(
+    batch: dict[str, Tensor],
+    patch_size: int,
+    generator: torch.Generator | None = None,
+    **masking: Any,
+) -> dict[str, Tensor]:
+    """``batch`` with ``keep_idx`` (B·V, k), the patches each of its ``masked_views`` keeps
+    (:func:`~stellar.losses.masking.random_masking` with the ``masking`` settings)."""
+    if "masked_views" in batch:
+        views = batch["masked_views"]
+        h, w = views.shape[-2] // patch_size, views.shape[-1] // patch_size
+        batch["keep_idx"] = random_masking(
+            views.shape[0], h, w, **masking, generator=generator, device=views.device
+        )
+    return batch
 
 
 class StellarForPretraining(STELLAR):
@@ -118,8 +137,4 @@ class StellarForPretraining(STELLAR):
                 batch["second_view"] = self.augment.color(global_views[:, 1])
             if "local_views" in inputs and plan.local:
                 batch["local_views"] = inputs["local_views"][:, : plan.local].flatten(0, 1)
-        if "masked_views" in batch:
-            h, w = self.grid(batch["masked_views"])
-            n = batch["masked_views"].shape[0]
-            batch["keep_idx"] = random_masking(n, h, w, **self.masking, device=image.device)
-        return batch
+        return add_masks(batch, self.patch_size, **self.masking)

@@ -24,7 +24,6 @@ from torch.profiler import record_function
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
 from stellar.errors import UsageError
-from stellar.losses.masking import random_masking
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
 from stellar.runtime import DistInfo, autocast, precision_choice, setup
@@ -33,6 +32,7 @@ from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
+from stellar.train.pretraining import add_masks
 from stellar.train.runlock import check_fresh_run, delete_run_files
 from stellar.train.schedule import cosine_lr, ema_momentum
 
@@ -150,23 +150,12 @@ class Trainer(TrainerCheckpoints):
 
     def make_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
         """Canvases -> the objective's batch: the views of ``self.plan`` and the masks."""
-        a, plan = self.cfg.augment, self.plan
+        a = self.cfg.augment
         canvas = batch["canvas"].to(self.device, non_blocking=True)
         size = batch["size"].to(self.device, non_blocking=True)
-        out = self.augment.make(canvas, size, plan, g)
-        if plan.masked:
-            grid = a.global_size // self.model.patch_size
-            out["keep_idx"] = random_masking(
-                canvas.shape[0] * plan.masked,
-                grid,
-                grid,
-                a.mask_ratio,
-                a.focal_mode,
-                a.focal_prob,
-                generator=g,
-                device=self.device,
-            )
-        return out
+        out = self.augment.make(canvas, size, self.plan, g)
+        masking = dict(mask_ratio=a.mask_ratio, focal_mode=a.focal_mode, focal_prob=a.focal_prob)
+        return add_masks(out, self.model.patch_size, g, **masking)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches.
