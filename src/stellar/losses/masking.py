@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import torch
+from torch import Tensor
 
-__all__ = ["num_kept", "random_masking"]
+__all__ = ["add_masks", "num_kept", "random_masking"]
 
 FOCAL_MODES = ("gaussian", "block", None)
 
@@ -125,3 +127,20 @@ def random_masking(
             noise = torch.where(focal[:, None] & inside, block_rank, noise)
     keep = noise.argsort(dim=1)[:, :n_keep]
     return keep.sort(dim=1).values
+
+
+def add_masks(
+    batch: dict[str, Tensor],
+    patch_size: int,
+    generator: torch.Generator | None = None,
+    **masking: Any,
+) -> dict[str, Tensor]:
+    """``batch`` with ``keep_idx`` (B·V, k), the patches each of its ``masked_views`` keeps
+    (:func:`~stellar.losses.masking.random_masking` with the ``masking`` settings)."""
+    if "masked_views" in batch:
+        views = batch["masked_views"]
+        h, w = views.shape[-2] // patch_size, views.shape[-1] // patch_size
+        batch["keep_idx"] = random_masking(
+            views.shape[0], h, w, **masking, generator=generator, device=views.device
+        )
+    return batch

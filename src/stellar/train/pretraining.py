@@ -8,38 +8,19 @@ trainer runs — returning the main view's features and the loss terms under the
 
 from __future__ import annotations
 
-from typing import Any
-
 import torch
 from torch import Tensor
 
 from stellar.data.augment import MultiViewAugment
-from stellar.losses.masking import random_masking
+from stellar.losses.masking import add_masks
 from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_loss
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
 
-__all__ = ["StellarForPretraining", "add_masks"]
+__all__ = ["StellarForPretraining"]
 
 # The release's views per image: 8 masked global views, 8 local views of 96 px at 224 px.
 N_MASKED, N_LOCAL, LOCAL_FRACTION = 8, 8, 96 / 224
-
-
-def add_masks(
-    batch: dict[str, Tensor],
-    patch_size: int,
-    generator: torch.Generator | None = None,
-    **masking: Any,
-) -> dict[str, Tensor]:
-    """``batch`` with ``keep_idx`` (B·V, k), the patches each of its ``masked_views`` keeps
-    (:func:`~stellar.losses.masking.random_masking` with the ``masking`` settings)."""
-    if "masked_views" in batch:
-        views = batch["masked_views"]
-        h, w = views.shape[-2] // patch_size, views.shape[-1] // patch_size
-        batch["keep_idx"] = random_masking(
-            views.shape[0], h, w, **masking, generator=generator, device=views.device
-        )
-    return batch
 
 
 class StellarForPretraining(STELLAR):

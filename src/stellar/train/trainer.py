@@ -24,6 +24,7 @@ from torch.profiler import record_function
 from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import ResumableSampler, build_loader
 from stellar.errors import UsageError
+from stellar.losses.masking import add_masks
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.progress import progress_bar
 from stellar.runtime import DistInfo, autocast, precision_choice, setup
@@ -32,7 +33,6 @@ from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.pretraining import add_masks
 from stellar.train.runlock import check_fresh_run, delete_run_files
 from stellar.train.schedule import cosine_lr, ema_momentum
 
