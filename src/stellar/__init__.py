@@ -7,15 +7,14 @@ images to features), :func:`train` (what ``stellar train`` runs) and the pretrai
 :class:`StellarForPretraining` with :func:`total_loss`.
 """
 
-from stellar.api import load_stellar
 from stellar.eval.encoder import extract_features
-from stellar.hub import create_stellar, load_model
+from stellar.hub import create_stellar, load_model, load_stellar
 from stellar.losses.objective import total_loss
+from stellar.losses.pretraining import StellarForPretraining
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.models.registry import list_models
 from stellar.models.stellar import STELLAR
 from stellar.train import TrainResult, train
-from stellar.train.pretraining import StellarForPretraining
 
 __version__ = "0.1.0"
 

@@ -1,5 +1,8 @@
 """From a name or a path to a ready STELLAR: ``load_stellar``, ``create_stellar``, ``load_model``.
 
+``purpose="pretrain"`` builds a :class:`~stellar.losses.pretraining.StellarForPretraining`, the
+STELLAR whose call takes the model card's batch dict.
+
 A released name is ``<name>.safetensors`` of the Hugging Face repository ``microsoft/STELLAR``
 with the repository's ``config.json`` model table, fetched by ``huggingface_hub`` (its cache,
 ``HF_HOME``, ``HF_HUB_OFFLINE``, downloads). A path is a weights file, a directory
@@ -33,6 +36,7 @@ from stellar.checkpoint.official import (
 )
 from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, read_header, read_state_dict
 from stellar.errors import UsageError
+from stellar.losses.pretraining import StellarForPretraining
 from stellar.models.config import EncoderConfig, StellarConfig
 from stellar.models.infer import defaulted_fields, encoder_from_hf, infer_config
 from stellar.models.registry import BACKBONES, get_config, is_released, list_models
@@ -59,6 +63,11 @@ NAME_FIELDS = (
 )
 
 
+def _model_class(purpose: Purpose) -> type[STELLAR]:
+    """``purpose="pretrain"`` builds the model whose call takes the model card's batch dict."""
+    return StellarForPretraining if purpose == "pretrain" else STELLAR
+
+
 def create_stellar(
     name_or_config: str | StellarConfig = "stellar-tiny",
     purpose: Purpose = "encode",
@@ -73,7 +82,7 @@ def create_stellar(
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
-    return _finish(STELLAR(config, purpose=purpose), purpose, tokenizer)
+    return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer)
 
 
 def load_stellar(
@@ -82,7 +91,6 @@ def load_stellar(
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
     dtype: torch.dtype | None = None,
-    model_class: type[STELLAR] = STELLAR,
 ) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
@@ -97,7 +105,6 @@ def load_stellar(
             ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
             it to reconstruct and to pretrain.
         device, dtype: where and in which dtype to put the model.
-        model_class: the STELLAR (sub)class built, called as ``model_class(config, purpose)``.
 
     Every tensor of the file is used, on the known-unused list, or belongs to a part the
     purpose does not build; a missing, unexpected or wrong-shape tensor, a non-finite one, a
@@ -114,6 +121,7 @@ def load_stellar(
     if purpose == "reconstruct" and not carries_decoder(keys):
         raise no_decoder(str(weights))  # before asking for a tokenizer it could not use
     tokenizer = _tokenizer(config, vq_model, purpose)
+    model_class = _model_class(purpose)
     with torch.device("meta"):  # no random init of tensors the file then overwrites
         model = model_class(config, purpose)
     if absent_parts(model, keys):  # parts the file lacks start from their init: build them

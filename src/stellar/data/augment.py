@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +25,6 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from stellar.data.color import ColorAugment, _pair, _uniform
-from stellar.losses.objective import ViewPlan
 
 __all__ = ["MultiViewAugment", "random_resized_crop"]
 
@@ -168,6 +168,22 @@ def random_resized_crop(
         "flip": flip,
     }
     return views, params
+
+
+@dataclass(frozen=True)
+class ViewPlan:
+    """The views of one training step, per image, besides the main view.
+
+    Attributes:
+        masked: colour-augmented global views that are masked (the first is a copy of the
+            main view's crop).
+        local: colour-augmented local views.
+        second: whether a second colour-augmented global view is made (global alignment).
+    """
+
+    masked: int = 0
+    local: int = 0
+    second: bool = False
 
 
 class MultiViewAugment(nn.Module):

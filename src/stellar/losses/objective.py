@@ -19,6 +19,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
+from stellar.data.augment import ViewPlan
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
 from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
@@ -29,22 +30,6 @@ from stellar.schema import bounded
 PHASE = "phase/"
 PIXEL_RECON_WEIGHT = 10.0
 VQ_RECON_WEIGHT = 0.05
-
-
-@dataclass(frozen=True)
-class ViewPlan:
-    """The views of one training step, per image, besides the main view.
-
-    Attributes:
-        masked: colour-augmented global views that are masked (the first is a copy of the
-            main view's crop).
-        local: colour-augmented local views.
-        second: whether a second colour-augmented global view is made (global alignment).
-    """
-
-    masked: int = 0
-    local: int = 0
-    second: bool = False
 
 
 @dataclass
