@@ -74,9 +74,12 @@ def test_nonfinite_loss_stops_with_the_step_and_terms(tmp_path):
     with torch.no_grad():
         trainer.model.sparse_tokens.fill_(float("nan"))
     trainer.total_steps = 5
-    with pytest.raises(TrainingDiverged, match=r"step 3: non-finite.*last good checkpoint"):
+    # the fourth step diverges: numbered as metrics rows and checkpoint folders number steps
+    with pytest.raises(TrainingDiverged, match=r"step 4: non-finite.*step-00000003"):
         trainer.train()
     assert (tmp_path / "checkpoints" / "last").resolve() == good
+    logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
+    assert logged == [1, 2, 3]
 
 
 def test_nonfinite_skip_flag_keeps_going(tmp_path):

@@ -252,7 +252,8 @@ class Trainer(TrainerCheckpoints):
                     micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
                     if len(micro) < cfg.grad_accum:
                         break
-                    pending.add(self.step, self.train_step(micro))
+                    # numbered from 1 like metrics rows and checkpoints: after this step
+                    pending.add(self.step + 1, self.train_step(micro))
                     # batches of only unreadable files were skipped but still read
                     position = start + self.loader.drawn * cfg.batch_size
                     self.step += 1
