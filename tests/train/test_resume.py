@@ -11,7 +11,7 @@ import shutil
 import pytest
 from tiny_run import TINY as TINY_RUN
 
-from stellar.cli import main
+from stellar.cli import console, main
 from stellar.errors import UsageError
 from stellar.train.config import load_config
 from stellar.train.trainer import ResumableSampler, Trainer
@@ -59,6 +59,36 @@ def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage, pr
     with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*Drop --resume"):
         _trainer(run).train(resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+class Planted:
+    """A Python object: unpickling it would run code (a planted pickle)."""
+
+
+def _write_state(path, kind):
+    import pickle
+
+    import torch
+
+    if kind == "truncated":
+        path.write_bytes(path.read_bytes()[:100])
+    elif kind == "garbage":
+        path.write_bytes(b"not a pickle at all" * 10)
+    elif kind == "planted":
+        path.write_bytes(pickle.dumps(Planted(), protocol=2))
+    else:  # a readable pickle that is not a trainer state
+        torch.save([1, 2, 3], path)
+
+
+@pytest.mark.parametrize("kind", ["truncated", "garbage", "planted", "foreign"])
+def test_a_damaged_trainer_state_is_one_line_naming_it(run, kind, capsys):
+    """Issue 22, item 5: no torch.load traceback, no advice to drop weights_only."""
+    state = run / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    _write_state(state, kind)
+    code = console(["train", "--config", "cpu-smoke", *TINY, f"out={run}", "--resume"])
+    err = capsys.readouterr().err
+    assert code != 0 and str(state) in err
+    assert "weights_only" not in err and "Traceback" not in err
 
 
 def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):

@@ -118,14 +118,29 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
                 return tensors, dict(f.metadata() or {})
         except Exception as err:  # a truncated or corrupt file: same meaning to a user
             raise UsageError(f"{what}: unreadable safetensors data ({err})") from None
+    return _state_dict_in(read_pickle(path, what), path), {}
+
+
+def read_pickle(path: str | Path, what: str | None = None) -> Any:
+    """A torch pickle read safely: ``weights_only=True`` (no code in it runs).
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: not a torch pickle, damaged, or holding Python objects; names the file and
+            never suggests ``weights_only=False``.
+    """
+    path = Path(path)
+    what = what or f"{path} is not a readable torch pickle (.pt)"
+    if not path.is_file():
+        raise WeightsNotFoundError(f"no file at {path}")
+    head = _head(path)
     if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
         raise UsageError(f"{what}: {_looks_like(head)}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
-            obj = torch.load(f, map_location="cpu", weights_only=True)
+            return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means the same to a user
         raise UsageError(f"{what}: {_torch_reason(err)}") from None
-    return _state_dict_in(obj, path), {}
 
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:

@@ -15,10 +15,10 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
 
 from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
 from stellar.checkpoint.official import from_official
+from stellar.checkpoint.weights import read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
 from stellar.train.config import flatten
@@ -192,9 +192,13 @@ class TrainerCheckpoints:
     def resume(self) -> tuple[int, int]:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
         folder = resume_checkpoint(self.ckpt_dir)
-        state = torch.load(folder / STATE_NAME, map_location="cpu", weights_only=True)
+        state = read_pickle(folder / STATE_NAME)
+        if not isinstance(state, dict) or not {"step", "optimizer", "rank_positions"} <= set(state):
+            raise UsageError(
+                f"{folder / STATE_NAME} is not a trainer state written by stellar train"
+            )
         self._check_same_data_order(state, folder)
-        weights, _, unknown = from_official(load_file(folder / WEIGHTS_NAME))
+        weights, _, unknown = from_official(read_state_dict(folder / WEIGHTS_NAME)[0])
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
