@@ -56,9 +56,24 @@ def _break_state(run):
 def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage, problem):
     damage(run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*Drop --resume"):
+    with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*--overwrite"):
         _trainer(run).train(resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
+
+
+def test_a_run_stopped_before_its_first_checkpoint_restarts_with_overwrite(tmp_path):
+    """Issue 22, item 6: each refusal names the one flag that works, and it does."""
+    out = tmp_path / "run"
+    out.mkdir()
+    (out / "config.yaml").write_text("batch_size: 4\n")  # what a run writes before step 1
+    (out / "metrics.jsonl").write_text("")
+    with pytest.raises(UsageError, match="--overwrite") as fresh:
+        _trainer(out).train()
+    assert "--resume" not in str(fresh.value)  # there is nothing to resume
+    with pytest.raises(UsageError, match="does not exist.*pass --overwrite"):
+        _trainer(out).train(resume=True)
+    _trainer(out).train(overwrite=True)
+    assert (out / "checkpoints" / "last").is_dir()
 
 
 class Planted:

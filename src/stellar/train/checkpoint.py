@@ -84,8 +84,8 @@ def resume_checkpoint(root: Path) -> Path:
     else:
         return last.resolve()
     raise UsageError(
-        f"--resume needs a complete checkpoint at {last}, but {problem}. "
-        f"Drop --resume to start a fresh run in {root.parent} instead."
+        f"--resume needs a complete checkpoint at {last}, but {problem}. To start afresh in "
+        f"{root.parent}, pass --overwrite (overwrite=True) instead of --resume."
     )
 
 

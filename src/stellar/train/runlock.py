@@ -87,10 +87,15 @@ def check_fresh_run(out: str | Path, overwrite: bool) -> list[Path]:
     """
     old = [Path(out) / n for n in RUN_FILES if os.path.lexists(Path(out) / n)]
     if old and not overwrite:
+        # a run stopped before its first checkpoint has nothing to continue from
+        resume = (
+            ""
+            if not (Path(out) / "checkpoints" / "last").exists()
+            else ("pass --resume (resume=True) to continue it, ")
+        )
         raise UsageError(
-            f"{out} already holds a run ({', '.join(p.name for p in old)}): pass --resume "
-            "(resume=True) to continue it, --overwrite (overwrite=True) to replace it, or "
-            "another out= for a new run"
+            f"{out} already holds a run ({', '.join(p.name for p in old)}): {resume}pass "
+            "--overwrite (overwrite=True) to start afresh there, or another out= for a new run"
         )
     return old
 
