@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import signal
 import sys
 
 from stellar.errors import UsageError
@@ -78,17 +79,20 @@ def main(argv: list[str] | None = None) -> int:
 def console(argv: list[str] | None = None) -> int:
     """The ``stellar`` console script: :func:`main`, a :class:`~stellar.errors.UsageError`
     printed as one line on stderr (exit status 2; its traceback with ``-v``). Any other
-    exception is a bug and keeps its traceback."""
+    exception is a bug and keeps its traceback; Ctrl-C is one line too."""
     argv = sys.argv[1:] if argv is None else argv
+    command = next((a for a in argv if a in COMMANDS), None)
+    prog = f"stellar {command}" if command else "stellar"
     try:
         return main(argv)
     except UsageError as err:
         if "-v" in argv or "--verbose" in argv:
             raise
-        command = next((a for a in argv if a in COMMANDS), None)
-        prog = f"stellar {command}" if command else "stellar"
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt as err:  # a second Ctrl-C, or a run stopped after its checkpoint
+        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        return getattr(err, "exit_code", 128 + signal.SIGINT)
 
 
 if __name__ == "__main__":

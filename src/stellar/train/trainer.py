@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 
@@ -33,7 +34,12 @@ from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.runlock import check_fresh_run, delete_run_files
+from stellar.train.runlock import (
+    StopRequest,
+    TrainingStopped,
+    check_fresh_run,
+    delete_run_files,
+)
 from stellar.train.schedule import cosine_lr, ema_momentum
 
 logger = logging.getLogger(__name__)
@@ -244,53 +250,64 @@ class Trainer(TrainerCheckpoints):
         first_step = self.step
         pending = PendingScalars()
         since = time.perf_counter()
-        try:
-            while self.step < end:
-                self.sampler.set_position(epoch, position)
-                start, batches = position, iter(self.loader)
+        stopped = 0  # the signal that stopped the run, agreed by every rank
+        with StopRequest() as stop:
+            try:
                 while self.step < end:
-                    micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
-                    if len(micro) < cfg.grad_accum:
-                        break
-                    # numbered from 1 like metrics rows and checkpoints: after this step
-                    pending.add(self.step + 1, self.train_step(micro))
-                    # batches of only unreadable files were skipped but still read
-                    position = start + self.loader.drawn * cfg.batch_size
-                    self.step += 1
-                    bar.update(1)
-                    logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
-                    saving = self.step % cfg.ckpt_every == 0 and self.step < end
-                    if not (logged or saving or self.step == end):
-                        continue
-                    # The one read of the interval: checks every step of it, then logs the last.
-                    rows = self._checked(pending.read())
-                    now = time.perf_counter()
-                    rate = len(rows) * images_per_step / max(now - since, 1e-9)
-                    since = now
-                    last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
-                    if (skipped := self.skipped_images()) is not None:
-                        last["skipped_images"] = skipped
-                    if log and logged:
-                        log.write(last)
-                    bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{rate:.0f}")
-                    if saving:
-                        self.save(epoch, position)
-                if self.step < end:  # the data ran out before the step budget: next epoch
-                    epoch, position = epoch + 1, 0
-            if self.step > first_step:
-                self.save(epoch, position)
-            else:  # resumed at or past the end: the last checkpoint already is the result
-                logger.info("already at step %d of %d: nothing to train", self.step, end)
-            if last.get("skipped_images"):
-                logger.warning(
-                    "%d unreadable image files were skipped (each named above)",
-                    last["skipped_images"],
-                )
-        finally:
-            self.cursor = (epoch, position)  # where a later train() call goes on
-            bar.close()
-            if log:
-                log.close()
+                    self.sampler.set_position(epoch, position)
+                    start, batches = position, iter(self.loader)
+                    while self.step < end:
+                        micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
+                        if len(micro) < cfg.grad_accum:
+                            break
+                        # numbered from 1 like metrics rows and checkpoints: after this step
+                        pending.add(self.step + 1, self.train_step(micro))
+                        # batches of only unreadable files were skipped but still read
+                        position = start + self.loader.drawn * cfg.batch_size
+                        self.step += 1
+                        bar.update(1)
+                        if stopped := stop.agreed(self.device, self.dist.enabled):
+                            end = self.step  # log, save and leave as at the last step
+                        logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
+                        saving = self.step % cfg.ckpt_every == 0 and self.step < end
+                        if not (logged or saving or self.step == end):
+                            continue
+                        # The one read of the interval: checks every step of it, then logs the last.
+                        rows = self._checked(pending.read())
+                        now = time.perf_counter()
+                        rate = len(rows) * images_per_step / max(now - since, 1e-9)
+                        since = now
+                        last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
+                        if (skipped := self.skipped_images()) is not None:
+                            last["skipped_images"] = skipped
+                        if log and logged:
+                            log.write(last)
+                        bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{rate:.0f}")
+                        if saving:
+                            self.save(epoch, position)
+                    if self.step < end:  # the data ran out before the step budget: next epoch
+                        epoch, position = epoch + 1, 0
+                if self.step > first_step:
+                    self.save(epoch, position)
+                else:  # resumed at or past the end: the last checkpoint already is the result
+                    logger.info("already at step %d of %d: nothing to train", self.step, end)
+                if last.get("skipped_images"):
+                    logger.warning(
+                        "%d unreadable image files were skipped (each named above)",
+                        last["skipped_images"],
+                    )
+            finally:
+                self.cursor = (epoch, position)  # where a later train() call goes on
+                bar.close()
+                if log:
+                    log.close()
+        if stopped:
+            raise TrainingStopped(
+                f"{signal.Signals(stopped).name}: stopped at step {self.step}, checkpoint "
+                f"{latest_checkpoint(self.ckpt_dir)}; continue with `stellar train "
+                f"out={self.out} --resume` (resume=True)",
+                stopped,
+            )
         return last
 
     def skipped_images(self) -> int | None:
