@@ -18,8 +18,8 @@ from torch.utils.data import DataLoader
 
 from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
 from stellar.demo.concepts import concept_purity, localization_scores, token_shape_labels
-from stellar.demo.settings import DemoSettings
 from stellar.demo.stats import pooled_miou
+from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
 from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
 from stellar.eval.linear import pool_features, predict_logits, train_linear_probe

@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from stellar.demo.ablation import ablation_table, orderings
-from stellar.demo.settings import DemoSettings
 from stellar.demo.stats import gap_with_stderr
+from stellar.demo.training import DemoSettings
 from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
 
 SUPERVISED = "supervised reference"
@@ -70,7 +70,7 @@ def _value(key: str, value: float) -> str:
 def verdicts(
     results: dict[str, dict],
     samples: dict[str, dict[str, Tensor]],
-    chance: dict[str, Tensor] | None = None,
+    chance: dict[str, Tensor],
     seed: int = 0,
 ) -> list[str]:
     """Plain-language checks of what the numbers show (computed, never assumed).
@@ -80,21 +80,19 @@ def verdicts(
             "supervised reference").
         samples: per-sample values per model name (see ``evaluate``).
         chance: per-sample values of feature-free predictions (``chance_samples``); without
-            it, or without the supervised reference, the probe verdicts are left out.
+            the supervised reference the probe verdicts are left out.
         seed: of the bootstrap behind the mIoU's standard error.
     """
     trained, random = samples["STELLAR"], samples["random init"]
     lines = []
     for key in ALWAYS:
-        if key not in trained or key not in random:
-            continue
         gap, se = gap_with_stderr(key, trained[key], random[key], seed)
         ok = gap > 2 * se
         lines.append(
             f"- {'PASS' if ok else 'FAIL'}: trained beats random init on {key} by "
             f"{_words(key, gap, se)}"
         )
-    if chance is None or SUPERVISED not in samples:
+    if SUPERVISED not in samples:
         return lines
     ref = samples[SUPERVISED]
     for key in PROBES:
@@ -176,19 +174,26 @@ def invariance_section(results: dict[str, dict]) -> list[str]:
     return ["", *lines, "", *notes]
 
 
+FLAGS = [
+    "out",
+    "seed",
+    "steps",
+    "batch_size",
+    "eval_train",
+    "eval_val",
+    "probe_epochs",
+    "seg_epochs",
+]
+"""The settings every report's Command line names, in this order."""
+
+
 def full_command(settings: DemoSettings) -> str:
     """The ``stellar demo`` command with every flag and override that made this report."""
-    parts = ["stellar", "demo", "--out", settings.out, "--seed", str(settings.seed)]
-    parts += ["--steps", str(settings.steps), "--batch-size", str(settings.batch_size)]
-    parts += ["--eval-train", str(settings.eval_train), "--eval-val", str(settings.eval_val)]
-    parts += ["--probe-epochs", str(settings.probe_epochs)]
-    parts += ["--seg-epochs", str(settings.seg_epochs)]
-    if settings.photos:
-        parts += ["--photos", settings.photos]
-    if settings.ablation:
-        parts.append("--ablation")
-    if not settings.progress:
-        parts.append("--no-progress")
+    parts = ["stellar", "demo"]
+    for name in FLAGS:
+        parts += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
+    parts += ["--photos", settings.photos] if settings.photos else []
+    parts += ["--ablation"] * settings.ablation + ["--no-progress"] * (not settings.progress)
     return " ".join(shlex.quote(p) for p in [*parts, *settings.overrides])
 
 
