@@ -1,22 +1,6 @@
-"""Measuring the factorization where "what" and "where" are known (concept scenes).
+"""Concept localization and concept purity on concept scenes (defined in docs/CONCEPTS.md).
 
-Neither score exists in the paper or the official code; both are defined here.
-
-**Concept localization.** A token's map (a column of L, (h, w) on the patch grid) is upsampled
-bilinearly to pixels and thresholded at 1/r (the value of a uniform row of L). For each object
-(an instance mask), its score is the best IoU over the r tokens between a thresholded map and
-the object's mask; the localization score is the mean over all objects of all images. 1 means
-some token covers exactly each object; a token that covers the whole image scores the object's
-area fraction.
-
-**Concept purity.** All concept tokens of a collection are L2-normalised and grouped by
-k-means (cosine, k clusters, fixed seed): a token's "nearest cluster". Each token gets the
-shape class of the object holding the largest share of its thresholded map, when that share is
-at least half of the map's area; other tokens (on background, or spread out) are left out.
-Purity = Σ_clusters max_class |cluster ∩ class| / #tokens kept, the standard cluster purity:
-1 when every cluster holds tokens of one shape class only. ``purity_chance`` is the same with
-the cluster assignments randomly permuted (fixed seed), the level a representation without
-shape information reaches.
+Neither score exists in the paper or the official code.
 """
 
 from __future__ import annotations

@@ -1,12 +1,4 @@
-"""Every demo probe of one model on the concept scenes, with the per-sample values behind it.
-
-:func:`evaluate` returns the metrics (fractions in [0, 1], PSNR in dB) and, for every metric a
-verdict reads, the per-sample values that give its sampling noise (see ``stats``): 0/1
-correctness per validation scene for the classification probes, PSNR per scene, best IoU per
-object, and a confusion matrix per scene for the segmentation probe. :func:`chance_samples`
-gives the same for predictions without any feature: the majority class of the probes'
-training scenes, background everywhere.
-"""
+"""Every demo probe of one model on the concept scenes, with the per-sample values behind it."""
 
 from __future__ import annotations
 

@@ -1,10 +1,7 @@
-"""Sampling noise of the demo's gaps: is a difference between two models more than chance?
+"""Is a gap between two models more than sampling noise? (docs/CONCEPTS.md)
 
-Every demo metric is measured on the same validation scenes for every model, so a gap is read
-against the standard error of the *paired* difference: for a mean of per-sample values
-(accuracy as 0/1 correctness, PSNR per image, IoU per object) that is the standard deviation
-of the per-sample differences over sqrt(n); for mIoU, a ratio of pixel counts pooled over the
-scenes, it is the spread of the gap under a paired bootstrap over scenes.
+Every model is measured on the same validation scenes, so gaps are paired: the standard error
+of the mean per-sample difference, or a paired bootstrap over scenes for mIoU.
 """
 
 from __future__ import annotations

@@ -1,17 +1,7 @@
-"""The supervised reference: what the demo's encoder learns in the demo's budget *with labels*.
+"""The supervised reference: the demo's encoder, data and updates, trained with labels.
 
-The same encoder (the very weights STELLAR starts from), the same training scenes in the same
-order, the same number of updates, batch size, optimiser, learning-rate schedule and gradient
-clipping as the STELLAR run — but the loss is the cross-entropy of two linear heads on the
-mean concept token (the feature of the demo's linear probe) against the shape and the colour
-of each scene's largest object. The scene is the plain image (no crops: a crop could cut the
-labelled object away). The reference is then probed exactly like STELLAR; a probe this model
-cannot lift clearly above chance is "not learnable at this scale", and the demo does not
-count it against the self-supervised model.
-
-The trained weights are cached per seed and budget under ``<out>/supervised-reference/`` (the
-key names every setting that changes them), so a second demo run with the same settings reuses
-them instead of training again.
+Defined in docs/CONCEPTS.md; its weights are cached under ``<out>/supervised-reference/``, keyed
+by every setting that changes them.
 """
 
 from __future__ import annotations
