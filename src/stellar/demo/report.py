@@ -35,9 +35,7 @@ PROBES = ("linear_top1", "linear_cls_top1", "knn_top1", "linear_colour_top1", "s
 
 
 def _cell(value: float | None, scale: float, unit: str) -> str:
-    if value is None:
-        return "–"
-    return f"{value * scale:.1f}{unit}" if scale != 1 or unit else f"{value:.3f}"
+    return "–" if value is None else f"{value * scale:.1f}{unit}"
 
 
 def table(results: dict[str, dict]) -> str:

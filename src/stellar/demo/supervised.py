@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -21,14 +23,16 @@ from stellar.demo.training import DemoSettings, demo_trainer
 from stellar.eval.linear import pool_features
 from stellar.models.stellar import STELLAR
 from stellar.train.schedule import cosine_lr
+from stellar.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 
-def cache_folder(out: str | Path, key: dict) -> Path:
-    """``<out>/supervised-reference/seed<seed>-<hash of the key>``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(out) / "supervised-reference" / f"seed{key['seed']}-{digest}"
+def _epochs(trainer: Trainer) -> Iterator[dict]:
+    """The trainer's batches, epoch after epoch, in its data order."""
+    for epoch in itertools.count():
+        trainer.sampler.set_position(epoch, 0)
+        yield from trainer.loader
 
 
 def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
@@ -42,7 +46,8 @@ def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
         "batch_size": cfg.batch_size,
         "overrides": list(settings.overrides),
     }
-    folder = cache_folder(settings.out, key)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(settings.out) / "supervised-reference" / f"seed{cfg.seed}-{digest}"
     weights = folder / "model.safetensors"
     if weights.is_file():
         model = copy.deepcopy(trainer.model)
@@ -58,28 +63,21 @@ def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
     # The trainer built its optimiser over trainer.model; train that model, then keep it.
     model = trainer.model.train()
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-    total, step, epoch = trainer.total_steps, 0, 0
+    total = trainer.total_steps
     every = max(1, total // 10)
-    while step < total:
-        trainer.sampler.set_position(epoch, 0)
-        for batch in trainer.loader:
-            lr = cosine_lr(step, total, o.lr, o.warmup, o.min_lr)
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = lr
-            tokens = pool_features(model.forward_encode(batch["image"])["sparse"])
-            loss = nn.functional.cross_entropy(heads["shape"](tokens), batch["label"])
-            loss = loss + nn.functional.cross_entropy(heads["colour"](tokens), batch["colour"])
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.clip_grad:
-                nn.utils.clip_grad_norm_(params, o.clip_grad)
-            trainer.optimizer.step()
-            step += 1
-            if step % every == 0 or step == total:
-                logger.info("supervised reference: step %d/%d loss %.4f", step, total, loss.item())
-            if step == total:
-                break
-        epoch += 1
+    for step, batch in zip(range(total), _epochs(trainer), strict=False):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = cosine_lr(step, total, o.lr, o.warmup, o.min_lr)
+        tokens = pool_features(model.forward_encode(batch["image"])["sparse"])
+        loss = nn.functional.cross_entropy(heads["shape"](tokens), batch["label"])
+        loss = loss + nn.functional.cross_entropy(heads["colour"](tokens), batch["colour"])
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.clip_grad:
+            nn.utils.clip_grad_norm_(params, o.clip_grad)
+        trainer.optimizer.step()
+        if (step + 1) % every == 0 or step + 1 == total:
+            logger.info("supervised reference: step %d/%d loss %.4f", step + 1, total, loss.item())
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model.state_dict(), weights)
     text = json.dumps(key, indent=1)
