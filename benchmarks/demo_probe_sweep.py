@@ -19,8 +19,7 @@ from dataclasses import replace
 from stellar import load_stellar
 from stellar.data.scenes import SHAPES
 from stellar.demo.evaluate import encode_scenes, eval_scenes
-from stellar.demo.settings import DemoSettings
-from stellar.demo.training import demo_trainer
+from stellar.demo.training import DemoSettings, demo_trainer
 from stellar.eval.linear import (
     SCHEDULE,
     accuracy_topk,

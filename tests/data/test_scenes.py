@@ -11,19 +11,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from stellar.data.scenes import (
-    BACKGROUNDS,
-    COLOUR_RGB,
-    COLOURS,
-    FILLS,
-    SHAPE_AREA,
-    SHAPE_EXTENT,
-    SHAPES,
-    ConceptScenes,
-    export_scenes,
-    render_scene,
-    shape_sdf,
-)
+from stellar.data.scenes import SHAPES, ConceptScenes, export_scenes, render_scene
+from stellar.data.scenes.geometry import SHAPE_AREA, SHAPE_EXTENT, shape_sdf
+from stellar.data.scenes.render import BACKGROUNDS, COLOUR_RGB, COLOURS, FILLS
 
 
 def _assert_items_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
@@ -207,11 +197,8 @@ def test_sizes_canvas_and_max_objects() -> None:
         item = render_scene(2, 1, size)
         assert item["image"].shape == (3, size, size)
         assert item["instance_mask"].shape == (size, size)
-    ds = ConceptScenes(size=32, length=4, canvas_size=48)
-    item = ds[1]
-    assert item["canvas"].shape == (3, 48, 48)
-    assert torch.equal(item["canvas"][:, :32, :32].float() / 255.0, item["image"])
-    assert item["canvas"][:, 32:].sum() == 0 and item["canvas"][:, :, 32:].sum() == 0
+    item = ConceptScenes(size=32, length=4)[1]
+    assert torch.equal(item["canvas"].float() / 255.0, item["image"])
     assert item["size"].tolist() == [32, 32]
     singles = ConceptScenes(size=32, length=20, max_objects=1)
     assert all(int(singles[i]["count"]) == 1 for i in range(20))
@@ -224,8 +211,6 @@ def test_sizes_canvas_and_max_objects() -> None:
 def test_bad_arguments() -> None:
     with pytest.raises(ValueError, match="split"):
         ConceptScenes(split="training")
-    with pytest.raises(ValueError, match="canvas_size"):
-        ConceptScenes(size=64, canvas_size=32)
     with pytest.raises(ValueError, match="size"):
         render_scene(0, 0, 8)
     with pytest.raises(ValueError, match="max_objects"):
@@ -238,7 +223,7 @@ def test_bad_arguments() -> None:
 
 def test_export_round_trip(tmp_path) -> None:
     n = 12
-    out = export_scenes(tmp_path / "scenes", split="val", n=n, size=32, seed=5, progress=False)
+    out = export_scenes(tmp_path / "scenes", split="val", n=n, size=32, seed=5)
     ds = ConceptScenes(size=32, length=n, seed=5, split="val")
     lines = (out / "labels.jsonl").read_text().splitlines()
     assert len(lines) == n
@@ -264,7 +249,7 @@ def test_export_round_trip(tmp_path) -> None:
         assert torch.equal(torch.from_numpy(sem.astype(np.int64)), item["semantic_mask"])
         assert torch.equal(torch.from_numpy(ins.astype(np.int64)), item["instance_mask"])
     with pytest.raises(ValueError, match="already holds an export"):
-        export_scenes(out, split="val", n=3, size=32, seed=6, progress=False)
+        export_scenes(out, split="val", n=3, size=32, seed=6)
     assert len((out / "labels.jsonl").read_text().splitlines()) == n  # the first is untouched
 
 

@@ -11,7 +11,7 @@ import yaml
 from stellar.cli import main
 from stellar.demo.ablation import ABLATIONS, orderings
 from stellar.demo.report import SUPERVISED, full_command, table, verdicts
-from stellar.demo.settings import DemoSettings
+from stellar.demo.training import DemoSettings
 
 TINY = [
     "--steps",

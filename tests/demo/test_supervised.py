@@ -4,9 +4,8 @@ from __future__ import annotations
 
 import torch
 
-from stellar.demo.settings import DemoSettings
 from stellar.demo.supervised import train_supervised
-from stellar.demo.training import demo_trainer, resolve_budget
+from stellar.demo.training import DemoSettings, demo_trainer, resolve_budget
 
 
 def test_supervised_reference_trains_from_stellars_start_and_is_cached(tmp_path):

@@ -59,11 +59,6 @@ def compare(key: str, samples: dict[str, dict[str, Tensor]], a: str, b: str) -> 
     return ("below" if gap < -2 * se else "level"), words
 
 
-def _paper_cell(name: str, index: int) -> str:
-    value = PAPER[name][index]
-    return "–" if value is None else f"{value:g}"
-
-
 def ablation_table(results: dict[str, dict]) -> str:
     """One row per trained variant: this demo's numbers, then the paper's (rFID / lin. / ADE)."""
     head = "| variant | " + " | ".join(c[1] for c in COLUMNS)
@@ -79,7 +74,7 @@ def ablation_table(results: dict[str, dict]) -> str:
         ]
         ratio = m.get("invariance", {}).get("sparse", {}).get("ratio")
         cells.append("–" if ratio is None else f"{ratio:.2f}")
-        cells.append(" / ".join(_paper_cell(name, i) for i in range(3)))
+        cells.append(" / ".join("–" if v is None else f"{v:g}" for v in PAPER[name]))
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

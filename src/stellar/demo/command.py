@@ -20,20 +20,13 @@ from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
 from stellar.demo.figures import default_photos, loss_figure, photo_figure, scene_figure
 from stellar.demo.report import SUPERVISED, full_command, table, verdicts, write_report
-from stellar.demo.settings import DemoSettings
 from stellar.demo.supervised import train_supervised
-from stellar.demo.training import resolve_budget, train_variant
+from stellar.demo.training import DemoSettings, resolve_budget, train_variant
 from stellar.demo.whatwhere import crop_invariance, equivariance_scores
 from stellar.errors import nonneg_int, positive_int
 
 logger = logging.getLogger(__name__)
 
-# Rough costs on 2 CPU cores (measured by a fresh-clone `make demo`, 2026-12-01: 230 s for 960
-# steps of 32 scenes, 65 s for the supervised reference's, 33 s to evaluate three models on
-# 2000 + 500 scenes with their what-vs-where experiments), for the duration printed at start.
-SECONDS_PER_TRAINED_SCENE = 230 / (960 * 32)
-SECONDS_PER_SUPERVISED_SCENE = 65 / (960 * 32)
-SECONDS_PER_EVALUATED_SCENE = 33 / (3 * 2500)
 # Never evaluated for PSNR: their decoders receive no training.
 NO_RECONSTRUCTION = (SUPERVISED, "A: no reconstruction")
 
@@ -45,31 +38,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", default=d.out, help="output folder (report.md, metrics.json, PNGs)"
     )
     parser.add_argument("--seed", type=nonneg_int, default=d.seed)
-    parser.add_argument(
-        "--steps", type=positive_int, default=None, help="training steps (preset: 960)"
-    )
-    parser.add_argument(
-        "--batch-size", type=positive_int, default=None, help="per step (preset: 32)"
-    )
+    for flag, text in (
+        ("steps", "training steps (preset: 960)"),
+        ("batch-size", "per step (preset: 32)"),
+        ("eval-train", "scenes used to fit the probes"),
+        ("eval-val", "validation scenes"),
+        ("probe-epochs", None),
+        ("seg-epochs", None),
+    ):
+        default = getattr(d, flag.replace("-", "_"))
+        parser.add_argument(f"--{flag}", type=positive_int, default=default, help=text)
     parser.add_argument(
         "--ablation",
         action="store_true",
         help="also train the paper's ablation variants A-D with the same budget (~25 min)",
     )
     parser.add_argument(
-        "--eval-train",
-        type=positive_int,
-        default=d.eval_train,
-        help="scenes used to fit the probes",
-    )
-    parser.add_argument(
-        "--eval-val", type=positive_int, default=d.eval_val, help="validation scenes"
-    )
-    parser.add_argument("--probe-epochs", type=positive_int, default=d.probe_epochs)
-    parser.add_argument("--seg-epochs", type=positive_int, default=d.seg_epochs)
-    parser.add_argument(
         "--photos",
-        default=None,
         help="folder of real photos for concept maps (default: "
         "../shared/data/imagenet-samples/images224 when present)",
     )
@@ -92,26 +77,9 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def expected_seconds(settings: DemoSettings) -> float:
-    """A rough duration of :func:`run_demo` with these (resolved) settings on 2 CPU cores."""
-    scenes = (settings.steps or 0) * (settings.batch_size or 0)
-    variants = 1 + (len(ABLATIONS) if settings.ablation else 0)
-    train = scenes * (variants * SECONDS_PER_TRAINED_SCENE + SECONDS_PER_SUPERVISED_SCENE)
-    models = variants + 2  # + random init and the supervised reference
-    evaluated = models * (settings.eval_train + settings.eval_val)
-    return train + evaluated * SECONDS_PER_EVALUATED_SCENE
-
-
-def _timed(timings: dict[str, float], name: str, started: float, plan: float) -> None:
+def _timed(timings: dict[str, float], name: str, started: float) -> None:
     timings[name] = time.perf_counter() - started
-    spent = sum(timings.values())
-    logger.info(
-        "demo: %s took %.0f s (%.1f of about %.1f min so far)",
-        name,
-        timings[name],
-        spent / 60,
-        plan / 60,
-    )
+    logger.info("demo: %s took %.0f s", name, timings[name])
 
 
 def run_demo(settings: DemoSettings) -> dict:
@@ -123,16 +91,6 @@ def run_demo(settings: DemoSettings) -> dict:
     out = Path(settings.out)
     out.mkdir(parents=True, exist_ok=True)
     variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
-    plan = expected_seconds(settings)
-    logger.info(
-        "demo: training %s (%d steps of %d scenes each) and the supervised reference, then "
-        "evaluating %d models; expected about %.0f min on 2 CPU cores",
-        ", ".join(variants),
-        settings.steps,
-        settings.batch_size,
-        len(variants) + 2,
-        plan / 60,
-    )
     logger.info("demo: %s", full_command(settings))
     timings: dict[str, float] = {}
     models, runs = {}, {}
@@ -143,10 +101,10 @@ def run_demo(settings: DemoSettings) -> dict:
         if name == "STELLAR":
             models["random init"] = initial
         models[name], runs[name] = trained, run_dir
-        _timed(timings, f"train {name}", start, plan)
+        _timed(timings, f"train {name}", start)
     start = time.perf_counter()
     models[SUPERVISED], cached = train_supervised(settings)
-    _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start, plan)
+    _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start)
     order = ["random init", "STELLAR", SUPERVISED, *list(ABLATIONS)]
     models = {name: models[name] for name in order if name in models}
 
@@ -162,7 +120,7 @@ def run_demo(settings: DemoSettings) -> dict:
         results[name] = metrics
     chance = chance_samples(train_scenes, val_scenes)
     lines = verdicts(results, samples, chance, settings.seed)
-    _timed(timings, "evaluate", start, plan)
+    _timed(timings, "evaluate", start)
 
     shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
     figures = []

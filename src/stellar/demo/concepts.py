@@ -1,22 +1,6 @@
-"""Measuring the factorization where "what" and "where" are known (concept scenes).
+"""Concept localization and concept purity on concept scenes (defined in docs/CONCEPTS.md).
 
-Neither score exists in the paper or the official code; both are defined here.
-
-**Concept localization.** A token's map (a column of L, (h, w) on the patch grid) is upsampled
-bilinearly to pixels and thresholded at 1/r (the value of a uniform row of L). For each object
-(an instance mask), its score is the best IoU over the r tokens between a thresholded map and
-the object's mask; the localization score is the mean over all objects of all images. 1 means
-some token covers exactly each object; a token that covers the whole image scores the object's
-area fraction.
-
-**Concept purity.** All concept tokens of a collection are L2-normalised and grouped by
-k-means (cosine, k clusters, fixed seed): a token's "nearest cluster". Each token gets the
-shape class of the object holding the largest share of its thresholded map, when that share is
-at least half of the map's area; other tokens (on background, or spread out) are left out.
-Purity = Σ_clusters max_class |cluster ∩ class| / #tokens kept, the standard cluster purity:
-1 when every cluster holds tokens of one shape class only. ``purity_chance`` is the same with
-the cluster assignments randomly permuted (fixed seed), the level a representation without
-shape information reaches.
+Neither score exists in the paper or the official code.
 """
 
 from __future__ import annotations
@@ -36,6 +20,14 @@ def token_masks(spatial: Tensor, grid: tuple[int, int], size: tuple[int, int]) -
     return up > 1.0 / r
 
 
+def _overlap(spatial: Tensor, grid: tuple[int, int], instances: Tensor, k: int):
+    """Token masks (B, r, P), object masks (B, K, P) and their overlap (B, r, K) in pixels."""
+    masks = token_masks(spatial, grid, tuple(instances.shape[-2:])).flatten(2).float()
+    ids = torch.arange(1, k + 1, device=instances.device)
+    objects = (instances.unsqueeze(1) == ids.view(1, -1, 1, 1)).flatten(2).float()
+    return masks, objects, masks @ objects.transpose(1, 2)
+
+
 def localization_scores(spatial: Tensor, grid: tuple[int, int], instances: Tensor) -> Tensor:
     """Best IoU over tokens for every object.
 
@@ -47,19 +39,13 @@ def localization_scores(spatial: Tensor, grid: tuple[int, int], instances: Tenso
     Returns:
         (M,) best IoU of each of the M objects present in the batch.
     """
-    masks = token_masks(spatial, grid, tuple(instances.shape[-2:]))  # (B, r, H, W)
     k = int(instances.max())
     if k == 0:
         return torch.empty(0)
-    ids = torch.arange(1, k + 1, device=instances.device)
-    objects = instances.unsqueeze(1) == ids.view(1, -1, 1, 1)  # (B, K, H, W)
-    tok = masks.flatten(2).float()  # (B, r, P)
-    obj = objects.flatten(2).float()  # (B, K, P)
-    inter = obj @ tok.transpose(1, 2)  # (B, K, r)
-    union = obj.sum(-1, keepdim=True) + tok.sum(-1).unsqueeze(1) - inter
-    iou = (inter / union.clamp_min(1)).amax(-1)  # (B, K)
-    present = obj.sum(-1) > 0
-    return iou[present]
+    tok, obj, inter = _overlap(spatial, grid, instances, k)
+    union = obj.sum(-1).unsqueeze(1) + tok.sum(-1, keepdim=True) - inter  # (B, r, K)
+    iou = (inter / union.clamp_min(1)).amax(1)  # (B, K)
+    return iou[obj.sum(-1) > 0]
 
 
 def token_shape_labels(
@@ -79,11 +65,7 @@ def token_shape_labels(
     Returns:
         (B, r) int64 shape class per token, -1 where no object dominates.
     """
-    masks = token_masks(spatial, grid, tuple(instances.shape[-2:])).flatten(2).float()
-    k = object_shapes.shape[1]
-    ids = torch.arange(1, k + 1, device=instances.device)
-    objects = (instances.unsqueeze(1) == ids.view(1, -1, 1, 1)).flatten(2).float()
-    inter = masks @ objects.transpose(1, 2)  # (B, r, K)
+    masks, _, inter = _overlap(spatial, grid, instances, object_shapes.shape[1])
     share, best = (inter / masks.sum(-1, keepdim=True).clamp_min(1)).max(-1)
     labels = object_shapes.gather(1, best)
     return torch.where(share >= min_share, labels, torch.full_like(labels, -1))

@@ -1,12 +1,4 @@
-"""Every demo probe of one model on the concept scenes, with the per-sample values behind it.
-
-:func:`evaluate` returns the metrics (fractions in [0, 1], PSNR in dB) and, for every metric a
-verdict reads, the per-sample values that give its sampling noise (see ``stats``): 0/1
-correctness per validation scene for the classification probes, PSNR per scene, best IoU per
-object, and a confusion matrix per scene for the segmentation probe. :func:`chance_samples`
-gives the same for predictions without any feature: the majority class of the probes'
-training scenes, background everywhere.
-"""
+"""Every demo probe of one model on the concept scenes, with the per-sample values behind it."""
 
 from __future__ import annotations
 
@@ -18,8 +10,8 @@ from torch.utils.data import DataLoader
 
 from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
 from stellar.demo.concepts import concept_purity, localization_scores, token_shape_labels
-from stellar.demo.settings import DemoSettings
 from stellar.demo.stats import pooled_miou
+from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
 from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
 from stellar.eval.linear import pool_features, predict_logits, train_linear_probe

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import logging
-import os
 from pathlib import Path
 
 import torch
@@ -100,9 +99,5 @@ def loss_figure(runs: dict[str, Path]) -> Image.Image:
 
 def default_photos() -> Path | None:
     """``../shared/data/imagenet-samples/images224`` beside the checkout, if present."""
-    candidates = [
-        Path(os.environ.get("STELLAR_SHARED", "")) / "data/imagenet-samples/images224",
-        Path.cwd().parent / "shared/data/imagenet-samples/images224",
-        Path(__file__).resolve().parents[4] / "shared/data/imagenet-samples/images224",
-    ]
-    return next((p for p in candidates if p.is_dir()), None)
+    found = Path.cwd().parent / "shared/data/imagenet-samples/images224"
+    return found if found.is_dir() else None

@@ -1,10 +1,7 @@
-"""Sampling noise of the demo's gaps: is a difference between two models more than chance?
+"""Is a gap between two models more than sampling noise? (docs/CONCEPTS.md)
 
-Every demo metric is measured on the same validation scenes for every model, so a gap is read
-against the standard error of the *paired* difference: for a mean of per-sample values
-(accuracy as 0/1 correctness, PSNR per image, IoU per object) that is the standard deviation
-of the per-sample differences over sqrt(n); for mIoU, a ratio of pixel counts pooled over the
-scenes, it is the spread of the gap under a paired bootstrap over scenes.
+Every model is measured on the same validation scenes, so gaps are paired: the standard error
+of the mean per-sample difference, or a paired bootstrap over scenes for mIoU.
 """
 
 from __future__ import annotations
@@ -26,11 +23,6 @@ def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
     Returns:
         ``(gap, stderr)``; the standard error is 0 for a single sample.
     """
-    if a.shape != b.shape or a.dim() != 1 or a.numel() == 0:
-        raise ValueError(
-            f"expected two non-empty (N,) tensors of one shape, got {tuple(a.shape)}, "
-            f"{tuple(b.shape)}"
-        )
     d = a.double() - b.double()
     se = float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else 0.0
     return float(d.mean()), se
@@ -53,8 +45,6 @@ def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[fl
     Returns:
         ``(gap, stderr)``.
     """
-    if a.shape != b.shape or a.dim() != 3:
-        raise ValueError(f"expected two (N, C, C) tensors, got {tuple(a.shape)}, {tuple(b.shape)}")
     gap = pooled_miou(a) - pooled_miou(b)
     g = torch.Generator().manual_seed(seed)
     n = a.shape[0]

@@ -1,25 +1,17 @@
-"""The supervised reference: what the demo's encoder learns in the demo's budget *with labels*.
+"""The supervised reference: the demo's encoder, data and updates, trained with labels.
 
-The same encoder (the very weights STELLAR starts from), the same training scenes in the same
-order, the same number of updates, batch size, optimiser, learning-rate schedule and gradient
-clipping as the STELLAR run — but the loss is the cross-entropy of two linear heads on the
-mean concept token (the feature of the demo's linear probe) against the shape and the colour
-of each scene's largest object. The scene is the plain image (no crops: a crop could cut the
-labelled object away). The reference is then probed exactly like STELLAR; a probe this model
-cannot lift clearly above chance is "not learnable at this scale", and the demo does not
-count it against the self-supervised model.
-
-The trained weights are cached per seed and budget under ``<out>/supervised-reference/`` (the
-key names every setting that changes them), so a second demo run with the same settings reuses
-them instead of training again.
+Defined in docs/CONCEPTS.md; its weights are cached under ``<out>/supervised-reference/``, keyed
+by every setting that changes them.
 """
 
 from __future__ import annotations
 
 import copy
 import hashlib
+import itertools
 import json
 import logging
+from collections.abc import Iterator
 from pathlib import Path
 
 from torch import nn
@@ -27,19 +19,20 @@ from torch import nn
 from stellar.checkpoint.io import atomic_write, save_state_dict
 from stellar.checkpoint.weights import load_strict, read_state_dict
 from stellar.data.scenes import COLOURS, SHAPES
-from stellar.demo.settings import DemoSettings
-from stellar.demo.training import demo_trainer
+from stellar.demo.training import DemoSettings, demo_trainer
 from stellar.eval.linear import pool_features
 from stellar.models.stellar import STELLAR
 from stellar.train.schedule import cosine_lr
+from stellar.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
 
 
-def cache_folder(out: str | Path, key: dict) -> Path:
-    """``<out>/supervised-reference/seed<seed>-<hash of the key>``."""
-    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
-    return Path(out) / "supervised-reference" / f"seed{key['seed']}-{digest}"
+def _epochs(trainer: Trainer) -> Iterator[dict]:
+    """The trainer's batches, epoch after epoch, in its data order."""
+    for epoch in itertools.count():
+        trainer.sampler.set_position(epoch, 0)
+        yield from trainer.loader
 
 
 def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
@@ -53,7 +46,8 @@ def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
         "batch_size": cfg.batch_size,
         "overrides": list(settings.overrides),
     }
-    folder = cache_folder(settings.out, key)
+    digest = hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:12]
+    folder = Path(settings.out) / "supervised-reference" / f"seed{cfg.seed}-{digest}"
     weights = folder / "model.safetensors"
     if weights.is_file():
         model = copy.deepcopy(trainer.model)
@@ -69,28 +63,21 @@ def train_supervised(settings: DemoSettings) -> tuple[STELLAR, bool]:
     # The trainer built its optimiser over trainer.model; train that model, then keep it.
     model = trainer.model.train()
     params = [p for g in trainer.optimizer.param_groups for p in g["params"]]
-    total, step, epoch = trainer.total_steps, 0, 0
+    total = trainer.total_steps
     every = max(1, total // 10)
-    while step < total:
-        trainer.sampler.set_position(epoch, 0)
-        for batch in trainer.loader:
-            lr = cosine_lr(step, total, o.lr, o.warmup, o.min_lr)
-            for group in trainer.optimizer.param_groups:
-                group["lr"] = lr
-            tokens = pool_features(model.forward_encode(batch["image"])["sparse"])
-            loss = nn.functional.cross_entropy(heads["shape"](tokens), batch["label"])
-            loss = loss + nn.functional.cross_entropy(heads["colour"](tokens), batch["colour"])
-            trainer.optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            if o.clip_grad:
-                nn.utils.clip_grad_norm_(params, o.clip_grad)
-            trainer.optimizer.step()
-            step += 1
-            if step % every == 0 or step == total:
-                logger.info("supervised reference: step %d/%d loss %.4f", step, total, loss.item())
-            if step == total:
-                break
-        epoch += 1
+    for step, batch in zip(range(total), _epochs(trainer), strict=False):
+        for group in trainer.optimizer.param_groups:
+            group["lr"] = cosine_lr(step, total, o.lr, o.warmup, o.min_lr)
+        tokens = pool_features(model.forward_encode(batch["image"])["sparse"])
+        loss = nn.functional.cross_entropy(heads["shape"](tokens), batch["label"])
+        loss = loss + nn.functional.cross_entropy(heads["colour"](tokens), batch["colour"])
+        trainer.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if o.clip_grad:
+            nn.utils.clip_grad_norm_(params, o.clip_grad)
+        trainer.optimizer.step()
+        if (step + 1) % every == 0 or step + 1 == total:
+            logger.info("supervised reference: step %d/%d loss %.4f", step + 1, total, loss.item())
     folder.mkdir(parents=True, exist_ok=True)
     save_state_dict(model.state_dict(), weights)
     text = json.dumps(key, indent=1)

@@ -1,15 +1,32 @@
-"""Training the demo's variants: the ``cpu-demo`` recipe with the demo's budget and seed."""
+"""The demo's settings, and training its variants: the ``cpu-demo`` recipe, the demo's budget."""
 
 from __future__ import annotations
 
 import copy
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 
-from stellar.demo.settings import DemoSettings
 from stellar.models.stellar import STELLAR
 from stellar.train.config import load_config
 from stellar.train.trainer import Trainer
+
+
+@dataclass
+class DemoSettings:
+    """Budget and sizes of one demo run (defaults: ~10 minutes on 2 CPU cores)."""
+
+    out: str = "runs/demo"
+    seed: int = 0
+    steps: int | None = None
+    batch_size: int | None = None
+    ablation: bool = False
+    eval_train: int = 2000
+    eval_val: int = 500
+    probe_epochs: int = 30
+    seg_epochs: int = 10
+    photos: str | None = None
+    progress: bool = True
+    overrides: tuple[str, ...] = ()
 
 
 def resolve_budget(settings: DemoSettings) -> DemoSettings:

@@ -1,20 +1,8 @@
-"""The paper's two "what vs where" experiments on validation scenes (arXiv 2602.01905).
+"""The paper's two "what vs where" experiments on validation scenes (docs/CONCEPTS.md).
 
-**Equivariance partition.** Under a spatial transform θ (a horizontal flip; a shift by one or
-two whole patches) the change of Z = L·S splits exactly into (ΔL)·S̄ + L̄·(ΔS), S̄ and L̄ the
-means of both views (the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ); see
-:func:`stellar.eval.invariance.equivariance_partition`, whose ``l_share_mid`` this reports as
-"share carried by L"), together with the cosine change of S, ``1 - cos(s_k, s'_k)`` averaged
-over the concept tokens k. STELLAR's claim: S stays put, L moves.
-
-**Semantic invariance under random crops.** Cosine distance between the representation of a
-random crop (area 30-100 %, resampled to 64 px) and that of the full scene, for the concept
-set S (optimal one-to-one matching), the dense grid and the low-rank map Z (each mean-pooled
-over patches: a crop's grid does not line up with the scene's). Features that barely depend on
-the input are trivially "invariant", so every distance is also divided by the distance between
-*different* scenes (scene i against scene i + 1) for the same representation: 1 means a crop
-is as far from its scene as another scene is; a representation is invariant when this ratio
-is well below 1.
+Equivariance partition: the change of Z = L·S under a flip or whole-patch shifts, split into
+(ΔL)·S̄ + L̄·(ΔS). Crop invariance: crop-vs-scene cosine distances, divided by the distance
+between different scenes (a ratio well below 1 is invariant).
 """
 
 from __future__ import annotations

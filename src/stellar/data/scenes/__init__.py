@@ -1,39 +1,11 @@
 """Procedural "concept scenes": synthetic images whose "what" and "where" are known exactly.
 
-The package: ``geometry`` (shapes as signed distance functions), ``render`` (one scene),
-``dataset`` (``ConceptScenes`` and ``export_scenes``). The scores measured on these scenes and
-the ``stellar scenes`` export command belong to the demo application (``stellar.demo``).
+``geometry`` (shapes as signed distance functions), ``render`` (one scene), ``dataset``
+(``ConceptScenes`` and ``export_scenes``). The scores measured on them belong to ``stellar.demo``.
 """
 
-from stellar.data.scenes.dataset import EXPORT_FOLDERS, ConceptScenes, export_scenes
-from stellar.data.scenes.geometry import SHAPE_AREA, SHAPE_EXTENT, SHAPES, shape_sdf
-from stellar.data.scenes.render import (
-    BACKGROUNDS,
-    COLOUR_RGB,
-    COLOURS,
-    FILLS,
-    MIN_SIZE,
-    MIN_VISIBLE,
-    MIN_VISIBLE_PIXELS,
-    SPLITS,
-    render_scene,
-)
+from stellar.data.scenes.dataset import ConceptScenes, export_scenes
+from stellar.data.scenes.geometry import SHAPES
+from stellar.data.scenes.render import COLOURS, render_scene
 
-__all__ = [
-    "BACKGROUNDS",
-    "COLOUR_RGB",
-    "COLOURS",
-    "EXPORT_FOLDERS",
-    "FILLS",
-    "MIN_SIZE",
-    "MIN_VISIBLE",
-    "MIN_VISIBLE_PIXELS",
-    "SHAPES",
-    "SHAPE_AREA",
-    "SHAPE_EXTENT",
-    "SPLITS",
-    "ConceptScenes",
-    "export_scenes",
-    "render_scene",
-    "shape_sdf",
-]
+__all__ = ["COLOURS", "SHAPES", "ConceptScenes", "export_scenes", "render_scene"]

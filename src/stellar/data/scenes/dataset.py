@@ -6,20 +6,12 @@ import json
 import logging
 from pathlib import Path
 
-import numpy as np
 import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
 from stellar.data.scenes.geometry import SHAPES
-from stellar.data.scenes.render import (
-    BACKGROUNDS,
-    COLOURS,
-    FILLS,
-    MIN_SIZE,
-    SPLITS,
-    render_scene,
-)
+from stellar.data.scenes.render import BACKGROUNDS, COLOURS, FILLS, SPLITS, render_scene
 
 logger = logging.getLogger(__name__)
 
@@ -28,9 +20,8 @@ class ConceptScenes(Dataset):
     """Map-style dataset of procedurally rendered concept scenes (no files needed).
 
     Item ``i`` is ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus
-    the keys the training pipeline expects: ``canvas`` (3, C, C) uint8 with the image at the
-    top-left (zeros elsewhere), ``size`` (2,) int64 = (height, width) of the valid region, and
-    ``index`` () int64.
+    the keys the training pipeline expects: ``canvas`` (3, size, size) uint8, ``size`` (2,)
+    int64 = (height, width) and ``index`` () int64.
 
     Args:
         size: Image side in pixels (>= 16).
@@ -38,7 +29,6 @@ class ConceptScenes(Dataset):
         seed: Non-negative base seed.
         split: ``"train"``, ``"val"`` or ``"test"``; splits use disjoint random streams.
         max_objects: Objects per image are drawn uniformly from 1..max_objects.
-        canvas_size: Side C of the ``canvas`` tensor (>= size); defaults to ``size``.
     """
 
     def __init__(
@@ -48,50 +38,27 @@ class ConceptScenes(Dataset):
         seed: int = 0,
         split: str = "train",
         max_objects: int = 4,
-        canvas_size: int | None = None,
     ) -> None:
-        if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
-            raise ValueError(f"size must be an int >= {MIN_SIZE}, got {size!r}")
-        if length < 0:
-            raise ValueError(f"length must be >= 0, got {length}")
-        if seed < 0:
-            raise ValueError(f"seed must be a non-negative integer, got {seed}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-        if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
-            raise ValueError(f"max_objects must be an int >= 1, got {max_objects!r}")
-        canvas_size = size if canvas_size is None else canvas_size
-        if canvas_size < size:
-            raise ValueError(f"canvas_size must be >= size ({size}), got {canvas_size}")
-        self.size = int(size)
-        self.length = int(length)
-        self.seed = int(seed)
-        self.split = split
-        self.max_objects = int(max_objects)
-        self.canvas_size = int(canvas_size)
+        self.size, self.length, self.seed = int(size), int(length), int(seed)
+        self.split, self.max_objects = split, int(max_objects)
         self.classes: tuple[str, ...] = SHAPES
 
     def __len__(self) -> int:
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        index = int(index)
-        if index < 0:
-            index += self.length
+        index = int(index) + (self.length if index < 0 else 0)
         if not 0 <= index < self.length:
-            raise IndexError(f"index out of range for ConceptScenes of length {self.length}")
+            raise IndexError(
+                f"index {index} out of range for ConceptScenes of length {self.length}"
+            )
         item = render_scene(
             self.seed, index, self.size, split=self.split, max_objects=self.max_objects
         )
-        image_u8 = item.pop("image_uint8")
-        c, s = self.canvas_size, self.size
-        if c == s:
-            canvas = image_u8
-        else:
-            canvas = torch.zeros(3, c, c, dtype=torch.uint8)
-            canvas[:, :s, :s] = image_u8
-        item["canvas"] = canvas
-        item["size"] = torch.tensor([s, s], dtype=torch.int64)
+        item["canvas"] = item.pop("image_uint8")
+        item["size"] = torch.tensor([self.size, self.size], dtype=torch.int64)
         item["index"] = torch.tensor(index, dtype=torch.int64)
         return item
 
@@ -107,7 +74,6 @@ def export_scenes(
     size: int = 64,
     seed: int = 0,
     max_objects: int = 4,
-    progress: bool = True,
 ) -> Path:
     """Write ``n`` scenes of a split as a labelled image folder.
 
@@ -127,19 +93,14 @@ def export_scenes(
         n: Number of images.
         size: Image side in pixels.
         seed: Base seed.
-        max_objects: Maximum objects per image (must be <= 255 for the uint8 masks).
-        progress: Show a tqdm progress bar.
+        max_objects: Maximum objects per image (at most 255: the masks are uint8).
 
     Returns:
         The output folder as a ``Path``.
 
     Raises:
-        ValueError: bad ``n`` / ``max_objects``, or ``out_dir`` already holds an export.
+        ValueError: ``out_dir`` already holds an export.
     """
-    if n < 0:
-        raise ValueError(f"n must be >= 0, got {n}")
-    if max_objects > 255:
-        raise ValueError(f"max_objects must be <= 255 for uint8 masks, got {max_objects}")
     from stellar.progress import progress_bar
 
     out = Path(out_dir)
@@ -159,7 +120,7 @@ def export_scenes(
     width = max(6, len(str(max(n - 1, 0))))
     made: set[str] = set()
     with (out / "labels.jsonl").open("w") as fh:
-        for i in progress_bar(range(n), desc=f"export {split} scenes", disable=not progress):
+        for i in progress_bar(range(n), desc=f"export {split} scenes"):
             item = ds[i]
             name = f"{i:0{width}d}"
             shape_name = SHAPES[int(item["shape"])]

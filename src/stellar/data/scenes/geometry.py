@@ -11,8 +11,6 @@ import math
 
 import numpy as np
 
-__all__ = ["SHAPES", "SHAPE_AREA", "SHAPE_EXTENT", "shape_sdf", "soft_coverage"]
-
 SHAPES: tuple[str, ...] = (
     "circle",
     "square",
@@ -63,11 +61,6 @@ SHAPE_EXTENT: tuple[float, ...] = (
     _DIAMOND_A,
 )
 """Circumradius of each shape at radius R = 1."""
-
-
-# --------------------------------------------------------------------------------------------
-# Signed distance functions (pixel units, negative inside), evaluated on whole grids.
-# --------------------------------------------------------------------------------------------
 
 
 def _sdf_box(u: np.ndarray, v: np.ndarray, hx: float, hy: float) -> np.ndarray:

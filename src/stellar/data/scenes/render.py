@@ -68,11 +68,10 @@ MIN_VISIBLE_PIXELS = 12
 """Absolute visible-pixel floor (objects smaller than this must stay fully visible)."""
 
 MIN_SIZE = 16
-
-
-# --------------------------------------------------------------------------------------------
-# Backgrounds
-# --------------------------------------------------------------------------------------------
+SCALE_RANGE = (0.12, 0.28)
+"""Object radius R as a fraction of the image side, (low, high)."""
+MAX_TRIES = 24
+"""Placement attempts per object; radii shrink every 4 failed attempts."""
 
 
 def _muted_colour(rng: np.random.Generator) -> np.ndarray:
@@ -130,11 +129,6 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
     return c0 + t[..., None] * (c1 - c0), kind
 
 
-# --------------------------------------------------------------------------------------------
-# Scene rendering
-# --------------------------------------------------------------------------------------------
-
-
 def _min_visible(own: np.ndarray) -> np.ndarray:
     """Pixels each object must keep unoccluded, given its own pixel areas."""
     return np.maximum(MIN_VISIBLE * own, np.minimum(MIN_VISIBLE_PIXELS, own))
@@ -143,8 +137,7 @@ def _min_visible(own: np.ndarray) -> np.ndarray:
 def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
     if split not in SPLITS:
         raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-    if seed < 0 or index < 0:
-        raise ValueError(f"seed and index must be non-negative integers, got {seed}, {index}")
+    # SeedSequence itself refuses negative seeds and indices.
     return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], int(index)]))
 
 
@@ -176,10 +169,8 @@ def render_scene(
     *,
     split: str = "train",
     max_objects: int = 4,
-    scale_range: tuple[float, float] = (0.12, 0.28),
-    max_tries: int = 24,
 ) -> dict[str, torch.Tensor]:
-    """Render one concept scene; a pure function of ``(seed, split, index)`` and the options.
+    """Render one concept scene; a pure function of ``(seed, split, index, size, max_objects)``.
 
     Args:
         seed: Non-negative base seed.
@@ -187,10 +178,8 @@ def render_scene(
         size: Image side in pixels (>= 16).
         split: One of ``SPLITS``; different splits draw from disjoint random streams.
         max_objects: The object count is drawn uniformly from 1..max_objects (an object that
-            cannot be placed visibly within ``max_tries`` placements is dropped, so ``count``
+            cannot be placed visibly within ``MAX_TRIES`` placements is dropped, so ``count``
             can rarely be lower than drawn, never below 1).
-        scale_range: Object radius R as a fraction of ``size``, (low, high).
-        max_tries: Placement attempts per object; radii shrink every 4 failed attempts.
 
     Returns:
         Dict of tensors, K = max_objects:
@@ -211,9 +200,7 @@ def render_scene(
         raise ValueError(f"size must be an int >= {MIN_SIZE}, got {size!r}")
     if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
         raise ValueError(f"max_objects must be an int >= 1, got {max_objects!r}")
-    lo_scale, hi_scale = scale_range
-    if not 0.0 < lo_scale <= hi_scale <= 0.4:
-        raise ValueError(f"scale_range must satisfy 0 < low <= high <= 0.4, got {scale_range}")
+    lo_scale, hi_scale = SCALE_RANGE
     size, max_objects = int(size), int(max_objects)
     rng = _item_rng(seed, split, index)
 
@@ -230,7 +217,7 @@ def render_scene(
         colour = int(rng.integers(len(COLOURS)))
         fill = int(rng.integers(len(FILLS)))
         fallback = None
-        for attempt in range(max_tries):
+        for attempt in range(MAX_TRIES):
             shrink = 0.9 ** (attempt // 4)
             radius = size * (lo_scale + (hi_scale - lo_scale) * rng.random()) * shrink
             theta = rng.random() * 2.0 * math.pi
