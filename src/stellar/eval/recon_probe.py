@@ -39,7 +39,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
 from stellar.eval.metrics import psnr, ssim
-from stellar.eval.probe import ProbeSchedule, fit_probe
+from stellar.eval.probe import ProbeSchedule, fit_probe, predict
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
@@ -90,7 +90,6 @@ def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 
 
-@torch.no_grad()
 def reconstruct_features(
     decoder: ReconstructionDecoder,
     features: Tensor,
@@ -99,14 +98,9 @@ def reconstruct_features(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Decode cached features (N, n, d) -> images (N, 3, H, W) float32 in [0, 1] on the CPU."""
-    was_training = decoder.training
-    decoder.eval()
-    outs = []
-    for i in range(0, features.shape[0], batch_size):
-        x = features[i : i + batch_size].to(device).float()
-        outs.append(decoder(x, grid)["x_hat"].clamp(0, 1).cpu())
-    decoder.train(was_training)
-    return torch.cat(outs)
+    return predict(
+        decoder, features, batch_size, device, lambda x: decoder(x, grid)["x_hat"].clamp(0, 1)
+    )
 
 
 def train_recon_probe(
