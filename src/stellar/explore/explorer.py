@@ -17,8 +17,8 @@ from torch import Tensor
 from stellar.data.folder import find_images
 from stellar.data.scenes import render_scene
 from stellar.errors import UsageError
-from stellar.explore.retrieval import Collection, default_cache_root
-from stellar.hub import inspect_model, load_model
+from stellar.explore.retrieval import CACHE_DIR, Collection
+from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
 __all__ = ["Explorer", "example_scenes"]
@@ -73,30 +73,19 @@ class Explorer:
         collection: str | Path | None = None,
         vq_model: str | None = None,
         device: str | None = None,
-        cache_root: Path | None = None,
+        cache_dir: str | Path = CACHE_DIR,
     ) -> Explorer:
-        """Load ``spec`` (as every ``--model``: path, run folder, released name or preset).
-
-        The decoder is loaded when the checkpoint carries one and, for a vq head, when a
-        ``vq_model`` is given; otherwise the model is encoder-only and edits say why they
-        cannot be drawn.
-        """
+        """Load ``spec`` (as every ``--model``) with its decoder when it can reconstruct
+        (:func:`~stellar.viz.command.load_for_viz`); example scenes and indexes go to
+        ``cache_dir``."""
         if collection is not None and not Path(collection).is_dir():
             raise UsageError(f"expected --collection an image folder, got {collection}")
-        info = inspect_model(spec)
-        why = None
-        if not info.has_decoder:
-            why = f"{spec} carries no reconstruction decoder"
-        elif info.config.decoder_head == "vq" and vq_model is None:
-            why = "its decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
-        purpose = "encode" if why else "reconstruct"
-        torch.manual_seed(0)  # a random-init preset gets the same weights in every run
-        model = load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device)
-        root = cache_root or default_cache_root()
-        examples = example_scenes(root / f"examples-{model.image_size}", model.image_size)
-        folder = Path(collection) if collection is not None else examples[0].parent
-        picks = list(examples)
+        model, why = load_for_viz(spec, vq_model, device)
+        root = Path(cache_dir).expanduser()
+        picks = example_scenes(root / f"examples-{model.image_size}", model.image_size)
+        folder = picks[0].parent
         if collection is not None:
+            folder = Path(collection)
             picks = find_images(folder)[:MAX_PICKS] + picks
         return cls(model, spec, Collection(model, folder, spec, root), picks, why)
 

@@ -71,9 +71,10 @@ def load_for_viz(
         elif info.config.decoder_head == "vq":
             why = "the decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
     if why is not None:
-        logger.warning("no reconstruction panel: %s", why)
-        return load_model(spec, purpose="encode", device=device), why
-    return load_model(spec, purpose="reconstruct", vq_model=vq_model, device=device), None
+        logger.warning("no reconstruction: %s", why)
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    purpose = "encode" if why else "reconstruct"
+    return load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device), why
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
@@ -197,8 +198,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     out_dir = writable_folder(args.out)
     device = pick_device(args.device)
-    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-    model, why = load_for_viz(info.spec, args.vq_model, device, info=info)
+    model, why = load_for_viz(info.spec, args.vq_model, device, info)
     subset = dataset
     if args.max_images is not None and args.max_images < len(dataset):
         subset = Subset(dataset, range(args.max_images))
