@@ -12,6 +12,7 @@ import logging
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from stellar.data.folder import find_images
@@ -95,22 +96,21 @@ class Explorer:
         return self.why_not is None
 
     @torch.inference_mode()
-    def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int]) -> Tensor:
-        """The decoder's image of Z = L·S.
+    def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int], size: int):
+        """The decoder's picture of Z = L·S, ``size`` px square; None when it cannot draw.
 
         Args:
             sparse: (r, d) concept tokens S.
             spatial: (n, r) localisation L.
             grid: the patch grid (h, w).
-
-        Returns:
-            (3, H, W) in [0, 1] on the CPU.
+            size: side of the returned PIL image.
         """
         if not self.can_reconstruct:
-            raise UsageError(f"no reconstruction: {self.why_not}")
+            return None
         device = self.model.device
         s, l_ = sparse[None].to(device), spatial[None].to(device)
-        return self.model.reconstruct(s, l_, grid=grid)["reconstruction"][0].float().cpu()
+        image = self.model.reconstruct(s, l_, grid=grid)["reconstruction"][0].float().cpu()
+        return to_pil(image).resize((size, size), Image.Resampling.BICUBIC)
 
     def describe(self) -> str:
         """One line about the model for the page's header."""
