@@ -168,12 +168,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
     )
-    parser.add_argument(
-        "--cell-size",
-        type=positive_int,
-        default=None,
-        help="panel side in the figure (default min(R, 448))",
-    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_precision_argument(parser)
 
@@ -202,7 +196,7 @@ def run(args: argparse.Namespace) -> int:
     subset = dataset
     if args.max_images is not None and args.max_images < len(dataset):
         subset = Subset(dataset, range(args.max_images))
-    cell = args.cell_size or min(resolution, 448)
+    cell = min(resolution, 448)  # the panel side in the figure
     grid = (resolution // p, resolution // p)
     grid_text = f"{grid[0]}x{grid[1]}"
     model_name = Path(str(args.model)).name
