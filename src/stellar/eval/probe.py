@@ -73,7 +73,6 @@ def fit_probe(
     device: torch.device | str,
     desc: str,
     progress: bool = True,
-    after_epoch: Callable[[int], dict[str, float]] | None = None,
     skip_nonfinite: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``probe`` in place.
@@ -87,13 +86,11 @@ def fit_probe(
         device: where the loss is accumulated.
         desc: progress-bar label.
         progress: show a tqdm bar over epochs.
-        after_epoch: ``after_epoch(epoch)`` -> extra entries of that epoch's record.
         skip_nonfinite: skip (no step) a batch whose loss is not finite, e.g. a segmentation
             batch whose pixels are all ignored.
 
     Returns:
-        One record per epoch: ``epoch`` (from 1), ``loss`` (sample-weighted mean) and the
-        entries of ``after_epoch``.
+        One record per epoch: ``epoch`` (from 1) and ``loss`` (sample-weighted mean).
     """
     epoch_batches = batches(0)  # asked for up front: their count sets the cosine's length
     total = max(1, schedule.epochs * len(epoch_batches))
@@ -121,8 +118,6 @@ def fit_probe(
             loss_sum += loss.detach() * count
             seen += count
         record: dict[str, float] = {"epoch": epoch + 1, "loss": (loss_sum / max(seen, 1)).item()}
-        if after_epoch is not None:
-            record.update(after_epoch(epoch))
         history.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
         logger.debug("%s %s", desc, record)
@@ -157,7 +152,7 @@ def train_probe(
         return loss(out, y[idx].to(device).long()), idx.numel()
 
     batches = schedule.index_batches(x.shape[0])
-    fit_probe(probe, schedule, batches, loss_of, device, desc, progress, None, skip_nonfinite)
+    fit_probe(probe, schedule, batches, loss_of, device, desc, progress, skip_nonfinite)
     return probe
 
 
