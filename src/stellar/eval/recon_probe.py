@@ -39,7 +39,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
 from stellar.eval.metrics import psnr, ssim
-from stellar.eval.probe import ProbeSchedule, fit_probe, predict
+from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
@@ -68,8 +68,8 @@ def fresh_decoder(
     the head from its patch size; ``seed`` seeds the initialisation (global RNG untouched).
     """
     cfg = model.config
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+
+    def build() -> ReconstructionDecoder:
         decoder = ReconstructionDecoder(
             cfg.encoder.hidden_size,
             cfg.decoder,
@@ -83,7 +83,9 @@ def fresh_decoder(
         # PyTorch's default there, gets the same truncated normal here
         nn.init.trunc_normal_(decoder.head.weight, std=0.02)
         nn.init.zeros_(decoder.head.bias)
-    return decoder.train()
+        return decoder
+
+    return seeded(build, seed, "cpu").train()
 
 
 def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
