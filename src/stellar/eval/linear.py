@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -114,10 +115,10 @@ def train_linear_probe(
         ``train_top1`` is the final probe's accuracy on the train set (eval mode).
     """
     train_x = pool_features(train_x)
+    build = partial(LinearProbe, train_x.shape[1], num_classes)
     probe = train_probe(
-        lambda: LinearProbe(train_x.shape[1], num_classes), train_x, train_y, F.cross_entropy,
-        schedule, device, "linear probe", progress,
-    )  # fmt: skip
+        build, train_x, train_y, F.cross_entropy, schedule, device, "linear probe", progress
+    )
 
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
@@ -188,7 +189,7 @@ def train_linear_augmented(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         distributed=False, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    probe = seeded(lambda: LinearProbe(val.x.shape[1], len(classes)), schedule.seed, device)
+    probe = seeded(partial(LinearProbe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
     hits = {"correct": 0, "seen": 0}
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -192,9 +193,16 @@ def train_segmentation_probe(
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
     probe = train_probe(
-        lambda: SegmentationProbe(train_dense.shape[-1], num_classes), train_dense, train_masks,
-        loss, schedule, device, "segmentation probe", progress, skip_nonfinite=True,
-    )  # fmt: skip
+        partial(SegmentationProbe, train_dense.shape[-1], num_classes),
+        train_dense,
+        train_masks,
+        loss,
+        schedule,
+        device,
+        "segmentation probe",
+        progress,
+        skip_nonfinite=True,
+    )
 
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
