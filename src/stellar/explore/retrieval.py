@@ -27,6 +27,7 @@ from stellar.viz.retrieve import (
     INDEX_FILE,
     TokenIndex,
     build_token_index,
+    index_meta,
     query_index,
     weights_fingerprint,
 )
@@ -62,8 +63,8 @@ class Collection:
     def __init__(self, model, folder: str | Path, spec: str, cache_dir: str | Path = CACHE_DIR):
         self.model, self.spec = model, spec
         self.folder = Path(folder).resolve()
-        self.fingerprint = weights_fingerprint(model)
-        key = hashlib.sha256(f"{self.folder}\n{self.fingerprint}".encode()).hexdigest()[:16]
+        fingerprint = weights_fingerprint(model)
+        key = hashlib.sha256(f"{self.folder}\n{fingerprint}".encode()).hexdigest()[:16]
         self.index_dir = Path(cache_dir).expanduser() / key
         self._index: TokenIndex | None = None
         self._lock = threading.Lock()
@@ -71,17 +72,6 @@ class Collection:
         self.encoded = functools.lru_cache(64)(
             lambda path: encode_image(model, open_image(path), Path(path).name)
         )
-
-    def expected_meta(self) -> dict:
-        """What an index of this collection by this model records."""
-        return {
-            "weights": self.fingerprint,
-            "num_tokens": self.model.num_tokens,
-            "dim": self.model.embed_dim,
-            "patch_size": self.model.patch_size,
-            "resolution": self.model.image_size,
-            "data": str(self.folder),
-        }
 
     @property
     def ready(self) -> bool:
@@ -101,7 +91,8 @@ class Collection:
     def _load_or_build(self, progress: bool) -> TokenIndex:
         if (self.index_dir / INDEX_FILE).is_file():
             index = TokenIndex.load(self.index_dir)
-            differ = {k for k, v in self.expected_meta().items() if index.meta.get(k) != v}
+            wanted = index_meta(self.model, self.model.image_size, str(self.folder))
+            differ = {k for k, v in wanted.items() if index.meta.get(k) != v}
             if not differ:
                 logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
                 return index
