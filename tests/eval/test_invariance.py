@@ -142,5 +142,3 @@ def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
     assert "sparse_matched" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--scale"):
         main([*argv, "--scale", "0.5", "1.5", "--out", str(out)])
-    with pytest.raises(ValueError, match="--transforms"):
-        main([*argv, "--transforms", "rotate", "--out", str(out)])

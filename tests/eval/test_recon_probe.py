@@ -64,14 +64,12 @@ def test_training_improves_reconstruction(small_model, tmp_path) -> None:
         images,
         (8, 8),
         replace(SCHEDULE, epochs=6, lr=5e-3, batch_size=8),
-        val=(feats, images),
-        eval_every=3,
         progress=False,
     )
     assert [h["epoch"] for h in history] == list(range(1, 7))
-    assert [("val_psnr" in h) for h in history] == [False, False, True] * 2
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
-    assert history[-1]["val_psnr"] > history[2]["val_psnr"] > before.item() + 3.0
+    after = psnr(reconstruct_features(decoder, feats, (8, 8)), images.float() / 255).mean()
+    assert after.item() > before.item() + 3.0
     # the same seed gives the same fresh decoder
     twin = fresh_decoder(small_model, depth=1, seed=0)
     assert torch.equal(twin.proj.weight, fresh_decoder(small_model, depth=1, seed=0).proj.weight)

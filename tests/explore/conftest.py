@@ -30,7 +30,7 @@ def tiny_dir(tmp_path_factory) -> Path:
 def explorer(tiny_dir, tmp_path_factory):
     from stellar.explore.explorer import Explorer
 
-    return Explorer.load(str(tiny_dir), cache_root=tmp_path_factory.mktemp("explore-cache"))
+    return Explorer.load(str(tiny_dir), cache_dir=tmp_path_factory.mktemp("explore-cache"))
 
 
 def free_port() -> int:

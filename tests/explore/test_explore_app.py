@@ -73,7 +73,7 @@ def test_edits_without_decoder_say_why(tmp_path, serve_explorer):
     from stellar.hub import create_stellar
 
     create_stellar("stellar-tiny").save_pretrained(tmp_path / "encoder-only")
-    explorer = Explorer.load(str(tmp_path / "encoder-only"), cache_root=tmp_path / "cache")
+    explorer = Explorer.load(str(tmp_path / "encoder-only"), cache_dir=tmp_path / "cache")
     assert not explorer.can_reconstruct
     client = Client(serve_explorer(explorer), verbose=False)
     status = client.predict(api_name="/drop")[-1]

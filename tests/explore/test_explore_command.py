@@ -32,4 +32,4 @@ def test_gradio_is_imported_only_by_the_page():
 
 def test_a_collection_must_be_a_folder(tmp_path):
     with pytest.raises(UsageError, match="expected --collection an image folder"):
-        Explorer.load("stellar-tiny", collection=tmp_path / "missing", cache_root=tmp_path)
+        Explorer.load("stellar-tiny", collection=tmp_path / "missing", cache_dir=tmp_path)

@@ -60,7 +60,7 @@ def test_viz_without_decoder_omits_reconstruction(tmp_path: Path, capsys) -> Non
     images = _photos(tmp_path / "imgs", 2)
     out = tmp_path / "out"
     argv = ["viz", "--model", str(ckpt), "--images", str(images / "im1.png"), str(images)]
-    assert main([*argv, "--out", str(out), "--cell-size", "64"]) == 0
+    assert main([*argv, "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert "omitted" in metrics["reconstruction"] and "decoder" in metrics["reconstruction"]
     assert [Path(m["path"]).name for m in metrics["images"]] == ["im1.png", "im0.png", "im1.png"]
@@ -86,7 +86,7 @@ def test_viz_samples(samples_dir: Path, tmp_path: Path) -> None:
     photos = sorted((samples_dir / "images224").glob("*"))[:6]
     out = tmp_path / "out"
     argv = ["viz", "--model", "stellar-tiny", "--images", *map(str, photos), "--out", str(out)]
-    assert main([*argv, "--cell-size", "96"]) == 0
+    assert main(argv) == 0
     assert len(list(out.glob("*.png"))) == 6
     assert len(json.loads((out / "metrics.json").read_text())["images"]) == 6
 

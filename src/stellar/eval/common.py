@@ -25,7 +25,7 @@ import torch
 from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
-from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS, Encoder
+from stellar.eval.encoder import STELLAR_KEYS, Encoder
 from stellar.runtime import add_precision_argument, pick_device
 
 __all__ = [
@@ -67,13 +67,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_keys(p: argparse.ArgumentParser, ours: Sequence[str], theirs: Sequence[str]) -> None:
-    """``--key`` (STELLAR, default ``ours[0]``) and ``--baseline-key``."""
-    p.add_argument("--key", default=ours[0], help=f"STELLAR feature: {' | '.join(ours)}")
-    p.add_argument(
-        "--baseline-key",
-        default=None,
-        help=f"baseline feature: {' | '.join(theirs)} (default: --key if possible, else dense)",
-    )
+    """``--key``: the STELLAR feature (default ``ours[0]``); a baseline row reads the same
+    feature when a plain ViT has it, else ``theirs[-1]``."""
+    help_text = f"STELLAR feature: {' | '.join(ours)} (baseline: {' | '.join(theirs)})"
+    p.add_argument("--key", default=ours[0], help=help_text)
     p.set_defaults(key_choices=(tuple(ours), tuple(theirs)))
 
 
@@ -86,19 +83,8 @@ def resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
             f"{', '.join(ours)} (STELLAR produces {', '.join(STELLAR_KEYS)})"
         )
     if args.baseline is None:
-        if args.baseline_key is not None:
-            raise UsageError("--baseline-key needs --baseline mae:PATH or vit:PATH")
         return args.key, None
-    key = args.baseline_key
-    if key is None:
-        key = args.key if args.key in theirs else theirs[-1]
-    if key not in theirs:
-        raise UsageError(
-            f"--baseline-key {key!r}: a plain ViT baseline produces only "
-            f"{', '.join(BASELINE_KEYS)} (no concept tokens); `stellar eval {args.protocol}` "
-            f"can use {', '.join(theirs)}"
-        )
-    return args.key, key
+    return args.key, args.key if args.key in theirs else theirs[-1]
 
 
 # ---------------------------------------------------------------------------- input folders

@@ -36,7 +36,6 @@ import torch.nn.functional as F
 from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
-from torch.utils.data import Subset
 
 from stellar.checkpoint.io import atomic_write
 from stellar.data.augment import random_resized_crop
@@ -323,36 +322,24 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument("--flip-p", type=probability, default=0.0, help="flip probability of a crop")
     p.add_argument(
-        "--transforms", default="flip,shift", help="equivariance transforms: flip, shift"
-    )
-    p.add_argument(
         "--shift", type=positive_int, default=1, help="translation of 'shift', in patches"
     )
-    p.add_argument("--max-images", type=positive_int, default=None, help="use the first N images")
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: crop distances and (STELLAR) the equivariance partition; a chart."""
     data = check_folder(args.data, "--data").root
-    transforms = [t.strip() for t in args.transforms.split(",") if t.strip()]
-    bad = [t for t in transforms if t not in TRANSFORMS]
-    if bad:
-        raise UsageError(f"--transforms: expected names among {', '.join(TRANSFORMS)}, got {bad}")
     lo, hi = args.scale
     if not 0 < lo <= hi <= 1:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
     for e in load_entries(args, None, None):
         res = resolution(args, e.model)
-        dataset = EvalImages(data, res)
-        if args.shift >= res // e.model.patch_size and "shift" in transforms:
+        if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
-        subset = dataset
-        if args.max_images is not None:
-            subset = Subset(dataset, range(min(args.max_images, len(dataset))))
         result = run_invariance(
-            e.model, subset, args.crops, (lo, hi), args.flip_p, transforms, args.shift,
-            args.batch_size, args.num_workers, args.seed, not args.no_progress,
+            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p, TRANSFORMS,
+            args.shift, args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
     png = atomic_write(args.out_dir / "invariance.png", lambda tmp: _chart(rows).save(tmp, "PNG"))

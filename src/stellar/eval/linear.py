@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from stellar.eval.features import (
     classification_setup,
     split_features,
 )
-from stellar.eval.probe import ProbeSchedule, fit_probe
+from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded, train_probe
 from stellar.runtime import autocast
 
 logger = logging.getLogger(__name__)
@@ -72,19 +73,11 @@ def accuracy_topk(
     return {f"top{k}": hit[:, : min(k, kmax)].any(dim=1).float().mean().item() for k in ks}
 
 
-@torch.no_grad()
 def predict_logits(
     probe: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: torch.device | str = "cpu"
 ) -> torch.Tensor:
     """Logits of ``probe`` on (N, D) features, in batches; returns (N, C) on CPU."""
-    was_training = probe.training
-    probe.eval()
-    outs = [
-        probe(x[i : i + batch_size].to(device, torch.float32)).float().cpu()
-        for i in range(0, x.shape[0], batch_size)
-    ]
-    probe.train(was_training)
-    return torch.cat(outs)
+    return predict(probe, x, batch_size, device)
 
 
 # The paper's linear-probe recipe (the defaults of the functions and of the CLI).
@@ -122,19 +115,10 @@ def train_linear_probe(
         ``train_top1`` is the final probe's accuracy on the train set (eval mode).
     """
     train_x = pool_features(train_x)
-    n = train_x.shape[0]
-
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(schedule.seed)
-        probe = LinearProbe(train_x.shape[1], num_classes)
-    probe = probe.to(device)
-    train_y_long = train_y.long()
-
-    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        xb = train_x[idx].to(device, torch.float32)
-        return F.cross_entropy(probe(xb), train_y_long[idx].to(device)), idx.numel()
-
-    fit_probe(probe, schedule, schedule.index_batches(n), loss_of, device, "linear probe", progress)
+    build = partial(LinearProbe, train_x.shape[1], num_classes)
+    probe = train_probe(
+        build, train_x, train_y, F.cross_entropy, schedule, device, "linear probe", progress
+    )
 
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
@@ -205,10 +189,7 @@ def train_linear_augmented(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         distributed=False, pin_memory=device.type == "cuda",
     )  # fmt: skip
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(schedule.seed)
-        probe = LinearProbe(val.x.shape[1], len(classes))
-    probe = probe.to(device)
+    probe = seeded(partial(LinearProbe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
     hits = {"correct": 0, "seen": 0}
 

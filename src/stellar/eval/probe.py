@@ -22,7 +22,7 @@ from torch import Tensor, nn
 from stellar.errors import nonneg_float, positive_float, positive_int
 from stellar.progress import progress_bar
 
-__all__ = ["ProbeSchedule", "fit_probe"]
+__all__ = ["ProbeSchedule", "fit_probe", "predict", "seeded", "train_probe"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,7 +73,6 @@ def fit_probe(
     device: torch.device | str,
     desc: str,
     progress: bool = True,
-    after_epoch: Callable[[int], dict[str, float]] | None = None,
     skip_nonfinite: bool = False,
 ) -> list[dict[str, float]]:
     """Train ``probe`` in place.
@@ -87,13 +86,11 @@ def fit_probe(
         device: where the loss is accumulated.
         desc: progress-bar label.
         progress: show a tqdm bar over epochs.
-        after_epoch: ``after_epoch(epoch)`` -> extra entries of that epoch's record.
         skip_nonfinite: skip (no step) a batch whose loss is not finite, e.g. a segmentation
             batch whose pixels are all ignored.
 
     Returns:
-        One record per epoch: ``epoch`` (from 1), ``loss`` (sample-weighted mean) and the
-        entries of ``after_epoch``.
+        One record per epoch: ``epoch`` (from 1) and ``loss`` (sample-weighted mean).
     """
     epoch_batches = batches(0)  # asked for up front: their count sets the cosine's length
     total = max(1, schedule.epochs * len(epoch_batches))
@@ -121,9 +118,60 @@ def fit_probe(
             loss_sum += loss.detach() * count
             seen += count
         record: dict[str, float] = {"epoch": epoch + 1, "loss": (loss_sum / max(seen, 1)).item()}
-        if after_epoch is not None:
-            record.update(after_epoch(epoch))
         history.append(record)
         bar.set_postfix({k: f"{v:.4f}" for k, v in record.items() if k != "epoch"})
         logger.debug("%s %s", desc, record)
     return history
+
+
+def seeded(build: Callable[[], nn.Module], seed: int, device: torch.device | str) -> nn.Module:
+    """``build()`` initialised from ``seed`` (the global RNG left untouched), on ``device``."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return build().to(device)
+
+
+def train_probe(
+    build: Callable[[], nn.Module],
+    x: Tensor,
+    y: Tensor,
+    loss: Callable[[Tensor, Tensor], Tensor],
+    schedule: ProbeSchedule,
+    device: torch.device | str,
+    desc: str,
+    progress: bool = True,
+    skip_nonfinite: bool = False,
+) -> nn.Module:
+    """``build()`` initialised from ``schedule.seed`` and trained by :func:`fit_probe` on
+    cached (N, ...) inputs ``x`` (batches move to ``device`` as float32) and integer targets
+    ``y``, with ``loss(output, targets)``, in a new permutation of the N samples every epoch."""
+    probe = seeded(build, schedule.seed, device)
+
+    def loss_of(idx: Tensor) -> tuple[Tensor, int]:
+        out = probe(x[idx].to(device, torch.float32))
+        return loss(out, y[idx].to(device).long()), idx.numel()
+
+    batches = schedule.index_batches(x.shape[0])
+    fit_probe(probe, schedule, batches, loss_of, device, desc, progress, skip_nonfinite)
+    return probe
+
+
+@torch.no_grad()
+def predict(
+    probe: nn.Module,
+    x: Tensor,
+    batch_size: int,
+    device: torch.device | str,
+    forward: Callable[[Tensor], Tensor] | None = None,
+) -> Tensor:
+    """``forward(batch)`` (default ``probe(batch)``) over (N, ...) inputs in batches, with
+    ``probe`` in eval mode; the outputs concatenated on the CPU, (N, ...)."""
+    forward = probe if forward is None else forward
+    was_training = probe.training
+    probe.eval()
+    outs = [
+        forward(x[i : i + batch_size].to(device, torch.float32)).cpu()
+        for i in range(0, x.shape[0], batch_size)
+    ]
+    probe.train(was_training)
+    return torch.cat(outs)

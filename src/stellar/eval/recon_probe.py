@@ -23,7 +23,7 @@ from torch import Tensor, nn
 
 from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import EvalImages
-from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
     KEY,
     MODEL,
@@ -39,7 +39,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
 from stellar.eval.metrics import psnr, ssim
-from stellar.eval.probe import ProbeSchedule, fit_probe
+from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 
 __all__ = [
@@ -68,8 +68,8 @@ def fresh_decoder(
     the head from its patch size; ``seed`` seeds the initialisation (global RNG untouched).
     """
     cfg = model.config
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(seed)
+
+    def build() -> ReconstructionDecoder:
         decoder = ReconstructionDecoder(
             cfg.encoder.hidden_size,
             cfg.decoder,
@@ -83,14 +83,15 @@ def fresh_decoder(
         # PyTorch's default there, gets the same truncated normal here
         nn.init.trunc_normal_(decoder.head.weight, std=0.02)
         nn.init.zeros_(decoder.head.bias)
-    return decoder.train()
+        return decoder
+
+    return seeded(build, seed, "cpu").train()
 
 
 def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
     return images.to(device, non_blocking=True).float().div_(255)
 
 
-@torch.no_grad()
 def reconstruct_features(
     decoder: ReconstructionDecoder,
     features: Tensor,
@@ -99,14 +100,9 @@ def reconstruct_features(
     device: torch.device | str = "cpu",
 ) -> Tensor:
     """Decode cached features (N, n, d) -> images (N, 3, H, W) float32 in [0, 1] on the CPU."""
-    was_training = decoder.training
-    decoder.eval()
-    outs = []
-    for i in range(0, features.shape[0], batch_size):
-        x = features[i : i + batch_size].to(device).float()
-        outs.append(decoder(x, grid)["x_hat"].clamp(0, 1).cpu())
-    decoder.train(was_training)
-    return torch.cat(outs)
+    return predict(
+        decoder, features, batch_size, device, lambda x: decoder(x, grid)["x_hat"].clamp(0, 1)
+    )
 
 
 def train_recon_probe(
@@ -116,8 +112,6 @@ def train_recon_probe(
     grid: tuple[int, int],
     schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
-    val: tuple[Tensor, Tensor] | None = None,
-    eval_every: int = 0,
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train ``decoder`` (in place) to rebuild ``images`` from frozen ``features``.
@@ -129,13 +123,10 @@ def train_recon_probe(
         grid: (h, w).
         schedule: optimisation settings; its seed fixes the batch order.
         device: where the decoder trains.
-        val: optional ``(features, images)`` for a PSNR every ``eval_every`` (> 0) epochs.
-        eval_every: 0 = no per-epoch validation.
         progress: tqdm bar over epochs.
 
     Returns:
-        One dict per epoch: ``epoch``, ``loss`` (mean weighted loss) and, on validation
-        epochs, ``val_psnr`` (dB).
+        One dict per epoch: ``epoch`` and ``loss`` (mean weighted loss).
     """
     n = features.shape[0]
     decoder.to(device)
@@ -145,15 +136,9 @@ def train_recon_probe(
         x_hat = decoder(x, grid)["x_hat"]
         return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, _to_float(images[idx], device)), idx.numel()
 
-    def after_epoch(epoch: int) -> dict[str, float]:
-        if val is None or eval_every < 1 or (epoch + 1) % eval_every:
-            return {}
-        rec = reconstruct_features(decoder, val[0], grid, schedule.batch_size, device)
-        return {"val_psnr": psnr(rec, val[1].float() / 255).mean().item()}
-
     return fit_probe(
         decoder, schedule, schedule.index_batches(n), loss_of, device, "reconstruction probe",
-        progress, after_epoch,
+        progress,
     )  # fmt: skip
 
 
@@ -224,8 +209,6 @@ def run_recon(
     depth: int = DEFAULT_DEPTH,
     schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
-    fp16: bool = False,
-    eval_every: int = 0,
     lpips_net: nn.Module | None = None,
     fid_net: nn.Module | None = None,
     grid_png: str | Path | None = None,
@@ -246,8 +229,8 @@ def run_recon(
     def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
         """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
         out = extract_features(
-            model, images, [key], batch_size, fp16=fp16, num_workers=num_workers,
-            progress=progress, keep_images=True,
+            model, images, [key], batch_size, num_workers=num_workers, progress=progress,
+            keep_images=True,
         )  # fmt: skip
         return out[key], out["images"]
 
@@ -257,9 +240,7 @@ def run_recon(
     initial = psnr(
         reconstruct_features(decoder, va_x, grid, batch_size, device), va_img.float() / 255
     )
-    history = train_recon_probe(
-        decoder, tr_x, tr_img, grid, schedule, device, (va_x, va_img), eval_every, progress
-    )
+    history = train_recon_probe(decoder, tr_x, tr_img, grid, schedule, device, progress)
     recons = reconstruct_features(decoder, va_x, grid, batch_size, device)
     metrics: dict[str, Any] = image_metrics(recons, va_img, lpips_net, fid_net, batch_size, device)
     metrics["initial_psnr"] = initial.mean().item()
@@ -280,13 +261,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
     p.add_argument("--decoder-depth", type=positive_int, default=6)
-    p.add_argument(
-        "--eval-every",
-        type=nonneg_int,
-        default=0,
-        help="val PSNR every N epochs (0: only at the end)",
-    )
-    p.add_argument("--fp16-features", action="store_true", help="cache features as float16")
     p.add_argument("--lpips-vgg", default=None, help="torchvision vgg16 state dict (local)")
     p.add_argument("--lpips-weights", default=None, help="lpips v0.1 vgg.pth (local)")
     p.add_argument("--fid-weights", default=None, help="pt_inception-2015-12-05 .pth (local)")
@@ -333,8 +307,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics = run_recon(
             e.model, EvalImages(train_dir, res), EvalImages(val_dir, res), e.key,
             depth=args.decoder_depth, schedule=ProbeSchedule.from_args(args, args.batch_size),
-            num_workers=args.num_workers, fp16=args.fp16_features, eval_every=args.eval_every,
-            lpips_net=lpips_net, fid_net=fid_net,
+            num_workers=args.num_workers, lpips_net=lpips_net, fid_net=fid_net,
             grid_png=args.out_dir / f"reconstructions_{i}_{e.kind}.png",
             progress=not args.no_progress,
         )  # fmt: skip

@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 import math
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -35,7 +36,7 @@ from stellar.eval.common import (
     resolve_keys,
 )
 from stellar.eval.encoder import Encoder, extract_features
-from stellar.eval.probe import ProbeSchedule, fit_probe
+from stellar.eval.probe import ProbeSchedule, predict, train_probe
 from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
@@ -64,9 +65,14 @@ class SegmentationProbe(nn.Module):
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
         x = dense.float().reshape(b, side, side, d).permute(0, 3, 1, 2).contiguous()
         logits = self.conv(self.bn(x))
-        if out_size is not None and tuple(out_size) != tuple(logits.shape[-2:]):
-            logits = F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
+        return logits if out_size is None else resize_logits(logits, out_size)
+
+
+def resize_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
+    """(B, C, h, w) -> (B, C, *size), bilinear with ``align_corners=False``."""
+    if tuple(size) == tuple(logits.shape[-2:]):
         return logits
+    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
 class ConfusionMatrix:
@@ -124,7 +130,6 @@ class ConfusionMatrix:
         return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
 
 
-@torch.no_grad()
 def evaluate_segmentation_probe(
     probe: SegmentationProbe,
     dense: torch.Tensor,
@@ -135,14 +140,14 @@ def evaluate_segmentation_probe(
     device: torch.device | str = "cpu",
 ) -> dict:
     """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
-    was_training = probe.training
-    probe.eval()
+    size = tuple(masks.shape[-2:])
+    # labels, not logits, come back: C < 255 classes fit a byte
+    labels = predict(
+        probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
+    )
     cm = ConfusionMatrix(num_classes, ignore_index)
-    for i in range(0, dense.shape[0], batch_size):
-        target = masks[i : i + batch_size].to(device).long()
-        logits = probe(dense[i : i + batch_size].to(device), tuple(target.shape[-2:]))
-        cm.update(logits.argmax(dim=1), target)
-    probe.train(was_training)
+    for pred, target in zip(labels.split(batch_size), masks.split(batch_size), strict=True):
+        cm.update(pred, target)
     return cm.compute()
 
 
@@ -181,23 +186,23 @@ def train_segmentation_probe(
         ``(probe, metrics)`` with the :meth:`ConfusionMatrix.compute` keys on the val set
         (empty dict without one).
     """
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(schedule.seed)
-        probe = SegmentationProbe(train_dense.shape[-1], num_classes)
-    probe = probe.to(device)
-    out_size = tuple(train_masks.shape[-2:])
 
-    def loss_of(idx: torch.Tensor) -> tuple[torch.Tensor, int]:
-        logits = probe(train_dense[idx].to(device), out_size)
-        target = train_masks[idx].to(device).long()
-        return F.cross_entropy(logits, target, ignore_index=ignore_index), idx.numel()
+    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        logits = resize_logits(logits, target.shape[-2:])
+        return F.cross_entropy(logits, target, ignore_index=ignore_index)
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
-    n = train_dense.shape[0]
-    fit_probe(
-        probe, schedule, schedule.index_batches(n), loss_of, device, "segmentation probe",
-        progress, skip_nonfinite=True,
-    )  # fmt: skip
+    probe = train_probe(
+        partial(SegmentationProbe, train_dense.shape[-1], num_classes),
+        train_dense,
+        train_masks,
+        loss,
+        schedule,
+        device,
+        "segmentation probe",
+        progress,
+        skip_nonfinite=True,
+    )
 
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:

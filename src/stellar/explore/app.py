@@ -73,13 +73,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     picks = [str(p) for p in explorer.picks]
 
     def fresh(enc) -> dict:
-        recon = None
-        if explorer.can_reconstruct:
-            recon = to_pil(explorer.reconstruct(enc.sparse, enc.spatial, enc.grid))
-            recon = recon.resize((CELL, CELL), Image.Resampling.BICUBIC)
         return {
             "enc": enc,
-            "recon": recon,
+            "recon": explorer.reconstruct(enc.sparse, enc.spatial, enc.grid, CELL),
             "selected": None,
             "sparse": enc.sparse,
             "spatial": enc.spatial,
@@ -184,11 +180,8 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             f"\n\nZ = L·S now differs from the image's own at **{changed} of "
             f"{before.shape[0]} patches** (right: ‖ΔZ‖ per patch)."
         )
-        recon = None
-        if explorer.can_reconstruct:
-            recon = explorer.reconstruct(state["sparse"], state["spatial"], enc.grid)
-            recon = to_pil(recon).resize((CELL, CELL), Image.Resampling.BICUBIC)
-        else:
+        recon = explorer.reconstruct(state["sparse"], state["spatial"], enc.grid, CELL)
+        if recon is None:
             text += f"\n\nThe reconstruction cannot be drawn: {explorer.why_not}."
         return state, recon, change_map(before, after, enc.grid, CELL), text, "Edit applied."
 

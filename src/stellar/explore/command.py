@@ -10,6 +10,7 @@ import argparse
 import logging
 
 from stellar.errors import UsageError, positive_int
+from stellar.explore.retrieval import CACHE_DIR
 
 __all__ = ["add_arguments", "run"]
 
@@ -25,6 +26,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="image folder to pick from and search (default: example concept scenes)",
     )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
+    parser.add_argument(
+        "--cache-dir",
+        default=str(CACHE_DIR),
+        help="where the example scenes and the collection's token indexes are kept",
+    )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
     parser.add_argument("--port", type=positive_int, default=7860)
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
@@ -42,9 +48,8 @@ def run(args: argparse.Namespace) -> int:
     from stellar.explore.explorer import Explorer
     from stellar.runtime import pick_device
 
-    explorer = Explorer.load(
-        args.model, args.collection, args.vq_model, str(pick_device(args.device))
-    )
+    device = str(pick_device(args.device))
+    explorer = Explorer.load(args.model, args.collection, args.vq_model, device, args.cache_dir)
     logger.info("serving the explorer on http://%s:%d", args.host, args.port)
     build_app(explorer).launch(
         server_name=args.host, server_port=args.port, share=args.share, max_file_size="64mb"

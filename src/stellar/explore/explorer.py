@@ -12,13 +12,14 @@ import logging
 from pathlib import Path
 
 import torch
+from PIL import Image
 from torch import Tensor
 
 from stellar.data.folder import find_images
 from stellar.data.scenes import render_scene
 from stellar.errors import UsageError
-from stellar.explore.retrieval import Collection, default_cache_root
-from stellar.hub import inspect_model, load_model
+from stellar.explore.retrieval import CACHE_DIR, Collection
+from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
 __all__ = ["Explorer", "example_scenes"]
@@ -73,30 +74,19 @@ class Explorer:
         collection: str | Path | None = None,
         vq_model: str | None = None,
         device: str | None = None,
-        cache_root: Path | None = None,
+        cache_dir: str | Path = CACHE_DIR,
     ) -> Explorer:
-        """Load ``spec`` (as every ``--model``: path, run folder, released name or preset).
-
-        The decoder is loaded when the checkpoint carries one and, for a vq head, when a
-        ``vq_model`` is given; otherwise the model is encoder-only and edits say why they
-        cannot be drawn.
-        """
+        """Load ``spec`` (as every ``--model``) with its decoder when it can reconstruct
+        (:func:`~stellar.viz.command.load_for_viz`); example scenes and indexes go to
+        ``cache_dir``."""
         if collection is not None and not Path(collection).is_dir():
             raise UsageError(f"expected --collection an image folder, got {collection}")
-        info = inspect_model(spec)
-        why = None
-        if not info.has_decoder:
-            why = f"{spec} carries no reconstruction decoder"
-        elif info.config.decoder_head == "vq" and vq_model is None:
-            why = "its decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
-        purpose = "encode" if why else "reconstruct"
-        torch.manual_seed(0)  # a random-init preset gets the same weights in every run
-        model = load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device)
-        root = cache_root or default_cache_root()
-        examples = example_scenes(root / f"examples-{model.image_size}", model.image_size)
-        folder = Path(collection) if collection is not None else examples[0].parent
-        picks = list(examples)
+        model, why = load_for_viz(spec, vq_model, device)
+        root = Path(cache_dir).expanduser()
+        picks = example_scenes(root / f"examples-{model.image_size}", model.image_size)
+        folder = picks[0].parent
         if collection is not None:
+            folder = Path(collection)
             picks = find_images(folder)[:MAX_PICKS] + picks
         return cls(model, spec, Collection(model, folder, spec, root), picks, why)
 
@@ -106,22 +96,21 @@ class Explorer:
         return self.why_not is None
 
     @torch.inference_mode()
-    def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int]) -> Tensor:
-        """The decoder's image of Z = L·S.
+    def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int], size: int):
+        """The decoder's picture of Z = L·S, ``size`` px square; None when it cannot draw.
 
         Args:
             sparse: (r, d) concept tokens S.
             spatial: (n, r) localisation L.
             grid: the patch grid (h, w).
-
-        Returns:
-            (3, H, W) in [0, 1] on the CPU.
+            size: side of the returned PIL image.
         """
         if not self.can_reconstruct:
-            raise UsageError(f"no reconstruction: {self.why_not}")
+            return None
         device = self.model.device
         s, l_ = sparse[None].to(device), spatial[None].to(device)
-        return self.model.reconstruct(s, l_, grid=grid)["reconstruction"][0].float().cpu()
+        image = self.model.reconstruct(s, l_, grid=grid)["reconstruction"][0].float().cpu()
+        return to_pil(image).resize((size, size), Image.Resampling.BICUBIC)
 
     def describe(self) -> str:
         """One line about the model for the page's header."""

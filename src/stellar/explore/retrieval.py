@@ -6,17 +6,16 @@ The explorer's one dependence on :mod:`stellar.viz.retrieve`: the index is
 resolution, searched with :func:`~stellar.viz.retrieve.query_index` (faiss when installed). A
 saved index is reused only when its metadata matches this model and collection as ``stellar
 retrieve`` requires (the weights fingerprint, r, d, patch size, resolution and the resolved
-folder); otherwise it is rebuilt. Indexes live in ``$STELLAR_HOME/explore`` (default
-``~/.cache/stellar/explore``), one folder per collection and weights.
+folder); otherwise it is rebuilt. Indexes live in the explorer's cache folder (``stellar
+explore --cache-dir``, default :data:`CACHE_DIR`), one sub-folder per collection and weights.
 """
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
-import os
 import threading
-from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -28,18 +27,17 @@ from stellar.viz.retrieve import (
     INDEX_FILE,
     TokenIndex,
     build_token_index,
+    index_meta,
     query_index,
     weights_fingerprint,
 )
 
-__all__ = ["Collection", "Neighbour", "default_cache_root"]
+__all__ = ["CACHE_DIR", "Collection", "Neighbour"]
 
 logger = logging.getLogger(__name__)
 
-
-def default_cache_root() -> Path:
-    """``$STELLAR_HOME/explore``, else ``~/.cache/stellar/explore``."""
-    return Path(os.environ.get("STELLAR_HOME", "~/.cache/stellar")).expanduser() / "explore"
+# Like ``stellar retrieve``'s ``--index-dir``, a folder the user names, with this default.
+CACHE_DIR = Path("~/.cache/stellar/explore")
 
 
 @dataclass
@@ -59,29 +57,21 @@ class Collection:
         model: the STELLAR model (encode purpose is enough).
         folder: the image folder (searched recursively).
         spec: the ``--model`` value, recorded in the index.
-        cache_root: where indexes are kept (default :func:`default_cache_root`).
+        cache_dir: where indexes are kept.
     """
 
-    def __init__(self, model, folder: str | Path, spec: str, cache_root: Path | None = None):
+    def __init__(self, model, folder: str | Path, spec: str, cache_dir: str | Path = CACHE_DIR):
         self.model, self.spec = model, spec
         self.folder = Path(folder).resolve()
-        self.fingerprint = weights_fingerprint(model)
-        key = hashlib.sha256(f"{self.folder}\n{self.fingerprint}".encode()).hexdigest()[:16]
-        self.index_dir = (cache_root or default_cache_root()) / key
+        fingerprint = weights_fingerprint(model)
+        key = hashlib.sha256(f"{self.folder}\n{fingerprint}".encode()).hexdigest()[:16]
+        self.index_dir = Path(cache_dir).expanduser() / key
         self._index: TokenIndex | None = None
         self._lock = threading.Lock()
-        self._encoded: OrderedDict[str, Encoded] = OrderedDict()
-
-    def expected_meta(self) -> dict:
-        """What an index of this collection by this model records."""
-        return {
-            "weights": self.fingerprint,
-            "num_tokens": self.model.num_tokens,
-            "dim": self.model.embed_dim,
-            "patch_size": self.model.patch_size,
-            "resolution": self.model.image_size,
-            "data": str(self.folder),
-        }
+        # the neighbours' images, encoded to draw their maps; the last 64 are kept
+        self.encoded = functools.lru_cache(64)(
+            lambda path: encode_image(model, open_image(path), Path(path).name)
+        )
 
     @property
     def ready(self) -> bool:
@@ -101,7 +91,8 @@ class Collection:
     def _load_or_build(self, progress: bool) -> TokenIndex:
         if (self.index_dir / INDEX_FILE).is_file():
             index = TokenIndex.load(self.index_dir)
-            differ = {k for k, v in self.expected_meta().items() if index.meta.get(k) != v}
+            wanted = index_meta(self.model, self.model.image_size, str(self.folder))
+            differ = {k for k, v in wanted.items() if index.meta.get(k) != v}
             if not differ:
                 logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
                 return index
@@ -120,15 +111,6 @@ class Collection:
             "indexed %d tokens of %d images in %s", len(index), len(index.paths), self.index_dir
         )
         return index
-
-    def encoded(self, path: str) -> Encoded:
-        """One collection image, encoded (the last 64 are kept)."""
-        if path not in self._encoded:
-            self._encoded[path] = encode_image(self.model, open_image(path), Path(path).name)
-            if len(self._encoded) > 64:
-                self._encoded.popitem(last=False)
-        self._encoded.move_to_end(path)
-        return self._encoded[path]
 
     def neighbours(self, vector: Tensor, k: int = 8) -> list[Neighbour]:
         """The ``k`` indexed concept tokens most similar to ``vector`` (d,), best first."""

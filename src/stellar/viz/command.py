@@ -71,9 +71,10 @@ def load_for_viz(
         elif info.config.decoder_head == "vq":
             why = "the decoder predicts MaskGIT-VQGAN codes: pass --vq-model to draw them"
     if why is not None:
-        logger.warning("no reconstruction panel: %s", why)
-        return load_model(spec, purpose="encode", device=device), why
-    return load_model(spec, purpose="reconstruct", vq_model=vq_model, device=device), None
+        logger.warning("no reconstruction: %s", why)
+    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+    purpose = "encode" if why else "reconstruct"
+    return load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device), why
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
@@ -167,12 +168,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
     )
-    parser.add_argument(
-        "--cell-size",
-        type=positive_int,
-        default=None,
-        help="panel side in the figure (default min(R, 448))",
-    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_precision_argument(parser)
 
@@ -197,12 +192,11 @@ def run(args: argparse.Namespace) -> int:
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     out_dir = writable_folder(args.out)
     device = pick_device(args.device)
-    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-    model, why = load_for_viz(info.spec, args.vq_model, device, info=info)
+    model, why = load_for_viz(info.spec, args.vq_model, device, info)
     subset = dataset
     if args.max_images is not None and args.max_images < len(dataset):
         subset = Subset(dataset, range(args.max_images))
-    cell = args.cell_size or min(resolution, 448)
+    cell = min(resolution, 448)  # the panel side in the figure
     grid = (resolution // p, resolution // p)
     grid_text = f"{grid[0]}x{grid[1]}"
     model_name = Path(str(args.model)).name

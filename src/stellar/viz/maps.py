@@ -30,7 +30,6 @@ __all__ = [
 
 ImageLike = Image.Image | Tensor
 Cell = ImageLike | tuple
-Color = tuple[int, int, int]
 
 # An inferno-like ramp (dark -> purple -> red -> orange -> pale yellow), as anchor colours.
 _HEAT_ANCHORS = np.array(
@@ -322,18 +321,15 @@ def compose_panel(
     rows: Sequence[Sequence[Cell]],
     title: str | None = None,
     pad: int = 6,
-    background: Color = (255, 255, 255),
     font_size: int = 13,
 ) -> Image.Image:
     """Assemble images into a figure: rows of captioned cells, an optional title on top.
 
     Args:
-        rows: each row a sequence of cells; a cell is an image (PIL / tensor / array), or
-            ``(image, caption)``, or ``(image, caption, (R, G, B))`` to draw a colour swatch
-            before the caption. Cells of a row are top-aligned; rows may differ in width.
+        rows: each row a sequence of cells; a cell is an image (PIL / tensor / array) or
+            ``(image, caption)``. Cells of a row are top-aligned; rows may differ in width.
         title: text above everything.
         pad: spacing in pixels.
-        background: canvas colour.
         font_size: caption size (PIL's default font).
 
     Returns:
@@ -342,46 +338,33 @@ def compose_panel(
     font = _font(font_size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line = int(probe.textbbox((0, 0), "Ag[y", font=font)[3]) + 2
-    parsed: list[list[tuple[Image.Image, str | None, Color | None]]] = []
-    for row in rows:
-        cells = []
-        for c in row:
-            if isinstance(c, tuple):
-                img, caption = c[0], c[1] if len(c) > 1 else None
-                swatch = c[2] if len(c) > 2 else None
-            else:
-                img, caption, swatch = c, None, None
-            cells.append((to_pil(img), caption, swatch))
-        parsed.append(cells)
+    parsed = [
+        [(to_pil(c[0]), c[1]) if isinstance(c, tuple) else (to_pil(c), None) for c in row]
+        for row in rows
+    ]
     if not any(parsed):
         raise ValueError("expected at least one image to compose")
     heights = [
-        max((im.height for im, _, _ in r), default=0) + (line if any(cap for _, cap, _ in r) else 0)
+        max((im.height for im, _ in r), default=0) + (line if any(cap for _, cap in r) else 0)
         for r in parsed
     ]
-    widths = [sum(im.width for im, _, _ in r) + pad * (len(r) - 1) for r in parsed]
+    widths = [sum(im.width for im, _ in r) + pad * (len(r) - 1) for r in parsed]
     top = line + pad if title else 0
     width = max(widths) + 2 * pad
     height = top + sum(heights) + pad * (len(parsed) + 1)
     if title:
         width = max(width, int(probe.textlength(title, font=font)) + 2 * pad)
-    canvas = Image.new("RGB", (width, height), background)
+    canvas = Image.new("RGB", (width, height), (255, 255, 255))
     draw = ImageDraw.Draw(canvas)
     if title:
         draw.text((pad, pad), title, fill=(0, 0, 0), font=font)
     y = top + pad
     for r, h in zip(parsed, heights, strict=True):
-        has_caption = any(cap for _, cap, _ in r)
+        has_caption = any(cap for _, cap in r)
         x = pad
-        for im, caption, swatch in r:
-            text_x = x
-            if swatch is not None:
-                s = line - 4
-                draw.rectangle((x, y + 1, x + s, y + 1 + s), fill=tuple(swatch), outline=(0, 0, 0))
-                text_x += s + 3
+        for im, caption in r:
             if caption:
-                text = _fit(draw, caption, font, im.width - (text_x - x))
-                draw.text((text_x, y), text, fill=(0, 0, 0), font=font)
+                draw.text((x, y), _fit(draw, caption, font, im.width), fill=(0, 0, 0), font=font)
             canvas.paste(im, (x, y + (line if has_caption else 0)))
             x += im.width + pad
         y += h + pad

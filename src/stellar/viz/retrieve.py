@@ -110,6 +110,19 @@ class TokenIndex:
         )
 
 
+def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, Any]:
+    """How an index of the collection ``data`` by ``model`` at ``resolution`` was built: what
+    a saved index must match to be reused (with the ``model`` spec, recorded for messages)."""
+    return {
+        "weights": weights_fingerprint(model),
+        "resolution": resolution,
+        "num_tokens": model.num_tokens,
+        "dim": model.embed_dim,
+        "patch_size": int(model.patch_size),
+        "data": data,
+    }
+
+
 def build_token_index(
     model: Encoder,
     dataset: Dataset,
@@ -129,15 +142,8 @@ def build_token_index(
     )
     tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
     n, r, d = tokens.shape
-    meta = {
-        "model": model_spec,
-        "weights": weights_fingerprint(model),
-        "resolution": int(getattr(dataset, "resolution", 0)),
-        "num_tokens": r,
-        "dim": d,
-        "patch_size": int(model.patch_size),
-        "data": data,
-    }
+    resolution = int(getattr(dataset, "resolution", 0))
+    meta = {"model": model_spec, **index_meta(model, resolution, data)}
     return TokenIndex(
         tokens.reshape(n * r, d),
         torch.arange(n).repeat_interleave(r),
