@@ -42,16 +42,17 @@ def save_checkpoint(
     ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards).
     """
     folder = root / f"step-{step:08d}"
+    previous = latest_checkpoint(root)
     try:
         save_pretrained(model, folder, weights)
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
-    except OSError as err:
-        # a full disk or a lost mount: `last` still points at the previous checkpoint
-        previous = latest_checkpoint(root)
+    except Exception as err:  # noqa: BLE001 - a full disk reads OSError, RuntimeError (torch's
+        # zip writer) or SafetensorError: `last` still points at the previous checkpoint
+        if folder.is_dir() and folder != previous:
+            shutil.rmtree(folder, ignore_errors=True)  # no half-written step folder stays
         intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier one"
-        raise OSError(
-            err.errno, f"could not write checkpoint {folder} ({err.strerror or err}); {intact}"
-        ) from err
+        reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
+        raise UsageError(f"could not write checkpoint {folder} ({reason}); {intact}") from err
     link_tmp = root / f".{LAST}.tmp"
     if link_tmp.is_symlink() or link_tmp.exists():
         link_tmp.unlink()
