@@ -65,12 +65,13 @@ def test_temporary_files_of_a_killed_run_are_cleaned_and_nothing_else(tmp_path):
         out / ".metrics.jsonl.x1y2.tmp",
         step / ".model.safetensors.ab12.tmp",
         out / "checkpoints" / ".last.tmp",
+        step / ".tmpGU46SD",  # the safetensors writer's own temporary (issue 22, item 4)
     ]
-    keep = [out / "metrics.jsonl", step / "model.safetensors", out / "notes.tmp"]
+    keep = [out / "metrics.jsonl", step / "model.safetensors", out / "notes.tmp", step / ".tmpx"]
     for path in orphans + keep:
         path.write_bytes(b"x" * 100)
     with run_lock(out):
-        assert clean_orphaned_temps(out) == 3
+        assert clean_orphaned_temps(out) == 4
     assert not any(p.exists() for p in orphans)
     assert all(p.exists() for p in keep)
 

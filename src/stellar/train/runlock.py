@@ -66,12 +66,18 @@ def run_lock(out: str | Path) -> Iterator[Path]:
 def clean_orphaned_temps(out: str | Path) -> int:
     """Delete the temporary files a killed run left in ``out`` (call while holding the lock).
 
-    Only our own atomic-write names count: hidden files ending in ``.tmp`` in the run folder
-    and its checkpoints. Returns how many were deleted.
+    Only the writers' temporary names count, in the run folder and its checkpoints: our
+    atomic writes' hidden ``.*.tmp`` and the safetensors writer's own ``.tmpXXXXXX`` (the size
+    of the weights). Returns how many were deleted.
     """
     folder = Path(out)
-    found = [p for p in folder.glob(".*.tmp") if p.is_file() or p.is_symlink()]
-    found += [p for p in folder.glob("checkpoints/**/.*.tmp") if p.is_file() or p.is_symlink()]
+    found = [
+        p
+        for where in ("", "checkpoints/**/")
+        for pattern in (".*.tmp", ".tmp??????")
+        for p in folder.glob(where + pattern)
+        if p.is_file() or p.is_symlink()
+    ]
     size = sum(p.lstat().st_size for p in found)
     for path in found:
         path.unlink()
