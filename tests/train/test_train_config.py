@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib
+import re
 import typing
 
 import pytest
@@ -256,3 +257,26 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
     (out / "config.yaml").unlink()
     with pytest.raises(UsageError, match=r"config.yaml does not exist"):
         main(["train", f"out={out}", "--resume"])
+
+
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--config", "{bad}"], r"bad.yaml: invalid YAML at line 2"),
+        (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
+        (["out={file}"], r"out=.*cannot hold a run \(File exists"),
+        (["out={file}/run"], r"out=.*cannot hold a run \(Not a directory"),
+    ],
+)
+def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expected):
+    """Issue 22, item 8: broken YAML and an impossible out= name the file or key, no traceback."""
+    from stellar.cli import console
+
+    bad, file = tmp_path / "bad.yaml", tmp_path / "file"
+    bad.write_text("optim: {lr: [1\n")
+    file.write_text("not a folder")
+    args = [a.format(bad=bad, file=file) for a in args]
+    out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path / 'run'}"]
+    assert console(["train", *args, *out, *TINY, "max_steps=1"]) == 2
+    err = capsys.readouterr().err
+    assert re.search(expected, err) and "Traceback" not in err and len(err.splitlines()) == 1

@@ -254,8 +254,19 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, A
             raise UsageError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
         # YAML would read out=010 as the integer 8; a str field keeps the text.
         text = _hint(key) in (str, str | None) and raw != "null"
-        parsed[key] = raw if text else yaml.load(raw, _Loader)
+        parsed[key] = raw if text else _yaml(raw, f"override {item!r}")
     return parsed
+
+
+def _yaml(text: str, where: str) -> Any:
+    """``text`` read as YAML; a syntax error is a one-line UsageError naming ``where``."""
+    try:
+        return yaml.load(text, _Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UsageError(f"{where}: invalid YAML{at} ({problem})") from None
 
 
 def _hint(key: str) -> Any:
@@ -287,7 +298,7 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
                 f"{preset_or_path!r} is neither a YAML file nor a preset "
                 f"(presets: {', '.join(preset_names())})"
             )
-    data = yaml.load(path.read_text(), _Loader) or {}
+    data = _yaml(path.read_text(), str(preset_or_path)) or {}
     if not isinstance(data, dict):
         raise UsageError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
     return data

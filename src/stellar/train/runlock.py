@@ -43,9 +43,15 @@ def run_lock(out: str | Path) -> Iterator[Path]:
         yield Path(out)
         return
     folder = Path(out)
-    folder.mkdir(parents=True, exist_ok=True)
     path = folder / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # an existing file, a path under a file, a read-only place
+        raise UsageError(
+            f"out={folder} cannot hold a run ({err.strerror}: {err.filename}); pass a folder "
+            "you can write to"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
