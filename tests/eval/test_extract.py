@@ -241,3 +241,20 @@ def test_cli_extract_compiled_matches_eager(tmp_path: Path) -> None:
     assert main([*argv, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
     eager, compiled = (load_features(tmp_path / d)[0]["sparse"] for d in ("eager", "compiled"))
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
+
+
+def test_the_weights_fingerprint_covers_every_tensor_features_read(tmp_path):
+    """Issue 22, item 2: a model whose encoder blocks differ has another fingerprint; the parts
+    no feature reads (decoder, heads) do not change it."""
+    from stellar import create_stellar, load_stellar
+    from stellar.eval.encoder import weights_fingerprint
+
+    model = create_stellar("stellar-tiny", purpose="pretrain")
+    model.save_pretrained(tmp_path / "m")
+    encode = load_stellar(tmp_path / "m")
+    assert weights_fingerprint(encode) == weights_fingerprint(
+        load_stellar(tmp_path / "m", purpose="reconstruct")
+    )
+    with torch.no_grad():
+        encode.encoder.blocks[1].mlp.fc1.weight[0, 0] += 1e-4
+    assert weights_fingerprint(encode) != weights_fingerprint(load_stellar(tmp_path / "m"))

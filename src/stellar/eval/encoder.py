@@ -97,20 +97,16 @@ def check_keys(keys: Sequence[str]) -> list[str]:
 
 
 def weights_fingerprint(model: Any) -> str:
-    """A short hash identifying a model's weights (what saved features were computed with).
-
-    Hashes the concept tokens, the patch embedding and the sparse projection (the patch
-    embedding alone for a model without concept tokens): cheap, independent of the file's path,
-    and different for any two trained or differently seeded models.
-    """
+    """A short hash of every tensor the features depend on (what saved features were computed
+    with): the whole state dict but the decoder, the clustering heads and the tokenizer, which
+    no feature reads, so an encode and a reconstruct load of one file agree."""
     digest = hashlib.sha256()
-    tensors = [model.encoder.patch_embed.weight]
-    if hasattr(model, "sparse_tokens"):
-        tensors = [model.sparse_tokens, model.encoder.patch_embed.weight, model.sparse_proj.weight]
-    for tensor in tensors:
-        t = tensor.detach().to("cpu", torch.float32).contiguous()
-        digest.update(str(tuple(t.shape)).encode())
-        digest.update(t.numpy().tobytes())
+    for name, tensor in sorted(model.state_dict().items()):
+        if name.startswith(("decoder.", "clustering_head.", "cls_cluster_head.", "tokenizer.")):
+            continue
+        t = tensor.detach().to("cpu").contiguous()
+        digest.update(f"{name} {t.dtype} {tuple(t.shape)}".encode())
+        digest.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:16]
 
 
