@@ -86,7 +86,7 @@ def test_vq_tokenizer_downsampling_must_match_the_patch_size(levels, ok):
     # stellar-tiny's patches are 8 px; `levels` levels downsample by 2 ** (levels - 1)
     tokenizer = MaskGITVQGAN(
         hidden_channels=32, channel_mult=(1,) * levels, num_res_blocks=1, z_channels=32,
-        codebook_size=1024, codebook_dim=32,
+        codebook_size=1024,
     )  # fmt: skip
     model = create_stellar("stellar-tiny", purpose="pretrain", decoder_head="vq")
     if ok:
@@ -110,7 +110,7 @@ def test_the_released_f16_tokenizer_fits_every_released_model(name):
 
     f16 = MaskGITVQGAN(
         hidden_channels=32, channel_mult=(1, 1, 1, 1, 1), num_res_blocks=1, z_channels=32,
-        codebook_size=1024, codebook_dim=32,
+        codebook_size=1024,
     )  # fmt: skip
     assert f16.downsample_factor == 16
     check_tokenizer(get_config(name), f16)  # patch 16, and patch 14 (resized to 256 px)
@@ -124,7 +124,7 @@ def test_vq_tokenizer_codebook_must_match_the_head(tmp_path):
     def tokenizer(codes: int) -> MaskGITVQGAN:
         return MaskGITVQGAN(
             hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32,
-            codebook_size=codes, codebook_dim=32,
+            codebook_size=codes,
         )  # fmt: skip
 
     with pytest.raises(ValueError, match="codebook of 64 codes.*predicts 1024"):

@@ -119,7 +119,6 @@ def test_vq_head_trains_against_tokenizer_codes():
         num_res_blocks=1,
         z_channels=32,
         codebook_size=1024,
-        codebook_dim=32,
     )
     model = create_stellar(
         "stellar-tiny", purpose="pretrain", decoder_head="vq", vq_model=tokenizer

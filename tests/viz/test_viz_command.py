@@ -98,7 +98,7 @@ def _small_vq_tokenizer(path: Path, codes: int) -> Path:
 
     vq = MaskGITVQGAN(
         hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1, z_channels=32,
-        codebook_size=codes, codebook_dim=32,
+        codebook_size=codes,
     )  # fmt: skip
     save_file(vq.state_dict(), str(path))
     return path

@@ -11,7 +11,6 @@ from __future__ import annotations
 import logging
 import math
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -86,33 +85,17 @@ class _Level(nn.Module):
         return x
 
 
-@dataclass(frozen=True)
-class _Plan:
-    """The channel plan the encoder and decoder share (``chans``: each level's channels)."""
-
-    hidden_channels: int
-    channel_mult: tuple[int, ...]
-    num_res_blocks: int
-    z_channels: int
-    num_channels: int
-
-    @property
-    def chans(self) -> list[int]:
-        return [self.hidden_channels * m for m in self.channel_mult]
-
-
 class _Encoder(nn.Module):
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, chans: list[int], blocks: int, z_channels: int) -> None:
         super().__init__()
-        chans, blocks = plan.chans, plan.num_res_blocks
-        ins = [plan.hidden_channels, *chans[:-1]]
-        self.conv_in = _conv(plan.num_channels, plan.hidden_channels, 3, bias=False)
+        ins = [chans[0], *chans[:-1]]
+        self.conv_in = _conv(3, chans[0], 3, bias=False)
         self.down = nn.ModuleList(
             _Level(i, o, blocks, upsample=False) for i, o in zip(ins, chans, strict=True)
         )
         self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(blocks))
         self.norm_out = _norm(chans[-1])
-        self.conv_out = _conv(chans[-1], plan.z_channels, 1, bias=True)
+        self.conv_out = _conv(chans[-1], z_channels, 1, bias=True)
 
     def forward(self, x: Tensor) -> Tensor:
         x = self.conv_in(x)
@@ -127,19 +110,18 @@ class _Encoder(nn.Module):
 
 
 class _Decoder(nn.Module):
-    def __init__(self, plan: _Plan) -> None:
+    def __init__(self, chans: list[int], blocks: int, z_channels: int) -> None:
         super().__init__()
-        chans, blocks = plan.chans, plan.num_res_blocks
         # up.{i} is indexed like the encoder's level i; it runs coarse (i = L-1) to fine (i = 0)
         # and receives the channels of level i+1 (or of the mid blocks at the coarsest level).
         ins = [*chans[1:], chans[-1]]
-        self.conv_in = _conv(plan.z_channels, chans[-1], 3, bias=True)
+        self.conv_in = _conv(z_channels, chans[-1], 3, bias=True)
         self.mid = nn.ModuleList(_ResBlock(chans[-1], chans[-1]) for _ in range(blocks))
         self.up = nn.ModuleList(
             _Level(ins[i], chans[i], blocks, upsample=i != 0) for i in range(len(chans))
         )
         self.norm_out = _norm(chans[0])
-        self.conv_out = _conv(chans[0], plan.num_channels, 3, bias=True)
+        self.conv_out = _conv(chans[0], 3, 3, bias=True)
 
     def forward(self, z: Tensor) -> Tensor:
         x = self.conv_in(z)
@@ -170,9 +152,6 @@ class VectorQuantizer(nn.Module):
             (B, h*w) int64 codes, row-major over (h, w).
         """
         dim = self.embedding.embedding_dim
-        if not isinstance(z, Tensor) or z.ndim != 4 or z.shape[1] != dim:
-            shape = tuple(z.shape) if isinstance(z, Tensor) else type(z).__name__
-            raise ValueError(f"features must have shape (B, {dim}, h, w), got {shape}")
         compute = torch.promote_types(z.dtype, torch.float32)
         flat = z.permute(0, 2, 3, 1).reshape(-1, dim).to(compute)
         book = self.embedding.weight.to(compute)
@@ -189,19 +168,15 @@ class VectorQuantizer(nn.Module):
 class MaskGITVQGAN(nn.Module):
     """MaskGIT-VQGAN tokenizer; defaults are the released f16-256 configuration.
 
-    The module is frozen on construction (no parameter requires grad) and always stays in eval
-    mode: ``train()`` is a no-op so a parent's ``.train()`` cannot flip it. GroupNorm keeps no
-    running statistics, so this only keeps the mode flag consistent.
+    Frozen on construction and always in eval mode (``train()`` is a no-op, so a parent's
+    ``.train()`` cannot flip it).
 
     Args:
-        hidden_channels: Channels of the finest level.
+        hidden_channels: Channels of the finest level (every level's count a multiple of 32).
         channel_mult: Channel multiplier per level; ``len - 1`` halvings of resolution.
         num_res_blocks: Res blocks per level, and number of mid blocks.
-        z_channels: Channels of the pre-quantisation features.
+        z_channels: Channels of the pre-quantisation features and of a codebook entry.
         codebook_size: Number of codebook entries.
-        codebook_dim: Codebook entry size; must equal ``z_channels``.
-        num_channels: Image channels.
-        resolution: Nominal training resolution (metadata only; any divisible size works).
     """
 
     def __init__(
@@ -211,82 +186,20 @@ class MaskGITVQGAN(nn.Module):
         num_res_blocks: int = 2,
         z_channels: int = 256,
         codebook_size: int = 1024,
-        codebook_dim: int = 256,
-        num_channels: int = 3,
-        resolution: int = 256,
     ) -> None:
         super().__init__()
-        channel_mult = tuple(int(m) for m in channel_mult)
-        if len(channel_mult) == 0 or min(channel_mult) < 1:
-            raise ValueError(f"channel_mult must be non-empty positive ints, got {channel_mult}")
-        if num_res_blocks < 1:
-            raise ValueError(f"num_res_blocks must be >= 1, got {num_res_blocks}")
-        bad = [hidden_channels * m for m in channel_mult if (hidden_channels * m) % _GROUPS]
-        if hidden_channels < 1 or bad:
-            raise ValueError(
-                f"every level's channel count must be a positive multiple of {_GROUPS} "
-                f"(GroupNorm groups); hidden_channels={hidden_channels}, "
-                f"channel_mult={channel_mult}"
-            )
-        if codebook_dim != z_channels:
-            raise ValueError(
-                f"codebook_dim ({codebook_dim}) must equal z_channels ({z_channels}): the "
-                "codebook is compared with, and decoded like, the encoder features"
-            )
-        self.hidden_channels = hidden_channels
-        self.channel_mult = channel_mult
-        self.num_res_blocks = num_res_blocks
-        self.z_channels = z_channels
+        chans = [hidden_channels * int(m) for m in channel_mult]
         self.codebook_size = codebook_size
-        self.codebook_dim = codebook_dim
-        self.num_channels = num_channels
-        self.resolution = resolution
-        self.downsample_factor = 2 ** (len(channel_mult) - 1)
-
-        plan = _Plan(hidden_channels, channel_mult, num_res_blocks, z_channels, num_channels)
-        self.encoder = _Encoder(plan)
-        self.decoder = _Decoder(plan)
-        self.quantize = VectorQuantizer(codebook_size, codebook_dim)
+        self.downsample_factor = 2 ** (len(chans) - 1)
+        self.encoder = _Encoder(chans, num_res_blocks, z_channels)
+        self.decoder = _Decoder(chans, num_res_blocks, z_channels)
+        self.quantize = VectorQuantizer(codebook_size, z_channels)
         self.requires_grad_(False)
         self.eval()
 
     def train(self, mode: bool = True) -> MaskGITVQGAN:
         """Keep the frozen tokenizer in eval mode whatever ``mode`` is asked."""
         return super().train(False)
-
-    @property
-    def config(self) -> dict[str, Any]:
-        """Constructor arguments, e.g. to rebuild the model or log it."""
-        return {
-            "hidden_channels": self.hidden_channels,
-            "channel_mult": list(self.channel_mult),
-            "num_res_blocks": self.num_res_blocks,
-            "z_channels": self.z_channels,
-            "codebook_size": self.codebook_size,
-            "codebook_dim": self.codebook_dim,
-            "num_channels": self.num_channels,
-            "resolution": self.resolution,
-        }
-
-    def _check_images(self, images: Tensor) -> None:
-        if not isinstance(images, Tensor):
-            raise ValueError(f"images must be a torch.Tensor, got {type(images).__name__}")
-        if images.ndim != 4:
-            raise ValueError(f"images must have shape (B, C, H, W), got {tuple(images.shape)}")
-        if images.shape[1] != self.num_channels:
-            raise ValueError(
-                f"images must have {self.num_channels} channels (RGB in [0, 1]), "
-                f"got shape {tuple(images.shape)}"
-            )
-        if not images.is_floating_point():
-            raise ValueError(f"images must be floating point in [0, 1], got {images.dtype}")
-        f = self.downsample_factor
-        h, w = images.shape[-2:]
-        if h % f or w % f or h == 0 or w == 0:
-            raise ValueError(
-                f"image height and width must be positive multiples of {f} (the tokenizer's "
-                f"downsampling factor), got {h}x{w}"
-            )
 
     def encode_features(self, images: Tensor) -> Tensor:
         """Pre-quantisation encoder features.
@@ -297,7 +210,15 @@ class MaskGITVQGAN(nn.Module):
         Returns:
             (B, z_channels, H/f, W/f) features, f = ``downsample_factor``.
         """
-        self._check_images(images)
+        f = self.downsample_factor
+        if not images.is_floating_point() or images.ndim != 4 or images.shape[1] != 3:
+            raise ValueError(
+                f"expected (B, 3, H, W) floats in [0, 1], got {images.dtype} {tuple(images.shape)}"
+            )
+        if images.shape[-2] % f or images.shape[-1] % f:
+            raise ValueError(
+                f"image height and width must be multiples of {f}, got {tuple(images.shape[-2:])}"
+            )
         # The codes are training targets: computed in the tokenizer's own dtype, never in a
         # caller's autocast precision (bf16 changes a few percent of them).
         with torch.autocast(device_type=images.device.type, enabled=False):
@@ -313,10 +234,6 @@ class MaskGITVQGAN(nn.Module):
             (B, (H/f)*(W/f)) int64 codes, row-major over the code grid.
         """
         return self.quantize(self.encode_features(images))
-
-    def forward(self, images: Tensor) -> Tensor:
-        """Same as :meth:`encode`: (B, 3, H, W) images in [0, 1] -> (B, h*w) int64 codes."""
-        return self.encode(images)
 
     def decode(
         self, codes: Tensor, clamp: bool = True, grid: tuple[int, int] | None = None
@@ -334,22 +251,19 @@ class MaskGITVQGAN(nn.Module):
         Returns:
             (B, 3, h*f, w*f) images, f = ``downsample_factor``.
         """
-        if not isinstance(codes, Tensor) or codes.ndim != 2:
-            shape = tuple(codes.shape) if isinstance(codes, Tensor) else type(codes).__name__
-            raise ValueError(f"codes must be a (B, n) tensor, got {shape}")
-        if codes.dtype.is_floating_point or codes.dtype.is_complex or codes.dtype == torch.bool:
-            raise ValueError(f"codes must be an integer tensor, got {codes.dtype}")
+        if codes.ndim != 2 or codes.dtype.is_floating_point or codes.dtype == torch.bool:
+            raise ValueError(f"codes must be (B, n) integers, got {codes.dtype} {codes.shape}")
         b, n = codes.shape
         h, w = grid or (math.isqrt(n),) * 2
         if n == 0 or h * w != n:
             raise ValueError(f"codes: n={n} is not {h}x{w} (pass grid=(h, w) if it is not square)")
         # An out-of-range index is a device-side assert on CUDA; fail clearly instead.
-        lo, hi = (int(codes.min()), int(codes.max())) if codes.numel() else (0, 0)
+        lo, hi = int(codes.min()), int(codes.max())
         if lo < 0 or hi >= self.codebook_size:
             raise ValueError(
                 f"codes must lie in [0, {self.codebook_size}), got values in [{lo}, {hi}]"
             )
-        z = self.quantize.embedding(codes.long()).reshape(b, h, w, self.codebook_dim)
+        z = self.quantize.embedding(codes.long()).reshape(b, h, w, -1)
         images = self.decoder(z.permute(0, 3, 1, 2).contiguous())  # from (B, h, w, D)
         return images.clamp(0.0, 1.0) if clamp else images
 
@@ -363,32 +277,26 @@ def _count(keys: Mapping[str, Tensor], pattern: str) -> int:
 
 
 def infer_vqgan_config(state: Mapping[str, Tensor]) -> dict[str, Any]:
-    """:class:`MaskGITVQGAN`'s arguments read from the tensor shapes (``resolution``, not
-    stored, is 16 x 2^(levels - 1): 256 for the released f16 model).
+    """:class:`MaskGITVQGAN`'s arguments read from the tensor shapes.
 
     Raises:
-        ValueError: a key needed to read them is absent or has an unexpected shape.
+        ValueError: a key needed to read them is absent.
     """
     try:
-        hidden, channels = state["encoder.conv_in.weight"].shape[:2]
+        hidden = state["encoder.conv_in.weight"].shape[0]
         levels = _count(state, "encoder.down.{}.block.0.conv1.weight")
-        outs = [state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(levels)]
-        size, dim = state["quantize.embedding.weight"].shape
-        z = state["encoder.conv_out.weight"].shape[0]
-    except (KeyError, ValueError) as err:  # ValueError: a codebook that is not (size, dim)
-        raise ValueError(f"not a MaskGIT-VQGAN state dict: {err}") from None
-    if not outs or any(c % hidden for c in outs):
-        raise ValueError(f"not a MaskGIT-VQGAN state dict: level channels {outs}, conv_in {hidden}")
-    return {
-        "hidden_channels": hidden,
-        "channel_mult": [c // hidden for c in outs],
-        "num_res_blocks": _count(state, "encoder.down.0.block.{}.conv1.weight"),
-        "z_channels": z,
-        "codebook_size": size,
-        "codebook_dim": dim,
-        "num_channels": channels,
-        "resolution": 16 * 2 ** (levels - 1),
-    }
+        outs = [
+            state[f"encoder.down.{i}.block.0.conv1.weight"].shape[0] for i in range(max(levels, 1))
+        ]
+        return {
+            "hidden_channels": hidden,
+            "channel_mult": [c // hidden for c in outs],
+            "num_res_blocks": _count(state, "encoder.down.0.block.{}.conv1.weight"),
+            "z_channels": state["encoder.conv_out.weight"].shape[0],
+            "codebook_size": state["quantize.embedding.weight"].shape[0],
+        }
+    except KeyError as err:
+        raise ValueError(f"not a MaskGIT-VQGAN state dict: no {err}") from None
 
 
 def load_vqgan(
@@ -426,7 +334,6 @@ def load_vqgan(
     load_strict(model, state, source=str(path), target="the MaskGIT-VQGAN layout", assign=True)
     model.to(device=device, dtype=torch.float32 if dtype is None else dtype)
     model.requires_grad_(False)
-    model.eval()
     logger.info("loaded MaskGIT-VQGAN from %s with config %s", path, config)
     return model
 
