@@ -11,8 +11,9 @@ import pytest
 import torch
 from PIL import Image
 
-from stellar.data.folder import ImageFolder, load_rgb, validate_image_folder
+from stellar.data.folder import ImageFolder, validate_image_folder
 from stellar.data.loader import build_loader
+from stellar.images import load_rgb
 
 S = 64  # canvas side; most test images have their longer side = S so no resampling happens
 
@@ -127,10 +128,11 @@ def test_jpeg_draft_close_to_full_decode(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:400, 0:600]
     arr = np.stack([xx * 255 / 600, yy * 255 / 400, (xx + yy) * 255 / 1000], -1)
     _save(Image.fromarray(arr.astype(np.uint8)), tmp_path / "big.jpg", quality=95)
-    fast = ImageFolder(tmp_path, canvas_size=S, jpeg_draft=True)[0]
-    slow = ImageFolder(tmp_path, canvas_size=S, jpeg_draft=False)[0]
-    assert fast["size"].tolist() == slow["size"].tolist() == [43, S]
-    diff = (fast["canvas"].float() - slow["canvas"].float()).abs()
+    fast = ImageFolder(tmp_path, canvas_size=S)[0]
+    assert fast["size"].tolist() == [43, S]
+    full = Image.open(tmp_path / "big.jpg").convert("RGB").resize((S, 43), Image.Resampling.BICUBIC)
+    slow = torch.from_numpy(np.array(full)).permute(2, 0, 1)
+    diff = (fast["canvas"][:, :43].float() - slow.float()).abs()
     assert diff.mean() < 2.0 and diff.max() < 12
 
 
@@ -187,7 +189,8 @@ def test_broken_files_warn_once_and_are_skipped(
     for path in broken:
         assert sum(str(path) in m for m in messages) == 1
     assert len(messages) == 3
-    assert ds.skipped == 3 and sorted(ds.broken_files) == sorted(broken)
+    assert ds.skipped == 3
+    assert sorted(ds.path(int(i)) for i in ds.broken_mask.nonzero()) == sorted(broken)
 
 
 def test_a_long_run_of_broken_files_never_crashes(tmp_path: Path) -> None:
@@ -235,12 +238,11 @@ def test_one_labelled_folder_check(tmp_path: Path) -> None:
     assert ImageFolder(tmp_path).require_labels("--train") == ["cat", "dog"]
 
 
-def test_validate_and_scan_corrupt(tmp_path: Path) -> None:
+def test_validate_passes_with_one_readable_image(tmp_path: Path) -> None:
     _noise_jpeg(tmp_path / "ok.jpg", 20, 20)
-    broken = _broken_files(tmp_path)
+    _broken_files(tmp_path)
     ds = validate_image_folder(tmp_path, canvas_size=32)
-    assert sorted(ds.scan_corrupt(num_threads=2)) == sorted(broken)
-    assert ds.skipped == 3
+    assert ds.skipped == 3  # all four probed; the broken ones are marked for later passes
 
 
 def test_broken_marks_shared_with_workers(tmp_path: Path) -> None:

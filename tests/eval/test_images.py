@@ -144,8 +144,6 @@ def test_bad_input_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="image file or a folder"):
         EvalImages([tmp_path / "missing.jpg"], 8)
     _solid(tmp_path / "a.png")
-    with pytest.raises(ValueError, match="resize_ratio"):
-        EvalImages(tmp_path, 8, resize_ratio=0.5)
     with pytest.raises(ValueError, match="resolution"):
         EvalImages(tmp_path, 0)
     with pytest.raises(ValueError, match="batch_size"):

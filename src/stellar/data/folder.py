@@ -19,8 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Iterable, Sequence
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +29,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from stellar.errors import UsageError
-from stellar.images import exif_orientation, load_rgb, resize_centre_crop, to_tensor, upright
+from stellar.images import load_rgb, resize_centre_crop, to_tensor
 
 __all__ = [
     "IMG_EXTENSIONS",
@@ -38,11 +37,7 @@ __all__ = [
     "CentreCropView",
     "EvalImages",
     "ImageFolder",
-    "exif_orientation",
     "find_images",
-    "load_rgb",
-    "scan_images",
-    "upright",
     "validate_image_folder",
 ]
 
@@ -50,26 +45,7 @@ logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]
 
-IMG_EXTENSIONS: tuple[str, ...] = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".bmp",
-    ".webp",
-    ".tif",
-    ".tiff",
-    ".gif",
-    ".ppm",
-)
-
-
-def _normalise_extensions(extensions: Iterable[str]) -> tuple[str, ...]:
-    if isinstance(extensions, str):
-        extensions = (extensions,)
-    exts = tuple(sorted({("." + e.lower().lstrip(".")) for e in extensions if e.strip(".")}))
-    if not exts:
-        raise ValueError(f"expected at least one file extension such as '.jpg', got {extensions!r}")
-    return exts
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
 def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
@@ -98,31 +74,24 @@ def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
     return found
 
 
-def find_images(root: PathLike, extensions: Iterable[str] = IMG_EXTENSIONS) -> list[Path]:
-    """Image files under ``root``, recursively, in :func:`scan_images` order."""
-    exts = _normalise_extensions(extensions)
-    return [Path(root) / rel for rel in scan_images(Path(root), exts)]
+def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) -> list[Path]:
+    """Image files under ``root`` (lower-case ``extensions``), in :func:`scan_images` order."""
+    return [Path(root) / rel for rel in scan_images(Path(root), extensions)]
 
 
 class CanvasView:
     """Training view: longer side resized (PIL bicubic, antialiased) to ``size``, keeping the
-    aspect ratio, pasted at the top-left of a zero ``size`` x ``size`` canvas.
-
-    Args:
-        size: canvas side.
-        jpeg_draft: let the JPEG decoder downscale large photos by a power of two first (both
-            sides stay >= ``size``); faster, marginally softer.
+    aspect ratio, pasted at the top-left of a zero ``size`` x ``size`` canvas. Large JPEGs are
+    first downscaled by the decoder's draft mode (both sides stay >= ``size``).
     """
 
-    def __init__(self, size: int = 256, jpeg_draft: bool = True) -> None:
-        if int(size) < 1:
-            raise ValueError(f"expected canvas_size >= 1, got {size}")
-        self.size, self.jpeg_draft = int(size), bool(jpeg_draft)
+    def __init__(self, size: int = 256) -> None:
+        self.size = int(size)
 
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
         """``canvas`` (3, S, S) uint8 and ``size`` (2,) int64, the valid (h, w) at the top-left."""
         s = self.size
-        img = load_rgb(path, max_side=s if self.jpeg_draft else None)
+        img = load_rgb(path, max_side=s)
         w, h = img.size
         k = s / max(w, h)
         nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
@@ -146,17 +115,13 @@ class CentreCropView:
     """
 
     def __init__(self, resolution: int, resize_ratio: float = 256 / 224, crop: bool = True) -> None:
-        if int(resolution) < 1:
+        if int(resolution) < 1:  # else every image would be skipped as broken
             raise ValueError(f"expected resolution >= 1, got {resolution}")
-        if crop and resize_ratio < 1:
-            raise ValueError(
-                f"expected resize_ratio >= 1 with crop=True (the crop must fit), got {resize_ratio}"
-            )
         self.resolution, self.resize_ratio, self.crop = int(resolution), float(resize_ratio), crop
 
     @property
     def short_side(self) -> int:
-        """The shorter side after the first resize (``crop=True``)."""
+        """The shorter side after the first resize (``crop=True``; a ratio < 1 counts as 1)."""
         return max(self.resolution, round(self.resolution * self.resize_ratio))
 
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
@@ -202,10 +167,8 @@ class ImageFolder(Dataset):
         source: a folder (scanned recursively, labelled by its class sub-folders), an image
             file, or a sequence of files and folders (labels -1).
         canvas_size: side of the :class:`CanvasView` used when ``view`` is None.
-        extensions: accepted file extensions (case-insensitive).
-        jpeg_draft: the default view's JPEG draft decoding.
         view: what an item holds besides ``label``, ``index`` and ``path``: a callable of the
-            file path (default: ``CanvasView(canvas_size, jpeg_draft)``).
+            file path (default: ``CanvasView(canvas_size)``).
 
     The broken-file marks live in a shared-memory tensor, so the DataLoader workers of one
     process see each other's marks: each broken file warns once per process (a simultaneous
@@ -217,21 +180,14 @@ class ImageFolder(Dataset):
     """
 
     def __init__(
-        self,
-        source: PathLike | Sequence[PathLike],
-        canvas_size: int = 256,
-        extensions: Iterable[str] = IMG_EXTENSIONS,
-        jpeg_draft: bool = True,
-        *,
-        view: Any = None,
+        self, source: PathLike | Sequence[PathLike], canvas_size: int = 256, *, view: Any = None
     ) -> None:
-        self.extensions = _normalise_extensions(extensions)
-        self.view = view if view is not None else CanvasView(canvas_size, jpeg_draft)
-        self.root, files = _collect(source, self.extensions)
+        self.view = view if view is not None else CanvasView(canvas_size)
+        self.root, files = _collect(source, IMG_EXTENSIONS)
         if not files:
-            where = str(self.root) if self.root is not None else f"{source!s}"
             raise UsageError(
-                f"expected image files ({' '.join(self.extensions)}) under {where!r}, found none"
+                f"expected image files ({' '.join(IMG_EXTENSIONS)}) under {str(source)!r}, "
+                "found none"
             )
         # One numpy buffer instead of a list of str: avoids copy-on-read growth in workers.
         self._paths = np.array([os.fsencode(p) for p in files], dtype=np.bytes_)
@@ -243,11 +199,11 @@ class ImageFolder(Dataset):
                 self.classes = sorted(set(firsts))
                 index = {c: k for k, c in enumerate(self.classes)}
                 labels = [index[f] for f in firsts]
-        self.class_to_idx: dict[str, int] = {c: k for k, c in enumerate(self.classes)}
         self.labels = torch.tensor(labels, dtype=torch.int64)
-        self._broken = torch.zeros(len(files), dtype=torch.uint8)
+        # (N,) uint8, 1 for each file found broken so far
+        self.broken_mask = torch.zeros(len(files), dtype=torch.uint8)
         try:
-            self._broken.share_memory_()
+            self.broken_mask.share_memory_()
         except RuntimeError:  # no usable shared memory: marks stay per process
             logger.debug("shared memory unavailable; broken-file marks are per worker")
 
@@ -267,17 +223,7 @@ class ImageFolder(Dataset):
     @property
     def skipped(self) -> int:
         """Number of files found broken so far (by this process and its workers)."""
-        return int(self._broken.sum())
-
-    @property
-    def broken_mask(self) -> torch.Tensor:
-        """(N,) uint8, 1 for each file found broken so far (shared with the workers)."""
-        return self._broken
-
-    @property
-    def broken_files(self) -> list[Path]:
-        """Paths of the files found broken so far."""
-        return [self.path(int(i)) for i in torch.nonzero(self._broken).flatten()]
+        return int(self.broken_mask.sum())
 
     def require_labels(self, what: str) -> list[str]:
         """The class names, after checking that every image has one and there are >= 2.
@@ -299,77 +245,24 @@ class ImageFolder(Dataset):
             )
         return list(self.classes)
 
-    def _mark_broken(self, index: int, err: BaseException) -> None:
-        if not self._broken[index]:
-            self._broken[index] = 1
-            logger.warning(
-                "skipping unreadable image %s (%s: %s)", self.path(index), type(err).__name__, err
-            )
-
     def __getitem__(self, index: int) -> dict[str, Any] | None:
         """Item ``index``: the view's tensors, ``label`` and ``index`` (int64 scalars, label -1
         without class folders) and ``path`` (str); ``None`` for a broken file."""
-        n = len(self)
-        i = int(index)
-        if not -n <= i < n:
-            raise IndexError(f"index {index} out of range for {n} images")
-        i %= n
-        if self._broken[i]:
+        i = range(len(self))[index]  # IndexError out of range; negative indices count back
+        if self.broken_mask[i]:
             return None
         try:
-            item: dict[str, Any] = self._view(i)
+            item: dict[str, Any] = dict(self.view(self.path(i)))
         except Exception as err:  # noqa: BLE001 - any decode failure means "skip this file"
-            self._mark_broken(i, err)
+            self.broken_mask[i] = 1
+            logger.warning(
+                "skipping unreadable image %s (%s: %s)", self.path(i), type(err).__name__, err
+            )
             return None
         item["label"] = self.labels[i].clone()
         item["index"] = torch.tensor(i, dtype=torch.int64)
         item["path"] = str(self.path(i))
         return item
-
-    def _view(self, index: int) -> dict[str, Any]:
-        return dict(self.view(self.path(index)))
-
-    def check(self, index: int) -> bool:
-        """Fully decode file ``index``; mark it broken (one warning) if that fails."""
-        if self._broken[index]:
-            return False
-        try:
-            load_rgb(self.path(index))
-        except Exception as err:  # noqa: BLE001
-            self._mark_broken(index, err)
-            return False
-        return True
-
-    def scan_corrupt(self, num_threads: int = 8) -> list[Path]:
-        """Decode every file once (threads; PIL releases the GIL) and return the broken ones.
-
-        Optional: costs a full pass over the data. Found files are marked, so later passes
-        skip them without retrying.
-        """
-        with ThreadPoolExecutor(max_workers=max(1, int(num_threads))) as pool:
-            list(pool.map(self.check, range(len(self))))
-        return self.broken_files
-
-    def validate(self, probe: int = 8) -> None:
-        """Cheap start-up check: at least one of ``probe`` evenly spaced files decodes.
-
-        Raises:
-            ValueError: none of the probed files is a readable image.
-        """
-        n = len(self)
-        picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(max(1, probe), n))})
-        if not any(self.check(k) for k in picks):
-            raise UsageError(
-                f"expected readable images under {str(self.root)!r}: none of {len(picks)} "
-                f"probed files decodes (e.g. {self.path(picks[0])})"
-            )
-
-    def extra_repr(self) -> str:
-        src = str(self.root) if self.root is not None else f"{len(self)} files"
-        return f"{src!r}, n={len(self)}, classes={len(self.classes)}"
-
-    def __repr__(self) -> str:
-        return f"{type(self).__name__}({self.extra_repr()})"
 
 
 class EvalImages(ImageFolder):
@@ -379,7 +272,6 @@ class EvalImages(ImageFolder):
     Args:
         paths_or_root: as ``source`` of :class:`ImageFolder`.
         resolution, resize_ratio, crop: the :class:`CentreCropView`.
-        extensions: accepted file extensions.
     """
 
     def __init__(
@@ -388,42 +280,25 @@ class EvalImages(ImageFolder):
         resolution: int,
         resize_ratio: float = 256 / 224,
         crop: bool = True,
-        extensions: Iterable[str] = IMG_EXTENSIONS,
     ) -> None:
-        view = CentreCropView(resolution, resize_ratio, crop)  # checks the sizes before a scan
-        super().__init__(paths_or_root, extensions=extensions, view=view)
+        view = CentreCropView(resolution, resize_ratio, crop)
+        super().__init__(paths_or_root, view=view)
         self.resolution, self.resize_ratio, self.crop = view.resolution, view.resize_ratio, crop
-
-    @property
-    def short_side(self) -> int:
-        """The shorter side after the first resize (``crop=True``)."""
-        return self.view.short_side
-
-    def load(self, index: int) -> torch.Tensor:
-        """Decode and transform file ``index`` -> (3, R, R) float32 in [0, 1]; raises on failure."""
-        return self.view(self.path(index))["image"]
-
-    def _view(self, index: int) -> dict[str, Any]:
-        return {"image": self.load(index)}
-
-    def extra_repr(self) -> str:
-        return (
-            f"{super().extra_repr()}, resolution={self.resolution}, "
-            f"resize_ratio={self.resize_ratio:.4g}, crop={self.crop}"
-        )
 
 
 def validate_image_folder(root: PathLike, probe: int = 8, **kwargs: Any) -> ImageFolder:
-    """Build an :class:`ImageFolder` and check that it holds decodable images.
-
-    Args:
-        root: folder to scan.
-        probe: number of evenly spaced files to try decoding.
-        **kwargs: forwarded to :class:`ImageFolder`.
+    """An :class:`ImageFolder` of ``root`` (``kwargs`` passed on), checked cheaply at start-up:
+    at least one of ``probe`` evenly spaced files decodes (the others found broken are marked).
 
     Raises:
         ValueError: no image file, or none of the probed files decodes.
     """
     dataset = ImageFolder(root, **kwargs)
-    dataset.validate(probe)
+    n = len(dataset)
+    picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(max(1, probe), n))})
+    if all(dataset[k] is None for k in picks):
+        raise UsageError(
+            f"expected readable images under {str(root)!r}: none of {len(picks)} "
+            f"probed files decodes (e.g. {dataset.path(picks[0])})"
+        )
     return dataset

@@ -28,8 +28,9 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.data.folder import IMG_EXTENSIONS, exif_orientation, find_images, upright
+from stellar.data.folder import IMG_EXTENSIONS, find_images
 from stellar.errors import UsageError
+from stellar.images import exif_orientation, upright
 from stellar.progress import progress_bar
 
 __all__ = [
