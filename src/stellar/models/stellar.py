@@ -82,25 +82,7 @@ class STELLAR(nn.Module):
             head = dict(hidden_dim=config.predictor_hidden_dim, proto_dim=config.prototype_dim)
             self.clustering_head = OnlineClustering(d, config.num_clusters, **head)
             self.cls_cluster_head = OnlineClustering(d, config.num_clusters, **head)
-        # The submodules initialised themselves when built; only STELLAR's own are left.
-        self._init_own_parameters()
-
-    # ------------------------------------------------------------------ initialisation
-    def init_weights(self) -> None:
-        """Re-initialise every learned parameter; each part owns its rule.
-
-        The encoder, decoder and clustering heads apply their own ``init_weights`` (HF-ViT
-        style: truncated normal, std 0.02, zero biases; prototypes N(0, 1)); the two
-        factorization projections are initialised the same way and the concept tokens
-        N(0, 1)·d^-0.5. The frozen tokenizer is never touched.
-        """
-        for part in (self.encoder, self.decoder, self.clustering_head, self.cls_cluster_head):
-            if part is not None:
-                part.init_weights()
-        self._init_own_parameters()
-
-    def _init_own_parameters(self) -> None:
-        d = self.sparse_tokens.shape[1]
+        # The submodules initialise themselves when built (HF-ViT rules); these are STELLAR's.
         with torch.no_grad():
             self.sparse_tokens.normal_().mul_(d**-0.5)
         init_vit_layers_(self.dense_proj)
@@ -363,12 +345,10 @@ class STELLAR(nn.Module):
                     return encoded["lowrank"]
                 raise UsageError("reconstruct(dict) needs its 'sparse' and 'spatial' entries")
             encoded, spatial = encoded["sparse"], encoded["spatial"]
-        if spatial is None:
-            raise ValueError("reconstruct(sparse, spatial) needs the spatial maps too")
-        if spatial.ndim != 3 or encoded.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
+        if spatial is None or spatial.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
             raise ValueError(
-                f"expected sparse (B, r, d) and spatial (B, n, r), got {tuple(encoded.shape)} "
-                f"and {tuple(spatial.shape)}"
+                f"reconstruct(sparse, spatial) expects sparse (B, r, d) and spatial (B, n, r), "
+                f"got {tuple(encoded.shape)} and {spatial if spatial is None else spatial.shape}"
             )
         return (spatial.float() @ encoded.float()).to(encoded.dtype)
 
