@@ -194,7 +194,7 @@ def make_loader(
 ) -> EpochLoader:
     """A sequential loader that leaves broken files out (and skips batches of only those)."""
     return build_loader(
-        dataset, batch_size, num_workers, shuffle=False, drop_last=False, distributed=False,
+        dataset, batch_size, num_workers, shuffle=False, drop_last=False,
         pin_memory=pin_memory, persistent_workers=False,
     )  # fmt: skip
 

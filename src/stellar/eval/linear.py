@@ -187,7 +187,7 @@ def train_linear_augmented(
     val_y = class_indices(val.classes, val.y, classes)
     loader = build_loader(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
-        distributed=False, pin_memory=device.type == "cuda",
+        pin_memory=device.type == "cuda",
     )  # fmt: skip
     probe = seeded(partial(LinearProbe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
