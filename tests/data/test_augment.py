@@ -12,16 +12,20 @@ from PIL import Image, ImageEnhance
 
 from stellar.data.augment import MultiViewAugment, random_resized_crop
 from stellar.data.color import (
+    ColorAugment,
     adjust_contrast,
     adjust_hue,
     adjust_saturation,
-    color_blur,
     gaussian_blur,
     rgb_to_grayscale,
 )
 from stellar.losses.objective import ViewPlan
 
 NO_COLOR = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}
+
+
+def color_blur(x: torch.Tensor, generator: torch.Generator, **settings) -> torch.Tensor:
+    return ColorAugment(**settings)(x, generator)
 
 
 def _gen(seed: int = 0) -> torch.Generator:

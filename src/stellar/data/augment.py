@@ -344,9 +344,3 @@ class MultiViewAugment(nn.Module):
             "global_views": global_views,
             "local_views": local_views,
         }
-
-    def extra_repr(self) -> str:
-        return (
-            f"global={self.n_global}x{self.global_size} {self.global_scale}, "
-            f"local={self.n_local}x{self.local_size} {self.local_scale}"
-        )

@@ -1,7 +1,6 @@
 """Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur.
 
-:class:`ColorAugment` holds the settings and applies them; :func:`color_blur` is its
-functional form.
+:class:`ColorAugment` holds the settings and applies them.
 
 Semantics follow torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``; every
 operation works on a whole batch with per-sample random parameters drawn at once from an
@@ -12,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -24,7 +22,6 @@ __all__ = [
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
-    "color_blur",
     "gaussian_blur",
     "rgb_to_grayscale",
 ]
@@ -174,15 +171,7 @@ class ColorAugment:
     blur_kernel: int = 9
     blur_sigma: Sequence[float] = (0.1, 2.0)
 
-    def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment ``views`` (N, 3, H, W), float in [0, 1]; same shape and dtype out.
-
-        ``generator``: source of randomness (on any device); None uses the global RNG.
-        """
-        if views.ndim != 4 or views.shape[1] != 3:
-            raise ValueError(f"expected views of shape (N, 3, H, W), got {tuple(views.shape)}")
-        if not views.is_floating_point():
-            raise ValueError(f"expected floating-point views in [0, 1], got {views.dtype}")
+    def __post_init__(self) -> None:
         probabilities = {"jitter_p": self.jitter_p, "gray_p": self.gray_p, "blur_p": self.blur_p}
         for name, p in probabilities.items():
             if not 0.0 <= p <= 1.0:
@@ -193,7 +182,16 @@ class ColorAugment:
             _jitter_range(self.saturation, "saturation", 1.0),
             _jitter_range(self.hue, "hue", 0.0),
         )
-        sig_lo, sig_hi = _pair(self.blur_sigma, "blur_sigma")
+        # checked once here, not on every call (the training step's hot path)
+        object.__setattr__(self, "_ranges", ranges)
+        object.__setattr__(self, "_sigma", _pair(self.blur_sigma, "blur_sigma"))
+
+    def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``views`` (N, 3, H, W), float in [0, 1]; same shape and dtype out.
+
+        ``generator``: source of randomness (on any device); None uses the global RNG.
+        """
+        ranges, (sig_lo, sig_hi) = self._ranges, self._sigma
         n = views.shape[0]
         x = views.float()
         u = _uniform((n, 8), generator, x.device)
@@ -219,8 +217,3 @@ class ColorAugment:
             blurred = gaussian_blur(x, sigma, self.blur_kernel).clamp(0.0, 1.0)
             x = sel(u[:, 6] < self.blur_p, blurred, x)
         return x.to(views.dtype)
-
-
-def color_blur(views: Tensor, generator: torch.Generator | None = None, **settings: Any) -> Tensor:
-    """:class:`ColorAugment` with ``settings`` (its fields; the rest keep their defaults)."""
-    return ColorAugment(**settings)(views, generator)
