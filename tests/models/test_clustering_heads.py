@@ -101,8 +101,3 @@ def test_prototype_layer_fp32_under_autocast_and_bf16_params() -> None:
     torch.testing.assert_close(logits, expected, atol=1e-6, rtol=0)
     logits.sum().backward()
     assert head.layer.weight.grad is not None and head.layer.weight.grad.dtype == torch.bfloat16
-
-
-def test_rejects_wrong_width() -> None:
-    with pytest.raises(ValueError, match="16"):
-        OnlineClustering(16, 8, hidden_dim=8, proto_dim=4)(torch.randn(2, 15))

@@ -218,9 +218,7 @@ def test_the_tokenizer_by_name(hf_hub, tmp_path):
 
     with pytest.raises(FileNotFoundError, match="`hf download fun-research/TiTok maskgit-vqgan"):
         load_vqgan("maskgit-vqgan")
-    small = MaskGITVQGAN(
-        hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32
-    )
+    small = MaskGITVQGAN(hidden_channels=32, channel_mult=(1, 2), num_res_blocks=1, z_channels=32)
     torch.save(small.state_dict(), tmp_path / "vq.bin")
     hf_hub.put("fun-research/TiTok", "maskgit-vqgan-imagenet-f16-256.bin", tmp_path / "vq.bin")
     tokenizer = load_vqgan("maskgit-vqgan")

@@ -45,7 +45,7 @@ class OnlineClustering(nn.Module):
     """Predictor MLP, L2 normalisation, then bias-free prototypes giving fp32 cluster logits.
 
     State-dict keys follow the official checkpoints: ``predictor.layers.{0,2}.{weight,bias}``
-    and ``layer.weight`` (K, proto_dim). Initialisation (:meth:`init_weights`): the predictor's
+    and ``layer.weight`` (K, proto_dim). Initialisation: the predictor's
     Linear weights truncated normal (std 0.02) with zero biases, like the rest of the model;
     the prototypes N(0, 1).
 
@@ -65,19 +65,8 @@ class OnlineClustering(nn.Module):
         self, in_dim: int, out_dim: int, hidden_dim: int = 2048, proto_dim: int = 256
     ) -> None:
         super().__init__()
-        if min(in_dim, out_dim, hidden_dim, proto_dim) < 1:
-            raise ValueError(
-                "OnlineClustering expects positive in_dim, out_dim, hidden_dim, proto_dim, got "
-                f"{in_dim}, {out_dim}, {hidden_dim}, {proto_dim}"
-            )
-        self.in_dim = in_dim
-        self.out_dim = out_dim
         self.predictor = _Predictor(in_dim, hidden_dim, proto_dim)
         self.layer = nn.Linear(proto_dim, out_dim, bias=False)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """Predictor: truncated normal (std 0.02), zero biases; prototypes: N(0, 1)."""
         init_vit_layers_(self.predictor)
         nn.init.normal_(self.layer.weight, mean=0.0, std=1.0)
 
@@ -90,8 +79,6 @@ class OnlineClustering(nn.Module):
         Returns:
             (..., out_dim) fp32 logits.
         """
-        if x.shape[-1] != self.in_dim:
-            raise ValueError(f"OnlineClustering expects (..., {self.in_dim}), got {tuple(x.shape)}")
         first = self.predictor.layers[0].weight
         if not _autocast_enabled(x.device.type) and x.dtype != first.dtype:
             x = x.to(first.dtype)

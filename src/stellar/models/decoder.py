@@ -12,7 +12,7 @@ from stellar.models.init import init_vit_layers_
 class ReconstructionDecoder(Transformer):
     """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head.
 
-    Initialisation (:meth:`init_weights`): truncated normal (std 0.02) Linear weights (the vq
+    Initialisation: truncated normal (std 0.02) Linear weights (the vq
     head's too), zero biases, unit LayerNorms; the pixel head's ConvTranspose2d keeps PyTorch's
     default and the Fourier matrix is a fixed N(0, 1) buffer.
 
@@ -41,11 +41,6 @@ class ReconstructionDecoder(Transformer):
         super().__init__(
             cfg.hidden_size, depth, cfg.num_attention_heads, cfg.intermediate_size, eps=eps
         )
-        if 2 * fourier_features != cfg.hidden_size:
-            raise ValueError(
-                f"the Fourier encoding is {2 * fourier_features} wide but the decoder is "
-                f"{cfg.hidden_size} wide"
-            )
         self.head_type = head
         self.proj = nn.Linear(in_dim, cfg.hidden_size)
         self.fourier = FourierPositionEncoding(fourier_features)
@@ -53,10 +48,6 @@ class ReconstructionDecoder(Transformer):
             self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, patch_size, stride=patch_size)
         else:
             self.head = nn.Linear(cfg.hidden_size, codebook_size)
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """(Re-)initialise the learned parameters (the Fourier buffer stays)."""
         init_vit_layers_(self)
 
     def forward(self, lowrank: Tensor, grid: tuple[int, int]) -> dict[str, Tensor]:

@@ -18,7 +18,7 @@ class ViTEncoder(Transformer):
     get no position embedding; the final LayerNorm applies to every output token.
     With ``checkpoint_blocks`` set, each block's activations are recomputed in the backward
     pass instead of kept (activation checkpointing; only while gradients are recorded).
-    Initialisation (:meth:`init_weights`): truncated normal (std 0.02) for the patch embedding,
+    Initialisation: truncated normal (std 0.02) for the patch embedding,
     the block Linears, the CLS token and the position embeddings; zero biases; unit LayerNorms.
     """
 
@@ -37,10 +37,6 @@ class ViTEncoder(Transformer):
         self.cls_token = nn.Parameter(torch.zeros(1, 1, d))
         self.pos_embed = nn.Parameter(torch.zeros(1, 1 + cfg.grid_size**2, d))
         self.checkpoint_blocks = False
-        self.init_weights()
-
-    def init_weights(self) -> None:
-        """(Re-)initialise every parameter of the encoder."""
         init_vit_layers_(self)
         nn.init.trunc_normal_(self.cls_token, std=INIT_STD)
         nn.init.trunc_normal_(self.pos_embed, std=INIT_STD)
