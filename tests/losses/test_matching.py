@@ -99,11 +99,3 @@ def test_bf16_inputs_give_fp32() -> None:
 def test_validation() -> None:
     with pytest.raises(ValueError, match="multiple"):
         sinkhorn_match(torch.randn(5, 3, 4), torch.randn(2, 3, 4))
-    with pytest.raises(ValueError, match="same d"):
-        sinkhorn_match(torch.randn(4, 3, 4), torch.randn(2, 3, 5))
-    with pytest.raises(ValueError, match="eps"):
-        sinkhorn_match(torch.randn(4, 3, 4), torch.randn(2, 3, 4), eps=0.0)
-    with pytest.raises(ValueError, match="match_index"):
-        set_alignment_loss(torch.randn(4, 3, 8), torch.rand(2, 3, 8), torch.zeros(4, 2).long())
-    with pytest.raises(ValueError, match="target_assignments"):
-        set_alignment_loss(torch.randn(4, 3, 8), torch.rand(2, 3, 7), torch.zeros(4, 3).long())

@@ -11,6 +11,8 @@ from torch import Tensor
 __all__ = ["add_masks", "num_kept", "random_masking"]
 
 FOCAL_MODES = ("gaussian", "block", None)
+# The Gaussian focus's sigma, uniform in this range (a fraction of the grid side).
+SIGMA_RANGE = (0.1, 0.5)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
@@ -48,7 +50,6 @@ def random_masking(
     mask_ratio: float = 0.8,
     focal_mode: str | None = "gaussian",
     focal_prob: float = 0.5,
-    sigma_range: tuple[float, float] = (0.1, 0.5),
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
@@ -60,7 +61,7 @@ def random_masking(
 
     - ``"gaussian"``: the row's noise is lowered by ``exp(-||c - c0||^2 / (2 sigma^2))``, with
       patch centres ``c = ((i + 0.5) / grid_h, (j + 0.5) / grid_w)`` in unit coordinates, a
-      centre ``c0`` uniform in the unit square and ``sigma`` uniform in ``sigma_range``
+      centre ``c0`` uniform in the unit square and ``sigma`` uniform in ``SIGMA_RANGE``
       (a fraction of the grid side), so the kept patches cluster around ``c0``.
     - ``"block"``: the row keeps a block at a uniformly random position. When ``n_keep = s^2``
       (and s fits the grid) the block is the s x s square; otherwise it is the smallest
@@ -79,24 +80,15 @@ def random_masking(
         mask_ratio: Fraction of patches dropped, in [0, 1).
         focal_mode: ``"gaussian"``, ``"block"`` or None.
         focal_prob: Probability that a row is focal, in [0, 1].
-        sigma_range: (low, high) of the Gaussian sigma as a fraction of the grid side.
         generator: Optional torch generator (on ``device``) for reproducibility.
         device: Device of the result.
 
     Returns:
         (batch_size, n_keep) int64 raster indices of kept patches, ascending in each row.
     """
-    if batch_size < 1 or grid_h < 1 or grid_w < 1:
-        raise ValueError(
-            f"expected positive batch_size, grid_h, grid_w, got {batch_size}, {grid_h}, {grid_w}"
-        )
-    if focal_mode not in FOCAL_MODES:
+    if focal_mode not in FOCAL_MODES:  # any other name would silently mean "block"
         raise ValueError(f"focal_mode must be one of {FOCAL_MODES}, got {focal_mode!r}")
-    if not 0.0 <= focal_prob <= 1.0:
-        raise ValueError(f"focal_prob must be in [0, 1], got {focal_prob}")
-    lo, hi = sigma_range
-    if not 0.0 < lo <= hi:
-        raise ValueError(f"sigma_range must satisfy 0 < low <= high, got {sigma_range}")
+    lo, hi = SIGMA_RANGE
     n = grid_h * grid_w
     n_keep = num_kept(n, mask_ratio)
     if device is None and generator is not None:

@@ -15,18 +15,14 @@ from stellar.losses.clustering import cross_entropy_soft
 __all__ = ["gather_matched", "set_alignment_loss", "sinkhorn_match"]
 
 
-def _views_per_image(n_pred: int, n_images: int) -> int:
+def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
+    # a count that is not a multiple would silently pair views with the wrong images
     if n_images < 1 or n_pred % n_images != 0:
         raise ValueError(
             f"expected the number of predicted views ({n_pred}) to be a multiple of the "
             f"number of target images ({n_images})"
         )
-    return n_pred // n_images
-
-
-def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
-    views = _views_per_image(n_pred, n_images)
-    return torch.arange(n_pred, device=device) // views
+    return torch.arange(n_pred, device=device) // (n_pred // n_images)
 
 
 @torch.no_grad()
@@ -54,13 +50,6 @@ def sinkhorn_match(
         index: (P, r) int64 index of the matched target token, in [0, r_t).
         plan: (P, r, r_t) fp32 transport plan (columns sum to 1), detached.
     """
-    if preds.ndim != 3 or targets.ndim != 3 or preds.shape[-1] != targets.shape[-1]:
-        raise ValueError(
-            "sinkhorn_match expects preds (P, r, d) and targets (B, r_t, d) with the same d, "
-            f"got {tuple(preds.shape)} and {tuple(targets.shape)}"
-        )
-    if eps <= 0 or n_iterations < 1:
-        raise ValueError(f"expected eps > 0 and n_iterations >= 1, got {eps}, {n_iterations}")
     img = _image_of_view(preds.shape[0], targets.shape[0], preds.device)
     with torch.autocast(device_type=preds.device.type, enabled=False):
         p = preds.detach().float()
@@ -87,11 +76,6 @@ def gather_matched(targets: torch.Tensor, match_index: torch.Tensor) -> torch.Te
     Returns:
         (P, r, ...) gathered targets (differentiable w.r.t. ``targets``).
     """
-    if targets.ndim < 2 or match_index.ndim != 2:
-        raise ValueError(
-            "gather_matched expects targets (B, r_t, ...) and match_index (P, r), got "
-            f"{tuple(targets.shape)} and {tuple(match_index.shape)}"
-        )
     img = _image_of_view(match_index.shape[0], targets.shape[0], match_index.device)
     return targets[img.unsqueeze(1), match_index.long()]
 
@@ -116,16 +100,6 @@ def set_alignment_loss(
     Returns:
         Scalar fp32 loss.
     """
-    if pred_logits.ndim != 3 or pred_logits.shape[:2] != match_index.shape:
-        raise ValueError(
-            "set_alignment_loss expects pred_logits (P, r, K) and match_index (P, r), got "
-            f"{tuple(pred_logits.shape)} and {tuple(match_index.shape)}"
-        )
-    if target_assignments.ndim != 3 or target_assignments.shape[-1] != pred_logits.shape[-1]:
-        raise ValueError(
-            "set_alignment_loss expects target_assignments (B, r_t, K) with the K of "
-            f"pred_logits, got {tuple(target_assignments.shape)}"
-        )
     return cross_entropy_soft(
         pred_logits, gather_matched(target_assignments.detach(), match_index), temp
     )
