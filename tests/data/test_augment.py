@@ -123,16 +123,10 @@ def test_crop_parameter_distribution() -> None:
     assert len(torch.unique(p["top"])) > 20 and len(torch.unique(p["left"])) > 20
 
 
-def test_crop_rejects_bad_input() -> None:
+def test_crop_rejects_bad_scale() -> None:
     canvas = torch.rand(2, 3, 16, 16)
-    with pytest.raises(ValueError, match="size"):
-        random_resized_crop(canvas, torch.tensor([[16, 17], [4, 4]]), 8, 1)
-    with pytest.raises(ValueError, match="size"):
-        random_resized_crop(canvas, torch.tensor([[16, 16]]), 8, 1)
     with pytest.raises(ValueError, match="scale"):
         random_resized_crop(canvas, torch.tensor([[16, 16], [4, 4]]), 8, 1, scale=(0.5, 0.2))
-    with pytest.raises(ValueError, match="canvas"):
-        random_resized_crop(canvas.long(), torch.tensor([[16, 16], [4, 4]]), 8, 1)
 
 
 def test_color_p0_identity_and_partial_selection() -> None:
@@ -246,8 +240,6 @@ def test_multiview_color_contract() -> None:
 
 
 def test_multiview_rejects_unusable_settings_when_built() -> None:
-    with pytest.raises(ValueError, match="flip_p"):
-        MultiViewAugment(16, 8, flip_p=2.0)
     with pytest.raises(ValueError, match="global_scale .* <= 1"):
         MultiViewAugment(16, 8, global_scale=(0.5, 3.0))
     with pytest.raises(ValueError, match="larger than 4 px for kernel 9"):
