@@ -7,7 +7,7 @@ import pytest
 from PIL import Image
 
 from stellar import create_stellar
-from stellar.data.folder import EvalImages
+from stellar.data.folder import CentreCropView, EvalImages
 from stellar.demo.figures import photo_figure, sample_photos
 
 
@@ -38,16 +38,16 @@ def test_a_folder_with_fewer_photos_than_rows_shows_them_all(tmp_path, models, c
 
 def test_each_photo_is_decoded_once(tmp_path, models, monkeypatch):
     folder = _photos(tmp_path / "photos", 8)
-    loads: list[int] = []
-    original = EvalImages.load
+    loads: list[str] = []
+    original = CentreCropView.__call__
 
-    def counting_load(self, index):
-        loads.append(int(index))
-        return original(self, index)
+    def counting_view(self, path):
+        loads.append(str(path))
+        return original(self, path)
 
-    monkeypatch.setattr(EvalImages, "load", counting_load)
+    monkeypatch.setattr(CentreCropView, "__call__", counting_view)
     assert photo_figure(models, folder, n=4, size=32) is not None
-    assert sorted(loads) == [0, 2, 4, 6]
+    assert sorted(loads) == [str(p) for p in EvalImages(folder, 32).paths[::2]]
 
 
 def test_unreadable_photos_are_skipped_and_none_means_no_figure(tmp_path, models):
