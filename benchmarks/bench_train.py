@@ -42,8 +42,8 @@ from common import (
 from torch.utils.flop_counter import FlopCounterMode
 
 from stellar.losses.objective import PHASE
+from stellar.runtime import DistInfo
 from stellar.train.config import load_config
-from stellar.train.distributed import DistInfo
 from stellar.train.trainer import Trainer
 
 
