@@ -266,7 +266,10 @@ class Trainer(TrainerCheckpoints):
                         position = start + self.loader.drawn * cfg.batch_size
                         self.step += 1
                         bar.update(1)
-                        if stopped := stop.agreed(self.device, self.dist.enabled):
+                        # Under torchrun the ranks agree at the logging steps, where the loop
+                        # waits for the device anyway; one process checks every step.
+                        check = not self.dist.enabled or self.step % cfg.log_every == 0
+                        if check and (stopped := stop.agreed(self.device, self.dist.enabled)):
                             end = self.step  # log, save and leave as at the last step
                         logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
                         saving = self.step % cfg.ckpt_every == 0 and self.step < end
