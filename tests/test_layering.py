@@ -23,6 +23,7 @@ RANKS: dict[str, int] = {
     "images": 0,
     "progress": 0,
     "schema": 0,
+    "outputs": 0,
     "layers": 1,
     "checkpoint": 2,
     "models": 3,

@@ -58,7 +58,7 @@ def test_a_second_ctrl_c_stops_at_once():
     back to back may reach Python as one, so each is delivered and handled in turn.)"""
     import os
 
-    from stellar.train.runlock import StopRequest
+    from stellar.train.stopping import StopRequest
 
     with StopRequest() as stop:
         os.kill(os.getpid(), signal.SIGINT)

@@ -264,8 +264,8 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
     [
         (["--config", "{bad}"], r"bad.yaml: invalid YAML at line 2"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
-        (["out={file}"], r"out=.*cannot hold a run \(File exists"),
-        (["out={file}/run"], r"out=.*cannot hold a run \(Not a directory"),
+        (["out={file}"], r"out= '.*file' is a file"),
+        (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),
     ],
 )
 def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expected):

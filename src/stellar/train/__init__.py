@@ -11,6 +11,7 @@ from typing import Any, NamedTuple
 from torch import nn
 
 from stellar.errors import UsageError
+from stellar.outputs import output_folder
 from stellar.runtime import setup, teardown
 from stellar.train.config import (
     DEFAULT_PRESET,
@@ -21,7 +22,6 @@ from stellar.train.config import (
     read_yaml,
     resume_changes,
 )
-from stellar.train.runlock import clean_orphaned_temps, run_lock
 from stellar.train.trainer import Trainer
 
 logger = logging.getLogger(__name__)
@@ -81,9 +81,11 @@ def train(
     dist = setup()
     try:
         # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)
-        with run_lock(cfg.out) if dist.is_main else contextlib.nullcontext():
-            if dist.is_main:
-                clean_orphaned_temps(cfg.out)
+        with (
+            output_folder(cfg.out, "stellar train", "out=")
+            if dist.is_main
+            else contextlib.nullcontext()
+        ):
             trainer = Trainer(cfg, dist)
             metrics = trainer.train(resume=resume, overwrite=overwrite)
     finally:

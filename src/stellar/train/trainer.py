@@ -27,6 +27,7 @@ from stellar.data.loader import ResumableSampler, build_loader
 from stellar.errors import UsageError
 from stellar.losses.masking import add_masks
 from stellar.losses.objective import PHASE, StellarObjective
+from stellar.outputs import check_fresh, remove
 from stellar.progress import progress_bar
 from stellar.runtime import DistInfo, autocast, precision_choice, setup
 from stellar.train.build import build_dataset, build_model, param_groups
@@ -34,15 +35,12 @@ from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, PendingScalars
-from stellar.train.runlock import (
-    StopRequest,
-    TrainingStopped,
-    check_fresh_run,
-    delete_run_files,
-)
 from stellar.train.schedule import cosine_lr, ema_momentum
+from stellar.train.stopping import StopRequest, TrainingStopped
 
 logger = logging.getLogger(__name__)
+
+RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard")  # what a run writes
 
 
 class TrainingDiverged(RuntimeError):
@@ -225,9 +223,11 @@ class Trainer(TrainerCheckpoints):
         elif self.cursor is not None:
             epoch, position = self.cursor
         else:
-            old = check_fresh_run(self.out, overwrite)  # on every rank, before any deletes
+            resumable = latest_checkpoint(self.ckpt_dir) is not None
+            hint = "pass --resume (resume=True) to continue it, " if resumable else ""
+            old = check_fresh(self.out, RUN_FILES, overwrite, "a run", hint)  # on every rank
             if self.dist.is_main:
-                delete_run_files(old)
+                remove(old)
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0

@@ -1,0 +1,205 @@
+"""Output folders: the one guard of every folder a job writes (a training run, ``extract``
+shards, a retrieval index, ``eval`` and ``viz`` results, the explorer's cache).
+
+- :func:`output_folder` holds a folder for a job: created, writable, locked for the whole job
+  (``fcntl.flock`` on ``.lock``, which the kernel releases when the process ends, however it
+  ends, so a killed job never leaves a stale lock), and cleared of the temporary files a killed
+  job left (our :func:`atomic_write`'s and the safetensors writer's own).
+- :func:`check_fresh` and :func:`remove` are the fresh / overwrite rule: a job refuses a
+  folder that holds another job's files unless told to overwrite them.
+- :func:`atomic_write` is how every file is written: a temporary file in the same folder,
+  fsync, rename; a crash leaves the previous file intact.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+
+from stellar.errors import UsageError
+
+logger = logging.getLogger(__name__)
+
+LOCK_NAME = ".lock"
+# the writers' temporaries: atomic_write's ``.NAME.XXXXXXXX.tmp``, safetensors' ``.tmpXXXXXX``
+TEMPORARIES = (".*.tmp", ".tmp??????")
+_held: dict[Path, int] = {}  # folders this process holds, with how many blocks hold each
+
+
+@contextlib.contextmanager
+def output_folder(path: str | os.PathLike[str], job: str, flag: str = "--out") -> Iterator[Path]:
+    """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
+
+    Re-entrant within a process (a command and the function it calls may both hold it).
+    Temporaries are removed from the folder and two levels of sub-folders.
+
+    Raises:
+        UsageError: ``path`` is a file, lies under one or cannot be written (named with
+            ``flag``), or another live process holds it (named in the message).
+    """
+    folder = Path(path)
+    key = folder.resolve()
+    if key in _held:
+        _held[key] += 1
+        try:
+            yield folder
+        finally:
+            _held[key] -= 1
+        return
+    fd = _open_lock(folder, flag)
+    try:
+        _lock(fd, folder, job)
+        _held[key] = 1
+        try:
+            _clean_temporaries(folder)
+            yield folder
+        finally:
+            del _held[key]
+    finally:
+        os.close(fd)  # closing the descriptor releases the lock
+
+
+def _open_lock(folder: Path, flag: str) -> int:
+    if folder.exists() and not folder.is_dir():
+        raise UsageError(f"{flag} {str(folder)!r} is a file; expected a folder for the outputs")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        return os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    except OSError as err:  # a path under a file, a read-only place, a full disk
+        raise UsageError(
+            f"{flag} {str(folder)!r} is not a writable folder ({err.strerror}); pass a folder "
+            "you can write to"
+        ) from None
+
+
+def _lock(fd: int, folder: Path, job: str) -> None:
+    try:
+        import fcntl
+    except ImportError:  # no flock (Windows): run unlocked rather than not at all
+        return
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = (folder / LOCK_NAME).read_text(errors="replace").strip() or "another process"
+        raise UsageError(
+            f"{folder} is in use by {holder}; wait for it to finish or pass another folder"
+        ) from None
+    os.ftruncate(fd, 0)
+    command = " ".join(sys.argv)
+    os.write(fd, f"{job} (pid {os.getpid()} on {socket.gethostname()}: {command})\n".encode())
+
+
+def _clean_temporaries(folder: Path) -> None:
+    found = [
+        p
+        for depth in ("", "*/", "*/*/")
+        for pattern in TEMPORARIES
+        for p in folder.glob(depth + pattern)
+        if p.is_file() or p.is_symlink()
+    ]
+    if not found:
+        return
+    size = sum(p.lstat().st_size for p in found)
+    for path in found:
+        path.unlink()
+    logger.info(
+        "removed %d temporary file(s) (%.1f MB) left by an interrupted job in %s",
+        len(found),
+        size / 1e6,
+        folder,
+    )
+
+
+def check_fresh(
+    folder: str | os.PathLike[str],
+    patterns: Iterable[str],
+    overwrite: bool,
+    what: str,
+    continue_hint: str = "",
+) -> list[Path]:
+    """The files of a previous job in ``folder`` (matching the globs ``patterns``), which a
+    fresh job replaces: [] when there are none; delete them with :func:`remove`.
+
+    Raises:
+        UsageError: there are some and ``overwrite`` is False; the message names them, ``what``
+            they are, ``continue_hint`` (how to continue them, if they can be) and the flag.
+    """
+    old = list(dict.fromkeys(p for pattern in patterns for p in sorted(Path(folder).glob(pattern))))
+    if old and not overwrite:
+        names = ", ".join(p.name for p in old[:4]) + (", ..." if len(old) > 4 else "")
+        raise UsageError(
+            f"{folder} already holds {what} ({names}): {continue_hint}pass --overwrite "
+            "(overwrite=True) to replace it, or another folder"
+        )
+    return old
+
+
+def remove(paths: Iterable[Path]) -> None:
+    """Delete what :func:`check_fresh` returned (``overwrite``)."""
+    paths = list(paths)
+    if paths:
+        logger.warning("overwrite: deleting %s", ", ".join(map(str, paths)))
+    for path in paths:
+        if path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path)
+        else:
+            path.unlink()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it where the OS allows (threads keep it)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)  # the only portable read; restrictive while it is swapped
+    os.umask(mask)
+    return mask
+
+
+def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
+    """Write ``path`` through a temporary file in the same folder and an atomic rename.
+
+    A crash mid-write leaves the previous file intact; ``write`` receives the temp path. The
+    file ends up with the mode a plain ``open(path, "w")`` would give it (0o666 & ~umask).
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        with open(tmp, "rb+") as f:
+            # mkstemp creates 0o600 and os.replace keeps the mode, so other users could not
+            # read the result; set it after ``write``, which may have recreated the file.
+            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def fsync_dir(folder: str | os.PathLike[str]) -> None:
+    """Make the renames in ``folder`` durable (a power cut could otherwise undo them)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # e.g. Windows cannot open a directory: renames there are not fsync-able
+        return
+    try:
+        os.fsync(fd)
+    except OSError:  # some filesystems refuse fsync on directories; nothing more to do
+        pass
+    finally:
+        os.close(fd)

@@ -1,0 +1,152 @@
+"""The one guard of output folders (stellar.outputs): a lock for the whole job, the
+temporaries of a killed job cleaned, writability checked before any work."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+import pytest
+
+from stellar.errors import UsageError
+from stellar.outputs import LOCK_NAME, check_fresh, output_folder
+
+
+def _try_in_another_process(folder) -> str:
+    code = textwrap.dedent(
+        f"""
+        from stellar.outputs import output_folder
+        try:
+            with output_folder({str(folder)!r}, "second job"):
+                print("acquired")
+        except ValueError as err:
+            print("refused:", err)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    return done.stdout + done.stderr
+
+
+def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
+    out = tmp_path / "run"
+    with output_folder(out, "first job"):
+        result = _try_in_another_process(out)
+        assert "refused:" in result and "in use by first job" in result, result
+        assert "pid " in result  # names the holder
+    assert "acquired" in _try_in_another_process(out)  # released at the end of the block
+
+
+def test_the_holding_process_may_enter_again(tmp_path):
+    with output_folder(tmp_path, "command"), output_folder(tmp_path, "the function it calls"):
+        assert "refused:" in _try_in_another_process(tmp_path)
+    assert "acquired" in _try_in_another_process(tmp_path)
+
+
+def test_a_lock_left_by_a_killed_process_is_not_stale(tmp_path):
+    out = tmp_path / "run"
+    code = (
+        "import os\nfrom stellar.outputs import output_folder\n"
+        f"with output_folder({str(out)!r}, 'job'):\n    os._exit(9)"
+    )
+    subprocess.run([sys.executable, "-c", code], check=False)
+    assert (out / LOCK_NAME).exists()  # the file stays, the lock does not
+    with output_folder(out, "job"):
+        pass
+
+
+@pytest.mark.parametrize("where", ["file", "under a file"])
+def test_an_unusable_folder_is_one_error_naming_it(tmp_path, where):
+    base = tmp_path / "f"
+    base.write_text("x")
+    target = base if where == "file" else base / "out"
+    with pytest.raises(UsageError, match=f"--out '{target}'"), output_folder(target, "job"):
+        pass
+
+
+def test_the_train_command_takes_the_lock(tmp_path):
+    out = tmp_path / "run"
+    code = textwrap.dedent(
+        f"""
+        import sys
+        from stellar.outputs import output_folder
+        with output_folder({str(out)!r}, "a training"):
+            print("holding", flush=True)
+            sys.stdin.read()
+        """
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        from stellar.cli import main
+
+        with pytest.raises(UsageError, match="in use by a training"):
+            main(["train", "--config", "cpu-smoke", f"out={out}", "max_steps=1"])
+    finally:
+        holder.communicate("")
+    assert not (out / "config.yaml").exists()  # refused before anything was written
+
+
+def test_temporary_files_of_a_killed_job_are_cleaned_and_nothing_else(tmp_path):
+    out = tmp_path / "run"
+    step = out / "checkpoints" / "step-00000010"
+    step.mkdir(parents=True)
+    orphans = [
+        out / ".metrics.jsonl.x1y2.tmp",
+        out / ".shard-00003.safetensors.k2j4h5g6.tmp",  # extract's (issue 22, item 4)
+        step / ".model.safetensors.ab12.tmp",
+        out / "checkpoints" / ".last.tmp",
+        step / ".tmpGU46SD",  # the safetensors writer's own temporary (issue 22, item 4)
+    ]
+    keep = [out / "metrics.jsonl", step / "model.safetensors", out / "notes.tmp", step / ".tmpx"]
+    for path in orphans + keep:
+        path.write_bytes(b"x" * 100)
+    with output_folder(out, "job"):
+        assert not any(p.exists() for p in orphans)
+    assert all(p.exists() for p in keep)
+
+
+def test_a_folder_holding_a_previous_job_is_refused_unless_overwrite(tmp_path):
+    (tmp_path / "meta.json").write_text("{}")
+    (tmp_path / "shard-00000.safetensors").write_text("")
+    (tmp_path / "notes.txt").write_text("")
+    patterns = ("meta.json", "shard-*.safetensors")
+    with pytest.raises(UsageError, match="meta.json, shard-00000.safetensors.*--overwrite"):
+        check_fresh(tmp_path, patterns, False, "features")
+    old = check_fresh(tmp_path, patterns, True, "features")
+    assert sorted(p.name for p in old) == ["meta.json", "shard-00000.safetensors"]
+    assert check_fresh(tmp_path / "empty", patterns, False, "features") == []
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed"),
+        Exception("SafetensorError: Error while serializing: IoError(No space left on device)"),
+    ],
+)
+def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
+    tmp_path, monkeypatch, error
+):
+    """Issue 22, item 3: whichever writer fails, one error naming the folder, no partial one."""
+    from stellar import create_stellar
+    from stellar.train import checkpoint as ckpt
+
+    model = create_stellar("stellar-tiny")
+    root = tmp_path / "checkpoints"
+    first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
+
+    def full(model, folder, weights=None):
+        folder.mkdir(parents=True)
+        (folder / "model.safetensors.tmp1234").write_bytes(b"partial")
+        raise error
+
+    monkeypatch.setattr(ckpt, "save_pretrained", full)
+    with pytest.raises(UsageError, match="could not write checkpoint .*step-00000002") as err:
+        ckpt.save_checkpoint(root, 2, model, {"step": 2})
+    assert f"previous checkpoint {first} is intact" in str(err.value)
+    assert ckpt.latest_checkpoint(root) == first
+    assert not (root / "step-00000002").exists()
