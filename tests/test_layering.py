@@ -37,6 +37,7 @@ RANKS: dict[str, int] = {
     "commands": 8,
     "explore": 8,
     "cli": 9,
+    "__main__": 10,
     "demo": 9,
     "__init__": 10,
 }

@@ -258,3 +258,163 @@ def test_the_weights_fingerprint_covers_every_tensor_features_read(tmp_path):
     with torch.no_grad():
         encode.encoder.blocks[1].mlp.fc1.weight[0, 0] += 1e-4
     assert weights_fingerprint(encode) != weights_fingerprint(load_stellar(tmp_path / "m"))
+
+
+# ---------------------------------------------------------------- issue 22: one guard per folder
+def _two_models(tmp_path: Path) -> tuple[Path, Path]:
+    folders = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        folders.append(create_stellar("stellar-tiny").save_pretrained(tmp_path / f"m{seed}"))
+    return folders[0], folders[1]
+
+
+def test_two_extractions_into_one_folder_leave_one_models_features(tmp_path: Path) -> None:
+    """Item 1: two writers race for one --out; one is refused, the folder holds one model's."""
+    import subprocess
+    import sys
+
+    from stellar import load_stellar
+    from stellar.eval.encoder import weights_fingerprint
+
+    data, out = _images(tmp_path / "data", 6), tmp_path / "out"
+    models = _two_models(tmp_path)
+    argv = ["--data", str(data), "--out", str(out), "--shard-size", "1", "--num-workers", "0"]
+    runs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "stellar", "extract", "--model", str(m), *argv],
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for m in models
+    ]
+    codes = [r.wait(timeout=300) for r in runs]
+    errors = [r.stderr.read() for r in runs]
+    assert sorted(codes) == [0, 2], errors
+    loser = errors[codes.index(2)].strip().splitlines()[-1]
+    assert "in use by stellar extract" in loser or "other settings" in loser, loser
+    winner = models[codes.index(0)]
+    features, _, _ = load_features(out)  # every shard checked against meta.json
+    assert _meta(out)["weights"] == weights_fingerprint(load_stellar(winner))
+    assert features["sparse"].shape[0] == 6
+
+
+def test_extract_refuses_a_folder_another_job_holds(model, tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    out = tmp_path / "out"
+    code = (
+        "import sys\nfrom stellar.outputs import output_folder\n"
+        f"with output_folder({str(out)!r}, 'stellar extract'):\n"
+        "    print('holding', flush=True)\n    sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        ds = EvalImages(_images(tmp_path / "data", 2), RES)
+        with pytest.raises(ValueError, match="in use by stellar extract .*pid"):
+            extract_to_dir(model, ds, out, ["cls"], progress=False)
+    finally:
+        holder.communicate("")
+    assert not list(out.glob("shard-*")) and not (out / "meta.json").exists()
+
+
+def test_a_shard_of_another_model_is_never_read_or_kept(tmp_path: Path) -> None:
+    """Item 1: a shard copied from another model's folder is refused by name when read, and
+    extracted again by a resume."""
+    from stellar import load_stellar
+
+    ds = EvalImages(_images(tmp_path / "data", 4), RES)
+    a, b = (load_stellar(m).eval() for m in _two_models(tmp_path))
+    kw = dict(keys=["cls"], shard_size=2, progress=False)
+    extract_to_dir(a, ds, tmp_path / "a", **kw)
+    extract_to_dir(b, ds, tmp_path / "b", **kw)
+    foreign = (tmp_path / "b" / shard_name(1)).read_bytes()
+    (tmp_path / "a" / shard_name(1)).write_bytes(foreign)
+    with pytest.raises(ValueError, match=f"{shard_name(1)} .*another extraction"):
+        load_features(tmp_path / "a")
+    meta = _meta(tmp_path / "a")
+    (tmp_path / "a" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+    assert extract_to_dir(a, ds, tmp_path / "a", **kw) == [1]  # redone with the right model
+    ref = extract_features(a, ds, ["cls"], batch_size=4, progress=False)["cls"]
+    torch.testing.assert_close(load_features(tmp_path / "a")[0]["cls"], ref)
+
+
+@pytest.mark.parametrize(
+    ("damage", "expected"),
+    [
+        ("num_shards edited", "meta.json is damaged or was edited"),
+        ("meta.json corrupt", "meta.json is damaged or was edited"),
+        ("shard deleted", f"{shard_name(1)} is unreadable"),
+        ("shard truncated", f"{shard_name(1)} is unreadable"),
+        ("rows dropped", f"{shard_name(1)} .*disagree on the number of images"),
+        ("count edited", "holds 5 images' features, but meta.json counted 4"),
+    ],
+)
+def test_a_damaged_feature_folder_is_one_error_naming_the_file(
+    model, tmp_path: Path, damage: str, expected: str
+) -> None:
+    """Items 8 and 10: eval never reads half a folder or crashes on one."""
+    from safetensors.torch import load_file, save_file
+
+    ds = EvalImages(_images(tmp_path / "data", 5), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
+    meta, shard = _meta(out), out / shard_name(1)
+    if damage == "num_shards edited":
+        (out / "meta.json").write_text(json.dumps({**meta, "num_shards": 1}))
+    elif damage == "meta.json corrupt":
+        (out / "meta.json").write_text('{"model": ')
+    elif damage == "shard deleted":
+        shard.unlink()
+    elif damage == "shard truncated":
+        shard.write_bytes(shard.read_bytes()[:-50])
+    elif damage == "rows dropped":
+        with safe_open(str(shard), framework="pt") as f:
+            metadata = f.metadata()
+        save_file({k: v[:1] for k, v in load_file(str(shard)).items()}, str(shard), metadata)
+    else:
+        (out / "meta.json").write_text(json.dumps({**meta, "count": 4}))
+    with pytest.raises(ValueError, match=expected):
+        load_features(out)
+    if damage in ("shard truncated", "rows dropped"):  # a rerun extracts that shard again
+        (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
+        assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False) == [1]
+        assert load_features(out)[0]["cls"].shape[0] == 5
+
+
+def test_overwrite_replaces_an_extraction_of_other_settings(model, tmp_path: Path) -> None:
+    ds = EvalImages(_images(tmp_path / "data", 3), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["cls"], shard_size=1, progress=False)
+    with pytest.raises(ValueError, match="other settings .*shard_size.*--overwrite"):
+        extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
+    assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, overwrite=True, progress=False)
+    assert sorted(p.name for p in out.glob("shard-*")) == [shard_name(0), shard_name(1)]
+    assert load_features(out)[0]["cls"].shape[0] == 3
+
+
+def test_temporaries_of_a_killed_extraction_are_removed(model, tmp_path: Path) -> None:
+    """Item 4: a kill leaves `.shard-*.tmp` (atomic_write's) and `.tmpXXXXXX` (safetensors')."""
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    out = tmp_path / "out"
+    out.mkdir()
+    left = [out / ".shard-00000.safetensors.a1b2c3d4.tmp", out / ".tmpAB12cd"]
+    for path in left:
+        path.write_bytes(b"x" * 1000)
+    extract_to_dir(model, ds, out, ["cls"], progress=False)
+    assert not any(p.exists() for p in left)
+
+
+def test_oversized_batch_and_worker_counts_cost_nothing(tmp_path: Path) -> None:
+    """Item 8/10: `--batch-size 99999999999999999999` and `--num-workers 100000 --shard-size 1`
+    used to crash and hang."""
+    from stellar.eval.encoder import make_loader
+
+    ds = EvalImages(_images(tmp_path / "data", 3), RES)
+    loader = make_loader(ds, 99999999999999999999, 100000)
+    assert loader.batch_size == 3 and loader.num_workers == 1
+    assert make_loader(ds, 1, 100000).num_workers == 3

@@ -14,7 +14,8 @@ import importlib
 import logging
 
 from stellar.eval.baseline import parse_baseline
-from stellar.eval.common import METRICS_NAME, writable_folder, write_json
+from stellar.eval.common import METRICS_NAME, write_json
+from stellar.outputs import output_folder
 
 __all__ = ["PROTOCOLS", "add_arguments", "run"]
 
@@ -48,14 +49,14 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stellar eval PROTOCOL``: compute, print the table, write ``OUT/metrics.json``."""
     if args.baseline is not None:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
-    args.out_dir = writable_folder(args.out or f"eval-{args.protocol}")
-    protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
-    result = protocol.run(args)  # under --precision (stellar.cli)
-    skip = ("protocol", "out_dir", "key_choices")
-    settings = {k: v for k, v in vars(args).items() if k not in skip}
-    write_json(
-        args.out_dir / METRICS_NAME, {"protocol": args.protocol, "settings": settings, **result}
-    )
+    with output_folder(args.out or f"eval-{args.protocol}", "stellar eval") as args.out_dir:
+        protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
+        result = protocol.run(args)  # under --precision (stellar.cli)
+        skip = ("protocol", "out_dir", "key_choices")
+        settings = {k: v for k, v in vars(args).items() if k not in skip}
+        write_json(
+            args.out_dir / METRICS_NAME, {"protocol": args.protocol, "settings": settings, **result}
+        )
     # the table is the command's result on stdout (logging goes to stderr)
     print("\n".join(protocol.tables(result)))
     logger.info("wrote %s", args.out_dir / METRICS_NAME)

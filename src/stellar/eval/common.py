@@ -13,8 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
-import tempfile
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,7 +38,6 @@ __all__ = [
     "percent",
     "resolution",
     "resolve_keys",
-    "writable_folder",
     "write_json",
 ]
 
@@ -147,24 +144,6 @@ def load_entries(
 
 
 # ---------------------------------------------------------------------------- output
-def writable_folder(path: str | os.PathLike[str], flag: str = "--out") -> Path:
-    """Create ``path`` if needed and check that files can be written in it, before any work.
-
-    Raises:
-        UsageError: it is a file, or cannot be created or written.
-    """
-    out = Path(path)
-    if out.exists() and not out.is_dir():
-        raise UsageError(f"{flag} {str(out)!r} is a file; expected a folder for the outputs")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-        with tempfile.NamedTemporaryFile(dir=out, prefix=".write-test."):
-            pass
-    except OSError as err:
-        raise UsageError(f"{flag} {str(out)!r} is not a writable folder ({err.strerror})") from None
-    return out
-
-
 def _jsonable(x: Any) -> Any:
     if isinstance(x, dict):
         return {str(k): _jsonable(v) for k, v in x.items()}
@@ -181,7 +160,7 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> Path:
     """``payload`` as indented JSON (tensors as lists, NaN/inf as null), written atomically."""
-    from stellar.checkpoint.io import atomic_write
+    from stellar.outputs import atomic_write
 
     text = json.dumps(_jsonable(payload), indent=2)
     return atomic_write(path, lambda tmp: tmp.write_text(text))

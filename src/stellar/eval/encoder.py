@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import math
 import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
@@ -192,7 +193,13 @@ def as_dataset(model: Encoder, images: Images, resolution: int | None = None) ->
 def make_loader(
     dataset: Dataset, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
 ) -> EpochLoader:
-    """A sequential loader that leaves broken files out (and skips batches of only those)."""
+    """A sequential loader that leaves broken files out (and skips batches of only those).
+
+    A batch is at most the whole data set and there is at most one worker per batch, so an
+    oversized ``batch_size`` or ``num_workers`` costs nothing.
+    """
+    batch_size = min(batch_size, max(len(dataset), 1))
+    num_workers = min(num_workers, math.ceil(len(dataset) / max(batch_size, 1)))
     return build_loader(
         dataset, batch_size, num_workers, shuffle=False, drop_last=False,
         pin_memory=pin_memory, persistent_workers=False,

@@ -12,11 +12,9 @@
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import Tensor
@@ -44,7 +42,7 @@ from stellar.eval.encoder import (
     pool_features,
     weights_fingerprint,
 )
-from stellar.eval.extract import load_features
+from stellar.eval.extract import load_features, read_meta
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -117,7 +115,7 @@ def labelled_features(
 def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
     """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
     features, labels, _ = load_features(out_dir, [key])
-    classes = _meta(out_dir)["classes"]
+    classes = read_meta(Path(out_dir))["classes"]
     if labels.numel() == 0 or bool((labels < 0).any()) or not classes:
         raise UsageError(
             f"{out_dir} was extracted from images without class sub-folders (labels -1); "
@@ -132,16 +130,8 @@ def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, i
 
 
 # ---------------------------------------------------------------------------- the run's inputs
-def _meta(root: str | Path) -> dict[str, Any]:
-    return json.loads((Path(root) / "meta.json").read_text())
-
-
 def _check_features_dir(root: str, key: str, what: str) -> None:
-    if not (Path(root) / "meta.json").is_file():
-        raise UsageError(
-            f"expected {what} to be a `stellar extract` folder (meta.json), got {root!r}"
-        )
-    stored = _meta(root).get("keys", [])
+    stored = read_meta(Path(root))["keys"]
     if key not in stored:
         raise UsageError(
             f"{what} {root!r} stores features {stored}, not {key!r}; extract it with --keys {key}"
@@ -151,7 +141,7 @@ def _check_features_dir(root: str, key: str, what: str) -> None:
 def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
     """A feature folder must hold features of this model, at this resolution, of the evaluation
     view the images of a split are read with (so two folders also match each other)."""
-    meta = _meta(root)
+    meta = read_meta(Path(root))
     ours = weights_fingerprint(model)
     if meta["weights"] != ours:
         raise UsageError(

@@ -19,6 +19,7 @@ from stellar.data.folder import find_images
 from stellar.data.scenes import render_scene
 from stellar.errors import UsageError
 from stellar.explore.retrieval import CACHE_DIR, Collection
+from stellar.outputs import atomic_write
 from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
@@ -38,9 +39,7 @@ def example_scenes(folder: Path, size: int, n: int = NUM_EXAMPLES) -> list[Path]
         path = folder / f"scene_{i:03d}.png"
         if not path.is_file():
             image = render_scene(0, i, size=size, split="val")["image"]
-            tmp = path.with_suffix(".tmp.png")
-            to_pil(image).save(tmp)
-            tmp.replace(path)  # a concurrent reader never sees half a file
+            atomic_write(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
         paths.append(path)
     return paths
 

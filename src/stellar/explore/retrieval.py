@@ -23,6 +23,7 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages
 from stellar.explore.core import Encoded, encode_image, open_image
+from stellar.outputs import output_folder
 from stellar.viz.retrieve import (
     INDEX_FILE,
     TokenIndex,
@@ -106,7 +107,8 @@ class Collection:
             progress=progress,
             data=str(self.folder),
         )
-        index.save(self.index_dir)
+        with output_folder(self.index_dir, "stellar explore", "--cache-dir"):
+            index.save(self.index_dir)
         logger.info(
             "indexed %d tokens of %d images in %s", len(index), len(index.paths), self.index_dir
         )

@@ -22,11 +22,10 @@ from PIL import Image
 from torch import Tensor
 from torch.utils.data import Subset
 
-from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
-from stellar.eval.common import writable_folder
 from stellar.eval.encoder import make_loader
+from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
@@ -190,67 +189,71 @@ def run(args: argparse.Namespace) -> int:
             f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
         )
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
-    out_dir = writable_folder(args.out)
-    device = pick_device(args.device)
-    model, why = load_for_viz(info.spec, args.vq_model, device, info)
-    subset = dataset
-    if args.max_images is not None and args.max_images < len(dataset):
-        subset = Subset(dataset, range(args.max_images))
-    cell = min(resolution, 448)  # the panel side in the figure
-    grid = (resolution // p, resolution // p)
-    grid_text = f"{grid[0]}x{grid[1]}"
-    model_name = Path(str(args.model)).name
-    records: list[dict[str, Any]] = []
-    for batch in make_loader(subset, args.batch_size):
-        with torch.inference_mode(), autocast(device):
-            images = batch["image"].to(device)
-            out = model.encode(images)
-            rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
-        out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
-        rec = rec.float().cpu() if rec is not None else None
-        stats = concept_metrics(out["spatial"], args.threshold)
-        for b, (index, path) in enumerate(zip(batch["index"].tolist(), batch["path"], strict=True)):
-            name = _name(index, path)
-            figure = render_figure(
-                batch["image"][b],
-                {k: v[b] for k, v in out.items()},
-                grid,
-                rec[b] if rec is not None else None,
-                args.threshold,
-                cell,
-                title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
+    with output_folder(args.out, "stellar viz") as out_dir:
+        device = pick_device(args.device)
+        model, why = load_for_viz(info.spec, args.vq_model, device, info)
+        subset = dataset
+        if args.max_images is not None and args.max_images < len(dataset):
+            subset = Subset(dataset, range(args.max_images))
+        cell = min(resolution, 448)  # the panel side in the figure
+        grid = (resolution // p, resolution // p)
+        grid_text = f"{grid[0]}x{grid[1]}"
+        model_name = Path(str(args.model)).name
+        records: list[dict[str, Any]] = []
+        for batch in make_loader(subset, args.batch_size):
+            with torch.inference_mode(), autocast(device):
+                images = batch["image"].to(device)
+                out = model.encode(images)
+                rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
+            out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
+            rec = rec.float().cpu() if rec is not None else None
+            stats = concept_metrics(out["spatial"], args.threshold)
+            for b, (index, path) in enumerate(
+                zip(batch["index"].tolist(), batch["path"], strict=True)
+            ):
+                name = _name(index, path)
+                figure = render_figure(
+                    batch["image"][b],
+                    {k: v[b] for k, v in out.items()},
+                    grid,
+                    rec[b] if rec is not None else None,
+                    args.threshold,
+                    cell,
+                    title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
+                )
+                atomic_write(out_dir / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
+                active = torch.nonzero(stats["active"][b]).flatten().tolist()
+                records.append(
+                    {
+                        "path": path,
+                        "figure": name,
+                        "peak_dist": _round(stats["peak_dist"][b]),
+                        "coverage": _round(stats["coverage"][b]),
+                        "argmax_share": _round(stats["argmax_share"][b]),
+                        "active_tokens": active,
+                        "num_active": len(active),
+                        "num_argmax_tokens": int((stats["argmax_share"][b] > 0).sum()),
+                        "overlap": round(float(stats["overlap"][b]), 4),
+                    }
+                )
+        if not records:  # every file was unreadable (each one named in a warning)
+            raise UsageError(
+                f"expected at least one readable image among {args.images}, found none"
             )
-            atomic_write(out_dir / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
-            active = torch.nonzero(stats["active"][b]).flatten().tolist()
-            records.append(
-                {
-                    "path": path,
-                    "figure": name,
-                    "peak_dist": _round(stats["peak_dist"][b]),
-                    "coverage": _round(stats["coverage"][b]),
-                    "argmax_share": _round(stats["argmax_share"][b]),
-                    "active_tokens": active,
-                    "num_active": len(active),
-                    "num_argmax_tokens": int((stats["argmax_share"][b] > 0).sum()),
-                    "overlap": round(float(stats["overlap"][b]), 4),
-                }
-            )
-    if not records:  # every file was unreadable (each one named in a warning)
-        raise UsageError(f"expected at least one readable image among {args.images}, found none")
-    r = model.num_tokens
-    summary = {
-        "model": str(args.model),
-        "resolution": resolution,
-        "grid": list(grid),
-        "num_tokens": r,
-        "threshold": args.threshold if args.threshold is not None else 1.0 / r,
-        "reconstruction": None if why is None else f"omitted: {why}",
-        "images": records,
-    }
-    text = json.dumps(summary, indent=2)
-    atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
-    _print_table(records, r)
-    logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
+        r = model.num_tokens
+        summary = {
+            "model": str(args.model),
+            "resolution": resolution,
+            "grid": list(grid),
+            "num_tokens": r,
+            "threshold": args.threshold if args.threshold is not None else 1.0 / r,
+            "reconstruction": None if why is None else f"omitted: {why}",
+            "images": records,
+        }
+        text = json.dumps(summary, indent=2)
+        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+        _print_table(records, r)
+        logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0
 
 

@@ -26,10 +26,8 @@ from safetensors.torch import save_file
 from torch import Tensor
 from torch.utils.data import Dataset
 
-from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
-from stellar.eval.common import writable_folder
 from stellar.eval.encoder import (
     Encoder,
     encode_batch,
@@ -39,6 +37,7 @@ from stellar.eval.encoder import (
     weights_fingerprint,
 )
 from stellar.images import preprocess
+from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 
@@ -333,65 +332,79 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"expected --resolution a multiple of the patch size {p}, got {resolution}"
         )
-    out = writable_folder(args.out)
-    index_dir = Path(args.index_dir) if args.index_dir else out / "index"
-    index, dataset = None, None
-    if (index_dir / INDEX_FILE).is_file():
-        index = TokenIndex.load(index_dir)
-        _check_reusable(index, index_dir, args, info.config)
-    elif args.data is None:
-        raise UsageError(f"expected --data to build an index (none in {index_dir})")
-    else:
-        dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
+    with output_folder(args.out, "stellar retrieve") as out:
+        index_dir = Path(args.index_dir) if args.index_dir else out / "index"
+        index, dataset = None, None
+        if (index_dir / INDEX_FILE).is_file():
+            index = TokenIndex.load(index_dir)
+            _check_reusable(index, index_dir, args, info.config)
+        elif args.data is None:
+            raise UsageError(f"expected --data to build an index (none in {index_dir})")
+        else:
+            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
 
-    device = pick_device(args.device)
-    torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-    model = load_model(info.spec, purpose="encode", device=device)
-    if index is not None:
-        _check_same_weights(index, index_dir, model, str(args.model))
-        logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
-    else:
-        index = build_token_index(
-            model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model),
-            data=_collection(args.data),
-        )  # fmt: skip
-        index.save(index_dir)
-        logger.info("indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir)
-    built_at = int(index.meta.get("resolution") or resolution)
-    if built_at != resolution:
-        logger.warning(
-            "the index was built at %d px: using %d px, not %d", built_at, built_at, resolution
+        device = pick_device(args.device)
+        torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
+        model = load_model(info.spec, purpose="encode", device=device)
+        if index is not None:
+            _check_same_weights(index, index_dir, model, str(args.model))
+            logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
+        else:
+            index = build_token_index(
+                model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model),
+                data=_collection(args.data),
+            )  # fmt: skip
+            with output_folder(index_dir, "stellar retrieve", "--index-dir"):
+                index.save(index_dir)
+            logger.info(
+                "indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir
+            )
+        built_at = int(index.meta.get("resolution") or resolution)
+        if built_at != resolution:
+            logger.warning(
+                "the index was built at %d px: using %d px, not %d", built_at, built_at, resolution
+            )
+            resolution = built_at
+        grid = (resolution // p, resolution // p)
+
+        q_image = preprocess(q_photo, resolution)[0]
+        q_out = encode_batch(model, q_image[None], ["sparse", "spatial"])
+        q_vec = q_out["sparse"][0, args.token].float().cpu()
+        scores, rows = query_index(index, q_vec, args.k)
+
+        image_ids = index.image[rows].tolist()
+        unique = sorted(set(image_ids))
+        encoded = _encode_files(model, [index.paths[i] for i in unique], resolution)
+        by_image = {img: encoded.get(pos) for pos, img in enumerate(unique)}
+        results, records = [], []
+        for rank_, (row, sim, img) in enumerate(
+            zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
+        ):
+            tok = int(index.token[row])
+            path = index.paths[img]
+            records.append(
+                {"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path}
+            )
+            if by_image[img] is None:
+                logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
+                continue
+            results.append((*by_image[img], tok, sim, Path(path).name))
+        q_spatial = q_out["spatial"][0].float().cpu()
+        figure = render_retrieval(
+            (q_image, q_spatial, args.token), results, grid, cell=args.cell_size
         )
-        resolution = built_at
-    grid = (resolution // p, resolution // p)
-
-    q_image = preprocess(q_photo, resolution)[0]
-    q_out = encode_batch(model, q_image[None], ["sparse", "spatial"])
-    q_vec = q_out["sparse"][0, args.token].float().cpu()
-    scores, rows = query_index(index, q_vec, args.k)
-
-    image_ids = index.image[rows].tolist()
-    unique = sorted(set(image_ids))
-    encoded = _encode_files(model, [index.paths[i] for i in unique], resolution)
-    by_image = {img: encoded.get(pos) for pos, img in enumerate(unique)}
-    results, records = [], []
-    for rank_, (row, sim, img) in enumerate(
-        zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
-    ):
-        tok = int(index.token[row])
-        path = index.paths[img]
-        records.append({"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path})
-        if by_image[img] is None:
-            logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
-            continue
-        results.append((*by_image[img], tok, sim, Path(path).name))
-    q_spatial = q_out["spatial"][0].float().cpu()
-    figure = render_retrieval((q_image, q_spatial, args.token), results, grid, cell=args.cell_size)
-    atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
-    summary = {"query": args.query, "token": args.token, "model": args.model, "results": records}
-    atomic_write(out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2)))
-    print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
-    for x in records:
-        print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")
-    logger.info("wrote %s", out / "retrieval.png")
+        atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
+        summary = {
+            "query": args.query,
+            "token": args.token,
+            "model": args.model,
+            "results": records,
+        }
+        atomic_write(
+            out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
+        )
+        print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
+        for x in records:
+            print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")
+        logger.info("wrote %s", out / "retrieval.png")
     return 0

@@ -1,0 +1,5 @@
+"""``python -m stellar``: the ``stellar`` console script."""
+
+from stellar.cli import console
+
+raise SystemExit(console())
