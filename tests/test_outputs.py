@@ -150,3 +150,28 @@ def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
     assert f"previous checkpoint {first} is intact" in str(err.value)
     assert ckpt.latest_checkpoint(root) == first
     assert not (root / "step-00000002").exists()
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        OSError(28, "No space left on device"),
+        RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed"),
+    ],
+)
+def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, error):
+    """Issue 22, one error boundary: a full disk under any output is one line, not a traceback."""
+    from stellar.outputs import atomic_write
+
+    path = tmp_path / "metrics.json"
+    atomic_write(path, lambda tmp: tmp.write_text("old"))
+
+    def full(tmp):
+        tmp.write_text("half")
+        raise error
+
+    with pytest.raises(UsageError, match=f"could not write {path} .*previous file is intact"):
+        atomic_write(path, full)
+    assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
+    with pytest.raises(ZeroDivisionError):  # a bug of ours keeps its traceback
+        atomic_write(path, lambda tmp: 1 / 0)

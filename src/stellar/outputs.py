@@ -171,12 +171,16 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
     A crash mid-write leaves the previous file intact; ``write`` receives the temp path. The
     file ends up with the mode a plain ``open(path, "w")`` would give it (0o666 & ~umask).
+
+    Raises:
+        UsageError: the file could not be written (a full disk, ...), naming it.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
         write(Path(tmp))
         with open(tmp, "rb+") as f:
             # mkstemp creates 0o600 and os.replace keeps the mode, so other users could not
@@ -185,10 +189,25 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)
+    except Exception as err:
+        if not _is_write_failure(err):
+            raise
+        reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
+        raise UsageError(f"could not write {path} ({reason}); the previous file is intact") from err
     finally:
-        if os.path.exists(tmp):
+        if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
+
+
+def _is_write_failure(err: Exception) -> bool:
+    """A full disk, a quota or a vanished folder, as each writer reports it: ``OSError``
+    (Python), ``SafetensorError`` (safetensors), torch's zip writer's ``RuntimeError``."""
+    return (
+        isinstance(err, OSError)
+        or type(err).__name__ == "SafetensorError"
+        or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
+    )
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
