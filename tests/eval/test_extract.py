@@ -418,3 +418,22 @@ def test_oversized_batch_and_worker_counts_cost_nothing(tmp_path: Path) -> None:
     loader = make_loader(ds, 99999999999999999999, 100000)
     assert loader.batch_size == 3 and loader.num_workers == 1
     assert make_loader(ds, 1, 100000).num_workers == 3
+
+
+@pytest.mark.slow
+def test_torchrun_extract_matches_one_process_and_holds_the_folder(tmp_path: Path) -> None:
+    """Two ranks write disjoint shards into one folder that rank 0 holds until both are done."""
+    import subprocess
+    import sys
+
+    root = _images(tmp_path / "data", 7)
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--keys", "cls"]
+    argv += ["--shard-size", "2", "--num-workers", "0", "--precision", "fp32"]
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    torchrun += ["--nproc_per_node", "2", "-m", "stellar", *argv, "--out"]
+    done = subprocess.run([*torchrun, str(tmp_path / "two")], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert main([*argv, "--out", str(tmp_path / "one")]) == 0
+    two, one = (load_features(tmp_path / d) for d in ("two", "one"))
+    torch.testing.assert_close(two[0]["cls"], one[0]["cls"])
+    assert two[2] == one[2] and _meta(tmp_path / "two")["count"] == 7
