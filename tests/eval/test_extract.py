@@ -16,7 +16,8 @@ from stellar import create_stellar
 from stellar.cli import main
 from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
-from stellar.eval.extract import extract_to_dir, load_features, shard_name
+from stellar.eval.extract import extract_to_dir
+from stellar.eval.shards import load_features, shard_name
 
 RES = 32  # stellar-tiny (patch 8) at a 4x4 grid keeps every test fast
 

@@ -1,25 +1,15 @@
 """``stellar extract``: :func:`~stellar.eval.encoder.extract_features` written in resumable
-shards.
-
-Layout of ``OUT``:
-
-- ``shard-00000.safetensors`` ...: dataset images ``[g * shard_size, (g + 1) * shard_size)``
-  of global shard ``g``; one tensor per requested key with one row per decoded image (the
-  model's per-image shape), plus ``index`` and ``label`` (int64), the paths in the metadata.
-- ``meta.json``: the settings (model spec, a fingerprint of its weights, keys, preprocessing,
-  ...), ``count`` and ``complete``. A rerun resumes only onto a folder with the same settings.
+shards (the folder's layout and reading: :mod:`stellar.eval.shards`).
 
 Under torchrun rank ``k`` of ``W`` takes the global shards ``k, k + W, ...``. Each shard is
-written atomically, so an existing shard is complete and a rerun skips it; the final
-``meta.json`` is written once every shard exists.
+written atomically, so a whole shard is done and a rerun skips it; ``meta.json`` is marked
+complete once every shard exists.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
-import json
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -27,9 +17,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import save_file
-from torch import Tensor
 from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
@@ -42,7 +29,17 @@ from stellar.eval.encoder import (
     make_loader,
     weights_fingerprint,
 )
-from stellar.outputs import atomic_write, check_fresh, output_folder, remove
+from stellar.eval.shards import (
+    META_NAME,
+    finalize_dir,
+    read_meta,
+    settings_id,
+    shard_done,
+    shard_name,
+    write_json,
+    write_shard,
+)
+from stellar.outputs import check_fresh, output_folder, remove
 from stellar.progress import progress_bar
 from stellar.runtime import (
     add_precision_argument,
@@ -52,102 +49,12 @@ from stellar.runtime import (
     teardown,
 )
 
-__all__ = [
-    "add_arguments",
-    "extract_to_dir",
-    "load_features",
-    "run",
-]
-
 logger = logging.getLogger(__name__)
 
-META_NAME = "meta.json"
 DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar extract` keeps
 
 
-def shard_name(shard: int) -> str:
-    """File name of global shard ``shard``."""
-    return f"shard-{shard:05d}.safetensors"
-
-
 # ---------------------------------------------------------------------------- sharded output
-def _settings_id(meta: dict[str, Any]) -> str:
-    """A hash of the settings in ``meta`` (all but the progress fields), written in
-    ``meta.json`` and in every shard: a shard is read only with the settings it was made with."""
-    settings = {k: v for k, v in meta.items() if k not in ("count", "complete", "id")}
-    return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def read_meta(out: Path) -> dict[str, Any]:
-    """``out/meta.json``, checked against the settings id it records.
-
-    Raises:
-        UsageError: it is missing, not JSON, or edited since it was written.
-    """
-    path = out / META_NAME
-    if not path.is_file():
-        raise UsageError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
-    try:
-        meta = json.loads(path.read_text())
-        valid = meta["id"] == _settings_id(meta)
-    except (ValueError, KeyError, TypeError):
-        valid = False
-    if not valid:
-        raise UsageError(
-            f"{path} is damaged or was edited; extract again (--overwrite) to rebuild {out}"
-        )
-    return meta
-
-
-def _check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
-    """The number of images in the shard ``path`` after checking that it is shard ``shard`` of
-    this extraction, whole: its settings id, keys, and one row per image in every tensor.
-
-    Raises:
-        UsageError: it is not (naming the file and what is wrong).
-    """
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            header = f.metadata() or {}
-            rows = {k: f.get_slice(k).get_shape()[:1] for k in f.keys()}  # noqa: SIM118
-            index = f.get_tensor("index") if "index" in rows else None
-            paths = json.loads(header.get("paths", "null"))
-    except Exception as err:  # noqa: BLE001 - missing, truncated or not safetensors
-        raise UsageError(f"shard {path} is unreadable ({err})") from None
-    start = shard * meta["shard_size"]
-    expected = range(start, min(start + meta["shard_size"], meta["num_files"]))
-    problem = (
-        "it was written by another extraction (other weights or settings)"
-        if header.get("settings") != meta["id"] or header.get("shard") != str(shard)
-        else f"it lacks {sorted({*meta['keys'], 'index', 'label'} - set(rows))}"
-        if not {*meta["keys"], "index", "label"} <= set(rows)
-        else "its tensors and paths disagree on the number of images"
-        if not isinstance(paths, list) or any(r != [len(paths)] for r in rows.values())
-        else "it holds images of another shard"
-        if not set(index.tolist()) <= set(expected)
-        else ""
-    )
-    if problem:
-        raise UsageError(f"shard {path} is not shard {shard} of {path.parent}: {problem}")
-    return len(paths)
-
-
-def _shard_done(path: Path, shard: int, meta: dict[str, Any]) -> bool:
-    """Whether the shard is written and whole (a damaged one is extracted again)."""
-    if not path.exists():
-        return False
-    try:
-        _check_shard(path, shard, meta)
-    except UsageError as err:
-        logger.warning("%s; extracting it again", err)
-        return False
-    return True
-
-
-def _write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
-
-
 def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     """Start ``meta.json``, or check that the extraction in ``out`` has the same ``settings``
     (it is then resumed); another one is replaced only with ``overwrite``."""
@@ -166,8 +73,8 @@ def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
     else:
         what = "shards of an unknown extraction"
     remove(check_fresh(out, (META_NAME, "shard-*.safetensors"), overwrite, what))
-    meta = {**settings, "id": _settings_id(settings)}
-    _write_json(out / META_NAME, {**meta, "count": None, "complete": False})
+    meta = {**settings, "id": settings_id(settings)}
+    write_json(out / META_NAME, {**meta, "count": None, "complete": False})
 
 
 def extract_to_dir(
@@ -229,13 +136,13 @@ def extract_to_dir(
             "num_shards": len(shards),
             "classes": list(dataset.classes),
         }
-        meta = {**settings, "id": _settings_id(settings)}
+        meta = {**settings, "id": settings_id(settings)}
         if rank == 0:
             _prepare_meta(out, settings, overwrite)
         if world_size > 1 and torch.distributed.is_initialized():
             torch.distributed.barrier()  # no rank writes before rank 0 has checked the folder
         mine = list(range(len(shards)))[rank::world_size]
-        todo = [g for g in mine if not _shard_done(out / shard_name(g), g, meta)]
+        todo = [g for g in mine if not shard_done(out / shard_name(g), g, meta)]
         if len(mine) > len(todo):
             logger.info(
                 "rank %d: %d shard(s) already complete, skipped", rank, len(mine) - len(todo)
@@ -253,7 +160,7 @@ def extract_to_dir(
                 loader = make_loader(subset, batch_size, num_workers, model.device.type == "cuda")
                 batches = _counted(loader, batch_size, len(subset), bar)
                 out_g = encode_batches(model, batches, keys, fp16, precision)
-                _write_shard(out / shard_name(g), g, out_g, keys, meta["id"])
+                write_shard(out / shard_name(g), g, out_g, keys, meta["id"])
         if finalize:
             finalize_dir(out)
     return todo
@@ -268,86 +175,6 @@ def _counted(loader: Any, batch_size: int, total: int, bar: Any) -> Iterator[dic
         done = now
         yield batch
     bar.update(total - done)
-
-
-def _write_shard(
-    path: Path, shard: int, out: dict[str, Any], keys: list[str], settings_id: str
-) -> None:
-    """One shard file; every file of it broken gives an empty shard, which still marks it done."""
-    tensors = {k: out[k] if len(out[k]) else torch.empty(0) for k in keys}
-    for name, stored in (("labels", "label"), ("indices", "index")):
-        tensors[stored] = out[name] if len(out[name]) else torch.empty(0, dtype=torch.int64)
-    tensors = {k: v.contiguous() for k, v in tensors.items()}
-    metadata = {"paths": json.dumps(out["paths"]), "shard": str(shard), "settings": settings_id}
-    atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-
-def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
-    """Mark ``out_dir`` complete in ``meta.json`` if every shard is written; whether it is."""
-    out = Path(out_dir)
-    meta = read_meta(out)
-    shards = [out / shard_name(g) for g in range(meta["num_shards"])]
-    missing = sum(not path.exists() for path in shards)
-    if missing:
-        logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
-        return False
-    count = sum(_check_shard(path, g, meta) for g, path in enumerate(shards))
-    _write_json(out / META_NAME, {**meta, "count": count, "complete": True})
-    logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
-    return True
-
-
-def load_features(
-    out_dir: str | os.PathLike[str], keys: Sequence[str] | None = None
-) -> tuple[dict[str, Tensor], Tensor, list[str]]:
-    """Read a complete ``stellar extract`` folder back into memory, every shard checked to
-    belong to it (:func:`_check_shard`) and the image count to add up.
-
-    Args:
-        out_dir: the folder.
-        keys: keys to load (default: all stored).
-
-    Returns:
-        ``features`` ``{key: (N, ...)}`` in dataset order, ``labels`` (N,) int64 and the N
-        image paths.
-
-    Raises:
-        UsageError: the folder is not a complete, whole extraction or lacks a requested key.
-    """
-    out = Path(out_dir)
-    meta = read_meta(out)
-    if not meta.get("complete"):
-        raise UsageError(
-            f"{out} is an incomplete extraction (some shards are missing); run `stellar "
-            "extract` again with the same arguments to finish it"
-        )
-    keys = check_keys(keys) if keys is not None else list(meta["keys"])
-    absent = [k for k in keys if k not in meta["keys"]]
-    if absent:
-        raise UsageError(f"{out} stores keys {meta['keys']}, not {absent}")
-    shards = [out / shard_name(g) for g in range(meta["num_shards"])]
-    count = sum(_check_shard(path, g, meta) for g, path in enumerate(shards))
-    if count != meta["count"]:
-        raise UsageError(
-            f"{out} holds {count} images' features, but {META_NAME} counted {meta['count']}; "
-            "extract again (--overwrite)"
-        )
-    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label")}
-    paths: list[str] = []
-    for path in shards:
-        with safe_open(str(path), framework="pt") as f:
-            for k in parts:
-                parts[k].append(f.get_tensor(k))
-            paths.extend(json.loads(f.metadata()["paths"]))
-    features = {k: torch.cat([t for t in v if t.numel()] or v) for k, v in parts.items()}
-    bad = [k for k, v in features.items() if v.is_floating_point() and not bool(v.isfinite().all())]
-    if bad:
-        raise UsageError(
-            f"{out} stores non-finite {', '.join(bad)} features (NaN or inf): expected finite "
-            "features; were they extracted from diverged weights?"
-        )
-    labels = features.pop("label").long()
-    return features, labels, paths
 
 
 # ---------------------------------------------------------------------------- command line

@@ -42,7 +42,7 @@ from stellar.eval.encoder import (
     pool_features,
     weights_fingerprint,
 )
-from stellar.eval.extract import load_features, read_meta
+from stellar.eval.shards import load_features, read_meta
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
