@@ -136,6 +136,15 @@ def test_resume_keeps_each_metrics_row_once(run):
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] != 1.0
 
 
+def test_resume_drops_a_metrics_tail_that_is_not_utf8(run):
+    """Issue 22, item 8: a crash mid-line may leave any bytes; the resume still runs."""
+    metrics = run / "metrics.jsonl"
+    with metrics.open("ab") as f:
+        f.write(b'{"step": 3, "loss": 1.0}\n{"step": 4, "lo\xff\xfe\x80')
+    _trainer(run).train(resume=True)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_resume_with_other_data_settings_fails_before_loading(run):
     trainer = _trainer(run, "batch_size=2", "data.seed=1")
     with pytest.raises(ValueError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\).*init.checkpoint"):
