@@ -21,7 +21,7 @@ from stellar.checkpoint.official import from_official
 from stellar.checkpoint.weights import read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
-from stellar.train.config import flatten
+from stellar.train.config import flatten, resume_changes
 
 logger = logging.getLogger(__name__)
 
@@ -143,28 +143,26 @@ class TrainerCheckpoints:
         torch.distributed.all_gather(every, mine)
         return [t.tolist() for t in every]
 
-    def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
-        """The saved (epoch, position) means the same data only under the same data settings."""
-        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
-        # The image folder may have moved (another machine); its size is compared instead.
-        keys = ["batch_size", "grad_accum", *(k for k in now if k.startswith("data."))]
-        differ = [
-            f"{k} {saved.get(k)!r} -> {now[k]!r}"
-            for k in keys
-            if k not in ("data.num_workers", "data.root") and saved.get(k) != now[k]
-        ]
-        for what, old, new in (
-            ("processes", state["world_size"], self.dist.world_size),
-            ("images", state["num_images"], len(self.dataset)),
-        ):
-            if old != new:
-                differ.append(f"{what} {old} -> {new}")
-        if differ:
-            raise ValueError(
-                f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
-                "resume needs the same ones. Restore them, or start a new run from these weights "
-                f"with init.checkpoint={folder}"
+    def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
+        """The state was trained with these settings (but the resumable ones), and its
+        (epoch, position) means the same data now."""
+        trained = f"the settings {folder} was trained with"
+        for change in resume_changes(state["config"], self.cfg, trained):
+            logger.info("resuming %s with a changed setting: %s", self.out, change)
+        fix = f"or start a new run from these weights with init.checkpoint={folder}"
+        if state["world_size"] != self.dist.world_size:
+            raise UsageError(
+                f"{folder} was saved by {state['world_size']} processes, this run has "
+                f"{self.dist.world_size}: an exact resume replays each one's data; run it with "
+                f"{state['world_size']}, {fix}"
             )
+        if state["num_images"] != len(self.dataset):
+            raise UsageError(
+                f"the image folder changed since {folder} was saved ({state['num_images']} "
+                f"images then, {len(self.dataset)} now): an exact resume replays the "
+                f"checkpoint's data order; restore the folder's images, {fix}"
+            )
+        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
         if saved["data.root"] != now["data.root"]:
             logger.warning(
                 "data.root changed since %s (%s -> %s): resuming on the assumption that it "
@@ -194,11 +192,14 @@ class TrainerCheckpoints:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
         folder = resume_checkpoint(self.ckpt_dir)
         state = read_pickle(folder / STATE_NAME)
-        if not isinstance(state, dict) or not {"step", "optimizer", "rank_positions"} <= set(state):
+        needed = {"step", "optimizer", "rank_positions", "config", "world_size", "num_images"}
+        if not (isinstance(state, dict) and needed <= set(state)) or not isinstance(
+            state["config"], dict
+        ):
             raise UsageError(
                 f"{folder / STATE_NAME} is not a trainer state written by stellar train"
             )
-        self._check_same_data_order(state, folder)
+        self._check_same_run(state, folder)
         weights, _, unknown = from_official(read_state_dict(folder / WEIGHTS_NAME)[0])
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -214,7 +215,7 @@ class TrainerCheckpoints:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             stray = unknown + unexpected + [k for k in missing if not k.startswith("tokenizer.")]
             if stray:  # only the frozen tokenizer lives outside checkpoints
-                raise ValueError(f"{folder} does not match the model: {stray[:10]}")
+                raise UsageError(f"{folder} does not match the model: {stray[:10]}")
             self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["cpu_rng"])
         if self.teacher is not None:
