@@ -251,3 +251,22 @@ def test_a_broken_config_yaml_is_one_line_naming_it(run, capsys, damage):
     code, err = _resume_cli(run, capsys)
     assert code == 2 and len(err.strip().splitlines()) == 1 and str(config) in err
     assert _files(run) == before
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """A second run with the same settings as ``stopped_run``: only its run id differs."""
+    out = tmp_path_factory.mktemp("other") / "run"
+    Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", "stop_at=2"])).train()
+    return out
+
+
+def test_a_trainer_state_from_another_run_is_refused_naming_both_files(run, other_run, capsys):
+    """Issue 22, item 10: the state and the weights of a checkpoint are saved together."""
+    folder = run / "checkpoints" / "step-00000002"
+    shutil.copy(other_run / "checkpoints" / "step-00000002" / "trainer_state.pt", folder)
+    before = _files(run)
+    code, err = _resume_cli(run, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(folder / "trainer_state.pt") in err and str(folder / "model.safetensors") in err
+    assert _files(run) == before

@@ -18,7 +18,7 @@ import torch
 
 from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
 from stellar.checkpoint.official import from_official
-from stellar.checkpoint.weights import read_pickle, read_state_dict
+from stellar.checkpoint.weights import read_header, read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
 from stellar.train.config import flatten, resume_changes
@@ -27,6 +27,8 @@ logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
 LAST = "last"
+# "<run id>-<step>", in the weights' metadata and in the trainer state: binds the two files
+CHECKPOINT_ID = "stellar_checkpoint"
 
 
 def save_checkpoint(
@@ -39,12 +41,14 @@ def save_checkpoint(
 ) -> Path:
     """Write ``root/step-XXXXXXXX`` (model + trainer state) and point ``root/last`` at it.
 
-    ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards).
+    ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards);
+    ``state[CHECKPOINT_ID]`` is written in the weights' metadata too.
     """
     folder = root / f"step-{step:08d}"
     previous = latest_checkpoint(root)
     try:
-        save_pretrained(model, folder, weights)
+        bound = {CHECKPOINT_ID: state[CHECKPOINT_ID]} if CHECKPOINT_ID in state else None
+        save_pretrained(model, folder, weights, metadata=bound)
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
     except Exception as err:  # noqa: BLE001 - a full disk reads OSError, RuntimeError (torch's
         # zip writer) or SafetensorError: `last` still points at the previous checkpoint
@@ -128,6 +132,7 @@ class TrainerCheckpoints:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
             "num_images": len(self.dataset),
+            CHECKPOINT_ID: f"{self.run_id}-{self.step}",
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -144,8 +149,16 @@ class TrainerCheckpoints:
         return [t.tolist() for t in every]
 
     def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
-        """The state was trained with these settings (but the resumable ones), and its
-        (epoch, position) means the same data now."""
+        """The state belongs to these weights, was trained with these settings (but the
+        resumable ones), and its (epoch, position) means the same data now."""
+        weights, own = folder / WEIGHTS_NAME, read_header(folder / WEIGHTS_NAME)[1]
+        if own.get(CHECKPOINT_ID) != state.get(CHECKPOINT_ID):  # both absent: written before
+            raise UsageError(
+                f"{folder / STATE_NAME} (checkpoint {state.get(CHECKPOINT_ID)}) was not saved "
+                f"with {weights} (checkpoint {own.get(CHECKPOINT_ID)}): put back the state saved "
+                "beside these weights, or start a new run from them with "
+                f"init.checkpoint={folder}"
+            )
         trained = f"the settings {folder} was trained with"
         for change in resume_changes(state["config"], self.cfg, trained):
             logger.info("resuming %s with a changed setting: %s", self.out, change)
@@ -221,6 +234,8 @@ class TrainerCheckpoints:
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.step = int(state["step"])
+        if CHECKPOINT_ID in state:  # the continued run saves under the same run id
+            self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]
         logger.info("resumed from %s at step %d", folder, self.step)
         epoch, position = state["rank_positions"][self.dist.rank]
         return int(epoch), int(position)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -59,6 +60,7 @@ class Trainer(TrainerCheckpoints):
         self.ckpt_dir = self.out / "checkpoints"
         # (epoch, position) where train() last stopped; None before it first started
         self.cursor: tuple[int, int] | None = None
+        self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
         per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
