@@ -139,7 +139,7 @@ def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
     root = tmp_path / "checkpoints"
     first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
 
-    def full(model, folder, weights=None):
+    def full(model, folder, weights=None, metadata=None):
         folder.mkdir(parents=True)
         (folder / "model.safetensors.tmp1234").write_bytes(b"partial")
         raise error

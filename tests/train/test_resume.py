@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 from tiny_run import TINY as TINY_RUN
+from tiny_run import photo_folder
 
 from stellar.cli import console, main
 from stellar.errors import UsageError
@@ -136,9 +137,18 @@ def test_resume_keeps_each_metrics_row_once(run):
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] != 1.0
 
 
+def test_resume_drops_a_metrics_tail_that_is_not_utf8(run):
+    """Issue 22, item 8: a crash mid-line may leave any bytes; the resume still runs."""
+    metrics = run / "metrics.jsonl"
+    with metrics.open("ab") as f:
+        f.write(b'{"step": 3, "loss": 1.0}\n{"step": 4, "lo\xff\xfe\x80')
+    _trainer(run).train(resume=True)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
+
+
 def test_resume_with_other_data_settings_fails_before_loading(run):
     trainer = _trainer(run, "batch_size=2", "data.seed=1")
-    with pytest.raises(ValueError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\).*init.checkpoint"):
+    with pytest.raises(UsageError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\..*init.checkpoint"):
         trainer.train(resume=True)
     with pytest.raises(UsageError, match="already holds a run"):  # the failed resume owns nothing
         trainer.train()
@@ -179,5 +189,84 @@ def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplo
     _trainer(run, *folder, f"data.root={moved}", "stop_at=2").train(resume=True)
     assert "data.root changed" in caplog.text
     Image.new("RGB", (40, 40)).save(moved / "8.png")
-    with pytest.raises(ValueError, match="images 8 -> 9"):
+    with pytest.raises(UsageError, match=r"image folder changed .*\(8 images then, 9 now\)"):
         _trainer(run, *folder, f"data.root={moved}").train(resume=True)
+
+
+def _files(folder):
+    return {p: p.read_bytes() for p in folder.rglob("*") if p.is_file() and p.name != ".lock"}
+
+
+def _resume_cli(run, capsys, *extra):
+    """``stellar train out=RUN --resume``: (exit status, stderr)."""
+    code = console(["train", f"out={run}", "--resume", *extra])
+    return code, capsys.readouterr().err
+
+
+def test_resume_after_images_were_removed_is_one_line_with_the_counts(tmp_path, capsys):
+    """Issue 22, item 8: the checkpoint's data order is over the folder's images then."""
+    photos = photo_folder(tmp_path / "photos", 8)
+    run = tmp_path / "run"
+    _trainer(run, *photos, "stop_at=1").train()
+    (tmp_path / "photos" / "07.png").unlink()
+    before = _files(run)
+    code, err = _resume_cli(run, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "8 images then, 7 now" in err and "init.checkpoint=" in err
+    assert _files(run) == before
+
+
+def _edit(path, old, new):
+    text = path.read_text()
+    assert old in text
+    path.write_text(text.replace(old, new))
+
+
+def test_a_hand_edited_config_yaml_follows_the_resume_rule(run, capsys, caplog):
+    """Issue 22, item 8: config.yaml is held to the checkpoint's settings like an override:
+    a changed resumable key is logged, any other is refused by name before anything runs."""
+    config = run / "config.yaml"
+    _edit(config, "  lr: 0.0005\n", "  lr: 0.001\n")
+    before = _files(run)
+    code, err = _resume_cli(run, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "optim.lr 0.0005 -> 0.001" in err and str(config) in err
+    assert _files(run) == before
+    _edit(config, "  lr: 0.001\n", "  lr: 0.0005\n")
+    _edit(config, "log_every: 1\n", "log_every: 2\n")
+    caplog.set_level(logging.INFO, logger="stellar.train")
+    assert _resume_cli(run, capsys)[0] == 0
+    assert "log_every 1 -> 2" in caplog.text
+
+
+@pytest.mark.parametrize(
+    "damage",
+    [b"optim: {lr: [1\n", b"batch_size: abc\n", b"\xff\xfe not text"],
+    ids=["yaml", "value", "bytes"],
+)
+def test_a_broken_config_yaml_is_one_line_naming_it(run, capsys, damage):
+    config = run / "config.yaml"
+    config.write_bytes(config.read_bytes() + damage)
+    before = _files(run)
+    code, err = _resume_cli(run, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1 and str(config) in err
+    assert _files(run) == before
+
+
+@pytest.fixture(scope="module")
+def other_run(tmp_path_factory):
+    """A second run with the same settings as ``stopped_run``: only its run id differs."""
+    out = tmp_path_factory.mktemp("other") / "run"
+    Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", "stop_at=2"])).train()
+    return out
+
+
+def test_a_trainer_state_from_another_run_is_refused_naming_both_files(run, other_run, capsys):
+    """Issue 22, item 10: the state and the weights of a checkpoint are saved together."""
+    folder = run / "checkpoints" / "step-00000002"
+    shutil.copy(other_run / "checkpoints" / "step-00000002" / "trainer_state.pt", folder)
+    before = _files(run)
+    code, err = _resume_cli(run, capsys)
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert str(folder / "trainer_state.pt") in err and str(folder / "model.safetensors") in err
+    assert _files(run) == before

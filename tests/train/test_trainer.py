@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import subprocess
@@ -116,6 +117,27 @@ def test_folder_without_images_fails_before_training(tmp_path):
     cfg = load_config("cpu-smoke", ["data.source=folder", f"data.root={tmp_path / 'empty'}"])
     with pytest.raises(ValueError, match="found none"):
         Trainer(cfg)
+
+
+def test_a_batch_larger_than_the_data_is_one_line_before_the_model_is_built(
+    tmp_path, monkeypatch, capsys
+):
+    """Issue 22, item 8: the key, the data set's size and the fix; no work, no files."""
+    from stellar.cli import console
+
+    photos = photo_folder(tmp_path / "photos", 6)
+    trainer_module = importlib.import_module("stellar.train.trainer")
+    monkeypatch.setattr(trainer_module, "build_model", _must_not_run)
+    out = tmp_path / "run"
+    code = console(["train", "--config", "cpu-smoke", *TINY, *photos, "batch_size=7", f"out={out}"])
+    err = capsys.readouterr().err
+    assert code == 2 and len(err.strip().splitlines()) == 1
+    assert "batch_size" in err and "6 images" in err and "lower batch_size" in err
+    assert not [p for p in out.rglob("*") if p.name != ".lock"]
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("built the model before refusing the settings")
 
 
 def test_trains_on_an_image_folder(tmp_path):

@@ -34,19 +34,21 @@ def save_pretrained(
     state: dict[str, Tensor] | None = None,
     training: Mapping[str, Any] | None = None,
     metrics: Mapping[str, Any] | None = None,
+    metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a STELLAR ``model`` as ``config.json``, ``model.safetensors`` and a model card.
 
     The weights use the official layout and carry the config in their metadata (the file alone
     is self-describing); ``README.md`` is a Hugging Face model card, so the folder can be
-    uploaded as it is. ``state`` replaces ``model.state_dict()`` (e.g. gathered FSDP shards).
+    uploaded as it is. ``state`` replaces ``model.state_dict()`` (e.g. gathered FSDP shards);
+    ``metadata`` is added to the weights file's.
     """
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
     save_state_dict(
         to_official(model.state_dict() if state is None else state),
         directory / WEIGHTS_NAME,
-        {CONFIG_METADATA_KEY: config},
+        {CONFIG_METADATA_KEY: config, **(metadata or {})},
     )
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
     card = model_card(model.config.to_dict(), training, metrics)

@@ -75,9 +75,8 @@ def train(
         out = changes.get("out", read_yaml(DEFAULT_PRESET)["out"])
         config = {**read_run_config(out), "stop_at": None}  # stop_at is this invocation's
     cfg = load_config(config or DEFAULT_PRESET, changes)
-    if resume:
-        for change in resume_changes(read_run_config(cfg.out), cfg):
-            logger.info("resuming %s with a changed setting: %s", cfg.out, change)
+    if resume:  # early, before the data is scanned; the trainer checks against the checkpoint
+        resume_changes(read_run_config(cfg.out), cfg)
     dist = setup()
     try:
         # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)

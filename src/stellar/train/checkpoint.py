@@ -18,15 +18,17 @@ import torch
 
 from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
 from stellar.checkpoint.official import from_official
-from stellar.checkpoint.weights import read_pickle, read_state_dict
+from stellar.checkpoint.weights import read_header, read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
-from stellar.train.config import flatten
+from stellar.train.config import flatten, resume_changes
 
 logger = logging.getLogger(__name__)
 
 STATE_NAME = "trainer_state.pt"
 LAST = "last"
+# "<run id>-<step>", in the weights' metadata and in the trainer state: binds the two files
+CHECKPOINT_ID = "stellar_checkpoint"
 
 
 def save_checkpoint(
@@ -39,12 +41,14 @@ def save_checkpoint(
 ) -> Path:
     """Write ``root/step-XXXXXXXX`` (model + trainer state) and point ``root/last`` at it.
 
-    ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards).
+    ``weights`` replaces ``model.state_dict()`` (a full state gathered from FSDP shards);
+    ``state[CHECKPOINT_ID]`` is written in the weights' metadata too.
     """
     folder = root / f"step-{step:08d}"
     previous = latest_checkpoint(root)
     try:
-        save_pretrained(model, folder, weights)
+        bound = {CHECKPOINT_ID: state[CHECKPOINT_ID]} if CHECKPOINT_ID in state else None
+        save_pretrained(model, folder, weights, metadata=bound)
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
     except Exception as err:  # noqa: BLE001 - a full disk reads OSError, RuntimeError (torch's
         # zip writer) or SafetensorError: `last` still points at the previous checkpoint
@@ -128,6 +132,7 @@ class TrainerCheckpoints:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
             "num_images": len(self.dataset),
+            CHECKPOINT_ID: f"{self.run_id}-{self.step}",
         }
         if self.teacher is not None:
             state["teacher"] = self.teacher.state_dict()
@@ -143,28 +148,34 @@ class TrainerCheckpoints:
         torch.distributed.all_gather(every, mine)
         return [t.tolist() for t in every]
 
-    def _check_same_data_order(self, state: dict[str, Any], folder: Path) -> None:
-        """The saved (epoch, position) means the same data only under the same data settings."""
-        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
-        # The image folder may have moved (another machine); its size is compared instead.
-        keys = ["batch_size", "grad_accum", *(k for k in now if k.startswith("data."))]
-        differ = [
-            f"{k} {saved.get(k)!r} -> {now[k]!r}"
-            for k in keys
-            if k not in ("data.num_workers", "data.root") and saved.get(k) != now[k]
-        ]
-        for what, old, new in (
-            ("processes", state["world_size"], self.dist.world_size),
-            ("images", state["num_images"], len(self.dataset)),
-        ):
-            if old != new:
-                differ.append(f"{what} {old} -> {new}")
-        if differ:
-            raise ValueError(
-                f"{folder} was saved with other data settings ({'; '.join(differ)}): an exact "
-                "resume needs the same ones. Restore them, or start a new run from these weights "
-                f"with init.checkpoint={folder}"
+    def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
+        """The state belongs to these weights, was trained with these settings (but the
+        resumable ones), and its (epoch, position) means the same data now."""
+        weights, own = folder / WEIGHTS_NAME, read_header(folder / WEIGHTS_NAME)[1]
+        if own.get(CHECKPOINT_ID) != state.get(CHECKPOINT_ID):  # both absent: written before
+            raise UsageError(
+                f"{folder / STATE_NAME} (checkpoint {state.get(CHECKPOINT_ID)}) was not saved "
+                f"with {weights} (checkpoint {own.get(CHECKPOINT_ID)}): put back the state saved "
+                "beside these weights, or start a new run from them with "
+                f"init.checkpoint={folder}"
             )
+        trained = f"the settings {folder} was trained with"
+        for change in resume_changes(state["config"], self.cfg, trained):
+            logger.info("resuming %s with a changed setting: %s", self.out, change)
+        fix = f"or start a new run from these weights with init.checkpoint={folder}"
+        if state["world_size"] != self.dist.world_size:
+            raise UsageError(
+                f"{folder} was saved by {state['world_size']} processes, this run has "
+                f"{self.dist.world_size}: an exact resume replays each one's data; run it with "
+                f"{state['world_size']}, {fix}"
+            )
+        if state["num_images"] != len(self.dataset):
+            raise UsageError(
+                f"the image folder changed since {folder} was saved ({state['num_images']} "
+                f"images then, {len(self.dataset)} now): an exact resume replays the "
+                f"checkpoint's data order; restore the folder's images, {fix}"
+            )
+        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
         if saved["data.root"] != now["data.root"]:
             logger.warning(
                 "data.root changed since %s (%s -> %s): resuming on the assumption that it "
@@ -194,11 +205,14 @@ class TrainerCheckpoints:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
         folder = resume_checkpoint(self.ckpt_dir)
         state = read_pickle(folder / STATE_NAME)
-        if not isinstance(state, dict) or not {"step", "optimizer", "rank_positions"} <= set(state):
+        needed = {"step", "optimizer", "rank_positions", "config", "world_size", "num_images"}
+        if not (isinstance(state, dict) and needed <= set(state)) or not isinstance(
+            state["config"], dict
+        ):
             raise UsageError(
                 f"{folder / STATE_NAME} is not a trainer state written by stellar train"
             )
-        self._check_same_data_order(state, folder)
+        self._check_same_run(state, folder)
         weights, _, unknown = from_official(read_state_dict(folder / WEIGHTS_NAME)[0])
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
@@ -214,12 +228,14 @@ class TrainerCheckpoints:
             missing, unexpected = self.model.load_state_dict(weights, strict=False)
             stray = unknown + unexpected + [k for k in missing if not k.startswith("tokenizer.")]
             if stray:  # only the frozen tokenizer lives outside checkpoints
-                raise ValueError(f"{folder} does not match the model: {stray[:10]}")
+                raise UsageError(f"{folder} does not match the model: {stray[:10]}")
             self.optimizer.load_state_dict(state["optimizer"])
         torch.set_rng_state(state["cpu_rng"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.step = int(state["step"])
+        if CHECKPOINT_ID in state:  # the continued run saves under the same run id
+            self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]
         logger.info("resumed from %s at step %d", folder, self.step)
         epoch, position = state["rank_positions"][self.dist.rank]
         return int(epoch), int(position)

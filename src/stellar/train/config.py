@@ -298,7 +298,12 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
                 f"{preset_or_path!r} is neither a YAML file nor a preset "
                 f"(presets: {', '.join(preset_names())})"
             )
-    data = _yaml(path.read_text(), str(preset_or_path)) or {}
+    try:
+        text = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as err:
+        why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
+        raise UsageError(f"cannot read {preset_or_path}: {why}") from None
+    data = _yaml(text, str(preset_or_path)) or {}
     if not isinstance(data, dict):
         raise UsageError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
     return data
@@ -312,11 +317,21 @@ def read_run_config(out: str | Path) -> dict[str, Any]:
             f"--resume continues the run in {out} with its saved settings, but {path} does "
             "not exist (is out= right?): drop --resume to start a fresh run"
         )
-    return read_yaml(path)
+    data = read_yaml(path)
+    try:  # the file was valid when the run wrote it: a fault here is an edit of it
+        load_config(data)
+    except UsageError as err:
+        raise UsageError(f"{path} (the settings of the run to resume): {err}") from None
+    return data
 
 
-def resume_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
+def resume_changes(
+    saved: Mapping[str, Any], cfg: TrainConfig, saved_as: str = "its saved settings"
+) -> list[str]:
     """The differences of ``cfg`` from a run's ``saved`` settings, as ``"key old -> new"``.
+
+    Args:
+        saved_as: what ``saved`` is, for the error (``config.yaml``, a checkpoint's record).
 
     Raises:
         UsageError: a key outside :data:`RESUMABLE_KEYS` differs, naming every such key.
@@ -327,11 +342,14 @@ def resume_changes(saved: Mapping[str, Any], cfg: TrainConfig) -> list[str]:
     if refused := [k for k in differ if k not in RESUMABLE_KEYS]:
         why = " (a changed architecture cannot load the checkpoint's weights)"
         architecture = any(k == "model" or k.startswith("model_overrides") for k in refused)
+        listed = "; ".join(shown[k] for k in refused[:8])
+        more = f"; and {len(refused) - 8} more" if len(refused) > 8 else ""
         raise UsageError(
-            f"--resume continues {cfg.out} with its saved settings; these differ"
-            f"{why if architecture else ''}: {'; '.join(shown[k] for k in refused)}. A resume "
-            f"may change only {', '.join(sorted(RESUMABLE_KEYS))}. Drop the others, or start a "
-            f"new run from these weights with init.checkpoint={cfg.out}/checkpoints/last"
+            f"--resume continues {cfg.out} with {saved_as}; these differ"
+            f"{why if architecture else ''}: {listed}{more}. A resume may change only "
+            f"{', '.join(sorted(RESUMABLE_KEYS))}. Restore the others (overrides, "
+            f"{Path(cfg.out) / RUN_CONFIG}), or start a new run from these weights with "
+            f"init.checkpoint={cfg.out}/checkpoints/last"
         )
     return list(shown.values())
 

@@ -22,13 +22,14 @@ class MetricsLog:
     def __init__(self, out: Path, tensorboard: bool, start_step: int = 0) -> None:
         path = out / "metrics.jsonl"
         # A resumed run keeps the rows up to its checkpoint; those logged after it (before a
-        # crash, maybe cut short) are logged again. A fresh run starts a fresh file.
+        # crash, maybe cut short, in bytes that need not decode) are logged again. A fresh run
+        # starts a fresh file.
         kept = []
-        for line in path.read_text().splitlines() if start_step > 0 and path.is_file() else []:
-            with contextlib.suppress(json.JSONDecodeError):
+        for line in path.read_bytes().splitlines() if start_step > 0 and path.is_file() else []:
+            with contextlib.suppress(ValueError, AttributeError, TypeError):  # not a row of ours
                 if json.loads(line).get("step", start_step + 1) <= start_step:
-                    kept.append(line + "\n")
-        atomic_write(path, lambda tmp: tmp.write_text("".join(kept)))
+                    kept.append(line + b"\n")
+        atomic_write(path, lambda tmp: tmp.write_bytes(b"".join(kept)))
         self.file = open(path, "a")  # noqa: SIM115 - closed in close()
         self.writer = None
         if tensorboard:

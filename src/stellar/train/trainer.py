@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import secrets
 import signal
 import time
 from pathlib import Path
@@ -59,8 +60,16 @@ class Trainer(TrainerCheckpoints):
         self.ckpt_dir = self.out / "checkpoints"
         # (epoch, position) where train() last stopped; None before it first started
         self.cursor: tuple[int, int] | None = None
+        self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
+        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        self.steps_per_epoch = len(self.dataset) // per_step
+        if self.steps_per_epoch < 1:  # before the model is built
+            raise UsageError(
+                f"{len(self.dataset)} images cannot fill one step of {per_step} "
+                "(batch_size x grad_accum x processes): lower batch_size or add images"
+            )
         self.model = build_model(cfg).to(self.device)
         self.model.encoder.checkpoint_blocks = cfg.activation_checkpointing
         self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
@@ -87,13 +96,6 @@ class Trainer(TrainerCheckpoints):
             # Fused kernels where PyTorch has them for this device (CUDA; CPU unless sharded).
             fused=self.device.type == "cuda" or (self.device.type == "cpu" and not self.sharded),
         )
-        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
-        self.steps_per_epoch = len(self.dataset) // per_step
-        if self.steps_per_epoch < 1:
-            raise UsageError(
-                f"{len(self.dataset)} images cannot fill one step of {per_step} "
-                "(batch_size x grad_accum x processes): lower batch_size or add images"
-            )
         self.total_steps = (
             cfg.max_steps if cfg.max_steps is not None else cfg.epochs * self.steps_per_epoch
         )
