@@ -101,7 +101,7 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
     a, b = _metrics(out)["rows"][0], _metrics(tmp_path / "knn2")["rows"][0]
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
     with pytest.raises(ValueError, match="stores features"):
-        main([*argv[:-2], "--key", "dense", *feats])
+        main([*argv, "--key", "dense", *feats])
     other = ["extract", "--model", "stellar-tiny", "--data", str(val), "--resolution", "32"]
     assert (
         main([*other, "--out", str(tmp_path / "f32"), "--keys", "cls", "--num-workers", "0"]) == 0
