@@ -14,8 +14,9 @@ from stellar.demo.stats import pooled_miou
 from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
 from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
-from stellar.eval.linear import pool_features, predict_logits, train_linear_probe
+from stellar.eval.linear import pool_features, train_linear_probe
 from stellar.eval.metrics import psnr
+from stellar.eval.probe import predict
 from stellar.eval.segmentation import SCHEDULE as SEG_SCHEDULE
 from stellar.eval.segmentation import train_segmentation_probe
 from stellar.models.stellar import STELLAR
@@ -123,7 +124,7 @@ def evaluate(
         head, _ = train_linear_probe(
             x_train, ft[target], x_val, fv[target], classes, schedule, progress=False
         )
-        samples[key] = _correct(predict_logits(head, x_val), fv[target])
+        samples[key] = _correct(predict(head, x_val, 1024, "cpu"), fv[target])
     votes = knn_classify(tokens_train, ft["label"], tokens_val, n_shapes)
     samples["knn_top1"] = _correct(votes.cpu(), fv["label"])
     seg_probe, _ = train_segmentation_probe(

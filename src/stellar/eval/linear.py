@@ -73,13 +73,6 @@ def accuracy_topk(
     return {f"top{k}": hit[:, : min(k, kmax)].any(dim=1).float().mean().item() for k in ks}
 
 
-def predict_logits(
-    probe: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Logits of ``probe`` on (N, D) features, in batches; returns (N, C) on CPU."""
-    return predict(probe, x, batch_size, device)
-
-
 # The paper's linear-probe recipe (the defaults of the functions and of the CLI).
 SCHEDULE = ProbeSchedule(epochs=30, lr=1e-3, weight_decay=1e-4, batch_size=256)
 
@@ -123,10 +116,10 @@ def train_linear_probe(
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
         val_x = pool_features(val_x)
-        metrics.update(accuracy_topk(predict_logits(probe, val_x, device=device), val_y))
-    metrics["train_top1"] = accuracy_topk(
-        predict_logits(probe, train_x, device=device), train_y, (1,)
-    )["top1"]
+        metrics.update(accuracy_topk(predict(probe, val_x, 1024, device), val_y))
+    metrics["train_top1"] = accuracy_topk(predict(probe, train_x, 1024, device), train_y, (1,))[
+        "top1"
+    ]
     logger.info(
         "linear probe: val top1 %.4f top5 %.4f, train top1 %.4f",
         metrics["top1"],
@@ -158,7 +151,6 @@ def train_linear_augmented(
     resolution: int,
     schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
-    scale: tuple[float, float] = AUG_SCALE,
     progress: bool = True,
 ) -> dict[str, float]:
     """The paper's augmented linear probe: fresh RandomResizedCrop + flip views every epoch.
@@ -174,7 +166,6 @@ def train_linear_augmented(
         resolution: side of the crops fed to the model.
         schedule: optimisation settings; its seed also fixes the crops and the probe init.
         num_workers: decoding workers.
-        scale: RandomResizedCrop area range.
         progress: tqdm bars.
 
     Returns:
@@ -201,7 +192,7 @@ def train_linear_augmented(
     def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         canvas = batch["canvas"].to(device, non_blocking=True)
         views = random_resized_crop(
-            canvas, batch["size"].to(device), resolution, 1, scale=scale, ratio=AUG_RATIO,
+            canvas, batch["size"].to(device), resolution, 1, scale=AUG_SCALE, ratio=AUG_RATIO,
             generator=gen, flip_p=0.5,
         )[:, 0]  # fmt: skip
         with torch.no_grad(), autocast(device):
@@ -213,7 +204,7 @@ def train_linear_augmented(
         return F.cross_entropy(logits, target), target.numel()
 
     fit_probe(probe, schedule, epoch_batches, loss_of, device, "linear probe (augmented)", progress)
-    metrics = accuracy_topk(predict_logits(probe, val.x, device=device), val_y)
+    metrics = accuracy_topk(predict(probe, val.x, 1024, device), val_y)
     metrics["train_top1"] = hits["correct"] / max(hits["seen"], 1)
     return metrics
 
