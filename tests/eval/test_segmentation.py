@@ -58,8 +58,6 @@ def test_ignore_label_is_ignored():
     cm.update(pred, target)
     assert cm.matrix.sum() == 2
     assert cm.compute()["miou"] == pytest.approx(1.0)
-    with pytest.raises(ValueError, match="target labels"):
-        cm.update(pred, torch.tensor([[[0, 1, 7, 0]]]))
 
 
 def test_accumulation_equals_single_update_not_batch_mean():
@@ -97,9 +95,6 @@ def test_logits_of_tokens():
     # token i of the row-major grid is pixel (i // 6, i % 6) of the logits
     ref = probe.conv(probe.bn(tokens.reshape(2, 6, 6, 8).permute(0, 3, 1, 2)))
     torch.testing.assert_close(grid, ref)
-    cm = ConfusionMatrix(4)
-    cm.update(a, a.argmax(1))  # (B, C, H, W) logits are argmaxed
-    assert cm.compute()["pixel_acc"] == 1.0
 
 
 def test_probe_learns_linear_toy_task():

@@ -90,26 +90,14 @@ class ConfusionMatrix:
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch.
-
-        Args:
-            pred: (B, H, W) predicted labels, or (B, C, H, W) logits (argmax over C is taken).
-            target: (B, H, W) labels in ``[0, C)`` or ``ignore_index``.
-        """
+        """Add one batch: (B, H, W) predicted labels and targets in ``[0, C)`` or
+        ``ignore_index`` (:func:`~stellar.eval.segdata.load_label_maps` checks them)."""
         c = self.num_classes
-        if pred.dim() == target.dim() + 1:
-            pred = pred.argmax(dim=1)
         target = target.reshape(-1).long()
         pred = pred.reshape(-1).long().to(target.device)
         valid = target != self.ignore_index
-        target, pred = target[valid], pred[valid]
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
-            raise ValueError(
-                f"expected target labels in [0, {c}) or {self.ignore_index}, got range "
-                f"[{int(target.min())}, {int(target.max())}]"
-            )
-        counts = torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
-        self.matrix += counts.cpu()
+        counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
+        self.matrix += counts.reshape(c, c).cpu()
 
     def compute(self) -> dict:
         """Metrics of the accumulated matrix.
