@@ -122,7 +122,8 @@ def test_concept_grid_layout() -> None:
     spatial = _region_spatial(4, 4, r, token=4, rows=slice(0, 1), cols=slice(0, 1))
     panel = concept_grid(torch.zeros(3, 32, 32), spatial, (4, 4), cell=cell, cols=3)
     assert panel.width >= 3 * cell and panel.height >= 2 * cell
-    assert heatmap(np.array([0.0, 1.0])).tolist() == [[0, 0, 4], [252, 255, 164]]
+    low, high = heatmap(np.array([0.0, 1.0])).astype(int)
+    assert low.sum() < 10 and high.min() > 150  # dark at 0, pale at the peak
 
 
 def test_compose_panel_places_cells() -> None:
