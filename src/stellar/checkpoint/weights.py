@@ -21,8 +21,6 @@ from stellar.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_PROTO = b"\x80"  # legacy torch.save / plain pickle (protocol >= 2)
 _LISTED = 12  # keys shown per kind in an error
 
 
@@ -54,22 +52,6 @@ def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
             f"was not downloaded ({type(err).__name__}: {why}). Fetch it with `{command}` (it "
             "then loads offline too), or pass the path of a local copy"
         ) from None
-
-
-def _looks_like(head: bytes) -> str:
-    """What a file that is no checkpoint seems to be, for the error."""
-    if not head:
-        return "the file is empty"
-    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image")):
-        if head.startswith(magic):
-            return f"it looks like {kind}"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "it looks like JSON text (a config.json?)"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"unrecognised content starting with {head[:8]!r}"
-    return "it looks like a text file"
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -133,9 +115,6 @@ def read_pickle(path: str | Path, what: str | None = None) -> Any:
     what = what or f"{path} is not a readable torch pickle (.pt)"
     if not path.is_file():
         raise WeightsNotFoundError(f"no file at {path}")
-    head = _head(path)
-    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
-        raise UsageError(f"{what}: {_looks_like(head)}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
