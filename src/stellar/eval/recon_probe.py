@@ -277,13 +277,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
         raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
-    for flag, path in (
-        ("--lpips-vgg", args.lpips_vgg),
-        ("--lpips-weights", args.lpips_weights),
-        ("--fid-weights", args.fid_weights),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"{flag} {path!r} is not a file")
     device = pick_device(args.device)
     unavailable = {}
     lpips_net = fid_net = None
