@@ -10,7 +10,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
@@ -138,7 +137,6 @@ def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
         s = shares["l_share"] + shares["s_share"] + shares["cross_share"]
         assert math.isclose(s, 1.0, abs_tol=1e-6) and 0 <= shares["l_share"] <= 1
     assert all(row["distances"][n]["mean"] >= 0 for n in DISTANCES)
-    assert Image.open(out / "invariance.png").size[0] > 300
     assert "sparse_matched" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--scale"):
         main([*argv, "--scale", "0.5", "1.5", "--out", str(out)])
