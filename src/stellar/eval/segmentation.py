@@ -37,7 +37,7 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
-from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
+from stellar.eval.segdata import IGNORE, SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -80,22 +80,20 @@ class ConfusionMatrix:
 
     Args:
         num_classes: C.
-        ignore_index: target value whose pixels are skipped.
     """
 
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
+    def __init__(self, num_classes: int) -> None:
         self.num_classes = num_classes
-        self.ignore_index = ignore_index
         self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
 
     @torch.no_grad()
     def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
         """Add one batch: (B, H, W) predicted labels and targets in ``[0, C)`` or
-        ``ignore_index`` (:func:`~stellar.eval.segdata.load_label_maps` checks them)."""
+        ``IGNORE`` (:func:`~stellar.eval.segdata.load_label_maps` checks them)."""
         c = self.num_classes
         target = target.reshape(-1).long()
         pred = pred.reshape(-1).long().to(target.device)
-        valid = target != self.ignore_index
+        valid = target != IGNORE
         counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
         self.matrix += counts.reshape(c, c).cpu()
 
@@ -124,7 +122,6 @@ def evaluate_segmentation_probe(
     masks: torch.Tensor,
     num_classes: int,
     batch_size: int = 16,
-    ignore_index: int = 255,
     device: torch.device | str = "cpu",
 ) -> dict:
     """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
@@ -133,7 +130,7 @@ def evaluate_segmentation_probe(
     labels = predict(
         probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
     )
-    cm = ConfusionMatrix(num_classes, ignore_index)
+    cm = ConfusionMatrix(num_classes)
     for pred, target in zip(labels.split(batch_size), masks.split(batch_size), strict=True):
         cm.update(pred, target)
     return cm.compute()
@@ -150,7 +147,6 @@ def train_segmentation_probe(
     val_masks: torch.Tensor | None,
     num_classes: int,
     schedule: ProbeSchedule = SCHEDULE,
-    ignore_index: int = 255,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
@@ -161,12 +157,11 @@ def train_segmentation_probe(
     Args:
         train_dense: (N, n, D) frozen patch tokens of square grids (any float dtype; may stay
             on CPU, batches move to ``device``).
-        train_masks: (N, H, W) integer labels, ``ignore_index`` for unlabelled pixels.
+        train_masks: (N, H, W) integer labels, ``IGNORE`` for unlabelled pixels.
         val_dense, val_masks: same for validation, or None.
         num_classes: C.
         schedule: optimisation settings (its batch size also batches the validation); its
             seed seeds the probe init and the batch order.
-        ignore_index: label skipped by the loss and the metric.
         device: where the probe trains.
         progress: show a tqdm bar over epochs.
 
@@ -177,7 +172,7 @@ def train_segmentation_probe(
 
     def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         logits = resize_logits(logits, target.shape[-2:])
-        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+        return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
     probe = train_probe(
@@ -195,7 +190,7 @@ def train_segmentation_probe(
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
         metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, schedule.batch_size, ignore_index, device
+            probe, val_dense, val_masks, num_classes, schedule.batch_size, device
         )
         logger.info(
             "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
