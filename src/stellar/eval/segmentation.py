@@ -75,45 +75,31 @@ def resize_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
     return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
 
 
-class ConfusionMatrix:
-    """Dataset-level confusion matrix (rows = target, columns = prediction).
+def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 pixel counts, rows = target, columns = prediction, of label maps of one
+    shape in ``[0, C)`` (:func:`~stellar.eval.segdata.load_label_maps` checks them); pixels
+    whose target is ``IGNORE`` are skipped. A dataset's matrix is the sum of its batches'."""
+    c = num_classes
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long().to(target.device)
+    valid = target != IGNORE
+    counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
+    return counts.reshape(c, c).cpu()
 
-    Args:
-        num_classes: C.
-    """
 
-    def __init__(self, num_classes: int) -> None:
-        self.num_classes = num_classes
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch: (B, H, W) predicted labels and targets in ``[0, C)`` or
-        ``IGNORE`` (:func:`~stellar.eval.segdata.load_label_maps` checks them)."""
-        c = self.num_classes
-        target = target.reshape(-1).long()
-        pred = pred.reshape(-1).long().to(target.device)
-        valid = target != IGNORE
-        counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
-        self.matrix += counts.reshape(c, c).cpu()
-
-    def compute(self) -> dict:
-        """Metrics of the accumulated matrix.
-
-        Returns:
-            ``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}``;
-            IoU of a class absent from both prediction and target is NaN and excluded from
-            ``miou``. Everything is NaN when no pixel was counted.
-        """
-        m = self.matrix.double()
-        inter = m.diagonal()
-        union = m.sum(dim=0) + m.sum(dim=1) - inter
-        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
-        total = m.sum()
-        present = ~iou.isnan()
-        miou = iou[present].mean().item() if bool(present.any()) else math.nan
-        pixel_acc = (inter.sum() / total).item() if total > 0 else math.nan
-        return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
+def segmentation_scores(matrix: torch.Tensor) -> dict:
+    """``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}`` of a
+    confusion matrix; IoU of a class absent from both prediction and target is NaN and
+    excluded from ``miou``. Everything is NaN when no pixel was counted."""
+    m = matrix.double()
+    inter = m.diagonal()
+    union = m.sum(dim=0) + m.sum(dim=1) - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
+    total = m.sum()
+    present = ~iou.isnan()
+    miou = iou[present].mean().item() if bool(present.any()) else math.nan
+    pixel_acc = (inter.sum() / total).item() if total > 0 else math.nan
+    return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
 
 
 def evaluate_segmentation_probe(
@@ -130,10 +116,8 @@ def evaluate_segmentation_probe(
     labels = predict(
         probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
     )
-    cm = ConfusionMatrix(num_classes)
-    for pred, target in zip(labels.split(batch_size), masks.split(batch_size), strict=True):
-        cm.update(pred, target)
-    return cm.compute()
+    pairs = zip(labels.split(batch_size), masks.split(batch_size), strict=True)
+    return segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
 
 
 # The paper's segmentation-probe recipe (the defaults of the functions and of the CLI).
@@ -166,7 +150,7 @@ def train_segmentation_probe(
         progress: show a tqdm bar over epochs.
 
     Returns:
-        ``(probe, metrics)`` with the :meth:`ConfusionMatrix.compute` keys on the val set
+        ``(probe, metrics)`` with the :func:`segmentation_scores` keys on the val set
         (empty dict without one).
     """
 
