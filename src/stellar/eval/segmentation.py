@@ -65,14 +65,9 @@ class SegmentationProbe(nn.Module):
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
         x = dense.float().reshape(b, side, side, d).permute(0, 3, 1, 2).contiguous()
         logits = self.conv(self.bn(x))
-        return logits if out_size is None else resize_logits(logits, out_size)
-
-
-def resize_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, *size), bilinear with ``align_corners=False``."""
-    if tuple(size) == tuple(logits.shape[-2:]):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+        if out_size is None:
+            return logits
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
 
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -154,8 +149,9 @@ def train_segmentation_probe(
         (empty dict without one).
     """
 
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = resize_logits(logits, target.shape[-2:])
+    def loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = target.shape[-2:]
+        logits = F.interpolate(grid_logits, size=size, mode="bilinear", align_corners=False)
         return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
