@@ -50,18 +50,6 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, decodable_batches
 
-__all__ = [
-    "DISTANCES",
-    "TRANSFORMS",
-    "cosine_distance",
-    "equivariance_partition",
-    "matched_set_distance",
-    "random_crops",
-    "representation_distances",
-    "run_invariance",
-    "transform_views",
-]
-
 logger = logging.getLogger(__name__)
 
 DISTANCES: tuple[str, ...] = (

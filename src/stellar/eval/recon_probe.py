@@ -42,16 +42,6 @@ from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 
-__all__ = [
-    "SCHEDULE",
-    "fresh_decoder",
-    "image_metrics",
-    "reconstruct_features",
-    "run_recon",
-    "save_reconstruction_grid",
-    "train_recon_probe",
-]
-
 logger = logging.getLogger(__name__)
 
 PIXEL_LOSS_WEIGHT = 10.0

@@ -34,14 +34,6 @@ from stellar.errors import UsageError
 from stellar.images import exif_orientation, upright
 from stellar.progress import progress_bar
 
-__all__ = [
-    "LABEL_EXTENSIONS",
-    "SegmentationSplit",
-    "find_split",
-    "load_label_maps",
-    "reduce_zero_label",
-]
-
 logger = logging.getLogger(__name__)
 
 # Lossy formats (JPEG) would corrupt class indices, so only lossless ones count as labels.

@@ -24,7 +24,6 @@ from stellar.errors import UsageError
 if TYPE_CHECKING:
     from stellar.models.config import StellarConfig
 
-__all__ = ["MaskGITVQGAN", "VectorQuantizer", "check_tokenizer", "infer_vqgan_config", "load_vqgan"]
 
 logger = logging.getLogger(__name__)
 
