@@ -59,7 +59,7 @@ def test_identity_crops_give_zero_distance(model) -> None:
     assert set(same["distances"]) == set(DISTANCES) and same["num_images"] == 3
     for name, d in same["distances"].items():
         assert abs(d["mean"]) < 1e-5, name
-    small = run_invariance(model, _Images(images), 4, (0.1, 0.3), 0.0, (), progress=False)
+    small = run_invariance(model, _Images(images), 4, (0.1, 0.3), 0.0, progress=False)
     for name, d in small["distances"].items():
         assert d["mean"] > 10 * abs(same["distances"][name]["mean"]), name
     # the best matching can only beat the query-by-query pairing it includes

@@ -240,7 +240,6 @@ def run_invariance(
     n_crops: int = 8,
     scale: Sequence[float] = (0.3, 1.0),
     flip_p: float = 0.0,
-    transforms: Sequence[str] = TRANSFORMS,
     shift: int = 1,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -260,7 +259,7 @@ def run_invariance(
     factorised = "sparse" in model.feature_keys
     gen = torch.Generator(device=device).manual_seed(seed)
     dist_parts: dict[str, list[Tensor]] = {}
-    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms} if factorised else {}
+    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in TRANSFORMS} if factorised else {}
     chunk = max(1, batch_size)
     pin = device.type == "cuda"
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
@@ -324,7 +323,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(
-            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p, TRANSFORMS,
+            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p,
             args.shift, args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
