@@ -78,10 +78,6 @@ def fresh_decoder(
     return seeded(build, seed, "cpu").train()
 
 
-def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
-    return images.to(device, non_blocking=True).float().div_(255)
-
-
 def reconstruct_features(
     decoder: ReconstructionDecoder,
     features: Tensor,
@@ -124,7 +120,8 @@ def train_recon_probe(
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
         x = features[idx].to(device).float()
         x_hat = decoder(x, grid)["x_hat"]
-        return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, _to_float(images[idx], device)), idx.numel()
+        target = images[idx].to(device, non_blocking=True).float().div_(255)
+        return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, target), idx.numel()
 
     return fit_probe(
         decoder, schedule, schedule.index_batches(n), loss_of, device, "reconstruction probe",

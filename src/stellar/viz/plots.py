@@ -4,27 +4,11 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 DPI = 100
-
-
-def _figure(size: tuple[int, int]) -> tuple[Any, Any]:
-    # matplotlib is imported here so that `import stellar` stays light; no pyplot state
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
-    return fig, FigureCanvasAgg(fig)
-
-
-def _image(fig: Any, canvas: Any) -> Image.Image:
-    fig.tight_layout(pad=0.4)
-    canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
 def line_plot(
@@ -38,7 +22,12 @@ def line_plot(
     Non-finite points are left out; ``log_y`` falls back to a linear axis when a value is not
     positive. Returns an RGB image of ``size`` pixels (width, height).
     """
-    fig, canvas = _figure(size)
+    # matplotlib is imported here so that `import stellar` stays light; no pyplot state
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
@@ -52,4 +41,6 @@ def line_plot(
         ax.set_yscale("log")
     if any(finite.values()):
         ax.legend(fontsize=7, frameon=False)
-    return _image(fig, canvas)
+    fig.tight_layout(pad=0.4)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
