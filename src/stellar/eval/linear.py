@@ -129,16 +129,6 @@ def train_linear_probe(
     return probe, metrics
 
 
-def run_linear(train: LabelledFeatures, val: LabelledFeatures, **settings: Any) -> dict[str, float]:
-    """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1].
-
-    ``settings``: the keywords of :func:`train_linear_probe` (schedule, device, progress).
-    """
-    val_y, num = align_val(train, val)
-    _, metrics = train_linear_probe(train.x, train.y, val.x, val_y, num, **settings)
-    return metrics
-
-
 AUG_SCALE: tuple[float, float] = (0.2, 1.0)
 AUG_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
@@ -237,8 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_train = len(ImageFolder(train_dir))
         else:
             train = split_features(args, e, train_dir, args.train_features)
-            metrics = run_linear(
-                train, val, schedule=schedule, device=e.model.device, progress=progress
+            val_y, num = align_val(train, val)
+            _, metrics = train_linear_probe(
+                train.x, train.y, val.x, val_y, num, schedule, e.model.device, progress
             )
             num_train = len(train)
         rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))
