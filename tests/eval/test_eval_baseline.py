@@ -63,7 +63,7 @@ def test_hf_vit_baseline_matches_transformers(hf_vit) -> None:
 
 
 # (width, heads): ViT-H is 1280 wide with 16 heads of 80, not 1280 / 64 = 20
-@pytest.mark.parametrize(("width", "heads"), [(64, 1), (1280, 16)])
+@pytest.mark.parametrize(("width", "heads"), [(96, 4), (1280, 16)])
 def test_original_mae_file(tmp_path, width, heads) -> None:
     enc = EncoderConfig(
         hidden_size=width,

@@ -35,7 +35,7 @@ from stellar.errors import UsageError
 from stellar.eval.encoder import BASELINE_KEYS
 from stellar.models.config import StellarConfig
 from stellar.models.encoder import ViTEncoder
-from stellar.models.infer import heads_for_width, infer_config
+from stellar.models.infer import infer_config
 from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)
@@ -117,11 +117,8 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     weights = load_mae_weights(path)
     hf = weights.config or {}
     shapes = {f"encoder.{k}": tuple(v.shape) for k, v in weights.tensors.items()}
-    # without a config.json: the standard ViT's heads (ViT-H: 16 of 80), else 64-wide ones
-    heads = hf.get("num_attention_heads") or heads_for_width(
-        shapes.get("encoder.pos_embed", [0])[-1], True
-    )
-    enc = infer_config(shapes, heads=heads).encoder
+    # without a config.json: the standard ViT's heads for the width (ViT-H: 16 of 80)
+    enc = infer_config(shapes, heads=hf.get("num_attention_heads")).encoder
     default_eps = 1e-6 if weights.layout == "original" else 1e-12  # timm's ViT, HF's
     enc = dataclasses.replace(enc, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)))
     model = ViTBaseline(StellarConfig(encoder=enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
