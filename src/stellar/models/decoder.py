@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from stellar.layers import FourierPositionEncoding, Transformer
+from stellar.layers.block import Transformer
+from stellar.layers.pos_embed import FourierPositionEncoding
 from stellar.models.config import DecoderConfig
 from stellar.models.init import init_vit_layers_
 

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stellar.layers import Transformer, resize_patch_pos_embed
+from stellar.layers.block import Transformer
+from stellar.layers.pos_embed import resize_patch_pos_embed
 from stellar.models.config import EncoderConfig
 from stellar.models.init import INIT_STD, init_vit_layers_
 
