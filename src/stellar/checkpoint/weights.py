@@ -8,7 +8,6 @@ downloads.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -18,8 +17,6 @@ from safetensors import safe_open
 from torch import Tensor, nn
 
 from stellar.errors import UsageError
-
-logger = logging.getLogger(__name__)
 
 _LISTED = 12  # keys shown per kind in an error
 
@@ -167,7 +164,7 @@ def check_state(
     target: str,
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
-) -> list[str]:
+) -> None:
     """Raise ValueError unless ``state`` fits ``expected`` key for key, shape for shape.
 
     Args:
@@ -176,12 +173,8 @@ def check_state(
         source, target: the file and what it is loaded into, for the error.
         unused: the explicit known-unused list: keys (or prefixes ending in ``.``) skipped.
         may_be_missing: keys (or prefixes) that keep their initial value when absent.
-
-    Returns:
-        The known-unused keys found in ``state`` (sorted).
     """
     unused, may_be_missing = tuple(unused), tuple(may_be_missing)
-    skipped = sorted(k for k in state if k not in expected and _matches(k, unused))
     unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))
     missing = sorted(k for k in expected if k not in state and not _matches(k, may_be_missing))
     wrong = [
@@ -196,7 +189,6 @@ def check_state(
     ] + ([f"wrong shapes: {listing(wrong)}"] if wrong else [])
     if problems:
         raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
-    return skipped
 
 
 def _finite(tensor: Tensor) -> bool:
@@ -226,18 +218,15 @@ def load_strict(
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
     assign: bool = False,
-) -> list[str]:
+) -> None:
     """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
 
     Everything is checked (:func:`check_state`, finite values) before anything is copied, so a
     refused file leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module
     built on the meta device).
-
-    Returns:
-        The known-unused keys that were skipped.
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    skipped = check_state(
+    check_state(
         expected,
         state,
         source=source,
@@ -249,8 +238,3 @@ def load_strict(
     check_finite(used, source)
     # only keys on may_be_missing can be absent here: they keep their values
     module.load_state_dict(used, strict=len(used) == len(expected), assign=assign)
-    if skipped:
-        logger.debug(
-            "%s: %d known-unused tensors skipped (%s)", source, len(skipped), listing(skipped)
-        )
-    return skipped
