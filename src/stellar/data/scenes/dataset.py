@@ -43,7 +43,6 @@ class ConceptScenes(Dataset):
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
         self.size, self.length, self.seed = int(size), int(length), int(seed)
         self.split, self.max_objects = split, int(max_objects)
-        self.classes: tuple[str, ...] = SHAPES
 
     def __len__(self) -> int:
         return self.length
