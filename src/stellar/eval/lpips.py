@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from stellar.checkpoint.weights import load_strict, read_state_dict
 
@@ -63,10 +64,6 @@ class VGG16Features(nn.Module):
         return taps
 
 
-def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-
-
 class LPIPS(nn.Module):
     """LPIPS distance with a VGG16 backbone. Use :func:`load_lpips` for pretrained weights."""
 
@@ -90,7 +87,7 @@ class LPIPS(nn.Module):
         both = (torch.cat([2 * x - 1, 2 * y - 1]) - self.shift) / self.scale
         total = torch.zeros(x.shape[0], dtype=both.dtype, device=both.device)
         for feat, lin in zip(self.net(both), self.lins, strict=True):
-            fx, fy = _unit_normalize(feat).chunk(2)
+            fx, fy = F.normalize(feat, dim=1, eps=1e-10).chunk(2)
             total = total + lin((fx - fy).pow(2)).mean(dim=(1, 2, 3))
         return total
 
