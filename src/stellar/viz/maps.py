@@ -74,8 +74,6 @@ def palette(n: int) -> np.ndarray:
     Up to 64 colours are chosen greedily for maximal CIELAB distance; more tokens reuse them
     cyclically.
     """
-    if n < 1:
-        raise ValueError(f"expected n >= 1 colours, got {n}")
     table = _palette_table(64)
     return table[np.arange(n) % len(table)]
 
@@ -334,8 +332,6 @@ def compose_panel(
         [(to_pil(c[0]), c[1]) if isinstance(c, tuple) else (to_pil(c), None) for c in row]
         for row in rows
     ]
-    if not any(parsed):
-        raise ValueError("expected at least one image to compose")
     heights = [
         max((im.height for im, _ in r), default=0) + (line if any(cap for _, cap in r) else 0)
         for r in parsed
