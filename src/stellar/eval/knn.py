@@ -20,7 +20,6 @@ from stellar.errors import positive_float, positive_int
 from stellar.eval.common import format_table
 from stellar.eval.features import (
     ACCURACY_COLUMNS,
-    LabelledFeatures,
     add_classification_arguments,
     align_val,
     classification_setup,
@@ -104,15 +103,6 @@ def knn_accuracy(
     return accuracy_topk(probs, torch.where(voted, labels, -1), (1, 5))
 
 
-def run_knn(train: LabelledFeatures, val: LabelledFeatures, **knn: Any) -> dict[str, float]:
-    """Weighted kNN (DINO) on pooled features: ``{"top1", "top5"}`` in [0, 1].
-
-    ``knn``: the options of :func:`knn_classify` (``k``, ``temperature``, ...).
-    """
-    val_y, num = align_val(train, val)
-    return knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
-
-
 # ---------------------------------------------------------------------------- stellar eval knn
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval knn``."""
@@ -128,7 +118,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         train = split_features(args, e, train_dir, args.train_features)
-        metrics = run_knn(train, val, k=args.k, temperature=args.temperature)
+        val_y, num = align_val(train, val)
+        knn = {"k": args.k, "temperature": args.temperature}
+        metrics = knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
         rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "augmented": False}
 
