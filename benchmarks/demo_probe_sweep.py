@@ -24,9 +24,9 @@ from stellar.eval.linear import (
     SCHEDULE,
     accuracy_topk,
     pool_features,
-    predict_logits,
     train_linear_probe,
 )
+from stellar.eval.probe import predict
 
 BUDGETS = ((30, 1e-3), (300, 1e-3), (100, 1e-2), (300, 1e-2))
 
@@ -69,7 +69,7 @@ def main() -> None:
                     x_train, ft["label"], x_val, fv["label"], len(SHAPES),
                     replace(SCHEDULE, epochs=epochs, lr=lr, seed=args.seed), progress=False,
                 )  # fmt: skip
-                fit = accuracy_topk(predict_logits(probe, x_train), ft["label"], (1,))["top1"]
+                fit = accuracy_topk(predict(probe, x_train, 1024, "cpu"), ft["label"], (1,))["top1"]
                 row = {"model": name, "key": key, "epochs": epochs, "lr": lr}
                 row |= {"train_top1": round(fit, 4), "val_top1": round(val_metrics["top1"], 4)}
                 print(json.dumps(row), flush=True)

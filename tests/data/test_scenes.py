@@ -213,8 +213,6 @@ def test_bad_arguments() -> None:
         ConceptScenes(split="training")
     with pytest.raises(ValueError, match="size"):
         render_scene(0, 0, 8)
-    with pytest.raises(ValueError, match="max_objects"):
-        render_scene(0, 0, 32, max_objects=0)
     with pytest.raises(ValueError, match="non-negative"):
         render_scene(-1, 0, 32)
     with pytest.raises(IndexError):

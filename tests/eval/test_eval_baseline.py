@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from stellar.cli import main
-from stellar.eval.baseline import BaselineConfig, ViTBaseline, load_baseline, parse_baseline
-from stellar.models.config import EncoderConfig
+from stellar.eval.baseline import ViTBaseline, load_baseline, parse_baseline
+from stellar.models.config import EncoderConfig, StellarConfig
 
 transformers = pytest.importorskip("transformers")
 
@@ -63,7 +63,7 @@ def test_hf_vit_baseline_matches_transformers(hf_vit) -> None:
 
 
 # (width, heads): ViT-H is 1280 wide with 16 heads of 80, not 1280 / 64 = 20
-@pytest.mark.parametrize(("width", "heads"), [(64, 1), (1280, 16)])
+@pytest.mark.parametrize(("width", "heads"), [(96, 4), (1280, 16)])
 def test_original_mae_file(tmp_path, width, heads) -> None:
     enc = EncoderConfig(
         hidden_size=width,
@@ -75,7 +75,7 @@ def test_original_mae_file(tmp_path, width, heads) -> None:
         layer_norm_eps=1e-6,
     )
     torch.manual_seed(0)
-    source = ViTBaseline(BaselineConfig(enc)).eval()
+    source = ViTBaseline(StellarConfig(encoder=enc)).eval()
     with torch.no_grad():  # attention weights large enough that a wrong head split shows
         for name, p in source.encoder.named_parameters():
             if "attn" in name:

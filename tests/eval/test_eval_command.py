@@ -14,8 +14,13 @@ from PIL import Image
 from stellar import create_stellar
 from stellar.cli import main
 from stellar.eval.common import format_table
-from stellar.eval.features import LabelledFeatures, features_from_dir, labelled_features
-from stellar.eval.knn import run_knn
+from stellar.eval.features import (
+    LabelledFeatures,
+    align_val,
+    features_from_dir,
+    labelled_features,
+)
+from stellar.eval.knn import knn_accuracy
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -116,10 +121,11 @@ def test_val_classes_are_aligned_by_name() -> None:
     x = torch.eye(3)
     train = LabelledFeatures(x, torch.tensor([0, 1, 2]), ["a", "b", "c"])
     val = LabelledFeatures(torch.stack([x[2], x[0]]), torch.tensor([0, 1]), ["c", "a"])
-    assert run_knn(train, val, k=1)["top1"] == 1.0
+    val_y, num = align_val(train, val)
+    assert knn_accuracy(train.x, train.y, val.x, val_y, num, k=1)["top1"] == 1.0
     stranger = LabelledFeatures(x[:1], torch.tensor([0]), ["z"])
     with pytest.raises(ValueError, match="do not exist in the training set"):
-        run_knn(train, stranger, k=1)
+        align_val(train, stranger)
 
 
 def test_extract_keeps_class_names_of_nested_class_folders(tmp_path) -> None:

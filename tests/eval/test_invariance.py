@@ -10,7 +10,6 @@ import os
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
@@ -60,7 +59,7 @@ def test_identity_crops_give_zero_distance(model) -> None:
     assert set(same["distances"]) == set(DISTANCES) and same["num_images"] == 3
     for name, d in same["distances"].items():
         assert abs(d["mean"]) < 1e-5, name
-    small = run_invariance(model, _Images(images), 4, (0.1, 0.3), 0.0, (), progress=False)
+    small = run_invariance(model, _Images(images), 4, (0.1, 0.3), 0.0, progress=False)
     for name, d in small["distances"].items():
         assert d["mean"] > 10 * abs(same["distances"][name]["mean"]), name
     # the best matching can only beat the query-by-query pairing it includes
@@ -138,7 +137,6 @@ def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
         s = shares["l_share"] + shares["s_share"] + shares["cross_share"]
         assert math.isclose(s, 1.0, abs_tol=1e-6) and 0 <= shares["l_share"] <= 1
     assert all(row["distances"][n]["mean"] >= 0 for n in DISTANCES)
-    assert Image.open(out / "invariance.png").size[0] > 300
     assert "sparse_matched" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--scale"):
         main([*argv, "--scale", "0.5", "1.5", "--out", str(out)])

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 import torch
 
+from stellar.eval import knn
 from stellar.eval.knn import knn_accuracy, knn_classify
 
 
@@ -40,15 +41,12 @@ def test_matches_numpy_reference(k, temperature):
     np.testing.assert_allclose(got.sum(1).numpy(), 1.0, atol=1e-5)
 
 
-def test_chunk_size_invariance():
+def test_chunk_size_invariance(monkeypatch):
     train, labels, test, c = _data()
-    full = knn_classify(train, labels, test, c, chunk_size=test.shape[0])
-    for kwargs in (
-        {"chunk_size": 1},
-        {"chunk_size": 7},
-        {"max_sim_elements": 600},  # budget -> 2 test rows per chunk
-    ):
-        torch.testing.assert_close(knn_classify(train, labels, test, c, **kwargs), full)
+    full = knn_classify(train, labels, test, c)
+    for budget in (1, 7 * train.shape[0], 600):  # 1, 7 and 2 test rows per chunk
+        monkeypatch.setattr(knn, "MAX_SIM_ELEMENTS", budget)
+        torch.testing.assert_close(knn_classify(train, labels, test, c), full)
 
 
 def test_k_larger_than_bank_is_clamped():

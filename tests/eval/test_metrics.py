@@ -54,15 +54,11 @@ def test_ssim_matches_skimage(shape):
     torch.testing.assert_close(ssim(x.double(), y.double()), got.double(), atol=1e-5, rtol=0)
 
 
-def test_ssim_properties_and_errors():
+def test_ssim_properties():
     x, y = _images()
     torch.testing.assert_close(ssim(x, x), torch.ones(3))
     torch.testing.assert_close(ssim(x, y), ssim(y, x))
     assert (ssim(x, y) < 1).all()
-    with pytest.raises(ValueError, match="H, W >= 11"):
-        ssim(x[..., :10, :], y[..., :10, :])
-    with pytest.raises(ValueError, match="equal shape"):
-        ssim(x, y[:1])
 
 
 def test_frechet_diagonal_closed_form():
@@ -103,5 +99,3 @@ def test_feature_statistics():
     np.testing.assert_allclose(
         sigma.numpy(), np.cov(feats.double().numpy(), rowvar=False), rtol=1e-9, atol=1e-9
     )
-    with pytest.raises(ValueError, match="at least 2"):
-        feature_statistics(feats[:1])

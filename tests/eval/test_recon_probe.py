@@ -110,7 +110,7 @@ def test_recon_command(tmp_path, capsys) -> None:
         main([*argv, "--key", "sparse", "--out", str(out)])
     with pytest.raises(ValueError, match="both --lpips-vgg and --lpips-weights"):
         main([*argv, "--lpips-vgg", str(ckpt), "--out", str(out)])
-    with pytest.raises(ValueError, match="not a file"):
+    with pytest.raises(FileNotFoundError, match="missing.pth"):  # read_state_dict names it
         main([*argv, "--fid-weights", str(tmp_path / "missing.pth"), "--out", str(out)])
 
 

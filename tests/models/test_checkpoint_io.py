@@ -57,17 +57,17 @@ def _files(tmp_path: Path) -> dict[str, Path]:
 
 
 @pytest.mark.parametrize(
-    "name,why",
+    "name",
     [
-        ("text.safetensors", "text file"),
-        ("text.bin", "text file"),
-        ("config.json", "JSON"),
-        ("photo.jpg", "JPEG"),
-        ("empty.pt", "empty"),
-        ("truncated.safetensors", "safetensors"),
+        "text.safetensors",
+        "text.bin",
+        "config.json",
+        "photo.jpg",
+        "empty.pt",
+        "truncated.safetensors",
     ],
 )
-def test_wrong_file_types_name_the_path_and_the_formats(tmp_path, name, why):
+def test_wrong_file_types_name_the_path_and_the_formats(tmp_path, name):
     path = _files(tmp_path)[name]
     readers = [read_state_dict, read_header, load_stellar, load_vqgan]
     for read in readers:
@@ -75,7 +75,7 @@ def test_wrong_file_types_name_the_path_and_the_formats(tmp_path, name, why):
             read(path)
         message = str(err.value)
         assert message.startswith(f"{path} is not a .safetensors file or a torch state-dict")
-        assert why in message, (read.__name__, message)
+        assert "\n" not in message, (read.__name__, message)  # one line
         assert "weights_only" not in message  # torch's advice to unpickle untrusted code
 
 

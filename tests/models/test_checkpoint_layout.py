@@ -164,7 +164,8 @@ def test_extra_tensors_inside_a_built_part_are_refused(tmp_path):
     )
     state["clustering_head.bogus.weight"] = torch.zeros(3)
     save_state_dict(state, tmp_path / "extra.safetensors")
-    create_stellar("stellar-tiny").config.save(tmp_path / "config.json")  # no inferring depth
+    config = create_stellar("stellar-tiny").config.to_dict()
+    (tmp_path / "config.json").write_text(json.dumps(config))  # no inferring depth
     (tmp_path / "model.safetensors").symlink_to(tmp_path / "extra.safetensors")
     with pytest.raises(ValueError, match="unexpected keys") as err:
         load_stellar(tmp_path, purpose="reconstruct")

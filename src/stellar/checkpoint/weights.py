@@ -8,7 +8,6 @@ downloads.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,6 @@ from torch import Tensor, nn
 
 from stellar.errors import UsageError
 
-logger = logging.getLogger(__name__)
-
-_ZIP_MAGIC = b"PK\x03\x04"  # torch.save's default (zip) format
-_PICKLE_PROTO = b"\x80"  # legacy torch.save / plain pickle (protocol >= 2)
 _LISTED = 12  # keys shown per kind in an error
 
 
@@ -54,22 +49,6 @@ def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
             f"was not downloaded ({type(err).__name__}: {why}). Fetch it with `{command}` (it "
             "then loads offline too), or pass the path of a local copy"
         ) from None
-
-
-def _looks_like(head: bytes) -> str:
-    """What a file that is no checkpoint seems to be, for the error."""
-    if not head:
-        return "the file is empty"
-    for magic, kind in ((b"\xff\xd8\xff", "a JPEG image"), (b"\x89PNG", "a PNG image")):
-        if head.startswith(magic):
-            return f"it looks like {kind}"
-    if head.lstrip()[:1] in (b"{", b"["):
-        return "it looks like JSON text (a config.json?)"
-    try:
-        head.decode("utf-8")
-    except UnicodeDecodeError:
-        return f"unrecognised content starting with {head[:8]!r}"
-    return "it looks like a text file"
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:
@@ -133,9 +112,6 @@ def read_pickle(path: str | Path, what: str | None = None) -> Any:
     what = what or f"{path} is not a readable torch pickle (.pt)"
     if not path.is_file():
         raise WeightsNotFoundError(f"no file at {path}")
-    head = _head(path)
-    if not head.startswith((_ZIP_MAGIC, _PICKLE_PROTO)):
-        raise UsageError(f"{what}: {_looks_like(head)}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
@@ -188,7 +164,7 @@ def check_state(
     target: str,
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
-) -> list[str]:
+) -> None:
     """Raise ValueError unless ``state`` fits ``expected`` key for key, shape for shape.
 
     Args:
@@ -197,12 +173,8 @@ def check_state(
         source, target: the file and what it is loaded into, for the error.
         unused: the explicit known-unused list: keys (or prefixes ending in ``.``) skipped.
         may_be_missing: keys (or prefixes) that keep their initial value when absent.
-
-    Returns:
-        The known-unused keys found in ``state`` (sorted).
     """
     unused, may_be_missing = tuple(unused), tuple(may_be_missing)
-    skipped = sorted(k for k in state if k not in expected and _matches(k, unused))
     unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))
     missing = sorted(k for k in expected if k not in state and not _matches(k, may_be_missing))
     wrong = [
@@ -217,7 +189,6 @@ def check_state(
     ] + ([f"wrong shapes: {listing(wrong)}"] if wrong else [])
     if problems:
         raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
-    return skipped
 
 
 def _finite(tensor: Tensor) -> bool:
@@ -247,18 +218,15 @@ def load_strict(
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
     assign: bool = False,
-) -> list[str]:
+) -> None:
     """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
 
     Everything is checked (:func:`check_state`, finite values) before anything is copied, so a
     refused file leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module
     built on the meta device).
-
-    Returns:
-        The known-unused keys that were skipped.
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    skipped = check_state(
+    check_state(
         expected,
         state,
         source=source,
@@ -270,8 +238,3 @@ def load_strict(
     check_finite(used, source)
     # only keys on may_be_missing can be absent here: they keep their values
     module.load_state_dict(used, strict=len(used) == len(expected), assign=assign)
-    if skipped:
-        logger.debug(
-            "%s: %d known-unused tensors skipped (%s)", source, len(skipped), listing(skipped)
-        )
-    return skipped

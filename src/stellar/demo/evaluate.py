@@ -14,10 +14,11 @@ from stellar.demo.stats import pooled_miou
 from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
 from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
-from stellar.eval.linear import pool_features, predict_logits, train_linear_probe
+from stellar.eval.linear import pool_features, train_linear_probe
 from stellar.eval.metrics import psnr
+from stellar.eval.probe import predict
 from stellar.eval.segmentation import SCHEDULE as SEG_SCHEDULE
-from stellar.eval.segmentation import train_segmentation_probe
+from stellar.eval.segmentation import confusion, train_segmentation_probe
 from stellar.models.stellar import STELLAR
 
 SEG_CLASSES = 1 + len(SHAPES)
@@ -52,10 +53,7 @@ def encode_scenes(
 
 def scene_confusions(pred: Tensor, target: Tensor, num_classes: int) -> Tensor:
     """Per-scene confusion matrices: (N, H, W) predicted and target labels -> (N, C, C)."""
-    n, c = pred.shape[0], num_classes
-    offset = torch.arange(n).view(n, 1, 1) * c * c
-    index = (offset + target.long() * c + pred.long()).flatten()
-    return torch.bincount(index, minlength=n * c * c).view(n, c, c)
+    return torch.stack([confusion(p, t, num_classes) for p, t in zip(pred, target, strict=True)])
 
 
 def _correct(logits: Tensor, labels: Tensor) -> Tensor:
@@ -123,7 +121,7 @@ def evaluate(
         head, _ = train_linear_probe(
             x_train, ft[target], x_val, fv[target], classes, schedule, progress=False
         )
-        samples[key] = _correct(predict_logits(head, x_val), fv[target])
+        samples[key] = _correct(predict(head, x_val, 1024, "cpu"), fv[target])
     votes = knn_classify(tokens_train, ft["label"], tokens_val, n_shapes)
     samples["knn_top1"] = _correct(votes.cpu(), fv["label"])
     seg_probe, _ = train_segmentation_probe(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import platform
 import shlex
+from dataclasses import fields
 from pathlib import Path
 
 import torch
@@ -15,6 +16,8 @@ from stellar.demo.training import DemoSettings
 from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
 
 SUPERVISED = "supervised reference"
+OPTIONAL = ("ablation", "photos", "progress", "overrides")
+"""The settings a report's Command line names only when they are set."""
 
 COLUMNS = [
     ("linear_top1", "linear probe top-1 (sparse)", 100, "%"),
@@ -154,17 +157,8 @@ def invariance_section(results: dict[str, dict]) -> list[str]:
     return ["", *lines, "", *notes]
 
 
-FLAGS = [
-    "out",
-    "seed",
-    "steps",
-    "batch_size",
-    "eval_train",
-    "eval_val",
-    "probe_epochs",
-    "seg_epochs",
-]
-"""The settings every report's Command line names, in this order."""
+FLAGS = [f.name for f in fields(DemoSettings) if f.name not in OPTIONAL]
+"""The settings every report's Command line names, in their order."""
 
 
 def full_command(settings: DemoSettings) -> str:

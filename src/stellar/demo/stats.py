@@ -11,7 +11,7 @@ import math
 import torch
 from torch import Tensor
 
-from stellar.eval.segmentation import ConfusionMatrix
+from stellar.eval.segmentation import segmentation_scores
 
 
 def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
@@ -30,9 +30,7 @@ def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
 
 def pooled_miou(confusions: Tensor) -> float:
     """mIoU of per-scene confusion matrices (N, C, C) summed over the scenes."""
-    cm = ConfusionMatrix(confusions.shape[-1])
-    cm.matrix += confusions.sum(0).to(cm.matrix.dtype)
-    return cm.compute()["miou"]
+    return segmentation_scores(confusions.sum(0))["miou"]
 
 
 def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:

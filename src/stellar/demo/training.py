@@ -38,7 +38,8 @@ def resolve_budget(settings: DemoSettings) -> DemoSettings:
 
 
 def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer:
-    """The ``cpu-demo`` trainer of one variant, writing to ``<out>/train-<name>``."""
+    """The ``cpu-demo`` trainer of one variant, writing to ``<out>/train-<name>``; ``settings``
+    have their budget resolved (:func:`resolve_budget`)."""
     overrides = [
         f"out={Path(settings.out) / f'train-{name}'}",
         f"seed={settings.seed}",
@@ -46,11 +47,9 @@ def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer
         f"progress={str(settings.progress).lower()}",
         *settings.overrides,
         *extra,
+        f"max_steps={settings.steps}",
+        f"batch_size={settings.batch_size}",
     ]
-    if settings.steps is not None:
-        overrides.append(f"max_steps={settings.steps}")
-    if settings.batch_size is not None:
-        overrides.append(f"batch_size={settings.batch_size}")
     return Trainer(load_config("cpu-demo", overrides))
 
 

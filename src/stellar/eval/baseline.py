@@ -24,7 +24,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -33,47 +32,29 @@ from torch import Tensor, nn
 from stellar.checkpoint.mae import load_mae_weights
 from stellar.checkpoint.weights import load_strict
 from stellar.errors import UsageError
-from stellar.eval.encoder import BASELINE_KEYS, STELLAR_KEYS
-from stellar.models.config import DecoderConfig, EncoderConfig
+from stellar.eval.encoder import BASELINE_KEYS
+from stellar.models.config import StellarConfig
 from stellar.models.encoder import ViTEncoder
-from stellar.models.infer import heads_for_width, infer_config
+from stellar.models.infer import infer_config
 from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
-
-__all__ = [
-    "BASELINE_KEYS",
-    "BASELINE_KINDS",
-    "BaselineConfig",
-    "STELLAR_KEYS",
-    "ViTBaseline",
-    "load_baseline",
-    "parse_baseline",
-]
 
 logger = logging.getLogger(__name__)
 
 BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
 
 
-@dataclass
-class BaselineConfig:
-    """The parts of a STELLAR config the protocols read (encoder dims, probe decoder size)."""
-
-    encoder: EncoderConfig
-    decoder: DecoderConfig = field(default_factory=DecoderConfig)
-    fourier_features: int = 256
-
-
 class ViTBaseline(nn.Module):
     """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``.
 
     Args:
-        config: encoder dimensions.
+        config: a STELLAR config whose encoder is the ViT's (the protocols read its encoder
+            dimensions, and the reconstruction probe its decoder size).
         name: the label of the baseline's row in result tables.
     """
 
     feature_keys: tuple[str, ...] = BASELINE_KEYS
 
-    def __init__(self, config: BaselineConfig, name: str = "ViT") -> None:
+    def __init__(self, config: StellarConfig, name: str = "ViT") -> None:
         super().__init__()
         self.config = config
         self.name = name
@@ -136,14 +117,11 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     weights = load_mae_weights(path)
     hf = weights.config or {}
     shapes = {f"encoder.{k}": tuple(v.shape) for k, v in weights.tensors.items()}
-    # without a config.json: the standard ViT's heads (ViT-H: 16 of 80), else 64-wide ones
-    heads = hf.get("num_attention_heads") or heads_for_width(
-        shapes.get("encoder.pos_embed", [0])[-1], True
-    )
-    enc = infer_config(shapes, heads=heads).encoder
+    # without a config.json: the standard ViT's heads for the width (ViT-H: 16 of 80)
+    enc = infer_config(shapes, heads=hf.get("num_attention_heads")).encoder
     default_eps = 1e-6 if weights.layout == "original" else 1e-12  # timm's ViT, HF's
     enc = dataclasses.replace(enc, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)))
-    model = ViTBaseline(BaselineConfig(enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
+    model = ViTBaseline(StellarConfig(encoder=enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
     load_strict(model.encoder, weights.tensors, source=str(path), target="a ViT encoder")
     mean_std = _preprocessor_mean_std(path)
     if mean_std is not None:  # e.g. Google's HF ViTs were trained on (x - 0.5) / 0.5

@@ -25,7 +25,6 @@ from stellar.eval.metrics import feature_statistics, frechet_distance
 logger = logging.getLogger(__name__)
 
 FID_INPUT_SIZE = 299
-FID_FEATURE_DIM = 2048
 _UNUSED_PREFIXES = ("fc.",)
 
 

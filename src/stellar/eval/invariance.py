@@ -33,11 +33,9 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
 
-from stellar.checkpoint.io import atomic_write
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int, probability
@@ -51,18 +49,6 @@ from stellar.eval.common import (
     resolution,
 )
 from stellar.eval.encoder import Encoder, decodable_batches
-
-__all__ = [
-    "DISTANCES",
-    "TRANSFORMS",
-    "cosine_distance",
-    "equivariance_partition",
-    "matched_set_distance",
-    "random_crops",
-    "representation_distances",
-    "run_invariance",
-    "transform_views",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -254,7 +240,6 @@ def run_invariance(
     n_crops: int = 8,
     scale: Sequence[float] = (0.3, 1.0),
     flip_p: float = 0.0,
-    transforms: Sequence[str] = TRANSFORMS,
     shift: int = 1,
     batch_size: int = 32,
     num_workers: int = 0,
@@ -274,7 +259,7 @@ def run_invariance(
     factorised = "sparse" in model.feature_keys
     gen = torch.Generator(device=device).manual_seed(seed)
     dist_parts: dict[str, list[Tensor]] = {}
-    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms} if factorised else {}
+    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in TRANSFORMS} if factorised else {}
     chunk = max(1, batch_size)
     pin = device.type == "cuda"
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
@@ -327,7 +312,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """One row per model: crop distances and (STELLAR) the equivariance partition; a chart."""
+    """One row per model: crop distances and (STELLAR) the equivariance partition."""
     data = check_folder(args.data, "--data").root
     lo, hi = args.scale
     if not 0 < lo <= hi <= 1:
@@ -338,28 +323,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(
-            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p, TRANSFORMS,
+            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p,
             args.shift, args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
-    png = atomic_write(args.out_dir / "invariance.png", lambda tmp: _chart(rows).save(tmp, "PNG"))
-    return {"rows": rows, "png": str(png)}
-
-
-def _chart(rows: list[dict[str, Any]]) -> Image.Image:
-    """Distances per model, and each model's equivariance shares stacked per transform."""
-    from stellar.viz.maps import compose_panel
-    from stellar.viz.plots import bar_chart
-
-    names = [n for n in DISTANCES if any(r["distances"][n] for r in rows)]
-    bars = {r["model"]: [(r["distances"][n] or {}).get("mean") for n in names] for r in rows}
-    panels = [bar_chart(names, bars, "cosine distance, crop vs original (lower = invariant)")]
-    eq = [(f"{r['model']} {t}", s) for r in rows for t, s in (r["equivariance"] or {}).items()]
-    if eq:
-        shares = {k: [s[k] for _, s in eq] for k in ("l_share", "s_share", "cross_share")}
-        title = "equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"
-        panels.append(bar_chart([name for name, _ in eq], shares, title, stacked=True))
-    return compose_panel([[p] for p in panels])
+    return {"rows": rows}
 
 
 def tables(result: dict[str, Any]) -> list[str]:

@@ -20,7 +20,6 @@ from stellar.errors import positive_float, positive_int
 from stellar.eval.common import format_table
 from stellar.eval.features import (
     ACCURACY_COLUMNS,
-    LabelledFeatures,
     add_classification_arguments,
     align_val,
     classification_setup,
@@ -30,7 +29,7 @@ from stellar.eval.linear import accuracy_topk
 
 logger = logging.getLogger(__name__)
 
-_DEFAULT_MAX_SIM_ELEMENTS = 1 << 26  # 64M similarities (256 MB in fp32) per block
+MAX_SIM_ELEMENTS = 1 << 26  # 64M similarities (256 MB in fp32) per block of test rows
 # DINO's k and vote temperature T: the defaults of the functions and of the CLI
 K = 20
 TEMPERATURE = 0.07
@@ -44,21 +43,17 @@ def knn_classify(
     num_classes: int,
     k: int = K,
     temperature: float = TEMPERATURE,
-    chunk_size: int | None = None,
-    max_sim_elements: int = _DEFAULT_MAX_SIM_ELEMENTS,
 ) -> torch.Tensor:
     """Weighted kNN class probabilities (DINO).
 
     Args:
         train_features: (N, D) bank features (any float dtype; normalised here).
         train_labels: (N,) integer labels in ``[0, num_classes)``.
-        test_features: (M, D) query features; moved chunk by chunk to the bank's device.
+        test_features: (M, D) query features; moved chunk by chunk to the bank's device, each
+            chunk's similarities within :data:`MAX_SIM_ELEMENTS`.
         num_classes: number of classes C.
         k: neighbours; clamped to N.
         temperature: T in the vote weight ``exp(cos / T)``.
-        chunk_size: test rows per chunk; by default chosen so that ``chunk × N`` stays within
-            ``max_sim_elements``.
-        max_sim_elements: similarity-block budget used to pick ``chunk_size``.
 
     Returns:
         (M, C) class probabilities (weighted votes normalised to sum to 1), float32, on the
@@ -70,26 +65,16 @@ def knn_classify(
     bank = F.normalize(train_features.float(), dim=1)
     labels = train_labels.to(device=device, dtype=torch.long)
     m = test_features.shape[0]
-    out = torch.empty(m, num_classes, dtype=torch.float32, device=device)
-    chunk_size = chunk_size or max(1, max_sim_elements // n)
-    for start in range(0, m, chunk_size):
-        queries = F.normalize(test_features[start : start + chunk_size].to(device).float(), dim=1)
+    out = torch.zeros(m, num_classes, dtype=torch.float32, device=device)
+    chunk = max(1, MAX_SIM_ELEMENTS // n)
+    for start in range(0, m, chunk):
+        queries = F.normalize(test_features[start : start + chunk].to(device).float(), dim=1)
         sims, idx = (queries @ bank.T).topk(k, dim=1)
-        out[start : start + chunk_size] = _vote(sims, labels[idx], num_classes, temperature)
-    return out
-
-
-def _vote(
-    sims: torch.Tensor, neighbour_labels: torch.Tensor, num_classes: int, temperature: float
-) -> torch.Tensor:
-    """(c, k) similarities and labels -> (c, C) normalised weighted votes."""
-    # Subtracting the row max before exp keeps exp(sim/T) finite for small T; the shift
-    # cancels in the normalisation, so the scores equal DINO's up to a per-row factor.
-    logits = (sims - sims.max(dim=1, keepdim=True).values) / temperature
-    weights = logits.exp()
-    scores = torch.zeros(sims.shape[0], num_classes, dtype=torch.float32, device=sims.device)
-    scores.scatter_add_(1, neighbour_labels, weights.float())
-    return scores / scores.sum(dim=1, keepdim=True)
+        # Subtracting the row max before exp keeps exp(sim/T) finite for small T; the shift
+        # cancels in the normalisation, so the scores equal DINO's up to a per-row factor.
+        weights = ((sims - sims.max(dim=1, keepdim=True).values) / temperature).exp()
+        out[start : start + chunk].scatter_add_(1, labels[idx], weights)
+    return out / out.sum(dim=1, keepdim=True)
 
 
 def knn_accuracy(
@@ -118,15 +103,6 @@ def knn_accuracy(
     return accuracy_topk(probs, torch.where(voted, labels, -1), (1, 5))
 
 
-def run_knn(train: LabelledFeatures, val: LabelledFeatures, **knn: Any) -> dict[str, float]:
-    """Weighted kNN (DINO) on pooled features: ``{"top1", "top5"}`` in [0, 1].
-
-    ``knn``: the options of :func:`knn_classify` (``k``, ``temperature``, ...).
-    """
-    val_y, num = align_val(train, val)
-    return knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
-
-
 # ---------------------------------------------------------------------------- stellar eval knn
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval knn``."""
@@ -142,7 +118,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         train = split_features(args, e, train_dir, args.train_features)
-        metrics = run_knn(train, val, k=args.k, temperature=args.temperature)
+        val_y, num = align_val(train, val)
+        knn = {"k": args.k, "temperature": args.temperature}
+        metrics = knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
         rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "augmented": False}
 

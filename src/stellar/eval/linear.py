@@ -73,13 +73,6 @@ def accuracy_topk(
     return {f"top{k}": hit[:, : min(k, kmax)].any(dim=1).float().mean().item() for k in ks}
 
 
-def predict_logits(
-    probe: nn.Module, x: torch.Tensor, batch_size: int = 1024, device: torch.device | str = "cpu"
-) -> torch.Tensor:
-    """Logits of ``probe`` on (N, D) features, in batches; returns (N, C) on CPU."""
-    return predict(probe, x, batch_size, device)
-
-
 # The paper's linear-probe recipe (the defaults of the functions and of the CLI).
 SCHEDULE = ProbeSchedule(epochs=30, lr=1e-3, weight_decay=1e-4, batch_size=256)
 
@@ -123,10 +116,10 @@ def train_linear_probe(
     metrics = {"top1": float("nan"), "top5": float("nan")}
     if val_x is not None and val_y is not None and val_x.shape[0] > 0:
         val_x = pool_features(val_x)
-        metrics.update(accuracy_topk(predict_logits(probe, val_x, device=device), val_y))
-    metrics["train_top1"] = accuracy_topk(
-        predict_logits(probe, train_x, device=device), train_y, (1,)
-    )["top1"]
+        metrics.update(accuracy_topk(predict(probe, val_x, 1024, device), val_y))
+    metrics["train_top1"] = accuracy_topk(predict(probe, train_x, 1024, device), train_y, (1,))[
+        "top1"
+    ]
     logger.info(
         "linear probe: val top1 %.4f top5 %.4f, train top1 %.4f",
         metrics["top1"],
@@ -134,16 +127,6 @@ def train_linear_probe(
         metrics["train_top1"],
     )
     return probe, metrics
-
-
-def run_linear(train: LabelledFeatures, val: LabelledFeatures, **settings: Any) -> dict[str, float]:
-    """Linear probe on cached pooled features: ``{"top1", "top5", "train_top1"}`` in [0, 1].
-
-    ``settings``: the keywords of :func:`train_linear_probe` (schedule, device, progress).
-    """
-    val_y, num = align_val(train, val)
-    _, metrics = train_linear_probe(train.x, train.y, val.x, val_y, num, **settings)
-    return metrics
 
 
 AUG_SCALE: tuple[float, float] = (0.2, 1.0)
@@ -158,7 +141,6 @@ def train_linear_augmented(
     resolution: int,
     schedule: ProbeSchedule = SCHEDULE,
     num_workers: int = 0,
-    scale: tuple[float, float] = AUG_SCALE,
     progress: bool = True,
 ) -> dict[str, float]:
     """The paper's augmented linear probe: fresh RandomResizedCrop + flip views every epoch.
@@ -174,7 +156,6 @@ def train_linear_augmented(
         resolution: side of the crops fed to the model.
         schedule: optimisation settings; its seed also fixes the crops and the probe init.
         num_workers: decoding workers.
-        scale: RandomResizedCrop area range.
         progress: tqdm bars.
 
     Returns:
@@ -201,7 +182,7 @@ def train_linear_augmented(
     def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         canvas = batch["canvas"].to(device, non_blocking=True)
         views = random_resized_crop(
-            canvas, batch["size"].to(device), resolution, 1, scale=scale, ratio=AUG_RATIO,
+            canvas, batch["size"].to(device), resolution, 1, scale=AUG_SCALE, ratio=AUG_RATIO,
             generator=gen, flip_p=0.5,
         )[:, 0]  # fmt: skip
         with torch.no_grad(), autocast(device):
@@ -213,7 +194,7 @@ def train_linear_augmented(
         return F.cross_entropy(logits, target), target.numel()
 
     fit_probe(probe, schedule, epoch_batches, loss_of, device, "linear probe (augmented)", progress)
-    metrics = accuracy_topk(predict_logits(probe, val.x, device=device), val_y)
+    metrics = accuracy_topk(predict(probe, val.x, 1024, device), val_y)
     metrics["train_top1"] = hits["correct"] / max(hits["seen"], 1)
     return metrics
 
@@ -246,8 +227,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_train = len(ImageFolder(train_dir))
         else:
             train = split_features(args, e, train_dir, args.train_features)
-            metrics = run_linear(
-                train, val, schedule=schedule, device=e.model.device, progress=progress
+            val_y, num = align_val(train, val)
+            _, metrics = train_linear_probe(
+                train.x, train.y, val.x, val_y, num, schedule, e.model.device, progress
             )
             num_train = len(train)
         rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))

@@ -17,6 +17,7 @@ from pathlib import Path
 
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 from stellar.checkpoint.weights import load_strict, read_state_dict
 
@@ -63,55 +64,30 @@ class VGG16Features(nn.Module):
         return taps
 
 
-class NetLinLayer(nn.Module):
-    """lpips' linear head of one tap: dropout (inactive at eval) + 1x1 conv to one channel."""
-
-    def __init__(self, channels: int) -> None:
-        super().__init__()
-        # index 1 keeps the lpips key layout ``lin{k}.model.1.weight``
-        self.model = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x)
-
-
-def _unit_normalize(x: torch.Tensor, eps: float = 1e-10) -> torch.Tensor:
-    return x / (x.pow(2).sum(dim=1, keepdim=True).sqrt() + eps)
-
-
 class LPIPS(nn.Module):
     """LPIPS distance with a VGG16 backbone. Use :func:`load_lpips` for pretrained weights."""
 
     def __init__(self) -> None:
         super().__init__()
         self.net = VGG16Features()
-        self.lin0, self.lin1, self.lin2, self.lin3, self.lin4 = (
-            NetLinLayer(c) for c in _TAP_CHANNELS
-        )
+        # lpips' linear head of each tap under its key ``lin{k}.model.1.weight``: dropout
+        # (inactive at eval) + a 1x1 conv to one channel
+        self.lins = []
+        for k, channels in enumerate(_TAP_CHANNELS):
+            self.add_module(f"lin{k}", nn.Module())
+            head = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
+            getattr(self, f"lin{k}").model = head
+            self.lins.append(head)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
-    @property
-    def lins(self) -> list[NetLinLayer]:
-        return [self.lin0, self.lin1, self.lin2, self.lin3, self.lin4]
-
-    def forward(self, x: torch.Tensor, y: torch.Tensor, normalize: bool = True) -> torch.Tensor:
-        """Perceptual distance per image pair.
-
-        Args:
-            x, y: (B, 3, H, W) images, in [0, 1] (``normalize=True``) or in [-1, 1].
-            normalize: map [0, 1] inputs to [-1, 1] first.
-
-        Returns:
-            (B,) distances.
-        """
-        if normalize:
-            x, y = 2 * x - 1, 2 * y - 1
-        # one backbone pass over both inputs
-        both = (torch.cat([x, y]) - self.shift) / self.scale
+    def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        """Perceptual distance (B,) per pair of (B, 3, H, W) images in [0, 1]."""
+        # one backbone pass over both inputs, mapped to [-1, 1]
+        both = (torch.cat([2 * x - 1, 2 * y - 1]) - self.shift) / self.scale
         total = torch.zeros(x.shape[0], dtype=both.dtype, device=both.device)
         for feat, lin in zip(self.net(both), self.lins, strict=True):
-            fx, fy = _unit_normalize(feat).chunk(2)
+            fx, fy = F.normalize(feat, dim=1, eps=1e-10).chunk(2)
             total = total + lin((fx - fy).pow(2)).mean(dim=(1, 2, 3))
         return total
 
@@ -147,8 +123,6 @@ def load_lpips(
     load_strict(
         model, lin_sd, source=str(lin_path), target="the lpips v0.1 heads", may_be_missing=("net.",)
     )
-    if any(bool((lin.model[1].weight < 0).any()) for lin in model.lins):
-        logger.warning("LPIPS linear weights contain negative values; distances may be < 0")
     model.requires_grad_(False)
     logger.info("loaded LPIPS-VGG from %s and %s", vgg_path, lin_path)
     return model.to(device).eval()

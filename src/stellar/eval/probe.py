@@ -22,8 +22,6 @@ from torch import Tensor, nn
 from stellar.errors import nonneg_float, positive_float, positive_int
 from stellar.progress import progress_bar
 
-__all__ = ["ProbeSchedule", "fit_probe", "predict", "seeded", "train_probe"]
-
 logger = logging.getLogger(__name__)
 
 

@@ -42,16 +42,6 @@ from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 
-__all__ = [
-    "SCHEDULE",
-    "fresh_decoder",
-    "image_metrics",
-    "reconstruct_features",
-    "run_recon",
-    "save_reconstruction_grid",
-    "train_recon_probe",
-]
-
 logger = logging.getLogger(__name__)
 
 PIXEL_LOSS_WEIGHT = 10.0
@@ -86,10 +76,6 @@ def fresh_decoder(
         return decoder
 
     return seeded(build, seed, "cpu").train()
-
-
-def _to_float(images: Tensor, device: torch.device | str) -> Tensor:
-    return images.to(device, non_blocking=True).float().div_(255)
 
 
 def reconstruct_features(
@@ -134,7 +120,8 @@ def train_recon_probe(
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
         x = features[idx].to(device).float()
         x_hat = decoder(x, grid)["x_hat"]
-        return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, _to_float(images[idx], device)), idx.numel()
+        target = images[idx].to(device, non_blocking=True).float().div_(255)
+        return PIXEL_LOSS_WEIGHT * F.mse_loss(x_hat, target), idx.numel()
 
     return fit_probe(
         decoder, schedule, schedule.index_batches(n), loss_of, device, "reconstruction probe",
@@ -277,13 +264,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
         raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
-    for flag, path in (
-        ("--lpips-vgg", args.lpips_vgg),
-        ("--lpips-weights", args.lpips_weights),
-        ("--fid-weights", args.fid_weights),
-    ):
-        if path is not None and not Path(path).is_file():
-            raise UsageError(f"{flag} {path!r} is not a file")
     device = pick_device(args.device)
     unavailable = {}
     lpips_net = fid_net = None

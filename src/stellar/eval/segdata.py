@@ -28,18 +28,11 @@ import torch
 from PIL import Image
 from torch import Tensor
 
+from stellar.checkpoint.weights import listing
 from stellar.data.folder import IMG_EXTENSIONS, find_images
 from stellar.errors import UsageError
 from stellar.images import exif_orientation, upright
 from stellar.progress import progress_bar
-
-__all__ = [
-    "LABEL_EXTENSIONS",
-    "SegmentationSplit",
-    "find_split",
-    "load_label_maps",
-    "reduce_zero_label",
-]
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +41,8 @@ LABEL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".gif", ".
 LABEL_FOLDERS: tuple[str, ...] = ("annotations", "masks", "labels")
 SINGLE_CHANNEL_MODES: tuple[str, ...] = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 ADE_SPLITS: dict[str, str] = {"train": "training", "val": "validation"}
-_MAX_LISTED = 5
+IGNORE = 255
+"""The label of unlabelled pixels, skipped by the loss and the metric."""
 
 
 @dataclass
@@ -69,12 +63,6 @@ class SegmentationSplit:
 
     def __len__(self) -> int:
         return len(self.images)
-
-
-def _listing(items: Sequence[str]) -> str:
-    shown = ", ".join(items[:_MAX_LISTED])
-    more = len(items) - _MAX_LISTED
-    return f"{shown} (+{more} more)" if more > 0 else shown
 
 
 def _locate(root: Path, split: str) -> tuple[str, Path, Path]:
@@ -109,7 +97,7 @@ def _by_stem(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
         keyed[key] = f
     if duplicates:
         raise UsageError(
-            f"several {what} share a stem in {folder}: {_listing(duplicates)}; expected one file "
+            f"several {what} share a stem in {folder}: {listing(duplicates)}; expected one file "
             "per stem"
         )
     return keyed
@@ -148,11 +136,11 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
         problems = []
         if no_label:
             problems.append(
-                f"images without a label map: {_listing([images[k].name for k in no_label])}"
+                f"images without a label map: {listing([images[k].name for k in no_label])}"
             )
         if no_image:
             problems.append(
-                f"label maps without an image: {_listing([labels[k].name for k in no_image])}"
+                f"label maps without an image: {listing([labels[k].name for k in no_image])}"
             )
         raise UsageError(
             f"{len(images)} images in {image_dir} but {len(labels)} label maps in {label_dir}, "
@@ -172,9 +160,9 @@ def _header(path: Path) -> tuple[tuple[int, int], str]:
         return ((h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)), img.mode
 
 
-def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
+def _check_headers(pairs: SegmentationSplit) -> None:
     """Same size for each pair and single-channel labels, from the file headers only."""
-    with ThreadPoolExecutor(max_workers=threads) as pool:
+    with ThreadPoolExecutor(max_workers=8) as pool:
         image_heads = list(pool.map(_header, pairs.images))
         label_heads = list(pool.map(_header, pairs.labels))
     sizes, modes = [], []
@@ -188,21 +176,21 @@ def _check_headers(pairs: SegmentationSplit, threads: int = 8) -> None:
     if modes:
         raise UsageError(
             f"expected single-channel label maps of class indices (modes "
-            f"{', '.join(SINGLE_CHANNEL_MODES)}), got {_listing(modes)}; convert colour-coded "
+            f"{', '.join(SINGLE_CHANNEL_MODES)}), got {listing(modes)}; convert colour-coded "
             "maps to index maps first"
         )
     if sizes:
         raise UsageError(
             "label maps must have the size of their image as displayed (width x height, after "
             f"the image's EXIF orientation, which the model sees); mismatched: "
-            f"{_listing(sizes)}"
+            f"{listing(sizes)}"
         )
 
 
-def reduce_zero_label(labels: np.ndarray, ignore_index: int = 255) -> np.ndarray:
-    """ADE20K's convention: 0 -> ``ignore_index``, ``ignore_index`` stays, k -> k - 1."""
+def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
+    """ADE20K's convention: 0 -> :data:`IGNORE`, :data:`IGNORE` stays, k -> k - 1."""
     labels = labels.astype(np.int64)
-    return np.where((labels == 0) | (labels == ignore_index), ignore_index, labels - 1)
+    return np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1)
 
 
 def _read_label(path: Path, size: int) -> np.ndarray:
@@ -220,24 +208,22 @@ def load_label_maps(
     num_classes: int,
     reduce_zero: bool = False,
     progress: bool = True,
-    ignore_index: int = 255,
 ) -> Tensor:
     """Read label maps, resized (nearest) to ``size x size``, as one uint8 tensor.
 
     Args:
         labels: label-map files.
         size: output side (the evaluation resolution).
-        num_classes: C; every value must lie in ``[0, C)`` or be ``ignore_index``
+        num_classes: C; every value must lie in ``[0, C)`` or be :data:`IGNORE`
             (after ``reduce_zero``).
         reduce_zero: apply :func:`reduce_zero_label`.
         progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        ignore_index: the ignore label (> C, < 256 to fit uint8).
 
     Returns:
         (N, size, size) uint8 labels.
 
     Raises:
-        UsageError: a value outside ``[0, C)`` other than ``ignore_index`` or an unreadable
+        UsageError: a value outside ``[0, C)`` other than :data:`IGNORE` or an unreadable
             file (each named).
     """
     out = torch.empty(len(labels), size, size, dtype=torch.uint8)
@@ -250,8 +236,8 @@ def load_label_maps(
             unreadable.append(f"{labels[i]} ({e})")
             return
         if reduce_zero:
-            arr = reduce_zero_label(arr, ignore_index)
-        wrong = (arr != ignore_index) & ((arr < 0) | (arr >= num_classes))
+            arr = reduce_zero_label(arr)
+        wrong = (arr != IGNORE) & ((arr < 0) | (arr >= num_classes))
         if wrong.any():
             bad.append(f"{Path(labels[i]).name} (values {sorted(set(arr[wrong].tolist()))[:5]})")
             return
@@ -268,11 +254,11 @@ def load_label_maps(
             )
         )
     if unreadable:
-        raise UsageError(f"expected readable label maps, got {_listing(sorted(unreadable))}")
+        raise UsageError(f"expected readable label maps, got {listing(sorted(unreadable))}")
     if bad:
         hint = "" if reduce_zero else " (ADE20K-style maps with 0 = other need --reduce-zero-label)"
         raise UsageError(
-            f"expected label values in [0, {num_classes}) or {ignore_index}{hint}; "
-            f"out of range: {_listing(sorted(bad))}"
+            f"expected label values in [0, {num_classes}) or {IGNORE}{hint}; "
+            f"out of range: {listing(sorted(bad))}"
         )
     return out

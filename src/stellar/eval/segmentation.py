@@ -37,7 +37,7 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
-from stellar.eval.segdata import SegmentationSplit, find_split, load_label_maps
+from stellar.eval.segdata import IGNORE, SegmentationSplit, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -65,69 +65,36 @@ class SegmentationProbe(nn.Module):
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
         x = dense.float().reshape(b, side, side, d).permute(0, 3, 1, 2).contiguous()
         logits = self.conv(self.bn(x))
-        return logits if out_size is None else resize_logits(logits, out_size)
+        if out_size is None:
+            return logits
+        return F.interpolate(logits, size=out_size, mode="bilinear", align_corners=False)
 
 
-def resize_logits(logits: torch.Tensor, size: tuple[int, ...]) -> torch.Tensor:
-    """(B, C, h, w) -> (B, C, *size), bilinear with ``align_corners=False``."""
-    if tuple(size) == tuple(logits.shape[-2:]):
-        return logits
-    return F.interpolate(logits, size=size, mode="bilinear", align_corners=False)
+def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """(C, C) int64 pixel counts, rows = target, columns = prediction, of label maps of one
+    shape in ``[0, C)`` (:func:`~stellar.eval.segdata.load_label_maps` checks them); pixels
+    whose target is ``IGNORE`` are skipped. A dataset's matrix is the sum of its batches'."""
+    c = num_classes
+    target = target.reshape(-1).long()
+    pred = pred.reshape(-1).long().to(target.device)
+    valid = target != IGNORE
+    counts = torch.bincount(target[valid] * c + pred[valid], minlength=c * c)
+    return counts.reshape(c, c).cpu()
 
 
-class ConfusionMatrix:
-    """Dataset-level confusion matrix (rows = target, columns = prediction).
-
-    Args:
-        num_classes: C.
-        ignore_index: target value whose pixels are skipped.
-    """
-
-    def __init__(self, num_classes: int, ignore_index: int = 255) -> None:
-        self.num_classes = num_classes
-        self.ignore_index = ignore_index
-        self.matrix = torch.zeros(num_classes, num_classes, dtype=torch.int64)
-
-    @torch.no_grad()
-    def update(self, pred: torch.Tensor, target: torch.Tensor) -> None:
-        """Add one batch.
-
-        Args:
-            pred: (B, H, W) predicted labels, or (B, C, H, W) logits (argmax over C is taken).
-            target: (B, H, W) labels in ``[0, C)`` or ``ignore_index``.
-        """
-        c = self.num_classes
-        if pred.dim() == target.dim() + 1:
-            pred = pred.argmax(dim=1)
-        target = target.reshape(-1).long()
-        pred = pred.reshape(-1).long().to(target.device)
-        valid = target != self.ignore_index
-        target, pred = target[valid], pred[valid]
-        if target.numel() and (int(target.min()) < 0 or int(target.max()) >= c):
-            raise ValueError(
-                f"expected target labels in [0, {c}) or {self.ignore_index}, got range "
-                f"[{int(target.min())}, {int(target.max())}]"
-            )
-        counts = torch.bincount(target * c + pred, minlength=c * c).reshape(c, c)
-        self.matrix += counts.cpu()
-
-    def compute(self) -> dict:
-        """Metrics of the accumulated matrix.
-
-        Returns:
-            ``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}``;
-            IoU of a class absent from both prediction and target is NaN and excluded from
-            ``miou``. Everything is NaN when no pixel was counted.
-        """
-        m = self.matrix.double()
-        inter = m.diagonal()
-        union = m.sum(dim=0) + m.sum(dim=1) - inter
-        iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
-        total = m.sum()
-        present = ~iou.isnan()
-        miou = iou[present].mean().item() if bool(present.any()) else math.nan
-        pixel_acc = (inter.sum() / total).item() if total > 0 else math.nan
-        return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
+def segmentation_scores(matrix: torch.Tensor) -> dict:
+    """``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}`` of a
+    confusion matrix; IoU of a class absent from both prediction and target is NaN and
+    excluded from ``miou``. Everything is NaN when no pixel was counted."""
+    m = matrix.double()
+    inter = m.diagonal()
+    union = m.sum(dim=0) + m.sum(dim=1) - inter
+    iou = torch.where(union > 0, inter / union.clamp_min(1), torch.full_like(inter, math.nan))
+    total = m.sum()
+    present = ~iou.isnan()
+    miou = iou[present].mean().item() if bool(present.any()) else math.nan
+    pixel_acc = (inter.sum() / total).item() if total > 0 else math.nan
+    return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
 
 
 def evaluate_segmentation_probe(
@@ -136,7 +103,6 @@ def evaluate_segmentation_probe(
     masks: torch.Tensor,
     num_classes: int,
     batch_size: int = 16,
-    ignore_index: int = 255,
     device: torch.device | str = "cpu",
 ) -> dict:
     """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
@@ -145,10 +111,8 @@ def evaluate_segmentation_probe(
     labels = predict(
         probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
     )
-    cm = ConfusionMatrix(num_classes, ignore_index)
-    for pred, target in zip(labels.split(batch_size), masks.split(batch_size), strict=True):
-        cm.update(pred, target)
-    return cm.compute()
+    pairs = zip(labels.split(batch_size), masks.split(batch_size), strict=True)
+    return segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
 
 
 # The paper's segmentation-probe recipe (the defaults of the functions and of the CLI).
@@ -162,7 +126,6 @@ def train_segmentation_probe(
     val_masks: torch.Tensor | None,
     num_classes: int,
     schedule: ProbeSchedule = SCHEDULE,
-    ignore_index: int = 255,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
@@ -173,23 +136,23 @@ def train_segmentation_probe(
     Args:
         train_dense: (N, n, D) frozen patch tokens of square grids (any float dtype; may stay
             on CPU, batches move to ``device``).
-        train_masks: (N, H, W) integer labels, ``ignore_index`` for unlabelled pixels.
+        train_masks: (N, H, W) integer labels, ``IGNORE`` for unlabelled pixels.
         val_dense, val_masks: same for validation, or None.
         num_classes: C.
         schedule: optimisation settings (its batch size also batches the validation); its
             seed seeds the probe init and the batch order.
-        ignore_index: label skipped by the loss and the metric.
         device: where the probe trains.
         progress: show a tqdm bar over epochs.
 
     Returns:
-        ``(probe, metrics)`` with the :meth:`ConfusionMatrix.compute` keys on the val set
+        ``(probe, metrics)`` with the :func:`segmentation_scores` keys on the val set
         (empty dict without one).
     """
 
-    def loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-        logits = resize_logits(logits, target.shape[-2:])
-        return F.cross_entropy(logits, target, ignore_index=ignore_index)
+    def loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        size = target.shape[-2:]
+        logits = F.interpolate(grid_logits, size=size, mode="bilinear", align_corners=False)
+        return F.cross_entropy(logits, target, ignore_index=IGNORE)
 
     # a batch whose pixels are all ignored has a NaN mean loss: it is skipped
     probe = train_probe(
@@ -207,7 +170,7 @@ def train_segmentation_probe(
     metrics: dict = {}
     if val_dense is not None and val_masks is not None:
         metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, schedule.batch_size, ignore_index, device
+            probe, val_dense, val_masks, num_classes, schedule.batch_size, device
         )
         logger.info(
             "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]

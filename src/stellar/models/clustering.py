@@ -14,8 +14,6 @@ from torch import nn
 
 from stellar.models.init import init_vit_layers_
 
-__all__ = ["OnlineClustering"]
-
 _NORM_EPS = 1e-12
 
 

@@ -3,11 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Literal
 
 from stellar.errors import UsageError
@@ -139,22 +137,6 @@ class StellarConfig:
                     f"{', '.join(sorted(map(str, data))) or 'none'})"
                 )
         return build(cls, data, unknown="warn")
-
-    def save(self, path: str | Path) -> None:
-        """Write ``config.json``."""
-        Path(path).write_text(json.dumps(self.to_dict(), indent=2) + "\n")
-
-    @classmethod
-    def load(cls, path: str | Path) -> StellarConfig:
-        """Read a ``config.json``."""
-        try:
-            data = json.loads(Path(path).read_text())
-        except (json.JSONDecodeError, UnicodeDecodeError) as err:
-            raise UsageError(f"{path} is not valid JSON: {err}") from err
-        try:
-            return cls.from_dict(data)
-        except ValueError as err:
-            raise UsageError(f"{path}: {err}") from None
 
     def replace(self, **changes: Any) -> StellarConfig:
         """A checked copy with fields changed (``encoder=`` / ``decoder=`` take dicts of fields).

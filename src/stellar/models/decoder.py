@@ -4,7 +4,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from stellar.layers import FourierPositionEncoding, Transformer
+from stellar.layers.block import Transformer
+from stellar.layers.pos_embed import FourierPositionEncoding
 from stellar.models.config import DecoderConfig
 from stellar.models.init import init_vit_layers_
 
@@ -62,19 +63,9 @@ class ReconstructionDecoder(Transformer):
             head's ``x_hat`` (B, 3, h*p, w*p) (unclamped) or the vq head's ``logits``
             (B, h*w, V).
         """
-        features = self.forward_features(lowrank, grid)
-        head = self.head_output(features, grid)
-        name = "x_hat" if self.head_type == "pixel" else "logits"
-        return {"decoder_output": features, name: head}
-
-    def forward_features(self, lowrank: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Decoder tokens before the head: (B, h*w, d) -> (B, h*w, hidden)."""
-        x = self.proj(lowrank) + self.fourier(grid).to(lowrank.dtype)
-        return super().forward(x)
-
-    def head_output(self, features: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Pixel head: (B, h*w, C) -> (B, 3, h*p, w*p); vq head: (B, h*w, C) -> (B, h*w, V)."""
+        features = super().forward(self.proj(lowrank) + self.fourier(grid).to(lowrank.dtype))
         if self.head_type == "vq":
-            return self.head(features)
+            return {"decoder_output": features, "logits": self.head(features)}
         b, _, c = features.shape
-        return self.head(features.transpose(1, 2).reshape(b, c, *grid))
+        x_hat = self.head(features.transpose(1, 2).reshape(b, c, *grid))
+        return {"decoder_output": features, "x_hat": x_hat}

@@ -6,7 +6,8 @@ import torch
 from torch import Tensor, nn
 from torch.utils.checkpoint import checkpoint
 
-from stellar.layers import Transformer, resize_patch_pos_embed
+from stellar.layers.block import Transformer
+from stellar.layers.pos_embed import resize_patch_pos_embed
 from stellar.models.config import EncoderConfig
 from stellar.models.init import INIT_STD, init_vit_layers_
 
@@ -47,10 +48,6 @@ class ViTEncoder(Transformer):
         x = self.patch_embed(pixels).flatten(2).transpose(1, 2)
         return x + resize_patch_pos_embed(self.pos_embed[:, 1:], grid)
 
-    def cls_tokens(self, batch_size: int) -> Tensor:
-        """The CLS token with its position embedding, (B, 1, D)."""
-        return (self.cls_token + self.pos_embed[:, :1]).expand(batch_size, -1, -1)
-
     def forward_features(self, pixels: Tensor, extra_tokens: Tensor | None = None) -> Tensor:
         """Encode ``[CLS, patches, extra]``: (B, 3, H, W) -> (B, 1 + h*w + r, D)."""
         patches = self.patch_tokens(pixels)
@@ -58,7 +55,8 @@ class ViTEncoder(Transformer):
 
     def run(self, patches: Tensor, extra_tokens: Tensor | None = None) -> Tensor:
         """Blocks + final norm over ``[CLS, patches, extra]`` given embedded patches (B, n, D)."""
-        parts = [self.cls_tokens(patches.shape[0]).to(patches.dtype), patches]
+        cls = (self.cls_token + self.pos_embed[:, :1]).expand(patches.shape[0], -1, -1)
+        parts = [cls.to(patches.dtype), patches]
         if extra_tokens is not None:
             parts.append(extra_tokens.to(patches.dtype))
         x = torch.cat(parts, dim=1)

@@ -39,16 +39,14 @@ _NEEDED = {
 }
 
 
-def heads_for_width(width: int, guess: bool = False) -> int:
-    """Attention heads of the standard ViT of this width; else, if ``guess``, 64-wide heads.
+def heads_for_width(width: int) -> int:
+    """Attention heads of the standard ViT of this width.
 
     Raises:
-        ValueError: a width without a standard head count, unless ``guess``.
+        ValueError: a width without a standard head count.
     """
     if width in HEADS_BY_WIDTH:
         return HEADS_BY_WIDTH[width]
-    if guess and width % 64 == 0:
-        return width // 64
     known = ", ".join(f"{w}: {h}" for w, h in HEADS_BY_WIDTH.items())
     raise UsageError(
         f"cannot tell the number of attention heads of a width-{width} transformer from its "

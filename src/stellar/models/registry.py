@@ -13,16 +13,13 @@ from collections.abc import Callable
 from stellar.models.config import EncoderConfig, StellarConfig
 
 _REGISTRY: dict[str, Callable[[], StellarConfig]] = {}
-_RELEASED: set[str] = set()
 
 
-def register(name: str, released: bool = False) -> Callable:
+def register(name: str) -> Callable:
     """Decorator registering a config factory under ``name``."""
 
     def wrap(fn: Callable[[], StellarConfig]) -> Callable[[], StellarConfig]:
         _REGISTRY[name] = fn
-        if released:
-            _RELEASED.add(name)
         return fn
 
     return wrap
@@ -30,12 +27,12 @@ def register(name: str, released: bool = False) -> Callable:
 
 def list_models(released_only: bool = False) -> list[str]:
     """Registered model names (sorted); ``released_only`` keeps those with official weights."""
-    return sorted(n for n in _REGISTRY if n in _RELEASED or not released_only)
+    return sorted(n for n in _REGISTRY if is_released(n) or not released_only)
 
 
 def is_released(name: str) -> bool:
     """Whether official weights exist for ``name`` (as opposed to a random-init preset)."""
-    return name in _RELEASED
+    return name in RELEASED_SIZES
 
 
 def get_config(name: str) -> StellarConfig:
@@ -71,7 +68,7 @@ def _released(backbone: str, tokens: int) -> Callable[[], StellarConfig]:
 
 
 for _name, (_backbone, _tokens) in RELEASED_SIZES.items():
-    register(_name, released=True)(_released(_backbone, _tokens))
+    register(_name)(_released(_backbone, _tokens))
 
 
 @register("stellar-tiny")

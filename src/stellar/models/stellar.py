@@ -280,19 +280,15 @@ class STELLAR(nn.Module):
             ``decoder_output`` (B, n, C) the tokens before the head, and the pixel head's
             ``x_hat`` (B, 3, h·p, w·p) (unclamped) or the vq head's ``logits`` (B, n, V).
         """
-        decoder = self._require_decoder()
-        grid = grid or _square_grid(lowrank.shape[1])
-        if grid[0] * grid[1] != lowrank.shape[1]:
-            raise ValueError(f"grid {grid} does not hold {lowrank.shape[1]} patches")
-        return decoder(lowrank, grid)
-
-    def _require_decoder(self) -> ReconstructionDecoder:
         if self.decoder is None:
             raise ValueError(
                 "this model has no decoder: load it with purpose='reconstruct' (a checkpoint "
                 "that carries the decoder weights) to use decode() or reconstruct()"
             )
-        return self.decoder
+        grid = grid or _square_grid(lowrank.shape[1])
+        if grid[0] * grid[1] != lowrank.shape[1]:
+            raise ValueError(f"grid {grid} does not hold {lowrank.shape[1]} patches")
+        return self.decoder(lowrank, grid)
 
     def reconstruct(
         self,
@@ -317,7 +313,6 @@ class STELLAR(nn.Module):
             clamped ``x_hat`` for the pixel head; for the vq head the tokenizer's decoding of
             the argmax ``tokens`` (B, n), also returned.
         """
-        self._require_decoder()
         if grid is None and isinstance(encoded, dict) and "grid" in encoded:
             grid = _recorded_grid(encoded["grid"])
         lowrank = self._lowrank_of(encoded, spatial)
@@ -336,7 +331,7 @@ class STELLAR(nn.Module):
                 "the vq head predicts MaskGIT-VQGAN codes; turning them into pixels needs the "
                 "tokenizer: load with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
             )
-        return self.tokenizer.decode(tokens, grid=grid).clamp(0, 1)
+        return self.tokenizer.decode(tokens, grid=grid)
 
     def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
         if isinstance(encoded, dict):

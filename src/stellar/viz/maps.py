@@ -31,10 +31,6 @@ __all__ = [
 ImageLike = Image.Image | Tensor
 Cell = ImageLike | tuple
 
-# An inferno-like ramp (dark -> purple -> red -> orange -> pale yellow), as anchor colours.
-_HEAT_ANCHORS = np.array(
-    [[0, 0, 4], [87, 16, 110], [188, 55, 84], [249, 142, 9], [252, 255, 164]], dtype=np.float64
-)
 # Upsampled masks are processed in token chunks of at most this many pixels.
 _CHUNK_PIXELS = 1 << 24
 
@@ -78,20 +74,16 @@ def palette(n: int) -> np.ndarray:
     Up to 64 colours are chosen greedily for maximal CIELAB distance; more tokens reuse them
     cyclically.
     """
-    if n < 1:
-        raise ValueError(f"expected n >= 1 colours, got {n}")
     table = _palette_table(64)
     return table[np.arange(n) % len(table)]
 
 
 def heatmap(values: Tensor | np.ndarray) -> np.ndarray:
-    """Values in [0, 1] (any shape) -> uint8 colours (..., 3) on an inferno-like ramp."""
+    """Values in [0, 1] (any shape) -> uint8 colours (..., 3) of matplotlib's inferno map."""
+    from matplotlib import colormaps  # imported on use: `import stellar` stays light
+
     v = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0)
-    pos = v * (len(_HEAT_ANCHORS) - 1)
-    lo = np.minimum(pos.astype(np.int64), len(_HEAT_ANCHORS) - 2)
-    t = (pos - lo)[..., None]
-    out = _HEAT_ANCHORS[lo] * (1 - t) + _HEAT_ANCHORS[lo + 1] * t
-    return np.round(out).astype(np.uint8)
+    return colormaps["inferno"](v, bytes=True)[..., :3]
 
 
 # ---------------------------------------------------------------------------- conversions
@@ -264,12 +256,11 @@ def concept_grid(
     grid: tuple[int, int],
     cell: int = 96,
     cols: int | None = None,
-    image_weight: float = 0.3,
 ) -> Image.Image:
     """One small heat map per token, captioned ``t<k> peak <max L[:, k]>``.
 
     Each map is scaled by its own peak (so weak tokens stay visible; the caption gives the
-    absolute peak) and blended over a grey version of the photo.
+    absolute peak) and blended (70 / 30) over a grey version of the photo.
 
     Args:
         image: the photo.
@@ -277,7 +268,6 @@ def concept_grid(
         grid: patch grid (h, w).
         cell: side of each map in pixels.
         cols: maps per row (default: all r on one row, up to 8).
-        image_weight: weight of the grey photo under the heat colours.
 
     Returns:
         PIL RGB panel.
@@ -288,7 +278,7 @@ def concept_grid(
     up = F.interpolate(maps[None], size=(cell, cell), mode="nearest")[0]
     heat = heatmap((up / peaks.clamp_min(1e-12)[:, None, None]).numpy()).astype(np.float32)
     gray = np.asarray(to_pil(image).convert("L").resize((cell, cell), Image.Resampling.BILINEAR))
-    blend = (1 - image_weight) * heat + image_weight * gray[None, :, :, None].astype(np.float32)
+    blend = 0.7 * heat + 0.3 * gray[None, :, :, None].astype(np.float32)
     tiles = np.round(blend).astype(np.uint8)
     colors = palette(r)
     cells = [
@@ -342,8 +332,6 @@ def compose_panel(
         [(to_pil(c[0]), c[1]) if isinstance(c, tuple) else (to_pil(c), None) for c in row]
         for row in rows
     ]
-    if not any(parsed):
-        raise ValueError("expected at least one image to compose")
     heights = [
         max((im.height for im, _ in r), default=0) + (line if any(cap for _, cap in r) else 0)
         for r in parsed

@@ -1,30 +1,14 @@
-"""Charts drawn by matplotlib (off-screen, Agg) as PIL images: loss curves and bar charts."""
+"""Loss curves drawn by matplotlib (off-screen, Agg) as PIL images."""
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from typing import Any
 
 import numpy as np
 from PIL import Image
 
 DPI = 100
-
-
-def _figure(size: tuple[int, int]) -> tuple[Any, Any]:
-    # matplotlib is imported here so that `import stellar` stays light; no pyplot state
-    from matplotlib.backends.backend_agg import FigureCanvasAgg
-    from matplotlib.figure import Figure
-
-    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
-    return fig, FigureCanvasAgg(fig)
-
-
-def _image(fig: Any, canvas: Any) -> Image.Image:
-    fig.tight_layout(pad=0.4)
-    canvas.draw()
-    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())
 
 
 def line_plot(
@@ -38,7 +22,12 @@ def line_plot(
     Non-finite points are left out; ``log_y`` falls back to a linear axis when a value is not
     positive. Returns an RGB image of ``size`` pixels (width, height).
     """
-    fig, canvas = _figure(size)
+    # matplotlib is imported here so that `import stellar` stays light; no pyplot state
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(size[0] / DPI, size[1] / DPI), dpi=DPI)
+    canvas = FigureCanvasAgg(fig)
     ax = fig.add_subplot()
     ax.set_title(title, fontsize=9)
     ax.tick_params(labelsize=7)
@@ -52,37 +41,6 @@ def line_plot(
         ax.set_yscale("log")
     if any(finite.values()):
         ax.legend(fontsize=7, frameon=False)
-    return _image(fig, canvas)
-
-
-def bar_chart(
-    groups: Sequence[str],
-    bars: dict[str, Sequence[float | None]],
-    title: str,
-    size: tuple[int, int] = (640, 300),
-    stacked: bool = False,
-) -> Image.Image:
-    """Bars per group: one bar per named series side by side, or one stacked bar per group.
-
-    Args:
-        groups: the x-axis labels.
-        bars: ``{series: value per group}``; None draws nothing.
-        title: above the axes.
-        size: (width, height) in pixels.
-        stacked: stack the series (e.g. shares summing to 1) instead of placing them apart.
-    """
-    fig, canvas = _figure(size)
-    ax = fig.add_subplot()
-    ax.set_title(title, fontsize=9)
-    ax.tick_params(labelsize=7)
-    x = np.arange(len(groups))
-    width = 0.8 if stacked else 0.8 / max(len(bars), 1)
-    bottom = np.zeros(len(groups))
-    for i, (name, values) in enumerate(bars.items()):
-        v = np.array([np.nan if a is None else a for a in values], dtype=float)
-        offset = 0.0 if stacked else (i - (len(bars) - 1) / 2) * width
-        ax.bar(x + offset, v, width, bottom=bottom if stacked else None, label=name)
-        bottom = bottom + np.nan_to_num(v)
-    ax.set_xticks(x, list(groups), fontsize=7)
-    ax.legend(fontsize=7, frameon=False)
-    return _image(fig, canvas)
+    fig.tight_layout(pad=0.4)
+    canvas.draw()
+    return Image.fromarray(np.asarray(canvas.buffer_rgba())[..., :3].copy())

@@ -43,7 +43,6 @@ class ConceptScenes(Dataset):
             raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
         self.size, self.length, self.seed = int(size), int(length), int(seed)
         self.split, self.max_objects = split, int(max_objects)
-        self.classes: tuple[str, ...] = SHAPES
 
     def __len__(self) -> int:
         return self.length
@@ -73,7 +72,6 @@ def export_scenes(
     n: int = 1000,
     size: int = 64,
     seed: int = 0,
-    max_objects: int = 4,
 ) -> Path:
     """Write ``n`` scenes of a split as a labelled image folder.
 
@@ -85,7 +83,7 @@ def export_scenes(
     and ``classes.json`` (class-name tuples). ``images/`` + ``masks/`` is the simple layout
     ``stellar eval seg`` reads (``--num-classes`` 1 + the number of shapes). ``<index>`` is
     zero-padded to at least 6 digits. Item ``i`` equals
-    ``ConceptScenes(size, n, seed, split, max_objects)[i]``.
+    ``ConceptScenes(size, n, seed, split)[i]``.
 
     Args:
         out_dir: Destination folder (created if needed).
@@ -93,7 +91,6 @@ def export_scenes(
         n: Number of images.
         size: Image side in pixels.
         seed: Base seed.
-        max_objects: Maximum objects per image (at most 255: the masks are uint8).
 
     Returns:
         The output folder as a ``Path``.
@@ -112,7 +109,7 @@ def export_scenes(
             f"expected a new or empty output folder, but {stale[0]} already holds an export; "
             "choose another folder or delete it"
         )
-    ds = ConceptScenes(size=size, length=n, seed=seed, split=split, max_objects=max_objects)
+    ds = ConceptScenes(size=size, length=n, seed=seed, split=split)
     out.mkdir(parents=True, exist_ok=True)
     (out / "classes.json").write_text(
         json.dumps({"shapes": SHAPES, "colours": COLOURS, "fills": FILLS}, indent=1) + "\n"

@@ -129,18 +129,6 @@ def _background(rng: np.random.Generator, size: int) -> tuple[np.ndarray, int]:
     return c0 + t[..., None] * (c1 - c0), kind
 
 
-def _min_visible(own: np.ndarray) -> np.ndarray:
-    """Pixels each object must keep unoccluded, given its own pixel areas."""
-    return np.maximum(MIN_VISIBLE * own, np.minimum(MIN_VISIBLE_PIXELS, own))
-
-
-def _item_rng(seed: int, split: str, index: int) -> np.random.Generator:
-    if split not in SPLITS:
-        raise ValueError(f"split must be one of {tuple(SPLITS)}, got {split!r}")
-    # SeedSequence itself refuses negative seeds and indices.
-    return np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], int(index)]))
-
-
 def _pattern_colour(rgb: np.ndarray) -> np.ndarray:
     """A shade of ``rgb`` for stripes/dots: darker for bright colours, lighter for dark ones."""
     luma = float(rgb @ np.asarray([0.299, 0.587, 0.114], dtype=np.float32))
@@ -198,11 +186,10 @@ def render_scene(
     """
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
         raise ValueError(f"size must be an int >= {MIN_SIZE}, got {size!r}")
-    if not isinstance(max_objects, (int, np.integer)) or max_objects < 1:
-        raise ValueError(f"max_objects must be an int >= 1, got {max_objects!r}")
     lo_scale, hi_scale = SCALE_RANGE
     size, max_objects = int(size), int(max_objects)
-    rng = _item_rng(seed, split, index)
+    # SeedSequence itself refuses negative seeds and indices.
+    rng = np.random.default_rng(np.random.SeedSequence([int(seed), SPLITS[split], int(index)]))
 
     img, bg_kind = _background(rng, size)
     n_draw = int(rng.integers(1, max_objects + 1))
@@ -247,7 +234,10 @@ def render_scene(
                 continue
             covered = np.bincount(inst[region][inside], minlength=len(placed) + 1)[1:]
             new_visible = visible - covered
-            if np.any(new_visible < _min_visible(own)):
+            # every placed object keeps MIN_VISIBLE of its own pixels, or all of them if few
+            if np.any(
+                new_visible < np.maximum(MIN_VISIBLE * own, np.minimum(MIN_VISIBLE_PIXELS, own))
+            ):
                 continue
             break
         else:
