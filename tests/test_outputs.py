@@ -175,3 +175,36 @@ def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, erro
     assert path.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == [path.name]
     with pytest.raises(ZeroDivisionError):  # a bug of ours keeps its traceback
         atomic_write(path, lambda tmp: 1 / 0)
+
+
+def test_links_never_lead_the_guard_out_of_the_folder(tmp_path):
+    """A planted `.lock` link is not followed (it would truncate its target), and temporaries
+    are cleaned only inside the folder, not through a linked sub-folder."""
+    victim, elsewhere = tmp_path / "victim.txt", tmp_path / "elsewhere"
+    victim.write_text("precious")
+    elsewhere.mkdir()
+    (elsewhere / ".keep.abcd1234.tmp").write_text("not ours")
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "link").symlink_to(elsewhere)
+    with output_folder(out, "job"):
+        pass
+    assert (elsewhere / ".keep.abcd1234.tmp").exists()
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / LOCK_NAME).symlink_to(victim)
+    with pytest.raises(UsageError, match=f"{LOCK_NAME}"), output_folder(other, "job"):
+        pass
+    assert victim.read_text() == "precious"
+
+
+@pytest.mark.parametrize("name", ["", "x" * 300, "loop"])
+def test_odd_folder_names_are_one_error(tmp_path, name):
+    if name == "loop":
+        (tmp_path / "a").symlink_to(tmp_path / "b")
+        (tmp_path / "b").symlink_to(tmp_path / "a")
+        name = str(tmp_path / "a")
+    elif name:
+        name = str(tmp_path / name)
+    with pytest.raises(UsageError, match="--out"), output_folder(name, "job"):
+        pass

@@ -38,44 +38,45 @@ def output_folder(path: str | os.PathLike[str], job: str, flag: str = "--out") -
     """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
 
     Re-entrant within a process (a command and the function it calls may both hold it).
-    Temporaries are removed from the folder and two levels of sub-folders.
+    Temporaries are removed from the folder and two levels of sub-folders (not through links).
 
     Raises:
-        UsageError: ``path`` is a file, lies under one or cannot be written (named with
+        UsageError: ``path`` is empty, a file, lies under one or cannot be written (named with
             ``flag``), or another live process holds it (named in the message).
     """
+    if not os.fspath(path):  # Path("") would be the working directory
+        raise UsageError(f"expected {flag} a folder for the outputs, got ''")
     folder = Path(path)
-    key = folder.resolve()
-    if key in _held:
-        _held[key] += 1
+    fd = _open_lock(folder, flag)
+    key = os.path.realpath(folder)
+    try:
+        if key not in _held:
+            _lock(fd, folder, job)
+            _clean_temporaries(folder)
+        _held[key] = _held.get(key, 0) + 1
         try:
             yield folder
         finally:
             _held[key] -= 1
-        return
-    fd = _open_lock(folder, flag)
-    try:
-        _lock(fd, folder, job)
-        _held[key] = 1
-        try:
-            _clean_temporaries(folder)
-            yield folder
-        finally:
-            del _held[key]
+            if not _held[key]:
+                del _held[key]
     finally:
-        os.close(fd)  # closing the descriptor releases the lock
+        os.close(fd)  # the lock goes with the descriptor that took it
 
 
 def _open_lock(folder: Path, flag: str) -> int:
-    if folder.exists() and not folder.is_dir():
-        raise UsageError(f"{flag} {str(folder)!r} is a file; expected a folder for the outputs")
     try:
+        if folder.exists() and not folder.is_dir():
+            raise UsageError(f"{flag} {str(folder)!r} is a file; expected a folder for the outputs")
         folder.mkdir(parents=True, exist_ok=True)
-        return os.open(folder / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as err:  # a path under a file, a read-only place, a full disk
+        # never through a link: a planted `.lock -> elsewhere` must not be truncated
+        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        return os.open(folder / LOCK_NAME, flags, 0o644)
+    except OSError as err:  # a path under a file, a read-only place, a full disk, a bad name
+        where = "" if err.filename in (None, str(folder)) else f": {err.filename}"
         raise UsageError(
-            f"{flag} {str(folder)!r} is not a writable folder ({err.strerror}); pass a folder "
-            "you can write to"
+            f"{flag} {str(folder)!r} is not a writable folder ({err.strerror}{where}); pass a "
+            "folder you can write to"
         ) from None
 
 
@@ -91,18 +92,24 @@ def _lock(fd: int, folder: Path, job: str) -> None:
         raise UsageError(
             f"{folder} is in use by {holder}; wait for it to finish or pass another folder"
         ) from None
-    os.ftruncate(fd, 0)
     command = " ".join(sys.argv)
-    os.write(fd, f"{job} (pid {os.getpid()} on {socket.gethostname()}: {command})\n".encode())
+    try:
+        os.ftruncate(fd, 0)
+        os.write(fd, f"{job} (pid {os.getpid()} on {socket.gethostname()}: {command})\n".encode())
+    except OSError as err:
+        raise UsageError(f"cannot write {folder / LOCK_NAME} ({err.strerror})") from None
 
 
 def _clean_temporaries(folder: Path) -> None:
+    root = Path(os.path.realpath(folder))
     found = [
         p
         for depth in ("", "*/", "*/*/")
         for pattern in TEMPORARIES
         for p in folder.glob(depth + pattern)
-        if p.is_file() or p.is_symlink()
+        if (p.is_file() or p.is_symlink())
+        # not through a link to a folder elsewhere
+        and Path(os.path.realpath(p.parent)) == root / p.parent.relative_to(folder)
     ]
     if not found:
         return
@@ -145,7 +152,8 @@ def remove(paths: Iterable[Path]) -> None:
     """Delete what :func:`check_fresh` returned (``overwrite``)."""
     paths = list(paths)
     if paths:
-        logger.warning("overwrite: deleting %s", ", ".join(map(str, paths)))
+        more = f" and {len(paths) - 4} more" if len(paths) > 4 else ""
+        logger.warning("overwrite: deleting %s%s", ", ".join(map(str, paths[:4])), more)
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)
@@ -176,7 +184,7 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         UsageError: the file could not be written (a full disk, ...), naming it.
     """
     path = Path(path)
-    tmp = None
+    tmp, existed = None, os.path.exists(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
@@ -193,7 +201,8 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         if not _is_write_failure(err):
             raise
         reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
-        raise UsageError(f"could not write {path} ({reason}); the previous file is intact") from err
+        kept = "; the previous file is intact" if existed else ""
+        raise UsageError(f"could not write {path} ({reason}){kept}") from err
     finally:
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)

@@ -438,3 +438,50 @@ def test_torchrun_extract_matches_one_process_and_holds_the_folder(tmp_path: Pat
     two, one = (load_features(tmp_path / d) for d in ("two", "one"))
     torch.testing.assert_close(two[0]["cls"], one[0]["cls"])
     assert two[2] == one[2] and _meta(tmp_path / "two")["count"] == 7
+
+
+def test_another_image_folder_of_the_same_size_is_not_taken_for_done_work(model, tmp_path):
+    """The settings identify the files: the same counts and class names of other images are
+    other settings, so no shard of them is mixed in."""
+    first = EvalImages(_images(tmp_path / "a", 4), RES)
+    second_root = tmp_path / "b"
+    for path in _images(tmp_path / "a2", 4).rglob("*.png"):
+        target = second_root / path.parent.name / f"other-{path.name}"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        target.write_bytes(path.read_bytes())
+    out = tmp_path / "out"
+    extract_to_dir(model, first, out, ["cls"], shard_size=2, progress=False)
+    with pytest.raises(ValueError, match="other settings \\(files differ\\)"):
+        extract_to_dir(model, EvalImages(second_root, RES), out, ["cls"], 2, progress=False)
+
+
+def test_a_consistently_shortened_shard_is_redone_not_recounted(model, tmp_path):
+    """A shard whose last row was removed from every tensor and from its paths: its files no
+    longer cover its range, so eval refuses it and a rerun extracts it again."""
+    from safetensors.torch import load_file, save_file
+
+    ds = EvalImages(_images(tmp_path / "data", 5), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
+    shard = out / shard_name(1)
+    with safe_open(str(shard), framework="pt") as f:
+        metadata = f.metadata()
+    metadata["paths"] = json.dumps(json.loads(metadata["paths"])[:1])
+    save_file({k: v[:1] for k, v in load_file(str(shard)).items()}, str(shard), metadata)
+    with pytest.raises(ValueError, match=f"{shard_name(1)} .*not the files of its range"):
+        load_features(out)
+    assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False) == [1]
+    assert load_features(out)[0]["cls"].shape[0] == 5 and _meta(out)["count"] == 5
+
+
+def test_the_model_is_known_by_its_weights_not_its_spelling(tmp_path):
+    from stellar import load_stellar
+
+    folder = _two_models(tmp_path)[0]
+    ds = EvalImages(_images(tmp_path / "data", 3), RES)
+    out = tmp_path / "out"
+    model = load_stellar(folder)
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False, model_spec=str(folder))
+    (out / shard_name(1)).unlink()
+    spelled = f"{folder}/"
+    assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False, model_spec=spelled)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -31,6 +32,7 @@ from stellar.eval.encoder import (
 )
 from stellar.eval.shards import (
     META_NAME,
+    NOT_SETTINGS,
     finalize_dir,
     read_meta,
     settings_id,
@@ -64,12 +66,16 @@ def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            diff = {k: (old.get(k), v) for k, v in settings.items() if old.get(k) != v}
+            diff = [
+                f"{k} differ"
+                if k == "files" or len(repr(v)) > 60
+                else f"{k}: {old.get(k)!r} != {v!r}"
+                for k, v in settings.items()
+                if old.get(k) != v and k not in NOT_SETTINGS
+            ]
             if not diff:
                 return
-            what = "features extracted with other settings ({})".format(
-                ", ".join(f"{k}: {a!r} != {b!r}" for k, (a, b) in diff.items())
-            )
+            what = f"features extracted with other settings ({', '.join(diff)})"
     else:
         what = "shards of an unknown extraction"
     remove(check_fresh(out, (META_NAME, "shard-*.safetensors"), overwrite, what))
@@ -133,6 +139,7 @@ def extract_to_dir(
             "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
             "shard_size": shard_size,
             "num_files": len(dataset),
+            "files": hashlib.sha256("\n".join(map(str, dataset.paths)).encode()).hexdigest()[:16],
             "num_shards": len(shards),
             "classes": list(dataset.classes),
         }
@@ -160,7 +167,7 @@ def extract_to_dir(
                 loader = make_loader(subset, batch_size, num_workers, model.device.type == "cuda")
                 batches = _counted(loader, batch_size, len(subset), bar)
                 out_g = encode_batches(model, batches, keys, fp16, precision)
-                write_shard(out / shard_name(g), g, out_g, keys, meta["id"])
+                write_shard(out / shard_name(g), g, shards[g], out_g, keys, meta["id"])
         if finalize:
             finalize_dir(out)
     return todo

@@ -30,6 +30,7 @@ from stellar.outputs import atomic_write
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
+NOT_SETTINGS = ("count", "complete", "id", "model")
 
 
 def shard_name(shard: int) -> str:
@@ -38,9 +39,10 @@ def shard_name(shard: int) -> str:
 
 
 def settings_id(meta: dict[str, Any]) -> str:
-    """A hash of the settings in ``meta`` (all but the progress fields), written in
-    ``meta.json`` and in every shard: a shard is read only with the settings it was made with."""
-    settings = {k: v for k, v in meta.items() if k not in ("count", "complete", "id")}
+    """A hash of the settings in ``meta`` (all but the progress fields and the ``model`` as it
+    was spelled; its weights are the ``weights`` fingerprint), written in ``meta.json`` and in
+    every shard: a shard is read only with the settings it was made with."""
+    settings = {k: v for k, v in meta.items() if k not in NOT_SETTINGS}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
@@ -67,7 +69,8 @@ def read_meta(out: Path) -> dict[str, Any]:
 
 def check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
     """The number of images in the shard ``path`` after checking that it is shard ``shard`` of
-    this extraction, whole: its settings id, keys, and one row per image in every tensor.
+    this extraction, whole: its settings id, keys, one row per image in every tensor, and every
+    file of its range either a row or a file recorded as skipped (unreadable).
 
     Raises:
         UsageError: it is not (naming the file and what is wrong).
@@ -78,6 +81,7 @@ def check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
             rows = {k: f.get_slice(k).get_shape()[:1] for k in f.keys()}  # noqa: SIM118
             index = f.get_tensor("index") if "index" in rows else None
             paths = json.loads(header.get("paths", "null"))
+            skipped = json.loads(header.get("skipped", "null"))
     except Exception as err:  # noqa: BLE001 - missing, truncated or not safetensors
         raise UsageError(f"shard {path} is unreadable ({err})") from None
     start = shard * meta["shard_size"]
@@ -89,8 +93,8 @@ def check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
         if not {*meta["keys"], "index", "label"} <= set(rows)
         else "its tensors and paths disagree on the number of images"
         if not isinstance(paths, list) or any(r != [len(paths)] for r in rows.values())
-        else "it holds images of another shard"
-        if not set(index.tolist()) <= set(expected)
+        else "its rows and skipped files are not the files of its range"
+        if not isinstance(skipped, list) or sorted(index.tolist() + skipped) != list(expected)
         else ""
     )
     if problem:
@@ -115,14 +119,21 @@ def write_json(path: Path, payload: Any) -> None:
 
 
 def write_shard(
-    path: Path, shard: int, out: dict[str, Any], keys: list[str], settings_id: str
+    path: Path, shard: int, files: range, out: dict[str, Any], keys: list[str], settings_id: str
 ) -> None:
-    """One shard file; every file of it broken gives an empty shard, which still marks it done."""
+    """Shard ``shard`` of the dataset's ``files``: the rows ``out`` of :func:`encode_batches`
+    and the files it skipped (every file broken gives an empty shard, which is still done)."""
     tensors = {k: out[k] if len(out[k]) else torch.empty(0) for k in keys}
     for name, stored in (("labels", "label"), ("indices", "index")):
         tensors[stored] = out[name] if len(out[name]) else torch.empty(0, dtype=torch.int64)
     tensors = {k: v.contiguous() for k, v in tensors.items()}
-    metadata = {"paths": json.dumps(out["paths"]), "shard": str(shard), "settings": settings_id}
+    skipped = sorted(set(files) - set(tensors["index"].tolist()))
+    metadata = {
+        "paths": json.dumps(out["paths"]),
+        "skipped": json.dumps(skipped),
+        "shard": str(shard),
+        "settings": settings_id,
+    }
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
