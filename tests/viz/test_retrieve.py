@@ -280,3 +280,40 @@ def test_test_extra_installs_faiss() -> None:
     extras = project["optional-dependencies"]
     assert any(dep.startswith("faiss-cpu") for dep in extras["faiss"])
     assert any(dep.startswith("faiss-cpu") for dep in extras["test"])
+
+
+@pytest.mark.parametrize("damage", ["truncated", "garbage", "short paths", "bad meta"])
+def test_a_damaged_index_is_one_error_naming_it(model, tmp_path: Path, damage: str) -> None:
+    """Issue 22: a damaged index is named with the fix, not a traceback."""
+    from safetensors import safe_open
+    from safetensors.torch import load_file, save_file
+
+    ckpt = model.save_pretrained(tmp_path / "ckpt")
+    data = _images(tmp_path / "data", 3)
+    query = sorted(data.glob("*.png"))[0]
+    assert _retrieve(ckpt, tmp_path / "a", query, "--data", str(data)) == 0
+    path = tmp_path / "a" / "index" / "tokens.safetensors"
+    if damage in ("truncated", "garbage"):
+        path.write_bytes(path.read_bytes()[:-40] if damage == "truncated" else b"\x00" * 64)
+    else:
+        with safe_open(str(path), framework="pt") as f:
+            metadata = f.metadata()
+        key, value = ("paths", "[]") if damage == "short paths" else ("meta", "{bad")
+        save_file(load_file(str(path)), str(path), {**metadata, key: value})
+    with pytest.raises(ValueError, match=f"token index {path} is damaged; delete it"):
+        _retrieve(ckpt, tmp_path / "b", query, "--index-dir", str(path.parent))
+
+
+def test_an_index_folder_is_checked_and_held_before_any_work(model, tmp_path, monkeypatch):
+    import stellar.hub
+
+    def no_loading(*args, **kwargs):
+        raise AssertionError("the model was loaded before --index-dir was checked")
+
+    monkeypatch.setattr(stellar.hub, "load_model", no_loading)
+    data = _images(tmp_path / "data", 2)
+    (tmp_path / "file").write_text("not a folder")
+    query = sorted(data.glob("*.png"))[0]
+    with pytest.raises(ValueError, match="--index-dir .*is a file"):
+        _retrieve("stellar-tiny", tmp_path / "o", query, "--data", str(data), "--index-dir",
+                  str(tmp_path / "file"))  # fmt: skip

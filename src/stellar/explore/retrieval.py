@@ -22,6 +22,7 @@ from pathlib import Path
 from torch import Tensor
 
 from stellar.data.folder import EvalImages
+from stellar.errors import UsageError
 from stellar.explore.core import Encoded, encode_image, open_image
 from stellar.outputs import output_folder
 from stellar.viz.retrieve import (
@@ -91,13 +92,17 @@ class Collection:
 
     def _load_or_build(self, progress: bool) -> TokenIndex:
         if (self.index_dir / INDEX_FILE).is_file():
-            index = TokenIndex.load(self.index_dir)
-            wanted = index_meta(self.model, self.model.image_size, str(self.folder))
-            differ = {k for k, v in wanted.items() if index.meta.get(k) != v}
-            if not differ:
-                logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
-                return index
-            logger.warning("rebuilding the index in %s: %s differ", self.index_dir, sorted(differ))
+            try:
+                index = TokenIndex.load(self.index_dir)
+            except UsageError as err:  # a cache: rebuilt, not a reason to stop
+                logger.warning("%s: rebuilding it", err)
+            else:
+                wanted = index_meta(self.model, self.model.image_size, str(self.folder))
+                differ = sorted(k for k, v in wanted.items() if index.meta.get(k) != v)
+                if not differ:
+                    logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
+                    return index
+                logger.warning("rebuilding the index in %s: %s differ", self.index_dir, differ)
         dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
         index = build_token_index(
             self.model,

@@ -11,6 +11,7 @@ image with the matched token's map overlaid. A saved index is reused only for th
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import os
@@ -92,21 +93,35 @@ class TokenIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
-        """Read an index written by :meth:`save` (a folder or the file itself)."""
+        """Read an index written by :meth:`save` (a folder or the file itself).
+
+        Raises:
+            UsageError: there is none, or it is damaged (naming the file).
+        """
         path = Path(directory)
         path = path / INDEX_FILE if path.is_dir() else path
         if not path.is_file():
             raise UsageError(f"expected a token index at {path}, found none")
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            tensors = {k: f.get_tensor(k) for k in ("vectors", "image", "token")}
-        return cls(
-            tensors["vectors"].float(),
-            tensors["image"].long(),
-            tensors["token"].long(),
-            json.loads(meta.get("paths", "[]")),
-            json.loads(meta.get("meta", "{}")),
-        )
+        try:
+            with safe_open(str(path), framework="pt") as f:
+                meta = f.metadata() or {}
+                tensors = {k: f.get_tensor(k) for k in ("vectors", "image", "token")}
+            index = cls(
+                tensors["vectors"].float(),
+                tensors["image"].long(),
+                tensors["token"].long(),
+                json.loads(meta["paths"]),
+                json.loads(meta["meta"]),
+            )
+            whole = len(index.image) == len(index.token) == len(index) and (
+                not len(index)
+                or 0 <= int(index.image.min()) <= int(index.image.max()) < len(index.paths)
+            )
+        except Exception:  # noqa: BLE001 - truncated, not safetensors, missing or bad metadata
+            whole = False
+        if not whole:
+            raise UsageError(f"the token index {path} is damaged; delete it to build it again")
+        return index
 
 
 def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, Any]:
@@ -332,16 +347,19 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError(
             f"expected --resolution a multiple of the patch size {p}, got {resolution}"
         )
-    with output_folder(args.out, "stellar retrieve") as out:
+    with contextlib.ExitStack() as held:
+        out = held.enter_context(output_folder(args.out, "stellar retrieve"))
         index_dir = Path(args.index_dir) if args.index_dir else out / "index"
         index, dataset = None, None
-        if (index_dir / INDEX_FILE).is_file():
+        if not (index_dir / INDEX_FILE).is_file() and args.data is not None:
+            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
+            # held from here until the index is saved: one build per index folder
+            held.enter_context(output_folder(index_dir, "stellar retrieve", "--index-dir"))
+        if (index_dir / INDEX_FILE).is_file():  # (saved meanwhile by another run, too)
             index = TokenIndex.load(index_dir)
             _check_reusable(index, index_dir, args, info.config)
         elif args.data is None:
             raise UsageError(f"expected --data to build an index (none in {index_dir})")
-        else:
-            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
 
         device = pick_device(args.device)
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
@@ -354,8 +372,7 @@ def run(args: argparse.Namespace) -> int:
                 model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model),
                 data=_collection(args.data),
             )  # fmt: skip
-            with output_folder(index_dir, "stellar retrieve", "--index-dir"):
-                index.save(index_dir)
+            index.save(index_dir)
             logger.info(
                 "indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir
             )
