@@ -91,7 +91,7 @@ def console(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # a second Ctrl-C, or a run stopped after its checkpoint
-        print(f"{prog}: {err or 'interrupted'}", file=sys.stderr)
+        print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
         return getattr(err, "exit_code", 128 + signal.SIGINT)
 
 

@@ -485,3 +485,30 @@ def test_the_model_is_known_by_its_weights_not_its_spelling(tmp_path):
     (out / shard_name(1)).unlink()
     spelled = f"{folder}/"
     assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False, model_spec=spelled)
+
+
+def test_ctrl_c_during_extract_is_one_line_that_says_how_to_resume(
+    model, tmp_path: Path, monkeypatch, capsys
+) -> None:
+    """Issue 22: Ctrl-C printed an empty message; the finished shards are kept."""
+    import stellar.eval.extract
+    from stellar.cli import console
+
+    real = stellar.eval.extract.write_shard
+    calls = []
+
+    def interrupted_after_one(*args, **kwargs):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(real(*args, **kwargs))
+
+    monkeypatch.setattr(stellar.eval.extract, "write_shard", interrupted_after_one)
+    root, out = _images(tmp_path / "data", 4), tmp_path / "out"
+    argv = ["extract", "--model", "stellar-tiny", "--data", str(root), "--out", str(out)]
+    argv += ["--shard-size", "2", "--num-workers", "0", "--keys", "cls"]
+    assert console(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) >= 1 and "run the same command to resume" in err[-1], err
+    assert [p.name for p in out.glob("shard-*")] == [shard_name(0)]
+    monkeypatch.setattr(stellar.eval.extract, "write_shard", real)
+    assert console(argv) == 0 and _meta(out)["count"] == 4

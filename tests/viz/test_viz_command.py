@@ -209,6 +209,21 @@ def test_viz_outputs_are_written_atomically(tmp_path: Path, monkeypatch) -> None
     before = results()
     _crash_after_partial_png(monkeypatch)
     with pytest.raises(ValueError, match="could not write .*No space"):
-        main(argv)
+        main([*argv, "--overwrite"])
     # the interrupted run left the previous figure whole, and no temporary file behind
     assert results() == before
+
+
+def test_an_earlier_viz_is_replaced_only_with_overwrite_and_never_mixed(tmp_path: Path) -> None:
+    """Issue 22: a second viz into one --out left the first one's extra figures beside its own."""
+    images = _photos(tmp_path / "imgs", 3)
+    out = tmp_path / "out"
+    argv = ["viz", "--model", "stellar-tiny", "--images", str(images), "--out", str(out)]
+    assert main(argv) == 0
+    (out / "notes.png").write_bytes(b"the user's own file")
+    with pytest.raises(ValueError, match="already holds an earlier viz's figures .*--overwrite"):
+        main([*argv, "--max-images", "1"])
+    assert main([*argv, "--max-images", "1", "--overwrite"]) == 0
+    listed = {r["figure"] for r in json.loads((out / "metrics.json").read_text())["images"]}
+    assert len(listed) == 1
+    assert {p.name for p in out.glob("*.png")} == listed | {"notes.png"}

@@ -263,6 +263,11 @@ def run(args: argparse.Namespace) -> int:
                 if info.is_main:
                     finalize_dir(args.out)
                 torch.distributed.barrier()
+    except KeyboardInterrupt:
+        raise KeyboardInterrupt(
+            f"interrupted; the finished shards in {args.out} are kept: run the same command to "
+            "resume"
+        ) from None
     finally:
         teardown()
     return 0

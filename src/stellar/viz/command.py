@@ -25,7 +25,7 @@ from torch.utils.data import Subset
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.encoder import make_loader
-from stellar.outputs import atomic_write, output_folder
+from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
 from stellar.viz.maps import (
     argmax_segmentation,
@@ -168,6 +168,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
     )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    parser.add_argument(
+        "--overwrite", action="store_true", help="replace the figures of an earlier viz in --out"
+    )
     add_precision_argument(parser)
 
 
@@ -190,6 +193,8 @@ def run(args: argparse.Namespace) -> int:
         )
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     with output_folder(args.out, "stellar viz") as out_dir:
+        old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
+        earlier = _figures(old)  # what it lists, never other files of the folder
         device = pick_device(args.device)
         model, why = load_for_viz(info.spec, args.vq_model, device, info)
         subset = dataset
@@ -252,9 +257,23 @@ def run(args: argparse.Namespace) -> int:
         }
         text = json.dumps(summary, indent=2)
         atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+        remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
         _print_table(records, r)
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0
+
+
+def _figures(metrics: list[Path]) -> list[Path]:
+    """The figures an earlier viz's ``metrics.json`` lists (none if it is unreadable)."""
+    try:
+        found = [
+            m.parent / Path(r["figure"]).name
+            for m in metrics
+            for r in json.loads(m.read_text())["images"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+    return [p for p in found if p.is_file()]
 
 
 def _round(t: Tensor, digits: int = 4) -> list[float]:
