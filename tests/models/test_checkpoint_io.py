@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from stellar import create_stellar, load_stellar
-from stellar.checkpoint.io import atomic_write, save_state_dict
+from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.weights import read_header, read_state_dict
 from stellar.models.vqgan import load_vqgan
+from stellar.outputs import atomic_write
 
 
 @pytest.fixture

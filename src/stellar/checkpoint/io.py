@@ -12,7 +12,7 @@ from torch import Tensor, nn
 
 from stellar.checkpoint.card import CARD_NAME, model_card
 from stellar.checkpoint.official import to_official
-from stellar.outputs import atomic_write, fsync_dir  # noqa: F401 (TODO: importers move)
+from stellar.outputs import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"

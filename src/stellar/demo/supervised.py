@@ -16,12 +16,13 @@ from pathlib import Path
 
 from torch import nn
 
-from stellar.checkpoint.io import atomic_write, save_state_dict
+from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.weights import load_strict, read_state_dict
 from stellar.data.scenes import COLOURS, SHAPES
 from stellar.demo.training import DemoSettings, demo_trainer
 from stellar.eval.linear import pool_features
 from stellar.models.stellar import STELLAR
+from stellar.outputs import atomic_write
 from stellar.train.schedule import cosine_lr
 from stellar.train.trainer import Trainer
 

@@ -21,7 +21,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from stellar.checkpoint.io import atomic_write
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
@@ -41,6 +40,7 @@ from stellar.eval.fid import fid_from_features
 from stellar.eval.metrics import psnr, ssim
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
+from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 

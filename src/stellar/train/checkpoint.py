@@ -16,11 +16,12 @@ from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import WEIGHTS_NAME, atomic_write, fsync_dir, save_pretrained
+from stellar.checkpoint.io import WEIGHTS_NAME, save_pretrained
 from stellar.checkpoint.official import from_official
 from stellar.checkpoint.weights import read_header, read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
+from stellar.outputs import atomic_write, fsync_dir
 from stellar.train.config import flatten, resume_changes
 
 logger = logging.getLogger(__name__)

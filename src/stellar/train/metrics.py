@@ -11,7 +11,7 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from stellar.checkpoint.io import atomic_write
+from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
