@@ -214,6 +214,10 @@ def test_resume_after_images_were_removed_is_one_line_with_the_counts(tmp_path, 
     assert code == 2 and len(err.strip().splitlines()) == 1 and "Traceback" not in err
     assert "8 images then, 7 now" in err and "init.checkpoint=" in err
     assert _files(run) == before
+    (tmp_path / "photos" / "00.png").rename(tmp_path / "photos" / "renamed.png")
+    (tmp_path / "photos" / "07.png").write_bytes((tmp_path / "photos" / "01.png").read_bytes())
+    code, err = _resume_cli(run, capsys)  # as many images as then, but other files
+    assert code == 2 and "changed since" in err and "other files" in err
 
 
 def _edit(path, old, new):

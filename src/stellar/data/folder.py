@@ -17,6 +17,7 @@ for broken files, and a *view* that turns a decoded image into tensors.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 from collections.abc import Sequence
@@ -214,6 +215,12 @@ class ImageFolder(Dataset):
         """Path of file ``index``."""
         rel = os.fsdecode(self._paths[index])
         return self.root / rel if self.root is not None else Path(rel)
+
+    @property
+    def files_id(self) -> str:
+        """A hash of the file list (relative to the folder, in dataset order): what a resume or
+        a feature folder must find again."""
+        return hashlib.sha256(self._paths.tobytes()).hexdigest()[:16]
 
     @property
     def paths(self) -> list[Path]:

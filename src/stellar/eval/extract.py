@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import logging
 import os
 from collections.abc import Iterator, Sequence
@@ -139,7 +138,7 @@ def extract_to_dir(
             "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
             "shard_size": shard_size,
             "num_files": len(dataset),
-            "files": hashlib.sha256("\n".join(map(str, dataset.paths)).encode()).hexdigest()[:16],
+            "files": dataset.files_id,
             "num_shards": len(shards),
             "classes": list(dataset.classes),
         }

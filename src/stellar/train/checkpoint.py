@@ -133,6 +133,7 @@ class TrainerCheckpoints:
             "config": self.cfg.to_dict(),
             "world_size": self.dist.world_size,
             "num_images": len(self.dataset),
+            "images": getattr(self.dataset, "files_id", None),  # None: concept scenes
             CHECKPOINT_ID: f"{self.run_id}-{self.step}",
         }
         if self.teacher is not None:
@@ -170,11 +171,13 @@ class TrainerCheckpoints:
                 f"{self.dist.world_size}: an exact resume replays each one's data; run it with "
                 f"{state['world_size']}, {fix}"
             )
-        if state["num_images"] != len(self.dataset):
+        images = getattr(self.dataset, "files_id", None)
+        if state["num_images"] != len(self.dataset) or state.get("images", images) != images:
+            then, now = state["num_images"], len(self.dataset)
+            change = f"{then} images then, {now} now" if then != now else "other files"
             raise UsageError(
-                f"the image folder changed since {folder} was saved ({state['num_images']} "
-                f"images then, {len(self.dataset)} now): an exact resume replays the "
-                f"checkpoint's data order; restore the folder's images, {fix}"
+                f"the image folder changed since {folder} was saved ({change}): an exact "
+                f"resume replays the checkpoint's data order; restore the folder's images, {fix}"
             )
         saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
         if saved["data.root"] != now["data.root"]:
