@@ -12,7 +12,7 @@ pytest.importorskip("gradio_client", reason="the explorer needs the app extra (g
 from gradio_client import Client, handle_file  # noqa: E402
 
 from stellar.explore.core import encode_image, token_at  # noqa: E402
-from stellar.viz.retrieve import weights_fingerprint  # noqa: E402
+from stellar.viz.token_index import weights_fingerprint  # noqa: E402
 
 # gradio's own queue warns about pandas options it uses; not ours to fix
 pytestmark = pytest.mark.filterwarnings("ignore::Warning:gradio.queueing")

@@ -18,7 +18,7 @@ from stellar.explore.core import (
     token_at,
 )
 from stellar.explore.retrieval import Collection
-from stellar.viz.retrieve import INDEX_FILE, weights_fingerprint
+from stellar.viz.token_index import INDEX_FILE, weights_fingerprint
 
 
 def _sharp(spatial: torch.Tensor, token: int) -> torch.Tensor:

@@ -14,7 +14,7 @@ from PIL import Image
 from stellar import create_stellar
 from stellar.cli import main
 from stellar.data.folder import EvalImages
-from stellar.viz.retrieve import TokenIndex, build_token_index, query_index
+from stellar.viz.token_index import TokenIndex, build_token_index, query_index
 
 RES = 32
 
@@ -131,7 +131,7 @@ def _retrieve(model: Path | str, out: Path, query: Path, *extra: str) -> int:
 
 
 def test_index_records_model_identity(model, tmp_path: Path) -> None:
-    from stellar.viz.retrieve import weights_fingerprint
+    from stellar.viz.token_index import weights_fingerprint
 
     ds = EvalImages(_images(tmp_path / "data", 2), RES)
     index = build_token_index(model, ds, progress=False, model_spec="m", data="/some/folder")

@@ -1,9 +1,9 @@
 """Concept retrieval for the explorer: the token index of ``stellar retrieve``, built on first
 use and cached per (collection, weights).
 
-The explorer's one dependence on :mod:`stellar.viz.retrieve`: the index is
-:func:`~stellar.viz.retrieve.build_token_index` over the collection at the model's native
-resolution, searched with :func:`~stellar.viz.retrieve.query_index` (faiss when installed). A
+The explorer's one dependence on :mod:`stellar.viz.token_index`: the index is
+:func:`~stellar.viz.token_index.build_token_index` over the collection at the model's native
+resolution, searched with :func:`~stellar.viz.token_index.query_index` (faiss when installed). A
 saved index is reused only when its metadata matches this model and collection as ``stellar
 retrieve`` requires (the weights fingerprint, r, d, patch size, resolution and the resolved
 folder); otherwise it is rebuilt. Indexes live in the explorer's cache folder (``stellar
@@ -25,7 +25,7 @@ from stellar.data.folder import EvalImages
 from stellar.errors import UsageError
 from stellar.explore.core import Encoded, encode_image, open_image
 from stellar.outputs import output_folder
-from stellar.viz.retrieve import (
+from stellar.viz.token_index import (
     INDEX_FILE,
     TokenIndex,
     build_token_index,

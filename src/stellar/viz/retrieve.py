@@ -1,11 +1,8 @@
 """``stellar retrieve``: concept retrieval, the nearest concept tokens to a query token.
 
-The index holds every concept token (``sparse``, r per image) of a collection, L2-normalised,
-as one (N·r, d) matrix in ``tokens.safetensors`` (``vectors``, ``image`` and ``token`` ids, the
-paths in the metadata). A query token is compared by cosine similarity with every indexed
-token (exact: faiss ``IndexFlatIP`` when installed, else a matmul); the k best are drawn, each
-image with the matched token's map overlaid. A saved index is reused only for the model (its
-:func:`weights_fingerprint`), shapes and ``--data`` folder it records.
+The k indexed tokens (:mod:`stellar.viz.token_index`) most similar to the query token are
+drawn, each image with the matched token's map overlaid. A saved index is reused only for the
+model (its :func:`weights_fingerprint`), shapes and ``--data`` folder it records.
 """
 
 from __future__ import annotations
@@ -14,18 +11,12 @@ import argparse
 import contextlib
 import json
 import logging
-import os
-from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from PIL import Image
-from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import Tensor
-from torch.utils.data import Dataset
 
 from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
@@ -33,7 +24,6 @@ from stellar.eval.encoder import (
     Encoder,
     encode_batch,
     encode_batches,
-    extract_features,
     make_loader,
     weights_fingerprint,
 )
@@ -41,170 +31,9 @@ from stellar.images import preprocess
 from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
-
-__all__ = [
-    "TokenIndex",
-    "add_arguments",
-    "build_token_index",
-    "query_index",
-    "render_retrieval",
-    "run",
-]
+from stellar.viz.token_index import INDEX_FILE, TokenIndex, build_token_index, query_index
 
 logger = logging.getLogger(__name__)
-
-INDEX_FILE = "tokens.safetensors"
-
-
-@dataclass
-class TokenIndex:
-    """Unit-norm concept tokens of a collection.
-
-    Attributes:
-        vectors: (M, d) float32, L2-normalised, M = N·r rows (image-major).
-        image: (M,) int64, row -> position in ``paths``.
-        token: (M,) int64, row -> concept-token index in [0, r).
-        paths: the N indexed image files.
-        meta: ``model`` (the spec), ``weights`` (:func:`weights_fingerprint`),
-            ``resolution``, ``num_tokens``, ``dim``, ``patch_size`` and ``data`` (the indexed
-            collection, when known).
-    """
-
-    vectors: Tensor
-    image: Tensor
-    token: Tensor
-    paths: list[str]
-    meta: dict[str, Any] = field(default_factory=dict)
-    _faiss: Any = field(default=None, repr=False, compare=False)
-
-    def __len__(self) -> int:
-        return self.vectors.shape[0]
-
-    def save(self, directory: str | os.PathLike[str]) -> Path:
-        """Write ``directory/tokens.safetensors`` atomically."""
-        path = Path(directory) / INDEX_FILE
-        tensors = {
-            "vectors": self.vectors.contiguous(),
-            "image": self.image.contiguous(),
-            "token": self.token.contiguous(),
-        }
-        metadata = {"paths": json.dumps(self.paths), "meta": json.dumps(self.meta)}
-        return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
-        """Read an index written by :meth:`save` (a folder or the file itself).
-
-        Raises:
-            UsageError: there is none, or it is damaged (naming the file).
-        """
-        path = Path(directory)
-        path = path / INDEX_FILE if path.is_dir() else path
-        if not path.is_file():
-            raise UsageError(f"expected a token index at {path}, found none")
-        try:
-            with safe_open(str(path), framework="pt") as f:
-                meta = f.metadata() or {}
-                tensors = {k: f.get_tensor(k) for k in ("vectors", "image", "token")}
-            index = cls(
-                tensors["vectors"].float(),
-                tensors["image"].long(),
-                tensors["token"].long(),
-                json.loads(meta["paths"]),
-                json.loads(meta["meta"]),
-            )
-            whole = len(index.image) == len(index.token) == len(index) and (
-                not len(index)
-                or 0 <= int(index.image.min()) <= int(index.image.max()) < len(index.paths)
-            )
-        except Exception:  # noqa: BLE001 - truncated, not safetensors, missing or bad metadata
-            whole = False
-        if not whole:
-            raise UsageError(f"the token index {path} is damaged; delete it to build it again")
-        return index
-
-
-def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, Any]:
-    """How an index of the collection ``data`` by ``model`` at ``resolution`` was built: what
-    a saved index must match to be reused (with the ``model`` spec, recorded for messages)."""
-    return {
-        "weights": weights_fingerprint(model),
-        "resolution": resolution,
-        "num_tokens": model.num_tokens,
-        "dim": model.embed_dim,
-        "patch_size": int(model.patch_size),
-        "data": data,
-    }
-
-
-def build_token_index(
-    model: Encoder,
-    dataset: Dataset,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    model_spec: str = "",
-    progress: bool = True,
-    data: str | None = None,
-) -> TokenIndex:
-    """Encode a collection and index all its concept tokens.
-
-    ``model_spec`` and ``data`` (the collection's identity, e.g. its resolved folder) are
-    recorded in the metadata; broken files are skipped. Returns N·r rows for N decodable images.
-    """
-    out = extract_features(
-        model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
-    )
-    tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
-    n, r, d = tokens.shape
-    resolution = int(getattr(dataset, "resolution", 0))
-    meta = {"model": model_spec, **index_meta(model, resolution, data)}
-    return TokenIndex(
-        tokens.reshape(n * r, d),
-        torch.arange(n).repeat_interleave(r),
-        torch.arange(r).repeat(n),
-        out["paths"],
-        meta,
-    )
-
-
-def query_index(index: TokenIndex | Tensor, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
-    """The ``k`` most similar indexed tokens (cosine similarity, exact search).
-
-    Args:
-        index: a :class:`TokenIndex` or an (M, d) matrix of unit rows.
-        vector: (d,) or (q, d) query token(s); normalised here.
-        k: number of neighbours (clamped to M).
-
-    Returns:
-        ``scores`` and ``rows`` (int64), each (k,) for one query or (q, k), best first.
-    """
-    bank = index.vectors if isinstance(index, TokenIndex) else index
-    single = vector.ndim == 1
-    queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
-    k = min(int(k), bank.shape[0])
-    found = _faiss_search(index, bank, queries, k)
-    if found is None:
-        scores, rows = (queries @ bank.float().T).topk(k, dim=1)
-    else:
-        scores, rows = found
-    return (scores[0], rows[0]) if single else (scores, rows)
-
-
-def _faiss_search(
-    index: TokenIndex | Tensor, bank: Tensor, queries: Tensor, k: int
-) -> tuple[Tensor, Tensor] | None:
-    try:
-        import faiss  # type: ignore[import-not-found]
-    except ImportError:
-        return None
-    flat = index._faiss if isinstance(index, TokenIndex) else None
-    if flat is None:
-        flat = faiss.IndexFlatIP(bank.shape[1])
-        flat.add(bank.float().contiguous().numpy())
-        if isinstance(index, TokenIndex):
-            index._faiss = flat
-    scores, rows = flat.search(queries.contiguous().numpy(), k)
-    return torch.from_numpy(scores), torch.from_numpy(rows).long()
 
 
 def render_retrieval(
