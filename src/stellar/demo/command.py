@@ -15,6 +15,7 @@ import logging
 import time
 from dataclasses import asdict, replace
 from pathlib import Path
+from typing import Any
 
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
@@ -24,6 +25,7 @@ from stellar.demo.supervised import train_supervised
 from stellar.demo.training import DemoSettings, resolve_budget, train_variant
 from stellar.demo.whatwhere import crop_invariance, equivariance_scores
 from stellar.errors import nonneg_int, positive_int
+from stellar.outputs import atomic_write, output_folder
 
 logger = logging.getLogger(__name__)
 
@@ -77,6 +79,10 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
+def _save(figure: Any, path: Path) -> None:
+    atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
+
+
 def _timed(timings: dict[str, float], name: str, started: float) -> None:
     timings[name] = time.perf_counter() - started
     logger.info("demo: %s took %.0f s", name, timings[name])
@@ -88,55 +94,55 @@ def run_demo(settings: DemoSettings) -> dict:
     if settings.photos is None and (found := default_photos()) is not None:
         # Named in the report's Command line like every other input.
         settings = replace(settings, photos=str(found))
-    out = Path(settings.out)
-    out.mkdir(parents=True, exist_ok=True)
-    variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
-    logger.info("demo: %s", full_command(settings))
-    timings: dict[str, float] = {}
-    models, runs = {}, {}
-    for name, extra in variants.items():
+    with output_folder(settings.out, "stellar demo") as out:
+        variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
+        logger.info("demo: %s", full_command(settings))
+        timings: dict[str, float] = {}
+        models, runs = {}, {}
+        for name, extra in variants.items():
+            start = time.perf_counter()
+            folder = "stellar" if name == "STELLAR" else name.split(":")[0].lower()
+            trained, initial, run_dir = train_variant(settings, folder, extra)
+            if name == "STELLAR":
+                models["random init"] = initial
+            models[name], runs[name] = trained, run_dir
+            _timed(timings, f"train {name}", start)
         start = time.perf_counter()
-        folder = "stellar" if name == "STELLAR" else name.split(":")[0].lower()
-        trained, initial, run_dir = train_variant(settings, folder, extra)
-        if name == "STELLAR":
-            models["random init"] = initial
-        models[name], runs[name] = trained, run_dir
-        _timed(timings, f"train {name}", start)
-    start = time.perf_counter()
-    models[SUPERVISED], cached = train_supervised(settings)
-    _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start)
-    order = ["random init", "STELLAR", SUPERVISED, *list(ABLATIONS)]
-    models = {name: models[name] for name in order if name in models}
+        models[SUPERVISED], cached = train_supervised(settings)
+        _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start)
+        order = ["random init", "STELLAR", SUPERVISED, *list(ABLATIONS)]
+        models = {name: models[name] for name in order if name in models}
 
-    start = time.perf_counter()
-    train_scenes, val_scenes = eval_scenes(settings)
-    results, samples = {}, {}
-    for name, model in models.items():
-        metrics, samples[name] = evaluate(
-            model, train_scenes, val_scenes, settings, reconstruct=name not in NO_RECONSTRUCTION
+        start = time.perf_counter()
+        train_scenes, val_scenes = eval_scenes(settings)
+        results, samples = {}, {}
+        for name, model in models.items():
+            metrics, samples[name] = evaluate(
+                model, train_scenes, val_scenes, settings, reconstruct=name not in NO_RECONSTRUCTION
+            )
+            metrics["equivariance"] = equivariance_scores(model, val_scenes)
+            metrics["invariance"] = crop_invariance(model, val_scenes, settings.seed)
+            results[name] = metrics
+        chance = chance_samples(train_scenes, val_scenes)
+        lines = verdicts(results, samples, chance, settings.seed)
+        _timed(timings, "evaluate", start)
+
+        shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
+        figures = []
+        _save(scene_figure({k: models[k] for k in shown}, val_scenes), out / "concepts_scenes.png")
+        figures.append(
+            ("concepts_scenes.png", "Concept maps and reconstructions on validation scenes")
         )
-        metrics["equivariance"] = equivariance_scores(model, val_scenes)
-        metrics["invariance"] = crop_invariance(model, val_scenes, settings.seed)
-        results[name] = metrics
-    chance = chance_samples(train_scenes, val_scenes)
-    lines = verdicts(results, samples, chance, settings.seed)
-    _timed(timings, "evaluate", start)
+        if settings.photos is not None:
+            pair = {k: models[k] for k in ("STELLAR", "random init")}
+            fig = photo_figure(pair, Path(settings.photos))
+            if fig is not None:
+                _save(fig, out / "concepts_photos.png")
+                figures.append(("concepts_photos.png", "Concept maps on real photos"))
+        _save(loss_figure(runs), out / "loss_curves.png")
+        figures.append(("loss_curves.png", "Training losses"))
 
-    shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
-    figures = []
-    scene_figure({k: models[k] for k in shown}, val_scenes).save(out / "concepts_scenes.png")
-    figures.append(("concepts_scenes.png", "Concept maps and reconstructions on validation scenes"))
-    if settings.photos is not None:
-        pair = {k: models[k] for k in ("STELLAR", "random init")}
-        fig = photo_figure(pair, Path(settings.photos))
-        if fig is not None:
-            fig.save(out / "concepts_photos.png")
-            figures.append(("concepts_photos.png", "Concept maps on real photos"))
-    loss_figure(runs).save(out / "loss_curves.png")
-    figures.append(("loss_curves.png", "Training losses"))
-
-    (out / "metrics.json").write_text(
-        json.dumps(
+        metrics_text = json.dumps(
             {
                 "command": full_command(settings),
                 "settings": asdict(settings),
@@ -146,6 +152,6 @@ def run_demo(settings: DemoSettings) -> dict:
             },
             indent=2,
         )
-    )
-    write_report(out, results, lines, timings, settings, figures, samples)
-    return {"results": results, "timings": timings, "table": table(results)}
+        atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(metrics_text))
+        write_report(out, results, lines, timings, settings, figures, samples)
+        return {"results": results, "timings": timings, "table": table(results)}

@@ -14,6 +14,7 @@ from stellar.demo.ablation import ablation_table, orderings
 from stellar.demo.stats import gap_with_stderr
 from stellar.demo.training import DemoSettings
 from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
+from stellar.outputs import atomic_write
 
 SUPERVISED = "supervised reference"
 OPTIONAL = ("ablation", "photos", "progress", "overrides")
@@ -241,5 +242,5 @@ def write_report(
     for path, caption in figures:
         text += [f"## {caption}", "", f"![{caption}]({path})", ""]
     report = "\n".join(text)
-    (out / "report.md").write_text(report)
+    atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))
     return report
