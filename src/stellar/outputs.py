@@ -1,5 +1,5 @@
 """Output folders: the one guard of every folder a job writes (a training run, ``extract``
-shards, a retrieval index, ``eval`` and ``viz`` results, the explorer's cache).
+shards, a retrieval index, ``eval``, ``viz`` and ``demo`` results, the explorer's cache).
 
 - :func:`output_folder` holds a folder for a job: created, writable, locked for the whole job
   (``fcntl.flock`` on ``.lock``, which the kernel releases when the process ends, however it
@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 # the writers' temporaries: atomic_write's ``.NAME.XXXXXXXX.tmp``, safetensors' ``.tmpXXXXXX``
 TEMPORARIES = (".*.tmp", ".tmp??????")
-_held: dict[Path, int] = {}  # folders this process holds, with how many blocks hold each
+_held: dict[str, int] = {}  # the real paths of the folders this process holds: how many times
 
 
 @contextlib.contextmanager
