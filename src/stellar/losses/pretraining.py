@@ -54,7 +54,6 @@ class StellarForPretraining(STELLAR):
         self.augment = MultiViewAugment(
             global_size=size,
             local_size=p * max(1, round(size * LOCAL_FRACTION / p)),
-            n_global=max(N_MASKED, 2),
             n_local=N_LOCAL,
         )
         self.masking = dict(mask_ratio=mask_ratio, focal_mode=focal_mode, focal_prob=focal_prob)

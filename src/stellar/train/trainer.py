@@ -81,7 +81,6 @@ class Trainer(TrainerCheckpoints):
         self.augment = MultiViewAugment(
             a.global_size,
             a.local_size,
-            a.n_global,
             a.n_local,
             a.global_scale,
             a.local_scale,
