@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -19,7 +18,6 @@ from typing import Any, Literal
 
 import yaml
 
-from stellar.data.augment import MultiViewAugment
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.losses.objective import ObjectiveConfig
@@ -78,7 +76,7 @@ class AugmentConfig:
     mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
     focal_mode: FocalMode | None = "gaussian"
     focal_prob: float = bounded(0.5, low=0, high=1)
-    color: dict[str, Any] = field(default_factory=dict)  # MultiViewAugment colour/blur keywords
+    color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
 
 
 @dataclass
@@ -158,8 +156,7 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        colour_keys = {*inspect.signature(MultiViewAugment).parameters, *_names(ColorAugment)}
-        colour_keys -= {*_names(AugmentConfig)}
+        colour_keys = {f.name for f in dataclasses.fields(ColorAugment)}
         if unknown := sorted(set(a.color) - colour_keys):
             raise UsageError(
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
@@ -184,10 +181,6 @@ class TrainConfig:
     def to_dict(self) -> dict[str, Any]:
         """A plain dict (for YAML/JSON)."""
         return dataclasses.asdict(self)
-
-
-def _names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
 
 
 def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
