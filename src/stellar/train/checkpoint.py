@@ -22,7 +22,7 @@ from stellar.checkpoint.weights import read_header, read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
 from stellar.outputs import atomic_write, fsync_dir
-from stellar.train.config import flatten, resume_changes
+from stellar.train.config import resume_changes
 
 logger = logging.getLogger(__name__)
 
@@ -154,9 +154,9 @@ class TrainerCheckpoints:
         """The state belongs to these weights, was trained with these settings (but the
         resumable ones), and its (epoch, position) means the same data now."""
         weights, own = folder / WEIGHTS_NAME, read_header(folder / WEIGHTS_NAME)[1]
-        if own.get(CHECKPOINT_ID) != state.get(CHECKPOINT_ID):  # both absent: written before
+        if own.get(CHECKPOINT_ID) != state[CHECKPOINT_ID]:
             raise UsageError(
-                f"{folder / STATE_NAME} (checkpoint {state.get(CHECKPOINT_ID)}) was not saved "
+                f"{folder / STATE_NAME} (checkpoint {state[CHECKPOINT_ID]}) was not saved "
                 f"with {weights} (checkpoint {own.get(CHECKPOINT_ID)}): put back the state saved "
                 "beside these weights, or start a new run from them with "
                 f"init.checkpoint={folder}"
@@ -172,19 +172,12 @@ class TrainerCheckpoints:
                 f"{state['world_size']}, {fix}"
             )
         images = getattr(self.dataset, "files_id", None)
-        if state["num_images"] != len(self.dataset) or state.get("images", images) != images:
+        if state["num_images"] != len(self.dataset) or state["images"] != images:
             then, now = state["num_images"], len(self.dataset)
             change = f"{then} images then, {now} now" if then != now else "other files"
             raise UsageError(
                 f"the image folder changed since {folder} was saved ({change}): an exact "
                 f"resume replays the checkpoint's data order; restore the folder's images, {fix}"
-            )
-        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
-        if saved["data.root"] != now["data.root"]:
-            logger.warning(
-                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
-                "holds the same images",
-                *(folder, saved["data.root"], now["data.root"]),
             )
 
     def save(self, epoch: int, position: int) -> Path | None:
@@ -210,6 +203,7 @@ class TrainerCheckpoints:
         folder = resume_checkpoint(self.ckpt_dir)
         state = read_pickle(folder / STATE_NAME)
         needed = {"step", "optimizer", "rank_positions", "config", "world_size", "num_images"}
+        needed |= {"cpu_rng", "images", CHECKPOINT_ID}
         if not (isinstance(state, dict) and needed <= set(state)) or not isinstance(
             state["config"], dict
         ):
@@ -238,8 +232,7 @@ class TrainerCheckpoints:
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.step = int(state["step"])
-        if CHECKPOINT_ID in state:  # the continued run saves under the same run id
-            self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]
+        self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]  # the run goes on
         logger.info("resumed from %s at step %d", folder, self.step)
         epoch, position = state["rank_positions"][self.dist.rank]
         return int(epoch), int(position)
