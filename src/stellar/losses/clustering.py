@@ -8,6 +8,7 @@ clustering terms (arXiv 2602.01905).
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from stellar.losses.sinkhorn import sinkhorn_knopp
 
@@ -38,25 +39,10 @@ def clustering_targets(
 def cross_entropy_soft(
     logits: torch.Tensor, targets: torch.Tensor, temp: float = 0.12
 ) -> torch.Tensor:
-    """Soft-target cross-entropy, averaged over every row.
-
-    ``mean over rows of -sum_K targets * log_softmax(logits / temp)``; all leading dims count
-    as rows (matches ``cluster.loss``/``cls_cluster.loss``). fp32 with autocast off; gradients
-    flow into both arguments (pass detached targets).
-
-    Args:
-        logits: (..., K) logits.
-        targets: (..., K) probabilities, same shape as ``logits``.
-        temp: Softmax temperature, > 0.
-
-    Returns:
-        Scalar fp32 loss.
+    """Soft-target cross-entropy of ``logits / temp`` (..., K) against ``targets`` (same shape),
+    averaged over every row (matches ``cluster.loss``/``cls_cluster.loss``); fp32 with autocast
+    off; pass detached targets.
     """
-    if logits.shape != targets.shape:  # broadcasting would pair the wrong rows silently
-        raise ValueError(
-            "cross_entropy_soft expects logits and targets of the same shape (..., K), got "
-            f"{tuple(logits.shape)} and {tuple(targets.shape)}"
-        )
     with torch.autocast(device_type=logits.device.type, enabled=False):
-        log_p = torch.log_softmax(logits.float() / temp, dim=-1)
-        return -(targets.float() * log_p).sum(dim=-1).mean()
+        rows = logits.float().flatten(0, -2) / temp
+        return F.cross_entropy(rows, targets.float().flatten(0, -2))
