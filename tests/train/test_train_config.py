@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import typing
 
 import pytest
 import yaml
@@ -12,9 +11,8 @@ from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
 from stellar.errors import UsageError
-from stellar.losses.masking import FOCAL_MODES
 from stellar.train import train
-from stellar.train.config import FocalMode, load_config
+from stellar.train.config import load_config
 from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN]
@@ -95,10 +93,6 @@ def test_a_config_edited_in_python_is_checked_before_anything_is_written(tmp_pat
     with pytest.raises(UsageError, match="precision: expected one of"):
         load_config(cfg)
     assert not (tmp_path / "run").exists()
-
-
-def test_the_focal_mode_enum_is_the_masking_one():
-    assert (*typing.get_args(FocalMode), None) == FOCAL_MODES
 
 
 def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):

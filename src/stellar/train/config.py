@@ -20,12 +20,12 @@ import yaml
 
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
+from stellar.losses.masking import FocalMode
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
 from stellar.schema import bounded, build, hints
 
-FocalMode = Literal["gaussian", "block"]
 Precision = Literal["auto", "bf16", "fp32"]
 DEFAULT_PRESET = "cpu-smoke"
 RUN_CONFIG = "config.yaml"
