@@ -35,7 +35,7 @@ from stellar.train.build import build_dataset, build_model, param_groups
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
-from stellar.train.metrics import MetricsLog, PendingScalars
+from stellar.train.metrics import MetricsLog, mean_across_ranks
 from stellar.train.schedule import cosine_lr, ema_momentum
 from stellar.train.stopping import StopRequest, TrainingStopped
 
@@ -249,7 +249,7 @@ class Trainer(TrainerCheckpoints):
         images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
-        pending = PendingScalars()
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
         since = time.perf_counter()
         stopped = 0  # the signal that stopped the run, agreed by every rank
         with StopRequest() as stop:
@@ -262,7 +262,7 @@ class Trainer(TrainerCheckpoints):
                         if len(micro) < cfg.grad_accum:
                             break
                         # numbered from 1 like metrics rows and checkpoints: after this step
-                        pending.add(self.step + 1, self.train_step(micro))
+                        pending.append((self.step + 1, self.train_step(micro)))
                         # batches of only unreadable files were skipped but still read
                         position = start + self.loader.drawn * cfg.batch_size
                         self.step += 1
@@ -277,7 +277,8 @@ class Trainer(TrainerCheckpoints):
                         if not (logged or saving or self.step == end):
                             continue
                         # The one read of the interval: checks every step of it, then logs the last.
-                        rows = self._checked(pending.read())
+                        rows = self._checked(mean_across_ranks(pending))
+                        pending.clear()
                         now = time.perf_counter()
                         rate = len(rows) * images_per_step / max(now - since, 1e-9)
                         since = now
