@@ -140,12 +140,6 @@ class Trainer(TrainerCheckpoints):
             wrapped = torch.compile(wrapped)
         return wrapped
 
-    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """DDP all-reduces the gradients of the last micro-batch only."""
-        if self.ddp is not None and not last:
-            return self.ddp.no_sync()
-        return contextlib.nullcontext()
-
     # ------------------------------------------------------------------ one step
     def generator(self, micro: int) -> torch.Generator:
         """The randomness of one micro-batch, a function of (seed, step, micro, rank)."""
@@ -181,11 +175,14 @@ class Trainer(TrainerCheckpoints):
         for micro, batch in enumerate(micro_batches):
             with record_function(PHASE + "views and masking"):
                 views = self.make_views(batch, self.generator(micro))
+            # DDP all-reduces the gradients of the last micro-batch only
             last = micro == len(micro_batches) - 1
-            with (
-                self._grad_sync(last),
-                autocast(self.device, self.autocast_dtype),
-            ):
+            sync = (
+                self.ddp.no_sync()
+                if self.ddp is not None and not last
+                else contextlib.nullcontext()
+            )
+            with sync, autocast(self.device, self.autocast_dtype):
                 total, terms = self.step_fn(views)
             with record_function(PHASE + "backward"):
                 (total / len(micro_batches)).backward()
@@ -199,9 +196,13 @@ class Trainer(TrainerCheckpoints):
         bad = ~torch.isfinite(torch.stack([v.float() for v in scalars.values()])).all()
         scalars["nonfinite"] = bad.float()
         scalars["lr"] = torch.tensor(lr, device=self.device)
-        if cfg.nonfinite == "skip" and _on_any_rank(bad):
-            self.optimizer.zero_grad(set_to_none=True)
-            return scalars
+        if cfg.nonfinite == "skip":  # a read of the device: whether any rank has a NaN/inf
+            flag = bad.float().reshape(1)
+            if self.dist.enabled:
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item():
+                self.optimizer.zero_grad(set_to_none=True)
+                return scalars
         with record_function(PHASE + "optimizer"):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -346,11 +347,3 @@ class Trainer(TrainerCheckpoints):
             f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
             "Lower optim.lr, or pass nonfinite=skip to skip such steps."
         )
-
-
-def _on_any_rank(flag: torch.Tensor) -> bool:
-    """Whether ``flag`` is set on any process (reads it: a host-device synchronisation)."""
-    flag = flag.float().reshape(1)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
