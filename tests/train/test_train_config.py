@@ -257,6 +257,10 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
         (["out={file}"], r"out= '.*file' is a file"),
         (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),
+        (["augment.color.hue=0.7"], r"augment: .*hue"),
+        (["augment.global_scale=[0.5,3.0]"], r"augment: .*global_scale"),
+        (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
+        (["model_overrides.decoder_head=vq"], r"vq_model=.*or objective.recon=false"),
     ],
 )
 def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expected):

@@ -18,6 +18,7 @@ from typing import Any, Literal
 
 import yaml
 
+from stellar.data.augment import MultiViewAugment
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.losses.masking import FocalMode
@@ -162,6 +163,12 @@ class TrainConfig:
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
+        try:  # the pipeline checks its scales and colour settings when built
+            MultiViewAugment(
+                a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
+            )
+        except ValueError as err:
+            raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
             if self.model_overrides:
                 raise UsageError(
