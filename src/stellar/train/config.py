@@ -167,7 +167,7 @@ class TrainConfig:
             MultiViewAugment(
                 a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
             )
-        except ValueError as err:
+        except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
             raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
             if self.model_overrides:
