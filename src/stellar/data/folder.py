@@ -9,7 +9,7 @@ for broken files, and a *view* that turns a decoded image into tensors.
   :meth:`ImageFolder.require_labels` is the one check that a folder is labelled.
 - Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
   the item of such a file is ``None`` (one warning naming it), the loaders'
-  collate function leaves it out of its batch, and :attr:`ImageFolder.skipped` counts them.
+  collate function leaves it out of its batch, and :attr:`ImageFolder.broken_mask` marks them.
 - Views: :class:`CanvasView` (training: the longer side resized to the canvas, pasted at the
   top-left of a zero canvas; cropped on the device by :mod:`stellar.data.augment`) and
   :class:`CentreCropView` (evaluation: shorter side resized, centre square cropped).
@@ -173,8 +173,8 @@ class ImageFolder(Dataset):
 
     The broken-file marks live in a shared-memory tensor, so the DataLoader workers of one
     process see each other's marks: each broken file warns once per process (a simultaneous
-    first failure in two workers may warn twice) and :attr:`skipped` counts those found by
-    all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
+    first failure in two workers may warn twice) and ``broken_mask.sum()`` counts those found
+    by all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
 
     Raises:
         ValueError: no image file was found, or a path does not exist.
@@ -226,11 +226,6 @@ class ImageFolder(Dataset):
     def paths(self) -> list[Path]:
         """Every file, in dataset order."""
         return [self.path(i) for i in range(len(self))]
-
-    @property
-    def skipped(self) -> int:
-        """Number of files found broken so far (by this process and its workers)."""
-        return int(self.broken_mask.sum())
 
     def require_labels(self, what: str) -> list[str]:
         """The class names, after checking that every image has one and there are >= 2.
@@ -293,16 +288,16 @@ class EvalImages(ImageFolder):
         self.resolution, self.resize_ratio, self.crop = view.resolution, view.resize_ratio, crop
 
 
-def validate_image_folder(root: PathLike, probe: int = 8, **kwargs: Any) -> ImageFolder:
+def validate_image_folder(root: PathLike, **kwargs: Any) -> ImageFolder:
     """An :class:`ImageFolder` of ``root`` (``kwargs`` passed on), checked cheaply at start-up:
-    at least one of ``probe`` evenly spaced files decodes (the others found broken are marked).
+    at least one of 8 evenly spaced files decodes (the others found broken are marked).
 
     Raises:
         ValueError: no image file, or none of the probed files decodes.
     """
     dataset = ImageFolder(root, **kwargs)
     n = len(dataset)
-    picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(max(1, probe), n))})
+    picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(8, n))})
     if all(dataset[k] is None for k in picks):
         raise UsageError(
             f"expected readable images under {str(root)!r}: none of {len(picks)} "

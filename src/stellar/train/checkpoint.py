@@ -180,13 +180,12 @@ class TrainerCheckpoints:
                 f"resume replays the checkpoint's data order; restore the folder's images, {fix}"
             )
 
-    def save(self, epoch: int, position: int) -> Path | None:
+    def save(self, epoch: int, position: int) -> None:
         """Checkpoint on the main process (every process must call it)."""
-        path = None
         weights, optimizer = self._full_states()
         state = self.state(epoch, position, optimizer)  # gathers from every rank
         if self.dist.is_main:
-            path = save_checkpoint(
+            save_checkpoint(
                 self.ckpt_dir,
                 self.step,
                 self.model,
@@ -196,7 +195,6 @@ class TrainerCheckpoints:
             )
         if self.dist.enabled:
             torch.distributed.barrier()
-        return path
 
     def resume(self) -> tuple[int, int]:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
