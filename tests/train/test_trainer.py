@@ -68,17 +68,22 @@ def test_checkpoint_is_loadable_and_last_points_at_newest(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_the_step_and_terms(tmp_path):
-    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=3", "ckpt_every=1"])
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=5", "ckpt_every=1"])
     trainer = Trainer(cfg)
-    trainer.train()  # three good steps, checkpoint at step 3
-    good = (tmp_path / "checkpoints" / "last").resolve()
-    with torch.no_grad():
-        trainer.model.sparse_tokens.fill_(float("nan"))
-    trainer.total_steps = 5
+    step = trainer.train_step
+
+    def poisoned_after_three_steps(micro):
+        if trainer.step == 3:
+            with torch.no_grad():
+                trainer.model.sparse_tokens.fill_(float("nan"))
+        return step(micro)
+
+    trainer.train_step = poisoned_after_three_steps
     # the fourth step diverges: numbered as metrics rows and checkpoint folders number steps
     with pytest.raises(TrainingDiverged, match=r"step 4: non-finite.*step-00000003"):
         trainer.train()
-    assert (tmp_path / "checkpoints" / "last").resolve() == good
+    good = tmp_path / "checkpoints" / "step-00000003"
+    assert (tmp_path / "checkpoints" / "last").resolve() == good.resolve()
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert logged == [1, 2, 3]
 

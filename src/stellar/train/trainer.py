@@ -58,8 +58,6 @@ class Trainer(TrainerCheckpoints):
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
-        # (epoch, position) where train() last stopped; None before it first started
-        self.cursor: tuple[int, int] | None = None
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
@@ -216,14 +214,11 @@ class Trainer(TrainerCheckpoints):
         """Run until ``total_steps``; returns the last step's scalars.
 
         A fresh run refuses an ``out`` folder that holds another run unless ``overwrite``
-        (which deletes that run's files); a later call continues this trainer's own run where
-        the last one stopped (its step, epoch and data position).
+        (which deletes that run's files).
         """
         cfg = self.cfg
         if resume:
             epoch, position = self.resume()
-        elif self.cursor is not None:
-            epoch, position = self.cursor
         else:
             resumable = latest_checkpoint(self.ckpt_dir) is not None
             hint = "pass --resume (resume=True) to continue it, " if resumable else ""
@@ -233,7 +228,6 @@ class Trainer(TrainerCheckpoints):
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0
-        self.cursor = (epoch, position)  # this trainer now owns the run in out
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -303,7 +297,6 @@ class Trainer(TrainerCheckpoints):
                         last["skipped_images"],
                     )
             finally:
-                self.cursor = (epoch, position)  # where a later train() call goes on
                 bar.close()
                 if log:
                     log.close()
