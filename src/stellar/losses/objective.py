@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from stellar.data.augment import ViewPlan
+from stellar.errors import UsageError
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
 from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
@@ -113,6 +114,11 @@ class StellarObjective(nn.Module):
         super().__init__()
         if model.clustering_head is None or model.decoder is None:
             raise ValueError("the objective needs a model built with purpose='pretrain'")
+        if config.recon and model.config.decoder_head == "vq" and model.tokenizer is None:
+            raise UsageError(
+                "this model reconstructs MaskGIT-VQGAN codes: pass vq_model=/path/to/"
+                "maskgit-vqgan-imagenet-f16-256.bin (or 'maskgit-vqgan'), or objective.recon=false"
+            )
         self.model = model
         self.config = config
         # Held outside the module tree: the teacher has no gradients and is not DDP-synced.
@@ -232,11 +238,6 @@ class StellarObjective(nn.Module):
     def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
         """Tokenizer codes (B, h*w) on the patch grid (the image is resized to grid·16)."""
         tokenizer = self.model.tokenizer
-        if tokenizer is None:
-            raise ValueError(
-                "the vq reconstruction target needs the MaskGIT-VQGAN tokenizer: load the "
-                "model with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
-            )
         size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
         if tuple(image.shape[-2:]) != size:
             image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
