@@ -199,7 +199,7 @@ def test_declared_views_and_unused_parameters_match_what_a_step_touches(
     untouched = {n for n, p in model.named_parameters() if p.grad is None}
     assert untouched == set(objective.unused_parameters(plan))
     # A view the plan leaves out changes nothing: the objective would have ignored it.
-    for key, used in (("local_views", cfg.uses_local_views), ("second_view", cfg.uses_second_view)):
+    for key, used in (("local_views", cfg.views().local), ("second_view", cfg.views().second)):
         if not used:
             _, with_extra = StellarObjective(model, cfg)({**batch, key: full[key]})
             _, without = StellarObjective(model, cfg)(batch)

@@ -52,27 +52,14 @@ class ObjectiveConfig:
     ot_eps: float = bounded(0.1, low=0, low_open=True)
     ot_iterations: int = bounded(5, low=1)
 
-    @property
-    def uses_masked_views(self) -> bool:
-        """Set alignment, CLS alignment and KoLeo are computed on the masked views."""
-        return self.set_align or self.cls_align or self.koleo
-
-    @property
-    def uses_local_views(self) -> bool:
-        """Only CLS alignment reads the local views."""
-        return self.cls_align
-
-    @property
-    def uses_second_view(self) -> bool:
-        """Global alignment computes the clustering terms across two views."""
-        return self.global_align and self.clustering
-
-    def views(self, n_masked: int, n_local: int) -> ViewPlan:
-        """The views the enabled terms need, given the configured counts per image."""
+    def views(self, n_masked: int = 1, n_local: int = 1) -> ViewPlan:
+        """The views the enabled terms need, given the configured counts per image: set
+        alignment, CLS alignment and KoLeo read the masked views, CLS alignment alone the local
+        views, global alignment a second global view."""
         return ViewPlan(
-            masked=n_masked if self.uses_masked_views else 0,
-            local=n_local if self.uses_local_views else 0,
-            second=self.uses_second_view,
+            masked=n_masked if self.set_align or self.cls_align or self.koleo else 0,
+            local=n_local if self.cls_align else 0,
+            second=self.global_align and self.clustering,
         )
 
 
@@ -167,9 +154,10 @@ class StellarObjective(nn.Module):
         """
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
-        masked = cfg.uses_masked_views and "masked_views" in batch
-        local = cfg.uses_local_views and "local_views" in batch
-        second = cfg.uses_second_view and "second_view" in batch
+        plan = cfg.views()
+        masked = plan.masked > 0 and "masked_views" in batch
+        local = plan.local > 0 and "local_views" in batch
+        second = plan.second and "second_view" in batch
         want_targets = cfg.clustering or (cfg.set_align and masked)
         want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
 
