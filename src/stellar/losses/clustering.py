@@ -19,19 +19,8 @@ __all__ = ["clustering_targets", "cross_entropy_soft"]
 def clustering_targets(
     logits: torch.Tensor, sk_temp: float = 0.06, n_iterations: int = 3
 ) -> torch.Tensor:
-    """Detached Sinkhorn-Knopp targets of cluster logits.
-
-    Batch dims are flattened into rows, ``sinkhorn_knopp(logits / sk_temp)`` is applied
-    (distributed-aware), and the shape restored.
-
-    Args:
-        logits: (..., K) cluster logits.
-        sk_temp: Sinkhorn temperature, > 0.
-        n_iterations: Sinkhorn rounds, >= 1.
-
-    Returns:
-        (..., K) fp32 targets; each row sums to 1.
-    """
+    """Detached Sinkhorn-Knopp targets (..., K), fp32, rows summing to 1, of cluster logits
+    (..., K): every leading dim is a row of ``sinkhorn_knopp(logits / sk_temp)``."""
     flat = logits.detach().float().reshape(-1, logits.shape[-1])
     return sinkhorn_knopp(flat / sk_temp, n_iterations=n_iterations).reshape(logits.shape)
 
