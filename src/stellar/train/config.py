@@ -21,7 +21,7 @@ import yaml
 from stellar.data.augment import MultiViewAugment
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
-from stellar.losses.masking import FocalMode
+from stellar.losses.masking import FocalMode, num_kept
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
@@ -191,13 +191,19 @@ class TrainConfig:
 
 
 def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
-    """The settings that depend on the architecture: view sizes, KoLeo's concept tokens."""
-    p = model.encoder.patch_size
+    """The settings that depend on the architecture: view sizes, the masking, KoLeo's concept
+    tokens."""
+    a, p = cfg.augment, model.encoder.patch_size
     for key in ("global_size", "local_size"):
-        if (size := getattr(cfg.augment, key)) % p:
+        if (size := getattr(a, key)) % p:
             raise UsageError(
                 f"augment.{key}: expected a multiple of the patch size {p}, got {size}"
             )
+    if cfg.objective.views(a.n_masked).masked:
+        try:
+            num_kept((a.global_size // p) ** 2, a.mask_ratio)
+        except ValueError as err:
+            raise UsageError(f"augment.mask_ratio: {err}") from None
     if cfg.objective.koleo and model.num_sparse_tokens < 2:
         raise UsageError(
             "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "
