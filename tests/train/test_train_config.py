@@ -262,6 +262,11 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
         (["model_overrides.decoder_head=vq"], r"vq_model=.*or objective.recon=false"),
         (["augment.mask_ratio=0.99"], r"augment.mask_ratio: .*keeps no patch of 64"),
+        (
+            [f"objective.{k}=false" for k in ("recon", "clustering", "set_align", "cls_align")]
+            + ["objective.koleo=false"],
+            r"objective: every loss term is switched off",
+        ),
     ],
 )
 def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expected):

@@ -52,6 +52,10 @@ class ObjectiveConfig:
     ot_eps: float = bounded(0.1, low=0, low_open=True)
     ot_iterations: int = bounded(5, low=1)
 
+    def __post_init__(self) -> None:
+        if not (self.recon or self.clustering or self.set_align or self.cls_align or self.koleo):
+            raise UsageError("objective: every loss term is switched off: nothing to train")
+
     def views(self, n_masked: int = 1, n_local: int = 1) -> ViewPlan:
         """The views the enabled terms need, given the configured counts per image: set
         alignment, CLS alignment and KoLeo read the masked views, CLS alignment alone the local
