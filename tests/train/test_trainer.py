@@ -185,7 +185,7 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     assert len(counts) == 3 and 4 <= counts[0] <= counts[1] <= counts[2] == 8
     trainer(tmp_path / "parts", "stop_at=1").train()
     state = torch.load(tmp_path / "parts/checkpoints/last/trainer_state.pt", weights_only=True)
-    assert state["position"] == 8  # the skipped batch was read: the sampler is past it
+    assert state["rank_positions"] == [[0, 8]]  # the skipped batch was read: the sampler is past it
     resumed = trainer(tmp_path / "parts")
     resumed.train(resume=True)
     want, got = whole.model.state_dict(), resumed.model.state_dict()
@@ -200,7 +200,7 @@ def test_gradient_accumulation_consumes_micro_batches(tmp_path):
     last = trainer.train()
     assert last["step"] == 2
     state = torch.load(tmp_path / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
-    assert state["position"] == 2 * 3 * 4  # samples consumed on this rank
+    assert state["rank_positions"][0][1] == 2 * 3 * 4  # samples consumed on this rank
 
 
 class _NotDDP(torch.nn.Module):

@@ -125,9 +125,7 @@ class TrainerCheckpoints:
         """Everything beyond the weights that an exact resume needs."""
         state = {
             "step": self.step,
-            "epoch": epoch,
-            "position": position,
-            "rank_positions": self._rank_positions(epoch, position),
+            "rank_positions": self._rank_positions(epoch, position),  # every rank's, in order
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
