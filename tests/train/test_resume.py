@@ -275,3 +275,21 @@ def test_a_trainer_state_from_another_run_is_refused_naming_both_files(run, othe
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(folder / "trainer_state.pt") in err and str(folder / "model.safetensors") in err
     assert _files(run) == before
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(run, tmp_path):
+    """README, Resume: another number of processes is refused before any step."""
+    import torch.distributed as dist
+
+    from stellar.runtime import DistInfo
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:  # two ranks as far as the trainer knows (DDP on a one-process group)
+        trainer = Trainer(load_config("cpu-smoke", [*TINY, f"out={run}"]), DistInfo(0, 2))
+        before = _files(run)
+        with pytest.raises(UsageError, match="saved by 1 processes, this run has 2.*run it with 1"):
+            trainer.train(resume=True)
+        assert _files(run) == before
+    finally:
+        dist.destroy_process_group()

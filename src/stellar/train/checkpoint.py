@@ -129,7 +129,6 @@ class TrainerCheckpoints:
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
-            "world_size": self.dist.world_size,
             "num_images": len(self.dataset),
             "images": getattr(self.dataset, "files_id", None),  # None: concept scenes
             CHECKPOINT_ID: f"{self.run_id}-{self.step}",
@@ -163,11 +162,11 @@ class TrainerCheckpoints:
         for change in resume_changes(state["config"], self.cfg, trained):
             logger.info("resuming %s with a changed setting: %s", self.out, change)
         fix = f"or start a new run from these weights with init.checkpoint={folder}"
-        if state["world_size"] != self.dist.world_size:
+        if (saved_by := len(state["rank_positions"])) != self.dist.world_size:
             raise UsageError(
-                f"{folder} was saved by {state['world_size']} processes, this run has "
+                f"{folder} was saved by {saved_by} processes, this run has "
                 f"{self.dist.world_size}: an exact resume replays each one's data; run it with "
-                f"{state['world_size']}, {fix}"
+                f"{saved_by}, {fix}"
             )
         images = getattr(self.dataset, "files_id", None)
         if state["num_images"] != len(self.dataset) or state["images"] != images:
@@ -198,7 +197,7 @@ class TrainerCheckpoints:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
         folder = resume_checkpoint(self.ckpt_dir)
         state = read_pickle(folder / STATE_NAME)
-        needed = {"step", "optimizer", "rank_positions", "config", "world_size", "num_images"}
+        needed = {"step", "optimizer", "rank_positions", "config", "num_images"}
         needed |= {"cpu_rng", "images", CHECKPOINT_ID}
         if not (isinstance(state, dict) and needed <= set(state)) or not isinstance(
             state["config"], dict
