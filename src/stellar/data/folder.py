@@ -120,11 +120,6 @@ class CentreCropView:
             raise ValueError(f"expected resolution >= 1, got {resolution}")
         self.resolution, self.resize_ratio, self.crop = int(resolution), float(resize_ratio), crop
 
-    @property
-    def short_side(self) -> int:
-        """The shorter side after the first resize (``crop=True``; a ratio < 1 counts as 1)."""
-        return max(self.resolution, round(self.resolution * self.resize_ratio))
-
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
         """``image`` (3, R, R) float32 in [0, 1]."""
         r = self.resolution
@@ -133,19 +128,18 @@ class CentreCropView:
             if img.size != (r, r):
                 img = img.resize((r, r), Image.Resampling.BICUBIC)
         else:
-            img = resize_centre_crop(load_rgb(path, max_side=self.short_side), r, self.short_side)
+            side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
+            img = resize_centre_crop(load_rgb(path, max_side=side), r, side)
         return {"image": to_tensor(img)}
 
 
-def _collect(
-    source: PathLike | Sequence[PathLike], exts: tuple[str, ...]
-) -> tuple[Path | None, list[str]]:
+def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[str]]:
     """(root or None, file paths: relative to the root, or as given in a list)."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if path.is_dir():
-            return path, scan_images(path, exts)
-        if not (path.is_file() and path.suffix.lower() in exts):
+            return path, scan_images(path, IMG_EXTENSIONS)
+        if not (path.is_file() and path.suffix.lower() in IMG_EXTENSIONS):
             why = "not a folder" if path.exists() else "no such file or folder"
             raise UsageError(f"expected an image file or a folder, got {str(path)!r} ({why})")
         return None, [str(path)]
@@ -153,7 +147,7 @@ def _collect(
     for item in source:
         path = Path(item)
         if path.is_dir():
-            files.extend(str(f) for f in find_images(path, exts))
+            files.extend(str(f) for f in find_images(path))
         elif path.is_file():
             files.append(str(path))
         else:
@@ -184,7 +178,7 @@ class ImageFolder(Dataset):
         self, source: PathLike | Sequence[PathLike], canvas_size: int = 256, *, view: Any = None
     ) -> None:
         self.view = view if view is not None else CanvasView(canvas_size)
-        self.root, files = _collect(source, IMG_EXTENSIONS)
+        self.root, files = _collect(source)
         if not files:
             raise UsageError(
                 f"expected image files ({' '.join(IMG_EXTENSIONS)}) under {str(source)!r}, "
