@@ -29,7 +29,6 @@ class DistInfo:
 
     rank: int = 0
     world_size: int = 1
-    local_rank: int = 0
     device: torch.device = torch.device("cpu")
 
     @property
@@ -170,7 +169,7 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
     if world > 1 and dist.is_available() and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if dev.type == "cuda" else "gloo")
         logger.info("rank %d/%d on %s", rank, world, dev)
-    return DistInfo(rank, world, local, dev)
+    return DistInfo(rank, world, dev)
 
 
 def teardown() -> None:

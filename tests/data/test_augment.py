@@ -42,27 +42,24 @@ def _sentinel_canvas(sizes: list[tuple[int, int]], side: int, content: torch.Ten
 
 
 def test_multiview_shapes_range_and_reproducibility() -> None:
-    aug = MultiViewAugment(global_size=24, local_size=12, n_global=3, n_local=2)
+    aug = MultiViewAugment(global_size=24, local_size=12, n_local=2)
+    plan = ViewPlan(masked=3, local=2, second=True)
     canvas = torch.randint(0, 256, (2, 3, 32, 32), dtype=torch.uint8)
     size = torch.tensor([[32, 20], [17, 32]])
-    out = aug(canvas, size, _gen(1))
-    assert out["image"].shape == (2, 3, 24, 24)
-    assert out["global_views"].shape == (2, 3, 3, 24, 24)
-    assert out["local_views"].shape == (2, 2, 3, 12, 12)
+    out = aug.make(canvas, size, plan, _gen(1))
+    assert out["image"].shape == out["second_view"].shape == (2, 3, 24, 24)
+    assert out["masked_views"].shape == (6, 3, 24, 24)
+    assert out["local_views"].shape == (4, 3, 12, 12)
     for v in out.values():
         assert v.dtype == torch.float32 and v.min() >= 0 and v.max() <= 1
-    assert torch.equal(out["image"], out["global_views"][:, 0])
-    again = aug(canvas, size, _gen(1))
-    other = aug(canvas, size, _gen(2))
+    again = aug.make(canvas, size, plan, _gen(1))
+    other = aug.make(canvas, size, plan, _gen(2))
     for k in out:
         assert torch.equal(out[k], again[k])
         assert not torch.equal(out[k], other[k])
     # float input in [0, 1] gives the same views as the uint8 canvas
-    same = aug(canvas.float() / 255, size, _gen(1))
-    torch.testing.assert_close(same["global_views"], out["global_views"])
-    assert aug(canvas, size, _gen(1))["local_views"].shape == (2, 2, 3, 12, 12)
-    no_local = MultiViewAugment(24, 12, n_global=1, n_local=0)(canvas, size, _gen(0))
-    assert no_local["local_views"].shape == (2, 0, 3, 12, 12)
+    same = aug.make(canvas.float() / 255, size, plan, _gen(1))
+    torch.testing.assert_close(same["image"], out["image"])
 
 
 def test_full_crop_is_bicubic_resize_and_flip_mirrors() -> None:
@@ -225,15 +222,16 @@ def test_blur_matches_scipy_and_keeps_constant_mean() -> None:
 
 
 def test_multiview_color_contract() -> None:
-    aug = MultiViewAugment(16, 8, n_global=2, n_local=3, jitter_p=0.0, gray_p=1.0, blur_p=0.0)
+    aug = MultiViewAugment(16, 8, n_local=3, jitter_p=0.0, gray_p=1.0, blur_p=0.0)
     canvas = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
     size = torch.tensor([[20, 20], [20, 15]])
-    out = aug(canvas, size, _gen())
-    loc, glob = out["local_views"], out["global_views"]
-    assert torch.equal(loc[:, :, 0], loc[:, :, 1])  # local views are colour-augmented
-    assert not torch.equal(glob[:, :, 0], glob[:, :, 1])  # global views are not
+    out = aug.make(canvas, size, ViewPlan(masked=2, local=3, second=True), _gen())
+    for key in ("local_views", "masked_views", "second_view"):  # colour-augmented (gray here)
+        assert torch.equal(out[key][:, 0], out[key][:, 1])
+    assert not torch.equal(out["image"][:, 0], out["image"][:, 1])  # the main view is not
+    glob = out["image"].unsqueeze(1)
     colored = aug.color(glob, _gen())
-    gray = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 2, 1, 16, 16).expand_as(glob)
+    gray = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 1, 1, 16, 16).expand_as(glob)
     assert colored.shape == glob.shape and torch.equal(colored, gray)
     with pytest.raises(ValueError, match="hue"):
         MultiViewAugment(hue=0.7)
@@ -252,7 +250,7 @@ def test_multiview_rejects_unusable_settings_when_built() -> None:
     [ViewPlan(masked=3, local=2), ViewPlan(masked=0, local=2), ViewPlan(masked=1, second=True)],
 )
 def test_make_builds_exactly_the_planned_views(plan) -> None:
-    aug = MultiViewAugment(32, 16, n_global=4, n_local=3, **NO_COLOR)
+    aug = MultiViewAugment(32, 16, n_local=3, **NO_COLOR)
     canvas, size = _sentinel_canvas([(40, 36), (48, 48)], 48, torch.rand(2, 3, 48, 48))
     out = aug.make(canvas, size, plan, _gen(1))
     expected = {"image"}
@@ -272,10 +270,3 @@ def test_make_builds_exactly_the_planned_views(plan) -> None:
         assert not torch.equal(out["second_view"], out["image"])
     again = aug.make(canvas, size, plan, _gen(1))
     assert all(torch.equal(out[k], again[k]) for k in out)
-
-
-def test_make_refuses_more_views_than_the_pipeline_holds() -> None:
-    aug = MultiViewAugment(32, 16, n_global=2, n_local=1, **NO_COLOR)
-    canvas, size = _sentinel_canvas([(40, 36)], 48)
-    with pytest.raises(ValueError, match="at most 2 and 1"):
-        aug.make(canvas, size, ViewPlan(masked=3), _gen())

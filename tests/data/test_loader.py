@@ -62,7 +62,7 @@ def test_resumable_sampler_is_the_loader_sampler_and_resumes_mid_epoch() -> None
     loader.sampler.set_position(2, 6)
     assert _indices(loader) == whole[6:]
     single = ResumableSampler(20, seed=4)
-    single.set_epoch(2)
+    single.set_position(2, 0)
     assert list(single) == whole
 
 
@@ -100,8 +100,6 @@ def test_drop_last_and_errors() -> None:
     loader = build_loader(ds, 4, shuffle=False)
     assert len(loader) == 2 and _indices(loader) == list(range(8))
     assert len(build_loader(ds, 4, shuffle=False, drop_last=False)) == 3
-    with pytest.raises(ValueError, match="batch_size"):
-        build_loader(ds, 11)
     with pytest.raises(ValueError, match="batch_size"):
         build_loader(ds, 0)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stellar.losses import gather_matched, set_alignment_loss, sinkhorn_match
+from stellar.losses.matching import gather_matched, set_alignment_loss, sinkhorn_match
 
 
 def test_fixture_parity(tiny_io: dict[str, torch.Tensor]) -> None:

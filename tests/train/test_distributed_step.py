@@ -46,7 +46,7 @@ def _run(rank: int, world: int) -> tuple[list[dict[str, float]], dict[str, torch
         total.backward()
         optimizer.step()
         optimizer.zero_grad()
-        history.append(mean_across_ranks({"loss": total.detach(), **terms}))
+        history.append(mean_across_ranks([(step, {"loss": total.detach(), **terms})])[0][1])
     return history, {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 

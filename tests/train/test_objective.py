@@ -131,6 +131,16 @@ def test_vq_head_trains_against_tokenizer_codes():
     assert set(terms) >= {"VQ-CE"} and torch.isfinite(terms["VQ-CE"]) and terms["VQ-CE"] > 0
 
 
+def test_a_vq_head_without_its_tokenizer_is_refused_before_any_step():
+    """The trainer and the card's pretraining call build this objective before a forward."""
+    from stellar.errors import UsageError
+
+    model = create_stellar("stellar-tiny", purpose="pretrain", decoder_head="vq")
+    with pytest.raises(UsageError, match="vq_model=.*objective.recon=false"):
+        model({"image": torch.rand(1, 3, 64, 64)})
+    StellarObjective(model, ObjectiveConfig(recon=False))  # nothing to reconstruct: no tokenizer
+
+
 RECON_ONLY = dict(clustering=False, set_align=False, cls_align=False, koleo=False)
 
 
@@ -189,7 +199,7 @@ def test_declared_views_and_unused_parameters_match_what_a_step_touches(
     untouched = {n for n, p in model.named_parameters() if p.grad is None}
     assert untouched == set(objective.unused_parameters(plan))
     # A view the plan leaves out changes nothing: the objective would have ignored it.
-    for key, used in (("local_views", cfg.uses_local_views), ("second_view", cfg.uses_second_view)):
+    for key, used in (("local_views", cfg.views().local), ("second_view", cfg.views().second)):
         if not used:
             _, with_extra = StellarObjective(model, cfg)({**batch, key: full[key]})
             _, without = StellarObjective(model, cfg)(batch)

@@ -186,8 +186,9 @@ def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplo
     run = tmp_path / "run"
     _trainer(run, *folder, f"data.root={photos}", "stop_at=1").train()
     moved = photos.rename(tmp_path / "elsewhere")
+    caplog.set_level(logging.INFO, logger="stellar.train")
     _trainer(run, *folder, f"data.root={moved}", "stop_at=2").train(resume=True)
-    assert "data.root changed" in caplog.text
+    assert f"data.root '{photos}' -> '{moved}'" in caplog.text  # the change is logged
     Image.new("RGB", (40, 40)).save(moved / "8.png")
     with pytest.raises(UsageError, match=r"image folder changed .*\(8 images then, 9 now\)"):
         _trainer(run, *folder, f"data.root={moved}").train(resume=True)
@@ -274,3 +275,21 @@ def test_a_trainer_state_from_another_run_is_refused_naming_both_files(run, othe
     assert code == 2 and len(err.strip().splitlines()) == 1
     assert str(folder / "trainer_state.pt") in err and str(folder / "model.safetensors") in err
     assert _files(run) == before
+
+
+def test_a_resume_with_another_number_of_processes_is_refused(run, tmp_path):
+    """README, Resume: another number of processes is refused before any step."""
+    import torch.distributed as dist
+
+    from stellar.runtime import DistInfo
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:  # two ranks as far as the trainer knows (DDP on a one-process group)
+        trainer = Trainer(load_config("cpu-smoke", [*TINY, f"out={run}"]), DistInfo(0, 2))
+        before = _files(run)
+        with pytest.raises(UsageError, match="saved by 1 processes, this run has 2.*run it with 1"):
+            trainer.train(resume=True)
+        assert _files(run) == before
+    finally:
+        dist.destroy_process_group()

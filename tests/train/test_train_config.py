@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import importlib
 import re
-import typing
 
 import pytest
 import yaml
@@ -12,9 +11,8 @@ from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
 from stellar.errors import UsageError
-from stellar.losses.masking import FOCAL_MODES
 from stellar.train import train
-from stellar.train.config import FocalMode, load_config
+from stellar.train.config import load_config
 from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN]
@@ -95,10 +93,6 @@ def test_a_config_edited_in_python_is_checked_before_anything_is_written(tmp_pat
     with pytest.raises(UsageError, match="precision: expected one of"):
         load_config(cfg)
     assert not (tmp_path / "run").exists()
-
-
-def test_the_focal_mode_enum_is_the_masking_one():
-    assert (*typing.get_args(FocalMode), None) == FOCAL_MODES
 
 
 def test_fsdp_with_an_ema_teacher_is_rejected(tmp_path):
@@ -263,6 +257,16 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
         (["out={file}"], r"out= '.*file' is a file"),
         (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),
+        (["augment.color.hue=0.7"], r"augment: .*hue"),
+        (["augment.global_scale=[0.5,3.0]"], r"augment: .*global_scale"),
+        (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
+        (["model_overrides.decoder_head=vq"], r"vq_model=.*or objective.recon=false"),
+        (["augment.mask_ratio=0.99"], r"augment.mask_ratio: .*keeps no patch of 64"),
+        (
+            [f"objective.{k}=false" for k in ("recon", "clustering", "set_align", "cls_align")]
+            + ["objective.koleo=false"],
+            r"objective: every loss term is switched off",
+        ),
     ],
 )
 def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expected):

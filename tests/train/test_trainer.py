@@ -68,17 +68,22 @@ def test_checkpoint_is_loadable_and_last_points_at_newest(tmp_path):
 
 
 def test_nonfinite_loss_stops_with_the_step_and_terms(tmp_path):
-    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=3", "ckpt_every=1"])
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=5", "ckpt_every=1"])
     trainer = Trainer(cfg)
-    trainer.train()  # three good steps, checkpoint at step 3
-    good = (tmp_path / "checkpoints" / "last").resolve()
-    with torch.no_grad():
-        trainer.model.sparse_tokens.fill_(float("nan"))
-    trainer.total_steps = 5
+    step = trainer.train_step
+
+    def poisoned_after_three_steps(micro):
+        if trainer.step == 3:
+            with torch.no_grad():
+                trainer.model.sparse_tokens.fill_(float("nan"))
+        return step(micro)
+
+    trainer.train_step = poisoned_after_three_steps
     # the fourth step diverges: numbered as metrics rows and checkpoint folders number steps
     with pytest.raises(TrainingDiverged, match=r"step 4: non-finite.*step-00000003"):
         trainer.train()
-    assert (tmp_path / "checkpoints" / "last").resolve() == good
+    good = tmp_path / "checkpoints" / "step-00000003"
+    assert (tmp_path / "checkpoints" / "last").resolve() == good.resolve()
     logged = [json.loads(line)["step"] for line in (tmp_path / "metrics.jsonl").open()]
     assert logged == [1, 2, 3]
 
@@ -180,7 +185,7 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     assert len(counts) == 3 and 4 <= counts[0] <= counts[1] <= counts[2] == 8
     trainer(tmp_path / "parts", "stop_at=1").train()
     state = torch.load(tmp_path / "parts/checkpoints/last/trainer_state.pt", weights_only=True)
-    assert state["position"] == 8  # the skipped batch was read: the sampler is past it
+    assert state["rank_positions"] == [[0, 8]]  # the skipped batch was read: the sampler is past it
     resumed = trainer(tmp_path / "parts")
     resumed.train(resume=True)
     want, got = whole.model.state_dict(), resumed.model.state_dict()
@@ -195,7 +200,7 @@ def test_gradient_accumulation_consumes_micro_batches(tmp_path):
     last = trainer.train()
     assert last["step"] == 2
     state = torch.load(tmp_path / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
-    assert state["position"] == 2 * 3 * 4  # samples consumed on this rank
+    assert state["rank_positions"][0][1] == 2 * 3 * 4  # samples consumed on this rank
 
 
 class _NotDDP(torch.nn.Module):

@@ -22,7 +22,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from stellar.data.color import ColorAugment, _pair, _uniform
 
@@ -31,6 +31,7 @@ __all__ = ["MultiViewAugment", "random_resized_crop"]
 # The training views' crop aspect-ratio range and flip probability (torchvision's defaults).
 RATIO = (3 / 4, 4 / 3)
 FLIP_P = 0.5
+TRIES = 10  # candidate boxes per crop before the centre-crop fallback
 
 
 def _as_float(x: Tensor) -> Tensor:
@@ -62,13 +63,12 @@ def random_resized_crop(
     ratio: Sequence[float] = RATIO,
     generator: torch.Generator | None = None,
     flip_p: float = FLIP_P,
-    tries: int = 10,
     return_params: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample.
 
     For each crop: target area = U(scale) x valid area, aspect ratio log-uniform in ``ratio``,
-    integer width / height rounded, offset uniform; the first of ``tries`` candidates that fits
+    integer width / height rounded, offset uniform; the first of ``TRIES`` candidates that fits
     the valid region is used, else a centre crop with the aspect clamped to ``ratio``
     (torchvision semantics). Flips (probability ``flip_p``) are folded into the sampling grid;
     all B x n_views crops are resampled by one ``F.grid_sample(mode="bicubic",
@@ -78,12 +78,11 @@ def random_resized_crop(
         canvas: (B, C, Hc, Wc) uint8 (0..255) or float ([0, 1]) images.
         size: (B, 2) integer valid (h, w) of each image, at the canvas' top-left.
         out_size: side of the square output views.
-        n_views: crops per image (0 gives an empty view axis).
+        n_views: crops per image.
         scale: range of the crop area as a fraction of the valid area.
         ratio: range of the crop aspect ratio (width / height).
         generator: source of randomness (on any device); None uses the global RNG.
         flip_p: probability of a horizontal flip per crop.
-        tries: candidate boxes per crop before the centre-crop fallback.
         return_params: also return the boxes and flips.
 
     Returns:
@@ -100,18 +99,11 @@ def random_resized_crop(
     size = size.to(dev)
 
     v = n_views
-    if b == 0 or v == 0:
-        empty = x.new_zeros(b, v, c, out_size, out_size)
-        if not return_params:
-            return empty
-        z = torch.zeros(b, v, dtype=torch.int64, device=dev)
-        keys = ("top", "left", "height", "width")
-        return empty, {**{k: z for k in keys}, "flip": z.bool()}
     hi, wi = size[:, 0], size[:, 1]
     h = hi.to(torch.float32)[:, None]  # (B, 1), broadcast over views
     w = wi.to(torch.float32)[:, None]
-    u = _uniform((b, v, 4 * tries + 1), generator, dev)
-    u_area, u_ratio, u_top, u_left = u[..., :-1].unflatten(-1, (tries, 4)).unbind(-1)
+    u = _uniform((b, v, 4 * TRIES + 1), generator, dev)
+    u_area, u_ratio, u_top, u_left = u[..., :-1].unflatten(-1, (TRIES, 4)).unbind(-1)
     area = (h * w)[..., None] * (s0 + (s1 - s0) * u_area)  # (B, V, T)
     aspect = torch.exp(math.log(r0) + (math.log(r1) - math.log(r0)) * u_ratio)
     cw = torch.round(torch.sqrt(area * aspect))
@@ -174,41 +166,28 @@ class ViewPlan:
     second: bool = False
 
 
-class MultiViewAugment(nn.Module):
-    """The STELLAR multi-view pipeline on device.
+class MultiViewAugment:
+    """The STELLAR multi-view pipeline on device: :meth:`make` builds exactly the views a
+    training step's :class:`ViewPlan` asks for.
 
-    :meth:`make` builds exactly the views a training step's :class:`ViewPlan` asks for.
-    ``forward`` turns a batch of canvases into ``n_global`` global views (RandomResizedCrop to
-    ``global_size``, ``global_scale``, flip p 0.5, **no** colour) and ``n_local`` local views
-    (``local_size``, ``local_scale``, flip, **with** colour jitter / grayscale / blur).
-
-    ``image`` is ``global_views[:, 0]``: the reconstruction target and main view, it carries
-    no colour augmentation; every other view a step uses is colour/blur augmented with
-    :meth:`color` (this module's :class:`~stellar.data.color.ColorAugment`, ``color_augment``).
-
-    Args:
-        global_size, local_size: output sides of global and local views.
-        n_global: global views per image (>= 1).
-        n_local: local views per image (>= 0).
-        global_scale, local_scale: crop area ranges (fraction of the valid region).
-        color: colour/blur settings, the fields of :class:`~stellar.data.color.ColorAugment`
-            (brightness, contrast, saturation, hue, jitter_p, gray_p, blur_p, blur_kernel,
-            blur_sigma); the rest keep its defaults.
+    Global views are RandomResizedCrops to ``global_size`` (``global_scale``, flip p 0.5);
+    ``image``, the reconstruction target and main view, carries no colour augmentation, every
+    other view is colour/blur augmented with :meth:`color` (a
+    :class:`~stellar.data.color.ColorAugment` of the ``color`` settings, the rest keeping its
+    defaults). Local views are crops to ``local_size`` (``local_scale``); ``n_local`` only
+    says whether any are made (for the blur kernel's size check).
     """
 
     def __init__(
         self,
         global_size: int = 224,
         local_size: int = 96,
-        n_global: int = 8,
         n_local: int = 8,
         global_scale: Sequence[float] = (0.36, 1.0),
         local_scale: Sequence[float] = (0.06, 0.36),
         **color: Any,
     ) -> None:
-        super().__init__()
         self.global_size, self.local_size = int(global_size), int(local_size)
-        self.n_global, self.n_local = int(n_global), int(n_local)
         self.global_scale = _pair(global_scale, "global_scale")
         self.local_scale = _pair(local_scale, "local_scale")
         for name, (_, hi) in (
@@ -217,17 +196,14 @@ class MultiViewAugment(nn.Module):
         ):
             if hi > 1:
                 raise ValueError(f"expected {name} as fractions of the image area <= 1, got {hi}")
-        self.ratio, self.flip_p = RATIO, FLIP_P
         self.color_augment = ColorAugment(**color)
         # Fail at construction, not at the first batch, on bad colour settings and on a blur
         # kernel too large for the smallest view made.
-        side = min(self.global_size, self.local_size if self.n_local else self.global_size)
+        side = min(self.global_size, self.local_size if n_local else self.global_size)
         self.color_augment(torch.zeros(1, 3, side, side))
 
     def color(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Colour/blur augment views of shape (..., 3, H, W) with this module's settings."""
-        if views.ndim < 4:
-            raise ValueError(f"expected views of shape (..., 3, H, W), got {tuple(views.shape)}")
         flat = views.reshape(-1, *views.shape[-3:])
         return self.color_augment(flat, generator).view(views.shape)
 
@@ -246,7 +222,7 @@ class MultiViewAugment(nn.Module):
         Args:
             canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
             size: (B, 2) integer valid (h, w) of each canvas.
-            plan: views per image (masked <= n_global, local <= n_local).
+            plan: views per image.
             generator: source of randomness; a seeded one reproduces the output.
 
         Returns:
@@ -256,20 +232,15 @@ class MultiViewAugment(nn.Module):
             (B, 3, G, G), another global crop; all float32 in [0, 1].
         """
         crops = max(1, plan.masked, 2 if plan.second else 1)
-        if crops > self.n_global or plan.local > self.n_local:
-            raise ValueError(
-                f"the plan asks for {crops} global and {plan.local} local views; this "
-                f"pipeline makes at most {self.n_global} and {self.n_local}"
-            )
         x = _as_float(canvas)
-        crop = dict(ratio=self.ratio, generator=generator, flip_p=self.flip_p)
         global_views = random_resized_crop(
-            x, size, self.global_size, crops, self.global_scale, **crop
+            x, size, self.global_size, crops, self.global_scale, generator=generator
         )
         out = {"image": global_views[:, 0]}
         if plan.local:
-            size_l, scale_l = self.local_size, self.local_scale
-            local = random_resized_crop(x, size, size_l, plan.local, scale_l, **crop)
+            local = random_resized_crop(
+                x, size, self.local_size, plan.local, self.local_scale, generator=generator
+            )
             out["local_views"] = self.color(local, generator).flatten(0, 1)
         if plan.masked:
             masked = self.color(global_views[:, : plan.masked], generator)
@@ -277,47 +248,3 @@ class MultiViewAugment(nn.Module):
         if plan.second:
             out["second_view"] = self.color(global_views[:, 1], generator)
         return out
-
-    def forward(
-        self, canvas: Tensor, size: Tensor, generator: torch.Generator | None = None
-    ) -> dict[str, Tensor]:
-        """Make the views of a batch.
-
-        Args:
-            canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
-            size: (B, 2) integer valid (h, w) of each canvas.
-            generator: source of randomness; a seeded one reproduces the output.
-
-        Returns:
-            dict with ``image`` (B, 3, G, G), ``global_views`` (B, n_global, 3, G, G) without
-            colour augmentation, ``local_views`` (B, n_local, 3, L, L) colour-augmented; all
-            float32 in [0, 1].
-        """
-        x = _as_float(canvas)
-        global_views = random_resized_crop(
-            x,
-            size,
-            self.global_size,
-            self.n_global,
-            self.global_scale,
-            self.ratio,
-            generator,
-            self.flip_p,
-        )
-        local_views = random_resized_crop(
-            x,
-            size,
-            self.local_size,
-            self.n_local,
-            self.local_scale,
-            self.ratio,
-            generator,
-            self.flip_p,
-        )
-        if self.n_local:
-            local_views = self.color(local_views, generator)
-        return {
-            "image": global_views[:, 0],
-            "global_views": global_views,
-            "local_views": local_views,
-        }

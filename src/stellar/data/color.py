@@ -18,7 +18,6 @@ from torch import Tensor
 
 __all__ = [
     "ColorAugment",
-    "adjust_brightness",
     "adjust_contrast",
     "adjust_hue",
     "adjust_saturation",
@@ -58,11 +57,6 @@ def _per_sample(factor: Tensor | float, img: Tensor) -> Tensor:
 
 def _blend(a: Tensor, b: Tensor, ratio: Tensor) -> Tensor:
     return (ratio * a + (1.0 - ratio) * b).clamp(0.0, 1.0)
-
-
-def adjust_brightness(img: Tensor, factor: Tensor | float) -> Tensor:
-    """Scale by ``factor`` (N,) or scalar: ``clamp(factor * img, 0, 1)``. img (N, 3, H, W)."""
-    return (_per_sample(factor, img) * img).clamp(0.0, 1.0)
 
 
 def adjust_contrast(img: Tensor, factor: Tensor | float) -> Tensor:
@@ -127,18 +121,11 @@ def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> T
     return y.view(n, c, hh, ww)
 
 
-def _jitter_range(value: float | Sequence[float], name: str, center: float) -> tuple[float, float]:
-    if isinstance(value, (int, float)):
-        if value < 0:
-            raise ValueError(f"expected {name} >= 0, got {value}")
-        lo, hi = center - float(value), center + float(value)
-        if center == 1.0:
-            lo = max(lo, 0.0)
-    else:
-        lo, hi = (float(t) for t in value)
-    if lo > hi or (center == 1.0 and lo < 0) or (center == 0.0 and not -0.5 <= lo <= hi <= 0.5):
-        raise ValueError(f"expected a valid {name} range, got {value}")
-    return lo, hi
+def _jitter_range(x: float, name: str, hue: bool = False) -> tuple[float, float]:
+    """The factors of a jitter strength ``x``: [max(0, 1 - x), 1 + x], or [-x, x] for the hue."""
+    if not (x >= 0 and (x <= 0.5 or not hue)):
+        raise ValueError(f"expected {name} in {'[0, 0.5]' if hue else '>= 0'}, got {x}")
+    return (-x, x) if hue else (max(0.0, 1.0 - x), 1.0 + x)
 
 
 @dataclass(frozen=True)
@@ -154,17 +141,17 @@ class ColorAugment:
     passes through that step bit-exactly.
 
     Attributes:
-        brightness, contrast, saturation: jitter strength x (or an explicit (low, high)).
-        hue: hue jitter x in [0, 0.5] (or an explicit (low, high) within [-0.5, 0.5]).
+        brightness, contrast, saturation: jitter strength x.
+        hue: hue jitter x in [0, 0.5].
         jitter_p, gray_p, blur_p: probabilities of the three steps.
         blur_kernel: odd blur kernel size.
         blur_sigma: (low, high) blur sigma range in pixels.
     """
 
-    brightness: float | Sequence[float] = 0.4
-    contrast: float | Sequence[float] = 0.4
-    saturation: float | Sequence[float] = 0.2
-    hue: float | Sequence[float] = 0.1
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.2
+    hue: float = 0.1
     jitter_p: float = 0.8
     gray_p: float = 0.2
     blur_p: float = 0.5
@@ -177,10 +164,10 @@ class ColorAugment:
             if not 0.0 <= p <= 1.0:
                 raise ValueError(f"expected {name} in [0, 1], got {p}")
         ranges = (
-            _jitter_range(self.brightness, "brightness", 1.0),
-            _jitter_range(self.contrast, "contrast", 1.0),
-            _jitter_range(self.saturation, "saturation", 1.0),
-            _jitter_range(self.hue, "hue", 0.0),
+            _jitter_range(self.brightness, "brightness"),
+            _jitter_range(self.contrast, "contrast"),
+            _jitter_range(self.saturation, "saturation"),
+            _jitter_range(self.hue, "hue", hue=True),
         )
         # checked once here, not on every call (the training step's hot path)
         object.__setattr__(self, "_ranges", ranges)
@@ -203,7 +190,7 @@ class ColorAugment:
         fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
         # Steps whose range is the identity are skipped (they would only add rounding noise).
         if ranges[0] != (1.0, 1.0):
-            x = sel(do_jitter, adjust_brightness(x, fb), x)
+            x = sel(do_jitter, (_per_sample(fb, x) * x).clamp(0.0, 1.0), x)
         if ranges[1] != (1.0, 1.0):
             x = sel(do_jitter, adjust_contrast(x, fc), x)
         if ranges[2] != (1.0, 1.0):

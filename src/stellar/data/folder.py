@@ -9,7 +9,7 @@ for broken files, and a *view* that turns a decoded image into tensors.
   :meth:`ImageFolder.require_labels` is the one check that a folder is labelled.
 - Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
   the item of such a file is ``None`` (one warning naming it), the loaders'
-  collate function leaves it out of its batch, and :attr:`ImageFolder.skipped` counts them.
+  collate function leaves it out of its batch, and :attr:`ImageFolder.broken_mask` marks them.
 - Views: :class:`CanvasView` (training: the longer side resized to the canvas, pasted at the
   top-left of a zero canvas; cropped on the device by :mod:`stellar.data.augment`) and
   :class:`CentreCropView` (evaluation: shorter side resized, centre square cropped).
@@ -120,11 +120,6 @@ class CentreCropView:
             raise ValueError(f"expected resolution >= 1, got {resolution}")
         self.resolution, self.resize_ratio, self.crop = int(resolution), float(resize_ratio), crop
 
-    @property
-    def short_side(self) -> int:
-        """The shorter side after the first resize (``crop=True``; a ratio < 1 counts as 1)."""
-        return max(self.resolution, round(self.resolution * self.resize_ratio))
-
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
         """``image`` (3, R, R) float32 in [0, 1]."""
         r = self.resolution
@@ -133,19 +128,18 @@ class CentreCropView:
             if img.size != (r, r):
                 img = img.resize((r, r), Image.Resampling.BICUBIC)
         else:
-            img = resize_centre_crop(load_rgb(path, max_side=self.short_side), r, self.short_side)
+            side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
+            img = resize_centre_crop(load_rgb(path, max_side=side), r, side)
         return {"image": to_tensor(img)}
 
 
-def _collect(
-    source: PathLike | Sequence[PathLike], exts: tuple[str, ...]
-) -> tuple[Path | None, list[str]]:
+def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[str]]:
     """(root or None, file paths: relative to the root, or as given in a list)."""
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if path.is_dir():
-            return path, scan_images(path, exts)
-        if not (path.is_file() and path.suffix.lower() in exts):
+            return path, scan_images(path, IMG_EXTENSIONS)
+        if not (path.is_file() and path.suffix.lower() in IMG_EXTENSIONS):
             why = "not a folder" if path.exists() else "no such file or folder"
             raise UsageError(f"expected an image file or a folder, got {str(path)!r} ({why})")
         return None, [str(path)]
@@ -153,7 +147,7 @@ def _collect(
     for item in source:
         path = Path(item)
         if path.is_dir():
-            files.extend(str(f) for f in find_images(path, exts))
+            files.extend(str(f) for f in find_images(path))
         elif path.is_file():
             files.append(str(path))
         else:
@@ -173,8 +167,8 @@ class ImageFolder(Dataset):
 
     The broken-file marks live in a shared-memory tensor, so the DataLoader workers of one
     process see each other's marks: each broken file warns once per process (a simultaneous
-    first failure in two workers may warn twice) and :attr:`skipped` counts those found by
-    all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
+    first failure in two workers may warn twice) and ``broken_mask.sum()`` counts those found
+    by all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
 
     Raises:
         ValueError: no image file was found, or a path does not exist.
@@ -184,7 +178,7 @@ class ImageFolder(Dataset):
         self, source: PathLike | Sequence[PathLike], canvas_size: int = 256, *, view: Any = None
     ) -> None:
         self.view = view if view is not None else CanvasView(canvas_size)
-        self.root, files = _collect(source, IMG_EXTENSIONS)
+        self.root, files = _collect(source)
         if not files:
             raise UsageError(
                 f"expected image files ({' '.join(IMG_EXTENSIONS)}) under {str(source)!r}, "
@@ -226,11 +220,6 @@ class ImageFolder(Dataset):
     def paths(self) -> list[Path]:
         """Every file, in dataset order."""
         return [self.path(i) for i in range(len(self))]
-
-    @property
-    def skipped(self) -> int:
-        """Number of files found broken so far (by this process and its workers)."""
-        return int(self.broken_mask.sum())
 
     def require_labels(self, what: str) -> list[str]:
         """The class names, after checking that every image has one and there are >= 2.
@@ -293,16 +282,16 @@ class EvalImages(ImageFolder):
         self.resolution, self.resize_ratio, self.crop = view.resolution, view.resize_ratio, crop
 
 
-def validate_image_folder(root: PathLike, probe: int = 8, **kwargs: Any) -> ImageFolder:
+def validate_image_folder(root: PathLike, **kwargs: Any) -> ImageFolder:
     """An :class:`ImageFolder` of ``root`` (``kwargs`` passed on), checked cheaply at start-up:
-    at least one of ``probe`` evenly spaced files decodes (the others found broken are marked).
+    at least one of 8 evenly spaced files decodes (the others found broken are marked).
 
     Raises:
         ValueError: no image file, or none of the probed files decodes.
     """
     dataset = ImageFolder(root, **kwargs)
     n = len(dataset)
-    picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(max(1, probe), n))})
+    picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(8, n))})
     if all(dataset[k] is None for k in picks):
         raise UsageError(
             f"expected readable images under {str(root)!r}: none of {len(picks)} "

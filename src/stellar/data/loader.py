@@ -23,8 +23,7 @@ class ResumableSampler(Sampler[int]):
     drops the last ``length % world`` samples of the order so that every rank gets the same
     number: ranks then stay in the same epoch at the same position, which is what a
     checkpoint (written by rank 0 alone) records for all of them. The same seed and epoch
-    give the same order on every run; call :meth:`set_epoch` (or :meth:`set_position` to
-    resume mid-epoch) before each epoch.
+    give the same order on every run; call :meth:`set_position` before each epoch.
 
     Args:
         length: dataset size.
@@ -39,10 +38,6 @@ class ResumableSampler(Sampler[int]):
         self.length, self.seed, self.rank, self.world = int(length), int(seed), rank, world
         self.shuffle = bool(shuffle)
         self.epoch, self.start = 0, 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Iterate epoch ``epoch`` from its beginning."""
-        self.set_position(epoch, 0)
 
     def set_position(self, epoch: int, start: int) -> None:
         """Iterate epoch ``epoch`` from its ``start``-th sample on this rank."""
@@ -77,10 +72,8 @@ class EpochLoader(DataLoader):
     drawn = 0
 
     def set_epoch(self, epoch: int) -> None:
-        """Forward ``epoch`` to the sampler (call before iterating each epoch)."""
-        set_epoch = getattr(self.sampler, "set_epoch", None)
-        if set_epoch is not None:
-            set_epoch(epoch)
+        """Iterate epoch ``epoch`` from its beginning (call before iterating each epoch)."""
+        self.sampler.set_position(epoch, 0)
 
     def __iter__(self) -> Iterator[Any]:
         self.drawn = 0
@@ -115,47 +108,20 @@ def build_loader(
     pin_memory: bool = False,
     persistent_workers: bool = True,
 ) -> EpochLoader:
-    """A DataLoader of dict batches through a :class:`ResumableSampler`.
-
-    Call ``loader.set_epoch(epoch)`` before each epoch.
-
-    Args:
-        dataset: map-style dataset whose items are dicts of tensors (e.g. ``canvas``,
-            ``size``, ``label``, ``index`` plus any extra keys), or None for an unreadable
-            file (left out of its batch).
-        batch_size: samples per batch (per rank).
-        num_workers: decoding worker processes (0 decodes in the main process).
-        shuffle: shuffle the order every epoch, from ``seed`` and the epoch.
-        seed: seed of the shuffling and of the workers.
-        drop_last: drop the last incomplete batch. With ``num_replicas > 1`` the uneven tail
-            of the order (``len % num_replicas`` samples) is always dropped so ranks stay in
-            step.
-        num_replicas, rank: this process takes positions ``rank, rank + num_replicas, ...``.
-        pin_memory: pin batches for fast host-to-device copies.
-        persistent_workers: keep the workers alive across epochs (one pass: False).
-
-    Raises:
-        ValueError: ``batch_size < 1``, or ``drop_last`` with fewer samples per rank than
-            ``batch_size``.
+    """A DataLoader of dict batches (items: dicts of tensors, or None for an unreadable file,
+    left out of its batch) through a :class:`ResumableSampler` of this rank's share, shuffled
+    from ``seed`` and the epoch; call ``loader.set_epoch(epoch)`` before each epoch.
+    ``persistent_workers=False`` for a single pass.
     """
-    if int(batch_size) < 1:
-        raise ValueError(f"expected batch_size >= 1, got {batch_size}")
-    sampler = ResumableSampler(len(dataset), seed, rank, num_replicas, shuffle=shuffle)
-    if drop_last and len(sampler) < batch_size:
-        raise ValueError(
-            f"expected at least batch_size={batch_size} samples per rank with drop_last, "
-            f"got {len(sampler)} (dataset of {len(dataset)})"
-        )
-    workers = int(num_workers)
     return EpochLoader(
         dataset,
-        batch_size=int(batch_size),
-        sampler=sampler,
-        num_workers=workers,
+        batch_size=batch_size,
+        sampler=ResumableSampler(len(dataset), seed, rank, num_replicas, shuffle=shuffle),
+        num_workers=num_workers,
         collate_fn=collate_dict,
         pin_memory=pin_memory,
         drop_last=drop_last,
         # distinct worker seeds per rank, reproducible from the seed
-        generator=torch.Generator().manual_seed(int(seed) + 1_000_003 * int(rank)),
-        persistent_workers=persistent_workers and workers > 0,
+        generator=torch.Generator().manual_seed(seed + 1_000_003 * rank),
+        persistent_workers=persistent_workers and num_workers > 0,
     )

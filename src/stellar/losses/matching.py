@@ -86,20 +86,10 @@ def set_alignment_loss(
     match_index: torch.Tensor,
     temp: float = 0.12,
 ) -> torch.Tensor:
-    """Cross-entropy of matched main-view Sinkhorn targets against masked-token logits.
-
-    ``mean over P·r tokens of -sum_K t * log_softmax(pred_logits / temp)`` where ``t`` is the
-    target assignment of the matched main-view token (targets are detached). fp32, autocast off.
-
-    Args:
-        pred_logits: (P, r, K) clustering logits of the predicted (masked-view) tokens.
-        target_assignments: (B, r_t, K) Sinkhorn targets of the main view.
-        match_index: (P, r) from :func:`sinkhorn_match`.
-        temp: Softmax temperature of the predictions, > 0.
-
-    Returns:
-        Scalar fp32 loss.
-    """
+    """:func:`~stellar.losses.clustering.cross_entropy_soft` of the masked-view tokens' logits
+    ``pred_logits`` (P, r, K) against the detached Sinkhorn targets ``target_assignments``
+    (B, r_t, K) of the main-view tokens they are matched to (``match_index`` (P, r), from
+    :func:`sinkhorn_match`); a scalar fp32 loss."""
     return cross_entropy_soft(
         pred_logits, gather_matched(target_assignments.detach(), match_index), temp
     )

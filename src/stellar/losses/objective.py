@@ -20,6 +20,7 @@ from torch import Tensor, nn
 from torch.profiler import record_function
 
 from stellar.data.augment import ViewPlan
+from stellar.errors import UsageError
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
 from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
@@ -51,27 +52,18 @@ class ObjectiveConfig:
     ot_eps: float = bounded(0.1, low=0, low_open=True)
     ot_iterations: int = bounded(5, low=1)
 
-    @property
-    def uses_masked_views(self) -> bool:
-        """Set alignment, CLS alignment and KoLeo are computed on the masked views."""
-        return self.set_align or self.cls_align or self.koleo
+    def __post_init__(self) -> None:
+        if not (self.recon or self.clustering or self.set_align or self.cls_align or self.koleo):
+            raise UsageError("objective: every loss term is switched off: nothing to train")
 
-    @property
-    def uses_local_views(self) -> bool:
-        """Only CLS alignment reads the local views."""
-        return self.cls_align
-
-    @property
-    def uses_second_view(self) -> bool:
-        """Global alignment computes the clustering terms across two views."""
-        return self.global_align and self.clustering
-
-    def views(self, n_masked: int, n_local: int) -> ViewPlan:
-        """The views the enabled terms need, given the configured counts per image."""
+    def views(self, n_masked: int = 1, n_local: int = 1) -> ViewPlan:
+        """The views the enabled terms need, given the configured counts per image: set
+        alignment, CLS alignment and KoLeo read the masked views, CLS alignment alone the local
+        views, global alignment a second global view."""
         return ViewPlan(
-            masked=n_masked if self.uses_masked_views else 0,
-            local=n_local if self.uses_local_views else 0,
-            second=self.uses_second_view,
+            masked=n_masked if self.set_align or self.cls_align or self.koleo else 0,
+            local=n_local if self.cls_align else 0,
+            second=self.global_align and self.clustering,
         )
 
 
@@ -113,6 +105,11 @@ class StellarObjective(nn.Module):
         super().__init__()
         if model.clustering_head is None or model.decoder is None:
             raise ValueError("the objective needs a model built with purpose='pretrain'")
+        if config.recon and model.config.decoder_head == "vq" and model.tokenizer is None:
+            raise UsageError(
+                "this model reconstructs MaskGIT-VQGAN codes: pass vq_model=/path/to/"
+                "maskgit-vqgan-imagenet-f16-256.bin (or 'maskgit-vqgan'), or objective.recon=false"
+            )
         self.model = model
         self.config = config
         # Held outside the module tree: the teacher has no gradients and is not DDP-synced.
@@ -161,9 +158,10 @@ class StellarObjective(nn.Module):
         """
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
-        masked = cfg.uses_masked_views and "masked_views" in batch
-        local = cfg.uses_local_views and "local_views" in batch
-        second = cfg.uses_second_view and "second_view" in batch
+        plan = cfg.views()
+        masked = plan.masked > 0 and "masked_views" in batch
+        local = plan.local > 0 and "local_views" in batch
+        second = plan.second and "second_view" in batch
         want_targets = cfg.clustering or (cfg.set_align and masked)
         want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
 
@@ -232,11 +230,6 @@ class StellarObjective(nn.Module):
     def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
         """Tokenizer codes (B, h*w) on the patch grid (the image is resized to grid·16)."""
         tokenizer = self.model.tokenizer
-        if tokenizer is None:
-            raise ValueError(
-                "the vq reconstruction target needs the MaskGIT-VQGAN tokenizer: load the "
-                "model with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
-            )
         size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
         if tuple(image.shape[-2:]) != size:
             image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)

@@ -27,37 +27,19 @@ class StellarForPretraining(STELLAR):
     """A ``purpose="pretrain"`` STELLAR (decoder and clustering heads) whose call takes the
     model card's batch dict; everything else, state dict included, is STELLAR's.
 
-    Args:
-        config: the architecture.
-        purpose: ``"pretrain"`` (the only one this class is for).
-        objective: which loss terms, with which weights (default: the paper's).
-        mask_ratio, focal_mode, focal_prob: the masking of the masked views
-            (:func:`~stellar.losses.masking.random_masking`).
+    ``objective_config`` says which loss terms, with which weights (default: the paper's); the
+    masked views are masked with :func:`~stellar.losses.masking.random_masking`'s defaults.
     """
 
-    def __init__(
-        self,
-        config: StellarConfig,
-        purpose: str = "pretrain",
-        objective: ObjectiveConfig | None = None,
-        mask_ratio: float = 0.8,
-        focal_mode: str | None = "gaussian",
-        focal_prob: float = 0.5,
-    ) -> None:
-        if purpose != "pretrain":
-            raise ValueError(
-                f"StellarForPretraining is built for purpose='pretrain', not {purpose!r}"
-            )
+    def __init__(self, config: StellarConfig, purpose: str = "pretrain") -> None:
         super().__init__(config, purpose)
-        self.objective_config = objective or ObjectiveConfig()
+        self.objective_config = ObjectiveConfig()
         p, size = self.patch_size, self.image_size
         self.augment = MultiViewAugment(
             global_size=size,
             local_size=p * max(1, round(size * LOCAL_FRACTION / p)),
-            n_global=max(N_MASKED, 2),
             n_local=N_LOCAL,
         )
-        self.masking = dict(mask_ratio=mask_ratio, focal_mode=focal_mode, focal_prob=focal_prob)
 
     @property
     def objective(self) -> StellarObjective:
@@ -118,4 +100,4 @@ class StellarForPretraining(STELLAR):
                 batch["second_view"] = self.augment.color(global_views[:, 1])
             if "local_views" in inputs and plan.local:
                 batch["local_views"] = inputs["local_views"][:, : plan.local].flatten(0, 1)
-        return add_masks(batch, self.patch_size, **self.masking)
+        return add_masks(batch, self.patch_size)

@@ -19,45 +19,36 @@ _EXP_OFFSET = 50.0
 _SUM_EPS = 1e-8
 
 
-def _distributed(group: dist.ProcessGroup | None) -> bool:
-    return dist.is_available() and dist.is_initialized() and dist.get_world_size(group) > 1
-
-
 @torch.no_grad()
-def sinkhorn_knopp(
-    scores: torch.Tensor,
-    n_iterations: int = 3,
-    group: dist.ProcessGroup | None = None,
-) -> torch.Tensor:
+def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
     """Balance temperature-scaled scores into soft cluster assignments, across all ranks.
 
     ``Q = exp(scores - colmax + 50)``, then ``n_iterations`` times: divide every column by its
     sum (+1e-8), then every row by its sum (+1e-8). Computed in fp32 with autocast disabled.
     When ``torch.distributed`` is initialised, the column max is all-reduced with MAX and the
-    column sums with SUM over ``group``, so each rank's rows equal those of a single process
+    column sums with SUM, so each rank's rows equal those of a single process
     run on the concatenation of every rank's rows (ranks may hold different numbers of rows).
 
     Args:
         scores: (N, K) scores, already divided by the Sinkhorn temperature.
         n_iterations: Number of (column, row) normalisation rounds, at least 1.
-        group: Process group for the all-reduces; the default group when None.
 
     Returns:
         (N, K) fp32 assignments, detached; each row sums to 1.
     """
-    distributed = _distributed(group)
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with torch.autocast(device_type=scores.device.type, enabled=False):
         q = scores.detach().float()
         # A rank with no rows still joins the collectives; -inf is the identity of MAX.
         empty = q.shape[0] == 0
         col_max = q.new_full((q.shape[1],), float("-inf")) if empty else q.amax(dim=0)
         if distributed:
-            dist.all_reduce(col_max, op=dist.ReduceOp.MAX, group=group)
+            dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
         q = torch.exp(q - col_max + _EXP_OFFSET)
         for _ in range(n_iterations):
             col_sum = q.sum(dim=0)
             if distributed:
-                dist.all_reduce(col_sum, op=dist.ReduceOp.SUM, group=group)
+                dist.all_reduce(col_sum, op=dist.ReduceOp.SUM)
             q = q / (col_sum + _SUM_EPS)
             q = q / (q.sum(dim=1, keepdim=True) + _SUM_EPS)
     return q

@@ -37,11 +37,6 @@ def build_model(cfg: TrainConfig) -> STELLAR:
         model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
     if cfg.init.encoder:
         init_encoder_from_mae(model, cfg.init.encoder)
-    if model.config.decoder_head == "vq" and cfg.objective.recon and model.tokenizer is None:
-        raise ValueError(
-            "this model reconstructs MaskGIT-VQGAN codes: pass "
-            "vq_model=/path/to/maskgit-vqgan-imagenet-f16-256.bin, or objective.recon=false"
-        )
     return model.requires_grad_(True).train()
 
 

@@ -22,7 +22,7 @@ from stellar.checkpoint.weights import read_header, read_pickle, read_state_dict
 from stellar.errors import UsageError
 from stellar.models.stellar import STELLAR
 from stellar.outputs import atomic_write, fsync_dir
-from stellar.train.config import flatten, resume_changes
+from stellar.train.config import resume_changes
 
 logger = logging.getLogger(__name__)
 
@@ -125,13 +125,10 @@ class TrainerCheckpoints:
         """Everything beyond the weights that an exact resume needs."""
         state = {
             "step": self.step,
-            "epoch": epoch,
-            "position": position,
-            "rank_positions": self._rank_positions(epoch, position),
+            "rank_positions": self._rank_positions(epoch, position),  # every rank's, in order
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
-            "world_size": self.dist.world_size,
             "num_images": len(self.dataset),
             "images": getattr(self.dataset, "files_id", None),  # None: concept scenes
             CHECKPOINT_ID: f"{self.run_id}-{self.step}",
@@ -154,9 +151,9 @@ class TrainerCheckpoints:
         """The state belongs to these weights, was trained with these settings (but the
         resumable ones), and its (epoch, position) means the same data now."""
         weights, own = folder / WEIGHTS_NAME, read_header(folder / WEIGHTS_NAME)[1]
-        if own.get(CHECKPOINT_ID) != state.get(CHECKPOINT_ID):  # both absent: written before
+        if own.get(CHECKPOINT_ID) != state[CHECKPOINT_ID]:
             raise UsageError(
-                f"{folder / STATE_NAME} (checkpoint {state.get(CHECKPOINT_ID)}) was not saved "
+                f"{folder / STATE_NAME} (checkpoint {state[CHECKPOINT_ID]}) was not saved "
                 f"with {weights} (checkpoint {own.get(CHECKPOINT_ID)}): put back the state saved "
                 "beside these weights, or start a new run from them with "
                 f"init.checkpoint={folder}"
@@ -165,35 +162,27 @@ class TrainerCheckpoints:
         for change in resume_changes(state["config"], self.cfg, trained):
             logger.info("resuming %s with a changed setting: %s", self.out, change)
         fix = f"or start a new run from these weights with init.checkpoint={folder}"
-        if state["world_size"] != self.dist.world_size:
+        if (saved_by := len(state["rank_positions"])) != self.dist.world_size:
             raise UsageError(
-                f"{folder} was saved by {state['world_size']} processes, this run has "
+                f"{folder} was saved by {saved_by} processes, this run has "
                 f"{self.dist.world_size}: an exact resume replays each one's data; run it with "
-                f"{state['world_size']}, {fix}"
+                f"{saved_by}, {fix}"
             )
         images = getattr(self.dataset, "files_id", None)
-        if state["num_images"] != len(self.dataset) or state.get("images", images) != images:
+        if state["num_images"] != len(self.dataset) or state["images"] != images:
             then, now = state["num_images"], len(self.dataset)
             change = f"{then} images then, {now} now" if then != now else "other files"
             raise UsageError(
                 f"the image folder changed since {folder} was saved ({change}): an exact "
                 f"resume replays the checkpoint's data order; restore the folder's images, {fix}"
             )
-        saved, now = flatten(state["config"]), flatten(self.cfg.to_dict())
-        if saved["data.root"] != now["data.root"]:
-            logger.warning(
-                "data.root changed since %s (%s -> %s): resuming on the assumption that it "
-                "holds the same images",
-                *(folder, saved["data.root"], now["data.root"]),
-            )
 
-    def save(self, epoch: int, position: int) -> Path | None:
+    def save(self, epoch: int, position: int) -> None:
         """Checkpoint on the main process (every process must call it)."""
-        path = None
         weights, optimizer = self._full_states()
         state = self.state(epoch, position, optimizer)  # gathers from every rank
         if self.dist.is_main:
-            path = save_checkpoint(
+            save_checkpoint(
                 self.ckpt_dir,
                 self.step,
                 self.model,
@@ -203,13 +192,13 @@ class TrainerCheckpoints:
             )
         if self.dist.enabled:
             torch.distributed.barrier()
-        return path
 
     def resume(self) -> tuple[int, int]:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
         folder = resume_checkpoint(self.ckpt_dir)
         state = read_pickle(folder / STATE_NAME)
-        needed = {"step", "optimizer", "rank_positions", "config", "world_size", "num_images"}
+        needed = {"step", "optimizer", "rank_positions", "config", "num_images"}
+        needed |= {"cpu_rng", "images", CHECKPOINT_ID}
         if not (isinstance(state, dict) and needed <= set(state)) or not isinstance(
             state["config"], dict
         ):
@@ -238,8 +227,7 @@ class TrainerCheckpoints:
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
         self.step = int(state["step"])
-        if CHECKPOINT_ID in state:  # the continued run saves under the same run id
-            self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]
+        self.run_id = str(state[CHECKPOINT_ID]).rpartition("-")[0]  # the run goes on
         logger.info("resumed from %s at step %d", folder, self.step)
         epoch, position = state["rank_positions"][self.dist.rank]
         return int(epoch), int(position)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import copy
 import dataclasses
-import inspect
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -22,12 +21,12 @@ import yaml
 from stellar.data.augment import MultiViewAugment
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
+from stellar.losses.masking import FocalMode, num_kept
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
 from stellar.schema import bounded, build, hints
 
-FocalMode = Literal["gaussian", "block"]
 Precision = Literal["auto", "bf16", "fp32"]
 DEFAULT_PRESET = "cpu-smoke"
 RUN_CONFIG = "config.yaml"
@@ -78,7 +77,7 @@ class AugmentConfig:
     mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
     focal_mode: FocalMode | None = "gaussian"
     focal_prob: float = bounded(0.5, low=0, high=1)
-    color: dict[str, Any] = field(default_factory=dict)  # MultiViewAugment colour/blur keywords
+    color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
 
 
 @dataclass
@@ -158,13 +157,18 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        colour_keys = {*inspect.signature(MultiViewAugment).parameters, *_names(ColorAugment)}
-        colour_keys -= {*_names(AugmentConfig)}
+        colour_keys = {f.name for f in dataclasses.fields(ColorAugment)}
         if unknown := sorted(set(a.color) - colour_keys):
             raise UsageError(
                 f"unknown augment.color key(s) {', '.join(unknown)}; "
                 f"valid: {', '.join(sorted(colour_keys))}"
             )
+        try:  # the pipeline checks its scales and colour settings when built
+            MultiViewAugment(
+                a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
+            )
+        except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
+            raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
             if self.model_overrides:
                 raise UsageError(
@@ -186,18 +190,20 @@ class TrainConfig:
         return dataclasses.asdict(self)
 
 
-def _names(cls: type) -> list[str]:
-    return [f.name for f in dataclasses.fields(cls)]
-
-
 def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
-    """The settings that depend on the architecture: view sizes, KoLeo's concept tokens."""
-    p = model.encoder.patch_size
+    """The settings that depend on the architecture: view sizes, the masking, KoLeo's concept
+    tokens."""
+    a, p = cfg.augment, model.encoder.patch_size
     for key in ("global_size", "local_size"):
-        if (size := getattr(cfg.augment, key)) % p:
+        if (size := getattr(a, key)) % p:
             raise UsageError(
                 f"augment.{key}: expected a multiple of the patch size {p}, got {size}"
             )
+    if cfg.objective.views(a.n_masked).masked:
+        try:
+            num_kept((a.global_size // p) ** 2, a.mask_ratio)
+        except ValueError as err:
+            raise UsageError(f"augment.mask_ratio: {err}") from None
     if cfg.objective.koleo and model.num_sparse_tokens < 2:
         raise UsageError(
             "objective.koleo spreads the concept tokens apart and needs at least 2 of them, "

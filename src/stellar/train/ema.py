@@ -22,9 +22,7 @@ def make_teacher(model: STELLAR) -> STELLAR:
 @torch.no_grad()
 def update_teacher(teacher: STELLAR, student: STELLAR, momentum: float) -> None:
     """``teacher = momentum * teacher + (1 - momentum) * student``, one fused foreach op."""
-    t = dict(teacher.named_parameters())
-    s = {n: p.detach() for n, p in student.named_parameters() if not n.startswith("tokenizer.")}
-    if t.keys() != s.keys():
-        raise ValueError("teacher and student have different parameters")
-    names = sorted(t)
-    torch._foreach_lerp_([t[n] for n in names], [s[n] for n in names], 1.0 - momentum)
+    # the teacher is the student's deep copy without the tokenizer: the same parameters, in order
+    t = list(teacher.parameters())
+    s = [p.detach() for n, p in student.named_parameters() if not n.startswith("tokenizer.")]
+    torch._foreach_lerp_(t, s, 1.0 - momentum)

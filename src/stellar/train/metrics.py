@@ -57,41 +57,17 @@ class MetricsLog:
             self.writer.close()
 
 
-class PendingScalars:
-    """Step scalars held on the device until the loop reads them all at once: once per
-    ``log_every`` steps, with one all-reduce, instead of a device wait every step."""
-
-    def __init__(self) -> None:
-        self.rows: list[tuple[int, dict[str, torch.Tensor]]] = []
-
-    def add(self, step: int, scalars: dict[str, torch.Tensor]) -> None:
-        """Keep the 0-dim tensors of step ``step`` (the 0-based index it trained at)."""
-        self.rows.append((step, scalars))
-
-    def read(self) -> list[tuple[int, dict[str, float]]]:
-        """Every kept step's scalars averaged over ranks, as floats; forget them."""
-        if not self.rows:
-            return []
-        flat = {
-            f"{i:08d}/{name}": value
-            for i, (_, scalars) in enumerate(self.rows)
-            for name, value in scalars.items()
-        }
-        values = mean_across_ranks(flat)
-        out = []
-        for i, (step, scalars) in enumerate(self.rows):
-            out.append((step, {name: values[f"{i:08d}/{name}"] for name in scalars}))
-        self.rows = []
-        return out
-
-
-def mean_across_ranks(values: dict[str, torch.Tensor]) -> dict[str, float]:
-    """Average scalar tensors over ranks (one all-reduce) and return floats."""
-    names = sorted(values)
-    # FSDP2 returns replicated DTensors (e.g. the clipped grad norm): take the plain tensor.
-    local = [getattr(v, "full_tensor", lambda v=v: v)() for v in map(values.get, names)]
-    stacked = torch.stack([v.detach().float().reshape(()) for v in local])
+def mean_across_ranks(
+    rows: list[tuple[int, dict[str, torch.Tensor]]],
+) -> list[tuple[int, dict[str, float]]]:
+    """Steps' scalars, held on the device as 0-dim tensors, averaged over ranks with one
+    all-reduce and read at once: the loop's one wait for the device per ``log_every`` steps."""
+    names = list(rows[0][1])  # every step has the same scalars
+    stacked = torch.stack([torch.stack([s[n].float() for n in names]) for _, s in rows])
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(stacked)
         stacked /= dist.get_world_size()
-    return dict(zip(names, stacked.tolist(), strict=True))
+    return [
+        (step, dict(zip(names, v, strict=True)))
+        for (step, _), v in zip(rows, stacked.tolist(), strict=True)
+    ]

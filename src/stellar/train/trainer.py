@@ -35,7 +35,7 @@ from stellar.train.build import build_dataset, build_model, param_groups
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import make_teacher, update_teacher
-from stellar.train.metrics import MetricsLog, PendingScalars
+from stellar.train.metrics import MetricsLog, mean_across_ranks
 from stellar.train.schedule import cosine_lr, ema_momentum
 from stellar.train.stopping import StopRequest, TrainingStopped
 
@@ -58,8 +58,6 @@ class Trainer(TrainerCheckpoints):
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
-        # (epoch, position) where train() last stopped; None before it first started
-        self.cursor: tuple[int, int] | None = None
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
@@ -81,7 +79,6 @@ class Trainer(TrainerCheckpoints):
         self.augment = MultiViewAugment(
             a.global_size,
             a.local_size,
-            a.n_global,
             a.n_local,
             a.global_scale,
             a.local_scale,
@@ -141,12 +138,6 @@ class Trainer(TrainerCheckpoints):
             wrapped = torch.compile(wrapped)
         return wrapped
 
-    def _grad_sync(self, last: bool) -> contextlib.AbstractContextManager:
-        """DDP all-reduces the gradients of the last micro-batch only."""
-        if self.ddp is not None and not last:
-            return self.ddp.no_sync()
-        return contextlib.nullcontext()
-
     # ------------------------------------------------------------------ one step
     def generator(self, micro: int) -> torch.Generator:
         """The randomness of one micro-batch, a function of (seed, step, micro, rank)."""
@@ -182,11 +173,14 @@ class Trainer(TrainerCheckpoints):
         for micro, batch in enumerate(micro_batches):
             with record_function(PHASE + "views and masking"):
                 views = self.make_views(batch, self.generator(micro))
+            # DDP all-reduces the gradients of the last micro-batch only
             last = micro == len(micro_batches) - 1
-            with (
-                self._grad_sync(last),
-                autocast(self.device, self.autocast_dtype),
-            ):
+            sync = (
+                self.ddp.no_sync()
+                if self.ddp is not None and not last
+                else contextlib.nullcontext()
+            )
+            with sync, autocast(self.device, self.autocast_dtype):
                 total, terms = self.step_fn(views)
             with record_function(PHASE + "backward"):
                 (total / len(micro_batches)).backward()
@@ -200,9 +194,13 @@ class Trainer(TrainerCheckpoints):
         bad = ~torch.isfinite(torch.stack([v.float() for v in scalars.values()])).all()
         scalars["nonfinite"] = bad.float()
         scalars["lr"] = torch.tensor(lr, device=self.device)
-        if cfg.nonfinite == "skip" and _on_any_rank(bad):
-            self.optimizer.zero_grad(set_to_none=True)
-            return scalars
+        if cfg.nonfinite == "skip":  # a read of the device: whether any rank has a NaN/inf
+            flag = bad.float().reshape(1)
+            if self.dist.enabled:
+                torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+            if flag.item():
+                self.optimizer.zero_grad(set_to_none=True)
+                return scalars
         with record_function(PHASE + "optimizer"):
             self.optimizer.step()
         self.optimizer.zero_grad(set_to_none=True)
@@ -216,14 +214,11 @@ class Trainer(TrainerCheckpoints):
         """Run until ``total_steps``; returns the last step's scalars.
 
         A fresh run refuses an ``out`` folder that holds another run unless ``overwrite``
-        (which deletes that run's files); a later call continues this trainer's own run where
-        the last one stopped (its step, epoch and data position).
+        (which deletes that run's files).
         """
         cfg = self.cfg
         if resume:
             epoch, position = self.resume()
-        elif self.cursor is not None:
-            epoch, position = self.cursor
         else:
             resumable = latest_checkpoint(self.ckpt_dir) is not None
             hint = "pass --resume (resume=True) to continue it, " if resumable else ""
@@ -233,7 +228,6 @@ class Trainer(TrainerCheckpoints):
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0
-        self.cursor = (epoch, position)  # this trainer now owns the run in out
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             (self.out / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
@@ -250,7 +244,7 @@ class Trainer(TrainerCheckpoints):
         images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
-        pending = PendingScalars()
+        pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
         since = time.perf_counter()
         stopped = 0  # the signal that stopped the run, agreed by every rank
         with StopRequest() as stop:
@@ -263,7 +257,7 @@ class Trainer(TrainerCheckpoints):
                         if len(micro) < cfg.grad_accum:
                             break
                         # numbered from 1 like metrics rows and checkpoints: after this step
-                        pending.add(self.step + 1, self.train_step(micro))
+                        pending.append((self.step + 1, self.train_step(micro)))
                         # batches of only unreadable files were skipped but still read
                         position = start + self.loader.drawn * cfg.batch_size
                         self.step += 1
@@ -278,7 +272,8 @@ class Trainer(TrainerCheckpoints):
                         if not (logged or saving or self.step == end):
                             continue
                         # The one read of the interval: checks every step of it, then logs the last.
-                        rows = self._checked(pending.read())
+                        rows = self._checked(mean_across_ranks(pending))
+                        pending.clear()
                         now = time.perf_counter()
                         rate = len(rows) * images_per_step / max(now - since, 1e-9)
                         since = now
@@ -302,7 +297,6 @@ class Trainer(TrainerCheckpoints):
                         last["skipped_images"],
                     )
             finally:
-                self.cursor = (epoch, position)  # where a later train() call goes on
                 bar.close()
                 if log:
                     log.close()
@@ -346,11 +340,3 @@ class Trainer(TrainerCheckpoints):
             f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
             "Lower optim.lr, or pass nonfinite=skip to skip such steps."
         )
-
-
-def _on_any_rank(flag: torch.Tensor) -> bool:
-    """Whether ``flag`` is set on any process (reads it: a host-device synchronisation)."""
-    flag = flag.float().reshape(1)
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
-    return bool(flag.item())
