@@ -113,12 +113,14 @@ class Entry:
         return {"model": self.name, "kind": self.kind, "key": self.key, **metrics}
 
 
-def resolution(args: argparse.Namespace, model: Encoder) -> int:
-    """``--resolution`` or the model's native input side, a multiple of its patch size."""
-    res = args.resolution or model.config.encoder.image_size
-    if res % model.patch_size:
+def resolution(args: argparse.Namespace, model: Any) -> int:
+    """``--resolution`` or the native input side of ``model.config`` (a model, or the
+    :func:`~stellar.hub.inspect_model` of one), a multiple of its patch size."""
+    encoder = model.config.encoder
+    res = args.resolution or encoder.image_size
+    if res % encoder.patch_size:
         raise UsageError(
-            f"expected --resolution divisible by the patch size {model.patch_size}, got {res}"
+            f"expected --resolution divisible by the patch size {encoder.patch_size}, got {res}"
         )
     return res
 

@@ -24,6 +24,7 @@ from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
+from stellar.eval.common import resolution as eval_resolution
 from stellar.eval.encoder import make_loader
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
@@ -186,11 +187,7 @@ def run(args: argparse.Namespace) -> int:
     # Every argument is checked before the model's weights are read (numbers: by argparse).
     info = inspect_model(args.model)  # config and decoder presence from the header only
     p = info.config.encoder.patch_size
-    resolution = args.resolution or info.config.encoder.image_size
-    if resolution < p or resolution % p:
-        raise UsageError(
-            f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
-        )
+    resolution = eval_resolution(args, info)
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     with output_folder(args.out, "stellar viz") as out_dir:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")

@@ -20,6 +20,7 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.common import resolution as eval_resolution
 from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
 from stellar.images import preprocess
 from stellar.outputs import atomic_write, output_folder
@@ -149,11 +150,7 @@ def run(args: argparse.Namespace) -> int:
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
         raise UsageError(f"expected --token in [0, {r}), got {args.token}")
-    resolution = args.resolution or info.config.encoder.image_size
-    if resolution < p or resolution % p:
-        raise UsageError(
-            f"expected --resolution a multiple of the patch size {p}, got {resolution}"
-        )
+    resolution = eval_resolution(args, info)
     with contextlib.ExitStack() as held:
         out = held.enter_context(output_folder(args.out, "stellar retrieve"))
         index_dir = Path(args.index_dir) if args.index_dir else out / "index"
