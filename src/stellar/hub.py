@@ -332,19 +332,11 @@ def _finish(
 
 @dataclass
 class ModelInfo:
-    """What a ``--model`` spec describes, read without loading its weights.
+    """What a ``--model`` spec describes, read without loading its weights (a preset: its
+    registered config, with a decoder)."""
 
-    Attributes:
-        spec: the spec as given.
-        config: the architecture.
-        has_decoder: whether the weights carry a reconstruction decoder (a preset builds one).
-        random_init: a registered preset without weights (``create_stellar``).
-    """
-
-    spec: str
     config: StellarConfig
     has_decoder: bool
-    random_init: bool
 
 
 def _preset(spec: str | Path) -> bool:
@@ -355,9 +347,9 @@ def _preset(spec: str | Path) -> bool:
 def inspect_model(spec: str | Path) -> ModelInfo:
     """The config of a ``--model`` spec and whether it carries a decoder (header only)."""
     if _preset(spec):
-        return ModelInfo(str(spec), get_config(str(spec)), has_decoder=True, random_init=True)
+        return ModelInfo(get_config(str(spec)), has_decoder=True)
     _, keys, config = read_checkpoint(spec)
-    return ModelInfo(str(spec), config, carries_decoder(keys), random_init=False)
+    return ModelInfo(config, carries_decoder(keys))
 
 
 def load_model(

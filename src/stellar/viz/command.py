@@ -74,7 +74,7 @@ def load_for_viz(
         logger.warning("no reconstruction: %s", why)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     purpose = "encode" if why else "reconstruct"
-    return load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device), why
+    return load_model(spec, purpose=purpose, vq_model=vq_model, device=device), why
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace) -> int:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
         earlier = _figures(old)  # what it lists, never other files of the folder
         device = pick_device(args.device)
-        model, why = load_for_viz(info.spec, args.vq_model, device, info)
+        model, why = load_for_viz(args.model, args.vq_model, device, info)
         subset = dataset
         if args.max_images is not None and args.max_images < len(dataset):
             subset = Subset(dataset, range(args.max_images))

@@ -166,7 +166,7 @@ def run(args: argparse.Namespace) -> int:
 
         device = pick_device(args.device)
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-        model = load_model(info.spec, purpose="encode", device=device)
+        model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
             _check_reusable(index, index_dir, model, args)
             logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
