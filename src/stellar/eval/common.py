@@ -24,6 +24,7 @@ from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
 from stellar.eval.encoder import STELLAR_KEYS, Encoder
+from stellar.outputs import atomic_write
 from stellar.runtime import add_precision_argument, pick_device
 
 __all__ = [
@@ -162,8 +163,6 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> Path:
     """``payload`` as indented JSON (tensors as lists, NaN/inf as null), written atomically."""
-    from stellar.outputs import atomic_write
-
     text = json.dumps(_jsonable(payload), indent=2)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 

@@ -21,7 +21,7 @@ from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
-from stellar.eval.common import resolution
+from stellar.eval.common import resolution, write_json
 from stellar.eval.encoder import (
     FEATURE_KEYS,
     Encoder,
@@ -38,7 +38,6 @@ from stellar.eval.shards import (
     settings_id,
     shard_done,
     shard_name,
-    write_json,
     write_shard,
 )
 from stellar.outputs import check_fresh, output_folder, remove

@@ -25,6 +25,7 @@ from torch.utils.data import Subset
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import resolution as eval_resolution
+from stellar.eval.common import write_json
 from stellar.eval.encoder import make_loader
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
@@ -252,8 +253,7 @@ def run(args: argparse.Namespace) -> int:
             "reconstruction": None if why is None else f"omitted: {why}",
             "images": records,
         }
-        text = json.dumps(summary, indent=2)
-        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+        write_json(out_dir / "metrics.json", summary)
         remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
         _print_table(records, r)
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -21,6 +20,7 @@ from torch import Tensor
 from stellar.data.folder import EvalImages, load_rgb
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import resolution as eval_resolution
+from stellar.eval.common import write_json
 from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
 from stellar.images import preprocess
 from stellar.outputs import atomic_write, output_folder
@@ -220,9 +220,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "results": records,
         }
-        atomic_write(
-            out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
-        )
+        write_json(out / "results.json", summary)
         print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
         for x in records:
             print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")
