@@ -58,17 +58,8 @@ SWAP_TEXT = (
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """A user's file as an RGB image, or a :class:`UsageError` that says what is wrong.
-
-    Args:
-        path: the uploaded or picked file.
-
-    Returns:
-        The decoded RGB image, EXIF orientation applied.
-
-    Raises:
-        UsageError: not a decodable image, or larger than :data:`MAX_PIXELS`.
-    """
+    """A user's file as an RGB image (:func:`~stellar.images.load_rgb`), or a
+    :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
     name = Path(path).name
     try:
         with Image.open(path) as probe:  # reads the header only
@@ -116,16 +107,8 @@ class Encoded:
 
 @torch.inference_mode()
 def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "image") -> Encoded:
-    """Preprocess (the release's resize and centre crop) and encode one image.
-
-    Args:
-        model: a STELLAR model; runs on its device.
-        image: a PIL image or an image file.
-        name: what the page calls it.
-
-    Returns:
-        The :class:`Encoded` image, float32 CPU tensors.
-    """
+    """Preprocess (the release's resize and centre crop) and encode one image on the model's
+    device; float32 CPU tensors."""
     batch = model.preprocess(image)
     out = model.encode(batch)
     first = {k: out[k][0].float().cpu() for k in ("sparse", "spatial", "dense")}
@@ -135,17 +118,8 @@ def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "ima
 
 
 def token_at(spatial: Tensor, grid: tuple[int, int], xy: tuple[float, float], size: int) -> int:
-    """The token that owns the patch under pixel ``xy`` = (x, y) of a ``size``-pixel square view.
-
-    Args:
-        spatial: (n, r).
-        grid: (h, w).
-        xy: pixel coordinates, x to the right, y down.
-        size: side of the displayed picture.
-
-    Returns:
-        ``argmax_k L[patch, k]``.
-    """
+    """``argmax_k L[patch, k]`` of the patch under pixel ``xy`` = (x, y), x to the right, y
+    down, of a ``size``-pixel square view; ``spatial`` L is (n, r), ``grid`` (h, w)."""
     h, w = grid
     row = min(max(int(xy[1] * h // size), 0), h - 1)
     col = min(max(int(xy[0] * w // size), 0), w - 1)
@@ -153,18 +127,10 @@ def token_at(spatial: Tensor, grid: tuple[int, int], xy: tuple[float, float], si
 
 
 def drop_token(spatial: Tensor, token: int) -> Tensor:
-    """L without concept ``token``: its column zeroed, each affected row renormalised to sum 1.
-
-    Rows where ``token`` had no weight are returned bit for bit, so Z = L·S changes exactly at
-    the patches where it had weight. A row whose whole weight was on ``token`` stays all zero.
-
-    Args:
-        spatial: (n, r) rows on the simplex.
-        token: k in [0, r).
-
-    Returns:
-        (n, r).
-    """
+    """L (n, r) without concept ``token``: its column zeroed, each affected row renormalised to
+    sum 1. Rows where ``token`` had no weight are returned bit for bit, so Z = L·S changes
+    exactly at the patches where it had weight. A row whose whole weight was on ``token`` stays
+    all zero."""
     out = spatial.clone()
     hit = spatial[:, token] > 0
     rows = out[hit]
@@ -175,16 +141,8 @@ def drop_token(spatial: Tensor, token: int) -> Tensor:
 
 
 def swap_token(sparse: Tensor, token: int, vector: Tensor) -> Tensor:
-    """S with row ``token`` replaced by ``vector`` (a concept token of another image).
-
-    Args:
-        sparse: (r, d).
-        token: k in [0, r).
-        vector: (d,).
-
-    Returns:
-        (r, d).
-    """
+    """S (r, d) with row ``token`` replaced by ``vector`` (d,), a concept token of another
+    image."""
     out = sparse.clone()
     out[token] = vector.to(out.dtype)
     return out
@@ -218,19 +176,9 @@ def render_views(
     selected: int | None = None,
     cell: int = 384,
 ) -> dict[str, Image.Image | str]:
-    """Every picture of one image.
-
-    Args:
-        enc: the encoded image.
-        shown: tokens whose regions are drawn (default all).
-        selected: the token to highlight.
-        cell: side of the large pictures.
-
-    Returns:
-        ``concepts`` (the regions of ``shown``, ``selected`` emphasised), ``argmax``,
-        ``tokens`` (one heat map per token, each scaled to its peak), ``pca_dense``,
-        ``pca_lowrank`` and ``legend`` (HTML).
-    """
+    """Every picture of one image: ``concepts`` (the regions of ``shown``, default all,
+    ``selected`` emphasised), ``argmax``, ``tokens`` (one heat map per token, each scaled to
+    its peak), ``pca_dense``, ``pca_lowrank`` (``cell`` px) and ``legend`` (HTML)."""
     spatial, grid = enc.spatial, enc.grid
     r = spatial.shape[1]
     shown = list(range(r)) if shown is None else [k for k in shown if k != selected]

@@ -53,14 +53,8 @@ class Neighbour:
 
 
 class Collection:
-    """An image folder whose concept tokens can be searched.
-
-    Args:
-        model: the STELLAR model (encode purpose is enough).
-        folder: the image folder (searched recursively).
-        spec: the ``--model`` value, recorded in the index.
-        cache_dir: where indexes are kept.
-    """
+    """An image folder (searched recursively) whose concept tokens ``model`` can search; its
+    index is kept under ``cache_dir``, recording ``spec``."""
 
     def __init__(self, model, folder: str | Path, spec: str, cache_dir: str | Path = CACHE_DIR):
         self.model, self.spec = model, spec
