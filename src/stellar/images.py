@@ -62,12 +62,8 @@ def _composite_on_white(img: Image.Image) -> Image.Image:
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB.
-
-    Transparency (alpha channels, palette or colour-key ``transparency``) is composited on a
-    white background, so fully transparent pixels become white whatever colour they stored.
-    16-bit and float single-channel images are rescaled to 0..255 (see :func:`_to_uint8_gray`).
-    """
+    """Any PIL mode as 8-bit RGB: transparency (alpha, palette or colour-key) composited on
+    white; 16-bit and float single-channel images rescaled (:func:`_to_uint8_gray`)."""
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
@@ -80,20 +76,10 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """Decode an image file fully as 8-bit RGB with EXIF orientation applied.
-
-    Args:
-        path: the file.
-        max_side: when given, JPEG decoding may downscale by a power of two (DCT scaling)
-            while keeping both sides >= ``max_side``; a cheap speed-up for large photos.
-
-    Returns:
-        A loaded RGB PIL image.
-
-    Raises:
-        ValueError for anything that is not a regular file (FIFO, socket, device); any PIL /
-        OS error for unreadable, truncated or unsupported files.
-    """
+    """Decode an image file fully as 8-bit RGB with EXIF orientation applied; with
+    ``max_side``, JPEG decoding may downscale by a power of two keeping both sides >=
+    ``max_side``. A ValueError for anything but a regular file (FIFO, socket, device); PIL's
+    or the OS's error for unreadable, truncated or unsupported files."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise ValueError(f"{os.fspath(path)!r} is not a regular file")

@@ -119,22 +119,10 @@ def encode_batch(
     fp16: bool = False,
     precision: str = "auto",
 ) -> dict[str, Tensor]:
-    """Encode one batch on the model's device and return CPU tensors.
-
-    Args:
-        model: the encoder.
-        images: (B, 3, H, W) in [0, 1].
-        keys: outputs of ``model.encode`` to keep.
-        fp16: store floating outputs as float16 (otherwise float32).
-        precision: ``auto`` (the enclosing :func:`~stellar.runtime.precision` block's
-            setting, else bf16 where the device computes it natively), ``bf16`` or ``fp32``.
-
-    Returns:
-        ``{key: (B, ...)}`` on the CPU.
-
-    Raises:
-        ValueError: a kept output holds NaN or infinite values (e.g. diverged weights).
-    """
+    """The ``keys`` of ``model.encode(images)`` ((B, 3, H, W) in [0, 1]) as CPU float32 (or
+    float16) ``{key: (B, ...)}``, under ``precision`` (``auto``: the enclosing
+    :func:`~stellar.runtime.precision` block's, else bf16 where the device computes it
+    natively); a ValueError when one holds NaN or inf (e.g. diverged weights)."""
     device = model.device
     with autocast(device, precision):
         out = model.encode(images.to(device, non_blocking=True))

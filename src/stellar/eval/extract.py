@@ -98,26 +98,10 @@ def extract_to_dir(
     precision: str = "auto",
     overwrite: bool = False,
 ) -> list[int]:
-    """Write this rank's shards of ``dataset`` to ``out_dir`` (see the module docstring).
-
-    Args:
-        model: a STELLAR model (its device is used).
-        dataset: the images.
-        out_dir: output folder (created; rank 0 holds it for the call).
-        keys: outputs of ``model.encode`` to store.
-        shard_size: images per shard.
-        batch_size, num_workers: loader settings.
-        fp16: store floating features as float16.
-        rank, world_size: this process takes global shards ``rank::world_size``.
-        model_spec: recorded in ``meta.json``.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        precision: the encoding's autocast (``auto``, ``bf16``, ``fp32``); the dtype it
-            resolves to is recorded, and a resume must resolve to the same.
-        overwrite: replace an extraction with other settings in ``out_dir`` (without it, such
-            a folder is refused; one with the same settings is resumed).
-
-    Returns:
-        The global ids of the shards written by this call (existing ones are skipped).
+    """Write this rank's shards (global shards ``rank::world_size``) of ``dataset`` to
+    ``out_dir``, which rank 0 holds for the call, and return their ids (whole ones are
+    skipped). An extraction of the same settings in ``out_dir`` is resumed (the dtype
+    ``precision`` resolves to included), one of other settings refused unless ``overwrite``.
     """
     keys = check_keys(keys)
     out = Path(out_dir)

@@ -79,11 +79,8 @@ def load_for_viz(
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
-    """Statistics of a batch of localisation maps.
-
-    Args:
-        spatial: (B, n, r) rows on the simplex.
-        threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
+    """Statistics of a batch of localisation maps ``spatial`` (B, n, r); a patch belongs to
+    token k when ``L[:, k] > threshold`` (default 1/r).
 
     Returns:
         ``peak_dist`` (B, r) the max of each map; ``coverage`` (B, r) the fraction of patches
@@ -114,20 +111,9 @@ def render_figure(
     cell: int = 256,
     title: str | None = None,
 ) -> Image.Image:
-    """The figure of one image.
-
-    Args:
-        image: (3, H, W) in [0, 1].
-        encoded: this image's ``spatial`` (n, r), ``dense`` (n, d) and ``lowrank`` (n, d).
-        grid: patch grid (h, w).
-        reconstruction: (3, H, W) in [0, 1], or None to leave the panel out.
-        threshold: concept threshold (default 1/r).
-        cell: display side of each panel.
-        title: text on top.
-
-    Returns:
-        PIL RGB figure.
-    """
+    """The figure of one ``image`` (3, H, W) in [0, 1]: ``encoded`` holds its ``spatial``
+    (n, r), ``dense`` and ``lowrank`` (n, d) on the patch ``grid`` (h, w); ``reconstruction``
+    (3, H, W), or None to leave its panel out; ``cell`` px panels."""
     spatial = encoded["spatial"]
     r = spatial.shape[-1]
     photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)

@@ -45,19 +45,9 @@ def render_retrieval(
     cols: int = 4,
     threshold: float | None = None,
 ) -> Image.Image:
-    """The query and its neighbours, each with the (matched) token's region overlaid.
-
-    Args:
-        query: ``(image (3, H, W), spatial (n, r), token)``.
-        results: ``(image, spatial, token, similarity, name)`` per neighbour, best first.
-        grid: patch grid (h, w).
-        cell: display side of each image.
-        cols: neighbours per row.
-        threshold: region threshold (default 1/r).
-
-    Returns:
-        PIL RGB figure.
-    """
+    """The ``query`` ``(image (3, H, W), spatial (n, r), token)`` and its neighbours
+    ``(image, spatial, token, similarity, name)``, best first, ``cols`` per row, each with the
+    (matched) token's region overlaid."""
 
     def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
         photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)

@@ -116,11 +116,8 @@ def build_token_index(
     progress: bool = True,
     data: str | None = None,
 ) -> TokenIndex:
-    """Encode a collection and index all its concept tokens.
-
-    ``model_spec`` and ``data`` (the collection's identity, e.g. its resolved folder) are
-    recorded in the metadata; broken files are skipped. Returns N·r rows for N decodable images.
-    """
+    """The N·r concept tokens of the N decodable images of ``dataset``; ``model_spec`` and
+    ``data`` (the collection's identity, e.g. its resolved folder) are recorded."""
     out = extract_features(
         model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
     )
@@ -138,16 +135,9 @@ def build_token_index(
 
 
 def query_index(index: TokenIndex | Tensor, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
-    """The ``k`` most similar indexed tokens (cosine similarity, exact search).
-
-    Args:
-        index: a :class:`TokenIndex` or an (M, d) matrix of unit rows.
-        vector: (d,) or (q, d) query token(s); normalised here.
-        k: number of neighbours (clamped to M).
-
-    Returns:
-        ``scores`` and ``rows`` (int64), each (k,) for one query or (q, k), best first.
-    """
+    """The ``k`` (at most M) indexed tokens most similar to ``vector`` (d,) or (q, d), by
+    cosine similarity (exact search) in ``index``, a :class:`TokenIndex` or an (M, d) matrix of
+    unit rows: ``scores`` and ``rows`` (int64), each (k,) or (q, k), best first."""
     bank = index.vectors if isinstance(index, TokenIndex) else index
     single = vector.ndim == 1
     queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
