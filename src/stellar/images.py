@@ -15,20 +15,28 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from stellar.errors import UsageError
+
 __all__ = [
     "ImageInput",
     "exif_orientation",
     "load_rgb",
+    "open_image",
     "preprocess",
     "resize_centre_crop",
     "to_tensor",
     "upright",
 ]
+
+# Larger user files (uploads, queries) are refused with a message: decoding them would take
+# the memory of a decompression bomb, and the model sees a 224 px crop anyway.
+MAX_PIXELS = 40_000_000
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -88,6 +96,28 @@ def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image
             img.draft(None, (max_side, max_side))
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
         return _to_rgb(upright(img))
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """A user's file as an RGB image (:func:`load_rgb`), or a
+    :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as probe:  # reads the header only
+            w, h = probe.size
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{name} is too large to open safely ({err})") from err
+    except Exception as err:  # noqa: BLE001 - any failure to read the header means "no image"
+        raise UsageError(f"expected an image file (PNG, JPEG, WebP, ...), got {name}") from err
+    if w * h > MAX_PIXELS:
+        raise UsageError(
+            f"{name} is {w}x{h} pixels; expected images up to "
+            f"{MAX_PIXELS // 1_000_000} megapixels: downscale it first"
+        )
+    try:
+        return load_rgb(path)
+    except Exception as err:  # noqa: BLE001 - a truncated or unsupported file is bad input
+        raise UsageError(f"{name} could not be decoded as an image ({err})") from err
 
 
 def upright(img: Image.Image) -> Image.Image:

@@ -184,8 +184,8 @@ def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--query", "/nonexistent.jpg"], "expected a readable query image"),
-        (["--query", "TEXT"], "expected a readable query image"),
+        (["--query", "/nonexistent.jpg"], "expected an image file.*nonexistent.jpg"),
+        (["--query", "TEXT"], "expected an image file.*notes.jpg"),
         (["--k", "0"], "argument --k: expected an integer >= 1"),
         (["--token", "-1"], "argument --token: expected an integer >= 0"),
         (["--out", "FILE"], "is a file; expected a folder"),

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from stellar.errors import UsageError
-from stellar.images import load_rgb
 from stellar.viz.maps import (
     argmax_segmentation,
     concept_grid,
@@ -28,22 +26,16 @@ from stellar.viz.maps import (
 )
 
 __all__ = [
-    "MAX_PIXELS",
     "Encoded",
     "change_map",
     "changed_patches",
     "drop_token",
     "encode_image",
     "legend_html",
-    "open_image",
     "render_views",
     "swap_token",
     "token_at",
 ]
-
-# Larger uploads are refused with a message: decoding them would take the memory of a
-# decompression bomb, and the model sees a 224 px crop anyway.
-MAX_PIXELS = 40_000_000
 
 DROP_TEXT = (
     "**Drop token {k}**: column {k} of L is set to 0 and each patch's row of L is divided by "
@@ -55,28 +47,6 @@ SWAP_TEXT = (
     "**Swap token {k}**: row {k} of S (what token {k} is) is replaced by token {j} of {name}; "
     "L (where each concept is) is unchanged, so the new concept is decoded where token {k} was."
 )
-
-
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """A user's file as an RGB image (:func:`~stellar.images.load_rgb`), or a
-    :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
-    name = Path(path).name
-    try:
-        with Image.open(path) as probe:  # reads the header only
-            w, h = probe.size
-    except Image.DecompressionBombError as err:
-        raise UsageError(f"{name} is too large to open safely ({err})") from err
-    except Exception as err:  # noqa: BLE001 - any failure to read the header means "no image"
-        raise UsageError(f"expected an image file (PNG, JPEG, WebP, ...), got {name}") from err
-    if w * h > MAX_PIXELS:
-        raise UsageError(
-            f"{name} is {w}x{h} pixels; the explorer takes images up to "
-            f"{MAX_PIXELS // 1_000_000} megapixels: downscale it first"
-        )
-    try:
-        return load_rgb(path)
-    except Exception as err:  # noqa: BLE001 - a truncated or unsupported file is bad input
-        raise UsageError(f"{name} could not be decoded as an image ({err})") from err
 
 
 @dataclass

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError
-from stellar.explore.core import Encoded, encode_image, open_image
+from stellar.explore.core import Encoded, encode_image
+from stellar.images import open_image
 from stellar.outputs import output_folder
 from stellar.viz.token_index import (
     INDEX_FILE,

@@ -17,12 +17,12 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.data.folder import EvalImages, load_rgb
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import resolution as eval_resolution
 from stellar.eval.common import write_json
 from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
-from stellar.images import preprocess
+from stellar.images import open_image, preprocess
 from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
@@ -107,13 +107,6 @@ def _collection(data: str) -> str:
     return str(Path(data).resolve())
 
 
-def _read_query(path: str) -> Image.Image:
-    try:
-        return load_rgb(path)
-    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image (--query), got {path} ({err})") from err
-
-
 def _check_reusable(index: TokenIndex, index_dir: Path, model: Encoder, args) -> None:
     """A saved index is reused only for this model (:func:`index_meta`: its weights and shapes)
     and, when ``--data`` is given, that folder."""
@@ -135,7 +128,7 @@ def run(args: argparse.Namespace) -> int:
 
     # Every argument is checked before the weights are read or anything is indexed (numbers:
     # by argparse).
-    q_photo = _read_query(args.query)
+    q_photo = open_image(args.query)
     info = inspect_model(args.model)  # the architecture from the header, not the weights
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
