@@ -160,24 +160,6 @@ class _ImageList(Dataset):
         return {"image": image, "label": torch.tensor(-1), "index": torch.tensor(i), "path": path}
 
 
-def as_dataset(model: Encoder, images: Images, resolution: int | None = None) -> Dataset:
-    """The dataset of an image folder, a list of files or PIL images, or a dataset as it is.
-
-    Files and PIL images (any mode and size) are read as :meth:`STELLAR.preprocess` reads them
-    (:func:`stellar.images.preprocess`): shorter side resized (bicubic) to ``resolution``
-    (default: the model's native side), centre square cropped, values in [0, 1]; a folder
-    through the same view (:class:`EvalImages` with ``resize_ratio=1``).
-    """
-    if isinstance(images, Dataset):
-        return images
-    res = resolution or model.config.encoder.image_size
-    if not isinstance(images, str | os.PathLike) and any(
-        isinstance(x, Image.Image) for x in images
-    ):
-        return _ImageList(images, res)
-    return EvalImages(images, res, resize_ratio=1.0)
-
-
 def make_loader(
     dataset: Dataset, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
 ) -> EpochLoader:
@@ -264,7 +246,15 @@ def extract_features(
         int64, each row's position in ``images``.
     """
     keys = check_keys(features)
-    dataset = as_dataset(model, images, resolution)
+    res = resolution or model.config.encoder.image_size
+    if isinstance(images, Dataset):
+        dataset = images
+    elif not isinstance(images, str | os.PathLike) and any(
+        isinstance(x, Image.Image) for x in images
+    ):
+        dataset = _ImageList(images, res)
+    else:  # the view of STELLAR.preprocess: shorter side to ``res``, centre crop
+        dataset = EvalImages(images, res, resize_ratio=1.0)
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
     batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)
