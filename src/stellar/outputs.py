@@ -14,6 +14,7 @@ shards, a retrieval index, ``eval`` and ``viz`` results, the explorer's cache).
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
@@ -80,10 +81,6 @@ def _open_lock(folder: Path, flag: str) -> int:
 
 
 def _lock(fd: int, folder: Path, job: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): run unlocked rather than not at all
-        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
