@@ -63,12 +63,6 @@ def _to_uint8_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(out).astype(np.uint8))  # 2-D uint8 -> mode L
 
 
-def _composite_on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
     """Any PIL mode as 8-bit RGB: transparency (alpha, palette or colour-key) composited on
     white; 16-bit and float single-channel images rescaled (:func:`_to_uint8_gray`)."""
@@ -78,7 +72,9 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     if mode.startswith("I;16") or mode in ("I", "F"):
         return _to_uint8_gray(img).convert("RGB")
     if mode in _ALPHA_MODES or ("transparency" in img.info and mode in ("1", "L", "P", "RGB")):
-        return _composite_on_white(img)
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     # 1, L, P, CMYK, YCbCr, HSV, ... (PIL raises ValueError for modes it cannot convert).
     return img.convert("RGB")
 

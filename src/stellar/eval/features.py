@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 EVAL_RESIZE_RATIO = 256 / 224
 
 
+@dataclass
 class LabelledFeatures:
     """Pooled features with labels and the class names the labels index.
 
@@ -69,8 +71,9 @@ class LabelledFeatures:
         classes: class names, ``classes[y[i]]`` is the class of row i.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, classes: list[str]) -> None:
-        self.x, self.y, self.classes = x, y, classes
+    x: Tensor
+    y: Tensor
+    classes: list[str]
 
     def __len__(self) -> int:
         return self.x.shape[0]
