@@ -63,12 +63,13 @@ def test_query_matches_brute_force() -> None:
     g = torch.Generator().manual_seed(5)
     bank = F.normalize(torch.randn(50, 8, generator=g), dim=1)
     q = torch.randn(3, 8, generator=g)
-    scores, rows = query_index(bank, q, k=7)
+    index = TokenIndex(bank, torch.arange(50), torch.zeros(50, dtype=torch.long), ["x"] * 50)
+    scores, rows = query_index(index, q, k=7)
     sims = (F.normalize(q, dim=1) @ bank.T).numpy()
     expect = np.argsort(-sims, axis=1)[:, :7]
     np.testing.assert_array_equal(rows.numpy(), expect)
     np.testing.assert_allclose(scores.numpy(), np.take_along_axis(sims, expect, 1), atol=1e-6)
-    assert query_index(bank, q[0], k=500)[1].shape == (50,)  # k clamped to the bank
+    assert query_index(index, q[0], k=500)[1].shape == (50,)  # k clamped to the bank
 
 
 def test_index_round_trip(model, tmp_path: Path) -> None:
