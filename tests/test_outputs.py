@@ -208,3 +208,23 @@ def test_odd_folder_names_are_one_error(tmp_path, name):
         name = str(tmp_path / name)
     with pytest.raises(UsageError, match="--out"), output_folder(name, "job"):
         pass
+
+
+def test_an_atomic_write_gets_the_mode_of_a_plain_open_whatever_the_writer_does(tmp_path):
+    import os
+
+    from stellar.outputs import atomic_write
+
+    def recreate(tmp):  # as safetensors does: its own file renamed over ours (mode 0o600)
+        other = tmp.with_name("other")
+        other.write_text("x")
+        other.chmod(0o600)
+        os.replace(other, tmp)
+
+    old = os.umask(0o027)
+    try:
+        path = atomic_write(tmp_path / "a.txt", recreate)
+    finally:
+        os.umask(old)
+    assert path.stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]

@@ -31,25 +31,19 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    """The top-level parser with one sub-parser per command."""
-    parser = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
-    parser.add_argument(
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``stellar`` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    top = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
+    top.add_argument(
         "-v",
         "--verbose",
         action="store_true",
         help="debug logging, and the traceback of usage errors",
     )
-    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub = top.add_subparsers(dest="command", metavar="COMMAND")
     for name, (_, help_text) in COMMANDS.items():
         sub.add_parser(name, help=help_text, add_help=False)
-    return parser
-
-
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stellar`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
-    top = build_parser()
     args, rest = top.parse_known_args(argv)
     if args.command is None and rest:  # flags the sub-commands would have read: none given
         top.error(f"unrecognized arguments: {' '.join(rest)}")

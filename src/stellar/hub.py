@@ -90,7 +90,6 @@ def load_stellar(
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
 ) -> STELLAR:
     """Load a STELLAR checkpoint strictly.
 
@@ -104,7 +103,7 @@ def load_stellar(
         vq_model: ``"maskgit-vqgan"`` (TiTok's release, fetched like a name), the path of
             ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
             it to reconstruct and to pretrain.
-        device, dtype: where and in which dtype to put the model.
+        device: where to put the model.
 
     Every tensor of the file is used, on the known-unused list, or belongs to a part the
     purpose does not build; a missing, unexpected or wrong-shape tensor, a non-finite one, a
@@ -127,7 +126,7 @@ def load_stellar(
     if absent_parts(model, keys):  # parts the file lacks start from their init: build them
         model = model_class(config, purpose)
     load_official(model, read_state_dict(weights)[0], source=str(weights))
-    return _finish(model, purpose, tokenizer, device, dtype)
+    return _finish(model, purpose, tokenizer, device)
 
 
 def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
@@ -316,7 +315,6 @@ def _finish(
     purpose: str,
     tokenizer: MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
 ) -> STELLAR:
     """Attach ``tokenizer``; train mode and gradients for pretraining only; move the model."""
     if tokenizer is not None:
@@ -325,26 +323,16 @@ def _finish(
     model.requires_grad_(training).train(training)
     if model.tokenizer is not None:
         model.tokenizer.requires_grad_(False).eval()
-    if device is not None or dtype is not None:
-        model.to(device=device, dtype=dtype)
-    return model
+    return model.to(device) if device is not None else model
 
 
 @dataclass
 class ModelInfo:
-    """What a ``--model`` spec describes, read without loading its weights.
+    """What a ``--model`` spec describes, read without loading its weights (a preset: its
+    registered config, with a decoder)."""
 
-    Attributes:
-        spec: the spec as given.
-        config: the architecture.
-        has_decoder: whether the weights carry a reconstruction decoder (a preset builds one).
-        random_init: a registered preset without weights (``create_stellar``).
-    """
-
-    spec: str
     config: StellarConfig
     has_decoder: bool
-    random_init: bool
 
 
 def _preset(spec: str | Path) -> bool:
@@ -355,9 +343,9 @@ def _preset(spec: str | Path) -> bool:
 def inspect_model(spec: str | Path) -> ModelInfo:
     """The config of a ``--model`` spec and whether it carries a decoder (header only)."""
     if _preset(spec):
-        return ModelInfo(str(spec), get_config(str(spec)), has_decoder=True, random_init=True)
+        return ModelInfo(get_config(str(spec)), has_decoder=True)
     _, keys, config = read_checkpoint(spec)
-    return ModelInfo(str(spec), config, carries_decoder(keys), random_init=False)
+    return ModelInfo(config, carries_decoder(keys))
 
 
 def load_model(

@@ -15,20 +15,28 @@ from __future__ import annotations
 import os
 import stat
 from collections.abc import Sequence
+from pathlib import Path
 
 import numpy as np
 import torch
 from PIL import Image, ImageOps
 
+from stellar.errors import UsageError
+
 __all__ = [
     "ImageInput",
     "exif_orientation",
     "load_rgb",
+    "open_image",
     "preprocess",
     "resize_centre_crop",
     "to_tensor",
     "upright",
 ]
+
+# Larger user files (uploads, queries) are refused with a message: decoding them would take
+# the memory of a decompression bomb, and the model sees a 224 px crop anyway.
+MAX_PIXELS = 40_000_000
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -55,45 +63,27 @@ def _to_uint8_gray(img: Image.Image) -> Image.Image:
     return Image.fromarray(np.round(out).astype(np.uint8))  # 2-D uint8 -> mode L
 
 
-def _composite_on_white(img: Image.Image) -> Image.Image:
-    rgba = img.convert("RGBA")
-    white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
-    return Image.alpha_composite(white, rgba).convert("RGB")
-
-
 def _to_rgb(img: Image.Image) -> Image.Image:
-    """Convert any PIL mode to 8-bit RGB.
-
-    Transparency (alpha channels, palette or colour-key ``transparency``) is composited on a
-    white background, so fully transparent pixels become white whatever colour they stored.
-    16-bit and float single-channel images are rescaled to 0..255 (see :func:`_to_uint8_gray`).
-    """
+    """Any PIL mode as 8-bit RGB: transparency (alpha, palette or colour-key) composited on
+    white; 16-bit and float single-channel images rescaled (:func:`_to_uint8_gray`)."""
     mode = img.mode
     if mode == "RGB" and "transparency" not in img.info:
         return img
     if mode.startswith("I;16") or mode in ("I", "F"):
         return _to_uint8_gray(img).convert("RGB")
     if mode in _ALPHA_MODES or ("transparency" in img.info and mode in ("1", "L", "P", "RGB")):
-        return _composite_on_white(img)
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
     # 1, L, P, CMYK, YCbCr, HSV, ... (PIL raises ValueError for modes it cannot convert).
     return img.convert("RGB")
 
 
 def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """Decode an image file fully as 8-bit RGB with EXIF orientation applied.
-
-    Args:
-        path: the file.
-        max_side: when given, JPEG decoding may downscale by a power of two (DCT scaling)
-            while keeping both sides >= ``max_side``; a cheap speed-up for large photos.
-
-    Returns:
-        A loaded RGB PIL image.
-
-    Raises:
-        ValueError for anything that is not a regular file (FIFO, socket, device); any PIL /
-        OS error for unreadable, truncated or unsupported files.
-    """
+    """Decode an image file fully as 8-bit RGB with EXIF orientation applied; with
+    ``max_side``, JPEG decoding may downscale by a power of two keeping both sides >=
+    ``max_side``. A ValueError for anything but a regular file (FIFO, socket, device); PIL's
+    or the OS's error for unreadable, truncated or unsupported files."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise ValueError(f"{os.fspath(path)!r} is not a regular file")
@@ -102,6 +92,28 @@ def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image
             img.draft(None, (max_side, max_side))
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
         return _to_rgb(upright(img))
+
+
+def open_image(path: str | os.PathLike[str]) -> Image.Image:
+    """A user's file as an RGB image (:func:`load_rgb`), or a
+    :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
+    name = Path(path).name
+    try:
+        with Image.open(path) as probe:  # reads the header only
+            w, h = probe.size
+    except Image.DecompressionBombError as err:
+        raise UsageError(f"{name} is too large to open safely ({err})") from err
+    except Exception as err:  # noqa: BLE001 - any failure to read the header means "no image"
+        raise UsageError(f"expected an image file (PNG, JPEG, WebP, ...), got {name}") from err
+    if w * h > MAX_PIXELS:
+        raise UsageError(
+            f"{name} is {w}x{h} pixels; expected images up to "
+            f"{MAX_PIXELS // 1_000_000} megapixels: downscale it first"
+        )
+    try:
+        return load_rgb(path)
+    except Exception as err:  # noqa: BLE001 - a truncated or unsupported file is bad input
+        raise UsageError(f"{name} could not be decoded as an image ({err})") from err
 
 
 def upright(img: Image.Image) -> Image.Image:

@@ -14,12 +14,12 @@ shards, a retrieval index, ``eval``, ``viz`` and ``demo`` results, the explorer'
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import logging
 import os
 import shutil
 import socket
 import sys
-import tempfile
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
@@ -81,10 +81,6 @@ def _open_lock(folder: Path, flag: str) -> int:
 
 
 def _lock(fd: int, folder: Path, job: str) -> None:
-    try:
-        import fcntl
-    except ImportError:  # no flock (Windows): run unlocked rather than not at all
-        return
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -161,19 +157,6 @@ def remove(paths: Iterable[Path]) -> None:
             path.unlink()
 
 
-def _umask() -> int:
-    """The process umask, read without changing it where the OS allows (threads keep it)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("Umask:"):
-                return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o077)  # the only portable read; restrictive while it is swapped
-    os.umask(mask)
-    return mask
-
-
 def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) -> Path:
     """Write ``path`` through a temporary file in the same folder and an atomic rename.
 
@@ -187,13 +170,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
     tmp, existed = None, os.path.exists(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        tmp = path.parent / f".{path.name}.{os.urandom(4).hex()}.tmp"
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # the umask applies
+        mode = os.fstat(fd).st_mode & 0o777
         os.close(fd)
-        write(Path(tmp))
+        write(tmp)
         with open(tmp, "rb+") as f:
-            # mkstemp creates 0o600 and os.replace keeps the mode, so other users could not
-            # read the result; set it after ``write``, which may have recreated the file.
-            os.fchmod(f.fileno(), 0o666 & ~_umask())
+            os.fchmod(f.fileno(), mode)  # ``write`` may have recreated the file (safetensors)
             os.fsync(f.fileno())
         os.replace(tmp, path)
         fsync_dir(path.parent)

@@ -56,16 +56,8 @@ def progress_bar(
     disable: bool = False,
     **kwargs: Any,
 ) -> tqdm:
-    """A progress bar over ``iterable`` (or updated by hand), as ``tqdm(...)`` takes.
-
-    Args:
-        iterable: what to iterate; its ``len`` is the total when it has one.
-        total: the number of steps, when ``iterable`` has no length or is None.
-        every: steps between log lines when stderr is not a terminal (default: about
-            ``LINES_PER_BAR`` lines over the bar).
-        disable: no bar and no lines.
-        **kwargs: tqdm's own options (``desc``, ``unit``, ``leave``, ...).
-    """
+    """``tqdm(iterable, total=..., disable=..., **kwargs)``; when stderr is not a terminal, a
+    log line every ``every`` steps (default: about ``LINES_PER_BAR`` lines over the bar)."""
     if disable or sys.stderr.isatty():
         return tqdm(iterable, total=total, disable=disable, **kwargs)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):

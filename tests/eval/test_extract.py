@@ -189,7 +189,7 @@ def test_cli_extract_samples(samples_dir: Path, tmp_path: Path) -> None:
 def test_resume_refuses_shards_of_other_weights(model, tmp_path: Path) -> None:
     ds = EvalImages(_images(tmp_path / "data", 4), RES)
     out = tmp_path / "out"
-    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False, finalize=False)
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
     (out / shard_name(1)).unlink()  # interrupted: one shard left to do
     torch.manual_seed(7)
     retrained = create_stellar("stellar-tiny").eval()  # same name and shapes, other weights

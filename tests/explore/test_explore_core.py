@@ -6,18 +6,18 @@ import pytest
 import torch
 from PIL import Image
 
+import stellar.images
 from stellar.errors import UsageError
-from stellar.explore import core
 from stellar.explore.core import (
     changed_patches,
     drop_token,
     encode_image,
-    open_image,
     render_views,
     swap_token,
     token_at,
 )
 from stellar.explore.retrieval import Collection
+from stellar.images import open_image
 from stellar.viz.token_index import INDEX_FILE, weights_fingerprint
 
 
@@ -35,7 +35,7 @@ def test_open_image_refuses_non_images_and_huge_ones(tmp_path, monkeypatch):
         open_image(text)
     Image.new("RGB", (40, 30), (1, 2, 3)).save(tmp_path / "ok.png")
     assert open_image(tmp_path / "ok.png").size == (40, 30)
-    monkeypatch.setattr(core, "MAX_PIXELS", 40 * 30 - 1)
+    monkeypatch.setattr(stellar.images, "MAX_PIXELS", 40 * 30 - 1)
     with pytest.raises(UsageError, match="40x30 pixels"):
         open_image(tmp_path / "ok.png")
 

@@ -65,7 +65,7 @@ def test_a_training_run_folder_means_its_last_checkpoint(tmp_path):
         loaded = load(tmp_path / "run")
         torch.testing.assert_close(loaded.sparse_tokens, model.sparse_tokens, rtol=0, atol=0)
     info = inspect_model(tmp_path / "run")
-    assert info.config == model.config and info.has_decoder and not info.random_init
+    assert info.config == model.config and info.has_decoder
 
 
 def test_a_directory_with_several_weights_files_asks_for_one(tmp_path):

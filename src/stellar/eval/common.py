@@ -24,6 +24,7 @@ from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
 from stellar.eval.encoder import STELLAR_KEYS, Encoder
+from stellar.outputs import atomic_write
 from stellar.runtime import add_precision_argument, pick_device
 
 __all__ = [
@@ -113,12 +114,14 @@ class Entry:
         return {"model": self.name, "kind": self.kind, "key": self.key, **metrics}
 
 
-def resolution(args: argparse.Namespace, model: Encoder) -> int:
-    """``--resolution`` or the model's native input side, a multiple of its patch size."""
-    res = args.resolution or model.config.encoder.image_size
-    if res % model.patch_size:
+def resolution(args: argparse.Namespace, model: Any) -> int:
+    """``--resolution`` or the native input side of ``model.config`` (a model, or the
+    :func:`~stellar.hub.inspect_model` of one), a multiple of its patch size."""
+    encoder = model.config.encoder
+    res = args.resolution or encoder.image_size
+    if res % encoder.patch_size:
         raise UsageError(
-            f"expected --resolution divisible by the patch size {model.patch_size}, got {res}"
+            f"expected --resolution divisible by the patch size {encoder.patch_size}, got {res}"
         )
     return res
 
@@ -160,8 +163,6 @@ def _jsonable(x: Any) -> Any:
 
 def write_json(path: Path, payload: Any) -> Path:
     """``payload`` as indented JSON (tensors as lists, NaN/inf as null), written atomically."""
-    from stellar.outputs import atomic_write
-
     text = json.dumps(_jsonable(payload), indent=2)
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 

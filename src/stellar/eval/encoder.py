@@ -119,22 +119,10 @@ def encode_batch(
     fp16: bool = False,
     precision: str = "auto",
 ) -> dict[str, Tensor]:
-    """Encode one batch on the model's device and return CPU tensors.
-
-    Args:
-        model: the encoder.
-        images: (B, 3, H, W) in [0, 1].
-        keys: outputs of ``model.encode`` to keep.
-        fp16: store floating outputs as float16 (otherwise float32).
-        precision: ``auto`` (the enclosing :func:`~stellar.runtime.precision` block's
-            setting, else bf16 where the device computes it natively), ``bf16`` or ``fp32``.
-
-    Returns:
-        ``{key: (B, ...)}`` on the CPU.
-
-    Raises:
-        ValueError: a kept output holds NaN or infinite values (e.g. diverged weights).
-    """
+    """The ``keys`` of ``model.encode(images)`` ((B, 3, H, W) in [0, 1]) as CPU float32 (or
+    float16) ``{key: (B, ...)}``, under ``precision`` (``auto``: the enclosing
+    :func:`~stellar.runtime.precision` block's, else bf16 where the device computes it
+    natively); a ValueError when one holds NaN or inf (e.g. diverged weights)."""
     device = model.device
     with autocast(device, precision):
         out = model.encode(images.to(device, non_blocking=True))
@@ -170,24 +158,6 @@ class _ImageList(Dataset):
         path = str(img) if not isinstance(img, Image.Image) else getattr(img, "filename", "")
         path = path or f"<image {i}>"
         return {"image": image, "label": torch.tensor(-1), "index": torch.tensor(i), "path": path}
-
-
-def as_dataset(model: Encoder, images: Images, resolution: int | None = None) -> Dataset:
-    """The dataset of an image folder, a list of files or PIL images, or a dataset as it is.
-
-    Files and PIL images (any mode and size) are read as :meth:`STELLAR.preprocess` reads them
-    (:func:`stellar.images.preprocess`): shorter side resized (bicubic) to ``resolution``
-    (default: the model's native side), centre square cropped, values in [0, 1]; a folder
-    through the same view (:class:`EvalImages` with ``resize_ratio=1``).
-    """
-    if isinstance(images, Dataset):
-        return images
-    res = resolution or model.config.encoder.image_size
-    if not isinstance(images, str | os.PathLike) and any(
-        isinstance(x, Image.Image) for x in images
-    ):
-        return _ImageList(images, res)
-    return EvalImages(images, res, resize_ratio=1.0)
 
 
 def make_loader(
@@ -276,7 +246,15 @@ def extract_features(
         int64, each row's position in ``images``.
     """
     keys = check_keys(features)
-    dataset = as_dataset(model, images, resolution)
+    res = resolution or model.config.encoder.image_size
+    if isinstance(images, Dataset):
+        dataset = images
+    elif not isinstance(images, str | os.PathLike) and any(
+        isinstance(x, Image.Image) for x in images
+    ):
+        dataset = _ImageList(images, res)
+    else:  # the view of STELLAR.preprocess: shorter side to ``res``, centre crop
+        dataset = EvalImages(images, res, resize_ratio=1.0)
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
     batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)

@@ -21,6 +21,7 @@ from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.common import resolution, write_json
 from stellar.eval.encoder import (
     FEATURE_KEYS,
     Encoder,
@@ -37,7 +38,6 @@ from stellar.eval.shards import (
     settings_id,
     shard_done,
     shard_name,
-    write_json,
     write_shard,
 )
 from stellar.outputs import check_fresh, output_folder, remove
@@ -95,31 +95,13 @@ def extract_to_dir(
     world_size: int = 1,
     model_spec: str = "",
     progress: bool = True,
-    finalize: bool = True,
     precision: str = "auto",
     overwrite: bool = False,
 ) -> list[int]:
-    """Write this rank's shards of ``dataset`` to ``out_dir`` (see the module docstring).
-
-    Args:
-        model: a STELLAR model (its device is used).
-        dataset: the images.
-        out_dir: output folder (created; rank 0 holds it for the call).
-        keys: outputs of ``model.encode`` to store.
-        shard_size: images per shard.
-        batch_size, num_workers: loader settings.
-        fp16: store floating features as float16.
-        rank, world_size: this process takes global shards ``rank::world_size``.
-        model_spec: recorded in ``meta.json``.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-        finalize: mark the folder complete when every shard exists.
-        precision: the encoding's autocast (``auto``, ``bf16``, ``fp32``); the dtype it
-            resolves to is recorded, and a resume must resolve to the same.
-        overwrite: replace an extraction with other settings in ``out_dir`` (without it, such
-            a folder is refused; one with the same settings is resumed).
-
-    Returns:
-        The global ids of the shards written by this call (existing ones are skipped).
+    """Write this rank's shards (global shards ``rank::world_size``) of ``dataset`` to
+    ``out_dir``, which rank 0 holds for the call, and return their ids (whole ones are
+    skipped). An extraction of the same settings in ``out_dir`` is resumed (the dtype
+    ``precision`` resolves to included), one of other settings refused unless ``overwrite``.
     """
     keys = check_keys(keys)
     out = Path(out_dir)
@@ -167,8 +149,11 @@ def extract_to_dir(
                 batches = _counted(loader, batch_size, len(subset), bar)
                 out_g = encode_batches(model, batches, keys, fp16, precision)
                 write_shard(out / shard_name(g), g, shards[g], out_g, keys, meta["id"])
-        if finalize:
-            finalize_dir(out)
+        distributed = world_size > 1 and torch.distributed.is_initialized()
+        if distributed:
+            torch.distributed.barrier()  # every rank's shards are written
+        if rank == 0 or not distributed:
+            finalize_dir(out)  # complete once every shard exists
     return todo
 
 
@@ -232,13 +217,7 @@ def run(args: argparse.Namespace) -> int:
             logger.info("encoding precision: %s", precision_choice(args.precision, info.device)[1])
             if args.compile:  # the instance's forward_encode, which encode() calls
                 model.forward_encode = torch.compile(model.forward_encode)
-            resolution = args.resolution or model.config.encoder.image_size
-            if resolution % model.patch_size:
-                raise UsageError(
-                    f"expected --resolution divisible by the patch size {model.patch_size}, "
-                    f"got {resolution}"
-                )
-            dataset = EvalImages(args.data, resolution, resize_ratio=args.resize_ratio)
+            dataset = EvalImages(args.data, resolution(args, model), args.resize_ratio)
             logger.info("rank %d/%d: %r on %s", info.rank, info.world_size, dataset, info.device)
             extract_to_dir(
                 model,
@@ -254,14 +233,8 @@ def run(args: argparse.Namespace) -> int:
                 world_size=info.world_size,
                 model_spec=str(args.model),
                 progress=info.is_main,
-                finalize=not info.enabled,
                 overwrite=args.overwrite,
             )
-            if info.enabled:
-                torch.distributed.barrier()
-                if info.is_main:
-                    finalize_dir(args.out)
-                torch.distributed.barrier()
     except KeyboardInterrupt:
         raise KeyboardInterrupt(
             f"interrupted; the finished shards in {args.out} are kept: run the same command to "

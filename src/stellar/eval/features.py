@@ -14,6 +14,7 @@ from __future__ import annotations
 import argparse
 import logging
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -60,6 +61,7 @@ logger = logging.getLogger(__name__)
 EVAL_RESIZE_RATIO = 256 / 224
 
 
+@dataclass
 class LabelledFeatures:
     """Pooled features with labels and the class names the labels index.
 
@@ -69,8 +71,9 @@ class LabelledFeatures:
         classes: class names, ``classes[y[i]]`` is the class of row i.
     """
 
-    def __init__(self, x: Tensor, y: Tensor, classes: list[str]) -> None:
-        self.x, self.y, self.classes = x, y, classes
+    x: Tensor
+    y: Tensor
+    classes: list[str]
 
     def __len__(self) -> int:
         return self.x.shape[0]
@@ -130,18 +133,15 @@ def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, i
 
 
 # ---------------------------------------------------------------------------- the run's inputs
-def _check_features_dir(root: str, key: str, what: str) -> None:
-    stored = read_meta(Path(root))["keys"]
-    if key not in stored:
-        raise UsageError(
-            f"{what} {root!r} stores features {stored}, not {key!r}; extract it with --keys {key}"
-        )
-
-
-def _check_against_model(root: str, what: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold features of this model, at this resolution, of the evaluation
-    view the images of a split are read with (so two folders also match each other)."""
+def _check_against_model(root: str, what: str, key: str, model: Encoder, res: int) -> None:
+    """A feature folder must hold ``key`` features of this model, at this resolution, of the
+    evaluation view the images of a split are read with (so two folders also match each other)."""
     meta = read_meta(Path(root))
+    if key not in meta["keys"]:
+        raise UsageError(
+            f"{what} {root!r} stores features {meta['keys']}, not {key!r}; extract it with "
+            f"--keys {key}"
+        )
     ours = weights_fingerprint(model)
     if meta["weights"] != ours:
         raise UsageError(
@@ -197,12 +197,6 @@ def classification_setup(
             "--augmented encodes new crops every epoch: it needs --train (images), not "
             "--train-features"
         )
-    for flag, root in (
-        ("--train-features", args.train_features),
-        ("--val-features", args.val_features),
-    ):
-        if root:
-            _check_features_dir(root, key, flag)
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
@@ -224,7 +218,7 @@ def classification_setup(
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, ours, resolution(args, ours))
+            _check_against_model(root, flag, key, ours, resolution(args, ours))
     return entries, train_dir, val_dir
 
 

@@ -24,6 +24,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from stellar.errors import UsageError
+from stellar.eval.common import write_json
 from stellar.eval.encoder import check_keys
 from stellar.outputs import atomic_write
 
@@ -112,10 +113,6 @@ def shard_done(path: Path, shard: int, meta: dict[str, Any]) -> bool:
         logger.warning("%s; extracting it again", err)
         return False
     return True
-
-
-def write_json(path: Path, payload: Any) -> None:
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(payload, indent=2)))
 
 
 def write_shard(

@@ -23,12 +23,12 @@ from stellar.explore.core import (
     changed_patches,
     drop_token,
     encode_image,
-    open_image,
     render_views,
     swap_token,
     token_at,
 )
 from stellar.explore.explorer import Explorer
+from stellar.images import open_image
 from stellar.viz.maps import concept_overlay, to_pil
 
 __all__ = ["build_app"]

@@ -9,14 +9,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from PIL import Image
 from torch import Tensor
 
 from stellar.errors import UsageError
-from stellar.images import load_rgb
 from stellar.viz.maps import (
     argmax_segmentation,
     concept_grid,
@@ -28,22 +26,16 @@ from stellar.viz.maps import (
 )
 
 __all__ = [
-    "MAX_PIXELS",
     "Encoded",
     "change_map",
     "changed_patches",
     "drop_token",
     "encode_image",
     "legend_html",
-    "open_image",
     "render_views",
     "swap_token",
     "token_at",
 ]
-
-# Larger uploads are refused with a message: decoding them would take the memory of a
-# decompression bomb, and the model sees a 224 px crop anyway.
-MAX_PIXELS = 40_000_000
 
 DROP_TEXT = (
     "**Drop token {k}**: column {k} of L is set to 0 and each patch's row of L is divided by "
@@ -55,37 +47,6 @@ SWAP_TEXT = (
     "**Swap token {k}**: row {k} of S (what token {k} is) is replaced by token {j} of {name}; "
     "L (where each concept is) is unchanged, so the new concept is decoded where token {k} was."
 )
-
-
-def open_image(path: str | os.PathLike[str]) -> Image.Image:
-    """A user's file as an RGB image, or a :class:`UsageError` that says what is wrong.
-
-    Args:
-        path: the uploaded or picked file.
-
-    Returns:
-        The decoded RGB image, EXIF orientation applied.
-
-    Raises:
-        UsageError: not a decodable image, or larger than :data:`MAX_PIXELS`.
-    """
-    name = Path(path).name
-    try:
-        with Image.open(path) as probe:  # reads the header only
-            w, h = probe.size
-    except Image.DecompressionBombError as err:
-        raise UsageError(f"{name} is too large to open safely ({err})") from err
-    except Exception as err:  # noqa: BLE001 - any failure to read the header means "no image"
-        raise UsageError(f"expected an image file (PNG, JPEG, WebP, ...), got {name}") from err
-    if w * h > MAX_PIXELS:
-        raise UsageError(
-            f"{name} is {w}x{h} pixels; the explorer takes images up to "
-            f"{MAX_PIXELS // 1_000_000} megapixels: downscale it first"
-        )
-    try:
-        return load_rgb(path)
-    except Exception as err:  # noqa: BLE001 - a truncated or unsupported file is bad input
-        raise UsageError(f"{name} could not be decoded as an image ({err})") from err
 
 
 @dataclass
@@ -116,16 +77,8 @@ class Encoded:
 
 @torch.inference_mode()
 def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "image") -> Encoded:
-    """Preprocess (the release's resize and centre crop) and encode one image.
-
-    Args:
-        model: a STELLAR model; runs on its device.
-        image: a PIL image or an image file.
-        name: what the page calls it.
-
-    Returns:
-        The :class:`Encoded` image, float32 CPU tensors.
-    """
+    """Preprocess (the release's resize and centre crop) and encode one image on the model's
+    device; float32 CPU tensors."""
     batch = model.preprocess(image)
     out = model.encode(batch)
     first = {k: out[k][0].float().cpu() for k in ("sparse", "spatial", "dense")}
@@ -135,17 +88,8 @@ def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "ima
 
 
 def token_at(spatial: Tensor, grid: tuple[int, int], xy: tuple[float, float], size: int) -> int:
-    """The token that owns the patch under pixel ``xy`` = (x, y) of a ``size``-pixel square view.
-
-    Args:
-        spatial: (n, r).
-        grid: (h, w).
-        xy: pixel coordinates, x to the right, y down.
-        size: side of the displayed picture.
-
-    Returns:
-        ``argmax_k L[patch, k]``.
-    """
+    """``argmax_k L[patch, k]`` of the patch under pixel ``xy`` = (x, y), x to the right, y
+    down, of a ``size``-pixel square view; ``spatial`` L is (n, r), ``grid`` (h, w)."""
     h, w = grid
     row = min(max(int(xy[1] * h // size), 0), h - 1)
     col = min(max(int(xy[0] * w // size), 0), w - 1)
@@ -153,18 +97,10 @@ def token_at(spatial: Tensor, grid: tuple[int, int], xy: tuple[float, float], si
 
 
 def drop_token(spatial: Tensor, token: int) -> Tensor:
-    """L without concept ``token``: its column zeroed, each affected row renormalised to sum 1.
-
-    Rows where ``token`` had no weight are returned bit for bit, so Z = L·S changes exactly at
-    the patches where it had weight. A row whose whole weight was on ``token`` stays all zero.
-
-    Args:
-        spatial: (n, r) rows on the simplex.
-        token: k in [0, r).
-
-    Returns:
-        (n, r).
-    """
+    """L (n, r) without concept ``token``: its column zeroed, each affected row renormalised to
+    sum 1. Rows where ``token`` had no weight are returned bit for bit, so Z = L·S changes
+    exactly at the patches where it had weight. A row whose whole weight was on ``token`` stays
+    all zero."""
     out = spatial.clone()
     hit = spatial[:, token] > 0
     rows = out[hit]
@@ -175,16 +111,8 @@ def drop_token(spatial: Tensor, token: int) -> Tensor:
 
 
 def swap_token(sparse: Tensor, token: int, vector: Tensor) -> Tensor:
-    """S with row ``token`` replaced by ``vector`` (a concept token of another image).
-
-    Args:
-        sparse: (r, d).
-        token: k in [0, r).
-        vector: (d,).
-
-    Returns:
-        (r, d).
-    """
+    """S (r, d) with row ``token`` replaced by ``vector`` (d,), a concept token of another
+    image."""
     out = sparse.clone()
     out[token] = vector.to(out.dtype)
     return out
@@ -218,19 +146,9 @@ def render_views(
     selected: int | None = None,
     cell: int = 384,
 ) -> dict[str, Image.Image | str]:
-    """Every picture of one image.
-
-    Args:
-        enc: the encoded image.
-        shown: tokens whose regions are drawn (default all).
-        selected: the token to highlight.
-        cell: side of the large pictures.
-
-    Returns:
-        ``concepts`` (the regions of ``shown``, ``selected`` emphasised), ``argmax``,
-        ``tokens`` (one heat map per token, each scaled to its peak), ``pca_dense``,
-        ``pca_lowrank`` and ``legend`` (HTML).
-    """
+    """Every picture of one image: ``concepts`` (the regions of ``shown``, default all,
+    ``selected`` emphasised), ``argmax``, ``tokens`` (one heat map per token, each scaled to
+    its peak), ``pca_dense``, ``pca_lowrank`` (``cell`` px) and ``legend`` (HTML)."""
     spatial, grid = enc.spatial, enc.grid
     r = spatial.shape[1]
     shown = list(range(r)) if shown is None else [k for k in shown if k != selected]

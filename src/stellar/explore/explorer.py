@@ -45,15 +45,8 @@ def example_scenes(folder: Path, size: int, n: int = NUM_EXAMPLES) -> list[Path]
 
 
 class Explorer:
-    """A loaded model and the images the page offers.
-
-    Args:
-        model: the STELLAR model (``purpose="reconstruct"`` when ``why_not`` is None).
-        spec: the ``--model`` value.
-        collection: the searchable images.
-        picks: the images offered in the picker.
-        why_not: None when the model can reconstruct, else the reason it cannot.
-    """
+    """A loaded model (``purpose="reconstruct"`` unless ``why_not`` says why it cannot), the
+    searchable ``collection`` and the images offered in the picker."""
 
     def __init__(
         self,
@@ -96,14 +89,8 @@ class Explorer:
 
     @torch.inference_mode()
     def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int], size: int):
-        """The decoder's picture of Z = L·S, ``size`` px square; None when it cannot draw.
-
-        Args:
-            sparse: (r, d) concept tokens S.
-            spatial: (n, r) localisation L.
-            grid: the patch grid (h, w).
-            size: side of the returned PIL image.
-        """
+        """The decoder's picture of Z = L·S (``sparse`` S (r, d), ``spatial`` L (n, r), patch
+        ``grid`` (h, w)), ``size`` px square; None when it cannot draw."""
         if not self.can_reconstruct:
             return None
         device = self.model.device

@@ -23,7 +23,8 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError
-from stellar.explore.core import Encoded, encode_image, open_image
+from stellar.explore.core import Encoded, encode_image
+from stellar.images import open_image
 from stellar.outputs import output_folder
 from stellar.viz.token_index import (
     INDEX_FILE,
@@ -53,14 +54,8 @@ class Neighbour:
 
 
 class Collection:
-    """An image folder whose concept tokens can be searched.
-
-    Args:
-        model: the STELLAR model (encode purpose is enough).
-        folder: the image folder (searched recursively).
-        spec: the ``--model`` value, recorded in the index.
-        cache_dir: where indexes are kept.
-    """
+    """An image folder (searched recursively) whose concept tokens ``model`` can search; its
+    index is kept under ``cache_dir``, recording ``spec``."""
 
     def __init__(self, model, folder: str | Path, spec: str, cache_dir: str | Path = CACHE_DIR):
         self.model, self.spec = model, spec

@@ -24,6 +24,8 @@ from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
+from stellar.eval.common import resolution as eval_resolution
+from stellar.eval.common import write_json
 from stellar.eval.encoder import make_loader
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
@@ -73,15 +75,12 @@ def load_for_viz(
         logger.warning("no reconstruction: %s", why)
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     purpose = "encode" if why else "reconstruct"
-    return load_model(info.spec, purpose=purpose, vq_model=vq_model, device=device), why
+    return load_model(spec, purpose=purpose, vq_model=vq_model, device=device), why
 
 
 def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
-    """Statistics of a batch of localisation maps.
-
-    Args:
-        spatial: (B, n, r) rows on the simplex.
-        threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
+    """Statistics of a batch of localisation maps ``spatial`` (B, n, r); a patch belongs to
+    token k when ``L[:, k] > threshold`` (default 1/r).
 
     Returns:
         ``peak_dist`` (B, r) the max of each map; ``coverage`` (B, r) the fraction of patches
@@ -112,20 +111,9 @@ def render_figure(
     cell: int = 256,
     title: str | None = None,
 ) -> Image.Image:
-    """The figure of one image.
-
-    Args:
-        image: (3, H, W) in [0, 1].
-        encoded: this image's ``spatial`` (n, r), ``dense`` (n, d) and ``lowrank`` (n, d).
-        grid: patch grid (h, w).
-        reconstruction: (3, H, W) in [0, 1], or None to leave the panel out.
-        threshold: concept threshold (default 1/r).
-        cell: display side of each panel.
-        title: text on top.
-
-    Returns:
-        PIL RGB figure.
-    """
+    """The figure of one ``image`` (3, H, W) in [0, 1]: ``encoded`` holds its ``spatial``
+    (n, r), ``dense`` and ``lowrank`` (n, d) on the patch ``grid`` (h, w); ``reconstruction``
+    (3, H, W), or None to leave its panel out; ``cell`` px panels."""
     spatial = encoded["spatial"]
     r = spatial.shape[-1]
     photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
@@ -186,17 +174,13 @@ def run(args: argparse.Namespace) -> int:
     # Every argument is checked before the model's weights are read (numbers: by argparse).
     info = inspect_model(args.model)  # config and decoder presence from the header only
     p = info.config.encoder.patch_size
-    resolution = args.resolution or info.config.encoder.image_size
-    if resolution < p or resolution % p:
-        raise UsageError(
-            f"expected --resolution a positive multiple of the patch size {p}, got {resolution}"
-        )
+    resolution = eval_resolution(args, info)
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     with output_folder(args.out, "stellar viz") as out_dir:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
         earlier = _figures(old)  # what it lists, never other files of the folder
         device = pick_device(args.device)
-        model, why = load_for_viz(info.spec, args.vq_model, device, info)
+        model, why = load_for_viz(args.model, args.vq_model, device, info)
         subset = dataset
         if args.max_images is not None and args.max_images < len(dataset):
             subset = Subset(dataset, range(args.max_images))
@@ -255,8 +239,7 @@ def run(args: argparse.Namespace) -> int:
             "reconstruction": None if why is None else f"omitted: {why}",
             "images": records,
         }
-        text = json.dumps(summary, indent=2)
-        atomic_write(out_dir / "metrics.json", lambda tmp: tmp.write_text(text))
+        write_json(out_dir / "metrics.json", summary)
         remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
         _print_table(records, r)
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)

@@ -2,14 +2,13 @@
 
 The k indexed tokens (:mod:`stellar.viz.token_index`) most similar to the query token are
 drawn, each image with the matched token's map overlaid. A saved index is reused only for the
-model (its :func:`weights_fingerprint`), shapes and ``--data`` folder it records.
+model (its weights fingerprint), shapes and ``--data`` folder it records.
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -18,20 +17,22 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.data.folder import EvalImages, load_rgb
+from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
-from stellar.eval.encoder import (
-    Encoder,
-    encode_batch,
-    encode_batches,
-    make_loader,
-    weights_fingerprint,
-)
-from stellar.images import preprocess
+from stellar.eval.common import resolution as eval_resolution
+from stellar.eval.common import write_json
+from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
+from stellar.images import open_image, preprocess
 from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
-from stellar.viz.token_index import INDEX_FILE, TokenIndex, build_token_index, query_index
+from stellar.viz.token_index import (
+    INDEX_FILE,
+    TokenIndex,
+    build_token_index,
+    index_meta,
+    query_index,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -44,19 +45,9 @@ def render_retrieval(
     cols: int = 4,
     threshold: float | None = None,
 ) -> Image.Image:
-    """The query and its neighbours, each with the (matched) token's region overlaid.
-
-    Args:
-        query: ``(image (3, H, W), spatial (n, r), token)``.
-        results: ``(image, spatial, token, similarity, name)`` per neighbour, best first.
-        grid: patch grid (h, w).
-        cell: display side of each image.
-        cols: neighbours per row.
-        threshold: region threshold (default 1/r).
-
-    Returns:
-        PIL RGB figure.
-    """
+    """The ``query`` ``(image (3, H, W), spatial (n, r), token)`` and its neighbours
+    ``(image, spatial, token, similarity, name)``, best first, ``cols`` per row, each with the
+    (matched) token's region overlaid."""
 
     def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
         photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
@@ -116,47 +107,18 @@ def _collection(data: str) -> str:
     return str(Path(data).resolve())
 
 
-def _read_query(path: str) -> Image.Image:
-    try:
-        return load_rgb(path)
-    except Exception as err:  # noqa: BLE001 - report any decode failure as bad input
-        raise UsageError(f"expected a readable query image (--query), got {path} ({err})") from err
-
-
-def _refuse_reuse(index_dir: Path, problem: str) -> UsageError:
-    return UsageError(
-        f"the index in {index_dir} {problem}, so it cannot be reused: pass a new --out (or "
-        f"--index-dir) to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
-    )
-
-
-def _check_reusable(
-    index: TokenIndex, index_dir: Path, args: argparse.Namespace, config: Any
-) -> None:
-    """What can be checked before the model is loaded: shapes and the collection."""
-    meta, enc = index.meta, config.encoder
-    wanted = {
-        "num_tokens": config.num_sparse_tokens,
-        "dim": enc.hidden_size,
-        "patch_size": enc.patch_size,
-    }
-    differ = [f"{k} {meta.get(k)} (this model: {v})" for k, v in wanted.items() if meta.get(k) != v]
+def _check_reusable(index: TokenIndex, index_dir: Path, model: Encoder, args) -> None:
+    """A saved index is reused only for this model (:func:`index_meta`: its weights and shapes)
+    and, when ``--data`` is given, that folder."""
+    meta = index.meta
+    data = _collection(args.data) if args.data is not None else meta.get("data")
+    wanted = index_meta(model, meta.get("resolution"), data)  # its own resolution is used
+    differ = [f"{k} {meta.get(k)} (this run: {v})" for k, v in wanted.items() if meta.get(k) != v]
     if differ:
-        raise _refuse_reuse(
-            index_dir, f"was built with --model {meta.get('model')}: {', '.join(differ)}"
-        )
-    if args.data is not None and meta.get("data") != _collection(args.data):
-        indexed = meta.get("data") or "an unrecorded collection"
-        raise _refuse_reuse(index_dir, f"indexes {indexed}, not --data {args.data}")
-
-
-def _check_same_weights(index: TokenIndex, index_dir: Path, model: Encoder, spec: str) -> None:
-    built, ours = index.meta.get("weights"), weights_fingerprint(model)
-    if built != ours:
-        raise _refuse_reuse(
-            index_dir,
-            f"was built with other weights (--model {index.meta.get('model')}, fingerprint "
-            f"{built or 'not recorded'}) than --model {spec} (fingerprint {ours})",
+        raise UsageError(
+            f"the index in {index_dir} was built with --model {meta.get('model')} and other "
+            f"settings ({'; '.join(differ)}), so it cannot be reused: pass a new --out (or "
+            f"--index-dir) to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
         )
 
 
@@ -166,16 +128,12 @@ def run(args: argparse.Namespace) -> int:
 
     # Every argument is checked before the weights are read or anything is indexed (numbers:
     # by argparse).
-    q_photo = _read_query(args.query)
+    q_photo = open_image(args.query)
     info = inspect_model(args.model)  # the architecture from the header, not the weights
     r, p = info.config.num_sparse_tokens, info.config.encoder.patch_size
     if not 0 <= args.token < r:
         raise UsageError(f"expected --token in [0, {r}), got {args.token}")
-    resolution = args.resolution or info.config.encoder.image_size
-    if resolution < p or resolution % p:
-        raise UsageError(
-            f"expected --resolution a multiple of the patch size {p}, got {resolution}"
-        )
+    resolution = eval_resolution(args, info)
     with contextlib.ExitStack() as held:
         out = held.enter_context(output_folder(args.out, "stellar retrieve"))
         index_dir = Path(args.index_dir) if args.index_dir else out / "index"
@@ -186,15 +144,14 @@ def run(args: argparse.Namespace) -> int:
             held.enter_context(output_folder(index_dir, "stellar retrieve", "--index-dir"))
         if (index_dir / INDEX_FILE).is_file():  # (saved meanwhile by another run, too)
             index = TokenIndex.load(index_dir)
-            _check_reusable(index, index_dir, args, info.config)
         elif args.data is None:
             raise UsageError(f"expected --data to build an index (none in {index_dir})")
 
         device = pick_device(args.device)
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
-        model = load_model(info.spec, purpose="encode", device=device)
+        model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
-            _check_same_weights(index, index_dir, model, str(args.model))
+            _check_reusable(index, index_dir, model, args)
             logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
         else:
             index = build_token_index(
@@ -246,9 +203,7 @@ def run(args: argparse.Namespace) -> int:
             "model": args.model,
             "results": records,
         }
-        atomic_write(
-            out / "results.json", lambda tmp: tmp.write_text(json.dumps(summary, indent=2))
-        )
+        write_json(out / "results.json", summary)
         print(f"{'rank':>4} {'sim':>7} {'token':>5}  image")
         for x in records:
             print(f"{x['rank']:>4} {x['similarity']:>7.4f} {x['token']:>5}  {x['path']}")

@@ -63,13 +63,12 @@ class TokenIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
-        """Read an index written by :meth:`save` (a folder or the file itself).
+        """Read the index :meth:`save` wrote in ``directory``.
 
         Raises:
             UsageError: there is none, or it is damaged (naming the file).
         """
-        path = Path(directory)
-        path = path / INDEX_FILE if path.is_dir() else path
+        path = Path(directory) / INDEX_FILE
         if not path.is_file():
             raise UsageError(f"expected a token index at {path}, found none")
         try:
@@ -116,11 +115,8 @@ def build_token_index(
     progress: bool = True,
     data: str | None = None,
 ) -> TokenIndex:
-    """Encode a collection and index all its concept tokens.
-
-    ``model_spec`` and ``data`` (the collection's identity, e.g. its resolved folder) are
-    recorded in the metadata; broken files are skipped. Returns N·r rows for N decodable images.
-    """
+    """The N·r concept tokens of the N decodable images of ``dataset``; ``model_spec`` and
+    ``data`` (the collection's identity, e.g. its resolved folder) are recorded."""
     out = extract_features(
         model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
     )
@@ -137,41 +133,21 @@ def build_token_index(
     )
 
 
-def query_index(index: TokenIndex | Tensor, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
-    """The ``k`` most similar indexed tokens (cosine similarity, exact search).
-
-    Args:
-        index: a :class:`TokenIndex` or an (M, d) matrix of unit rows.
-        vector: (d,) or (q, d) query token(s); normalised here.
-        k: number of neighbours (clamped to M).
-
-    Returns:
-        ``scores`` and ``rows`` (int64), each (k,) for one query or (q, k), best first.
-    """
-    bank = index.vectors if isinstance(index, TokenIndex) else index
+def query_index(index: TokenIndex, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
+    """The ``k`` (at most M) indexed tokens most similar to ``vector`` (d,) or (q, d), by
+    cosine similarity (exact search: faiss ``IndexFlatIP`` when installed, else a matmul):
+    ``scores`` and ``rows`` (int64), each (k,) or (q, k), best first."""
     single = vector.ndim == 1
     queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
-    k = min(int(k), bank.shape[0])
-    found = _faiss_search(index, bank, queries, k)
-    if found is None:
-        scores, rows = (queries @ bank.float().T).topk(k, dim=1)
-    else:
-        scores, rows = found
-    return (scores[0], rows[0]) if single else (scores, rows)
-
-
-def _faiss_search(
-    index: TokenIndex | Tensor, bank: Tensor, queries: Tensor, k: int
-) -> tuple[Tensor, Tensor] | None:
+    k = min(int(k), len(index))
     try:
         import faiss  # type: ignore[import-not-found]
     except ImportError:
-        return None
-    flat = index._faiss if isinstance(index, TokenIndex) else None
-    if flat is None:
-        flat = faiss.IndexFlatIP(bank.shape[1])
-        flat.add(bank.float().contiguous().numpy())
-        if isinstance(index, TokenIndex):
-            index._faiss = flat
-    scores, rows = flat.search(queries.contiguous().numpy(), k)
-    return torch.from_numpy(scores), torch.from_numpy(rows).long()
+        scores, rows = (queries @ index.vectors.float().T).topk(k, dim=1)
+    else:
+        if index._faiss is None:
+            index._faiss = faiss.IndexFlatIP(index.vectors.shape[1])
+            index._faiss.add(index.vectors.float().contiguous().numpy())
+        found = index._faiss.search(queries.contiguous().numpy(), k)
+        scores, rows = torch.from_numpy(found[0]), torch.from_numpy(found[1]).long()
+    return (scores[0], rows[0]) if single else (scores, rows)
