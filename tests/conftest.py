@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,27 @@ def samples_dir() -> Path:
 @pytest.fixture(autouse=True)
 def _deterministic() -> None:
     torch.manual_seed(0)
+
+
+@pytest.fixture
+def held_by_another_process():
+    """``with held_by_another_process(folder, job):`` ``folder`` is held by a second process
+    (``stellar.outputs.output_folder``) for the block."""
+    return _held_by_another_process
+
+
+@contextlib.contextmanager
+def _held_by_another_process(folder: Path, job: str):
+    code = (
+        "import sys\nfrom stellar.outputs import output_folder\n"
+        f"with output_folder({str(folder)!r}, {job!r}):\n"
+        "    print('holding', flush=True)\n    sys.stdin.read()"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert holder.stdout.readline().strip() == "holding"
+        yield
+    finally:
+        holder.communicate("")

@@ -64,28 +64,14 @@ def test_an_unusable_folder_is_one_error_naming_it(tmp_path, where):
         pass
 
 
-def test_the_train_command_takes_the_lock(tmp_path):
-    out = tmp_path / "run"
-    code = textwrap.dedent(
-        f"""
-        import sys
-        from stellar.outputs import output_folder
-        with output_folder({str(out)!r}, "a training"):
-            print("holding", flush=True)
-            sys.stdin.read()
-        """
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        from stellar.cli import main
+def test_the_train_command_takes_the_lock(tmp_path, held_by_another_process):
 
-        with pytest.raises(UsageError, match="in use by a training"):
-            main(["train", "--config", "cpu-smoke", f"out={out}", "max_steps=1"])
-    finally:
-        holder.communicate("")
+    from stellar.cli import main
+
+    out = tmp_path / "run"
+    refused = pytest.raises(UsageError, match="in use by a training")
+    with held_by_another_process(out, "a training"), refused:
+        main(["train", "--config", "cpu-smoke", f"out={out}", "max_steps=1"])
     assert not (out / "config.yaml").exists()  # refused before anything was written
 
 

@@ -301,26 +301,14 @@ def test_two_extractions_into_one_folder_leave_one_models_features(tmp_path: Pat
     assert features["sparse"].shape[0] == 6
 
 
-def test_extract_refuses_a_folder_another_job_holds(model, tmp_path: Path) -> None:
-    import subprocess
-    import sys
-
+def test_extract_refuses_a_folder_another_job_holds(
+    model, tmp_path: Path, held_by_another_process
+) -> None:
     out = tmp_path / "out"
-    code = (
-        "import sys\nfrom stellar.outputs import output_folder\n"
-        f"with output_folder({str(out)!r}, 'stellar extract'):\n"
-        "    print('holding', flush=True)\n    sys.stdin.read()"
-    )
-    holder = subprocess.Popen(
-        [sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
-    )
-    try:
-        assert holder.stdout.readline().strip() == "holding"
-        ds = EvalImages(_images(tmp_path / "data", 2), RES)
-        with pytest.raises(ValueError, match="in use by stellar extract .*pid"):
-            extract_to_dir(model, ds, out, ["cls"], progress=False)
-    finally:
-        holder.communicate("")
+    ds = EvalImages(_images(tmp_path / "data", 2), RES)
+    refused = pytest.raises(ValueError, match="in use by stellar extract .*pid")
+    with held_by_another_process(out, "stellar extract"), refused:
+        extract_to_dir(model, ds, out, ["cls"], progress=False)
     assert not list(out.glob("shard-*")) and not (out / "meta.json").exists()
 
 

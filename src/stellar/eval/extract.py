@@ -127,7 +127,8 @@ def extract_to_dir(
         meta = {**settings, "id": settings_id(settings)}
         if rank == 0:
             _prepare_meta(out, settings, overwrite)
-        if world_size > 1 and torch.distributed.is_initialized():
+        distributed = world_size > 1 and torch.distributed.is_initialized()
+        if distributed:
             torch.distributed.barrier()  # no rank writes before rank 0 has checked the folder
         mine = list(range(len(shards)))[rank::world_size]
         todo = [g for g in mine if not shard_done(out / shard_name(g), g, meta)]
@@ -149,7 +150,6 @@ def extract_to_dir(
                 batches = _counted(loader, batch_size, len(subset), bar)
                 out_g = encode_batches(model, batches, keys, fp16, precision)
                 write_shard(out / shard_name(g), g, shards[g], out_g, keys, meta["id"])
-        distributed = world_size > 1 and torch.distributed.is_initialized()
         if distributed:
             torch.distributed.barrier()  # every rank's shards are written
         if rank == 0 or not distributed:
