@@ -6,7 +6,6 @@ publishes weights, config and a card that says what the model is and how to load
 
 from __future__ import annotations
 
-import json
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,18 +27,9 @@ def _architecture(config: Mapping[str, Any]) -> list[str]:
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-def model_card(
-    config: Mapping[str, Any],
-    training: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, Any] | None = None,
-) -> str:
-    """Markdown with Hugging Face front matter: architecture, training, metrics, how to load.
-
-    Args:
-        config: the model's ``StellarConfig.to_dict()``.
-        training: the training configuration, when known (written as JSON).
-        metrics: evaluation results, ``name -> value``, when known.
-    """
+def model_card(config: Mapping[str, Any]) -> str:
+    """Markdown with Hugging Face front matter: the architecture (``config``, the model's
+    ``StellarConfig.to_dict()``) and how to load it."""
     lines = [
         "---",
         "library_name: stellar",
@@ -58,13 +48,6 @@ def model_card(
         *_architecture(config),
         "",
     ]
-    if training:
-        body = json.dumps(dict(training), indent=2, sort_keys=True, default=str)
-        lines += ["## Training", "", "```json", body, "```", ""]
-    if metrics:
-        lines += ["## Metrics", "", "| metric | value |", "|---|---|"]
-        lines += [f"| {k} | {v} |" for k, v in metrics.items()]
-        lines += [""]
     lines += [
         "## How to load",
         "",

@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
@@ -32,8 +31,6 @@ def save_pretrained(
     model: nn.Module,
     directory: str | Path,
     state: dict[str, Tensor] | None = None,
-    training: Mapping[str, Any] | None = None,
-    metrics: Mapping[str, Any] | None = None,
     metadata: Mapping[str, str] | None = None,
 ) -> Path:
     """Write a STELLAR ``model`` as ``config.json``, ``model.safetensors`` and a model card.
@@ -51,6 +48,6 @@ def save_pretrained(
         {CONFIG_METADATA_KEY: config, **(metadata or {})},
     )
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
-    card = model_card(model.config.to_dict(), training, metrics)
+    card = model_card(model.config.to_dict())
     atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
     return directory

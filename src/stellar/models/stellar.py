@@ -354,18 +354,10 @@ class STELLAR(nn.Module):
         self.tokenizer = tokenizer.requires_grad_(False).eval()
 
     # ------------------------------------------------------------------ save / load
-    def save_pretrained(
-        self,
-        directory: str | Path,
-        training: dict | None = None,
-        metrics: dict | None = None,
-    ) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``.
-
-        The README is a model card (architecture, the ``training`` config and ``metrics``
-        when given, how to load), so the folder can be pushed to the hub unchanged.
-        """
-        return write_pretrained(self, directory, training=training, metrics=metrics)
+    def save_pretrained(self, directory: str | Path) -> Path:
+        """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``,
+        a model card (architecture, how to load), so the folder can be pushed to the hub."""
+        return write_pretrained(self, directory)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
         """Same as :meth:`encode`."""
