@@ -17,15 +17,6 @@ from stellar.models.init import init_vit_layers_
 _NORM_EPS = 1e-12
 
 
-def _autocast_enabled(device_type: str) -> bool:
-    try:
-        return torch.is_autocast_enabled(device_type)
-    except TypeError:  # torch < 2.4 has no per-device query
-        if device_type == "cpu":
-            return torch.is_autocast_cpu_enabled()
-        return torch.is_autocast_enabled()
-
-
 class _Predictor(nn.Module):
     """Linear -> exact GELU -> Linear; kept as ``layers`` for the checkpoint key layout."""
 
@@ -78,7 +69,7 @@ class OnlineClustering(nn.Module):
             (..., out_dim) fp32 logits.
         """
         first = self.predictor.layers[0].weight
-        if not _autocast_enabled(x.device.type) and x.dtype != first.dtype:
+        if not torch.is_autocast_enabled(x.device.type) and x.dtype != first.dtype:
             x = x.to(first.dtype)
         z = self.predictor(x)
         with torch.autocast(device_type=z.device.type, enabled=False):
