@@ -8,6 +8,7 @@ import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -172,3 +173,30 @@ def test_pretraining_model_saves_and_reloads_as_stellar(pixel_model, tmp_path):
     encoder = load_stellar(tmp_path / "again")
     assert type(encoder) is STELLAR
     torch.testing.assert_close(encoder.sparse_tokens, pixel_model.sparse_tokens)
+
+
+def test_a_photo_is_the_same_input_as_a_path_and_as_a_pil_image(tmp_path):
+    # a JPEG far larger than the model's size: decoding it at a reduced scale would differ
+    pixels = np.random.default_rng(0).integers(0, 256, (600, 800, 3), dtype=np.uint8)
+    Image.fromarray(pixels).save(tmp_path / "big.jpg", quality=90)
+    model = create_stellar("stellar-tiny")
+    from_path = model.preprocess(tmp_path / "big.jpg")
+    torch.testing.assert_close(from_path, model.preprocess(Image.open(tmp_path / "big.jpg")))
+    for bad in (tmp_path / "missing.jpg", tmp_path):
+        with pytest.raises(ValueError, match=str(bad.name)):
+            model.preprocess(bad)
+
+
+def test_encode_points_the_card_batch_to_the_pretraining_model():
+    model = create_stellar("stellar-tiny")
+    with pytest.raises(TypeError, match="purpose='pretrain'"):
+        model.encode({"image": torch.rand(1, 3, 64, 64)})
+    assert "num_tokens=6" in repr(model) and "purpose='encode'" in repr(model)
+
+
+def test_reconstruct_takes_the_grid_that_encode_returned():
+    model = create_stellar("stellar-tiny", purpose="reconstruct")
+    out = model.encode(torch.rand(2, 3, 32, 64))
+    rec = model.reconstruct(out["sparse"], out["spatial"], grid=out["grid"])
+    torch.testing.assert_close(rec["reconstruction"], model.reconstruct(out)["reconstruction"])
+    assert rec["reconstruction"].shape == (2, 3, 32, 64)

@@ -72,9 +72,11 @@ def create_stellar(
     name_or_config: str | StellarConfig = "stellar-tiny",
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
+    device: str | torch.device | None = None,
     **overrides: Any,
 ) -> STELLAR:
-    """A randomly initialised model of a registered size (``overrides`` change config fields)."""
+    """A randomly initialised model of a registered size (``overrides`` change config fields);
+    ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval mode, frozen)."""
     config = name_or_config
     if isinstance(config, str):
         config = get_config(config)
@@ -82,7 +84,7 @@ def create_stellar(
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
-    return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer)
+    return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer, device)
 
 
 def load_stellar(
@@ -149,6 +151,9 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
             return found[0], None
         raise WeightsNotFoundError(
             f"{path} holds no {WEIGHTS_NAME} but {len(found)} .safetensors files: pass the file"
+            if found
+            else f"{path} holds no weights: expected a folder with {WEIGHTS_NAME}, or a "
+            "training run folder with checkpoints/last"
         )
     if path.is_file():
         return path, None
@@ -169,6 +174,11 @@ def read_checkpoint(name_or_path: str | Path) -> tuple[Path, list[str], StellarC
     """The weights file, its (official) keys and its config, read without loading tensors."""
     weights, name = resolve(name_or_path)
     shapes, metadata = read_header(weights)
+    if any(key.startswith("encoder.blocks.") for key in shapes):
+        raise UsageError(
+            f"{weights} holds a model.state_dict() (this package's parameter names): load it "
+            "with model.load_state_dict(...), or write checkpoints with model.save_pretrained"
+        )
     table = weights.parent / CONFIG_NAME
     if name is not None and not table.is_file():
         try:

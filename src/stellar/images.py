@@ -34,9 +34,9 @@ __all__ = [
     "upright",
 ]
 
-# Larger user files (uploads, queries) are refused with a message: decoding them would take
-# the memory of a decompression bomb, and the model sees a 224 px crop anyway.
-MAX_PIXELS = 40_000_000
+# Larger user files are refused with a message: decoding them would take the memory of a
+# decompression bomb (a 100 MP photo is 300 MB decoded), and the model sees a 224 px crop.
+MAX_PIXELS = 100_000_000
 
 _EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
@@ -98,6 +98,10 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """A user's file as an RGB image (:func:`load_rgb`), or a
     :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
     name = Path(path).name
+    if not Path(path).exists():
+        raise UsageError(f"no such image file: {path}")
+    if Path(path).is_dir():
+        raise UsageError(f"{path} is a folder: stellar.extract_features reads a folder of images")
     try:
         with Image.open(path) as probe:  # reads the header only
             w, h = probe.size
@@ -158,6 +162,7 @@ def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
 
     Raises:
         TypeError: for anything but a PIL image, a path or a list of them.
+        ValueError: a path that is not a decodable image file.
     """
     single = isinstance(images, (Image.Image, str, os.PathLike))
     items = [images] if single else list(images) if isinstance(images, (list, tuple)) else None
@@ -173,7 +178,7 @@ def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
         if isinstance(item, Image.Image):
             img = _to_rgb(upright(item))
         elif isinstance(item, (str, os.PathLike)):
-            img = load_rgb(item, max_side=resolution)
+            img = open_image(item)
         else:
             raise TypeError(
                 f"expected PIL images or image file paths, got {type(item).__name__}; a tensor "

@@ -21,6 +21,7 @@ def test_list_models_has_released_and_presets():
     ]:
         assert name in names
     assert "stellar-tiny" not in list_models(released_only=True)
+    assert list_models("*b16*") == ["stellar-b16"]  # timm's pattern argument
 
 
 def test_save_and_load_round_trip(tmp_path):

@@ -304,8 +304,34 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
     card = (tmp_path / "run" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: stellar")
     assert "width 96, 3 blocks, 4 heads" in card and "| concept tokens (r) | 6 |" in card
-    assert "load_stellar(" in card and "pip install stellar-ssl" in card
+    assert "1 block, width" in card  # the tiny decoder's one block
+    assert "load_stellar(" in card and "ORG/NAME" not in card
     assert load_stellar(tmp_path / "run").config == model.config  # the card is no obstacle
+
+
+def test_save_pretrained_says_when_it_writes_the_encoder_side_only(tmp_path, caplog):
+    create_stellar("stellar-tiny").save_pretrained(tmp_path / "enc")
+    assert "without a decoder" in caplog.text
+    with pytest.raises(ValueError, match="no reconstruction decoder"):
+        load_stellar(tmp_path / "enc", purpose="reconstruct")
+
+
+def test_a_state_dict_file_is_refused_with_the_way_to_load_it(tmp_path):
+    torch.save(create_stellar("stellar-tiny").state_dict(), tmp_path / "sd.pt")
+    with pytest.raises(ValueError, match="load_state_dict") as err:
+        load_stellar(tmp_path / "sd.pt")
+    assert "missing" not in str(err.value)  # not the misleading 'missing keys' of before
+
+
+def test_files_that_hold_no_weights_are_one_plain_line(tmp_path):
+    (tmp_path / "notes.safetensors").write_text("hello\n")
+    (tmp_path / "empty").mkdir()
+    for path in (tmp_path / "notes.safetensors", tmp_path / "empty"):
+        with pytest.raises((ValueError, FileNotFoundError)) as err:
+            load_stellar(path)
+        text = str(err.value)
+        assert str(path) in text and "\n" not in text
+        assert not text.rstrip(")").endswith(("101", "list"))  # no fragments of torch's reader
 
 
 # ------------------------------------------------------------------ torch.hub
@@ -316,6 +342,10 @@ def test_torch_hub_entry_points_for_every_name():
         assert model.config == get_config(name.replace("_", "-"))
     hubconf = torch.hub.load(str(REPO), "stellar_tiny", pretrained=False, source="local")
     assert hubconf.purpose == "encode"
+    on_cpu = torch.hub.load(
+        str(REPO), "stellar_tiny", pretrained=False, source="local", device="cpu"
+    )
+    assert on_cpu.device.type == "cpu"  # device= passes through, as the docstring says
     spec = importlib.util.spec_from_file_location("hubconf_under_test", REPO / "hubconf.py")
     hubconf_module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(hubconf_module)

@@ -12,17 +12,20 @@ from typing import Any
 CARD_NAME = "README.md"
 
 
+def _blocks(n: int) -> str:
+    return f"{n} block{'s' if n != 1 else ''}"
+
+
 def _architecture(config: Mapping[str, Any]) -> list[str]:
-    enc = config.get("encoder", {})
-    dec = config.get("decoder", {})
+    enc, dec = config["encoder"], config["decoder"]
     rows = [
-        ("encoder", f"ViT, width {enc.get('hidden_size')}, {enc.get('num_hidden_layers')} "
-         f"blocks, {enc.get('num_attention_heads')} heads, MLP {enc.get('intermediate_size')}"),
-        ("input", f"{enc.get('image_size')} px, patch {enc.get('patch_size')}"),
-        ("concept tokens (r)", config.get("num_sparse_tokens")),
-        ("spatial temperature", config.get("spatial_temp")),
-        ("decoder", f"{config.get('num_decoder_layers')} blocks, width {dec.get('hidden_size')}, "
-         f"{config.get('decoder_head')} head"),
+        ("encoder", f"ViT, width {enc['hidden_size']}, {_blocks(enc['num_hidden_layers'])}, "
+         f"{enc['num_attention_heads']} heads, MLP {enc['intermediate_size']}"),
+        ("input", f"{enc['image_size']} px, patch {enc['patch_size']}"),
+        ("concept tokens (r)", config["num_sparse_tokens"]),
+        ("spatial temperature", config["spatial_temp"]),
+        ("decoder", f"{_blocks(config['num_decoder_layers'])}, width {dec['hidden_size']}, "
+         f"{config['decoder_head']} head"),
     ]  # fmt: skip
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
@@ -51,9 +54,11 @@ def model_card(config: Mapping[str, Any]) -> str:
     lines += [
         "## How to load",
         "",
+        "With the `stellar` package installed (from a checkout: `pip install -e .`; it will be "
+        "published as `stellar-ssl`), download this repository and load it:",
+        "",
         "```bash",
-        "pip install stellar-ssl",
-        "hf download ORG/NAME --local-dir stellar-model   # this repository",
+        "hf download <this repository> --local-dir stellar-model",
         "```",
         "",
         "```python",

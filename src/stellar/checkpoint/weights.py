@@ -116,7 +116,9 @@ def read_pickle(path: str | Path, what: str | None = None) -> Any:
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)
     except Exception as err:  # any unpickling failure means the same to a user
-        raise UsageError(f"{what}: {_torch_reason(err)}") from None
+        # torch's reason helps only for a file that is a torch pickle (zip or plain pickle)
+        pickled = _head(path).startswith((b"PK\x03\x04", b"\x80"))
+        raise UsageError(f"{what}: {_torch_reason(err)}" if pickled else what) from None
 
 
 def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str, str]]:

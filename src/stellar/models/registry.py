@@ -8,6 +8,7 @@ weights are ``<name>.safetensors`` in the hub repository ``microsoft/STELLAR``
 from __future__ import annotations
 
 import dataclasses
+import fnmatch
 from collections.abc import Callable
 
 from stellar.models.config import EncoderConfig, StellarConfig
@@ -25,9 +26,11 @@ def register(name: str) -> Callable:
     return wrap
 
 
-def list_models(released_only: bool = False) -> list[str]:
-    """Registered model names (sorted); ``released_only`` keeps those with official weights."""
-    return sorted(n for n in _REGISTRY if is_released(n) or not released_only)
+def list_models(pattern: str = "*", released_only: bool = False) -> list[str]:
+    """Registered model names matching the shell-style ``pattern`` (as timm's), sorted;
+    ``released_only`` keeps those with official weights."""
+    names = fnmatch.filter(_REGISTRY, pattern)
+    return sorted(n for n in names if is_released(n) or not released_only)
 
 
 def is_released(name: str) -> bool:

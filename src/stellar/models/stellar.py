@@ -7,6 +7,7 @@ decoder turns back into the image (``reconstruct``).
 
 from __future__ import annotations
 
+import logging
 import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Literal
@@ -27,6 +28,8 @@ from stellar.models.vqgan import check_tokenizer
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
+
+logger = logging.getLogger(__name__)
 
 Purpose = Literal["encode", "reconstruct", "pretrain"]
 PURPOSES: tuple[str, ...] = ("encode", "reconstruct", "pretrain")
@@ -119,6 +122,13 @@ class STELLAR(nn.Module):
         """The device of the encoder's weights."""
         return self.sparse_tokens.device
 
+    def extra_repr(self) -> str:
+        enc = self.config.encoder
+        return (
+            f"purpose={self.purpose!r}, image_size={enc.image_size}, patch_size={enc.patch_size}, "
+            f"embed_dim={self.embed_dim}, num_tokens={self.num_tokens}"
+        )
+
     def grid(self, images: Tensor) -> tuple[int, int]:
         """Patch grid (h, w) of an image batch (B, 3, H, W)."""
         return images.shape[-2] // self.patch_size, images.shape[-1] // self.patch_size
@@ -150,6 +160,8 @@ class STELLAR(nn.Module):
                 f"image size {h}x{w} is not divisible by the patch size {p}; resize or crop "
                 f"to a multiple of {p} (e.g. {h // p * p}x{w // p * p})"
             )
+        if torch.compiler.is_compiling():  # reading values would break the compiled graph
+            return
         lo, hi = torch.aminmax(images.detach())
         lo, hi = float(lo), float(hi)
         if not (math.isfinite(lo) and math.isfinite(hi)):
@@ -192,6 +204,11 @@ class STELLAR(nn.Module):
             per image (a row per image, so the dict can be sliced or joined per key), so that
             :meth:`reconstruct` lays the patches out as they were encoded.
         """
+        if isinstance(images, dict):
+            raise TypeError(
+                "encode() takes images; the model card's batch dict goes to a model loaded with "
+                "purpose='pretrain'"
+            )
         if not isinstance(images, Tensor):
             images = self.preprocess(images)
         self.check_images(images)
@@ -294,7 +311,7 @@ class STELLAR(nn.Module):
         self,
         encoded: dict[str, Tensor] | Tensor,
         spatial: Tensor | None = None,
-        grid: tuple[int, int] | None = None,
+        grid: tuple[int, int] | Tensor | None = None,
     ) -> dict[str, Tensor]:
         """Rebuild images from ``encode``'s output, or from ``(sparse, spatial)``.
 
@@ -305,8 +322,8 @@ class STELLAR(nn.Module):
         Args:
             encoded: the dict returned by :meth:`encode`, or the concept tokens (B, r, d).
             spatial: (B, n, r) when ``encoded`` is the concept tokens.
-            grid: (h, w) patch grid; default: the dict's ``grid``, else a square grid (an
-                error when n is not a square).
+            grid: (h, w) patch grid, or encode's ``grid`` tensor; default: the dict's
+                ``grid``, else a square grid (an error when n is not a square).
 
         Returns:
             :meth:`decode`'s outputs plus ``reconstruction`` (B, 3, H, W) in [0, 1]: the
@@ -314,7 +331,9 @@ class STELLAR(nn.Module):
             the argmax ``tokens`` (B, n), also returned.
         """
         if grid is None and isinstance(encoded, dict) and "grid" in encoded:
-            grid = _recorded_grid(encoded["grid"])
+            grid = encoded["grid"]
+        if isinstance(grid, Tensor):
+            grid = _recorded_grid(grid)
         lowrank = self._lowrank_of(encoded, spatial)
         grid = grid or _square_grid(lowrank.shape[1])
         out = self.decode(lowrank, grid)
@@ -356,7 +375,13 @@ class STELLAR(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``,
-        a model card (architecture, how to load), so the folder can be pushed to the hub."""
+        a model card (architecture, how to load), so the folder can be pushed to the hub.
+
+        The file holds the modules this model has: a ``purpose="encode"`` model writes its
+        encoder side only (load with ``purpose="reconstruct"`` or ``"pretrain"`` to keep all).
+        """
+        if self.decoder is None:
+            logger.warning("saving %s without a decoder (purpose=%r)", directory, self.purpose)
         return write_pretrained(self, directory)
 
     def forward(self, images: Tensor) -> dict[str, Tensor]:
