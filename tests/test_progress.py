@@ -4,10 +4,18 @@ from __future__ import annotations
 
 import io
 import logging
+import sys
+import types
 
+import pytest
 from tqdm.auto import tqdm
 
 from stellar.progress import LoggedBar, progress_bar
+
+
+@pytest.fixture(autouse=True)
+def _outside_a_notebook(monkeypatch):
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)
 
 
 class _Terminal(io.StringIO):
@@ -51,3 +59,11 @@ def test_on_a_terminal_it_is_tqdm_and_disable_is_silent(monkeypatch, caplog):
         for _ in progress_bar(range(50), disable=True):
             pass
     assert not [r for r in caplog.records if r.name == "stellar.progress"]
+
+
+def test_in_a_notebook_it_is_a_tqdm_bar(monkeypatch):
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a kernel's stderr is no terminal
+    monkeypatch.setitem(sys.modules, "ipykernel", types.ModuleType("ipykernel"))
+    bar = progress_bar(range(3), desc="cell")
+    assert isinstance(bar, tqdm) and not isinstance(bar, LoggedBar)
+    bar.close()

@@ -1,4 +1,5 @@
-"""Progress bars that behave in a pipe: tqdm on a terminal, a log line every N steps otherwise.
+"""Progress bars that behave in a pipe: tqdm on a terminal or in a notebook, a log line every N
+steps otherwise.
 
 A tqdm bar redraws itself with carriage returns, which a log file or a CI console keeps as
 thousands of partial lines. When stderr is not a terminal the same bar logs one plain line
@@ -58,7 +59,8 @@ def progress_bar(
 ) -> tqdm:
     """``tqdm(iterable, total=..., disable=..., **kwargs)``; when stderr is not a terminal, a
     log line every ``every`` steps (default: about ``LINES_PER_BAR`` lines over the bar)."""
-    if disable or sys.stderr.isatty():
+    in_notebook = "ipykernel" in sys.modules  # Jupyter draws tqdm bars; its stderr is no tty
+    if disable or sys.stderr.isatty() or in_notebook:
         return tqdm(iterable, total=total, disable=disable, **kwargs)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
