@@ -1,6 +1,10 @@
-"""The demo's photo figure on small or broken folders, and how often it decodes a photo."""
+"""The demo's photo figure on small or broken folders, how often it decodes a photo, and the
+loss curves."""
 
 from __future__ import annotations
+
+import json
+import sys
 
 import numpy as np
 import pytest
@@ -8,7 +12,7 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.data.folder import CentreCropView, EvalImages
-from stellar.demo.figures import photo_figure, sample_photos
+from stellar.demo.figures import loss_figure, photo_figure, sample_photos
 
 
 def _photos(folder, n: int, seed: int = 0):
@@ -60,3 +64,20 @@ def test_unreadable_photos_are_skipped_and_none_means_no_figure(tmp_path, models
     only_broken.mkdir()
     (only_broken / "a.png").write_bytes(b"not a png")
     assert photo_figure(models, only_broken, n=4, size=32) is None
+
+
+def test_loss_curves_are_drawn_by_matplotlib_without_non_finite_points(tmp_path):
+    runs = {}
+    for name, scale in (("a", 1.0), ("b", 2.0)):
+        runs[name] = tmp_path / name
+        runs[name].mkdir()
+        rows = [
+            {"step": s, "lr": 0.1, "loss": scale / s, "koleo_loss": -scale, "MSE": float("nan")}
+            for s in range(1, 20)
+        ]
+        (runs[name] / "metrics.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    figure = loss_figure(runs)  # a term with no finite point, a negative one: no failure
+    assert "matplotlib" in sys.modules and figure.mode == "RGB"
+    pixels = np.asarray(figure).astype(int)
+    assert ((pixels.max(-1) - pixels.min(-1)) > 60).sum() > 100  # coloured curves are drawn
+    assert figure.width > 2 * figure.height  # two panels side by side: loss, koleo_loss

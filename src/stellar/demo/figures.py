@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
+import math
 from pathlib import Path
 
 import torch
@@ -13,9 +15,11 @@ from stellar.data.folder import EvalImages
 from stellar.data.scenes import ConceptScenes
 from stellar.models.stellar import STELLAR
 from stellar.viz.maps import argmax_segmentation, compose_panel, concept_overlay, to_pil
-from stellar.viz.plots import line_plot
 
 logger = logging.getLogger(__name__)
+
+NOT_LOSSES = ("step", "epoch", "lr", "images_per_s", "grad_norm")
+"""The columns of ``metrics.jsonl`` that are not loss terms."""
 
 
 @torch.no_grad()
@@ -83,18 +87,33 @@ def photo_figure(
 
 
 def loss_figure(runs: dict[str, Path]) -> Image.Image:
-    """Loss curves of each training run, one panel per term."""
+    """Loss curves of each training run, one matplotlib panel per term (non-finite points left
+    out; the total loss on a log axis when it is positive)."""
+    from matplotlib.figure import Figure  # imported on use: `import stellar` stays light
+
     curves: dict[str, dict[str, list[tuple[float, float]]]] = {}
     for name, folder in runs.items():
         for line in (folder / "metrics.jsonl").read_text().splitlines():
             row = json.loads(line)
             for term, value in row.items():
-                if term not in ("step", "epoch", "lr", "images_per_s", "grad_norm"):
+                if term not in NOT_LOSSES and math.isfinite(value):
                     curves.setdefault(term, {}).setdefault(name, []).append((row["step"], value))
-    order = ["loss"] + sorted(t for t in curves if t != "loss")
-    panels = [line_plot(curves[t], t, log_y=t == "loss") for t in order]
-    rows = [panels[i : i + 4] for i in range(0, len(panels), 4)]
-    return compose_panel(rows, title="Training losses")
+    order = sorted(curves, key=lambda term: (term != "loss", term))
+    cols, rows = min(4, len(order)), math.ceil(len(order) / 4)
+    fig = Figure(figsize=(3.6 * cols, 2.2 * rows + 0.3), dpi=100, layout="tight")
+    fig.suptitle("Training losses", fontsize=10)
+    for i, term in enumerate(order):
+        ax = fig.add_subplot(rows, cols, i + 1)
+        ax.set_title(term, fontsize=9)
+        ax.tick_params(labelsize=7)
+        for name, points in curves[term].items():
+            ax.plot(*zip(*points, strict=True), label=name, linewidth=1.5)
+        if term == "loss" and min(y for pts in curves[term].values() for _, y in pts) > 0:
+            ax.set_yscale("log")
+        ax.legend(fontsize=7, frameon=False)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png")
+    return Image.open(buffer).convert("RGB")
 
 
 def default_photos() -> Path | None:
