@@ -56,3 +56,9 @@ def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[fl
 def gap_with_stderr(key: str, a: Tensor, b: Tensor, seed: int = 0) -> tuple[float, float]:
     """The gap of metric ``key`` between two models' per-sample values, and its std. error."""
     return miou_gap(a, b, seed=seed) if key == "seg_miou" else paired_gap(a, b)
+
+
+def gap_words(key: str, gap: float, se: float) -> str:
+    """A gap and twice its standard error in the metric's unit (dB for PSNR, else points)."""
+    scale, unit = (1, " dB") if key == "psnr" else (100, " points")
+    return f"{gap * scale:+.1f}{unit} (2 × std. error: {2 * se * scale:.1f}{unit})"
