@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
-from stellar.demo.concepts import concept_purity, localization_scores, token_shape_labels
+from stellar.demo.concepts import localization_scores
 from stellar.demo.stats import pooled_miou
 from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
@@ -38,7 +38,7 @@ def encode_scenes(
 ) -> dict:
     """Features, maps, reconstructions' PSNR (if ``reconstruct``) and labels of every scene."""
     model.eval()
-    keep = ("label", "colour", "instance_mask", "semantic_mask", "object_shapes")
+    keep = ("label", "colour", "instance_mask", "semantic_mask")
     parts: dict[str, list[Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         out = model.forward_encode(batch["image"])
@@ -138,11 +138,9 @@ def evaluate(
     samples["localization"] = localization_scores(fv["spatial"], grid, fv["instance_mask"])
     if reconstruct:
         samples["psnr"] = fv["psnr"].double()
-    labels = token_shape_labels(fv["spatial"], grid, fv["instance_mask"], fv["object_shapes"])
     metrics: dict[str, float | None] = {
         k: float(v.double().mean()) for k, v in samples.items() if k != "seg_miou"
     }
     metrics["seg_miou"] = pooled_miou(samples["seg_miou"])
     metrics.setdefault("psnr", None)
-    metrics.update(concept_purity(fv["sparse"], labels, k=2 * n_shapes, seed=s.seed))
     return metrics, samples

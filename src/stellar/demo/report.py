@@ -27,8 +27,6 @@ COLUMNS = {
     "linear_colour_top1": "colour probe top-1 (sparse)",
     "seg_miou": "seg. probe mIoU",
     "localization": "concept localization IoU",
-    "purity": "concept purity",
-    "purity_chance": "purity at chance",
     "psnr": "reconstruction PSNR",
 }
 ABLATION_COLUMNS = ("psnr", "linear_top1", "seg_miou", "localization", "linear_colour_top1")
@@ -241,12 +239,10 @@ def write_report(
         "scenes of another seed); the colour probe is the same linear probe predicting the "
         "largest object's colour (10 classes); the segmentation probe predicts background + 8 "
         "shapes per pixel from the dense grid; concept localization is the mean over objects "
-        "of the best IoU between a token's map thresholded at 1/r and the object's mask; "
-        "concept purity is the cluster purity of k-means clusters (k = 16) of the concept "
-        "tokens w.r.t. the shape their map sits on (see `stellar.demo.concepts` and "
-        "docs/CONCEPTS.md). Standard errors are those of the paired gap over the validation "
-        "scenes (a bootstrap over scenes for mIoU); chance is the majority class of the "
-        "probes' training scenes (background everywhere for segmentation).",
+        "of the best IoU between a token's map thresholded at 1/r and the object's mask "
+        "(`stellar.demo.concepts`, docs/CONCEPTS.md). Standard errors are those of the paired "
+        "gap over the validation scenes (a bootstrap over scenes for mIoU); chance is the "
+        "majority class of the probes' training scenes (background everywhere for segmentation).",
         "",
     ]
     for path, caption in figures:
