@@ -76,16 +76,9 @@ def verdicts(
     chance: dict[str, Tensor],
     seed: int = 0,
 ) -> list[str]:
-    """Plain-language checks of what the numbers show (computed, never assumed).
-
-    Args:
-        results: metrics per model name ("random init", "STELLAR", optionally
-            "supervised reference").
-        samples: per-sample values per model name (see ``evaluate``).
-        chance: per-sample values of feature-free predictions (``chance_samples``); without
-            the supervised reference the probe verdicts are left out.
-        seed: of the bootstrap behind the mIoU's standard error.
-    """
+    """Plain-language checks of what the numbers show (computed, never assumed), from the
+    metrics and per-sample values of each model and those of feature-free predictions
+    (``chance``); without the supervised reference the probe verdicts are left out."""
     trained, random = samples["STELLAR"], samples["random init"]
     lines = []
     for key in ALWAYS:

@@ -63,11 +63,8 @@ class TokenIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
-        """Read the index :meth:`save` wrote in ``directory``.
-
-        Raises:
-            UsageError: there is none, or it is damaged (naming the file).
-        """
+        """Read the index :meth:`save` wrote in ``directory``; a UsageError naming the file if
+        there is none or it is damaged."""
         path = Path(directory) / INDEX_FILE
         if not path.is_file():
             raise UsageError(f"expected a token index at {path}, found none")

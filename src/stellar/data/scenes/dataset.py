@@ -17,18 +17,12 @@ logger = logging.getLogger(__name__)
 
 
 class ConceptScenes(Dataset):
-    """Map-style dataset of procedurally rendered concept scenes (no files needed).
+    """``length`` procedurally rendered concept scenes (no files needed).
 
     Item ``i`` is ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus
     the keys the training pipeline expects: ``canvas`` (3, size, size) uint8, ``size`` (2,)
-    int64 = (height, width) and ``index`` () int64.
-
-    Args:
-        size: Image side in pixels (>= 16).
-        length: Number of items.
-        seed: Non-negative base seed.
-        split: ``"train"``, ``"val"`` or ``"test"``; splits use disjoint random streams.
-        max_objects: Objects per image are drawn uniformly from 1..max_objects.
+    int64 = (height, width) and ``index`` () int64. The splits ``"train"``, ``"val"`` and
+    ``"test"`` draw from disjoint random streams.
     """
 
     def __init__(
@@ -83,20 +77,7 @@ def export_scenes(
     and ``classes.json`` (class-name tuples). ``images/`` + ``masks/`` is the simple layout
     ``stellar eval seg`` reads (``--num-classes`` 1 + the number of shapes). ``<index>`` is
     zero-padded to at least 6 digits. Item ``i`` equals
-    ``ConceptScenes(size, n, seed, split)[i]``.
-
-    Args:
-        out_dir: Destination folder (created if needed).
-        split: Split to render (see ``SPLITS``).
-        n: Number of images.
-        size: Image side in pixels.
-        seed: Base seed.
-
-    Returns:
-        The output folder as a ``Path``.
-
-    Raises:
-        ValueError: ``out_dir`` already holds an export.
+    ``ConceptScenes(size, n, seed, split)[i]``. A folder that holds an export is refused.
     """
     from stellar.progress import progress_bar
 
