@@ -249,6 +249,9 @@ def test_export_round_trip(tmp_path) -> None:
     with pytest.raises(ValueError, match="already holds an export"):
         export_scenes(out, split="val", n=3, size=32, seed=6)
     assert len((out / "labels.jsonl").read_text().splitlines()) == n  # the first is untouched
+    export_scenes(out, split="val", n=3, size=32, seed=6, overwrite=True)  # replaced, not mixed
+    assert len((out / "labels.jsonl").read_text().splitlines()) == 3
+    assert len(list((out / "images").glob("*/*.png"))) == 3
 
 
 def test_export_is_a_segmentation_folder_for_eval_seg(tmp_path) -> None:

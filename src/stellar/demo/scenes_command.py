@@ -16,10 +16,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-n", "--count", type=int, default=1000)
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an export in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the split."""
-    path = export_scenes(args.out, split=args.split, n=args.count, size=args.size, seed=args.seed)
+    path = export_scenes(args.out, args.split, args.count, args.size, args.seed, args.overwrite)
     print(f"wrote {args.count} {args.split} scenes to {path}")
     return 0
