@@ -71,7 +71,6 @@ def test_dtypes_shapes_and_ranges(samples: list[dict[str, torch.Tensor]]) -> Non
     expected = {
         "image": ((3, 32, 32), torch.float32),
         "label": ((), torch.int64),
-        "shape": ((), torch.int64),
         "colour": ((), torch.int64),
         "count": ((), torch.int64),
         "shapes": ((len(SHAPES),), torch.float32),
@@ -119,7 +118,7 @@ def test_label_consistency(samples: list[dict[str, torch.Tensor]]) -> None:
         assert colours == set(s["object_colours"][:count].tolist())
         areas = torch.bincount(inst.flatten(), minlength=count + 1)[1:]
         assert torch.equal(s["object_areas"][:count], areas)
-        assert int(s["shape"]) == int(obj_shapes[torch.argmax(areas)]) == int(s["label"])
+        assert int(s["label"]) == int(obj_shapes[torch.argmax(areas)])
         assert int(s["colour"]) == int(s["object_colours"][torch.argmax(areas)])
         for i in range(count):
             ys, xs = torch.nonzero(inst == i + 1, as_tuple=True)
@@ -233,7 +232,7 @@ def test_export_round_trip(tmp_path) -> None:
         rec = json.loads(line)
         item = ds[rec["index"]]
         count = int(item["count"])
-        assert rec["image"] == f"images/{SHAPES[int(item['shape'])]}/{rec['index']:06d}.png"
+        assert rec["image"] == f"images/{SHAPES[int(item['label'])]}/{rec['index']:06d}.png"
         assert rec["label"] == int(item["label"]) and rec["count"] == count
         assert rec["object_shapes"] == item["object_shapes"][:count].tolist()
         assert rec["object_colours"] == item["object_colours"][:count].tolist()
