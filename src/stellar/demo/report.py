@@ -17,7 +17,7 @@ from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
 from stellar.outputs import atomic_write
 
 SUPERVISED = "supervised reference"
-OPTIONAL = ("ablation", "photos", "progress", "overrides")
+OPTIONAL = ("ablation", "progress", "overrides")
 """The settings a report's Command line names only when they are set."""
 
 COLUMNS = {
@@ -168,7 +168,6 @@ def full_command(settings: DemoSettings) -> str:
     parts = ["stellar", "demo"]
     for name in FLAGS:
         parts += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
-    parts += ["--photos", settings.photos] if settings.photos else []
     parts += ["--ablation"] * settings.ablation + ["--no-progress"] * (not settings.progress)
     return " ".join(shlex.quote(p) for p in [*parts, *settings.overrides])
 
@@ -240,6 +239,8 @@ def write_report(
     ]
     for path, caption in figures:
         text += [f"## {caption}", "", f"![{caption}]({path})", ""]
+    model = shlex.quote(str(out / "train-stellar"))
+    text += [f"Your own photos: `stellar viz --model {model} --images PHOTOS --out VIZ`.", ""]
     report = "\n".join(text)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))
     return report
