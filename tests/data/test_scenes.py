@@ -274,3 +274,12 @@ def test_objects_stay_learnably_large(samples: list[dict[str, torch.Tensor]]) ->
     for s in samples:
         areas = s["object_areas"][: int(s["count"])]
         assert areas.min() >= math.floor(min_area)
+
+
+@pytest.mark.parametrize("bad", [["--size", "8"], ["-n", "0"], ["--seed", "-1"]])
+def test_scenes_command_refuses_bad_numbers_before_writing(tmp_path, capsys, bad) -> None:
+    from stellar.cli import main
+
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, not a traceback
+        main(["scenes", "--out", str(tmp_path / "out"), *bad])
+    assert bad[0] in capsys.readouterr().err and not (tmp_path / "out").exists()
