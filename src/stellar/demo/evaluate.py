@@ -82,17 +82,6 @@ def chance_samples(train: ConceptScenes, val: ConceptScenes) -> dict[str, Tensor
     }
 
 
-def _seg_confusions(probe, dense: Tensor, masks: Tensor, batch_size: int = 100) -> Tensor:
-    probe.eval()
-    parts = []
-    with torch.no_grad():
-        for i in range(0, dense.shape[0], batch_size):
-            target = masks[i : i + batch_size]
-            pred = probe(dense[i : i + batch_size].float(), tuple(target.shape[-2:])).argmax(1)
-            parts.append(scene_confusions(pred, target, SEG_CLASSES))
-    return torch.cat(parts)
-
-
 def evaluate(
     model: STELLAR,
     train: ConceptScenes,
@@ -133,7 +122,10 @@ def evaluate(
         replace(SEG_SCHEDULE, epochs=s.seg_epochs, seed=s.seed),
         progress=False,
     )
-    samples["seg_miou"] = _seg_confusions(seg_probe, fv["dense"], fv["semantic_mask"])
+    masks = fv["semantic_mask"]
+    size = tuple(masks.shape[-2:])
+    pred = predict(seg_probe, fv["dense"], 100, "cpu", lambda x: seg_probe(x, size).argmax(1))
+    samples["seg_miou"] = scene_confusions(pred, masks, SEG_CLASSES)
     grid = (val.size // model.patch_size,) * 2
     samples["localization"] = localization_scores(fv["spatial"], grid, fv["instance_mask"])
     if reconstruct:
