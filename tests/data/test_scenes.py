@@ -71,7 +71,6 @@ def test_dtypes_shapes_and_ranges(samples: list[dict[str, torch.Tensor]]) -> Non
     expected = {
         "image": ((3, 32, 32), torch.float32),
         "label": ((), torch.int64),
-        "shape": ((), torch.int64),
         "colour": ((), torch.int64),
         "count": ((), torch.int64),
         "shapes": ((len(SHAPES),), torch.float32),
@@ -119,7 +118,7 @@ def test_label_consistency(samples: list[dict[str, torch.Tensor]]) -> None:
         assert colours == set(s["object_colours"][:count].tolist())
         areas = torch.bincount(inst.flatten(), minlength=count + 1)[1:]
         assert torch.equal(s["object_areas"][:count], areas)
-        assert int(s["shape"]) == int(obj_shapes[torch.argmax(areas)]) == int(s["label"])
+        assert int(s["label"]) == int(obj_shapes[torch.argmax(areas)])
         assert int(s["colour"]) == int(s["object_colours"][torch.argmax(areas)])
         for i in range(count):
             ys, xs = torch.nonzero(inst == i + 1, as_tuple=True)
@@ -233,7 +232,7 @@ def test_export_round_trip(tmp_path) -> None:
         rec = json.loads(line)
         item = ds[rec["index"]]
         count = int(item["count"])
-        assert rec["image"] == f"images/{SHAPES[int(item['shape'])]}/{rec['index']:06d}.png"
+        assert rec["image"] == f"images/{SHAPES[int(item['label'])]}/{rec['index']:06d}.png"
         assert rec["label"] == int(item["label"]) and rec["count"] == count
         assert rec["object_shapes"] == item["object_shapes"][:count].tolist()
         assert rec["object_colours"] == item["object_colours"][:count].tolist()
@@ -249,6 +248,9 @@ def test_export_round_trip(tmp_path) -> None:
     with pytest.raises(ValueError, match="already holds an export"):
         export_scenes(out, split="val", n=3, size=32, seed=6)
     assert len((out / "labels.jsonl").read_text().splitlines()) == n  # the first is untouched
+    export_scenes(out, split="val", n=3, size=32, seed=6, overwrite=True)  # replaced, not mixed
+    assert len((out / "labels.jsonl").read_text().splitlines()) == 3
+    assert len(list((out / "images").glob("*/*.png"))) == 3
 
 
 def test_export_is_a_segmentation_folder_for_eval_seg(tmp_path) -> None:
@@ -272,3 +274,12 @@ def test_objects_stay_learnably_large(samples: list[dict[str, torch.Tensor]]) ->
     for s in samples:
         areas = s["object_areas"][: int(s["count"])]
         assert areas.min() >= math.floor(min_area)
+
+
+@pytest.mark.parametrize("bad", [["--size", "8"], ["-n", "0"], ["--seed", "-1"]])
+def test_scenes_command_refuses_bad_numbers_before_writing(tmp_path, capsys, bad) -> None:
+    from stellar.cli import main
+
+    with pytest.raises(SystemExit):  # argparse's one-line usage error, not a traceback
+        main(["scenes", "--out", str(tmp_path / "out"), *bad])
+    assert bad[0] in capsys.readouterr().err and not (tmp_path / "out").exists()

@@ -1,16 +1,10 @@
-"""Concept localization and purity on hand-built maps with known answers."""
+"""Concept localization on hand-built maps with known answers."""
 
 from __future__ import annotations
 
 import torch
 
-from stellar.demo.concepts import (
-    cluster_purity,
-    concept_purity,
-    localization_scores,
-    token_masks,
-    token_shape_labels,
-)
+from stellar.demo.concepts import localization_scores, token_masks
 
 
 def _one_hot_spatial(assign: torch.Tensor, r: int) -> torch.Tensor:
@@ -50,30 +44,3 @@ def test_a_single_token_covers_the_image():
     instances[0, :16, :16] = 1
     score = localization_scores(spatial, (4, 4), instances)
     torch.testing.assert_close(score, torch.tensor([0.25]))
-
-
-def test_token_labels_follow_the_dominant_object():
-    grid = torch.tensor([[[1, 1], [2, 0]]])
-    spatial = _one_hot_spatial(grid, r=3)
-    instances = grid.repeat_interleave(4, 1).repeat_interleave(4, 2)
-    shapes = torch.tensor([[5, 7]])  # instance 1 is shape 5, instance 2 is shape 7
-    labels = token_shape_labels(spatial, (2, 2), instances, shapes)
-    assert labels.tolist() == [[-1, 5, 7]]  # token 0 sits on background
-
-
-def test_purity_extremes():
-    labels = torch.tensor([0, 0, 1, 1, 2, 2])
-    assert cluster_purity(torch.tensor([0, 0, 1, 1, 2, 2]), labels) == 1.0
-    assert abs(cluster_purity(torch.zeros(6, dtype=torch.long), labels) - 1 / 3) < 1e-6
-
-
-def test_tokens_that_encode_shape_are_pure_and_beat_chance():
-    g = torch.Generator().manual_seed(0)
-    centres = torch.randn(4, 32, generator=g)
-    labels = torch.randint(0, 4, (50, 3), generator=g)
-    tokens = centres[labels] + 0.05 * torch.randn(50, 3, 32, generator=g)
-    result = concept_purity(tokens, labels, k=4)
-    assert result["purity"] > 0.95
-    assert result["purity_chance"] < 0.5
-    noise = concept_purity(torch.randn(50, 3, 32, generator=g), labels, k=4)
-    assert noise["purity"] < 0.5

@@ -30,11 +30,10 @@ TINY = [
 ]
 
 
-def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
+def test_demo_writes_report_metrics_and_pictures(tmp_path):
     out = tmp_path / "demo"
-    photos = str(samples_dir / "images224")
     override = "augment.color={hue: 0.5, gray_p: 0.5}"
-    assert main(["demo", "--out", str(out), *TINY, "--photos", photos, override]) == 0
+    assert main(["demo", "--out", str(out), *TINY, override]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     # The recipe override reaches the trainer and is stated in the report.
     assert metrics["settings"]["overrides"] == [override]
@@ -54,11 +53,12 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
     # The Command line reproduces the run: every flag, with the preset's budget resolved.
     command = (
         f"stellar demo --out {out} --seed 0 --steps 2 --batch-size 4 --eval-train 32 "
-        f"--eval-val 16 --probe-epochs 1 --seg-epochs 1 --photos {photos} --no-progress "
+        "--eval-val 16 --probe-epochs 1 --seg-epochs 1 --no-progress "
         "'augment.color={hue: 0.5, gray_p: 0.5}'"
     )
     assert f"Command: `{command}`" in report and metrics["command"] == command
-    for picture in ("concepts_scenes.png", "concepts_photos.png", "loss_curves.png"):
+    assert f"stellar viz --model {out / 'train-stellar'} " in report  # maps of one's own photos
+    for picture in ("concepts_scenes.png", "loss_curves.png"):
         assert (out / picture).stat().st_size > 1000
         assert f"]({picture})" in report
 
@@ -66,7 +66,7 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path, samples_dir):
 @pytest.mark.slow
 def test_demo_ablation_trains_the_four_paper_variants(tmp_path):
     out = tmp_path / "demo"
-    assert main(["demo", "--out", str(out), *TINY, "--ablation", "--photos", str(tmp_path)]) == 0
+    assert main(["demo", "--out", str(out), *TINY, "--ablation"]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert list(metrics["results"]) == ["random init", "STELLAR", SUPERVISED, *ABLATIONS]
     for name, extra in ABLATIONS.items():

@@ -151,7 +151,7 @@ def test_cli_viz_bad_vq_model_fails(tmp_path):
 @pytest.mark.parametrize(
     "extra,message",
     [
-        (["--images", "/nonexistent/dir"], "expected an image file or a folder"),
+        (["--images", "/nonexistent/dir"], "/nonexistent/dir"),  # the error names the path
         (["--resolution", "60"], "patch size 8"),
         (["--resolution", "0"], "argument --resolution: expected an integer >= 1"),
         (["--max-images", "0"], "argument --max-images: expected an integer >= 1"),

@@ -1,17 +1,17 @@
 """The paper's ablation (arXiv 2602.01905, ablation table), as the demo measures it.
 
 Each variant trains with the demo's budget and switches off terms of the objective by the
-``ObjectiveConfig`` flags; the table prints the paper's columns (PSNR standing for rFID,
-the linear probe, segmentation) plus localization, the colour probe and crop invariance, and
-one sentence per ordering the paper reports says whether it holds here. A gap counts only when
-it exceeds twice its standard error (see ``stats``).
+``ObjectiveConfig`` flags; the report's table (:func:`stellar.demo.report.ablation_table`)
+prints the paper's columns beside this demo's, and one sentence per ordering the paper reports
+says whether it holds here. A gap counts only when it exceeds twice its standard error (see
+``stats``).
 """
 
 from __future__ import annotations
 
 from torch import Tensor
 
-from stellar.demo.stats import gap_with_stderr
+from stellar.demo.stats import gap_with_stderr, gap_words
 
 ABLATIONS: dict[str, list[str]] = {
     "A: no reconstruction": ["objective.recon=false"],
@@ -39,44 +39,15 @@ PAPER: dict[str, tuple[float | None, float, float]] = {
 PSNR_SURVIVES_DB = 1.0
 """Reconstruction "survives" an ablation when its PSNR stays within this of STELLAR's."""
 
-COLUMNS = (
-    ("psnr", "PSNR", 1, " dB"),
-    ("linear_top1", "linear probe (shape)", 100, " %"),
-    ("seg_miou", "seg. mIoU", 100, " %"),
-    ("localization", "localization", 100, " %"),
-    ("linear_colour_top1", "colour probe", 100, " %"),
-)
-
 
 def compare(key: str, samples: dict[str, dict[str, Tensor]], a: str, b: str) -> tuple[str, str]:
     """How model ``a`` stands against ``b`` on ``key``: (``"above"``/``"below"``/``"level"``,
     the gap and its standard error in words)."""
     gap, se = gap_with_stderr(key, samples[a][key], samples[b][key])
-    scale, unit = (1, " dB") if key == "psnr" else (100, " points")
-    words = f"{gap * scale:+.1f} ± {se * scale:.1f}{unit}"
+    words = gap_words(key, gap, se)
     if gap > 2 * se:
         return "above", words
     return ("below" if gap < -2 * se else "level"), words
-
-
-def ablation_table(results: dict[str, dict]) -> str:
-    """One row per trained variant: this demo's numbers, then the paper's (rFID / lin. / ADE)."""
-    head = "| variant | " + " | ".join(c[1] for c in COLUMNS)
-    head += " | S crop/between | paper rFID / linear / ADE mIoU |"
-    lines = [head, "|---|" + "---:|" * (len(COLUMNS) + 2)]
-    for name in PAPER:
-        if name not in results:
-            continue
-        m = results[name]
-        cells = [
-            "–" if m.get(k) is None else f"{m[k] * scale:.1f}{unit}"
-            for k, _, scale, unit in COLUMNS
-        ]
-        ratio = m.get("invariance", {}).get("sparse", {}).get("ratio")
-        cells.append("–" if ratio is None else f"{ratio:.2f}")
-        cells.append(" / ".join("–" if v is None else f"{v:g}" for v in PAPER[name]))
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
 
 
 def orderings(results: dict[str, dict], samples: dict[str, dict[str, Tensor]]) -> list[str]:

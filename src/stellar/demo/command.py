@@ -13,13 +13,13 @@ import argparse
 import json
 import logging
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
-from stellar.demo.figures import default_photos, loss_figure, photo_figure, scene_figure
+from stellar.demo.figures import loss_figure, scene_figure
 from stellar.demo.report import SUPERVISED, full_command, table, verdicts, write_report
 from stellar.demo.supervised import train_supervised
 from stellar.demo.training import DemoSettings, resolve_budget, train_variant
@@ -55,11 +55,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also train the paper's ablation variants A-D with the same budget (~25 min)",
     )
-    parser.add_argument(
-        "--photos",
-        help="folder of real photos for concept maps (default: "
-        "../shared/data/imagenet-samples/images224 when present)",
-    )
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     parser.add_argument(
         "overrides",
@@ -91,9 +86,6 @@ def _timed(timings: dict[str, float], name: str, started: float) -> None:
 def run_demo(settings: DemoSettings) -> dict:
     """Train, evaluate, draw and report; returns metrics, timings and the table."""
     settings = resolve_budget(settings)
-    if settings.photos is None and (found := default_photos()) is not None:
-        # Named in the report's Command line like every other input.
-        settings = replace(settings, photos=str(found))
     with output_folder(settings.out, "stellar demo") as out:
         variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
         logger.info("demo: %s", full_command(settings))
@@ -108,8 +100,8 @@ def run_demo(settings: DemoSettings) -> dict:
             models[name], runs[name] = trained, run_dir
             _timed(timings, f"train {name}", start)
         start = time.perf_counter()
-        models[SUPERVISED], cached = train_supervised(settings)
-        _timed(timings, "supervised reference" + (" (cached)" if cached else ""), start)
+        models[SUPERVISED] = train_supervised(settings)
+        _timed(timings, "supervised reference", start)
         order = ["random init", "STELLAR", SUPERVISED, *list(ABLATIONS)]
         models = {name: models[name] for name in order if name in models}
 
@@ -133,12 +125,6 @@ def run_demo(settings: DemoSettings) -> dict:
         figures.append(
             ("concepts_scenes.png", "Concept maps and reconstructions on validation scenes")
         )
-        if settings.photos is not None:
-            pair = {k: models[k] for k in ("STELLAR", "random init")}
-            fig = photo_figure(pair, Path(settings.photos))
-            if fig is not None:
-                _save(fig, out / "concepts_photos.png")
-                figures.append(("concepts_photos.png", "Concept maps on real photos"))
         _save(loss_figure(runs), out / "loss_curves.png")
         figures.append(("loss_curves.png", "Training losses"))
 

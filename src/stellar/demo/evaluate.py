@@ -9,7 +9,7 @@ from torch import Tensor
 from torch.utils.data import DataLoader
 
 from stellar.data.scenes import COLOURS, SHAPES, ConceptScenes
-from stellar.demo.concepts import concept_purity, localization_scores, token_shape_labels
+from stellar.demo.concepts import localization_scores
 from stellar.demo.stats import pooled_miou
 from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
@@ -38,7 +38,7 @@ def encode_scenes(
 ) -> dict:
     """Features, maps, reconstructions' PSNR (if ``reconstruct``) and labels of every scene."""
     model.eval()
-    keep = ("label", "colour", "instance_mask", "semantic_mask", "object_shapes")
+    keep = ("label", "colour", "instance_mask", "semantic_mask")
     parts: dict[str, list[Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
         out = model.forward_encode(batch["image"])
@@ -82,17 +82,6 @@ def chance_samples(train: ConceptScenes, val: ConceptScenes) -> dict[str, Tensor
     }
 
 
-def _seg_confusions(probe, dense: Tensor, masks: Tensor, batch_size: int = 100) -> Tensor:
-    probe.eval()
-    parts = []
-    with torch.no_grad():
-        for i in range(0, dense.shape[0], batch_size):
-            target = masks[i : i + batch_size]
-            pred = probe(dense[i : i + batch_size].float(), tuple(target.shape[-2:])).argmax(1)
-            parts.append(scene_confusions(pred, target, SEG_CLASSES))
-    return torch.cat(parts)
-
-
 def evaluate(
     model: STELLAR,
     train: ConceptScenes,
@@ -133,16 +122,17 @@ def evaluate(
         replace(SEG_SCHEDULE, epochs=s.seg_epochs, seed=s.seed),
         progress=False,
     )
-    samples["seg_miou"] = _seg_confusions(seg_probe, fv["dense"], fv["semantic_mask"])
+    masks = fv["semantic_mask"]
+    size = tuple(masks.shape[-2:])
+    pred = predict(seg_probe, fv["dense"], 100, "cpu", lambda x: seg_probe(x, size).argmax(1))
+    samples["seg_miou"] = scene_confusions(pred, masks, SEG_CLASSES)
     grid = (val.size // model.patch_size,) * 2
     samples["localization"] = localization_scores(fv["spatial"], grid, fv["instance_mask"])
     if reconstruct:
         samples["psnr"] = fv["psnr"].double()
-    labels = token_shape_labels(fv["spatial"], grid, fv["instance_mask"], fv["object_shapes"])
     metrics: dict[str, float | None] = {
         k: float(v.double().mean()) for k, v in samples.items() if k != "seg_miou"
     }
     metrics["seg_miou"] = pooled_miou(samples["seg_miou"])
     metrics.setdefault("psnr", None)
-    metrics.update(concept_purity(fv["sparse"], labels, k=2 * n_shapes, seed=s.seed))
     return metrics, samples

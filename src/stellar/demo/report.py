@@ -10,27 +10,27 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stellar.demo.ablation import ablation_table, orderings
-from stellar.demo.stats import gap_with_stderr
+from stellar.demo.ablation import PAPER, orderings
+from stellar.demo.stats import gap_with_stderr, gap_words
 from stellar.demo.training import DemoSettings
 from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
 from stellar.outputs import atomic_write
 
 SUPERVISED = "supervised reference"
-OPTIONAL = ("ablation", "photos", "progress", "overrides")
+OPTIONAL = ("ablation", "progress", "overrides")
 """The settings a report's Command line names only when they are set."""
 
-COLUMNS = [
-    ("linear_top1", "linear probe top-1 (sparse)", 100, "%"),
-    ("linear_cls_top1", "linear probe top-1 (CLS)", 100, "%"),
-    ("knn_top1", "kNN top-1", 100, "%"),
-    ("linear_colour_top1", "colour probe top-1 (sparse)", 100, "%"),
-    ("seg_miou", "seg. probe mIoU", 100, "%"),
-    ("localization", "concept localization IoU", 100, "%"),
-    ("purity", "concept purity", 100, "%"),
-    ("purity_chance", "purity at chance", 100, "%"),
-    ("psnr", "reconstruction PSNR", 1, " dB"),
-]
+COLUMNS = {
+    "linear_top1": "linear probe top-1 (sparse)",
+    "linear_cls_top1": "linear probe top-1 (CLS)",
+    "knn_top1": "kNN top-1",
+    "linear_colour_top1": "colour probe top-1 (sparse)",
+    "seg_miou": "seg. probe mIoU",
+    "localization": "concept localization IoU",
+    "psnr": "reconstruction PSNR",
+}
+ABLATION_COLUMNS = ("psnr", "linear_top1", "seg_miou", "localization", "linear_colour_top1")
+"""The ablation table's columns: the paper's (PSNR standing for rFID), then the demo's."""
 
 ALWAYS = ("localization", "psnr")
 """Verdicts STELLAR must pass whatever the supervised reference shows."""
@@ -38,27 +38,36 @@ PROBES = ("linear_top1", "linear_cls_top1", "knn_top1", "linear_colour_top1", "s
 """Verdicts that count only where the supervised reference learns the probe."""
 
 
-def _cell(value: float | None, scale: float, unit: str) -> str:
-    return "–" if value is None else f"{value * scale:.1f}{unit}"
+def _cell(key: str, value: float | None) -> str:
+    """A metric in its unit (dB for PSNR, else %); – where it was not measured."""
+    if value is None:
+        return "–"
+    return f"{value:.1f} dB" if key == "psnr" else f"{value * 100:.1f} %"
+
+
+def _markdown(head: list[str], rows: dict[str, list[str]]) -> str:
+    """A markdown table: the first column names the row, the others are right-aligned."""
+    lines = ["| " + " | ".join(head) + " |", "|---|" + "---:|" * (len(head) - 1)]
+    return "\n".join(lines + [f"| {name} | " + " | ".join(r) + " |" for name, r in rows.items()])
 
 
 def table(results: dict[str, dict]) -> str:
-    """A markdown table: one row per model, one column per metric (– where not measured)."""
-    head = "| model | " + " | ".join(c[1] for c in COLUMNS) + " |"
-    lines = [head, "|---|" + "---:|" * len(COLUMNS)]
-    for name, m in results.items():
-        cells = [_cell(m.get(k), scale, unit) for k, _, scale, unit in COLUMNS]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    """One row per model, one column per metric."""
+    rows = {name: [_cell(k, m.get(k)) for k in COLUMNS] for name, m in results.items()}
+    return _markdown(["model", *COLUMNS.values()], rows)
 
 
-def _words(key: str, gap: float, se: float) -> str:
-    scale, unit = (1, " dB") if key == "psnr" else (100, " points")
-    return f"{gap * scale:+.1f}{unit} (2 × std. error: {2 * se * scale:.1f}{unit})"
-
-
-def _value(key: str, value: float) -> str:
-    return f"{value:.1f} dB" if key == "psnr" else f"{value * 100:.1f} %"
+def ablation_table(results: dict[str, dict]) -> str:
+    """One row per trained variant: this demo's numbers, then the paper's (rFID / lin. / ADE)."""
+    rows = {}
+    for name in (n for n in PAPER if n in results):
+        m = results[name]
+        ratio = m.get("invariance", {}).get("sparse", {}).get("ratio")
+        paper = " / ".join("–" if v is None else f"{v:g}" for v in PAPER[name])
+        rows[name] = [_cell(k, m.get(k)) for k in ABLATION_COLUMNS]
+        rows[name] += ["–" if ratio is None else f"{ratio:.2f}", paper]
+    head = ["variant", *(COLUMNS[k] for k in ABLATION_COLUMNS), "S crop/between"]
+    return _markdown([*head, "paper rFID / linear / ADE mIoU"], rows)
 
 
 def verdicts(
@@ -67,16 +76,9 @@ def verdicts(
     chance: dict[str, Tensor],
     seed: int = 0,
 ) -> list[str]:
-    """Plain-language checks of what the numbers show (computed, never assumed).
-
-    Args:
-        results: metrics per model name ("random init", "STELLAR", optionally
-            "supervised reference").
-        samples: per-sample values per model name (see ``evaluate``).
-        chance: per-sample values of feature-free predictions (``chance_samples``); without
-            the supervised reference the probe verdicts are left out.
-        seed: of the bootstrap behind the mIoU's standard error.
-    """
+    """Plain-language checks of what the numbers show (computed, never assumed), from the
+    metrics and per-sample values of each model and those of feature-free predictions
+    (``chance``); without the supervised reference the probe verdicts are left out."""
     trained, random = samples["STELLAR"], samples["random init"]
     lines = []
     for key in ALWAYS:
@@ -84,7 +86,7 @@ def verdicts(
         ok = gap > 2 * se
         lines.append(
             f"- {'PASS' if ok else 'FAIL'}: trained beats random init on {key} by "
-            f"{_words(key, gap, se)}"
+            f"{gap_words(key, gap, se)}"
         )
     if SUPERVISED not in samples:
         return lines
@@ -93,20 +95,20 @@ def verdicts(
         learnt, se_ref = gap_with_stderr(key, ref[key], chance[key], seed)
         gap, se = gap_with_stderr(key, trained[key], random[key], seed)
         both = (
-            f"STELLAR {_value(key, results['STELLAR'][key])} vs random init "
-            f"{_value(key, results['random init'][key])}"
+            f"STELLAR {_cell(key, results['STELLAR'][key])} vs random init "
+            f"{_cell(key, results['random init'][key])}"
         )
         if learnt <= 2 * se_ref:
             lines.append(
                 f"- not learnable at this scale: {key} (the supervised reference is "
-                f"{_words(key, learnt, se_ref)} from chance); {both}"
+                f"{gap_words(key, learnt, se_ref)} from chance); {both}"
             )
             continue
         ok = gap > 2 * se
         lines.append(
             f"- {'PASS' if ok else 'FAIL'}: trained beats random init on {key} by "
-            f"{_words(key, gap, se)}; learnable here: the supervised reference is "
-            f"{_words(key, learnt, se_ref)} above chance"
+            f"{gap_words(key, gap, se)}; learnable here: the supervised reference is "
+            f"{gap_words(key, learnt, se_ref)} above chance"
         )
     return lines
 
@@ -114,12 +116,13 @@ def verdicts(
 def equivariance_section(results: dict[str, dict]) -> list[str]:
     """The partition table (share of ΔZ carried by L; cosine change of S) and the claim."""
     labels = [t[0] for t in TRANSFORMS]
-    head = "| model | " + " | ".join(f"{t}: L share / S cos. change" for t in labels) + " |"
-    lines = [head, "|---|" + "---:|" * len(labels)]
+    rows = {}
     for name, m in results.items():
         eq = m["equivariance"]
-        cells = [f"{eq[t]['l_share'] * 100:.0f} % / {eq[t]['s_cos_change']:.3f}" for t in labels]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+        rows[name] = [
+            f"{eq[t]['l_share'] * 100:.0f} % / {eq[t]['s_cos_change']:.3f}" for t in labels
+        ]
+    head = ["model", *(f"{t}: L share / S cos. change" for t in labels)]
     eq, eq0 = results["STELLAR"]["equivariance"], results["random init"]["equivariance"]
     holds = all(eq[t]["l_share"] > 0.5 for t in labels)
     shares, shares0 = (
@@ -127,7 +130,7 @@ def equivariance_section(results: dict[str, dict]) -> list[str]:
     )
     return [
         "",
-        *lines,
+        _markdown(head, rows),
         "",
         f"STELLAR's claim (S stays put, L carries the change) "
         f"{'holds' if holds else 'does NOT hold'} here: L carries {shares} of the change of Z "
@@ -139,23 +142,21 @@ def equivariance_section(results: dict[str, dict]) -> list[str]:
 
 def invariance_section(results: dict[str, dict]) -> list[str]:
     """Crop-vs-scene distances, the between-scene distances and their ratio per model."""
-    head = "| model | " + " | ".join(f"{k}: crop / between = ratio" for k in INVARIANCE_KEYS)
-    lines = [head + " |", "|---|" + "---:|" * len(INVARIANCE_KEYS)]
-    notes = []
+    rows, notes = {}, []
     for name, m in results.items():
         inv = m["invariance"]
-        cells = [
+        rows[name] = [
             f"{inv[k]['crop']:.4f} / {inv[k]['between']:.4f} = {inv[k]['ratio']:.2f}"
             for k in INVARIANCE_KEYS
         ]
-        lines.append(f"| {name} | " + " | ".join(cells) + " |")
         flat = [k for k in INVARIANCE_KEYS if inv[k]["between"] < 0.01]
         if flat:
             notes.append(
                 f"{name}: {', '.join(flat)} barely depend on the input (different scenes are "
                 "less than 0.01 apart), so a small crop distance there is trivial; read the ratio."
             )
-    return ["", *lines, "", *notes]
+    head = ["model", *(f"{k}: crop / between = ratio" for k in INVARIANCE_KEYS)]
+    return ["", _markdown(head, rows), "", *notes]
 
 
 FLAGS = [f.name for f in fields(DemoSettings) if f.name not in OPTIONAL]
@@ -167,7 +168,6 @@ def full_command(settings: DemoSettings) -> str:
     parts = ["stellar", "demo"]
     for name in FLAGS:
         parts += [f"--{name.replace('_', '-')}", str(getattr(settings, name))]
-    parts += ["--photos", settings.photos] if settings.photos else []
     parts += ["--ablation"] * settings.ablation + ["--no-progress"] * (not settings.progress)
     return " ".join(shlex.quote(p) for p in [*parts, *settings.overrides])
 
@@ -231,16 +231,16 @@ def write_report(
         "scenes of another seed); the colour probe is the same linear probe predicting the "
         "largest object's colour (10 classes); the segmentation probe predicts background + 8 "
         "shapes per pixel from the dense grid; concept localization is the mean over objects "
-        "of the best IoU between a token's map thresholded at 1/r and the object's mask; "
-        "concept purity is the cluster purity of k-means clusters (k = 16) of the concept "
-        "tokens w.r.t. the shape their map sits on (see `stellar.demo.concepts` and "
-        "docs/CONCEPTS.md). Standard errors are those of the paired gap over the validation "
-        "scenes (a bootstrap over scenes for mIoU); chance is the majority class of the "
-        "probes' training scenes (background everywhere for segmentation).",
+        "of the best IoU between a token's map thresholded at 1/r and the object's mask "
+        "(`stellar.demo.concepts`, docs/CONCEPTS.md). Standard errors are those of the paired "
+        "gap over the validation scenes (a bootstrap over scenes for mIoU); chance is the "
+        "majority class of the probes' training scenes (background everywhere for segmentation).",
         "",
     ]
     for path, caption in figures:
         text += [f"## {caption}", "", f"![{caption}]({path})", ""]
+    model = shlex.quote(str(out / "train-stellar"))
+    text += [f"Your own photos: `stellar viz --model {model} --images PHOTOS --out VIZ`.", ""]
     report = "\n".join(text)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))
     return report

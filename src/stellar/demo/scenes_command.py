@@ -5,6 +5,8 @@ from __future__ import annotations
 import argparse
 
 from stellar.data.scenes import export_scenes
+from stellar.data.scenes.render import MIN_SIZE
+from stellar.errors import Bounds, nonneg_int, number_type, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -13,13 +15,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--out", required=True, help="new folder for images/, masks/, instances/, labels.jsonl"
     )
     parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("-n", "--count", type=int, default=1000)
-    parser.add_argument("--size", type=int, default=64)
-    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("-n", "--count", type=positive_int, default=1000)
+    parser.add_argument("--size", type=number_type(int, Bounds(low=MIN_SIZE)), default=64)
+    parser.add_argument("--seed", type=nonneg_int, default=0)
+    parser.add_argument("--overwrite", action="store_true", help="replace an export in --out")
 
 
 def run(args: argparse.Namespace) -> int:
     """Write the split."""
-    path = export_scenes(args.out, split=args.split, n=args.count, size=args.size, seed=args.seed)
+    path = export_scenes(args.out, args.split, args.count, args.size, args.seed, args.overwrite)
     print(f"wrote {args.count} {args.split} scenes to {path}")
     return 0

@@ -15,14 +15,8 @@ from stellar.eval.segmentation import segmentation_scores
 
 
 def paired_gap(a: Tensor, b: Tensor) -> tuple[float, float]:
-    """Mean of ``a - b`` and its standard error, for per-sample values of the same samples.
-
-    Args:
-        a, b: (N,) per-sample values of two models (N >= 1).
-
-    Returns:
-        ``(gap, stderr)``; the standard error is 0 for a single sample.
-    """
+    """Mean of ``a - b`` and its standard error (0 for one sample), for (N,) per-sample values
+    of two models on the same samples."""
     d = a.double() - b.double()
     se = float(d.std() / math.sqrt(d.numel())) if d.numel() > 1 else 0.0
     return float(d.mean()), se
@@ -34,15 +28,8 @@ def pooled_miou(confusions: Tensor) -> float:
 
 
 def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[float, float]:
-    """mIoU gap of two models and its paired-bootstrap standard error over scenes.
-
-    Args:
-        a, b: (N, C, C) per-scene confusion matrices (rows: target, columns: prediction).
-        n_boot: bootstrap resamples; seed: their generator's seed.
-
-    Returns:
-        ``(gap, stderr)``.
-    """
+    """mIoU gap of two models' (N, C, C) per-scene confusion matrices (rows: target, columns:
+    prediction) and its standard error over ``n_boot`` paired bootstrap resamples of the scenes."""
     gap = pooled_miou(a) - pooled_miou(b)
     g = torch.Generator().manual_seed(seed)
     n = a.shape[0]
@@ -56,3 +43,9 @@ def miou_gap(a: Tensor, b: Tensor, n_boot: int = 200, seed: int = 0) -> tuple[fl
 def gap_with_stderr(key: str, a: Tensor, b: Tensor, seed: int = 0) -> tuple[float, float]:
     """The gap of metric ``key`` between two models' per-sample values, and its std. error."""
     return miou_gap(a, b, seed=seed) if key == "seg_miou" else paired_gap(a, b)
+
+
+def gap_words(key: str, gap: float, se: float) -> str:
+    """A gap and twice its standard error in the metric's unit (dB for PSNR, else points)."""
+    scale, unit = (1, " dB") if key == "psnr" else (100, " points")
+    return f"{gap * scale:+.1f}{unit} (2 × std. error: {2 * se * scale:.1f}{unit})"

@@ -24,7 +24,6 @@ class DemoSettings:
     eval_val: int = 500
     probe_epochs: int = 30
     seg_epochs: int = 10
-    photos: str | None = None
     progress: bool = True
     overrides: tuple[str, ...] = ()
 

@@ -52,15 +52,12 @@ def load_for_viz(
     device: torch.device | str | None = None,
     info: ModelInfo | None = None,
 ) -> tuple[Any, str | None]:
-    """Load ``spec`` with its decoder when it can reconstruct, else encoder-only.
+    """``(model, why)``: ``spec`` loaded with its decoder when it can reconstruct (``why`` is
+    None), else encoder-only and the reason in ``why``.
 
     Encoder-only only when no ``vq_model`` was given and the checkpoint carries no decoder or
     one that predicts VQ codes (read from the file's header); anything else that goes wrong
     raises, since a silently missing panel would hide it.
-
-    Returns:
-        ``(model, why)``: ``why`` is None when the model can reconstruct, else the reason it
-        cannot.
     """
     from stellar.hub import inspect_model, load_model
 

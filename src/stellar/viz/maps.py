@@ -128,19 +128,12 @@ def concept_overlay(
     tokens: Sequence[int] | None = None,
     alpha: float = 0.45,
 ) -> Image.Image:
-    """Each token's region (map > threshold) as a translucent fill with an opaque outline.
+    """Each token's region (map > ``threshold``, default 1/r) over the photo (3, H, W) or PIL,
+    any size, as a fill of opacity ``alpha`` with an opaque outline; ``spatial`` (n, r) on the
+    patch ``grid`` (h, w); only the ``tokens`` given (default: all).
 
-    Args:
-        image: the photo (3, H, W) / PIL / (H, W, 3); H, W any size (the maps are resized).
-        spatial: (n, r) localisation of this image.
-        grid: patch grid (h, w), h·w = n.
-        threshold: a patch belongs to token k when ``L[:, k] > threshold``; default 1/r.
-        tokens: draw only these tokens (default: all); colours stay ``palette(r)[k]``.
-        alpha: opacity of the fill.
-
-    Returns:
-        PIL RGB image of the photo's size. Pixels where several tokens pass the threshold get
-        the mean of their colours; pixels where none does are the photo unchanged.
+    Pixels where several tokens pass the threshold get the mean of their colours; pixels where
+    none does are the photo unchanged.
     """
     photo = torch.from_numpy(np.asarray(to_pil(image), dtype=np.float32).copy())
     size = photo.shape[:2]
@@ -183,19 +176,9 @@ def argmax_segmentation(
     image: ImageLike | None = None,
     alpha: float = 1.0,
 ) -> Image.Image:
-    """Each patch coloured by its most likely token, ``palette(r)[argmax_k L[i, k]]``.
-
-    Args:
-        spatial: (n, r) localisation of one image.
-        grid: patch grid (h, w).
-        size: output (H, W) or side (default: the grid itself, one pixel per patch); patches
-            are upsampled as blocks (nearest).
-        image: optional photo under the colours, which then have opacity ``alpha``.
-        alpha: opacity of the colours over ``image``.
-
-    Returns:
-        PIL RGB image.
-    """
+    """Each patch of ``spatial`` (n, r) on ``grid`` (h, w) coloured by its most likely token,
+    ``palette(r)[argmax_k L[i, k]]``, at ``size`` (H, W) or side (default: one pixel a patch;
+    patches are upsampled as blocks), over ``image`` with opacity ``alpha`` if one is given."""
     maps = _maps(spatial, grid)
     labels = maps.argmax(0)  # (h, w)
     seg = torch.from_numpy(palette(maps.shape[0]))[labels]  # (h, w, 3) uint8
@@ -217,16 +200,8 @@ def pca_rgb(
     Features are centred, the components come from an exact SVD, each component's sign is
     fixed so that its largest-magnitude loading is positive (deterministic output), and each
     channel is mapped to [0, 1] between its ``quantile`` and ``1 - quantile`` values (robust
-    min-max; a constant channel becomes 0.5).
-
-    Args:
-        features: (n, d) patch features (``dense`` or ``lowrank`` of one image).
-        grid: patch grid (h, w).
-        size: output (H, W) or side (default: the grid); upsampled bilinearly.
-        quantile: fraction clipped at each end of every channel.
-
-    Returns:
-        PIL RGB image.
+    min-max; a constant channel becomes 0.5). ``features`` (n, d) on the patch ``grid`` (h, w);
+    ``size``: the output (H, W) or side (default: the grid), upsampled bilinearly.
     """
     h, w = int(grid[0]), int(grid[1])
     x = _finite(features, "patch features")
@@ -257,20 +232,11 @@ def concept_grid(
     cell: int = 96,
     cols: int | None = None,
 ) -> Image.Image:
-    """One small heat map per token, captioned ``t<k> peak <max L[:, k]>``.
+    """One ``cell``-pixel heat map per token of ``spatial`` (n, r) on ``grid`` (h, w), ``cols``
+    a row (default: up to 8), captioned ``t<k> peak <max L[:, k]>``.
 
     Each map is scaled by its own peak (so weak tokens stay visible; the caption gives the
     absolute peak) and blended (70 / 30) over a grey version of the photo.
-
-    Args:
-        image: the photo.
-        spatial: (n, r) localisation.
-        grid: patch grid (h, w).
-        cell: side of each map in pixels.
-        cols: maps per row (default: all r on one row, up to 8).
-
-    Returns:
-        PIL RGB panel.
     """
     maps = _maps(spatial, grid)
     r = maps.shape[0]
@@ -313,18 +279,8 @@ def compose_panel(
     pad: int = 6,
     font_size: int = 13,
 ) -> Image.Image:
-    """Assemble images into a figure: rows of captioned cells, an optional title on top.
-
-    Args:
-        rows: each row a sequence of cells; a cell is an image (PIL / tensor / array) or
-            ``(image, caption)``. Cells of a row are top-aligned; rows may differ in width.
-        title: text above everything.
-        pad: spacing in pixels.
-        font_size: caption size (PIL's default font).
-
-    Returns:
-        PIL RGB figure.
-    """
+    """A figure of ``rows`` of cells, each an image (PIL or tensor) or ``(image, caption)``, top-
+    aligned, ``pad`` pixels apart (rows may differ in width), with an optional title on top."""
     font = _font(font_size)
     probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
     line = int(probe.textbbox((0, 0), "Ag[y", font=font)[3]) + 2

@@ -43,7 +43,6 @@ def render_retrieval(
     grid: tuple[int, int],
     cell: int = 160,
     cols: int = 4,
-    threshold: float | None = None,
 ) -> Image.Image:
     """The ``query`` ``(image (3, H, W), spatial (n, r), token)`` and its neighbours
     ``(image, spatial, token, similarity, name)``, best first, ``cols`` per row, each with the
@@ -51,7 +50,7 @@ def render_retrieval(
 
     def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
         photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
-        return concept_overlay(photo, spatial, grid, threshold, tokens=[token], alpha=0.4)
+        return concept_overlay(photo, spatial, grid, tokens=[token], alpha=0.4)
 
     q_image, q_spatial, q_token = query
     rows: list[list[Any]] = [[(tile(q_image, q_spatial, q_token), f"query: token {q_token}")]]

@@ -63,11 +63,8 @@ class TokenIndex:
 
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
-        """Read the index :meth:`save` wrote in ``directory``.
-
-        Raises:
-            UsageError: there is none, or it is damaged (naming the file).
-        """
+        """Read the index :meth:`save` wrote in ``directory``; a UsageError naming the file if
+        there is none or it is damaged."""
         path = Path(directory) / INDEX_FILE
         if not path.is_file():
             raise UsageError(f"expected a token index at {path}, found none")
@@ -134,11 +131,10 @@ def build_token_index(
 
 
 def query_index(index: TokenIndex, vector: Tensor, k: int = 8) -> tuple[Tensor, Tensor]:
-    """The ``k`` (at most M) indexed tokens most similar to ``vector`` (d,) or (q, d), by
-    cosine similarity (exact search: faiss ``IndexFlatIP`` when installed, else a matmul):
-    ``scores`` and ``rows`` (int64), each (k,) or (q, k), best first."""
-    single = vector.ndim == 1
-    queries = F.normalize(vector.detach().float().cpu().reshape(-1, vector.shape[-1]), dim=-1)
+    """The ``k`` (at most M) indexed tokens most similar to ``vector`` (d,), by cosine
+    similarity (exact search: faiss ``IndexFlatIP`` when installed, else a matmul): ``scores``
+    and ``rows`` (int64), each (k,), best first."""
+    queries = F.normalize(vector.detach().float().cpu()[None], dim=-1)
     k = min(int(k), len(index))
     try:
         import faiss  # type: ignore[import-not-found]
@@ -150,4 +146,4 @@ def query_index(index: TokenIndex, vector: Tensor, k: int = 8) -> tuple[Tensor, 
             index._faiss.add(index.vectors.float().contiguous().numpy())
         found = index._faiss.search(queries.contiguous().numpy(), k)
         scores, rows = torch.from_numpy(found[0]), torch.from_numpy(found[1]).long()
-    return (scores[0], rows[0]) if single else (scores, rows)
+    return scores[0], rows[0]

@@ -12,23 +12,18 @@ from torch.utils.data import Dataset
 
 from stellar.data.scenes.geometry import SHAPES
 from stellar.data.scenes.render import BACKGROUNDS, COLOURS, FILLS, SPLITS, render_scene
+from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 
 logger = logging.getLogger(__name__)
 
 
 class ConceptScenes(Dataset):
-    """Map-style dataset of procedurally rendered concept scenes (no files needed).
+    """``length`` procedurally rendered concept scenes (no files needed).
 
     Item ``i`` is ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus
     the keys the training pipeline expects: ``canvas`` (3, size, size) uint8, ``size`` (2,)
-    int64 = (height, width) and ``index`` () int64.
-
-    Args:
-        size: Image side in pixels (>= 16).
-        length: Number of items.
-        seed: Non-negative base seed.
-        split: ``"train"``, ``"val"`` or ``"test"``; splits use disjoint random streams.
-        max_objects: Objects per image are drawn uniformly from 1..max_objects.
+    int64 = (height, width) and ``index`` () int64. The splits ``"train"``, ``"val"`` and
+    ``"test"`` draw from disjoint random streams.
     """
 
     def __init__(
@@ -72,6 +67,7 @@ def export_scenes(
     n: int = 1000,
     size: int = 64,
     seed: int = 0,
+    overwrite: bool = False,
 ) -> Path:
     """Write ``n`` scenes of a split as a labelled image folder.
 
@@ -79,65 +75,46 @@ def export_scenes(
     main-shape label, so it loads as an image-classification folder; only shapes that occur get
     a folder), ``masks/<shape_name>/<index>.png`` (uint8 ``semantic_mask``: 0 background,
     1 + shape class) and ``instances/<shape_name>/<index>.png`` (uint8 ``instance_mask``),
-    ``labels.jsonl`` (one JSON object per image with every label and the relative file paths)
-    and ``classes.json`` (class-name tuples). ``images/`` + ``masks/`` is the simple layout
-    ``stellar eval seg`` reads (``--num-classes`` 1 + the number of shapes). ``<index>`` is
-    zero-padded to at least 6 digits. Item ``i`` equals
-    ``ConceptScenes(size, n, seed, split)[i]``.
-
-    Args:
-        out_dir: Destination folder (created if needed).
-        split: Split to render (see ``SPLITS``).
-        n: Number of images.
-        size: Image side in pixels.
-        seed: Base seed.
-
-    Returns:
-        The output folder as a ``Path``.
-
-    Raises:
-        ValueError: ``out_dir`` already holds an export.
+    ``labels.jsonl`` (one JSON object per image with every label and the relative file paths,
+    written last) and ``classes.json`` (class-name tuples). ``images/`` + ``masks/`` is the
+    simple layout ``stellar eval seg`` reads (``--num-classes`` 1 + the number of shapes).
+    ``<index>`` is zero-padded to at least 6 digits. Item ``i`` equals
+    ``ConceptScenes(size, n, seed, split)[i]``. The folder is held through
+    :func:`stellar.outputs.output_folder`; one that holds an export is refused unless
+    ``overwrite``, which deletes it first.
     """
     from stellar.progress import progress_bar
 
-    out = Path(out_dir)
-    # Exporting over an earlier export would leave its images beside the new labels.
-    folders = [out / d for d in EXPORT_FOLDERS]
-    stale = [d for d in folders if d.is_dir() and any(d.iterdir())]
-    if stale:
-        raise ValueError(
-            f"expected a new or empty output folder, but {stale[0]} already holds an export; "
-            "choose another folder or delete it"
-        )
     ds = ConceptScenes(size=size, length=n, seed=seed, split=split)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "classes.json").write_text(
-        json.dumps({"shapes": SHAPES, "colours": COLOURS, "fills": FILLS}, indent=1) + "\n"
-    )
-    width = max(6, len(str(max(n - 1, 0))))
-    made: set[str] = set()
-    with (out / "labels.jsonl").open("w") as fh:
+    with output_folder(out_dir, "stellar scenes") as out:
+        # Exporting over an earlier export would leave its images beside the new labels.
+        remove(
+            check_fresh(
+                out, [*EXPORT_FOLDERS, "classes.json", "labels.jsonl"], overwrite, "an export"
+            )
+        )
+        classes = json.dumps({"shapes": SHAPES, "colours": COLOURS, "fills": FILLS}, indent=1)
+        atomic_write(out / "classes.json", lambda tmp: tmp.write_text(classes + "\n"))
+        width = max(6, len(str(max(n - 1, 0))))
+        records = []
         for i in progress_bar(range(n), desc=f"export {split} scenes"):
             item = ds[i]
-            name = f"{i:0{width}d}"
-            shape_name = SHAPES[int(item["shape"])]
-            if shape_name not in made:
-                for folder in folders:
-                    (folder / shape_name).mkdir(parents=True, exist_ok=True)
-                made.add(shape_name)
-            img_rel, sem_rel, ins_rel = (f"{d}/{shape_name}/{name}.png" for d in EXPORT_FOLDERS)
-            Image.fromarray(item["canvas"].permute(1, 2, 0).numpy()).save(out / img_rel)
-            Image.fromarray(item["semantic_mask"].to(torch.uint8).numpy()).save(out / sem_rel)
-            Image.fromarray(item["instance_mask"].to(torch.uint8).numpy()).save(out / ins_rel)
+            shape_name = SHAPES[int(item["label"])]
+            paths = [f"{d}/{shape_name}/{i:0{width}d}.png" for d in EXPORT_FOLDERS]
+            for path in paths:
+                (out / path).parent.mkdir(parents=True, exist_ok=True)
+            Image.fromarray(item["canvas"].permute(1, 2, 0).numpy()).save(out / paths[0])
+            Image.fromarray(item["semantic_mask"].to(torch.uint8).numpy()).save(out / paths[1])
+            Image.fromarray(item["instance_mask"].to(torch.uint8).numpy()).save(out / paths[2])
             count = int(item["count"])
             record = {
                 "index": i,
                 "split": split,
                 "seed": seed,
                 "size": size,
-                "image": img_rel,
-                "semantic_mask": sem_rel,
-                "instance_mask": ins_rel,
+                "image": paths[0],
+                "semantic_mask": paths[1],
+                "instance_mask": paths[2],
                 "label": int(item["label"]),
                 "shape_name": shape_name,
                 "count": count,
@@ -150,6 +127,7 @@ def export_scenes(
                 "boxes": item["boxes"][:count].tolist(),
                 "background": BACKGROUNDS[int(item["background"])],
             }
-            fh.write(json.dumps(record) + "\n")
+            records.append(json.dumps(record) + "\n")
+        atomic_write(out / "labels.jsonl", lambda tmp: tmp.write_text("".join(records)))
     logger.info("exported %d %s scenes (%d px) to %s", n, split, size, out)
     return out

@@ -123,17 +123,9 @@ def _sdf_cross(u: np.ndarray, v: np.ndarray, arm: float, half: float) -> np.ndar
 
 
 def shape_sdf(shape: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.ndarray:
-    """Signed distance of points to a shape centred at the origin in its own frame.
-
-    Args:
-        shape: Index into ``SHAPES``.
-        u: (...) float array, first local coordinate (pixels, rotation already undone).
-        v: (...) float array, second local coordinate, same shape as ``u``.
-        radius: Object radius R in pixels (the shape's geometry scales with it).
-
-    Returns:
-        (...) float array, negative inside, zero on the boundary, in pixels.
-    """
+    """Signed distance in pixels (negative inside) of the points ``(u, v)`` (two (...) arrays of
+    local coordinates, pixels, rotation undone) to shape ``shape`` of radius R = ``radius`` px
+    centred at the origin."""
     r = float(radius)
     if shape == 0:
         return np.hypot(u, v) - r

@@ -173,7 +173,7 @@ def render_scene(
         Dict of tensors, K = max_objects:
         ``image`` (3, size, size) float32 in [0, 1] (exactly ``uint8 / 255``);
         ``image_uint8`` (3, size, size) uint8;
-        ``label``, ``shape`` () int64: shape class of the object with the largest visible area
+        ``label`` () int64: shape class of the object with the largest visible area
         (the first on ties); ``colour`` () int64: that object's colour class;
         ``count`` () int64;
         ``shapes`` (len(SHAPES),) and ``colours`` (len(COLOURS),) float32 multi-hot;
@@ -293,7 +293,6 @@ def render_scene(
         "image": torch.from_numpy(np.divide(u8, np.float32(255.0), dtype=np.float32)),
         "image_uint8": torch.from_numpy(u8),
         "label": torch.tensor(main_shape, dtype=torch.int64),
-        "shape": torch.tensor(main_shape, dtype=torch.int64),
         "colour": torch.tensor(main_colour, dtype=torch.int64),
         "count": torch.tensor(count, dtype=torch.int64),
         "shapes": torch.from_numpy(shapes_mh),
