@@ -118,7 +118,7 @@ def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
 def test_every_rank_gets_the_same_share_of_each_epoch(length):
     world = 2
     ranks = [ResumableSampler(length, seed=1, rank=r, world=world) for r in range(world)]
-    orders = [s.order() for s in ranks]
+    orders = [list(s) for s in ranks]
     assert [len(o) for o in orders] == [length // world] * world
     assert [len(s) for s in ranks] == [length // world] * world
     assert len(set(orders[0] + orders[1])) == length - length % world  # disjoint
