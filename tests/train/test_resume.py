@@ -47,17 +47,11 @@ def _break_state(run):
     os.remove(run / "checkpoints" / "step-00000002" / "trainer_state.pt")
 
 
-@pytest.mark.parametrize(
-    ("damage", "problem"),
-    [
-        (_break_dangling, "it points at step-00000002, which does not exist"),
-        (_break_state, "it has no trainer_state.pt"),
-    ],
-)
-def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage, problem):
+@pytest.mark.parametrize("damage", [_break_dangling, _break_state])
+def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage):
     damage(run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*--overwrite"):
+    with pytest.raises(ValueError, match="checkpoints/last, which is missing.*--overwrite"):
         _trainer(run).train(resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
@@ -71,7 +65,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_overwrite(tmp_p
     with pytest.raises(UsageError, match="--overwrite") as fresh:
         _trainer(out).train()
     assert "--resume" not in str(fresh.value)  # there is nothing to resume
-    with pytest.raises(UsageError, match="does not exist.*pass --overwrite"):
+    with pytest.raises(UsageError, match="missing or incomplete.*pass --overwrite"):
         _trainer(out).train(resume=True)
     _trainer(out).train(overwrite=True)
     assert (out / "checkpoints" / "last").is_dir()

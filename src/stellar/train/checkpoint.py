@@ -69,30 +69,11 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The folder ``root/last`` points at, if a complete one exists."""
+    """The folder ``root/last`` points at, if it holds a complete checkpoint."""
     last = root / LAST
-    if last.exists() and (last / STATE_NAME).is_file():
+    if (last / STATE_NAME).is_file() and (last / WEIGHTS_NAME).is_file():
         return last.resolve()
     return None
-
-
-def resume_checkpoint(root: Path) -> Path:
-    """The folder ``root/last`` points at; a UsageError saying what is missing if unusable."""
-    last = root / LAST
-    if last.is_symlink() and not last.exists():
-        problem = f"it points at {os.readlink(last)}, which does not exist"
-    elif not last.exists():
-        problem = "it does not exist (no checkpoint was saved there)"
-    elif not (last / STATE_NAME).is_file():
-        problem = f"it has no {STATE_NAME} (the optimizer, step and RNG state)"
-    elif not (last / WEIGHTS_NAME).is_file():
-        problem = f"it has no {WEIGHTS_NAME}"
-    else:
-        return last.resolve()
-    raise UsageError(
-        f"--resume needs a complete checkpoint at {last}, but {problem}. To start afresh in "
-        f"{root.parent}, pass --overwrite (overwrite=True) instead of --resume."
-    )
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -195,7 +176,12 @@ class TrainerCheckpoints:
 
     def resume(self) -> tuple[int, int]:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
-        folder = resume_checkpoint(self.ckpt_dir)
+        if (folder := latest_checkpoint(self.ckpt_dir)) is None:
+            raise UsageError(
+                f"--resume needs a complete checkpoint ({WEIGHTS_NAME} and {STATE_NAME}) at "
+                f"{self.ckpt_dir / LAST}, which is missing or incomplete. To start afresh in "
+                f"{self.out}, pass --overwrite (overwrite=True) instead of --resume."
+            )
         state = read_pickle(folder / STATE_NAME)
         needed = {"step", "optimizer", "rank_positions", "config", "num_images"}
         needed |= {"cpu_rng", "images", CHECKPOINT_ID}
