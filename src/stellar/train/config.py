@@ -19,7 +19,6 @@ from typing import Any, Literal
 import yaml
 
 from stellar.data.augment import MultiViewAugment
-from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.losses.masking import FocalMode, num_kept
 from stellar.losses.objective import ObjectiveConfig
@@ -157,13 +156,7 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        colour_keys = {f.name for f in dataclasses.fields(ColorAugment)}
-        if unknown := sorted(set(a.color) - colour_keys):
-            raise UsageError(
-                f"unknown augment.color key(s) {', '.join(unknown)}; "
-                f"valid: {', '.join(sorted(colour_keys))}"
-            )
-        try:  # the pipeline checks its scales and colour settings when built
+        try:  # the pipeline checks its scales and colour settings (and keys) when built
             MultiViewAugment(
                 a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
             )
