@@ -13,9 +13,10 @@ from tiny_run import TINY as TINY_RUN
 from tiny_run import photo_folder
 
 from stellar.cli import console, main
+from stellar.data.loader import ResumableSampler
 from stellar.errors import UsageError
 from stellar.train.config import load_config
-from stellar.train.trainer import ResumableSampler, Trainer
+from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN, "ckpt_every=100", "max_steps=3"]
 
