@@ -77,13 +77,9 @@ def random_resized_crop(
     Args:
         canvas: (B, C, Hc, Wc) uint8 (0..255) or float ([0, 1]) images.
         size: (B, 2) integer valid (h, w) of each image, at the canvas' top-left.
-        out_size: side of the square output views.
-        n_views: crops per image.
         scale: range of the crop area as a fraction of the valid area.
         ratio: range of the crop aspect ratio (width / height).
         generator: source of randomness (on any device); None uses the global RNG.
-        flip_p: probability of a horizontal flip per crop.
-        return_params: also return the boxes and flips.
 
     Returns:
         views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
@@ -217,13 +213,9 @@ class MultiViewAugment:
         """The views of one training step: the main view and exactly those ``plan`` asks for.
 
         Only the global crops used are made (the main one, the masked ones, the second one);
-        views of a count of zero are neither cropped nor coloured.
-
-        Args:
-            canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
-            size: (B, 2) integer valid (h, w) of each canvas.
-            plan: views per image.
-            generator: source of randomness; a seeded one reproduces the output.
+        views of a count of zero are neither cropped nor coloured. ``canvas`` (B, 3, Hc, Wc)
+        uint8 or float [0, 1] and ``size`` (B, 2) as :func:`random_resized_crop` takes them; a
+        seeded ``generator`` reproduces the output.
 
         Returns:
             ``image`` (B, 3, G, G) without colour augmentation; when asked for,

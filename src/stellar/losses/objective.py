@@ -68,15 +68,9 @@ class ObjectiveConfig:
 
 
 def total_loss(terms: dict[str, Tensor], rec_coeff: float) -> Tensor:
-    """The release's total: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every term named ``*loss*``.
-
-    Args:
-        terms: loss terms under the release's names (:meth:`StellarObjective.compute`, or the
-            ``predictions`` of a pretraining call).
-        rec_coeff: the reconstruction weight (10 for ``MSE``, 0.05 for ``VQ-CE`` by default).
-
-    Returns:
-        A 0-dim fp32 tensor.
+    """The release's total, a 0-dim fp32 tensor: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every
+    term named ``*loss*`` of ``terms`` (:meth:`StellarObjective.compute`, or the ``predictions``
+    of a pretraining call); the paper's ``rec_coeff`` is 10 for ``MSE``, 0.05 for ``VQ-CE``.
     """
     parts = [rec_coeff * terms[k].float() for k in ("MSE", "VQ-CE") if k in terms]
     parts += [v.float() for k, v in terms.items() if "loss" in k]
@@ -93,10 +87,8 @@ class StellarObjective(nn.Module):
         ``second_view`` (B, 3, G, G) for global alignment. Absent keys switch terms off, and
         a view no enabled term reads is ignored.
 
-    Args:
-        model: a ``purpose="pretrain"`` STELLAR.
-        config: which terms, with which weights.
-        teacher: optional EMA copy that supplies the clustering targets.
+    ``model`` is a ``purpose="pretrain"`` STELLAR; an EMA ``teacher`` supplies the clustering
+    targets.
     """
 
     def __init__(

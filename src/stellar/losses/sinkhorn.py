@@ -29,12 +29,8 @@ def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
     column sums with SUM, so each rank's rows equal those of a single process
     run on the concatenation of every rank's rows (ranks may hold different numbers of rows).
 
-    Args:
-        scores: (N, K) scores, already divided by the Sinkhorn temperature.
-        n_iterations: Number of (column, row) normalisation rounds, at least 1.
-
-    Returns:
-        (N, K) fp32 assignments, detached; each row sums to 1.
+    ``scores`` (N, K) are already divided by the Sinkhorn temperature; returns (N, K) fp32
+    assignments, detached, each row summing to 1.
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with torch.autocast(device_type=scores.device.type, enabled=False):
