@@ -214,16 +214,10 @@ def load_config(
     config: str | Path | Mapping[str, Any] | TrainConfig | None = None,
     overrides: Iterable[str] | Mapping[str, Any] = (),
 ) -> TrainConfig:
-    """Defaults ⊕ ``config`` ⊕ overrides, type-, range- and rule-checked once.
-
-    Args:
-        config: a preset name, a YAML file, a mapping of fields, or a TrainConfig (re-checked).
-        overrides: ``key=value`` texts (YAML values) or a mapping, dotted keys for sections
-            (``optim.lr``).
-
-    Raises:
-        UsageError: naming the key, what it expects and the value given.
-    """
+    """Defaults ⊕ ``config`` (a preset name, a YAML file, a mapping of fields, or a TrainConfig
+    to re-check) ⊕ ``overrides`` (``key=value`` texts, or a mapping; dotted keys for sections),
+    type-, range- and rule-checked once: a UsageError names the key, what it expects and the
+    value given."""
     if isinstance(config, TrainConfig):
         data = config.to_dict()
     elif isinstance(config, Mapping):
@@ -327,14 +321,9 @@ def read_run_config(out: str | Path) -> dict[str, Any]:
 def resume_changes(
     saved: Mapping[str, Any], cfg: TrainConfig, saved_as: str = "its saved settings"
 ) -> list[str]:
-    """The differences of ``cfg`` from a run's ``saved`` settings, as ``"key old -> new"``.
-
-    Args:
-        saved_as: what ``saved`` is, for the error (``config.yaml``, a checkpoint's record).
-
-    Raises:
-        UsageError: a key outside :data:`RESUMABLE_KEYS` differs, naming every such key.
-    """
+    """The differences of ``cfg`` from a run's ``saved`` settings (``saved_as`` in the error),
+    as ``"key old -> new"``; a UsageError naming every differing key not in
+    :data:`RESUMABLE_KEYS`."""
     old, new = flatten(saved), flatten(cfg.to_dict())
     differ = sorted(k for k in old.keys() | new.keys() if k != "out" and old.get(k) != new.get(k))
     shown = {k: f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in differ}
