@@ -68,7 +68,6 @@ class AugmentConfig:
 
     global_size: int = bounded(224, low=1)
     local_size: int = bounded(96, low=1)
-    n_global: int = bounded(8, low=1)
     n_local: int = bounded(8, low=0)
     n_masked: int = bounded(8, low=0)
     global_scale: tuple[float, float] = (0.36, 1.0)
@@ -143,12 +142,6 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """The rules that join fields; UsageError naming the keys."""
         a = self.augment
-        if a.n_masked > a.n_global:
-            raise UsageError(
-                f"augment.n_masked {a.n_masked} cannot exceed augment.n_global {a.n_global}"
-            )
-        if self.objective.global_align and a.n_global < 2:
-            raise UsageError("objective.global_align needs augment.n_global >= 2")
         if self.strategy == "fsdp" and self.ema.enabled:  # the EMA teacher is not sharded
             raise UsageError("ema.enabled=true is not supported with strategy=fsdp")
         if self.data.source == "scenes" and self.data.root:
