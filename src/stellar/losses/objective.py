@@ -104,13 +104,8 @@ class StellarObjective(nn.Module):
             )
         self.model = model
         self.config = config
-        # Held outside the module tree: the teacher has no gradients and is not DDP-synced.
-        self._teacher = [teacher] if teacher is not None else []
-
-    @property
-    def teacher(self) -> STELLAR | None:
-        """The EMA teacher, if any."""
-        return self._teacher[0] if self._teacher else None
+        # Outside the module tree: the teacher has no gradients and is not DDP-synced.
+        object.__setattr__(self, "teacher", teacher)
 
     def unused_parameters(self, plan: ViewPlan) -> list[str]:
         """Names of the model's trainable parameters that no enabled term reaches.
@@ -167,7 +162,7 @@ class StellarObjective(nn.Module):
             main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
             with record_function(PHASE + "decoder"):
-                add(self.reconstruction_name(), self.reconstruction_loss(main, image))
+                add(*self.reconstruction_loss(main, image))
         if cfg.koleo:
             add("koleo_loss", cfg.koleo_weight * koleo_loss(main["sparse"]))
         with record_function(PHASE + "heads and Sinkhorn"):
@@ -205,27 +200,20 @@ class StellarObjective(nn.Module):
         pixel = self.model.config.decoder_head == "pixel"
         return PIXEL_RECON_WEIGHT if pixel else VQ_RECON_WEIGHT
 
-    def reconstruction_name(self) -> str:
-        """The release's name of the reconstruction term: ``MSE`` or ``VQ-CE``."""
-        return "MSE" if self.model.config.decoder_head == "pixel" else "VQ-CE"
-
-    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> Tensor:
-        """Pixel MSE against the [0, 1] image, or CE against the tokenizer's codes."""
+    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> tuple[str, Tensor]:
+        """The term under the release's name: ``MSE`` of the pixel head against the [0, 1] image,
+        or ``VQ-CE`` against the tokenizer's codes (B, h*w) of the image resized to grid·16."""
         grid = self.model.grid(image)
         out = self.model.decode(main["lowrank"], grid)
         if "x_hat" in out:
-            return F.mse_loss(out["x_hat"].float(), image.float())
-        codes = self.vq_targets(image, grid)
-        return F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
-
-    @torch.no_grad()
-    def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Tokenizer codes (B, h*w) on the patch grid (the image is resized to grid·16)."""
+            return "MSE", F.mse_loss(out["x_hat"].float(), image.float())
         tokenizer = self.model.tokenizer
         size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
-        if tuple(image.shape[-2:]) != size:
-            image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
-        return tokenizer.encode(image.clamp(0, 1))
+        with torch.no_grad():
+            if tuple(image.shape[-2:]) != size:
+                image = F.interpolate(image.float(), size, mode="bicubic", align_corners=False)
+            codes = tokenizer.encode(image.clamp(0, 1))
+        return "VQ-CE", F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
 
     @torch.no_grad()
     def targets(
