@@ -1,16 +1,10 @@
 """Batched multi-view augmentation on the device (torch ops only, no torchvision).
 
-Everything here works on whole batches: the random parameters of every image and view are
-drawn at once from an optional ``torch.Generator`` (so a seeded generator reproduces the
-output exactly on a given device) and applied with vectorised ops, never a Python loop over
-images or views.
-
-Crops follow torchvision's ``RandomResizedCrop`` sampling (integer crop boxes, 10 tries, centre
-crop fallback) but resample all crops of a batch with a single bicubic ``grid_sample``; no
-antialiasing is applied, which is harmless for the mild down-scaling factors of the default
-recipe (a 256 canvas to 224 / 96 px views). Colour augmentation lives in
-:mod:`stellar.data.color` (torchvision's ``ColorJitter``, ``RandomGrayscale`` and
-``GaussianBlur`` semantics).
+The random parameters of every image and view are drawn at once from an optional
+``torch.Generator`` (a seeded one reproduces the output exactly on a given device), never in a
+Python loop over images or views. Crops follow torchvision's ``RandomResizedCrop`` sampling but
+resample a whole batch with one bicubic ``grid_sample``, without antialiasing: harmless for the
+mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 """
 
 from __future__ import annotations

@@ -1,11 +1,6 @@
-"""Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur.
-
-:class:`ColorAugment` holds the settings and applies them.
-
-Semantics follow torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``; every
-operation works on a whole batch with per-sample random parameters drawn at once from an
-optional ``torch.Generator``.
-"""
+"""Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur in the
+semantics of torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``, each on a
+whole batch with the random parameters of every sample drawn at once."""
 
 from __future__ import annotations
 
