@@ -105,6 +105,7 @@ class Trainer(TrainerCheckpoints):
             rank=self.dist.rank,
             pin_memory=self.device.type == "cuda",
         )
+        self.sampler = self.loader.sampler  # the data order (the demo replays it)
         self.step = 0
         self.autocast_dtype, why = precision_choice(cfg.precision, self.device)
         if self.dist.is_main:
@@ -249,7 +250,7 @@ class Trainer(TrainerCheckpoints):
         with StopRequest() as stop:
             try:
                 while self.step < end:
-                    self.loader.sampler.set_position(epoch, position)
+                    self.sampler.set_position(epoch, position)
                     start, batches = position, iter(self.loader)
                     while self.step < end:
                         micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
