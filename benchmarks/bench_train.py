@@ -156,7 +156,7 @@ def main() -> None:
         "overrides": args.overrides,
         "batch": cfg.batch_size,
         "views": {
-            "global": cfg.augment.n_global,
+            "global": max(1, trainer.plan.masked, 2 if trainer.plan.second else 1),  # crops made
             "masked": cfg.augment.n_masked,
             "local": cfg.augment.n_local,
         },

@@ -43,11 +43,8 @@ class DistInfo:
 
 
 def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> torch.device:
-    """``spec`` as a device, or by default CUDA device ``local_rank`` when CUDA exists, else CPU.
-
-    Raises:
-        UsageError: ``spec`` names no device torch knows (e.g. ``--device gpu``).
-    """
+    """``spec`` as a device (a UsageError if torch knows no such device, e.g. ``gpu``), or by
+    default CUDA device ``local_rank`` when CUDA exists, else CPU."""
     if spec is None:
         return (
             torch.device("cuda", local_rank) if torch.cuda.is_available() else torch.device("cpu")
@@ -84,11 +81,7 @@ def _cuda_native_bf16(device: torch.device) -> bool:
 
 
 def precision_choice(precision: str, device: torch.device) -> tuple[torch.dtype | None, str]:
-    """The autocast dtype of a precision setting (None: no autocast, fp32) and why, for logs.
-
-    Raises:
-        ValueError: ``precision`` is not auto, bf16 or fp32.
-    """
+    """The autocast dtype of a precision setting (None: no autocast, fp32) and why, for logs."""
     if precision == "bf16":
         return torch.bfloat16, "bf16 autocast (precision=bf16)"
     if precision == "fp32":
@@ -151,14 +144,9 @@ def autocast(
 
 
 def setup(device: str | torch.device | None = None) -> DistInfo:
-    """Join the torchrun process group when launched by torchrun (NCCL on GPU, gloo on CPU).
-
-    Args:
-        device: the device to use (default: CUDA device ``LOCAL_RANK`` when CUDA exists).
-
-    Returns:
-        This process's :class:`DistInfo`; a CUDA device is made the current one.
-    """
+    """This process's :class:`DistInfo`, after joining the process group torchrun describes
+    (NCCL on GPU, gloo on CPU); ``device`` defaults to :func:`pick_device`'s, a CUDA device is
+    made the current one."""
     env = os.environ
     rank, world, local = (
         int(env.get(k, d)) for k, d in (("RANK", 0), ("WORLD_SIZE", 1), ("LOCAL_RANK", 0))

@@ -71,7 +71,7 @@ def test_two_ranks_are_disjoint() -> None:
     seen = []
     for rank in range(2):
         loader = build_loader(ds, 4, shuffle=True, seed=3, num_replicas=2, rank=rank)
-        assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.world == 2
+        assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.num_replicas == 2
         loader.set_epoch(1)
         seen.append(_indices(loader))
     assert len(seen[0]) == len(seen[1]) == 12

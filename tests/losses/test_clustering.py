@@ -13,7 +13,7 @@ def test_clustering_targets_flatten_batch_dims() -> None:
     logits = torch.randn(3, 4, 10, requires_grad=True)
     targets = clustering_targets(logits, sk_temp=0.1, n_iterations=2)
     assert targets.shape == (3, 4, 10) and not targets.requires_grad
-    from stellar.losses.sinkhorn import sinkhorn_knopp
+    from stellar.losses.clustering import sinkhorn_knopp
 
     flat = sinkhorn_knopp(logits.detach().reshape(12, 10) / 0.1, n_iterations=2)
     torch.testing.assert_close(targets, flat.reshape(3, 4, 10), atol=0, rtol=0)

@@ -13,9 +13,10 @@ from tiny_run import TINY as TINY_RUN
 from tiny_run import photo_folder
 
 from stellar.cli import console, main
+from stellar.data.loader import ResumableSampler
 from stellar.errors import UsageError
 from stellar.train.config import load_config
-from stellar.train.trainer import ResumableSampler, Trainer
+from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN, "ckpt_every=100", "max_steps=3"]
 
@@ -47,17 +48,11 @@ def _break_state(run):
     os.remove(run / "checkpoints" / "step-00000002" / "trainer_state.pt")
 
 
-@pytest.mark.parametrize(
-    ("damage", "problem"),
-    [
-        (_break_dangling, "it points at step-00000002, which does not exist"),
-        (_break_state, "it has no trainer_state.pt"),
-    ],
-)
-def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage, problem):
+@pytest.mark.parametrize("damage", [_break_dangling, _break_state])
+def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage):
     damage(run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
-    with pytest.raises(ValueError, match=f"checkpoints/last, but {problem}.*--overwrite"):
+    with pytest.raises(ValueError, match="checkpoints/last, which is missing.*--overwrite"):
         _trainer(run).train(resume=True)
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
@@ -71,7 +66,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_overwrite(tmp_p
     with pytest.raises(UsageError, match="--overwrite") as fresh:
         _trainer(out).train()
     assert "--resume" not in str(fresh.value)  # there is nothing to resume
-    with pytest.raises(UsageError, match="does not exist.*pass --overwrite"):
+    with pytest.raises(UsageError, match="missing or incomplete.*pass --overwrite"):
         _trainer(out).train(resume=True)
     _trainer(out).train(overwrite=True)
     assert (out / "checkpoints" / "last").is_dir()
@@ -118,7 +113,7 @@ def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
 def test_every_rank_gets_the_same_share_of_each_epoch(length):
     world = 2
     ranks = [ResumableSampler(length, seed=1, rank=r, world=world) for r in range(world)]
-    orders = [s.order() for s in ranks]
+    orders = [list(s) for s in ranks]
     assert [len(o) for o in orders] == [length // world] * world
     assert [len(s) for s in ranks] == [length // world] * world
     assert len(set(orders[0] + orders[1])) == length - length % world  # disjoint

@@ -110,7 +110,7 @@ def test_config_overrides_and_errors():
 
 
 def test_unknown_colour_augmentation_key_fails_before_training(tmp_path):
-    with pytest.raises(ValueError, match=r"unknown augment.color key\(s\) hu; valid: .*hue"):
+    with pytest.raises(ValueError, match=r"^augment: .*'hu'$"):
         load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "augment.color.hu=0.5"])
     assert not (tmp_path / "checkpoints").exists()
     cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "augment.color.hue=0.5"])
@@ -170,7 +170,7 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     from stellar.data.loader import ResumableSampler
 
     # The first batch of epoch 0 and its third batch are all unreadable.
-    order = ResumableSampler(16, seed=0).order()
+    order = list(ResumableSampler(16, seed=0))
     folder = photo_folder(tmp_path / "photos", 16, broken=order[0:4] + order[8:12])
 
     def trainer(out, *extra):

@@ -9,7 +9,6 @@ from pathlib import Path
 TINY = [
     "data.scenes_length=64",
     "batch_size=4",
-    "augment.n_global=2",
     "augment.n_local=2",
     "augment.n_masked=2",
     "tensorboard=false",

@@ -1,16 +1,10 @@
 """Batched multi-view augmentation on the device (torch ops only, no torchvision).
 
-Everything here works on whole batches: the random parameters of every image and view are
-drawn at once from an optional ``torch.Generator`` (so a seeded generator reproduces the
-output exactly on a given device) and applied with vectorised ops, never a Python loop over
-images or views.
-
-Crops follow torchvision's ``RandomResizedCrop`` sampling (integer crop boxes, 10 tries, centre
-crop fallback) but resample all crops of a batch with a single bicubic ``grid_sample``; no
-antialiasing is applied, which is harmless for the mild down-scaling factors of the default
-recipe (a 256 canvas to 224 / 96 px views). Colour augmentation lives in
-:mod:`stellar.data.color` (torchvision's ``ColorJitter``, ``RandomGrayscale`` and
-``GaussianBlur`` semantics).
+The random parameters of every image and view are drawn at once from an optional
+``torch.Generator`` (a seeded one reproduces the output exactly on a given device), never in a
+Python loop over images or views. Crops follow torchvision's ``RandomResizedCrop`` sampling but
+resample a whole batch with one bicubic ``grid_sample``, without antialiasing: harmless for the
+mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 """
 
 from __future__ import annotations
@@ -77,13 +71,9 @@ def random_resized_crop(
     Args:
         canvas: (B, C, Hc, Wc) uint8 (0..255) or float ([0, 1]) images.
         size: (B, 2) integer valid (h, w) of each image, at the canvas' top-left.
-        out_size: side of the square output views.
-        n_views: crops per image.
         scale: range of the crop area as a fraction of the valid area.
         ratio: range of the crop aspect ratio (width / height).
         generator: source of randomness (on any device); None uses the global RNG.
-        flip_p: probability of a horizontal flip per crop.
-        return_params: also return the boxes and flips.
 
     Returns:
         views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
@@ -217,13 +207,9 @@ class MultiViewAugment:
         """The views of one training step: the main view and exactly those ``plan`` asks for.
 
         Only the global crops used are made (the main one, the masked ones, the second one);
-        views of a count of zero are neither cropped nor coloured.
-
-        Args:
-            canvas: (B, 3, Hc, Wc) uint8 or float [0, 1] canvases.
-            size: (B, 2) integer valid (h, w) of each canvas.
-            plan: views per image.
-            generator: source of randomness; a seeded one reproduces the output.
+        views of a count of zero are neither cropped nor coloured. ``canvas`` (B, 3, Hc, Wc)
+        uint8 or float [0, 1] and ``size`` (B, 2) as :func:`random_resized_crop` takes them; a
+        seeded ``generator`` reproduces the output.
 
         Returns:
             ``image`` (B, 3, G, G) without colour augmentation; when asked for,

@@ -1,11 +1,6 @@
-"""Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur.
-
-:class:`ColorAugment` holds the settings and applies them.
-
-Semantics follow torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``; every
-operation works on a whole batch with per-sample random parameters drawn at once from an
-optional ``torch.Generator``.
-"""
+"""Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur in the
+semantics of torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``, each on a
+whole batch with the random parameters of every sample drawn at once."""
 
 from __future__ import annotations
 
@@ -92,16 +87,9 @@ def adjust_hue(img: Tensor, factor: Tensor | float) -> Tensor:
 
 
 def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> Tensor:
-    """Separable Gaussian blur with a per-sample ``sigma``, reflect padding.
-
-    Args:
-        img: (N, C, H, W) float.
-        sigma: (N,) or scalar standard deviation in pixels.
-        kernel_size: odd kernel side; must be smaller than twice H and W.
-
-    Returns:
-        (N, C, H, W) blurred images.
-    """
+    """Separable Gaussian blur of ``img`` (N, C, H, W) float with a per-sample ``sigma`` (N,)
+    or scalar, in pixels; reflect padding, so the odd ``kernel_size`` must be smaller than twice
+    H and W."""
     if kernel_size < 1 or kernel_size % 2 == 0:
         raise ValueError(f"expected an odd positive kernel_size, got {kernel_size}")
     n, c, hh, ww = img.shape
@@ -139,13 +127,6 @@ class ColorAugment:
     copied to the three channels); then blur with probability ``blur_p``, sigma uniform in
     ``blur_sigma``. Every applied step clamps to [0, 1]; a sample not selected for a step
     passes through that step bit-exactly.
-
-    Attributes:
-        brightness, contrast, saturation: jitter strength x.
-        hue: hue jitter x in [0, 0.5].
-        jitter_p, gray_p, blur_p: probabilities of the three steps.
-        blur_kernel: odd blur kernel size.
-        blur_sigma: (low, high) blur sigma range in pixels.
     """
 
     brightness: float = 0.4
@@ -175,9 +156,7 @@ class ColorAugment:
 
     def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment ``views`` (N, 3, H, W), float in [0, 1]; same shape and dtype out.
-
-        ``generator``: source of randomness (on any device); None uses the global RNG.
-        """
+        ``generator`` (on any device; None: the global RNG) is the source of randomness."""
         ranges, (sig_lo, sig_hi) = self._ranges, self._sigma
         n = views.shape[0]
         x = views.float()

@@ -49,8 +49,8 @@ PathLike = str | os.PathLike[str]
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
-def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
-    """Relative paths of the image files under ``root``, sorted by path components.
+def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) -> list[Path]:
+    """The image files under ``root`` (lower-case ``extensions``), sorted by path components.
 
     Hidden files and folders (names starting with '.') are skipped, and so is anything that is
     not a regular file (a FIFO named ``.jpg`` would block its reader forever); symlinked
@@ -70,14 +70,8 @@ def scan_images(root: Path, extensions: tuple[str, ...]) -> list[str]:
                 continue
             full = os.path.join(dirpath, name)
             if os.path.isfile(full):  # follows symlinks; False for FIFOs, sockets, devices
-                found.append(os.path.relpath(full, root))
-    found.sort(key=lambda p: p.split(os.sep))
-    return found
-
-
-def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) -> list[Path]:
-    """Image files under ``root`` (lower-case ``extensions``), in :func:`scan_images` order."""
-    return [Path(root) / rel for rel in scan_images(Path(root), extensions)]
+                found.append(full)
+    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
 
 
 class CanvasView:
@@ -138,7 +132,7 @@ def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[s
     if isinstance(source, str | os.PathLike):
         path = Path(source)
         if path.is_dir():
-            return path, scan_images(path, IMG_EXTENSIONS)
+            return path, [os.path.relpath(f, path) for f in find_images(path)]
         if not (path.is_file() and path.suffix.lower() in IMG_EXTENSIONS):
             why = "not a folder" if path.exists() else "no such file or folder"
             raise UsageError(f"expected an image file or a folder, got {str(path)!r} ({why})")
@@ -156,22 +150,14 @@ def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[s
 
 
 class ImageFolder(Dataset):
-    """Images of a folder (or a list of files / folders) through a view (see the module doc).
-
-    Args:
-        source: a folder (scanned recursively, labelled by its class sub-folders), an image
-            file, or a sequence of files and folders (labels -1).
-        canvas_size: side of the :class:`CanvasView` used when ``view`` is None.
-        view: what an item holds besides ``label``, ``index`` and ``path``: a callable of the
-            file path (default: ``CanvasView(canvas_size)``).
+    """The images of ``source`` (a folder, an image file, or a sequence of files and folders;
+    see the module doc) through ``view``, a callable of the file path that makes an item's
+    tensors (default: ``CanvasView(canvas_size)``).
 
     The broken-file marks live in a shared-memory tensor, so the DataLoader workers of one
     process see each other's marks: each broken file warns once per process (a simultaneous
     first failure in two workers may warn twice) and ``broken_mask.sum()`` counts those found
     by all of them. Separate processes (e.g. DDP ranks) each keep their own marks.
-
-    Raises:
-        ValueError: no image file was found, or a path does not exist.
     """
 
     def __init__(
@@ -222,11 +208,7 @@ class ImageFolder(Dataset):
         return [self.path(i) for i in range(len(self))]
 
     def require_labels(self, what: str) -> list[str]:
-        """The class names, after checking that every image has one and there are >= 2.
-
-        Raises:
-            ValueError: images outside class folders, or fewer than two classes.
-        """
+        """The class names, after checking that every image has one and there are >= 2."""
         where = f"{what} {str(self.root)!r}" if self.root is not None else what
         if not self.classes:
             flat = [p for p in self.paths if self.root is None or p.parent == self.root]
@@ -262,13 +244,8 @@ class ImageFolder(Dataset):
 
 
 class EvalImages(ImageFolder):
-    """An :class:`ImageFolder` through the :class:`CentreCropView`: items hold ``image``
-    (3, resolution, resolution) float32 in [0, 1].
-
-    Args:
-        paths_or_root: as ``source`` of :class:`ImageFolder`.
-        resolution, resize_ratio, crop: the :class:`CentreCropView`.
-    """
+    """An :class:`ImageFolder` through a :class:`CentreCropView`: items hold ``image``
+    (3, resolution, resolution) float32 in [0, 1]."""
 
     def __init__(
         self,
@@ -284,11 +261,7 @@ class EvalImages(ImageFolder):
 
 def validate_image_folder(root: PathLike, **kwargs: Any) -> ImageFolder:
     """An :class:`ImageFolder` of ``root`` (``kwargs`` passed on), checked cheaply at start-up:
-    at least one of 8 evenly spaced files decodes (the others found broken are marked).
-
-    Raises:
-        ValueError: no image file, or none of the probed files decodes.
-    """
+    at least one of 8 evenly spaced files decodes (the others found broken are marked)."""
     dataset = ImageFolder(root, **kwargs)
     n = len(dataset)
     picks = sorted({int(k) for k in np.linspace(0, n - 1, num=min(8, n))})

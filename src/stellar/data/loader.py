@@ -7,57 +7,42 @@ trainer; the random crops and colour augmentation run batched on the device
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
-from torch.utils.data import DataLoader, Dataset, Sampler, default_collate
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
 __all__ = ["EpochLoader", "ResumableSampler", "build_loader", "collate_dict"]
 
 
-class ResumableSampler(Sampler[int]):
-    """This rank's slice of a (seed, epoch)-shuffled order, starting at a given position.
+class ResumableSampler(DistributedSampler):
+    """This rank's slice of a (seed, epoch)-shuffled order, from a given position on.
 
-    The one sampler of the library (training, probes, single process or torchrun). Each epoch
-    drops the last ``length % world`` samples of the order so that every rank gets the same
-    number: ranks then stay in the same epoch at the same position, which is what a
-    checkpoint (written by rank 0 alone) records for all of them. The same seed and epoch
-    give the same order on every run; call :meth:`set_position` before each epoch.
-
-    Args:
-        length: dataset size.
-        seed: seed of the shuffling.
-        rank, world: this process takes positions ``rank, rank + world, ...`` of the order.
-        shuffle: shuffle from ``(seed, epoch)``; False keeps the dataset order.
+    The one sampler of the library (training, probes, single process or torchrun): torch's
+    ``DistributedSampler`` (which drops the last ``length % world`` samples of each epoch so that
+    every rank gets as many, and stays at the same position as the others: what a checkpoint,
+    written by rank 0 alone, records for all of them) plus :meth:`set_position`, which a resume
+    needs. ``shuffle=False`` keeps the dataset order.
     """
 
     def __init__(
         self, length: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
     ) -> None:
-        self.length, self.seed, self.rank, self.world = int(length), int(seed), rank, world
-        self.shuffle = bool(shuffle)
-        self.epoch, self.start = 0, 0
+        super().__init__(range(length), world, rank, shuffle, seed * 100_003, drop_last=True)
+        self.start = 0
 
     def set_position(self, epoch: int, start: int) -> None:
         """Iterate epoch ``epoch`` from its ``start``-th sample on this rank."""
-        self.epoch, self.start = int(epoch), int(start)
-
-    def order(self) -> list[int]:
-        """All of this rank's indices in the current epoch."""
-        kept = self.length - self.length % self.world
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 100_003 + self.epoch)
-            order = torch.randperm(self.length, generator=g)[:kept]
-        else:
-            order = torch.arange(kept)
-        return order[self.rank :: self.world].tolist()
+        self.set_epoch(epoch)
+        self.start = start
 
     def __iter__(self) -> Iterator[int]:
-        return iter(self.order()[self.start :])
+        return itertools.islice(super().__iter__(), self.start, None)
 
     def __len__(self) -> int:
-        return self.length // self.world - self.start
+        return self.num_samples - self.start
 
 
 class EpochLoader(DataLoader):
@@ -84,15 +69,11 @@ class EpochLoader(DataLoader):
 
 
 def collate_dict(batch: Sequence[Mapping[str, Any] | None]) -> dict[str, Any]:
-    """Stack sample dicts into one dict of batched tensors (``default_collate`` per key).
-
-    A ``None`` sample (an unreadable file, see :class:`~stellar.data.folder.ImageFolder`) is
-    left out, so a batch may be smaller than requested; empty when every sample was None.
-    """
+    """``default_collate`` of the samples that are not None (an unreadable file, see
+    :class:`~stellar.data.folder.ImageFolder`): a batch may be smaller than requested, and is
+    ``{}`` (skipped by the loader) when every sample was None."""
     batch = [sample for sample in batch if sample is not None]
-    if not batch:  # every file of the batch was unreadable: the loader skips it
-        return {}
-    return {k: default_collate([sample[k] for sample in batch]) for k in batch[0]}
+    return default_collate(batch) if batch else {}
 
 
 def build_loader(

@@ -1,18 +1,56 @@
-"""Sinkhorn targets of cluster logits and the soft cross-entropy that trains the heads.
+"""The online clustering terms (arXiv 2602.01905): Sinkhorn-Knopp targets of cluster logits
+and the soft cross-entropy that trains the heads against them.
 
 The heads themselves (:class:`stellar.models.clustering.OnlineClustering`) are model
-parameters and live beside the model; these are the pure functions of the objective's online
-clustering terms (arXiv 2602.01905).
+parameters and live beside the model. :func:`sinkhorn_knopp` expects scores that are *already
+divided by the Sinkhorn temperature*: the reference fixture ``sinkhorn.output`` equals
+``sinkhorn_knopp(sinkhorn.input)`` with no further scaling, and ``cluster.assignments`` equals
+``sinkhorn_knopp(cluster.logits / 0.06)``; :func:`clustering_targets` applies the temperature.
 """
 
 from __future__ import annotations
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 
-from stellar.losses.sinkhorn import sinkhorn_knopp
+__all__ = ["clustering_targets", "cross_entropy_soft", "sinkhorn_knopp"]
 
-__all__ = ["clustering_targets", "cross_entropy_soft"]
+# Offset added after subtracting the column max: keeps exp() far from underflow for the
+# best-scoring entries while exp(50) ~ 5e21 leaves fp32 ample headroom for the column sums.
+_EXP_OFFSET = 50.0
+_SUM_EPS = 1e-8
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
+    """Balance temperature-scaled scores into soft cluster assignments, across all ranks.
+
+    ``Q = exp(scores - colmax + 50)``, then ``n_iterations`` times: divide every column by its
+    sum (+1e-8), then every row by its sum (+1e-8). Computed in fp32 with autocast disabled.
+    When ``torch.distributed`` is initialised, the column max is all-reduced with MAX and the
+    column sums with SUM, so each rank's rows equal those of a single process
+    run on the concatenation of every rank's rows (ranks may hold different numbers of rows).
+
+    ``scores`` (N, K) are already divided by the Sinkhorn temperature; returns (N, K) fp32
+    assignments, detached, each row summing to 1.
+    """
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        q = scores.detach().float()
+        # A rank with no rows still joins the collectives; -inf is the identity of MAX.
+        empty = q.shape[0] == 0
+        col_max = q.new_full((q.shape[1],), float("-inf")) if empty else q.amax(dim=0)
+        if distributed:
+            dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
+        q = torch.exp(q - col_max + _EXP_OFFSET)
+        for _ in range(n_iterations):
+            col_sum = q.sum(dim=0)
+            if distributed:
+                dist.all_reduce(col_sum, op=dist.ReduceOp.SUM)
+            q = q / (col_sum + _SUM_EPS)
+            q = q / (q.sum(dim=1, keepdim=True) + _SUM_EPS)
+    return q
 
 
 @torch.no_grad()

@@ -16,13 +16,8 @@ def koleo_loss(x: torch.Tensor) -> torch.Tensor:
     Tokens are L2-normalised; each token's nearest *other* token of the same image is found
     by maximum dot product (diagonal excluded, selection not differentiated), and the loss is
     ``-mean(log(0.5 * ||x_i - x_nn(i) + 1e-8|| + 1e-8))`` over all B·r tokens (the inner norm
-    is ``F.pairwise_distance``). Computed in fp32 with autocast off.
-
-    Args:
-        x: (B, r, d) tokens, r >= 2; any float dtype.
-
-    Returns:
-        Scalar fp32 loss.
+    is ``F.pairwise_distance``) over ``x`` (B, r, d), r >= 2, any float dtype. A scalar fp32
+    loss, computed with autocast off.
     """
     if x.ndim != 3 or x.shape[1] < 2:
         raise ValueError(f"koleo_loss expects (B, r, d) with r >= 2, got {tuple(x.shape)}")

@@ -16,13 +16,9 @@ SIGMA_RANGE = (0.1, 0.5)
 
 
 def num_kept(num_patches: int, mask_ratio: float) -> int:
-    """Number of patches a view keeps: ``floor(num_patches * (1 - mask_ratio))``.
-
-    A 1e-6 tolerance keeps float round-off from dropping a patch (10 * (1 - 0.9) = 0.99999...).
-
-    Raises:
-        ValueError: no patch would be kept.
-    """
+    """Number of patches a view keeps: ``floor(num_patches * (1 - mask_ratio))``, at least 1
+    (a ValueError otherwise). A 1e-6 tolerance keeps float round-off from dropping a patch
+    (10 * (1 - 0.9) = 0.99999...)."""
     n_keep = int(math.floor(num_patches * (1.0 - mask_ratio) + 1e-6))
     if n_keep < 1:
         raise ValueError(
@@ -68,18 +64,8 @@ def random_masking(
       patches in raster order are kept (a rectangle plus one partial row, still contiguous).
     - ``None``: no focal rows (plain uniform random masking).
 
-    Random draws, in order, from ``generator``: noise (B, n), focal coin (B,), then centre
-    (B, 2) and sigma (B,) for gaussian or top-left corner (B, 2) for block.
-
-    Args:
-        batch_size: Number of rows (every masked view of every image).
-        grid_h: Patch rows.
-        grid_w: Patch columns.
-        mask_ratio: Fraction of patches dropped, in [0, 1).
-        focal_mode: ``"gaussian"``, ``"block"`` or None.
-        focal_prob: Probability that a row is focal, in [0, 1].
-        generator: Optional torch generator (on ``device``) for reproducibility.
-        device: Device of the result.
+    Random draws, in order, from ``generator`` (on ``device``): noise (B, n), focal coin (B,),
+    then centre (B, 2) and sigma (B,) for gaussian or top-left corner (B, 2) for block.
 
     Returns:
         (batch_size, n_keep) int64 raster indices of kept patches, ascending in each row.

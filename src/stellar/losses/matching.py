@@ -43,8 +43,6 @@ def sinkhorn_match(
     Args:
         preds: (P, r, d) predicted tokens, P = B·V, view ``p`` of image ``p // V``.
         targets: (B, r_t, d) target tokens of each image.
-        eps: Entropic regularisation, > 0.
-        n_iterations: Number of (u, v) updates, >= 1.
 
     Returns:
         index: (P, r) int64 index of the matched target token, in [0, r_t).
@@ -67,15 +65,9 @@ def sinkhorn_match(
 
 
 def gather_matched(targets: torch.Tensor, match_index: torch.Tensor) -> torch.Tensor:
-    """Pick, for every predicted token, the features of its matched target token.
-
-    Args:
-        targets: (B, r_t, ...) per-image target features.
-        match_index: (P, r) int64 indices into ``r_t``, P = B·V image-major views.
-
-    Returns:
-        (P, r, ...) gathered targets (differentiable w.r.t. ``targets``).
-    """
+    """For every predicted token, the features of its matched target token: ``targets``
+    (B, r_t, ...), ``match_index`` (P, r) into ``r_t`` (P = B·V image-major views) -> (P, r, ...),
+    differentiable w.r.t. ``targets``."""
     img = _image_of_view(match_index.shape[0], targets.shape[0], match_index.device)
     return targets[img.unsqueeze(1), match_index.long()]
 

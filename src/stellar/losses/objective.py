@@ -68,15 +68,9 @@ class ObjectiveConfig:
 
 
 def total_loss(terms: dict[str, Tensor], rec_coeff: float) -> Tensor:
-    """The release's total: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every term named ``*loss*``.
-
-    Args:
-        terms: loss terms under the release's names (:meth:`StellarObjective.compute`, or the
-            ``predictions`` of a pretraining call).
-        rec_coeff: the reconstruction weight (10 for ``MSE``, 0.05 for ``VQ-CE`` by default).
-
-    Returns:
-        A 0-dim fp32 tensor.
+    """The release's total, a 0-dim fp32 tensor: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every
+    term named ``*loss*`` of ``terms`` (:meth:`StellarObjective.compute`, or the ``predictions``
+    of a pretraining call); the paper's ``rec_coeff`` is 10 for ``MSE``, 0.05 for ``VQ-CE``.
     """
     parts = [rec_coeff * terms[k].float() for k in ("MSE", "VQ-CE") if k in terms]
     parts += [v.float() for k, v in terms.items() if "loss" in k]
@@ -93,10 +87,8 @@ class StellarObjective(nn.Module):
         ``second_view`` (B, 3, G, G) for global alignment. Absent keys switch terms off, and
         a view no enabled term reads is ignored.
 
-    Args:
-        model: a ``purpose="pretrain"`` STELLAR.
-        config: which terms, with which weights.
-        teacher: optional EMA copy that supplies the clustering targets.
+    ``model`` is a ``purpose="pretrain"`` STELLAR; an EMA ``teacher`` supplies the clustering
+    targets.
     """
 
     def __init__(
@@ -112,13 +104,8 @@ class StellarObjective(nn.Module):
             )
         self.model = model
         self.config = config
-        # Held outside the module tree: the teacher has no gradients and is not DDP-synced.
-        self._teacher = [teacher] if teacher is not None else []
-
-    @property
-    def teacher(self) -> STELLAR | None:
-        """The EMA teacher, if any."""
-        return self._teacher[0] if self._teacher else None
+        # Outside the module tree: the teacher has no gradients and is not DDP-synced.
+        object.__setattr__(self, "teacher", teacher)
 
     def unused_parameters(self, plan: ViewPlan) -> list[str]:
         """Names of the model's trainable parameters that no enabled term reaches.
@@ -175,7 +162,7 @@ class StellarObjective(nn.Module):
             main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
             with record_function(PHASE + "decoder"):
-                add(self.reconstruction_name(), self.reconstruction_loss(main, image))
+                add(*self.reconstruction_loss(main, image))
         if cfg.koleo:
             add("koleo_loss", cfg.koleo_weight * koleo_loss(main["sparse"]))
         with record_function(PHASE + "heads and Sinkhorn"):
@@ -213,27 +200,20 @@ class StellarObjective(nn.Module):
         pixel = self.model.config.decoder_head == "pixel"
         return PIXEL_RECON_WEIGHT if pixel else VQ_RECON_WEIGHT
 
-    def reconstruction_name(self) -> str:
-        """The release's name of the reconstruction term: ``MSE`` or ``VQ-CE``."""
-        return "MSE" if self.model.config.decoder_head == "pixel" else "VQ-CE"
-
-    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> Tensor:
-        """Pixel MSE against the [0, 1] image, or CE against the tokenizer's codes."""
+    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> tuple[str, Tensor]:
+        """The term under the release's name: ``MSE`` of the pixel head against the [0, 1] image,
+        or ``VQ-CE`` against the tokenizer's codes (B, h*w) of the image resized to grid·16."""
         grid = self.model.grid(image)
         out = self.model.decode(main["lowrank"], grid)
         if "x_hat" in out:
-            return F.mse_loss(out["x_hat"].float(), image.float())
-        codes = self.vq_targets(image, grid)
-        return F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
-
-    @torch.no_grad()
-    def vq_targets(self, image: Tensor, grid: tuple[int, int]) -> Tensor:
-        """Tokenizer codes (B, h*w) on the patch grid (the image is resized to grid·16)."""
+            return "MSE", F.mse_loss(out["x_hat"].float(), image.float())
         tokenizer = self.model.tokenizer
         size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
-        if tuple(image.shape[-2:]) != size:
-            image = F.interpolate(image.float(), size=size, mode="bicubic", align_corners=False)
-        return tokenizer.encode(image.clamp(0, 1))
+        with torch.no_grad():
+            if tuple(image.shape[-2:]) != size:
+                image = F.interpolate(image.float(), size, mode="bicubic", align_corners=False)
+            codes = tokenizer.encode(image.clamp(0, 1))
+        return "VQ-CE", F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
 
     @torch.no_grad()
     def targets(

@@ -60,9 +60,6 @@ def train(
             it such a folder is refused).
         **settings: more overrides.
 
-    Returns:
-        The run folder, the last step's metrics and the trained model.
-
     Raises:
         UsageError: bad settings (naming the key), a refused change on resume, a run folder
             in use by another training or holding a run without ``overwrite``.

@@ -59,8 +59,7 @@ def save_checkpoint(
         reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
         raise UsageError(f"could not write checkpoint {folder} ({reason}); {intact}") from err
     link_tmp = root / f".{LAST}.tmp"
-    if link_tmp.is_symlink() or link_tmp.exists():
-        link_tmp.unlink()
+    link_tmp.unlink(missing_ok=True)  # a link a killed save left (unlink does not follow it)
     os.symlink(folder.name, link_tmp)
     os.replace(link_tmp, root / LAST)
     fsync_dir(root)  # `last` must durably point at the new folder before older ones go
@@ -69,30 +68,11 @@ def save_checkpoint(
 
 
 def latest_checkpoint(root: Path) -> Path | None:
-    """The folder ``root/last`` points at, if a complete one exists."""
+    """The folder ``root/last`` points at, if it holds a complete checkpoint."""
     last = root / LAST
-    if last.exists() and (last / STATE_NAME).is_file():
+    if (last / STATE_NAME).is_file() and (last / WEIGHTS_NAME).is_file():
         return last.resolve()
     return None
-
-
-def resume_checkpoint(root: Path) -> Path:
-    """The folder ``root/last`` points at; a UsageError saying what is missing if unusable."""
-    last = root / LAST
-    if last.is_symlink() and not last.exists():
-        problem = f"it points at {os.readlink(last)}, which does not exist"
-    elif not last.exists():
-        problem = "it does not exist (no checkpoint was saved there)"
-    elif not (last / STATE_NAME).is_file():
-        problem = f"it has no {STATE_NAME} (the optimizer, step and RNG state)"
-    elif not (last / WEIGHTS_NAME).is_file():
-        problem = f"it has no {WEIGHTS_NAME}"
-    else:
-        return last.resolve()
-    raise UsageError(
-        f"--resume needs a complete checkpoint at {last}, but {problem}. To start afresh in "
-        f"{root.parent}, pass --overwrite (overwrite=True) instead of --resume."
-    )
 
 
 def _prune(root: Path, keep: int) -> None:
@@ -120,22 +100,6 @@ class TrainerCheckpoints:
 
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(self.model, self.optimizer, options=options)
-
-    def state(self, epoch: int, position: int, optimizer: dict[str, Any]) -> dict[str, Any]:
-        """Everything beyond the weights that an exact resume needs."""
-        state = {
-            "step": self.step,
-            "rank_positions": self._rank_positions(epoch, position),  # every rank's, in order
-            "optimizer": optimizer,
-            "cpu_rng": torch.get_rng_state(),
-            "config": self.cfg.to_dict(),
-            "num_images": len(self.dataset),
-            "images": getattr(self.dataset, "files_id", None),  # None: concept scenes
-            CHECKPOINT_ID: f"{self.run_id}-{self.step}",
-        }
-        if self.teacher is not None:
-            state["teacher"] = self.teacher.state_dict()
-        return state
 
     def _rank_positions(self, epoch: int, position: int) -> list[list[int]]:
         """Every rank's (epoch, position): they differ once a rank skipped a batch of only
@@ -178,24 +142,35 @@ class TrainerCheckpoints:
             )
 
     def save(self, epoch: int, position: int) -> None:
-        """Checkpoint on the main process (every process must call it)."""
+        """Checkpoint the weights and everything else an exact resume needs, written by the main
+        process (every process must call it: it gathers from every rank)."""
         weights, optimizer = self._full_states()
-        state = self.state(epoch, position, optimizer)  # gathers from every rank
+        state = {
+            "step": self.step,
+            "rank_positions": self._rank_positions(epoch, position),  # every rank's, in order
+            "optimizer": optimizer,
+            "cpu_rng": torch.get_rng_state(),
+            "config": self.cfg.to_dict(),
+            "num_images": len(self.dataset),
+            "images": getattr(self.dataset, "files_id", None),  # None: concept scenes
+            CHECKPOINT_ID: f"{self.run_id}-{self.step}",
+        }
+        if self.teacher is not None:
+            state["teacher"] = self.teacher.state_dict()
         if self.dist.is_main:
-            save_checkpoint(
-                self.ckpt_dir,
-                self.step,
-                self.model,
-                state,
-                self.cfg.keep_checkpoints,
-                weights,
-            )
+            keep = self.cfg.keep_checkpoints
+            save_checkpoint(self.ckpt_dir, self.step, self.model, state, keep, weights)
         if self.dist.enabled:
             torch.distributed.barrier()
 
     def resume(self) -> tuple[int, int]:
         """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
-        folder = resume_checkpoint(self.ckpt_dir)
+        if (folder := latest_checkpoint(self.ckpt_dir)) is None:
+            raise UsageError(
+                f"--resume needs a complete checkpoint ({WEIGHTS_NAME} and {STATE_NAME}) at "
+                f"{self.ckpt_dir / LAST}, which is missing or incomplete. To start afresh in "
+                f"{self.out}, pass --overwrite (overwrite=True) instead of --resume."
+            )
         state = read_pickle(folder / STATE_NAME)
         needed = {"step", "optimizer", "rank_positions", "config", "num_images"}
         needed |= {"cpu_rng", "images", CHECKPOINT_ID}

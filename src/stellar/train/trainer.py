@@ -24,7 +24,7 @@ from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
 from stellar.data.augment import MultiViewAugment
-from stellar.data.loader import ResumableSampler, build_loader
+from stellar.data.loader import build_loader
 from stellar.errors import UsageError
 from stellar.losses.masking import add_masks
 from stellar.losses.objective import PHASE, StellarObjective
@@ -105,7 +105,7 @@ class Trainer(TrainerCheckpoints):
             rank=self.dist.rank,
             pin_memory=self.device.type == "cuda",
         )
-        self.sampler: ResumableSampler = self.loader.sampler
+        self.sampler = self.loader.sampler  # the data order (the demo replays it)
         self.step = 0
         self.autocast_dtype, why = precision_choice(cfg.precision, self.device)
         if self.dist.is_main:
@@ -322,21 +322,17 @@ class Trainer(TrainerCheckpoints):
 
     def _checked(self, rows: list[tuple[int, dict[str, float]]]) -> list[dict[str, float]]:
         """The rows without their ``nonfinite`` flag; a flagged step warns (skip) or stops."""
-        out = []
         for step, scalars in rows:
-            if scalars.pop("nonfinite", 0.0):
-                self._nonfinite(step, scalars)
-            out.append(scalars)
-        return out
-
-    def _nonfinite(self, step: int, scalars: dict[str, float]) -> None:
-        bad = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if not math.isfinite(v))
-        message = f"step {step}: non-finite values ({bad}); all terms: {scalars}"
-        if self.cfg.nonfinite == "skip":
-            logger.warning("%s - step skipped (nonfinite=skip)", message)
-            return
-        good = latest_checkpoint(self.ckpt_dir)
-        raise TrainingDiverged(
-            f"{message}. Stopped; the last good checkpoint is {good or 'none (none saved yet)'}. "
-            "Lower optim.lr, or pass nonfinite=skip to skip such steps."
-        )
+            if not scalars.pop("nonfinite", 0.0):
+                continue
+            bad = ", ".join(f"{k}={v:.4g}" for k, v in scalars.items() if not math.isfinite(v))
+            message = f"step {step}: non-finite values ({bad}); all terms: {scalars}"
+            if self.cfg.nonfinite == "skip":
+                logger.warning("%s - step skipped (nonfinite=skip)", message)
+                continue
+            good = latest_checkpoint(self.ckpt_dir) or "none (none saved yet)"
+            raise TrainingDiverged(
+                f"{message}. Stopped; the last good checkpoint is {good}. "
+                "Lower optim.lr, or pass nonfinite=skip to skip such steps."
+            )
+        return [scalars for _, scalars in rows]
