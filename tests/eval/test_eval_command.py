@@ -152,8 +152,6 @@ def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
         main([*base, "--train", str(empty), "--val", str(val)])
     with pytest.raises(ValueError, match="class"):
         main([*base, "--train", str(train), "--val", str(flat)])
-    with pytest.raises(ValueError, match="'foo'"):
-        main([*base, "--train", str(train), "--val", str(val), "--key", "foo"])
     with pytest.raises(ValueError, match="--train"):
         main([*base, "--val", str(val)])
     stranger = _colour_folder(tmp_path / "stranger", 1, ("blue", "green"))
@@ -177,9 +175,12 @@ def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
         ("recon", "--decoder-depth", "0"),
         ("invariance", "--shift", "0"),
         ("invariance", "--flip-p", "2"),
+        ("linear", "--key", "foo"),
+        ("seg", "--key", "sparse"),  # a feature STELLAR has, but not a grid of patches
+        ("recon", "--key", "sparse"),
     ],
 )
-def test_bad_numbers_fail_before_the_model_is_loaded(
+def test_bad_options_fail_before_the_model_is_loaded(
     protocol, option, value, tmp_path, capsys
 ) -> None:
     # the model path does not exist: the option must be rejected before anything is loaded
@@ -189,7 +190,7 @@ def test_bad_numbers_fail_before_the_model_is_loaded(
     with pytest.raises(SystemExit) as exit_info:  # argparse's usage error
         main([*argv, "--out", str(tmp_path / "o")])
     assert exit_info.value.code == 2
-    assert f"argument {option}: expected" in capsys.readouterr().err
+    assert f"argument {option}: " in capsys.readouterr().err
     assert not (tmp_path / "o").exists()
 
 

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from stellar.checkpoint.mae import load_mae_weights
 from stellar.checkpoint.weights import load_strict
 from stellar.errors import UsageError
-from stellar.eval.encoder import BASELINE_KEYS
 from stellar.models.config import StellarConfig
 from stellar.models.encoder import ViTEncoder
 from stellar.models.infer import infer_config
@@ -52,7 +51,7 @@ class ViTBaseline(nn.Module):
         name: the label of the baseline's row in result tables.
     """
 
-    feature_keys: tuple[str, ...] = BASELINE_KEYS
+    feature_keys: tuple[str, ...] = ("cls", "dense")
 
     def __init__(self, config: StellarConfig, name: str = "ViT") -> None:
         super().__init__()

@@ -23,7 +23,7 @@ import torch
 from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
-from stellar.eval.encoder import STELLAR_KEYS, Encoder
+from stellar.eval.encoder import Encoder
 from stellar.outputs import atomic_write
 from stellar.runtime import add_precision_argument, pick_device
 
@@ -38,7 +38,6 @@ __all__ = [
     "metric",
     "percent",
     "resolution",
-    "resolve_keys",
     "write_json",
 ]
 
@@ -64,25 +63,10 @@ def add_common(p: argparse.ArgumentParser) -> None:
     add_precision_argument(p)
 
 
-def add_keys(p: argparse.ArgumentParser, ours: Sequence[str], theirs: Sequence[str]) -> None:
-    """``--key``: the STELLAR feature (default ``ours[0]``); a baseline row reads the same
-    feature when a plain ViT has it, else ``theirs[-1]``."""
-    help_text = f"STELLAR feature: {' | '.join(ours)} (baseline: {' | '.join(theirs)})"
-    p.add_argument("--key", default=ours[0], help=help_text)
-    p.set_defaults(key_choices=(tuple(ours), tuple(theirs)))
-
-
-def resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(STELLAR key, baseline key or None), checked against what each model produces."""
-    ours, theirs = args.key_choices
-    if args.key not in ours:
-        raise UsageError(
-            f"--key {args.key!r} cannot be used by `stellar eval {args.protocol}`: expected one of "
-            f"{', '.join(ours)} (STELLAR produces {', '.join(STELLAR_KEYS)})"
-        )
-    if args.baseline is None:
-        return args.key, None
-    return args.key, args.key if args.key in theirs else theirs[-1]
+def add_keys(p: argparse.ArgumentParser, ours: Sequence[str]) -> None:
+    """``--key``: the STELLAR feature a probe reads (default ``ours[0]``); a baseline row reads
+    the same feature where a plain ViT has it (``cls``, ``dense``), else ``dense``."""
+    p.add_argument("--key", choices=ours, default=ours[0], help="STELLAR feature the probe reads")
 
 
 # ---------------------------------------------------------------------------- input folders
@@ -126,23 +110,21 @@ def resolution(args: argparse.Namespace, model: Any) -> int:
     return res
 
 
-def load_entries(
-    args: argparse.Namespace, key: str | None, baseline_key: str | None
-) -> list[Entry]:
-    """The rows of a run: ``--model`` and ``--baseline``."""
+def load_entries(args: argparse.Namespace) -> list[Entry]:
+    """The rows of a run: ``--model`` and ``--baseline``, each with the feature it reads."""
     from stellar.hub import load_model
 
     device = pick_device(args.device)
     torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
     model = load_model(args.model, purpose="encode", device=device)
+    key = getattr(args, "key", None)
     entries = [Entry(str(args.model), "stellar", model, key)]
     if args.baseline is not None:
         base = load_baseline(args.baseline, device=device)
-        entries.append(Entry(base.name, "baseline", base, baseline_key))
+        base_key = key if key is None or key in base.feature_keys else "dense"
+        entries.append(Entry(base.name, "baseline", base, base_key))
     for e in entries:
         resolution(args, e.model)
-        if e.key is not None and e.key not in e.model.feature_keys:
-            raise UsageError(f"{e.name} does not produce {e.key!r}")
     return entries
 
 

@@ -23,14 +23,11 @@ from stellar.data.folder import EvalImages
 from stellar.data.loader import EpochLoader, build_loader
 from stellar.errors import UsageError
 from stellar.images import preprocess
-from stellar.models.stellar import STELLAR
 from stellar.progress import progress_bar
 from stellar.runtime import autocast
 
 __all__ = [
-    "BASELINE_KEYS",
     "FEATURE_KEYS",
-    "STELLAR_KEYS",
     "Encoder",
     "check_keys",
     "decodable_batches",
@@ -44,11 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The per-image probe features each kind of model offers (``spatial`` and ``peak_dist`` are
-# maps and statistics, not probe features).
-STELLAR_KEYS: tuple[str, ...] = STELLAR.feature_keys
-BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
-# Every output an encoding pass may keep.
+# Every output an encoding pass may keep (a probe reads ``model.feature_keys``; ``spatial``
+# and ``peak_dist`` are maps and statistics).
 FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
 
 PathLike = str | os.PathLike[str]

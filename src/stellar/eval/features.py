@@ -33,17 +33,15 @@ from stellar.eval.common import (
     load_entries,
     percent,
     resolution,
-    resolve_keys,
 )
 from stellar.eval.encoder import (
-    BASELINE_KEYS,
-    STELLAR_KEYS,
     Encoder,
     extract_features,
     pool_features,
     weights_fingerprint,
 )
 from stellar.eval.shards import load_features, read_meta
+from stellar.models.stellar import STELLAR
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -175,7 +173,7 @@ ACCURACY_COLUMNS: list[Column] = [
 def add_classification_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``stellar eval linear`` and ``knn`` share: models, keys, the two splits."""
     add_common(p)
-    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
+    add_keys(p, STELLAR.feature_keys)
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
@@ -191,7 +189,6 @@ def classification_setup(
         ``(entries, train folder, val folder)``; a folder is None where a feature folder
         replaces it for every row.
     """
-    key, baseline_key = resolve_keys(args)
     if augmented and args.train_features:
         raise UsageError(
             "--augmented encodes new crops every epoch: it needs --train (images), not "
@@ -211,14 +208,14 @@ def classification_setup(
                 f"validation classes {unknown[:10]} of {str(val_dir)!r} have no folder in "
                 f"--train {str(train_dir)!r}; expected the same class folder names"
             )
-    entries = load_entries(args, key, baseline_key)
+    entries = load_entries(args)
     ours = entries[0].model
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, key, ours, resolution(args, ours))
+            _check_against_model(root, flag, args.key, ours, resolution(args, ours))
     return entries, train_dir, val_dir
 
 

@@ -318,7 +318,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 < lo <= hi <= 1:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
-    for e in load_entries(args, None, None):
+    for e in load_entries(args):
         res = resolution(args, e.model)
         if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")

@@ -33,7 +33,6 @@ from stellar.eval.common import (
     load_entries,
     metric,
     resolution,
-    resolve_keys,
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
@@ -243,7 +242,7 @@ def run_recon(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval recon``."""
     add_common(p)
-    add_keys(p, ("lowrank", "dense"), ("dense",))
+    add_keys(p, ("lowrank", "dense"))
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
@@ -259,7 +258,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stellar.eval.lpips import load_lpips
     from stellar.runtime import pick_device
 
-    key, baseline_key = resolve_keys(args)
     train_dir = check_folder(args.train, "--train").root
     val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
@@ -277,7 +275,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         unavailable["rfid"] = "no weights: pass --fid-weights (pt_inception-2015-12-05 .pth)"
     for name, why in unavailable.items():
         logger.warning("%s not computed: %s", name, why)
-    entries = load_entries(args, key, baseline_key)
+    entries = load_entries(args)
     for e in entries[1:]:  # the baseline's probe decoder gets STELLAR's decoder size
         e.model.config.decoder = entries[0].model.config.decoder
         e.model.config.fourier_features = entries[0].model.config.fourier_features

@@ -33,7 +33,6 @@ from stellar.eval.common import (
     load_entries,
     percent,
     resolution,
-    resolve_keys,
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
@@ -239,7 +238,7 @@ def run_seg(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval seg``."""
     add_common(p)
-    add_keys(p, ("dense", "lowrank"), ("dense",))
+    add_keys(p, ("dense", "lowrank"))
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     p.add_argument("--num-classes", type=positive_int, required=True)
@@ -251,7 +250,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: mIoU and pixel accuracy on the validation split."""
-    key, baseline_key = resolve_keys(args)
     if args.train is None:
         raise UsageError("expected --train: a segmentation folder (ADE20K or images/ + masks/)")
     if not 1 <= args.num_classes < 255:
@@ -260,7 +258,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val = find_split(args.val or args.train, "val")
     if val.images == train.images:
         logger.warning("no separate validation split: mIoU is measured on the training images")
-    entries = load_entries(args, key, baseline_key)
+    entries = load_entries(args)
     progress = not args.no_progress
     schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
     masks: dict[int, tuple[torch.Tensor, ...]] = {}
