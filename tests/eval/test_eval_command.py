@@ -105,14 +105,14 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
     assert main([*argv[:-2], *images, "--k", "5"]) == 0
     a, b = _metrics(out)["rows"][0], _metrics(tmp_path / "knn2")["rows"][0]
     assert (a["top1"], a["top5"]) == (b["top1"], b["top5"])
-    with pytest.raises(ValueError, match="stores features"):
+    with pytest.raises(ValueError, match="lack 'dense'"):
         main([*argv, "--key", "dense", *feats])
     other = ["extract", "--model", "stellar-tiny", "--data", str(val), "--resolution", "32"]
     assert (
         main([*other, "--out", str(tmp_path / "f32"), "--keys", "cls", "--num-workers", "0"]) == 0
     )
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "f32")]
-    with pytest.raises(ValueError, match="extracted at 32 px, but this run encodes at 64 px"):
+    with pytest.raises(ValueError, match="f32.*resolution: 32 != 64"):
         main([*argv, *mixed])
 
 
@@ -231,16 +231,16 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     base = ["eval", "knn", "--key", "cls", "--k", "3", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", str(other), *feats]) == 0
     # the preset's random weights are not the ones the features were extracted with
-    with pytest.raises(ValueError, match="other weights"):
+    with pytest.raises(ValueError, match="ftrain.*weights: "):
         main([*base, "--model", "stellar-tiny", *feats])
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val)]
-    with pytest.raises(ValueError, match="extracted at 64 px, but this run encodes at 32 px"):
+    with pytest.raises(ValueError, match="ftrain.*resolution: 64 != 32"):
         main([*base, "--model", str(other), *mixed, "--resolution", "32"])
     argv = ["extract", "--model", str(other), "--data", str(val), "--keys", "cls"]
     squashed = ["--resize-ratio", "1.0", "--num-workers", "0", "--out", str(tmp_path / "fsq")]
     assert main([*argv, *squashed]) == 0
     mixed = ["--train", str(train), "--val-features", str(tmp_path / "fsq")]
-    with pytest.raises(ValueError, match="--resize-ratio 1"):
+    with pytest.raises(ValueError, match="fsq.*resize_ratio: 1.0 != 1.14"):
         main([*base, "--model", str(other), *mixed])
 
 

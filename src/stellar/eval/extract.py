@@ -32,7 +32,7 @@ from stellar.eval.encoder import (
 )
 from stellar.eval.shards import (
     META_NAME,
-    NOT_SETTINGS,
+    differences,
     finalize_dir,
     read_meta,
     settings_id,
@@ -65,13 +65,7 @@ def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            diff = [
-                f"{k} differ"
-                if k == "files" or len(repr(v)) > 60
-                else f"{k}: {old.get(k)!r} != {v!r}"
-                for k, v in settings.items()
-                if old.get(k) != v and k not in NOT_SETTINGS
-            ]
+            diff = differences(old, settings)
             if not diff:
                 return
             what = f"features extracted with other settings ({', '.join(diff)})"

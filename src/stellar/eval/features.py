@@ -40,7 +40,7 @@ from stellar.eval.encoder import (
     pool_features,
     weights_fingerprint,
 )
-from stellar.eval.shards import load_features, read_meta
+from stellar.eval.shards import differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
 __all__ = [
@@ -132,32 +132,17 @@ def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, i
 
 # ---------------------------------------------------------------------------- the run's inputs
 def _check_against_model(root: str, what: str, key: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold ``key`` features of this model, at this resolution, of the
-    evaluation view the images of a split are read with (so two folders also match each other)."""
+    """A feature folder must hold ``key`` features of this model's weights, at this resolution,
+    of the evaluation view the images of a split are read with (so two folders also match)."""
     meta = read_meta(Path(root))
-    if key not in meta["keys"]:
+    view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
+    diff = differences(meta, {"weights": weights_fingerprint(model), **view})
+    diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
+    if diff:
         raise UsageError(
-            f"{what} {root!r} stores features {meta['keys']}, not {key!r}; extract it with "
-            f"--keys {key}"
-        )
-    ours = weights_fingerprint(model)
-    if meta["weights"] != ours:
-        raise UsageError(
-            f"{what} {root!r} holds features of other weights (extracted with --model "
-            f"{meta['model']}, fingerprint {meta['weights']}) than --model (fingerprint "
-            f"{ours}); extract them again with this model"
-        )
-    if meta["resolution"] != res:
-        raise UsageError(
-            f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
-            f"{res} px; pass --resolution {meta['resolution']} or extract again"
-        )
-    ratio, crop = meta["resize_ratio"], meta["crop"]
-    if abs(ratio - EVAL_RESIZE_RATIO) > 1e-9 or not crop:
-        raise UsageError(
-            f"{what} {root!r} was extracted with --resize-ratio {ratio:.4g} (crop {crop}), "
-            f"but the protocol reads images at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
-            "extract it with the default --resize-ratio"
+            f"{what} {root!r} holds features of other settings than this run ({'; '.join(diff)})"
+            f"; run `stellar extract` again with this --model, --resolution {res}, --keys {key} "
+            "and the default --resize-ratio"
         )
 
 

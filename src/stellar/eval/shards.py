@@ -47,6 +47,16 @@ def settings_id(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
+def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The settings of ``expected`` that a ``meta.json`` records otherwise, each one as
+    ``key: recorded != expected`` (the file list and long values by name only)."""
+    return [
+        f"{k} differ" if k == "files" or len(repr(v)) > 60 else f"{k}: {recorded.get(k)!r} != {v!r}"
+        for k, v in expected.items()
+        if recorded.get(k) != v and k not in NOT_SETTINGS
+    ]
+
+
 def read_meta(out: Path) -> dict[str, Any]:
     """``out/meta.json``, checked against the settings id it records.
 
