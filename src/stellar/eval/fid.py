@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stellar.checkpoint.weights import load_strict, read_state_dict
-from stellar.eval.metrics import feature_statistics, frechet_distance
+from stellar.eval.metrics import frechet_distance
 
 logger = logging.getLogger(__name__)
 
@@ -239,7 +239,6 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two (N, D) feature sets (float64 statistics, unbiased covariances)."""
-    mu1, s1 = feature_statistics(real)
-    mu2, s2 = feature_statistics(fake)
-    return frechet_distance(mu1, s1, mu2, s2)
+    """FID between two (N, D) feature sets, N >= 2 (float64 means, unbiased covariances)."""
+    real, fake = real.double(), fake.double()
+    return frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))

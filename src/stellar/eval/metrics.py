@@ -92,9 +92,3 @@ def frechet_distance(
     diff = mu1 - mu2
     # a distance: rounding can take identical statistics a hair below zero
     return max(0.0, float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean))
-
-
-def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, N >= 2, in float64."""
-    f = features.double()
-    return f.mean(dim=0), torch.cov(f.T)
