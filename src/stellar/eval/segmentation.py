@@ -1,7 +1,9 @@
 """Linear segmentation probe and dataset-level mIoU (arXiv 2602.01905): ``stellar eval seg``.
 
 Probe = BatchNorm2d(d) -> 1x1 Conv2d(d, classes) on the frozen ``dense`` grid, logits
-upsampled bilinearly to the label size, cross-entropy with ignore label 255.
+upsampled bilinearly to the label size, cross-entropy with ignore label 255. Images are
+stretched to the evaluation resolution squared (nothing is cut off) and their label maps resized
+to the same square with nearest sampling, so the metric is measured at that resolution.
 
 mIoU comes from one confusion matrix accumulated over the whole dataset (never an average of
 per-image or per-batch mIoUs). A class whose union (target pixels + predicted pixels) is empty
@@ -15,7 +17,6 @@ import argparse
 import logging
 import math
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -34,9 +35,9 @@ from stellar.eval.common import (
     percent,
     resolution,
 )
-from stellar.eval.encoder import Encoder, extract_features
+from stellar.eval.encoder import extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
-from stellar.eval.segdata import IGNORE, SegmentationSplit, find_split, load_label_maps
+from stellar.eval.segdata import IGNORE, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -96,24 +97,6 @@ def segmentation_scores(matrix: torch.Tensor) -> dict:
     return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
 
 
-def evaluate_segmentation_probe(
-    probe: SegmentationProbe,
-    dense: torch.Tensor,
-    masks: torch.Tensor,
-    num_classes: int,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-) -> dict:
-    """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
-    size = tuple(masks.shape[-2:])
-    # labels, not logits, come back: C < 255 classes fit a byte
-    labels = predict(
-        probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
-    )
-    pairs = zip(labels.split(batch_size), masks.split(batch_size), strict=True)
-    return segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
-
-
 # The paper's segmentation-probe recipe (the defaults of the functions and of the CLI).
 SCHEDULE = ProbeSchedule(epochs=20, lr=1e-3, weight_decay=1e-4, batch_size=16)
 
@@ -166,72 +149,19 @@ def train_segmentation_probe(
         skip_nonfinite=True,
     )
 
-    metrics: dict = {}
-    if val_dense is not None and val_masks is not None:
-        metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, schedule.batch_size, device
-        )
-        logger.info(
-            "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
-        )
-    return probe, metrics
-
-
-@torch.inference_mode()
-def _grid_features(
-    model: Encoder,
-    images: list[Path],
-    key: str,
-    res: int,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``key`` grids (N, n, d) float16 of images stretched to the resolution, and their index."""
-    dataset = EvalImages(images, res, crop=False)
-    out = extract_features(
-        model, dataset, [key], batch_size, fp16=True, num_workers=workers, progress=progress
+    if val_dense is None or val_masks is None:
+        return probe, {}
+    size, batch = tuple(val_masks.shape[-2:]), schedule.batch_size
+    # labels, not logits, come back: C < 255 classes fit a byte
+    labels = predict(
+        probe, val_dense, batch, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
     )
-    return out[key], out["indices"]
-
-
-def run_seg(
-    model: Encoder,
-    key: str,
-    train: SegmentationSplit,
-    val: SegmentationSplit,
-    train_masks: torch.Tensor,
-    val_masks: torch.Tensor,
-    num_classes: int,
-    resolution: int,
-    schedule: ProbeSchedule = SCHEDULE,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Segmentation probe on the frozen ``key`` grid of one model, dataset-level mIoU.
-
-    Images are stretched to ``resolution`` squared (nothing is cut off) and their label maps
-    were resized to the same square with nearest sampling (:func:`load_label_maps`), so the
-    metric is measured at the evaluation resolution. ``schedule``'s batch size also batches
-    the feature extraction.
-
-    Returns:
-        ``{"miou", "pixel_acc"}`` in [0, 1] and ``iou_per_class`` (list, None where a class is
-        absent from both prediction and target).
-    """
-    common = (key, resolution, schedule.batch_size, num_workers, progress)
-    x_tr, idx_tr = _grid_features(model, train.images, *common)
-    x_va, idx_va = _grid_features(model, val.images, *common)
-    _, metrics = train_segmentation_probe(
-        x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, schedule,
-        device=model.device, progress=progress,
-    )  # fmt: skip
-    iou = metrics["iou_per_class"].tolist()
-    return {
-        "miou": metrics["miou"],
-        "pixel_acc": metrics["pixel_acc"],
-        "iou_per_class": [None if math.isnan(v) else v for v in iou],
-    }
+    pairs = zip(labels.split(batch), val_masks.split(batch), strict=True)
+    metrics = segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
+    logger.info(
+        "segmentation probe: mIoU %.4f, pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
+    )
+    return probe, metrics
 
 
 # ---------------------------------------------------------------------------- stellar eval seg
@@ -272,11 +202,19 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                 for s in (train, val)
             )
     rows = []
+    read = {"batch_size": args.batch_size, "fp16": True, "num_workers": args.num_workers}
     for e in entries:
         res = resolution(args, e.model)
-        metrics = run_seg(
-            e.model, e.key, train, val, *masks[res], args.num_classes, res, schedule,
-            args.num_workers, progress,
+        tr, va = (  # images stretched to the square their label maps were resized to
+            extract_features(
+                e.model, EvalImages(s.images, res, crop=False), [e.key], progress=progress, **read
+            )
+            for s in (train, val)
+        )
+        train_masks, val_masks = masks[res]
+        _, metrics = train_segmentation_probe(
+            tr[e.key], train_masks[tr["indices"]], va[e.key], val_masks[va["indices"]],
+            args.num_classes, schedule, e.model.device, progress,
         )  # fmt: skip
         rows.append(e.row(**metrics, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "layout": {"train": train.layout, "val": val.layout}}
