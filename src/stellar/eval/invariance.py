@@ -156,8 +156,7 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
     Returns:
         (B,) tensors, float64: ``l_share``, ``s_share``, ``cross_share`` (of ΔZ = ΔL·S1 + L1·ΔS
         + ΔL·ΔS, shares of the sum of the three norms; NaN where all vanish), ``l_share_mid``,
-        ``s_share_mid`` (of the midpoint split), ``relative_change`` = ||ΔZ|| / ||Z1|| and the
-        raw norms ``norm_l``, ``norm_s``, ``norm_cross``, ``norm_dz``.
+        ``s_share_mid`` (of the midpoint split) and ``relative_change`` = ||ΔZ|| / ||Z1||.
     """
     L1, L2, S1, S2 = (t.double() for t in (L1, L2, S1, S2))
     dL, dS = L2 - L1, S2 - S1
@@ -178,10 +177,6 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
         "l_share_mid": torch.where(mid_total > 0, mid_l / mid_total, nan),
         "s_share_mid": torch.where(mid_total > 0, mid_s / mid_total, nan),
         "relative_change": norm(L2 @ S2 - z1) / norm(z1).clamp_min(1e-12),
-        "norm_l": a,
-        "norm_s": b,
-        "norm_cross": c,
-        "norm_dz": norm(L2 @ S2 - z1),
     }
 
 
@@ -229,7 +224,7 @@ def transform_views(
 
 
 def _encode(model: Encoder, images: Tensor, chunk: int) -> dict[str, Tensor]:
-    parts = [model.forward_encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
+    parts = [model.forward_encode(x) for x in images.split(chunk)]
     return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
 
 
@@ -252,26 +247,25 @@ def run_invariance(
 
     Returns:
         ``distances``: ``{name: {"mean", "std"}}`` over images (None for a representation the
-        model lacks); ``equivariance``: ``{transform: {share: mean}}`` (empty for a model
-        without concept tokens); ``num_images``.
+        model lacks); ``equivariance``: ``{transform: {share: mean over the images where it is
+        defined}}`` (empty for a model without concept tokens); ``num_images``.
     """
     device = model.device
     factorised = "sparse" in model.feature_keys
     gen = torch.Generator(device=device).manual_seed(seed)
     dist_parts: dict[str, list[Tensor]] = {}
     eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in TRANSFORMS} if factorised else {}
-    chunk = max(1, batch_size)
     pin = device.type == "cuda"
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
         crops = random_crops(images, n_crops, scale, flip_p, gen)
-        original = _encode(model, images, chunk)
-        encoded = _encode(model, crops.flatten(0, 1), chunk)
+        original = _encode(model, images, batch_size)
+        encoded = _encode(model, crops.flatten(0, 1), batch_size)
         for name, d in representation_distances(original, encoded, n_crops).items():
             dist_parts.setdefault(name, []).append(d.mean(1).cpu())
         for t in eq_parts:
             view, align1, align2 = transform_views(t, images, model.patch_size, shift)
-            other = _encode(model, view, chunk)
+            other = _encode(model, view, batch_size)
             shares = equivariance_partition(
                 align1(original["spatial"]),
                 original["sparse"],
@@ -285,15 +279,11 @@ def run_invariance(
         values = torch.cat(parts).double()
         distances[name] = {"mean": values.mean().item(), "std": values.std(unbiased=False).item()}
     equivariance = {
-        t: {k: _nanmean(torch.cat(v)) for k, v in parts.items()} for t, parts in eq_parts.items()
+        t: {k: torch.cat(v).nanmean().item() for k, v in parts.items()}
+        for t, parts in eq_parts.items()
     }
     n = sum(p.shape[0] for p in dist_parts["cls"])
     return {"distances": distances, "equivariance": equivariance, "num_images": n}
-
-
-def _nanmean(x: Tensor) -> float | None:
-    finite = x[~x.isnan()]
-    return finite.mean().item() if finite.numel() else None
 
 
 # ------------------------------------------------------------------ stellar eval invariance
