@@ -149,18 +149,17 @@ def write_json(path: Path, payload: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def percent(v: Any) -> str:
-    """A fraction as a percentage with two decimals ("n/a" for None / NaN)."""
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
-def metric(fmt: str) -> Callable[[Any], str]:
-    """A cell formatter for a number ("n/a" for None / NaN)."""
+def metric(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
+    """A cell formatter for a number times ``scale`` ("n/a" for None / NaN)."""
 
     def cell(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+        missing = v is None or (isinstance(v, float) and math.isnan(v))
+        return "n/a" if missing else format(scale * v, fmt)
 
     return cell
+
+
+percent = metric(".2f", 100)  # a fraction as a percentage
 
 
 Column = tuple[str, Callable[[dict], str]]
