@@ -43,13 +43,9 @@ BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
 
 
 class ViTBaseline(nn.Module):
-    """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``.
-
-    Args:
-        config: a STELLAR config whose encoder is the ViT's (the protocols read its encoder
-            dimensions, and the reconstruction probe its decoder size).
-        name: the label of the baseline's row in result tables.
-    """
+    """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``;
+    ``config`` is a STELLAR config whose encoder is the ViT's (the protocols read its encoder
+    dimensions, the reconstruction probe its decoder size), ``name`` its row's label."""
 
     feature_keys: tuple[str, ...] = ("cls", "dense")
 
@@ -106,12 +102,7 @@ def _preprocessor_mean_std(path: Path) -> tuple[list[float], list[float]] | None
 
 
 def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBaseline:
-    """Build the frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode.
-
-    Raises:
-        ValueError: a malformed spec, an unreadable checkpoint, or shapes that do not describe
-            a ViT.
-    """
+    """The frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode."""
     kind, path = parse_baseline(spec)
     weights = load_mae_weights(path)
     hf = weights.config or {}

@@ -69,16 +69,9 @@ def cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Mean cosine distance between two token sets under their optimal one-to-one matching.
-
-    Args:
-        a: (..., r, d) tokens.
-        b: (..., r', d) tokens, same leading shape.
-
-    Returns:
-        (...) float32: ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective matchings of the
-        smaller set into the larger one (Hungarian algorithm, exact).
-    """
+    """Mean cosine distance between (..., r, d) and (..., r', d) token sets under their optimal
+    one-to-one matching: (...) float32 ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective
+    matchings of the smaller set into the larger one (Hungarian algorithm, exact)."""
     lead = a.shape[:-2]
     cost = 1.0 - F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
     flat = cost.reshape(-1, *cost.shape[-2:]).detach().double().cpu().numpy()
@@ -95,18 +88,9 @@ def random_crops(
     flip_p: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """K RandomResizedCrop views of each square image, resampled back to its size.
-
-    Args:
-        images: (B, 3, R, R) in [0, 1].
-        n_crops: K.
-        scale: crop area range, as a fraction of the image.
-        flip_p: probability of a horizontal flip per crop.
-        generator: randomness (None = global RNG).
-
-    Returns:
-        (B, K, 3, R, R) in [0, 1]. ``scale=(1, 1)`` with ``flip_p=0`` returns the images.
-    """
+    """K = ``n_crops`` RandomResizedCrop views (area ``scale`` of the image, flipped with
+    probability ``flip_p``) of (B, 3, R, R) images, resampled back: (B, K, 3, R, R).
+    ``scale=(1, 1)`` with ``flip_p=0`` returns the images."""
     b, _, h, w = images.shape
     size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
     return random_resized_crop(
@@ -117,17 +101,10 @@ def random_crops(
 def representation_distances(
     original: dict[str, Tensor], crops: dict[str, Tensor], n_crops: int
 ) -> dict[str, Tensor]:
-    """Crop-vs-original cosine distances of every representation the outputs allow.
-
-    Args:
-        original: encoder outputs of B images (``cls`` (B, 1, d), ``dense`` (B, n, d),
-            optionally ``sparse`` (B, r, d)).
-        crops: outputs of their B·K crops, image-major (crop j of image i at row i·K + j).
-        n_crops: K.
-
-    Returns:
-        ``{name: (B, K)}`` for the names of :data:`DISTANCES` that apply.
-    """
+    """``{name: (B, K)}`` crop-vs-original cosine distances, for the :data:`DISTANCES` the
+    outputs allow, of B images' encoder outputs (``cls`` (B, 1, d), ``dense`` (B, n, d),
+    optionally ``sparse`` (B, r, d)) and their B·K crops' (image-major: crop j of image i at
+    row i·K + j), K = ``n_crops``."""
 
     def pair(key: str) -> tuple[Tensor, Tensor]:
         o = original[key]
@@ -186,18 +163,9 @@ Align = Callable[[Tensor], Tensor]
 def transform_views(
     name: str, images: Tensor, patch: int, shift: int = 1
 ) -> tuple[Tensor, Align, Align]:
-    """View 2 of a spatial transform and the maps that align both grids.
-
-    Args:
-        name: ``"flip"`` or ``"shift"``.
-        images: (B, 3, H, W) view 1.
-        patch: patch size p.
-        shift: translation in patches (``"shift"``), 1 <= shift < W / p.
-
-    Returns:
-        ``(view2, align1, align2)``: ``align_i`` maps (B, n, r) rows of view i's grid to the
-        (B, n', r) rows of the patches both views show, in view 1's order.
-    """
+    """``(view2, align1, align2)`` of a ``"flip"`` or a ``"shift"`` by ``shift`` patches
+    (1 <= shift < W / p) of (B, 3, H, W) images, view 1: ``align_i`` maps (B, n, r) rows of
+    view i's grid to the (B, n', r) rows of the patches both views show, in view 1's order."""
     b, _, h, w = images.shape
     gh, gw = h // patch, w // patch
 

@@ -57,16 +57,8 @@ class LinearProbe(nn.Module):
 def accuracy_topk(
     logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
 ) -> dict[str, float]:
-    """Fraction of samples whose label is among the ``k`` highest scores.
-
-    Args:
-        logits: (N, C) class scores.
-        labels: (N,) integer labels.
-        ks: k values; each is clamped to C (so ``top5`` is 1.0 when C <= 5).
-
-    Returns:
-        ``{"top{k}": fraction in [0, 1]}`` for each k.
-    """
+    """``{"top{k}": fraction}`` of the (N,) ``labels`` among the k highest of the (N, C)
+    ``logits``, for each k (clamped to C: ``top5`` is 1.0 when C <= 5)."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hit = top == labels.to(top.device).long().unsqueeze(1)
@@ -87,21 +79,12 @@ def train_linear_probe(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[LinearProbe, dict[str, float]]:
-    """Train a :class:`LinearProbe` on cached features and evaluate it.
+    """Train a :class:`LinearProbe` on cached (N, D) or (N, T, D) features (tokens
+    mean-pooled; they may stay on the CPU) with (N,) labels, and evaluate it on (M, ...)
+    ``val_x`` / ``val_y`` (None: skipped).
 
-    Deterministic for a given seed and device: the probe initialisation and the shuffling use
-    their own RNG and leave the global RNG untouched.
-
-    Args:
-        train_x: (N, D) or (N, T, D) train features (token axis mean-pooled); may stay on CPU,
-            batches are moved to ``device``.
-        train_y: (N,) integer labels.
-        val_x: (M, D) or (M, T, D) validation features, or None to skip validation.
-        val_y: (M,) labels, or None.
-        num_classes: C.
-        schedule: optimisation settings; its seed seeds the probe init and the batch order.
-        device: where the probe trains.
-        progress: show a tqdm bar over epochs.
+    Deterministic for a given seed and device: ``schedule.seed`` seeds the probe initialisation
+    and the batch order, the global RNG is left untouched.
 
     Returns:
         ``(probe, {"top1", "top5", "train_top1"})``; val keys are NaN when no val set is given.
@@ -143,20 +126,11 @@ def train_linear_augmented(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views every epoch.
-
-    The frozen model encodes each epoch's views (batched, no gradients); the probe trains as
-    :func:`train_linear_probe` does on cached features.
-
-    Args:
-        model: frozen STELLAR or baseline.
-        key: pooled output used as the feature.
-        train_root: class-folder tree of training images.
-        val: pooled validation features (evaluation view) with class names.
-        resolution: side of the crops fed to the model.
-        schedule: optimisation settings; its seed also fixes the crops and the probe init.
-        num_workers: decoding workers.
-        progress: tqdm bars.
+    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views of the class
+    folders of ``train_root`` every epoch, ``resolution`` px, encoded by the frozen model (no
+    gradients) and pooled ``key`` features; the probe trains as :func:`train_linear_probe`
+    does and is evaluated on ``val`` (pooled features of the evaluation view). The schedule's
+    seed also fixes the crops.
 
     Returns:
         ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy

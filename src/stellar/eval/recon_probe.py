@@ -99,20 +99,9 @@ def train_recon_probe(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``decoder`` (in place) to rebuild ``images`` from frozen ``features``.
-
-    Args:
-        decoder: a fresh pixel-head decoder (see :func:`fresh_decoder`).
-        features: (N, n, d) frozen feature grids, n = h·w.
-        images: (N, 3, h·p, w·p) uint8 targets.
-        grid: (h, w).
-        schedule: optimisation settings; its seed fixes the batch order.
-        device: where the decoder trains.
-        progress: tqdm bar over epochs.
-
-    Returns:
-        One dict per epoch: ``epoch`` and ``loss`` (mean weighted loss).
-    """
+    """Train a :func:`fresh_decoder` in place to rebuild (N, 3, h·p, w·p) uint8 ``images``
+    from (N, n, d) frozen feature grids, n = h·w, ``grid`` = (h, w); the schedule's seed fixes
+    the batch order. Returns one ``{"epoch", "loss"}`` per epoch (the weighted loss)."""
     n = features.shape[0]
     decoder.to(device)
 
@@ -137,14 +126,9 @@ def image_metrics(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, float | None]:
-    """PSNR / SSIM (always), LPIPS and rFID (when their networks are given, else None).
-
-    Args:
-        recons, targets: (N, 3, H, W) in [0, 1] (targets may be uint8).
-
-    Returns:
-        ``psnr`` (dB, mean over images), ``ssim``, ``lpips`` (mean distance), ``rfid``.
-    """
+    """``psnr`` (dB) and ``ssim`` (means over images), ``lpips`` (mean distance) and ``rfid``
+    (None without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against ``targets``
+    (in [0, 1], or uint8)."""
     if targets.dtype == torch.uint8:
         targets = targets.float() / 255
     out: dict[str, float | None] = {
@@ -172,14 +156,8 @@ def image_metrics(
 def save_reconstruction_grid(
     inputs: Tensor, recons: Tensor, path: str | Path, max_images: int = 8
 ) -> Path:
-    """A PNG of the first ``max_images`` inputs (top row) over their reconstructions.
-
-    Args:
-        inputs: (N, 3, H, W) uint8 or [0, 1] float.
-        recons: (N, 3, H, W) [0, 1] float.
-        path: output file.
-        max_images: columns.
-    """
+    """A PNG of the first ``max_images`` (N, 3, H, W) inputs (uint8 or [0, 1]; top row) over
+    their reconstructions ([0, 1])."""
     from stellar.viz.maps import compose_panel
 
     rows = [list(inputs[:max_images]), list(recons[:max_images])]

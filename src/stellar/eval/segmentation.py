@@ -51,15 +51,8 @@ class SegmentationProbe(nn.Module):
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
 
     def forward(self, dense: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Per-pixel class logits.
-
-        Args:
-            dense: (B, n, D) patch tokens of a square h x h grid, n = h².
-            out_size: (H, W) of the labels; None keeps the grid size.
-
-        Returns:
-            (B, C, H, W) logits (bilinear, ``align_corners=False``).
-        """
+        """(B, n, D) patch tokens of a square grid, n = h², -> (B, C, H, W) logits upsampled
+        bilinearly (``align_corners=False``) to ``out_size`` (None: (h, h))."""
         b, n, d = dense.shape
         side = math.isqrt(n)
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
@@ -111,24 +104,15 @@ def train_segmentation_probe(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
-    """Train a :class:`SegmentationProbe` on cached dense tokens.
+    """Train a :class:`SegmentationProbe` on cached (N, n, D) patch tokens of square grids
+    (any float dtype; they may stay on the CPU) and (N, H, W) integer label maps (``IGNORE``
+    for unlabelled pixels), and score it on the validation pair (None: skipped).
 
-    Deterministic for a given seed and device; the global RNG is left untouched.
-
-    Args:
-        train_dense: (N, n, D) frozen patch tokens of square grids (any float dtype; may stay
-            on CPU, batches move to ``device``).
-        train_masks: (N, H, W) integer labels, ``IGNORE`` for unlabelled pixels.
-        val_dense, val_masks: same for validation, or None.
-        num_classes: C.
-        schedule: optimisation settings (its batch size also batches the validation); its
-            seed seeds the probe init and the batch order.
-        device: where the probe trains.
-        progress: show a tqdm bar over epochs.
+    Deterministic for a given seed and device (``schedule.seed`` seeds the probe initialisation
+    and the batch order; the global RNG is left untouched).
 
     Returns:
-        ``(probe, metrics)`` with the :func:`segmentation_scores` keys on the val set
-        (empty dict without one).
+        ``(probe, metrics)``: the :func:`segmentation_scores` of the validation set ({} without).
     """
 
     def loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
