@@ -242,6 +242,11 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     mixed = ["--train", str(train), "--val-features", str(tmp_path / "fsq")]
     with pytest.raises(ValueError, match="fsq.*resize_ratio: 1.0 != 1.14"):
         main([*base, "--model", str(other), *mixed])
+    flat = ["--num-workers", "0", "--out", str(tmp_path / "flat")]  # one class: no class folders
+    assert main([*argv[:4], str(val / "blue"), *argv[5:], *flat]) == 0
+    mixed = ["--train", str(train), "--val-features", str(tmp_path / "flat")]
+    with pytest.raises(ValueError, match="flat.*no classes"):
+        main([*base, "--model", str(other), *mixed])
 
 
 def test_eval_checks_the_output_folder_before_any_work(colours, tmp_path, monkeypatch) -> None:

@@ -117,12 +117,7 @@ def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
     """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
     features, labels, _ = load_features(out_dir, [key])
     classes = read_meta(Path(out_dir))["classes"]
-    if labels.numel() == 0 or bool((labels < 0).any()) or not classes:
-        raise UsageError(
-            f"{out_dir} was extracted from images without class sub-folders (labels -1); "
-            "expected a labelled extraction"
-        )
-    return LabelledFeatures(pool_features(features[key].float()), labels.long(), classes)
+    return LabelledFeatures(pool_features(features[key].float()), labels, classes)
 
 
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
@@ -138,11 +133,12 @@ def _check_against_model(root: str, what: str, key: str, model: Encoder, res: in
     view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
     diff = differences(meta, {"weights": weights_fingerprint(model), **view})
     diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
+    diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
     if diff:
         raise UsageError(
             f"{what} {root!r} holds features of other settings than this run ({'; '.join(diff)})"
-            f"; run `stellar extract` again with this --model, --resolution {res}, --keys {key} "
-            "and the default --resize-ratio"
+            f"; run `stellar extract` on class folders with this --model, --resolution {res}, "
+            f"--keys {key} and the default --resize-ratio"
         )
 
 
