@@ -41,17 +41,9 @@ from stellar.runtime import autocast
 logger = logging.getLogger(__name__)
 
 
-class LinearProbe(nn.Module):
-    """LayerNorm(dim) followed by Linear(dim, num_classes)."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) features -> (N, C) logits."""
-        return self.head(self.norm(x))
+def linear_probe(dim: int, num_classes: int) -> nn.Sequential:
+    """LayerNorm(dim) -> Linear(dim, num_classes): (N, dim) features -> (N, C) logits."""
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
 
 def accuracy_topk(
@@ -78,8 +70,8 @@ def train_linear_probe(
     schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> tuple[LinearProbe, dict[str, float]]:
-    """Train a :class:`LinearProbe` on cached (N, D) or (N, T, D) features (tokens
+) -> tuple[nn.Sequential, dict[str, float]]:
+    """Train a :func:`linear_probe` on cached (N, D) or (N, T, D) features (tokens
     mean-pooled; they may stay on the CPU) with (N,) labels, and evaluate it on (M, ...)
     ``val_x`` / ``val_y`` (None: skipped).
 
@@ -91,7 +83,7 @@ def train_linear_probe(
         ``train_top1`` is the final probe's accuracy on the train set (eval mode).
     """
     train_x = pool_features(train_x)
-    build = partial(LinearProbe, train_x.shape[1], num_classes)
+    build = partial(linear_probe, train_x.shape[1], num_classes)
     probe = train_probe(
         build, train_x, train_y, F.cross_entropy, schedule, device, "linear probe", progress
     )
@@ -144,7 +136,7 @@ def train_linear_augmented(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
-    probe = seeded(partial(LinearProbe, val.x.shape[1], len(classes)), schedule.seed, device)
+    probe = seeded(partial(linear_probe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
     hits = {"correct": 0, "seen": 0}
 
