@@ -137,19 +137,13 @@ def image_metrics(
         "lpips": None,
         "rfid": None,
     }
-    if lpips_net is not None:
-        dists = [
-            lpips_net(recons[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
-            for i in range(0, recons.shape[0], batch_size)
-        ]
-        out["lpips"] = torch.cat(dists).mean().item()
+    if lpips_net is not None:  # the pairs batched as one (N, 2, 3, H, W) input
+        pairs = torch.stack([recons, targets], dim=1)
+        dists = predict(lpips_net, pairs, batch_size, device, lambda x: lpips_net(x[:, 0], x[:, 1]))
+        out["lpips"] = dists.mean().item()
     if fid_net is not None and recons.shape[0] > 1:  # a covariance needs two images
-
-        def pool(images: Tensor) -> Tensor:
-            chunks = images.split(batch_size)
-            return torch.cat([fid_net(c.to(device)).cpu() for c in chunks])
-
-        out["rfid"] = fid_from_features(pool(targets), pool(recons))
+        real, fake = (predict(fid_net, x, batch_size, device) for x in (targets, recons))
+        out["rfid"] = fid_from_features(real, fake)
     return out
 
 
