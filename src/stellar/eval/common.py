@@ -30,6 +30,7 @@ from stellar.runtime import add_precision_argument, pick_device
 __all__ = [
     "Entry",
     "add_common",
+    "add_encoding",
     "add_keys",
     "check_folder",
     "check_labelled_folder",
@@ -45,22 +46,27 @@ METRICS_NAME = "metrics.json"
 
 
 # ---------------------------------------------------------------------------- options
+def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0) -> None:
+    """How ``stellar eval`` and ``extract`` read a model and encode images with it."""
+    p.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
+    p.add_argument("--num-workers", type=nonneg_int, default=num_workers, help="decoding workers")
+    p.add_argument(
+        "--resolution", type=positive_int, default=None, help="input side (default: native)"
+    )
+    add_precision_argument(p)
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """The options every protocol has."""
-    p.add_argument("--model", required=True, help="STELLAR checkpoint path, run dir or model name")
+    add_encoding(p)
     p.add_argument(
         "--baseline", default=None, help="add a plain-ViT row: mae:PATH or vit:PATH (local files)"
     )
     p.add_argument("--out", default=None, help="output folder (default: eval-<protocol>)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
-    p.add_argument("--num-workers", type=nonneg_int, default=0, help="image decoding workers")
-    p.add_argument(
-        "--resolution", type=positive_int, default=None, help="input side (default: native)"
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
-    add_precision_argument(p)
 
 
 def add_keys(p: argparse.ArgumentParser, ours: Sequence[str]) -> None:
