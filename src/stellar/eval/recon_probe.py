@@ -159,57 +159,6 @@ def save_reconstruction_grid(
     return atomic_write(Path(path), lambda tmp: figure.save(tmp, format="PNG"))
 
 
-def run_recon(
-    model: Encoder,
-    train: EvalImages,
-    val: EvalImages,
-    key: str,
-    depth: int = DEFAULT_DEPTH,
-    schedule: ProbeSchedule = SCHEDULE,
-    num_workers: int = 0,
-    lpips_net: nn.Module | None = None,
-    fid_net: nn.Module | None = None,
-    grid_png: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The whole reconstruction probe for one model; ``schedule``'s batch size also batches
-    the encoding and the decoding of the cached features.
-
-    Returns:
-        ``psnr``, ``ssim``, ``lpips``, ``rfid`` (None when not computed), ``history`` (per
-        epoch), ``initial_psnr`` (the untrained decoder's val PSNR), ``num_train``,
-        ``num_val`` and ``grid_png`` (path or None).
-    """
-    device, batch_size = model.device, schedule.batch_size
-    side = train.resolution // model.patch_size
-    grid = (side, side)
-
-    def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
-        """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
-        out = extract_features(
-            model, images, [key], batch_size, num_workers=num_workers, progress=progress,
-            keep_images=True,
-        )  # fmt: skip
-        return out[key], out["images"]
-
-    tr_x, tr_img = cached(train)
-    va_x, va_img = cached(val)
-    decoder = fresh_decoder(model, depth, schedule.seed).to(device)
-    initial = psnr(
-        reconstruct_features(decoder, va_x, grid, batch_size, device), va_img.float() / 255
-    )
-    history = train_recon_probe(decoder, tr_x, tr_img, grid, schedule, device, progress)
-    recons = reconstruct_features(decoder, va_x, grid, batch_size, device)
-    metrics: dict[str, Any] = image_metrics(recons, va_img, lpips_net, fid_net, batch_size, device)
-    metrics["initial_psnr"] = initial.mean().item()
-    metrics["history"] = history
-    metrics["num_train"], metrics["num_val"] = tr_x.shape[0], va_x.shape[0]
-    metrics["grid_png"] = None
-    if grid_png is not None:
-        metrics["grid_png"] = str(save_reconstruction_grid(va_img, recons, grid_png))
-    return metrics
-
-
 # ---------------------------------------------------------------------------- stellar eval recon
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval recon``."""
@@ -251,20 +200,31 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries[1:]:  # the baseline's probe decoder gets STELLAR's decoder size
         e.model.config.decoder = entries[0].model.config.decoder
         e.model.config.fourier_features = entries[0].model.config.fourier_features
+    schedule, batch = ProbeSchedule.from_args(args, args.batch_size), args.batch_size
+    read = {"num_workers": args.num_workers, "progress": not args.no_progress, "keep_images": True}
     rows = []
     for i, e in enumerate(entries):
-        res = resolution(args, e.model)
-        metrics = run_recon(
-            e.model, EvalImages(train_dir, res), EvalImages(val_dir, res), e.key,
-            depth=args.decoder_depth, schedule=ProbeSchedule.from_args(args, args.batch_size),
-            num_workers=args.num_workers, lpips_net=lpips_net, fid_net=fid_net,
-            grid_png=args.out_dir / f"reconstructions_{i}_{e.kind}.png",
-            progress=not args.no_progress,
-        )  # fmt: skip
+        res, on = resolution(args, e.model), e.model.device
+        grid = (res // e.model.patch_size,) * 2
+        tr, va = (  # features and uint8 images in memory: an epoch costs only the decoder
+            extract_features(e.model, EvalImages(folder, res), [e.key], batch, **read)
+            for folder in (train_dir, val_dir)
+        )
+        decoder = fresh_decoder(e.model, args.decoder_depth, args.seed).to(on)
+        untrained = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        history = train_recon_probe(
+            decoder, tr[e.key], tr["images"], grid, schedule, on, read["progress"]
+        )
+        recons = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        metrics = image_metrics(recons, va["images"], lpips_net, fid_net, batch, on)
+        metrics["initial_psnr"] = psnr(untrained, va["images"].float() / 255).mean().item()
         if fid_net is not None and metrics["rfid"] is None:
             unavailable["rfid"] = "needs at least 2 validation images"
-        rows.append(e.row(**metrics))
-    return {"rows": rows, "unavailable": unavailable, "target": "pixel"}
+        png = args.out_dir / f"reconstructions_{i}_{e.kind}.png"
+        png = save_reconstruction_grid(va["images"], recons, png)
+        counts = {"num_train": len(tr["paths"]), "num_val": len(va["paths"])}
+        rows.append(e.row(**metrics, history=history, **counts, grid_png=str(png)))
+    return {"rows": rows, "unavailable": unavailable}
 
 
 def tables(result: dict[str, Any]) -> list[str]:
