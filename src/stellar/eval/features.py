@@ -61,13 +61,8 @@ EVAL_RESIZE_RATIO = 256 / 224
 
 @dataclass
 class LabelledFeatures:
-    """Pooled features with labels and the class names the labels index.
-
-    Attributes:
-        x: (N, d) float32 features.
-        y: (N,) int64 labels.
-        classes: class names, ``classes[y[i]]`` is the class of row i.
-    """
+    """(N, d) float32 pooled features ``x``, (N,) int64 labels ``y`` and the class names they
+    index (``classes[y[i]]`` is the class of row i)."""
 
     x: Tensor
     y: Tensor
@@ -78,11 +73,8 @@ class LabelledFeatures:
 
 
 def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]) -> Tensor:
-    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order.
-
-    Raises:
-        UsageError: a class of ``names`` used by ``labels`` is not in ``reference``.
-    """
+    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order; a class
+    the labels use that ``reference`` lacks is an error."""
     index = {c: k for k, c in enumerate(reference)}
     used = sorted({names[i] for i in labels.unique().tolist()})
     unknown = [c for c in used if c not in index]
@@ -164,12 +156,8 @@ def add_classification_arguments(p: argparse.ArgumentParser) -> None:
 def classification_setup(
     args: argparse.Namespace, augmented: bool = False
 ) -> tuple[list[Entry], Path | None, Path | None]:
-    """Check a linear / kNN run's inputs, then load its models.
-
-    Returns:
-        ``(entries, train folder, val folder)``; a folder is None where a feature folder
-        replaces it for every row.
-    """
+    """Check a linear / kNN run's inputs, then load its models: ``(entries, train folder, val
+    folder)``, a folder None where a feature folder replaces it for every row."""
     if augmented and args.train_features:
         raise UsageError(
             "--augmented encodes new crops every epoch: it needs --train (images), not "
