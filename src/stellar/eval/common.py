@@ -92,12 +92,14 @@ def check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
 # ---------------------------------------------------------------------------- models
 @dataclass
 class Entry:
-    """One table row to compute: a model, its label, kind (stellar | baseline) and feature key."""
+    """One table row to compute: a model, its label, kind (stellar | baseline), the feature it
+    reads and the side it encodes images at."""
 
     name: str
     kind: str
     model: Encoder
     key: str | None
+    resolution: int
 
     def row(self, **metrics: Any) -> dict[str, Any]:
         """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
@@ -117,20 +119,19 @@ def resolution(args: argparse.Namespace, model: Any) -> int:
 
 
 def load_entries(args: argparse.Namespace) -> list[Entry]:
-    """The rows of a run: ``--model`` and ``--baseline``, each with the feature it reads."""
+    """The rows of a run: ``--model`` and ``--baseline``, each with the feature it reads and its
+    ``--resolution`` (default: its native side)."""
     from stellar.hub import load_model
 
     device = pick_device(args.device)
     torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
     model = load_model(args.model, purpose="encode", device=device)
     key = getattr(args, "key", None)
-    entries = [Entry(str(args.model), "stellar", model, key)]
+    entries = [Entry(str(args.model), "stellar", model, key, resolution(args, model))]
     if args.baseline is not None:
         base = load_baseline(args.baseline, device=device)
         base_key = key if key is None or key in base.feature_keys else "dense"
-        entries.append(Entry(base.name, "baseline", base, base_key))
-    for e in entries:
-        resolution(args, e.model)
+        entries.append(Entry(base.name, "baseline", base, base_key, resolution(args, base)))
     return entries
 
 

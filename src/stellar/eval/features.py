@@ -32,7 +32,6 @@ from stellar.eval.common import (
     check_labelled_folder,
     load_entries,
     percent,
-    resolution,
 )
 from stellar.eval.encoder import (
     Encoder,
@@ -178,13 +177,13 @@ def classification_setup(
                 f"--train {str(train_dir)!r}; expected the same class folder names"
             )
     entries = load_entries(args)
-    ours = entries[0].model
+    ours = entries[0]
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, args.key, ours, resolution(args, ours))
+            _check_against_model(root, flag, args.key, ours.model, ours.resolution)
     return entries, train_dir, val_dir
 
 
@@ -194,12 +193,11 @@ def split_features(
     """Pooled labelled features of one split: a feature folder (STELLAR) or its images."""
     if entry.kind == "stellar" and stored_dir:
         return features_from_dir(stored_dir, entry.key)
-    res = resolution(args, entry.model)
     return labelled_features(
         entry.model,
         folder,
         entry.key,
-        res,
+        entry.resolution,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=not args.no_progress,

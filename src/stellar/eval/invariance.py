@@ -46,7 +46,6 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     metric,
-    resolution,
 )
 from stellar.eval.encoder import Encoder, decodable_batches
 
@@ -277,7 +276,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
     for e in load_entries(args):
-        res = resolution(args, e.model)
+        res = e.resolution
         if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(

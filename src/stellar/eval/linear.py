@@ -186,9 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         if args.augmented:
-            res = e.model.config.encoder.image_size if args.resolution is None else args.resolution
             metrics = train_linear_augmented(
-                e.model, e.key, train_dir, val, res, schedule, args.num_workers, progress=progress
+                e.model, e.key, train_dir, val, e.resolution, schedule, args.num_workers, progress
             )
             num_train = len(ImageFolder(train_dir))
         else:

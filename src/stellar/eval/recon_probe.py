@@ -32,7 +32,6 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     metric,
-    resolution,
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
@@ -204,7 +203,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     read = {"num_workers": args.num_workers, "progress": not args.no_progress, "keep_images": True}
     rows = []
     for i, e in enumerate(entries):
-        res, on = resolution(args, e.model), e.model.device
+        res, on = e.resolution, e.model.device
         grid = (res // e.model.patch_size,) * 2
         tr, va = (  # features and uint8 images in memory: an epoch costs only the decoder
             extract_features(e.model, EvalImages(folder, res), [e.key], batch, **read)

@@ -33,7 +33,6 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     percent,
-    resolution,
 )
 from stellar.eval.encoder import extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
@@ -175,27 +174,24 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     entries = load_entries(args)
     progress = not args.no_progress
     schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
-    masks: dict[int, tuple[torch.Tensor, ...]] = {}
-    for e in entries:  # every label map is read and checked before any feature is computed
-        res = resolution(args, e.model)
-        if res not in masks:
-            masks[res] = tuple(
-                load_label_maps(
-                    s.labels, res, args.num_classes, args.reduce_zero_label, progress=progress
-                )
-                for s in (train, val)
-            )
-    rows = []
-    read = {"batch_size": args.batch_size, "fp16": True, "num_workers": args.num_workers}
-    for e in entries:
-        res = resolution(args, e.model)
-        tr, va = (  # images stretched to the square their label maps were resized to
-            extract_features(
-                e.model, EvalImages(s.images, res, crop=False), [e.key], progress=progress, **read
+    masks: dict[int, tuple[torch.Tensor, ...]] = {}  # per resolution, all read before any feature
+    for res in sorted({e.resolution for e in entries}):
+        masks[res] = tuple(
+            load_label_maps(
+                s.labels, res, args.num_classes, args.reduce_zero_label, progress=progress
             )
             for s in (train, val)
         )
-        train_masks, val_masks = masks[res]
+    rows = []
+    kw = dict(
+        batch_size=args.batch_size, fp16=True, num_workers=args.num_workers, progress=progress
+    )
+    for e in entries:
+        tr, va = (  # images stretched to the square their label maps were resized to
+            extract_features(e.model, EvalImages(s.images, e.resolution, crop=False), [e.key], **kw)
+            for s in (train, val)
+        )
+        train_masks, val_masks = masks[e.resolution]
         _, metrics = train_segmentation_probe(
             tr[e.key], train_masks[tr["indices"]], va[e.key], val_masks[va["indices"]],
             args.num_classes, schedule, e.model.device, progress,
