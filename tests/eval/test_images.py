@@ -93,17 +93,6 @@ def test_symlinked_folders_are_followed_once(tmp_path: Path) -> None:
     assert found == ["cat/1.png", "dog/2.png"]
 
 
-def test_modes_become_rgb(tmp_path: Path) -> None:
-    _solid(tmp_path / "g.png", (90, 90, 90), mode="L")
-    _solid(tmp_path / "p.gif", (200, 0, 0), mode="P")
-    rgba = Image.new("RGBA", (20, 20), (0, 0, 0, 0))
-    rgba.save(tmp_path / "t.png")
-    ds = EvalImages(tmp_path, 8, crop=False)
-    images = torch.stack([ds[i]["image"] for i in range(len(ds))])
-    assert images.shape == (3, 3, 8, 8)
-    assert torch.allclose(images[2], torch.ones(3, 8, 8))  # transparent -> white
-
-
 def test_broken_files_are_skipped_once(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     for i in range(3):
         _solid(tmp_path / f"{i}.png", (i * 50, 0, 0))
@@ -118,11 +107,6 @@ def test_broken_files_are_skipped_once(tmp_path: Path, caplog: pytest.LogCapture
     assert [b["image"].shape[0] for b in batches] == [2, 1]
     warnings = [r for r in caplog.records if "1b.png" in r.getMessage()]
     assert len(warnings) == 1
-
-
-def test_all_broken_batch_is_skipped(tmp_path: Path) -> None:
-    (tmp_path / "x.png").write_bytes(b"")
-    assert list(make_loader(EvalImages(tmp_path, 8), batch_size=4)) == []
 
 
 def test_decodable_batches_skip_empty_and_fail_when_nothing_decodes(tmp_path: Path) -> None:

@@ -106,8 +106,6 @@ def test_recon_command(tmp_path, capsys) -> None:
     )
     assert Path(row["grid_png"]).is_file() and row["psnr"] > 0
     assert "PSNR dB" in capsys.readouterr().out
-    with pytest.raises(ValueError, match="'sparse'"):
-        main([*argv, "--key", "sparse", "--out", str(out)])
     with pytest.raises(ValueError, match="both --lpips-vgg and --lpips-weights"):
         main([*argv, "--lpips-vgg", str(ckpt), "--out", str(out)])
     with pytest.raises(FileNotFoundError, match="missing.pth"):  # read_state_dict names it

@@ -32,7 +32,6 @@ from torch import Tensor, nn
 from stellar.checkpoint.mae import load_mae_weights
 from stellar.checkpoint.weights import load_strict
 from stellar.errors import UsageError
-from stellar.eval.encoder import BASELINE_KEYS
 from stellar.models.config import StellarConfig
 from stellar.models.encoder import ViTEncoder
 from stellar.models.infer import infer_config
@@ -44,15 +43,11 @@ BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
 
 
 class ViTBaseline(nn.Module):
-    """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``.
+    """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``;
+    ``config`` is a STELLAR config whose encoder is the ViT's (the protocols read its encoder
+    dimensions, the reconstruction probe its decoder size), ``name`` its row's label."""
 
-    Args:
-        config: a STELLAR config whose encoder is the ViT's (the protocols read its encoder
-            dimensions, and the reconstruction probe its decoder size).
-        name: the label of the baseline's row in result tables.
-    """
-
-    feature_keys: tuple[str, ...] = BASELINE_KEYS
+    feature_keys: tuple[str, ...] = ("cls", "dense")
 
     def __init__(self, config: StellarConfig, name: str = "ViT") -> None:
         super().__init__()
@@ -107,12 +102,7 @@ def _preprocessor_mean_std(path: Path) -> tuple[list[float], list[float]] | None
 
 
 def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBaseline:
-    """Build the frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode.
-
-    Raises:
-        ValueError: a malformed spec, an unreadable checkpoint, or shapes that do not describe
-            a ViT.
-    """
+    """The frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode."""
     kind, path = parse_baseline(spec)
     weights = load_mae_weights(path)
     hf = weights.config or {}

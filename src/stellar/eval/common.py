@@ -23,13 +23,14 @@ import torch
 from stellar.data.folder import ImageFolder
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.baseline import load_baseline
-from stellar.eval.encoder import STELLAR_KEYS, Encoder
+from stellar.eval.encoder import Encoder
 from stellar.outputs import atomic_write
 from stellar.runtime import add_precision_argument, pick_device
 
 __all__ = [
     "Entry",
     "add_common",
+    "add_encoding",
     "add_keys",
     "check_folder",
     "check_labelled_folder",
@@ -38,7 +39,6 @@ __all__ = [
     "metric",
     "percent",
     "resolution",
-    "resolve_keys",
     "write_json",
 ]
 
@@ -46,43 +46,33 @@ METRICS_NAME = "metrics.json"
 
 
 # ---------------------------------------------------------------------------- options
+def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0) -> None:
+    """How ``stellar eval`` and ``extract`` read a model and encode images with it."""
+    p.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
+    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
+    p.add_argument("--num-workers", type=nonneg_int, default=num_workers, help="decoding workers")
+    p.add_argument(
+        "--resolution", type=positive_int, default=None, help="input side (default: native)"
+    )
+    add_precision_argument(p)
+
+
 def add_common(p: argparse.ArgumentParser) -> None:
     """The options every protocol has."""
-    p.add_argument("--model", required=True, help="STELLAR checkpoint path, run dir or model name")
+    add_encoding(p)
     p.add_argument(
         "--baseline", default=None, help="add a plain-ViT row: mae:PATH or vit:PATH (local files)"
     )
     p.add_argument("--out", default=None, help="output folder (default: eval-<protocol>)")
-    p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
-    p.add_argument("--num-workers", type=nonneg_int, default=0, help="image decoding workers")
-    p.add_argument(
-        "--resolution", type=positive_int, default=None, help="input side (default: native)"
-    )
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
-    add_precision_argument(p)
 
 
-def add_keys(p: argparse.ArgumentParser, ours: Sequence[str], theirs: Sequence[str]) -> None:
-    """``--key``: the STELLAR feature (default ``ours[0]``); a baseline row reads the same
-    feature when a plain ViT has it, else ``theirs[-1]``."""
-    help_text = f"STELLAR feature: {' | '.join(ours)} (baseline: {' | '.join(theirs)})"
-    p.add_argument("--key", default=ours[0], help=help_text)
-    p.set_defaults(key_choices=(tuple(ours), tuple(theirs)))
-
-
-def resolve_keys(args: argparse.Namespace) -> tuple[str, str | None]:
-    """(STELLAR key, baseline key or None), checked against what each model produces."""
-    ours, theirs = args.key_choices
-    if args.key not in ours:
-        raise UsageError(
-            f"--key {args.key!r} cannot be used by `stellar eval {args.protocol}`: expected one of "
-            f"{', '.join(ours)} (STELLAR produces {', '.join(STELLAR_KEYS)})"
-        )
-    if args.baseline is None:
-        return args.key, None
-    return args.key, args.key if args.key in theirs else theirs[-1]
+def add_keys(p: argparse.ArgumentParser, ours: Sequence[str]) -> None:
+    """``--key``: the STELLAR feature a probe reads (default ``ours[0]``); a baseline row reads
+    the same feature where a plain ViT has it (``cls``, ``dense``), else ``dense``."""
+    p.add_argument("--key", choices=ours, default=ours[0], help="STELLAR feature the probe reads")
 
 
 # ---------------------------------------------------------------------------- input folders
@@ -102,12 +92,14 @@ def check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
 # ---------------------------------------------------------------------------- models
 @dataclass
 class Entry:
-    """One table row to compute: a model, its label, kind (stellar | baseline) and feature key."""
+    """One table row to compute: a model, its label, kind (stellar | baseline), the feature it
+    reads and the side it encodes images at."""
 
     name: str
     kind: str
     model: Encoder
     key: str | None
+    resolution: int
 
     def row(self, **metrics: Any) -> dict[str, Any]:
         """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
@@ -126,23 +118,20 @@ def resolution(args: argparse.Namespace, model: Any) -> int:
     return res
 
 
-def load_entries(
-    args: argparse.Namespace, key: str | None, baseline_key: str | None
-) -> list[Entry]:
-    """The rows of a run: ``--model`` and ``--baseline``."""
+def load_entries(args: argparse.Namespace) -> list[Entry]:
+    """The rows of a run: ``--model`` and ``--baseline``, each with the feature it reads and its
+    ``--resolution`` (default: its native side)."""
     from stellar.hub import load_model
 
     device = pick_device(args.device)
     torch.manual_seed(args.seed)  # a random-init preset gets the same weights on every run
     model = load_model(args.model, purpose="encode", device=device)
-    entries = [Entry(str(args.model), "stellar", model, key)]
+    key = getattr(args, "key", None)
+    entries = [Entry(str(args.model), "stellar", model, key, resolution(args, model))]
     if args.baseline is not None:
         base = load_baseline(args.baseline, device=device)
-        entries.append(Entry(base.name, "baseline", base, baseline_key))
-    for e in entries:
-        resolution(args, e.model)
-        if e.key is not None and e.key not in e.model.feature_keys:
-            raise UsageError(f"{e.name} does not produce {e.key!r}")
+        base_key = key if key is None or key in base.feature_keys else "dense"
+        entries.append(Entry(base.name, "baseline", base, base_key, resolution(args, base)))
     return entries
 
 
@@ -167,18 +156,17 @@ def write_json(path: Path, payload: Any) -> Path:
     return atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
-def percent(v: Any) -> str:
-    """A fraction as a percentage with two decimals ("n/a" for None / NaN)."""
-    return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else f"{100 * v:.2f}"
-
-
-def metric(fmt: str) -> Callable[[Any], str]:
-    """A cell formatter for a number ("n/a" for None / NaN)."""
+def metric(fmt: str, scale: float = 1.0) -> Callable[[Any], str]:
+    """A cell formatter for a number times ``scale`` ("n/a" for None / NaN)."""
 
     def cell(v: Any) -> str:
-        return "n/a" if v is None or (isinstance(v, float) and math.isnan(v)) else format(v, fmt)
+        missing = v is None or (isinstance(v, float) and math.isnan(v))
+        return "n/a" if missing else format(scale * v, fmt)
 
     return cell
+
+
+percent = metric(".2f", 100)  # a fraction as a percentage
 
 
 Column = tuple[str, Callable[[dict], str]]

@@ -23,14 +23,11 @@ from stellar.data.folder import EvalImages
 from stellar.data.loader import EpochLoader, build_loader
 from stellar.errors import UsageError
 from stellar.images import preprocess
-from stellar.models.stellar import STELLAR
 from stellar.progress import progress_bar
 from stellar.runtime import autocast
 
 __all__ = [
-    "BASELINE_KEYS",
     "FEATURE_KEYS",
-    "STELLAR_KEYS",
     "Encoder",
     "check_keys",
     "decodable_batches",
@@ -44,11 +41,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-# The per-image probe features each kind of model offers (``spatial`` and ``peak_dist`` are
-# maps and statistics, not probe features).
-STELLAR_KEYS: tuple[str, ...] = STELLAR.feature_keys
-BASELINE_KEYS: tuple[str, ...] = ("cls", "dense")
-# Every output an encoding pass may keep.
+# Every output an encoding pass may keep (a probe reads ``model.feature_keys``; ``spatial``
+# and ``peak_dist`` are maps and statistics).
 FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
 
 PathLike = str | os.PathLike[str]
@@ -185,10 +179,7 @@ def decodable_batches(
     progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
     """The batches of :func:`make_loader` under a progress bar; the count of files skipped as
-    unreadable is logged at the end.
-
-    Raises:
-        UsageError: once the loader is exhausted, if no image of ``dataset`` could be decoded.
+    unreadable is logged at the end, and a data set none of whose images decodes is an error.
     """
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin_memory)
     found = 0
@@ -221,21 +212,17 @@ def extract_features(
     """Features of a collection of images, in memory, one row per readable image.
 
     Args:
-        model: STELLAR or a baseline (its device is used).
+        model: STELLAR or a baseline, on its device.
         images: a folder (scanned recursively; class sub-folders give ``labels``), a list of
             image files, a list of PIL images, or a dataset of
             :class:`~stellar.data.folder.EvalImages` items. Files and PIL images are read as
             :meth:`STELLAR.preprocess` reads them; unreadable files are skipped (a warning
             names each one).
         features: outputs of ``model.encode`` to keep, among :data:`FEATURE_KEYS`.
-        batch_size: images per encoder batch.
         resolution: input side, a multiple of the patch size (default: the model's native).
-        pool: mean over the token axis, so each feature is (N, d) (computed batch by batch;
-            the token axis never accumulates).
+        pool: mean over the token axis, batch by batch, so each feature is (N, d).
         fp16: keep floating features as float16 (else float32).
         precision: ``auto``, ``bf16`` or ``fp32`` (see :func:`encode_batch`).
-        num_workers: image decoding processes.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
         keep_images: also return the model inputs as ``images``, (N, 3, R, R) uint8.
 
     Returns:

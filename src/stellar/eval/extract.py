@@ -20,8 +20,8 @@ import torch
 from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
-from stellar.errors import UsageError, nonneg_int, positive_int
-from stellar.eval.common import resolution, write_json
+from stellar.errors import UsageError, positive_int
+from stellar.eval.common import add_encoding, resolution, write_json
 from stellar.eval.encoder import (
     FEATURE_KEYS,
     Encoder,
@@ -32,7 +32,7 @@ from stellar.eval.encoder import (
 )
 from stellar.eval.shards import (
     META_NAME,
-    NOT_SETTINGS,
+    differences,
     finalize_dir,
     read_meta,
     settings_id,
@@ -43,7 +43,6 @@ from stellar.eval.shards import (
 from stellar.outputs import check_fresh, output_folder, remove
 from stellar.progress import progress_bar
 from stellar.runtime import (
-    add_precision_argument,
     encoding_dtype,
     precision_choice,
     setup,
@@ -65,13 +64,7 @@ def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            diff = [
-                f"{k} differ"
-                if k == "files" or len(repr(v)) > 60
-                else f"{k}: {old.get(k)!r} != {v!r}"
-                for k, v in settings.items()
-                if old.get(k) != v and k not in NOT_SETTINGS
-            ]
+            diff = differences(old, settings)
             if not diff:
                 return
             what = f"features extracted with other settings ({', '.join(diff)})"
@@ -171,7 +164,7 @@ def _counted(loader: Any, batch_size: int, total: int, bar: Any) -> Iterator[dic
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar extract``."""
-    parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    add_encoding(parser, num_workers=4)
     parser.add_argument("--data", required=True, help="image folder (class sub-folders = labels)")
     parser.add_argument("--out", required=True, help="output folder for shards + index")
     parser.add_argument(
@@ -185,17 +178,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="replace the features of other settings in --out (same settings: resumed)",
     )
-    parser.add_argument("--batch-size", type=positive_int, default=64)
-    parser.add_argument("--num-workers", type=nonneg_int, default=4)
     parser.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
-    parser.add_argument(
-        "--resolution", type=positive_int, default=None, help="crop size (default: native)"
-    )
     parser.add_argument(
         "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
     )
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    add_precision_argument(parser)
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder forward (GPU)"
     )

@@ -32,18 +32,15 @@ from stellar.eval.common import (
     check_labelled_folder,
     load_entries,
     percent,
-    resolution,
-    resolve_keys,
 )
 from stellar.eval.encoder import (
-    BASELINE_KEYS,
-    STELLAR_KEYS,
     Encoder,
     extract_features,
     pool_features,
     weights_fingerprint,
 )
-from stellar.eval.shards import load_features, read_meta
+from stellar.eval.shards import differences, load_features, read_meta
+from stellar.models.stellar import STELLAR
 
 __all__ = [
     "EVAL_RESIZE_RATIO",
@@ -63,13 +60,8 @@ EVAL_RESIZE_RATIO = 256 / 224
 
 @dataclass
 class LabelledFeatures:
-    """Pooled features with labels and the class names the labels index.
-
-    Attributes:
-        x: (N, d) float32 features.
-        y: (N,) int64 labels.
-        classes: class names, ``classes[y[i]]`` is the class of row i.
-    """
+    """(N, d) float32 pooled features ``x``, (N,) int64 labels ``y`` and the class names they
+    index (``classes[y[i]]`` is the class of row i)."""
 
     x: Tensor
     y: Tensor
@@ -80,11 +72,8 @@ class LabelledFeatures:
 
 
 def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]) -> Tensor:
-    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order.
-
-    Raises:
-        UsageError: a class of ``names`` used by ``labels`` is not in ``reference``.
-    """
+    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order; a class
+    the labels use that ``reference`` lacks is an error."""
     index = {c: k for k, c in enumerate(reference)}
     used = sorted({names[i] for i in labels.unique().tolist()})
     unknown = [c for c in used if c not in index]
@@ -119,12 +108,7 @@ def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
     """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
     features, labels, _ = load_features(out_dir, [key])
     classes = read_meta(Path(out_dir))["classes"]
-    if labels.numel() == 0 or bool((labels < 0).any()) or not classes:
-        raise UsageError(
-            f"{out_dir} was extracted from images without class sub-folders (labels -1); "
-            "expected a labelled extraction"
-        )
-    return LabelledFeatures(pool_features(features[key].float()), labels.long(), classes)
+    return LabelledFeatures(pool_features(features[key].float()), labels, classes)
 
 
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
@@ -134,32 +118,18 @@ def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, i
 
 # ---------------------------------------------------------------------------- the run's inputs
 def _check_against_model(root: str, what: str, key: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold ``key`` features of this model, at this resolution, of the
-    evaluation view the images of a split are read with (so two folders also match each other)."""
+    """A feature folder must hold ``key`` features of this model's weights, at this resolution,
+    of the evaluation view the images of a split are read with (so two folders also match)."""
     meta = read_meta(Path(root))
-    if key not in meta["keys"]:
+    view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
+    diff = differences(meta, {"weights": weights_fingerprint(model), **view})
+    diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
+    diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
+    if diff:
         raise UsageError(
-            f"{what} {root!r} stores features {meta['keys']}, not {key!r}; extract it with "
-            f"--keys {key}"
-        )
-    ours = weights_fingerprint(model)
-    if meta["weights"] != ours:
-        raise UsageError(
-            f"{what} {root!r} holds features of other weights (extracted with --model "
-            f"{meta['model']}, fingerprint {meta['weights']}) than --model (fingerprint "
-            f"{ours}); extract them again with this model"
-        )
-    if meta["resolution"] != res:
-        raise UsageError(
-            f"{what} {root!r} was extracted at {meta['resolution']} px, but this run encodes at "
-            f"{res} px; pass --resolution {meta['resolution']} or extract again"
-        )
-    ratio, crop = meta["resize_ratio"], meta["crop"]
-    if abs(ratio - EVAL_RESIZE_RATIO) > 1e-9 or not crop:
-        raise UsageError(
-            f"{what} {root!r} was extracted with --resize-ratio {ratio:.4g} (crop {crop}), "
-            f"but the protocol reads images at {EVAL_RESIZE_RATIO:.4g} (centre crop); "
-            "extract it with the default --resize-ratio"
+            f"{what} {root!r} holds features of other settings than this run ({'; '.join(diff)})"
+            f"; run `stellar extract` on class folders with this --model, --resolution {res}, "
+            f"--keys {key} and the default --resize-ratio"
         )
 
 
@@ -175,7 +145,7 @@ ACCURACY_COLUMNS: list[Column] = [
 def add_classification_arguments(p: argparse.ArgumentParser) -> None:
     """The options ``stellar eval linear`` and ``knn`` share: models, keys, the two splits."""
     add_common(p)
-    add_keys(p, STELLAR_KEYS, BASELINE_KEYS)
+    add_keys(p, STELLAR.feature_keys)
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     p.add_argument("--train-features", default=None, help="`stellar extract` folder (train)")
@@ -185,13 +155,8 @@ def add_classification_arguments(p: argparse.ArgumentParser) -> None:
 def classification_setup(
     args: argparse.Namespace, augmented: bool = False
 ) -> tuple[list[Entry], Path | None, Path | None]:
-    """Check a linear / kNN run's inputs, then load its models.
-
-    Returns:
-        ``(entries, train folder, val folder)``; a folder is None where a feature folder
-        replaces it for every row.
-    """
-    key, baseline_key = resolve_keys(args)
+    """Check a linear / kNN run's inputs, then load its models: ``(entries, train folder, val
+    folder)``, a folder None where a feature folder replaces it for every row."""
     if augmented and args.train_features:
         raise UsageError(
             "--augmented encodes new crops every epoch: it needs --train (images), not "
@@ -211,14 +176,14 @@ def classification_setup(
                 f"validation classes {unknown[:10]} of {str(val_dir)!r} have no folder in "
                 f"--train {str(train_dir)!r}; expected the same class folder names"
             )
-    entries = load_entries(args, key, baseline_key)
-    ours = entries[0].model
+    entries = load_entries(args)
+    ours = entries[0]
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if root:
-            _check_against_model(root, flag, key, ours, resolution(args, ours))
+            _check_against_model(root, flag, args.key, ours.model, ours.resolution)
     return entries, train_dir, val_dir
 
 
@@ -228,12 +193,11 @@ def split_features(
     """Pooled labelled features of one split: a feature folder (STELLAR) or its images."""
     if entry.kind == "stellar" and stored_dir:
         return features_from_dir(stored_dir, entry.key)
-    res = resolution(args, entry.model)
     return labelled_features(
         entry.model,
         folder,
         entry.key,
-        res,
+        entry.resolution,
         batch_size=args.batch_size,
         num_workers=args.num_workers,
         progress=not args.no_progress,

@@ -20,7 +20,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stellar.checkpoint.weights import load_strict, read_state_dict
-from stellar.eval.metrics import feature_statistics, frechet_distance
+from stellar.eval.metrics import frechet_distance
 
 logger = logging.getLogger(__name__)
 
@@ -186,14 +186,7 @@ class FIDInceptionV3(nn.Module):
         self.Mixed_7c = InceptionE(2048, max_pool=True)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        """Pool features of images.
-
-        Args:
-            images: (B, 3, H, W) in [0, 1]; resized to 299×299 here.
-
-        Returns:
-            (B, 2048) features.
-        """
+        """(B, 3, H, W) images in [0, 1] (resized to 299×299 here) -> (B, 2048) features."""
         x = F.interpolate(
             images.float(),
             size=(FID_INPUT_SIZE, FID_INPUT_SIZE),
@@ -213,15 +206,8 @@ class FIDInceptionV3(nn.Module):
 
 
 def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> FIDInceptionV3:
-    """Load the FID Inception from a local weights file, strictly.
-
-    Args:
-        path: ``pt_inception-2015-12-05-*.pth`` (or a ``.safetensors`` with the same keys).
-        device: where the module lives.
-
-    Returns:
-        Frozen :class:`FIDInceptionV3` in eval mode.
-    """
+    """The frozen FID Inception in eval mode, loaded strictly from a local
+    ``pt_inception-2015-12-05-*.pth`` (or a ``.safetensors`` with the same keys)."""
     state, _ = read_state_dict(path)
     model = FIDInceptionV3()
     # absent counters keep their initial value; they play no role in eval-mode batch norm
@@ -239,7 +225,6 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two (N, D) feature sets (float64 statistics, unbiased covariances)."""
-    mu1, s1 = feature_statistics(real)
-    mu2, s2 = feature_statistics(fake)
-    return frechet_distance(mu1, s1, mu2, s2)
+    """FID between two (N, D) feature sets, N >= 2 (float64 means, unbiased covariances)."""
+    real, fake = real.double(), fake.double()
+    return frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))

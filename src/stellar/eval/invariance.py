@@ -46,7 +46,6 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     metric,
-    resolution,
 )
 from stellar.eval.encoder import Encoder, decodable_batches
 
@@ -69,16 +68,9 @@ def cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
 
 
 def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
-    """Mean cosine distance between two token sets under their optimal one-to-one matching.
-
-    Args:
-        a: (..., r, d) tokens.
-        b: (..., r', d) tokens, same leading shape.
-
-    Returns:
-        (...) float32: ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective matchings of the
-        smaller set into the larger one (Hungarian algorithm, exact).
-    """
+    """Mean cosine distance between (..., r, d) and (..., r', d) token sets under their optimal
+    one-to-one matching: (...) float32 ``min_π mean_k (1 - cos(a_k, b_π(k)))`` over injective
+    matchings of the smaller set into the larger one (Hungarian algorithm, exact)."""
     lead = a.shape[:-2]
     cost = 1.0 - F.normalize(a.float(), dim=-1) @ F.normalize(b.float(), dim=-1).transpose(-1, -2)
     flat = cost.reshape(-1, *cost.shape[-2:]).detach().double().cpu().numpy()
@@ -95,18 +87,9 @@ def random_crops(
     flip_p: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """K RandomResizedCrop views of each square image, resampled back to its size.
-
-    Args:
-        images: (B, 3, R, R) in [0, 1].
-        n_crops: K.
-        scale: crop area range, as a fraction of the image.
-        flip_p: probability of a horizontal flip per crop.
-        generator: randomness (None = global RNG).
-
-    Returns:
-        (B, K, 3, R, R) in [0, 1]. ``scale=(1, 1)`` with ``flip_p=0`` returns the images.
-    """
+    """K = ``n_crops`` RandomResizedCrop views (area ``scale`` of the image, flipped with
+    probability ``flip_p``) of (B, 3, R, R) images, resampled back: (B, K, 3, R, R).
+    ``scale=(1, 1)`` with ``flip_p=0`` returns the images."""
     b, _, h, w = images.shape
     size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
     return random_resized_crop(
@@ -117,17 +100,10 @@ def random_crops(
 def representation_distances(
     original: dict[str, Tensor], crops: dict[str, Tensor], n_crops: int
 ) -> dict[str, Tensor]:
-    """Crop-vs-original cosine distances of every representation the outputs allow.
-
-    Args:
-        original: encoder outputs of B images (``cls`` (B, 1, d), ``dense`` (B, n, d),
-            optionally ``sparse`` (B, r, d)).
-        crops: outputs of their B·K crops, image-major (crop j of image i at row i·K + j).
-        n_crops: K.
-
-    Returns:
-        ``{name: (B, K)}`` for the names of :data:`DISTANCES` that apply.
-    """
+    """``{name: (B, K)}`` crop-vs-original cosine distances, for the :data:`DISTANCES` the
+    outputs allow, of B images' encoder outputs (``cls`` (B, 1, d), ``dense`` (B, n, d),
+    optionally ``sparse`` (B, r, d)) and their B·K crops' (image-major: crop j of image i at
+    row i·K + j), K = ``n_crops``."""
 
     def pair(key: str) -> tuple[Tensor, Tensor]:
         o = original[key]
@@ -156,8 +132,7 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
     Returns:
         (B,) tensors, float64: ``l_share``, ``s_share``, ``cross_share`` (of ΔZ = ΔL·S1 + L1·ΔS
         + ΔL·ΔS, shares of the sum of the three norms; NaN where all vanish), ``l_share_mid``,
-        ``s_share_mid`` (of the midpoint split), ``relative_change`` = ||ΔZ|| / ||Z1|| and the
-        raw norms ``norm_l``, ``norm_s``, ``norm_cross``, ``norm_dz``.
+        ``s_share_mid`` (of the midpoint split) and ``relative_change`` = ||ΔZ|| / ||Z1||.
     """
     L1, L2, S1, S2 = (t.double() for t in (L1, L2, S1, S2))
     dL, dS = L2 - L1, S2 - S1
@@ -178,10 +153,6 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
         "l_share_mid": torch.where(mid_total > 0, mid_l / mid_total, nan),
         "s_share_mid": torch.where(mid_total > 0, mid_s / mid_total, nan),
         "relative_change": norm(L2 @ S2 - z1) / norm(z1).clamp_min(1e-12),
-        "norm_l": a,
-        "norm_s": b,
-        "norm_cross": c,
-        "norm_dz": norm(L2 @ S2 - z1),
     }
 
 
@@ -191,18 +162,9 @@ Align = Callable[[Tensor], Tensor]
 def transform_views(
     name: str, images: Tensor, patch: int, shift: int = 1
 ) -> tuple[Tensor, Align, Align]:
-    """View 2 of a spatial transform and the maps that align both grids.
-
-    Args:
-        name: ``"flip"`` or ``"shift"``.
-        images: (B, 3, H, W) view 1.
-        patch: patch size p.
-        shift: translation in patches (``"shift"``), 1 <= shift < W / p.
-
-    Returns:
-        ``(view2, align1, align2)``: ``align_i`` maps (B, n, r) rows of view i's grid to the
-        (B, n', r) rows of the patches both views show, in view 1's order.
-    """
+    """``(view2, align1, align2)`` of a ``"flip"`` or a ``"shift"`` by ``shift`` patches
+    (1 <= shift < W / p) of (B, 3, H, W) images, view 1: ``align_i`` maps (B, n, r) rows of
+    view i's grid to the (B, n', r) rows of the patches both views show, in view 1's order."""
     b, _, h, w = images.shape
     gh, gw = h // patch, w // patch
 
@@ -229,7 +191,7 @@ def transform_views(
 
 
 def _encode(model: Encoder, images: Tensor, chunk: int) -> dict[str, Tensor]:
-    parts = [model.forward_encode(images[i : i + chunk]) for i in range(0, images.shape[0], chunk)]
+    parts = [model.forward_encode(x) for x in images.split(chunk)]
     return {k: torch.cat([p[k] for p in parts]).float() for k in parts[0]}
 
 
@@ -252,26 +214,25 @@ def run_invariance(
 
     Returns:
         ``distances``: ``{name: {"mean", "std"}}`` over images (None for a representation the
-        model lacks); ``equivariance``: ``{transform: {share: mean}}`` (empty for a model
-        without concept tokens); ``num_images``.
+        model lacks); ``equivariance``: ``{transform: {share: mean over the images where it is
+        defined}}`` (empty for a model without concept tokens); ``num_images``.
     """
     device = model.device
     factorised = "sparse" in model.feature_keys
     gen = torch.Generator(device=device).manual_seed(seed)
     dist_parts: dict[str, list[Tensor]] = {}
     eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in TRANSFORMS} if factorised else {}
-    chunk = max(1, batch_size)
     pin = device.type == "cuda"
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
         crops = random_crops(images, n_crops, scale, flip_p, gen)
-        original = _encode(model, images, chunk)
-        encoded = _encode(model, crops.flatten(0, 1), chunk)
+        original = _encode(model, images, batch_size)
+        encoded = _encode(model, crops.flatten(0, 1), batch_size)
         for name, d in representation_distances(original, encoded, n_crops).items():
             dist_parts.setdefault(name, []).append(d.mean(1).cpu())
         for t in eq_parts:
             view, align1, align2 = transform_views(t, images, model.patch_size, shift)
-            other = _encode(model, view, chunk)
+            other = _encode(model, view, batch_size)
             shares = equivariance_partition(
                 align1(original["spatial"]),
                 original["sparse"],
@@ -285,15 +246,11 @@ def run_invariance(
         values = torch.cat(parts).double()
         distances[name] = {"mean": values.mean().item(), "std": values.std(unbiased=False).item()}
     equivariance = {
-        t: {k: _nanmean(torch.cat(v)) for k, v in parts.items()} for t, parts in eq_parts.items()
+        t: {k: torch.cat(v).nanmean().item() for k, v in parts.items()}
+        for t, parts in eq_parts.items()
     }
     n = sum(p.shape[0] for p in dist_parts["cls"])
     return {"distances": distances, "equivariance": equivariance, "num_images": n}
-
-
-def _nanmean(x: Tensor) -> float | None:
-    finite = x[~x.isnan()]
-    return finite.mean().item() if finite.numel() else None
 
 
 # ------------------------------------------------------------------ stellar eval invariance
@@ -318,8 +275,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if not 0 < lo <= hi <= 1:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
-    for e in load_entries(args, None, None):
-        res = resolution(args, e.model)
+    for e in load_entries(args):
+        res = e.resolution
         if args.shift >= res // e.model.patch_size:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(

@@ -44,20 +44,13 @@ def knn_classify(
     k: int = K,
     temperature: float = TEMPERATURE,
 ) -> torch.Tensor:
-    """Weighted kNN class probabilities (DINO).
-
-    Args:
-        train_features: (N, D) bank features (any float dtype; normalised here).
-        train_labels: (N,) integer labels in ``[0, num_classes)``.
-        test_features: (M, D) query features; moved chunk by chunk to the bank's device, each
-            chunk's similarities within :data:`MAX_SIM_ELEMENTS`.
-        num_classes: number of classes C.
-        k: neighbours; clamped to N.
-        temperature: T in the vote weight ``exp(cos / T)``.
+    """Weighted kNN class probabilities (DINO) of (M, D) queries against an (N, D) bank with
+    (N,) labels in ``[0, num_classes)``: the ``k`` (clamped to N) most cosine-similar bank rows
+    vote with weight ``exp(cos / T)``.
 
     Returns:
-        (M, C) class probabilities (weighted votes normalised to sum to 1), float32, on the
-        bank's device.
+        (M, C) float32 on the bank's device, the votes normalised to sum to 1. The queries move
+        to it chunk by chunk, each chunk's similarities within :data:`MAX_SIM_ELEMENTS`.
     """
     n = train_features.shape[0]
     k = min(k, n)
@@ -85,16 +78,8 @@ def knn_accuracy(
     num_classes: int,
     **knn: Any,
 ) -> dict[str, float]:
-    """kNN top-1 / top-5 accuracy (fractions in [0, 1]) of :func:`knn_classify`'s votes.
-
-    Args:
-        train_features: (N, D); train_labels: (N,); test_features: (M, D);
-        test_labels: (M,); num_classes: C.
-        knn: the options of :func:`knn_classify` (``k``, ``temperature``, ...).
-
-    Returns:
-        ``{"top1": float, "top5": float}``.
-    """
+    """``{"top1", "top5"}`` (fractions in [0, 1]) of :func:`knn_classify`'s votes (``knn``:
+    its ``k`` and ``temperature``) for (M,) ``test_labels``."""
     probs = knn_classify(train_features, train_labels, test_features, num_classes, **knn)
     # A class no neighbour voted for is not a prediction, even when fewer than 5 classes got
     # votes and it fills a top-5 slot on a tie at zero (DINO's top-5 stops at min(5, k)).

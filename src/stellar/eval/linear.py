@@ -41,32 +41,16 @@ from stellar.runtime import autocast
 logger = logging.getLogger(__name__)
 
 
-class LinearProbe(nn.Module):
-    """LayerNorm(dim) followed by Linear(dim, num_classes)."""
-
-    def __init__(self, dim: int, num_classes: int) -> None:
-        super().__init__()
-        self.norm = nn.LayerNorm(dim)
-        self.head = nn.Linear(dim, num_classes)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """(N, D) features -> (N, C) logits."""
-        return self.head(self.norm(x))
+def linear_probe(dim: int, num_classes: int) -> nn.Sequential:
+    """LayerNorm(dim) -> Linear(dim, num_classes): (N, dim) features -> (N, C) logits."""
+    return nn.Sequential(nn.LayerNorm(dim), nn.Linear(dim, num_classes))
 
 
 def accuracy_topk(
     logits: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)
 ) -> dict[str, float]:
-    """Fraction of samples whose label is among the ``k`` highest scores.
-
-    Args:
-        logits: (N, C) class scores.
-        labels: (N,) integer labels.
-        ks: k values; each is clamped to C (so ``top5`` is 1.0 when C <= 5).
-
-    Returns:
-        ``{"top{k}": fraction in [0, 1]}`` for each k.
-    """
+    """``{"top{k}": fraction}`` of the (N,) ``labels`` among the k highest of the (N, C)
+    ``logits``, for each k (clamped to C: ``top5`` is 1.0 when C <= 5)."""
     kmax = min(max(ks), logits.shape[1])
     top = logits.topk(kmax, dim=1).indices
     hit = top == labels.to(top.device).long().unsqueeze(1)
@@ -86,29 +70,20 @@ def train_linear_probe(
     schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
     progress: bool = True,
-) -> tuple[LinearProbe, dict[str, float]]:
-    """Train a :class:`LinearProbe` on cached features and evaluate it.
+) -> tuple[nn.Sequential, dict[str, float]]:
+    """Train a :func:`linear_probe` on cached (N, D) or (N, T, D) features (tokens
+    mean-pooled; they may stay on the CPU) with (N,) labels, and evaluate it on (M, ...)
+    ``val_x`` / ``val_y`` (None: skipped).
 
-    Deterministic for a given seed and device: the probe initialisation and the shuffling use
-    their own RNG and leave the global RNG untouched.
-
-    Args:
-        train_x: (N, D) or (N, T, D) train features (token axis mean-pooled); may stay on CPU,
-            batches are moved to ``device``.
-        train_y: (N,) integer labels.
-        val_x: (M, D) or (M, T, D) validation features, or None to skip validation.
-        val_y: (M,) labels, or None.
-        num_classes: C.
-        schedule: optimisation settings; its seed seeds the probe init and the batch order.
-        device: where the probe trains.
-        progress: show a tqdm bar over epochs.
+    Deterministic for a given seed and device: ``schedule.seed`` seeds the probe initialisation
+    and the batch order, the global RNG is left untouched.
 
     Returns:
         ``(probe, {"top1", "top5", "train_top1"})``; val keys are NaN when no val set is given.
         ``train_top1`` is the final probe's accuracy on the train set (eval mode).
     """
     train_x = pool_features(train_x)
-    build = partial(LinearProbe, train_x.shape[1], num_classes)
+    build = partial(linear_probe, train_x.shape[1], num_classes)
     probe = train_probe(
         build, train_x, train_y, F.cross_entropy, schedule, device, "linear probe", progress
     )
@@ -143,20 +118,11 @@ def train_linear_augmented(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views every epoch.
-
-    The frozen model encodes each epoch's views (batched, no gradients); the probe trains as
-    :func:`train_linear_probe` does on cached features.
-
-    Args:
-        model: frozen STELLAR or baseline.
-        key: pooled output used as the feature.
-        train_root: class-folder tree of training images.
-        val: pooled validation features (evaluation view) with class names.
-        resolution: side of the crops fed to the model.
-        schedule: optimisation settings; its seed also fixes the crops and the probe init.
-        num_workers: decoding workers.
-        progress: tqdm bars.
+    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views of the class
+    folders of ``train_root`` every epoch, ``resolution`` px, encoded by the frozen model (no
+    gradients) and pooled ``key`` features; the probe trains as :func:`train_linear_probe`
+    does and is evaluated on ``val`` (pooled features of the evaluation view). The schedule's
+    seed also fixes the crops.
 
     Returns:
         ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy
@@ -170,7 +136,7 @@ def train_linear_augmented(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         pin_memory=device.type == "cuda",
     )  # fmt: skip
-    probe = seeded(partial(LinearProbe, val.x.shape[1], len(classes)), schedule.seed, device)
+    probe = seeded(partial(linear_probe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
     hits = {"correct": 0, "seen": 0}
 
@@ -220,9 +186,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         if args.augmented:
-            res = e.model.config.encoder.image_size if args.resolution is None else args.resolution
             metrics = train_linear_augmented(
-                e.model, e.key, train_dir, val, res, schedule, args.num_workers, progress=progress
+                e.model, e.key, train_dir, val, e.resolution, schedule, args.num_workers, progress
             )
             num_train = len(ImageFolder(train_dir))
         else:

@@ -97,17 +97,9 @@ def load_lpips(
     lpips_weights_path: str | Path,
     device: torch.device | str = "cpu",
 ) -> LPIPS:
-    """Build LPIPS-VGG from local files, strictly checking every key.
-
-    Args:
-        vgg_weights_path: torchvision ``vgg16`` state dict (``.pth`` or ``.safetensors``), keys
-            ``features.{i}.weight/bias`` (``classifier.*`` allowed and unused).
-        lpips_weights_path: lpips v0.1 ``vgg.pth`` with ``lin{0..4}.model.1.weight``.
-        device: where the module lives.
-
-    Returns:
-        The frozen :class:`LPIPS` module in eval mode.
-    """
+    """The frozen LPIPS-VGG in eval mode, every key checked, from local files: a torchvision
+    ``vgg16`` state dict (``.pth`` or ``.safetensors``) and the lpips v0.1 ``vgg.pth``
+    (the key layouts are in the module docstring)."""
     vgg_path, lin_path = Path(vgg_weights_path), Path(lpips_weights_path)
     model = LPIPS()
     vgg_sd, _ = read_state_dict(vgg_path)

@@ -21,31 +21,18 @@ _MIN_RELATIVE_MSE = 10 ** (-PSNR_MAX / 10)
 
 
 def psnr(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Peak signal-to-noise ratio per image.
-
-    Args:
-        x, y: (B, C, H, W) images with values in ``[0, data_range]``.
-        data_range: peak value.
-
-    Returns:
-        (B,) PSNR in dB, float32 or float64, capped at :data:`PSNR_MAX` (identical images): an
-        infinite value would make a whole dataset's mean infinite.
-    """
+    """(B,) PSNR in dB of (B, C, H, W) images in ``[0, data_range]``, float32 (float64 for
+    float64 input), capped at :data:`PSNR_MAX` (identical images): an infinite value would make
+    a whole dataset's mean infinite."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     mse = (x.to(dtype) - y.to(dtype)).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(data_range**2 / mse.clamp_min(data_range**2 * _MIN_RELATIVE_MSE))
 
 
 def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
-    """Structural similarity per image (mean over the valid region and the channels).
-
-    Args:
-        x, y: (B, C, H, W) images with values in ``[0, data_range]``; H, W >= 11.
-        data_range: dynamic range L (C1 = (0.01 L)^2, C2 = (0.03 L)^2).
-
-    Returns:
-        (B,) SSIM, float32 (float64 for float64 input).
-    """
+    """(B,) SSIM (mean over the valid region and the channels) of (B, C, H, W) images in
+    ``[0, data_range]``, H, W >= 11; C1 = (0.01 L)², C2 = (0.03 L)² with L = ``data_range``;
+    float32 (float64 for float64 input)."""
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     b, c, h, w = x.shape
     x = x.to(dtype).reshape(b * c, 1, h, w)
@@ -69,17 +56,9 @@ def ssim(x: torch.Tensor, y: torch.Tensor, data_range: float = 1.0) -> torch.Ten
 def frechet_distance(
     mu1: torch.Tensor, sigma1: torch.Tensor, mu2: torch.Tensor, sigma2: torch.Tensor
 ) -> float:
-    """Fréchet distance between N(mu1, sigma1) and N(mu2, sigma2), in float64.
-
-    ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))``.
-
-    Args:
-        mu1, mu2: (D,) means.
-        sigma1, sigma2: (D, D) symmetric PSD covariances.
-
-    Returns:
-        The distance as a Python float.
-    """
+    """Fréchet distance ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))`` between
+    N(mu1, sigma1) and N(mu2, sigma2), (D,) means and (D, D) symmetric PSD covariances, in
+    float64."""
     mu1, mu2 = mu1.double(), mu2.to(mu1.device).double()
     s1 = sigma1.to(mu1.device).double()
     s2 = sigma2.to(mu1.device).double()
@@ -92,9 +71,3 @@ def frechet_distance(
     diff = mu1 - mu2
     # a distance: rounding can take identical statistics a hair below zero
     return max(0.0, float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean))
-
-
-def feature_statistics(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Mean (D,) and unbiased covariance (D, D) of (N, D) features, N >= 2, in float64."""
-    f = features.double()
-    return f.mean(dim=0), torch.cov(f.T)

@@ -73,22 +73,13 @@ def fit_probe(
     progress: bool = True,
     skip_nonfinite: bool = False,
 ) -> list[dict[str, float]]:
-    """Train ``probe`` in place.
+    """Train ``probe`` (on ``device``) in place for ``schedule.epochs`` epochs.
 
-    Args:
-        probe: the trainable module (already on ``device``).
-        schedule: epochs, AdamW settings (its batch size and seed are the caller's to use).
-        batches: ``batches(epoch)`` -> that epoch's batches, in order; every epoch has as
-            many (``len``), which sets the length of the cosine schedule.
-        loss_of: batch -> ``(loss, samples in the batch)``.
-        device: where the loss is accumulated.
-        desc: progress-bar label.
-        progress: show a tqdm bar over epochs.
-        skip_nonfinite: skip (no step) a batch whose loss is not finite, e.g. a segmentation
-            batch whose pixels are all ignored.
-
-    Returns:
-        One record per epoch: ``epoch`` (from 1) and ``loss`` (sample-weighted mean).
+    ``batches(epoch)`` gives that epoch's batches, as many every epoch (their ``len`` sets the
+    length of the cosine schedule); ``loss_of(batch)`` returns ``(loss, samples in the batch)``.
+    ``skip_nonfinite`` skips (no step) a batch whose loss is not finite, e.g. a segmentation
+    batch whose pixels are all ignored. Returns one ``{"epoch", "loss"}`` record per epoch
+    (``epoch`` from 1, the sample-weighted mean loss).
     """
     epoch_batches = batches(0)  # asked for up front: their count sets the cosine's length
     total = max(1, schedule.epochs * len(epoch_batches))

@@ -32,8 +32,6 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     metric,
-    resolution,
-    resolve_keys,
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
@@ -100,20 +98,9 @@ def train_recon_probe(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> list[dict[str, float]]:
-    """Train ``decoder`` (in place) to rebuild ``images`` from frozen ``features``.
-
-    Args:
-        decoder: a fresh pixel-head decoder (see :func:`fresh_decoder`).
-        features: (N, n, d) frozen feature grids, n = h·w.
-        images: (N, 3, h·p, w·p) uint8 targets.
-        grid: (h, w).
-        schedule: optimisation settings; its seed fixes the batch order.
-        device: where the decoder trains.
-        progress: tqdm bar over epochs.
-
-    Returns:
-        One dict per epoch: ``epoch`` and ``loss`` (mean weighted loss).
-    """
+    """Train a :func:`fresh_decoder` in place to rebuild (N, 3, h·p, w·p) uint8 ``images``
+    from (N, n, d) frozen feature grids, n = h·w, ``grid`` = (h, w); the schedule's seed fixes
+    the batch order. Returns one ``{"epoch", "loss"}`` per epoch (the weighted loss)."""
     n = features.shape[0]
     decoder.to(device)
 
@@ -138,14 +125,9 @@ def image_metrics(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, float | None]:
-    """PSNR / SSIM (always), LPIPS and rFID (when their networks are given, else None).
-
-    Args:
-        recons, targets: (N, 3, H, W) in [0, 1] (targets may be uint8).
-
-    Returns:
-        ``psnr`` (dB, mean over images), ``ssim``, ``lpips`` (mean distance), ``rfid``.
-    """
+    """``psnr`` (dB) and ``ssim`` (means over images), ``lpips`` (mean distance) and ``rfid``
+    (None without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against ``targets``
+    (in [0, 1], or uint8)."""
     if targets.dtype == torch.uint8:
         targets = targets.float() / 255
     out: dict[str, float | None] = {
@@ -154,33 +136,21 @@ def image_metrics(
         "lpips": None,
         "rfid": None,
     }
-    if lpips_net is not None:
-        dists = [
-            lpips_net(recons[i : i + batch_size].to(device), targets[i : i + batch_size].to(device))
-            for i in range(0, recons.shape[0], batch_size)
-        ]
-        out["lpips"] = torch.cat(dists).mean().item()
+    if lpips_net is not None:  # the pairs batched as one (N, 2, 3, H, W) input
+        pairs = torch.stack([recons, targets], dim=1)
+        dists = predict(lpips_net, pairs, batch_size, device, lambda x: lpips_net(x[:, 0], x[:, 1]))
+        out["lpips"] = dists.mean().item()
     if fid_net is not None and recons.shape[0] > 1:  # a covariance needs two images
-
-        def pool(images: Tensor) -> Tensor:
-            chunks = images.split(batch_size)
-            return torch.cat([fid_net(c.to(device)).cpu() for c in chunks])
-
-        out["rfid"] = fid_from_features(pool(targets), pool(recons))
+        real, fake = (predict(fid_net, x, batch_size, device) for x in (targets, recons))
+        out["rfid"] = fid_from_features(real, fake)
     return out
 
 
 def save_reconstruction_grid(
     inputs: Tensor, recons: Tensor, path: str | Path, max_images: int = 8
 ) -> Path:
-    """A PNG of the first ``max_images`` inputs (top row) over their reconstructions.
-
-    Args:
-        inputs: (N, 3, H, W) uint8 or [0, 1] float.
-        recons: (N, 3, H, W) [0, 1] float.
-        path: output file.
-        max_images: columns.
-    """
+    """A PNG of the first ``max_images`` (N, 3, H, W) inputs (uint8 or [0, 1]; top row) over
+    their reconstructions ([0, 1])."""
     from stellar.viz.maps import compose_panel
 
     rows = [list(inputs[:max_images]), list(recons[:max_images])]
@@ -188,62 +158,11 @@ def save_reconstruction_grid(
     return atomic_write(Path(path), lambda tmp: figure.save(tmp, format="PNG"))
 
 
-def run_recon(
-    model: Encoder,
-    train: EvalImages,
-    val: EvalImages,
-    key: str,
-    depth: int = DEFAULT_DEPTH,
-    schedule: ProbeSchedule = SCHEDULE,
-    num_workers: int = 0,
-    lpips_net: nn.Module | None = None,
-    fid_net: nn.Module | None = None,
-    grid_png: str | Path | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """The whole reconstruction probe for one model; ``schedule``'s batch size also batches
-    the encoding and the decoding of the cached features.
-
-    Returns:
-        ``psnr``, ``ssim``, ``lpips``, ``rfid`` (None when not computed), ``history`` (per
-        epoch), ``initial_psnr`` (the untrained decoder's val PSNR), ``num_train``,
-        ``num_val`` and ``grid_png`` (path or None).
-    """
-    device, batch_size = model.device, schedule.batch_size
-    side = train.resolution // model.patch_size
-    grid = (side, side)
-
-    def cached(images: EvalImages) -> tuple[Tensor, Tensor]:
-        """``key`` grids and uint8 images, in memory: an epoch costs only the decoder."""
-        out = extract_features(
-            model, images, [key], batch_size, num_workers=num_workers, progress=progress,
-            keep_images=True,
-        )  # fmt: skip
-        return out[key], out["images"]
-
-    tr_x, tr_img = cached(train)
-    va_x, va_img = cached(val)
-    decoder = fresh_decoder(model, depth, schedule.seed).to(device)
-    initial = psnr(
-        reconstruct_features(decoder, va_x, grid, batch_size, device), va_img.float() / 255
-    )
-    history = train_recon_probe(decoder, tr_x, tr_img, grid, schedule, device, progress)
-    recons = reconstruct_features(decoder, va_x, grid, batch_size, device)
-    metrics: dict[str, Any] = image_metrics(recons, va_img, lpips_net, fid_net, batch_size, device)
-    metrics["initial_psnr"] = initial.mean().item()
-    metrics["history"] = history
-    metrics["num_train"], metrics["num_val"] = tr_x.shape[0], va_x.shape[0]
-    metrics["grid_png"] = None
-    if grid_png is not None:
-        metrics["grid_png"] = str(save_reconstruction_grid(va_img, recons, grid_png))
-    return metrics
-
-
 # ---------------------------------------------------------------------------- stellar eval recon
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval recon``."""
     add_common(p)
-    add_keys(p, ("lowrank", "dense"), ("dense",))
+    add_keys(p, ("lowrank", "dense"))
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
@@ -259,7 +178,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from stellar.eval.lpips import load_lpips
     from stellar.runtime import pick_device
 
-    key, baseline_key = resolve_keys(args)
     train_dir = check_folder(args.train, "--train").root
     val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
@@ -277,24 +195,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         unavailable["rfid"] = "no weights: pass --fid-weights (pt_inception-2015-12-05 .pth)"
     for name, why in unavailable.items():
         logger.warning("%s not computed: %s", name, why)
-    entries = load_entries(args, key, baseline_key)
+    entries = load_entries(args)
     for e in entries[1:]:  # the baseline's probe decoder gets STELLAR's decoder size
         e.model.config.decoder = entries[0].model.config.decoder
         e.model.config.fourier_features = entries[0].model.config.fourier_features
+    schedule, batch = ProbeSchedule.from_args(args, args.batch_size), args.batch_size
+    read = {"num_workers": args.num_workers, "progress": not args.no_progress, "keep_images": True}
     rows = []
     for i, e in enumerate(entries):
-        res = resolution(args, e.model)
-        metrics = run_recon(
-            e.model, EvalImages(train_dir, res), EvalImages(val_dir, res), e.key,
-            depth=args.decoder_depth, schedule=ProbeSchedule.from_args(args, args.batch_size),
-            num_workers=args.num_workers, lpips_net=lpips_net, fid_net=fid_net,
-            grid_png=args.out_dir / f"reconstructions_{i}_{e.kind}.png",
-            progress=not args.no_progress,
-        )  # fmt: skip
+        res, on = e.resolution, e.model.device
+        grid = (res // e.model.patch_size,) * 2
+        tr, va = (  # features and uint8 images in memory: an epoch costs only the decoder
+            extract_features(e.model, EvalImages(folder, res), [e.key], batch, **read)
+            for folder in (train_dir, val_dir)
+        )
+        decoder = fresh_decoder(e.model, args.decoder_depth, args.seed).to(on)
+        untrained = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        history = train_recon_probe(
+            decoder, tr[e.key], tr["images"], grid, schedule, on, read["progress"]
+        )
+        recons = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        metrics = image_metrics(recons, va["images"], lpips_net, fid_net, batch, on)
+        metrics["initial_psnr"] = psnr(untrained, va["images"].float() / 255).mean().item()
         if fid_net is not None and metrics["rfid"] is None:
             unavailable["rfid"] = "needs at least 2 validation images"
-        rows.append(e.row(**metrics))
-    return {"rows": rows, "unavailable": unavailable, "target": "pixel"}
+        png = args.out_dir / f"reconstructions_{i}_{e.kind}.png"
+        png = save_reconstruction_grid(va["images"], recons, png)
+        counts = {"num_train": len(tr["paths"]), "num_val": len(va["paths"])}
+        rows.append(e.row(**metrics, history=history, **counts, grid_png=str(png)))
+    return {"rows": rows, "unavailable": unavailable}
 
 
 def tables(result: dict[str, Any]) -> list[str]:

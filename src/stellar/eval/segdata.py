@@ -104,17 +104,9 @@ def _by_stem(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
 
 
 def find_split(root: str | os.PathLike[str], split: str = "train") -> SegmentationSplit:
-    """Find and validate the image / label-map pairs of one split.
-
-    Args:
-        root: a folder in the ADE20K or the simple layout (module docstring).
-        split: ``"train"`` or ``"val"`` (selects ``training`` / ``validation`` in ADE20K).
-
-    Raises:
-        UsageError: unknown layout, no images or no label maps, images without label maps or
-            label maps without images (both listed), a stem used twice, a label map that is not
-            single-channel, or a label map whose size differs from its image's (files named,
-            sizes read from the file headers only).
+    """The image / label-map pairs of the ``"train"`` or ``"val"`` split of ``root`` (ADE20K or
+    simple layout), checked from the file headers only: one label map per image (the unpaired
+    files of either side listed), one file per stem, single-channel maps of their image's size.
     """
     root = Path(root)
     if not root.is_dir():
@@ -209,23 +201,9 @@ def load_label_maps(
     reduce_zero: bool = False,
     progress: bool = True,
 ) -> Tensor:
-    """Read label maps, resized (nearest) to ``size x size``, as one uint8 tensor.
-
-    Args:
-        labels: label-map files.
-        size: output side (the evaluation resolution).
-        num_classes: C; every value must lie in ``[0, C)`` or be :data:`IGNORE`
-            (after ``reduce_zero``).
-        reduce_zero: apply :func:`reduce_zero_label`.
-        progress: show a progress bar (tqdm on a terminal, log lines in a pipe).
-
-    Returns:
-        (N, size, size) uint8 labels.
-
-    Raises:
-        UsageError: a value outside ``[0, C)`` other than :data:`IGNORE` or an unreadable
-            file (each named).
-    """
+    """(N, size, size) uint8 label maps, resized with nearest sampling (and
+    :func:`reduce_zero_label` with ``reduce_zero``); an unreadable file or a value outside
+    ``[0, num_classes)`` other than :data:`IGNORE` is an error naming each file."""
     out = torch.empty(len(labels), size, size, dtype=torch.uint8)
     bad, unreadable = [], []
 

@@ -1,7 +1,9 @@
 """Linear segmentation probe and dataset-level mIoU (arXiv 2602.01905): ``stellar eval seg``.
 
 Probe = BatchNorm2d(d) -> 1x1 Conv2d(d, classes) on the frozen ``dense`` grid, logits
-upsampled bilinearly to the label size, cross-entropy with ignore label 255.
+upsampled bilinearly to the label size, cross-entropy with ignore label 255. Images are
+stretched to the evaluation resolution squared (nothing is cut off) and their label maps resized
+to the same square with nearest sampling, so the metric is measured at that resolution.
 
 mIoU comes from one confusion matrix accumulated over the whole dataset (never an average of
 per-image or per-batch mIoUs). A class whose union (target pixels + predicted pixels) is empty
@@ -15,7 +17,6 @@ import argparse
 import logging
 import math
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,12 +33,10 @@ from stellar.eval.common import (
     format_table,
     load_entries,
     percent,
-    resolution,
-    resolve_keys,
 )
-from stellar.eval.encoder import Encoder, extract_features
+from stellar.eval.encoder import extract_features
 from stellar.eval.probe import ProbeSchedule, predict, train_probe
-from stellar.eval.segdata import IGNORE, SegmentationSplit, find_split, load_label_maps
+from stellar.eval.segdata import IGNORE, find_split, load_label_maps
 
 logger = logging.getLogger(__name__)
 
@@ -51,15 +50,8 @@ class SegmentationProbe(nn.Module):
         self.conv = nn.Conv2d(dim, num_classes, kernel_size=1)
 
     def forward(self, dense: torch.Tensor, out_size: tuple[int, int] | None = None) -> torch.Tensor:
-        """Per-pixel class logits.
-
-        Args:
-            dense: (B, n, D) patch tokens of a square h x h grid, n = h².
-            out_size: (H, W) of the labels; None keeps the grid size.
-
-        Returns:
-            (B, C, H, W) logits (bilinear, ``align_corners=False``).
-        """
+        """(B, n, D) patch tokens of a square grid, n = h², -> (B, C, H, W) logits upsampled
+        bilinearly (``align_corners=False``) to ``out_size`` (None: (h, h))."""
         b, n, d = dense.shape
         side = math.isqrt(n)
         # CPU batch norm is ~30x slower on the channels-last strides a permute leaves behind
@@ -97,24 +89,6 @@ def segmentation_scores(matrix: torch.Tensor) -> dict:
     return {"miou": miou, "pixel_acc": pixel_acc, "iou_per_class": iou}
 
 
-def evaluate_segmentation_probe(
-    probe: SegmentationProbe,
-    dense: torch.Tensor,
-    masks: torch.Tensor,
-    num_classes: int,
-    batch_size: int = 16,
-    device: torch.device | str = "cpu",
-) -> dict:
-    """mIoU of ``probe`` over cached tokens (N, n, D) and label maps (N, H, W)."""
-    size = tuple(masks.shape[-2:])
-    # labels, not logits, come back: C < 255 classes fit a byte
-    labels = predict(
-        probe, dense, batch_size, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
-    )
-    pairs = zip(labels.split(batch_size), masks.split(batch_size), strict=True)
-    return segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
-
-
 # The paper's segmentation-probe recipe (the defaults of the functions and of the CLI).
 SCHEDULE = ProbeSchedule(epochs=20, lr=1e-3, weight_decay=1e-4, batch_size=16)
 
@@ -129,24 +103,15 @@ def train_segmentation_probe(
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
-    """Train a :class:`SegmentationProbe` on cached dense tokens.
+    """Train a :class:`SegmentationProbe` on cached (N, n, D) patch tokens of square grids
+    (any float dtype; they may stay on the CPU) and (N, H, W) integer label maps (``IGNORE``
+    for unlabelled pixels), and score it on the validation pair (None: skipped).
 
-    Deterministic for a given seed and device; the global RNG is left untouched.
-
-    Args:
-        train_dense: (N, n, D) frozen patch tokens of square grids (any float dtype; may stay
-            on CPU, batches move to ``device``).
-        train_masks: (N, H, W) integer labels, ``IGNORE`` for unlabelled pixels.
-        val_dense, val_masks: same for validation, or None.
-        num_classes: C.
-        schedule: optimisation settings (its batch size also batches the validation); its
-            seed seeds the probe init and the batch order.
-        device: where the probe trains.
-        progress: show a tqdm bar over epochs.
+    Deterministic for a given seed and device (``schedule.seed`` seeds the probe initialisation
+    and the batch order; the global RNG is left untouched).
 
     Returns:
-        ``(probe, metrics)`` with the :func:`segmentation_scores` keys on the val set
-        (empty dict without one).
+        ``(probe, metrics)``: the :func:`segmentation_scores` of the validation set ({} without).
     """
 
     def loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -167,79 +132,26 @@ def train_segmentation_probe(
         skip_nonfinite=True,
     )
 
-    metrics: dict = {}
-    if val_dense is not None and val_masks is not None:
-        metrics = evaluate_segmentation_probe(
-            probe, val_dense, val_masks, num_classes, schedule.batch_size, device
-        )
-        logger.info(
-            "segmentation probe: mIoU %.4f pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
-        )
-    return probe, metrics
-
-
-@torch.inference_mode()
-def _grid_features(
-    model: Encoder,
-    images: list[Path],
-    key: str,
-    res: int,
-    batch_size: int,
-    workers: int,
-    progress: bool,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """``key`` grids (N, n, d) float16 of images stretched to the resolution, and their index."""
-    dataset = EvalImages(images, res, crop=False)
-    out = extract_features(
-        model, dataset, [key], batch_size, fp16=True, num_workers=workers, progress=progress
+    if val_dense is None or val_masks is None:
+        return probe, {}
+    size, batch = tuple(val_masks.shape[-2:]), schedule.batch_size
+    # labels, not logits, come back: C < 255 classes fit a byte
+    labels = predict(
+        probe, val_dense, batch, device, lambda x: probe(x, size).argmax(1).to(torch.uint8)
     )
-    return out[key], out["indices"]
-
-
-def run_seg(
-    model: Encoder,
-    key: str,
-    train: SegmentationSplit,
-    val: SegmentationSplit,
-    train_masks: torch.Tensor,
-    val_masks: torch.Tensor,
-    num_classes: int,
-    resolution: int,
-    schedule: ProbeSchedule = SCHEDULE,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Segmentation probe on the frozen ``key`` grid of one model, dataset-level mIoU.
-
-    Images are stretched to ``resolution`` squared (nothing is cut off) and their label maps
-    were resized to the same square with nearest sampling (:func:`load_label_maps`), so the
-    metric is measured at the evaluation resolution. ``schedule``'s batch size also batches
-    the feature extraction.
-
-    Returns:
-        ``{"miou", "pixel_acc"}`` in [0, 1] and ``iou_per_class`` (list, None where a class is
-        absent from both prediction and target).
-    """
-    common = (key, resolution, schedule.batch_size, num_workers, progress)
-    x_tr, idx_tr = _grid_features(model, train.images, *common)
-    x_va, idx_va = _grid_features(model, val.images, *common)
-    _, metrics = train_segmentation_probe(
-        x_tr, train_masks[idx_tr], x_va, val_masks[idx_va], num_classes, schedule,
-        device=model.device, progress=progress,
-    )  # fmt: skip
-    iou = metrics["iou_per_class"].tolist()
-    return {
-        "miou": metrics["miou"],
-        "pixel_acc": metrics["pixel_acc"],
-        "iou_per_class": [None if math.isnan(v) else v for v in iou],
-    }
+    pairs = zip(labels.split(batch), val_masks.split(batch), strict=True)
+    metrics = segmentation_scores(sum(confusion(p, t, num_classes) for p, t in pairs))
+    logger.info(
+        "segmentation probe: mIoU %.4f, pixel acc %.4f", metrics["miou"], metrics["pixel_acc"]
+    )
+    return probe, metrics
 
 
 # ---------------------------------------------------------------------------- stellar eval seg
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval seg``."""
     add_common(p)
-    add_keys(p, ("dense", "lowrank"), ("dense",))
+    add_keys(p, ("dense", "lowrank"))
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     p.add_argument("--num-classes", type=positive_int, required=True)
@@ -251,7 +163,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: mIoU and pixel accuracy on the validation split."""
-    key, baseline_key = resolve_keys(args)
     if args.train is None:
         raise UsageError("expected --train: a segmentation folder (ADE20K or images/ + masks/)")
     if not 1 <= args.num_classes < 255:
@@ -260,25 +171,30 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val = find_split(args.val or args.train, "val")
     if val.images == train.images:
         logger.warning("no separate validation split: mIoU is measured on the training images")
-    entries = load_entries(args, key, baseline_key)
+    entries = load_entries(args)
     progress = not args.no_progress
     schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
-    masks: dict[int, tuple[torch.Tensor, ...]] = {}
-    for e in entries:  # every label map is read and checked before any feature is computed
-        res = resolution(args, e.model)
-        if res not in masks:
-            masks[res] = tuple(
-                load_label_maps(
-                    s.labels, res, args.num_classes, args.reduce_zero_label, progress=progress
-                )
-                for s in (train, val)
+    masks: dict[int, tuple[torch.Tensor, ...]] = {}  # per resolution, all read before any feature
+    for res in sorted({e.resolution for e in entries}):
+        masks[res] = tuple(
+            load_label_maps(
+                s.labels, res, args.num_classes, args.reduce_zero_label, progress=progress
             )
+            for s in (train, val)
+        )
     rows = []
+    kw = dict(
+        batch_size=args.batch_size, fp16=True, num_workers=args.num_workers, progress=progress
+    )
     for e in entries:
-        res = resolution(args, e.model)
-        metrics = run_seg(
-            e.model, e.key, train, val, *masks[res], args.num_classes, res, schedule,
-            args.num_workers, progress,
+        tr, va = (  # images stretched to the square their label maps were resized to
+            extract_features(e.model, EvalImages(s.images, e.resolution, crop=False), [e.key], **kw)
+            for s in (train, val)
+        )
+        train_masks, val_masks = masks[e.resolution]
+        _, metrics = train_segmentation_probe(
+            tr[e.key], train_masks[tr["indices"]], va[e.key], val_masks[va["indices"]],
+            args.num_classes, schedule, e.model.device, progress,
         )  # fmt: skip
         rows.append(e.row(**metrics, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "layout": {"train": train.layout, "val": val.layout}}

@@ -47,12 +47,19 @@ def settings_id(meta: dict[str, Any]) -> str:
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def read_meta(out: Path) -> dict[str, Any]:
-    """``out/meta.json``, checked against the settings id it records.
+def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
+    """The settings of ``expected`` that a ``meta.json`` records otherwise, each one as
+    ``key: recorded != expected`` (the file list and long values by name only)."""
+    return [
+        f"{k} differ" if k == "files" or len(repr(v)) > 60 else f"{k}: {recorded.get(k)!r} != {v!r}"
+        for k, v in expected.items()
+        if recorded.get(k) != v and k not in NOT_SETTINGS
+    ]
 
-    Raises:
-        UsageError: it is missing, not JSON, or edited since it was written.
-    """
+
+def read_meta(out: Path) -> dict[str, Any]:
+    """``out/meta.json``, checked against the settings id it records (missing, not JSON or
+    edited since it was written: an error naming it)."""
     path = out / META_NAME
     if not path.is_file():
         raise UsageError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
@@ -71,11 +78,8 @@ def read_meta(out: Path) -> dict[str, Any]:
 def check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
     """The number of images in the shard ``path`` after checking that it is shard ``shard`` of
     this extraction, whole: its settings id, keys, one row per image in every tensor, and every
-    file of its range either a row or a file recorded as skipped (unreadable).
-
-    Raises:
-        UsageError: it is not (naming the file and what is wrong).
-    """
+    file of its range either a row or a file recorded as skipped (unreadable); an error naming
+    the file and what is wrong otherwise."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -155,16 +159,9 @@ def load_features(
     """Read a complete ``stellar extract`` folder back into memory, every shard checked to
     belong to it (:func:`check_shard`) and the image count to add up.
 
-    Args:
-        out_dir: the folder.
-        keys: keys to load (default: all stored).
-
     Returns:
-        ``features`` ``{key: (N, ...)}`` in dataset order, ``labels`` (N,) int64 and the N
-        image paths.
-
-    Raises:
-        UsageError: the folder is not a complete, whole extraction or lacks a requested key.
+        ``features`` ``{key: (N, ...)}`` of ``keys`` (default: all stored) in dataset order,
+        ``labels`` (N,) int64 and the N image paths.
     """
     out = Path(out_dir)
     meta = read_meta(out)
