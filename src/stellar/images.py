@@ -79,17 +79,15 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-def load_rgb(path: str | os.PathLike[str], max_side: int | None = None) -> Image.Image:
-    """Decode an image file fully as 8-bit RGB with EXIF orientation applied; with
-    ``max_side``, JPEG decoding may downscale by a power of two keeping both sides >=
-    ``max_side``. A ValueError for anything but a regular file (FIFO, socket, device); PIL's
-    or the OS's error for unreadable, truncated or unsupported files."""
+def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
+    """Decode an image file fully as 8-bit RGB with EXIF orientation applied (fully: a JPEG
+    decoded at a reduced scale would differ from the same photo given as a PIL image). A
+    ValueError for anything but a regular file (FIFO, socket, device); PIL's or the OS's error
+    for unreadable, truncated or unsupported files."""
     mode = os.stat(path).st_mode
     if not stat.S_ISREG(mode):
         raise ValueError(f"{os.fspath(path)!r} is not a regular file")
     with Image.open(path) as img:
-        if max_side is not None and img.format == "JPEG":
-            img.draft(None, (max_side, max_side))
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
         return _to_rgb(upright(img))
 

@@ -52,7 +52,8 @@ def test_shards_match_in_memory_features(model, tmp_path: Path) -> None:
     meta = json.loads((out / "meta.json").read_text())
     assert meta["complete"] and meta["count"] == 7 and meta["keys"] == keys
 
-    feats, labels, paths = load_features(out)
+    feats = load_features(out)
+    labels, paths = feats["labels"], feats["paths"]
     ref = extract_features(model, ds, keys, batch_size=4, progress=False)
     assert ref["indices"].tolist() == list(range(7))
     for k in keys:
@@ -103,8 +104,9 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
         with safe_open(str(out / shard_name(g)), framework="pt") as f:
             indices += f.get_tensor("index").tolist()
     assert sorted(indices) == list(range(9))
-    feats, labels, paths = load_features(out, keys=["cls"])
-    assert set(feats) == {"cls"} and feats["cls"].shape == (9, 1, 96)
+    feats = load_features(out, keys=["cls"])
+    assert set(feats) == {"cls", "labels", "indices", "paths"}
+    assert feats["cls"].shape == (9, 1, 96)
     assert _meta(out)["count"] == 9
     ref = extract_features(model, ds, ["cls"], batch_size=9, progress=False)
     torch.testing.assert_close(feats["cls"], ref["cls"], atol=1e-5, rtol=1e-5)
@@ -116,7 +118,8 @@ def test_broken_file_left_out(model, tmp_path: Path, caplog: pytest.LogCaptureFi
     ds = EvalImages(root, RES)
     with caplog.at_level(logging.WARNING):
         extract_to_dir(model, ds, tmp_path / "out", ["sparse"], shard_size=2, progress=False)
-    feats, labels, paths = load_features(tmp_path / "out")
+    feats = load_features(tmp_path / "out")
+    paths = feats["paths"]
     assert feats["sparse"].shape[0] == 4 and len(paths) == 4
     assert not any(p.endswith("001b.png") for p in paths)
     assert sum("001b.png" in r.getMessage() for r in caplog.records) == 1
@@ -126,7 +129,7 @@ def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
     ds = EvalImages(_images(tmp_path / "data", 2), RES)
     out = tmp_path / "out"
     extract_to_dir(model, ds, out, ["spatial"], fp16=True, progress=False)
-    feats, _, _ = load_features(out)
+    feats = load_features(out)
     assert feats["spatial"].dtype == torch.float16
     torch.testing.assert_close(
         feats["spatial"].float().sum(-1), torch.ones(2, 16), atol=1e-2, rtol=0
@@ -145,7 +148,7 @@ def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path)
     extract_to_dir(model, ds, tmp_path / "bf16", ["sparse"], precision="bf16", progress=False)
     meta = json.loads((tmp_path / "bf16" / "meta.json").read_text())
     assert meta["precision"] == "bf16"
-    exact, fast = (load_features(tmp_path / d)[0]["sparse"] for d in ("fp32", "bf16"))
+    exact, fast = (load_features(tmp_path / d)["sparse"] for d in ("fp32", "bf16"))
     assert not torch.equal(exact, fast)  # bf16 autocast really ran
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0.05)
     with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"):
@@ -164,7 +167,8 @@ def test_cli_extract(tmp_path: Path) -> None:
     argv += ["--keys", "sparse,dense", "--resolution", "16", "--num-workers", "0"]
     assert main([*argv, "--precision", "fp32"]) == 0
     assert json.loads((out / "meta.json").read_text())["precision"] == "fp32"
-    feats, labels, _ = load_features(out)
+    feats = load_features(out)
+    labels = feats["labels"]
     assert feats["sparse"].shape == (3, 6, 96) and feats["dense"].shape == (3, 4, 96)
     assert labels.tolist() == [0, 0, 1]
     with pytest.raises(ValueError, match="patch size"):
@@ -180,7 +184,8 @@ def test_cli_extract_samples(samples_dir: Path, tmp_path: Path) -> None:
     out = tmp_path / "out"
     argv = ["extract", "--model", "stellar-tiny", "--data", str(data), "--out", str(out)]
     assert main([*argv, "--shard-size", "4", "--num-workers", "0", "--fp16"]) == 0
-    feats, labels, paths = load_features(out)
+    feats = load_features(out)
+    labels, paths = feats["labels"], feats["paths"]
     assert feats["sparse"].shape == (6, 6, 96) and feats["sparse"].dtype == torch.float16
     assert torch.isfinite(feats["cls"].float()).all()
     assert labels.tolist() == [-1] * 6 and len(set(paths)) == 6
@@ -241,7 +246,7 @@ def test_cli_extract_compiled_matches_eager(tmp_path: Path) -> None:
     argv += ["--keys", "sparse", "--resolution", "16", "--precision", "fp32"]
     assert main([*argv, "--out", str(tmp_path / "eager")]) == 0
     assert main([*argv, "--out", str(tmp_path / "compiled"), "--compile"]) == 0
-    eager, compiled = (load_features(tmp_path / d)[0]["sparse"] for d in ("eager", "compiled"))
+    eager, compiled = (load_features(tmp_path / d)["sparse"] for d in ("eager", "compiled"))
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=1e-4)
 
 
@@ -296,7 +301,7 @@ def test_two_extractions_into_one_folder_leave_one_models_features(tmp_path: Pat
     loser = errors[codes.index(2)].strip().splitlines()[-1]
     assert "in use by stellar extract" in loser or "other settings" in loser, loser
     winner = models[codes.index(0)]
-    features, _, _ = load_features(out)  # every shard checked against meta.json
+    features = load_features(out)  # every shard checked against meta.json
     assert _meta(out)["weights"] == weights_fingerprint(load_stellar(winner))
     assert features["sparse"].shape[0] == 6
 
@@ -330,7 +335,7 @@ def test_a_shard_of_another_model_is_never_read_or_kept(tmp_path: Path) -> None:
     (tmp_path / "a" / "meta.json").write_text(json.dumps({**meta, "complete": False}))
     assert extract_to_dir(a, ds, tmp_path / "a", **kw) == [1]  # redone with the right model
     ref = extract_features(a, ds, ["cls"], batch_size=4, progress=False)["cls"]
-    torch.testing.assert_close(load_features(tmp_path / "a")[0]["cls"], ref)
+    torch.testing.assert_close(load_features(tmp_path / "a")["cls"], ref)
 
 
 @pytest.mark.parametrize(
@@ -373,7 +378,7 @@ def test_a_damaged_feature_folder_is_one_error_naming_the_file(
     if damage in ("shard truncated", "rows dropped"):  # a rerun extracts that shard again
         (out / "meta.json").write_text(json.dumps({**meta, "complete": False}))
         assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False) == [1]
-        assert load_features(out)[0]["cls"].shape[0] == 5
+        assert load_features(out)["cls"].shape[0] == 5
 
 
 def test_overwrite_replaces_an_extraction_of_other_settings(model, tmp_path: Path) -> None:
@@ -384,7 +389,7 @@ def test_overwrite_replaces_an_extraction_of_other_settings(model, tmp_path: Pat
         extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
     assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, overwrite=True, progress=False)
     assert sorted(p.name for p in out.glob("shard-*")) == [shard_name(0), shard_name(1)]
-    assert load_features(out)[0]["cls"].shape[0] == 3
+    assert load_features(out)["cls"].shape[0] == 3
 
 
 def test_temporaries_of_a_killed_extraction_are_removed(model, tmp_path: Path) -> None:
@@ -427,8 +432,8 @@ def test_torchrun_extract_matches_one_process_and_holds_the_folder(tmp_path: Pat
     assert done.returncode == 0, done.stderr[-3000:]
     assert main([*argv, "--out", str(tmp_path / "one")]) == 0
     two, one = (load_features(tmp_path / d) for d in ("two", "one"))
-    torch.testing.assert_close(two[0]["cls"], one[0]["cls"])
-    assert two[2] == one[2] and _meta(tmp_path / "two")["count"] == 7
+    torch.testing.assert_close(two["cls"], one["cls"])
+    assert two["paths"] == one["paths"] and _meta(tmp_path / "two")["count"] == 7
 
 
 def test_another_image_folder_of_the_same_size_is_not_taken_for_done_work(model, tmp_path):
@@ -462,7 +467,7 @@ def test_a_consistently_shortened_shard_is_redone_not_recounted(model, tmp_path)
     with pytest.raises(ValueError, match=f"{shard_name(1)} .*not the files of its range"):
         load_features(out)
     assert extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False) == [1]
-    assert load_features(out)[0]["cls"].shape[0] == 5 and _meta(out)["count"] == 5
+    assert load_features(out)["cls"].shape[0] == 5 and _meta(out)["count"] == 5
 
 
 def test_the_model_is_known_by_its_weights_not_its_spelling(tmp_path):

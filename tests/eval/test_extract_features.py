@@ -106,5 +106,37 @@ def test_a_broken_file_is_skipped_and_reported(model, tmp_path: Path, caplog) ->
     assert out["indices"].tolist() == [0, 1, 3, 4]
     assert out["cls"].shape[0] == 4
     assert "b2.png" in caplog.text and "skipped 1 unreadable" in caplog.text
-    with pytest.raises(ValueError, match="at least one decodable image"):
-        extract_features(model, [broken], ("cls",), resolution=RES)
+    with pytest.raises(ValueError, match="decodable image in 1 image files, found none"):
+        extract_features(model, [broken], ("cls",), resolution=RES)  # no object repr
+
+
+def test_one_key_one_image_and_a_generator_are_taken_as_given(model, tmp_path: Path) -> None:
+    paths = _photos(tmp_path / "photos")
+    with precision("fp32"):
+        every = extract_features(model, [Image.open(p) for p in paths], "cls", resolution=RES)
+        one = extract_features(model, Image.open(paths[0]), "cls", resolution=RES)
+        streamed = extract_features(model, (Image.open(p) for p in paths), "cls", resolution=RES)
+    assert set(every) == {"cls", "labels", "indices", "paths"}
+    torch.testing.assert_close(one["cls"], every["cls"][:1])
+    torch.testing.assert_close(streamed["cls"], every["cls"])  # no image lost to a look-ahead
+    with pytest.raises(TypeError, match="encode"):
+        extract_features(model, torch.rand(2, 3, RES, RES), "cls")
+
+
+def test_the_command_and_the_call_are_one_pass(model, tmp_path: Path) -> None:
+    from stellar.data.folder import EvalImages
+    from stellar.eval.extract import extract_to_dir
+    from stellar.eval.shards import load_features
+
+    _photos(tmp_path / "photos")
+    ratio = 256 / 224  # stellar extract's default, the evaluation view
+    dataset = EvalImages(tmp_path / "photos", RES, ratio)
+    extract_to_dir(model, dataset, tmp_path / "out", ["sparse"], precision="fp32", progress=False)
+    shards = load_features(tmp_path / "out")
+    with precision("fp32"):
+        call = extract_features(
+            model, tmp_path / "photos", "sparse", resolution=RES, resize_ratio=ratio
+        )
+    assert shards.keys() == call.keys() and shards["paths"] == call["paths"]
+    torch.testing.assert_close(shards["sparse"], call["sparse"], rtol=0, atol=0)
+    torch.testing.assert_close(shards["indices"], call["indices"], rtol=0, atol=0)

@@ -86,7 +86,7 @@ class CanvasView:
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
         """``canvas`` (3, S, S) uint8 and ``size`` (2,) int64, the valid (h, w) at the top-left."""
         s = self.size
-        img = load_rgb(path, max_side=s)
+        img = load_rgb(path)
         w, h = img.size
         k = s / max(w, h)
         nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
@@ -118,12 +118,12 @@ class CentreCropView:
         """``image`` (3, R, R) float32 in [0, 1]."""
         r = self.resolution
         if not self.crop:
-            img = load_rgb(path, max_side=r)
+            img = load_rgb(path)
             if img.size != (r, r):
                 img = img.resize((r, r), Image.Resampling.BICUBIC)
         else:
             side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
-            img = resize_centre_crop(load_rgb(path, max_side=side), r, side)
+            img = resize_centre_crop(load_rgb(path), r, side)
         return {"image": to_tensor(img)}
 
 
@@ -190,6 +190,9 @@ class ImageFolder(Dataset):
 
     def __len__(self) -> int:
         return int(self._paths.shape[0])
+
+    def __repr__(self) -> str:  # what messages and logs name: the folder, or the file count
+        return str(self.root) if self.root is not None else f"{len(self)} image files"
 
     def path(self, index: int) -> Path:
         """Path of file ``index``."""

@@ -46,7 +46,7 @@ logger = logging.getLogger(__name__)
 FEATURE_KEYS: tuple[str, ...] = ("cls", "dense", "sparse", "spatial", "lowrank", "peak_dist")
 
 PathLike = str | os.PathLike[str]
-Images = PathLike | Sequence[PathLike] | Sequence[Image.Image] | Dataset
+Images = PathLike | Image.Image | Iterable[PathLike] | Iterable[Image.Image] | Dataset
 
 
 class Encoder(Protocol):
@@ -142,6 +142,9 @@ class _ImageList(Dataset):
     def __len__(self) -> int:
         return len(self.images)
 
+    def __repr__(self) -> str:
+        return f"{len(self)} images"
+
     def __getitem__(self, i: int) -> dict[str, Any] | None:
         img = self.images[i]
         try:
@@ -192,16 +195,17 @@ def decodable_batches(
             "%s: skipped %d unreadable file(s) of %d", desc or "pass", skipped, found + skipped
         )
     if not found:
-        raise UsageError(f"expected at least one decodable image in {dataset!r}, found none")
+        raise UsageError(f"expected at least one decodable image in {dataset}, found none")
 
 
 def extract_features(
     model: Encoder,
     images: Images,
-    features: Sequence[str] = ("sparse",),
+    features: str | Sequence[str] = ("sparse",),
     batch_size: int = 64,
     *,
     resolution: int | None = None,
+    resize_ratio: float = 1.0,
     pool: bool = False,
     fp16: bool = False,
     precision: str = "auto",
@@ -213,16 +217,19 @@ def extract_features(
 
     Args:
         model: STELLAR or a baseline, on its device.
-        images: a folder (scanned recursively; class sub-folders give ``labels``), a list of
-            image files, a list of PIL images, or a dataset of
+        images: a folder (scanned recursively; class sub-folders give ``labels``), image
+            files or PIL images (one, a list or any iterable), or a dataset of
             :class:`~stellar.data.folder.EvalImages` items. Files and PIL images are read as
             :meth:`STELLAR.preprocess` reads them; unreadable files are skipped (a warning
             names each one).
-        features: outputs of ``model.encode`` to keep, among :data:`FEATURE_KEYS`.
+        features: outputs of ``model.encode`` to keep, among :data:`FEATURE_KEYS` (or one).
         resolution: input side, a multiple of the patch size (default: the model's native).
+        resize_ratio: files' shorter side before the centre crop, over ``resolution``: 1 is
+            :meth:`STELLAR.preprocess`; ``stellar extract`` and ``stellar eval`` use 256/224.
         pool: mean over the token axis, batch by batch, so each feature is (N, d).
         fp16: keep floating features as float16 (else float32).
-        precision: ``auto``, ``bf16`` or ``fp32`` (see :func:`encode_batch`).
+        precision: ``auto`` (bf16 where the device computes it natively, so rows differ from
+            ``model.encode``'s fp32 by bf16 rounding), ``bf16`` or ``fp32``.
         keep_images: also return the model inputs as ``images``, (N, 3, R, R) uint8.
 
     Returns:
@@ -232,16 +239,20 @@ def extract_features(
         ``labels`` (N,) int64 (class index, -1 without class folders) and ``indices`` (N,)
         int64, each row's position in ``images``.
     """
-    keys = check_keys(features)
+    keys = check_keys([features] if isinstance(features, str) else features)
     res = resolution or model.config.encoder.image_size
+    if isinstance(images, Tensor):
+        raise TypeError("extract_features reads images and files; a tensor batch goes to encode()")
+    if isinstance(images, Image.Image):
+        images = [images]
+    elif not isinstance(images, str | os.PathLike | Dataset):
+        images = list(images)  # a generator is read once
     if isinstance(images, Dataset):
         dataset = images
-    elif not isinstance(images, str | os.PathLike) and any(
-        isinstance(x, Image.Image) for x in images
-    ):
+    elif isinstance(images, list) and any(isinstance(x, Image.Image) for x in images):
         dataset = _ImageList(images, res)
-    else:  # the view of STELLAR.preprocess: shorter side to ``res``, centre crop
-        dataset = EvalImages(images, res, resize_ratio=1.0)
+    else:  # the view of STELLAR.preprocess at ratio 1: shorter side to ``res``, centre crop
+        dataset = EvalImages(images, res, resize_ratio=resize_ratio)
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
     batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)

@@ -106,9 +106,9 @@ def labelled_features(
 
 def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
     """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
-    features, labels, _ = load_features(out_dir, [key])
+    features = load_features(out_dir, [key])
     classes = read_meta(Path(out_dir))["classes"]
-    return LabelledFeatures(pool_features(features[key].float()), labels, classes)
+    return LabelledFeatures(pool_features(features[key].float()), features["labels"], classes)
 
 
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:

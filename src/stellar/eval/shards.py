@@ -155,13 +155,14 @@ def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
 
 def load_features(
     out_dir: str | os.PathLike[str], keys: Sequence[str] | None = None
-) -> tuple[dict[str, Tensor], Tensor, list[str]]:
+) -> dict[str, Any]:
     """Read a complete ``stellar extract`` folder back into memory, every shard checked to
     belong to it (:func:`check_shard`) and the image count to add up.
 
     Returns:
-        ``features`` ``{key: (N, ...)}`` of ``keys`` (default: all stored) in dataset order,
-        ``labels`` (N,) int64 and the N image paths.
+        What :func:`~stellar.eval.encoder.extract_features` returns: ``{key: (N, ...)}`` of
+        ``keys`` (default: all stored) in dataset order, ``labels`` and ``indices`` (N,) int64
+        and ``paths``, the N image paths.
     """
     out = Path(out_dir)
     meta = read_meta(out)
@@ -181,7 +182,7 @@ def load_features(
             f"{out} holds {count} images' features, but {META_NAME} counted {meta['count']}; "
             "extract again (--overwrite)"
         )
-    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label")}
+    parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "label", "index")}
     paths: list[str] = []
     for path in shards:
         with safe_open(str(path), framework="pt") as f:
@@ -195,5 +196,5 @@ def load_features(
             f"{out} stores non-finite {', '.join(bad)} features (NaN or inf): expected finite "
             "features; were they extracted from diverged weights?"
         )
-    labels = features.pop("label").long()
-    return features, labels, paths
+    features["labels"], features["indices"] = features.pop("label"), features.pop("index")
+    return {**features, "paths": paths}
