@@ -149,6 +149,21 @@ def test_pretraining_call_runs_the_trainers_objective(pixel_model):
     torch.testing.assert_close(pixel_model.loss(predictions).detach(), total)
     by_hand = 10 * predictions["MSE"] + sum(predictions[k] for k in LOSS_KEYS)
     torch.testing.assert_close(total_loss(predictions, 10.0), by_hand)
+    torch.testing.assert_close(total_loss(predictions), by_hand)  # the paper's MSE weight
+
+
+def test_pretraining_call_takes_the_release_mode_and_checks_view_shapes(pixel_model):
+    image = torch.rand(2, 3, 64, 64)
+    torch.manual_seed(1)
+    trained = pixel_model({"image": image}, mode="train")["predictions"]
+    assert "MSE" in trained
+    with torch.no_grad():
+        features = pixel_model({"image": image}, mode="eval")["predictions"]
+    assert not any("loss" in k for k in features)
+    torch.testing.assert_close(features["sparse"], pixel_model.encode(image)["sparse"])
+    flat = torch.rand(6, 3, 64, 64)  # (B*G, ...) instead of (B, G, ...)
+    with pytest.raises(ValueError, match=r"global_views of shape \(B, V, 3, H, W\)"):
+        pixel_model({"image": image, "global_views": flat})
 
 
 def test_pretraining_call_uses_the_views_it_is_given(pixel_model):

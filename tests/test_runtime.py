@@ -13,7 +13,11 @@ from stellar.runtime import autocast, pick_device, precision_choice
 
 def test_device_and_autocast_choices() -> None:
     assert pick_device("cpu") == torch.device("cpu")
-    assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)  # this rank's GPU
+    if torch.cuda.is_available():
+        assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)  # this rank's GPU
+    else:
+        with pytest.raises(UsageError, match="no CUDA device"):
+            pick_device("cuda")
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UsageError, match="expected a device"):
         pick_device("gpu")

@@ -67,12 +67,18 @@ class ObjectiveConfig:
         )
 
 
-def total_loss(terms: dict[str, Tensor], rec_coeff: float) -> Tensor:
+def total_loss(terms: dict[str, Tensor], rec_coeff: float | None = None) -> Tensor:
     """The release's total, a 0-dim fp32 tensor: ``rec_coeff`` x (``MSE`` or ``VQ-CE``) + every
     term named ``*loss*`` of ``terms`` (:meth:`StellarObjective.compute`, or the ``predictions``
-    of a pretraining call); the paper's ``rec_coeff`` is 10 for ``MSE``, 0.05 for ``VQ-CE``.
+    of a pretraining call); by default the paper's ``rec_coeff``, 10 for ``MSE``, 0.05 for
+    ``VQ-CE``.
     """
-    parts = [rec_coeff * terms[k].float() for k in ("MSE", "VQ-CE") if k in terms]
+    weights = {"MSE": PIXEL_RECON_WEIGHT, "VQ-CE": VQ_RECON_WEIGHT}
+    parts = [
+        (weights[k] if rec_coeff is None else rec_coeff) * terms[k].float()
+        for k in weights
+        if k in terms
+    ]
     parts += [v.float() for k, v in terms.items() if "loss" in k]
     return torch.stack(parts).sum()
 

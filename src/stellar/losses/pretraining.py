@@ -8,6 +8,8 @@ trainer runs — returning the main view's features and the loss terms under the
 
 from __future__ import annotations
 
+from typing import Literal
+
 import torch
 from torch import Tensor
 
@@ -46,8 +48,13 @@ class StellarForPretraining(STELLAR):
         """The objective the trainer runs, on this model (held outside the module tree)."""
         return StellarObjective(self, self.objective_config)
 
-    def forward(self, inputs: dict[str, Tensor]) -> dict[str, dict[str, Tensor]]:
+    def forward(
+        self, inputs: dict[str, Tensor], mode: Literal["train", "eval"] = "train"
+    ) -> dict[str, dict[str, Tensor]]:
         """One pretraining forward pass on the model card's batch (images alone: :meth:`encode`).
+
+        ``mode`` is the release's: ``"train"`` as below, ``"eval"`` only :meth:`encode`'s
+        features of ``image``, under ``predictions``.
 
         Args:
             inputs: ``image`` (B, 3, H, W) in [0, 1], the main view and reconstruction target;
@@ -67,7 +74,18 @@ class StellarForPretraining(STELLAR):
             return self.encode(inputs)
         if "image" not in inputs:
             raise ValueError("expected the model card's batch dict, with at least 'image'")
+        if mode == "eval":
+            return {"predictions": self.encode(inputs["image"])}
+        if mode != "train":
+            raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
         self.check_images(inputs["image"])
+        for key in ("global_views", "local_views"):
+            views = inputs.get(key)
+            if views is not None and (views.ndim != 5 or views.shape[0] != len(inputs["image"])):
+                raise ValueError(
+                    f"expected {key} of shape (B, V, 3, H, W) with B = {len(inputs['image'])}, "
+                    f"got {tuple(views.shape)}"
+                )
         main, terms = self.objective.compute(self.views(inputs))
         predictions = {**main, **terms}
         if "spatial" in main:
