@@ -41,14 +41,9 @@ RANGE_TOLERANCE = 1e-3
 
 
 class STELLAR(nn.Module):
-    """The STELLAR model.
-
-    Args:
-        config: architecture.
-        purpose: which modules exist. ``"encode"``: encoder, concept tokens and the two
-            projections; ``"reconstruct"``: also the decoder; ``"pretrain"``: also the two
-            online-clustering heads.
-    """
+    """The STELLAR model of ``config``; ``purpose`` says which modules exist: ``"encode"``:
+    encoder, concept tokens and the two projections; ``"reconstruct"``: also the decoder;
+    ``"pretrain"``: also the two online-clustering heads."""
 
     # The outputs of encode() a probe may read (the evaluation protocols' encoder contract).
     feature_keys: tuple[str, ...] = ("sparse", "cls", "dense", "lowrank")
@@ -339,18 +334,14 @@ class STELLAR(nn.Module):
         out = self.decode(lowrank, grid)
         if "x_hat" in out:
             return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
-        tokens = out["logits"].argmax(dim=-1)
-        return {**out, "tokens": tokens, "reconstruction": self.decode_tokens(tokens, grid)}
-
-    def decode_tokens(self, tokens: Tensor, grid: tuple[int, int] | None = None) -> Tensor:
-        """VQ codes (B, n) on the (h, w) ``grid`` (default: square) -> images (B, 3, H, W) in
-        [0, 1] through the frozen tokenizer."""
         if self.tokenizer is None:
             raise ValueError(
                 "the vq head predicts MaskGIT-VQGAN codes; turning them into pixels needs the "
                 "tokenizer: load with vq_model='path/to/maskgit-vqgan-imagenet-f16-256.bin'"
             )
-        return self.tokenizer.decode(tokens, grid=grid)
+        tokens = out["logits"].argmax(dim=-1)
+        reconstruction = self.tokenizer.decode(tokens, grid=grid)
+        return {**out, "tokens": tokens, "reconstruction": reconstruction}
 
     def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
         if isinstance(encoded, dict):
@@ -384,9 +375,7 @@ class STELLAR(nn.Module):
             logger.warning("saving %s without a decoder (purpose=%r)", directory, self.purpose)
         return write_pretrained(self, directory)
 
-    def forward(self, images: Tensor) -> dict[str, Tensor]:
-        """Same as :meth:`encode`."""
-        return self.encode(images)
+    forward = encode  # model(images) is model.encode(images)
 
 
 def _recorded_grid(grid: Tensor) -> tuple[int, int]:
