@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import textwrap
@@ -197,7 +198,8 @@ def test_a_photo_is_the_same_input_as_a_path_and_as_a_pil_image(tmp_path):
     model = create_stellar("stellar-tiny")
     from_path = model.preprocess(tmp_path / "big.jpg")
     torch.testing.assert_close(from_path, model.preprocess(Image.open(tmp_path / "big.jpg")))
-    for bad in (tmp_path / "missing.jpg", tmp_path):
+    os.mkfifo(tmp_path / "fifo.jpg")  # opening it to read would block until a writer comes
+    for bad in (tmp_path / "missing.jpg", tmp_path, tmp_path / "fifo.jpg"):
         with pytest.raises(ValueError, match=str(bad.name)):
             model.preprocess(bad)
 

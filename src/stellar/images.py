@@ -96,10 +96,9 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
     """A user's file as an RGB image (:func:`load_rgb`), or a
     :class:`UsageError`: not a decodable image, or larger than :data:`MAX_PIXELS`."""
     name = Path(path).name
-    if not Path(path).exists():
-        raise UsageError(f"no such image file: {path}")
-    if Path(path).is_dir():
-        raise UsageError(f"{path} is a folder: stellar.extract_features reads a folder of images")
+    if not Path(path).is_file():  # before PIL opens it: a FIFO would block the reader
+        what = "a folder" if Path(path).is_dir() else "missing or not a regular file"
+        raise UsageError(f"expected an image file, got {path} ({what})")
     try:
         with Image.open(path) as probe:  # reads the header only
             w, h = probe.size

@@ -312,6 +312,8 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
 def test_save_pretrained_says_when_it_writes_the_encoder_side_only(tmp_path, caplog):
     create_stellar("stellar-tiny").save_pretrained(tmp_path / "enc")
     assert "without a decoder" in caplog.text
+    card = (tmp_path / "enc" / "README.md").read_text()
+    assert "| decoder | none in this file" in card and '"reconstruct"' not in card
     with pytest.raises(ValueError, match="no reconstruction decoder"):
         load_stellar(tmp_path / "enc", purpose="reconstruct")
 

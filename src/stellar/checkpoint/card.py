@@ -16,23 +16,29 @@ def _blocks(n: int) -> str:
     return f"{n} block{'s' if n != 1 else ''}"
 
 
-def _architecture(config: Mapping[str, Any]) -> list[str]:
+def _architecture(config: Mapping[str, Any], decoder: bool) -> list[str]:
     enc, dec = config["encoder"], config["decoder"]
+    if not decoder:
+        dec_text = "none in this file (the encoder side only)"
+    else:
+        dec_text = (
+            f"{_blocks(config['num_decoder_layers'])}, width {dec['hidden_size']}, "
+            f"{config['decoder_head']} head"
+        )
     rows = [
         ("encoder", f"ViT, width {enc['hidden_size']}, {_blocks(enc['num_hidden_layers'])}, "
          f"{enc['num_attention_heads']} heads, MLP {enc['intermediate_size']}"),
         ("input", f"{enc['image_size']} px, patch {enc['patch_size']}"),
         ("concept tokens (r)", config["num_sparse_tokens"]),
         ("spatial temperature", config["spatial_temp"]),
-        ("decoder", f"{_blocks(config['num_decoder_layers'])}, width {dec['hidden_size']}, "
-         f"{config['decoder_head']} head"),
+        ("decoder", dec_text),
     ]  # fmt: skip
     return ["| | |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)]
 
 
-def model_card(config: Mapping[str, Any]) -> str:
+def model_card(config: Mapping[str, Any], decoder: bool = True) -> str:
     """Markdown with Hugging Face front matter: the architecture (``config``, the model's
-    ``StellarConfig.to_dict()``) and how to load it."""
+    ``StellarConfig.to_dict()``; ``decoder``: whether the file holds one) and how to load it."""
     lines = [
         "---",
         "library_name: stellar",
@@ -48,7 +54,7 @@ def model_card(config: Mapping[str, Any]) -> str:
         "",
         "## Architecture",
         "",
-        *_architecture(config),
+        *_architecture(config, decoder),
         "",
     ]
     lines += [
@@ -64,7 +70,8 @@ def model_card(config: Mapping[str, Any]) -> str:
         "```python",
         "from stellar import load_stellar",
         "",
-        'model = load_stellar("stellar-model")  # purpose="encode"; "reconstruct" adds the decoder',
+        'model = load_stellar("stellar-model")  # purpose="encode"'
+        + ('; "reconstruct" adds the decoder' if decoder else ""),
         "out = model.encode(images)  # (B, 3, H, W) in [0, 1]: sparse, spatial, lowrank, ...",
         "```",
         "",

@@ -10,7 +10,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from stellar.checkpoint.card import CARD_NAME, model_card
-from stellar.checkpoint.official import to_official
+from stellar.checkpoint.official import carries_decoder, to_official
 from stellar.outputs import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
@@ -42,12 +42,10 @@ def save_pretrained(
     """
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
-    save_state_dict(
-        to_official(model.state_dict() if state is None else state),
-        directory / WEIGHTS_NAME,
-        {CONFIG_METADATA_KEY: config, **(metadata or {})},
-    )
+    official = to_official(model.state_dict() if state is None else state)
+    metadata = {CONFIG_METADATA_KEY: config, **(metadata or {})}
+    save_state_dict(official, directory / WEIGHTS_NAME, metadata)
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
-    card = model_card(model.config.to_dict())
+    card = model_card(model.config.to_dict(), carries_decoder(list(official)))
     atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
     return directory

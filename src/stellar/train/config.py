@@ -19,6 +19,7 @@ from typing import Any, Literal
 import yaml
 
 from stellar.data.augment import MultiViewAugment
+from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.losses.masking import FocalMode, num_kept
 from stellar.losses.objective import ObjectiveConfig
@@ -149,7 +150,14 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        try:  # the pipeline checks its scales and colour settings (and keys) when built
+        colour_keys = [f.name for f in dataclasses.fields(ColorAugment)]
+        unknown = sorted(set(a.color) - set(colour_keys))
+        if unknown:
+            raise UsageError(
+                f"augment.color: unknown key(s) {', '.join(unknown)}; valid keys: "
+                f"{', '.join(colour_keys)}"
+            )
+        try:  # the pipeline checks its scales and colour settings when built
             MultiViewAugment(
                 a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
             )

@@ -22,7 +22,8 @@ class ConceptScenes(Dataset):
 
     Item ``i`` is ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus
     the keys the training pipeline expects: ``canvas`` (3, size, size) uint8, ``size`` (2,)
-    int64 = (height, width) and ``index`` () int64. The splits ``"train"``, ``"val"`` and
+    int64 = (height, width) and ``index`` () int64: ``size`` >= 16 px, ``seed`` >= 0, 1 to
+    ``max_objects`` objects per scene (uniformly); the splits ``"train"``, ``"val"`` and
     ``"test"`` draw from disjoint random streams.
     """
 
