@@ -42,14 +42,18 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path):
     assert list(metrics["results"]) == ["random init", "STELLAR", SUPERVISED]
     for result in metrics["results"].values():
         assert 0 <= result["linear_top1"] <= 1 and 0 <= result["localization"] <= 1
-        for shares in result["equivariance"].values():
-            assert 0 <= shares["l_share"] <= 1
-        assert set(result["invariance"]) == {"sparse", "dense", "lowrank"}
+        # The what/where numbers are one run_invariance pass (flip and shifts by 1 and 2).
+        inv = result["invariance"]
+        assert list(inv["equivariance"]) == ["flip", "shift 1", "shift 2"]
+        for shares in inv["equivariance"].values():
+            assert 0 <= shares["l_share_mid"] <= 1 and shares["s_cos_change"] >= 0
+        assert inv["num_images"] == 16 and inv["distances"]["lowrank_mean"]["between"] > 0
     # The supervised reference's decoder never trains: its PSNR is not reported.
     assert metrics["results"][SUPERVISED]["psnr"] is None
     report = (out / "report.md").read_text()
     assert "| STELLAR |" in report and "| supervised reference |" in report
     assert "equivariance partition" in report and "Ablation" not in report
+    assert "shift 2 patches: L share" in report and "lowrank: crop / between" in report
     # The Command line reproduces the run: every flag, with the preset's budget resolved.
     command = (
         f"stellar demo --out {out} --seed 0 --steps 2 --batch-size 4 --eval-train 32 "

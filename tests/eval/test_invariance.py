@@ -69,6 +69,38 @@ def test_identity_crops_give_zero_distance(model) -> None:
     )
 
 
+def test_between_pairs_each_image_with_the_one_before_across_batches(model) -> None:
+    images = torch.rand(5, 3, 64, 64, generator=_gen(5))
+    one = run_invariance(model, _Images(images), 2, batch_size=1, progress=False)
+    whole = run_invariance(model, _Images(images), 2, batch_size=5, progress=False)
+    for name in DISTANCES:
+        # the pairs (1, 0) .. (4, 3) whatever the batches: never an image with itself
+        between = one["distances"][name]["between"]
+        assert between > 0 and between == pytest.approx(whole["distances"][name]["between"])
+
+
+def test_equivariance_of_concepts_that_ignore_the_image_is_all_in_l(model) -> None:
+    images = torch.rand(4, 3, 64, 64, generator=_gen(6))
+    fixed = torch.randn(1, 6, 96, generator=_gen(7))
+
+    class FixedConcepts(torch.nn.Module):  # S does not depend on the image: ΔS = 0
+        patch_size, feature_keys, device = model.patch_size, model.feature_keys, model.device
+
+        def forward_encode(self, x: torch.Tensor) -> dict:
+            out = model.forward_encode(x)
+            out["sparse"] = fixed.expand_as(out["sparse"]).clone()
+            return out
+
+    result = run_invariance(FixedConcepts(), _Images(images), 2, shifts=(1, 2), progress=False)
+    assert list(result["equivariance"]) == ["flip", "shift 1", "shift 2"]
+    for shares in result["equivariance"].values():
+        assert shares["l_share_mid"] == pytest.approx(1.0)
+        assert shares["s_cos_change"] == pytest.approx(0, abs=1e-6)
+    moving = run_invariance(model, _Images(images), 2, shifts=(1, 2), progress=False)
+    for shares in moving["equivariance"].values():
+        assert 0 <= shares["l_share_mid"] <= 1 and shares["s_cos_change"] > 0
+
+
 def test_matched_distance_is_the_best_permutation() -> None:
     a = torch.randn(5, 4, 8, generator=_gen())
     b = torch.randn(5, 4, 8, generator=_gen(1))
@@ -132,7 +164,7 @@ def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
     assert main([*argv, "--crops", "2", "--out", str(out), "--no-progress"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     (row,) = m["rows"]
-    assert row["num_images"] == 4 and set(row["equivariance"]) == {"flip", "shift"}
+    assert row["num_images"] == 4 and set(row["equivariance"]) == {"flip", "shift 1"}
     for shares in row["equivariance"].values():
         s = shares["l_share"] + shares["s_share"] + shares["cross_share"]
         assert math.isclose(s, 1.0, abs_tol=1e-6) and 0 <= shares["l_share"] <= 1

@@ -12,6 +12,7 @@ from stellar.viz.maps import (
     compose_panel,
     concept_grid,
     concept_overlay,
+    concept_views,
     heatmap,
     palette,
     pca_rgb,
@@ -122,6 +123,21 @@ def test_concept_grid_layout() -> None:
     assert panel.width >= 3 * cell and panel.height >= 2 * cell
     low, high = heatmap(np.array([0.0, 1.0])).astype(int)
     assert low.sum() < 10 and high.min() > 150  # dark at 0, pale at the peak
+
+
+def test_concept_views_are_the_panels_of_viz_and_the_explorer() -> None:
+    r, grid = 5, (4, 4)
+    spatial = _region_spatial(4, 4, r, token=1, rows=slice(0, 2), cols=slice(0, 2))
+    dense = torch.randn(16, 8, generator=torch.Generator().manual_seed(0))
+    image = torch.rand(3, 32, 32, generator=torch.Generator().manual_seed(1))
+    views = concept_views(image, spatial, dense, spatial @ dense[:r], grid, 40, cols=3)
+    for key in ("photo", "concepts", "argmax", "pca_dense", "pca_lowrank"):
+        assert views[key].size == (40, 40), key
+    # each panel is the picture of its own function, at the same size
+    assert views["argmax"] == argmax_segmentation(spatial, grid, size=40)
+    assert views["pca_dense"] == pca_rgb(dense, grid, size=40)
+    assert views["concepts"] == concept_overlay(views["photo"], spatial, grid)
+    assert views["tokens"] == concept_grid(views["photo"], spatial, grid, cols=3)
 
 
 def test_compose_panel_places_cells() -> None:

@@ -17,14 +17,16 @@ from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
+from torch.utils.data import Subset
+
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
 from stellar.demo.figures import loss_figure, scene_figure
 from stellar.demo.report import SUPERVISED, full_command, table, verdicts, write_report
 from stellar.demo.supervised import train_supervised
 from stellar.demo.training import DemoSettings, resolve_budget, train_variant
-from stellar.demo.whatwhere import crop_invariance, equivariance_scores
 from stellar.errors import nonneg_int, positive_int
+from stellar.eval.invariance import run_invariance
 from stellar.outputs import atomic_write, output_folder
 
 logger = logging.getLogger(__name__)
@@ -108,12 +110,15 @@ def run_demo(settings: DemoSettings) -> dict:
         start = time.perf_counter()
         train_scenes, val_scenes = eval_scenes(settings)
         results, samples = {}, {}
+        what_where = Subset(val_scenes, range(min(100, len(val_scenes))))  # docs/CONCEPTS.md
         for name, model in models.items():
             metrics, samples[name] = evaluate(
                 model, train_scenes, val_scenes, settings, reconstruct=name not in NO_RECONSTRUCTION
             )
-            metrics["equivariance"] = equivariance_scores(model, val_scenes)
-            metrics["invariance"] = crop_invariance(model, val_scenes, settings.seed)
+            metrics["invariance"] = run_invariance(
+                model, what_where, n_crops=4, shifts=(1, 2), batch_size=100,
+                seed=settings.seed, progress=False,
+            )  # fmt: skip
             results[name] = metrics
         chance = chance_samples(train_scenes, val_scenes)
         lines = verdicts(results, samples, chance, settings.seed)

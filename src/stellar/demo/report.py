@@ -13,7 +13,6 @@ from torch import Tensor
 from stellar.demo.ablation import PAPER, orderings
 from stellar.demo.stats import gap_with_stderr, gap_words
 from stellar.demo.training import DemoSettings
-from stellar.demo.whatwhere import INVARIANCE_KEYS, TRANSFORMS
 from stellar.outputs import atomic_write
 
 SUPERVISED = "supervised reference"
@@ -36,6 +35,10 @@ ALWAYS = ("localization", "psnr")
 """Verdicts STELLAR must pass whatever the supervised reference shows."""
 PROBES = ("linear_top1", "linear_cls_top1", "knn_top1", "linear_colour_top1", "seg_miou")
 """Verdicts that count only where the supervised reference learns the probe."""
+INVARIANCE = {"sparse": "sparse_matched", "dense": "dense_mean", "lowrank": "lowrank_mean"}
+"""The report's crop-invariance columns: the distances of ``run_invariance`` they show."""
+TRANSFORMS = {"flip": "flip", "shift 1": "shift 1 patch", "shift 2": "shift 2 patches"}
+"""The transforms of the equivariance partition (``run_invariance``'s names) and their labels."""
 
 
 def _cell(key: str, value: float | None) -> str:
@@ -43,6 +46,12 @@ def _cell(key: str, value: float | None) -> str:
     if value is None:
         return "–"
     return f"{value:.1f} dB" if key == "psnr" else f"{value * 100:.1f} %"
+
+
+def _ratio(distance: dict[str, float]) -> float:
+    """Crop distance / between-scene distance (NaN when the scenes are not apart)."""
+    between = distance["between"]
+    return distance["mean"] / between if between > 0 else float("nan")
 
 
 def _markdown(head: list[str], rows: dict[str, list[str]]) -> str:
@@ -62,7 +71,8 @@ def ablation_table(results: dict[str, dict]) -> str:
     rows = {}
     for name in (n for n in PAPER if n in results):
         m = results[name]
-        ratio = m.get("invariance", {}).get("sparse", {}).get("ratio")
+        inv = m.get("invariance")
+        ratio = _ratio(inv["distances"][INVARIANCE["sparse"]]) if inv else None
         paper = " / ".join("–" if v is None else f"{v:g}" for v in PAPER[name])
         rows[name] = [_cell(k, m.get(k)) for k in ABLATION_COLUMNS]
         rows[name] += ["–" if ratio is None else f"{ratio:.2f}", paper]
@@ -114,19 +124,21 @@ def verdicts(
 
 
 def equivariance_section(results: dict[str, dict]) -> list[str]:
-    """The partition table (share of ΔZ carried by L; cosine change of S) and the claim."""
-    labels = [t[0] for t in TRANSFORMS]
-    rows = {}
-    for name, m in results.items():
-        eq = m["equivariance"]
-        rows[name] = [
-            f"{eq[t]['l_share'] * 100:.0f} % / {eq[t]['s_cos_change']:.3f}" for t in labels
+    """The partition table (share of ΔZ carried by L in the midpoint split; cosine change of
+    S) and the claim."""
+    eqs = {name: m["invariance"]["equivariance"] for name, m in results.items()}
+    rows = {
+        name: [
+            f"{eq[t]['l_share_mid'] * 100:.0f} % / {eq[t]['s_cos_change']:.3f}" for t in TRANSFORMS
         ]
-    head = ["model", *(f"{t}: L share / S cos. change" for t in labels)]
-    eq, eq0 = results["STELLAR"]["equivariance"], results["random init"]["equivariance"]
-    holds = all(eq[t]["l_share"] > 0.5 for t in labels)
+        for name, eq in eqs.items()
+    }
+    head = ["model", *(f"{label}: L share / S cos. change" for label in TRANSFORMS.values())]
+    eq, eq0 = eqs["STELLAR"], eqs["random init"]
+    holds = all(eq[t]["l_share_mid"] > 0.5 for t in TRANSFORMS)
     shares, shares0 = (
-        ", ".join(f"{t} {e[t]['l_share'] * 100:.0f} %" for t in labels) for e in (eq, eq0)
+        ", ".join(f"{label} {e[t]['l_share_mid'] * 100:.0f} %" for t, label in TRANSFORMS.items())
+        for e in (eq, eq0)
     )
     return [
         "",
@@ -144,18 +156,17 @@ def invariance_section(results: dict[str, dict]) -> list[str]:
     """Crop-vs-scene distances, the between-scene distances and their ratio per model."""
     rows, notes = {}, []
     for name, m in results.items():
-        inv = m["invariance"]
+        inv = {k: m["invariance"]["distances"][d] for k, d in INVARIANCE.items()}
         rows[name] = [
-            f"{inv[k]['crop']:.4f} / {inv[k]['between']:.4f} = {inv[k]['ratio']:.2f}"
-            for k in INVARIANCE_KEYS
+            f"{d['mean']:.4f} / {d['between']:.4f} = {_ratio(d):.2f}" for d in inv.values()
         ]
-        flat = [k for k in INVARIANCE_KEYS if inv[k]["between"] < 0.01]
+        flat = [k for k, d in inv.items() if d["between"] < 0.01]
         if flat:
             notes.append(
                 f"{name}: {', '.join(flat)} barely depend on the input (different scenes are "
                 "less than 0.01 apart), so a small crop distance there is trivial; read the ratio."
             )
-    head = ["model", *(f"{k}: crop / between = ratio" for k in INVARIANCE_KEYS)]
+    head = ["model", *(f"{k}: crop / between = ratio" for k in INVARIANCE)]
     return ["", _markdown(head, rows), "", *notes]
 
 

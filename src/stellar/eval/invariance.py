@@ -6,8 +6,10 @@ invariance``.
 cosine distance ``1 - cos`` between the representation of a crop and of the original is
 measured for ``cls``, ``dense_mean`` (mean patch token), ``sparse_mean`` (mean concept token),
 ``sparse_matched`` (the concept-token sets under their best one-to-one matching, Hungarian
-algorithm) and ``sparse_same_query`` (token k against token k). Reported: the mean over images
-of the mean over crops (lower = more invariant); a plain ViT has only the first two.
+algorithm), ``sparse_same_query`` (token k against token k) and ``lowrank_mean`` (mean row of
+Z = L·S). Reported: the mean over images of the mean over crops (lower = more invariant); a
+plain ViT has only the first two. Features that barely depend on the input look trivially
+invariant, so the same distance between each image and the one before it is reported beside.
 
 **Equivariance partition.** For a spatial transform θ with a known patch correspondence (a
 horizontal ``flip``; a ``shift`` by whole patches, the uncovered border replicating the last
@@ -20,7 +22,8 @@ column), both views are encoded into (L1, S1) and (L2, S2); L2's rows are aligne
 the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). The shares of the three
 Frobenius norms (``l_share``, ``s_share``, ``cross_share``, summing to 1) and of the exact
 midpoint split ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS (``l_share_mid``, ``s_share_mid``) are
-reported as means over images, with ``relative_change`` = ||ΔZ|| / ||Z1||.
+reported as means over images, with ``relative_change`` = ||ΔZ|| / ||Z1|| and
+``s_cos_change``, the cosine distance of S2 to S1 token k against token k.
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ import torch
 import torch.nn.functional as F
 from scipy.optimize import linear_sum_assignment
 from torch import Tensor
+from torch.utils.data import Dataset
 
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import EvalImages
@@ -57,6 +61,7 @@ DISTANCES: tuple[str, ...] = (
     "sparse_mean",
     "sparse_matched",
     "sparse_same_query",
+    "lowrank_mean",
 )
 TRANSFORMS: tuple[str, ...] = ("flip", "shift")
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
@@ -119,6 +124,8 @@ def representation_distances(
         out["sparse_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
         out["sparse_matched"] = matched_set_distance(o.expand_as(c), c)
         out["sparse_same_query"] = cosine_distance(o, c).mean(-1)
+        o, c = pair("lowrank")
+        out["lowrank_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
     return out
 
 
@@ -198,31 +205,39 @@ def _encode(model: Encoder, images: Tensor, chunk: int) -> dict[str, Tensor]:
 @torch.inference_mode()
 def run_invariance(
     model: Encoder,
-    dataset: EvalImages,
+    dataset: Dataset,
     n_crops: int = 8,
     scale: Sequence[float] = (0.3, 1.0),
     flip_p: float = 0.0,
-    shift: int = 1,
+    shifts: Sequence[int] = (1,),
     batch_size: int = 32,
     num_workers: int = 0,
     seed: int = 0,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Crop invariance of every representation and, for STELLAR, the equivariance partition.
+    """Crop invariance of every representation and, for STELLAR, the equivariance partition
+    under a flip and a shift by each of ``shifts`` patches, over a ``dataset`` of
+    :class:`~stellar.data.folder.EvalImages` items (at least ``image``, (3, R, R) in [0, 1]).
 
     Encoding runs in float32 (no autocast) so that small distances are not rounding noise.
 
     Returns:
-        ``distances``: ``{name: {"mean", "std"}}`` over images (None for a representation the
-        model lacks); ``equivariance``: ``{transform: {share: mean over the images where it is
-        defined}}`` (empty for a model without concept tokens); ``num_images``.
+        ``distances``: ``{name: {"mean", "std", "between"}}`` over images (``between``: the mean
+        distance of each image but the first to the one before it; None for a representation
+        the model lacks); ``equivariance``: ``{"flip" | "shift <s>":
+        {share: mean over the images where it is defined}}`` (empty for a model without
+        concept tokens); ``num_images``.
     """
     device = model.device
     factorised = "sparse" in model.feature_keys
     gen = torch.Generator(device=device).manual_seed(seed)
+    transforms = {"flip": ("flip", 0)} | {f"shift {s}": ("shift", s) for s in shifts}
+    transforms = transforms if factorised else {}
     dist_parts: dict[str, list[Tensor]] = {}
-    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in TRANSFORMS} if factorised else {}
+    between_parts: dict[str, list[Tensor]] = {}
+    eq_parts: dict[str, dict[str, list[Tensor]]] = {t: {} for t in transforms}
     pin = device.type == "cuda"
+    before: dict[str, Tensor] | None = None  # the outputs of the previous batch
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
         crops = random_crops(images, n_crops, scale, flip_p, gen)
@@ -230,8 +245,15 @@ def run_invariance(
         encoded = _encode(model, crops.flatten(0, 1), batch_size)
         for name, d in representation_distances(original, encoded, n_crops).items():
             dist_parts.setdefault(name, []).append(d.mean(1).cpu())
-        for t in eq_parts:
-            view, align1, align2 = transform_views(t, images, model.patch_size, shift)
+        chain = {
+            k: v if before is None else torch.cat([before[k][-1:], v]) for k, v in original.items()
+        }
+        pairs = ({k: v[1:] for k, v in chain.items()}, {k: v[:-1] for k, v in chain.items()})
+        for name, d in representation_distances(*pairs, 1).items():
+            between_parts.setdefault(name, []).append(d[:, 0].cpu())
+        before = original
+        for t, (kind, s) in transforms.items():
+            view, align1, align2 = transform_views(kind, images, model.patch_size, s)
             other = _encode(model, view, batch_size)
             shares = equivariance_partition(
                 align1(original["spatial"]),
@@ -239,12 +261,17 @@ def run_invariance(
                 align2(other["spatial"]),
                 other["sparse"],
             )
+            shares["s_cos_change"] = cosine_distance(original["sparse"], other["sparse"]).mean(-1)
             for k, v in shares.items():
                 eq_parts[t].setdefault(k, []).append(v.cpu())
     distances: dict[str, dict[str, float] | None] = {name: None for name in DISTANCES}
     for name, parts in dist_parts.items():
         values = torch.cat(parts).double()
-        distances[name] = {"mean": values.mean().item(), "std": values.std(unbiased=False).item()}
+        distances[name] = {
+            "mean": values.mean().item(),
+            "std": values.std(unbiased=False).item(),
+            "between": torch.cat(between_parts[name]).double().mean().item(),
+        }
     equivariance = {
         t: {k: torch.cat(v).nanmean().item() for k, v in parts.items()}
         for t, parts in eq_parts.items()
@@ -281,7 +308,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(
             e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p,
-            args.shift, args.batch_size, args.num_workers, args.seed, not args.no_progress,
+            (args.shift,), args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
     return {"rows": rows}

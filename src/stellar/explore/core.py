@@ -15,15 +15,7 @@ from PIL import Image
 from torch import Tensor
 
 from stellar.errors import UsageError
-from stellar.viz.maps import (
-    argmax_segmentation,
-    concept_grid,
-    concept_overlay,
-    heatmap,
-    palette,
-    pca_rgb,
-    to_pil,
-)
+from stellar.viz.maps import concept_overlay, concept_views, heatmap, palette
 
 __all__ = [
     "Encoded",
@@ -146,25 +138,21 @@ def render_views(
     selected: int | None = None,
     cell: int = 384,
 ) -> dict[str, Image.Image | str]:
-    """Every picture of one image: ``concepts`` (the regions of ``shown``, default all,
-    ``selected`` emphasised), ``argmax``, ``tokens`` (one heat map per token, each scaled to
-    its peak), ``pca_dense``, ``pca_lowrank`` (``cell`` px) and ``legend`` (HTML)."""
+    """Every picture of one image: those of :func:`~stellar.viz.maps.concept_views`, the
+    ``concepts`` showing the regions of ``shown`` (default all) with ``selected`` emphasised,
+    and ``legend`` (HTML)."""
     spatial, grid = enc.spatial, enc.grid
     r = spatial.shape[1]
     shown = list(range(r)) if shown is None else [k for k in shown if k != selected]
-    photo = to_pil(enc.image).resize((cell, cell), Image.Resampling.BICUBIC)
-    concepts = concept_overlay(photo, spatial, grid, tokens=shown, alpha=0.3)
+    views = concept_views(
+        enc.image, spatial, enc.dense, enc.lowrank, grid, cell, tokens=shown, alpha=0.3
+    )
     if selected is not None:
-        concepts = concept_overlay(concepts, spatial, grid, tokens=[selected], alpha=0.65)
+        views["concepts"] = concept_overlay(
+            views["concepts"], spatial, grid, tokens=[selected], alpha=0.65
+        )
     share = torch.bincount(spatial.argmax(1), minlength=r).float() / spatial.shape[0]
-    return {
-        "concepts": concepts,
-        "argmax": argmax_segmentation(spatial, grid, size=cell),
-        "tokens": concept_grid(photo, spatial, grid, cell=96, cols=min(r, 8)),
-        "pca_dense": pca_rgb(enc.dense, grid, size=cell),
-        "pca_lowrank": pca_rgb(enc.lowrank, grid, size=cell),
-        "legend": legend_html(spatial.amax(0), share, selected),
-    }
+    return views | {"legend": legend_html(spatial.amax(0), share, selected)}
 
 
 def change_map(before: Tensor, after: Tensor, grid: tuple[int, int], cell: int) -> Image.Image:

@@ -29,14 +29,7 @@ from stellar.eval.common import write_json
 from stellar.eval.encoder import make_loader
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
-from stellar.viz.maps import (
-    argmax_segmentation,
-    compose_panel,
-    concept_grid,
-    concept_overlay,
-    pca_rgb,
-    to_pil,
-)
+from stellar.viz.maps import compose_panel, concept_views, to_pil
 
 if TYPE_CHECKING:
     from stellar.hub import ModelInfo
@@ -113,22 +106,26 @@ def render_figure(
     (3, H, W), or None to leave its panel out; ``cell`` px panels."""
     spatial = encoded["spatial"]
     r = spatial.shape[-1]
-    photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
+    per_row = min(r, max(8, math.ceil(math.sqrt(r))))
+    panels = 5 + (reconstruction is not None)
+    token_cell = max(48, (panels * (cell + 6)) // per_row - 4 * 2)
+    views = concept_views(
+        image, spatial, encoded["dense"], encoded["lowrank"], grid, cell,
+        threshold=threshold, token_cell=token_cell, cols=per_row,
+    )  # fmt: skip
     thr_text = f"> 1/{r}" if threshold is None else f"> {threshold:.3g}"
     row = [
-        (photo, "input"),
-        (argmax_segmentation(spatial, grid, size=cell), "argmax concept"),
-        (concept_overlay(photo, spatial, grid, threshold), f"concept maps {thr_text}"),
-        (pca_rgb(encoded["dense"], grid, size=cell), "PCA dense"),
-        (pca_rgb(encoded["lowrank"], grid, size=cell), "PCA low-rank"),
+        (views["photo"], "input"),
+        (views["argmax"], "argmax concept"),
+        (views["concepts"], f"concept maps {thr_text}"),
+        (views["pca_dense"], "PCA dense"),
+        (views["pca_lowrank"], "PCA low-rank"),
     ]
     if reconstruction is not None:
         rec = to_pil(reconstruction).resize((cell, cell), Image.Resampling.BICUBIC)
         row.append((rec, "reconstruction"))
-    per_row = min(r, max(8, math.ceil(math.sqrt(r))))
-    token_cell = max(48, (len(row) * (cell + 6)) // per_row - 4 * 2)
-    strip = concept_grid(photo, spatial, grid, cell=token_cell, cols=per_row)
-    return compose_panel([row, [(strip, "per-token maps (each scaled to its peak)")]], title=title)
+    strip = (views["tokens"], "per-token maps (each scaled to its peak)")
+    return compose_panel([row, [strip]], title=title)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:

@@ -22,6 +22,7 @@ __all__ = [
     "compose_panel",
     "concept_grid",
     "concept_overlay",
+    "concept_views",
     "heatmap",
     "palette",
     "pca_rgb",
@@ -254,6 +255,35 @@ def concept_grid(
     cols = cols or min(r, 8)
     rows = [cells[i : i + cols] for i in range(0, r, cols)]
     return compose_panel(rows, pad=4, font_size=max(9, min(13, cell // 8)))
+
+
+def concept_views(
+    image: ImageLike,
+    spatial: Tensor,
+    dense: Tensor,
+    lowrank: Tensor,
+    grid: tuple[int, int],
+    cell: int,
+    *,
+    threshold: float | None = None,
+    tokens: Sequence[int] | None = None,
+    alpha: float = 0.45,
+    token_cell: int = 96,
+    cols: int | None = None,
+) -> dict[str, Image.Image]:
+    """The pictures of one image that ``stellar viz`` and the explorer show, ``cell``-pixel
+    squares: ``photo``, ``concepts`` (:func:`concept_overlay` of ``tokens``), ``argmax``,
+    ``pca_dense``, ``pca_lowrank`` (of ``dense`` and ``lowrank``, (n, d)), and ``tokens``
+    (:func:`concept_grid` of ``token_cell``-pixel maps, ``cols`` a row); ``spatial`` (n, r)."""
+    photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
+    return {
+        "photo": photo,
+        "concepts": concept_overlay(photo, spatial, grid, threshold, tokens, alpha),
+        "argmax": argmax_segmentation(spatial, grid, size=cell),
+        "pca_dense": pca_rgb(dense, grid, size=cell),
+        "pca_lowrank": pca_rgb(lowrank, grid, size=cell),
+        "tokens": concept_grid(photo, spatial, grid, cell=token_cell, cols=cols),
+    }
 
 
 # ---------------------------------------------------------------------------- layout
