@@ -31,6 +31,7 @@ from stellar.eval.encoder import (
     weights_fingerprint,
 )
 from stellar.eval.shards import (
+    DECODING,
     META_NAME,
     differences,
     finalize_dir,
@@ -109,6 +110,7 @@ def extract_to_dir(
             "resolution": dataset.resolution,
             "resize_ratio": dataset.resize_ratio,
             "crop": dataset.crop,
+            "decoding": DECODING,
             "fp16": bool(fp16),
             "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
             "shard_size": shard_size,

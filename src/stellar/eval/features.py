@@ -39,7 +39,7 @@ from stellar.eval.encoder import (
     pool_features,
     weights_fingerprint,
 )
-from stellar.eval.shards import differences, load_features, read_meta
+from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
 __all__ = [
@@ -122,6 +122,7 @@ def _check_against_model(root: str, what: str, key: str, model: Encoder, res: in
     of the evaluation view the images of a split are read with (so two folders also match)."""
     meta = read_meta(Path(root))
     view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
+    view["decoding"] = DECODING
     diff = differences(meta, {"weights": weights_fingerprint(model), **view})
     diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
     diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
