@@ -85,18 +85,17 @@ def test_cli_retrieve(tmp_path: Path, capsys) -> None:
     out = tmp_path / "out"
     argv = ["retrieve", "--model", "stellar-tiny", "--query", str(data / "img2.png")]
     argv += ["--token", "3", "--k", "4", "--out", str(out), "--num-workers", "0"]
-    assert main([*argv, "--data", str(data), "--cell-size", "48"]) == 0
+    assert main([*argv, "--data", str(data)]) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == 4
     assert Path(results[0]["path"]).name == "img2.png" and results[0]["token"] == 3
     assert abs(results[0]["similarity"] - 1) < 1e-4
-    assert Image.open(out / "retrieval.png").width >= 4 * 48
+    assert Image.open(out / "retrieval.png").width >= 4 * 160
     assert (out / "index" / "tokens.safetensors").is_file()
     assert "img2.png" in capsys.readouterr().out
     # Reuse the saved index without --data: the commands seed the random preset's init.
-    again = ["--out", str(tmp_path / "again"), "--index-dir", str(out / "index")]
-    assert main([*argv[:-4], *again]) == 0
-    reused = json.loads((tmp_path / "again" / "results.json").read_text())["results"]
+    assert main(argv) == 0
+    reused = json.loads((out / "results.json").read_text())["results"]
     assert [(x["path"], x["token"]) for x in reused] == [(x["path"], x["token"]) for x in results]
     np.testing.assert_allclose(
         [x["similarity"] for x in reused], [x["similarity"] for x in results], atol=1e-4
@@ -104,7 +103,7 @@ def test_cli_retrieve(tmp_path: Path, capsys) -> None:
     with pytest.raises(ValueError, match="--token"):
         main([*argv[:5], "--token", "6", "--out", str(out)])
     with pytest.raises(ValueError, match="--data"):
-        main([*argv, "--index-dir", str(tmp_path / "empty")])
+        main([*argv[:-2], "--out", str(tmp_path / "empty")])
 
 
 @pytest.mark.shared
@@ -300,19 +299,4 @@ def test_a_damaged_index_is_one_error_naming_it(model, tmp_path: Path, damage: s
         key, value = ("paths", "[]") if damage == "short paths" else ("meta", "{bad")
         save_file(load_file(str(path)), str(path), {**metadata, key: value})
     with pytest.raises(ValueError, match=f"token index {path} is damaged; delete it"):
-        _retrieve(ckpt, tmp_path / "b", query, "--index-dir", str(path.parent))
-
-
-def test_an_index_folder_is_checked_and_held_before_any_work(model, tmp_path, monkeypatch):
-    import stellar.hub
-
-    def no_loading(*args, **kwargs):
-        raise AssertionError("the model was loaded before --index-dir was checked")
-
-    monkeypatch.setattr(stellar.hub, "load_model", no_loading)
-    data = _images(tmp_path / "data", 2)
-    (tmp_path / "file").write_text("not a folder")
-    query = sorted(data.glob("*.png"))[0]
-    with pytest.raises(ValueError, match="--index-dir .*is a file"):
-        _retrieve("stellar-tiny", tmp_path / "o", query, "--data", str(data), "--index-dir",
-                  str(tmp_path / "file"))  # fmt: skip
+        _retrieve(ckpt, tmp_path / "a", query)

@@ -68,9 +68,9 @@ def load_for_viz(
     return load_model(spec, purpose=purpose, vq_model=vq_model, device=device), why
 
 
-def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str, Tensor]:
+def concept_metrics(spatial: Tensor) -> dict[str, Tensor]:
     """Statistics of a batch of localisation maps ``spatial`` (B, n, r); a patch belongs to
-    token k when ``L[:, k] > threshold`` (default 1/r).
+    token k when ``L[:, k] > 1/r``.
 
     Returns:
         ``peak_dist`` (B, r) the max of each map; ``coverage`` (B, r) the fraction of patches
@@ -79,8 +79,7 @@ def concept_metrics(spatial: Tensor, threshold: float | None = None) -> dict[str
         number of tokens above the threshold per patch.
     """
     s = spatial.detach().float()
-    thr = 1.0 / s.shape[-1] if threshold is None else float(threshold)
-    above = (s > thr).float()
+    above = (s > 1.0 / s.shape[-1]).float()
     winners = torch.nn.functional.one_hot(s.argmax(-1), s.shape[-1]).float()
     coverage = above.mean(1)
     return {
@@ -97,7 +96,6 @@ def render_figure(
     encoded: dict[str, Tensor],
     grid: tuple[int, int],
     reconstruction: Tensor | None = None,
-    threshold: float | None = None,
     cell: int = 256,
     title: str | None = None,
 ) -> Image.Image:
@@ -111,13 +109,12 @@ def render_figure(
     token_cell = max(48, (panels * (cell + 6)) // per_row - 4 * 2)
     views = concept_views(
         image, spatial, encoded["dense"], encoded["lowrank"], grid, cell,
-        threshold=threshold, token_cell=token_cell, cols=per_row,
+        token_cell=token_cell, cols=per_row,
     )  # fmt: skip
-    thr_text = f"> 1/{r}" if threshold is None else f"> {threshold:.3g}"
     row = [
         (views["photo"], "input"),
         (views["argmax"], "argmax concept"),
-        (views["concepts"], f"concept maps {thr_text}"),
+        (views["concepts"], f"concept maps > 1/{r}"),
         (views["pca_dense"], "PCA dense"),
         (views["pca_lowrank"], "PCA low-rank"),
     ]
@@ -146,9 +143,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--max-images", type=positive_int, default=None, help="draw at most N images"
     )
     parser.add_argument("--batch-size", type=positive_int, default=8)
-    parser.add_argument(
-        "--threshold", type=float, default=None, help="concept threshold (default 1/r)"
-    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the figures of an earlier viz in --out"
@@ -190,7 +184,7 @@ def run(args: argparse.Namespace) -> int:
                 rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
             out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
             rec = rec.float().cpu() if rec is not None else None
-            stats = concept_metrics(out["spatial"], args.threshold)
+            stats = concept_metrics(out["spatial"])
             for b, (index, path) in enumerate(
                 zip(batch["index"].tolist(), batch["path"], strict=True)
             ):
@@ -200,7 +194,6 @@ def run(args: argparse.Namespace) -> int:
                     {k: v[b] for k, v in out.items()},
                     grid,
                     rec[b] if rec is not None else None,
-                    args.threshold,
                     cell,
                     title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
                 )
@@ -229,7 +222,7 @@ def run(args: argparse.Namespace) -> int:
             "resolution": resolution,
             "grid": list(grid),
             "num_tokens": r,
-            "threshold": args.threshold if args.threshold is not None else 1.0 / r,
+            "threshold": 1.0 / r,
             "reconstruction": None if why is None else f"omitted: {why}",
             "images": records,
         }

@@ -125,22 +125,20 @@ def concept_overlay(
     image: ImageLike,
     spatial: Tensor,
     grid: tuple[int, int],
-    threshold: float | None = None,
     tokens: Sequence[int] | None = None,
     alpha: float = 0.45,
 ) -> Image.Image:
-    """Each token's region (map > ``threshold``, default 1/r) over the photo (3, H, W) or PIL,
+    """Each token's region (map > 1/r) over the photo (3, H, W) or PIL,
     any size, as a fill of opacity ``alpha`` with an opaque outline; ``spatial`` (n, r) on the
     patch ``grid`` (h, w); only the ``tokens`` given (default: all).
 
-    Pixels where several tokens pass the threshold get the mean of their colours; pixels where
+    Pixels where several tokens pass 1/r get the mean of their colours; pixels where
     none does are the photo unchanged.
     """
     photo = torch.from_numpy(np.asarray(to_pil(image), dtype=np.float32).copy())
     size = photo.shape[:2]
     maps = _maps(spatial, grid)
     r = maps.shape[0]
-    thr = 1.0 / r if threshold is None else float(threshold)
     colors = torch.from_numpy(palette(r).astype(np.float32))
     ids = torch.arange(r) if tokens is None else torch.as_tensor(list(tokens), dtype=torch.long)
     width = max(1, round(min(size) / 256))
@@ -152,7 +150,7 @@ def concept_overlay(
     parts = ids.split(chunk) if ids.numel() else ()  # no tokens chosen: the photo as it is
     for part in parts:  # chunks of tokens only bound the memory of the masks
         up = F.interpolate(maps[part][None], size=size, mode="nearest")[0]
-        mask = (up > thr).float()
+        mask = (up > 1.0 / r).float()
         fill += torch.einsum("khw,kc->hwc", mask, colors[part])
         fill_n += mask.sum(0)
         # Erode by max-pooling the complement; the padding counts as inside the region, so
@@ -265,7 +263,6 @@ def concept_views(
     grid: tuple[int, int],
     cell: int,
     *,
-    threshold: float | None = None,
     tokens: Sequence[int] | None = None,
     alpha: float = 0.45,
     token_cell: int = 96,
@@ -278,7 +275,7 @@ def concept_views(
     photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
     return {
         "photo": photo,
-        "concepts": concept_overlay(photo, spatial, grid, threshold, tokens, alpha),
+        "concepts": concept_overlay(photo, spatial, grid, tokens, alpha),
         "argmax": argmax_segmentation(spatial, grid, size=cell),
         "pca_dense": pca_rgb(dense, grid, size=cell),
         "pca_lowrank": pca_rgb(lowrank, grid, size=cell),

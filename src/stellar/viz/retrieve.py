@@ -8,7 +8,6 @@ model (its weights fingerprint), shapes and ``--data`` folder it records.
 from __future__ import annotations
 
 import argparse
-import contextlib
 import logging
 from pathlib import Path
 from typing import Any
@@ -41,15 +40,13 @@ def render_retrieval(
     query: tuple[Tensor, Tensor, int],
     results: list[tuple[Tensor, Tensor, int, float, str]],
     grid: tuple[int, int],
-    cell: int = 160,
-    cols: int = 4,
 ) -> Image.Image:
     """The ``query`` ``(image (3, H, W), spatial (n, r), token)`` and its neighbours
-    ``(image, spatial, token, similarity, name)``, best first, ``cols`` per row, each with the
+    ``(image, spatial, token, similarity, name)``, best first, 4 per row, each 160 px with the
     (matched) token's region overlaid."""
 
     def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
-        photo = to_pil(image).resize((cell, cell), Image.Resampling.BICUBIC)
+        photo = to_pil(image).resize((160, 160), Image.Resampling.BICUBIC)
         return concept_overlay(photo, spatial, grid, tokens=[token], alpha=0.4)
 
     q_image, q_spatial, q_token = query
@@ -58,8 +55,8 @@ def render_retrieval(
         (tile(im, sp, tok), f"#{i + 1} sim {sim:.3f} t{tok} {name}")
         for i, (im, sp, tok, sim, name) in enumerate(results)
     ]
-    rows += [cells[i : i + cols] for i in range(0, len(cells), cols)]
-    return compose_panel(rows, font_size=max(10, min(13, cell // 12)))
+    rows += [cells[i : i + 4] for i in range(0, len(cells), 4)]
+    return compose_panel(rows)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -74,19 +71,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--k", type=positive_int, default=8, help="number of neighbours")
     parser.add_argument("--out", required=True, help="output folder (figure, results.json)")
     parser.add_argument(
-        "--index-dir",
-        default=None,
-        help="where the index is kept: reused when it exists, else built there from --data "
-        "(default: OUT/index)",
-    )
-    parser.add_argument(
         "--resolution", type=positive_int, default=None, help="input side (default: native)"
     )
     parser.add_argument("--batch-size", type=positive_int, default=64)
     parser.add_argument("--num-workers", type=nonneg_int, default=4)
-    parser.add_argument(
-        "--cell-size", type=positive_int, default=160, help="image side in the figure"
-    )
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_precision_argument(parser)
 
@@ -116,8 +104,8 @@ def _check_reusable(index: TokenIndex, index_dir: Path, model: Encoder, args) ->
     if differ:
         raise UsageError(
             f"the index in {index_dir} was built with --model {meta.get('model')} and other "
-            f"settings ({'; '.join(differ)}), so it cannot be reused: pass a new --out (or "
-            f"--index-dir) to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
+            f"settings ({'; '.join(differ)}), so it cannot be reused: pass a new --out to "
+            f"build another, or delete {index_dir / INDEX_FILE} to rebuild it"
         )
 
 
@@ -133,18 +121,15 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.token < r:
         raise UsageError(f"expected --token in [0, {r}), got {args.token}")
     resolution = eval_resolution(args, info)
-    with contextlib.ExitStack() as held:
-        out = held.enter_context(output_folder(args.out, "stellar retrieve"))
-        index_dir = Path(args.index_dir) if args.index_dir else out / "index"
+    with output_folder(args.out, "stellar retrieve") as out:
+        index_dir = out / "index"  # reused by a later run into the same --out
         index, dataset = None, None
-        if not (index_dir / INDEX_FILE).is_file() and args.data is not None:
-            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
-            # held from here until the index is saved: one build per index folder
-            held.enter_context(output_folder(index_dir, "stellar retrieve", "--index-dir"))
-        if (index_dir / INDEX_FILE).is_file():  # (saved meanwhile by another run, too)
+        if (index_dir / INDEX_FILE).is_file():
             index = TokenIndex.load(index_dir)
         elif args.data is None:
             raise UsageError(f"expected --data to build an index (none in {index_dir})")
+        else:
+            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
 
         device = pick_device(args.device)
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
@@ -192,9 +177,7 @@ def run(args: argparse.Namespace) -> int:
                 continue
             results.append((*by_image[img], tok, sim, Path(path).name))
         q_spatial = q_out["spatial"][0].float().cpu()
-        figure = render_retrieval(
-            (q_image, q_spatial, args.token), results, grid, cell=args.cell_size
-        )
+        figure = render_retrieval((q_image, q_spatial, args.token), results, grid)
         atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
         summary = {
             "query": args.query,
