@@ -14,7 +14,6 @@ import torch
 from PIL import Image
 from torch import Tensor
 
-from stellar.errors import UsageError
 from stellar.viz.maps import concept_overlay, concept_views, heatmap, palette
 
 __all__ = [
@@ -74,8 +73,6 @@ def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "ima
     batch = model.preprocess(image)
     out = model.encode(batch)
     first = {k: out[k][0].float().cpu() for k in ("sparse", "spatial", "dense")}
-    if not all(bool(v.isfinite().all()) for v in first.values()):
-        raise UsageError("the model produced NaN or infinite features: is the checkpoint diverged?")
     return Encoded(name, batch[0].float().cpu(), grid=model.grid(batch), **first)
 
 
@@ -133,17 +130,13 @@ def legend_html(peaks: Tensor, share: Tensor, selected: int | None) -> str:
 
 
 def render_views(
-    enc: Encoded,
-    shown: list[int] | None = None,
-    selected: int | None = None,
-    cell: int = 384,
+    enc: Encoded, selected: int | None = None, cell: int = 384
 ) -> dict[str, Image.Image | str]:
     """Every picture of one image: those of :func:`~stellar.viz.maps.concept_views`, the
-    ``concepts`` showing the regions of ``shown`` (default all) with ``selected`` emphasised,
-    and ``legend`` (HTML)."""
+    ``concepts`` with ``selected`` emphasised, and ``legend`` (HTML)."""
     spatial, grid = enc.spatial, enc.grid
     r = spatial.shape[1]
-    shown = list(range(r)) if shown is None else [k for k in shown if k != selected]
+    shown = [k for k in range(r) if k != selected]
     views = concept_views(
         enc.image, spatial, enc.dense, enc.lowrank, grid, cell, tokens=shown, alpha=0.3
     )

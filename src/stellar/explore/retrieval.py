@@ -15,7 +15,6 @@ from __future__ import annotations
 import functools
 import hashlib
 import logging
-import threading
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -64,28 +63,19 @@ class Collection:
         key = hashlib.sha256(f"{self.folder}\n{fingerprint}".encode()).hexdigest()[:16]
         self.index_dir = Path(cache_dir).expanduser() / key
         self._index: TokenIndex | None = None
-        self._lock = threading.Lock()
         # the neighbours' images, encoded to draw their maps; the last 64 are kept
         self.encoded = functools.lru_cache(64)(
             lambda path: encode_image(model, open_image(path), Path(path).name)
         )
 
-    @property
-    def ready(self) -> bool:
-        """Whether the index is in memory (searching does not build it)."""
-        return self._index is not None
+    def index(self) -> TokenIndex:
+        """The index: in memory, else the cached one when it matches, else built and saved
+        (Gradio runs one retrieval at a time, so one build)."""
+        if self._index is None:
+            self._index = self._load_or_build()
+        return self._index
 
-    def index(self, progress: bool = True) -> TokenIndex:
-        """The index: in memory, else the cached one when it matches, else built and saved.
-
-        Thread-safe: concurrent callers wait for one build.
-        """
-        with self._lock:
-            if self._index is None:
-                self._index = self._load_or_build(progress)
-            return self._index
-
-    def _load_or_build(self, progress: bool) -> TokenIndex:
+    def _load_or_build(self) -> TokenIndex:
         if (self.index_dir / INDEX_FILE).is_file():
             try:
                 index = TokenIndex.load(self.index_dir)
@@ -104,7 +94,6 @@ class Collection:
             dataset,
             batch_size=16,
             model_spec=self.spec,
-            progress=progress,
             data=str(self.folder),
         )
         with output_folder(self.index_dir, "stellar explore", "--cache-dir"):
