@@ -81,7 +81,6 @@ def test_dtypes_shapes_and_ranges(samples: list[dict[str, torch.Tensor]]) -> Non
         "object_colours": ((k,), torch.int64),
         "object_fills": ((k,), torch.int64),
         "object_areas": ((k,), torch.int64),
-        "boxes": ((k, 4), torch.float32),
         "background": ((), torch.int64),
         "canvas": ((3, 32, 32), torch.uint8),
         "size": ((2,), torch.int64),
@@ -120,10 +119,6 @@ def test_label_consistency(samples: list[dict[str, torch.Tensor]]) -> None:
         assert torch.equal(s["object_areas"][:count], areas)
         assert int(s["label"]) == int(obj_shapes[torch.argmax(areas)])
         assert int(s["colour"]) == int(s["object_colours"][torch.argmax(areas)])
-        for i in range(count):
-            ys, xs = torch.nonzero(inst == i + 1, as_tuple=True)
-            box = [xs.min(), ys.min(), xs.max() + 1, ys.max() + 1]
-            assert s["boxes"][i].tolist() == [float(b) for b in box]
 
 
 def test_all_classes_occur(samples: list[dict[str, torch.Tensor]]) -> None:
@@ -237,7 +232,6 @@ def test_export_round_trip(tmp_path) -> None:
         assert rec["object_shapes"] == item["object_shapes"][:count].tolist()
         assert rec["object_colours"] == item["object_colours"][:count].tolist()
         assert rec["shapes"] == torch.nonzero(item["shapes"]).flatten().tolist()
-        assert rec["boxes"] == item["boxes"][:count].tolist()
         img = torch.from_numpy(np.array(Image.open(out / rec["image"]).convert("RGB")))
         assert torch.equal(img.permute(2, 0, 1), item["canvas"])
         sem = np.asarray(Image.open(out / rec["semantic_mask"]))

@@ -18,14 +18,10 @@ logger = logging.getLogger(__name__)
 
 
 class ConceptScenes(Dataset):
-    """``length`` procedurally rendered concept scenes (no files needed).
-
-    Item ``i`` is ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus
-    the keys the training pipeline expects: ``canvas`` (3, size, size) uint8, ``size`` (2,)
-    int64 = (height, width) and ``index`` () int64: ``size`` >= 16 px, ``seed`` >= 0, 1 to
-    ``max_objects`` objects per scene (uniformly); the splits ``"train"``, ``"val"`` and
-    ``"test"`` draw from disjoint random streams.
-    """
+    """``length`` procedurally rendered concept scenes (no files needed): item ``i`` is
+    ``render_scene(seed, i, size, split=split, max_objects=max_objects)`` plus the keys the
+    training pipeline expects, ``canvas`` (3, size, size) uint8, ``size`` (2,) int64 =
+    (height, width) and ``index`` () int64."""
 
     def __init__(
         self,
@@ -125,7 +121,6 @@ def export_scenes(
                 "object_colours": item["object_colours"][:count].tolist(),
                 "object_fills": item["object_fills"][:count].tolist(),
                 "object_areas": item["object_areas"][:count].tolist(),
-                "boxes": item["boxes"][:count].tolist(),
                 "background": BACKGROUNDS[int(item["background"])],
             }
             records.append(json.dumps(record) + "\n")

@@ -15,7 +15,6 @@ of access order or DataLoader worker.
 from __future__ import annotations
 
 import colorsys
-import logging
 import math
 
 import numpy as np
@@ -28,8 +27,6 @@ from stellar.data.scenes.geometry import (
     shape_sdf,
     soft_coverage,
 )
-
-logger = logging.getLogger(__name__)
 
 COLOURS: tuple[str, ...] = (
     "red",
@@ -160,17 +157,9 @@ def render_scene(
 ) -> dict[str, torch.Tensor]:
     """Render one concept scene; a pure function of ``(seed, split, index, size, max_objects)``.
 
-    Args:
-        seed: Non-negative base seed.
-        index: Non-negative item index.
-        size: Image side in pixels (>= 16).
-        split: One of ``SPLITS``; different splits draw from disjoint random streams.
-        max_objects: The object count is drawn uniformly from 1..max_objects (an object that
-            cannot be placed visibly within ``MAX_TRIES`` placements is dropped, so ``count``
-            can rarely be lower than drawn, never below 1).
-
-    Returns:
-        Dict of tensors, K = max_objects:
+    The object count is drawn uniformly from 1..max_objects; an object that cannot be placed
+    visibly within ``MAX_TRIES`` placements is dropped, so ``count`` can rarely be lower than
+    drawn, never below 1. Returns a dict of tensors, K = max_objects:
         ``image`` (3, size, size) float32 in [0, 1] (exactly ``uint8 / 255``);
         ``image_uint8`` (3, size, size) uint8;
         ``label`` () int64: shape class of the object with the largest visible area
@@ -181,7 +170,6 @@ def render_scene(
         ``semantic_mask`` (size, size) int64, 0 background, 1 + shape class;
         ``object_shapes``, ``object_colours``, ``object_fills`` (K,) int64, -1 padded;
         ``object_areas`` (K,) int64 visible pixels, 0 padded;
-        ``boxes`` (K, 4) float32 visible-pixel boxes (x0, y0, x1, y1), exclusive ends, 0 padded;
         ``background`` () int64 index into ``BACKGROUNDS``.
     """
     if not isinstance(size, (int, np.integer)) or size < MIN_SIZE:
@@ -241,8 +229,7 @@ def render_scene(
                 continue
             break
         else:
-            if fallback is None:
-                logger.debug("scene (%d, %s, %d): dropped an object", seed, split, index)
+            if fallback is None:  # the object is dropped
                 continue
             # The first object has nothing to occlude, so only rasterisation can reject it;
             # keep its best attempt so every scene has at least one object.
@@ -269,14 +256,6 @@ def render_scene(
         obj[:, i] = (shape, colour, fill)
     areas = np.zeros(k, dtype=np.int64)
     areas[:count] = np.bincount(inst.ravel(), minlength=count + 1)[1:]
-    boxes = np.zeros((k, 4), dtype=np.float32)
-    for i, (*_obj, region, _sdf, _uv) in enumerate(placed):
-        # An object's visible pixels lie inside its own bounding region.
-        m = inst[region] == i + 1
-        rows = np.flatnonzero(m.any(axis=1))
-        cols = np.flatnonzero(m.any(axis=0))
-        x0, y0 = region[1].start, region[0].start
-        boxes[i] = (x0 + cols[0], y0 + rows[0], x0 + cols[-1] + 1, y0 + rows[-1] + 1)
     largest = int(np.argmax(areas[:count]))
     main_shape, main_colour = int(obj[0, largest]), int(obj[1, largest])
     shape_lut = np.concatenate([[0], obj[0, :count] + 1])
@@ -303,6 +282,5 @@ def render_scene(
         "object_colours": torch.from_numpy(obj[1].copy()),
         "object_fills": torch.from_numpy(obj[2].copy()),
         "object_areas": torch.from_numpy(areas),
-        "boxes": torch.from_numpy(boxes),
         "background": torch.tensor(bg_kind, dtype=torch.int64),
     }
