@@ -10,22 +10,21 @@ paper's ablation variants A-D), and writes ``report.md``, ``metrics.json`` and p
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
 
 from torch.utils.data import Subset
 
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
 from stellar.demo.figures import loss_figure, scene_figure
-from stellar.demo.report import SUPERVISED, full_command, table, verdicts, write_report
+from stellar.demo.report import FIGURES, SUPERVISED, full_command, table, verdicts, write_report
 from stellar.demo.supervised import train_supervised
 from stellar.demo.training import DemoSettings, resolve_budget, train_variant
 from stellar.errors import nonneg_int, positive_int
+from stellar.eval.common import write_json
 from stellar.eval.invariance import run_invariance
 from stellar.outputs import atomic_write, output_folder
 
@@ -76,10 +75,6 @@ def run(args: argparse.Namespace) -> int:
     return 0
 
 
-def _save(figure: Any, path: Path) -> None:
-    atomic_write(path, lambda tmp: figure.save(tmp, format="PNG"))
-
-
 def _timed(timings: dict[str, float], name: str, started: float) -> None:
     timings[name] = time.perf_counter() - started
     logger.info("demo: %s took %.0f s", name, timings[name])
@@ -125,24 +120,16 @@ def run_demo(settings: DemoSettings) -> dict:
         _timed(timings, "evaluate", start)
 
         shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
-        figures = []
-        _save(scene_figure({k: models[k] for k in shown}, val_scenes), out / "concepts_scenes.png")
-        figures.append(
-            ("concepts_scenes.png", "Concept maps and reconstructions on validation scenes")
-        )
-        _save(loss_figure(runs), out / "loss_curves.png")
-        figures.append(("loss_curves.png", "Training losses"))
-
-        metrics_text = json.dumps(
-            {
-                "command": full_command(settings),
-                "settings": asdict(settings),
-                "results": results,
-                "timings_s": timings,
-                "verdicts": lines,
-            },
-            indent=2,
-        )
-        atomic_write(out / "metrics.json", lambda tmp: tmp.write_text(metrics_text))
-        write_report(out, results, lines, timings, settings, figures, samples)
+        figures = [scene_figure({k: models[k] for k in shown}, val_scenes), loss_figure(runs)]
+        for name, figure in zip(FIGURES, figures, strict=True):
+            atomic_write(out / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
+        metrics = {
+            "command": full_command(settings),
+            "settings": asdict(settings),
+            "results": results,
+            "timings_s": timings,
+            "verdicts": lines,
+        }
+        write_json(out / "metrics.json", metrics)
+        write_report(out, results, lines, timings, settings, samples)
         return {"results": results, "timings": timings, "table": table(results)}

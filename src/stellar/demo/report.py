@@ -37,6 +37,11 @@ PROBES = ("linear_top1", "linear_cls_top1", "knn_top1", "linear_colour_top1", "s
 """Verdicts that count only where the supervised reference learns the probe."""
 INVARIANCE = {"sparse": "sparse_matched", "dense": "dense_mean", "lowrank": "lowrank_mean"}
 """The report's crop-invariance columns: the distances of ``run_invariance`` they show."""
+FIGURES = {
+    "concepts_scenes.png": "Concept maps and reconstructions on validation scenes",
+    "loss_curves.png": "Training losses",
+}
+"""The pictures ``stellar demo`` draws, and their captions in the report."""
 TRANSFORMS = {"flip": "flip", "shift 1": "shift 1 patch", "shift 2": "shift 2 patches"}
 """The transforms of the equivariance partition (``run_invariance``'s names) and their labels."""
 
@@ -189,7 +194,6 @@ def write_report(
     lines: list[str],
     timings: dict,
     settings: DemoSettings,
-    figures: list[tuple[str, str]],
     samples: dict[str, dict[str, Tensor]],
 ) -> str:
     """``report.md`` with the tables, verdicts, definitions and figures."""
@@ -248,7 +252,7 @@ def write_report(
         "majority class of the probes' training scenes (background everywhere for segmentation).",
         "",
     ]
-    for path, caption in figures:
+    for path, caption in FIGURES.items():
         text += [f"## {caption}", "", f"![{caption}]({path})", ""]
     model = shlex.quote(str(out / "train-stellar"))
     text += [f"Your own photos: `stellar viz --model {model} --images PHOTOS --out VIZ`.", ""]
