@@ -8,7 +8,6 @@ written once next to the cached indexes, so every part of the page works out of 
 
 from __future__ import annotations
 
-import logging
 from pathlib import Path
 
 import torch
@@ -24,8 +23,6 @@ from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
 __all__ = ["Explorer", "example_scenes"]
-
-logger = logging.getLogger(__name__)
 
 NUM_EXAMPLES = 16
 MAX_PICKS = 32  # images of the collection offered in the picker

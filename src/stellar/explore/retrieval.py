@@ -1,13 +1,7 @@
-"""Concept retrieval for the explorer: the token index of ``stellar retrieve``, built on first
-use and cached per (collection, weights).
-
-The explorer's one dependence on :mod:`stellar.viz.token_index`: the index is
-:func:`~stellar.viz.token_index.build_token_index` over the collection at the model's native
-resolution, searched with :func:`~stellar.viz.token_index.query_index` (faiss when installed). A
-saved index is reused only when its metadata matches this model and collection as ``stellar
-retrieve`` requires (the weights fingerprint, r, d, patch size, resolution and the resolved
-folder); otherwise it is rebuilt. Indexes live in the explorer's cache folder (``stellar
-explore --cache-dir``, default :data:`CACHE_DIR`), one sub-folder per collection and weights.
+"""Concept retrieval for the explorer: the token index of ``stellar retrieve`` over the
+collection at the model's native resolution, built on first use and cached in ``--cache-dir``,
+one sub-folder per (collection, weights); a cached index whose metadata does not match (as
+``stellar retrieve`` checks it) is rebuilt.
 """
 
 from __future__ import annotations

@@ -32,9 +32,6 @@ __all__ = [
 ImageLike = Image.Image | Tensor
 Cell = ImageLike | tuple
 
-# Upsampled masks are processed in token chunks of at most this many pixels.
-_CHUNK_PIXELS = 1 << 24
-
 
 # ---------------------------------------------------------------------------- colours
 def _srgb_to_lab(rgb: np.ndarray) -> np.ndarray:
@@ -141,24 +138,18 @@ def concept_overlay(
     r = maps.shape[0]
     colors = torch.from_numpy(palette(r).astype(np.float32))
     ids = torch.arange(r) if tokens is None else torch.as_tensor(list(tokens), dtype=torch.long)
+    if not ids.numel():  # no tokens chosen: the photo as it is
+        return to_pil(image)
     width = max(1, round(min(size) / 256))
-    fill = torch.zeros(*size, 3)
-    fill_n = torch.zeros(*size)
-    edge = torch.zeros(*size, 3)
-    edge_n = torch.zeros(*size)
-    chunk = max(1, _CHUNK_PIXELS // (size[0] * size[1]))
-    parts = ids.split(chunk) if ids.numel() else ()  # no tokens chosen: the photo as it is
-    for part in parts:  # chunks of tokens only bound the memory of the masks
-        up = F.interpolate(maps[part][None], size=size, mode="nearest")[0]
-        mask = (up > 1.0 / r).float()
-        fill += torch.einsum("khw,kc->hwc", mask, colors[part])
-        fill_n += mask.sum(0)
-        # Erode by max-pooling the complement; the padding counts as inside the region, so
-        # the image border is not outlined.
-        eroded = 1 - F.max_pool2d(1 - mask[None], 2 * width + 1, 1, width)[0]
-        border = mask * (1 - eroded)
-        edge += torch.einsum("khw,kc->hwc", border, colors[part])
-        edge_n += border.sum(0)
+    up = F.interpolate(maps[ids][None], size=size, mode="nearest")[0]
+    mask = (up > 1.0 / r).float()
+    # Erode by max-pooling the complement; the padding counts as inside the region, so the
+    # image border is not outlined.
+    eroded = 1 - F.max_pool2d(1 - mask[None], 2 * width + 1, 1, width)[0]
+    border = mask * (1 - eroded)
+    fill = torch.einsum("khw,kc->hwc", mask, colors[ids])
+    edge = torch.einsum("khw,kc->hwc", border, colors[ids])
+    fill_n, edge_n = mask.sum(0), border.sum(0)
     out = photo.clone()
     covered = fill_n > 0
     mean_fill = fill[covered] / fill_n[covered, None]
