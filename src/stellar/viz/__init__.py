@@ -1,5 +1,5 @@
 """Pictures of STELLAR's concepts: maps, PCA, figures (``stellar viz``) and retrieval
-(``stellar retrieve``). Drawn with PIL and torch only."""
+(``stellar retrieve``)."""
 
 from stellar.viz import maps
 from stellar.viz.maps import *  # noqa: F403  (the package's public names are maps' own)

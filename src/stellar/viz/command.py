@@ -1,11 +1,7 @@
 """``stellar viz``: one figure per image with its concept maps, PCA pictures and reconstruction.
 
-Each figure (``OUT/<nnnn>_<name>.png``) shows, left to right: the input, the argmax concept
-segmentation, the concept regions (each token's map thresholded at 1/r, translucent fill and
-outline, one colour per token), the top-3 PCA of ``dense`` and of ``lowrank`` as RGB, and the
-reconstruction when the model has a decoder; below, one heat map per token. ``metrics.json``
-holds per-image statistics of the maps (see :func:`concept_metrics`). Images are read as
-:func:`~stellar.eval.encoder.extract_features` reads them, at ``--resolution``.
+Figures are ``OUT/<nnnn>_<name>.png`` (:func:`render_figure`); ``metrics.json`` lists them with
+per-image statistics of the maps (:func:`concept_metrics`).
 """
 
 from __future__ import annotations
@@ -99,9 +95,10 @@ def render_figure(
     cell: int = 256,
     title: str | None = None,
 ) -> Image.Image:
-    """The figure of one ``image`` (3, H, W) in [0, 1]: ``encoded`` holds its ``spatial``
-    (n, r), ``dense`` and ``lowrank`` (n, d) on the patch ``grid`` (h, w); ``reconstruction``
-    (3, H, W), or None to leave its panel out; ``cell`` px panels."""
+    """The figure of one ``image`` (3, H, W) in [0, 1], ``cell`` px panels: the input, argmax
+    concepts, regions above 1/r, PCA of ``dense`` and ``lowrank`` (n, d), ``reconstruction``
+    (3, H, W; None leaves it out), and below one heat map per token of ``spatial`` (n, r) on the
+    patch ``grid`` (h, w), all from ``encoded``."""
     spatial = encoded["spatial"]
     r = spatial.shape[-1]
     per_row = min(r, max(8, math.ceil(math.sqrt(r))))

@@ -1,4 +1,4 @@
-"""Pictures of concept maps and features, drawn with PIL and torch only (no matplotlib).
+"""Pictures of concept maps and features, drawn with PIL and torch (matplotlib's colour map).
 
 Every function is pure: tensors in, a PIL RGB image out. Shapes: ``spatial`` is one image's
 localisation matrix L, (n, r) with n = h·w patches in row-major order and rows on the simplex;
