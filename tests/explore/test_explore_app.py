@@ -23,11 +23,15 @@ def client(served):
     return Client(served, verbose=False)
 
 
+def _all(explorer) -> list[int]:
+    return list(range(explorer.model.num_tokens))
+
+
 def test_open_point_retrieve_drop(client, explorer, tmp_path):
     photo = tmp_path / "photo.jpg"
     Image.open(explorer.picks[5]).resize((150, 100)).save(photo)
     out = client.predict(handle_file(str(photo)), api_name="/open")
-    concepts, argmax, recon, maps, pca_d, pca_l, legend, selected, gallery, status = out
+    concepts, argmax, recon, maps, pca_d, pca_l, legend, selected, shown, gallery, status = out
     assert "Opened" in status and selected is None and gallery == []
     for picture in (concepts, argmax, recon, maps, pca_d, pca_l):
         assert Image.open(picture).size[0] > 0
@@ -35,7 +39,7 @@ def test_open_point_retrieve_drop(client, explorer, tmp_path):
 
     enc = encode_image(explorer.model, Image.open(photo))
     x, y = 300.0, 40.0
-    out = client.predict(x, y, api_name="/point")
+    out = client.predict(x, y, _all(explorer), api_name="/point")
     token = token_at(enc.spatial, enc.grid, (x, y), 384)
     assert out[-2] == token and f"t{token}" in out[-1]
 
@@ -77,7 +81,7 @@ def test_edits_without_decoder_say_why(tmp_path, serve_explorer):
     pick = handle_file(str(explorer.picks[0]))
     out = client.predict(pick, api_name="/open")
     assert out[2] is None and "No reconstruction" in out[-1]
-    client.predict(10.0, 10.0, api_name="/point")
+    client.predict(10.0, 10.0, _all(explorer), api_name="/point")
     edited, delta, text, _ = client.predict(api_name="/drop")
     assert edited is None and delta is not None
     assert "cannot be drawn" in text and "no reconstruction decoder" in text

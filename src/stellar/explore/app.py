@@ -83,8 +83,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             "source": None,
         }
 
-    def views(state, message):
-        pictures = render_views(state["enc"], state["selected"], cell=CELL)
+    def views(state, shown, message):
+        enc = state["enc"]
+        pictures = render_views(enc, shown, state["selected"], cell=CELL)
         if not explorer.can_reconstruct:
             message += f" No reconstruction: {explorer.why_not}."
         return (
@@ -105,34 +106,37 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             raise ValueError("open an image first: upload one or pick one above")
         return state
 
-    @_guard(11)
+    @_guard(12)
     def open_file(path):
         if path is None:
             raise ValueError("no file was uploaded")
         enc = encode_image(model, open_image(path), name=Path(path).name)
-        out = views(fresh(enc), f"Opened **{enc.name}**: click a region to select its concept.")
-        return (*out[:-1], [], out[-1])
+        every = list(range(r))
+        out = views(
+            fresh(enc), every, f"Opened **{enc.name}**: click a region to select its concept."
+        )
+        return (*out[:-1], every, [], out[-1])
 
-    @_guard(11)
+    @_guard(12)
     def pick(evt: gr.SelectData):
         return open_file.__wrapped__(picks[evt.index])
 
     @_guard(10)
-    def point(x, y, state):
+    def point(x, y, shown, state):
         state = need_image(state)
         state["selected"] = token_at(state["enc"].spatial, state["enc"].grid, (x, y), CELL)
         k = state["selected"]
-        return views(state, f"Selected **t{k}** (it owns the patch at {x:.0f}, {y:.0f}).")
+        return views(state, shown, f"Selected **t{k}** (it owns the patch at {x:.0f}, {y:.0f}).")
 
     @_guard(10)
-    def click(state, evt: gr.SelectData):
-        return point.__wrapped__(evt.index[0], evt.index[1], state)
+    def click(shown, state, evt: gr.SelectData):
+        return point.__wrapped__(evt.index[0], evt.index[1], shown, state)
 
     @_guard(10)
-    def redraw(selected, state):
+    def redraw(selected, shown, state):
         state = need_image(state)
         state["selected"] = None if selected is None else int(selected)
-        return views(state, "")
+        return views(state, shown, "")
 
     @_guard(4)
     def retrieve(k, state, progress=gr.Progress(track_tqdm=True)):  # noqa: B008 - Gradio's API
@@ -222,7 +226,9 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             argmax = _picture("Argmax concept (click works here too)", "argmax")
             recon = _picture("Reconstruction", "recon")
         legend = gr.HTML(elem_id="legend-box")
-        selected = gr.Dropdown(token_choices, value=None, label="Selected token")
+        with gr.Row():
+            selected = gr.Dropdown(token_choices, value=None, label="Selected token")
+            shown = gr.CheckboxGroup(token_choices, value=list(range(r)), label="Tokens drawn")
         with gr.Row():
             pca_dense = _picture("PCA of dense features", "pca-dense", 240)
             pca_lowrank = _picture("PCA of low-rank L·S", "pca-lowrank", 240)
@@ -270,14 +276,15 @@ def build_app(explorer: Explorer) -> gr.Blocks:
             selected,
             status,
         ]
-        opened = [*shown_views[:-1], gallery, status]
+        opened = [*shown_views[:-1], shown, gallery, status]
         edit_out = [state, edited_recon, delta, edit_text, status]
         upload.upload(open_file, [upload], opened, api_name="open")
         picker.select(pick, None, opened, api_visibility="private")
         for picture in (concepts, argmax):
-            picture.select(click, [state], shown_views, api_visibility="private")
-        point_btn.click(point, [x, y, state], shown_views, api_name="point")
-        selected.input(redraw, [selected, state], shown_views, api_name="select")
+            picture.select(click, [shown, state], shown_views, api_visibility="private")
+        point_btn.click(point, [x, y, shown, state], shown_views, api_name="point")
+        selected.input(redraw, [selected, shown, state], shown_views, api_name="select")
+        shown.input(redraw, [selected, shown, state], shown_views, api_name="show")
         find.click(retrieve, [k, state], [state, gallery, info, status], api_name="retrieve")
         gallery.select(choose_source, [state], [state, status], api_visibility="private")
         drop_btn.click(drop, [state], edit_out, api_name="drop")

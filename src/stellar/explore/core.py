@@ -130,13 +130,17 @@ def legend_html(peaks: Tensor, share: Tensor, selected: int | None) -> str:
 
 
 def render_views(
-    enc: Encoded, selected: int | None = None, cell: int = 384
+    enc: Encoded,
+    shown: list[int] | None = None,
+    selected: int | None = None,
+    cell: int = 384,
 ) -> dict[str, Image.Image | str]:
     """Every picture of one image: those of :func:`~stellar.viz.maps.concept_views`, the
-    ``concepts`` with ``selected`` emphasised, and ``legend`` (HTML)."""
+    ``concepts`` showing the regions of ``shown`` (default all) with ``selected`` emphasised,
+    and ``legend`` (HTML)."""
     spatial, grid = enc.spatial, enc.grid
     r = spatial.shape[1]
-    shown = [k for k in range(r) if k != selected]
+    shown = list(range(r)) if shown is None else [k for k in shown if k != selected]
     views = concept_views(
         enc.image, spatial, enc.dense, enc.lowrank, grid, cell, tokens=shown, alpha=0.3
     )
