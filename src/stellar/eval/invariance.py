@@ -2,28 +2,26 @@
 invariance``.
 
 **Semantic invariance.** Each image (the evaluation view at resolution R) gets K random crops
-(RandomResizedCrop(scale, ratio 3/4-4/3), resampled back to R x R, optionally flipped). The
-cosine distance ``1 - cos`` between the representation of a crop and of the original is
-measured for ``cls``, ``dense_mean`` (mean patch token), ``sparse_mean`` (mean concept token),
-``sparse_matched`` (the concept-token sets under their best one-to-one matching, Hungarian
-algorithm), ``sparse_same_query`` (token k against token k) and ``lowrank_mean`` (mean row of
-Z = L·S). Reported: the mean over images of the mean over crops (lower = more invariant); a
-plain ViT has only the first two. Features that barely depend on the input look trivially
+(RandomResizedCrop(scale, ratio 3/4-4/3), resampled back to R x R). The cosine distance
+``1 - cos`` between the representation of a crop and of the original is measured for ``cls``,
+``dense_mean`` (mean patch token), ``sparse_matched`` (the concept-token sets under their best
+one-to-one matching, Hungarian algorithm) and ``lowrank_mean`` (mean row of Z = L·S).
+Reported: the mean over images of the mean over crops (lower = more invariant); a plain ViT
+has only the first two. Features that barely depend on the input look trivially
 invariant, so the same distance between each image and the one before it is reported beside.
 
 **Equivariance partition.** For a spatial transform θ with a known patch correspondence (a
 horizontal ``flip``; a ``shift`` by whole patches, the uncovered border replicating the last
 column), both views are encoded into (L1, S1) and (L2, S2); L2's rows are aligned onto view
 1's grid (patches present in both views only) and concept k is paired with concept k. With
-ΔL = L2 - L1 and ΔS = S2 - S1 the change of Z = L·S splits exactly as
+ΔL = L2 - L1 and ΔS = S2 - S1 the change of Z = L·S splits exactly at the midpoint as
 
-    ΔZ = ΔL·S1 + L1·ΔS + ΔL·ΔS,
+    ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS,
 
-the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). The shares of the three
-Frobenius norms (``l_share``, ``s_share``, ``cross_share``, summing to 1) and of the exact
-midpoint split ΔZ = ΔL·(S1 + S2)/2 + (L1 + L2)/2·ΔS (``l_share_mid``, ``s_share_mid``) are
-reported as means over images, with ``relative_change`` = ||ΔZ|| / ||Z1|| and
-``s_cos_change``, the cosine distance of S2 to S1 token k against token k.
+the finite-difference form of ∂Z/∂θ = (∂L/∂θ)·S + L·(∂S/∂θ). The shares of the two Frobenius
+norms (``l_share_mid``, ``s_share_mid``) are reported as means over images, with
+``relative_change`` = ||ΔZ|| / ||Z1|| and ``s_cos_change``, the cosine distance of S2 to S1
+token k against token k.
 """
 
 from __future__ import annotations
@@ -42,7 +40,7 @@ from torch.utils.data import Dataset
 
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import EvalImages
-from stellar.errors import UsageError, positive_int, probability
+from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
     MODEL,
     add_common,
@@ -55,15 +53,7 @@ from stellar.eval.encoder import Encoder, decodable_batches
 
 logger = logging.getLogger(__name__)
 
-DISTANCES: tuple[str, ...] = (
-    "cls",
-    "dense_mean",
-    "sparse_mean",
-    "sparse_matched",
-    "sparse_same_query",
-    "lowrank_mean",
-)
-TRANSFORMS: tuple[str, ...] = ("flip", "shift")
+DISTANCES: tuple[str, ...] = ("cls", "dense_mean", "sparse_matched", "lowrank_mean")
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
 
@@ -89,16 +79,14 @@ def random_crops(
     images: Tensor,
     n_crops: int,
     scale: Sequence[float] = (0.3, 1.0),
-    flip_p: float = 0.0,
     generator: torch.Generator | None = None,
 ) -> Tensor:
-    """K = ``n_crops`` RandomResizedCrop views (area ``scale`` of the image, flipped with
-    probability ``flip_p``) of (B, 3, R, R) images, resampled back: (B, K, 3, R, R).
-    ``scale=(1, 1)`` with ``flip_p=0`` returns the images."""
+    """K = ``n_crops`` RandomResizedCrop views (area ``scale`` of the image, not flipped) of
+    (B, 3, R, R) images, resampled back: (B, K, 3, R, R). ``scale=(1, 1)`` returns the images."""
     b, _, h, w = images.shape
     size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
     return random_resized_crop(
-        images, size, h, n_crops, scale=scale, ratio=CROP_RATIO, generator=generator, flip_p=flip_p
+        images, size, h, n_crops, scale=scale, ratio=CROP_RATIO, generator=generator, flip_p=0.0
     )
 
 
@@ -107,7 +95,7 @@ def representation_distances(
 ) -> dict[str, Tensor]:
     """``{name: (B, K)}`` crop-vs-original cosine distances, for the :data:`DISTANCES` the
     outputs allow, of B images' encoder outputs (``cls`` (B, 1, d), ``dense`` (B, n, d),
-    optionally ``sparse`` (B, r, d)) and their B·K crops' (image-major: crop j of image i at
+    optionally ``sparse`` and ``lowrank``) and their B·K crops' (image-major: crop j of image i at
     row i·K + j), K = ``n_crops``."""
 
     def pair(key: str) -> tuple[Tensor, Tensor]:
@@ -121,9 +109,7 @@ def representation_distances(
     out["dense_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
     if "sparse" in original:
         o, c = pair("sparse")
-        out["sparse_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
         out["sparse_matched"] = matched_set_distance(o.expand_as(c), c)
-        out["sparse_same_query"] = cosine_distance(o, c).mean(-1)
         o, c = pair("lowrank")
         out["lowrank_mean"] = cosine_distance(o.mean(-2), c.mean(-2))
     return out
@@ -137,28 +123,18 @@ def equivariance_partition(L1: Tensor, S1: Tensor, L2: Tensor, S2: Tensor) -> di
         S1, S2: (B, r, d) concept tokens, token k of both views from query k.
 
     Returns:
-        (B,) tensors, float64: ``l_share``, ``s_share``, ``cross_share`` (of ΔZ = ΔL·S1 + L1·ΔS
-        + ΔL·ΔS, shares of the sum of the three norms; NaN where all vanish), ``l_share_mid``,
-        ``s_share_mid`` (of the midpoint split) and ``relative_change`` = ||ΔZ|| / ||Z1||.
+        (B,) tensors, float64: ``l_share_mid`` and ``s_share_mid``, the shares of the two norms
+        of the midpoint split (NaN where both vanish), and ``relative_change`` = ||ΔZ|| / ||Z1||.
     """
     L1, L2, S1, S2 = (t.double() for t in (L1, L2, S1, S2))
-    dL, dS = L2 - L1, S2 - S1
-
-    def norm(x: Tensor) -> Tensor:
-        return torch.linalg.matrix_norm(x)
-
-    a, b, c = norm(dL @ S1), norm(L1 @ dS), norm(dL @ dS)
-    total = a + b + c
+    norm = torch.linalg.matrix_norm
+    mid_l, mid_s = norm((L2 - L1) @ (S1 + S2) / 2), norm((L1 + L2) / 2 @ (S2 - S1))
+    total = mid_l + mid_s
     nan = torch.full_like(total, float("nan"))
-    mid_l, mid_s = norm(dL @ (S1 + S2) / 2), norm((L1 + L2) / 2 @ dS)
-    mid_total = mid_l + mid_s
     z1 = L1 @ S1
     return {
-        "l_share": torch.where(total > 0, a / total, nan),
-        "s_share": torch.where(total > 0, b / total, nan),
-        "cross_share": torch.where(total > 0, c / total, nan),
-        "l_share_mid": torch.where(mid_total > 0, mid_l / mid_total, nan),
-        "s_share_mid": torch.where(mid_total > 0, mid_s / mid_total, nan),
+        "l_share_mid": torch.where(total > 0, mid_l / total, nan),
+        "s_share_mid": torch.where(total > 0, mid_s / total, nan),
         "relative_change": norm(L2 @ S2 - z1) / norm(z1).clamp_min(1e-12),
     }
 
@@ -169,9 +145,9 @@ Align = Callable[[Tensor], Tensor]
 def transform_views(
     name: str, images: Tensor, patch: int, shift: int = 1
 ) -> tuple[Tensor, Align, Align]:
-    """``(view2, align1, align2)`` of a ``"flip"`` or a ``"shift"`` by ``shift`` patches
-    (1 <= shift < W / p) of (B, 3, H, W) images, view 1: ``align_i`` maps (B, n, r) rows of
-    view i's grid to the (B, n', r) rows of the patches both views show, in view 1's order."""
+    """``(view2, align1, align2)`` of a ``"flip"`` or a ``"shift"`` by ``shift`` patches of
+    (B, 3, H, W) images, view 1: ``align_i`` maps (B, n, r) rows of view i's grid to the
+    (B, n', r) rows of the patches both views show, in view 1's order."""
     b, _, h, w = images.shape
     gh, gw = h // patch, w // patch
 
@@ -184,17 +160,15 @@ def transform_views(
             lambda x: x,
             lambda x: grid(x).flip(2).reshape(x.shape),
         )
-    if name == "shift":
-        if not 1 <= shift < gw:
-            raise ValueError(f"expected 1 <= shift < {gw} patches, got {shift}")
-        px = shift * patch
-        view = torch.cat([images[..., px:], images[..., -1:].expand(-1, -1, -1, px)], dim=-1)
-        return (
-            view,
-            lambda x: grid(x)[:, :, shift:].reshape(x.shape[0], -1, x.shape[-1]),
-            lambda x: grid(x)[:, :, : gw - shift].reshape(x.shape[0], -1, x.shape[-1]),
-        )
-    raise ValueError(f"expected a transform among {TRANSFORMS}, got {name!r}")
+    if not 1 <= shift < gw:
+        raise UsageError(f"expected --shift of 1 to {gw - 1} patches (the grid width), got {shift}")
+    px = shift * patch
+    view = torch.cat([images[..., px:], images[..., -1:].expand(-1, -1, -1, px)], dim=-1)
+    return (
+        view,
+        lambda x: grid(x)[:, :, shift:].reshape(x.shape[0], -1, x.shape[-1]),
+        lambda x: grid(x)[:, :, : gw - shift].reshape(x.shape[0], -1, x.shape[-1]),
+    )
 
 
 def _encode(model: Encoder, images: Tensor, chunk: int) -> dict[str, Tensor]:
@@ -208,7 +182,6 @@ def run_invariance(
     dataset: Dataset,
     n_crops: int = 8,
     scale: Sequence[float] = (0.3, 1.0),
-    flip_p: float = 0.0,
     shifts: Sequence[int] = (1,),
     batch_size: int = 32,
     num_workers: int = 0,
@@ -240,7 +213,7 @@ def run_invariance(
     before: dict[str, Tensor] | None = None  # the outputs of the previous batch
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
-        crops = random_crops(images, n_crops, scale, flip_p, gen)
+        crops = random_crops(images, n_crops, scale, gen)
         original = _encode(model, images, batch_size)
         encoded = _encode(model, crops.flatten(0, 1), batch_size)
         for name, d in representation_distances(original, encoded, n_crops).items():
@@ -289,7 +262,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--scale", type=float, nargs=2, default=(0.3, 1.0), metavar=("MIN", "MAX"), help="crop area"
     )
-    p.add_argument("--flip-p", type=probability, default=0.0, help="flip probability of a crop")
     p.add_argument(
         "--shift", type=positive_int, default=1, help="translation of 'shift', in patches"
     )
@@ -303,12 +275,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
     for e in load_entries(args):
-        res = e.resolution
-        if args.shift >= res // e.model.patch_size:
-            raise UsageError(f"--shift {args.shift} must be smaller than the grid width")
         result = run_invariance(
-            e.model, EvalImages(data, res), args.crops, (lo, hi), args.flip_p,
-            (args.shift,), args.batch_size, args.num_workers, args.seed, not args.no_progress,
+            e.model, EvalImages(data, e.resolution), args.crops, (lo, hi), (args.shift,),
+            args.batch_size, args.num_workers, args.seed, not args.no_progress,
         )  # fmt: skip
         rows.append(e.row(**result))
     return {"rows": rows}
@@ -328,10 +297,10 @@ def tables(result: dict[str, Any]) -> list[str]:
         for t, s in (r.get("equivariance") or {}).items()
     ]
     if eq_rows:
-        share = ("l_share", "s_share", "cross_share", "relative_change")
+        share = ("l_share_mid", "s_share_mid", "relative_change", "s_cos_change")
         eq_cols = [MODEL, ("transform", lambda r: r["transform"])] + [
             (s, lambda r, s=s: metric(".4f")(r.get(s))) for s in share
         ]
-        out += ["equivariance partition of dZ = dL.S1 + L1.dS + dL.dS"]
+        out += ["equivariance partition of dZ = dL.(S1 + S2)/2 + (L1 + L2)/2.dS"]
         out += [format_table(eq_cols, eq_rows)]
     return out
