@@ -5,8 +5,8 @@ A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decode
 blocks by default, **pixel** head) learns to rebuild the image from one frozen feature grid
 (``lowrank`` for STELLAR, ``dense`` for dense baselines): loss ``10 · MSE(x_hat, image)``
 (the pretraining pixel loss), AdamW (lr 1e-4, wd 1e-4) with a per-step cosine decay to 0,
-20 epochs. Validation reports PSNR and SSIM (means over images) and, only when their local
-weight files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
+20 epochs. Validation reports PSNR (the mean over images) and, only when their local weight
+files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
 Features and images are cached in memory, so each epoch costs only the decoder.
 """
 
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -35,7 +34,7 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
-from stellar.eval.metrics import psnr, ssim
+from stellar.eval.metrics import psnr
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.outputs import atomic_write
@@ -76,19 +75,6 @@ def fresh_decoder(
     return seeded(build, seed, "cpu").train()
 
 
-def reconstruct_features(
-    decoder: ReconstructionDecoder,
-    features: Tensor,
-    grid: tuple[int, int],
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-) -> Tensor:
-    """Decode cached features (N, n, d) -> images (N, 3, H, W) float32 in [0, 1] on the CPU."""
-    return predict(
-        decoder, features, batch_size, device, lambda x: decoder(x, grid)["x_hat"].clamp(0, 1)
-    )
-
-
 def train_recon_probe(
     decoder: ReconstructionDecoder,
     features: Tensor,
@@ -116,6 +102,19 @@ def train_recon_probe(
     )  # fmt: skip
 
 
+def reconstruct_features(
+    decoder: ReconstructionDecoder,
+    features: Tensor,
+    grid: tuple[int, int],
+    batch_size: int = 64,
+    device: torch.device | str = "cpu",
+) -> Tensor:
+    """Decode cached features (N, n, d) -> images (N, 3, H, W) float32 in [0, 1] on the CPU."""
+    return predict(
+        decoder, features, batch_size, device, lambda x: decoder(x, grid)["x_hat"].clamp(0, 1)
+    )
+
+
 @torch.no_grad()
 def image_metrics(
     recons: Tensor,
@@ -125,14 +124,13 @@ def image_metrics(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, float | None]:
-    """``psnr`` (dB) and ``ssim`` (means over images), ``lpips`` (mean distance) and ``rfid``
-    (None without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against ``targets``
+    """``psnr`` (dB, the mean over images), ``lpips`` (mean distance) and ``rfid`` (None
+    without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against ``targets``
     (in [0, 1], or uint8)."""
     if targets.dtype == torch.uint8:
         targets = targets.float() / 255
     out: dict[str, float | None] = {
         "psnr": psnr(recons, targets).mean().item(),
-        "ssim": ssim(recons, targets).mean().item(),
         "lpips": None,
         "rfid": None,
     }
@@ -144,18 +142,6 @@ def image_metrics(
         real, fake = (predict(fid_net, x, batch_size, device) for x in (targets, recons))
         out["rfid"] = fid_from_features(real, fake)
     return out
-
-
-def save_reconstruction_grid(
-    inputs: Tensor, recons: Tensor, path: str | Path, max_images: int = 8
-) -> Path:
-    """A PNG of the first ``max_images`` (N, 3, H, W) inputs (uint8 or [0, 1]; top row) over
-    their reconstructions ([0, 1])."""
-    from stellar.viz.maps import compose_panel
-
-    rows = [list(inputs[:max_images]), list(recons[:max_images])]
-    figure = compose_panel(rows, pad=2)
-    return atomic_write(Path(path), lambda tmp: figure.save(tmp, format="PNG"))
 
 
 # ---------------------------------------------------------------------------- stellar eval recon
@@ -173,10 +159,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """One row per model: PSNR, SSIM, LPIPS, rFID of a fresh decoder on frozen features."""
+    """One row per model: PSNR, LPIPS, rFID of a fresh decoder on frozen features."""
     from stellar.eval.fid import load_fid_inception
     from stellar.eval.lpips import load_lpips
     from stellar.runtime import pick_device
+    from stellar.viz.maps import compose_panel
 
     train_dir = check_folder(args.train, "--train").root
     val_dir = check_folder(args.val, "--val").root
@@ -209,18 +196,18 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             extract_features(e.model, EvalImages(folder, res), [e.key], batch, **read)
             for folder in (train_dir, val_dir)
         )
-        decoder = fresh_decoder(e.model, args.decoder_depth, args.seed).to(on)
-        untrained = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        decoder = fresh_decoder(e.model, args.decoder_depth, args.seed)
         history = train_recon_probe(
             decoder, tr[e.key], tr["images"], grid, schedule, on, read["progress"]
         )
         recons = reconstruct_features(decoder, va[e.key], grid, batch, on)
         metrics = image_metrics(recons, va["images"], lpips_net, fid_net, batch, on)
-        metrics["initial_psnr"] = psnr(untrained, va["images"].float() / 255).mean().item()
         if fid_net is not None and metrics["rfid"] is None:
             unavailable["rfid"] = "needs at least 2 validation images"
+        # the first 8 validation images over their reconstructions
+        panel = compose_panel([list(va["images"][:8]), list(recons[:8])], pad=2)
         png = args.out_dir / f"reconstructions_{i}_{e.kind}.png"
-        png = save_reconstruction_grid(va["images"], recons, png)
+        atomic_write(png, lambda tmp, panel=panel: panel.save(tmp, format="PNG"))
         counts = {"num_train": len(tr["paths"]), "num_val": len(va["paths"])}
         rows.append(e.row(**metrics, history=history, **counts, grid_png=str(png)))
     return {"rows": rows, "unavailable": unavailable}
@@ -232,10 +219,8 @@ def tables(result: dict[str, Any]) -> list[str]:
         MODEL,
         KEY,
         ("PSNR dB", lambda r: metric(".2f")(r["psnr"])),
-        ("SSIM", lambda r: metric(".4f")(r["ssim"])),
         ("LPIPS", lambda r: metric(".4f")(r["lpips"])),
         ("rFID", lambda r: metric(".2f")(r["rfid"])),
-        ("untrained PSNR", lambda r: metric(".2f")(r["initial_psnr"])),
     ]
     notes = [f"{k}: {v}" for k, v in result.get("unavailable", {}).items()]
     return [format_table(cols, result["rows"]), *notes]
