@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from stellar.data.augment import random_resized_crop
 from stellar.data.folder import ImageFolder
 from stellar.data.loader import build_loader
-from stellar.eval.common import format_table, percent
+from stellar.eval.common import format_table
 from stellar.eval.encoder import Encoder, pool_features
 from stellar.eval.features import (
     ACCURACY_COLUMNS,
@@ -64,43 +64,27 @@ SCHEDULE = ProbeSchedule(epochs=30, lr=1e-3, weight_decay=1e-4, batch_size=256)
 def train_linear_probe(
     train_x: torch.Tensor,
     train_y: torch.Tensor,
-    val_x: torch.Tensor | None,
-    val_y: torch.Tensor | None,
+    val_x: torch.Tensor,
+    val_y: torch.Tensor,
     num_classes: int,
     schedule: ProbeSchedule = SCHEDULE,
     device: torch.device | str = "cpu",
     progress: bool = True,
 ) -> tuple[nn.Sequential, dict[str, float]]:
     """Train a :func:`linear_probe` on cached (N, D) or (N, T, D) features (tokens
-    mean-pooled; they may stay on the CPU) with (N,) labels, and evaluate it on (M, ...)
-    ``val_x`` / ``val_y`` (None: skipped).
+    mean-pooled; they may stay on the CPU) with (N,) labels, and score it on (M, ...) ``val_x``
+    with (M,) ``val_y``: ``(probe, {"top1", "top5"})``.
 
     Deterministic for a given seed and device: ``schedule.seed`` seeds the probe initialisation
     and the batch order, the global RNG is left untouched.
-
-    Returns:
-        ``(probe, {"top1", "top5", "train_top1"})``; val keys are NaN when no val set is given.
-        ``train_top1`` is the final probe's accuracy on the train set (eval mode).
     """
     train_x = pool_features(train_x)
     build = partial(linear_probe, train_x.shape[1], num_classes)
     probe = train_probe(
         build, train_x, train_y, F.cross_entropy, schedule, device, "linear probe", progress
     )
-
-    metrics = {"top1": float("nan"), "top5": float("nan")}
-    if val_x is not None and val_y is not None and val_x.shape[0] > 0:
-        val_x = pool_features(val_x)
-        metrics.update(accuracy_topk(predict(probe, val_x, 1024, device), val_y))
-    metrics["train_top1"] = accuracy_topk(predict(probe, train_x, 1024, device), train_y, (1,))[
-        "top1"
-    ]
-    logger.info(
-        "linear probe: val top1 %.4f top5 %.4f, train top1 %.4f",
-        metrics["top1"],
-        metrics["top5"],
-        metrics["train_top1"],
-    )
+    metrics = accuracy_topk(predict(probe, pool_features(val_x), 1024, device), val_y)
+    logger.info("linear probe: top1 %.4f top5 %.4f", metrics["top1"], metrics["top5"])
     return probe, metrics
 
 
@@ -122,11 +106,7 @@ def train_linear_augmented(
     folders of ``train_root`` every epoch, ``resolution`` px, encoded by the frozen model (no
     gradients) and pooled ``key`` features; the probe trains as :func:`train_linear_probe`
     does and is evaluated on ``val`` (pooled features of the evaluation view). The schedule's
-    seed also fixes the crops.
-
-    Returns:
-        ``{"top1", "top5", "train_top1"}`` in [0, 1]; ``train_top1`` is the running accuracy
-        on the last epoch's augmented views.
+    seed also fixes the crops. Returns ``{"top1", "top5"}``.
     """
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
@@ -138,11 +118,9 @@ def train_linear_augmented(
     )  # fmt: skip
     probe = seeded(partial(linear_probe, val.x.shape[1], len(classes)), schedule.seed, device)
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
-    hits = {"correct": 0, "seen": 0}
 
     def epoch_batches(epoch: int):
         loader.set_epoch(epoch)
-        hits.update(correct=0, seen=0)
         return loader
 
     def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
@@ -154,15 +132,10 @@ def train_linear_augmented(
         with torch.no_grad(), autocast(device):
             feats = pool_features(model.forward_encode(views)[key]).float()
         target = batch["label"].to(device)
-        logits = probe(feats)
-        hits["correct"] += int((logits.argmax(1) == target).sum())
-        hits["seen"] += target.numel()
-        return F.cross_entropy(logits, target), target.numel()
+        return F.cross_entropy(probe(feats), target), target.numel()
 
     fit_probe(probe, schedule, epoch_batches, loss_of, device, "linear probe (augmented)", progress)
-    metrics = accuracy_topk(predict(probe, val.x, 1024, device), val_y)
-    metrics["train_top1"] = hits["correct"] / max(hits["seen"], 1)
-    return metrics
+    return accuracy_topk(predict(probe, val.x, 1024, device), val_y)
 
 
 # ---------------------------------------------------------------------------- stellar eval linear
@@ -178,7 +151,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """One row per model: top-1 / top-5 on --val, and the final probe's train top-1."""
+    """One row per model: top-1 / top-5 on --val."""
     entries, train_dir, val_dir = classification_setup(args, augmented=args.augmented)
     schedule = ProbeSchedule.from_args(args, args.probe_batch_size)
     progress = not args.no_progress
@@ -203,5 +176,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 def tables(result: dict[str, Any]) -> list[str]:
     """The printed result."""
-    cols = [*ACCURACY_COLUMNS, ("train top-1 %", lambda r: percent(r.get("train_top1")))]
-    return [format_table(cols, result["rows"])]
+    return [format_table(ACCURACY_COLUMNS, result["rows"])]
