@@ -174,7 +174,6 @@ def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:
         ("seg", "--epochs", "0"),
         ("recon", "--decoder-depth", "0"),
         ("invariance", "--shift", "0"),
-        ("invariance", "--flip-p", "2"),
         ("linear", "--key", "foo"),
         ("seg", "--key", "sparse"),  # a feature STELLAR has, but not a grid of patches
         ("recon", "--key", "sparse"),

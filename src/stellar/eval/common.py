@@ -1,11 +1,8 @@
 """What every ``stellar eval`` protocol shares: the common options, the models of a run (STELLAR
-and the optional baseline, as :class:`~stellar.eval.encoder.Encoder` rows), input-folder
-checks, the output folder and the result tables.
+and the optional baseline), input-folder checks, ``metrics.json`` and the result tables.
 
-Each protocol module (:mod:`~stellar.eval.linear`, :mod:`~stellar.eval.knn`,
-:mod:`~stellar.eval.segmentation`, :mod:`~stellar.eval.recon_probe`,
-:mod:`~stellar.eval.invariance`) provides ``add_arguments(parser)``, ``run(args) -> result``
-and ``tables(result) -> list[str]``; :mod:`stellar.eval.command` dispatches to them.
+Each protocol module provides ``add_arguments(parser)``, ``run(args) -> result`` and
+``tables(result) -> list[str]``; :mod:`stellar.eval.command` dispatches to them.
 """
 
 from __future__ import annotations
@@ -33,7 +30,6 @@ __all__ = [
     "add_encoding",
     "add_keys",
     "check_folder",
-    "check_labelled_folder",
     "format_table",
     "load_entries",
     "metric",
@@ -83,12 +79,6 @@ def check_folder(root: str | None, what: str) -> ImageFolder:
     return ImageFolder(root)  # a folder without images is its UsageError
 
 
-def check_labelled_folder(root: str | None, what: str) -> tuple[Path, set[str]]:
-    """A folder of images in class sub-folders, and the names of those classes."""
-    folder = check_folder(root, what)
-    return folder.root, set(folder.require_labels(what))
-
-
 # ---------------------------------------------------------------------------- models
 @dataclass
 class Entry:
@@ -102,7 +92,6 @@ class Entry:
     resolution: int
 
     def row(self, **metrics: Any) -> dict[str, Any]:
-        """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
         return {"model": self.name, "kind": self.kind, "key": self.key, **metrics}
 
 
@@ -119,8 +108,7 @@ def resolution(args: argparse.Namespace, model: Any) -> int:
 
 
 def load_entries(args: argparse.Namespace) -> list[Entry]:
-    """The rows of a run: ``--model`` and ``--baseline``, each with the feature it reads and its
-    ``--resolution`` (default: its native side)."""
+    """The rows of a run: ``--model`` and ``--baseline``."""
     from stellar.hub import load_model
 
     device = pick_device(args.device)

@@ -1,8 +1,5 @@
-"""The encoder contract of the evaluation protocols, and the one encoding pass around it.
-
-Every protocol takes an :class:`Encoder`: STELLAR (:class:`stellar.models.stellar.STELLAR`) and
-the plain ViT / MAE baselines (:class:`stellar.eval.baseline.ViTBaseline`) both satisfy it.
-:func:`extract_features` is the pass behind every protocol and ``stellar extract``.
+"""The encoder contract of the evaluation protocols (STELLAR and the ViT / MAE baselines), and
+:func:`extract_features`, the one encoding pass behind every protocol and ``stellar extract``.
 """
 
 from __future__ import annotations
@@ -50,14 +47,9 @@ Images = PathLike | Image.Image | Iterable[PathLike] | Iterable[Image.Image] | D
 
 
 class Encoder(Protocol):
-    """A frozen image encoder as the protocols use it.
-
-    Attributes:
-        patch_size: p; inputs are (B, 3, H, W) with H and W multiples of p.
-        feature_keys: the outputs of :meth:`encode` a probe may read.
-        config: ``config.encoder`` (width, native ``image_size``), ``config.decoder`` and
-            ``config.fourier_features`` (the size of a reconstruction-probe decoder).
-    """
+    """A frozen image encoder as the protocols use it: ``feature_keys`` are the outputs a probe
+    may read; ``config.encoder`` gives the width and native ``image_size``, ``config.decoder``
+    and ``config.fourier_features`` the size of a reconstruction-probe decoder."""
 
     patch_size: int
     feature_keys: tuple[str, ...]
@@ -67,7 +59,7 @@ class Encoder(Protocol):
     def device(self) -> torch.device: ...
 
     def encode(self, images: Tensor) -> dict[str, Tensor]:
-        """(B, 3, H, W) RGB in [0, 1] -> ``{key: (B, tokens, d)}`` (checked inputs)."""
+        """(B, 3, H, W) RGB in [0, 1], H and W multiples of p -> ``{key: (B, tokens, d)}``."""
         ...
 
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
@@ -113,10 +105,8 @@ def encode_batch(
     fp16: bool = False,
     precision: str = "auto",
 ) -> dict[str, Tensor]:
-    """The ``keys`` of ``model.encode(images)`` ((B, 3, H, W) in [0, 1]) as CPU float32 (or
-    float16) ``{key: (B, ...)}``, under ``precision`` (``auto``: the enclosing
-    :func:`~stellar.runtime.precision` block's, else bf16 where the device computes it
-    natively); a ValueError when one holds NaN or inf (e.g. diverged weights)."""
+    """The ``keys`` of ``model.encode(images)`` as CPU float32 (or float16) ``{key: (B, ...)}``,
+    under ``precision``; a ValueError when one holds NaN or inf (e.g. diverged weights)."""
     device = model.device
     with autocast(device, precision):
         out = model.encode(images.to(device, non_blocking=True))
@@ -133,8 +123,7 @@ def encode_batch(
 
 # ---------------------------------------------------------------------------- image passes
 class _ImageList(Dataset):
-    """PIL images (or files) read by :func:`stellar.images.preprocess`, as
-    :class:`EvalImages` items."""
+    """PIL images (or files) read by :func:`stellar.images.preprocess`, as EvalImages items."""
 
     def __init__(self, images: Sequence[Image.Image | PathLike], resolution: int) -> None:
         self.images, self.resolution = list(images), resolution
@@ -160,11 +149,8 @@ class _ImageList(Dataset):
 def make_loader(
     dataset: Dataset, batch_size: int = 64, num_workers: int = 0, pin_memory: bool = False
 ) -> EpochLoader:
-    """A sequential loader that leaves broken files out (and skips batches of only those).
-
-    A batch is at most the whole data set and there is at most one worker per batch, so an
-    oversized ``batch_size`` or ``num_workers`` costs nothing.
-    """
+    """A sequential loader that leaves broken files out (and skips batches of only those); an
+    oversized ``batch_size`` or ``num_workers`` is clamped to the data set, costing nothing."""
     batch_size = min(batch_size, max(len(dataset), 1))
     num_workers = min(num_workers, math.ceil(len(dataset) / max(batch_size, 1)))
     return build_loader(
@@ -181,9 +167,8 @@ def decodable_batches(
     desc: str | None = None,
     progress: bool = True,
 ) -> Iterator[dict[str, Any]]:
-    """The batches of :func:`make_loader` under a progress bar; the count of files skipped as
-    unreadable is logged at the end, and a data set none of whose images decodes is an error.
-    """
+    """The batches of :func:`make_loader` under a progress bar; the count of unreadable files
+    is logged at the end, and a data set none of whose images decodes is an error."""
     loader = make_loader(dataset, batch_size, num_workers, pin_memory=pin_memory)
     found = 0
     for batch in progress_bar(loader, desc=desc, unit="batch", disable=not progress):
@@ -216,18 +201,15 @@ def extract_features(
     """Features of a collection of images, in memory, one row per readable image.
 
     Args:
-        model: STELLAR or a baseline, on its device.
         images: a folder (scanned recursively; class sub-folders give ``labels``), image
             files or PIL images (one, a list or any iterable), or a dataset of
             :class:`~stellar.data.folder.EvalImages` items. Files and PIL images are read as
             :meth:`STELLAR.preprocess` reads them; unreadable files are skipped (a warning
             names each one).
         features: outputs of ``model.encode`` to keep, among :data:`FEATURE_KEYS` (or one).
-        resolution: input side, a multiple of the patch size (default: the model's native).
-        resize_ratio: files' shorter side before the centre crop, over ``resolution``: 1 is
-            :meth:`STELLAR.preprocess`; ``stellar extract`` and ``stellar eval`` use 256/224.
+        resize_ratio: files' shorter side before the centre crop, over ``resolution`` (default:
+            the model's native); ``stellar extract`` and ``stellar eval`` use 256/224.
         pool: mean over the token axis, batch by batch, so each feature is (N, d).
-        fp16: keep floating features as float16 (else float32).
         precision: ``auto`` (bf16 where the device computes it natively, so rows differ from
             ``model.encode``'s fp32 by bf16 rounding), ``bf16`` or ``fp32``.
         keep_images: also return the model inputs as ``images``, (N, 3, R, R) uint8.

@@ -29,7 +29,7 @@ from stellar.eval.common import (
     Entry,
     add_common,
     add_keys,
-    check_labelled_folder,
+    check_folder,
     load_entries,
     percent,
 )
@@ -167,11 +167,13 @@ def classification_setup(
     with_baseline = args.baseline is not None
     train_dir = val_dir = None
     if not args.train_features or with_baseline:
-        train_dir, train_classes = check_labelled_folder(args.train, "--train")
+        train = check_folder(args.train, "--train")
+        train_dir, train_classes = train.root, train.require_labels("--train")
     if not args.val_features or with_baseline:
-        val_dir, val_classes = check_labelled_folder(args.val, "--val")
+        val = check_folder(args.val, "--val")
+        val_dir, val_classes = val.root, val.require_labels("--val")
     if train_dir is not None and val_dir is not None:
-        unknown = sorted(val_classes - train_classes)
+        unknown = sorted(set(val_classes) - set(train_classes))
         if unknown:
             raise UsageError(
                 f"validation classes {unknown[:10]} of {str(val_dir)!r} have no folder in "

@@ -1,10 +1,8 @@
 """The one training loop of every probe on a frozen model (linear, segmentation, reconstruction).
 
 AdamW with a per-step cosine decay of the learning rate from ``lr`` to 0 and no warm-up (the
-paper fixes the probes, not their optimiser schedule). A :class:`ProbeSchedule` holds the
-optimisation settings; each protocol keeps its defaults as a module constant, which also gives
-its CLI options their defaults. The caller owns the data order and the loss; the loop owns the
-optimiser, the schedule, the progress bar and the per-epoch record.
+paper fixes the probes, not their optimiser schedule). Each protocol keeps its
+:class:`ProbeSchedule` as a module constant, the defaults of its CLI options too.
 """
 
 from __future__ import annotations
@@ -38,8 +36,7 @@ class ProbeSchedule:
     seed: int = 0
 
     def add_arguments(self, p: argparse.ArgumentParser, batch_flag: str | None) -> None:
-        """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: the protocol
-        takes its batch size from another option), with these values as defaults."""
+        """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: none)."""
         p.add_argument("--epochs", type=positive_int, default=self.epochs)
         p.add_argument("--lr", type=positive_float, default=self.lr)
         p.add_argument("--weight-decay", type=nonneg_float, default=self.weight_decay)
@@ -48,7 +45,6 @@ class ProbeSchedule:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int) -> ProbeSchedule:
-        """The schedule of a run: the options of :meth:`add_arguments` and ``--seed``."""
         return cls(args.epochs, args.lr, args.weight_decay, batch_size, args.seed)
 
     def index_batches(self, n: int) -> Callable[[int], list[Tensor]]:
@@ -73,14 +69,11 @@ def fit_probe(
     progress: bool = True,
     skip_nonfinite: bool = False,
 ) -> list[dict[str, float]]:
-    """Train ``probe`` (on ``device``) in place for ``schedule.epochs`` epochs.
-
-    ``batches(epoch)`` gives that epoch's batches, as many every epoch (their ``len`` sets the
-    length of the cosine schedule); ``loss_of(batch)`` returns ``(loss, samples in the batch)``.
-    ``skip_nonfinite`` skips (no step) a batch whose loss is not finite, e.g. a segmentation
-    batch whose pixels are all ignored. Returns one ``{"epoch", "loss"}`` record per epoch
-    (``epoch`` from 1, the sample-weighted mean loss).
-    """
+    """Train ``probe`` in place for ``schedule.epochs`` epochs of ``batches(epoch)`` (as many
+    every epoch: their ``len`` sets the length of the cosine), ``loss_of(batch)`` returning
+    ``(loss, samples in the batch)``; ``skip_nonfinite`` skips a batch whose loss is not finite
+    (a segmentation batch whose pixels are all ignored). Returns ``{"epoch", "loss"}`` per
+    epoch (``epoch`` from 1, the sample-weighted mean loss)."""
     epoch_batches = batches(0)  # asked for up front: their count sets the cosine's length
     total = max(1, schedule.epochs * len(epoch_batches))
     optimizer = torch.optim.AdamW(
@@ -154,13 +147,11 @@ def predict(
     forward: Callable[[Tensor], Tensor] | None = None,
 ) -> Tensor:
     """``forward(batch)`` (default ``probe(batch)``) over (N, ...) inputs in batches, with
-    ``probe`` in eval mode; the outputs concatenated on the CPU, (N, ...)."""
+    ``probe`` left in eval mode; the outputs concatenated on the CPU, (N, ...)."""
     forward = probe if forward is None else forward
-    was_training = probe.training
     probe.eval()
     outs = [
         forward(x[i : i + batch_size].to(device, torch.float32)).cpu()
         for i in range(0, x.shape[0], batch_size)
     ]
-    probe.train(was_training)
     return torch.cat(outs)
