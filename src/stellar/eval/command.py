@@ -1,10 +1,9 @@
 """``stellar eval PROTOCOL``: the evaluation protocols of arXiv 2602.01905 on a frozen model.
 
 A thin dispatcher: each protocol module (:data:`PROTOCOLS`) owns its options, its run and its
-table columns. ``--baseline mae:PATH`` (or ``vit:PATH``) adds a row for a plain ViT read from
-a local MAE / HF ViT checkpoint (:mod:`stellar.eval.baseline`). Every protocol prints a table
-(accuracies and mIoU in percent), writes ``OUT/metrics.json`` (fractions in [0, 1], PSNR in
-dB, NaN as null) and checks its inputs before any model or data work.
+table. Every protocol prints a table (accuracies and mIoU in percent), writes
+``OUT/metrics.json`` (fractions in [0, 1], PSNR in dB, NaN as null) and checks its inputs
+before any model or data work.
 """
 
 from __future__ import annotations
@@ -38,7 +37,7 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar eval``: one sub-command per protocol, defined by its module."""
+    """One sub-command per protocol, defined by its module."""
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for name, (module, help_text) in PROTOCOLS.items():
         p = sub.add_parser(name, help=help_text, description=help_text)

@@ -1,12 +1,10 @@
 """Pooled, labelled features of the classification protocols (linear probe and kNN).
 
-- Features: the model's output ``key`` mean-pooled over its tokens, computed batch by batch
-  (the token axis never accumulates), from the deterministic evaluation view (shorter side ->
-  256/224 of the resolution, centre crop), or read from a ``stellar extract`` folder.
-- Labels: class sub-folders; the validation classes are mapped onto the training classes by
-  name, so a validation folder may hold a subset of the classes (an unknown class is an error).
-- A feature folder is used only with the model it was extracted by: its recorded weights
-  fingerprint and preprocessing must match the ``--model`` of the run.
+Features are the model's output ``key`` mean-pooled over its tokens batch by batch, from the
+evaluation view (shorter side 256/224 of the resolution, centre crop), or read from a
+``stellar extract`` folder of the same model and view. Labels are class sub-folders; the
+validation classes are mapped onto the training classes by name, so a validation folder may
+hold a subset of them.
 """
 
 from __future__ import annotations
@@ -60,8 +58,7 @@ EVAL_RESIZE_RATIO = 256 / 224
 
 @dataclass
 class LabelledFeatures:
-    """(N, d) float32 pooled features ``x``, (N,) int64 labels ``y`` and the class names they
-    index (``classes[y[i]]`` is the class of row i)."""
+    """(N, d) float32 pooled features ``x``, (N,) int64 labels ``y`` into ``classes``."""
 
     x: Tensor
     y: Tensor
@@ -95,7 +92,7 @@ def labelled_features(
     num_workers: int = 0,
     progress: bool = True,
 ) -> LabelledFeatures:
-    """Pooled float32 features and labels of a class-folder tree (evaluation view)."""
+    """Pooled features and labels of a class-folder tree (evaluation view)."""
     dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
     classes = dataset.require_labels(str(root))
     out = extract_features(
@@ -118,8 +115,8 @@ def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, i
 
 # ---------------------------------------------------------------------------- the run's inputs
 def _check_against_model(root: str, what: str, key: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold ``key`` features of this model's weights, at this resolution,
-    of the evaluation view the images of a split are read with (so two folders also match)."""
+    """A feature folder must hold ``key`` features of this model's weights and of the
+    evaluation view at this resolution (so two folders also match)."""
     meta = read_meta(Path(root))
     view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
     view["decoding"] = DECODING
@@ -144,7 +141,7 @@ ACCURACY_COLUMNS: list[Column] = [
 
 
 def add_classification_arguments(p: argparse.ArgumentParser) -> None:
-    """The options ``stellar eval linear`` and ``knn`` share: models, keys, the two splits."""
+    """The options ``stellar eval linear`` and ``knn`` share."""
     add_common(p)
     add_keys(p, STELLAR.feature_keys)
     p.add_argument("--train", default=None, help="training folder")

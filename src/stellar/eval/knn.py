@@ -1,11 +1,4 @@
-"""Weighted k-nearest-neighbour classification (the DINO protocol): ``stellar eval knn``.
-
-Features are L2-normalised, similarity is the cosine, the ``k`` nearest training samples vote
-for their class with weight ``exp(sim / T)``. The test set is processed in chunks so that the
-``chunk × N`` similarity block stays within a memory budget. ``k > N`` is clamped to ``N``;
-class scores are normalised to sum to one per test sample (the argmax and top-k order are those
-of DINO's raw votes).
-"""
+"""Weighted k-nearest-neighbour classification (the DINO protocol): ``stellar eval knn``."""
 
 from __future__ import annotations
 
@@ -46,12 +39,8 @@ def knn_classify(
 ) -> torch.Tensor:
     """Weighted kNN class probabilities (DINO) of (M, D) queries against an (N, D) bank with
     (N,) labels in ``[0, num_classes)``: the ``k`` (clamped to N) most cosine-similar bank rows
-    vote with weight ``exp(cos / T)``.
-
-    Returns:
-        (M, C) float32 on the bank's device, the votes normalised to sum to 1. The queries move
-        to it chunk by chunk, each chunk's similarities within :data:`MAX_SIM_ELEMENTS`.
-    """
+    vote with weight ``exp(cos / T)``. Returns (M, C) float32 on the bank's device, the votes
+    normalised to sum to 1; the queries go chunk by chunk within :data:`MAX_SIM_ELEMENTS`."""
     n = train_features.shape[0]
     k = min(k, n)
     device = train_features.device
@@ -78,8 +67,7 @@ def knn_accuracy(
     num_classes: int,
     **knn: Any,
 ) -> dict[str, float]:
-    """``{"top1", "top5"}`` (fractions in [0, 1]) of :func:`knn_classify`'s votes (``knn``:
-    its ``k`` and ``temperature``) for (M,) ``test_labels``."""
+    """``{"top1", "top5"}`` of :func:`knn_classify`'s votes for (M,) ``test_labels``."""
     probs = knn_classify(train_features, train_labels, test_features, num_classes, **knn)
     # A class no neighbour voted for is not a prediction, even when fewer than 5 classes got
     # votes and it fills a top-5 slot on a tie at zero (DINO's top-5 stops at min(5, k)).

@@ -47,14 +47,8 @@ IGNORE = 255
 
 @dataclass
 class SegmentationSplit:
-    """One validated split: images and their label maps, in matching order.
-
-    Attributes:
-        root: the folder the split was found in.
-        layout: ``"ade20k"`` or ``"simple"``.
-        images: image files, sorted by relative path.
-        labels: the label map of each image.
-    """
+    """One validated split: images (sorted by relative path) and their label maps; ``layout``
+    is ``"ade20k"`` or ``"simple"``."""
 
     root: Path
     layout: str
@@ -109,34 +103,21 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
     files of either side listed), one file per stem, single-channel maps of their image's size.
     """
     root = Path(root)
-    if not root.is_dir():
-        raise UsageError(f"expected a segmentation folder, got {str(root)!r} (not a folder)")
     layout, image_dir, label_dir = _locate(root, split)
     image_files = find_images(image_dir, IMG_EXTENSIONS)
     label_files = find_images(label_dir, LABEL_EXTENSIONS)
     if not image_files:
         raise UsageError(f"expected image files in {image_dir}, found none")
-    if not label_files:
-        raise UsageError(
-            f"expected label maps ({' '.join(LABEL_EXTENSIONS)}) in {label_dir}, found none"
-        )
     images = _by_stem(image_dir, image_files, "images")
     labels = _by_stem(label_dir, label_files, "label maps")
     no_label = sorted(set(images) - set(labels))
     no_image = sorted(set(labels) - set(images))
     if no_label or no_image:
-        problems = []
-        if no_label:
-            problems.append(
-                f"images without a label map: {listing([images[k].name for k in no_label])}"
-            )
-        if no_image:
-            problems.append(
-                f"label maps without an image: {listing([labels[k].name for k in no_image])}"
-            )
         raise UsageError(
             f"{len(images)} images in {image_dir} but {len(labels)} label maps in {label_dir}, "
-            f"expected one label map per image with the same stem; " + "; ".join(problems)
+            "expected one label map per image with the same stem; images without a label map: "
+            f"{listing([images[k].name for k in no_label]) or 'none'}; label maps without an "
+            f"image: {listing([labels[k].name for k in no_image]) or 'none'}"
         )
     keys = sorted(images)
     pairs = SegmentationSplit(root, layout, [images[k] for k in keys], [labels[k] for k in keys])

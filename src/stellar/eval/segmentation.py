@@ -6,9 +6,7 @@ stretched to the evaluation resolution squared (nothing is cut off) and their la
 to the same square with nearest sampling, so the metric is measured at that resolution.
 
 mIoU comes from one confusion matrix accumulated over the whole dataset (never an average of
-per-image or per-batch mIoUs). A class whose union (target pixels + predicted pixels) is empty
-has an undefined IoU (NaN in ``iou_per_class``) and is left out of the mean; a class predicted
-but absent from the targets has IoU 0 and counts.
+per-image or per-batch mIoUs).
 """
 
 from __future__ import annotations
@@ -64,8 +62,7 @@ class SegmentationProbe(nn.Module):
 
 def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> torch.Tensor:
     """(C, C) int64 pixel counts, rows = target, columns = prediction, of label maps of one
-    shape in ``[0, C)`` (:func:`~stellar.eval.segdata.load_label_maps` checks them); pixels
-    whose target is ``IGNORE`` are skipped. A dataset's matrix is the sum of its batches'."""
+    shape in ``[0, C)``; pixels whose target is ``IGNORE`` are skipped."""
     c = num_classes
     target = target.reshape(-1).long()
     pred = pred.reshape(-1).long().to(target.device)
@@ -75,9 +72,9 @@ def confusion(pred: torch.Tensor, target: torch.Tensor, num_classes: int) -> tor
 
 
 def segmentation_scores(matrix: torch.Tensor) -> dict:
-    """``{"miou": float, "pixel_acc": float, "iou_per_class": (C,) float64 tensor}`` of a
-    confusion matrix; IoU of a class absent from both prediction and target is NaN and
-    excluded from ``miou``. Everything is NaN when no pixel was counted."""
+    """``{"miou", "pixel_acc", "iou_per_class": (C,) float64}`` of a confusion matrix; the IoU
+    of a class absent from both prediction and target is NaN and left out of ``miou`` (one
+    predicted but absent from the targets has IoU 0 and counts)."""
     m = matrix.double()
     inter = m.diagonal()
     union = m.sum(dim=0) + m.sum(dim=1) - inter
@@ -104,15 +101,9 @@ def train_segmentation_probe(
     progress: bool = True,
 ) -> tuple[SegmentationProbe, dict]:
     """Train a :class:`SegmentationProbe` on cached (N, n, D) patch tokens of square grids
-    (any float dtype; they may stay on the CPU) and (N, H, W) integer label maps (``IGNORE``
-    for unlabelled pixels), and score it on the validation pair (None: skipped).
-
-    Deterministic for a given seed and device (``schedule.seed`` seeds the probe initialisation
-    and the batch order; the global RNG is left untouched).
-
-    Returns:
-        ``(probe, metrics)``: the :func:`segmentation_scores` of the validation set ({} without).
-    """
+    (they may stay on the CPU) and (N, H, W) integer label maps (``IGNORE`` for unlabelled
+    pixels): ``(probe, segmentation_scores of the validation pair)`` ({} without one),
+    deterministic for a given ``schedule.seed`` and device."""
 
     def loss(grid_logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         size = target.shape[-2:]
