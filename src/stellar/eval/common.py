@@ -92,6 +92,7 @@ class Entry:
     resolution: int
 
     def row(self, **metrics: Any) -> dict[str, Any]:
+        """The result row: ``model``, ``kind``, ``key`` and ``metrics``."""
         return {"model": self.name, "kind": self.kind, "key": self.key, **metrics}
 
 

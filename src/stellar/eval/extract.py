@@ -57,8 +57,8 @@ DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar ex
 
 # ---------------------------------------------------------------------------- sharded output
 def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Start ``meta.json``, or check that the extraction in ``out`` has the same ``settings``
-    (it is then resumed); another one is replaced only with ``overwrite``."""
+    """Start ``meta.json``, or resume an extraction of the same ``settings``; another one is
+    replaced only with ``overwrite``."""
     if (out / META_NAME).is_file():
         try:
             old = read_meta(out)
@@ -93,10 +93,9 @@ def extract_to_dir(
     overwrite: bool = False,
 ) -> list[int]:
     """Write this rank's shards (global shards ``rank::world_size``) of ``dataset`` to
-    ``out_dir``, which rank 0 holds for the call, and return their ids (whole ones are
-    skipped). An extraction of the same settings in ``out_dir`` is resumed (the dtype
-    ``precision`` resolves to included), one of other settings refused unless ``overwrite``.
-    """
+    ``out_dir`` (held by rank 0) and return their ids, skipping whole ones; an extraction of
+    other settings (the dtype ``precision`` resolves to included) is refused unless
+    ``overwrite``."""
     keys = check_keys(keys)
     out = Path(out_dir)
     holding = output_folder(out, "stellar extract") if rank == 0 else contextlib.nullcontext()

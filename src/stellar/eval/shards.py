@@ -43,16 +43,15 @@ def shard_name(shard: int) -> str:
 
 
 def settings_id(meta: dict[str, Any]) -> str:
-    """A hash of the settings in ``meta`` (all but the progress fields and the ``model`` as it
-    was spelled; its weights are the ``weights`` fingerprint), written in ``meta.json`` and in
-    every shard: a shard is read only with the settings it was made with."""
+    """A hash of the settings in ``meta`` (not the ``model`` as it was spelled: its weights are
+    the ``weights`` fingerprint), in ``meta.json`` and in every shard."""
     settings = {k: v for k, v in meta.items() if k not in NOT_SETTINGS}
     return hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """The settings of ``expected`` that a ``meta.json`` records otherwise, each one as
-    ``key: recorded != expected`` (the file list and long values by name only)."""
+    """``key: recorded != expected`` for each setting a ``meta.json`` records otherwise (the
+    file list and long values by name only)."""
     return [
         f"{k} differ" if k == "files" or len(repr(v)) > 60 else f"{k}: {recorded.get(k)!r} != {v!r}"
         for k, v in expected.items()
@@ -61,8 +60,7 @@ def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]
 
 
 def read_meta(out: Path) -> dict[str, Any]:
-    """``out/meta.json``, checked against the settings id it records (missing, not JSON or
-    edited since it was written: an error naming it)."""
+    """``out/meta.json``, checked against the settings id it records."""
     path = out / META_NAME
     if not path.is_file():
         raise UsageError(f"expected a `stellar extract` folder with {META_NAME}, got {out}")
@@ -79,10 +77,8 @@ def read_meta(out: Path) -> dict[str, Any]:
 
 
 def check_shard(path: Path, shard: int, meta: dict[str, Any]) -> int:
-    """The number of images in the shard ``path`` after checking that it is shard ``shard`` of
-    this extraction, whole: its settings id, keys, one row per image in every tensor, and every
-    file of its range either a row or a file recorded as skipped (unreadable); an error naming
-    the file and what is wrong otherwise."""
+    """The number of images in shard ``shard`` at ``path``, checked to be this extraction's and
+    whole (settings id, keys, one row per image, every file of its range a row or skipped)."""
     try:
         with safe_open(str(path), framework="pt") as f:
             header = f.metadata() or {}
@@ -126,7 +122,7 @@ def write_shard(
     path: Path, shard: int, files: range, out: dict[str, Any], keys: list[str], settings_id: str
 ) -> None:
     """Shard ``shard`` of the dataset's ``files``: the rows ``out`` of :func:`encode_batches`
-    and the files it skipped (every file broken gives an empty shard, which is still done)."""
+    and the files it skipped (an empty shard of broken files is still done)."""
     tensors = {k: out[k] if len(out[k]) else torch.empty(0) for k in keys}
     for name, stored in (("labels", "label"), ("indices", "index")):
         tensors[stored] = out[name] if len(out[name]) else torch.empty(0, dtype=torch.int64)
@@ -141,31 +137,26 @@ def write_shard(
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def finalize_dir(out_dir: str | os.PathLike[str]) -> bool:
-    """Mark ``out_dir`` complete in ``meta.json`` if every shard is written; whether it is."""
+def finalize_dir(out_dir: str | os.PathLike[str]) -> None:
+    """Mark ``out_dir`` complete in ``meta.json`` if every shard is written."""
     out = Path(out_dir)
     meta = read_meta(out)
     shards = [out / shard_name(g) for g in range(meta["num_shards"])]
     missing = sum(not path.exists() for path in shards)
     if missing:
         logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
-        return False
+        return
     count = sum(check_shard(path, g, meta) for g, path in enumerate(shards))
     write_json(out / META_NAME, {**meta, "count": count, "complete": True})
     logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
-    return True
 
 
 def load_features(
     out_dir: str | os.PathLike[str], keys: Sequence[str] | None = None
 ) -> dict[str, Any]:
-    """Read a complete ``stellar extract`` folder back into memory, every shard checked to
-    belong to it (:func:`check_shard`) and the image count to add up.
-
-    Returns:
-        What :func:`~stellar.eval.encoder.extract_features` returns: ``{key: (N, ...)}`` of
-        ``keys`` (default: all stored) in dataset order, ``labels`` and ``indices`` (N,) int64
-        and ``paths``, the N image paths.
+    """A complete ``stellar extract`` folder in memory, every shard checked to belong to it and
+    the image count to add up: what :func:`~stellar.eval.encoder.extract_features` returns,
+    ``{key: (N, ...)}`` of ``keys`` (default: all stored), ``labels``, ``indices``, ``paths``.
     """
     out = Path(out_dir)
     meta = read_meta(out)
