@@ -98,3 +98,9 @@ def test_fid_from_features():
     )
     assert fid_from_features(real, fake) == pytest.approx(ref, rel=1e-6)
     assert fid_from_features(real, real + 1.0) == pytest.approx(24.0, rel=1e-6)
+    few = torch.randn(8, 24, generator=g, dtype=torch.float64)  # a rank-deficient covariance
+    f = few.numpy()
+    s2 = np.cov(f, rowvar=False)
+    covmean = scipy.linalg.sqrtm(s1 @ s2).real
+    ref = np.sum((mu1 - f.mean(0)) ** 2) + np.trace(s1 + s2) - 2 * np.trace(covmean)
+    assert fid_from_features(real, few) == pytest.approx(ref, rel=1e-6, abs=1e-6)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import replace
 from pathlib import Path
@@ -16,11 +17,11 @@ from stellar import create_stellar
 from stellar.cli import main
 from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
-from stellar.eval.metrics import psnr
 from stellar.eval.recon_probe import (
     SCHEDULE,
     fresh_decoder,
     image_metrics,
+    psnr,
     reconstruct_features,
     train_recon_probe,
 )
@@ -72,6 +73,17 @@ def test_training_improves_reconstruction(small_model, tmp_path) -> None:
     # the same seed gives the same fresh decoder
     twin = fresh_decoder(small_model, depth=1, seed=0)
     assert torch.equal(twin.proj.weight, fresh_decoder(small_model, depth=1, seed=0).proj.weight)
+
+
+def test_psnr_matches_numpy():
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(3, 3, 32, 27, generator=g)
+    y = (x + 0.1 * torch.randn(3, 3, 32, 27, generator=g)).clamp(0, 1)
+    got = psnr(x, y)
+    for i in range(x.shape[0]):
+        mse = np.mean((x[i].double().numpy() - y[i].double().numpy()) ** 2)
+        assert got[i].item() == pytest.approx(10 * math.log10(1.0 / mse), rel=1e-5)
+    assert (psnr(x, x) == 100.0).all()  # capped, so one perfect image keeps a finite mean
 
 
 def test_image_metrics() -> None:

@@ -15,8 +15,8 @@ from stellar.demo.training import DemoSettings
 from stellar.eval.knn import knn_classify
 from stellar.eval.linear import SCHEDULE as LINEAR_SCHEDULE
 from stellar.eval.linear import pool_features, train_linear_probe
-from stellar.eval.metrics import psnr
 from stellar.eval.probe import predict
+from stellar.eval.recon_probe import psnr
 from stellar.eval.segmentation import SCHEDULE as SEG_SCHEDULE
 from stellar.eval.segmentation import confusion, train_segmentation_probe
 from stellar.models.stellar import STELLAR

@@ -20,7 +20,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from stellar.checkpoint.weights import load_strict, read_state_dict
-from stellar.eval.metrics import frechet_distance
 
 logger = logging.getLogger(__name__)
 
@@ -225,6 +224,17 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
 
 
 def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
-    """FID between two (N, D) feature sets, N >= 2 (float64 means, unbiased covariances)."""
-    real, fake = real.double(), fake.double()
-    return frechet_distance(real.mean(0), torch.cov(real.T), fake.mean(0), torch.cov(fake.T))
+    """FID ``|mu1 - mu2|^2 + tr(S1) + tr(S2) - 2 tr(sqrt(S1 S2))`` between two (N, D) feature
+    sets, N >= 2, in float64 (unbiased covariances). tr(sqrt(S1 S2)) comes from the eigenvalues
+    of the symmetric PSD matrix sqrt(S1) S2 sqrt(S1), which shares its spectrum with S1 S2;
+    negative round-off eigenvalues are clamped to 0."""
+    real, fake = real.double(), fake.to(real.device).double()
+    # symmetrise so eigh sees exactly symmetric input despite round-off in the estimates
+    s1, s2 = ((s + s.T) / 2 for s in (torch.cov(real.T), torch.cov(fake.T)))
+    evals, evecs = torch.linalg.eigh(s1)
+    root1 = (evecs * evals.clamp_min(0).sqrt()) @ evecs.T  # sqrt(S1), round-off clamped
+    inner = root1 @ s2 @ root1
+    tr_covmean = torch.linalg.eigvalsh((inner + inner.T) / 2).clamp_min(0).sqrt().sum()
+    diff = real.mean(0) - fake.mean(0)
+    # a distance: rounding can take identical statistics a hair below zero
+    return max(0.0, float(diff @ diff + s1.trace() + s2.trace() - 2.0 * tr_covmean))

@@ -34,16 +34,25 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
-from stellar.eval.metrics import psnr
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
 from stellar.models.decoder import ReconstructionDecoder
 from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
+PSNR_MAX = 100.0  # dB, the PSNR of identical images
 PIXEL_LOSS_WEIGHT = 10.0
 DEFAULT_DEPTH = 6
 SCHEDULE = ProbeSchedule(epochs=20, lr=1e-4, weight_decay=1e-4, batch_size=64)
+
+
+def psnr(x: Tensor, y: Tensor) -> Tensor:
+    """(B,) PSNR in dB of (B, C, H, W) images in [0, 1], float32 (float64 for float64 input),
+    capped at :data:`PSNR_MAX` (identical images): an infinite value would make a whole
+    dataset's mean infinite."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    mse = (x.to(dtype) - y.to(dtype)).pow(2).flatten(1).mean(dim=1)
+    return 10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_MAX / 10)))
 
 
 def fresh_decoder(
