@@ -1,22 +1,12 @@
-"""A plain ViT baseline (MAE or HF ViT weights) that evaluates through the same protocols.
+"""A plain ViT baseline (``--baseline mae:PATH`` or ``vit:PATH``: a local MAE / HF ViT
+checkpoint, HF directory, weights file or original MAE ``.pth``) that evaluates through the
+same protocols. Its outputs are ``cls`` (B, 1, d) and ``dense`` (B, n, d), the patch tokens
+after the final LayerNorm, with no masking (MAE's encoder sees every patch).
 
-``--baseline mae:PATH`` or ``--baseline vit:PATH`` reads the encoder of a local MAE / HF ViT
-checkpoint with :func:`stellar.checkpoint.mae.load_mae_weights` (HF directories, weights files
-and original MAE ``.pth`` files) and builds a :class:`~stellar.models.encoder.ViTEncoder` from
-the tensor shapes. Its outputs are ``cls`` (B, 1, d) and ``dense`` (B, n, d), the patch tokens
-after the final LayerNorm; it has no concept tokens, so ``sparse``, ``spatial`` and
-``lowrank`` do not exist.
-
-Decisions:
-- Inputs are normalised inside the model with the ImageNet mean / std (what MAE was trained
-  with), exactly as STELLAR does, unless an HF ``preprocessor_config.json`` beside the weights
-  gives others (Google's ViTs use 0.5 / 0.5); no masking is applied (MAE's encoder sees every
-  patch).
-- The architecture is read from the tensor shapes (:func:`stellar.models.infer.infer_config`);
-  the head count from the HF ``config.json`` when there is one, else the standard ViT's of
-  that width.
-- LayerNorm epsilon: the HF config's ``layer_norm_eps`` when present, 1e-6 for the original
-  MAE ``.pth`` (timm's ViT), else 1e-12 (HF's default).
+Inputs are normalised inside the model with the ImageNet mean / std (what MAE was trained
+with), unless an HF ``preprocessor_config.json`` beside the weights gives others (Google's ViTs
+use 0.5 / 0.5). The architecture comes from the tensor shapes, the head count from the HF
+``config.json`` when there is one.
 """
 
 from __future__ import annotations
@@ -44,8 +34,7 @@ BASELINE_KINDS: dict[str, str] = {"mae": "MAE", "vit": "ViT"}
 
 class ViTBaseline(nn.Module):
     """A frozen plain ViT with STELLAR's ``encode`` interface, restricted to ``cls``/``dense``;
-    ``config`` is a STELLAR config whose encoder is the ViT's (the protocols read its encoder
-    dimensions, the reconstruction probe its decoder size), ``name`` its row's label."""
+    ``config`` is a STELLAR config whose encoder is the ViT's."""
 
     feature_keys: tuple[str, ...] = ("cls", "dense")
 
@@ -60,7 +49,6 @@ class ViTBaseline(nn.Module):
 
     @property
     def device(self) -> torch.device:
-        """The device of the weights."""
         return self.encoder.cls_token.device
 
     def forward_encode(self, images: Tensor) -> dict[str, Tensor]:
@@ -73,7 +61,7 @@ class ViTBaseline(nn.Module):
 
 
 def parse_baseline(spec: str) -> tuple[str, Path]:
-    """``"mae:PATH"`` / ``"vit:PATH"`` -> (kind, path); ValueError on anything else."""
+    """``"mae:PATH"`` / ``"vit:PATH"`` -> (kind, path)."""
     kind, sep, path = str(spec).partition(":")
     if not sep or kind.lower() not in BASELINE_KINDS or not path:
         raise UsageError(
@@ -87,7 +75,7 @@ def parse_baseline(spec: str) -> tuple[str, Path]:
 
 
 def _preprocessor_mean_std(path: Path) -> tuple[list[float], list[float]] | None:
-    """``image_mean`` / ``image_std`` of an HF ``preprocessor_config.json`` beside the weights."""
+    """``image_mean`` / ``image_std`` of a ``preprocessor_config.json`` beside the weights."""
     file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
     if not file.is_file():
         return None
@@ -109,7 +97,7 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     shapes = {f"encoder.{k}": tuple(v.shape) for k, v in weights.tensors.items()}
     # without a config.json: the standard ViT's heads for the width (ViT-H: 16 of 80)
     enc = infer_config(shapes, heads=hf.get("num_attention_heads")).encoder
-    default_eps = 1e-6 if weights.layout == "original" else 1e-12  # timm's ViT, HF's
+    default_eps = 1e-6 if weights.layout == "original" else 1e-12  # timm's ViT, HF's default
     enc = dataclasses.replace(enc, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)))
     model = ViTBaseline(StellarConfig(encoder=enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
     load_strict(model.encoder, weights.tensors, source=str(path), target="a ViT encoder")

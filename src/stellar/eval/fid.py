@@ -23,9 +23,6 @@ from stellar.checkpoint.weights import load_strict, read_state_dict
 
 logger = logging.getLogger(__name__)
 
-FID_INPUT_SIZE = 299
-_UNUSED_PREFIXES = ("fc.",)
-
 
 class BasicConv2d(nn.Module):
     """Conv (no bias) -> BatchNorm (eps 1e-3) -> ReLU, keys ``conv.*`` and ``bn.*``."""
@@ -186,12 +183,7 @@ class FIDInceptionV3(nn.Module):
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, 3, H, W) images in [0, 1] (resized to 299×299 here) -> (B, 2048) features."""
-        x = F.interpolate(
-            images.float(),
-            size=(FID_INPUT_SIZE, FID_INPUT_SIZE),
-            mode="bilinear",
-            align_corners=False,
-        )
+        x = F.interpolate(images.float(), size=(299, 299), mode="bilinear", align_corners=False)
         x = 2 * x - 1
         x = self.Conv2d_2b_3x3(self.Conv2d_2a_3x3(self.Conv2d_1a_3x3(x)))
         x = F.max_pool2d(x, kernel_size=3, stride=2)
@@ -215,7 +207,7 @@ def load_fid_inception(path: str | Path, device: torch.device | str = "cpu") -> 
         state,
         source=str(path),
         target="the pytorch-fid Inception",
-        unused=_UNUSED_PREFIXES,
+        unused=("fc.",),
         may_be_missing=[k for k in model.state_dict() if k.endswith(".num_batches_tracked")],
     )
     model.requires_grad_(False)

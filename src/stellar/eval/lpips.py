@@ -52,7 +52,6 @@ class VGG16Features(nn.Module):
                 layers += [nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1), nn.ReLU()]
                 in_ch = int(v)
         self.features = nn.Sequential(*layers)
-        assert len(self.features) == _TAPS[-1] + 1
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """(B, 3, H, W) scaled images -> the five tapped activations."""
