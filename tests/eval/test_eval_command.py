@@ -13,14 +13,12 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
+from stellar.data.folder import EvalImages
 from stellar.eval.common import format_table
-from stellar.eval.features import (
-    LabelledFeatures,
-    align_val,
-    features_from_dir,
-    labelled_features,
-)
+from stellar.eval.encoder import extract_features, pool_features
+from stellar.eval.features import LabelledFeatures, align_val
 from stellar.eval.knn import knn_accuracy
+from stellar.eval.shards import load_features, read_meta
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -92,10 +90,11 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
         )
     torch.manual_seed(0)  # what both commands do before building the random preset
     model = create_stellar("stellar-tiny").eval()
-    direct = labelled_features(model, val, "cls", 64, progress=False)
-    stored = features_from_dir(tmp_path / "fval", "cls")
-    torch.testing.assert_close(stored.x, direct.x, rtol=1e-5, atol=1e-5)
-    assert stored.classes == ["blue", "red"] and stored.y.tolist() == direct.y.tolist()
+    view = EvalImages(val, 64, resize_ratio=256 / 224)  # the view `stellar eval` reads
+    direct = extract_features(model, view, ["cls"], pool=True, progress=False)
+    stored = load_features(tmp_path / "fval", ["cls"])
+    torch.testing.assert_close(pool_features(stored["cls"]), direct["cls"], rtol=1e-5, atol=1e-5)
+    assert stored["labels"].tolist() == direct["labels"].tolist() == [0, 0, 1, 1]
 
     out = tmp_path / "knn"
     argv = ["eval", "knn", "--model", "stellar-tiny", "--key", "cls", "--out", str(out)]
@@ -137,7 +136,7 @@ def test_extract_keeps_class_names_of_nested_class_folders(tmp_path) -> None:
     out = tmp_path / "feats"
     argv = ["extract", "--model", "stellar-tiny", "--data", str(tmp_path / "nested")]
     assert main([*argv, "--out", str(out), "--keys", "cls", "--num-workers", "0"]) == 0
-    assert features_from_dir(out, "cls").classes == ["green", "red"]
+    assert read_meta(out)["classes"] == ["green", "red"]
 
 
 def test_bad_inputs_fail_before_any_work(colours, tmp_path) -> None:

@@ -31,12 +31,7 @@ from stellar.eval.common import (
     load_entries,
     percent,
 )
-from stellar.eval.encoder import (
-    Encoder,
-    extract_features,
-    pool_features,
-    weights_fingerprint,
-)
+from stellar.eval.encoder import Encoder, extract_features, pool_features, weights_fingerprint
 from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
@@ -46,8 +41,6 @@ __all__ = [
     "align_val",
     "class_indices",
     "classification_setup",
-    "features_from_dir",
-    "labelled_features",
     "pool_features",
 ]
 
@@ -81,31 +74,6 @@ def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]
         )
     table = torch.tensor([index.get(c, -1) for c in names], dtype=torch.int64)
     return table[labels.long()]
-
-
-def labelled_features(
-    model: Encoder,
-    root: str | Path,
-    key: str,
-    resolution: int,
-    batch_size: int = 64,
-    num_workers: int = 0,
-    progress: bool = True,
-) -> LabelledFeatures:
-    """Pooled features and labels of a class-folder tree (evaluation view)."""
-    dataset = EvalImages(root, resolution, resize_ratio=EVAL_RESIZE_RATIO)
-    classes = dataset.require_labels(str(root))
-    out = extract_features(
-        model, dataset, [key], batch_size, pool=True, num_workers=num_workers, progress=progress
-    )
-    return LabelledFeatures(out[key], out["labels"], classes)
-
-
-def features_from_dir(out_dir: str | Path, key: str) -> LabelledFeatures:
-    """Pooled ``key`` features of a labelled ``stellar extract`` folder, with its class names."""
-    features = load_features(out_dir, [key])
-    classes = read_meta(Path(out_dir))["classes"]
-    return LabelledFeatures(pool_features(features[key].float()), features["labels"], classes)
 
 
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
@@ -190,15 +158,16 @@ def classification_setup(
 def split_features(
     args: argparse.Namespace, entry: Entry, folder: Path | None, stored_dir: str | None
 ) -> LabelledFeatures:
-    """Pooled labelled features of one split: a feature folder (STELLAR) or its images."""
+    """Pooled labelled features of one split: a feature folder (STELLAR) or its images, read in
+    the evaluation view."""
     if entry.kind == "stellar" and stored_dir:
-        return features_from_dir(stored_dir, entry.key)
-    return labelled_features(
-        entry.model,
-        folder,
-        entry.key,
-        entry.resolution,
-        batch_size=args.batch_size,
-        num_workers=args.num_workers,
-        progress=not args.no_progress,
-    )
+        features = load_features(stored_dir, [entry.key])
+        classes = read_meta(Path(stored_dir))["classes"]
+        x = pool_features(features[entry.key].float())
+        return LabelledFeatures(x, features["labels"], classes)
+    dataset = EvalImages(folder, entry.resolution, resize_ratio=EVAL_RESIZE_RATIO)
+    out = extract_features(
+        entry.model, dataset, [entry.key], args.batch_size, pool=True,
+        num_workers=args.num_workers, progress=not args.no_progress,
+    )  # fmt: skip
+    return LabelledFeatures(out[entry.key], out["labels"], dataset.require_labels(str(folder)))
