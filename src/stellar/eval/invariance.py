@@ -57,9 +57,9 @@ DISTANCES: tuple[str, ...] = ("cls", "dense_mean", "sparse_matched", "lowrank_me
 CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
 
-def cosine_distance(a: Tensor, b: Tensor, eps: float = 1e-8) -> Tensor:
+def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
     """``1 - cos(a, b)`` along the last axis (float32), broadcasting the leading axes."""
-    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1, eps=eps)
+    return 1.0 - F.cosine_similarity(a.float(), b.float(), dim=-1)
 
 
 def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -190,16 +190,14 @@ def run_invariance(
 ) -> dict[str, Any]:
     """Crop invariance of every representation and, for STELLAR, the equivariance partition
     under a flip and a shift by each of ``shifts`` patches, over a ``dataset`` of
-    :class:`~stellar.data.folder.EvalImages` items (at least ``image``, (3, R, R) in [0, 1]).
-
-    Encoding runs in float32 (no autocast) so that small distances are not rounding noise.
+    :class:`~stellar.data.folder.EvalImages` items, encoded in float32 (no autocast) so that
+    small distances are not rounding noise.
 
     Returns:
-        ``distances``: ``{name: {"mean", "std", "between"}}`` over images (``between``: the mean
-        distance of each image but the first to the one before it; None for a representation
-        the model lacks); ``equivariance``: ``{"flip" | "shift <s>":
-        {share: mean over the images where it is defined}}`` (empty for a model without
-        concept tokens); ``num_images``.
+        ``distances``: ``{name: {"mean", "std", "between"}}`` over images (``between``: each
+        image against the one before it; None for a representation the model lacks);
+        ``equivariance``: ``{"flip" | "shift <s>": {share: mean over the images where it is
+        defined}}`` (empty without concept tokens); ``num_images``.
     """
     device = model.device
     factorised = "sparse" in model.feature_keys

@@ -1,11 +1,9 @@
 """Linear probe (arXiv 2602.01905): ``stellar eval linear``.
 
-Probe = LayerNorm(d) -> Linear(d, classes), trained with AdamW (lr 1e-3, wd 1e-4, 30 epochs)
-and a per-step cosine decay to 0 (:func:`stellar.eval.probe.fit_probe`), either on features
-extracted once (:func:`train_linear_probe`) or, with ``--augmented``, on fresh
-RandomResizedCrop(scale 0.2-1, ratio 3/4-4/3) + flip views of each training image encoded
-every epoch (:func:`train_linear_augmented`, the paper's recipe). Accuracies are fractions in
-[0, 1].
+Probe = LayerNorm(d) -> Linear(d, classes), trained either on features extracted once
+(:func:`train_linear_probe`) or, with ``--augmented``, on fresh RandomResizedCrop + flip views
+of each training image encoded every epoch (:func:`train_linear_augmented`, the paper's
+recipe). Accuracies are fractions in [0, 1].
 """
 
 from __future__ import annotations
@@ -102,12 +100,10 @@ def train_linear_augmented(
     num_workers: int = 0,
     progress: bool = True,
 ) -> dict[str, float]:
-    """The paper's augmented linear probe: fresh RandomResizedCrop + flip views of the class
-    folders of ``train_root`` every epoch, ``resolution`` px, encoded by the frozen model (no
-    gradients) and pooled ``key`` features; the probe trains as :func:`train_linear_probe`
-    does and is evaluated on ``val`` (pooled features of the evaluation view). The schedule's
-    seed also fixes the crops. Returns ``{"top1", "top5"}``.
-    """
+    """The paper's augmented linear probe on the class folders of ``train_root``: fresh views
+    every epoch, encoded by the frozen model and pooled, the probe scored on ``val`` (pooled
+    features of the evaluation view): ``{"top1", "top5"}``. The schedule's seed also fixes the
+    crops."""
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
     classes = folder.require_labels(str(train_root))

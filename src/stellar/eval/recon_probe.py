@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 PSNR_MAX = 100.0  # dB, the PSNR of identical images
 PIXEL_LOSS_WEIGHT = 10.0
-DEFAULT_DEPTH = 6
 SCHEDULE = ProbeSchedule(epochs=20, lr=1e-4, weight_decay=1e-4, batch_size=64)
 
 
@@ -55,14 +54,9 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     return 10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_MAX / 10)))
 
 
-def fresh_decoder(
-    model: Encoder, depth: int = DEFAULT_DEPTH, seed: int = 0
-) -> ReconstructionDecoder:
-    """A newly initialised pixel-head decoder sized for ``model``'s features.
-
-    The widths come from ``model.config`` (``encoder``, ``decoder``, ``fourier_features``),
-    the head from its patch size; ``seed`` seeds the initialisation (global RNG untouched).
-    """
+def fresh_decoder(model: Encoder, depth: int, seed: int = 0) -> ReconstructionDecoder:
+    """A newly initialised pixel-head decoder sized by ``model.config`` for its features,
+    ``seed`` seeding the initialisation (global RNG untouched)."""
     cfg = model.config
 
     def build() -> ReconstructionDecoder:
@@ -94,8 +88,8 @@ def train_recon_probe(
     progress: bool = True,
 ) -> list[dict[str, float]]:
     """Train a :func:`fresh_decoder` in place to rebuild (N, 3, h·p, w·p) uint8 ``images``
-    from (N, n, d) frozen feature grids, n = h·w, ``grid`` = (h, w); the schedule's seed fixes
-    the batch order. Returns one ``{"epoch", "loss"}`` per epoch (the weighted loss)."""
+    from (N, n, d) frozen feature grids, n = h·w, ``grid`` = (h, w): the :func:`fit_probe`
+    record."""
     n = features.shape[0]
     decoder.to(device)
 

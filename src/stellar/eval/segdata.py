@@ -98,10 +98,9 @@ def _by_stem(folder: Path, files: list[Path], what: str) -> dict[str, Path]:
 
 
 def find_split(root: str | os.PathLike[str], split: str = "train") -> SegmentationSplit:
-    """The image / label-map pairs of the ``"train"`` or ``"val"`` split of ``root`` (ADE20K or
-    simple layout), checked from the file headers only: one label map per image (the unpaired
-    files of either side listed), one file per stem, single-channel maps of their image's size.
-    """
+    """The image / label-map pairs of the ``"train"`` or ``"val"`` split of ``root``, checked
+    from the file headers only: one label map per image, one file per stem, single-channel maps
+    of their image's size."""
     root = Path(root)
     layout, image_dir, label_dir = _locate(root, split)
     image_files = find_images(image_dir, IMG_EXTENSIONS)
@@ -182,9 +181,8 @@ def load_label_maps(
     reduce_zero: bool = False,
     progress: bool = True,
 ) -> Tensor:
-    """(N, size, size) uint8 label maps, resized with nearest sampling (and
-    :func:`reduce_zero_label` with ``reduce_zero``); an unreadable file or a value outside
-    ``[0, num_classes)`` other than :data:`IGNORE` is an error naming each file."""
+    """(N, size, size) uint8 label maps, resized with nearest sampling; an unreadable file or a
+    value outside ``[0, num_classes)`` other than :data:`IGNORE` is an error naming each file."""
     out = torch.empty(len(labels), size, size, dtype=torch.uint8)
     bad, unreadable = [], []
 
