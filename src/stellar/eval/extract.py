@@ -56,8 +56,8 @@ DEFAULT_KEYS: tuple[str, ...] = ("sparse", "cls", "spatial")  # what `stellar ex
 
 
 # ---------------------------------------------------------------------------- sharded output
-def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
-    """Start ``meta.json``, or resume an extraction of the same ``settings``; another one is
+def _prepare_meta(out: Path, meta: dict[str, Any], overwrite: bool) -> None:
+    """Start ``meta.json``, or resume an extraction of the same settings; another one is
     replaced only with ``overwrite``."""
     if (out / META_NAME).is_file():
         try:
@@ -65,14 +65,13 @@ def _prepare_meta(out: Path, settings: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            diff = differences(old, settings)
+            diff = differences(old, meta)
             if not diff:
                 return
             what = f"features extracted with other settings ({', '.join(diff)})"
     else:
         what = "shards of an unknown extraction"
     remove(check_fresh(out, (META_NAME, "shard-*.safetensors"), overwrite, what))
-    meta = {**settings, "id": settings_id(settings)}
     write_json(out / META_NAME, {**meta, "count": None, "complete": False})
 
 
@@ -120,7 +119,7 @@ def extract_to_dir(
         }
         meta = {**settings, "id": settings_id(settings)}
         if rank == 0:
-            _prepare_meta(out, settings, overwrite)
+            _prepare_meta(out, meta, overwrite)
         distributed = world_size > 1 and torch.distributed.is_initialized()
         if distributed:
             torch.distributed.barrier()  # no rank writes before rank 0 has checked the folder

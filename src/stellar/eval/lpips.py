@@ -35,11 +35,8 @@ _TAP_CHANNELS = (64, 128, 256, 512, 512)
 
 
 class VGG16Features(nn.Module):
-    """torchvision-compatible ``vgg16().features`` up to relu5_3 (indices 0..29).
-
-    The final max-pool (index 30) carries no weights and LPIPS never uses it, so it is omitted;
-    the state-dict keys ``features.{i}.weight/bias`` are those of torchvision.
-    """
+    """torchvision's ``vgg16().features`` (its keys ``features.{i}.weight/bias``) up to relu5_3,
+    without the last max-pool, which LPIPS never uses."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -64,7 +61,7 @@ class VGG16Features(nn.Module):
 
 
 class LPIPS(nn.Module):
-    """LPIPS distance with a VGG16 backbone. Use :func:`load_lpips` for pretrained weights."""
+    """LPIPS distance with a VGG16 backbone (weights: :func:`load_lpips`)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -96,9 +93,8 @@ def load_lpips(
     lpips_weights_path: str | Path,
     device: torch.device | str = "cpu",
 ) -> LPIPS:
-    """The frozen LPIPS-VGG in eval mode, every key checked, from local files: a torchvision
-    ``vgg16`` state dict (``.pth`` or ``.safetensors``) and the lpips v0.1 ``vgg.pth``
-    (the key layouts are in the module docstring)."""
+    """The frozen LPIPS-VGG in eval mode, every key checked, from the two local files of the
+    module docstring."""
     vgg_path, lin_path = Path(vgg_weights_path), Path(lpips_weights_path)
     model = LPIPS()
     vgg_sd, _ = read_state_dict(vgg_path)

@@ -143,8 +143,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval seg``."""
     add_common(p)
     add_keys(p, ("dense", "lowrank"))
-    p.add_argument("--train", default=None, help="training folder")
-    p.add_argument("--val", default=None, help="validation folder")
+    p.add_argument("--train", required=True, help="ADE20K folder, or images/ beside masks/")
+    p.add_argument("--val", default=None, help="validation folder (default: --train's)")
     p.add_argument("--num-classes", type=positive_int, required=True)
     p.add_argument(
         "--reduce-zero-label", action="store_true", help="ADE20K: 0 -> ignore, k -> k - 1"
@@ -154,8 +154,6 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
     """One row per model: mIoU and pixel accuracy on the validation split."""
-    if args.train is None:
-        raise UsageError("expected --train: a segmentation folder (ADE20K or images/ + masks/)")
     if not 1 <= args.num_classes < 255:
         raise UsageError(f"expected 1 <= --num-classes < 255, got {args.num_classes}")
     train = find_split(args.train, "train")
