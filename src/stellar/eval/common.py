@@ -24,20 +24,6 @@ from stellar.eval.encoder import Encoder
 from stellar.outputs import atomic_write
 from stellar.runtime import add_precision_argument, pick_device
 
-__all__ = [
-    "Entry",
-    "add_common",
-    "add_encoding",
-    "add_keys",
-    "check_folder",
-    "format_table",
-    "load_entries",
-    "metric",
-    "percent",
-    "resolution",
-    "write_json",
-]
-
 METRICS_NAME = "metrics.json"
 
 
@@ -82,8 +68,7 @@ def check_folder(root: str | None, what: str) -> ImageFolder:
 # ---------------------------------------------------------------------------- models
 @dataclass
 class Entry:
-    """One table row to compute: a model, its label, kind (stellar | baseline), the feature it
-    reads and the side it encodes images at."""
+    """One table row to compute: a model, its label, kind (stellar | baseline), feature, side."""
 
     name: str
     kind: str

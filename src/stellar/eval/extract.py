@@ -1,9 +1,6 @@
 """``stellar extract``: :func:`~stellar.eval.encoder.extract_features` written in resumable
-shards (the folder's layout and reading: :mod:`stellar.eval.shards`).
-
-Under torchrun rank ``k`` of ``W`` takes the global shards ``k, k + W, ...``. Each shard is
-written atomically, so a whole shard is done and a rerun skips it; ``meta.json`` is marked
-complete once every shard exists.
+shards (:mod:`stellar.eval.shards`), each written atomically, so a whole shard is done and a
+rerun skips it. Under torchrun rank ``k`` of ``W`` takes the global shards ``k, k + W, ...``.
 """
 
 from __future__ import annotations

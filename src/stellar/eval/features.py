@@ -35,15 +35,6 @@ from stellar.eval.encoder import Encoder, extract_features, pool_features, weigh
 from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
-__all__ = [
-    "EVAL_RESIZE_RATIO",
-    "LabelledFeatures",
-    "align_val",
-    "class_indices",
-    "classification_setup",
-    "pool_features",
-]
-
 logger = logging.getLogger(__name__)
 
 EVAL_RESIZE_RATIO = 256 / 224

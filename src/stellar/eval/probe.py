@@ -45,6 +45,7 @@ class ProbeSchedule:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int) -> ProbeSchedule:
+        """The schedule of a run's options."""
         return cls(args.epochs, args.lr, args.weight_decay, batch_size, args.seed)
 
     def index_batches(self, n: int) -> Callable[[int], list[Tensor]]:
@@ -125,8 +126,7 @@ def train_probe(
     skip_nonfinite: bool = False,
 ) -> nn.Module:
     """``build()`` initialised from ``schedule.seed`` and trained by :func:`fit_probe` on
-    cached (N, ...) inputs ``x`` (batches move to ``device`` as float32) and integer targets
-    ``y``, with ``loss(output, targets)``, in a new permutation of the N samples every epoch."""
+    cached (N, ...) inputs ``x`` and integer targets ``y`` with ``loss(output, targets)``."""
     probe = seeded(build, schedule.seed, device)
 
     def loss_of(idx: Tensor) -> tuple[Tensor, int]:
