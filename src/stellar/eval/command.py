@@ -51,8 +51,7 @@ def run(args: argparse.Namespace) -> int:
     with output_folder(args.out or f"eval-{args.protocol}", "stellar eval") as args.out_dir:
         protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
         result = protocol.run(args)  # under --precision (stellar.cli)
-        skip = ("protocol", "out_dir")
-        settings = {k: v for k, v in vars(args).items() if k not in skip}
+        settings = {k: v for k, v in vars(args).items() if k not in ("protocol", "out_dir")}
         write_json(
             args.out_dir / METRICS_NAME, {"protocol": args.protocol, "settings": settings, **result}
         )

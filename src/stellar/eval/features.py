@@ -113,7 +113,7 @@ def classification_setup(
     args: argparse.Namespace, augmented: bool = False
 ) -> tuple[list[Entry], Path | None, Path | None]:
     """Check a linear / kNN run's inputs, then load its models: ``(entries, train folder, val
-    folder)``, a folder None where a feature folder replaces it for every row."""
+    folder)``, None for a folder that a feature folder replaces."""
     if augmented and args.train_features:
         raise UsageError(
             "--augmented encodes new crops every epoch: it needs --train (images), not "

@@ -93,10 +93,8 @@ def random_crops(
 def representation_distances(
     original: dict[str, Tensor], crops: dict[str, Tensor], n_crops: int
 ) -> dict[str, Tensor]:
-    """``{name: (B, K)}`` crop-vs-original cosine distances, for the :data:`DISTANCES` the
-    outputs allow, of B images' encoder outputs (``cls`` (B, 1, d), ``dense`` (B, n, d),
-    optionally ``sparse`` and ``lowrank``) and their B·K crops' (image-major: crop j of image i at
-    row i·K + j), K = ``n_crops``."""
+    """``{name: (B, K)}`` cosine distances (the :data:`DISTANCES` the outputs allow) between
+    B images' encoder outputs and their B·K crops' (crop j of image i at row i·K + j)."""
 
     def pair(key: str) -> tuple[Tensor, Tensor]:
         o = original[key]

@@ -1,10 +1,5 @@
 """LPIPS perceptual distance, VGG variant (Zhang et al. 2018, lpips v0.1).
 
-Pipeline: images in [0, 1] -> [-1, 1] -> ScalingLayer ``(x - shift) / scale`` -> VGG16 conv
-stack, tapped after relu1_2, relu2_2, relu3_3, relu4_3, relu5_3 -> unit-normalise each
-feature vector over channels -> squared difference -> learned non-negative 1x1 linear layer
-per tap -> spatial mean -> sum over the five taps.
-
 Weights are never downloaded: :func:`load_lpips` reads a torchvision ``vgg16`` state dict
 (``features.{i}.weight/bias``; ``classifier.*`` is accepted and ignored) and the lpips v0.1
 ``vgg.pth`` linear layers (``lin{0..4}.model.1.weight``).

@@ -128,10 +128,8 @@ def image_metrics(
     device: torch.device | str = "cpu",
 ) -> dict[str, float | None]:
     """``psnr`` (dB, the mean over images), ``lpips`` (mean distance) and ``rfid`` (None
-    without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against ``targets``
-    (in [0, 1], or uint8)."""
-    if targets.dtype == torch.uint8:
-        targets = targets.float() / 255
+    without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against uint8 ``targets``."""
+    targets = targets.float() / 255
     out: dict[str, float | None] = {
         "psnr": psnr(recons, targets).mean().item(),
         "lpips": None,

@@ -8,10 +8,7 @@ Two layouts are recognised under a folder ``ROOT``:
 - **simple**: ``ROOT/images/`` with ``ROOT/masks/``, ``ROOT/labels/`` or ``ROOT/annotations/``,
   the label map of ``images/a/b.jpg`` being ``<labels>/a/b.png`` (same relative stem).
 
-Label maps are single-channel images of class indices (modes ``L``, ``P``, ``I``, ``I;16``);
-255 is the ignore label. With ``reduce_zero_label`` (ADE20K's convention, as mmseg does)
-label 0 ("other") becomes 255 and every other label is shifted down by one, so ADE20K's
-1..150 become 0..149.
+Label maps are single-channel images of class indices; 255 is the ignore label.
 """
 
 from __future__ import annotations
@@ -41,8 +38,7 @@ LABEL_EXTENSIONS: tuple[str, ...] = (".png", ".bmp", ".tif", ".tiff", ".gif", ".
 LABEL_FOLDERS: tuple[str, ...] = ("annotations", "masks", "labels")
 SINGLE_CHANNEL_MODES: tuple[str, ...] = ("1", "L", "P", "I", "I;16", "I;16B", "I;16L")
 ADE_SPLITS: dict[str, str] = {"train": "training", "val": "validation"}
-IGNORE = 255
-"""The label of unlabelled pixels, skipped by the loss and the metric."""
+IGNORE = 255  # the label of unlabelled pixels, skipped by the loss and the metric
 
 
 @dataclass
@@ -160,7 +156,8 @@ def _check_headers(pairs: SegmentationSplit) -> None:
 
 
 def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
-    """ADE20K's convention: 0 -> :data:`IGNORE`, :data:`IGNORE` stays, k -> k - 1."""
+    """ADE20K's convention (as mmseg's): 0 ("other") -> :data:`IGNORE`, :data:`IGNORE` stays,
+    k -> k - 1, so ADE20K's 1..150 become 0..149."""
     labels = labels.astype(np.int64)
     return np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1)
 
