@@ -15,8 +15,6 @@ logger = logging.getLogger(__name__)
 
 DecoderHead = Literal["pixel", "vq"]
 ARCHITECTURE = "stellar"
-# Keys by which other libraries' configs (HF transformers, timm) name their model.
-_FOREIGN_MARKERS = ("model_type", "architectures")
 
 
 @dataclass
@@ -119,23 +117,15 @@ class StellarConfig:
         """Build from a dict in the official schema; unknown keys are logged and ignored.
 
         Raises:
-            UsageError: not a mapping, another library's config, no STELLAR field, or a
-                field of the wrong type or range.
+            UsageError: not a mapping, no STELLAR field (e.g. an HF ViT config, which would
+                otherwise silently be stellar-b16), or a field of the wrong type or range.
         """
         names = {f.name for f in dataclasses.fields(cls)}
-        if isinstance(data, Mapping) and "architecture" not in data:
-            foreign = {k: data[k] for k in _FOREIGN_MARKERS if k in data}
-            if foreign:  # e.g. an HF ViTMAE config.json: not ours, whatever its widths
-                shown = ", ".join(f"{k}={v!r}" for k, v in foreign.items())
-                raise UsageError(
-                    f"expected a STELLAR config (architecture={ARCHITECTURE!r}), got another "
-                    f"library's config ({shown})"
-                )
-            if not names & set(data):  # all defaults would silently be stellar-b16
-                raise UsageError(
-                    f"expected a STELLAR config, found none of its fields (got keys: "
-                    f"{', '.join(sorted(map(str, data))) or 'none'})"
-                )
+        if isinstance(data, Mapping) and not names & set(data):
+            raise UsageError(
+                f"expected a STELLAR config (architecture={ARCHITECTURE!r}), found none of its "
+                f"fields (got keys: {', '.join(sorted(map(str, data))) or 'none'})"
+            )
         return build(cls, data, unknown="warn")
 
     def replace(self, **changes: Any) -> StellarConfig:
