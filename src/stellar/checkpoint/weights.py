@@ -167,14 +167,9 @@ def check_state(
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
 ) -> None:
-    """Raise ValueError unless ``state`` fits ``expected`` key for key, shape for shape.
-
-    Args:
-        expected: the module's ``key -> shape``.
-        state: the tensors read from ``source``.
-        source, target: the file and what it is loaded into, for the error.
-        unused: the explicit known-unused list: keys (or prefixes ending in ``.``) skipped.
-        may_be_missing: keys (or prefixes) that keep their initial value when absent.
+    """Raise ValueError unless ``state`` (read from ``source``) fits ``expected`` (``key ->
+    shape`` of ``target``) key for key, shape for shape: keys (or prefixes ending in ``.``) on
+    ``unused`` are skipped, those on ``may_be_missing`` keep their initial value when absent.
     """
     unused, may_be_missing = tuple(unused), tuple(may_be_missing)
     unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))

@@ -36,11 +36,6 @@ class Attention(nn.Module):
     q, k and v come from one fused ``Linear(dim, 3*dim)`` (one GEMM instead of three); the
     checkpoint mapping splits and joins it to the separate query/key/value tensors of the
     official HF-ViT layout.
-
-    Args:
-        dim: token width.
-        num_heads: number of heads; must divide ``dim``.
-        qkv_bias: whether q, k and v have biases.
     """
 
     def __init__(self, dim: int, num_heads: int, qkv_bias: bool = True) -> None:

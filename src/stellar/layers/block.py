@@ -9,15 +9,7 @@ from stellar.layers.mlp import Mlp
 
 
 class Block(nn.Module):
-    """``x = x + Attn(LN1(x)); x = x + MLP(LN2(x))``.
-
-    Args:
-        dim: token width.
-        num_heads: attention heads.
-        mlp_dim: hidden width of the MLP.
-        eps: LayerNorm epsilon (1e-12 in STELLAR, as in HF ViT).
-        qkv_bias: whether q, k, v have biases.
-    """
+    """``x = x + Attn(LN1(x)); x = x + MLP(LN2(x))`` (LayerNorm ``eps`` 1e-12, as in HF ViT)."""
 
     def __init__(
         self, dim: int, num_heads: int, mlp_dim: int, eps: float = 1e-12, qkv_bias: bool = True
@@ -29,7 +21,6 @@ class Block(nn.Module):
         self.mlp = Mlp(dim, mlp_dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, N, D) -> (B, N, D)."""
         x = x + self.attn(self.norm1(x))
         return x + self.mlp(self.norm2(x))
 
@@ -53,7 +44,6 @@ class Transformer(nn.Module):
         self.norm = nn.LayerNorm(dim, eps=eps)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(B, N, D) -> (B, N, D)."""
         for block in self.blocks:
             x = block(x)
         return self.norm(x)

@@ -15,5 +15,4 @@ class Mlp(nn.Module):
         self.fc2 = nn.Linear(hidden_dim, dim)
 
     def forward(self, x: Tensor) -> Tensor:
-        """(..., dim) -> (..., dim)."""
         return self.fc2(self.act(self.fc1(x)))

@@ -42,12 +42,6 @@ class OnlineClustering(nn.Module):
     dtype); its output is cast to fp32, normalised, and the prototype layer is evaluated with
     autocast disabled on the fp32 features and an fp32 view of the weight (``weight.float()``,
     which is differentiable, so bf16 parameters still receive gradients).
-
-    Args:
-        in_dim: Token width d.
-        out_dim: Number of clusters K.
-        hidden_dim: Predictor hidden width.
-        proto_dim: Prototype (normalised feature) width.
     """
 
     def __init__(
@@ -60,14 +54,7 @@ class OnlineClustering(nn.Module):
         nn.init.normal_(self.layer.weight, mean=0.0, std=1.0)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Cluster logits of tokens.
-
-        Args:
-            x: (..., in_dim) tokens.
-
-        Returns:
-            (..., out_dim) fp32 logits.
-        """
+        """Cluster logits (..., K) in fp32 of tokens (..., d)."""
         first = self.predictor.layers[0].weight
         if not torch.is_autocast_enabled(x.device.type) and x.dtype != first.dtype:
             x = x.to(first.dtype)

@@ -11,21 +11,13 @@ from stellar.models.init import init_vit_layers_
 
 
 class ReconstructionDecoder(Transformer):
-    """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head.
+    """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head: the
+    ``"pixel"`` head a ConvTranspose2d to RGB (kernel and stride the patch size), the ``"vq"``
+    head logits over the tokenizer's codebook.
 
-    Initialisation: truncated normal (std 0.02) Linear weights (the vq
-    head's too), zero biases, unit LayerNorms; the pixel head's ConvTranspose2d keeps PyTorch's
-    default and the Fourier matrix is a fixed N(0, 1) buffer.
-
-    Args:
-        in_dim: encoder width d.
-        cfg: decoder transformer size.
-        depth: number of blocks (``num_decoder_layers``).
-        head: ``"pixel"`` (ConvTranspose2d to RGB) or ``"vq"`` (logits over a codebook).
-        patch_size: encoder patch size (the pixel head's kernel and stride).
-        codebook_size: VQ codebook entries (the vq head's output width).
-        fourier_features: random Fourier features F (the encoding is 2F wide).
-        eps: LayerNorm epsilon.
+    Initialisation: truncated normal (std 0.02) Linear weights (the vq head's too), zero
+    biases, unit LayerNorms; the pixel head's ConvTranspose2d keeps PyTorch's default and the
+    Fourier matrix is a fixed N(0, 1) buffer.
     """
 
     def __init__(

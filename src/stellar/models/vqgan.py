@@ -165,17 +165,11 @@ class VectorQuantizer(nn.Module):
 
 
 class MaskGITVQGAN(nn.Module):
-    """MaskGIT-VQGAN tokenizer; defaults are the released f16-256 configuration.
+    """MaskGIT-VQGAN tokenizer; defaults are the released f16-256 configuration
+    (``len(channel_mult) - 1`` halvings of resolution; every level's channels a multiple of 32).
 
     Frozen on construction and always in eval mode (``train()`` is a no-op, so a parent's
     ``.train()`` cannot flip it).
-
-    Args:
-        hidden_channels: Channels of the finest level (every level's count a multiple of 32).
-        channel_mult: Channel multiplier per level; ``len - 1`` halvings of resolution.
-        num_res_blocks: Res blocks per level, and number of mid blocks.
-        z_channels: Channels of the pre-quantisation features and of a codebook entry.
-        codebook_size: Number of codebook entries.
     """
 
     def __init__(
