@@ -98,11 +98,6 @@ class STELLAR(nn.Module):
         return self.sparse_tokens.shape[1]
 
     @property
-    def num_features(self) -> int:
-        """d, as timm names it: the size of a pooled feature."""
-        return self.embed_dim
-
-    @property
     def image_size(self) -> int:
         """The side the model was trained at; :meth:`preprocess` resizes to it."""
         return self.config.encoder.image_size
@@ -311,8 +306,7 @@ class STELLAR(nn.Module):
         """Rebuild images from ``encode``'s output, or from ``(sparse, spatial)``.
 
         From a dict it reads ``sparse`` (S) and ``spatial`` (L) and recomputes L·S, so edits
-        to the concepts or their maps take effect (``lowrank`` is used only when the dict has
-        no S and L), and ``grid``, which :meth:`encode` records.
+        to the concepts or their maps take effect, and ``grid``, which :meth:`encode` records.
 
         Args:
             encoded: the dict returned by :meth:`encode`, or the concept tokens (B, r, d).
@@ -346,8 +340,6 @@ class STELLAR(nn.Module):
     def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
         if isinstance(encoded, dict):
             if "sparse" not in encoded or "spatial" not in encoded:
-                if "lowrank" in encoded:
-                    return encoded["lowrank"]
                 raise UsageError("reconstruct(dict) needs its 'sparse' and 'spatial' entries")
             encoded, spatial = encoded["sparse"], encoded["spatial"]
         if spatial is None or spatial.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
