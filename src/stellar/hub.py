@@ -1,16 +1,8 @@
 """From a name or a path to a ready STELLAR: ``load_stellar``, ``create_stellar``, ``load_model``.
 
-``purpose="pretrain"`` builds a :class:`~stellar.losses.pretraining.StellarForPretraining`, the
-STELLAR whose call takes the model card's batch dict.
-
-A released name is ``<name>.safetensors`` of the Hugging Face repository ``microsoft/STELLAR``
-with the repository's ``config.json`` model table, fetched by ``huggingface_hub`` (its cache,
-``HF_HOME``, ``HF_HUB_OFFLINE``, downloads). A path is a weights file, a directory
-(``model.safetensors`` + ``config.json``) or a training run folder (its ``checkpoints/last``);
-:func:`resolve` is that one rule, and every ``--model`` option goes through it.
-
-The architecture has one source, the first that exists: the ``config.json`` beside the
-weights (ours, or the model table's entry for the file), the config stored in the file's
+A name or path means one weights file (:func:`resolve`, the rule every ``--model`` option
+follows). Its architecture has one source, the first that exists: the ``config.json`` beside
+the weights (ours, or the model table's entry for the file), the config stored in the file's
 metadata, the registry (a released name whose table is not at hand), and last the tensor
 shapes (:func:`stellar.models.infer.infer_config`).
 """
@@ -32,7 +24,6 @@ from stellar.checkpoint.official import (
     carries_decoder,
     from_official,
     load_official,
-    no_decoder,
 )
 from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, read_header, read_state_dict
 from stellar.errors import UsageError
@@ -120,7 +111,11 @@ def load_stellar(
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     weights, keys, config = read_checkpoint(name_or_path)
     if purpose == "reconstruct" and not carries_decoder(keys):
-        raise no_decoder(str(weights))  # before asking for a tokenizer it could not use
+        raise UsageError(  # before asking for a tokenizer it could not use
+            f"{weights} carries no reconstruction decoder (e.g. an encoder-only feature "
+            "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
+            "or purpose='encode'"
+        )
     tokenizer = _tokenizer(config, vq_model, purpose)
     model_class = _model_class(purpose)
     with torch.device("meta"):  # no random init of tensors the file then overwrites
@@ -364,12 +359,9 @@ def load_model(
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
 ) -> STELLAR:
-    """What commands call with ``--model``, frozen in eval mode: :func:`load_stellar`, or a
-    registered preset randomly initialised (said in the log)."""
+    """What commands call with ``--model``: :func:`load_stellar`, or a registered preset
+    randomly initialised (said in the log)."""
     if _preset(spec):
         logger.warning("%s has no weights: using a RANDOMLY INITIALISED model", spec)
-        model = create_stellar(str(spec), purpose=purpose, vq_model=vq_model)
-    else:
-        model = load_stellar(spec, purpose=purpose, vq_model=vq_model)
-    model.requires_grad_(False).eval()
-    return model.to(device) if device is not None else model
+        return create_stellar(str(spec), purpose, vq_model, device)
+    return load_stellar(spec, purpose, vq_model, device)

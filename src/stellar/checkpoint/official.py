@@ -16,7 +16,6 @@ import torch
 from torch import Tensor, nn
 
 from stellar.checkpoint.weights import check_finite, check_state, listing
-from stellar.errors import UsageError
 
 logger = logging.getLogger(__name__)
 
@@ -184,14 +183,6 @@ def absent_parts(model: nn.Module, keys: list[str]) -> list[str]:
     """The optional parts ``model`` builds that official-layout ``keys`` lack entirely."""
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
     return [part for part in built if not _carries(keys, part)]
-
-
-def no_decoder(source: str) -> UsageError:
-    return UsageError(
-        f"{source} carries no reconstruction decoder (e.g. an encoder-only feature release), "
-        "so purpose='reconstruct' cannot work: use a checkpoint with the decoder, or "
-        "purpose='encode'"
-    )
 
 
 def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> None:

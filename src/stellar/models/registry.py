@@ -1,29 +1,15 @@
 """Named model sizes: the released checkpoints and small presets for CPU work.
 
-Each entry only sets dimensions (as timm's ``@register_model`` functions do). A released name's
-weights are ``<name>.safetensors`` in the hub repository ``microsoft/STELLAR``
-(:func:`stellar.load_stellar`).
+Each entry only sets dimensions. A released name's weights are ``<name>.safetensors`` in the
+hub repository ``microsoft/STELLAR`` (:func:`stellar.load_stellar`).
 """
 
 from __future__ import annotations
 
-import dataclasses
+import copy
 import fnmatch
-from collections.abc import Callable
 
 from stellar.models.config import EncoderConfig, StellarConfig
-
-_REGISTRY: dict[str, Callable[[], StellarConfig]] = {}
-
-
-def register(name: str) -> Callable:
-    """Decorator registering a config factory under ``name``."""
-
-    def wrap(fn: Callable[[], StellarConfig]) -> Callable[[], StellarConfig]:
-        _REGISTRY[name] = fn
-        return fn
-
-    return wrap
 
 
 def list_models(pattern: str = "*", released_only: bool = False) -> list[str]:
@@ -42,7 +28,7 @@ def get_config(name: str) -> StellarConfig:
     """The config of a registered name; unknown names raise a ValueError listing the known."""
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; known names: {', '.join(list_models())}")
-    return _REGISTRY[name]()
+    return copy.deepcopy(_REGISTRY[name])
 
 
 def _vit(width: int, depth: int, heads: int, patch: int = 16) -> EncoderConfig:
@@ -63,32 +49,23 @@ RELEASED_SIZES: dict[str, tuple[str, int]] = {
     "stellar-l16": ("facebook/vit-mae-large", 16),
     "stellar-h16": ("facebook/vit-mae-huge", 16),  # ViT-H/14: a 16x16 patch grid
 }
-
-
-def _released(backbone: str, tokens: int) -> Callable[[], StellarConfig]:
-    encoder = BACKBONES[backbone]
-    return lambda: StellarConfig(encoder=dataclasses.replace(encoder), num_sparse_tokens=tokens)
-
-
-for _name, (_backbone, _tokens) in RELEASED_SIZES.items():
-    register(_name)(_released(_backbone, _tokens))
-
-
-@register("stellar-tiny")
-def stellar_tiny() -> StellarConfig:
-    """The reference fixture's size: 64 px, patch 8, width 96, 3 blocks, 6 tokens, pixel head."""
-    return StellarConfig(
-        encoder=EncoderConfig(
-            hidden_size=96,
-            num_hidden_layers=3,
-            num_attention_heads=4,
-            intermediate_size=384,
-            image_size=64,
-            patch_size=8,
-        ),
-        num_sparse_tokens=6,
-        num_decoder_layers=1,
-        decoder_head="pixel",
-        num_clusters=128,
-        prototype_dim=32,
-    )
+_REGISTRY: dict[str, StellarConfig] = {
+    name: StellarConfig(encoder=BACKBONES[backbone], num_sparse_tokens=tokens)
+    for name, (backbone, tokens) in RELEASED_SIZES.items()
+}
+# The reference fixture's size: 64 px, patch 8, width 96, 3 blocks, 6 tokens, pixel head.
+_REGISTRY["stellar-tiny"] = StellarConfig(
+    encoder=EncoderConfig(
+        hidden_size=96,
+        num_hidden_layers=3,
+        num_attention_heads=4,
+        intermediate_size=384,
+        image_size=64,
+        patch_size=8,
+    ),
+    num_sparse_tokens=6,
+    num_decoder_layers=1,
+    decoder_head="pixel",
+    num_clusters=128,
+    prototype_dim=32,
+)
