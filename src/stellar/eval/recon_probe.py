@@ -57,18 +57,10 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
 def fresh_decoder(model: Encoder, depth: int, seed: int = 0) -> ReconstructionDecoder:
     """A newly initialised pixel-head decoder sized by ``model.config`` for its features,
     ``seed`` seeding the initialisation (global RNG untouched)."""
-    cfg = model.config
+    config = model.config.replace(num_decoder_layers=depth, decoder_head="pixel")
 
     def build() -> ReconstructionDecoder:
-        decoder = ReconstructionDecoder(
-            cfg.encoder.hidden_size,
-            cfg.decoder,
-            depth,
-            "pixel",
-            model.patch_size,
-            fourier_features=cfg.fourier_features,
-            eps=cfg.encoder.layer_norm_eps,
-        )
+        decoder = ReconstructionDecoder(config)
         # the decoder initialises its own layers; the pixel head's transposed conv, left at
         # PyTorch's default there, gets the same truncated normal here
         nn.init.trunc_normal_(decoder.head.weight, std=0.02)

@@ -6,7 +6,7 @@ from torch import Tensor, nn
 
 from stellar.layers.block import Transformer
 from stellar.layers.pos_embed import FourierPositionEncoding
-from stellar.models.config import DecoderConfig
+from stellar.models.config import StellarConfig
 from stellar.models.init import init_vit_layers_
 
 
@@ -20,27 +20,23 @@ class ReconstructionDecoder(Transformer):
     Fourier matrix is a fixed N(0, 1) buffer.
     """
 
-    def __init__(
-        self,
-        in_dim: int,
-        cfg: DecoderConfig,
-        depth: int,
-        head: str,
-        patch_size: int,
-        codebook_size: int = 1024,
-        fourier_features: int = 256,
-        eps: float = 1e-12,
-    ) -> None:
+    def __init__(self, config: StellarConfig) -> None:
+        cfg, enc = config.decoder, config.encoder
         super().__init__(
-            cfg.hidden_size, depth, cfg.num_attention_heads, cfg.intermediate_size, eps=eps
+            cfg.hidden_size,
+            config.num_decoder_layers,
+            cfg.num_attention_heads,
+            cfg.intermediate_size,
+            eps=enc.layer_norm_eps,
         )
-        self.head_type = head
-        self.proj = nn.Linear(in_dim, cfg.hidden_size)
-        self.fourier = FourierPositionEncoding(fourier_features)
-        if head == "pixel":
-            self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, patch_size, stride=patch_size)
+        self.head_type = config.decoder_head
+        self.proj = nn.Linear(enc.hidden_size, cfg.hidden_size)
+        self.fourier = FourierPositionEncoding(config.fourier_features)
+        if self.head_type == "pixel":
+            p = enc.patch_size
+            self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, p, stride=p)
         else:
-            self.head = nn.Linear(cfg.hidden_size, codebook_size)
+            self.head = nn.Linear(cfg.hidden_size, config.vq_codebook_size)
         init_vit_layers_(self)
 
     def forward(self, lowrank: Tensor, grid: tuple[int, int]) -> dict[str, Tensor]:

@@ -66,16 +66,7 @@ class STELLAR(nn.Module):
         self.cls_cluster_head: OnlineClustering | None = None
         self.tokenizer: MaskGITVQGAN | None = None
         if purpose in ("reconstruct", "pretrain"):
-            self.decoder = ReconstructionDecoder(
-                d,
-                config.decoder,
-                config.num_decoder_layers,
-                config.decoder_head,
-                enc.patch_size,
-                codebook_size=config.vq_codebook_size,
-                fourier_features=config.fourier_features,
-                eps=enc.layer_norm_eps,
-            )
+            self.decoder = ReconstructionDecoder(config)
         if purpose == "pretrain":
             head = dict(hidden_dim=config.predictor_hidden_dim, proto_dim=config.prototype_dim)
             self.clustering_head = OnlineClustering(d, config.num_clusters, **head)
