@@ -8,6 +8,8 @@ checkpoints. The Sinkhorn targets and the cross-entropy that train them are pure
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -15,19 +17,6 @@ from torch import nn
 from stellar.models.init import init_vit_layers_
 
 _NORM_EPS = 1e-12
-
-
-class _Predictor(nn.Module):
-    """Linear -> exact GELU -> Linear; kept as ``layers`` for the checkpoint key layout."""
-
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int) -> None:
-        super().__init__()
-        self.layers = nn.Sequential(
-            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, out_dim)
-        )
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.layers(x)
 
 
 class OnlineClustering(nn.Module):
@@ -48,7 +37,11 @@ class OnlineClustering(nn.Module):
         self, in_dim: int, out_dim: int, hidden_dim: int = 2048, proto_dim: int = 256
     ) -> None:
         super().__init__()
-        self.predictor = _Predictor(in_dim, hidden_dim, proto_dim)
+        # Linear -> exact GELU -> Linear, under ``layers`` as the checkpoint keys have it
+        layers = nn.Sequential(
+            nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, proto_dim)
+        )
+        self.predictor = nn.Sequential(OrderedDict(layers=layers))
         self.layer = nn.Linear(proto_dim, out_dim, bias=False)
         init_vit_layers_(self.predictor)
         nn.init.normal_(self.layer.weight, mean=0.0, std=1.0)

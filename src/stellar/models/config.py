@@ -78,10 +78,6 @@ class StellarConfig:
     architecture: Literal["stellar"] = ARCHITECTURE
 
     def __post_init__(self) -> None:
-        if isinstance(self.encoder, Mapping):
-            self.encoder = build(EncoderConfig, self.encoder, "encoder.")
-        if isinstance(self.decoder, Mapping):
-            self.decoder = build(DecoderConfig, self.decoder, "decoder.")
         enc, dec = self.encoder, self.decoder
         problems = []
         if enc.hidden_size % enc.num_attention_heads:

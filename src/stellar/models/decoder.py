@@ -40,17 +40,7 @@ class ReconstructionDecoder(Transformer):
         init_vit_layers_(self)
 
     def forward(self, lowrank: Tensor, grid: tuple[int, int]) -> dict[str, Tensor]:
-        """Decode a low-rank feature map.
-
-        Args:
-            lowrank: (B, h*w, d) features, row-major over the patch grid.
-            grid: (h, w).
-
-        Returns:
-            ``decoder_output`` (B, h*w, hidden), the tokens before the head, and the pixel
-            head's ``x_hat`` (B, 3, h*p, w*p) (unclamped) or the vq head's ``logits``
-            (B, h*w, V).
-        """
+        """:meth:`STELLAR.decode <stellar.models.stellar.STELLAR.decode>` without its checks."""
         features = super().forward(self.proj(lowrank) + self.fourier(grid).to(lowrank.dtype))
         if self.head_type == "vq":
             return {"decoder_output": features, "logits": self.head(features)}
