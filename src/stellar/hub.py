@@ -318,16 +318,14 @@ def _tokenizer(
 def _finish(
     model: STELLAR,
     purpose: str,
-    tokenizer: MaskGITVQGAN | None = None,
-    device: str | torch.device | None = None,
+    tokenizer: MaskGITVQGAN | None,
+    device: str | torch.device | None,
 ) -> STELLAR:
-    """Attach ``tokenizer``; train mode and gradients for pretraining only; move the model."""
-    if tokenizer is not None:
-        model.set_tokenizer(tokenizer)
+    """Train mode and gradients for pretraining only; attach ``tokenizer`` (frozen); move."""
     training = purpose == "pretrain"
     model.requires_grad_(training).train(training)
-    if model.tokenizer is not None:
-        model.tokenizer.requires_grad_(False).eval()
+    if tokenizer is not None:
+        model.set_tokenizer(tokenizer)
     return model.to(device) if device is not None else model
 
 

@@ -23,17 +23,6 @@ from PIL import Image, ImageOps
 
 from stellar.errors import UsageError
 
-__all__ = [
-    "ImageInput",
-    "exif_orientation",
-    "load_rgb",
-    "open_image",
-    "preprocess",
-    "resize_centre_crop",
-    "to_tensor",
-    "upright",
-]
-
 # Larger user files are refused with a message: decoding them would take the memory of a
 # decompression bomb (a 100 MP photo is 300 MB decoded), and the model sees a 224 px crop.
 MAX_PIXELS = 100_000_000

@@ -62,14 +62,8 @@ _BLOCK_KEY = re.compile(r"^blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.f
 
 @dataclass
 class MaeWeights:
-    """An MAE encoder read from disk.
-
-    Attributes:
-        tensors: encoder tensors in ViTEncoder naming (``attn.qkv`` fused q, k, v: (3d, d)).
-        layout: ``"hf"`` or ``"original"``.
-        config: the HF ``config.json`` beside the weights, when there is one.
-        path: where they were read (an HF id resolved to its cached snapshot).
-    """
+    """An MAE encoder read from ``path`` (an HF id: its cached snapshot): ``tensors`` in
+    ViTEncoder naming, ``layout`` ``"hf"`` or ``"original"``, and the HF ``config`` beside them."""
 
     tensors: dict[str, Tensor]
     layout: str

@@ -10,18 +10,9 @@ from torch import Tensor, nn
 
 
 def resize_patch_pos_embed(pos_embed: Tensor, grid: tuple[int, int]) -> Tensor:
-    """Resize a square grid of patch position embeddings to ``grid`` = (h, w).
-
-    Bicubic, ``align_corners=False``, with the explicit output size (not a scale factor), as
-    the official model does for other resolutions.
-
-    Args:
-        pos_embed: (1, g*g, D) patch position embeddings (no CLS entry).
-        grid: target (h, w) in patches.
-
-    Returns:
-        (1, h*w, D).
-    """
+    """Patch position embeddings (1, g*g, D) of a square grid (no CLS entry) resized to
+    ``grid`` = (h, w): (1, h*w, D). Bicubic, ``align_corners=False``, with the explicit output
+    size (not a scale factor), as the official model does for other resolutions."""
     n, d = pos_embed.shape[1], pos_embed.shape[2]
     side = math.isqrt(n)
     if side * side != n:
@@ -39,9 +30,6 @@ class FourierPositionEncoding(nn.Module):
     A buffer ``G`` (2, F) ~ N(0, 1). For an h x w grid the centre of patch (i, j) is
     ``((j + 0.5) / w, (i + 0.5) / h)`` (x first), mapped to [-1, 1]; the encoding is
     ``[sin f0, cos f0, sin f1, cos f1, ...]`` of ``2π · coords @ G``, row-major over (i, j).
-
-    Args:
-        num_features: F; the output width is 2F.
     """
 
     def __init__(self, num_features: int = 256) -> None:

@@ -215,14 +215,9 @@ class STELLAR(nn.Module):
         return {"cls": cls, "dense": dense, "sparse": sparse}
 
     def encode_masked(self, images: Tensor, keep_idx: Tensor) -> dict[str, Tensor]:
-        """Encode CLS + the kept patches + the concept tokens (the masked views; no checks).
-
-        Args:
-            images: (B, 3, H, W) in [0, 1].
-            keep_idx: (B, k) int64 indices of the kept patches in the row-major grid.
-
-        Returns:
-            ``cls`` (B, 1, d), ``dense`` (B, k, d) the kept patches' outputs, ``sparse`` (B, r, d).
+        """Encode CLS + the kept patches (``keep_idx`` (B, k), indices in the row-major grid) +
+        the concept tokens of images (B, 3, H, W) in [0, 1] (the masked views; no checks):
+        ``cls`` (B, 1, d), ``dense`` (B, k, d) the kept patches' outputs, ``sparse`` (B, r, d).
         """
         patches = self.encoder.patch_tokens(self.normalize(images))
         index = keep_idx.long().unsqueeze(-1).expand(-1, -1, patches.shape[-1])
@@ -236,17 +231,11 @@ class STELLAR(nn.Module):
         return self.sparse_tokens.unsqueeze(0).expand(images.shape[0], -1, -1)
 
     def factorize(self, dense: Tensor, sparse: Tensor) -> dict[str, Tensor]:
-        """Localisation L and the low-rank map L·S from patch and concept tokens.
+        """Localisation L and the low-rank map L·S from patch tokens ``dense`` (B, n, d) and
+        concept tokens ``sparse`` (B, r, d): ``spatial`` (B, n, r) fp32, softmax over r;
+        ``lowrank`` (B, n, d) in sparse's dtype; ``peak_dist`` (B, r) fp32, detached.
 
         The similarity and softmax run in fp32 whatever the model's or autocast's dtype.
-
-        Args:
-            dense: (B, n, d) patch tokens.
-            sparse: (B, r, d) concept tokens.
-
-        Returns:
-            ``spatial`` (B, n, r) fp32, softmax over r; ``lowrank`` (B, n, d) in sparse's
-            dtype; ``peak_dist`` (B, r) fp32, detached.
         """
         keys = self.dense_proj(dense).float()
         queries = self.sparse_proj(sparse).float()

@@ -139,16 +139,11 @@ class VectorQuantizer(nn.Module):
         self.embedding = nn.Embedding(codebook_size, codebook_dim)
 
     def forward(self, z: Tensor) -> Tensor:
-        """Nearest codebook entry (squared L2) of every feature vector.
+        """The nearest codebook entry (squared L2) of features (B, codebook_dim, h, w): (B, h*w)
+        int64 codes, row-major over (h, w).
 
         Distances are taken in at least fp32 as ``|z|^2 + |e|^2 - 2 z.e`` (the reference
         formulation, so near-ties resolve as in the reference); ties go to the lowest index.
-
-        Args:
-            z: (B, codebook_dim, h, w) features.
-
-        Returns:
-            (B, h*w) int64 codes, row-major over (h, w).
         """
         dim = self.embedding.embedding_dim
         compute = torch.promote_types(z.dtype, torch.float32)
@@ -195,14 +190,8 @@ class MaskGITVQGAN(nn.Module):
         return super().train(False)
 
     def encode_features(self, images: Tensor) -> Tensor:
-        """Pre-quantisation encoder features.
-
-        Args:
-            images: (B, 3, H, W) RGB in [0, 1], no normalisation; H, W divisible by the factor.
-
-        Returns:
-            (B, z_channels, H/f, W/f) features, f = ``downsample_factor``.
-        """
+        """Pre-quantisation features (B, z_channels, H/f, W/f) of images (B, 3, H, W) in [0, 1]
+        (no normalisation), f = ``downsample_factor`` dividing H and W."""
         # The codes are training targets: computed in the tokenizer's own dtype, never in a
         # caller's autocast precision (bf16 changes a few percent of them).
         with torch.autocast(device_type=images.device.type, enabled=False):
