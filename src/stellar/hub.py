@@ -60,7 +60,7 @@ def _model_class(purpose: Purpose) -> type[STELLAR]:
 
 
 def create_stellar(
-    name_or_config: str | StellarConfig = "stellar-tiny",
+    name: str = "stellar-tiny",
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
@@ -68,9 +68,7 @@ def create_stellar(
 ) -> STELLAR:
     """A randomly initialised model of a registered size (``overrides`` change config fields);
     ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval mode, frozen)."""
-    config = name_or_config
-    if isinstance(config, str):
-        config = get_config(config)
+    config = get_config(name)
     if overrides:
         config = config.replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
@@ -196,7 +194,7 @@ def _config(
     if config_path is not None:
         data = _read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
-            return _table_config(data["models"], config_path, weights, shapes)
+            return _table_config(data["models"], config_path, weights)
         try:
             return StellarConfig.from_dict(data)
         except ValueError as err:
@@ -208,7 +206,8 @@ def _config(
             raise UsageError(f"{weights}: the config in its metadata is invalid: {err}") from None
     if name is not None:
         return get_config(name)
-    config = _inferred(shapes)
+    ours = from_official({k: torch.empty(s, device="meta") for k, s in shapes.items()})[0]
+    config = infer_config({k: tuple(v.shape) for k, v in ours.items()})
     logger.warning(
         "no configuration for %s: read the architecture from the tensor shapes; not fixed by "
         "any tensor, so defaulted: %s. Put a config.json beside the weights to be sure",
@@ -218,17 +217,9 @@ def _config(
     return config
 
 
-def _inferred(shapes: dict[str, tuple[int, ...]], heads: int | None = None) -> StellarConfig:
-    """:func:`infer_config` of an official-layout file's shapes."""
-    ours = from_official({k: torch.empty(s, device="meta") for k, s in shapes.items()})[0]
-    return infer_config({k: tuple(v.shape) for k, v in ours.items()}, heads)
-
-
-def _table_config(
-    table: dict[str, Any], source: Path, weights: Path, shapes: dict[str, tuple[int, ...]]
-) -> StellarConfig:
+def _table_config(table: dict[str, Any], source: Path, weights: Path) -> StellarConfig:
     """The hub model table's entry for ``weights``: its fields and ``backbone`` encoder over
-    the registered size of the entry's name (or, for another name, the tensor shapes)."""
+    the registered size of the entry's name (the official table's names are all registered)."""
     found = [
         n for n, e in table.items() if isinstance(e, dict) and e.get("weights") == weights.name
     ]
@@ -240,14 +231,9 @@ def _table_config(
     name, entry = found[0], table[found[0]]
     where = f"{source} (entry {name!r})"
     encoder = _backbone(entry.get("backbone"), source.parent, where)
-    base = (
-        get_config(name)
-        if name in list_models()
-        else _inferred(shapes, encoder.num_attention_heads)
-    )
     changes = {k: entry[k] for k in TABLE_FIELDS if k in entry}
     try:
-        return base.replace(encoder=dataclasses.asdict(encoder), **changes)
+        return get_config(name).replace(encoder=dataclasses.asdict(encoder), **changes)
     except ValueError as err:
         raise UsageError(f"{where}: {err}") from None
 
