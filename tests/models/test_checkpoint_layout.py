@@ -10,7 +10,7 @@ import torch
 
 from stellar import STELLAR, create_stellar, load_stellar
 from stellar.checkpoint.io import save_state_dict
-from stellar.checkpoint.official import from_official, is_known_unused, to_official
+from stellar.checkpoint.official import KNOWN_UNUSED_PREFIXES, from_official, to_official
 from stellar.models.infer import infer_config
 from stellar.models.registry import get_config
 
@@ -28,7 +28,8 @@ def test_our_layout_equals_released_manifest(reference_dir, name):
     with torch.device("meta"):
         model = STELLAR(get_config(name), purpose="pretrain")
     ours = {k: list(v.shape) for k, v in to_official(model.state_dict()).items()}
-    released = {k: v for k, v in manifest["keys"].items() if not is_known_unused(k)}
+    keys = manifest["keys"].items()
+    released = {k: v for k, v in keys if not k.startswith(KNOWN_UNUSED_PREFIXES)}
     assert ours == released
     encoder = sum(v.numel() for k, v in model.state_dict().items() if k.startswith("encoder."))
     assert encoder == manifest["encoder_params"] - manifest["keys"]["encoder.pooler.dense.weight"][
@@ -39,7 +40,7 @@ def test_our_layout_equals_released_manifest(reference_dir, name):
 @pytest.mark.parametrize("name", RELEASED)
 def test_infer_config_from_released_shapes(reference_dir, name):
     keys = _manifest(reference_dir, name)["keys"]
-    ours, _, _ = from_official({k: torch.empty(v, device="meta") for k, v in keys.items()})
+    ours, _ = from_official({k: torch.empty(v, device="meta") for k, v in keys.items()})
     assert infer_config({k: tuple(v.shape) for k, v in ours.items()}) == get_config(name)
 
 
@@ -76,8 +77,8 @@ def test_transformers_v5_layout_loads_identically(tmp_path):
 
 def test_round_trip_mapping_is_exact():
     model = create_stellar("stellar-tiny", purpose="pretrain")
-    mapped, unused, unknown = from_official(to_official(model.state_dict()))
-    assert not unused and not unknown
+    mapped, unknown = from_official(to_official(model.state_dict()))
+    assert not unknown
     assert mapped.keys() == model.state_dict().keys()
 
 

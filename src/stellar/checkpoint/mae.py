@@ -196,7 +196,7 @@ def _map_hf(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
         elif not key[len(prefix) :].startswith(UNUSED_HF_BACKBONE):
             backbone["encoder." + key[len(prefix) :]] = value
     # The official-layout mapper knows HF ViT 4.x and 5.x block names under "encoder.".
-    mapped, _, not_mapped = from_official(backbone)
+    mapped, not_mapped = from_official(backbone)
     unknown += [prefix + k.removeprefix("encoder.") for k in not_mapped]
     tensors = {}
     for key, value in mapped.items():

@@ -73,11 +73,6 @@ _V4_BLOCK = re.compile(r"^(encoder|decoder)\.encoder\.layer\.(\d+)\.(.+)\.(weigh
 _OUR_BLOCK = re.compile(r"^(encoder|decoder)\.blocks\.(\d+)\.(.+)\.(weight|bias)$")
 
 
-def is_known_unused(key: str) -> bool:
-    """Whether an official key is on the explicit list of tensors STELLAR never reads."""
-    return key.startswith(KNOWN_UNUSED_PREFIXES)
-
-
 def to_v4_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
     """Rename transformers-5.x ViT keys to the 4.x layout; 4.x keys pass through."""
     out = {}
@@ -90,20 +85,15 @@ def to_v4_layout(state: dict[str, Tensor]) -> dict[str, Tensor]:
     return out
 
 
-def from_official(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str], list[str]]:
-    """Map an official state dict (4.x or 5.x) to our names.
-
-    Returns:
-        ``(mapped, unused, unknown)``: tensors under our names; official keys that are known
-        to be unused; keys that match nothing (the caller reports them).
-    """
+def from_official(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str]]:
+    """Map an official state dict (4.x or 5.x) to our names: ``(mapped, unknown)``, the tensors
+    under our names and the keys that match nothing (the caller reports them); keys on the
+    known-unused list are dropped."""
     mapped: dict[str, Tensor] = {}
-    unused: list[str] = []
     unknown: list[str] = []
     qkv: dict[tuple[str, str, str], dict[str, Tensor]] = {}
     for key, value in to_v4_layout(state).items():
-        if is_known_unused(key):
-            unused.append(key)
+        if key.startswith(KNOWN_UNUSED_PREFIXES):
             continue
         m = _V4_BLOCK.match(key)
         if m:
@@ -127,7 +117,7 @@ def from_official(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str
             unknown.extend(f"{prefix}.{name}.{kind} (missing)" for name in missing)
             continue
         mapped[f"{part}.blocks.{i}.attn.qkv.{kind}"] = torch.cat([parts[n] for n in _QKV], 0)
-    return mapped, unused, unknown
+    return mapped, unknown
 
 
 def to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -171,7 +161,9 @@ def _rename(key: str) -> str | None:
 
 
 def _carries(keys: list[str], part: str) -> bool:
-    return any(k.startswith(OPTIONAL_PARTS[part]) and not is_known_unused(k) for k in keys)
+    return any(
+        k.startswith(OPTIONAL_PARTS[part]) and not k.startswith(KNOWN_UNUSED_PREFIXES) for k in keys
+    )
 
 
 def carries_decoder(keys: list[str]) -> bool:

@@ -181,7 +181,7 @@ class TrainerCheckpoints:
                 f"{folder / STATE_NAME} is not a trainer state written by stellar train"
             )
         self._check_same_run(state, folder)
-        weights, _, unknown = from_official(read_state_dict(folder / WEIGHTS_NAME)[0])
+        weights, unknown = from_official(read_state_dict(folder / WEIGHTS_NAME)[0])
         if self.sharded:
             from torch.distributed.checkpoint.state_dict import StateDictOptions, set_state_dict
 
