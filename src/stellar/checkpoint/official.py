@@ -15,7 +15,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from stellar.checkpoint.weights import check_finite, check_state, listing
+from stellar.checkpoint.weights import check_finite, check_state
 
 logger = logging.getLogger(__name__)
 
@@ -187,9 +187,8 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     ValueError before anything is copied.
     """
     state = to_v4_layout(state)
-    keys = list(state)
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
-    absent = absent_parts(model, keys)  # load_stellar refused a reconstruct without decoder
+    absent = absent_parts(model, list(state))  # load_stellar refused a reconstruct without decoder
     skip = [p for part in OPTIONAL_PARTS if part not in built for p in OPTIONAL_PARTS[part]]
     fresh = [p for part in absent for p in OPTIONAL_PARTS[part]]
     expected = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
@@ -205,9 +204,6 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     check_finite(used, source)
     if absent:
         logger.warning("%s lacks %s: they start from random init", source, ", ".join(absent))
-    left = [k for k in keys if k not in expected]
-    if left:
-        logger.info("%s: %d tensors not used (%s)", source, len(left), listing(left, 3))
     # A model built on the meta device takes the file's tensors themselves (in fp32).
     assign = any(t.is_meta for t in model.state_dict().values())
     tensors = {k: v.float() if v.is_floating_point() else v for k, v in used.items()}

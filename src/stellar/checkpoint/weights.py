@@ -146,11 +146,11 @@ def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
     return dict(obj)
 
 
-def listing(keys: Iterable[str], limit: int = _LISTED) -> str:
-    """``a, b, c (+N more)``: keys for an error message, the first ``limit`` of them."""
+def listing(keys: Iterable[str]) -> str:
+    """``a, b, c (+N more)``: keys for an error message, the first :data:`_LISTED` of them."""
     keys = list(keys)
-    shown = ", ".join(keys[:limit])
-    return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
+    shown = ", ".join(keys[:_LISTED])
+    return shown + (f" (+{len(keys) - _LISTED} more)" if len(keys) > _LISTED else "")
 
 
 def _matches(key: str, names: tuple[str, ...]) -> bool:

@@ -9,6 +9,7 @@ width is refused, not guessed), spatial temperature 0.06, clustering temperature
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
@@ -16,6 +17,7 @@ from typing import Any
 
 from stellar.errors import UsageError
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
+from stellar.schema import build
 
 # Heads of the standard ViT of each width (Ti/S/B/L/H, our tiny preset, the 512-wide decoder).
 HEADS_BY_WIDTH: dict[int, int] = {
@@ -28,9 +30,8 @@ HEADS_BY_WIDTH: dict[int, int] = {
     1024: 16,
     1280: 16,
 }
-# HF ViT config.json keys read into EncoderConfig (the first four are required).
+# The HF ViT config.json keys an encoder needs (EncoderConfig shares the HF names).
 _HF_KEYS = ("hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
-_HF_OPTIONAL = ("image_size", "patch_size", "num_channels", "layer_norm_eps", "qkv_bias")
 # Tensors (our names) without which no ViT can be read from the shapes.
 _NEEDED = {
     "encoder.patch_embed.weight": "patch embedding",
@@ -58,11 +59,10 @@ def encoder_from_hf(data: Any, source: str) -> EncoderConfig:
     """The encoder configuration of an HF ViT / ViTMAE ``config.json`` (parsed)."""
     if not isinstance(data, dict) or any(k not in data for k in _HF_KEYS):
         raise UsageError(f"{source} is not an HF ViT config: it needs {', '.join(_HF_KEYS)}")
-    if data.get("hidden_act", "gelu") != "gelu":
-        raise UsageError(f"{source}: hidden_act {data['hidden_act']!r}, the encoder runs 'gelu'")
-    try:
-        return EncoderConfig(**{k: data[k] for k in _HF_KEYS + _HF_OPTIONAL if k in data})
-    except (TypeError, ValueError) as err:
+    fields = {f.name for f in dataclasses.fields(EncoderConfig)}
+    try:  # type- and range-checked; hidden_act must be the encoder's gelu
+        return build(EncoderConfig, {k: v for k, v in data.items() if k in fields})
+    except ValueError as err:
         raise UsageError(f"{source}: {err}") from None
 
 
