@@ -17,7 +17,6 @@ from __future__ import annotations
 import json
 import logging
 import math
-import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -49,15 +48,6 @@ HF_WEIGHT_FILES: tuple[str, ...] = ("model.safetensors", "pytorch_model.bin")
 
 _HF_PATCH_KEY = "embeddings.patch_embeddings.projection.weight"
 _ORIGINAL_PATCH_KEY = "patch_embed.proj.weight"
-_GLOBAL_KEYS: tuple[str, ...] = (
-    "cls_token",
-    "pos_embed",
-    "patch_embed.weight",
-    "patch_embed.bias",
-    "norm.weight",
-    "norm.bias",
-)
-_BLOCK_KEY = re.compile(r"^blocks\.\d+\.(norm1|attn\.qkv|attn\.proj|norm2|mlp\.fc1|mlp\.fc2)\.")
 
 
 @dataclass
@@ -156,24 +146,15 @@ def _read_config(path: Path) -> dict[str, Any] | None:
     return config
 
 
-def _is_encoder_key(key: str) -> bool:
-    return key in _GLOBAL_KEYS or bool(_BLOCK_KEY.match(key))
-
-
 def _map_original(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
+    """Only the patch projection is named differently; blocks and qkv already match ours (any
+    other key is refused by name when the tensors are loaded strictly)."""
     _refuse_finetuned([k for k in state if k.startswith(FINETUNED_ORIGINAL)], path)
-    tensors, unknown = {}, []
-    for key, value in state.items():
-        if key.startswith(UNUSED_ORIGINAL):
-            continue
-        # Only the patch projection is named differently; blocks and qkv already match ours.
-        new = key.replace("patch_embed.proj.", "patch_embed.", 1)
-        if _is_encoder_key(new):
-            tensors[new] = value
-        else:
-            unknown.append(key)
-    _refuse_unknown(unknown, path)
-    return tensors
+    return {
+        key.replace("patch_embed.proj.", "patch_embed.", 1): value
+        for key, value in state.items()
+        if not key.startswith(UNUSED_ORIGINAL)
+    }
 
 
 def _map_hf(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
@@ -198,15 +179,12 @@ def _map_hf(state: dict[str, Tensor], path: Path) -> dict[str, Tensor]:
     # The official-layout mapper knows HF ViT 4.x and 5.x block names under "encoder.".
     mapped, not_mapped = from_official(backbone)
     unknown += [prefix + k.removeprefix("encoder.") for k in not_mapped]
-    tensors = {}
-    for key, value in mapped.items():
-        inner = key.removeprefix("encoder.")
-        if key.startswith("encoder.") and _is_encoder_key(inner):
-            tensors[inner] = value
-        else:
-            unknown.append(prefix + inner)
-    _refuse_unknown(unknown, path)
-    return tensors
+    if unknown:
+        raise UsageError(
+            f"{path} has keys that are neither MAE encoder tensors nor on the known-unused list "
+            f"(decoder, mask token, pooler): {listing(sorted(unknown))}"
+        )
+    return {k.removeprefix("encoder."): v for k, v in mapped.items()}
 
 
 def _refuse_finetuned(found: list[str], path: Path) -> None:
@@ -215,12 +193,4 @@ def _refuse_finetuned(found: list[str], path: Path) -> None:
             f"{path} looks like a fine-tuned classifier (keys {listing(sorted(found))}); "
             "expected an MAE pretraining checkpoint (facebook/vit-mae-* or "
             "mae_pretrain_vit_*.pth): a fine-tune's fc_norm was trained on the pooled token only"
-        )
-
-
-def _refuse_unknown(unknown: list[str], path: Path) -> None:
-    if unknown:
-        raise UsageError(
-            f"{path} has keys that are neither MAE encoder tensors nor on the known-unused list "
-            f"(decoder, mask token, pooler): {listing(sorted(unknown))}"
         )
