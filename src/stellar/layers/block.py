@@ -2,10 +2,11 @@
 
 from __future__ import annotations
 
+from collections import OrderedDict
+
 from torch import Tensor, nn
 
 from stellar.layers.attention import Attention
-from stellar.layers.mlp import Mlp
 
 
 class Block(nn.Module):
@@ -18,7 +19,10 @@ class Block(nn.Module):
         self.norm1 = nn.LayerNorm(dim, eps=eps)
         self.attn = Attention(dim, num_heads, qkv_bias=qkv_bias)
         self.norm2 = nn.LayerNorm(dim, eps=eps)
-        self.mlp = Mlp(dim, mlp_dim)
+        # Linear -> exact GELU -> Linear, named as the checkpoint mapping expects
+        self.mlp = nn.Sequential(
+            OrderedDict(fc1=nn.Linear(dim, mlp_dim), act=nn.GELU(), fc2=nn.Linear(mlp_dim, dim))
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         x = x + self.attn(self.norm1(x))
