@@ -26,8 +26,6 @@ KNOWN_UNUSED_PREFIXES: tuple[str, ...] = (
     "decoder.embeddings.",  # the decoder ViT's own patch/CLS/position embeddings, bypassed
 )
 
-# The clustering heads keep the official names (they exist only for pretraining).
-HEAD_PREFIXES: tuple[str, ...] = ("clustering_head.", "cls_cluster_head.")
 # The model's parts that only some purposes build -> their official key prefixes.
 OPTIONAL_PARTS: dict[str, tuple[str, ...]] = {
     "decoder": ("decoder.", "decoder_proj.", "position_embedding.", "reconstruction_head."),
@@ -45,6 +43,8 @@ _BLOCK_PARTS: dict[str, str] = {
 }
 _QKV = ("query", "key", "value")
 
+# Names outside the blocks that we keep (the clustering heads' included).
+_SAME = ("sparse_tokens", "dense_proj.", "sparse_proj.", "clustering_head.", "cls_cluster_head.")
 # Whole-name renames outside the blocks (official 4.x -> ours).
 _RENAMES: dict[str, str] = {
     "encoder.embeddings.patch_embeddings.projection": "encoder.patch_embed",
@@ -154,10 +154,7 @@ def _rename(key: str) -> str | None:
     stem, _, kind = key.rpartition(".")
     if stem in _RENAMES:
         return f"{_RENAMES[stem]}.{kind}"
-    identity = ("sparse_tokens", "dense_proj.", "sparse_proj.") + HEAD_PREFIXES
-    if key.startswith(identity):
-        return key
-    return None
+    return key if key.startswith(_SAME) else None
 
 
 def _carries(keys: list[str], part: str) -> bool:
