@@ -184,9 +184,8 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     ValueError before anything is copied.
     """
     state = to_v4_layout(state)
-    built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
     absent = absent_parts(model, list(state))  # load_stellar refused a reconstruct without decoder
-    skip = [p for part in OPTIONAL_PARTS if part not in built for p in OPTIONAL_PARTS[part]]
+    skip = [p for part, ps in OPTIONAL_PARTS.items() if getattr(model, part) is None for p in ps]
     fresh = [p for part in absent for p in OPTIONAL_PARTS[part]]
     expected = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
     check_state(

@@ -160,12 +160,8 @@ class STELLAR(nn.Module):
         return ((images - mean) / std).to(self.dtype)
 
     def preprocess(self, images: ImageInput) -> Tensor:
-        """PIL images or image files (any mode and size) -> the (B, 3, S, S) input batch.
-
-        As the release prepares images: RGB, the shorter side resized to the model's image size
-        S with bicubic interpolation, the central square cropped, values in [0, 1] (the ImageNet
-        normalisation happens inside the model). On the model's device.
-        """
+        """PIL images or image files (any mode and size) -> the (B, 3, S, S) batch in [0, 1] on
+        the model's device, S its image size, as the release prepares them (:func:`preprocess`)."""
         return preprocess(images, self.image_size).to(self.device)
 
     def encode(self, images: Tensor | ImageInput) -> dict[str, Tensor]:
