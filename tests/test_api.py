@@ -122,9 +122,9 @@ def test_encode_takes_a_photo_directly(tmp_path):
     torch.testing.assert_close(direct["sparse"], via_batch["sparse"], rtol=0, atol=0)
 
 
-def test_sizes():
+def test_sizes_in_the_conventions_of_timm():
     model = create_stellar("stellar-tiny")
-    assert model.embed_dim == 96
+    assert model.embed_dim == model.num_features == 96
     assert model.num_tokens == 6 and model.patch_size == 8 and model.image_size == 64
 
 

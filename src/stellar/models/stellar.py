@@ -89,6 +89,11 @@ class STELLAR(nn.Module):
         return self.sparse_tokens.shape[1]
 
     @property
+    def num_features(self) -> int:
+        """d, as timm names it: the size of a pooled feature."""
+        return self.embed_dim
+
+    @property
     def image_size(self) -> int:
         """The side the model was trained at; :meth:`preprocess` resizes to it."""
         return self.config.encoder.image_size
