@@ -12,7 +12,7 @@ from PIL import Image
 
 from stellar import create_stellar
 from stellar.cli import main
-from stellar.viz.command import concept_metrics, render_figure
+from stellar.viz.command import render_figure
 
 
 def _photos(root: Path, n: int = 2) -> Path:
@@ -27,31 +27,18 @@ def _photos(root: Path, n: int = 2) -> Path:
     return root
 
 
-def test_concept_metrics() -> None:
-    spatial = torch.tensor([[[0.7, 0.2, 0.1], [0.1, 0.2, 0.7], [0.5, 0.4, 0.1], [0.8, 0.1, 0.1]]])
-    m = concept_metrics(spatial)  # threshold 1/3
-    torch.testing.assert_close(m["peak_dist"], torch.tensor([[0.8, 0.4, 0.7]]))
-    torch.testing.assert_close(m["coverage"], torch.tensor([[0.75, 0.25, 0.25]]))
-    torch.testing.assert_close(m["argmax_share"], torch.tensor([[0.75, 0.0, 0.25]]))
-    torch.testing.assert_close(m["overlap"], torch.tensor([5 / 4]))
-    assert m["active"].tolist() == [[True, True, True]]
-
-
 def test_viz_at_twice_native_resolution(tmp_path: Path) -> None:
-    images = _photos(tmp_path / "imgs")
+    images = _photos(tmp_path / "imgs", 1)
     out = tmp_path / "out"
     argv = ["viz", "--model", "stellar-tiny", "--images", str(images), "--out", str(out)]
-    assert main([*argv, "--resolution", "128", "--max-images", "1"]) == 0
+    assert main([*argv, "--resolution", "128"]) == 0
     pngs = sorted(out.glob("*.png"))
     assert [p.name for p in pngs] == ["0000_im0.png"]
     fig = Image.open(pngs[0])
     assert fig.width >= 6 * 128  # six panels: the pixel-head decoder reconstructs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["grid"] == [16, 16] and metrics["reconstruction"] is None
-    (entry,) = metrics["images"]
-    assert len(entry["peak_dist"]) == 6 and len(entry["coverage"]) == 6
-    assert abs(sum(entry["argmax_share"]) - 1) < 1e-3
-    assert entry["num_active"] == len(entry["active_tokens"])
+    assert metrics["images"] == [{"path": str(images / "im0.png"), "figure": "0000_im0.png"}]
 
 
 def test_viz_without_decoder_omits_reconstruction(tmp_path: Path, capsys) -> None:
@@ -65,7 +52,7 @@ def test_viz_without_decoder_omits_reconstruction(tmp_path: Path, capsys) -> Non
     assert [Path(m["path"]).name for m in metrics["images"]] == ["im1.png", "im0.png", "im1.png"]
     assert len(list(out.glob("*.png"))) == 3
     assert Image.open(out / "0000_im1.png").width < 6 * 64  # five panels
-    assert "im0.png" in capsys.readouterr().out  # the summary table
+    assert "im0.png" in capsys.readouterr().out  # each figure and its image
     with pytest.raises(ValueError, match="patch size"):
         main([*argv, "--out", str(out), "--resolution", "60"])
 
@@ -153,7 +140,7 @@ def test_cli_viz_bad_vq_model_fails(tmp_path):
         (["--images", "/nonexistent/dir"], "/nonexistent/dir"),  # the error names the path
         (["--resolution", "60"], "patch size 8"),
         (["--resolution", "0"], "argument --resolution: expected an integer >= 1"),
-        (["--max-images", "0"], "argument --max-images: expected an integer >= 1"),
+        (["--batch-size", "0"], "argument --batch-size: expected an integer >= 1"),
         (["--out", "FILE"], "is a file; expected a folder"),
     ],
 )
@@ -220,9 +207,10 @@ def test_an_earlier_viz_is_replaced_only_with_overwrite_and_never_mixed(tmp_path
     argv = ["viz", "--model", "stellar-tiny", "--images", str(images), "--out", str(out)]
     assert main(argv) == 0
     (out / "notes.png").write_bytes(b"the user's own file")
+    one = ["viz", "--model", "stellar-tiny", "--images", str(images / "im0.png"), "--out", str(out)]
     with pytest.raises(ValueError, match="already holds an earlier viz's figures .*--overwrite"):
-        main([*argv, "--max-images", "1"])
-    assert main([*argv, "--max-images", "1", "--overwrite"]) == 0
+        main(one)
+    assert main([*one, "--overwrite"]) == 0
     listed = {r["figure"] for r in json.loads((out / "metrics.json").read_text())["images"]}
     assert len(listed) == 1
     assert {p.name for p in out.glob("*.png")} == listed | {"notes.png"}

@@ -1,7 +1,7 @@
 """``stellar viz``: one figure per image with its concept maps, PCA pictures and reconstruction.
 
-Figures are ``OUT/<nnnn>_<name>.png`` (:func:`render_figure`); ``metrics.json`` lists them with
-per-image statistics of the maps (:func:`concept_metrics`).
+Figures are ``OUT/<nnnn>_<name>.png`` (:func:`render_figure`); ``metrics.json`` lists them (what
+``--overwrite`` replaces).
 """
 
 from __future__ import annotations
@@ -16,7 +16,6 @@ from typing import TYPE_CHECKING, Any
 import torch
 from PIL import Image
 from torch import Tensor
-from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
@@ -30,7 +29,7 @@ from stellar.viz.maps import compose_panel, concept_views, to_pil
 if TYPE_CHECKING:
     from stellar.hub import ModelInfo
 
-__all__ = ["add_arguments", "concept_metrics", "load_for_viz", "render_figure", "run"]
+__all__ = ["add_arguments", "load_for_viz", "render_figure", "run"]
 
 logger = logging.getLogger(__name__)
 
@@ -62,29 +61,6 @@ def load_for_viz(
     torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
     purpose = "encode" if why else "reconstruct"
     return load_model(spec, purpose=purpose, vq_model=vq_model, device=device), why
-
-
-def concept_metrics(spatial: Tensor) -> dict[str, Tensor]:
-    """Statistics of a batch of localisation maps ``spatial`` (B, n, r); a patch belongs to
-    token k when ``L[:, k] > 1/r``.
-
-    Returns:
-        ``peak_dist`` (B, r) the max of each map; ``coverage`` (B, r) the fraction of patches
-        above the threshold; ``active`` (B, r) bool, coverage > 0; ``argmax_share`` (B, r)
-        the fraction of patches whose most likely token is k; ``overlap`` (B,) the mean
-        number of tokens above the threshold per patch.
-    """
-    s = spatial.detach().float()
-    above = (s > 1.0 / s.shape[-1]).float()
-    winners = torch.nn.functional.one_hot(s.argmax(-1), s.shape[-1]).float()
-    coverage = above.mean(1)
-    return {
-        "peak_dist": s.amax(1),
-        "coverage": coverage,
-        "active": coverage > 0,
-        "argmax_share": winners.mean(1),
-        "overlap": above.sum(-1).mean(1),
-    }
 
 
 def render_figure(
@@ -136,9 +112,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input side, a multiple of the patch size (default: the model's native size)",
     )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
-    parser.add_argument(
-        "--max-images", type=positive_int, default=None, help="draw at most N images"
-    )
     parser.add_argument("--batch-size", type=positive_int, default=8)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
@@ -166,22 +139,18 @@ def run(args: argparse.Namespace) -> int:
         earlier = _figures(old)  # what it lists, never other files of the folder
         device = pick_device(args.device)
         model, why = load_for_viz(args.model, args.vq_model, device, info)
-        subset = dataset
-        if args.max_images is not None and args.max_images < len(dataset):
-            subset = Subset(dataset, range(args.max_images))
         cell = min(resolution, 448)  # the panel side in the figure
         grid = (resolution // p, resolution // p)
         grid_text = f"{grid[0]}x{grid[1]}"
         model_name = Path(str(args.model)).name
         records: list[dict[str, Any]] = []
-        for batch in make_loader(subset, args.batch_size):
+        for batch in make_loader(dataset, args.batch_size):
             with torch.inference_mode(), autocast(device):
                 images = batch["image"].to(device)
                 out = model.encode(images)
                 rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
             out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
             rec = rec.float().cpu() if rec is not None else None
-            stats = concept_metrics(out["spatial"])
             for b, (index, path) in enumerate(
                 zip(batch["index"].tolist(), batch["path"], strict=True)
             ):
@@ -195,37 +164,22 @@ def run(args: argparse.Namespace) -> int:
                     title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
                 )
                 atomic_write(out_dir / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
-                active = torch.nonzero(stats["active"][b]).flatten().tolist()
-                records.append(
-                    {
-                        "path": path,
-                        "figure": name,
-                        "peak_dist": _round(stats["peak_dist"][b]),
-                        "coverage": _round(stats["coverage"][b]),
-                        "argmax_share": _round(stats["argmax_share"][b]),
-                        "active_tokens": active,
-                        "num_active": len(active),
-                        "num_argmax_tokens": int((stats["argmax_share"][b] > 0).sum()),
-                        "overlap": round(float(stats["overlap"][b]), 4),
-                    }
-                )
+                records.append({"path": path, "figure": name})
+                print(f"{out_dir / name}  {path}")
         if not records:  # every file was unreadable (each one named in a warning)
             raise UsageError(
                 f"expected at least one readable image among {args.images}, found none"
             )
-        r = model.num_tokens
         summary = {
             "model": str(args.model),
             "resolution": resolution,
             "grid": list(grid),
-            "num_tokens": r,
-            "threshold": 1.0 / r,
+            "num_tokens": model.num_tokens,
             "reconstruction": None if why is None else f"omitted: {why}",
             "images": records,
         }
         write_json(out_dir / "metrics.json", summary)
         remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
-        _print_table(records, r)
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0
 
@@ -241,19 +195,3 @@ def _figures(metrics: list[Path]) -> list[Path]:
     except (OSError, ValueError, KeyError, TypeError):
         return []
     return [p for p in found if p.is_file()]
-
-
-def _round(t: Tensor, digits: int = 4) -> list[float]:
-    return [round(v, digits) for v in t.tolist()]
-
-
-def _print_table(records: list[dict[str, Any]], r: int) -> None:
-    """The command's result on stdout: one line per image."""
-    width = min(40, max(12, *(len(Path(x["path"]).name) for x in records)))
-    print(f"{'image':<{width}} {'active':>7} {'argmax':>7} {'mean peak':>9} {'overlap':>8}")
-    for x in records:
-        mean_peak = sum(x["peak_dist"]) / len(x["peak_dist"])
-        print(
-            f"{Path(x['path']).name[:width]:<{width}} {x['num_active']:>4}/{r:<2} "
-            f"{x['num_argmax_tokens']:>4}/{r:<2} {mean_peak:>9.3f} {x['overlap']:>8.2f}"
-        )
