@@ -33,16 +33,14 @@ def eval_scenes(settings: DemoSettings) -> tuple[ConceptScenes, ConceptScenes]:
 
 
 @torch.no_grad()
-def encode_scenes(
-    model: STELLAR, dataset: ConceptScenes, batch_size: int = 100, reconstruct: bool = True
-) -> dict:
+def encode_scenes(model: STELLAR, dataset: ConceptScenes, reconstruct: bool = True) -> dict:
     """Features, maps, reconstructions' PSNR (if ``reconstruct``) and labels of every scene."""
     model.eval()
     keep = ("label", "colour", "instance_mask", "semantic_mask")
     parts: dict[str, list[Tensor]] = {}
-    for batch in DataLoader(dataset, batch_size=batch_size, shuffle=False):
+    for batch in DataLoader(dataset, batch_size=100):
         out = model.forward_encode(batch["image"])
-        values = {k: out[k] for k in ("sparse", "cls", "dense", "spatial")}
+        values = {k: out[k] for k in ("sparse", "dense", "spatial")}
         if reconstruct:
             values["psnr"] = psnr(model.reconstruct(out)["reconstruction"], batch["image"])
         values.update({k: batch[k] for k in keep})
@@ -75,7 +73,6 @@ def chance_samples(train: ConceptScenes, val: ConceptScenes) -> dict[str, Tensor
     masks = fv["semantic_mask"]
     return {
         "linear_top1": shape_ok,
-        "linear_cls_top1": shape_ok,
         "knn_top1": shape_ok,
         "linear_colour_top1": (fv["colour"] == colour).float(),
         "seg_miou": scene_confusions(torch.zeros_like(masks), masks, SEG_CLASSES),
@@ -100,17 +97,15 @@ def evaluate(
     samples: dict[str, Tensor] = {}
     # The mean concept token is the feature of the linear, colour and kNN probes.
     tokens_train, tokens_val = pool_features(ft["sparse"]), pool_features(fv["sparse"])
-    cls_train, cls_val = ft["cls"][:, 0], fv["cls"][:, 0]
-    for key, (x_train, x_val, target, classes) in {
-        "linear_top1": (tokens_train, tokens_val, "label", n_shapes),
-        "linear_cls_top1": (cls_train, cls_val, "label", n_shapes),
-        # A diagnostic of what the tokens do encode: the largest object's colour.
-        "linear_colour_top1": (tokens_train, tokens_val, "colour", len(COLOURS)),
-    }.items():
+    # The colour probe is a diagnostic of what the tokens do encode (docs/CONCEPTS.md).
+    for key, target, classes in (
+        ("linear_top1", "label", n_shapes),
+        ("linear_colour_top1", "colour", len(COLOURS)),
+    ):
         head, _ = train_linear_probe(
-            x_train, ft[target], x_val, fv[target], classes, schedule, progress=False
+            tokens_train, ft[target], tokens_val, fv[target], classes, schedule, progress=False
         )
-        samples[key] = _correct(predict(head, x_val, 1024, "cpu"), fv[target])
+        samples[key] = _correct(predict(head, tokens_val, 1024, "cpu"), fv[target])
     votes = knn_classify(tokens_train, ft["label"], tokens_val, n_shapes)
     samples["knn_top1"] = _correct(votes.cpu(), fv["label"])
     seg_probe, _ = train_segmentation_probe(

@@ -21,7 +21,6 @@ OPTIONAL = ("ablation", "progress", "overrides")
 
 COLUMNS = {
     "linear_top1": "linear probe top-1 (sparse)",
-    "linear_cls_top1": "linear probe top-1 (CLS)",
     "knn_top1": "kNN top-1",
     "linear_colour_top1": "colour probe top-1 (sparse)",
     "seg_miou": "seg. probe mIoU",
@@ -33,7 +32,7 @@ ABLATION_COLUMNS = ("psnr", "linear_top1", "seg_miou", "localization", "linear_c
 
 ALWAYS = ("localization", "psnr")
 """Verdicts STELLAR must pass whatever the supervised reference shows."""
-PROBES = ("linear_top1", "linear_cls_top1", "knn_top1", "linear_colour_top1", "seg_miou")
+PROBES = ("linear_top1", "knn_top1", "linear_colour_top1", "seg_miou")
 """Verdicts that count only where the supervised reference learns the probe."""
 INVARIANCE = {"sparse": "sparse_matched", "dense": "dense_mean", "lowrank": "lowrank_mean"}
 """The report's crop-invariance columns: the distances of ``run_invariance`` they show."""
