@@ -23,7 +23,7 @@ from stellar.viz.token_index import (
     INDEX_FILE,
     TokenIndex,
     build_token_index,
-    index_meta,
+    index_differences,
     query_index,
     weights_fingerprint,
 )
@@ -76,12 +76,12 @@ class Collection:
             except UsageError as err:  # a cache: rebuilt, not a reason to stop
                 logger.warning("%s: rebuilding it", err)
             else:
-                wanted = index_meta(self.model, self.model.image_size, str(self.folder))
-                differ = sorted(k for k, v in wanted.items() if index.meta.get(k) != v)
+                size, folder = self.model.image_size, str(self.folder)
+                differ = index_differences(index, self.model, size, folder)
                 if not differ:
                     logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
                     return index
-                logger.warning("rebuilding the index in %s: %s differ", self.index_dir, differ)
+                logger.warning("rebuilding the index in %s: %s", self.index_dir, "; ".join(differ))
         dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
         index = build_token_index(
             self.model,

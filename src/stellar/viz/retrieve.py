@@ -29,7 +29,7 @@ from stellar.viz.token_index import (
     INDEX_FILE,
     TokenIndex,
     build_token_index,
-    index_meta,
+    index_differences,
     query_index,
 )
 
@@ -94,21 +94,6 @@ def _collection(data: str) -> str:
     return str(Path(data).resolve())
 
 
-def _check_reusable(index: TokenIndex, index_dir: Path, model: Encoder, args) -> None:
-    """A saved index is reused only for this model (:func:`index_meta`: its weights and shapes)
-    and, when ``--data`` is given, that folder."""
-    meta = index.meta
-    data = _collection(args.data) if args.data is not None else meta.get("data")
-    wanted = index_meta(model, meta.get("resolution"), data)  # its own resolution is used
-    differ = [f"{k} {meta.get(k)} (this run: {v})" for k, v in wanted.items() if meta.get(k) != v]
-    if differ:
-        raise UsageError(
-            f"the index in {index_dir} was built with --model {meta.get('model')} and other "
-            f"settings ({'; '.join(differ)}), so it cannot be reused: pass a new --out to "
-            f"build another, or delete {index_dir / INDEX_FILE} to rebuild it"
-        )
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar retrieve`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model, load_model
@@ -135,7 +120,14 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
         model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
-            _check_reusable(index, index_dir, model, args)
+            data = _collection(args.data) if args.data is not None else index.meta.get("data")
+            differ = index_differences(index, model, index.meta.get("resolution"), data)
+            if differ:
+                raise UsageError(
+                    f"the index in {index_dir} was built with --model {index.meta.get('model')} "
+                    f"and other settings ({'; '.join(differ)}), so it cannot be reused: pass a "
+                    f"new --out to build another, or delete {index_dir / INDEX_FILE} to rebuild it"
+                )
             logger.info("reusing the index of %d tokens in %s", len(index), index_dir)
         else:
             index = build_token_index(
@@ -146,7 +138,7 @@ def run(args: argparse.Namespace) -> int:
             logger.info(
                 "indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir
             )
-        built_at = int(index.meta.get("resolution") or resolution)
+        built_at = index.meta["resolution"]
         if built_at != resolution:
             logger.warning(
                 "the index was built at %d px: using %d px, not %d", built_at, built_at, resolution

@@ -103,6 +103,14 @@ def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, A
     }
 
 
+def index_differences(index: TokenIndex, model: Encoder, resolution, data) -> list[str]:
+    """Why ``index`` cannot be reused for ``model`` at ``resolution`` on ``data``: one
+    ``"key saved (this run: wanted)"`` per setting of :func:`index_meta` that differs."""
+    wanted = index_meta(model, resolution, data)
+    saved = index.meta
+    return [f"{k} {saved.get(k)} (this run: {v})" for k, v in wanted.items() if saved.get(k) != v]
+
+
 def build_token_index(
     model: Encoder,
     dataset: Dataset,
