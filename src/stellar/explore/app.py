@@ -31,8 +31,6 @@ from stellar.explore.explorer import Explorer
 from stellar.images import open_image
 from stellar.viz.maps import concept_overlay, to_pil
 
-__all__ = ["build_app"]
-
 logger = logging.getLogger(__name__)
 
 CELL = 384  # side of the large pictures; clicks are read in these pixels

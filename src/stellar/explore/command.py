@@ -12,8 +12,6 @@ import logging
 from stellar.errors import UsageError, positive_int
 from stellar.explore.retrieval import CACHE_DIR
 
-__all__ = ["add_arguments", "run"]
-
 logger = logging.getLogger(__name__)
 
 

@@ -16,18 +16,6 @@ from torch import Tensor
 
 from stellar.viz.maps import concept_overlay, concept_views, heatmap, palette
 
-__all__ = [
-    "Encoded",
-    "change_map",
-    "changed_patches",
-    "drop_token",
-    "encode_image",
-    "legend_html",
-    "render_views",
-    "swap_token",
-    "token_at",
-]
-
 DROP_TEXT = (
     "**Drop token {k}**: column {k} of L is set to 0 and each patch's row of L is divided by "
     "its new sum, so the other concepts share that patch's weight; S is unchanged. A patch "

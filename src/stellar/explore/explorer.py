@@ -22,8 +22,6 @@ from stellar.outputs import atomic_write
 from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
-__all__ = ["Explorer", "example_scenes"]
-
 NUM_EXAMPLES = 16
 MAX_PICKS = 32  # images of the collection offered in the picker
 

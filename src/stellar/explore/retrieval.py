@@ -28,8 +28,6 @@ from stellar.viz.token_index import (
     weights_fingerprint,
 )
 
-__all__ = ["CACHE_DIR", "Collection", "Neighbour"]
-
 logger = logging.getLogger(__name__)
 
 # Like ``stellar retrieve``'s ``--index-dir``, a folder the user names, with this default.

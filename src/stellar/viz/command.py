@@ -29,7 +29,6 @@ from stellar.viz.maps import compose_panel, concept_views, to_pil
 if TYPE_CHECKING:
     from stellar.hub import ModelInfo
 
-__all__ = ["add_arguments", "load_for_viz", "render_figure", "run"]
 
 logger = logging.getLogger(__name__)
 
