@@ -75,11 +75,9 @@ def ablation_table(results: dict[str, dict]) -> str:
     rows = {}
     for name in (n for n in PAPER if n in results):
         m = results[name]
-        inv = m.get("invariance")
-        ratio = _ratio(inv["distances"][INVARIANCE["sparse"]]) if inv else None
+        ratio = _ratio(m["invariance"]["distances"][INVARIANCE["sparse"]])
         paper = " / ".join("–" if v is None else f"{v:g}" for v in PAPER[name])
-        rows[name] = [_cell(k, m.get(k)) for k in ABLATION_COLUMNS]
-        rows[name] += ["–" if ratio is None else f"{ratio:.2f}", paper]
+        rows[name] = [*(_cell(k, m[k]) for k in ABLATION_COLUMNS), f"{ratio:.2f}", paper]
     head = ["variant", *(COLUMNS[k] for k in ABLATION_COLUMNS), "S crop/between"]
     return _markdown([*head, "paper rFID / linear / ADE mIoU"], rows)
 
@@ -92,7 +90,7 @@ def verdicts(
 ) -> list[str]:
     """Plain-language checks of what the numbers show (computed, never assumed), from the
     metrics and per-sample values of each model and those of feature-free predictions
-    (``chance``); without the supervised reference the probe verdicts are left out."""
+    (``chance``)."""
     trained, random = samples["STELLAR"], samples["random init"]
     lines = []
     for key in ALWAYS:
@@ -102,8 +100,6 @@ def verdicts(
             f"- {'PASS' if ok else 'FAIL'}: trained beats random init on {key} by "
             f"{gap_words(key, gap, se)}"
         )
-    if SUPERVISED not in samples:
-        return lines
     ref = samples[SUPERVISED]
     for key in PROBES:
         learnt, se_ref = gap_with_stderr(key, ref[key], chance[key], seed)
