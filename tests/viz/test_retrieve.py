@@ -166,6 +166,8 @@ def test_stale_index_is_refused(tmp_path: Path) -> None:
     other_data = _images(tmp_path / "other", 2)
     with pytest.raises(ValueError, match=f"data .*{other_data.name}"):
         _retrieve(first, out, query, "--data", str(other_data))
+    with pytest.raises(ValueError, match="resolution 64 \\(this run: 128\\)"):
+        _retrieve(first, out, query, "--resolution", "128")
     assert index_file.stat().st_mtime_ns == built  # never overwritten by a refused run
 
 

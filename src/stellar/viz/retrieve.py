@@ -2,7 +2,7 @@
 
 The k indexed tokens (:mod:`stellar.viz.token_index`) most similar to the query token are
 drawn, each image with the matched token's map overlaid. A saved index is reused only for the
-model (its weights fingerprint), shapes and ``--data`` folder it records.
+model (its weights fingerprint), shapes, ``--data`` folder and ``--resolution`` it records.
 """
 
 from __future__ import annotations
@@ -120,8 +120,11 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
         model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
+            # Without --data or --resolution, the index's own are taken.
             data = _collection(args.data) if args.data is not None else index.meta.get("data")
-            differ = index_differences(index, model, index.meta.get("resolution"), data)
+            if args.resolution is None:
+                resolution = index.meta.get("resolution")
+            differ = index_differences(index, model, resolution, data)
             if differ:
                 raise UsageError(
                     f"the index in {index_dir} was built with --model {index.meta.get('model')} "
@@ -138,12 +141,6 @@ def run(args: argparse.Namespace) -> int:
             logger.info(
                 "indexed %d tokens of %d images in %s", len(index), len(index.paths), index_dir
             )
-        built_at = index.meta["resolution"]
-        if built_at != resolution:
-            logger.warning(
-                "the index was built at %d px: using %d px, not %d", built_at, built_at, resolution
-            )
-            resolution = built_at
         grid = (resolution // p, resolution // p)
 
         q_image = preprocess(q_photo, resolution)[0]
