@@ -236,11 +236,7 @@ def concept_grid(
     gray = np.asarray(to_pil(image).convert("L").resize((cell, cell), Image.Resampling.BILINEAR))
     blend = 0.7 * heat + 0.3 * gray[None, :, :, None].astype(np.float32)
     tiles = np.round(blend).astype(np.uint8)
-    colors = palette(r)
-    cells = [
-        (Image.fromarray(tiles[k]), f"t{k} peak {float(peaks[k]):.2f}", tuple(colors[k].tolist()))
-        for k in range(r)
-    ]
+    cells = [(Image.fromarray(tiles[k]), f"t{k} peak {float(peaks[k]):.2f}") for k in range(r)]
     cols = cols or min(r, 8)
     rows = [cells[i : i + cols] for i in range(0, r, cols)]
     return compose_panel(rows, pad=4, font_size=max(9, min(13, cell // 8)))
