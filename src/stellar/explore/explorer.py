@@ -8,7 +8,9 @@ written once next to the cached indexes, so every part of the page works out of 
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from PIL import Image
@@ -39,20 +41,16 @@ def example_scenes(folder: Path, size: int, n: int = NUM_EXAMPLES) -> list[Path]
     return paths
 
 
+@dataclass
 class Explorer:
     """A loaded model (``purpose="reconstruct"`` unless ``why_not`` says why it cannot), the
     searchable ``collection`` and the images offered in the picker."""
 
-    def __init__(
-        self,
-        model,
-        spec: str,
-        collection: Collection,
-        picks: list[Path],
-        why_not: str | None = None,
-    ):
-        self.model, self.spec, self.collection = model, spec, collection
-        self.picks, self.why_not = picks, why_not
+    model: Any
+    spec: str
+    collection: Collection
+    picks: list[Path]
+    why_not: str | None = None
 
     @classmethod
     def load(
