@@ -89,11 +89,6 @@ def _encode_files(
     return {i: (image.float() / 255, spatial) for i, image, spatial in rows}
 
 
-def _collection(data: str) -> str:
-    """How ``--data`` is recorded in and compared with an index: its resolved path."""
-    return str(Path(data).resolve())
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar retrieve`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model, load_model
@@ -106,6 +101,8 @@ def run(args: argparse.Namespace) -> int:
     if not 0 <= args.token < r:
         raise UsageError(f"expected --token in [0, {r}), got {args.token}")
     resolution = eval_resolution(args, info)
+    # How --data is recorded in and compared with an index: its resolved path.
+    data = str(Path(args.data).resolve()) if args.data is not None else None
     with output_folder(args.out, "stellar retrieve") as out:
         index_dir = out / "index"  # reused by a later run into the same --out
         index, dataset = None, None
@@ -121,7 +118,7 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
             # Without --data or --resolution, the index's own are taken.
-            data = _collection(args.data) if args.data is not None else index.meta.get("data")
+            data = data or index.meta.get("data")
             if args.resolution is None:
                 resolution = index.meta.get("resolution")
             differ = index_differences(index, model, resolution, data)
@@ -135,7 +132,7 @@ def run(args: argparse.Namespace) -> int:
         else:
             index = build_token_index(
                 model, dataset, args.batch_size, args.num_workers, model_spec=str(args.model),
-                data=_collection(args.data),
+                data=data,
             )  # fmt: skip
             index.save(index_dir)
             logger.info(
