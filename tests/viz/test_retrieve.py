@@ -37,7 +37,7 @@ def _images(root: Path, n: int = 6) -> Path:
 
 def test_index_layout_and_self_retrieval(model, tmp_path: Path) -> None:
     ds = EvalImages(_images(tmp_path / "data"), RES, resize_ratio=1.0)
-    index = build_token_index(model, ds, batch_size=4, progress=False, model_spec="tiny")
+    index = build_token_index(model, ds, batch_size=4, model_spec="tiny")
     r = model.num_tokens
     assert len(index) == 6 * r and index.vectors.shape == (6 * r, 96)
     torch.testing.assert_close(index.vectors.norm(dim=1), torch.ones(6 * r))
@@ -71,7 +71,7 @@ def test_query_matches_brute_force() -> None:
 
 def test_index_round_trip(model, tmp_path: Path) -> None:
     ds = EvalImages(_images(tmp_path / "data", 2), RES)
-    index = build_token_index(model, ds, progress=False, model_spec="m")
+    index = build_token_index(model, ds, model_spec="m")
     index.save(tmp_path / "idx")
     back = TokenIndex.load(tmp_path / "idx")
     assert torch.equal(back.vectors, index.vectors) and torch.equal(back.token, index.token)
@@ -131,7 +131,7 @@ def test_index_records_model_identity(model, tmp_path: Path) -> None:
     from stellar.viz.token_index import weights_fingerprint
 
     ds = EvalImages(_images(tmp_path / "data", 2), RES)
-    index = build_token_index(model, ds, progress=False, model_spec="m", data="/some/folder")
+    index = build_token_index(model, ds, model_spec="m", data="/some/folder")
     assert index.meta["weights"] == weights_fingerprint(model)
     assert index.meta["num_tokens"] == 6 and index.meta["dim"] == 96
     assert index.meta["patch_size"] == 8 and index.meta["data"] == "/some/folder"
@@ -173,7 +173,7 @@ def test_stale_index_is_refused(tmp_path: Path) -> None:
 
 def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
     data = _images(tmp_path / "data", 2)
-    index = build_token_index(model, EvalImages(data, RES), progress=False, model_spec="tiny")
+    index = build_token_index(model, EvalImages(data, RES), model_spec="tiny")
     index.meta = {"model": "tiny", "resolution": RES, "num_tokens": 6, "dim": 96}  # older file
     index.save(tmp_path / "out" / "index")
     with pytest.raises(ValueError, match="patch_size None"):

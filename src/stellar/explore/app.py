@@ -1,9 +1,5 @@
 """The explorer page (Gradio): see, point at, retrieve and edit the concepts of an image.
 
-Every event handler is guarded: bad input (a file that is not an image, a huge image, an edit
-without a decoder) and any unexpected failure become a message in the page's status line,
-never a traceback (unexpected ones are logged with theirs on the server).
-
 Annotations are evaluated here (no ``from __future__ import annotations``): Gradio reads the
 handlers' parameter types to pass the click coordinates (``gr.SelectData``) and the progress
 bar.
@@ -38,7 +34,8 @@ THUMB = 160  # side of a retrieved neighbour
 
 
 def _guard(n_outputs: int):
-    """Turn an exception of ``fn`` into a message in the status line (its last output)."""
+    """Turn an exception of ``fn`` into a message in the status line (its last output), never a
+    traceback: bad input is said as it is, anything unexpected is logged with its trace."""
 
     def wrap(fn):
         @functools.wraps(fn)

@@ -1,8 +1,5 @@
-"""The token index: every concept token (``sparse``, r per image) of a collection,
-L2-normalised, as one (N·r, d) matrix in ``tokens.safetensors`` (``vectors``, ``image`` and
-``token`` ids, the paths in the metadata), searched by cosine similarity (exact: faiss
-``IndexFlatIP`` when installed, else a matmul). Used by ``stellar retrieve`` and the explorer.
-"""
+"""The token index of a collection's concept tokens, saved as ``tokens.safetensors`` and searched
+by cosine similarity; used by ``stellar retrieve`` and the explorer."""
 
 from __future__ import annotations
 
@@ -117,14 +114,11 @@ def build_token_index(
     batch_size: int = 64,
     num_workers: int = 0,
     model_spec: str = "",
-    progress: bool = True,
     data: str | None = None,
 ) -> TokenIndex:
     """The N·r concept tokens of the N decodable images of ``dataset``; ``model_spec`` and
     ``data`` (the collection's identity, e.g. its resolved folder) are recorded."""
-    out = extract_features(
-        model, dataset, ["sparse"], batch_size, num_workers=num_workers, progress=progress
-    )
+    out = extract_features(model, dataset, ["sparse"], batch_size, num_workers=num_workers)
     tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
     n, r, d = tokens.shape
     resolution = int(getattr(dataset, "resolution", 0))
