@@ -1,11 +1,6 @@
-"""The paper's ablation (arXiv 2602.01905, ablation table), as the demo measures it.
-
-Each variant trains with the demo's budget and switches off terms of the objective by the
-``ObjectiveConfig`` flags; the report's table (:func:`stellar.demo.report.ablation_table`)
-prints the paper's columns beside this demo's, and one sentence per ordering the paper reports
-says whether it holds here. A gap counts only when it exceeds twice its standard error (see
-``stats``).
-"""
+"""The paper's ablation (arXiv 2602.01905, ablation table), as the demo measures it: each
+variant trains with the demo's budget and switches off terms of the objective by the
+``ObjectiveConfig`` flags."""
 
 from __future__ import annotations
 

@@ -1,11 +1,5 @@
-"""``stellar demo``: watch STELLAR learn on a laptop CPU, no data or weights needed.
-
-Trains the ``cpu-demo`` preset on procedural concept scenes (ground truth of "what" and
-"where" known) and the supervised reference (the same encoder, data and updates, with labels),
-evaluates both next to STELLAR's own random initialisation (and, with ``--ablation``, the
-paper's ablation variants A-D), and writes ``report.md``, ``metrics.json`` and pictures to
-``--out``.
-"""
+"""``stellar demo``: watch STELLAR learn on a laptop CPU, no data or weights needed (what it
+trains, compares and reports: the README's "The demo" and docs/CONCEPTS.md)."""
 
 from __future__ import annotations
 

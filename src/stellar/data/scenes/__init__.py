@@ -1,8 +1,5 @@
-"""Procedural "concept scenes": synthetic images whose "what" and "where" are known exactly.
-
-``geometry`` (shapes as signed distance functions), ``render`` (one scene), ``dataset``
-(``ConceptScenes`` and ``export_scenes``). The scores measured on them belong to ``stellar.demo``.
-"""
+"""Procedural "concept scenes": synthetic images whose "what" and "where" are known exactly
+(the scores measured on them belong to ``stellar.demo``)."""
 
 from stellar.data.scenes.dataset import ConceptScenes, export_scenes
 from stellar.data.scenes.geometry import SHAPES
