@@ -7,7 +7,6 @@ in row-major order; its concept tokens ``sparse`` S are (r, d); Z = L·S is (n, 
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -55,7 +54,7 @@ class Encoded:
 
 
 @torch.inference_mode()
-def encode_image(model, image: Image.Image | str | os.PathLike, name: str = "image") -> Encoded:
+def encode_image(model, image: Image.Image, name: str = "image") -> Encoded:
     """Preprocess (the release's resize and centre crop) and encode one image on the model's
     device; float32 CPU tensors."""
     batch = model.preprocess(image)

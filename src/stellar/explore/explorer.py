@@ -24,11 +24,10 @@ from stellar.outputs import atomic_write
 from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
-NUM_EXAMPLES = 16
 MAX_PICKS = 32  # images of the collection offered in the picker
 
 
-def example_scenes(folder: Path, size: int, n: int = NUM_EXAMPLES) -> list[Path]:
+def example_scenes(folder: Path, size: int, n: int = 16) -> list[Path]:
     """``n`` concept scenes of ``size`` px as PNGs in ``folder`` (rendered once)."""
     folder.mkdir(parents=True, exist_ok=True)
     paths = []
