@@ -30,7 +30,6 @@ from stellar.viz.token_index import (
 
 logger = logging.getLogger(__name__)
 
-# Like ``stellar retrieve``'s ``--index-dir``, a folder the user names, with this default.
 CACHE_DIR = Path("~/.cache/stellar/explore")
 
 
