@@ -62,8 +62,9 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path):
     )
     assert f"Command: `{command}`" in report and metrics["command"] == command
     assert f"stellar viz --model {out / 'train-stellar'} " in report  # maps of one's own photos
-    assert (out / "concepts_scenes.png").stat().st_size > 1000
-    assert "](concepts_scenes.png)" in report
+    for picture in ("concepts_scenes.png", "loss_curves.png"):
+        assert (out / picture).stat().st_size > 1000
+        assert f"]({picture})" in report
 
 
 @pytest.mark.slow

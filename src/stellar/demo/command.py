@@ -9,22 +9,18 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-import torch
-from PIL import Image
 from torch.utils.data import Subset
 
-from stellar.data.scenes import ConceptScenes
 from stellar.demo.ablation import ABLATIONS, RECON_ONLY
 from stellar.demo.evaluate import chance_samples, eval_scenes, evaluate
-from stellar.demo.report import FIGURE, SUPERVISED, full_command, table, verdicts, write_report
+from stellar.demo.figures import loss_figure, scene_figure
+from stellar.demo.report import FIGURES, SUPERVISED, full_command, table, verdicts, write_report
 from stellar.demo.supervised import train_supervised
 from stellar.demo.training import DemoSettings, resolve_budget, train_variant
 from stellar.errors import nonneg_int, positive_int
 from stellar.eval.common import write_json
 from stellar.eval.invariance import run_invariance
-from stellar.models.stellar import STELLAR
 from stellar.outputs import atomic_write, output_folder
-from stellar.viz.maps import argmax_segmentation, compose_panel, concept_overlay, to_pil
 
 logger = logging.getLogger(__name__)
 
@@ -78,26 +74,6 @@ def _timed(timings: dict[str, float], name: str, started: float) -> None:
     logger.info("demo: %s took %.0f s", name, timings[name])
 
 
-@torch.no_grad()
-def scene_figure(models: dict[str, STELLAR], val: ConceptScenes, n: int = 6) -> Image.Image:
-    """Per scene: input, then per model its argmax concepts, concept maps and reconstruction."""
-    images = torch.stack([val[i]["image"] for i in range(n)])
-    rows = []
-    outputs = {name: (m.forward_encode(images), m) for name, m in models.items()}
-    grid = (images.shape[-2] // next(iter(models.values())).patch_size,) * 2
-    for i in range(n):
-        row = [(images[i], "input")]
-        for name, (out, m) in outputs.items():
-            rec = m.reconstruct({k: v[i : i + 1] for k, v in out.items()})["reconstruction"][0]
-            row += [
-                (argmax_segmentation(out["spatial"][i], grid, 64), f"{name}: concepts"),
-                (concept_overlay(images[i], out["spatial"][i], grid), f"{name}: maps > 1/r"),
-                (rec, f"{name}: reconstruction"),
-            ]
-        rows.append([(to_pil(img).resize((128, 128), Image.NEAREST), cap) for img, cap in row])
-    return compose_panel(rows, title="Validation concept scenes (never seen in training)")
-
-
 def run_demo(settings: DemoSettings) -> dict:
     """Train, evaluate, draw and report; returns metrics, timings and the table."""
     settings = resolve_budget(settings)
@@ -105,13 +81,14 @@ def run_demo(settings: DemoSettings) -> dict:
         variants = {"STELLAR": []} | (ABLATIONS if settings.ablation else {})
         logger.info("demo: %s", full_command(settings))
         timings: dict[str, float] = {}
-        models = {}
+        models, runs = {}, {}
         for name, extra in variants.items():
             start = time.perf_counter()
             folder = "stellar" if name == "STELLAR" else name.split(":")[0].lower()
-            models[name], initial = train_variant(settings, folder, extra)
+            trained, initial, run_dir = train_variant(settings, folder, extra)
             if name == "STELLAR":
                 models["random init"] = initial
+            models[name], runs[name] = trained, run_dir
             _timed(timings, f"train {name}", start)
         start = time.perf_counter()
         models[SUPERVISED] = train_supervised(settings)
@@ -137,8 +114,9 @@ def run_demo(settings: DemoSettings) -> dict:
         _timed(timings, "evaluate", start)
 
         shown = ["random init", "STELLAR"] + ([RECON_ONLY] if settings.ablation else [])
-        figure = scene_figure({k: models[k] for k in shown}, val_scenes)
-        atomic_write(out / FIGURE, lambda tmp: figure.save(tmp, format="PNG"))
+        figures = [scene_figure({k: models[k] for k in shown}, val_scenes), loss_figure(runs)]
+        for name, figure in zip(FIGURES, figures, strict=True):
+            atomic_write(out / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
         metrics = {
             "command": full_command(settings),
             "settings": asdict(settings),

@@ -36,8 +36,11 @@ PROBES = ("linear_top1", "knn_top1", "linear_colour_top1", "seg_miou")
 """Verdicts that count only where the supervised reference learns the probe."""
 INVARIANCE = {"sparse": "sparse_matched", "dense": "dense_mean", "lowrank": "lowrank_mean"}
 """The report's crop-invariance columns: the distances of ``run_invariance`` they show."""
-FIGURE = "concepts_scenes.png"
-"""The picture ``stellar demo`` draws: concept maps and reconstructions of validation scenes."""
+FIGURES = {
+    "concepts_scenes.png": "Concept maps and reconstructions on validation scenes",
+    "loss_curves.png": "Training losses",
+}
+"""The pictures ``stellar demo`` draws, and their captions in the report."""
 TRANSFORMS = {"flip": "flip", "shift 1": "shift 1 patch", "shift 2": "shift 2 patches"}
 """The transforms of the equivariance partition (``run_invariance``'s names) and their labels."""
 
@@ -180,7 +183,7 @@ def write_report(
     settings: DemoSettings,
     samples: dict[str, dict[str, Tensor]],
 ) -> str:
-    """``report.md`` with the tables, verdicts, definitions and figure."""
+    """``report.md`` with the tables, verdicts, definitions and figures."""
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = [
         "# STELLAR demo report",
@@ -236,8 +239,8 @@ def write_report(
         "majority class of the probes' training scenes (background everywhere for segmentation).",
         "",
     ]
-    caption = "Concept maps and reconstructions on validation scenes"
-    text += [f"## {caption}", "", f"![{caption}]({FIGURE})", ""]
+    for path, caption in FIGURES.items():
+        text += [f"## {caption}", "", f"![{caption}]({path})", ""]
     model = shlex.quote(str(out / "train-stellar"))
     text += [f"Your own photos: `stellar viz --model {model} --images PHOTOS --out VIZ`.", ""]
     report = "\n".join(text)

@@ -52,9 +52,11 @@ def demo_trainer(settings: DemoSettings, name: str, extra: list[str]) -> Trainer
     return Trainer(load_config("cpu-demo", overrides))
 
 
-def train_variant(settings: DemoSettings, name: str, extra: list[str]) -> tuple[STELLAR, STELLAR]:
-    """Train one variant; returns (trained model, its random initialisation)."""
+def train_variant(
+    settings: DemoSettings, name: str, extra: list[str]
+) -> tuple[STELLAR, STELLAR, Path]:
+    """Train one variant; returns (trained model, its random initialisation, run folder)."""
     trainer = demo_trainer(settings, name, extra)
     initial = copy.deepcopy(trainer.model)
     trainer.train(overwrite=True)  # the demo owns its run folders: a rerun replaces them
-    return trainer.model, initial
+    return trainer.model, initial, Path(trainer.cfg.out)
