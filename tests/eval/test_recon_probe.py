@@ -23,6 +23,7 @@ from stellar.eval.recon_probe import (
     image_metrics,
     psnr,
     reconstruct_features,
+    ssim,
     train_recon_probe,
 )
 
@@ -86,13 +87,38 @@ def test_psnr_matches_numpy():
     assert (psnr(x, x) == 100.0).all()  # capped, so one perfect image keeps a finite mean
 
 
+@pytest.mark.parametrize("shape", [(3, 3, 32, 27), (2, 1, 11, 11), (1, 3, 64, 48)])
+def test_ssim_matches_skimage(shape):
+    from skimage.metrics import structural_similarity
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.rand(*shape, generator=g)
+    y = (x + 0.1 * torch.randn(*shape, generator=g)).clamp(0, 1)
+    got = ssim(x, y)
+    assert got.shape == (shape[0],)
+    for i in range(shape[0]):
+        ref = structural_similarity(
+            x[i].double().numpy(),
+            y[i].double().numpy(),
+            gaussian_weights=True,
+            sigma=1.5,
+            use_sample_covariance=False,
+            data_range=1.0,
+            channel_axis=0,
+        )
+        assert got[i].item() == pytest.approx(ref, abs=1e-4)
+    torch.testing.assert_close(ssim(x.double(), y.double()), got.double(), atol=1e-5, rtol=0)
+    torch.testing.assert_close(ssim(x, x), torch.ones(shape[0]))
+    torch.testing.assert_close(ssim(x, y), ssim(y, x))
+
+
 def test_image_metrics() -> None:
     gen = torch.Generator().manual_seed(0)
     target = torch.rand(3, 3, 24, 24, generator=gen)
     noisy = (target + 0.05 * torch.randn(3, 3, 24, 24, generator=gen)).clamp(0, 1)
     m = image_metrics(noisy, (target * 255).round().to(torch.uint8))
     assert m["lpips"] is None and m["rfid"] is None
-    assert 20 < m["psnr"] < 40
+    assert 20 < m["psnr"] < 40 and 0 < m["ssim"] < 1
 
 
 def test_recon_command(tmp_path, capsys) -> None:
@@ -105,6 +131,7 @@ def test_recon_command(tmp_path, capsys) -> None:
     m = json.loads((out / "metrics.json").read_text())
     (row,) = m["rows"]
     assert row["key"] == "lowrank" and row["num_train"] == 6 and row["num_val"] == 3
+    assert 0 < row["ssim"] < 1
     assert row["lpips"] is None and row["rfid"] is None and len(row["history"]) == 3
     assert (
         "--lpips-vgg" in m["unavailable"]["lpips"] and "--fid-weights" in m["unavailable"]["rfid"]

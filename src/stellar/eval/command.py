@@ -27,7 +27,7 @@ PROTOCOLS: dict[str, tuple[str, str]] = {
     "seg": ("stellar.eval.segmentation", "linear segmentation probe on the dense grid (mIoU)"),
     "recon": (
         "stellar.eval.recon_probe",
-        "reconstruction probe: a fresh decoder on frozen features (PSNR, LPIPS, rFID)",
+        "reconstruction probe: a fresh decoder on frozen features (PSNR, SSIM, LPIPS, rFID)",
     ),
     "invariance": (
         "stellar.eval.invariance",

@@ -5,8 +5,8 @@ A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decode
 blocks by default, **pixel** head) learns to rebuild the image from one frozen feature grid
 (``lowrank`` for STELLAR, ``dense`` for dense baselines): loss ``10 · MSE(x_hat, image)``
 (the pretraining pixel loss), AdamW (lr 1e-4, wd 1e-4) with a per-step cosine decay to 0,
-20 epochs. Validation reports PSNR (the mean over images) and, only when their local weight
-files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
+20 epochs. Validation reports PSNR and SSIM (means over images) and, only when their local
+weight files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
 Features and images are cached in memory, so each epoch costs only the decoder.
 """
 
@@ -52,6 +52,28 @@ def psnr(x: Tensor, y: Tensor) -> Tensor:
     dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
     mse = (x.to(dtype) - y.to(dtype)).pow(2).flatten(1).mean(dim=1)
     return 10.0 * torch.log10(1.0 / mse.clamp_min(10 ** (-PSNR_MAX / 10)))
+
+
+def ssim(x: Tensor, y: Tensor) -> Tensor:
+    """(B,) SSIM of (B, C, H, W) images in [0, 1], H, W >= 11, float32 (float64 for float64
+    input): Wang et al. 2004 with an 11x11 Gaussian window (sigma 1.5), K1 0.01, K2 0.03,
+    population covariance, averaged over the valid region (window inside the image) and the
+    channels, as scikit-image's ``structural_similarity(gaussian_weights=True, sigma=1.5,
+    use_sample_covariance=False)``."""
+    dtype = torch.float64 if x.dtype == torch.float64 else torch.float32
+    b, c, h, w = x.shape
+    x, y = x.to(dtype).reshape(b * c, 1, h, w), y.to(dtype).reshape(b * c, 1, h, w)
+    r = torch.arange(11, dtype=dtype, device=x.device) - 5
+    g = torch.exp(-0.5 * (r / 1.5) ** 2)
+    g = g / g.sum()
+    # the five moments through one separable valid convolution
+    moments = torch.cat([x, y, x * x, y * y, x * y], dim=1).reshape(b * c * 5, 1, h, w)
+    moments = F.conv2d(F.conv2d(moments, g.view(1, 1, 11, 1)), g.view(1, 1, 1, 11))
+    ux, uy, uxx, uyy, uxy = moments.reshape(b * c, 5, h - 10, w - 10).unbind(dim=1)
+    vx, vy, vxy = uxx - ux * ux, uyy - uy * uy, uxy - ux * uy
+    c1, c2 = 0.01**2, 0.03**2
+    s = ((2 * ux * uy + c1) * (2 * vxy + c2)) / ((ux * ux + uy * uy + c1) * (vx + vy + c2))
+    return s.reshape(b, -1).mean(dim=1)
 
 
 def fresh_decoder(model: Encoder, depth: int, seed: int = 0) -> ReconstructionDecoder:
@@ -119,11 +141,12 @@ def image_metrics(
     batch_size: int = 64,
     device: torch.device | str = "cpu",
 ) -> dict[str, float | None]:
-    """``psnr`` (dB, the mean over images), ``lpips`` (mean distance) and ``rfid`` (None
+    """``psnr`` (dB) and ``ssim`` (means over images), ``lpips`` (mean distance) and ``rfid`` (None
     without their networks) of (N, 3, H, W) ``recons`` in [0, 1] against uint8 ``targets``."""
     targets = targets.float() / 255
     out: dict[str, float | None] = {
         "psnr": psnr(recons, targets).mean().item(),
+        "ssim": ssim(recons, targets).mean().item(),
         "lpips": None,
         "rfid": None,
     }
@@ -152,7 +175,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
-    """One row per model: PSNR, LPIPS, rFID of a fresh decoder on frozen features."""
+    """One row per model: PSNR, SSIM, LPIPS, rFID of a fresh decoder on frozen features."""
     from stellar.eval.fid import load_fid_inception
     from stellar.eval.lpips import load_lpips
     from stellar.runtime import pick_device
@@ -212,6 +235,7 @@ def tables(result: dict[str, Any]) -> list[str]:
         MODEL,
         KEY,
         ("PSNR dB", lambda r: metric(".2f")(r["psnr"])),
+        ("SSIM", lambda r: metric(".4f")(r["ssim"])),
         ("LPIPS", lambda r: metric(".4f")(r["lpips"])),
         ("rFID", lambda r: metric(".2f")(r["rfid"])),
     ]
