@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from stellar.losses.koleo import koleo_loss
+from stellar.losses.objective import koleo_loss
 
 
 def _reference_koleo(x: torch.Tensor) -> float:

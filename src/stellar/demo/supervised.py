@@ -13,8 +13,7 @@ from stellar.data.scenes import COLOURS, SHAPES
 from stellar.demo.training import DemoSettings, demo_trainer
 from stellar.eval.linear import pool_features
 from stellar.models.stellar import STELLAR
-from stellar.train.schedule import cosine_lr
-from stellar.train.trainer import Trainer
+from stellar.train.trainer import Trainer, cosine_lr
 
 logger = logging.getLogger(__name__)
 

@@ -22,7 +22,6 @@ from torch.profiler import record_function
 from stellar.data.augment import ViewPlan
 from stellar.errors import UsageError
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
-from stellar.losses.koleo import koleo_loss
 from stellar.losses.matching import set_alignment_loss, sinkhorn_match
 from stellar.models.stellar import STELLAR
 from stellar.schema import bounded
@@ -31,6 +30,28 @@ from stellar.schema import bounded
 PHASE = "phase/"
 PIXEL_RECON_WEIGHT = 10.0
 VQ_RECON_WEIGHT = 0.05
+KOLEO_EPS = 1e-8
+
+
+def koleo_loss(x: Tensor) -> Tensor:
+    """KoLeo, the Kozachenko-Leonenko entropy estimate, spreading the concept tokens ``x``
+    (B, r, d), r >= 2, of each image apart: a scalar fp32 loss, autocast off.
+
+    Tokens are L2-normalised; each token's nearest *other* token of the same image is found by
+    maximum dot product (diagonal excluded, selection not differentiated); the loss is
+    ``-mean(log(0.5 * ||x_i - x_nn(i) + 1e-8|| + 1e-8))`` over all B·r tokens.
+    """
+    if x.ndim != 3 or x.shape[1] < 2:
+        raise ValueError(f"koleo_loss expects (B, r, d) with r >= 2, got {tuple(x.shape)}")
+    with torch.autocast(device_type=x.device.type, enabled=False):
+        xn = F.normalize(x.float(), dim=-1, eps=KOLEO_EPS)
+        with torch.no_grad():
+            sim = xn @ xn.transpose(1, 2)
+            eye = torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
+            nn_idx = sim.masked_fill(eye, float("-inf")).argmax(dim=-1)  # (B, r)
+        neighbours = torch.gather(xn, 1, nn_idx.unsqueeze(-1).expand_as(xn))
+        dist = F.pairwise_distance(xn, neighbours, eps=KOLEO_EPS)
+        return -torch.log(0.5 * dist + KOLEO_EPS).mean()
 
 
 @dataclass

@@ -14,7 +14,6 @@ import torch
 from torch import Tensor
 
 from stellar.data.augment import MultiViewAugment
-from stellar.losses.masking import add_masks
 from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_loss
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
@@ -30,7 +29,7 @@ class StellarForPretraining(STELLAR):
     model card's batch dict; everything else, state dict included, is STELLAR's.
 
     ``objective_config`` says which loss terms, with which weights (default: the paper's); the
-    masked views are masked with :func:`~stellar.losses.masking.random_masking`'s defaults.
+    masked views are masked with :class:`~stellar.data.augment.MultiViewAugment`'s defaults.
     """
 
     def __init__(self, config: StellarConfig, purpose: str = "pretrain") -> None:
@@ -118,4 +117,4 @@ class StellarForPretraining(STELLAR):
                 batch["second_view"] = self.augment.color(global_views[:, 1])
             if "local_views" in inputs and plan.local:
                 batch["local_views"] = inputs["local_views"][:, : plan.local].flatten(0, 1)
-        return add_masks(batch, self.patch_size)
+        return self.augment.mask(batch, self.patch_size)

@@ -18,10 +18,9 @@ from typing import Any, Literal
 
 import yaml
 
-from stellar.data.augment import MultiViewAugment
+from stellar.data.augment import FocalMode, MultiViewAugment, num_kept
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
-from stellar.losses.masking import FocalMode, num_kept
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
@@ -77,6 +76,20 @@ class AugmentConfig:
     focal_mode: FocalMode | None = "gaussian"
     focal_prob: float = bounded(0.5, low=0, high=1)
     color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
+
+    def pipeline(self) -> MultiViewAugment:
+        """The augmentation these settings describe (it checks its scales and colour settings)."""
+        return MultiViewAugment(
+            self.global_size,
+            self.local_size,
+            self.n_local,
+            self.global_scale,
+            self.local_scale,
+            self.mask_ratio,
+            self.focal_mode,
+            self.focal_prob,
+            **self.color,
+        )
 
 
 @dataclass
@@ -157,10 +170,8 @@ class TrainConfig:
                 f"augment.color: unknown key(s) {', '.join(unknown)}; valid keys: "
                 f"{', '.join(colour_keys)}"
             )
-        try:  # the pipeline checks its scales and colour settings when built
-            MultiViewAugment(
-                a.global_size, a.local_size, a.n_local, a.global_scale, a.local_scale, **a.color
-            )
+        try:
+            a.pipeline()
         except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
             raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 
@@ -26,3 +27,11 @@ def update_teacher(teacher: STELLAR, student: STELLAR, momentum: float) -> None:
     t = list(teacher.parameters())
     s = [p.detach() for n, p in student.named_parameters() if not n.startswith("tokenizer.")]
     torch._foreach_lerp_(t, s, 1.0 - momentum)
+
+
+def ema_momentum(step: int, total: int, start: float, final: float | None) -> float:
+    """Constant ``start``, or cosine-annealed from ``start`` to ``final`` over training."""
+    if final is None:
+        return start
+    progress = min(1.0, step / max(1, total))
+    return final - (final - start) * 0.5 * (1 + math.cos(math.pi * progress))

@@ -23,10 +23,8 @@ from torch import nn
 from torch.nn.parallel import DistributedDataParallel
 from torch.profiler import record_function
 
-from stellar.data.augment import MultiViewAugment
 from stellar.data.loader import build_loader
 from stellar.errors import UsageError
-from stellar.losses.masking import add_masks
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.outputs import check_fresh, remove
 from stellar.progress import progress_bar
@@ -34,14 +32,22 @@ from stellar.runtime import DistInfo, autocast, precision_choice, setup
 from stellar.train.build import build_dataset, build_model, param_groups
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
-from stellar.train.ema import make_teacher, update_teacher
+from stellar.train.ema import ema_momentum, make_teacher, update_teacher
 from stellar.train.metrics import MetricsLog, mean_across_ranks
-from stellar.train.schedule import cosine_lr, ema_momentum
 from stellar.train.stopping import StopRequest, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
 RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard")  # what a run writes
+
+
+def cosine_lr(step: int, total: int, base: float, warmup: float, floor: float) -> float:
+    """Linear warm-up over ``warmup`` (fraction of ``total``) then cosine decay to ``floor``."""
+    warmup_steps = int(round(warmup * total))
+    if step < warmup_steps:
+        return base * (step + 1) / warmup_steps
+    progress = (step - warmup_steps) / max(1, total - warmup_steps)
+    return floor + 0.5 * (base - floor) * (1 + math.cos(math.pi * min(1.0, progress)))
 
 
 class TrainingDiverged(RuntimeError):
@@ -76,14 +82,7 @@ class Trainer(TrainerCheckpoints):
         # The views the enabled terms need: the pipeline makes exactly these.
         self.plan = cfg.objective.views(a.n_masked, a.n_local)
         self.step_fn = self._wrap(self.objective)
-        self.augment = MultiViewAugment(
-            a.global_size,
-            a.local_size,
-            a.n_local,
-            a.global_scale,
-            a.local_scale,
-            **a.color,
-        )
+        self.augment = a.pipeline()
         if cfg.init.checkpoint:  # a preset's architecture was checked with the config
             check_against_model(cfg, self.model.config)
         self.optimizer = torch.optim.AdamW(
@@ -147,12 +146,10 @@ class Trainer(TrainerCheckpoints):
 
     def make_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
         """Canvases -> the objective's batch: the views of ``self.plan`` and the masks."""
-        a = self.cfg.augment
         canvas = batch["canvas"].to(self.device, non_blocking=True)
         size = batch["size"].to(self.device, non_blocking=True)
-        out = self.augment.make(canvas, size, self.plan, g)
-        masking = dict(mask_ratio=a.mask_ratio, focal_mode=a.focal_mode, focal_prob=a.focal_prob)
-        return add_masks(out, self.model.patch_size, g, **masking)
+        views = self.augment.make(canvas, size, self.plan, g)
+        return self.augment.mask(views, self.model.patch_size, g)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches.

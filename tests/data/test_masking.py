@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stellar.losses.masking import num_kept, random_masking
+from stellar.data.augment import num_kept, random_masking
 
 
 def _spread(keep: torch.Tensor, grid_w: int) -> torch.Tensor:
