@@ -70,7 +70,7 @@ def _open_lock(folder: Path, flag: str) -> int:
             raise UsageError(f"{flag} {str(folder)!r} is a file; expected a folder for the outputs")
         folder.mkdir(parents=True, exist_ok=True)
         # never through a link: a planted `.lock -> elsewhere` must not be truncated
-        flags = os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0)
+        flags = os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW
         return os.open(folder / LOCK_NAME, flags, 0o644)
     except OSError as err:  # a path under a file, a read-only place, a full disk, a bad name
         where = "" if err.filename in (None, str(folder)) else f": {err.filename}"
@@ -204,13 +204,9 @@ def _is_write_failure(err: Exception) -> bool:
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
     """Make the renames in ``folder`` durable (a power cut could otherwise undo them)."""
+    fd = os.open(folder, os.O_RDONLY)
     try:
-        fd = os.open(folder, os.O_RDONLY)
-    except OSError:  # e.g. Windows cannot open a directory: renames there are not fsync-able
-        return
-    try:
-        os.fsync(fd)
-    except OSError:  # some filesystems refuse fsync on directories; nothing more to do
-        pass
+        with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+            os.fsync(fd)
     finally:
         os.close(fd)

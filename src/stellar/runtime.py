@@ -66,15 +66,9 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
 def cpu_bf16_feature() -> str | None:
     """The x86 feature that gives this CPU native bf16 matmuls (AMX tiles or AVX512-BF16, what
     oneDNN's bf16 kernels use), or None: without one bf16 runs emulated, slower than fp32."""
-    cpu = getattr(torch, "cpu", None)
-    for name, probe in (
-        ("AMX", "_is_amx_tile_supported"),
-        ("AVX512-BF16", "_is_avx512_bf16_supported"),
-    ):
-        check = getattr(cpu, probe, None)
-        if check is not None and check():
-            return name
-    return None
+    if torch.cpu._is_amx_tile_supported():
+        return "AMX"
+    return "AVX512-BF16" if torch.cpu._is_avx512_bf16_supported() else None
 
 
 def _cuda_native_bf16(device: torch.device) -> bool:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stellar.losses.matching import gather_matched, set_alignment_loss, sinkhorn_match
+from stellar.losses.matching import set_alignment_loss, sinkhorn_match
 
 
 def test_fixture_parity(tiny_io: dict[str, torch.Tensor]) -> None:
@@ -76,13 +76,6 @@ def test_set_alignment_loop_reference_and_gradients() -> None:
     torch.testing.assert_close(loss, ref / 12, atol=1e-6, rtol=0)
     loss.backward()
     assert logits.grad is not None and targets.grad is None
-
-
-def test_gather_matched_is_image_major() -> None:
-    targets = torch.arange(2 * 4).reshape(2, 4, 1).float()
-    index = torch.tensor([[3, 0], [1, 1], [2, 0], [0, 3]])  # 2 views per image
-    got = gather_matched(targets, index)[..., 0]
-    assert torch.equal(got, torch.tensor([[3.0, 0.0], [1.0, 1.0], [6.0, 4.0], [4.0, 7.0]]))
 
 
 def test_bf16_inputs_give_fp32() -> None:

@@ -62,24 +62,14 @@ def random_resized_crop(
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
     """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample.
 
-    For each crop: target area = U(scale) x valid area, aspect ratio log-uniform in ``ratio``,
-    integer width / height rounded, offset uniform; the first of ``TRIES`` candidates that fits
-    the valid region is used, else a centre crop with the aspect clamped to ``ratio``
-    (torchvision semantics). Flips (probability ``flip_p``) are folded into the sampling grid;
-    all B x n_views crops are resampled by one ``F.grid_sample(mode="bicubic",
-    align_corners=False)``, then clamped to [0, 1]. Crops never read outside the valid region.
+    torchvision's sampling (the first of ``TRIES`` boxes that fits the valid region, else a
+    centre crop with the aspect clamped to ``ratio``, width / height); every crop is resampled
+    by one bicubic ``grid_sample`` and never reads outside the valid region. ``canvas``
+    (B, C, Hc, Wc) uint8 or float in [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left;
+    ``scale`` a fraction of the valid area; ``generator`` on any device (None: the global RNG).
 
-    Args:
-        canvas: (B, C, Hc, Wc) uint8 (0..255) or float ([0, 1]) images.
-        size: (B, 2) integer valid (h, w) of each image, at the canvas' top-left.
-        scale: range of the crop area as a fraction of the valid area.
-        ratio: range of the crop aspect ratio (width / height).
-        generator: source of randomness (on any device); None uses the global RNG.
-
-    Returns:
-        views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
-        also a dict of (B, n_views) tensors ``top``, ``left``, ``height``, ``width`` (canvas
-        pixels) and ``flip`` (bool).
+    Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
+    also (B, n_views) ``top``, ``left``, ``height``, ``width`` (canvas pixels) and ``flip``.
     """
     b, c, hc, wc = canvas.shape
     s0, s1 = _pair(scale, "scale")
@@ -178,28 +168,14 @@ def random_masking(
     generator: torch.Generator | None = None,
     device: torch.device | str | None = None,
 ) -> torch.Tensor:
-    """Choose the patches each masked view keeps; one row per view, all rows at once.
+    """The patches each masked view keeps: (batch_size, n_keep) int64 raster indices,
+    ascending in each row, the ``num_kept`` lowest of uniform noise.
 
-    Patches are ranked by uniform noise and the ``n_keep = num_kept(grid_h * grid_w,
-    mask_ratio)`` lowest are kept. Each row independently becomes *focal* with probability
-    ``focal_prob``:
-
-    - ``"gaussian"``: the row's noise is lowered by ``exp(-||c - c0||^2 / (2 sigma^2))``, with
-      patch centres ``c = ((i + 0.5) / grid_h, (j + 0.5) / grid_w)`` in unit coordinates, a
-      centre ``c0`` uniform in the unit square and ``sigma`` uniform in ``SIGMA_RANGE``
-      (a fraction of the grid side), so the kept patches cluster around ``c0``.
-    - ``"block"``: the row keeps a block at a uniformly random position. When ``n_keep = s^2``
-      (and s fits the grid) the block is the s x s square; otherwise it is the smallest
-      near-square ``bh x bw`` block with ``bw = ceil(sqrt(n_keep))`` and
-      ``bh = ceil(n_keep / bw)`` (clipped to the grid), of which the first ``n_keep``
-      patches in raster order are kept (a rectangle plus one partial row, still contiguous).
-    - ``None``: no focal rows (plain uniform random masking).
-
-    Random draws, in order, from ``generator`` (on ``device``): noise (B, n), focal coin (B,),
-    then centre (B, 2) and sigma (B,) for gaussian or top-left corner (B, 2) for block.
-
-    Returns:
-        (batch_size, n_keep) int64 raster indices of kept patches, ascending in each row.
+    Each row is *focal* with probability ``focal_prob``: ``"gaussian"`` lowers its noise by a
+    Gaussian bump (random centre, sigma uniform in ``SIGMA_RANGE`` of the grid side) so the
+    kept patches cluster; ``"block"`` keeps a near-square block at a random position (the
+    s x s square when ``n_keep = s^2``, else the first ``n_keep`` patches of the smallest
+    ``bh x bw`` block holding them, still contiguous); ``None``: plain random masking.
     """
     lo, hi = SIGMA_RANGE
     n = grid_h * grid_w
@@ -236,30 +212,19 @@ def random_masking(
 
 @dataclass(frozen=True)
 class ViewPlan:
-    """The views of one training step, per image, besides the main view.
+    """The views of one training step, per image, besides the main view (all colour-augmented)."""
 
-    Attributes:
-        masked: colour-augmented global views that are masked (the first is a copy of the
-            main view's crop).
-        local: colour-augmented local views.
-        second: whether a second colour-augmented global view is made (global alignment).
-    """
-
-    masked: int = 0
+    masked: int = 0  # masked global views (the first: a copy of the main view's crop)
     local: int = 0
-    second: bool = False
+    second: bool = False  # a second global view (global alignment)
 
 
 class MultiViewAugment:
     """The STELLAR multi-view pipeline on device: :meth:`make` builds exactly the views a
-    training step's :class:`ViewPlan` asks for.
+    training step's :class:`ViewPlan` asks for, :meth:`mask` the patches the masked ones keep.
 
-    Global views are RandomResizedCrops to ``global_size`` (``global_scale``, flip p 0.5);
-    ``image``, the reconstruction target and main view, carries no colour augmentation, every
-    other view is colour/blur augmented with :meth:`color` (a
-    :class:`~stellar.data.color.ColorAugment` of the ``color`` settings, the rest keeping its
-    defaults). Local views are crops to ``local_size`` (``local_scale``); ``n_local`` only
-    says whether any are made (for the blur kernel's size check).
+    ``color`` holds :class:`~stellar.data.color.ColorAugment`'s settings; ``n_local`` only says
+    whether local views are made (for the blur kernel's size check).
     """
 
     def __init__(
@@ -302,19 +267,11 @@ class MultiViewAugment:
         plan: ViewPlan,
         generator: torch.Generator | None = None,
     ) -> dict[str, Tensor]:
-        """The views of one training step: the main view and exactly those ``plan`` asks for.
-
-        Only the global crops used are made (the main one, the masked ones, the second one);
-        views of a count of zero are neither cropped nor coloured. ``canvas`` (B, 3, Hc, Wc)
-        uint8 or float [0, 1] and ``size`` (B, 2) as :func:`random_resized_crop` takes them; a
-        seeded ``generator`` reproduces the output.
-
-        Returns:
-            ``image`` (B, 3, G, G) without colour augmentation; when asked for,
-            ``masked_views`` (B·M, 3, G, G), image-major, the first of each image a coloured
-            copy of its main view's crop; ``local_views`` (B·L, 3, l, l); ``second_view``
-            (B, 3, G, G), another global crop; all float32 in [0, 1].
-        """
+        """The main view ``image`` (B, 3, G, G), not colour-augmented, and exactly the views
+        ``plan`` asks for: ``masked_views`` (B·M, 3, G, G), image-major, the first of each image
+        a coloured copy of the main view's crop; ``local_views`` (B·L, 3, l, l); ``second_view``
+        (B, 3, G, G); all float32 in [0, 1]. ``canvas`` and ``size`` as
+        :func:`random_resized_crop` takes them."""
         crops = max(1, plan.masked, 2 if plan.second else 1)
         x = _as_float(canvas)
         global_views = random_resized_crop(

@@ -12,7 +12,7 @@ import torch
 
 from stellar.losses.clustering import cross_entropy_soft
 
-__all__ = ["gather_matched", "set_alignment_loss", "sinkhorn_match"]
+__all__ = ["set_alignment_loss", "sinkhorn_match"]
 
 
 def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
@@ -64,14 +64,6 @@ def sinkhorn_match(
     return plan.argmax(dim=2), plan
 
 
-def gather_matched(targets: torch.Tensor, match_index: torch.Tensor) -> torch.Tensor:
-    """For every predicted token, the features of its matched target token: ``targets``
-    (B, r_t, ...), ``match_index`` (P, r) into ``r_t`` (P = B·V image-major views) -> (P, r, ...),
-    differentiable w.r.t. ``targets``."""
-    img = _image_of_view(match_index.shape[0], targets.shape[0], match_index.device)
-    return targets[img.unsqueeze(1), match_index.long()]
-
-
 def set_alignment_loss(
     pred_logits: torch.Tensor,
     target_assignments: torch.Tensor,
@@ -82,6 +74,6 @@ def set_alignment_loss(
     ``pred_logits`` (P, r, K) against the detached Sinkhorn targets ``target_assignments``
     (B, r_t, K) of the main-view tokens they are matched to (``match_index`` (P, r), from
     :func:`sinkhorn_match`); a scalar fp32 loss."""
-    return cross_entropy_soft(
-        pred_logits, gather_matched(target_assignments.detach(), match_index), temp
-    )
+    img = _image_of_view(match_index.shape[0], target_assignments.shape[0], match_index.device)
+    matched = target_assignments.detach()[img.unsqueeze(1), match_index.long()]  # (P, r, K)
+    return cross_entropy_soft(pred_logits, matched, temp)
