@@ -277,16 +277,30 @@ class MultiViewAugment:
         global_views = random_resized_crop(
             x, size, self.global_size, crops, self.global_scale, generator=generator
         )
-        out = {"image": global_views[:, 0]}
+        local = None
         if plan.local:
             local = random_resized_crop(
                 x, size, self.local_size, plan.local, self.local_scale, generator=generator
             )
-            out["local_views"] = self.color(local, generator).flatten(0, 1)
-        if plan.masked:
+            local = self.color(local, generator)
+        return {"image": global_views[:, 0], **self.colored(global_views, local, plan, generator)}
+
+    def colored(
+        self,
+        global_views: Tensor | None,
+        local_views: Tensor | None,
+        plan: ViewPlan,
+        generator: torch.Generator | None = None,
+    ) -> dict[str, Tensor]:
+        """The views of ``plan`` from crops already made, (B, V, 3, H, W): the global ones
+        colour-augmented here, the local ones taken as they are."""
+        out = {}
+        if local_views is not None and plan.local:
+            out["local_views"] = local_views[:, : plan.local].flatten(0, 1)
+        if global_views is not None and plan.masked:
             masked = self.color(global_views[:, : plan.masked], generator)
             out["masked_views"] = masked.flatten(0, 1)
-        if plan.second:
+        if global_views is not None and plan.second and global_views.shape[1] > 1:
             out["second_view"] = self.color(global_views[:, 1], generator)
         return out
 

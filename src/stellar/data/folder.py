@@ -10,9 +10,7 @@ for broken files, and a *view* that turns a decoded image into tensors.
 - Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
   the item of such a file is ``None`` (one warning naming it), the loaders'
   collate function leaves it out of its batch, and :attr:`ImageFolder.broken_mask` marks them.
-- Views: :class:`CanvasView` (training: the longer side resized to the canvas, pasted at the
-  top-left of a zero canvas; cropped on the device by :mod:`stellar.data.augment`) and
-  :class:`CentreCropView` (evaluation: shorter side resized, centre square cropped).
+- Views: :class:`CanvasView` (training) and :class:`CentreCropView` (evaluation).
 """
 
 from __future__ import annotations
@@ -76,9 +74,7 @@ def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) ->
 
 class CanvasView:
     """Training view: longer side resized (PIL bicubic, antialiased) to ``size``, keeping the
-    aspect ratio, pasted at the top-left of a zero ``size`` x ``size`` canvas. Large JPEGs are
-    first downscaled by the decoder's draft mode (both sides stay >= ``size``).
-    """
+    aspect ratio, pasted at the top-left of a zero ``size`` x ``size`` canvas."""
 
     def __init__(self, size: int = 256) -> None:
         self.size = int(size)

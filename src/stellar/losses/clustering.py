@@ -24,16 +24,11 @@ _SUM_EPS = 1e-8
 
 @torch.no_grad()
 def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
-    """Balance temperature-scaled scores into soft cluster assignments, across all ranks.
+    """Balance temperature-scaled scores (N, K) into detached fp32 soft cluster assignments
+    (N, K), rows summing to 1, autocast off.
 
-    ``Q = exp(scores - colmax + 50)``, then ``n_iterations`` times: divide every column by its
-    sum (+1e-8), then every row by its sum (+1e-8). Computed in fp32 with autocast disabled.
-    When ``torch.distributed`` is initialised, the column max is all-reduced with MAX and the
-    column sums with SUM, so each rank's rows equal those of a single process
-    run on the concatenation of every rank's rows (ranks may hold different numbers of rows).
-
-    ``scores`` (N, K) are already divided by the Sinkhorn temperature; returns (N, K) fp32
-    assignments, detached, each row summing to 1.
+    Under ``torch.distributed`` the column max and sums are all-reduced, so each rank's rows
+    equal those of one process run on every rank's rows (ranks may hold different counts).
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with torch.autocast(device_type=scores.device.type, enabled=False):

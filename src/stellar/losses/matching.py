@@ -32,21 +32,11 @@ def sinkhorn_match(
     eps: float = 0.1,
     n_iterations: int = 5,
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """Match each predicted token to a target token of its image by entropic OT.
+    """Match each predicted token ``preds`` (P, r, d), P = B·V image-major views, to a token
+    of its image's ``targets`` (B, r_t, d) by entropic OT on the Euclidean cost: log-domain
+    Sinkhorn from ``u = v = 0``, match = argmax of the plan over targets; fp32, autocast off.
 
-    Cost ``C`` is the Euclidean distance; starting from ``u = v = 0``, ``n_iterations`` times
-    ``u = -eps * logsumexp(-(C - v) / eps)`` over targets, then
-    ``v = -eps * logsumexp(-(C - u) / eps)`` over predictions; plan
-    ``P = exp((u + v - C) / eps)``; match = argmax of the plan over targets. All views are
-    solved at once, in fp32 with autocast off. Views are image-major (see module docstring).
-
-    Args:
-        preds: (P, r, d) predicted tokens, P = B·V, view ``p`` of image ``p // V``.
-        targets: (B, r_t, d) target tokens of each image.
-
-    Returns:
-        index: (P, r) int64 index of the matched target token, in [0, r_t).
-        plan: (P, r, r_t) fp32 transport plan (columns sum to 1), detached.
+    Returns ``index`` (P, r) int64 in [0, r_t) and the detached ``plan`` (P, r, r_t).
     """
     img = _image_of_view(preds.shape[0], targets.shape[0], preds.device)
     with torch.autocast(device_type=preds.device.type, enabled=False):

@@ -156,7 +156,7 @@ class StellarObjective(nn.Module):
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute every enabled term on one batch: ``(total, {term: detached value})``."""
         _, terms = self.compute(batch)
-        total = total_loss(terms, self.reconstruction_weight())
+        total = total_loss(terms, self.config.recon_weight)
         return total, {name: t.detach().float() for name, t in terms.items()}
 
     def compute(self, batch: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor]]:
@@ -220,13 +220,6 @@ class StellarObjective(nn.Module):
         return main, {name: sum(values[1:], values[0]) for name, values in terms.items()}
 
     # ------------------------------------------------------------------ terms
-    def reconstruction_weight(self) -> float:
-        """The configured weight, or the paper's for this decoder head."""
-        if self.config.recon_weight is not None:
-            return self.config.recon_weight
-        pixel = self.model.config.decoder_head == "pixel"
-        return PIXEL_RECON_WEIGHT if pixel else VQ_RECON_WEIGHT
-
     def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> tuple[str, Tensor]:
         """The term under the release's name: ``MSE`` of the pixel head against the [0, 1] image,
         or ``VQ-CE`` against the tokenizer's codes (B, h*w) of the image resized to grid·16."""

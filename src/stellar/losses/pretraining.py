@@ -96,7 +96,7 @@ class StellarForPretraining(STELLAR):
 
     def loss(self, predictions: dict[str, Tensor]) -> Tensor:
         """The release's total: rec_coeff x (``MSE`` or ``VQ-CE``) + every ``*loss*`` term."""
-        return total_loss(predictions, self.objective.reconstruction_weight())
+        return total_loss(predictions, self.objective_config.recon_weight)
 
     def views(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
         """The objective's batch: the main view and the views its enabled terms read."""
@@ -108,13 +108,6 @@ class StellarForPretraining(STELLAR):
             batch = self.augment.make(image, size, plan)
             batch["image"] = image
         else:
-            batch = {"image": image}
-            global_views = inputs.get("global_views")
-            if global_views is not None and plan.masked:
-                masked = global_views[:, : plan.masked]
-                batch["masked_views"] = self.augment.color(masked).flatten(0, 1)
-            if global_views is not None and plan.second and global_views.shape[1] > 1:
-                batch["second_view"] = self.augment.color(global_views[:, 1])
-            if "local_views" in inputs and plan.local:
-                batch["local_views"] = inputs["local_views"][:, : plan.local].flatten(0, 1)
+            given = inputs.get("global_views"), inputs.get("local_views")
+            batch = {"image": image, **self.augment.colored(*given, plan)}
         return self.augment.mask(batch, self.patch_size)

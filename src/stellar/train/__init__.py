@@ -45,24 +45,13 @@ def train(
 ) -> TrainResult:
     """Pretrain STELLAR into the run folder ``out`` (under ``torchrun``: on every rank).
 
-    ``stellar.train("cpu-smoke", out="runs/x", max_steps=10, optim__lr=1e-3)``: keyword
-    settings are config keys, ``__`` standing for the section dot (or pass
-    ``**{"optim.lr": 1e-3}``, or ``overrides=["optim.lr=1e-3"]`` as on the command line).
-
-    Args:
-        config: a preset name (``cpu-smoke``, ``cpu-demo``, ``vit-b16``, ``vit-l16``,
-            ``vit-h14``), a YAML file, a mapping or a :class:`TrainConfig`. Default: the
-            ``cpu-smoke`` preset, or with ``resume`` the run's saved ``config.yaml``.
-        overrides: ``key=value`` texts or a mapping of dotted keys, applied over ``config``.
-        resume: continue ``out/checkpoints/last`` exactly; only the keys in
-            :data:`~stellar.train.config.RESUMABLE_KEYS` may differ from the saved settings.
-        overwrite: start afresh in an ``out`` that holds a run, deleting its files (without
-            it such a folder is refused).
-        **settings: more overrides.
-
-    Raises:
-        UsageError: bad settings (naming the key), a refused change on resume, a run folder
-            in use by another training or holding a run without ``overwrite``.
+    ``config`` is a preset name, a YAML file, a mapping or a :class:`TrainConfig` (default: the
+    ``cpu-smoke`` preset, or with ``resume`` the run's saved ``config.yaml``); ``overrides``
+    (``key=value`` texts or a mapping of dotted keys) and keyword ``settings`` (``__`` for the
+    dot: ``optim__lr=1e-3``) go over it. ``resume`` continues ``out/checkpoints/last`` exactly
+    (only :data:`~stellar.train.config.RESUMABLE_KEYS` may differ); ``overwrite`` starts afresh
+    in an ``out`` that holds a run. Bad settings, a refused change and a folder in use or
+    holding a run are one :class:`~stellar.errors.UsageError` each.
     """
     if resume and overwrite:
         raise UsageError("--resume continues the run in out=, --overwrite replaces it: pick one")
