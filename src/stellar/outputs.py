@@ -1,14 +1,8 @@
 """Output folders: the one guard of every folder a job writes (a training run, ``extract``
-shards, a retrieval index, ``eval``, ``viz`` and ``demo`` results, the explorer's cache).
-
-- :func:`output_folder` holds a folder for a job: created, writable, locked for the whole job
-  (``fcntl.flock`` on ``.lock``, which the kernel releases when the process ends, however it
-  ends, so a killed job never leaves a stale lock), and cleared of the temporary files a killed
-  job left (our :func:`atomic_write`'s and the safetensors writer's own).
-- :func:`check_fresh` and :func:`remove` are the fresh / overwrite rule: a job refuses a
-  folder that holds another job's files unless told to overwrite them.
-- :func:`atomic_write` is how every file is written: a temporary file in the same folder,
-  fsync, rename; a crash leaves the previous file intact.
+shards, a retrieval index, ``eval``, ``viz`` and ``demo`` results, the explorer's cache):
+:func:`output_folder` holds it (``fcntl.flock``, which the kernel releases however the process
+ends, so a killed job never leaves a stale lock), :func:`check_fresh` / :func:`remove` are the
+fresh / overwrite rule, :func:`atomic_write` writes every file.
 """
 
 from __future__ import annotations

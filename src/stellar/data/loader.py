@@ -1,9 +1,5 @@
-"""DataLoader construction for map-style datasets that return dicts of tensors.
-
-The loader only moves canvases (fixed-size uint8 images plus their valid size) to the
-trainer; the random crops and colour augmentation run batched on the device
-(:mod:`stellar.data.augment`), so workers do nothing but decode.
-"""
+"""The DataLoader of dict items: workers only decode (training's crops and colour run batched
+on the device, :mod:`stellar.data.augment`)."""
 
 from __future__ import annotations
 
@@ -18,14 +14,9 @@ __all__ = ["EpochLoader", "ResumableSampler", "build_loader", "collate_dict"]
 
 
 class ResumableSampler(DistributedSampler):
-    """This rank's slice of a (seed, epoch)-shuffled order, from a given position on.
-
-    The one sampler of the library (training, probes, single process or torchrun): torch's
-    ``DistributedSampler`` (which drops the last ``length % world`` samples of each epoch so that
-    every rank gets as many, and stays at the same position as the others: what a checkpoint,
-    written by rank 0 alone, records for all of them) plus :meth:`set_position`, which a resume
-    needs. ``shuffle=False`` keeps the dataset order.
-    """
+    """This rank's slice of a (seed, epoch)-shuffled order, from a given position on: torch's
+    ``DistributedSampler`` (every rank gets as many samples) plus :meth:`set_position`, which a
+    resume needs. The one sampler of the library (training and probes)."""
 
     def __init__(
         self, length: int, seed: int = 0, rank: int = 0, world: int = 1, shuffle: bool = True
