@@ -83,7 +83,7 @@ def build(args: argparse.Namespace, extra: list[str]) -> tuple[Trainer, Callable
     batch = next(iter(trainer.loader))
 
     def step() -> None:
-        trainer.train_step(batch)
+        trainer.train_step([batch])
         trainer.step += 1  # as the training loop does
 
     return trainer, step

@@ -48,8 +48,8 @@ def measure_step() -> list[str]:
     with tempfile.TemporaryDirectory() as out:
         trainer = Trainer(load_config("cpu-smoke", [f"out={out}"]))
         batch = next(iter(trainer.loader))
-        trainer.train_step(batch)  # warm: the first call imports lazily
-        return files_called(lambda: trainer.train_step(batch))
+        trainer.train_step([batch])  # warm: the first call imports lazily
+        return files_called(lambda: trainer.train_step([batch]))
 
 
 def measure_load() -> list[str]:

@@ -72,11 +72,11 @@ def test_nonfinite_loss_stops_with_the_step_and_terms(tmp_path):
     trainer = Trainer(cfg)
     step = trainer.train_step
 
-    def poisoned_after_three_steps(batch):
+    def poisoned_after_three_steps(micro):
         if trainer.step == 3:
             with torch.no_grad():
                 trainer.model.sparse_tokens.fill_(float("nan"))
-        return step(batch)
+        return step(micro)
 
     trainer.train_step = poisoned_after_three_steps
     # the fourth step diverges: numbered as metrics rows and checkpoint folders number steps
@@ -194,6 +194,59 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
         torch.testing.assert_close(got[name], want[name], atol=0, rtol=0, msg=name)
 
 
+def test_gradient_accumulation_consumes_micro_batches(tmp_path):
+    cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "max_steps=2", "grad_accum=3"])
+    trainer = Trainer(cfg)
+    assert trainer.steps_per_epoch == 64 // (4 * 3)
+    last = trainer.train()
+    assert last["step"] == 2
+    state = torch.load(tmp_path / "checkpoints" / "last" / "trainer_state.pt", weights_only=True)
+    assert state["rank_positions"][0][1] == 2 * 3 * 4  # samples consumed on this rank
+
+
+class _NotDDP(torch.nn.Module):
+    """Stands in for torch.compile's OptimizedModule: wraps DDP but is no DDP instance."""
+
+    def __init__(self, module: torch.nn.Module) -> None:
+        super().__init__()
+        self.inner = module
+
+    def forward(self, *args):
+        return self.inner(*args)
+
+
+def test_compiled_ddp_all_reduces_only_the_last_micro_batch(tmp_path, monkeypatch):
+    import torch.distributed as dist
+    from torch.nn.parallel import DistributedDataParallel
+
+    from stellar.runtime import DistInfo
+
+    store = f"file://{tmp_path / 'store'}"
+    dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
+    try:
+        skipped = []
+        no_sync = DistributedDataParallel.no_sync
+
+        def counting(self):
+            skipped.append(1)
+            return no_sync(self)
+
+        monkeypatch.setattr(DistributedDataParallel, "no_sync", counting)
+        # Compiling for real takes minutes on a CPU; the wrapper is what broke no_sync.
+        monkeypatch.setattr(torch, "compile", lambda module, **kwargs: _NotDDP(module))
+        cfg = load_config(
+            "cpu-smoke", [*TINY, f"out={tmp_path}", "compile=true", "grad_accum=3", "max_steps=1"]
+        )
+        trainer = Trainer(cfg, DistInfo(rank=0, world_size=2))  # DDP on a 1-process group
+        assert isinstance(trainer.step_fn, _NotDDP)
+        assert not trainer.ddp.find_unused_parameters  # every term on: no parameter unused
+        batches = iter(trainer.loader)
+        trainer.train_step([next(batches) for _ in range(3)])
+        assert len(skipped) == 2
+    finally:
+        dist.destroy_process_group()
+
+
 def test_ablated_ddp_names_its_unused_parameters(tmp_path):
     import torch.distributed as dist
 
@@ -211,10 +264,10 @@ def test_ablated_ddp_names_its_unused_parameters(tmp_path):
         cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", *extra])
         trainer = Trainer(cfg, DistInfo(rank=0, world_size=2))
         assert trainer.model.encoder.checkpoint_blocks
-        assert trainer.step_fn.find_unused_parameters
+        assert trainer.ddp.find_unused_parameters
         assert trainer.plan.local == 0 and trainer.plan.masked == 2  # KoLeo still masks
         batches = iter(trainer.loader)
-        views = trainer.make_views(next(batches), trainer.generator())
+        views = trainer.make_views(next(batches), trainer.generator(0))
         assert set(views) == {"image", "masked_views", "keep_idx"}
     finally:
         dist.destroy_process_group()

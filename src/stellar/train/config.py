@@ -135,6 +135,7 @@ class TrainConfig:
     ema: EMAConfig = field(default_factory=EMAConfig)
     init: InitConfig = field(default_factory=InitConfig)
     batch_size: int = bounded(128, low=1)
+    grad_accum: int = bounded(1, low=1)
     epochs: int = bounded(150, low=1)
     max_steps: int | None = bounded(None, low=1)
     stop_at: int | None = bounded(None, low=1)  # checkpoint and stop early: preemption

@@ -1,14 +1,15 @@
 """The pretraining loop: read top to bottom in one sitting.
 
-One optimizer step per batch of each process: canvases -> batched multi-view augmentation on
-the device -> masking -> ``StellarObjective`` (one module call, DDP-wrapped when distributed)
--> backward. Randomness of a step comes from a generator seeded by (seed, step, rank), and the
-data order from (seed, epoch), so a resumed run replays exactly what an uninterrupted one would
-have done.
+One optimizer step = ``grad_accum`` micro-batches per process. Each micro-batch: canvases ->
+batched multi-view augmentation on the device -> masking -> ``StellarObjective`` (one module
+call, DDP-wrapped when distributed) -> backward. Randomness of a micro-batch comes from a
+generator seeded by (seed, step, micro-batch, rank), and the data order from (seed, epoch), so
+a resumed run replays exactly what an uninterrupted one would have done.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import math
 import secrets
@@ -110,12 +111,12 @@ class Trainer(TrainerCheckpoints):
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
-        per_step = cfg.batch_size * self.dist.world_size
+        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         self.steps_per_epoch = len(self.dataset) // per_step
         if self.steps_per_epoch < 1:  # before the model is built
             raise UsageError(
                 f"{len(self.dataset)} images cannot fill one step of {per_step} "
-                "(batch_size x processes): lower batch_size or add images"
+                "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
         self.model = build_model(cfg).to(self.device)
         self.model.encoder.checkpoint_blocks = cfg.activation_checkpointing
@@ -156,8 +157,13 @@ class Trainer(TrainerCheckpoints):
     # ------------------------------------------------------------------ set-up
 
     def _wrap(self, objective: StellarObjective) -> nn.Module:
-        """The module a step calls: DDP- or FSDP-wrapped when distributed, maybe compiled."""
+        """The module a step calls: DDP- or FSDP-wrapped when distributed, maybe compiled.
+
+        ``self.ddp`` keeps the DDP wrapper itself: a compiled module is no DDP instance, and
+        gradient accumulation needs its ``no_sync``.
+        """
         wrapped: nn.Module = objective
+        self.ddp: DistributedDataParallel | None = None
         if self.dist.enabled and self.cfg.strategy == "fsdp":
             from torch.distributed.fsdp import fully_shard
 
@@ -168,7 +174,7 @@ class Trainer(TrainerCheckpoints):
             ids = [self.device.index] if self.device.type == "cuda" else None
             # Only an ablation leaves parameters without a gradient; DDP must know which.
             unused = objective.unused_parameters(self.plan)
-            wrapped = DistributedDataParallel(
+            wrapped = self.ddp = DistributedDataParallel(
                 objective, device_ids=ids, find_unused_parameters=bool(unused)
             )
         if self.cfg.compile:
@@ -176,10 +182,10 @@ class Trainer(TrainerCheckpoints):
         return wrapped
 
     # ------------------------------------------------------------------ one step
-    def generator(self) -> torch.Generator:
-        """The randomness of this step, a function of (seed, step, rank)."""
+    def generator(self, micro: int) -> torch.Generator:
+        """The randomness of one micro-batch, a function of (seed, step, micro, rank)."""
         g = torch.Generator(device=self.device)
-        key = (self.cfg.seed * 1_000_003 + self.step) * 997 * 65_537 + self.dist.rank
+        key = ((self.cfg.seed * 1_000_003 + self.step) * 997 + micro) * 65_537 + self.dist.rank
         return g.manual_seed(key % (2**63))
 
     def make_views(self, batch: dict[str, torch.Tensor], g: torch.Generator) -> dict:
@@ -189,8 +195,8 @@ class Trainer(TrainerCheckpoints):
         views = self.augment.make(canvas, size, self.plan, g)
         return self.augment.mask(views, self.model.patch_size, g)
 
-    def train_step(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        """One optimizer step on this process's ``batch``.
+    def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
+        """One optimizer step over ``grad_accum`` micro-batches.
 
         Returns the step's scalars (``loss``, the terms, ``grad_norm``, ``lr``, ``nonfinite``)
         as detached 0-dim device tensors of this rank: nothing here waits for the device.
@@ -204,17 +210,28 @@ class Trainer(TrainerCheckpoints):
         )
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        with record_function(PHASE + "views and masking"):
-            views = self.make_views(batch, self.generator())
-        with autocast(self.device, self.autocast_dtype):
-            total, terms = self.step_fn(views)
-        with record_function(PHASE + "backward"):
-            total.backward()
+        sums: dict[str, torch.Tensor] = {}
+        for micro, batch in enumerate(micro_batches):
+            with record_function(PHASE + "views and masking"):
+                views = self.make_views(batch, self.generator(micro))
+            # DDP all-reduces the gradients of the last micro-batch only
+            last = micro == len(micro_batches) - 1
+            sync = (
+                self.ddp.no_sync()
+                if self.ddp is not None and not last
+                else contextlib.nullcontext()
+            )
+            with sync, autocast(self.device, self.autocast_dtype):
+                total, terms = self.step_fn(views)
+            with record_function(PHASE + "backward"):
+                (total / len(micro_batches)).backward()
+            for name, value in {"loss": total.detach(), **terms}.items():
+                sums[name] = sums.get(name, 0) + value / len(micro_batches)
         clip = cfg.optim.clip_grad if cfg.optim.clip_grad else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.model.parameters(), clip)
         if hasattr(grad_norm, "full_tensor"):  # FSDP: a replicated DTensor
             grad_norm = grad_norm.full_tensor()
-        scalars = {"loss": total.detach(), **terms, "grad_norm": grad_norm.detach()}
+        scalars = {**sums, "grad_norm": grad_norm.detach()}
         bad = ~torch.isfinite(torch.stack([v.float() for v in scalars.values()])).all()
         scalars["nonfinite"] = bad.float()
         scalars["lr"] = torch.tensor(lr, device=self.device)
@@ -265,7 +282,7 @@ class Trainer(TrainerCheckpoints):
             dynamic_ncols=True,
         )
         last: dict[str, float] = {}
-        images_per_step = cfg.batch_size * self.dist.world_size
+        images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
@@ -277,10 +294,11 @@ class Trainer(TrainerCheckpoints):
                     self.sampler.set_position(epoch, position)
                     start, batches = position, iter(self.loader)
                     while self.step < end:
-                        if (batch := next(batches, None)) is None:
+                        micro = [b for _, b in zip(range(cfg.grad_accum), batches, strict=False)]
+                        if len(micro) < cfg.grad_accum:
                             break
                         # numbered from 1 like metrics rows and checkpoints: after this step
-                        pending.append((self.step + 1, self.train_step(batch)))
+                        pending.append((self.step + 1, self.train_step(micro)))
                         # batches of only unreadable files were skipped but still read
                         position = start + self.loader.drawn * cfg.batch_size
                         self.step += 1
