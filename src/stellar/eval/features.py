@@ -78,8 +78,7 @@ def _check_against_model(root: str, what: str, key: str, model: Encoder, res: in
     evaluation view at this resolution (so two folders also match)."""
     meta = read_meta(Path(root))
     view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
-    view["decoding"] = DECODING
-    diff = differences(meta, {"weights": weights_fingerprint(model), **view})
+    diff = differences(meta, {"weights": weights_fingerprint(model), **view, "decoding": DECODING})
     diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
     diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
     if diff:

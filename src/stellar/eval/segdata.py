@@ -162,15 +162,6 @@ def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
     return np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1)
 
 
-def _read_label(path: Path, size: int) -> np.ndarray:
-    with Image.open(path) as img:
-        img.load()
-        img = upright(img)  # oriented like its image is, when it says so
-        if img.size != (size, size):
-            img = img.resize((size, size), Image.Resampling.NEAREST)
-        return np.asarray(img).astype(np.int64)
-
-
 def load_label_maps(
     labels: Sequence[Path],
     size: int,
@@ -185,7 +176,11 @@ def load_label_maps(
 
     def work(i: int) -> None:
         try:
-            arr = _read_label(Path(labels[i]), size)
+            with Image.open(labels[i]) as img:
+                img.load()
+                img = upright(img)  # oriented like its image is, when it says so
+                img = img.resize((size, size), Image.Resampling.NEAREST)
+                arr = np.asarray(img).astype(np.int64)
         except OSError as e:  # truncated or corrupt: name the file, not just PIL's message
             unreadable.append(f"{labels[i]} ({e})")
             return

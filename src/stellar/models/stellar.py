@@ -304,7 +304,16 @@ class STELLAR(nn.Module):
             grid = encoded["grid"]
         if isinstance(grid, Tensor):
             grid = _recorded_grid(grid)
-        lowrank = self._lowrank_of(encoded, spatial)
+        if isinstance(encoded, dict):
+            if "sparse" not in encoded or "spatial" not in encoded:
+                raise UsageError("reconstruct(dict) needs its 'sparse' and 'spatial' entries")
+            encoded, spatial = encoded["sparse"], encoded["spatial"]
+        if spatial is None or spatial.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
+            raise ValueError(
+                f"reconstruct(sparse, spatial) expects sparse (B, r, d) and spatial (B, n, r), "
+                f"got {tuple(encoded.shape)} and {spatial if spatial is None else spatial.shape}"
+            )
+        lowrank = (spatial.float() @ encoded.float()).to(encoded.dtype)
         grid = grid or _square_grid(lowrank.shape[1])
         out = self.decode(lowrank, grid)
         if "x_hat" in out:
@@ -317,18 +326,6 @@ class STELLAR(nn.Module):
         tokens = out["logits"].argmax(dim=-1)
         reconstruction = self.tokenizer.decode(tokens, grid=grid)
         return {**out, "tokens": tokens, "reconstruction": reconstruction}
-
-    def _lowrank_of(self, encoded: dict[str, Tensor] | Tensor, spatial: Tensor | None) -> Tensor:
-        if isinstance(encoded, dict):
-            if "sparse" not in encoded or "spatial" not in encoded:
-                raise UsageError("reconstruct(dict) needs its 'sparse' and 'spatial' entries")
-            encoded, spatial = encoded["sparse"], encoded["spatial"]
-        if spatial is None or spatial.ndim != 3 or spatial.shape[-1] != encoded.shape[1]:
-            raise ValueError(
-                f"reconstruct(sparse, spatial) expects sparse (B, r, d) and spatial (B, n, r), "
-                f"got {tuple(encoded.shape)} and {spatial if spatial is None else spatial.shape}"
-            )
-        return (spatial.float() @ encoded.float()).to(encoded.dtype)
 
     def set_tokenizer(self, tokenizer: MaskGITVQGAN) -> None:
         """Attach the frozen VQ tokenizer (not part of STELLAR's checkpoint), checked by
