@@ -1,10 +1,5 @@
 """Progress bars that behave in a pipe: tqdm on a terminal or in a notebook, a log line every N
-steps otherwise.
-
-A tqdm bar redraws itself with carriage returns, which a log file or a CI console keeps as
-thousands of partial lines. When stderr is not a terminal the same bar logs one plain line
-(``logging``, level INFO) at its start, every ``every`` steps and at its end instead.
-"""
+steps otherwise (a redrawn bar leaves a log file or CI console thousands of partial lines)."""
 
 from __future__ import annotations
 
@@ -15,8 +10,6 @@ from collections.abc import Iterable
 from typing import Any
 
 from tqdm.auto import tqdm
-
-__all__ = ["LoggedBar", "progress_bar"]
 
 logger = logging.getLogger(__name__)
 LINES_PER_BAR = 20  # a bar of known length logs about this many lines

@@ -21,8 +21,6 @@ from torch import Tensor
 
 from stellar.data.color import ColorAugment, _pair, _uniform
 
-__all__ = ["MultiViewAugment", "num_kept", "random_masking", "random_resized_crop"]
-
 # The training views' crop aspect-ratio range and flip probability (torchvision's defaults).
 RATIO = (3 / 4, 4 / 3)
 FLIP_P = 0.5

@@ -11,15 +11,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = [
-    "ColorAugment",
-    "adjust_contrast",
-    "adjust_hue",
-    "adjust_saturation",
-    "gaussian_blur",
-    "rgb_to_grayscale",
-]
-
 # ITU-R 601-2 luma weights, as PIL and torchvision use.
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
 

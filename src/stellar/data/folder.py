@@ -30,16 +30,6 @@ from torch.utils.data import Dataset
 from stellar.errors import UsageError
 from stellar.images import load_rgb, resize_centre_crop, to_tensor
 
-__all__ = [
-    "IMG_EXTENSIONS",
-    "CanvasView",
-    "CentreCropView",
-    "EvalImages",
-    "ImageFolder",
-    "find_images",
-    "validate_image_folder",
-]
-
 logger = logging.getLogger(__name__)
 
 PathLike = str | os.PathLike[str]

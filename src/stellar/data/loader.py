@@ -10,8 +10,6 @@ from typing import Any
 import torch
 from torch.utils.data import DataLoader, Dataset, DistributedSampler, default_collate
 
-__all__ = ["EpochLoader", "ResumableSampler", "build_loader", "collate_dict"]
-
 
 class ResumableSampler(DistributedSampler):
     """This rank's slice of a (seed, epoch)-shuffled order, from a given position on: torch's

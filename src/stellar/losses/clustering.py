@@ -14,8 +14,6 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-__all__ = ["clustering_targets", "cross_entropy_soft", "sinkhorn_knopp"]
-
 # Offset added after subtracting the column max: keeps exp() far from underflow for the
 # best-scoring entries while exp(50) ~ 5e21 leaves fp32 ample headroom for the column sums.
 _EXP_OFFSET = 50.0

@@ -12,8 +12,6 @@ import torch
 
 from stellar.losses.clustering import cross_entropy_soft
 
-__all__ = ["set_alignment_loss", "sinkhorn_match"]
-
 
 def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
     # a count that is not a multiple would silently pair views with the wrong images

@@ -4,10 +4,6 @@
 computation (DDP and ``torch.compile`` see a single module call). The batch holds views that
 are already augmented and the kept-patch indices of the masked views; randomness lives in the
 data pipeline, so the objective is a deterministic function of its inputs.
-
-Which views a step needs follows from the switches alone (:meth:`ObjectiveConfig.views`): the
-data pipeline makes exactly those, and the objective computes nothing for a switched-off term
-(no head, no Sinkhorn solve, no encoder pass).
 """
 
 from __future__ import annotations

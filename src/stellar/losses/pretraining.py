@@ -18,8 +18,6 @@ from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_lo
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
 
-__all__ = ["StellarForPretraining"]
-
 # The release's views per image: 8 masked global views, 8 local views of 96 px at 224 px.
 N_MASKED, N_LOCAL, LOCAL_FRACTION = 8, 8, 96 / 224
 
