@@ -175,7 +175,13 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         os.replace(tmp, path)
         fsync_dir(path.parent)
     except Exception as err:
-        if not _is_write_failure(err):
+        # A full disk, a quota or a vanished folder, as each writer reports it: OSError
+        # (Python), SafetensorError (safetensors), torch's zip writer's RuntimeError.
+        if not (
+            isinstance(err, OSError)
+            or type(err).__name__ == "SafetensorError"
+            or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
+        ):
             raise
         reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
         kept = "; the previous file is intact" if existed else ""
@@ -184,16 +190,6 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         if tmp is not None and os.path.exists(tmp):
             os.unlink(tmp)
     return path
-
-
-def _is_write_failure(err: Exception) -> bool:
-    """A full disk, a quota or a vanished folder, as each writer reports it: ``OSError``
-    (Python), ``SafetensorError`` (safetensors), torch's zip writer's ``RuntimeError``."""
-    return (
-        isinstance(err, OSError)
-        or type(err).__name__ == "SafetensorError"
-        or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
-    )
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:

@@ -62,11 +62,8 @@ class Collection:
     def index(self) -> TokenIndex:
         """The index: in memory, else the cached one when it matches, else built and saved
         (Gradio runs one retrieval at a time, so one build)."""
-        if self._index is None:
-            self._index = self._load_or_build()
-        return self._index
-
-    def _load_or_build(self) -> TokenIndex:
+        if self._index is not None:
+            return self._index
         if (self.index_dir / INDEX_FILE).is_file():
             try:
                 index = TokenIndex.load(self.index_dir)
@@ -77,6 +74,7 @@ class Collection:
                 differ = index_differences(index, self.model, size, folder)
                 if not differ:
                     logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
+                    self._index = index
                     return index
                 logger.warning("rebuilding the index in %s: %s", self.index_dir, "; ".join(differ))
         dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
@@ -92,6 +90,7 @@ class Collection:
         logger.info(
             "indexed %d tokens of %d images in %s", len(index), len(index.paths), self.index_dir
         )
+        self._index = index
         return index
 
     def neighbours(self, vector: Tensor, k: int = 8) -> list[Neighbour]:

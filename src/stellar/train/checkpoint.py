@@ -101,16 +101,6 @@ class TrainerCheckpoints:
         options = StateDictOptions(full_state_dict=True, cpu_offload=True)
         return get_state_dict(self.model, self.optimizer, options=options)
 
-    def _rank_positions(self, epoch: int, position: int) -> list[list[int]]:
-        """Every rank's (epoch, position): they differ once a rank skipped a batch of only
-        unreadable files that the others did not have (called on every rank)."""
-        mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)
-        if not self.dist.enabled:
-            return [mine.tolist()]
-        every = [torch.empty_like(mine) for _ in range(self.dist.world_size)]
-        torch.distributed.all_gather(every, mine)
-        return [t.tolist() for t in every]
-
     def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
         """The state belongs to these weights, was trained with these settings (but the
         resumable ones), and its (epoch, position) means the same data now."""
@@ -145,9 +135,16 @@ class TrainerCheckpoints:
         """Checkpoint the weights and everything else an exact resume needs, written by the main
         process (every process must call it: it gathers from every rank)."""
         weights, optimizer = self._full_states()
+        # Every rank's (epoch, position), in order: they differ once a rank skipped a batch of
+        # only unreadable files that the others did not have.
+        mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)
+        every = [mine]
+        if self.dist.enabled:
+            every = [torch.empty_like(mine) for _ in range(self.dist.world_size)]
+            torch.distributed.all_gather(every, mine)
         state = {
             "step": self.step,
-            "rank_positions": self._rank_positions(epoch, position),  # every rank's, in order
+            "rank_positions": [t.tolist() for t in every],
             "optimizer": optimizer,
             "cpu_rng": torch.get_rng_state(),
             "config": self.cfg.to_dict(),
