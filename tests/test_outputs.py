@@ -214,3 +214,23 @@ def test_an_atomic_write_gets_the_mode_of_a_plain_open_whatever_the_writer_does(
         os.umask(old)
     assert path.stat().st_mode & 0o777 == 0o640
     assert [p.name for p in tmp_path.iterdir()] == ["a.txt"]
+
+
+def test_a_folder_that_cannot_be_opened_for_fsync_does_not_fail_the_write(tmp_path, monkeypatch):
+    """The rename already happened: fsync of the folder is best effort (a folder writable but
+    not readable, a filesystem that refuses it), never an error after a successful write."""
+    import os
+
+    from stellar import outputs
+
+    real_open = os.open
+
+    def refuse_folders(path, flags, *args):
+        if os.path.isdir(path):
+            raise PermissionError(13, "Permission denied", str(path))
+        return real_open(path, flags, *args)
+
+    monkeypatch.setattr(outputs.os, "open", refuse_folders)
+    target = tmp_path / "result.txt"
+    outputs.atomic_write(target, lambda tmp: tmp.write_text("done"))
+    assert target.read_text() == "done"

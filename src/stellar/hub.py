@@ -194,7 +194,7 @@ def _config(
     if config_path is not None:
         data = _read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
-            return _table_config(data["models"], config_path, weights)
+            return _table_config(data["models"], config_path, weights, shapes)
         try:
             return StellarConfig.from_dict(data)
         except ValueError as err:
@@ -206,8 +206,7 @@ def _config(
             raise UsageError(f"{weights}: the config in its metadata is invalid: {err}") from None
     if name is not None:
         return get_config(name)
-    ours = from_official({k: torch.empty(s, device="meta") for k, s in shapes.items()})[0]
-    config = infer_config({k: tuple(v.shape) for k, v in ours.items()})
+    config = _inferred(shapes)
     logger.warning(
         "no configuration for %s: read the architecture from the tensor shapes; not fixed by "
         "any tensor, so defaulted: %s. Put a config.json beside the weights to be sure",
@@ -217,9 +216,18 @@ def _config(
     return config
 
 
-def _table_config(table: dict[str, Any], source: Path, weights: Path) -> StellarConfig:
+def _inferred(shapes: dict[str, tuple[int, ...]], heads: int | None = None) -> StellarConfig:
+    """:func:`infer_config` of an official-layout file's shapes."""
+    ours = from_official({k: torch.empty(s, device="meta") for k, s in shapes.items()})[0]
+    return infer_config({k: tuple(v.shape) for k, v in ours.items()}, heads)
+
+
+def _table_config(
+    table: dict[str, Any], source: Path, weights: Path, shapes: dict[str, tuple[int, ...]]
+) -> StellarConfig:
     """The hub model table's entry for ``weights``: its fields and ``backbone`` encoder over
-    the registered size of the entry's name (the official table's names are all registered)."""
+    the registered size of the entry's name, or for a name of the user's own (a fine-tune
+    published in the official layout) over the tensor shapes."""
     found = [
         n for n, e in table.items() if isinstance(e, dict) and e.get("weights") == weights.name
     ]
@@ -233,7 +241,12 @@ def _table_config(table: dict[str, Any], source: Path, weights: Path) -> Stellar
     encoder = _backbone(entry.get("backbone"), source.parent, where)
     changes = {k: entry[k] for k in TABLE_FIELDS if k in entry}
     try:
-        return get_config(name).replace(encoder=dataclasses.asdict(encoder), **changes)
+        base = (
+            get_config(name)
+            if name in list_models()
+            else _inferred(shapes, encoder.num_attention_heads)
+        )
+        return base.replace(encoder=dataclasses.asdict(encoder), **changes)
     except ValueError as err:
         raise UsageError(f"{where}: {err}") from None
 

@@ -193,10 +193,12 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
 
 
 def fsync_dir(folder: str | os.PathLike[str]) -> None:
-    """Make the renames in ``folder`` durable (a power cut could otherwise undo them)."""
-    fd = os.open(folder, os.O_RDONLY)
-    try:
-        with contextlib.suppress(OSError):  # some filesystems refuse fsync on directories
+    """Make the renames in ``folder`` durable (a power cut could otherwise undo them); best
+    effort: the write already succeeded, so a folder that cannot be opened for reading (or a
+    filesystem that refuses fsync on directories) is not an error."""
+    with contextlib.suppress(OSError):
+        fd = os.open(folder, os.O_RDONLY)
+        try:
             os.fsync(fd)
-    finally:
-        os.close(fd)
+        finally:
+            os.close(fd)

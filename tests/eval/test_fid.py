@@ -104,3 +104,27 @@ def test_fid_from_features():
     covmean = scipy.linalg.sqrtm(s1 @ s2).real
     ref = np.sum((mu1 - f.mean(0)) ** 2) + np.trace(s1 + s2) - 2 * np.trace(covmean)
     assert fid_from_features(real, few) == pytest.approx(ref, rel=1e-6, abs=1e-6)
+
+
+def _samples_with(mean: torch.Tensor, root: torch.Tensor, n: int, g: torch.Generator):
+    """(n, d) samples whose sample mean is ``mean`` and unbiased covariance ``root @ root.T``,
+    exactly up to round-off: whitened noise, then moved and shaped."""
+    z = torch.randn(n, mean.numel(), generator=g, dtype=torch.float64)
+    z = z - z.mean(0)
+    z = z @ torch.linalg.inv(torch.linalg.cholesky(torch.cov(z.T))).T  # identity covariance
+    return mean + z @ root.T
+
+
+def test_fid_matches_the_closed_form_of_commuting_gaussians():
+    """For covariances diagonal in one basis the Fréchet distance is
+    |mu1 - mu2|^2 + sum_i (sqrt(v1_i) - sqrt(v2_i))^2."""
+    g = torch.Generator().manual_seed(0)
+    d = 6
+    mu1, mu2 = (torch.randn(d, generator=g, dtype=torch.float64) for _ in range(2))
+    v1, v2 = (torch.rand(d, generator=g, dtype=torch.float64) + 0.1 for _ in range(2))
+    expected = ((mu1 - mu2) ** 2).sum() + ((v1.sqrt() - v2.sqrt()) ** 2).sum()
+    q, _ = torch.linalg.qr(torch.randn(d, d, generator=g, dtype=torch.float64))
+    for basis in (torch.eye(d, dtype=torch.float64), q):  # diagonal, then rotated
+        real = _samples_with(mu1, basis @ torch.diag(v1.sqrt()), 50, g)
+        fake = _samples_with(mu2, basis @ torch.diag(v2.sqrt()), 40, g)
+        assert fid_from_features(real, fake) == pytest.approx(expected.item(), rel=1e-6)

@@ -149,7 +149,7 @@ def test_transform_alignment(name: str) -> None:
     torch.testing.assert_close(a, b, rtol=0, atol=1e-6)
 
 
-def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
+def test_invariance_command(samples_dir, tmp_path, capsys, monkeypatch) -> None:
     for p in sorted((samples_dir / "images224").glob("*.jpg"))[:4]:
         os.symlink(p, tmp_path / p.name)
     out = tmp_path / "out"
@@ -165,5 +165,11 @@ def test_invariance_command(samples_dir, tmp_path, capsys) -> None:
     assert "sparse_matched" in capsys.readouterr().out
     with pytest.raises(ValueError, match="--scale"):
         main([*argv, "--scale", "0.5", "1.5", "--out", str(out)])
-    with pytest.raises(ValueError, match="--shift"):  # the grid of stellar-tiny is 8 wide
+    # a --shift the grid cannot take is refused before any image is encoded
+    monkeypatch.setattr("stellar.eval.invariance.run_invariance", _must_not_run)
+    with pytest.raises(ValueError, match="--shift of 1 to 7"):  # stellar-tiny's grid is 8 wide
         main([*argv, "--shift", "8", "--out", str(out)])
+
+
+def _must_not_run(*args, **kwargs):
+    raise AssertionError("run_invariance ran before --shift was checked")

@@ -153,6 +153,9 @@ def test_unknown_names_and_presets_explain_what_to_do(tmp_path):
         load_stellar("stellar-tiny")
     with pytest.raises(ValueError, match="purpose"):
         load_stellar("stellar-tiny", purpose="finetune")
+    config = create_stellar("stellar-tiny").config
+    with pytest.raises(TypeError, match=r"STELLAR\(config\)"):  # a config is not a name
+        create_stellar(config)
 
 
 @pytest.mark.parametrize("name", list_models())

@@ -95,6 +95,19 @@ def test_the_table_and_backbone_are_read(reference_dir, tiny_io, tmp_path, vit, 
     assert (out["spatial"] - tiny_io["encode.spatial"]).abs().max() > 1e-3
 
 
+def test_a_table_entry_of_the_users_own_name(reference_dir, tiny_io, tmp_path):
+    """A fine-tune published in the official layout under its own name: the table's fields and
+    backbone over the tensor shapes, loaded exactly."""
+    weights = _hub_layout(tmp_path / "repo", reference_dir / "stellar-tiny" / "weights.safetensors")
+    table_file = weights.parent / "config.json"
+    models = json.loads(table_file.read_text())["models"]
+    models["my-finetune"] = models.pop("stellar-tiny")
+    table_file.write_text(json.dumps({"models": models}))
+    assert "my-finetune" not in list_models()
+    out, _ = _outputs(weights, tiny_io)
+    torch.testing.assert_close(out["sparse"].float(), tiny_io["encode.sparse"], atol=ATOL, rtol=0)
+
+
 @pytest.mark.parametrize(
     ("vit", "entry", "named"),
     [

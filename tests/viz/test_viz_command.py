@@ -38,7 +38,10 @@ def test_viz_at_twice_native_resolution(tmp_path: Path) -> None:
     assert fig.width >= 6 * 128  # six panels: the pixel-head decoder reconstructs
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["grid"] == [16, 16] and metrics["reconstruction"] is None
-    assert metrics["images"] == [{"path": str(images / "im0.png"), "figure": "0000_im0.png"}]
+    (row,) = metrics["images"]
+    assert row["path"] == str(images / "im0.png") and row["figure"] == "0000_im0.png"
+    # each row of L sums to 1 over the r = 6 tokens, so the peaks add up to at least 1
+    assert 1 <= row["tokens_owning_patches"] <= 6 and 1 / 6 <= row["mean_peak"] <= 1
 
 
 def test_viz_without_decoder_omits_reconstruction(tmp_path: Path, capsys) -> None:
@@ -52,7 +55,8 @@ def test_viz_without_decoder_omits_reconstruction(tmp_path: Path, capsys) -> Non
     assert [Path(m["path"]).name for m in metrics["images"]] == ["im1.png", "im0.png", "im1.png"]
     assert len(list(out.glob("*.png"))) == 3
     assert Image.open(out / "0000_im1.png").width < 6 * 64  # five panels
-    assert "im0.png" in capsys.readouterr().out  # each figure and its image
+    printed = capsys.readouterr().out  # the table: one row per figure with its image
+    assert "tokens owning patches" in printed and "0001_im0.png" in printed
     with pytest.raises(ValueError, match="patch size"):
         main([*argv, "--out", str(out), "--resolution", "60"])
 

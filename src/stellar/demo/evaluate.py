@@ -40,7 +40,7 @@ def encode_scenes(model: STELLAR, dataset: ConceptScenes, reconstruct: bool = Tr
     parts: dict[str, list[Tensor]] = {}
     for batch in DataLoader(dataset, batch_size=100):
         out = model.forward_encode(batch["image"])
-        values = {k: out[k] for k in ("sparse", "dense", "spatial")}
+        values = {k: out[k] for k in ("sparse", "cls", "dense", "spatial")}
         if reconstruct:
             values["psnr"] = psnr(model.reconstruct(out)["reconstruction"], batch["image"])
         values.update({k: batch[k] for k in keep})

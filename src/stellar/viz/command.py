@@ -19,8 +19,8 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
+from stellar.eval.common import format_table, write_json
 from stellar.eval.common import resolution as eval_resolution
-from stellar.eval.common import write_json
 from stellar.eval.encoder import make_loader
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
 from stellar.runtime import add_precision_argument, autocast, pick_device
@@ -150,6 +150,8 @@ def run(args: argparse.Namespace) -> int:
                 rec = model.reconstruct(out, grid=grid)["reconstruction"] if why is None else None
             out = {k: out[k].float().cpu() for k in ("spatial", "dense", "lowrank")}
             rec = rec.float().cpu() if rec is not None else None
+            owners = out["spatial"].argmax(-1)  # (B, n): the token each patch belongs to
+            peaks = out["spatial"].amax(1).mean(-1)  # (B,): the mean over tokens of their peak
             for b, (index, path) in enumerate(
                 zip(batch["index"].tolist(), batch["path"], strict=True)
             ):
@@ -163,8 +165,14 @@ def run(args: argparse.Namespace) -> int:
                     title=f"{Path(path).name} | {model_name} | {resolution}px, grid {grid_text}",
                 )
                 atomic_write(out_dir / name, lambda tmp, f=figure: f.save(tmp, format="PNG"))
-                records.append({"path": path, "figure": name})
-                print(f"{out_dir / name}  {path}")
+                records.append(
+                    {
+                        "path": path,
+                        "figure": name,
+                        "tokens_owning_patches": len(owners[b].unique()),
+                        "mean_peak": round(float(peaks[b]), 4),
+                    }
+                )
         if not records:  # every file was unreadable (each one named in a warning)
             raise UsageError(
                 f"expected at least one readable image among {args.images}, found none"
@@ -179,6 +187,14 @@ def run(args: argparse.Namespace) -> int:
         }
         write_json(out_dir / "metrics.json", summary)
         remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
+        r = model.num_tokens
+        columns = [
+            ("figure", lambda x: x["figure"]),
+            ("tokens owning patches", lambda x: f"{x['tokens_owning_patches']}/{r}"),
+            ("mean peak", lambda x: f"{x['mean_peak']:.3f}"),
+            ("image", lambda x: x["path"]),
+        ]
+        print(format_table(columns, records))
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0
 
