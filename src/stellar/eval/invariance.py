@@ -271,8 +271,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise UsageError(f"--scale: expected 0 < MIN <= MAX <= 1, got {lo} {hi}")
     rows = []
     for e in load_entries(args):
-        if args.shift >= e.resolution // e.model.patch_size:  # before any image is read
-            width = e.resolution // e.model.patch_size
+        width = e.resolution // e.model.patch_size  # the grid, checked before any image is read
+        if args.shift >= width:
             raise UsageError(f"expected --shift of 1 to {width - 1} patches, got {args.shift}")
         result = run_invariance(
             e.model, EvalImages(data, e.resolution), args.crops, (lo, hi), (args.shift,),
