@@ -111,10 +111,10 @@ def precision(name: str):
         _PRECISION.reset(token)
 
 
-def encoding_dtype(device: torch.device, precision: str = "auto") -> torch.dtype | None:
-    """The dtype ``autocast(device, precision)`` takes here (None: fp32): ``auto`` means the
-    enclosing :func:`precision` block's setting, if any."""
-    return precision_choice(_PRECISION.get() if precision == "auto" else precision, device)[0]
+def encoding_dtype(device: torch.device) -> torch.dtype | None:
+    """The dtype ``autocast(device)`` takes here (None: fp32): the enclosing :func:`precision`
+    block's setting, else auto."""
+    return precision_choice(_PRECISION.get(), device)[0]
 
 
 def add_precision_argument(parser: argparse.ArgumentParser) -> None:
@@ -130,10 +130,10 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
 def autocast(
     device: torch.device, dtype: torch.dtype | str | None = "auto"
 ) -> contextlib.AbstractContextManager:
-    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or a precision name
-    (``auto``: the precision the enclosing :func:`precision` block chose, else auto)."""
-    if isinstance(dtype, str):
-        dtype = encoding_dtype(device, dtype)
+    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or ``auto`` (the
+    precision the enclosing :func:`precision` block chose, else auto)."""
+    if dtype == "auto":
+        dtype = encoding_dtype(device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)

@@ -143,21 +143,20 @@ def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
 
 
 def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path) -> None:
+    from stellar.runtime import precision
+
     ds = EvalImages(_images(tmp_path / "data", 3), RES)
-    extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="fp32", progress=False)
-    extract_to_dir(model, ds, tmp_path / "bf16", ["sparse"], precision="bf16", progress=False)
+    for name in ("fp32", "bf16"):
+        with precision(name):  # what autocast's auto means inside the block is recorded
+            extract_to_dir(model, ds, tmp_path / name, ["sparse"], progress=False)
     meta = json.loads((tmp_path / "bf16" / "meta.json").read_text())
     assert meta["precision"] == "bf16"
     exact, fast = (load_features(tmp_path / d)["sparse"] for d in ("fp32", "bf16"))
     assert not torch.equal(exact, fast)  # bf16 autocast really ran
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0.05)
-    with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"):
-        extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], precision="bf16", progress=False)
-    from stellar.runtime import precision
-
-    with precision("fp32"):  # auto inside a block records what the block chose
-        extract_to_dir(model, ds, tmp_path / "blk", ["sparse"], precision="auto", progress=False)
-    assert json.loads((tmp_path / "blk" / "meta.json").read_text())["precision"] == "fp32"
+    with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"), precision("bf16"):
+        extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], progress=False)
+    assert json.loads((tmp_path / "fp32" / "meta.json").read_text())["precision"] == "fp32"
 
 
 def test_cli_extract(tmp_path: Path) -> None:

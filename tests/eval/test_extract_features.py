@@ -131,12 +131,12 @@ def test_the_command_and_the_call_are_one_pass(model, tmp_path: Path) -> None:
     _photos(tmp_path / "photos")
     ratio = 256 / 224  # stellar extract's default, the evaluation view
     dataset = EvalImages(tmp_path / "photos", RES, ratio)
-    extract_to_dir(model, dataset, tmp_path / "out", ["sparse"], precision="fp32", progress=False)
-    shards = load_features(tmp_path / "out")
     with precision("fp32"):
+        extract_to_dir(model, dataset, tmp_path / "out", ["sparse"], progress=False)
         call = extract_features(
             model, tmp_path / "photos", "sparse", resolution=RES, resize_ratio=ratio
         )
+    shards = load_features(tmp_path / "out")
     assert shards.keys() == call.keys() and shards["paths"] == call["paths"]
     torch.testing.assert_close(shards["sparse"], call["sparse"], rtol=0, atol=0)
     torch.testing.assert_close(shards["indices"], call["indices"], rtol=0, atol=0)

@@ -23,19 +23,6 @@ from stellar.images import preprocess
 from stellar.progress import progress_bar
 from stellar.runtime import autocast
 
-__all__ = [
-    "FEATURE_KEYS",
-    "Encoder",
-    "check_keys",
-    "decodable_batches",
-    "encode_batch",
-    "encode_batches",
-    "extract_features",
-    "make_loader",
-    "pool_features",
-    "weights_fingerprint",
-]
-
 logger = logging.getLogger(__name__)
 
 # Every output an encoding pass may keep (a probe reads ``model.feature_keys``; ``spatial``
@@ -103,12 +90,12 @@ def encode_batch(
     images: Tensor,
     keys: Sequence[str],
     fp16: bool = False,
-    precision: str = "auto",
 ) -> dict[str, Tensor]:
     """The ``keys`` of ``model.encode(images)`` as CPU float32 (or float16) ``{key: (B, ...)}``,
-    under ``precision``; a ValueError when one holds NaN or inf (e.g. diverged weights)."""
+    under :func:`stellar.runtime.autocast`; a ValueError when one holds NaN or inf (e.g.
+    diverged weights)."""
     device = model.device
-    with autocast(device, precision):
+    with autocast(device):
         out = model.encode(images.to(device, non_blocking=True))
     dtype = torch.float16 if fp16 else torch.float32
     kept = {k: out[k].to("cpu", dtype) for k in keys}
@@ -193,12 +180,14 @@ def extract_features(
     resize_ratio: float = 1.0,
     pool: bool = False,
     fp16: bool = False,
-    precision: str = "auto",
     num_workers: int = 0,
     progress: bool = True,
     keep_images: bool = False,
 ) -> dict[str, Any]:
-    """Features of a collection of images, in memory, one row per readable image.
+    """Features of a collection of images, in memory, one row per readable image, encoded
+    under bf16 autocast where the device computes it natively (rows then differ from
+    ``model.encode``'s fp32 by bf16 rounding; ``with stellar.runtime.precision("fp32")`` for
+    exact ones).
 
     Args:
         images: a folder (scanned recursively; class sub-folders give ``labels``), image
@@ -210,8 +199,6 @@ def extract_features(
         resize_ratio: files' shorter side before the centre crop, over ``resolution`` (default:
             the model's native); ``stellar extract`` and ``stellar eval`` use 256/224.
         pool: mean over the token axis, batch by batch, so each feature is (N, d).
-        precision: ``auto`` (bf16 where the device computes it natively, so rows differ from
-            ``model.encode``'s fp32 by bf16 rounding), ``bf16`` or ``fp32``.
         keep_images: also return the model inputs as ``images``, (N, 3, R, R) uint8.
 
     Returns:
@@ -238,7 +225,7 @@ def extract_features(
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
     batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)
-    return encode_batches(model, batches, keys, fp16, precision, pool, keep_images)
+    return encode_batches(model, batches, keys, fp16, pool, keep_images)
 
 
 def encode_batches(
@@ -246,7 +233,6 @@ def encode_batches(
     batches: Iterable[dict[str, Any]],
     keys: Sequence[str],
     fp16: bool = False,
-    precision: str = "auto",
     pool: bool = False,
     keep_images: bool = False,
 ) -> dict[str, Any]:
@@ -254,7 +240,7 @@ def encode_batches(
     parts: dict[str, list[Tensor]] = {k: [] for k in (*keys, "labels", "indices")}
     paths: list[str] = []
     for batch in batches:
-        for k, v in encode_batch(model, batch["image"], keys, fp16, precision).items():
+        for k, v in encode_batch(model, batch["image"], keys, fp16).items():
             parts[k].append(pool_features(v) if pool else v)
         parts["labels"].append(batch["label"])
         parts["indices"].append(batch["index"])

@@ -40,12 +40,7 @@ from stellar.eval.shards import (
 )
 from stellar.outputs import check_fresh, output_folder, remove
 from stellar.progress import progress_bar
-from stellar.runtime import (
-    encoding_dtype,
-    precision_choice,
-    setup,
-    teardown,
-)
+from stellar.runtime import encoding_dtype, precision_choice, setup, teardown
 
 logger = logging.getLogger(__name__)
 
@@ -85,13 +80,11 @@ def extract_to_dir(
     world_size: int = 1,
     model_spec: str = "",
     progress: bool = True,
-    precision: str = "auto",
     overwrite: bool = False,
 ) -> list[int]:
     """Write this rank's shards (global shards ``rank::world_size``) of ``dataset`` to
     ``out_dir`` (held by rank 0) and return their ids, skipping whole ones; an extraction of
-    other settings (the dtype ``precision`` resolves to included) is refused unless
-    ``overwrite``."""
+    other settings (the encoding precision included) is refused unless ``overwrite``."""
     keys = check_keys(keys)
     out = Path(out_dir)
     holding = output_folder(out, "stellar extract") if rank == 0 else contextlib.nullcontext()
@@ -107,7 +100,7 @@ def extract_to_dir(
             "crop": dataset.crop,
             "decoding": DECODING,
             "fp16": bool(fp16),
-            "precision": "bf16" if encoding_dtype(model.device, precision) else "fp32",
+            "precision": "bf16" if encoding_dtype(model.device) else "fp32",
             "shard_size": shard_size,
             "num_files": len(dataset),
             "files": dataset.files_id,
@@ -138,7 +131,7 @@ def extract_to_dir(
                 subset = Subset(dataset, shards[g])
                 loader = make_loader(subset, batch_size, num_workers, model.device.type == "cuda")
                 batches = _counted(loader, batch_size, len(subset), bar)
-                out_g = encode_batches(model, batches, keys, fp16, precision)
+                out_g = encode_batches(model, batches, keys, fp16)
                 write_shard(out / shard_name(g), g, shards[g], out_g, keys, meta["id"])
         if distributed:
             torch.distributed.barrier()  # every rank's shards are written
@@ -211,7 +204,6 @@ def run(args: argparse.Namespace) -> int:
                 batch_size=args.batch_size,
                 num_workers=args.num_workers,
                 fp16=args.fp16,
-                precision=args.precision,
                 rank=info.rank,
                 world_size=info.world_size,
                 model_spec=str(args.model),
