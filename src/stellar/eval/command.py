@@ -16,8 +16,6 @@ from stellar.eval.baseline import parse_baseline
 from stellar.eval.common import METRICS_NAME, write_json
 from stellar.outputs import output_folder
 
-__all__ = ["PROTOCOLS", "add_arguments", "run"]
-
 logger = logging.getLogger(__name__)
 
 # protocol -> (module, help)
