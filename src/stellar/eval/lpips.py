@@ -29,9 +29,11 @@ _TAPS = (3, 8, 15, 22, 29)
 _TAP_CHANNELS = (64, 128, 256, 512, 512)
 
 
-class VGG16Features(nn.Module):
-    """torchvision's ``vgg16().features`` (its keys ``features.{i}.weight/bias``) up to relu5_3,
-    without the last max-pool, which LPIPS never uses."""
+class LPIPS(nn.Module):
+    """LPIPS distance with a VGG16 backbone (weights: :func:`load_lpips`): torchvision's
+    ``vgg16().features`` (keys ``net.features.{i}.weight/bias``) up to relu5_3, without the last
+    max-pool, which LPIPS never uses, and lpips' linear head of each tap (keys
+    ``lin{k}.model.1.weight``: dropout, inactive at eval, then a 1x1 conv to one channel)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -43,43 +45,26 @@ class VGG16Features(nn.Module):
             else:
                 layers += [nn.Conv2d(in_ch, int(v), kernel_size=3, padding=1), nn.ReLU()]
                 in_ch = int(v)
-        self.features = nn.Sequential(*layers)
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        """(B, 3, H, W) scaled images -> the five tapped activations."""
-        taps = []
-        for i, layer in enumerate(self.features):
-            x = layer(x)
-            if i in _TAPS:
-                taps.append(x)
-        return taps
-
-
-class LPIPS(nn.Module):
-    """LPIPS distance with a VGG16 backbone (weights: :func:`load_lpips`)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.net = VGG16Features()
-        # lpips' linear head of each tap under its key ``lin{k}.model.1.weight``: dropout
-        # (inactive at eval) + a 1x1 conv to one channel
-        self.lins = []
+        self.net = nn.Module()
+        self.net.features = nn.Sequential(*layers)
         for k, channels in enumerate(_TAP_CHANNELS):
             self.add_module(f"lin{k}", nn.Module())
             head = nn.Sequential(nn.Dropout(), nn.Conv2d(channels, 1, 1, bias=False))
             getattr(self, f"lin{k}").model = head
-            self.lins.append(head)
         self.register_buffer("shift", torch.tensor(LPIPS_SHIFT).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("scale", torch.tensor(LPIPS_SCALE).view(1, 3, 1, 1), persistent=False)
 
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         """Perceptual distance (B,) per pair of (B, 3, H, W) images in [0, 1]."""
         # one backbone pass over both inputs, mapped to [-1, 1]
-        both = (torch.cat([2 * x - 1, 2 * y - 1]) - self.shift) / self.scale
-        total = torch.zeros(x.shape[0], dtype=both.dtype, device=both.device)
-        for feat, lin in zip(self.net(both), self.lins, strict=True):
-            fx, fy = F.normalize(feat, dim=1, eps=1e-10).chunk(2)
-            total = total + lin((fx - fy).pow(2)).mean(dim=(1, 2, 3))
+        h = (torch.cat([2 * x - 1, 2 * y - 1]) - self.shift) / self.scale
+        total = torch.zeros(x.shape[0], dtype=h.dtype, device=h.device)
+        for i, layer in enumerate(self.net.features):
+            h = layer(h)
+            if i in _TAPS:
+                fx, fy = F.normalize(h, dim=1, eps=1e-10).chunk(2)
+                head = getattr(self, f"lin{_TAPS.index(i)}").model
+                total = total + head((fx - fy).pow(2)).mean(dim=(1, 2, 3))
         return total
 
 
