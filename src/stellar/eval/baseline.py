@@ -74,21 +74,6 @@ def parse_baseline(spec: str) -> tuple[str, Path]:
     return kind.lower(), p
 
 
-def _preprocessor_mean_std(path: Path) -> tuple[list[float], list[float]] | None:
-    """``image_mean`` / ``image_std`` of a ``preprocessor_config.json`` beside the weights."""
-    file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
-    if not file.is_file():
-        return None
-    try:
-        pre = json.loads(file.read_text())
-        mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
-        raise ValueError(f"{file}: expected image_mean and image_std lists ({err})") from None
-    if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
-        raise ValueError(f"{file}: expected 3 means and 3 positive stds, got {mean}, {std}")
-    return mean, std
-
-
 def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBaseline:
     """The frozen baseline of ``spec`` (``mae:PATH`` or ``vit:PATH``), in eval mode."""
     kind, path = parse_baseline(spec)
@@ -101,11 +86,18 @@ def load_baseline(spec: str, device: torch.device | str | None = None) -> ViTBas
     enc = dataclasses.replace(enc, layer_norm_eps=float(hf.get("layer_norm_eps", default_eps)))
     model = ViTBaseline(StellarConfig(encoder=enc), name=f"{BASELINE_KINDS[kind]} ({path.name})")
     load_strict(model.encoder, weights.tensors, source=str(path), target="a ViT encoder")
-    mean_std = _preprocessor_mean_std(path)
-    if mean_std is not None:  # e.g. Google's HF ViTs were trained on (x - 0.5) / 0.5
-        model.pixel_mean.copy_(torch.tensor(mean_std[0]).view(1, 3, 1, 1))
-        model.pixel_std.copy_(torch.tensor(mean_std[1]).view(1, 3, 1, 1))
-        logger.info("%s: input mean %s, std %s from preprocessor_config.json", path, *mean_std)
+    file = (path if path.is_dir() else path.parent) / "preprocessor_config.json"
+    if file.is_file():  # e.g. Google's HF ViTs were trained on (x - 0.5) / 0.5
+        try:
+            pre = json.loads(file.read_text())
+            mean, std = [float(v) for v in pre["image_mean"]], [float(v) for v in pre["image_std"]]
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ValueError(f"{file}: expected image_mean and image_std lists ({err})") from None
+        if len(mean) != 3 or len(std) != 3 or min(std) <= 0:
+            raise ValueError(f"{file}: expected 3 means and 3 positive stds, got {mean}, {std}")
+        model.pixel_mean.copy_(torch.tensor(mean).view(1, 3, 1, 1))
+        model.pixel_std.copy_(torch.tensor(std).view(1, 3, 1, 1))
+        logger.info("%s: input mean %s, std %s from %s", path, mean, std, file.name)
     model.requires_grad_(False).eval()
     logger.info("baseline %s: %s", model.name, enc)
     return model.to(device) if device is not None else model
