@@ -31,7 +31,7 @@ from stellar.eval.common import (
     load_entries,
     percent,
 )
-from stellar.eval.encoder import Encoder, extract_features, pool_features, weights_fingerprint
+from stellar.eval.encoder import extract_features, pool_features, weights_fingerprint
 from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
@@ -70,23 +70,6 @@ def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]
 def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
     """Validation labels in the training class order, and the class count."""
     return class_indices(val.classes, val.y, train.classes), len(train.classes)
-
-
-# ---------------------------------------------------------------------------- the run's inputs
-def _check_against_model(root: str, what: str, key: str, model: Encoder, res: int) -> None:
-    """A feature folder must hold ``key`` features of this model's weights and of the
-    evaluation view at this resolution (so two folders also match)."""
-    meta = read_meta(Path(root))
-    view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
-    diff = differences(meta, {"weights": weights_fingerprint(model), **view, "decoding": DECODING})
-    diff += [] if key in meta["keys"] else [f"keys: {meta['keys']} lack {key!r}"]
-    diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
-    if diff:
-        raise UsageError(
-            f"{what} {root!r} holds features of other settings than this run ({'; '.join(diff)})"
-            f"; run `stellar extract` on class folders with this --model, --resolution {res}, "
-            f"--keys {key} and the default --resize-ratio"
-        )
 
 
 # The first columns of the linear and kNN tables.
@@ -135,13 +118,27 @@ def classification_setup(
                 f"--train {str(train_dir)!r}; expected the same class folder names"
             )
     entries = load_entries(args)
-    ours = entries[0]
+    ours, res = entries[0].model, entries[0].resolution
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
-        if root:
-            _check_against_model(root, flag, args.key, ours.model, ours.resolution)
+        if not root:
+            continue
+        # --key features of this model's weights and of the evaluation view at this resolution
+        # (so two folders also match)
+        meta = read_meta(Path(root))
+        view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
+        view["decoding"] = DECODING
+        diff = differences(meta, {"weights": weights_fingerprint(ours), **view})
+        diff += [] if args.key in meta["keys"] else [f"keys: {meta['keys']} lack {args.key!r}"]
+        diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
+        if diff:
+            raise UsageError(
+                f"{flag} {root!r} holds features of other settings than this run "
+                f"({'; '.join(diff)}); run `stellar extract` on class folders with this --model, "
+                f"--resolution {res}, --keys {args.key} and the default --resize-ratio"
+            )
     return entries, train_dir, val_dir
 
 
