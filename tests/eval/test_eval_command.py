@@ -16,7 +16,7 @@ from stellar.cli import main
 from stellar.data.folder import EvalImages
 from stellar.eval.common import format_table
 from stellar.eval.encoder import extract_features, pool_features
-from stellar.eval.features import LabelledFeatures, align_val
+from stellar.eval.features import LabelledFeatures
 from stellar.eval.knn import knn_accuracy
 from stellar.eval.shards import load_features, read_meta
 
@@ -120,11 +120,11 @@ def test_val_classes_are_aligned_by_name() -> None:
     x = torch.eye(3)
     train = LabelledFeatures(x, torch.tensor([0, 1, 2]), ["a", "b", "c"])
     val = LabelledFeatures(torch.stack([x[2], x[0]]), torch.tensor([0, 1]), ["c", "a"])
-    val_y, num = align_val(train, val)
-    assert knn_accuracy(train.x, train.y, val.x, val_y, num, k=1)["top1"] == 1.0
+    val_y = val.labels_in(train.classes)
+    assert knn_accuracy(train.x, train.y, val.x, val_y, 3, k=1)["top1"] == 1.0
     stranger = LabelledFeatures(x[:1], torch.tensor([0]), ["z"])
     with pytest.raises(ValueError, match="do not exist in the training set"):
-        align_val(train, stranger)
+        stranger.labels_in(train.classes)
 
 
 def test_extract_keeps_class_names_of_nested_class_folders(tmp_path) -> None:

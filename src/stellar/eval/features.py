@@ -51,25 +51,19 @@ class LabelledFeatures:
     def __len__(self) -> int:
         return self.x.shape[0]
 
-
-def class_indices(names: Sequence[str], labels: Tensor, reference: Sequence[str]) -> Tensor:
-    """Re-index ``labels`` (indices into ``names``) into ``reference``'s class order; a class
-    the labels use that ``reference`` lacks is an error."""
-    index = {c: k for k, c in enumerate(reference)}
-    used = sorted({names[i] for i in labels.unique().tolist()})
-    unknown = [c for c in used if c not in index]
-    if unknown:
-        raise UsageError(
-            f"validation classes {unknown[:10]} do not exist in the training set "
-            f"({len(reference)} classes); expected the same class folder names"
-        )
-    table = torch.tensor([index.get(c, -1) for c in names], dtype=torch.int64)
-    return table[labels.long()]
-
-
-def align_val(train: LabelledFeatures, val: LabelledFeatures) -> tuple[Tensor, int]:
-    """Validation labels in the training class order, and the class count."""
-    return class_indices(val.classes, val.y, train.classes), len(train.classes)
+    def labels_in(self, reference: Sequence[str]) -> Tensor:
+        """``y`` re-indexed into ``reference``'s class order (validation labels in the training
+        classes); a class the labels use that ``reference`` lacks is an error."""
+        index = {c: k for k, c in enumerate(reference)}
+        used = sorted({self.classes[i] for i in self.y.unique().tolist()})
+        unknown = [c for c in used if c not in index]
+        if unknown:
+            raise UsageError(
+                f"validation classes {unknown[:10]} do not exist in the training set "
+                f"({len(reference)} classes); expected the same class folder names"
+            )
+        table = torch.tensor([index.get(c, -1) for c in self.classes], dtype=torch.int64)
+        return table[self.y.long()]
 
 
 # The first columns of the linear and kNN tables.

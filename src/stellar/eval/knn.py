@@ -14,7 +14,6 @@ from stellar.eval.common import format_table
 from stellar.eval.features import (
     ACCURACY_COLUMNS,
     add_classification_arguments,
-    align_val,
     classification_setup,
     split_features,
 )
@@ -91,7 +90,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     for e in entries:
         val = split_features(args, e, val_dir, args.val_features)
         train = split_features(args, e, train_dir, args.train_features)
-        val_y, num = align_val(train, val)
+        val_y, num = val.labels_in(train.classes), len(train.classes)
         knn = {"k": args.k, "temperature": args.temperature}
         metrics = knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
         rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))

@@ -28,8 +28,6 @@ from stellar.eval.features import (
     EVAL_RESIZE_RATIO,
     LabelledFeatures,
     add_classification_arguments,
-    align_val,
-    class_indices,
     classification_setup,
     split_features,
 )
@@ -107,7 +105,7 @@ def train_linear_augmented(
     device = model.device
     folder = ImageFolder(train_root, canvas_size=round(resolution * EVAL_RESIZE_RATIO))
     classes = folder.require_labels(str(train_root))
-    val_y = class_indices(val.classes, val.y, classes)
+    val_y = val.labels_in(classes)
     loader = build_loader(
         folder, schedule.batch_size, num_workers, shuffle=True, seed=schedule.seed, drop_last=False,
         pin_memory=device.type == "cuda",
@@ -161,10 +159,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             num_train = len(ImageFolder(train_dir))
         else:
             train = split_features(args, e, train_dir, args.train_features)
-            val_y, num = align_val(train, val)
             _, metrics = train_linear_probe(
-                train.x, train.y, val.x, val_y, num, schedule, e.model.device, progress
-            )
+                train.x, train.y, val.x, val.labels_in(train.classes), len(train.classes),
+                schedule, e.model.device, progress,
+            )  # fmt: skip
             num_train = len(train)
         rows.append(e.row(**metrics, num_train=num_train, num_val=len(val)))
     return {"rows": rows, "augmented": args.augmented}
