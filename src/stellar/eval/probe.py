@@ -25,9 +25,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ProbeSchedule:
-    """How a probe is optimised: ``epochs`` passes in batches of ``batch_size``, AdamW(``lr``,
-    ``weight_decay``) with a per-step cosine decay to 0; ``seed`` fixes the batch order (and,
-    in the protocols, the probe's initialisation)."""
+    """How a probe is optimised (see the module); ``seed`` fixes the batch order (and, in the
+    protocols, the probe's initialisation)."""
 
     epochs: int
     lr: float

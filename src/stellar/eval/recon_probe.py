@@ -2,12 +2,10 @@
 ``stellar eval recon``.
 
 A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decoder width, 6
-blocks by default, **pixel** head) learns to rebuild the image from one frozen feature grid
-(``lowrank`` for STELLAR, ``dense`` for dense baselines): loss ``10 · MSE(x_hat, image)``
-(the pretraining pixel loss), AdamW (lr 1e-4, wd 1e-4) with a per-step cosine decay to 0,
-20 epochs. Validation reports PSNR and SSIM (means over images) and, only when their local
-weight files are given, LPIPS-VGG and rFID. The probe always predicts pixels (no VQ target).
-Features and images are cached in memory, so each epoch costs only the decoder.
+blocks by default, **pixel** head: no VQ target) learns to rebuild the image from one frozen
+feature grid (``lowrank`` for STELLAR, ``dense`` for dense baselines) with the pretraining pixel
+loss ``10 · MSE(x_hat, image)``. Validation reports PSNR and SSIM (means over images) and, only
+when their local weight files are given, LPIPS-VGG and rFID.
 """
 
 from __future__ import annotations

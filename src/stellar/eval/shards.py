@@ -25,7 +25,6 @@ from torch import Tensor
 
 from stellar.errors import UsageError
 from stellar.eval.common import write_json
-from stellar.eval.encoder import check_keys
 from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -137,9 +136,8 @@ def write_shard(
     atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=metadata))
 
 
-def finalize_dir(out_dir: str | os.PathLike[str]) -> None:
-    """Mark ``out_dir`` complete in ``meta.json`` if every shard is written."""
-    out = Path(out_dir)
+def finalize_dir(out: Path) -> None:
+    """Mark ``out`` complete in ``meta.json`` if every shard is written."""
     meta = read_meta(out)
     shards = [out / shard_name(g) for g in range(meta["num_shards"])]
     missing = sum(not path.exists() for path in shards)
@@ -165,7 +163,7 @@ def load_features(
             f"{out} is an incomplete extraction (some shards are missing); run `stellar "
             "extract` again with the same arguments to finish it"
         )
-    keys = check_keys(keys) if keys is not None else list(meta["keys"])
+    keys = list(meta["keys"] if keys is None else keys)
     absent = [k for k in keys if k not in meta["keys"]]
     if absent:
         raise UsageError(f"{out} stores keys {meta['keys']}, not {absent}")
