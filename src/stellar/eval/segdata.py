@@ -46,7 +46,6 @@ class SegmentationSplit:
     """One validated split: images (sorted by relative path) and their label maps; ``layout``
     is ``"ade20k"`` or ``"simple"``."""
 
-    root: Path
     layout: str
     images: list[Path]
     labels: list[Path]
@@ -115,7 +114,7 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
             f"image: {listing([labels[k].name for k in no_image]) or 'none'}"
         )
     keys = sorted(images)
-    pairs = SegmentationSplit(root, layout, [images[k] for k in keys], [labels[k] for k in keys])
+    pairs = SegmentationSplit(layout, [images[k] for k in keys], [labels[k] for k in keys])
     _check_headers(pairs)
     logger.info("%s split of %s (%s layout): %d labelled images", split, root, layout, len(pairs))
     return pairs
