@@ -17,12 +17,12 @@ from stellar import create_stellar
 from stellar.cli import main
 from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
+from stellar.eval.probe import predict
 from stellar.eval.recon_probe import (
     SCHEDULE,
     fresh_decoder,
     image_metrics,
     psnr,
-    reconstruct_features,
     ssim,
     train_recon_probe,
 )
@@ -51,6 +51,11 @@ def small_model():
     return create_stellar("stellar-tiny", **SMALL_DECODER).eval()
 
 
+def _decoded(decoder, feats):
+    """The probe's reconstructions of (N, 64, d) features, as ``stellar eval recon`` makes them."""
+    return predict(decoder, feats, 64, "cpu", lambda x: decoder(x, (8, 8))["x_hat"].clamp(0, 1))
+
+
 def test_training_improves_reconstruction(small_model, tmp_path) -> None:
     data = EvalImages(_images(tmp_path / "d", 8), 64, resize_ratio=1.0)
     out = extract_features(small_model, data, ["lowrank"], progress=False, keep_images=True)
@@ -58,7 +63,7 @@ def test_training_improves_reconstruction(small_model, tmp_path) -> None:
     assert feats.shape == (8, 64, 96) and images.dtype == torch.uint8
     decoder = fresh_decoder(small_model, depth=1, seed=0)
     assert decoder.proj.out_features == 64 and len(decoder.blocks) == 1
-    before = psnr(reconstruct_features(decoder, feats, (8, 8)), images.float() / 255).mean()
+    before = psnr(_decoded(decoder, feats), images.float() / 255).mean()
     history = train_recon_probe(
         decoder,
         feats,
@@ -69,7 +74,7 @@ def test_training_improves_reconstruction(small_model, tmp_path) -> None:
     )
     assert [h["epoch"] for h in history] == list(range(1, 7))
     assert history[-1]["loss"] < 0.5 * history[0]["loss"]
-    after = psnr(reconstruct_features(decoder, feats, (8, 8)), images.float() / 255).mean()
+    after = psnr(_decoded(decoder, feats), images.float() / 255).mean()
     assert after.item() > before.item() + 3.0
     # the same seed gives the same fresh decoder
     twin = fresh_decoder(small_model, depth=1, seed=0)

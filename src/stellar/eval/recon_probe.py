@@ -117,19 +117,6 @@ def train_recon_probe(
     )  # fmt: skip
 
 
-def reconstruct_features(
-    decoder: ReconstructionDecoder,
-    features: Tensor,
-    grid: tuple[int, int],
-    batch_size: int = 64,
-    device: torch.device | str = "cpu",
-) -> Tensor:
-    """Decode cached features (N, n, d) -> images (N, 3, H, W) float32 in [0, 1] on the CPU."""
-    return predict(
-        decoder, features, batch_size, device, lambda x: decoder(x, grid)["x_hat"].clamp(0, 1)
-    )
-
-
 @torch.no_grad()
 def image_metrics(
     recons: Tensor,
@@ -214,7 +201,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         history = train_recon_probe(
             decoder, tr[e.key], tr["images"], grid, schedule, on, read["progress"]
         )
-        recons = reconstruct_features(decoder, va[e.key], grid, batch, on)
+        # decoded batch by batch, (N, 3, H, W) in [0, 1] on the CPU
+        recons = predict(
+            decoder, va[e.key], batch, on, lambda x, d=decoder, g=grid: d(x, g)["x_hat"].clamp(0, 1)
+        )
         metrics = image_metrics(recons, va["images"], lpips_net, fid_net, batch, on)
         if fid_net is not None and metrics["rfid"] is None:
             unavailable["rfid"] = "needs at least 2 validation images"
