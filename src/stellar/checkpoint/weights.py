@@ -166,10 +166,11 @@ def check_state(
     target: str,
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
-) -> None:
-    """Raise ValueError unless ``state`` (read from ``source``) fits ``expected`` (``key ->
-    shape`` of ``target``) key for key, shape for shape: keys (or prefixes ending in ``.``) on
-    ``unused`` are skipped, those on ``may_be_missing`` keep their initial value when absent.
+) -> dict[str, Tensor]:
+    """The tensors of ``state`` (read from ``source``) that ``expected`` (``key -> shape`` of
+    ``target``) takes, or a ValueError unless they fit key for key, shape for shape, and hold
+    no NaN or infinity (a diverged run): keys (or prefixes ending in ``.``) on ``unused`` are
+    skipped, those on ``may_be_missing`` keep their initial value when absent.
     """
     unused, may_be_missing = tuple(unused), tuple(may_be_missing)
     unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))
@@ -186,6 +187,14 @@ def check_state(
     ] + ([f"wrong shapes: {listing(wrong)}"] if wrong else [])
     if problems:
         raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
+    used = {k: v for k, v in state.items() if k in expected}
+    bad = sorted(k for k, v in used.items() if v.is_floating_point() and not _finite(v))
+    if bad:
+        raise UsageError(
+            f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
+            f"{listing(bad)}"
+        )
+    return used
 
 
 def _finite(tensor: Tensor) -> bool:
@@ -194,16 +203,6 @@ def _finite(tensor: Tensor) -> bool:
     if tensor.device.type == "meta" or tensor.numel() == 0:
         return True
     return all(bool(torch.isfinite(v)) for v in torch.aminmax(tensor.detach()))
-
-
-def check_finite(state: Mapping[str, Tensor], source: str) -> None:
-    """Refuse NaN or infinite floating-point tensors (a diverged run), naming them."""
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not _finite(v))
-    if bad:
-        raise UsageError(
-            f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
-            f"{listing(bad)}"
-        )
 
 
 def load_strict(
@@ -218,12 +217,12 @@ def load_strict(
 ) -> None:
     """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
 
-    Everything is checked (:func:`check_state`, finite values) before anything is copied, so a
-    refused file leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module
-    built on the meta device).
+    Everything is checked (:func:`check_state`) before anything is copied, so a refused file
+    leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module built on the
+    meta device).
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    check_state(
+    used = check_state(
         expected,
         state,
         source=source,
@@ -231,7 +230,5 @@ def load_strict(
         unused=unused,
         may_be_missing=may_be_missing,
     )
-    used = {k: v for k, v in state.items() if k in expected}
-    check_finite(used, source)
     # only keys on may_be_missing can be absent here: they keep their values
     module.load_state_dict(used, strict=len(used) == len(expected), assign=assign)
