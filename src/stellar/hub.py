@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_json
 from stellar.checkpoint.official import (
     absent_parts,
     carries_decoder,
@@ -33,8 +33,6 @@ from stellar.models.infer import defaulted_fields, encoder_from_hf, infer_config
 from stellar.models.registry import BACKBONES, get_config, is_released, list_models
 from stellar.models.stellar import PURPOSES, STELLAR, Purpose
 from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer, load_vqgan
-
-__all__ = ["ModelInfo", "create_stellar", "inspect_model", "load_model", "load_stellar", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +66,7 @@ def create_stellar(
 ) -> STELLAR:
     """A randomly initialised model of a registered size (``overrides`` change config fields);
     ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval mode, frozen)."""
-    config = get_config(name)
-    if overrides:
-        config = config.replace(**overrides)
+    config = get_config(name).replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
     return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer, device)
@@ -192,7 +188,7 @@ def _config(
     name: str | None,
 ) -> StellarConfig:
     if config_path is not None:
-        data = _read_json(config_path)
+        data = read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             return _table_config(data["models"], config_path, weights, shapes)
         try:
@@ -260,16 +256,8 @@ def _backbone(backbone: Any, table_dir: Path, where: str) -> EncoderConfig:
         return BACKBONES[backbone]
     for folder in (table_dir / backbone, Path(backbone).expanduser()):
         if (folder / CONFIG_NAME).is_file():
-            return encoder_from_hf(_read_json(folder / CONFIG_NAME), str(folder / CONFIG_NAME))
-    config = hub_file(backbone, CONFIG_NAME)
-    return encoder_from_hf(_read_json(config), str(config))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
+            return encoder_from_hf(folder / CONFIG_NAME)
+    return encoder_from_hf(hub_file(backbone, CONFIG_NAME))
 
 
 def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:

@@ -13,8 +13,10 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from stellar.checkpoint.io import read_json
 from stellar.errors import UsageError
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.schema import build
@@ -55,15 +57,16 @@ def heads_for_width(width: int) -> int:
     )
 
 
-def encoder_from_hf(data: Any, source: str) -> EncoderConfig:
-    """The encoder configuration of an HF ViT / ViTMAE ``config.json`` (parsed)."""
+def encoder_from_hf(path: Path) -> EncoderConfig:
+    """The encoder configuration of an HF ViT / ViTMAE ``config.json``."""
+    data = read_json(path)
     if not isinstance(data, dict) or any(k not in data for k in _HF_KEYS):
-        raise UsageError(f"{source} is not an HF ViT config: it needs {', '.join(_HF_KEYS)}")
+        raise UsageError(f"{path} is not an HF ViT config: it needs {', '.join(_HF_KEYS)}")
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     try:  # type- and range-checked; hidden_act must be the encoder's gelu
         return build(EncoderConfig, {k: v for k, v in data.items() if k in fields})
     except ValueError as err:
-        raise UsageError(f"{source}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
 
 
 def _depth(shapes: Mapping[str, Sequence[int]], part: str) -> int:
