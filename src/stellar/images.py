@@ -1,13 +1,8 @@
 """Images in: decoding any file as 8-bit RGB, and the release's preprocessing to a batch.
 
-One decoder for every reader of image files (the image-folder dataset, segmentation label
-maps, query images, :func:`preprocess`): PIL, every mode converted to RGB (alpha and
-transparency composited on white; CMYK via PIL; 16-bit and float images rescaled to 8 bit, not
-clipped), EXIF orientation applied. Only regular files are opened, so a FIFO or a device that
-happens to carry an image extension fails at once instead of blocking the reader.
-
-One geometric transform for evaluation and inference, :func:`resize_centre_crop`: the shorter
-side resized with PIL bicubic (antialiased when shrinking), the central square cropped.
+One decoder for every reader of image files (the image-folder dataset, query images,
+:func:`preprocess`) and one geometric transform for evaluation and inference
+(:func:`resize_centre_crop`).
 """
 
 from __future__ import annotations

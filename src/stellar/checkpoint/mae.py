@@ -6,10 +6,8 @@ Sources, all returned in :class:`~stellar.models.encoder.ViTEncoder` naming: an 
 of ``ViTMAEModel``, ``ViTMAEForPreTraining`` or ``ViTModel`` (keys under no prefix or ``vit.``;
 transformers 4.x or 5.x block names); or the original facebookresearch/mae ``.pth``.
 
-The MAE decoder, its mask token and the HF pooler are dropped by name; any other unknown key is
-an error. Fine-tuned classifiers are refused: a global-pool fine-tune replaces the per-token
-final norm by ``fc_norm`` on the pooled token, which would silently change every output token.
-MAE's fixed sin-cos position table becomes the initial value of our learnable one.
+Fine-tuned classifiers are refused: a global-pool fine-tune replaces the per-token final norm
+by ``fc_norm`` on the pooled token, which would silently change every output token.
 """
 
 from __future__ import annotations
