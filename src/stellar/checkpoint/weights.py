@@ -97,7 +97,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
                 return tensors, dict(f.metadata() or {})
         except Exception as err:  # a truncated or corrupt file: same meaning to a user
             raise UsageError(f"{what}: unreadable safetensors data ({err})") from None
-    return _state_dict_in(read_pickle(path, what), path), {}
+    obj = read_pickle(path, what)
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise UsageError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
+    return dict(obj), {}
 
 
 def read_pickle(path: str | Path, what: str | None = None) -> Any:
@@ -133,17 +141,6 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str,
             pass
     state, metadata = read_state_dict(path)
     return {k: tuple(v.shape) for k, v in state.items()}, metadata
-
-
-def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise UsageError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
-    return dict(obj)
 
 
 def listing(keys: Iterable[str]) -> str:
