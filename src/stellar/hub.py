@@ -13,6 +13,7 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
@@ -21,7 +22,7 @@ import torch
 from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_json
 from stellar.checkpoint.official import (
     absent_parts,
-    carries_decoder,
+    carries,
     from_official,
     load_official,
 )
@@ -104,7 +105,7 @@ def load_stellar(
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     weights, keys, config = read_checkpoint(name_or_path)
-    if purpose == "reconstruct" and not carries_decoder(keys):
+    if purpose == "reconstruct" and not carries(keys, "decoder"):
         raise UsageError(  # before asking for a tokenizer it could not use
             f"{weights} carries no reconstruction decoder (e.g. an encoder-only feature "
             "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
@@ -262,16 +263,11 @@ def _backbone(backbone: Any, table_dir: Path, where: str) -> EncoderConfig:
 
 def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
     """Refuse a file found for a released name that holds another architecture."""
-
-    def value(c: StellarConfig, key: str) -> Any:
-        part, _, field = key.rpartition(".")
-        return getattr(getattr(c, part) if part else c, field)
-
     want = get_config(name)
     differ = [
-        f"{key} {value(config, key)}, {name} has {value(want, key)}"
+        f"{key} {attrgetter(key)(config)}, {name} has {attrgetter(key)(want)}"
         for key in NAME_FIELDS
-        if value(config, key) != value(want, key)
+        if attrgetter(key)(config) != attrgetter(key)(want)
     ]
     if differ:
         raise UsageError(
@@ -335,7 +331,7 @@ def inspect_model(spec: str | Path) -> ModelInfo:
     if _preset(spec):
         return ModelInfo(get_config(str(spec)), has_decoder=True)
     _, keys, config = read_checkpoint(spec)
-    return ModelInfo(config, carries_decoder(keys))
+    return ModelInfo(config, carries(keys, "decoder"))
 
 
 def load_model(

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from stellar.checkpoint.card import CARD_NAME, model_card
-from stellar.checkpoint.official import carries_decoder, to_official
+from stellar.checkpoint.official import carries, to_official
 from stellar.errors import UsageError
 from stellar.outputs import atomic_write
 
@@ -57,6 +57,6 @@ def save_pretrained(
     metadata = {CONFIG_METADATA_KEY: config, **(metadata or {})}
     save_state_dict(official, directory / WEIGHTS_NAME, metadata)
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
-    card = model_card(model.config.to_dict(), carries_decoder(list(official)))
+    card = model_card(model.config.to_dict(), carries(list(official), "decoder"))
     atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
     return directory

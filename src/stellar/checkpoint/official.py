@@ -150,21 +150,17 @@ def _rename(key: str, names: dict[str, str]) -> str | None:
     return f"{names[stem]}.{kind}" if stem in names else None
 
 
-def _carries(keys: list[str], part: str) -> bool:
+def carries(keys: list[str], part: str) -> bool:
+    """Whether official-layout ``keys`` include tensors of ``part`` (of :data:`OPTIONAL_PARTS`)."""
     return any(
         k.startswith(OPTIONAL_PARTS[part]) and not k.startswith(KNOWN_UNUSED_PREFIXES) for k in keys
     )
 
 
-def carries_decoder(keys: list[str]) -> bool:
-    """Whether official-layout ``keys`` include the reconstruction decoder's tensors."""
-    return _carries(keys, "decoder")
-
-
 def absent_parts(model: nn.Module, keys: list[str]) -> list[str]:
     """The optional parts ``model`` builds that official-layout ``keys`` lack entirely."""
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
-    return [part for part in built if not _carries(keys, part)]
+    return [part for part in built if not carries(keys, part)]
 
 
 def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
