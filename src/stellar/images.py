@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from stellar.errors import UsageError
 
@@ -22,7 +22,6 @@ from stellar.errors import UsageError
 # decompression bomb (a 100 MP photo is 300 MB decoded), and the model sees a 224 px crop.
 MAX_PIXELS = 100_000_000
 
-_EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 
 # What preprocess() takes: a PIL image or a file path, or a list of them.
@@ -104,7 +103,7 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
 def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1 = as stored; 5-8 swap width and height), 1 when unreadable."""
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
         return 1
 
@@ -126,8 +125,7 @@ def resize_centre_crop(
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image -> (3, H, W) float32 in [0, 1]."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
 
 def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:

@@ -1,10 +1,6 @@
 """An architecture read from files that carry no STELLAR config: an HF ViT ``config.json``, or,
-as the last resort, the tensor shapes (:func:`infer_config`, the one place that does it).
-
-Shapes fix widths, depths, patch size, native resolution, token count, decoder depth and head
-type. What they cannot fix keeps the paper's defaults, logged by the caller
-(:func:`defaulted_fields`): attention heads come from the standard ViT of that width (another
-width is refused, not guessed), spatial temperature 0.06, clustering temperatures 0.12 / 0.06.
+as the last resort, the tensor shapes (:func:`infer_config`, the one place that does it; what
+no shape fixes keeps the paper's defaults, which the caller logs: :func:`defaulted_fields`).
 """
 
 from __future__ import annotations
