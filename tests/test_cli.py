@@ -7,9 +7,9 @@ import re
 
 import pytest
 
-from stellar import commands
 from stellar.cli import console
 from stellar.errors import Bounds, UsageError, nonneg_float, positive_int, probability
+from stellar.models import registry
 
 
 def test_bad_input_is_one_line_on_stderr_with_exit_code_2(capsys) -> None:
@@ -30,7 +30,7 @@ def test_a_bug_keeps_its_traceback_even_when_it_is_a_value_error(monkeypatch) ->
     def broken() -> list[str]:
         raise ValueError("shape [2, 3] is invalid for input of size 5")
 
-    monkeypatch.setattr(commands, "list_models", broken)
+    monkeypatch.setattr(registry, "list_models", broken)
     with pytest.raises(ValueError, match="shape"):
         console(["models"])
 

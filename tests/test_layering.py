@@ -34,7 +34,6 @@ RANKS: dict[str, int] = {
     "train": 7,
     "eval": 7,
     "viz": 7,
-    "commands": 8,
     "explore": 8,
     "cli": 9,
     "__main__": 10,

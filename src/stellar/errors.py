@@ -64,7 +64,6 @@ def number_type(kind: type, bounds: Bounds) -> Callable[[str], Any]:
             raise argparse.ArgumentTypeError(f"expected {noun} {bounds.describe()}, got {text!r}")
         return value
 
-    parse.__name__ = f"{kind.__name__} {bounds.describe()}"
     return parse
 
 

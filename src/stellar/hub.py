@@ -13,15 +13,16 @@ import dataclasses
 import json
 import logging
 from dataclasses import dataclass
+from operator import attrgetter
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_json
 from stellar.checkpoint.official import (
     absent_parts,
-    carries_decoder,
+    carries,
     from_official,
     load_official,
 )
@@ -33,8 +34,6 @@ from stellar.models.infer import defaulted_fields, encoder_from_hf, infer_config
 from stellar.models.registry import BACKBONES, get_config, is_released, list_models
 from stellar.models.stellar import PURPOSES, STELLAR, Purpose
 from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer, load_vqgan
-
-__all__ = ["ModelInfo", "create_stellar", "inspect_model", "load_model", "load_stellar", "resolve"]
 
 logger = logging.getLogger(__name__)
 
@@ -68,9 +67,7 @@ def create_stellar(
 ) -> STELLAR:
     """A randomly initialised model of a registered size (``overrides`` change config fields);
     ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval mode, frozen)."""
-    config = get_config(name)
-    if overrides:
-        config = config.replace(**overrides)
+    config = get_config(name).replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
     return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer, device)
@@ -108,7 +105,7 @@ def load_stellar(
     if purpose not in PURPOSES:
         raise ValueError(f"purpose must be one of {PURPOSES}, got {purpose!r}")
     weights, keys, config = read_checkpoint(name_or_path)
-    if purpose == "reconstruct" and not carries_decoder(keys):
+    if purpose == "reconstruct" and not carries(keys, "decoder"):
         raise UsageError(  # before asking for a tokenizer it could not use
             f"{weights} carries no reconstruction decoder (e.g. an encoder-only feature "
             "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
@@ -192,7 +189,7 @@ def _config(
     name: str | None,
 ) -> StellarConfig:
     if config_path is not None:
-        data = _read_json(config_path)
+        data = read_json(config_path)
         if isinstance(data, dict) and isinstance(data.get("models"), dict):
             return _table_config(data["models"], config_path, weights, shapes)
         try:
@@ -260,30 +257,17 @@ def _backbone(backbone: Any, table_dir: Path, where: str) -> EncoderConfig:
         return BACKBONES[backbone]
     for folder in (table_dir / backbone, Path(backbone).expanduser()):
         if (folder / CONFIG_NAME).is_file():
-            return encoder_from_hf(_read_json(folder / CONFIG_NAME), str(folder / CONFIG_NAME))
-    config = hub_file(backbone, CONFIG_NAME)
-    return encoder_from_hf(_read_json(config), str(config))
-
-
-def _read_json(path: Path) -> Any:
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
+            return encoder_from_hf(folder / CONFIG_NAME)
+    return encoder_from_hf(hub_file(backbone, CONFIG_NAME))
 
 
 def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
     """Refuse a file found for a released name that holds another architecture."""
-
-    def value(c: StellarConfig, key: str) -> Any:
-        part, _, field = key.rpartition(".")
-        return getattr(getattr(c, part) if part else c, field)
-
     want = get_config(name)
     differ = [
-        f"{key} {value(config, key)}, {name} has {value(want, key)}"
+        f"{key} {attrgetter(key)(config)}, {name} has {attrgetter(key)(want)}"
         for key in NAME_FIELDS
-        if value(config, key) != value(want, key)
+        if attrgetter(key)(config) != attrgetter(key)(want)
     ]
     if differ:
         raise UsageError(
@@ -347,7 +331,7 @@ def inspect_model(spec: str | Path) -> ModelInfo:
     if _preset(spec):
         return ModelInfo(get_config(str(spec)), has_decoder=True)
     _, keys, config = read_checkpoint(spec)
-    return ModelInfo(config, carries_decoder(keys))
+    return ModelInfo(config, carries(keys, "decoder"))
 
 
 def load_model(

@@ -1,13 +1,8 @@
 """Images in: decoding any file as 8-bit RGB, and the release's preprocessing to a batch.
 
-One decoder for every reader of image files (the image-folder dataset, segmentation label
-maps, query images, :func:`preprocess`): PIL, every mode converted to RGB (alpha and
-transparency composited on white; CMYK via PIL; 16-bit and float images rescaled to 8 bit, not
-clipped), EXIF orientation applied. Only regular files are opened, so a FIFO or a device that
-happens to carry an image extension fails at once instead of blocking the reader.
-
-One geometric transform for evaluation and inference, :func:`resize_centre_crop`: the shorter
-side resized with PIL bicubic (antialiased when shrinking), the central square cropped.
+One decoder for every reader of image files (the image-folder dataset, query images,
+:func:`preprocess`) and one geometric transform for evaluation and inference
+(:func:`resize_centre_crop`).
 """
 
 from __future__ import annotations
@@ -19,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import ExifTags, Image, ImageOps
 
 from stellar.errors import UsageError
 
@@ -27,7 +22,6 @@ from stellar.errors import UsageError
 # decompression bomb (a 100 MP photo is 300 MB decoded), and the model sees a 224 px crop.
 MAX_PIXELS = 100_000_000
 
-_EXIF_ORIENTATION = 0x0112
 _ALPHA_MODES = {"LA", "La", "PA", "RGBA", "RGBa"}
 
 # What preprocess() takes: a PIL image or a file path, or a list of them.
@@ -78,7 +72,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         raise ValueError(f"{os.fspath(path)!r} is not a regular file")
     with Image.open(path) as img:
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
-        return _to_rgb(upright(img))
+        return _to_rgb(ImageOps.exif_transpose(img))
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -106,15 +100,10 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         raise UsageError(f"{name} could not be decoded as an image ({err})") from err
 
 
-def upright(img: Image.Image) -> Image.Image:
-    """``img`` as displayed: its EXIF orientation applied (itself when it has none)."""
-    return ImageOps.exif_transpose(img) if exif_orientation(img) in range(2, 9) else img
-
-
 def exif_orientation(img: Image.Image) -> int:
     """The EXIF orientation tag (1 = as stored; 5-8 swap width and height), 1 when unreadable."""
     try:
-        return int(img.getexif().get(_EXIF_ORIENTATION, 1))
+        return int(img.getexif().get(ExifTags.Base.Orientation, 1))
     except Exception:  # noqa: BLE001 - a broken EXIF block must not discard the pixels
         return 1
 
@@ -136,8 +125,7 @@ def resize_centre_crop(
 
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """An RGB PIL image -> (3, H, W) float32 in [0, 1]."""
-    array = np.asarray(img, dtype=np.uint8)
-    return torch.from_numpy(array.copy()).permute(2, 0, 1).float().div_(255)
+    return torch.from_numpy(np.array(img, dtype=np.uint8)).permute(2, 0, 1).float().div_(255)
 
 
 def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
@@ -162,7 +150,7 @@ def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
     batch = []
     for item in items:
         if isinstance(item, Image.Image):
-            img = _to_rgb(upright(item))
+            img = _to_rgb(ImageOps.exif_transpose(item))
         elif isinstance(item, (str, os.PathLike)):
             img = open_image(item)
         else:

@@ -46,17 +46,16 @@ def progress_bar(
     iterable: Iterable | None = None,
     *,
     total: int | None = None,
-    every: int | None = None,
     disable: bool = False,
     **kwargs: Any,
 ) -> tqdm:
-    """``tqdm(iterable, total=..., disable=..., **kwargs)``; when stderr is not a terminal, a
-    log line every ``every`` steps (default: about ``LINES_PER_BAR`` lines over the bar)."""
+    """``tqdm(iterable, total=..., disable=..., **kwargs)``; when stderr is not a terminal, about
+    ``LINES_PER_BAR`` log lines over the bar instead (one every ``UNKNOWN_TOTAL_EVERY`` steps
+    when its length is unknown)."""
     in_notebook = "ipykernel" in sys.modules  # Jupyter draws tqdm bars; its stderr is no tty
     if disable or sys.stderr.isatty() or in_notebook:
         return tqdm(iterable, total=total, disable=disable, **kwargs)
     if total is None and iterable is not None and hasattr(iterable, "__len__"):
         total = len(iterable)
-    if every is None:
-        every = max(1, math.ceil(total / LINES_PER_BAR)) if total else UNKNOWN_TOTAL_EVERY
+    every = max(1, math.ceil(total / LINES_PER_BAR)) if total else UNKNOWN_TOTAL_EVERY
     return LoggedBar(iterable, total=total, every=every, **kwargs)

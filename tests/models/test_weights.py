@@ -7,7 +7,7 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from stellar.checkpoint.weights import check_finite, load_strict, read_state_dict
+from stellar.checkpoint.weights import check_state, load_strict, read_state_dict
 
 
 def _module() -> nn.Module:
@@ -61,7 +61,8 @@ def test_non_finite_weights_are_refused_by_name():
     state["0.bias"] = torch.tensor([0.0, float("nan"), 1.0, 2.0])
     with pytest.raises(ValueError, match=r"NaN or infinite.*0\.bias"):
         load_strict(_module(), state, source="diverged.safetensors")
-    check_finite({"steps": torch.tensor([1, 2])}, "ints are not checked")
+    steps = {"steps": torch.tensor([1, 2])}  # ints are not checked
+    assert check_state({"steps": (2,)}, steps, source="s", target="t") == steps
 
 
 def test_lpips_and_fid_read_by_content(tmp_path):

@@ -6,15 +6,12 @@ Sources, all returned in :class:`~stellar.models.encoder.ViTEncoder` naming: an 
 of ``ViTMAEModel``, ``ViTMAEForPreTraining`` or ``ViTModel`` (keys under no prefix or ``vit.``;
 transformers 4.x or 5.x block names); or the original facebookresearch/mae ``.pth``.
 
-The MAE decoder, its mask token and the HF pooler are dropped by name; any other unknown key is
-an error. Fine-tuned classifiers are refused: a global-pool fine-tune replaces the per-token
-final norm by ``fc_norm`` on the pooled token, which would silently change every output token.
-MAE's fixed sin-cos position table becomes the initial value of our learnable one.
+Fine-tuned classifiers are refused: a global-pool fine-tune replaces the per-token final norm
+by ``fc_norm`` on the pooled token, which would silently change every output token.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 from dataclasses import dataclass
@@ -24,6 +21,7 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
+from stellar.checkpoint.io import read_json
 from stellar.checkpoint.official import from_official
 from stellar.checkpoint.weights import (
     WeightsNotFoundError,
@@ -135,10 +133,7 @@ def init_encoder_from_mae(model: nn.Module, path: str | Path) -> None:
 def _read_config(path: Path) -> dict[str, Any] | None:
     if not path.is_file():
         return None
-    try:
-        config = json.loads(path.read_text())
-    except json.JSONDecodeError as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from err
+    config = read_json(path)
     if not isinstance(config, dict):
         raise UsageError(f"{path} should hold a JSON object (an HF config)")
     if config.get("hidden_act", "gelu") != "gelu":

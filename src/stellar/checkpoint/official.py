@@ -15,7 +15,7 @@ import re
 import torch
 from torch import Tensor, nn
 
-from stellar.checkpoint.weights import check_finite, check_state
+from stellar.checkpoint.weights import check_state
 
 logger = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def from_official(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], list[str
             else:
                 unknown.append(key)
             continue
-        new = _rename(key)
+        new = _rename(key, _RENAMES) or (key if key.startswith(_SAME) else None)
         if new is None:
             unknown.append(key)
         else:
@@ -138,40 +138,29 @@ def to_official(state: dict[str, Tensor]) -> dict[str, Tensor]:
             else:
                 out[f"{prefix}.{inverse_blocks[inner]}.{kind}"] = value
             continue
-        stem, _, kind = key.rpartition(".")
-        if key in inverse_names:
-            out[inverse_names[key]] = value
-        elif stem in inverse_names:
-            out[f"{inverse_names[stem]}.{kind}"] = value
-        else:
-            out[key] = value
+        out[_rename(key, inverse_names) or key] = value
     return out
 
 
-def _rename(key: str) -> str | None:
-    if key in _RENAMES:
-        return _RENAMES[key]
+def _rename(key: str, names: dict[str, str]) -> str | None:
+    """``key`` renamed by ``names`` (whole names, or the module before ``.weight``/``.bias``)."""
+    if key in names:
+        return names[key]
     stem, _, kind = key.rpartition(".")
-    if stem in _RENAMES:
-        return f"{_RENAMES[stem]}.{kind}"
-    return key if key.startswith(_SAME) else None
+    return f"{names[stem]}.{kind}" if stem in names else None
 
 
-def _carries(keys: list[str], part: str) -> bool:
+def carries(keys: list[str], part: str) -> bool:
+    """Whether official-layout ``keys`` include tensors of ``part`` (of :data:`OPTIONAL_PARTS`)."""
     return any(
         k.startswith(OPTIONAL_PARTS[part]) and not k.startswith(KNOWN_UNUSED_PREFIXES) for k in keys
     )
 
 
-def carries_decoder(keys: list[str]) -> bool:
-    """Whether official-layout ``keys`` include the reconstruction decoder's tensors."""
-    return _carries(keys, "decoder")
-
-
 def absent_parts(model: nn.Module, keys: list[str]) -> list[str]:
     """The optional parts ``model`` builds that official-layout ``keys`` lack entirely."""
     built = [part for part in OPTIONAL_PARTS if getattr(model, part) is not None]
-    return [part for part in built if not _carries(keys, part)]
+    return [part for part in built if not carries(keys, part)]
 
 
 def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> None:
@@ -188,7 +177,7 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
     skip = [p for part, ps in OPTIONAL_PARTS.items() if getattr(model, part) is None for p in ps]
     fresh = [p for part in absent for p in OPTIONAL_PARTS[part]]
     expected = {k: tuple(v.shape) for k, v in to_official(model.state_dict()).items()}
-    check_state(
+    used = check_state(
         expected,
         state,
         source=source,
@@ -196,8 +185,6 @@ def load_official(model: nn.Module, state: dict[str, Tensor], source: str) -> No
         unused=KNOWN_UNUSED_PREFIXES + tuple(skip),
         may_be_missing=fresh,
     )
-    used = {k: v for k, v in state.items() if k in expected}
-    check_finite(used, source)
     if absent:
         logger.warning("%s lacks %s: they start from random init", source, ", ".join(absent))
     # A model built on the meta device takes the file's tensors themselves (in fp32).

@@ -97,7 +97,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
                 return tensors, dict(f.metadata() or {})
         except Exception as err:  # a truncated or corrupt file: same meaning to a user
             raise UsageError(f"{what}: unreadable safetensors data ({err})") from None
-    return _state_dict_in(read_pickle(path, what), path), {}
+    obj = read_pickle(path, what)
+    for key in ("model", "state_dict"):
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+    if not isinstance(obj, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
+    ):
+        raise UsageError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
+    return dict(obj), {}
 
 
 def read_pickle(path: str | Path, what: str | None = None) -> Any:
@@ -135,17 +143,6 @@ def read_header(path: str | Path) -> tuple[dict[str, tuple[int, ...]], dict[str,
     return {k: tuple(v.shape) for k, v in state.items()}, metadata
 
 
-def _state_dict_in(obj: Any, path: str | Path) -> dict[str, Tensor]:
-    for key in ("model", "state_dict"):
-        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
-            obj = obj[key]
-    if not isinstance(obj, Mapping) or not all(
-        isinstance(k, str) and isinstance(v, Tensor) for k, v in obj.items()
-    ):
-        raise UsageError(f"{path} does not hold a state dict of tensors (str -> Tensor)")
-    return dict(obj)
-
-
 def listing(keys: Iterable[str]) -> str:
     """``a, b, c (+N more)``: keys for an error message, the first :data:`_LISTED` of them."""
     keys = list(keys)
@@ -166,10 +163,11 @@ def check_state(
     target: str,
     unused: Iterable[str] = (),
     may_be_missing: Iterable[str] = (),
-) -> None:
-    """Raise ValueError unless ``state`` (read from ``source``) fits ``expected`` (``key ->
-    shape`` of ``target``) key for key, shape for shape: keys (or prefixes ending in ``.``) on
-    ``unused`` are skipped, those on ``may_be_missing`` keep their initial value when absent.
+) -> dict[str, Tensor]:
+    """The tensors of ``state`` (read from ``source``) that ``expected`` (``key -> shape`` of
+    ``target``) takes, or a ValueError unless they fit key for key, shape for shape, and hold
+    no NaN or infinity (a diverged run): keys (or prefixes ending in ``.``) on ``unused`` are
+    skipped, those on ``may_be_missing`` keep their initial value when absent.
     """
     unused, may_be_missing = tuple(unused), tuple(may_be_missing)
     unexpected = sorted(k for k in state if k not in expected and not _matches(k, unused))
@@ -186,6 +184,14 @@ def check_state(
     ] + ([f"wrong shapes: {listing(wrong)}"] if wrong else [])
     if problems:
         raise UsageError(f"{source} does not fit {target}: " + "; ".join(problems))
+    used = {k: v for k, v in state.items() if k in expected}
+    bad = sorted(k for k, v in used.items() if v.is_floating_point() and not _finite(v))
+    if bad:
+        raise UsageError(
+            f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
+            f"{listing(bad)}"
+        )
+    return used
 
 
 def _finite(tensor: Tensor) -> bool:
@@ -194,16 +200,6 @@ def _finite(tensor: Tensor) -> bool:
     if tensor.device.type == "meta" or tensor.numel() == 0:
         return True
     return all(bool(torch.isfinite(v)) for v in torch.aminmax(tensor.detach()))
-
-
-def check_finite(state: Mapping[str, Tensor], source: str) -> None:
-    """Refuse NaN or infinite floating-point tensors (a diverged run), naming them."""
-    bad = sorted(k for k, v in state.items() if v.is_floating_point() and not _finite(v))
-    if bad:
-        raise UsageError(
-            f"{source} holds NaN or infinite values (a diverged run?) in {len(bad)} tensors: "
-            f"{listing(bad)}"
-        )
 
 
 def load_strict(
@@ -218,12 +214,12 @@ def load_strict(
 ) -> None:
     """Load ``state`` into ``module``: every tensor used or known-unused, every shape right.
 
-    Everything is checked (:func:`check_state`, finite values) before anything is copied, so a
-    refused file leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module
-    built on the meta device).
+    Everything is checked (:func:`check_state`) before anything is copied, so a refused file
+    leaves ``module`` untouched; ``assign=True`` adopts the tensors (for a module built on the
+    meta device).
     """
     expected = {k: tuple(v.shape) for k, v in module.state_dict().items()}
-    check_state(
+    used = check_state(
         expected,
         state,
         source=source,
@@ -231,7 +227,5 @@ def load_strict(
         unused=unused,
         may_be_missing=may_be_missing,
     )
-    used = {k: v for k, v in state.items() if k in expected}
-    check_finite(used, source)
     # only keys on may_be_missing can be absent here: they keep their values
     module.load_state_dict(used, strict=len(used) == len(expected), assign=assign)

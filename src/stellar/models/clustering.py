@@ -23,9 +23,7 @@ class OnlineClustering(nn.Module):
     """Predictor MLP, L2 normalisation, then bias-free prototypes giving fp32 cluster logits.
 
     State-dict keys follow the official checkpoints: ``predictor.layers.{0,2}.{weight,bias}``
-    and ``layer.weight`` (K, proto_dim). Initialisation: the predictor's
-    Linear weights truncated normal (std 0.02) with zero biases, like the rest of the model;
-    the prototypes N(0, 1).
+    and ``layer.weight`` (K, proto_dim).
 
     Precision: the predictor runs in the ambient precision (autocast, or the parameters'
     dtype); its output is cast to fp32, normalised, and the prototype layer is evaluated with

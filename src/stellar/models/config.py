@@ -3,15 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
-import logging
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from stellar.errors import UsageError
 from stellar.schema import bounded, build
-
-logger = logging.getLogger(__name__)
 
 DecoderHead = Literal["pixel", "vq"]
 ARCHITECTURE = "stellar"

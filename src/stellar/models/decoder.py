@@ -14,10 +14,6 @@ class ReconstructionDecoder(Transformer):
     """``Linear(d, 512)`` + random Fourier positions -> ViT blocks -> LayerNorm -> head: the
     ``"pixel"`` head a ConvTranspose2d to RGB (kernel and stride the patch size), the ``"vq"``
     head logits over the tokenizer's codebook.
-
-    Initialisation: truncated normal (std 0.02) Linear weights (the vq head's too), zero
-    biases, unit LayerNorms; the pixel head's ConvTranspose2d keeps PyTorch's default and the
-    Fourier matrix is a fixed N(0, 1) buffer.
     """
 
     def __init__(self, config: StellarConfig) -> None:

@@ -19,8 +19,6 @@ class ViTEncoder(Transformer):
     get no position embedding; the final LayerNorm applies to every output token.
     With ``checkpoint_blocks`` set, each block's activations are recomputed in the backward
     pass instead of kept (activation checkpointing; only while gradients are recorded).
-    Initialisation: truncated normal (std 0.02) for the patch embedding,
-    the block Linears, the CLS token and the position embeddings; zero biases; unit LayerNorms.
     """
 
     def __init__(self, cfg: EncoderConfig) -> None:

@@ -1,10 +1,6 @@
 """An architecture read from files that carry no STELLAR config: an HF ViT ``config.json``, or,
-as the last resort, the tensor shapes (:func:`infer_config`, the one place that does it).
-
-Shapes fix widths, depths, patch size, native resolution, token count, decoder depth and head
-type. What they cannot fix keeps the paper's defaults, logged by the caller
-(:func:`defaulted_fields`): attention heads come from the standard ViT of that width (another
-width is refused, not guessed), spatial temperature 0.06, clustering temperatures 0.12 / 0.06.
+as the last resort, the tensor shapes (:func:`infer_config`, the one place that does it; what
+no shape fixes keeps the paper's defaults, which the caller logs: :func:`defaulted_fields`).
 """
 
 from __future__ import annotations
@@ -13,8 +9,10 @@ import dataclasses
 import math
 import re
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
 
+from stellar.checkpoint.io import read_json
 from stellar.errors import UsageError
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.schema import build
@@ -55,15 +53,16 @@ def heads_for_width(width: int) -> int:
     )
 
 
-def encoder_from_hf(data: Any, source: str) -> EncoderConfig:
-    """The encoder configuration of an HF ViT / ViTMAE ``config.json`` (parsed)."""
+def encoder_from_hf(path: Path) -> EncoderConfig:
+    """The encoder configuration of an HF ViT / ViTMAE ``config.json``."""
+    data = read_json(path)
     if not isinstance(data, dict) or any(k not in data for k in _HF_KEYS):
-        raise UsageError(f"{source} is not an HF ViT config: it needs {', '.join(_HF_KEYS)}")
+        raise UsageError(f"{path} is not an HF ViT config: it needs {', '.join(_HF_KEYS)}")
     fields = {f.name for f in dataclasses.fields(EncoderConfig)}
     try:  # type- and range-checked; hidden_act must be the encoder's gelu
         return build(EncoderConfig, {k: v for k, v in data.items() if k in fields})
     except ValueError as err:
-        raise UsageError(f"{source}: {err}") from None
+        raise UsageError(f"{path}: {err}") from None
 
 
 def _depth(shapes: Mapping[str, Sequence[int]], part: str) -> int:

@@ -314,7 +314,6 @@ class STELLAR(nn.Module):
                 f"got {tuple(encoded.shape)} and {spatial if spatial is None else spatial.shape}"
             )
         lowrank = (spatial.float() @ encoded.float()).to(encoded.dtype)
-        grid = grid or _square_grid(lowrank.shape[1])
         out = self.decode(lowrank, grid)
         if "x_hat" in out:
             return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
