@@ -10,7 +10,6 @@ import logging
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from stellar.explore.core import (
     DROP_TEXT,
@@ -25,12 +24,11 @@ from stellar.explore.core import (
 )
 from stellar.explore.explorer import Explorer
 from stellar.images import open_image
-from stellar.viz.maps import concept_overlay, to_pil
+from stellar.viz.retrieve import neighbour_tiles
 
 logger = logging.getLogger(__name__)
 
 CELL = 384  # side of the large pictures; clicks are read in these pixels
-THUMB = 160  # side of a retrieved neighbour
 
 
 def _guard(n_outputs: int):
@@ -143,13 +141,13 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         found = collection.neighbours(state["enc"].sparse[token], int(k))
         index = collection.index()
         state["neighbours"], state["source"] = found, None
-        gallery = []
-        for i, nb in enumerate(found):
-            photo = to_pil(nb.encoded.image).resize((THUMB, THUMB), Image.Resampling.BICUBIC)
-            tile = concept_overlay(photo, nb.encoded.spatial, nb.encoded.grid, tokens=[nb.token])
-            gallery.append(
-                (tile, f"#{i + 1} sim {nb.similarity:.3f} t{nb.token} {nb.encoded.name}")
-            )
+        gallery = neighbour_tiles(
+            [
+                (n.encoded.image, n.encoded.spatial, n.token, n.similarity, n.encoded.name)
+                for n in found
+            ],
+            state["enc"].grid,
+        )
         info = (
             f"Nearest concept tokens to **t{token}** of {state['enc'].name} among "
             f"{len(index)} tokens of {len(index.paths)} images (cosine similarity). Index "
