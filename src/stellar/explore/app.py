@@ -15,7 +15,6 @@ from stellar.explore.core import (
     DROP_TEXT,
     SWAP_TEXT,
     change_map,
-    changed_patches,
     drop_token,
     encode_image,
     render_views,
@@ -79,7 +78,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def views(state, shown, message):
         enc = state["enc"]
         pictures = render_views(enc, shown, state["selected"], cell=CELL)
-        if not explorer.can_reconstruct:
+        if explorer.why_not is not None:
             message += f" No reconstruction: {explorer.why_not}."
         return (
             state,
@@ -166,7 +165,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def edited(state, text):
         enc = state["enc"]
         before, after = enc.lowrank, state["spatial"] @ state["sparse"]
-        changed = int(changed_patches(before, after).sum())
+        changed = int((before != after).any(-1).sum())  # patches whose row of Z differs
         text += (
             f"\n\nZ = L·S now differs from the image's own at **{changed} of "
             f"{before.shape[0]} patches** (right: ‖ΔZ‖ per patch)."
