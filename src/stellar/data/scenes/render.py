@@ -1,11 +1,6 @@
-"""Rendering one concept scene: a textured background and shaded, possibly occluding objects.
-
-Each image is a textured background (solid, linear gradient, smooth noise or stripes in muted
-colours) with 1..``max_objects`` objects drawn on top in order, each a shape from ``SHAPES`` in a
-colour from ``COLOURS`` with a fill from ``FILLS``, at random position, scale and rotation.
-Objects are rendered from signed distance functions evaluated on the pixel grid (anti-aliased
-by a one-pixel smooth edge, see ``geometry``), and every placed object keeps at least
-``MIN_VISIBLE`` of its own area unoccluded, so every label refers to something visible.
+"""Rendering one concept scene: a textured background in muted colours and 1..``max_objects``
+shaded, possibly occluding objects, each keeping ``MIN_VISIBLE`` of its area in view so that
+every label refers to something visible.
 
 Everything is a pure function of ``(seed, split, index)``: a per-item numpy ``Generator`` is
 seeded from a ``SeedSequence`` of those three integers, so an item is bit-identical regardless
