@@ -64,17 +64,6 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     token_choices = [(f"t{k}", k) for k in range(r)]
     picks = [str(p) for p in explorer.picks]
 
-    def fresh(enc) -> dict:
-        return {
-            "enc": enc,
-            "recon": explorer.reconstruct(enc.sparse, enc.spatial, enc.grid, CELL),
-            "selected": None,
-            "sparse": enc.sparse,
-            "spatial": enc.spatial,
-            "neighbours": [],
-            "source": None,
-        }
-
     def views(state, shown, message):
         enc = state["enc"]
         pictures = render_views(enc, shown, state["selected"], cell=CELL)
@@ -103,10 +92,17 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         if path is None:
             raise ValueError("no file was uploaded")
         enc = encode_image(model, open_image(path), name=Path(path).name)
+        state = {
+            "enc": enc,
+            "recon": explorer.reconstruct(enc.sparse, enc.spatial, enc.grid, CELL),
+            "selected": None,
+            "sparse": enc.sparse,
+            "spatial": enc.spatial,
+            "neighbours": [],
+            "source": None,
+        }
         every = list(range(r))
-        out = views(
-            fresh(enc), every, f"Opened **{enc.name}**: click a region to select its concept."
-        )
+        out = views(state, every, f"Opened **{enc.name}**: click a region to select its concept.")
         return (*out[:-1], every, [], out[-1])
 
     @_guard(12)
