@@ -74,7 +74,7 @@ def test_edits_without_decoder_say_why(tmp_path, serve_explorer):
 
     create_stellar("stellar-tiny").save_pretrained(tmp_path / "encoder-only")
     explorer = Explorer.load(str(tmp_path / "encoder-only"), cache_dir=tmp_path / "cache")
-    assert not explorer.can_reconstruct
+    assert explorer.why_not is not None
     client = Client(serve_explorer(explorer), verbose=False)
     status = client.predict(api_name="/drop")[-1]
     assert "open an image first" in status

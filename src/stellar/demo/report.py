@@ -182,7 +182,7 @@ def write_report(
     timings: dict,
     settings: DemoSettings,
     samples: dict[str, dict[str, Tensor]],
-) -> str:
+) -> None:
     """``report.md`` with the tables, verdicts, definitions and figures."""
     machine = f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
     text = [
@@ -245,4 +245,3 @@ def write_report(
     text += [f"Your own photos: `stellar viz --model {model} --images PHOTOS --out VIZ`.", ""]
     report = "\n".join(text)
     atomic_write(out / "report.md", lambda tmp: tmp.write_text(report))
-    return report

@@ -10,13 +10,11 @@ import logging
 from pathlib import Path
 
 import gradio as gr
-from PIL import Image
 
 from stellar.explore.core import (
     DROP_TEXT,
     SWAP_TEXT,
     change_map,
-    changed_patches,
     drop_token,
     encode_image,
     render_views,
@@ -25,12 +23,11 @@ from stellar.explore.core import (
 )
 from stellar.explore.explorer import Explorer
 from stellar.images import open_image
-from stellar.viz.maps import concept_overlay, to_pil
+from stellar.viz.retrieve import neighbour_tiles
 
 logger = logging.getLogger(__name__)
 
 CELL = 384  # side of the large pictures; clicks are read in these pixels
-THUMB = 160  # side of a retrieved neighbour
 
 
 def _guard(n_outputs: int):
@@ -67,21 +64,10 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     token_choices = [(f"t{k}", k) for k in range(r)]
     picks = [str(p) for p in explorer.picks]
 
-    def fresh(enc) -> dict:
-        return {
-            "enc": enc,
-            "recon": explorer.reconstruct(enc.sparse, enc.spatial, enc.grid, CELL),
-            "selected": None,
-            "sparse": enc.sparse,
-            "spatial": enc.spatial,
-            "neighbours": [],
-            "source": None,
-        }
-
     def views(state, shown, message):
         enc = state["enc"]
         pictures = render_views(enc, shown, state["selected"], cell=CELL)
-        if not explorer.can_reconstruct:
+        if explorer.why_not is not None:
             message += f" No reconstruction: {explorer.why_not}."
         return (
             state,
@@ -106,10 +92,17 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         if path is None:
             raise ValueError("no file was uploaded")
         enc = encode_image(model, open_image(path), name=Path(path).name)
+        state = {
+            "enc": enc,
+            "recon": explorer.reconstruct(enc.sparse, enc.spatial, enc.grid, CELL),
+            "selected": None,
+            "sparse": enc.sparse,
+            "spatial": enc.spatial,
+            "neighbours": [],
+            "source": None,
+        }
         every = list(range(r))
-        out = views(
-            fresh(enc), every, f"Opened **{enc.name}**: click a region to select its concept."
-        )
+        out = views(state, every, f"Opened **{enc.name}**: click a region to select its concept.")
         return (*out[:-1], every, [], out[-1])
 
     @_guard(12)
@@ -143,13 +136,13 @@ def build_app(explorer: Explorer) -> gr.Blocks:
         found = collection.neighbours(state["enc"].sparse[token], int(k))
         index = collection.index()
         state["neighbours"], state["source"] = found, None
-        gallery = []
-        for i, nb in enumerate(found):
-            photo = to_pil(nb.encoded.image).resize((THUMB, THUMB), Image.Resampling.BICUBIC)
-            tile = concept_overlay(photo, nb.encoded.spatial, nb.encoded.grid, tokens=[nb.token])
-            gallery.append(
-                (tile, f"#{i + 1} sim {nb.similarity:.3f} t{nb.token} {nb.encoded.name}")
-            )
+        gallery = neighbour_tiles(
+            [
+                (n.encoded.image, n.encoded.spatial, n.token, n.similarity, n.encoded.name)
+                for n in found
+            ],
+            state["enc"].grid,
+        )
         info = (
             f"Nearest concept tokens to **t{token}** of {state['enc'].name} among "
             f"{len(index)} tokens of {len(index.paths)} images (cosine similarity). Index "
@@ -168,7 +161,7 @@ def build_app(explorer: Explorer) -> gr.Blocks:
     def edited(state, text):
         enc = state["enc"]
         before, after = enc.lowrank, state["spatial"] @ state["sparse"]
-        changed = int(changed_patches(before, after).sum())
+        changed = int((before != after).any(-1).sum())  # patches whose row of Z differs
         text += (
             f"\n\nZ = L·S now differs from the image's own at **{changed} of "
             f"{before.shape[0]} patches** (right: ‖ΔZ‖ per patch)."

@@ -94,11 +94,6 @@ def swap_token(sparse: Tensor, token: int, vector: Tensor) -> Tensor:
     return out
 
 
-def changed_patches(before: Tensor, after: Tensor) -> Tensor:
-    """(n,) bool: the patches whose row of Z = L·S differs (``before``, ``after``: (n, d))."""
-    return (before != after).any(-1)
-
-
 def legend_html(peaks: Tensor, share: Tensor, selected: int | None) -> str:
     """The colour legend of ``stellar viz`` as HTML: one swatch per token with its peak value
     ``max_i L[i, k]`` and the share of patches it wins (``peaks``, ``share``: (r,))."""

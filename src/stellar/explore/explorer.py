@@ -27,19 +27,6 @@ from stellar.viz.maps import to_pil
 MAX_PICKS = 32  # images of the collection offered in the picker
 
 
-def example_scenes(folder: Path, size: int, n: int = 16) -> list[Path]:
-    """``n`` concept scenes of ``size`` px as PNGs in ``folder`` (rendered once)."""
-    folder.mkdir(parents=True, exist_ok=True)
-    paths = []
-    for i in range(n):
-        path = folder / f"scene_{i:03d}.png"
-        if not path.is_file():
-            image = render_scene(0, i, size=size, split="val")["image"]
-            atomic_write(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
-        paths.append(path)
-    return paths
-
-
 @dataclass
 class Explorer:
     """A loaded model (``purpose="reconstruct"`` unless ``why_not`` says why it cannot), the
@@ -67,23 +54,23 @@ class Explorer:
             raise UsageError(f"expected --collection an image folder, got {collection}")
         model, why = load_for_viz(spec, vq_model, device)
         root = Path(cache_dir).expanduser()
-        picks = example_scenes(root / f"examples-{model.image_size}", model.image_size)
-        folder = picks[0].parent
+        folder = root / f"examples-{model.image_size}"  # 16 concept scenes, rendered once
+        folder.mkdir(parents=True, exist_ok=True)
+        picks = [folder / f"scene_{i:03d}.png" for i in range(16)]
+        for i, path in enumerate(picks):
+            if not path.is_file():
+                image = render_scene(0, i, model.image_size, split="val")["image"]
+                atomic_write(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
         if collection is not None:
             folder = Path(collection)
             picks = find_images(folder)[:MAX_PICKS] + picks
         return cls(model, spec, Collection(model, folder, spec, root), picks, why)
 
-    @property
-    def can_reconstruct(self) -> bool:
-        """Whether reconstructions (and so edits) can be drawn."""
-        return self.why_not is None
-
     @torch.inference_mode()
     def reconstruct(self, sparse: Tensor, spatial: Tensor, grid: tuple[int, int], size: int):
         """The decoder's picture of Z = L·S (``sparse`` S (r, d), ``spatial`` L (n, r), patch
         ``grid`` (h, w)), ``size`` px square; None when it cannot draw."""
-        if not self.can_reconstruct:
+        if self.why_not is not None:
             return None
         device = self.model.device
         s, l_ = sparse[None].to(device), spatial[None].to(device)
@@ -94,7 +81,7 @@ class Explorer:
         """One line about the model for the page's header."""
         m = self.model
         h = m.image_size // m.patch_size
-        rec = "reconstruction on" if self.can_reconstruct else f"no reconstruction ({self.why_not})"
+        rec = f"no reconstruction ({self.why_not})" if self.why_not else "reconstruction on"
         return (
             f"**{Path(self.spec).name}**: {m.num_tokens} concept tokens of width {m.embed_dim}, "
             f"{m.image_size} px, {h}x{h} patches; {rec}. Collection: `{self.collection.folder}`."

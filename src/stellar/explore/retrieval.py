@@ -1,8 +1,5 @@
 """Concept retrieval for the explorer: the token index of ``stellar retrieve`` over the
-collection at the model's native resolution, built on first use and cached in ``--cache-dir``,
-one sub-folder per (collection, weights); a cached index whose metadata does not match (as
-``stellar retrieve`` checks it) is rebuilt.
-"""
+collection, cached in ``--cache-dir`` one sub-folder per (collection, weights)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,4 @@
 """Pictures of STELLAR's concepts: maps, PCA, figures (``stellar viz``) and retrieval
 (``stellar retrieve``)."""
 
-from stellar.viz import maps
 from stellar.viz.maps import *  # noqa: F403  (the package's public names are maps' own)
-
-__all__ = list(maps.__all__)

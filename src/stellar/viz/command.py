@@ -119,11 +119,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
 
 
-def _name(index: int, path: str) -> str:
-    stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem)
-    return f"{index:04d}_{stem}.png"
-
-
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar viz`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model
@@ -135,7 +130,14 @@ def run(args: argparse.Namespace) -> int:
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     with output_folder(args.out, "stellar viz") as out_dir:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
-        earlier = _figures(old)  # what it lists, never other files of the folder
+        try:  # the figures it lists, never other files of the folder
+            earlier = [
+                m.parent / Path(r["figure"]).name
+                for m in old
+                for r in json.loads(m.read_text())["images"]
+            ]
+        except (OSError, ValueError, KeyError, TypeError):  # unreadable: none are replaced
+            earlier = []
         device = pick_device(args.device)
         model, why = load_for_viz(args.model, args.vq_model, device, info)
         cell = min(resolution, 448)  # the panel side in the figure
@@ -155,7 +157,8 @@ def run(args: argparse.Namespace) -> int:
             for b, (index, path) in enumerate(
                 zip(batch["index"].tolist(), batch["path"], strict=True)
             ):
-                name = _name(index, path)
+                stem = "".join(c if c.isalnum() or c in "-_." else "_" for c in Path(path).stem)
+                name = f"{index:04d}_{stem}.png"
                 figure = render_figure(
                     batch["image"][b],
                     {k: v[b] for k, v in out.items()},
@@ -186,7 +189,8 @@ def run(args: argparse.Namespace) -> int:
             "images": records,
         }
         write_json(out_dir / "metrics.json", summary)
-        remove(p for p in earlier if p.name not in {r["figure"] for r in records})  # replaced
+        written = {r["figure"] for r in records}
+        remove(p for p in earlier if p.is_file() and p.name not in written)  # replaced
         r = model.num_tokens
         columns = [
             ("figure", lambda x: x["figure"]),
@@ -197,16 +201,3 @@ def run(args: argparse.Namespace) -> int:
         print(format_table(columns, records))
         logger.info("wrote %d figures and metrics.json to %s", len(records), out_dir)
     return 0
-
-
-def _figures(metrics: list[Path]) -> list[Path]:
-    """The figures an earlier viz's ``metrics.json`` lists (none if it is unreadable)."""
-    try:
-        found = [
-            m.parent / Path(r["figure"]).name
-            for m in metrics
-            for r in json.loads(m.read_text())["images"]
-        ]
-    except (OSError, ValueError, KeyError, TypeError):
-        return []
-    return [p for p in found if p.is_file()]

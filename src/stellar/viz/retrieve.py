@@ -10,7 +10,6 @@ from __future__ import annotations
 import argparse
 import logging
 from pathlib import Path
-from typing import Any
 
 import torch
 from PIL import Image
@@ -20,7 +19,7 @@ from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import resolution as eval_resolution
 from stellar.eval.common import write_json
-from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
+from stellar.eval.encoder import encode_batch, encode_batches, make_loader
 from stellar.images import open_image, preprocess
 from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
@@ -36,27 +35,21 @@ from stellar.viz.token_index import (
 logger = logging.getLogger(__name__)
 
 
-def render_retrieval(
-    query: tuple[Tensor, Tensor, int],
-    results: list[tuple[Tensor, Tensor, int, float, str]],
-    grid: tuple[int, int],
-) -> Image.Image:
-    """The ``query`` ``(image (3, H, W), spatial (n, r), token)`` and its neighbours
-    ``(image, spatial, token, similarity, name)``, best first, 4 per row, each 160 px with the
-    (matched) token's region overlaid."""
-
-    def tile(image: Tensor, spatial: Tensor, token: int) -> Image.Image:
-        photo = to_pil(image).resize((160, 160), Image.Resampling.BICUBIC)
-        return concept_overlay(photo, spatial, grid, tokens=[token], alpha=0.4)
-
-    q_image, q_spatial, q_token = query
-    rows: list[list[Any]] = [[(tile(q_image, q_spatial, q_token), f"query: token {q_token}")]]
-    cells = [
-        (tile(im, sp, tok), f"#{i + 1} sim {sim:.3f} t{tok} {name}")
-        for i, (im, sp, tok, sim, name) in enumerate(results)
+def neighbour_tiles(
+    found: list[tuple[Tensor, Tensor, int, float, str]], grid: tuple[int, int]
+) -> list[tuple[Image.Image, str]]:
+    """Retrieved tokens ``(image (3, H, W), spatial (n, r), token, similarity, name)``, best
+    first, as captioned 160 px tiles with the token's region overlaid (``stellar retrieve``'s
+    figure and the explorer's gallery)."""
+    return [
+        (_tile(image, spatial, grid, token), f"#{i + 1} sim {sim:.3f} t{token} {name}")
+        for i, (image, spatial, token, sim, name) in enumerate(found)
     ]
-    rows += [cells[i : i + 4] for i in range(0, len(cells), 4)]
-    return compose_panel(rows)
+
+
+def _tile(image: Tensor, spatial: Tensor, grid: tuple[int, int], token: int) -> Image.Image:
+    photo = to_pil(image).resize((160, 160), Image.Resampling.BICUBIC)
+    return concept_overlay(photo, spatial, grid, tokens=[token], alpha=0.4)
 
 
 # ---------------------------------------------------------------------------- command line
@@ -77,16 +70,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=nonneg_int, default=4)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_precision_argument(parser)
-
-
-def _encode_files(
-    model: Encoder, paths: list[str], resolution: int
-) -> dict[int, tuple[Tensor, Tensor]]:
-    """{position in ``paths``: (image, spatial)} for the decodable files."""
-    loader = make_loader(EvalImages(paths, resolution, resize_ratio=1.0), 16)
-    out = encode_batches(model, loader, ["spatial"], keep_images=True)
-    rows = zip(out["indices"].tolist(), out["images"], out["spatial"], strict=True)
-    return {i: (image.float() / 255, spatial) for i, image, spatial in rows}
 
 
 def run(args: argparse.Namespace) -> int:
@@ -147,8 +130,10 @@ def run(args: argparse.Namespace) -> int:
 
         image_ids = index.image[rows].tolist()
         unique = sorted(set(image_ids))
-        encoded = _encode_files(model, [index.paths[i] for i in unique], resolution)
-        by_image = {img: encoded.get(pos) for pos, img in enumerate(unique)}
+        files = EvalImages([index.paths[i] for i in unique], resolution, resize_ratio=1.0)
+        found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
+        encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
+        by_image = {unique[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
         results, records = [], []
         for rank_, (row, sim, img) in enumerate(
             zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
@@ -158,12 +143,14 @@ def run(args: argparse.Namespace) -> int:
             records.append(
                 {"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path}
             )
-            if by_image[img] is None:
+            if img not in by_image:
                 logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
                 continue
             results.append((*by_image[img], tok, sim, Path(path).name))
-        q_spatial = q_out["spatial"][0].float().cpu()
-        figure = render_retrieval((q_image, q_spatial, args.token), results, grid)
+        q_tile = _tile(q_image, q_out["spatial"][0].float().cpu(), grid, args.token)
+        cells = neighbour_tiles(results, grid)
+        rows_of_4 = [cells[i : i + 4] for i in range(0, len(cells), 4)]
+        figure = compose_panel([[(q_tile, f"query: token {args.token}")], *rows_of_4])
         atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
         summary = {
             "query": args.query,

@@ -61,10 +61,8 @@ class TokenIndex:
     @classmethod
     def load(cls, directory: str | os.PathLike[str]) -> TokenIndex:
         """Read the index :meth:`save` wrote in ``directory``; a UsageError naming the file if
-        there is none or it is damaged."""
+        it is missing or damaged."""
         path = Path(directory) / INDEX_FILE
-        if not path.is_file():
-            raise UsageError(f"expected a token index at {path}, found none")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = f.metadata() or {}
@@ -80,7 +78,7 @@ class TokenIndex:
                 not len(index)
                 or 0 <= int(index.image.min()) <= int(index.image.max()) < len(index.paths)
             )
-        except Exception:  # noqa: BLE001 - truncated, not safetensors, missing or bad metadata
+        except Exception:  # noqa: BLE001 - missing, truncated, not safetensors or bad metadata
             whole = False
         if not whole:
             raise UsageError(f"the token index {path} is damaged; delete it to build it again")

@@ -40,7 +40,6 @@ class ConceptScenes(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
-        index = int(index) + (self.length if index < 0 else 0)
         if not 0 <= index < self.length:
             raise IndexError(
                 f"index {index} out of range for ConceptScenes of length {self.length}"

@@ -1,9 +1,5 @@
-"""Shape geometry of the concept scenes: signed distance functions on pixel grids.
-
-Each shape of ``SHAPES`` is defined by a signed distance function (pixels, negative inside) in
-the object's own frame, scaled by its radius R; ``SHAPE_AREA`` and ``SHAPE_EXTENT`` give the
-analytic area and circumradius at R = 1, which the renderer uses to place objects.
-"""
+"""Shape geometry of the concept scenes: signed distance functions (pixels, negative inside)
+on pixel grids, in the object's own frame, scaled by its radius R."""
 
 from __future__ import annotations
 

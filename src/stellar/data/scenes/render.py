@@ -1,11 +1,6 @@
-"""Rendering one concept scene: a textured background and shaded, possibly occluding objects.
-
-Each image is a textured background (solid, linear gradient, smooth noise or stripes in muted
-colours) with 1..``max_objects`` objects drawn on top in order, each a shape from ``SHAPES`` in a
-colour from ``COLOURS`` with a fill from ``FILLS``, at random position, scale and rotation.
-Objects are rendered from signed distance functions evaluated on the pixel grid (anti-aliased
-by a one-pixel smooth edge, see ``geometry``), and every placed object keeps at least
-``MIN_VISIBLE`` of its own area unoccluded, so every label refers to something visible.
+"""Rendering one concept scene: a textured background in muted colours and 1..``max_objects``
+shaded, possibly occluding objects, each keeping ``MIN_VISIBLE`` of its area in view so that
+every label refers to something visible.
 
 Everything is a pure function of ``(seed, split, index)``: a per-item numpy ``Generator`` is
 seeded from a ``SeedSequence`` of those three integers, so an item is bit-identical regardless
@@ -77,21 +72,17 @@ def _muted_colour(rng: np.random.Generator) -> np.ndarray:
     return np.asarray(rgb, dtype=np.float32)
 
 
-def _interp_weights(size: int, knots: int) -> tuple[np.ndarray, np.ndarray]:
-    """Left knot index (size,) and smooth-step weight (size,) of each pixel centre."""
-    pos = (np.arange(size, dtype=np.float32) + 0.5) * np.float32((knots - 1) / size)
-    i0 = np.minimum(pos.astype(np.int64), knots - 2)
-    f = pos - i0
-    return i0, f * f * (3.0 - 2.0 * f)
-
-
 def _smooth_noise(rng: np.random.Generator, size: int) -> np.ndarray:
     """(size, size) low-frequency value noise in [0, 1]: two octaves of smoothly upsampled knots."""
     field = np.zeros((size, size), dtype=np.float32)
     base = int(rng.integers(3, 6))
     for knots, weight in ((base, 0.7), (2 * base + 1, 0.3)):
         grid = rng.random((knots, knots), dtype=np.float32)
-        i0, f = _interp_weights(size, knots)
+        # each pixel centre's left knot and smooth-step weight towards the next
+        pos = (np.arange(size, dtype=np.float32) + 0.5) * np.float32((knots - 1) / size)
+        i0 = np.minimum(pos.astype(np.int64), knots - 2)
+        f = pos - i0
+        f = f * f * (3.0 - 2.0 * f)
         # Separable interpolation by gathers (rows, then columns); a BLAS matmul here would
         # be as cheap but spins up threads inside DataLoader workers.
         rows = grid[i0] + f[:, None] * (grid[i0 + 1] - grid[i0])
