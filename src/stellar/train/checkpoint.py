@@ -51,13 +51,11 @@ def save_checkpoint(
         bound = {CHECKPOINT_ID: state[CHECKPOINT_ID]} if CHECKPOINT_ID in state else None
         save_pretrained(model, folder, weights, metadata=bound)
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
-    except Exception as err:  # noqa: BLE001 - a full disk reads OSError, RuntimeError (torch's
-        # zip writer) or SafetensorError: `last` still points at the previous checkpoint
+    except UsageError as err:  # atomic_write names the file and why: `last` is unchanged
         if folder.is_dir() and folder != previous:
             shutil.rmtree(folder, ignore_errors=True)  # no half-written step folder stays
         intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier one"
-        reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
-        raise UsageError(f"could not write checkpoint {folder} ({reason}); {intact}") from err
+        raise UsageError(f"{err}; {intact}") from err
     link_tmp = root / f".{LAST}.tmp"
     link_tmp.unlink(missing_ok=True)  # a link a killed save left (unlink does not follow it)
     os.symlink(folder.name, link_tmp)
