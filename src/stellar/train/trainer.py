@@ -33,7 +33,7 @@ from stellar.losses.objective import PHASE, StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.outputs import check_fresh, remove
 from stellar.progress import progress_bar
-from stellar.runtime import DistInfo, autocast, precision_choice, setup
+from stellar.runtime import DistInfo, precision_choice, setup
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import ema_momentum, make_teacher, update_teacher
@@ -211,6 +211,7 @@ class Trainer(TrainerCheckpoints):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sums: dict[str, torch.Tensor] = {}
+        dtype = self.autocast_dtype  # None: fp32
         for micro, batch in enumerate(micro_batches):
             with record_function(PHASE + "views and masking"):
                 views = self.make_views(batch, self.generator(micro))
@@ -221,7 +222,7 @@ class Trainer(TrainerCheckpoints):
                 if self.ddp is not None and not last
                 else contextlib.nullcontext()
             )
-            with sync, autocast(self.device, self.autocast_dtype):
+            with sync, torch.autocast(self.device.type, dtype, enabled=dtype is not None):
                 total, terms = self.step_fn(views)
             with record_function(PHASE + "backward"):
                 (total / len(micro_batches)).backward()
