@@ -90,15 +90,6 @@ class TrainerCheckpoints:
         """Whether parameters are FSDP shards (state must be gathered / scattered)."""
         return self.dist.enabled and self.cfg.strategy == "fsdp"
 
-    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Model and optimizer state; under FSDP gathered in full (a collective)."""
-        if not self.sharded:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_state_dict(self.model, self.optimizer, options=options)
-
     def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
         """The state belongs to these weights, was trained with these settings (but the
         resumable ones), and its (epoch, position) means the same data now."""
@@ -132,7 +123,13 @@ class TrainerCheckpoints:
     def save(self, epoch: int, position: int) -> None:
         """Checkpoint the weights and everything else an exact resume needs, written by the main
         process (every process must call it: it gathers from every rank)."""
-        weights, optimizer = self._full_states()
+        if self.sharded:  # gathered in full, a collective
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights, optimizer = get_state_dict(self.model, self.optimizer, options=options)
+        else:
+            weights, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         # Every rank's (epoch, position), in order: they differ once a rank skipped a batch of
         # only unreadable files that the others did not have.
         mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)
