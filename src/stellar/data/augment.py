@@ -146,16 +146,6 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return n_keep
 
 
-def _block_shape(n_keep: int, grid_h: int, grid_w: int) -> tuple[int, int]:
-    """Smallest near-square (bh, bw) block holding n_keep patches inside the grid."""
-    bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
-    bh = math.ceil(n_keep / bw)
-    if bh > grid_h:
-        bh = grid_h
-        bw = math.ceil(n_keep / grid_h)
-    return bh, bw
-
-
 def random_masking(
     batch_size: int,
     grid_h: int,
@@ -178,8 +168,6 @@ def random_masking(
     lo, hi = SIGMA_RANGE
     n = grid_h * grid_w
     n_keep = num_kept(n, mask_ratio)
-    if device is None and generator is not None:
-        device = generator.device
     kw = {"generator": generator, "device": device}
 
     noise = torch.rand(batch_size, n, **kw)
@@ -195,7 +183,11 @@ def random_masking(
             bump = torch.exp(-(dy.square() + dx.square()) / (2.0 * sigma[:, None].square()))
             noise = torch.where(focal[:, None], noise - bump, noise)
         else:
-            bh, bw = _block_shape(n_keep, grid_h, grid_w)
+            # the smallest near-square (bh, bw) block holding n_keep patches inside the grid
+            bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
+            bh = math.ceil(n_keep / bw)
+            if bh > grid_h:
+                bh, bw = grid_h, math.ceil(n_keep / grid_h)
             corner = torch.rand(batch_size, 2, **kw)
             top = (corner[:, :1] * (grid_h - bh + 1)).long()  # (B, 1), in [0, grid_h - bh]
             left = (corner[:, 1:] * (grid_w - bw + 1)).long()
