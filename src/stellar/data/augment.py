@@ -58,13 +58,10 @@ def random_resized_crop(
     flip_p: float = FLIP_P,
     return_params: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample.
-
-    torchvision's sampling (the first of ``TRIES`` boxes that fits the valid region, else a
-    centre crop with the aspect clamped to ``ratio``, width / height); every crop is resampled
-    by one bicubic ``grid_sample`` and never reads outside the valid region. ``canvas``
-    (B, C, Hc, Wc) uint8 or float in [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left;
-    ``scale`` a fraction of the valid area; ``generator`` on any device (None: the global RNG).
+    """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample
+    that never reads outside the valid region. ``canvas`` (B, C, Hc, Wc) uint8 or float in
+    [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left; ``scale`` a fraction of the valid
+    area; ``generator`` on any device (None: the global RNG).
 
     Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
     also (B, n_views) ``top``, ``left``, ``height``, ``width`` (canvas pixels) and ``flip``.

@@ -1,8 +1,6 @@
 """The image-folder dataset of training and evaluation: one scan, one label rule, one policy
 for broken files, and a *view* that turns a decoded image into tensors.
 
-- Files: a folder scanned recursively (hidden names skipped, symlinked folders followed once,
-  only regular files with an image extension), a single file, or a list of files and folders.
 - Labels: when every image of a scanned folder lives in a first-level sub-folder (the
   ImageNet ``train/<class>/*.JPEG`` layout), those sub-folders are the classes, sorted, and an
   image's label is the index of its folder; otherwise (and for file lists) every label is -1.
@@ -10,7 +8,6 @@ for broken files, and a *view* that turns a decoded image into tensors.
 - Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
   the item of such a file is ``None`` (one warning naming it), the loaders'
   collate function leaves it out of its batch, and :attr:`ImageFolder.broken_mask` marks them.
-- Views: :class:`CanvasView` (training) and :class:`CentreCropView` (evaluation).
 """
 
 from __future__ import annotations

@@ -1,10 +1,8 @@
 """The pretraining loop: read top to bottom in one sitting.
 
-One optimizer step = ``grad_accum`` micro-batches per process. Each micro-batch: canvases ->
-batched multi-view augmentation on the device -> masking -> ``StellarObjective`` (one module
-call, DDP-wrapped when distributed) -> backward. Randomness of a micro-batch comes from a
-generator seeded by (seed, step, micro-batch, rank), and the data order from (seed, epoch), so
-a resumed run replays exactly what an uninterrupted one would have done.
+Randomness of a micro-batch comes from a generator seeded by (seed, step, micro-batch, rank),
+and the data order from (seed, epoch), so a resumed run replays exactly what an uninterrupted
+one would have done.
 """
 
 from __future__ import annotations
@@ -111,11 +109,11 @@ class Trainer(TrainerCheckpoints):
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
-        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
-        self.steps_per_epoch = len(self.dataset) // per_step
+        self.images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        self.steps_per_epoch = len(self.dataset) // self.images_per_step
         if self.steps_per_epoch < 1:  # before the model is built
             raise UsageError(
-                f"{len(self.dataset)} images cannot fill one step of {per_step} "
+                f"{len(self.dataset)} images cannot fill one step of {self.images_per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
         self.model = build_model(cfg).to(self.device)
@@ -283,7 +281,6 @@ class Trainer(TrainerCheckpoints):
             dynamic_ncols=True,
         )
         last: dict[str, float] = {}
-        images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
@@ -317,7 +314,7 @@ class Trainer(TrainerCheckpoints):
                         rows = self._checked(mean_across_ranks(pending))
                         pending.clear()
                         now = time.perf_counter()
-                        rate = len(rows) * images_per_step / max(now - since, 1e-9)
+                        rate = len(rows) * self.images_per_step / max(now - since, 1e-9)
                         since = now
                         last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
                         if (skipped := self.skipped_images()) is not None:
