@@ -29,7 +29,7 @@ from stellar.errors import UsageError
 from stellar.hub import create_stellar, load_stellar
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.models.stellar import STELLAR
-from stellar.outputs import check_fresh, remove
+from stellar.outputs import atomic_write, check_fresh, remove
 from stellar.progress import progress_bar
 from stellar.runtime import DistInfo, precision_choice, setup
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
@@ -75,7 +75,7 @@ def build_model(cfg: TrainConfig) -> STELLAR:
         model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
     if cfg.init.encoder:
         init_encoder_from_mae(model, cfg.init.encoder)
-    return model.requires_grad_(True).train()
+    return model  # in train mode, gradients on but the tokenizer's (the hub's purpose rule)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -268,9 +268,9 @@ class Trainer(TrainerCheckpoints):
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.dist.is_main:  # atomic_write makes the folder
+            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            atomic_write(self.out / RUN_CONFIG, lambda tmp: tmp.write_text(text))
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
         bar = progress_bar(
             total=self.total_steps,
