@@ -73,8 +73,7 @@ class CanvasView:
         w, h = img.size
         k = s / max(w, h)
         nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)  # a copy at the same size
         canvas = np.zeros((s, s, 3), dtype=np.uint8)
         canvas[:nh, :nw] = np.asarray(img)
         return {
@@ -101,9 +100,7 @@ class CentreCropView:
         """``image`` (3, R, R) float32 in [0, 1]."""
         r = self.resolution
         if not self.crop:
-            img = load_rgb(path)
-            if img.size != (r, r):
-                img = img.resize((r, r), Image.Resampling.BICUBIC)
+            img = load_rgb(path).resize((r, r), Image.Resampling.BICUBIC)
         else:
             side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
             img = resize_centre_crop(load_rgb(path), r, side)
