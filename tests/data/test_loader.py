@@ -57,7 +57,7 @@ def test_loader_skips_batches_of_unreadable_files_only() -> None:
 def test_resumable_sampler_is_the_loader_sampler_and_resumes_mid_epoch() -> None:
     ds = _Dicts(20)
     loader = build_loader(ds, 2, shuffle=True, seed=4, drop_last=False)
-    loader.set_epoch(2)
+    loader.sampler.set_epoch(2)
     whole = _indices(loader)
     loader.sampler.set_position(2, 6)
     assert _indices(loader) == whole[6:]
@@ -72,7 +72,7 @@ def test_two_ranks_are_disjoint() -> None:
     for rank in range(2):
         loader = build_loader(ds, 4, shuffle=True, seed=3, num_replicas=2, rank=rank)
         assert isinstance(loader.sampler, ResumableSampler) and loader.sampler.num_replicas == 2
-        loader.set_epoch(1)
+        loader.sampler.set_epoch(1)
         seen.append(_indices(loader))
     assert len(seen[0]) == len(seen[1]) == 12
     assert not set(seen[0]) & set(seen[1])
@@ -87,9 +87,9 @@ def test_seeded_epoch_shuffling() -> None:
     assert _indices(a) == _indices(b)
     first = _indices(a)
     assert sorted(first) == list(range(32)) and first != list(range(32))
-    a.set_epoch(1)
+    a.sampler.set_epoch(1)
     assert _indices(a) != first and sorted(_indices(a)) == list(range(32))
-    a.set_epoch(0)
+    a.sampler.set_epoch(0)
     assert _indices(a) == first
     assert _indices(build_loader(ds, 8, shuffle=True, seed=8)) != first
     assert _indices(build_loader(ds, 8, shuffle=False)) == list(range(32))
@@ -110,7 +110,7 @@ def test_workers_are_persistent_and_deterministic() -> None:
     assert loader.persistent_workers
     epochs = []
     for epoch in range(2):
-        loader.set_epoch(epoch)
+        loader.sampler.set_epoch(epoch)
         batches = list(loader)
         assert all(b["canvas"].shape == (3, 3, 8, 8) for b in batches)
         epochs.append(torch.cat([b["index"] for b in batches]).tolist())

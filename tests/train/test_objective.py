@@ -130,6 +130,20 @@ def test_vq_head_trains_against_tokenizer_codes():
     assert set(terms) >= {"VQ-CE"} and torch.isfinite(terms["VQ-CE"]) and terms["VQ-CE"] > 0
 
 
+def test_the_trainers_model_keeps_its_tokenizer_frozen(monkeypatch):
+    from stellar.models.vqgan import MaskGITVQGAN
+    from stellar.train import trainer
+    from stellar.train.config import load_config
+
+    tokenizer = MaskGITVQGAN(hidden_channels=32, channel_mult=(1, 1, 1, 1), num_res_blocks=1)
+    build = trainer.create_stellar
+    with_tokenizer = lambda *a, **kw: build(*a, **{**kw, "vq_model": tokenizer})  # noqa: E731
+    monkeypatch.setattr(trainer, "create_stellar", with_tokenizer)
+    model = trainer.build_model(load_config("cpu-smoke", ["model_overrides.decoder_head=vq"]))
+    assert model.training and model.sparse_tokens.requires_grad
+    assert not any(p.requires_grad for p in model.tokenizer.parameters())
+
+
 def test_a_vq_head_without_its_tokenizer_is_refused_before_any_step():
     """The trainer and the card's pretraining call build this objective before a forward."""
     from stellar.errors import UsageError

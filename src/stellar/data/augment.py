@@ -58,13 +58,10 @@ def random_resized_crop(
     flip_p: float = FLIP_P,
     return_params: bool = False,
 ) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
-    """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample.
-
-    torchvision's sampling (the first of ``TRIES`` boxes that fits the valid region, else a
-    centre crop with the aspect clamped to ``ratio``, width / height); every crop is resampled
-    by one bicubic ``grid_sample`` and never reads outside the valid region. ``canvas``
-    (B, C, Hc, Wc) uint8 or float in [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left;
-    ``scale`` a fraction of the valid area; ``generator`` on any device (None: the global RNG).
+    """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample
+    that never reads outside the valid region. ``canvas`` (B, C, Hc, Wc) uint8 or float in
+    [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left; ``scale`` a fraction of the valid
+    area; ``generator`` on any device (None: the global RNG).
 
     Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
     also (B, n_views) ``top``, ``left``, ``height``, ``width`` (canvas pixels) and ``flip``.
@@ -146,16 +143,6 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return n_keep
 
 
-def _block_shape(n_keep: int, grid_h: int, grid_w: int) -> tuple[int, int]:
-    """Smallest near-square (bh, bw) block holding n_keep patches inside the grid."""
-    bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
-    bh = math.ceil(n_keep / bw)
-    if bh > grid_h:
-        bh = grid_h
-        bw = math.ceil(n_keep / grid_h)
-    return bh, bw
-
-
 def random_masking(
     batch_size: int,
     grid_h: int,
@@ -178,8 +165,6 @@ def random_masking(
     lo, hi = SIGMA_RANGE
     n = grid_h * grid_w
     n_keep = num_kept(n, mask_ratio)
-    if device is None and generator is not None:
-        device = generator.device
     kw = {"generator": generator, "device": device}
 
     noise = torch.rand(batch_size, n, **kw)
@@ -195,7 +180,11 @@ def random_masking(
             bump = torch.exp(-(dy.square() + dx.square()) / (2.0 * sigma[:, None].square()))
             noise = torch.where(focal[:, None], noise - bump, noise)
         else:
-            bh, bw = _block_shape(n_keep, grid_h, grid_w)
+            # the smallest near-square (bh, bw) block holding n_keep patches inside the grid
+            bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
+            bh = math.ceil(n_keep / bw)
+            if bh > grid_h:
+                bh, bw = grid_h, math.ceil(n_keep / grid_h)
             corner = torch.rand(batch_size, 2, **kw)
             top = (corner[:, :1] * (grid_h - bh + 1)).long()  # (B, 1), in [0, grid_h - bh]
             left = (corner[:, 1:] * (grid_w - bw + 1)).long()

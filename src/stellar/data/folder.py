@@ -1,8 +1,6 @@
 """The image-folder dataset of training and evaluation: one scan, one label rule, one policy
 for broken files, and a *view* that turns a decoded image into tensors.
 
-- Files: a folder scanned recursively (hidden names skipped, symlinked folders followed once,
-  only regular files with an image extension), a single file, or a list of files and folders.
 - Labels: when every image of a scanned folder lives in a first-level sub-folder (the
   ImageNet ``train/<class>/*.JPEG`` layout), those sub-folders are the classes, sorted, and an
   image's label is the index of its folder; otherwise (and for file lists) every label is -1.
@@ -10,7 +8,6 @@ for broken files, and a *view* that turns a decoded image into tensors.
 - Broken files (zero-byte, truncated, not an image, not a regular file) never stop a pass:
   the item of such a file is ``None`` (one warning naming it), the loaders'
   collate function leaves it out of its batch, and :attr:`ImageFolder.broken_mask` marks them.
-- Views: :class:`CanvasView` (training) and :class:`CentreCropView` (evaluation).
 """
 
 from __future__ import annotations
@@ -76,8 +73,7 @@ class CanvasView:
         w, h = img.size
         k = s / max(w, h)
         nw, nh = max(1, min(s, round(w * k))), max(1, min(s, round(h * k)))
-        if (nw, nh) != (w, h):
-            img = img.resize((nw, nh), Image.Resampling.BICUBIC)
+        img = img.resize((nw, nh), Image.Resampling.BICUBIC)  # a copy at the same size
         canvas = np.zeros((s, s, 3), dtype=np.uint8)
         canvas[:nh, :nw] = np.asarray(img)
         return {
@@ -104,9 +100,7 @@ class CentreCropView:
         """``image`` (3, R, R) float32 in [0, 1]."""
         r = self.resolution
         if not self.crop:
-            img = load_rgb(path)
-            if img.size != (r, r):
-                img = img.resize((r, r), Image.Resampling.BICUBIC)
+            img = load_rgb(path).resize((r, r), Image.Resampling.BICUBIC)
         else:
             side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
             img = resize_centre_crop(load_rgb(path), r, side)

@@ -35,8 +35,8 @@ class ResumableSampler(DistributedSampler):
 
 
 class EpochLoader(DataLoader):
-    """A DataLoader whose :meth:`set_epoch` reshuffles its sampler and that never yields an
-    empty batch (a batch whose files were all unreadable is skipped).
+    """A DataLoader that never yields an empty batch (a batch whose files were all unreadable
+    is skipped).
 
     ``drawn`` counts the batches the current iteration has taken from the sampler, skipped
     ones included: ``drawn * batch_size`` is how far this rank's position in the epoch has
@@ -44,10 +44,6 @@ class EpochLoader(DataLoader):
     """
 
     drawn = 0
-
-    def set_epoch(self, epoch: int) -> None:
-        """Iterate epoch ``epoch`` from its beginning (call before iterating each epoch)."""
-        self.sampler.set_position(epoch, 0)
 
     def __iter__(self) -> Iterator[Any]:
         self.drawn = 0
@@ -80,7 +76,7 @@ def build_loader(
 ) -> EpochLoader:
     """A DataLoader of dict batches (items: dicts of tensors, or None for an unreadable file,
     left out of its batch) through a :class:`ResumableSampler` of this rank's share, shuffled
-    from ``seed`` and the epoch; call ``loader.set_epoch(epoch)`` before each epoch.
+    from ``seed`` and the epoch; call ``loader.sampler.set_epoch(epoch)`` before each epoch.
     ``persistent_workers=False`` for a single pass.
     """
     return EpochLoader(

@@ -31,12 +31,8 @@ KOLEO_EPS = 1e-8
 
 def koleo_loss(x: Tensor) -> Tensor:
     """KoLeo, the Kozachenko-Leonenko entropy estimate, spreading the concept tokens ``x``
-    (B, r, d), r >= 2, of each image apart: a scalar fp32 loss, autocast off.
-
-    Tokens are L2-normalised; each token's nearest *other* token of the same image is found by
-    maximum dot product (diagonal excluded, selection not differentiated); the loss is
-    ``-mean(log(0.5 * ||x_i - x_nn(i) + 1e-8|| + 1e-8))`` over all B·r tokens.
-    """
+    (B, r, d), r >= 2, of each image apart (from each one's nearest other token of the same
+    image): a scalar fp32 loss, autocast off."""
     if x.ndim != 3 or x.shape[1] < 2:
         raise ValueError(f"koleo_loss expects (B, r, d) with r >= 2, got {tuple(x.shape)}")
     with torch.autocast(device_type=x.device.type, enabled=False):
@@ -74,9 +70,7 @@ class ObjectiveConfig:
             raise UsageError("objective: every loss term is switched off: nothing to train")
 
     def views(self, n_masked: int = 1, n_local: int = 1) -> ViewPlan:
-        """The views the enabled terms need, given the configured counts per image: set
-        alignment, CLS alignment and KoLeo read the masked views, CLS alignment alone the local
-        views, global alignment a second global view."""
+        """The views the enabled terms need, given the configured counts per image."""
         return ViewPlan(
             masked=n_masked if self.set_align or self.cls_align or self.koleo else 0,
             local=n_local if self.cls_align else 0,
@@ -118,8 +112,6 @@ class StellarObjective(nn.Module):
         self, model: STELLAR, config: ObjectiveConfig, teacher: STELLAR | None = None
     ) -> None:
         super().__init__()
-        if model.clustering_head is None or model.decoder is None:
-            raise ValueError("the objective needs a model built with purpose='pretrain'")
         if config.recon and model.config.decoder_head == "vq" and model.tokenizer is None:
             raise UsageError(
                 "this model reconstructs MaskGIT-VQGAN codes: pass vq_model=/path/to/"
@@ -305,11 +297,8 @@ class StellarObjective(nn.Module):
         targets: Tensor,
         cls_targets: Tensor,
     ) -> dict[str, Tensor]:
-        """Symmetric cross-view clustering between the main and a second global view.
-
-        View-2 tokens are matched to view-1 tokens (and view-1 to view-2) by the OT matcher;
-        each view's Sinkhorn targets supervise the other's logits; directions are averaged.
-        """
+        """Symmetric cross-view clustering between the main and a second global view: each
+        view's Sinkhorn targets supervise the other's matched logits, directions averaged."""
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
         other = model.forward_tokens(second_view)

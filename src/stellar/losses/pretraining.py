@@ -1,10 +1,4 @@
-"""The release's pretraining call: ``load_stellar(name, purpose="pretrain")(batch)``.
-
-:class:`StellarForPretraining` takes the model card's batch dict, makes the views the objective
-needs from the views it is given (colour/blur and masking of the global views; the local views
-as they come), or from ``image`` alone, and runs :class:`StellarObjective` — the objective the
-trainer runs — returning the main view's features and the loss terms under the release's names.
-"""
+"""The release's pretraining call: ``load_stellar(name, purpose="pretrain")(batch)``."""
 
 from __future__ import annotations
 

@@ -51,13 +51,11 @@ def save_checkpoint(
         bound = {CHECKPOINT_ID: state[CHECKPOINT_ID]} if CHECKPOINT_ID in state else None
         save_pretrained(model, folder, weights, metadata=bound)
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
-    except Exception as err:  # noqa: BLE001 - a full disk reads OSError, RuntimeError (torch's
-        # zip writer) or SafetensorError: `last` still points at the previous checkpoint
+    except UsageError as err:  # atomic_write names the file and why: `last` is unchanged
         if folder.is_dir() and folder != previous:
             shutil.rmtree(folder, ignore_errors=True)  # no half-written step folder stays
         intact = f"the previous checkpoint {previous} is intact" if previous else "no earlier one"
-        reason = str(getattr(err, "strerror", None) or err).splitlines()[0]
-        raise UsageError(f"could not write checkpoint {folder} ({reason}); {intact}") from err
+        raise UsageError(f"{err}; {intact}") from err
     link_tmp = root / f".{LAST}.tmp"
     link_tmp.unlink(missing_ok=True)  # a link a killed save left (unlink does not follow it)
     os.symlink(folder.name, link_tmp)
@@ -92,15 +90,6 @@ class TrainerCheckpoints:
         """Whether parameters are FSDP shards (state must be gathered / scattered)."""
         return self.dist.enabled and self.cfg.strategy == "fsdp"
 
-    def _full_states(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """Model and optimizer state; under FSDP gathered in full (a collective)."""
-        if not self.sharded:
-            return self.model.state_dict(), self.optimizer.state_dict()
-        from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
-
-        options = StateDictOptions(full_state_dict=True, cpu_offload=True)
-        return get_state_dict(self.model, self.optimizer, options=options)
-
     def _check_same_run(self, state: dict[str, Any], folder: Path) -> None:
         """The state belongs to these weights, was trained with these settings (but the
         resumable ones), and its (epoch, position) means the same data now."""
@@ -134,7 +123,13 @@ class TrainerCheckpoints:
     def save(self, epoch: int, position: int) -> None:
         """Checkpoint the weights and everything else an exact resume needs, written by the main
         process (every process must call it: it gathers from every rank)."""
-        weights, optimizer = self._full_states()
+        if self.sharded:  # gathered in full, a collective
+            from torch.distributed.checkpoint.state_dict import StateDictOptions, get_state_dict
+
+            options = StateDictOptions(full_state_dict=True, cpu_offload=True)
+            weights, optimizer = get_state_dict(self.model, self.optimizer, options=options)
+        else:
+            weights, optimizer = self.model.state_dict(), self.optimizer.state_dict()
         # Every rank's (epoch, position), in order: they differ once a rank skipped a batch of
         # only unreadable files that the others did not have.
         mine = torch.tensor([epoch, position], dtype=torch.int64, device=self.device)

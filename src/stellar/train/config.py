@@ -257,8 +257,11 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, A
         key, raw = key.strip(), raw.strip()
         if not sep or not key:
             raise UsageError(f"override {item!r} is not of the form key=value (e.g. optim.lr=1e-4)")
+        hint: Any = TrainConfig  # the annotation of the dotted key (None for an unknown one)
+        for part in key.split("."):
+            hint = hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
         # YAML would read out=010 as the integer 8; a str field keeps the text.
-        text = _hint(key) in (str, str | None) and raw != "null"
+        text = hint in (str, str | None) and raw != "null"
         parsed[key] = raw if text else _yaml(raw, f"override {item!r}")
     return parsed
 
@@ -272,14 +275,6 @@ def _yaml(text: str, where: str) -> Any:
         at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(err, "problem", None) or type(err).__name__
         raise UsageError(f"{where}: invalid YAML{at} ({problem})") from None
-
-
-def _hint(key: str) -> Any:
-    """The annotation of a dotted TrainConfig key (None for an unknown one)."""
-    hint: Any = TrainConfig
-    for part in key.split("."):
-        hint = hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
-    return hint
 
 
 class _Loader(yaml.SafeLoader):

@@ -1,10 +1,8 @@
 """The pretraining loop: read top to bottom in one sitting.
 
-One optimizer step = ``grad_accum`` micro-batches per process. Each micro-batch: canvases ->
-batched multi-view augmentation on the device -> masking -> ``StellarObjective`` (one module
-call, DDP-wrapped when distributed) -> backward. Randomness of a micro-batch comes from a
-generator seeded by (seed, step, micro-batch, rank), and the data order from (seed, epoch), so
-a resumed run replays exactly what an uninterrupted one would have done.
+Randomness of a micro-batch comes from a generator seeded by (seed, step, micro-batch, rank),
+and the data order from (seed, epoch), so a resumed run replays exactly what an uninterrupted
+one would have done.
 """
 
 from __future__ import annotations
@@ -31,9 +29,9 @@ from stellar.errors import UsageError
 from stellar.hub import create_stellar, load_stellar
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.models.stellar import STELLAR
-from stellar.outputs import check_fresh, remove
+from stellar.outputs import atomic_write, check_fresh, remove
 from stellar.progress import progress_bar
-from stellar.runtime import DistInfo, autocast, precision_choice, setup
+from stellar.runtime import DistInfo, precision_choice, setup
 from stellar.train.checkpoint import TrainerCheckpoints, latest_checkpoint
 from stellar.train.config import RUN_CONFIG, TrainConfig, check_against_model
 from stellar.train.ema import ema_momentum, make_teacher, update_teacher
@@ -77,7 +75,7 @@ def build_model(cfg: TrainConfig) -> STELLAR:
         model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
     if cfg.init.encoder:
         init_encoder_from_mae(model, cfg.init.encoder)
-    return model.requires_grad_(True).train()
+    return model  # in train mode, gradients on but the tokenizer's (the hub's purpose rule)
 
 
 def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
@@ -111,11 +109,11 @@ class Trainer(TrainerCheckpoints):
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
-        per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
-        self.steps_per_epoch = len(self.dataset) // per_step
+        self.images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
+        self.steps_per_epoch = len(self.dataset) // self.images_per_step
         if self.steps_per_epoch < 1:  # before the model is built
             raise UsageError(
-                f"{len(self.dataset)} images cannot fill one step of {per_step} "
+                f"{len(self.dataset)} images cannot fill one step of {self.images_per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
         self.model = build_model(cfg).to(self.device)
@@ -211,6 +209,7 @@ class Trainer(TrainerCheckpoints):
         for group in self.optimizer.param_groups:
             group["lr"] = lr
         sums: dict[str, torch.Tensor] = {}
+        dtype = self.autocast_dtype  # None: fp32
         for micro, batch in enumerate(micro_batches):
             with record_function(PHASE + "views and masking"):
                 views = self.make_views(batch, self.generator(micro))
@@ -221,7 +220,7 @@ class Trainer(TrainerCheckpoints):
                 if self.ddp is not None and not last
                 else contextlib.nullcontext()
             )
-            with sync, autocast(self.device, self.autocast_dtype):
+            with sync, torch.autocast(self.device.type, dtype, enabled=dtype is not None):
                 total, terms = self.step_fn(views)
             with record_function(PHASE + "backward"):
                 (total / len(micro_batches)).backward()
@@ -269,9 +268,9 @@ class Trainer(TrainerCheckpoints):
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0
-        if self.dist.is_main:
-            self.out.mkdir(parents=True, exist_ok=True)
-            (self.out / RUN_CONFIG).write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        if self.dist.is_main:  # atomic_write makes the folder
+            text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
+            atomic_write(self.out / RUN_CONFIG, lambda tmp: tmp.write_text(text))
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
         bar = progress_bar(
             total=self.total_steps,
@@ -282,7 +281,6 @@ class Trainer(TrainerCheckpoints):
             dynamic_ncols=True,
         )
         last: dict[str, float] = {}
-        images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
         end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
@@ -316,7 +314,7 @@ class Trainer(TrainerCheckpoints):
                         rows = self._checked(mean_across_ranks(pending))
                         pending.clear()
                         now = time.perf_counter()
-                        rate = len(rows) * images_per_step / max(now - since, 1e-9)
+                        rate = len(rows) * self.images_per_step / max(now - since, 1e-9)
                         since = now
                         last = {"step": self.step, "epoch": epoch, **rows[-1], "images_per_s": rate}
                         if (skipped := self.skipped_images()) is not None:
