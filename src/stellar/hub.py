@@ -19,14 +19,20 @@ from typing import Any
 
 import torch
 
-from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME, read_json
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 from stellar.checkpoint.official import (
     absent_parts,
     carries,
     from_official,
     load_official,
 )
-from stellar.checkpoint.weights import WeightsNotFoundError, hub_file, read_header, read_state_dict
+from stellar.checkpoint.weights import (
+    WeightsNotFoundError,
+    hub_file,
+    read_header,
+    read_json,
+    read_state_dict,
+)
 from stellar.errors import UsageError
 from stellar.losses.pretraining import StellarForPretraining
 from stellar.models.config import EncoderConfig, StellarConfig

@@ -1,32 +1,21 @@
-"""Atomically writing checkpoint files, and reading a config.json (the weights:
-:mod:`stellar.checkpoint.weights`)."""
+"""Atomically writing checkpoint files (reading them: :mod:`stellar.checkpoint.weights`)."""
 
 from __future__ import annotations
 
 import json
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
 
 from safetensors.torch import save_file
 from torch import Tensor, nn
 
 from stellar.checkpoint.card import CARD_NAME, model_card
 from stellar.checkpoint.official import carries, to_official
-from stellar.errors import UsageError
 from stellar.outputs import atomic_write
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_METADATA_KEY = "stellar_config"
-
-
-def read_json(path: Path) -> Any:
-    """A JSON file (a config beside the weights), or a UsageError naming it."""
-    try:
-        return json.loads(path.read_text())
-    except (json.JSONDecodeError, UnicodeDecodeError) as err:
-        raise UsageError(f"{path} is not valid JSON: {err}") from None
 
 
 def save_state_dict(

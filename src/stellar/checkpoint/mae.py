@@ -21,13 +21,13 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from stellar.checkpoint.io import read_json
 from stellar.checkpoint.official import from_official
 from stellar.checkpoint.weights import (
     WeightsNotFoundError,
     hub_file,
     listing,
     load_strict,
+    read_json,
     read_state_dict,
 )
 from stellar.errors import UsageError

@@ -8,6 +8,7 @@ downloads.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -49,6 +50,14 @@ def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
             f"was not downloaded ({type(err).__name__}: {why}). Fetch it with `{command}` (it "
             "then loads offline too), or pass the path of a local copy"
         ) from None
+
+
+def read_json(path: Path) -> Any:
+    """A JSON file (a config beside the weights), or a UsageError naming it."""
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise UsageError(f"{path} is not valid JSON: {err}") from None
 
 
 def _is_safetensors(head: bytes, size: int) -> bool:

@@ -12,7 +12,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from stellar.checkpoint.io import read_json
+from stellar.checkpoint.weights import read_json
 from stellar.errors import UsageError
 from stellar.models.config import DecoderConfig, EncoderConfig, StellarConfig
 from stellar.schema import build
