@@ -139,11 +139,33 @@ def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
     assert not (root / "step-00000002").exists()
 
 
+def test_a_full_disk_during_the_trainer_state_removes_the_step_folder(tmp_path, monkeypatch):
+    """The weights fit, torch.save of the trainer state does not (as torch words a full tmpfs)."""
+    from stellar import create_stellar
+    from stellar.train import checkpoint as ckpt
+
+    model = create_stellar("stellar-tiny")
+    root = tmp_path / "checkpoints"
+    first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
+
+    def full(obj, f):
+        Path(f).write_bytes(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 832 vs 726")
+
+    monkeypatch.setattr(ckpt.torch, "save", full)
+    with pytest.raises(UsageError, match="could not write .*step-00000002/trainer_state.pt"):
+        ckpt.save_checkpoint(root, 2, model, {"step": 2})
+    assert ckpt.latest_checkpoint(root) == first
+    assert not (root / "step-00000002").exists()
+
+
 @pytest.mark.parametrize(
     "error",
     [
         OSError(28, "No space left on device"),
         RuntimeError("[enforce fail at inline_container.cc:664] . PytorchStreamWriter failed"),
+        RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 832 vs 726"),
+        RuntimeError("basic_ios::clear: iostream error"),
     ],
 )
 def test_a_failed_write_names_the_file_and_keeps_the_previous_one(tmp_path, error):

@@ -72,7 +72,7 @@ def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
         raise ValueError(f"{os.fspath(path)!r} is not a regular file")
     with Image.open(path) as img:
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
-        return _to_rgb(ImageOps.exif_transpose(img))
+        return _to_rgb(upright(img))
 
 
 def open_image(path: str | os.PathLike[str]) -> Image.Image:
@@ -98,6 +98,12 @@ def open_image(path: str | os.PathLike[str]) -> Image.Image:
         return load_rgb(path)
     except Exception as err:  # noqa: BLE001 - a truncated or unsupported file is bad input
         raise UsageError(f"{name} could not be decoded as an image ({err})") from err
+
+
+def upright(img: Image.Image) -> Image.Image:
+    """``img`` as displayed: its EXIF orientation applied (itself when it has none, or when
+    the EXIF block is unreadable: PIL's ``exif_transpose`` would raise on it)."""
+    return ImageOps.exif_transpose(img) if exif_orientation(img) in range(2, 9) else img
 
 
 def exif_orientation(img: Image.Image) -> int:
@@ -150,7 +156,7 @@ def preprocess(images: ImageInput, resolution: int) -> torch.Tensor:
     batch = []
     for item in items:
         if isinstance(item, Image.Image):
-            img = _to_rgb(ImageOps.exif_transpose(item))
+            img = _to_rgb(upright(item))
         elif isinstance(item, (str, os.PathLike)):
             img = open_image(item)
         else:

@@ -24,6 +24,9 @@ logger = logging.getLogger(__name__)
 LOCK_NAME = ".lock"
 # the writers' temporaries: atomic_write's ``.NAME.XXXXXXXX.tmp``, safetensors' ``.tmpXXXXXX``
 TEMPORARIES = (".*.tmp", ".tmp??????")
+# how torch's zip writer words a failed write (PytorchStreamWriter in inline_container.cc; a
+# stream error on a device such as /dev/full)
+TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "iostream error")
 _held: dict[str, int] = {}  # the real paths of the folders this process holds: how many times
 
 
@@ -176,11 +179,11 @@ def atomic_write(path: str | os.PathLike[str], write: Callable[[Path], None]) ->
         fsync_dir(path.parent)
     except Exception as err:
         # A full disk, a quota or a vanished folder, as each writer reports it: OSError
-        # (Python), SafetensorError (safetensors), torch's zip writer's RuntimeError.
+        # (Python), SafetensorError (safetensors), a RuntimeError of torch's zip writer.
         if not (
             isinstance(err, OSError)
             or type(err).__name__ == "SafetensorError"
-            or (isinstance(err, RuntimeError) and "PytorchStreamWriter" in str(err))
+            or (isinstance(err, RuntimeError) and any(m in str(err) for m in TORCH_WRITER))
         ):
             raise
         reason = str(getattr(err, "strerror", None) or err).splitlines()[0]

@@ -124,6 +124,19 @@ def test_resize_longer_side_and_exif(tmp_path: Path) -> None:
     assert (h, w) == (S, 32)
 
 
+def test_a_broken_exif_block_keeps_the_pixels(tmp_path: Path) -> None:
+    """PIL's exif_transpose raises on a PNG whose EXIF block has no TIFF header; the image is
+    still read (as stored), by files and as a PIL image."""
+    from stellar.images import preprocess
+
+    arr = np.random.default_rng(2).integers(0, 256, (40, 60, 3), dtype=np.uint8)
+    path = _save(Image.fromarray(arr), tmp_path / "bad.png", exif=b"Exif\x00\x00XX\x00*garbage")
+    np.testing.assert_array_equal(np.asarray(load_rgb(path)), arr)
+    assert ImageFolder(tmp_path, canvas_size=S)[0] is not None
+    with Image.open(path) as img:
+        assert preprocess(img, 32).shape == (1, 3, 32, 32)
+
+
 def test_jpeg_draft_close_to_full_decode(tmp_path: Path) -> None:
     yy, xx = np.mgrid[0:400, 0:600]
     arr = np.stack([xx * 255 / 600, yy * 255 / 400, (xx + yy) * 255 / 1000], -1)

@@ -76,7 +76,7 @@ def build_loader(
 ) -> EpochLoader:
     """A DataLoader of dict batches (items: dicts of tensors, or None for an unreadable file,
     left out of its batch) through a :class:`ResumableSampler` of this rank's share, shuffled
-    from ``seed`` and the epoch; call ``loader.sampler.set_epoch(epoch)`` before each epoch.
+    from ``seed`` and the epoch; call ``loader.sampler.set_position(epoch, 0)`` before each epoch.
     ``persistent_workers=False`` for a single pass.
     """
     return EpochLoader(

@@ -122,9 +122,9 @@ def classification_setup(
         # --key features of this model's weights and of the evaluation view at this resolution
         # (so two folders also match)
         meta = read_meta(Path(root))
-        view = {"resolution": res, "resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
-        view["decoding"] = DECODING
-        diff = differences(meta, {"weights": weights_fingerprint(ours), **view})
+        expected = {"weights": weights_fingerprint(ours), "resolution": res}
+        expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True, "decoding": DECODING}
+        diff = differences(meta, expected)
         diff += [] if args.key in meta["keys"] else [f"keys: {meta['keys']} lack {args.key!r}"]
         diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
         if diff:

@@ -22,13 +22,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image, ImageOps
+from PIL import Image
 from torch import Tensor
 
 from stellar.checkpoint.weights import listing
 from stellar.data.folder import IMG_EXTENSIONS, find_images
 from stellar.errors import UsageError
-from stellar.images import exif_orientation
+from stellar.images import exif_orientation, upright
 from stellar.progress import progress_bar
 
 logger = logging.getLogger(__name__)
@@ -177,7 +177,7 @@ def load_label_maps(
         try:
             with Image.open(labels[i]) as img:
                 img.load()
-                img = ImageOps.exif_transpose(img)  # oriented like its image is, when it says so
+                img = upright(img)  # oriented like its image is, when it says so
                 img = img.resize((size, size), Image.Resampling.NEAREST)
                 arr = np.asarray(img).astype(np.int64)
         except OSError as e:  # truncated or corrupt: name the file, not just PIL's message

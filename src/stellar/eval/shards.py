@@ -25,6 +25,7 @@ from torch import Tensor
 
 from stellar.errors import UsageError
 from stellar.eval.common import write_json
+from stellar.eval.encoder import check_keys
 from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
@@ -163,7 +164,7 @@ def load_features(
             f"{out} is an incomplete extraction (some shards are missing); run `stellar "
             "extract` again with the same arguments to finish it"
         )
-    keys = list(meta["keys"] if keys is None else keys)
+    keys = list(meta["keys"]) if keys is None else check_keys(keys)
     absent = [k for k in keys if k not in meta["keys"]]
     if absent:
         raise UsageError(f"{out} stores keys {meta['keys']}, not {absent}")

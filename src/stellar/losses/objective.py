@@ -112,6 +112,8 @@ class StellarObjective(nn.Module):
         self, model: STELLAR, config: ObjectiveConfig, teacher: STELLAR | None = None
     ) -> None:
         super().__init__()
+        if model.clustering_head is None or model.decoder is None:
+            raise ValueError("the objective needs a model built with purpose='pretrain'")
         if config.recon and model.config.decoder_head == "vq" and model.tokenizer is None:
             raise UsageError(
                 "this model reconstructs MaskGIT-VQGAN codes: pass vq_model=/path/to/"

@@ -119,6 +119,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_precision_argument(parser)
 
 
+def _listed_figures(metrics: list[Path]) -> list[Path]:
+    """The figures earlier ``metrics.json`` files list, never other files of the folder (an
+    unreadable one lists none)."""
+    try:
+        return [
+            m.parent / Path(r["figure"]).name
+            for m in metrics
+            for r in json.loads(m.read_text())["images"]
+        ]
+    except (OSError, ValueError, KeyError, TypeError):
+        return []
+
+
 def run(args: argparse.Namespace) -> int:
     """Run ``stellar viz`` (its encoding under ``--precision``, set by :mod:`stellar.cli`)."""
     from stellar.hub import inspect_model
@@ -130,14 +143,7 @@ def run(args: argparse.Namespace) -> int:
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
     with output_folder(args.out, "stellar viz") as out_dir:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
-        try:  # the figures it lists, never other files of the folder
-            earlier = [
-                m.parent / Path(r["figure"]).name
-                for m in old
-                for r in json.loads(m.read_text())["images"]
-            ]
-        except (OSError, ValueError, KeyError, TypeError):  # unreadable: none are replaced
-            earlier = []
+        earlier = _listed_figures(old)
         device = pick_device(args.device)
         model, why = load_for_viz(args.model, args.vq_model, device, info)
         cell = min(resolution, 448)  # the panel side in the figure

@@ -40,6 +40,7 @@ class ConceptScenes(Dataset):
         return self.length
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
+        index = int(index)  # a sampler may hand a 0-dim tensor
         if not 0 <= index < self.length:
             raise IndexError(
                 f"index {index} out of range for ConceptScenes of length {self.length}"
