@@ -19,7 +19,7 @@ from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
 from stellar.eval.common import resolution as eval_resolution
 from stellar.eval.common import write_json
-from stellar.eval.encoder import encode_batch, encode_batches, make_loader
+from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
 from stellar.images import open_image, preprocess
 from stellar.outputs import atomic_write, output_folder
 from stellar.runtime import add_precision_argument, pick_device
@@ -70,6 +70,41 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--num-workers", type=nonneg_int, default=4)
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     add_precision_argument(parser)
+
+
+def _draw(
+    model: Encoder,
+    index: TokenIndex,
+    rows: Tensor,
+    scores: Tensor,
+    q_image: Tensor,
+    q_spatial: Tensor,
+    token: int,
+    grid: tuple[int, int],
+) -> tuple[Image.Image, list[dict[str, object]]]:
+    """The figure of the query token's map and its neighbours' (re-encoded from their files),
+    and one record per neighbour (a file unreadable now is listed, not drawn)."""
+    image_ids = index.image[rows].tolist()
+    unique = sorted(set(image_ids))
+    files = EvalImages([index.paths[i] for i in unique], q_image.shape[-1], resize_ratio=1.0)
+    found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
+    encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
+    by_image = {unique[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
+    results, records = [], []
+    for rank_, (row, sim, img) in enumerate(
+        zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
+    ):
+        tok = int(index.token[row])
+        path = index.paths[img]
+        records.append({"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path})
+        if img not in by_image:
+            logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
+            continue
+        results.append((*by_image[img], tok, sim, Path(path).name))
+    q_tile = _tile(q_image, q_spatial, grid, token)
+    cells = neighbour_tiles(results, grid)
+    rows_of_4 = [cells[i : i + 4] for i in range(0, len(cells), 4)]
+    return compose_panel([[(q_tile, f"query: token {token}")], *rows_of_4]), records
 
 
 def run(args: argparse.Namespace) -> int:
@@ -128,29 +163,8 @@ def run(args: argparse.Namespace) -> int:
         q_vec = q_out["sparse"][0, args.token].float().cpu()
         scores, rows = query_index(index, q_vec, args.k)
 
-        image_ids = index.image[rows].tolist()
-        unique = sorted(set(image_ids))
-        files = EvalImages([index.paths[i] for i in unique], resolution, resize_ratio=1.0)
-        found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
-        encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
-        by_image = {unique[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
-        results, records = [], []
-        for rank_, (row, sim, img) in enumerate(
-            zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
-        ):
-            tok = int(index.token[row])
-            path = index.paths[img]
-            records.append(
-                {"rank": rank_ + 1, "similarity": round(sim, 6), "token": tok, "path": path}
-            )
-            if img not in by_image:
-                logger.warning("cannot draw %s (unreadable now); listed in results.json only", path)
-                continue
-            results.append((*by_image[img], tok, sim, Path(path).name))
-        q_tile = _tile(q_image, q_out["spatial"][0].float().cpu(), grid, args.token)
-        cells = neighbour_tiles(results, grid)
-        rows_of_4 = [cells[i : i + 4] for i in range(0, len(cells), 4)]
-        figure = compose_panel([[(q_tile, f"query: token {args.token}")], *rows_of_4])
+        q_spatial = q_out["spatial"][0].float().cpu()
+        figure, records = _draw(model, index, rows, scores, q_image, q_spatial, args.token, grid)
         atomic_write(out / "retrieval.png", lambda tmp: figure.save(tmp, format="PNG"))
         summary = {
             "query": args.query,
