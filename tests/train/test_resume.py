@@ -102,6 +102,21 @@ def test_a_damaged_trainer_state_is_one_line_naming_it(run, kind, capsys):
     assert "weights_only" not in err and "Traceback" not in err
 
 
+def test_an_optimizer_state_of_other_parameters_is_one_line_naming_it(run, capsys):
+    """A state saved for another set of trained parameters (e.g. by a version that trained the
+    tokenizer too) is refused with the way out, not torch's traceback."""
+    import torch
+
+    state_path = run / "checkpoints" / "step-00000002" / "trainer_state.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["optimizer"]["param_groups"][0]["params"].append(10**6)
+    torch.save(state, state_path)
+    code = console(["train", "--config", "cpu-smoke", *TINY, f"out={run}", "--resume"])
+    err = capsys.readouterr().err
+    assert code != 0 and str(state_path) in err and "init.checkpoint=" in err
+    assert "Traceback" not in err
+
+
 def test_resume_into_a_mistyped_out_fails_from_the_command_line(tmp_path):
     typo = tmp_path / "rnu"
     with pytest.raises(ValueError, match=r"rnu/config.yaml does not exist \(is out= right\?\)"):

@@ -189,7 +189,14 @@ class TrainerCheckpoints:
             stray = unknown + unexpected + [k for k in missing if not k.startswith("tokenizer.")]
             if stray:  # only the frozen tokenizer lives outside checkpoints
                 raise UsageError(f"{folder} does not match the model: {stray[:10]}")
-            self.optimizer.load_state_dict(state["optimizer"])
+            try:
+                self.optimizer.load_state_dict(state["optimizer"])
+            except ValueError as err:  # another set of trained parameters (an older version)
+                raise UsageError(
+                    f"the optimizer state in {folder / STATE_NAME} does not fit this model's "
+                    f"trained parameters ({err}): start a new run from these weights with "
+                    f"init.checkpoint={folder}"
+                ) from None
         torch.set_rng_state(state["cpu_rng"])
         if self.teacher is not None:
             self.teacher.load_state_dict(state["teacher"])
