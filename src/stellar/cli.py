@@ -52,6 +52,8 @@ def main(argv: list[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
+    if not args.verbose:  # faiss's loader logs each CPU build it tries, failures included
+        logging.getLogger("faiss").setLevel(logging.WARNING)
     if args.command is None:
         top.print_help()
         return 0

@@ -125,6 +125,16 @@ def test_broken_file_left_out(model, tmp_path: Path, caplog: pytest.LogCaptureFi
     assert sum("001b.png" in r.getMessage() for r in caplog.records) == 1
 
 
+def test_an_extraction_with_no_decodable_image_is_refused(model, tmp_path: Path) -> None:
+    """As extract_features and viz: no readable image is an error, not an empty success."""
+    (tmp_path / "bad.jpg").write_text("not an image")
+    ds = EvalImages(tmp_path / "bad.jpg", RES)
+    with pytest.raises(ValueError, match="none of the 1 files decoded"):
+        extract_to_dir(model, ds, tmp_path / "out", ["sparse"], progress=False)
+    with pytest.raises(ValueError, match="incomplete"):
+        load_features(tmp_path / "out")
+
+
 def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
     ds = EvalImages(_images(tmp_path / "data", 2), RES)
     out = tmp_path / "out"

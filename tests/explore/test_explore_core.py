@@ -125,3 +125,7 @@ def test_an_index_of_other_weights_is_rebuilt(explorer, tmp_path):
     index.save(collection.index_dir)
     rebuilt = Collection(explorer.model, explorer.picks[0].parent, "tiny", tmp_path).index()
     assert rebuilt.meta["weights"] == weights_fingerprint(explorer.model)
+    rebuilt.meta["files"] = "0" * 16  # as if the folder held other files when it was built
+    rebuilt.save(collection.index_dir)
+    again = Collection(explorer.model, explorer.picks[0].parent, "tiny", tmp_path).index()
+    assert again.meta["files"] != "0" * 16

@@ -171,6 +171,27 @@ def test_stale_index_is_refused(tmp_path: Path) -> None:
     assert index_file.stat().st_mtime_ns == built  # never overwritten by a refused run
 
 
+def test_an_index_of_other_files_is_refused_and_a_deleted_neighbour_is_listed_only(
+    tmp_path: Path, caplog
+) -> None:
+    """The index records its folder's file list: files added since are not silently left out
+    of the search; without --data the saved index is used as it is, its deleted files listed
+    in results.json but not drawn."""
+    data = _images(tmp_path / "data", 3)
+    query = tmp_path / "query.png"
+    Image.open(data / "img1.png").save(query)
+    out = tmp_path / "out"
+    assert _retrieve("stellar-tiny", out, query, "--data", str(data)) == 0
+    _images(tmp_path / "data", 5)  # two more images
+    with pytest.raises(ValueError, match="images under .*data changed since it was built"):
+        _retrieve("stellar-tiny", out, query, "--data", str(data))
+    for i in range(5):
+        (data / f"img{i}.png").unlink()
+    assert _retrieve("stellar-tiny", out, query) == 0
+    results = json.loads((out / "results.json").read_text())["results"]
+    assert len(results) == 3 and "cannot draw" in caplog.text
+
+
 def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:
     data = _images(tmp_path / "data", 2)
     index = build_token_index(model, EvalImages(data, RES), model_spec="tiny")

@@ -146,10 +146,9 @@ class ImageFolder(Dataset):
         self.view = view if view is not None else CanvasView(canvas_size)
         self.root, files = _collect(source)
         if not files:
-            raise UsageError(
-                f"expected image files ({' '.join(IMG_EXTENSIONS)}) under {str(source)!r}, "
-                "found none"
-            )
+            where = f"under {str(source)!r}" if self.root else "among the paths given"
+            kinds = " ".join(IMG_EXTENSIONS)
+            raise UsageError(f"expected image files ({kinds}) {where}, found none")
         # One numpy buffer instead of a list of str: avoids copy-on-read growth in workers.
         self._paths = np.array([os.fsencode(p) for p in files], dtype=np.bytes_)
         self.classes: list[str] = []

@@ -146,6 +146,11 @@ def finalize_dir(out: Path) -> None:
         logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
         return
     count = sum(check_shard(path, g, meta) for g, path in enumerate(shards))
+    if not count:  # as extract_features: no features is not a result
+        raise UsageError(
+            f"none of the {meta['num_files']} files decoded as an image (each named above): "
+            f"expected at least one decodable image; {out} is left incomplete"
+        )
     write_json(out / META_NAME, {**meta, "count": count, "complete": True})
     logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
 

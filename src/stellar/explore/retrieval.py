@@ -61,6 +61,7 @@ class Collection:
         (Gradio runs one retrieval at a time, so one build)."""
         if self._index is not None:
             return self._index
+        dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
         if (self.index_dir / INDEX_FILE).is_file():
             try:
                 index = TokenIndex.load(self.index_dir)
@@ -68,13 +69,12 @@ class Collection:
                 logger.warning("%s: rebuilding it", err)
             else:
                 size, folder = self.model.image_size, str(self.folder)
-                differ = index_differences(index, self.model, size, folder)
+                differ = index_differences(index, self.model, size, folder, dataset.files_id)
                 if not differ:
                     logger.info("reusing the index of %d tokens in %s", len(index), self.index_dir)
                     self._index = index
                     return index
                 logger.warning("rebuilding the index in %s: %s", self.index_dir, "; ".join(differ))
-        dataset = EvalImages(str(self.folder), self.model.image_size, resize_ratio=1.0)
         index = build_token_index(
             self.model,
             dataset,

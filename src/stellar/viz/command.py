@@ -146,7 +146,7 @@ def run(args: argparse.Namespace) -> int:
         earlier = _listed_figures(old)
         device = pick_device(args.device)
         model, why = load_for_viz(args.model, args.vq_model, device, info)
-        cell = min(resolution, 448)  # the panel side in the figure
+        cell = min(max(resolution, 160), 448)  # the panel side: wide enough for its title
         grid = (resolution // p, resolution // p)
         grid_text = f"{grid[0]}x{grid[1]}"
         model_name = Path(str(args.model)).name

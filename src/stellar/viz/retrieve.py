@@ -85,11 +85,13 @@ def _draw(
     """The figure of the query token's map and its neighbours' (re-encoded from their files),
     and one record per neighbour (a file unreadable now is listed, not drawn)."""
     image_ids = index.image[rows].tolist()
-    unique = sorted(set(image_ids))
-    files = EvalImages([index.paths[i] for i in unique], q_image.shape[-1], resize_ratio=1.0)
-    found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
-    encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
-    by_image = {unique[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
+    present = [i for i in sorted(set(image_ids)) if Path(index.paths[i]).is_file()]
+    by_image = {}
+    if present:
+        files = EvalImages([index.paths[i] for i in present], q_image.shape[-1], resize_ratio=1.0)
+        found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
+        encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
+        by_image = {present[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
     results, records = [], []
     for rank_, (row, sim, img) in enumerate(
         zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
@@ -123,13 +125,11 @@ def run(args: argparse.Namespace) -> int:
     data = str(Path(args.data).resolve()) if args.data is not None else None
     with output_folder(args.out, "stellar retrieve") as out:
         index_dir = out / "index"  # reused by a later run into the same --out
-        index, dataset = None, None
-        if (index_dir / INDEX_FILE).is_file():
-            index = TokenIndex.load(index_dir)
-        elif args.data is None:
+        index = TokenIndex.load(index_dir) if (index_dir / INDEX_FILE).is_file() else None
+        if index is None and args.data is None:
             raise UsageError(f"expected --data to build an index (none in {index_dir})")
-        else:
-            dataset = EvalImages(args.data, resolution, resize_ratio=1.0)  # scans --data
+        # scans --data: a saved index must hold its files
+        dataset = EvalImages(args.data, resolution, resize_ratio=1.0) if args.data else None
 
         device = pick_device(args.device)
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
@@ -139,7 +139,8 @@ def run(args: argparse.Namespace) -> int:
             data = data or index.meta.get("data")
             if args.resolution is None:
                 resolution = index.meta.get("resolution")
-            differ = index_differences(index, model, resolution, data)
+            files = dataset.files_id if dataset is not None else None
+            differ = index_differences(index, model, resolution, data, files)
             if differ:
                 raise UsageError(
                     f"the index in {index_dir} was built with --model {index.meta.get('model')} "

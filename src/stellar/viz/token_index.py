@@ -33,8 +33,8 @@ class TokenIndex:
         token: (M,) int64, row -> concept-token index in [0, r).
         paths: the N indexed image files.
         meta: ``model`` (the spec), ``weights`` (:func:`weights_fingerprint`),
-            ``resolution``, ``num_tokens``, ``dim``, ``patch_size`` and ``data`` (the indexed
-            collection, when known).
+            ``resolution``, ``num_tokens``, ``dim``, ``patch_size``, ``data`` (the indexed
+            collection, when known) and ``files`` (its file list's hash).
     """
 
     vectors: Tensor
@@ -85,9 +85,12 @@ class TokenIndex:
         return index
 
 
-def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, Any]:
-    """How an index of the collection ``data`` by ``model`` at ``resolution`` was built: what
-    a saved index must match to be reused (with the ``model`` spec, recorded for messages)."""
+def index_meta(
+    model: Encoder, resolution: int, data: str | None, files: str | None = None
+) -> dict[str, Any]:
+    """How an index of the collection ``data`` (its file list's hash: ``files``) by ``model``
+    at ``resolution`` was built: what a saved index must match to be reused (with the
+    ``model`` spec, recorded for messages)."""
     return {
         "weights": weights_fingerprint(model),
         "resolution": resolution,
@@ -95,15 +98,27 @@ def index_meta(model: Encoder, resolution: int, data: str | None) -> dict[str, A
         "dim": model.embed_dim,
         "patch_size": int(model.patch_size),
         "data": data,
+        "files": files,
     }
 
 
-def index_differences(index: TokenIndex, model: Encoder, resolution, data) -> list[str]:
+def index_differences(
+    index: TokenIndex, model: Encoder, resolution: int, data: str | None, files: str | None
+) -> list[str]:
     """Why ``index`` cannot be reused for ``model`` at ``resolution`` on ``data``: one
-    ``"key saved (this run: wanted)"`` per setting of :func:`index_meta` that differs."""
-    wanted = index_meta(model, resolution, data)
+    ``"key saved (this run: wanted)"`` per setting of :func:`index_meta` that differs (the
+    file list only where the collection was scanned: ``files`` not None)."""
+    wanted = index_meta(model, resolution, data, files)
+    if files is None:
+        del wanted["files"]
     saved = index.meta
-    return [f"{k} {saved.get(k)} (this run: {v})" for k, v in wanted.items() if saved.get(k) != v]
+    return [
+        f"the images under {data} changed since it was built"
+        if k == "files"
+        else f"{k} {saved.get(k)} (this run: {v})"
+        for k, v in wanted.items()
+        if saved.get(k) != v
+    ]
 
 
 def build_token_index(
@@ -120,7 +135,8 @@ def build_token_index(
     tokens = F.normalize(out["sparse"], dim=-1)  # (N, r, d)
     n, r, d = tokens.shape
     resolution = int(getattr(dataset, "resolution", 0))
-    meta = {"model": model_spec, **index_meta(model, resolution, data)}
+    files = getattr(dataset, "files_id", None)
+    meta = {"model": model_spec, **index_meta(model, resolution, data, files)}
     return TokenIndex(
         tokens.reshape(n * r, d),
         torch.arange(n).repeat_interleave(r),
