@@ -105,10 +105,11 @@ def test_two_ranks_cover_disjointly(model, tmp_path: Path) -> None:
             indices += f.get_tensor("index").tolist()
     assert sorted(indices) == list(range(9))
     feats = load_features(out, keys=["cls"])
-    assert set(feats) == {"cls", "labels", "indices", "paths"}
+    assert set(feats) == {"cls", "labels", "indices", "paths", "classes"}
     assert feats["cls"].shape == (9, 1, 96)
     assert _meta(out)["count"] == 9
     ref = extract_features(model, ds, ["cls"], batch_size=9, progress=False)
+    assert feats["classes"] == ref["classes"] == ds.classes and len(ds.classes) > 1
     torch.testing.assert_close(feats["cls"], ref["cls"], atol=1e-5, rtol=1e-5)
 
 

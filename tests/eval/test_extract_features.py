@@ -91,7 +91,7 @@ def test_pooled_features_and_class_folders(model, tmp_path: Path) -> None:
         out = extract_features(model, tmp_path / "data", ("sparse", "dense"), pool=True)
         tokens = extract_features(model, tmp_path / "data", ("sparse",), resolution=RES * 2)
     assert out["sparse"].shape == (8, 96) and out["dense"].shape == (8, 96)
-    assert out["labels"].tolist() == [0] * 4 + [1] * 4
+    assert out["labels"].tolist() == [0] * 4 + [1] * 4 and out["classes"] == ["cat", "dog"]
     assert [Path(p).parent.name for p in out["paths"]] == ["cat"] * 4 + ["dog"] * 4
     assert tokens["sparse"].shape == (8, model.num_tokens, 96)
 
@@ -116,7 +116,8 @@ def test_one_key_one_image_and_a_generator_are_taken_as_given(model, tmp_path: P
         every = extract_features(model, [Image.open(p) for p in paths], "cls", resolution=RES)
         one = extract_features(model, Image.open(paths[0]), "cls", resolution=RES)
         streamed = extract_features(model, (Image.open(p) for p in paths), "cls", resolution=RES)
-    assert set(every) == {"cls", "labels", "indices", "paths"}
+    assert set(every) == {"cls", "labels", "indices", "paths", "classes"}
+    assert every["classes"] == []
     torch.testing.assert_close(one["cls"], every["cls"][:1])
     torch.testing.assert_close(streamed["cls"], every["cls"])  # no image lost to a look-ahead
     with pytest.raises(TypeError, match="encode"):

@@ -205,8 +205,8 @@ def extract_features(
         ``{key: (N, ...)}`` for each feature (the model's per-image shape: ``sparse`` (N, r, d),
         ``cls`` (N, 1, d), ``dense`` / ``lowrank`` (N, n, d), ``spatial`` (N, n, r),
         ``peak_dist`` (N, r); (N, d) with ``pool``), ``paths`` (N image paths, in row order),
-        ``labels`` (N,) int64 (class index, -1 without class folders) and ``indices`` (N,)
-        int64, each row's position in ``images``.
+        ``labels`` (N,) int64 (an index into ``classes``, the class folders' names; -1 and
+        ``[]`` without them) and ``indices`` (N,) int64, each row's position in ``images``.
     """
     keys = check_keys([features] if isinstance(features, str) else features)
     res = resolution or model.config.encoder.image_size
@@ -225,7 +225,8 @@ def extract_features(
     pin = model.device.type == "cuda"
     desc = f"features[{','.join(keys)}]"
     batches = decodable_batches(dataset, batch_size, num_workers, pin, desc, progress)
-    return encode_batches(model, batches, keys, fp16, pool, keep_images)
+    out = encode_batches(model, batches, keys, fp16, pool, keep_images)
+    return {**out, "classes": list(getattr(dataset, "classes", []))}
 
 
 def encode_batches(

@@ -195,4 +195,4 @@ def load_features(
             "features; were they extracted from diverged weights?"
         )
     features["labels"], features["indices"] = features.pop("label"), features.pop("index")
-    return {**features, "paths": paths}
+    return {**features, "paths": paths, "classes": list(meta["classes"])}
