@@ -114,7 +114,7 @@ def train_linear_augmented(
     gen = torch.Generator(device=device).manual_seed(schedule.seed)
 
     def epoch_batches(epoch: int):
-        loader.sampler.set_epoch(epoch)
+        loader.sampler.set_position(epoch, 0)
         return loader
 
     def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:

@@ -86,7 +86,7 @@ class TokenIndex:
 
 
 def index_meta(
-    model: Encoder, resolution: int, data: str | None, files: str | None = None
+    model: Encoder, resolution: int, data: str | None, files: str | None
 ) -> dict[str, Any]:
     """How an index of the collection ``data`` (its file list's hash: ``files``) by ``model``
     at ``resolution`` was built: what a saved index must match to be reused (with the
