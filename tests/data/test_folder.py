@@ -169,6 +169,23 @@ def test_labels_from_class_folders(tmp_path: Path) -> None:
         assert item["size"].dtype == torch.int64 and item["size"].tolist() == [26, 32]
 
 
+def test_files_id_follows_the_files_not_the_working_folder(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Paths are absolute, so a run's recorded paths open from anywhere; the id is the same
+    through a relative path and changes when a photo is replaced under its name (its size)."""
+    for k in range(2):
+        _noise_jpeg(tmp_path / "data" / f"img{k}.jpg", 20 + k, 16, seed=k)
+    monkeypatch.chdir(tmp_path)
+    relative = ImageFolder("data")
+    assert all(p.is_absolute() and p.is_file() for p in relative.paths)
+    assert ImageFolder(["data/img0.jpg"]).paths == [tmp_path / "data" / "img0.jpg"]
+    absolute = ImageFolder(tmp_path / "data")
+    assert relative.files_id == absolute.files_id
+    _noise_jpeg(tmp_path / "data" / "img0.jpg", 96, 80, seed=5)  # same name, other photo
+    assert ImageFolder("data").files_id != absolute.files_id
+
+
 def test_empty_folder_raises(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="expected image files"):
         ImageFolder(tmp_path)

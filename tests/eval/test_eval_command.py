@@ -56,7 +56,10 @@ def test_linear_and_knn_read_colour_classes(colours, tmp_path, capsys) -> None:
     knn_args = ["--out", str(tmp_path / "knn"), "--k", "3", "--precision", "fp32"]
     assert main(["eval", "knn", *base, *knn_args]) == 0
     lin, knn = _metrics(tmp_path / "lin"), _metrics(tmp_path / "knn")
-    assert lin["settings"]["precision"] == "auto" and knn["settings"]["precision"] == "fp32"
+    # what auto resolved to on this machine
+    assert (
+        lin["settings"]["precision"] in ("bf16", "fp32") and knn["settings"]["precision"] == "fp32"
+    )
     (row,) = lin["rows"]
     assert row["kind"] == "stellar" and row["key"] == "sparse"
     assert row["num_train"] == 12 and row["num_val"] == 4
@@ -228,6 +231,14 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     feats = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "fval")]
     base = ["eval", "knn", "--key", "cls", "--k", "3", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", str(other), *feats]) == 0
+    # a probe reading features of two precisions says so; metrics.json has the k it used
+    stored = json.loads((tmp_path / "ftrain" / "meta.json").read_text())["precision"]
+    other_precision = {"bf16": "fp32", "fp32": "bf16"}[stored]
+    mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val), "--k", "50"]
+    assert main([*base, "--model", str(other), *mixed, "--precision", other_precision]) == 0
+    assert "mixes features encoded in bf16 and fp32" in caplog.text
+    assert _metrics(tmp_path / "o")["rows"][0]["k"] == 12  # the training set's size
+    assert _metrics(tmp_path / "o")["settings"]["precision"] == other_precision
     # the preset's random weights are not the ones the features were extracted with
     with pytest.raises(ValueError, match="ftrain.*weights: "):
         main([*base, "--model", "stellar-tiny", *feats])

@@ -247,3 +247,15 @@ def test_the_encoded_grid_survives_slicing_and_joining_per_key(model):
     mixed = {k: torch.cat([one[k].flatten(1), other[k].flatten(1)]) for k in ("grid",)}
     with pytest.raises(ValueError, match="different patch grids"):
         model.reconstruct({**one, "grid": mixed["grid"]})
+
+
+def test_half_precision_features_reconstruct(model):
+    """Features stored in fp16 / bf16 (``extract --fp16``) rebuild the image in the model's
+    dtype, close to the fp32 features' reconstruction."""
+    torch.manual_seed(0)
+    out = model.encode(torch.rand(2, 3, 64, 64))
+    full = model.reconstruct(out)["reconstruction"]
+    for dtype in (torch.float16, torch.bfloat16):
+        half = model.reconstruct({**out, "sparse": out["sparse"].to(dtype)})["reconstruction"]
+        assert half.dtype == full.dtype
+        torch.testing.assert_close(half, full, atol=0.05, rtol=0)

@@ -12,6 +12,7 @@ for broken files, and a *view* that turns a decoded image into tensors.
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 import os
@@ -108,9 +109,9 @@ class CentreCropView:
 
 
 def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[str]]:
-    """(root or None, file paths: relative to the root, or as given in a list)."""
+    """(absolute root or None, file paths: relative to the root, or absolute in a list)."""
     if isinstance(source, str | os.PathLike):
-        path = Path(source)
+        path = Path(os.path.abspath(source))  # paths stay valid from another working folder
         if path.is_dir():
             return path, [os.path.relpath(f, path) for f in find_images(path)]
         if not (path.is_file() and path.suffix.lower() in IMG_EXTENSIONS):
@@ -119,7 +120,7 @@ def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[s
         return None, [str(path)]
     files: list[str] = []
     for item in source:
-        path = Path(item)
+        path = Path(os.path.abspath(item))
         if path.is_dir():
             files.extend(str(f) for f in find_images(path))
         elif path.is_file():
@@ -178,11 +179,13 @@ class ImageFolder(Dataset):
         rel = os.fsdecode(self._paths[index])
         return self.root / rel if self.root is not None else Path(rel)
 
-    @property
+    @functools.cached_property
     def files_id(self) -> str:
-        """A hash of the file list (relative to the folder, in dataset order): what a resume or
-        a feature folder must find again."""
-        return hashlib.sha256(self._paths.tobytes()).hexdigest()[:16]
+        """A hash of the file list (relative to the folder, in dataset order) and of each file's
+        size (a photo replaced under its name): what a resume or a feature folder must find
+        again."""
+        sizes = np.array([os.path.getsize(p) for p in self.paths], dtype=np.int64)
+        return hashlib.sha256(self._paths.tobytes() + sizes.tobytes()).hexdigest()[:16]
 
     @property
     def paths(self) -> list[Path]:

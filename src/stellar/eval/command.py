@@ -15,6 +15,7 @@ import logging
 from stellar.eval.baseline import parse_baseline
 from stellar.eval.common import METRICS_NAME, write_json
 from stellar.outputs import output_folder
+from stellar.runtime import encoding_dtype, pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -50,6 +51,8 @@ def run(args: argparse.Namespace) -> int:
         protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
         result = protocol.run(args)  # under --precision (stellar.cli)
         settings = {k: v for k, v in vars(args).items() if k not in ("protocol", "out_dir")}
+        # what --precision resolved to for the images this run encoded
+        settings["precision"] = "bf16" if encoding_dtype(pick_device(args.device)) else "fp32"
         write_json(
             args.out_dir / METRICS_NAME, {"protocol": args.protocol, "settings": settings, **result}
         )

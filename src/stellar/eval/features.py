@@ -34,6 +34,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import extract_features, pool_features, weights_fingerprint
 from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
+from stellar.runtime import encoding_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -97,12 +98,13 @@ def classification_setup(
         )
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
+    alt = "" if with_baseline else " (or {}-features)"
     train_dir = val_dir = None
     if not args.train_features or with_baseline:
-        train = check_folder(args.train, "--train")
+        train = check_folder(args.train, "--train" + alt.format("--train"))
         train_dir, train_classes = train.root, train.require_labels("--train")
     if not args.val_features or with_baseline:
-        val = check_folder(args.val, "--val")
+        val = check_folder(args.val, "--val" + alt.format("--val"))
         val_dir, val_classes = val.root, val.require_labels("--val")
     if train_dir is not None and val_dir is not None:
         unknown = sorted(set(val_classes) - set(train_classes))
@@ -113,15 +115,18 @@ def classification_setup(
             )
     entries = load_entries(args)
     ours, res = entries[0].model, entries[0].resolution
+    precisions = set()  # of the features the probe reads: this run's encoding, the folders'
     for flag, root in (
         ("--train-features", args.train_features),
         ("--val-features", args.val_features),
     ):
         if not root:
+            precisions.add("bf16" if encoding_dtype(ours.device) else "fp32")
             continue
         # --key features of this model's weights and of the evaluation view at this resolution
         # (so two folders also match)
         meta = read_meta(Path(root))
+        precisions.add(meta["precision"])
         expected = {"weights": weights_fingerprint(ours), "resolution": res}
         expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True, "decoding": DECODING}
         diff = differences(meta, expected)
@@ -133,6 +138,8 @@ def classification_setup(
                 f"({'; '.join(diff)}); run `stellar extract` on class folders with this --model, "
                 f"--resolution {res}, --keys {args.key} and the default --resize-ratio"
             )
+    if len(precisions) > 1:
+        logger.warning("the probe mixes features encoded in %s", " and ".join(sorted(precisions)))
     return entries, train_dir, val_dir
 
 

@@ -93,7 +93,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         val_y, num = val.labels_in(train.classes), len(train.classes)
         knn = {"k": args.k, "temperature": args.temperature}
         metrics = knn_accuracy(train.x, train.y, val.x, val_y, num, **knn)
-        rows.append(e.row(**metrics, k=args.k, num_train=len(train), num_val=len(val)))
+        k = min(args.k, len(train))  # what knn_classify uses
+        rows.append(e.row(**metrics, k=k, num_train=len(train), num_val=len(val)))
     return {"rows": rows, "augmented": False}
 
 

@@ -313,7 +313,7 @@ class STELLAR(nn.Module):
                 f"reconstruct(sparse, spatial) expects sparse (B, r, d) and spatial (B, n, r), "
                 f"got {tuple(encoded.shape)} and {spatial if spatial is None else spatial.shape}"
             )
-        lowrank = (spatial.float() @ encoded.float()).to(encoded.dtype)
+        lowrank = (spatial.float() @ encoded.float()).to(self.dtype)  # stored fp16 features too
         out = self.decode(lowrank, grid)
         if "x_hat" in out:
             return {**out, "reconstruction": out["x_hat"].clamp(0, 1)}
