@@ -8,7 +8,7 @@ import re
 import pytest
 
 from stellar.cli import console
-from stellar.errors import Bounds, UsageError, nonneg_float, positive_int, probability
+from stellar.errors import Bounds, UsageError, nonneg_float, positive_int
 from stellar.models import registry
 
 
@@ -53,13 +53,11 @@ def test_an_unknown_flag_exits_non_zero(argv, capsys) -> None:
 def test_number_types_reject_out_of_range_text_naming_the_rule() -> None:
     assert positive_int("3") == 3
     assert nonneg_float("0") == 0.0
-    assert probability("1") == 1.0
     for parse, text, rule in (
         (positive_int, "0", ">= 1"),
         (positive_int, "1.5", ">= 1"),
         (nonneg_float, "-1e-3", ">= 0"),
         (nonneg_float, "nan", ">= 0"),
-        (probability, "1.01", "in [0, 1]"),
     ):
         with pytest.raises(argparse.ArgumentTypeError, match=re.escape(f"{rule}, got {text!r}")):
             parse(text)

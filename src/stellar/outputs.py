@@ -31,19 +31,28 @@ _held: dict[str, int] = {}  # the real paths of the folders this process holds: 
 
 
 @contextlib.contextmanager
-def output_folder(path: str | os.PathLike[str], job: str, flag: str = "--out") -> Iterator[Path]:
+def output_folder(
+    path: str | os.PathLike[str], job: str, flag: str = "--out", inputs: Iterable[str] = ()
+) -> Iterator[Path]:
     """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
 
     Re-entrant within a process (a command and the function it calls may both hold it).
     Temporaries are removed from the folder and two levels of sub-folders (not through links).
 
     Raises:
-        UsageError: ``path`` is empty, a file, lies under one or cannot be written (named with
-            ``flag``), or another live process holds it (named in the message).
+        UsageError: ``path`` is empty, a file, lies under one, inside one of the image folders
+            ``inputs`` (its pictures would be read as inputs next time) or cannot be written
+            (named with ``flag``); another live process holds it, or another kind of job wrote
+            it (named in the message).
     """
     if not os.fspath(path):  # Path("") would be the working directory
         raise UsageError(f"expected {flag} a folder for the outputs, got ''")
     folder = Path(path)
+    for source in inputs:
+        if os.path.isdir(source) and Path(os.path.realpath(folder)).is_relative_to(
+            os.path.realpath(source)
+        ):
+            raise UsageError(f"{flag} {str(folder)!r} lies inside the input folder {source!r}")
     fd = _open_lock(folder, flag)
     key = os.path.realpath(folder)
     try:
@@ -85,6 +94,10 @@ def _lock(fd: int, folder: Path, job: str) -> None:
         raise UsageError(
             f"{folder} is in use by {holder}; wait for it to finish or pass another folder"
         ) from None
+    # the last holder's job; a folder of another kind of job is never mixed into
+    previous = (folder / LOCK_NAME).read_text(errors="replace").split(" (pid")[0]
+    if previous not in ("", job) and any(p.name != LOCK_NAME for p in folder.iterdir()):
+        raise UsageError(f"{folder} holds the results of {previous}; pass another folder")
     command = " ".join(sys.argv)
     try:
         os.ftruncate(fd, 0)

@@ -218,3 +218,23 @@ def test_an_earlier_viz_is_replaced_only_with_overwrite_and_never_mixed(tmp_path
     listed = {r["figure"] for r in json.loads((out / "metrics.json").read_text())["images"]}
     assert len(listed) == 1
     assert {p.name for p in out.glob("*.png")} == listed | {"notes.png"}
+
+
+def test_a_folder_is_one_kind_of_jobs_and_never_inside_its_inputs(tmp_path: Path) -> None:
+    """eval into a viz folder would replace viz's metrics.json and orphan its figures; an
+    output folder inside --images / --data would be read as images by the next run."""
+    images = _photos(tmp_path / "imgs", 1)
+    out = tmp_path / "out"
+    viz = ["viz", "--model", "stellar-tiny", "--images", str(images)]
+    assert main([*viz, "--out", str(out)]) == 0
+    before = (out / "metrics.json").read_bytes()
+    eval_knn = ["eval", "knn", "--model", "stellar-tiny", "--train", str(images)]
+    with pytest.raises(ValueError, match="holds the results of stellar viz"):
+        main([*eval_knn, "--val", str(images), "--out", str(out)])
+    assert (out / "metrics.json").read_bytes() == before
+    with pytest.raises(ValueError, match="inside the input folder"):
+        main([*viz, "--out", str(images / "figures")])
+    retrieve = ["retrieve", "--model", "stellar-tiny", "--query", str(images / "im0.png")]
+    with pytest.raises(ValueError, match="inside the input folder"):
+        main([*retrieve, "--token", "0", "--data", str(images), "--out", str(images / "r")])
+    assert sorted(p.name for p in images.iterdir()) == ["im0.png"]  # nothing was created

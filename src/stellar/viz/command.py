@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     p = info.config.encoder.patch_size
     resolution = eval_resolution(args, info)
     dataset = EvalImages(args.images, resolution, resize_ratio=1.0, crop=True)  # scans --images
-    with output_folder(args.out, "stellar viz") as out_dir:
+    with output_folder(args.out, "stellar viz", inputs=args.images) as out_dir:
         old = check_fresh(out_dir, ["metrics.json"], args.overwrite, "an earlier viz's figures")
         earlier = _listed_figures(old)
         device = pick_device(args.device)
