@@ -65,15 +65,16 @@ def _model_class(purpose: Purpose) -> type[STELLAR]:
 
 
 def create_stellar(
-    name: str = "stellar-tiny",
+    name: str | StellarConfig = "stellar-tiny",
     purpose: Purpose = "encode",
     vq_model: str | Path | MaskGITVQGAN | None = None,
     device: str | torch.device | None = None,
     **overrides: Any,
 ) -> STELLAR:
-    """A randomly initialised model of a registered size (``overrides`` change config fields);
-    ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval mode, frozen)."""
-    config = get_config(name).replace(**overrides)
+    """A randomly initialised model of a registered size or a config (``overrides`` change
+    its fields); ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval
+    mode, frozen)."""
+    config = (name if isinstance(name, StellarConfig) else get_config(name)).replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)
     return _finish(_model_class(purpose)(config, purpose), purpose, tokenizer, device)

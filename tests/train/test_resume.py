@@ -36,8 +36,8 @@ def run(stopped_run, tmp_path):
     return copy
 
 
-def _trainer(out, *extra):
-    return Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", *extra]))
+def _trainer(out, *extra, resume=False):
+    return Trainer(load_config("cpu-smoke", [*TINY, f"out={out}", *extra]), resume=resume)
 
 
 def _break_dangling(run):
@@ -53,7 +53,7 @@ def test_resume_without_a_usable_checkpoint_fails_before_writing(run, damage):
     damage(run)
     before = {p: p.read_bytes() for p in run.rglob("*") if p.is_file()}
     with pytest.raises(ValueError, match="checkpoints/last, which is missing.*--overwrite"):
-        _trainer(run).train(resume=True)
+        _trainer(run, resume=True).train()
     assert {p: p.read_bytes() for p in run.rglob("*") if p.is_file()} == before
 
 
@@ -67,7 +67,7 @@ def test_a_run_stopped_before_its_first_checkpoint_restarts_with_overwrite(tmp_p
         _trainer(out).train()
     assert "--resume" not in str(fresh.value)  # there is nothing to resume
     with pytest.raises(UsageError, match="missing or incomplete.*pass --overwrite"):
-        _trainer(out).train(resume=True)
+        _trainer(out, resume=True).train()
     _trainer(out).train(overwrite=True)
     assert (out / "checkpoints" / "last").is_dir()
 
@@ -142,7 +142,7 @@ def test_resume_keeps_each_metrics_row_once(run):
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2]
     with metrics.open("a") as f:  # logged after the step-2 checkpoint, then the process died
         f.write('{"step": 3, "loss": 1.0}\n{"step": 4, "lo')
-    _trainer(run).train(resume=True)
+    _trainer(run, resume=True).train()
     rows = [json.loads(line) for line in metrics.read_text().splitlines()]
     assert [r["step"] for r in rows] == [1, 2, 3] and rows[-1]["loss"] != 1.0
 
@@ -152,16 +152,16 @@ def test_resume_drops_a_metrics_tail_that_is_not_utf8(run):
     metrics = run / "metrics.jsonl"
     with metrics.open("ab") as f:
         f.write(b'{"step": 3, "loss": 1.0}\n{"step": 4, "lo\xff\xfe\x80')
-    _trainer(run).train(resume=True)
+    _trainer(run, resume=True).train()
     assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [1, 2, 3]
 
 
 def test_resume_with_other_data_settings_fails_before_loading(run):
-    trainer = _trainer(run, "batch_size=2", "data.seed=1")
+    trainer = _trainer(run, "batch_size=2", "data.seed=1", resume=True)
     with pytest.raises(UsageError, match=r"batch_size 4 -> 2; data.seed 0 -> 1\..*init.checkpoint"):
-        trainer.train(resume=True)
-    with pytest.raises(UsageError, match="already holds a run"):  # the failed resume owns nothing
         trainer.train()
+    with pytest.raises(UsageError, match="already holds a run"):  # the failed resume owns nothing
+        _trainer(run, "batch_size=2", "data.seed=1").train()
 
 
 def test_a_fresh_trainer_refuses_an_old_run_unless_told_to_overwrite_it(run):
@@ -176,11 +176,11 @@ def test_a_fresh_trainer_refuses_an_old_run_unless_told_to_overwrite_it(run):
 
 def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run, caplog):
     caplog.set_level(logging.INFO, logger="stellar.train.trainer")
-    _trainer(run).train(resume=True)  # steps 3 of 3
+    _trainer(run, resume=True).train()  # steps 3 of 3
     assert "nothing to train" not in caplog.text
     last = (run / "checkpoints" / "last").resolve()
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()}
-    _trainer(run).train(resume=True)
+    _trainer(run, resume=True).train()
     assert "already at step 3 of 3: nothing to train" in caplog.text
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()} == before
 
@@ -197,11 +197,11 @@ def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplo
     _trainer(run, *folder, f"data.root={photos}", "stop_at=1").train()
     moved = photos.rename(tmp_path / "elsewhere")
     caplog.set_level(logging.INFO, logger="stellar.train")
-    _trainer(run, *folder, f"data.root={moved}", "stop_at=2").train(resume=True)
+    _trainer(run, *folder, f"data.root={moved}", "stop_at=2", resume=True).train()
     assert f"data.root '{photos}' -> '{moved}'" in caplog.text  # the change is logged
     Image.new("RGB", (40, 40)).save(moved / "8.png")
     with pytest.raises(UsageError, match=r"image folder changed .*\(8 images then, 9 now\)"):
-        _trainer(run, *folder, f"data.root={moved}").train(resume=True)
+        _trainer(run, *folder, f"data.root={moved}", resume=True).train()
 
 
 def _files(folder):
@@ -296,10 +296,30 @@ def test_a_resume_with_another_number_of_processes_is_refused(run, tmp_path):
     store = f"file://{tmp_path / 'store'}"
     dist.init_process_group("gloo", init_method=store, rank=0, world_size=1)
     try:  # two ranks as far as the trainer knows (DDP on a one-process group)
-        trainer = Trainer(load_config("cpu-smoke", [*TINY, f"out={run}"]), DistInfo(0, 2))
+        cfg = load_config("cpu-smoke", [*TINY, f"out={run}"])
+        trainer = Trainer(cfg, DistInfo(0, 2), resume=True)
         before = _files(run)
         with pytest.raises(UsageError, match="saved by 1 processes, this run has 2.*run it with 1"):
-            trainer.train(resume=True)
+            trainer.train()
         assert _files(run) == before
     finally:
         dist.destroy_process_group()
+
+
+def test_a_run_from_init_checkpoint_resumes_without_its_source_from_another_folder(
+    run, tmp_path, monkeypatch
+):
+    """A resume builds the architecture only: the run's checkpoint restores every weight, so
+    the init.checkpoint it started from may be gone; relative paths were recorded absolute."""
+    photos = tmp_path / "work" / "photos"
+    photo_folder(photos, 8)
+    monkeypatch.chdir(tmp_path / "work")
+    rel = ["data.source=folder", "data.root=photos", "data.canvas_size=72"]
+    continued = tmp_path / "continued"
+    _trainer(continued, *rel, "init.checkpoint=../run", "stop_at=2").train()
+    shutil.rmtree(run)  # the source run is gone
+    monkeypatch.chdir(tmp_path)  # and this is another working folder
+    saved = load_config(continued / "config.yaml")
+    assert saved.data.root == str(photos) and saved.init.checkpoint == "../run"
+    assert main(["train", f"out={continued}", "--resume"]) == 0
+    assert json.loads((continued / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3

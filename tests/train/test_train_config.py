@@ -146,6 +146,14 @@ def test_unknown_model_override_keys_are_rejected(tmp_path):
     assert type(model.config.spatial_temp) is float
 
 
+def test_a_section_given_as_a_mapping_is_merged_into_the_preset() -> None:
+    preset = load_config("cpu-smoke").augment
+    for overrides in (["augment={n_local: 3}"], {"augment": {"n_local": 3}}):
+        a = load_config("cpu-smoke", overrides).augment
+        assert a.n_local == 3 and a.global_size == preset.global_size != 224  # not the default
+        assert a.local_size == preset.local_size
+
+
 def test_train_overrides_may_follow_the_flags(monkeypatch):
     from stellar.train import command
 
@@ -163,11 +171,11 @@ class _FakeTrainer:
     seen: list = []
     model = None
 
-    def __init__(self, cfg, dist=None):
-        self.cfg = cfg
+    def __init__(self, cfg, dist=None, resume=False):
+        self.cfg, self.resume = cfg, resume
 
-    def train(self, resume=False, overwrite=False):
-        _FakeTrainer.seen.append((self.cfg, resume, overwrite))
+    def train(self, overwrite=False):
+        _FakeTrainer.seen.append((self.cfg, self.resume, overwrite))
         return {}
 
 

@@ -174,9 +174,9 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     order = list(ResumableSampler(16, seed=0))
     folder = photo_folder(tmp_path / "photos", 16, broken=order[0:4] + order[8:12])
 
-    def trainer(out, *extra):
+    def trainer(out, *extra, resume=False):
         args = [*TINY, *folder, "data.seed=0", "max_steps=3", f"out={out}", *extra]
-        return Trainer(load_config("cpu-smoke", args))
+        return Trainer(load_config("cpu-smoke", args), resume=resume)
 
     whole = trainer(tmp_path / "whole")
     last = whole.train()
@@ -187,8 +187,8 @@ def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     trainer(tmp_path / "parts", "stop_at=1").train()
     state = torch.load(tmp_path / "parts/checkpoints/last/trainer_state.pt", weights_only=True)
     assert state["rank_positions"] == [[0, 8]]  # the skipped batch was read: the sampler is past it
-    resumed = trainer(tmp_path / "parts")
-    resumed.train(resume=True)
+    resumed = trainer(tmp_path / "parts", resume=True)
+    resumed.train()
     want, got = whole.model.state_dict(), resumed.model.state_dict()
     for name in want:
         torch.testing.assert_close(got[name], want[name], atol=0, rtol=0, msg=name)

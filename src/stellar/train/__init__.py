@@ -71,8 +71,8 @@ def train(
             if dist.is_main
             else contextlib.nullcontext()
         ):
-            trainer = Trainer(cfg, dist)
-            metrics = trainer.train(resume=resume, overwrite=overwrite)
+            trainer = Trainer(cfg, dist, resume)
+            metrics = trainer.train(overwrite=overwrite)
     finally:
         teardown()
     return TrainResult(Path(cfg.out), metrics, trainer.model)

@@ -155,14 +155,18 @@ class TrainerCheckpoints:
         if self.dist.enabled:
             torch.distributed.barrier()
 
-    def resume(self) -> tuple[int, int]:
-        """Restore ``out/checkpoints/last`` into this trainer; returns (epoch, position)."""
+    def checkpoint_to_resume(self) -> Path:
+        """``out/checkpoints/last``, refused before any work when missing or incomplete."""
         if (folder := latest_checkpoint(self.ckpt_dir)) is None:
             raise UsageError(
                 f"--resume needs a complete checkpoint ({WEIGHTS_NAME} and {STATE_NAME}) at "
                 f"{self.ckpt_dir / LAST}, which is missing or incomplete. To start afresh in "
                 f"{self.out}, pass --overwrite (overwrite=True) instead of --resume."
             )
+        return folder
+
+    def resume(self, folder: Path) -> tuple[int, int]:
+        """Restore the checkpoint ``folder`` into this trainer; returns (epoch, position)."""
         state = read_pickle(folder / STATE_NAME)
         needed = {"step", "optimizer", "rank_positions", "config", "num_images"}
         needed |= {"cpu_rng", "images", CHECKPOINT_ID}

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import os
 import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -156,6 +157,11 @@ class TrainConfig:
     def __post_init__(self) -> None:
         """The rules that join fields; UsageError naming the keys."""
         a = self.augment
+        # recorded absolute, so that a resume from another working folder finds them
+        if self.data.root:
+            self.data.root = os.path.abspath(self.data.root)
+        if self.vq_model and os.path.exists(self.vq_model):
+            self.vq_model = os.path.abspath(self.vq_model)
         if self.strategy == "fsdp" and self.ema.enabled:  # the EMA teacher is not sharded
             raise UsageError("ema.enabled=true is not supported with strategy=fsdp")
         if self.data.source == "scenes" and self.data.root:
@@ -243,7 +249,7 @@ def load_config(
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise UsageError(f"override {key}: {part} is not a section")
-        target[name] = value
+        target[name] = merge_fields(target, {name: value})[name]  # a section: merged into
     return build(TrainConfig, data)
 
 

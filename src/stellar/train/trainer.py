@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import os
 import secrets
 import signal
 import time
@@ -26,7 +27,7 @@ from torch.utils.data import Dataset
 from stellar.checkpoint.mae import init_encoder_from_mae
 from stellar.data.loader import build_loader
 from stellar.errors import UsageError
-from stellar.hub import create_stellar, load_stellar
+from stellar.hub import create_stellar, inspect_model, load_stellar
 from stellar.losses.objective import PHASE, StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.outputs import atomic_write, check_fresh, remove
@@ -61,19 +62,25 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
         return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
     from stellar.data.folder import validate_image_folder
 
-    if not data.root:  # a preset for image folders leaves it to the command line
-        raise UsageError("data.source=folder needs data.root=/path/to/images")
+    if not (data.root and os.path.isdir(data.root)):  # presets leave it to the command line
+        raise UsageError(
+            f"data.source=folder needs data.root=, a folder of images; got {data.root}"
+        )
     return validate_image_folder(data.root, canvas_size=data.canvas_size)
 
 
-def build_model(cfg: TrainConfig) -> STELLAR:
-    """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised."""
+def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> STELLAR:
+    """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised;
+    to resume from a checkpoint, only its architecture (the checkpoint restores every weight,
+    whether or not the ``init`` files still exist)."""
     vq = cfg.vq_model
-    if cfg.init.checkpoint:
+    if cfg.init.checkpoint and resume_from is None:
         model = load_stellar(cfg.init.checkpoint, purpose="pretrain", vq_model=vq)
+        logger.info("the architecture is init.checkpoint's (model=%s is not used)", cfg.model)
     else:
-        model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
-    if cfg.init.encoder:
+        arch = inspect_model(resume_from).config if cfg.init.checkpoint else cfg.model
+        model = create_stellar(arch, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
+    if cfg.init.encoder and resume_from is None:
         init_encoder_from_mae(model, cfg.init.encoder)
     return model  # in train mode, gradients on but the tokenizer's (the hub's purpose rule)
 
@@ -100,13 +107,16 @@ class Trainer(TrainerCheckpoints):
     """Builds everything from a :class:`TrainConfig` (from
     :func:`~stellar.train.config.load_config`, which checks it) and runs :meth:`train`."""
 
-    def __init__(self, cfg: TrainConfig, dist: DistInfo | None = None) -> None:
+    def __init__(
+        self, cfg: TrainConfig, dist: DistInfo | None = None, resume: bool = False
+    ) -> None:
         self.cfg = cfg
         self.dist = dist or setup()
         self.device = self.dist.device
         self.out = Path(cfg.out)
         self.ckpt_dir = self.out / "checkpoints"
         self.run_id = secrets.token_hex(8)  # names this run in its checkpoints (not torch's RNG)
+        self.resume_from = self.checkpoint_to_resume() if resume else None
         torch.manual_seed(cfg.seed)
         self.dataset = build_dataset(cfg)
         self.images_per_step = cfg.batch_size * cfg.grad_accum * self.dist.world_size
@@ -116,7 +126,7 @@ class Trainer(TrainerCheckpoints):
                 f"{len(self.dataset)} images cannot fill one step of {self.images_per_step} "
                 "(batch_size x grad_accum x processes): lower batch_size or add images"
             )
-        self.model = build_model(cfg).to(self.device)
+        self.model = build_model(cfg, self.resume_from).to(self.device)
         self.model.encoder.checkpoint_blocks = cfg.activation_checkpointing
         self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
         self.objective = StellarObjective(self.model, cfg.objective, self.teacher)
@@ -250,15 +260,16 @@ class Trainer(TrainerCheckpoints):
         return scalars
 
     # ------------------------------------------------------------------ the loop
-    def train(self, resume: bool = False, overwrite: bool = False) -> dict[str, float]:
-        """Run until ``total_steps``; returns the last step's scalars.
+    def train(self, overwrite: bool = False) -> dict[str, float]:
+        """Run until ``total_steps`` (resumed from the latest checkpoint if the trainer was built
+        to resume); returns the last step's scalars.
 
         A fresh run refuses an ``out`` folder that holds another run unless ``overwrite``
         (which deletes that run's files).
         """
         cfg = self.cfg
-        if resume:
-            epoch, position = self.resume()
+        if self.resume_from is not None:
+            epoch, position = self.resume(self.resume_from)
         else:
             resumable = latest_checkpoint(self.ckpt_dir) is not None
             hint = "pass --resume (resume=True) to continue it, " if resumable else ""
