@@ -59,19 +59,6 @@ class MaeWeights:
     path: Path
 
 
-def resolve_mae(spec: str | Path) -> Path:
-    """An existing path as it is; an HF model id as its cached (or downloaded) snapshot."""
-    path = Path(spec).expanduser()
-    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/", "~")):
-        return path
-    folder = hub_file(str(spec), "config.json", fetch=HF_WEIGHT_FILES[:1]).parent
-    try:
-        hub_file(str(spec), HF_WEIGHT_FILES[0])
-    except FileNotFoundError:  # repositories from before safetensors hold only the pickle
-        hub_file(str(spec), HF_WEIGHT_FILES[1])
-    return folder
-
-
 def load_mae_weights(path: str | Path) -> MaeWeights:
     """The encoder tensors, layout and HF config of an MAE / HF ViT checkpoint (see above).
 
@@ -79,7 +66,13 @@ def load_mae_weights(path: str | Path) -> MaeWeights:
         FileNotFoundError: no such file, or a directory without HF weights.
         ValueError: an unrecognised layout, an unknown key, or a fine-tuned checkpoint.
     """
-    path = resolve_mae(path)
+    spec, path = str(path), Path(path).expanduser()
+    if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        hub_file(spec, "config.json", fetch=HF_WEIGHT_FILES[:1])  # an HF model id: its snapshot
+        try:
+            path = hub_file(spec, HF_WEIGHT_FILES[0])
+        except FileNotFoundError:  # repositories from before safetensors hold only the pickle
+            path = hub_file(spec, HF_WEIGHT_FILES[1])
     if path.is_dir():
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not found:
