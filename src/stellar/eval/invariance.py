@@ -27,7 +27,6 @@ token k against token k.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -50,8 +49,6 @@ from stellar.eval.common import (
     metric,
 )
 from stellar.eval.encoder import Encoder, decodable_batches
-
-logger = logging.getLogger(__name__)
 
 DISTANCES: tuple[str, ...] = ("cls", "dense_mean", "sparse_matched", "lowrank_mean")
 
