@@ -123,8 +123,7 @@ def resize_centre_crop(
     w, h = img.size
     k = s / min(w, h)
     size = (max(resolution, round(w * k)), max(resolution, round(h * k)))
-    if size != (w, h):
-        img = img.resize(size, Image.Resampling.BICUBIC)
+    img = img.resize(size, Image.Resampling.BICUBIC)  # a copy when the size is unchanged
     left, top = round((size[0] - resolution) / 2), round((size[1] - resolution) / 2)
     return img.crop((left, top, left + resolution, top + resolution))
 

@@ -13,7 +13,7 @@ from PIL import Image
 from stellar.cli import main
 from stellar.data.folder import EvalImages
 from stellar.eval.encoder import extract_features
-from stellar.eval.segdata import find_split, load_label_maps, reduce_zero_label
+from stellar.eval.segdata import find_split, load_label_maps
 
 PALETTE = np.array([(220, 30, 30), (30, 200, 40), (30, 40, 220)])
 
@@ -55,9 +55,10 @@ def test_ade20k_layout_and_zero_label_reduction(tmp_path) -> None:
     assert bool(((reduced == 255) == (raw == 0)).all())
     keep = raw != 0
     assert bool((reduced[keep] == raw[keep] - 1).all())
-    np.testing.assert_array_equal(
-        reduce_zero_label(np.array([0, 1, 150, 255])), np.array([255, 0, 149, 255])
-    )
+    edge = tmp_path / "edge.png"  # ADE20K's 1..150 become 0..149; 255 stays ignored
+    Image.fromarray(np.tile(np.array([0, 1, 150, 255], np.uint8), (4, 1))).save(edge)
+    (edge_map,) = load_label_maps([edge], 4, 150, reduce_zero=True, progress=False)
+    assert edge_map[0].tolist() == [255, 0, 149, 255]
 
 
 def test_simple_layout_with_nested_stems(tmp_path) -> None:

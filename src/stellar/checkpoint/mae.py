@@ -50,26 +50,13 @@ _ORIGINAL_PATCH_KEY = "patch_embed.proj.weight"
 
 @dataclass
 class MaeWeights:
-    """An MAE encoder read from ``path`` (an HF id: its cached snapshot): ``tensors`` in
-    ViTEncoder naming, ``layout`` ``"hf"`` or ``"original"``, and the HF ``config`` beside them."""
+    """An MAE encoder read from the weights file ``path``: ``tensors`` in ViTEncoder naming,
+    ``layout`` ``"hf"`` or ``"original"``, and the HF ``config`` beside them."""
 
     tensors: dict[str, Tensor]
     layout: str
     config: dict[str, Any] | None
     path: Path
-
-
-def resolve_mae(spec: str | Path) -> Path:
-    """An existing path as it is; an HF model id as its cached (or downloaded) snapshot."""
-    path = Path(spec).expanduser()
-    if path.exists() or str(spec).count("/") != 1 or str(spec).startswith((".", "/", "~")):
-        return path
-    folder = hub_file(str(spec), "config.json", fetch=HF_WEIGHT_FILES[:1]).parent
-    try:
-        hub_file(str(spec), HF_WEIGHT_FILES[0])
-    except FileNotFoundError:  # repositories from before safetensors hold only the pickle
-        hub_file(str(spec), HF_WEIGHT_FILES[1])
-    return folder
 
 
 def load_mae_weights(path: str | Path) -> MaeWeights:
@@ -79,21 +66,24 @@ def load_mae_weights(path: str | Path) -> MaeWeights:
         FileNotFoundError: no such file, or a directory without HF weights.
         ValueError: an unrecognised layout, an unknown key, or a fine-tuned checkpoint.
     """
-    path = resolve_mae(path)
-    config = None
+    spec, path = str(path), Path(path).expanduser()
+    if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+        hub_file(spec, "config.json", fetch=HF_WEIGHT_FILES[:1])  # an HF model id: its snapshot
+        try:
+            path = hub_file(spec, HF_WEIGHT_FILES[0])
+        except FileNotFoundError:  # repositories from before safetensors hold only the pickle
+            path = hub_file(spec, HF_WEIGHT_FILES[1])
     if path.is_dir():
-        config = _read_config(path / "config.json")
         found = [path / name for name in HF_WEIGHT_FILES if (path / name).is_file()]
         if not found:
             raise WeightsNotFoundError(
                 f"{path} holds none of {', '.join(HF_WEIGHT_FILES)}; pass an HF model "
                 "directory, a weights file or an original MAE .pth"
             )
-        state = read_state_dict(found[0])[0]
-    else:  # a weights file still in its HF directory: its config gives the head count
-        if path.name in HF_WEIGHT_FILES:
-            config = _read_config(path.parent / "config.json")
-        state = read_state_dict(path)[0]
+        path = found[0]
+    # a weights file in its HF directory (as a directory's is): its config gives the head count
+    config = _read_config(path.parent / "config.json") if path.name in HF_WEIGHT_FILES else None
+    state = read_state_dict(path)[0]
     if _ORIGINAL_PATCH_KEY in state:
         return MaeWeights(_map_original(state, path), "original", config, path)
     return MaeWeights(_map_hf(state, path), "hf", config, path)

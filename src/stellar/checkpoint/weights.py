@@ -118,17 +118,15 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
 
 
 def read_pickle(path: str | Path, what: str | None = None) -> Any:
-    """A torch pickle read safely: ``weights_only=True`` (no code in it runs).
+    """A torch pickle read safely: ``weights_only=True`` (no code in it runs); both callers
+    (:func:`read_state_dict`, the trainer's resume) have checked that ``path`` is a file.
 
     Raises:
-        FileNotFoundError: ``path`` is not a file.
         ValueError: not a torch pickle, damaged, or holding Python objects; names the file and
             never suggests ``weights_only=False``.
     """
     path = Path(path)
     what = what or f"{path} is not a readable torch pickle (.pt)"
-    if not path.is_file():
-        raise WeightsNotFoundError(f"no file at {path}")
     try:  # a file object: torch would pick its reader by a ".safetensors" suffix
         with open(path, "rb") as f:
             return torch.load(f, map_location="cpu", weights_only=True)

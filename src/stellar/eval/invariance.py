@@ -27,7 +27,6 @@ token k against token k.
 from __future__ import annotations
 
 import argparse
-import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -51,10 +50,7 @@ from stellar.eval.common import (
 )
 from stellar.eval.encoder import Encoder, decodable_batches
 
-logger = logging.getLogger(__name__)
-
 DISTANCES: tuple[str, ...] = ("cls", "dense_mean", "sparse_matched", "lowrank_mean")
-CROP_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
 
 def cosine_distance(a: Tensor, b: Tensor) -> Tensor:
@@ -73,21 +69,6 @@ def matched_set_distance(a: Tensor, b: Tensor) -> Tensor:
     # the cost of the encoder pass that produced the tokens.
     values = np.array([c[linear_sum_assignment(c)].mean() for c in flat], dtype=np.float32)
     return torch.from_numpy(values).reshape(lead).to(a.device)
-
-
-def random_crops(
-    images: Tensor,
-    n_crops: int,
-    scale: Sequence[float] = (0.3, 1.0),
-    generator: torch.Generator | None = None,
-) -> Tensor:
-    """K = ``n_crops`` RandomResizedCrop views (area ``scale`` of the image, not flipped) of
-    (B, 3, R, R) images, resampled back: (B, K, 3, R, R). ``scale=(1, 1)`` returns the images."""
-    b, _, h, w = images.shape
-    size = torch.tensor([[h, w]], dtype=torch.int64).expand(b, 2)
-    return random_resized_crop(
-        images, size, h, n_crops, scale=scale, ratio=CROP_RATIO, generator=generator, flip_p=0.0
-    )
 
 
 def representation_distances(
@@ -209,7 +190,10 @@ def run_invariance(
     before: dict[str, Tensor] | None = None  # the outputs of the previous batch
     for batch in decodable_batches(dataset, batch_size, num_workers, pin, "invariance", progress):
         images = batch["image"].to(device)
-        crops = random_crops(images, n_crops, scale, gen)
+        b, _, h, w = images.shape
+        # K RandomResizedCrop views (ratio 3/4-4/3), not flipped, resampled back: (B, K, 3, R, R)
+        size = torch.tensor([[h, w]]).expand(b, 2)
+        crops = random_resized_crop(images, size, h, n_crops, scale, generator=gen, flip_p=0)
         original = _encode(model, images, batch_size)
         encoded = _encode(model, crops.flatten(0, 1), batch_size)
         for name, d in representation_distances(original, encoded, n_crops).items():

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import logging
 from typing import Any
 
 import torch
@@ -18,8 +17,6 @@ from stellar.eval.features import (
     split_features,
 )
 from stellar.eval.linear import accuracy_topk
-
-logger = logging.getLogger(__name__)
 
 MAX_SIM_ELEMENTS = 1 << 26  # 64M similarities (256 MB in fp32) per block of test rows
 # DINO's k and vote temperature T: the defaults of the functions and of the CLI

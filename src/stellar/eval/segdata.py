@@ -154,13 +154,6 @@ def _check_headers(pairs: SegmentationSplit) -> None:
         )
 
 
-def reduce_zero_label(labels: np.ndarray) -> np.ndarray:
-    """ADE20K's convention (as mmseg's): 0 ("other") -> :data:`IGNORE`, :data:`IGNORE` stays,
-    k -> k - 1, so ADE20K's 1..150 become 0..149."""
-    labels = labels.astype(np.int64)
-    return np.where((labels == 0) | (labels == IGNORE), IGNORE, labels - 1)
-
-
 def load_label_maps(
     labels: Sequence[Path],
     size: int,
@@ -183,8 +176,8 @@ def load_label_maps(
         except OSError as e:  # truncated or corrupt: name the file, not just PIL's message
             unreadable.append(f"{labels[i]} ({e})")
             return
-        if reduce_zero:
-            arr = reduce_zero_label(arr)
+        if reduce_zero:  # ADE20K's (as mmseg's): 0 "other" -> IGNORE, IGNORE stays, k -> k - 1
+            arr = np.where((arr == 0) | (arr == IGNORE), IGNORE, arr - 1)
         wrong = (arr != IGNORE) & ((arr < 0) | (arr >= num_classes))
         if wrong.any():
             bad.append(f"{Path(labels[i]).name} (values {sorted(set(arr[wrong].tolist()))[:5]})")

@@ -114,7 +114,7 @@ def _resized(image: Image.Image, size: int | tuple[int, int] | None, resample) -
     if size is None:
         return image
     h, w = (size, size) if isinstance(size, int) else size
-    return image if image.size == (w, h) else image.resize((w, h), resample)
+    return image.resize((w, h), resample)
 
 
 # ---------------------------------------------------------------------------- concept maps

@@ -32,9 +32,7 @@ class TokenIndex:
         image: (M,) int64, row -> position in ``paths``.
         token: (M,) int64, row -> concept-token index in [0, r).
         paths: the N indexed image files.
-        meta: ``model`` (the spec), ``weights`` (:func:`weights_fingerprint`),
-            ``resolution``, ``num_tokens``, ``dim``, ``patch_size``, ``data`` (the indexed
-            collection, when known) and ``files`` (its file list's hash).
+        meta: how it was built (:func:`index_meta`) and the ``model`` spec.
     """
 
     vectors: Tensor
