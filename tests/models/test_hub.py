@@ -153,9 +153,8 @@ def test_unknown_names_and_presets_explain_what_to_do(tmp_path):
         load_stellar("stellar-tiny")
     with pytest.raises(ValueError, match="purpose"):
         load_stellar("stellar-tiny", purpose="finetune")
-    config = create_stellar("stellar-tiny").config
-    with pytest.raises(TypeError, match=r"STELLAR\(config\)"):  # a config is not a name
-        create_stellar(config)
+    config = create_stellar("stellar-tiny").config.replace(num_sparse_tokens=3)
+    assert create_stellar(config, purpose="reconstruct").num_tokens == 3  # a config of one's own
 
 
 @pytest.mark.parametrize("name", list_models())

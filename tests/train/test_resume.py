@@ -228,7 +228,7 @@ def test_resume_after_images_were_removed_is_one_line_with_the_counts(tmp_path, 
     (tmp_path / "photos" / "00.png").rename(tmp_path / "photos" / "renamed.png")
     (tmp_path / "photos" / "07.png").write_bytes((tmp_path / "photos" / "01.png").read_bytes())
     code, err = _resume_cli(run, capsys)  # as many images as then, but other files
-    assert code == 2 and "changed since" in err and "other file names" in err
+    assert code == 2 and "changed since" in err and "other names or sizes" in err
 
 
 def _edit(path, old, new):

@@ -27,11 +27,6 @@ def is_released(name: str) -> bool:
 
 def get_config(name: str) -> StellarConfig:
     """The config of a registered name; unknown names raise a ValueError listing the known."""
-    if not isinstance(name, str):  # e.g. a StellarConfig handed to create_stellar
-        raise TypeError(
-            f"expected a registered model name, got {type(name).__name__}: "
-            "build a model of your own config with STELLAR(config)"
-        )
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; known names: {', '.join(list_models())}")
     return copy.deepcopy(_REGISTRY[name])

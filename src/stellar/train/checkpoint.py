@@ -114,7 +114,7 @@ class TrainerCheckpoints:
         images = getattr(self.dataset, "files_id", None)
         if state["num_images"] != len(self.dataset) or state["images"] != images:
             then, now = state["num_images"], len(self.dataset)
-            change = f"{then} images then, {now} now" if then != now else "other file names or sizes"
+            change = f"{then} images then, {now} now" if then != now else "other names or sizes"
             raise UsageError(
                 f"the image folder changed since {folder} was saved ({change}): an exact "
                 f"resume replays the checkpoint's data order; restore the folder's images, {fix}"
