@@ -165,6 +165,15 @@ def test_pretraining_call_takes_the_release_mode_and_checks_view_shapes(pixel_mo
     flat = torch.rand(6, 3, 64, 64)  # (B*G, ...) instead of (B, G, ...)
     with pytest.raises(ValueError, match=r"global_views of shape \(B, V, 3, H, W\)"):
         pixel_model({"image": image, "global_views": flat})
+    # the views are images as the image is: [0, 1] floats, patch multiples, at least one
+    for key, views, problem in (
+        ("global_views", torch.rand(2, 3, 3, 64, 64) * 255, "in \\[0, 1\\]"),
+        ("local_views", torch.zeros(2, 4, 3, 24, 24, dtype=torch.uint8), "floating-point"),
+        ("local_views", torch.rand(2, 4, 3, 20, 20), "not divisible by the patch size"),
+        ("local_views", torch.rand(2, 0, 3, 24, 24), "non-empty"),
+    ):
+        with pytest.raises(ValueError, match=f"{key}: .*{problem}"):
+            pixel_model({"image": image, key: views})
 
 
 def test_pretraining_call_uses_the_views_it_is_given(pixel_model):
@@ -178,8 +187,14 @@ def test_pretraining_call_uses_the_views_it_is_given(pixel_model):
     assert batch["masked_views"].shape == (6, 3, 64, 64)  # every global view, masked
     assert batch["keep_idx"].shape == (6, 12)  # 20 % of the 64 patches kept
     assert torch.equal(batch["local_views"], local_views.flatten(0, 1))  # taken as given
+    # the views of a kind not given are made from the image
+    made = pixel_model.views({"image": image, "global_views": global_views})
+    assert made["local_views"].shape[0] == 2 * 8 and made["masked_views"].shape[0] == 6
+    made = pixel_model.views({"image": image, "local_views": local_views})
+    assert made["masked_views"].shape[0] == 2 * 8 and made["local_views"].shape[0] == 8
+    assert "mask_loss" in pixel_model({"image": image, "local_views": local_views})["predictions"]
     predictions = pixel_model({"image": image, "global_views": global_views})["predictions"]
-    assert "cls_loss" in predictions  # from the masked views alone
+    assert "cls_loss" in predictions
     pixel_model.loss(predictions).backward()
     assert pixel_model.cls_cluster_head.layer.weight.grad.abs().sum() > 0
 

@@ -33,3 +33,26 @@ def test_gradio_is_imported_only_by_the_page():
 def test_a_collection_must_be_a_folder(tmp_path):
     with pytest.raises(UsageError, match="expected --collection an image folder"):
         Explorer.load("stellar-tiny", collection=tmp_path / "missing", cache_dir=tmp_path)
+
+
+def test_a_cache_inside_the_collection_is_refused(tmp_path):
+    """The example scenes written there would be searched as the user's photos."""
+    (tmp_path / "photos").mkdir()
+    with pytest.raises(UsageError, match="inside the input folder"):
+        Explorer.load("stellar-tiny", tmp_path / "photos", cache_dir=tmp_path / "photos" / "c")
+    assert list((tmp_path / "photos").iterdir()) == []
+
+
+def test_a_port_in_use_is_one_error_naming_the_flag(tmp_path):
+    import socket
+
+    pytest.importorskip("gradio")
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        argv = ["--model", "stellar-tiny", "--port", str(port), "--cache-dir", str(tmp_path)]
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        with pytest.raises(UsageError, match=f"127.0.0.1:{port}: pass another --port"):
+            command.run(parser.parse_args(argv))

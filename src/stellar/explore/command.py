@@ -49,7 +49,10 @@ def run(args: argparse.Namespace) -> int:
     device = str(pick_device(args.device))
     explorer = Explorer.load(args.model, args.collection, args.vq_model, device, args.cache_dir)
     logger.info("serving the explorer on http://%s:%d", args.host, args.port)
-    build_app(explorer).launch(
-        server_name=args.host, server_port=args.port, share=args.share, max_file_size="64mb"
-    )
+    try:
+        build_app(explorer).launch(
+            server_name=args.host, server_port=args.port, share=args.share, max_file_size="64mb"
+        )
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        raise UsageError(f"cannot serve on {args.host}:{args.port}: pass another --port") from err
     return 0

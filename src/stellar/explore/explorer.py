@@ -20,7 +20,7 @@ from stellar.data.folder import find_images
 from stellar.data.scenes import render_scene
 from stellar.errors import UsageError
 from stellar.explore.retrieval import CACHE_DIR, Collection
-from stellar.outputs import atomic_write
+from stellar.outputs import atomic_write, output_folder
 from stellar.viz.command import load_for_viz
 from stellar.viz.maps import to_pil
 
@@ -55,12 +55,13 @@ class Explorer:
         model, why = load_for_viz(spec, vq_model, device)
         root = Path(cache_dir).expanduser()
         folder = root / f"examples-{model.image_size}"  # 16 concept scenes, rendered once
-        folder.mkdir(parents=True, exist_ok=True)
         picks = [folder / f"scene_{i:03d}.png" for i in range(16)]
-        for i, path in enumerate(picks):
-            if not path.is_file():
-                image = render_scene(0, i, model.image_size, split="val")["image"]
-                atomic_write(path, lambda tmp, image=image: to_pil(image).save(tmp, format="PNG"))
+        inputs = [str(collection)] if collection is not None else []
+        with output_folder(folder, "stellar explore", "--cache-dir", inputs=inputs):
+            for i, path in enumerate(picks):
+                if not path.is_file():
+                    image = to_pil(render_scene(0, i, model.image_size, split="val")["image"])
+                    atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
         if collection is not None:
             folder = Path(collection)
             picks = find_images(folder)[:MAX_PICKS] + picks

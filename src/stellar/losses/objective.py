@@ -117,7 +117,8 @@ class StellarObjective(nn.Module):
         if config.recon and model.config.decoder_head == "vq" and model.tokenizer is None:
             raise UsageError(
                 "this model reconstructs MaskGIT-VQGAN codes: pass vq_model=/path/to/"
-                "maskgit-vqgan-imagenet-f16-256.bin (or 'maskgit-vqgan'), or objective.recon=false"
+                "maskgit-vqgan-imagenet-f16-256.bin (or 'maskgit-vqgan'), or switch reconstruction "
+                "off (objective.recon=false; model.objective_config.recon = False in Python)"
             )
         self.model = model
         self.config = config

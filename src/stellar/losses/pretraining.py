@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Literal
 
 import torch
@@ -51,8 +52,8 @@ class StellarForPretraining(STELLAR):
             inputs: ``image`` (B, 3, H, W) in [0, 1], the main view and reconstruction target;
                 optionally ``global_views`` (B, G, 3, H, W) without colour augmentation (view 0
                 is the image's crop), ``local_views`` (B, L, 3, h, w) colour-augmented, and
-                ``labels`` (returned as ``gold_labels``, unused). Without views, they are made
-                from ``image`` by our augmentation.
+                ``labels`` (returned as ``gold_labels``, unused). Views of a kind not given are
+                made from ``image`` by our augmentation.
 
         Returns:
             ``{"predictions": ...}`` with the main view's ``sparse`` (B, r, d), ``spatial``
@@ -71,12 +72,17 @@ class StellarForPretraining(STELLAR):
             raise ValueError(f"expected mode 'train' or 'eval', got {mode!r}")
         self.check_images(inputs["image"])
         for key in ("global_views", "local_views"):
-            views = inputs.get(key)
-            if views is not None and (views.ndim != 5 or views.shape[0] != len(inputs["image"])):
+            if (views := inputs.get(key)) is None:
+                continue
+            if views.ndim != 5 or views.shape[0] != len(inputs["image"]):
                 raise ValueError(
                     f"expected {key} of shape (B, V, 3, H, W) with B = {len(inputs['image'])}, "
                     f"got {tuple(views.shape)}"
                 )
+            try:  # as the image: floats in [0, 1], sides multiples of the patch, V >= 1
+                self.check_images(views.flatten(0, 1))
+            except ValueError as err:
+                raise ValueError(f"{key}: {err}") from None
         main, terms = self.objective.compute(self.views(inputs))
         predictions = {**main, **terms}
         if "spatial" in main:
@@ -91,15 +97,20 @@ class StellarForPretraining(STELLAR):
         return total_loss(predictions, self.objective_config.recon_weight)
 
     def views(self, inputs: dict[str, Tensor]) -> dict[str, Tensor]:
-        """The objective's batch: the main view and the views its enabled terms read."""
+        """The objective's batch: the main view and the views its enabled terms read, those of
+        a kind not given made from ``image`` by our augmentation."""
         image = inputs["image"]
-        b = image.shape[0]
         plan = self.objective.config.views(N_MASKED, N_LOCAL)
-        if "global_views" not in inputs and "local_views" not in inputs:
-            size = torch.tensor(image.shape[-2:], device=image.device).expand(b, 2)
-            batch = self.augment.make(image, size, plan)
-            batch["image"] = image
-        else:
-            given = inputs.get("global_views"), inputs.get("local_views")
-            batch = {"image": image, **self.augment.colored(*given, plan)}
+        given = inputs.get("global_views"), inputs.get("local_views")
+        missing = dataclasses.replace(
+            plan,
+            masked=plan.masked if given[0] is None else 0,
+            second=plan.second and given[0] is None,
+            local=plan.local if given[1] is None else 0,
+        )
+        batch = {}
+        if missing.masked or missing.second or missing.local:
+            size = torch.tensor(image.shape[-2:], device=image.device).expand(len(image), 2)
+            batch = self.augment.make(image, size, missing)
+        batch |= {**self.augment.colored(*given, plan), "image": image}
         return self.augment.mask(batch, self.patch_size)
