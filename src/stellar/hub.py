@@ -71,9 +71,8 @@ def create_stellar(
     device: str | torch.device | None = None,
     **overrides: Any,
 ) -> STELLAR:
-    """A randomly initialised model of a registered size or a config (``overrides`` change
-    its fields); ``purpose`` and ``device`` as in :func:`load_stellar` (``"encode"``: eval
-    mode, frozen)."""
+    """A randomly initialised model of a registered name or a config (``overrides`` change
+    fields); ``purpose`` and ``device`` as in :func:`load_stellar` (encode: eval, frozen)."""
     config = (name if isinstance(name, StellarConfig) else get_config(name)).replace(**overrides)
     # a random vq-head model may stay without a tokenizer until it decodes
     tokenizer = None if vq_model is None else _tokenizer(config, vq_model, purpose)

@@ -32,7 +32,7 @@ _held: dict[str, int] = {}  # the real paths of the folders this process holds: 
 
 @contextlib.contextmanager
 def output_folder(
-    path: str | os.PathLike[str], job: str, flag: str = "--out", inputs: Iterable[str] = ()
+    path: str | os.PathLike[str], job: str, flag: str = "--out", inputs: Iterable[str | Path] = ()
 ) -> Iterator[Path]:
     """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
 
@@ -40,17 +40,19 @@ def output_folder(
     Temporaries are removed from the folder and two levels of sub-folders (not through links).
 
     Raises:
-        UsageError: ``path`` is empty, a file, lies under one, inside one of the image folders
-            ``inputs`` (its pictures would be read as inputs next time) or cannot be written
-            (named with ``flag``); another live process holds it, or another kind of job wrote
-            it (named in the message).
+        UsageError: ``path`` is empty, a file, lies under one or in one of the image folders
+            ``inputs``, or cannot be written (named with ``flag``); another live process holds
+            it, or another kind of job wrote it (named in the message).
     """
     if not os.fspath(path):  # Path("") would be the working directory
         raise UsageError(f"expected {flag} a folder for the outputs, got ''")
     folder = Path(path)
-    for source in inputs:
-        if os.path.isdir(source) and Path(os.path.realpath(folder)).is_relative_to(
-            os.path.realpath(source)
+    for source in map(os.path.abspath, inputs):
+        where = Path(os.path.abspath(folder))
+        if (
+            os.path.isdir(source)
+            and where.is_relative_to(source)
+            and not any(p.startswith(".") for p in where.relative_to(source).parts)  # scanned
         ):
             raise UsageError(f"{flag} {str(folder)!r} lies inside the input folder {source!r}")
     fd = _open_lock(folder, flag)
@@ -96,7 +98,7 @@ def _lock(fd: int, folder: Path, job: str) -> None:
         ) from None
     # the last holder's job; a folder of another kind of job is never mixed into
     previous = (folder / LOCK_NAME).read_text(errors="replace").split(" (pid")[0]
-    if previous not in ("", job) and any(p.name != LOCK_NAME for p in folder.iterdir()):
+    if previous not in ("", job) and any(not p.name.startswith(".") for p in folder.iterdir()):
         raise UsageError(f"{folder} holds the results of {previous}; pass another folder")
     command = " ".join(sys.argv)
     try:

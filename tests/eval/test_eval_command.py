@@ -19,6 +19,7 @@ from stellar.eval.encoder import extract_features, pool_features
 from stellar.eval.features import LabelledFeatures
 from stellar.eval.knn import knn_accuracy
 from stellar.eval.shards import load_features, read_meta
+from stellar.runtime import encoding_dtype
 
 COLOURS = {"blue": (30, 40, 220), "green": (30, 200, 40), "red": (220, 30, 30)}
 
@@ -56,10 +57,8 @@ def test_linear_and_knn_read_colour_classes(colours, tmp_path, capsys) -> None:
     knn_args = ["--out", str(tmp_path / "knn"), "--k", "3", "--precision", "fp32"]
     assert main(["eval", "knn", *base, *knn_args]) == 0
     lin, knn = _metrics(tmp_path / "lin"), _metrics(tmp_path / "knn")
-    # what auto resolved to on this machine
-    assert (
-        lin["settings"]["precision"] in ("bf16", "fp32") and knn["settings"]["precision"] == "fp32"
-    )
+    auto = "bf16" if encoding_dtype(torch.device("cpu")) else "fp32"  # what auto resolves to
+    assert lin["settings"]["precision"] == auto and knn["settings"]["precision"] == "fp32"
     (row,) = lin["rows"]
     assert row["kind"] == "stellar" and row["key"] == "sparse"
     assert row["num_train"] == 12 and row["num_val"] == 4
@@ -231,14 +230,15 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     feats = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "fval")]
     base = ["eval", "knn", "--key", "cls", "--k", "3", "--out", str(tmp_path / "o")]
     assert main([*base, "--model", str(other), *feats]) == 0
-    # a probe reading features of two precisions says so; metrics.json has the k it used
     stored = json.loads((tmp_path / "ftrain" / "meta.json").read_text())["precision"]
+    assert _metrics(tmp_path / "o")["settings"]["precision"] == stored  # what the probe read
+    # a probe reading features of two precisions says so; metrics.json has the k it used
     other_precision = {"bf16": "fp32", "fp32": "bf16"}[stored]
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val), "--k", "50"]
     assert main([*base, "--model", str(other), *mixed, "--precision", other_precision]) == 0
     assert "mixes features encoded in bf16 and fp32" in caplog.text
     assert _metrics(tmp_path / "o")["rows"][0]["k"] == 12  # the training set's size
-    assert _metrics(tmp_path / "o")["settings"]["precision"] == other_precision
+    assert _metrics(tmp_path / "o")["settings"]["precision"] == "bf16 and fp32"
     # the preset's random weights are not the ones the features were extracted with
     with pytest.raises(ValueError, match="ftrain.*weights: "):
         main([*base, "--model", "stellar-tiny", *feats])

@@ -323,3 +323,13 @@ def test_a_run_from_init_checkpoint_resumes_without_its_source_from_another_fold
     assert saved.data.root == str(photos) and saved.init.checkpoint == "../run"
     assert main(["train", f"out={continued}", "--resume"]) == 0
     assert json.loads((continued / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 3
+
+
+def test_a_photo_removed_during_a_run_is_skipped_and_the_run_checkpoints(tmp_path):
+    """The folder's id is taken when it is scanned: a file gone later is a skipped image (as
+    the README promises), not a failed checkpoint."""
+    photos = photo_folder(tmp_path / "photos", 8)
+    trainer = _trainer(tmp_path / "run", *photos, "stop_at=2")
+    (tmp_path / "photos" / "03.png").unlink()
+    trainer.train()
+    assert (tmp_path / "run" / "checkpoints" / "last" / "model.safetensors").is_file()

@@ -152,6 +152,12 @@ def test_a_section_given_as_a_mapping_is_merged_into_the_preset() -> None:
         a = load_config("cpu-smoke", overrides).augment
         assert a.n_local == 3 and a.global_size == preset.global_size != 224  # not the default
         assert a.local_size == preset.local_size
+    # a dict field merges too, and {} empties it
+    colour = load_config(
+        load_config("cpu-smoke", ["augment.color={hue: 0.3}"]), ["augment.color={gray_p: 0}"]
+    )
+    assert colour.augment.color == {"hue": 0.3, "gray_p": 0}
+    assert load_config(colour, ["augment.color={}"]).augment.color == {}
 
 
 def test_train_overrides_may_follow_the_flags(monkeypatch):
@@ -268,7 +274,7 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["augment.color.hue=0.7"], r"augment: .*hue"),
         (["augment.global_scale=[0.5,3.0]"], r"augment: .*global_scale"),
         (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
-        (["model_overrides.decoder_head=vq"], r"vq_model=.*or objective.recon=false"),
+        (["model_overrides.decoder_head=vq"], r"vq_model=.*objective.recon=false"),
         (["augment.mask_ratio=0.99"], r"augment.mask_ratio: .*keeps no patch of 64"),
         (
             [f"objective.{k}=false" for k in ("recon", "clustering", "set_align", "cls_align")]

@@ -238,3 +238,10 @@ def test_a_folder_is_one_kind_of_jobs_and_never_inside_its_inputs(tmp_path: Path
     with pytest.raises(ValueError, match="inside the input folder"):
         main([*retrieve, "--token", "0", "--data", str(images), "--out", str(images / "r")])
     assert sorted(p.name for p in images.iterdir()) == ["im0.png"]  # nothing was created
+    # a hidden folder is never scanned; hidden files (.DS_Store, .lock) are no one's results
+    assert main([*viz, "--out", str(images / ".figures")]) == 0
+    for result in [out / "metrics.json", *out.glob("*.png")]:
+        result.unlink()
+    (out / ".DS_Store").write_text("")
+    with pytest.raises(ValueError, match="expected labelled images"):  # past the folder guard
+        main([*eval_knn, "--val", str(images), "--out", str(out)])

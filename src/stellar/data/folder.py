@@ -12,10 +12,11 @@ for broken files, and a *view* that turns a decoded image into tensors.
 
 from __future__ import annotations
 
-import functools
+import contextlib
 import hashlib
 import logging
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -35,14 +36,15 @@ PathLike = str | os.PathLike[str]
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm")
 
 
-def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) -> list[Path]:
-    """The image files under ``root`` (lower-case ``extensions``), sorted by path components.
+def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) -> dict[Path, int]:
+    """The image files under ``root`` (lower-case ``extensions``) and their sizes in bytes,
+    sorted by path components.
 
     Hidden files and folders (names starting with '.') are skipped, and so is anything that is
     not a regular file (a FIFO named ``.jpg`` would block its reader forever); symlinked
     folders are followed once (cycles are cut).
     """
-    found: list[str] = []
+    found: dict[str, int] = {}
     seen: set[str] = set()
     for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
         real = os.path.realpath(dirpath)
@@ -55,9 +57,11 @@ def find_images(root: PathLike, extensions: tuple[str, ...] = IMG_EXTENSIONS) ->
             if name.startswith(".") or os.path.splitext(name)[1].lower() not in extensions:
                 continue
             full = os.path.join(dirpath, name)
-            if os.path.isfile(full):  # follows symlinks; False for FIFOs, sockets, devices
-                found.append(full)
-    return [Path(p) for p in sorted(found, key=lambda p: p.split(os.sep))]
+            with contextlib.suppress(OSError):  # vanished, or a link to nothing
+                info = os.stat(full)  # follows symlinks
+                if stat.S_ISREG(info.st_mode):  # not FIFOs, sockets, devices
+                    found[full] = info.st_size
+    return {Path(p): found[p] for p in sorted(found, key=lambda p: p.split(os.sep))}
 
 
 class CanvasView:
@@ -108,23 +112,24 @@ class CentreCropView:
         return {"image": to_tensor(img)}
 
 
-def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[str]]:
-    """(absolute root or None, file paths: relative to the root, or absolute in a list)."""
+def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[tuple[str, int]]]:
+    """(absolute root or None, (path, size) of each file: paths relative to the root, or
+    absolute in a list)."""
     if isinstance(source, str | os.PathLike):
         path = Path(os.path.abspath(source))  # paths stay valid from another working folder
         if path.is_dir():
-            return path, [os.path.relpath(f, path) for f in find_images(path)]
+            return path, [(os.path.relpath(f, path), n) for f, n in find_images(path).items()]
         if not (path.is_file() and path.suffix.lower() in IMG_EXTENSIONS):
             why = "not a folder" if path.exists() else "no such file or folder"
             raise UsageError(f"expected an image file or a folder, got {str(path)!r} ({why})")
-        return None, [str(path)]
-    files: list[str] = []
+        return None, [(str(path), path.stat().st_size)]
+    files: list[tuple[str, int]] = []
     for item in source:
         path = Path(os.path.abspath(item))
         if path.is_dir():
-            files.extend(str(f) for f in find_images(path))
+            files.extend((str(f), n) for f, n in find_images(path).items())
         elif path.is_file():
-            files.append(str(path))
+            files.append((str(path), path.stat().st_size))
         else:
             raise UsageError(f"expected an image file or a folder, got {str(path)!r}")
     return None, files
@@ -145,13 +150,18 @@ class ImageFolder(Dataset):
         self, source: PathLike | Sequence[PathLike], canvas_size: int = 256, *, view: Any = None
     ) -> None:
         self.view = view if view is not None else CanvasView(canvas_size)
-        self.root, files = _collect(source)
+        self.root, found = _collect(source)
+        files = [f for f, _ in found]
         if not files:
             where = f"under {str(source)!r}" if self.root else "among the paths given"
             kinds = " ".join(IMG_EXTENSIONS)
             raise UsageError(f"expected image files ({kinds}) {where}, found none")
         # One numpy buffer instead of a list of str: avoids copy-on-read growth in workers.
         self._paths = np.array([os.fsencode(p) for p in files], dtype=np.bytes_)
+        sizes = np.array([n for _, n in found], dtype=np.int64).tobytes()
+        # What a resume or a feature folder must find again: the files (relative to the folder,
+        # in dataset order) and their sizes (a photo replaced under its name), as scanned.
+        self.files_id = hashlib.sha256(self._paths.tobytes() + sizes).hexdigest()[:16]
         self.classes: list[str] = []
         labels = [-1] * len(files)
         if self.root is not None:
@@ -178,14 +188,6 @@ class ImageFolder(Dataset):
         """Path of file ``index``."""
         rel = os.fsdecode(self._paths[index])
         return self.root / rel if self.root is not None else Path(rel)
-
-    @functools.cached_property
-    def files_id(self) -> str:
-        """A hash of the file list (relative to the folder, in dataset order) and of each file's
-        size (a photo replaced under its name): what a resume or a feature folder must find
-        again."""
-        sizes = np.array([os.path.getsize(p) for p in self.paths], dtype=np.int64)
-        return hashlib.sha256(self._paths.tobytes() + sizes.tobytes()).hexdigest()[:16]
 
     @property
     def paths(self) -> list[Path]:

@@ -49,10 +49,10 @@ def run(args: argparse.Namespace) -> int:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
     with output_folder(args.out or f"eval-{args.protocol}", "stellar eval") as args.out_dir:
         protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
+        # recorded: what --precision resolves to here (a probe of feature folders: theirs)
+        args.precision = "bf16" if encoding_dtype(pick_device(args.device)) else "fp32"
         result = protocol.run(args)  # under --precision (stellar.cli)
         settings = {k: v for k, v in vars(args).items() if k not in ("protocol", "out_dir")}
-        # what --precision resolved to for the images this run encoded
-        settings["precision"] = "bf16" if encoding_dtype(pick_device(args.device)) else "fp32"
         write_json(
             args.out_dir / METRICS_NAME, {"protocol": args.protocol, "settings": settings, **result}
         )

@@ -34,7 +34,6 @@ from stellar.eval.common import (
 from stellar.eval.encoder import extract_features, pool_features, weights_fingerprint
 from stellar.eval.shards import DECODING, differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
-from stellar.runtime import encoding_dtype
 
 logger = logging.getLogger(__name__)
 
@@ -121,12 +120,12 @@ def classification_setup(
         ("--val-features", args.val_features),
     ):
         if not root:
-            precisions.add("bf16" if encoding_dtype(ours.device) else "fp32")
+            precisions.add(args.precision)  # this run's, as stellar eval resolved it
             continue
         # --key features of this model's weights and of the evaluation view at this resolution
         # (so two folders also match)
         meta = read_meta(Path(root))
-        precisions.add(meta["precision"])
+        precisions.add(meta.get("precision", "an unrecorded precision"))
         expected = {"weights": weights_fingerprint(ours), "resolution": res}
         expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True, "decoding": DECODING}
         diff = differences(meta, expected)
@@ -138,8 +137,9 @@ def classification_setup(
                 f"({'; '.join(diff)}); run `stellar extract` on class folders with this --model, "
                 f"--resolution {res}, --keys {args.key} and the default --resize-ratio"
             )
+    args.precision = " and ".join(sorted(precisions))  # what metrics.json records
     if len(precisions) > 1:
-        logger.warning("the probe mixes features encoded in %s", " and ".join(sorted(precisions)))
+        logger.warning("the probe mixes features encoded in %s", args.precision)
     return entries, train_dir, val_dir
 
 

@@ -56,15 +56,14 @@ class Explorer:
         root = Path(cache_dir).expanduser()
         folder = root / f"examples-{model.image_size}"  # 16 concept scenes, rendered once
         picks = [folder / f"scene_{i:03d}.png" for i in range(16)]
-        inputs = [str(collection)] if collection is not None else []
-        with output_folder(folder, "stellar explore", "--cache-dir", inputs=inputs):
+        with output_folder(folder, "stellar explore", "--cache-dir", filter(None, [collection])):
             for i, path in enumerate(picks):
                 if not path.is_file():
                     image = to_pil(render_scene(0, i, model.image_size, split="val")["image"])
                     atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
         if collection is not None:
             folder = Path(collection)
-            picks = find_images(folder)[:MAX_PICKS] + picks
+            picks = list(find_images(folder))[:MAX_PICKS] + picks
         return cls(model, spec, Collection(model, folder, spec, root), picks, why)
 
     @torch.inference_mode()

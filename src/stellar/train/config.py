@@ -249,7 +249,8 @@ def load_config(
             target = target.setdefault(part, {})
             if not isinstance(target, dict):
                 raise UsageError(f"override {key}: {part} is not a section")
-        target[name] = merge_fields(target, {name: value})[name]  # a section: merged into
+        # a mapping merges into a section or a dict field; {} empties it
+        target[name] = merge_fields(target, {name: value})[name] if value != {} else {}
     return build(TrainConfig, data)
 
 

@@ -71,16 +71,16 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
 
 def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> STELLAR:
     """A ``purpose="pretrain"`` model: a preset, continued from a checkpoint, or MAE-initialised;
-    to resume from a checkpoint, only its architecture (the checkpoint restores every weight,
-    whether or not the ``init`` files still exist)."""
+    to resume, the architecture of ``resume_from`` alone (it restores every weight)."""
     vq = cfg.vq_model
-    if cfg.init.checkpoint and resume_from is None:
+    if resume_from is not None:  # the checkpoint's config holds model_overrides too
+        return create_stellar(inspect_model(resume_from).config, purpose="pretrain", vq_model=vq)
+    if cfg.init.checkpoint:
         model = load_stellar(cfg.init.checkpoint, purpose="pretrain", vq_model=vq)
         logger.info("the architecture is init.checkpoint's (model=%s is not used)", cfg.model)
     else:
-        arch = inspect_model(resume_from).config if cfg.init.checkpoint else cfg.model
-        model = create_stellar(arch, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
-    if cfg.init.encoder and resume_from is None:
+        model = create_stellar(cfg.model, purpose="pretrain", vq_model=vq, **cfg.model_overrides)
+    if cfg.init.encoder:
         init_encoder_from_mae(model, cfg.init.encoder)
     return model  # in train mode, gradients on but the tokenizer's (the hub's purpose rule)
 
