@@ -14,6 +14,7 @@ import pytest
 import torch
 from PIL import Image
 
+import stellar
 from stellar import STELLAR, StellarForPretraining, create_stellar, load_stellar, total_loss
 from stellar.data.folder import CentreCropView
 from stellar.losses.objective import StellarObjective
@@ -204,6 +205,24 @@ def test_pretraining_model_saves_and_reloads_as_stellar(pixel_model, tmp_path):
     encoder = load_stellar(tmp_path / "again")
     assert type(encoder) is STELLAR
     torch.testing.assert_close(encoder.sparse_tokens, pixel_model.sparse_tokens)
+    assert sorted(p.name for p in (tmp_path / "again").iterdir()) == [
+        "README.md",
+        "config.json",
+        "model.safetensors",
+    ]  # what a hub repository needs, no lock file
+    # a run's folder is no model folder: its latest checkpoint would shadow the saved weights
+    run = tmp_path / "run"
+    stellar.train("cpu-smoke", out=run, max_steps=1)
+    with pytest.raises(ValueError, match="holds the results of stellar train"):
+        pixel_model.save_pretrained(run)
+    assert not (run / "model.safetensors").exists()
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
+def test_a_device_without_cuda_is_one_error(tmp_path):
+    create_stellar("stellar-tiny").save_pretrained(tmp_path / "tiny")
+    with pytest.raises(ValueError, match="'cuda': this torch build or machine has no CUDA"):
+        load_stellar(tmp_path / "tiny", device="cuda")
 
 
 def test_a_photo_is_the_same_input_as_a_path_and_as_a_pil_image(tmp_path):

@@ -3,6 +3,8 @@ temporaries of a killed job cleaned, writability checked before any work."""
 
 from __future__ import annotations
 
+import os
+import signal
 import subprocess
 import sys
 import textwrap
@@ -27,6 +29,42 @@ def _try_in_another_process(folder) -> str:
     )
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return done.stdout + done.stderr
+
+
+def test_a_forked_child_outliving_its_killed_parent_does_not_hold_the_folder(tmp_path):
+    """A data-loader worker lives on for seconds after its job is killed; a requeued job must
+    not find the folder in use."""
+    out, pid_file = tmp_path / "run", tmp_path / "worker.pid"
+    code = textwrap.dedent(
+        f"""
+        import os, time
+        from stellar.outputs import output_folder
+        with output_folder({str(out)!r}, "first job"):
+            if (pid := os.fork()) == 0:
+                time.sleep(60)
+                os._exit(0)
+            open({str(pid_file)!r}, "w").write(str(pid))
+            os._exit(0)  # killed: the block never ends
+        """
+    )
+    subprocess.run([sys.executable, "-c", code], stdout=subprocess.DEVNULL, check=True)
+    worker = int(pid_file.read_text())
+    try:
+        assert os.path.exists(f"/proc/{worker}")  # still running
+        assert "acquired" in _try_in_another_process(out)
+    finally:
+        os.kill(worker, signal.SIGKILL)
+
+
+def test_a_refused_job_leaves_no_folder_it_created(tmp_path):
+    out = tmp_path / "new" / "out"
+    with pytest.raises(UsageError, match="bad input"), output_folder(out, "job"):
+        raise UsageError("bad input")
+    assert not out.exists() and (tmp_path / "new").is_dir()
+    out.mkdir()  # a folder that was there before stays
+    with pytest.raises(UsageError, match="bad input"), output_folder(out, "job"):
+        raise UsageError("bad input")
+    assert out.is_dir()
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):

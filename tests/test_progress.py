@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import logging
+import subprocess
 import sys
 import types
 
@@ -38,6 +39,14 @@ def test_in_a_pipe_no_carriage_returns_and_a_line_every_n_steps(monkeypatch, cap
     assert 20 <= len(lines) <= 22, lines
     assert lines[0].startswith("work:") and "200/200" in lines[-1]
     assert "loss=" in lines[-1]
+
+
+def test_in_a_pipe_without_logging_set_up_the_lines_go_to_stderr():
+    """A Python call under nohup or SLURM, where nothing set logging up, still shows progress."""
+    code = "from stellar.progress import progress_bar as p\nfor _ in p(range(40), desc='w'): pass"
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    lines = done.stderr.splitlines()
+    assert lines[0].startswith("w:") and "40/40" in lines[-1] and "\r" not in done.stderr
 
 
 def test_default_cadence_is_about_twenty_lines(monkeypatch, caplog):

@@ -8,6 +8,7 @@ images to features), :func:`train` (what ``stellar train`` runs) and the pretrai
 """
 
 from stellar.eval.encoder import extract_features
+from stellar.eval.shards import load_features
 from stellar.hub import create_stellar, load_model, load_stellar
 from stellar.losses.objective import total_loss
 from stellar.losses.pretraining import StellarForPretraining
@@ -28,6 +29,7 @@ __all__ = [
     "create_stellar",
     "extract_features",
     "list_models",
+    "load_features",
     "load_model",
     "load_stellar",
     "total_loss",

@@ -40,6 +40,7 @@ from stellar.models.infer import defaulted_fields, encoder_from_hf, infer_config
 from stellar.models.registry import BACKBONES, get_config, is_released, list_models
 from stellar.models.stellar import PURPOSES, STELLAR, Purpose
 from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer, load_vqgan
+from stellar.runtime import pick_device
 
 logger = logging.getLogger(__name__)
 
@@ -315,7 +316,7 @@ def _finish(
     model.requires_grad_(training).train(training)
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
-    return model.to(device) if device is not None else model
+    return model.to(pick_device(device)) if device is not None else model
 
 
 @dataclass

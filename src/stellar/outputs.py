@@ -28,6 +28,17 @@ TEMPORARIES = (".*.tmp", ".tmp??????")
 # stream error on a device such as /dev/full)
 TORCH_WRITER = ("PytorchStreamWriter", "inline_container", "iostream error")
 _held: dict[str, int] = {}  # the real paths of the folders this process holds: how many times
+_lock_fds: set[int] = set()  # their descriptors
+
+
+def _close_locks_in_child() -> None:
+    """A forked child (a data-loader worker) must not hold a lock after its parent dies."""
+    for fd in _lock_fds:
+        os.close(fd)
+    _lock_fds.clear()
+
+
+os.register_at_fork(after_in_child=_close_locks_in_child)
 
 
 @contextlib.contextmanager
@@ -55,7 +66,9 @@ def output_folder(
             and not any(p.startswith(".") for p in where.relative_to(source).parts)  # scanned
         ):
             raise UsageError(f"{flag} {str(folder)!r} lies inside the input folder {source!r}")
+    created = not os.path.exists(folder)  # False for a bad name, refused below
     fd = _open_lock(folder, flag)
+    _lock_fds.add(fd)
     key = os.path.realpath(folder)
     try:
         if key not in _held:
@@ -69,6 +82,12 @@ def output_folder(
             if not _held[key]:
                 del _held[key]
     finally:
+        if created:  # a refused job's empty folder goes (still locked: no other job is in it)
+            with contextlib.suppress(OSError):
+                if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                    (folder / LOCK_NAME).unlink()
+                    folder.rmdir()
+        _lock_fds.discard(fd)
         os.close(fd)  # the lock goes with the descriptor that took it
 
 

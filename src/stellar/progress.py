@@ -21,8 +21,10 @@ class _LogWriter:
 
     def write(self, text: str) -> None:
         line = text.replace("\r", "").strip()
-        if line:
+        if line and logger.hasHandlers():
             logger.info(line)
+        elif line:  # logging not set up (a script under nohup or SLURM): shown as tqdm would be
+            print(line, file=sys.stderr, flush=True)
 
     def flush(self) -> None:
         pass

@@ -56,7 +56,7 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
             f"expected a device such as cpu, cuda or cuda:1, got {str(spec)!r} ({err})"
         ) from None
     if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"--device {spec}: this torch build or machine has no CUDA device")
+        raise UsageError(f"device {spec!r}: this torch build or machine has no CUDA device")
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU
         device = torch.device("cuda", local_rank)
     return device

@@ -194,6 +194,13 @@ def test_bad_options_fail_before_the_model_is_loaded(
     assert not (tmp_path / "o").exists()
 
 
+def test_a_missing_folder_is_named_and_leaves_no_output_folder(tmp_path) -> None:
+    out = tmp_path / "o"
+    with pytest.raises(ValueError, match=r"expected --train \(or --train-features\) .* got none"):
+        main(["eval", "knn", "--model", "stellar-tiny", "--out", str(out)])
+    assert not out.exists()  # the refused run's folder went with it
+
+
 def test_format_table_aligns_columns() -> None:
     text = format_table(
         [("model", lambda r: r["m"]), ("top-1 %", lambda r: f"{r['a']:.2f}")],

@@ -10,6 +10,7 @@ import pytest
 import torch
 from PIL import Image
 
+from stellar.cli import main
 from stellar.data.folder import EvalImages, find_images
 from stellar.eval.encoder import decodable_batches, make_loader
 
@@ -43,6 +44,25 @@ def test_centre_crop_keeps_the_middle(tmp_path: Path, ratio: float) -> None:
     # The shorter side (100) becomes 32·ratio, the width 3x that: the centre square is green.
     inner = img[:, 4:-4, 4:-4]
     assert torch.allclose(inner, torch.tensor([0.0, 1.0, 0.0])[:, None, None], atol=0.02)
+
+
+def test_a_resize_ratio_below_one_is_refused(tmp_path: Path, capsys) -> None:
+    """The crop would be larger than the resized image (it was silently taken as 1)."""
+    _thirds(tmp_path / "a.png")
+    with pytest.raises(ValueError, match="resize_ratio >= 1"):
+        EvalImages(tmp_path, 32, resize_ratio=0.5)
+    argv = [
+        "extract",
+        "--model",
+        "stellar-tiny",
+        "--data",
+        str(tmp_path),
+        "--out",
+        str(tmp_path / "f"),
+    ]
+    with pytest.raises(SystemExit):  # argparse's usage error, before any work
+        main([*argv, "--resize-ratio", "0.5"])
+    assert "--resize-ratio: expected a finite number >= 1, got '0.5'" in capsys.readouterr().err
 
 
 def test_no_crop_squashes_the_whole_image(tmp_path: Path) -> None:

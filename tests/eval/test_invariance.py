@@ -147,10 +147,11 @@ def test_transform_alignment(name: str) -> None:
 
 
 def test_invariance_command(samples_dir, tmp_path, capsys, monkeypatch) -> None:
+    (data := tmp_path / "data").mkdir()
     for p in sorted((samples_dir / "images224").glob("*.jpg"))[:4]:
-        os.symlink(p, tmp_path / p.name)
+        os.symlink(p, data / p.name)
     out = tmp_path / "out"
-    argv = ["eval", "invariance", "--model", "stellar-tiny", "--data", str(tmp_path)]
+    argv = ["eval", "invariance", "--model", "stellar-tiny", "--data", str(data)]
     assert main([*argv, "--crops", "2", "--out", str(out), "--no-progress"]) == 0
     m = json.loads((out / "metrics.json").read_text())
     (row,) = m["rows"]

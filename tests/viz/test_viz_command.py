@@ -237,6 +237,15 @@ def test_a_folder_is_one_kind_of_jobs_and_never_inside_its_inputs(tmp_path: Path
     retrieve = ["retrieve", "--model", "stellar-tiny", "--query", str(images / "im0.png")]
     with pytest.raises(ValueError, match="inside the input folder"):
         main([*retrieve, "--token", "0", "--data", str(images), "--out", str(images / "r")])
+    extract = ["extract", "--model", "stellar-tiny", "--data", str(images)]
+    train = ["train", "--config", "cpu-smoke", "data.source=folder", f"data.root={images}"]
+    for inside in (
+        [*extract, "--out", str(images / "f")],
+        [*eval_knn, "--val", str(images), "--out", str(images / "e")],
+        [*train, f"out={images / 'run'}"],
+    ):
+        with pytest.raises(ValueError, match="inside the input folder"):
+            main(inside)
     assert sorted(p.name for p in images.iterdir()) == ["im0.png"]  # nothing was created
     # a hidden folder is never scanned; hidden files (.DS_Store, .lock) are no one's results
     assert main([*viz, "--out", str(images / ".figures")]) == 0

@@ -99,6 +99,10 @@ class CentreCropView:
     def __init__(self, resolution: int, resize_ratio: float = 256 / 224, crop: bool = True) -> None:
         if int(resolution) < 1:  # else every image would be skipped as broken
             raise ValueError(f"expected resolution >= 1, got {resolution}")
+        if not resize_ratio >= 1:  # the crop would be larger than the resized image
+            raise ValueError(
+                f"expected resize_ratio >= 1 (shorter side / crop), got {resize_ratio}"
+            )
         self.resolution, self.resize_ratio, self.crop = int(resolution), float(resize_ratio), crop
 
     def __call__(self, path: Path) -> dict[str, torch.Tensor]:
@@ -107,8 +111,7 @@ class CentreCropView:
         if not self.crop:
             img = load_rgb(path).resize((r, r), Image.Resampling.BICUBIC)
         else:
-            side = max(r, round(r * self.resize_ratio))  # the shorter side; a ratio < 1 counts as 1
-            img = resize_centre_crop(load_rgb(path), r, side)
+            img = resize_centre_crop(load_rgb(path), r, round(r * self.resize_ratio))
         return {"image": to_tensor(img)}
 
 

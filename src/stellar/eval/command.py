@@ -47,7 +47,10 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stellar eval PROTOCOL``: compute, print the table, write ``OUT/metrics.json``."""
     if args.baseline is not None:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
-    with output_folder(args.out or f"eval-{args.protocol}", "stellar eval") as args.out_dir:
+    inputs = filter(None, (getattr(args, k, None) for k in ("train", "val", "data")))
+    with output_folder(
+        args.out or f"eval-{args.protocol}", "stellar eval", inputs=inputs
+    ) as args.out_dir:
         protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
         # recorded: what --precision resolves to here (a probe of feature folders: theirs)
         args.precision = "bf16" if encoding_dtype(pick_device(args.device)) else "fp32"

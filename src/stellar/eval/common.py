@@ -61,7 +61,8 @@ def add_keys(p: argparse.ArgumentParser, ours: Sequence[str]) -> None:
 def check_folder(root: str | None, what: str) -> ImageFolder:
     """The images of a folder, scanned only (nothing decoded)."""
     if root is None or not Path(root).is_dir():
-        raise UsageError(f"expected {what} to be a folder of images, got {root!r}")
+        got = "none" if root is None else repr(root)
+        raise UsageError(f"expected {what} to be a folder of images, got {got}")
     return ImageFolder(root)  # a folder without images is its UsageError
 
 

@@ -17,7 +17,7 @@ import torch
 from torch.utils.data import Subset
 
 from stellar.data.folder import EvalImages
-from stellar.errors import UsageError, positive_int
+from stellar.errors import Bounds, UsageError, number_type, positive_int
 from stellar.eval.common import add_encoding, resolution, write_json
 from stellar.eval.encoder import (
     FEATURE_KEYS,
@@ -87,7 +87,12 @@ def extract_to_dir(
     other settings (the encoding precision included) is refused unless ``overwrite``."""
     keys = check_keys(keys)
     out = Path(out_dir)
-    holding = output_folder(out, "stellar extract") if rank == 0 else contextlib.nullcontext()
+    inputs = filter(None, [dataset.root])
+    holding = (
+        output_folder(out, "stellar extract", inputs=inputs)
+        if rank == 0
+        else contextlib.nullcontext()
+    )
     with holding:
         n = len(dataset)
         shards = [range(s, min(s + shard_size, n)) for s in range(0, n, shard_size)]
@@ -170,7 +175,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--shard-size", type=positive_int, default=1024, help="images per shard")
     parser.add_argument(
-        "--resize-ratio", type=float, default=256 / 224, help="shorter side / crop (256/224)"
+        "--resize-ratio",
+        type=number_type(float, Bounds(low=1)),
+        default=256 / 224,
+        help="shorter side / crop (256/224)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder forward (GPU)"

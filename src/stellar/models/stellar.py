@@ -25,6 +25,7 @@ from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
 from stellar.models.vqgan import check_tokenizer
+from stellar.outputs import LOCK_NAME, output_folder
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -335,14 +336,18 @@ class STELLAR(nn.Module):
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> Path:
         """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``,
-        a model card (architecture, how to load), so the folder can be pushed to the hub.
+        a model card (architecture, how to load), so the folder can be pushed to the hub; a
+        folder that holds a training run or another job's results is refused.
 
-        The file holds the modules this model has: a ``purpose="encode"`` model writes its
-        encoder side only (load with ``purpose="reconstruct"`` or ``"pretrain"`` to keep all).
+        The file holds the modules this model has: ``purpose="encode"`` the encoder side,
+        ``"reconstruct"`` also the decoder, ``"pretrain"`` also the clustering heads (all).
         """
         if self.decoder is None:
             logger.warning("saving %s without a decoder (purpose=%r)", directory, self.purpose)
-        return write_pretrained(self, directory)
+        with output_folder(directory, "save_pretrained", "save_pretrained's directory"):
+            path = write_pretrained(self, directory)
+        (Path(directory) / LOCK_NAME).unlink()  # the folder holds the model's files alone
+        return path
 
     forward = encode  # model(images) is model.encode(images)
 
