@@ -17,8 +17,12 @@ from torch.profiler import record_function
 
 from stellar.data.augment import ViewPlan
 from stellar.errors import UsageError
-from stellar.losses.clustering import clustering_targets, cross_entropy_soft
-from stellar.losses.matching import set_alignment_loss, sinkhorn_match
+from stellar.losses.clustering import (
+    clustering_targets,
+    cross_entropy_soft,
+    set_alignment_loss,
+    sinkhorn_match,
+)
 from stellar.models.stellar import STELLAR
 from stellar.schema import bounded
 
