@@ -160,7 +160,7 @@ def _counted(loader: Any, batch_size: int, total: int, bar: Any) -> Iterator[dic
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar extract``."""
     add_encoding(parser, num_workers=4)
-    parser.add_argument("--data", required=True, help="image folder (class sub-folders = labels)")
+    parser.add_argument("--data", required=True, help="image folder (sub-folders = labels) or file")
     parser.add_argument("--out", required=True, help="output folder for shards + index")
     parser.add_argument(
         "--keys",

@@ -56,7 +56,7 @@ def _tile(image: Tensor, spatial: Tensor, grid: tuple[int, int], token: int) -> 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar retrieve``."""
     parser.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
-    parser.add_argument("--data", default=None, help="image folder to index")
+    parser.add_argument("--data", default=None, help="image folder (or file) to index")
     parser.add_argument("--query", required=True, help="the query image file")
     parser.add_argument(
         "--token", type=nonneg_int, required=True, help="concept token index of the query"
