@@ -150,9 +150,8 @@ def split_features(
     the evaluation view."""
     if entry.kind == "stellar" and stored_dir:
         features = load_features(stored_dir, [entry.key])
-        classes = read_meta(Path(stored_dir))["classes"]
         x = pool_features(features[entry.key].float())
-        return LabelledFeatures(x, features["labels"], classes)
+        return LabelledFeatures(x, features["labels"], features["classes"])
     dataset = EvalImages(folder, entry.resolution, resize_ratio=EVAL_RESIZE_RATIO)
     out = extract_features(
         entry.model, dataset, [entry.key], args.batch_size, pool=True,
