@@ -15,6 +15,16 @@ import pytest
 from stellar.errors import UsageError
 from stellar.outputs import LOCK_NAME, check_fresh, output_folder
 
+_SECOND_JOB = """
+from stellar.outputs import output_folder
+{}
+try:
+    with output_folder({!r}, "second job"):
+        print("acquired")
+except ValueError as err:
+    print("refused:", err)
+"""
+
 
 def _try_in_another_process(folder) -> str:
     code = textwrap.dedent(
@@ -54,6 +64,37 @@ def test_a_forked_child_outliving_its_killed_parent_does_not_hold_the_folder(tmp
         assert "acquired" in _try_in_another_process(out)
     finally:
         os.kill(worker, signal.SIGKILL)
+
+
+def test_a_forked_child_leaving_the_block_leaves_the_parents_hold(tmp_path):
+    out, parent = tmp_path / "run", os.getpid()  # made by this hold, empty when the child leaves
+
+    def hold() -> None:
+        with output_folder(out, "first job"):
+            if (pid := os.fork()) == 0:
+                return  # the child unwinds the block
+            assert os.waitpid(pid, 0)[1] == 0  # the child's unwinding raised nothing
+            assert (out / LOCK_NAME).is_file()
+            assert "refused:" in _try_in_another_process(out)  # still held
+
+    try:
+        hold()
+    except BaseException:
+        if os.getpid() != parent:  # never let the forked child go on into pytest
+            os._exit(1)
+        raise
+    if os.getpid() != parent:
+        os._exit(0)
+
+
+def test_a_job_refused_by_the_holder_leaves_the_holders_new_folder(tmp_path):
+    """Two jobs started at once: the second saw no folder, the first made it and holds it."""
+    out = tmp_path / "run"
+    with output_folder(out, "first job"):
+        code = _SECOND_JOB.format("import os; os.path.exists = lambda p: False", str(out))
+        done = subprocess.run([sys.executable, "-c", code], capture_output=True)
+        assert b"refused: " in done.stdout, done
+        assert (out / LOCK_NAME).is_file()  # the holder's folder and lock are intact
 
 
 def test_a_refused_job_leaves_no_folder_it_created(tmp_path):

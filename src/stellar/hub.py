@@ -316,7 +316,10 @@ def _finish(
     model.requires_grad_(training).train(training)
     if tokenizer is not None:
         model.set_tokenizer(tokenizer)
-    return model.to(pick_device(device)) if device is not None else model
+    if device is None:
+        return model
+    pick_device(device)  # one error for a device torch lacks; "cuda" stays the current GPU
+    return model.to(device)
 
 
 @dataclass

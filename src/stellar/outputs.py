@@ -43,12 +43,18 @@ os.register_at_fork(after_in_child=_close_locks_in_child)
 
 @contextlib.contextmanager
 def output_folder(
-    path: str | os.PathLike[str], job: str, flag: str = "--out", inputs: Iterable[str | Path] = ()
+    path: str | os.PathLike[str],
+    job: str,
+    flag: str = "--out",
+    inputs: Iterable[str | Path] = (),
+    keep_lock: bool = True,
 ) -> Iterator[Path]:
     """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
 
     Re-entrant within a process (a command and the function it calls may both hold it).
     Temporaries are removed from the folder and two levels of sub-folders (not through links).
+    A folder this call made is removed if the job leaves it empty (refused); ``keep_lock=False``
+    leaves no ``.lock`` naming the job (a folder for the hub).
 
     Raises:
         UsageError: ``path`` is empty, a file, lies under one or in one of the image folders
@@ -58,8 +64,8 @@ def output_folder(
     if not os.fspath(path):  # Path("") would be the working directory
         raise UsageError(f"expected {flag} a folder for the outputs, got ''")
     folder = Path(path)
-    for source in map(os.path.abspath, inputs):
-        where = Path(os.path.abspath(folder))
+    for source in map(os.path.realpath, inputs):
+        where = Path(os.path.realpath(folder))
         if (
             os.path.isdir(source)
             and where.is_relative_to(source)
@@ -70,9 +76,11 @@ def output_folder(
     fd = _open_lock(folder, flag)
     _lock_fds.add(fd)
     key = os.path.realpath(folder)
+    holder = None  # this process, once this call took the lock (not an outer call)
     try:
         if key not in _held:
             _lock(fd, folder, job)
+            holder = os.getpid()
             _clean_temporaries(folder)
         _held[key] = _held.get(key, 0) + 1
         try:
@@ -82,13 +90,15 @@ def output_folder(
             if not _held[key]:
                 del _held[key]
     finally:
-        if created:  # a refused job's empty folder goes (still locked: no other job is in it)
+        if holder == os.getpid():  # still locked, and not a forked child unwinding the block
             with contextlib.suppress(OSError):
-                if [p.name for p in folder.iterdir()] == [LOCK_NAME]:
+                if not keep_lock or (created and os.listdir(folder) == [LOCK_NAME]):
                     (folder / LOCK_NAME).unlink()
-                    folder.rmdir()
-        _lock_fds.discard(fd)
-        os.close(fd)  # the lock goes with the descriptor that took it
+                if created:
+                    folder.rmdir()  # only if empty
+        if fd in _lock_fds:  # a forked child's hook closed its copies already
+            _lock_fds.discard(fd)
+            os.close(fd)  # the lock goes with the descriptor that took it
 
 
 def _open_lock(folder: Path, flag: str) -> int:

@@ -25,7 +25,7 @@ from stellar.models.decoder import ReconstructionDecoder
 from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
 from stellar.models.vqgan import check_tokenizer
-from stellar.outputs import LOCK_NAME, output_folder
+from stellar.outputs import output_folder
 
 if TYPE_CHECKING:
     from stellar.models.vqgan import MaskGITVQGAN
@@ -344,10 +344,9 @@ class STELLAR(nn.Module):
         """
         if self.decoder is None:
             logger.warning("saving %s without a decoder (purpose=%r)", directory, self.purpose)
-        with output_folder(directory, "save_pretrained", "save_pretrained's directory"):
-            path = write_pretrained(self, directory)
-        (Path(directory) / LOCK_NAME).unlink()  # the folder holds the model's files alone
-        return path
+        # no lock left behind: the folder holds the model's files alone
+        with output_folder(directory, "save_pretrained", "directory", keep_lock=False):
+            return write_pretrained(self, directory)
 
     forward = encode  # model(images) is model.encode(images)
 
