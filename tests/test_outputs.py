@@ -26,17 +26,9 @@ except ValueError as err:
 """
 
 
-def _try_in_another_process(folder) -> str:
-    code = textwrap.dedent(
-        f"""
-        from stellar.outputs import output_folder
-        try:
-            with output_folder({str(folder)!r}, "second job"):
-                print("acquired")
-        except ValueError as err:
-            print("refused:", err)
-        """
-    )
+def _try_in_another_process(folder, before: str = "") -> str:
+    """The second job's output; ``before`` runs first in its process."""
+    code = _SECOND_JOB.format(before, str(folder))
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     return done.stdout + done.stderr
 
@@ -91,9 +83,8 @@ def test_a_job_refused_by_the_holder_leaves_the_holders_new_folder(tmp_path):
     """Two jobs started at once: the second saw no folder, the first made it and holds it."""
     out = tmp_path / "run"
     with output_folder(out, "first job"):
-        code = _SECOND_JOB.format("import os; os.path.exists = lambda p: False", str(out))
-        done = subprocess.run([sys.executable, "-c", code], capture_output=True)
-        assert b"refused: " in done.stdout, done
+        result = _try_in_another_process(out, "import os; os.path.exists = lambda p: False")
+        assert "refused: " in result, result
         assert (out / LOCK_NAME).is_file()  # the holder's folder and lock are intact
 
 
