@@ -46,7 +46,7 @@ def output_folder(
     path: str | os.PathLike[str],
     job: str,
     flag: str = "--out",
-    inputs: Iterable[str | Path] = (),
+    inputs: Iterable[str | Path | None] = (),
     keep_lock: bool = True,
 ) -> Iterator[Path]:
     """Hold the folder ``path`` for ``job`` (e.g. ``"stellar extract"``) during the block.
@@ -58,14 +58,16 @@ def output_folder(
 
     Raises:
         UsageError: ``path`` is empty, a file, lies under one or in one of the image folders
-            ``inputs``, or cannot be written (named with ``flag``); another live process holds
-            it, or another kind of job wrote it (named in the message).
+            ``inputs`` (None entries skipped), or cannot be written (named with ``flag``);
+            another live process holds it, or another kind of job wrote it (named in the
+            message).
     """
     if not os.fspath(path):  # Path("") would be the working directory
         raise UsageError(f"expected {flag} a folder for the outputs, got ''")
     folder = Path(path)
-    for source in map(os.path.realpath, inputs):
-        where = Path(os.path.realpath(folder))
+    key = os.path.realpath(folder)
+    where = Path(key)
+    for source in map(os.path.realpath, filter(None, inputs)):
         if (
             os.path.isdir(source)
             and where.is_relative_to(source)
@@ -75,7 +77,6 @@ def output_folder(
     created = not os.path.exists(folder)  # False for a bad name, refused below
     fd = _open_lock(folder, flag)
     _lock_fds.add(fd)
-    key = os.path.realpath(folder)
     holder = None  # this process, once this call took the lock (not an outer call)
     try:
         if key not in _held:

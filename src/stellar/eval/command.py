@@ -47,7 +47,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``stellar eval PROTOCOL``: compute, print the table, write ``OUT/metrics.json``."""
     if args.baseline is not None:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
-    inputs = filter(None, (getattr(args, k, None) for k in ("train", "val", "data")))
+    inputs = [getattr(args, k, None) for k in ("train", "val", "data")]
     with output_folder(
         args.out or f"eval-{args.protocol}", "stellar eval", inputs=inputs
     ) as args.out_dir:

@@ -87,9 +87,8 @@ def extract_to_dir(
     other settings (the encoding precision included) is refused unless ``overwrite``."""
     keys = check_keys(keys)
     out = Path(out_dir)
-    inputs = filter(None, [dataset.root])
     holding = (
-        output_folder(out, "stellar extract", inputs=inputs)
+        output_folder(out, "stellar extract", inputs=[dataset.root])
         if rank == 0
         else contextlib.nullcontext()
     )

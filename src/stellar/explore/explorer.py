@@ -56,7 +56,7 @@ class Explorer:
         root = Path(cache_dir).expanduser()
         folder = root / f"examples-{model.image_size}"  # 16 concept scenes, rendered once
         picks = [folder / f"scene_{i:03d}.png" for i in range(16)]
-        with output_folder(folder, "stellar explore", "--cache-dir", filter(None, [collection])):
+        with output_folder(folder, "stellar explore", "--cache-dir", [collection]):
             for i, path in enumerate(picks):
                 if not path.is_file():
                     image = to_pil(render_scene(0, i, model.image_size, split="val")["image"])

@@ -67,7 +67,7 @@ def train(
     try:
         # one run per folder: rank 0 holds the lock for the whole run (ranks share the folder)
         with (
-            output_folder(cfg.out, "stellar train", "out=", filter(None, [cfg.data.root]))
+            output_folder(cfg.out, "stellar train", "out=", [cfg.data.root])
             if dist.is_main
             else contextlib.nullcontext()
         ):

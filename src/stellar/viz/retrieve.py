@@ -123,7 +123,7 @@ def run(args: argparse.Namespace) -> int:
     resolution = eval_resolution(args, info)
     # How --data is recorded in and compared with an index: its resolved path.
     data = str(Path(args.data).resolve()) if args.data is not None else None
-    with output_folder(args.out, "stellar retrieve", inputs=[args.data] if data else []) as out:
+    with output_folder(args.out, "stellar retrieve", inputs=[args.data]) as out:
         index_dir = out / "index"  # reused by a later run into the same --out
         index = TokenIndex.load(index_dir) if (index_dir / INDEX_FILE).is_file() else None
         if index is None and args.data is None:
