@@ -29,6 +29,7 @@ from stellar.checkpoint.official import (
 from stellar.checkpoint.weights import (
     WeightsNotFoundError,
     hub_file,
+    is_repo_id,
     read_header,
     read_json,
     read_state_dict,
@@ -89,7 +90,8 @@ def load_stellar(
     """Load a STELLAR checkpoint strictly.
 
     Args:
-        name_or_path: a released name (``list_models(released_only=True)``), a weights file
+        name_or_path: a released name (``list_models(released_only=True)``), the id of a
+            Hugging Face repository that holds a ``save_pretrained`` folder, a weights file
             (``.safetensors`` or torch pickle, official key layout of transformers 4.x or
             5.x), a directory holding one, or a training run folder (its latest checkpoint).
         purpose: ``"encode"`` (encoder side, eval mode, no gradients), ``"reconstruct"`` (adds
@@ -133,7 +135,8 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
 
     A training run folder means its ``checkpoints/last``; a directory its
     ``model.safetensors`` (or its only ``.safetensors``); a released name its file in
-    ``microsoft/STELLAR`` (from the Hugging Face cache, else downloaded).
+    ``microsoft/STELLAR``, and a Hugging Face repository id (``org/name``) its
+    ``model.safetensors`` (from the Hugging Face cache, else downloaded).
 
     Raises:
         FileNotFoundError: none of these, naming what to do instead.
@@ -155,6 +158,12 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
     if path.is_file():
         return path, None
     name = str(name_or_path)
+    if is_repo_id(name):  # a folder save_pretrained wrote, uploaded (``hf upload``)
+        try:
+            return hub_file(name, WEIGHTS_NAME, fetch=[CONFIG_NAME]), None
+        except WeightsNotFoundError as err:
+            where = f"{name!r} is not a local file or folder; as a repository id"
+            raise WeightsNotFoundError(f"{where}: {err}") from None
     if not is_released(name):
         raise WeightsNotFoundError(
             f"{name!r} has no released weights: build a registered preset with "

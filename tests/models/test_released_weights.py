@@ -318,8 +318,26 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
     assert card.startswith("---\nlibrary_name: stellar")
     assert "width 96, 3 blocks, 4 heads" in card and "| concept tokens (r) | 6 |" in card
     assert "1 block, width" in card  # the tiny decoder's one block
-    assert "load_stellar(" in card and "ORG/NAME" not in card
     assert load_stellar(tmp_path / "run").config == model.config  # the card is no obstacle
+
+
+def test_an_uploaded_save_pretrained_folder_loads_by_repository_id(hf_hub, tmp_path):
+    model = create_stellar("stellar-tiny", purpose="reconstruct")
+    model.save_pretrained(tmp_path / "mine")
+    for file in (tmp_path / "mine").iterdir():  # what `hf upload test-org/mine DIR` publishes
+        hf_hub.put("test-org/mine", file.name, file)
+    card = (tmp_path / "mine" / "README.md").read_text()
+    code = card.split("```python\n")[1].split("```")[0].replace("ORG/NAME", "test-org/mine")
+    images = torch.rand(2, 3, 64, 64)
+    scope = {"images": images}
+    exec(code, scope)  # the card's own lines
+    with torch.no_grad():
+        torch.testing.assert_close(scope["out"]["lowrank"], model.encode(images)["lowrank"])
+    assert hf_hub.downloads == [("test-org/mine", "model.safetensors")]  # config in its metadata
+    hf_hub.offline()
+    assert load_stellar("test-org/mine", purpose="reconstruct").config == model.config
+    with pytest.raises(FileNotFoundError, match="'runs/typo' is not a local file or folder"):
+        load_stellar("runs/typo")
 
 
 def test_save_pretrained_says_when_it_writes_the_encoder_side_only(tmp_path, caplog):

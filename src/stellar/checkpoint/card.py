@@ -61,16 +61,13 @@ def model_card(config: Mapping[str, Any], decoder: bool = True) -> str:
         "## How to load",
         "",
         "With the `stellar` package installed (from a checkout: `pip install -e .`; it will be "
-        "published as `stellar-ssl`), download this repository and load it:",
-        "",
-        "```bash",
-        "hf download <this repository> --local-dir stellar-model",
-        "```",
+        "published as `stellar-ssl`), load it by this repository's id (downloaded through "
+        "`huggingface_hub` and cached) or from a local copy:",
         "",
         "```python",
         "from stellar import load_stellar",
         "",
-        'model = load_stellar("stellar-model")  # purpose="encode"'
+        'model = load_stellar("ORG/NAME")  # purpose="encode"'
         + ('; "reconstruct" adds the decoder' if decoder else ""),
         "out = model.encode(images)  # (B, 3, H, W) in [0, 1]: sparse, spatial, lowrank, ...",
         "```",

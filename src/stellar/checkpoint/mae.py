@@ -25,6 +25,7 @@ from stellar.checkpoint.official import from_official
 from stellar.checkpoint.weights import (
     WeightsNotFoundError,
     hub_file,
+    is_repo_id,
     listing,
     load_strict,
     read_json,
@@ -67,7 +68,7 @@ def load_mae_weights(path: str | Path) -> MaeWeights:
         ValueError: an unrecognised layout, an unknown key, or a fine-tuned checkpoint.
     """
     spec, path = str(path), Path(path).expanduser()
-    if not path.exists() and spec.count("/") == 1 and not spec.startswith((".", "/", "~")):
+    if is_repo_id(spec):
         hub_file(spec, "config.json", fetch=HF_WEIGHT_FILES[:1])  # an HF model id: its snapshot
         try:
             path = hub_file(spec, HF_WEIGHT_FILES[0])

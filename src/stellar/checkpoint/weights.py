@@ -9,6 +9,7 @@ downloads.
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -50,6 +51,13 @@ def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
             f"was not downloaded ({type(err).__name__}: {why}). Fetch it with `{command}` (it "
             "then loads offline too), or pass the path of a local copy"
         ) from None
+
+
+def is_repo_id(spec: str | Path) -> bool:
+    """Whether ``spec``, not a local path, reads as a Hugging Face repository id (``org/name``)."""
+    text = str(spec)
+    local = os.path.exists(text) or text.startswith((".", "/", "~"))
+    return not local and text.count("/") == 1
 
 
 def read_json(path: Path) -> Any:
