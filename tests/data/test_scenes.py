@@ -246,14 +246,15 @@ def test_export_round_trip(tmp_path) -> None:
     assert len(list((out / "images").glob("*/*.png"))) == 3
 
 
-def test_export_is_a_segmentation_folder_for_eval_seg(tmp_path) -> None:
+def test_export_is_a_segmentation_folder_for_eval_seg(tmp_path, capsys) -> None:
     from stellar.cli import main
 
     for split in ("train", "val"):
         assert main(["scenes", "--out", str(tmp_path / split), "--split", split, "-n", "6"]) == 0
+    num_classes = capsys.readouterr().out.split("--num-classes ")[1].split("`")[0]  # as told
     out = tmp_path / "seg"
     argv = ["eval", "seg", "--model", "stellar-tiny", "--train", str(tmp_path / "train")]
-    argv += ["--val", str(tmp_path / "val"), "--num-classes", str(1 + len(SHAPES))]
+    argv += ["--val", str(tmp_path / "val"), "--num-classes", num_classes]
     assert main([*argv, "--epochs", "1", "--no-progress", "--out", str(out)]) == 0
     metrics = json.loads((out / "metrics.json").read_text())
     assert metrics["layout"] == {"train": "simple", "val": "simple"}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from stellar.data.scenes import export_scenes
+from stellar.data.scenes import SHAPES, export_scenes
 from stellar.data.scenes.render import MIN_SIZE
 from stellar.errors import Bounds, nonneg_int, number_type, positive_int
 
@@ -24,5 +24,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Write the split."""
     path = export_scenes(args.out, args.split, args.count, args.size, args.seed, args.overwrite)
-    print(f"wrote {args.count} {args.split} scenes to {path}")
+    classes = 1 + len(SHAPES)  # the masks: 0 background, 1 + the shape's class
+    print(f"wrote {args.count} {args.split} scenes to {path} (`eval seg --num-classes {classes}`)")
     return 0
