@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import os
 from pathlib import Path
@@ -67,6 +68,10 @@ def test_linear_and_knn_read_colour_classes(colours, tmp_path, capsys) -> None:
     assert lin["settings"]["epochs"] == 30 and knn["rows"][0]["k"] == 3
     table = capsys.readouterr().out
     assert "top-1 %" in table and "stellar-tiny" in table
+    # one protocol's results per folder: linear does not replace knn's metrics.json
+    with pytest.raises(ValueError, match="holds the results of stellar eval knn"):
+        main(["eval", "linear", *base, "--out", str(tmp_path / "knn")])
+    assert _metrics(tmp_path / "knn") == knn
 
 
 def test_augmented_linear_runs(colours, tmp_path) -> None:
@@ -261,8 +266,34 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     flat = ["--num-workers", "0", "--out", str(tmp_path / "flat")]  # one class: no class folders
     assert main([*argv[:4], str(val / "blue"), *argv[5:], *flat]) == 0
     mixed = ["--train", str(train), "--val-features", str(tmp_path / "flat")]
-    with pytest.raises(ValueError, match="flat.*no classes"):
+    with pytest.raises(
+        ValueError, match="2 classes \\(sub-folders\\) in --val-features .*flat.*none"
+    ):
         main([*base, "--model", str(other), *mixed])
+
+
+def test_a_probe_needs_two_classes_and_says_when_it_scores_on_its_training_set(
+    colours, tmp_path, caplog
+) -> None:
+    train, _ = colours
+    one = _colour_folder(tmp_path / "one", 3, ("red",))
+    argv = ["extract", "--model", "stellar-tiny", "--keys", "cls", "--num-workers", "0"]
+    assert main([*argv, "--data", str(one), "--out", str(tmp_path / "f1")]) == 0
+    base = ["eval", "knn", "--model", "stellar-tiny", "--key", "cls", "--out", str(tmp_path / "o")]
+    for split in ("--train", "--val"):  # from a folder and from its features alike
+        bad = {"--train": str(train), "--val": str(train), split: str(one)}
+        with pytest.raises(ValueError, match=f"2 classes \\(sub-folders\\) in {split} .*'red'"):
+            main([*base, *itertools.chain(*bad.items())])
+        bad = {"--train": str(train), "--val": str(train)} | {
+            f"{split}-features": str(tmp_path / "f1")
+        }
+        with pytest.raises(
+            ValueError, match=f"2 classes \\(sub-folders\\) in {split}-features .*'red'"
+        ):
+            main([*base, *itertools.chain(*bad.items())])
+    assert "training set" not in caplog.text
+    assert main([*base, "--train", str(train), "--val", str(train)]) == 0
+    assert "--val is the training set" in caplog.text
 
 
 def test_eval_checks_the_output_folder_before_any_work(colours, tmp_path, monkeypatch) -> None:

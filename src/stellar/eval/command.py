@@ -48,9 +48,9 @@ def run(args: argparse.Namespace) -> int:
     if args.baseline is not None:
         parse_baseline(args.baseline)  # a malformed spec or a missing file fails first
     inputs = [getattr(args, k, None) for k in ("train", "val", "data")]
-    with output_folder(
-        args.out or f"eval-{args.protocol}", "stellar eval", inputs=inputs
-    ) as args.out_dir:
+    # one protocol's results per folder: another protocol's metrics.json is not replaced
+    job = f"stellar eval {args.protocol}"
+    with output_folder(args.out or f"eval-{args.protocol}", job, inputs=inputs) as args.out_dir:
         protocol = importlib.import_module(PROTOCOLS[args.protocol][0])
         # recorded: what --precision resolves to here (a probe of feature folders: theirs)
         args.precision = "bf16" if encoding_dtype(pick_device(args.device)) else "fp32"

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,25 +113,33 @@ def classification_setup(
                 f"validation classes {unknown[:10]} of {str(val_dir)!r} have no folder in "
                 f"--train {str(train_dir)!r}; expected the same class folder names"
             )
+    stored = {"--train-features": args.train_features, "--val-features": args.val_features}
+    metas = {flag: read_meta(Path(root)) for flag, root in stored.items() if root}
+    for flag, meta in metas.items():  # as require_labels checks a folder
+        if len(meta["classes"]) < 2:
+            found = meta["classes"] or "none (images outside class sub-folders)"
+            raise UsageError(
+                f"expected at least 2 classes (sub-folders) in {flag} {stored[flag]!r}, found "
+                f"{found}"
+            )
+    sources = (args.train_features or args.train, args.val_features or args.val)
+    if os.path.realpath(sources[0]) == os.path.realpath(sources[1]):
+        logger.warning("--val is the training set: accuracy is measured on the training images")
     entries = load_entries(args)
     ours, res = entries[0].model, entries[0].resolution
     precisions = set()  # of the features the probe reads: this run's encoding, the folders'
-    for flag, root in (
-        ("--train-features", args.train_features),
-        ("--val-features", args.val_features),
-    ):
+    for flag, root in stored.items():
         if not root:
             precisions.add(args.precision)  # this run's, as stellar eval resolved it
             continue
         # --key features of this model's weights and of the evaluation view at this resolution
         # (so two folders also match)
-        meta = read_meta(Path(root))
+        meta = metas[flag]
         precisions.add(meta.get("precision", "an unrecorded precision"))
         expected = {"weights": weights_fingerprint(ours), "resolution": res}
         expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True, "decoding": DECODING}
         diff = differences(meta, expected)
         diff += [] if args.key in meta["keys"] else [f"keys: {meta['keys']} lack {args.key!r}"]
-        diff += [] if meta["classes"] else ["no classes (images outside class sub-folders)"]
         if diff:
             raise UsageError(
                 f"{flag} {root!r} holds features of other settings than this run "
