@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import importlib
 import re
 
 import pytest
@@ -76,3 +77,32 @@ def test_bounds_describe_and_contain() -> None:
     assert Bounds(low=0, low_open=True).describe() == "> 0"
     assert 1.0 not in Bounds(0, 1, high_open=True) and 0.0 in Bounds(0, 1, high_open=True)
     assert float("nan") not in Bounds(low=0)
+
+
+@pytest.mark.parametrize(
+    "command",
+    [["scenes"], ["explore"], ["demo"], ["extract"], ["retrieve"], ["viz"]]
+    + [["eval", protocol] for protocol in ("linear", "knn", "seg", "recon", "invariance")],
+)
+def test_help_gives_every_option_default(command, capsys) -> None:
+    """Every option that takes a value and has one by default says which in ``--help`` (in its
+    text, or the formatter's "(default: ...)")."""
+    from stellar.cli import COMMANDS, HelpFormatter
+
+    parser = argparse.ArgumentParser(formatter_class=HelpFormatter)
+    importlib.import_module(COMMANDS[command[0]][0]).add_arguments(parser)
+    if len(command) > 1:
+        (sub,) = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        parser = sub.choices[command[1]]
+    valued = [
+        a
+        for a in parser._actions
+        if a.option_strings and a.default not in (None, "==SUPPRESS==") and a.nargs != 0
+    ]
+    assert valued  # the test has something to check
+    for action in valued:
+        text = parser.formatter_class("stellar")._get_help_string(action) or ""
+        assert action.help and "default" in text, (action.option_strings, action.help)
+    with pytest.raises(SystemExit):  # and the command's own --help prints them
+        console([*command, "--help"])
+    assert f"(default: {valued[-1].default})" in re.sub(r"\s+", " ", capsys.readouterr().out)

@@ -31,6 +31,15 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 
 
+class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """``--help`` ends each option's line with its default, where it has a value."""
+
+    def _get_help_string(self, action: argparse.Action) -> str | None:
+        if action.default is None or action.nargs == 0:  # no value, or a flag
+            return action.help
+        return super()._get_help_string(action)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``stellar`` console script."""
     argv = sys.argv[1:] if argv is None else argv
@@ -59,7 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     module = importlib.import_module(COMMANDS[args.command][0])
     parser = argparse.ArgumentParser(
-        prog=f"stellar {args.command}", description=COMMANDS[args.command][1]
+        prog=f"stellar {args.command}",
+        description=COMMANDS[args.command][1],
+        formatter_class=HelpFormatter,
     )
     module.add_arguments(parser)
     # INTERMIXED commands take positionals (key=value overrides) on both sides of the flags.

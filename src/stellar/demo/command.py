@@ -34,14 +34,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", default=d.out, help="output folder (report.md, metrics.json, PNGs)"
     )
-    parser.add_argument("--seed", type=nonneg_int, default=d.seed)
+    parser.add_argument("--seed", type=nonneg_int, default=d.seed, help="of the whole demo")
     for flag, text in (
         ("steps", "training steps (preset: 960)"),
         ("batch-size", "per step (preset: 32)"),
         ("eval-train", "scenes used to fit the probes"),
         ("eval-val", "validation scenes"),
-        ("probe-epochs", None),
-        ("seg-epochs", None),
+        ("probe-epochs", "of the linear probes"),
+        ("seg-epochs", "of the segmentation probe"),
     ):
         default = getattr(d, flag.replace("-", "_"))
         parser.add_argument(f"--{flag}", type=positive_int, default=default, help=text)

@@ -14,10 +14,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--out", required=True, help="new folder for images/, masks/, instances/, labels.jsonl"
     )
-    parser.add_argument("--split", default="val", choices=["train", "val", "test"])
-    parser.add_argument("-n", "--count", type=positive_int, default=1000)
-    parser.add_argument("--size", type=number_type(int, Bounds(low=MIN_SIZE)), default=64)
-    parser.add_argument("--seed", type=nonneg_int, default=0)
+    parser.add_argument(
+        "--split",
+        default="val",
+        choices=["train", "val", "test"],
+        help="each split is its own scenes (a probe's two folders: train and val)",
+    )
+    parser.add_argument("-n", "--count", type=positive_int, default=1000, help="scenes")
+    size = number_type(int, Bounds(low=MIN_SIZE))
+    parser.add_argument("--size", type=size, default=64, help="image side in pixels")
+    parser.add_argument("--seed", type=nonneg_int, default=0, help="with --split, fixes the scenes")
     parser.add_argument("--overwrite", action="store_true", help="replace an export in --out")
 
 

@@ -39,7 +39,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     """One sub-command per protocol, defined by its module."""
     sub = parser.add_subparsers(dest="protocol", metavar="PROTOCOL", required=True)
     for name, (module, help_text) in PROTOCOLS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
+        p = sub.add_parser(
+            name, help=help_text, description=help_text, formatter_class=parser.formatter_class
+        )
         importlib.import_module(module).add_arguments(p)
 
 

@@ -47,7 +47,7 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--baseline", default=None, help="add a plain-ViT row: mae:PATH or vit:PATH (local files)"
     )
     p.add_argument("--out", default=None, help="output folder (default: eval-<protocol>)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="fixes the probe's init and batch order")
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
 
 

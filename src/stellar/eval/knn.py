@@ -76,8 +76,10 @@ def knn_accuracy(
 def add_arguments(p: argparse.ArgumentParser) -> None:
     """Options of ``stellar eval knn``."""
     add_classification_arguments(p)
-    p.add_argument("--k", type=positive_int, default=K)
-    p.add_argument("--temperature", type=positive_float, default=TEMPERATURE)
+    p.add_argument("--k", type=positive_int, default=K, help="neighbours that vote")
+    p.add_argument(
+        "--temperature", type=positive_float, default=TEMPERATURE, help="of the votes' weights"
+    )
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:

@@ -36,11 +36,13 @@ class ProbeSchedule:
 
     def add_arguments(self, p: argparse.ArgumentParser, batch_flag: str | None) -> None:
         """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: none)."""
-        p.add_argument("--epochs", type=positive_int, default=self.epochs)
-        p.add_argument("--lr", type=positive_float, default=self.lr)
-        p.add_argument("--weight-decay", type=nonneg_float, default=self.weight_decay)
+        p.add_argument("--epochs", type=positive_int, default=self.epochs, help="of the probe")
+        p.add_argument("--lr", type=positive_float, default=self.lr, help="AdamW's")
+        p.add_argument(
+            "--weight-decay", type=nonneg_float, default=self.weight_decay, help="AdamW's"
+        )
         if batch_flag is not None:
-            p.add_argument(batch_flag, type=positive_int, default=self.batch_size)
+            p.add_argument(batch_flag, type=positive_int, default=self.batch_size, help="per step")
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int) -> ProbeSchedule:

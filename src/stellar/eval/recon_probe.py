@@ -153,7 +153,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--train", default=None, help="training folder")
     p.add_argument("--val", default=None, help="validation folder")
     SCHEDULE.add_arguments(p, None)  # the probe's batches are --batch-size
-    p.add_argument("--decoder-depth", type=positive_int, default=6)
+    p.add_argument(
+        "--decoder-depth", type=positive_int, default=6, help="the fresh decoder's blocks"
+    )
     p.add_argument("--lpips-vgg", default=None, help="torchvision vgg16 state dict (local)")
     p.add_argument("--lpips-weights", default=None, help="lpips v0.1 vgg.pth (local)")
     p.add_argument("--fid-weights", default=None, help="pt_inception-2015-12-05 .pth (local)")

@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import logging
 
-from stellar.errors import UsageError, positive_int
+from stellar.errors import Bounds, UsageError, number_type
 from stellar.explore.retrieval import CACHE_DIR
 
 logger = logging.getLogger(__name__)
@@ -30,7 +30,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="where the example scenes and the collection's token indexes are kept",
     )
     parser.add_argument("--host", default="127.0.0.1", help="address to serve on")
-    parser.add_argument("--port", type=positive_int, default=7860)
+    parser.add_argument(
+        "--port",
+        type=number_type(int, Bounds(low=1, high=65535)),
+        default=7860,
+        help="port to serve on",
+    )
     parser.add_argument("--share", action="store_true", help="also make a public gradio.live link")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
 

@@ -111,7 +111,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="input side, a multiple of the patch size (default: the model's native size)",
     )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
-    parser.add_argument("--batch-size", type=positive_int, default=8)
+    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
     parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the figures of an earlier viz in --out"
