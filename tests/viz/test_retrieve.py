@@ -164,8 +164,9 @@ def test_stale_index_is_refused(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="num_tokens 6 \\(this run: 12\\)"):
         _retrieve(wide, out, query)
     other_data = _images(tmp_path / "other", 2)
-    with pytest.raises(ValueError, match=f"data .*{other_data.name}"):
+    with pytest.raises(ValueError, match=f"data .*{other_data.name}") as err:
         _retrieve(first, out, query, "--data", str(other_data))
+    assert "changed since" not in str(err.value)  # another folder, not a changed one
     with pytest.raises(ValueError, match="resolution 64 \\(this run: 128\\)"):
         _retrieve(first, out, query, "--resolution", "128")
     assert index_file.stat().st_mtime_ns == built  # never overwritten by a refused run

@@ -107,9 +107,9 @@ def index_differences(
     ``"key saved (this run: wanted)"`` per setting of :func:`index_meta` that differs (the
     file list only where the collection was scanned: ``files`` not None)."""
     wanted = index_meta(model, resolution, data, files)
-    if files is None:
-        del wanted["files"]
     saved = index.meta
+    if files is None or saved.get("data") != data:  # another folder's files differ anyway
+        del wanted["files"]
     return [
         f"the images under {data} changed since it was built"
         if k == "files"
