@@ -146,7 +146,7 @@ def test_recon_command(tmp_path, capsys) -> None:
     assert "PSNR dB" in capsys.readouterr().out
     with pytest.raises(ValueError, match="both --lpips-vgg and --lpips-weights"):
         main([*argv, "--lpips-vgg", str(ckpt), "--out", str(out)])
-    with pytest.raises(FileNotFoundError, match="missing.pth"):  # read_state_dict names it
+    with pytest.raises(FileNotFoundError, match="--fid-weights: expected a weights file.*missing"):
         main([*argv, "--fid-weights", str(tmp_path / "missing.pth"), "--out", str(out)])
 
 

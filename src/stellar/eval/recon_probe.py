@@ -12,12 +12,14 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from stellar.checkpoint.weights import WeightsNotFoundError
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, positive_int
 from stellar.eval.common import (
@@ -172,6 +174,10 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     val_dir = check_folder(args.val, "--val").root
     if (args.lpips_vgg is None) != (args.lpips_weights is None):
         raise UsageError("LPIPS needs both --lpips-vgg and --lpips-weights")
+    for flag in ("--lpips-vgg", "--lpips-weights", "--fid-weights"):
+        path = getattr(args, flag[2:].replace("-", "_"))
+        if path is not None and not os.path.isfile(path):
+            raise WeightsNotFoundError(f"{flag}: expected a weights file, got {path!r} (no file)")
     device = pick_device(args.device)
     unavailable = {}
     lpips_net = fid_net = None
