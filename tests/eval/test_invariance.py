@@ -160,7 +160,9 @@ def test_invariance_command(samples_dir, tmp_path, capsys, monkeypatch) -> None:
         s = shares["l_share_mid"] + shares["s_share_mid"]
         assert math.isclose(s, 1.0, abs_tol=1e-6) and 0 <= shares["l_share_mid"] <= 1
     assert all(row["distances"][n]["mean"] >= 0 for n in DISTANCES)
-    assert "sparse_matched" in capsys.readouterr().out
+    table = capsys.readouterr().out  # each distance beside its between-images baseline
+    d = row["distances"]["sparse_matched"]
+    assert f"{d['mean']:.4f} / {d['between']:.4f}" in table
     with pytest.raises(ValueError, match="--scale"):
         main([*argv, "--scale", "0.5", "1.5", "--out", str(out)])
     # a --shift the grid cannot take is refused before any image is encoded
