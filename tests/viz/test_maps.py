@@ -121,6 +121,8 @@ def test_concept_grid_layout() -> None:
     spatial = _region_spatial(4, 4, r, token=4, rows=slice(0, 1), cols=slice(0, 1))
     panel = concept_grid(torch.zeros(3, 32, 32), spatial, (4, 4), cell=cell, cols=3)
     assert panel.width >= 3 * cell and panel.height >= 2 * cell
+    shown = {tuple(c) for c in np.asarray(panel).reshape(-1, 3).tolist()}
+    assert {tuple(c) for c in palette(r).tolist()} <= shown  # each token's colour is its legend
     low, high = heatmap(np.array([0.0, 1.0])).astype(int)
     assert low.sum() < 10 and high.min() > 150  # dark at 0, pale at the peak
 

@@ -93,7 +93,10 @@ def render_figure(
     if reconstruction is not None:
         rec = to_pil(reconstruction).resize((cell, cell), Image.Resampling.BICUBIC)
         row.append((rec, "reconstruction"))
-    strip = (views["tokens"], "per-token maps (each scaled to its peak)")
+    strip = (
+        views["tokens"],
+        "per-token maps (each scaled to its peak; the band: its colour above)",
+    )
     return compose_panel([row, [strip]], title=title)
 
 
