@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import pytest
+from PIL import Image
 
 from stellar.cli import COMMANDS
 from stellar.errors import UsageError
@@ -30,17 +31,21 @@ def test_gradio_is_imported_only_by_the_page():
     subprocess.run([sys.executable, "-c", code], check=True)
 
 
-def test_a_collection_must_be_a_folder(tmp_path):
-    with pytest.raises(UsageError, match="expected --collection an image folder"):
-        Explorer.load("stellar-tiny", collection=tmp_path / "missing", cache_dir=tmp_path)
+def test_a_collection_must_be_a_folder_of_images(tmp_path):
+    (tmp_path / "empty" / "sub").mkdir(parents=True)
+    for collection in (tmp_path / "missing", tmp_path / "empty"):  # not at the first search
+        with pytest.raises(UsageError, match="expected --collection an image folder"):
+            Explorer.load("stellar-tiny", collection=collection, cache_dir=tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()  # refused before anything was written
 
 
 def test_a_cache_inside_the_collection_is_refused(tmp_path):
     """The example scenes written there would be searched as the user's photos."""
     (tmp_path / "photos").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "photos" / "a.png")
     with pytest.raises(UsageError, match="inside the input folder"):
         Explorer.load("stellar-tiny", tmp_path / "photos", cache_dir=tmp_path / "photos" / "c")
-    assert list((tmp_path / "photos").iterdir()) == []
+    assert [p.name for p in (tmp_path / "photos").iterdir()] == ["a.png"]
 
 
 def test_a_port_in_use_is_one_error_naming_the_flag(tmp_path):

@@ -50,8 +50,9 @@ class Explorer:
         """Load ``spec`` (as every ``--model``) with its decoder when it can reconstruct
         (:func:`~stellar.viz.command.load_for_viz`); example scenes and indexes go to
         ``cache_dir``."""
-        if collection is not None and not Path(collection).is_dir():
-            raise UsageError(f"expected --collection an image folder, got {collection}")
+        found = list(find_images(collection)) if collection and Path(collection).is_dir() else []
+        if collection is not None and not found:
+            raise UsageError(f"expected --collection an image folder, got {collection} (no images)")
         model, why = load_for_viz(spec, vq_model, device)
         root = Path(cache_dir).expanduser()
         folder = root / f"examples-{model.image_size}"  # 16 concept scenes, rendered once
@@ -63,7 +64,7 @@ class Explorer:
                     atomic_write(path, lambda tmp, image=image: image.save(tmp, format="PNG"))
         if collection is not None:
             folder = Path(collection)
-            picks = list(find_images(folder))[:MAX_PICKS] + picks
+            picks = found[:MAX_PICKS] + picks
         return cls(model, spec, Collection(model, folder, spec, root), picks, why)
 
     @torch.inference_mode()
