@@ -294,6 +294,10 @@ def test_a_probe_needs_two_classes_and_says_when_it_scores_on_its_training_set(
     assert "training set" not in caplog.text
     assert main([*base, "--train", str(train), "--val", str(train)]) == 0
     assert "--val is the training set" in caplog.text
+    caplog.clear()  # the same images as features of one and files of the other
+    assert main([*argv, "--data", str(train), "--out", str(tmp_path / "ft")]) == 0
+    assert main([*base, "--train-features", str(tmp_path / "ft"), "--val", str(train)]) == 0
+    assert "--val is the training set" in caplog.text
 
 
 def test_eval_checks_the_output_folder_before_any_work(colours, tmp_path, monkeypatch) -> None:

@@ -321,7 +321,7 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
     assert load_stellar(tmp_path / "run").config == model.config  # the card is no obstacle
 
 
-def test_an_uploaded_save_pretrained_folder_loads_by_repository_id(hf_hub, tmp_path):
+def test_an_uploaded_save_pretrained_folder_loads_by_repository_id(hf_hub, tmp_path, monkeypatch):
     model = create_stellar("stellar-tiny", purpose="reconstruct")
     model.save_pretrained(tmp_path / "mine")
     for file in (tmp_path / "mine").iterdir():  # what `hf upload test-org/mine DIR` publishes
@@ -336,8 +336,13 @@ def test_an_uploaded_save_pretrained_folder_loads_by_repository_id(hf_hub, tmp_p
     assert hf_hub.downloads == [("test-org/mine", "model.safetensors")]  # config in its metadata
     hf_hub.offline()
     assert load_stellar("test-org/mine", purpose="reconstruct").config == model.config
-    with pytest.raises(FileNotFoundError, match="'runs/typo' is not a local file or folder"):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError, match="'nowhere/typo' is not a local file or folder"):
+        load_stellar("nowhere/typo")
+    (tmp_path / "runs").mkdir()  # a typo under an existing folder is a path, never a download
+    with pytest.raises(FileNotFoundError, match="'runs/typo' is neither an existing file"):
         load_stellar("runs/typo")
+    assert not [r for r in hf_hub.server.requests if r[1] == "runs/typo"]
 
 
 def test_save_pretrained_says_when_it_writes_the_encoder_side_only(tmp_path, caplog):

@@ -123,6 +123,10 @@ def test_concept_grid_layout() -> None:
     assert panel.width >= 3 * cell and panel.height >= 2 * cell
     shown = {tuple(c) for c in np.asarray(panel).reshape(-1, 3).tolist()}
     assert {tuple(c) for c in palette(r).tolist()} <= shown  # each token's colour is its legend
+    # token 4 lives in the grid's top patch row: all cell / 4 pixel rows of it show its peak
+    alone = np.asarray(concept_grid(torch.zeros(3, 32, 32), spatial[:, 4:], (4, 4), cell=cell))
+    peak = np.round(0.7 * heatmap(np.array([1.0]))[0].astype(np.float32)).astype(np.uint8)
+    assert (alone == peak).all(axis=2).any(axis=1).sum() == cell // 4  # none under the band
     low, high = heatmap(np.array([0.0, 1.0])).astype(int)
     assert low.sum() < 10 and high.min() > 150  # dark at 0, pale at the peak
 

@@ -9,7 +9,7 @@ downloads.
 from __future__ import annotations
 
 import json
-import os
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -54,10 +54,11 @@ def hub_file(repo_id: str, filename: str, fetch: Sequence[str] = ()) -> Path:
 
 
 def is_repo_id(spec: str | Path) -> bool:
-    """Whether ``spec``, not a local path, reads as a Hugging Face repository id (``org/name``)."""
-    text = str(spec)
-    local = os.path.exists(text) or text.startswith((".", "/", "~"))
-    return not local and text.count("/") == 1
+    """Whether ``spec`` reads as a Hugging Face repository id (``org/name``) and not as a local
+    path: neither it nor its parent folder exists (``runs/typo`` under ``runs/`` is a path)."""
+    path = Path(spec).expanduser()
+    is_id = re.fullmatch(r"[\w.-]+/[\w.-]+", str(spec)) is not None
+    return is_id and not path.exists() and not path.parent.is_dir()
 
 
 def read_json(path: Path) -> Any:

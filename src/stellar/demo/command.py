@@ -50,7 +50,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         action="store_true",
         help="also train the paper's ablation variants A-D with the same budget (~25 min)",
     )
-    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    parser.add_argument("--no-progress", dest="progress", action="store_false", help="no bars")
     parser.add_argument(
         "overrides",
         nargs="*",

@@ -30,7 +30,11 @@ METRICS_NAME = "metrics.json"
 # ---------------------------------------------------------------------------- options
 def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0) -> None:
     """How ``stellar eval`` and ``extract`` read a model and encode images with it."""
-    p.add_argument("--model", required=True, help="checkpoint path, run dir or model name")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="weights file, folder, run folder, model name or hub id (org/name)",
+    )
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
     p.add_argument("--num-workers", type=nonneg_int, default=num_workers, help="decoding workers")
@@ -47,7 +51,9 @@ def add_common(p: argparse.ArgumentParser) -> None:
         "--baseline", default=None, help="add a plain-ViT row: mae:PATH or vit:PATH (local files)"
     )
     p.add_argument("--out", default=None, help="output folder (default: eval-<protocol>)")
-    p.add_argument("--seed", type=int, default=0, help="fixes the probe's init and batch order")
+    p.add_argument(
+        "--seed", type=int, default=0, help="seeds the run (probe init and order, crops)"
+    )
     p.add_argument("--no-progress", action="store_true", help="hide the tqdm bars")
 
 

@@ -177,7 +177,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--resize-ratio",
         type=number_type(float, Bounds(low=1)),
         default=256 / 224,
-        help="shorter side / crop (256/224)",
+        help="shorter side / crop (default: 256/224 = %(default).4f)",
     )
     parser.add_argument(
         "--compile", action="store_true", help="torch.compile the encoder forward (GPU)"

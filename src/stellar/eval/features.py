@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -122,8 +121,10 @@ def classification_setup(
                 f"expected at least 2 classes (sub-folders) in {flag} {stored[flag]!r}, found "
                 f"{found}"
             )
-    sources = (args.train_features or args.train, args.val_features or args.val)
-    if os.path.realpath(sources[0]) == os.path.realpath(sources[1]):
+    # the images STELLAR's rows come from, by their file list's hash (a folder's, or recorded)
+    train_files = metas["--train-features"]["files"] if args.train_features else train.files_id
+    val_files = metas["--val-features"]["files"] if args.val_features else val.files_id
+    if train_files == val_files:
         logger.warning("--val is the training set: accuracy is measured on the training images")
     entries = load_entries(args)
     ours, res = entries[0].model, entries[0].resolution

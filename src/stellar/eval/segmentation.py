@@ -145,7 +145,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     add_keys(p, ("dense", "lowrank"))
     p.add_argument("--train", required=True, help="ADE20K folder, or images/ beside masks/")
     p.add_argument("--val", default=None, help="validation folder (default: --train's)")
-    p.add_argument("--num-classes", type=positive_int, required=True)
+    p.add_argument(
+        "--num-classes", type=positive_int, required=True, help="label values 0..N-1 (255: ignored)"
+    )
     p.add_argument(
         "--reduce-zero-label", action="store_true", help="ADE20K: 0 -> ignore, k -> k - 1"
     )

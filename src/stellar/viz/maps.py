@@ -226,7 +226,7 @@ def concept_grid(
     a row (default: up to 8), captioned ``t<k> peak <max L[:, k]>``.
 
     Each map is scaled by its own peak (so weak tokens stay visible; the caption gives the
-    absolute peak) and blended (70 / 30) over a grey version of the photo; a band on top is
+    absolute peak) and blended (70 / 30) over a grey version of the photo, under a band of
     the token's colour in the other panels.
     """
     maps = _maps(spatial, grid)
@@ -236,8 +236,9 @@ def concept_grid(
     heat = heatmap((up / peaks.clamp_min(1e-12)[:, None, None]).numpy()).astype(np.float32)
     gray = np.asarray(to_pil(image).convert("L").resize((cell, cell), Image.Resampling.BILINEAR))
     blend = 0.7 * heat + 0.3 * gray[None, :, :, None].astype(np.float32)
-    tiles = np.round(blend).astype(np.uint8)
-    tiles[:, : max(3, cell // 16)] = palette(r)[:, None, None]  # the legend of the argmax colours
+    # a band above each map in the token's colour: the legend of the argmax and overlay panels
+    band = np.broadcast_to(palette(r)[:, None, None], (r, max(3, cell // 16), cell, 3))
+    tiles = np.concatenate([band, np.round(blend).astype(np.uint8)], axis=1)
     cells = [(Image.fromarray(tiles[k]), f"t{k} peak {float(peaks[k]):.2f}") for k in range(r)]
     cols = cols or min(r, 8)
     rows = [cells[i : i + cols] for i in range(0, r, cols)]
