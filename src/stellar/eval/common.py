@@ -30,11 +30,7 @@ METRICS_NAME = "metrics.json"
 # ---------------------------------------------------------------------------- options
 def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0) -> None:
     """How ``stellar eval`` and ``extract`` read a model and encode images with it."""
-    p.add_argument(
-        "--model",
-        required=True,
-        help="weights file, folder, run folder, model name or hub id (org/name)",
-    )
+    p.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
     p.add_argument("--num-workers", type=nonneg_int, default=num_workers, help="decoding workers")

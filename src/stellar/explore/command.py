@@ -17,11 +17,7 @@ logger = logging.getLogger(__name__)
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar explore``."""
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="weights file, folder, run folder, model name or hub id (org/name)",
-    )
+    parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     parser.add_argument(
         "--collection",
         default=None,

@@ -102,11 +102,7 @@ def render_figure(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar viz``."""
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="weights file, folder, run folder, model name or hub id (org/name)",
-    )
+    parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     parser.add_argument(
         "--images", required=True, nargs="+", help="image files and/or folders (recursive)"
     )

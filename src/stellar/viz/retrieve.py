@@ -55,11 +55,7 @@ def _tile(image: Tensor, spatial: Tensor, grid: tuple[int, int], token: int) -> 
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar retrieve``."""
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="weights file, folder, run folder, model name or hub id (org/name)",
-    )
+    parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     parser.add_argument("--data", default=None, help="image folder (or file) to index")
     parser.add_argument("--query", required=True, help="the query image file")
     parser.add_argument(
