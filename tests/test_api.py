@@ -251,3 +251,27 @@ def test_reconstruct_takes_the_grid_that_encode_returned():
     rec = model.reconstruct(out["sparse"], out["spatial"], grid=out["grid"])
     torch.testing.assert_close(rec["reconstruction"], model.reconstruct(out)["reconstruction"])
     assert rec["reconstruction"].shape == (2, 3, 32, 64)
+
+
+def test_a_run_folder_loads_with_the_tokenizer_it_trained_with(reference_dir, tmp_path):
+    tokenizer = reference_dir / "maskgit-vqgan-small" / "weights.safetensors"  # f2, 64 codes
+    architecture = {"decoder_head": "vq", "vq_codebook_size": 64}
+    architecture["encoder"] = {"patch_size": 2, "image_size": 32}
+    run = tmp_path / "run"
+    views = {"augment__global_size": 32, "augment__local_size": 16}
+    stellar.train("cpu-smoke", out=run, max_steps=1, vq_model=tokenizer, **views,
+                  model_overrides=architecture)  # fmt: skip
+    model = load_stellar(run, purpose="reconstruct")  # no vq_model= needed
+    with torch.no_grad():
+        rec = model.reconstruct(model.encode(torch.rand(1, 3, 32, 32)))["reconstruction"]
+    assert rec.shape == (1, 3, 32, 32)
+    assert load_stellar(run).tokenizer is None  # encoding needs none
+
+
+def test_overwrite_never_deletes_the_checkpoint_the_run_starts_from(tmp_path):
+    run = tmp_path / "run"
+    stellar.train("cpu-smoke", out=run, max_steps=1)
+    last = (run / "checkpoints" / "last").resolve()
+    with pytest.raises(ValueError, match="--overwrite would delete init.checkpoint="):
+        stellar.train("cpu-smoke", out=run, max_steps=1, overwrite=True, init__checkpoint=last)
+    assert (last / "model.safetensors").is_file()

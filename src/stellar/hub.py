@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import yaml
 
 from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
 from stellar.checkpoint.official import (
@@ -99,7 +100,8 @@ def load_stellar(
             train mode, gradients on; a decoder or heads the checkpoint lacks start fresh).
         vq_model: ``"maskgit-vqgan"`` (TiTok's release, fetched like a name), the path of
             ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
-            it to reconstruct and to pretrain.
+            it to reconstruct and to pretrain (a training run folder's default: the one it
+            trained with).
         device: where to put the model.
 
     Every tensor of the file is used, on the known-unused list, or belongs to a part the
@@ -120,6 +122,8 @@ def load_stellar(
             "release), so purpose='reconstruct' cannot work: use a checkpoint with the decoder, "
             "or purpose='encode'"
         )
+    if vq_model is None and purpose != "encode" and config.decoder_head == "vq":
+        vq_model = _recorded_tokenizer(name_or_path)
     tokenizer = _tokenizer(config, vq_model, purpose)
     model_class = _model_class(purpose)
     with torch.device("meta"):  # no random init of tensors the file then overwrites
@@ -290,6 +294,13 @@ def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
             f"{source} was found for the registered name {name!r} but holds another "
             f"architecture: {'; '.join(differ)}. Pass the file path itself to load what it holds"
         )
+
+
+def _recorded_tokenizer(name_or_path: str | Path) -> str | None:
+    """The ``vq_model`` a training run folder trained with (its ``config.yaml``), or None."""
+    run_config = Path(name_or_path).expanduser() / "config.yaml"
+    data = yaml.safe_load(run_config.read_text()) if run_config.is_file() else None
+    return data.get("vq_model") if isinstance(data, dict) else None
 
 
 def _tokenizer(

@@ -276,6 +276,15 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
         (["model_overrides.decoder_head=vq"], r"vq_model=.*objective.recon=false"),
         (["augment.mask_ratio=0.99"], r"augment.mask_ratio: .*keeps no patch of 64"),
+        (["init.checkpoint={file}", "init.encoder={file}"], r"init.checkpoint .*: pass one of"),
+        (  # a folder, not the weights file in it
+            ["model_overrides.decoder_head=vq", "vq_model={folder}"],
+            r"expected the MaskGIT-VQGAN weights file, but .* is a folder",
+        ),
+        (  # a learning rate that makes the loss NaN: after its steps, still one line
+            ["optim.lr=1e4", "optim.clip_grad=null", "optim.warmup=0", "max_steps=8"],
+            r"step \d: non-finite .*optim.lr",
+        ),
         (
             [f"objective.{k}=false" for k in ("recon", "clustering", "set_align", "cls_align")]
             + ["objective.koleo=false"],
@@ -290,8 +299,9 @@ def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expec
     bad, file = tmp_path / "bad.yaml", tmp_path / "file"
     bad.write_text("optim: {lr: [1\n")
     file.write_text("not a folder")
-    args = [a.format(bad=bad, file=file) for a in args]
+    args = [a.format(bad=bad, file=file, folder=tmp_path) for a in args]
     out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path / 'run'}"]
-    assert console(["train", *args, *out, *TINY, "max_steps=1"]) == 2
+    steps = [] if any(a.startswith("max_steps=") for a in args) else ["max_steps=1"]
+    assert console(["train", *TINY, "max_steps=1", *args, *out, *steps]) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err) and "Traceback" not in err and len(err.splitlines()) == 1

@@ -256,9 +256,11 @@ def load_vqgan(path: str | Path) -> MaskGITVQGAN:
     """
     if not Path(path).is_file():
         if str(path) not in (TOKENIZER_NAME, TOKENIZER_FILE):
+            what = "is a folder" if Path(path).is_dir() else "does not exist"
             raise WeightsNotFoundError(
-                f"no MaskGIT-VQGAN weights at {path}: a path is never downloaded; pass the "
-                f"local {TOKENIZER_FILE}, or {TOKENIZER_NAME!r} to fetch TiTok's release"
+                f"expected the MaskGIT-VQGAN weights file, but {path} {what} (a path is never "
+                f"downloaded): pass the local {TOKENIZER_FILE} (or a .safetensors of its "
+                f"keys), or {TOKENIZER_NAME!r} to fetch TiTok's release"
             )
         path = hub_file(TOKENIZER_REPO, TOKENIZER_FILE)
     state, _ = read_state_dict(path)

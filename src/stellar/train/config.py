@@ -181,6 +181,11 @@ class TrainConfig:
         except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
             raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
+            if self.init.encoder:
+                raise UsageError(
+                    "init.checkpoint continues a STELLAR, init.encoder starts one from MAE "
+                    "weights: pass one of them"
+                )
             if self.model_overrides:
                 raise UsageError(
                     "model_overrides cannot change a model loaded from init.checkpoint; drop "

@@ -99,8 +99,9 @@ def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
     ]
 
 
-class TrainingDiverged(RuntimeError):
-    """The loss or gradient became NaN/inf."""
+class TrainingDiverged(UsageError, RuntimeError):
+    """The loss or gradient became NaN/inf (a usage error: the message names the settings to
+    change, and the command line prints it as one line)."""
 
 
 class Trainer(TrainerCheckpoints):
