@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -62,12 +61,6 @@ def train(
         out = changes.get("out", read_yaml(DEFAULT_PRESET)["out"])
         config = {**read_run_config(out), "stop_at": None}  # stop_at is this invocation's
     cfg = load_config(config or DEFAULT_PRESET, changes)
-    start = cfg.init.checkpoint and Path(os.path.realpath(cfg.init.checkpoint))
-    if overwrite and start and start.is_relative_to(os.path.realpath(cfg.out)):
-        raise UsageError(
-            f"--overwrite would delete init.checkpoint={cfg.init.checkpoint}, which lies in "
-            f"out={cfg.out}: copy it elsewhere first, or pass another out="
-        )
     if resume:  # early, before the data is scanned; the trainer checks against the checkpoint
         resume_changes(read_run_config(cfg.out), cfg)
     dist = setup()

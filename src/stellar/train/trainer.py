@@ -275,6 +275,12 @@ class Trainer(TrainerCheckpoints):
             resumable = latest_checkpoint(self.ckpt_dir) is not None
             hint = "pass --resume (resume=True) to continue it, " if resumable else ""
             old = check_fresh(self.out, RUN_FILES, overwrite, "a run", hint)  # on every rank
+            start = cfg.init.checkpoint and Path(os.path.realpath(cfg.init.checkpoint))
+            if start and any(start.is_relative_to(os.path.realpath(path)) for path in old):
+                raise UsageError(
+                    f"--overwrite would delete init.checkpoint={cfg.init.checkpoint}, the weights "
+                    f"this run starts from: copy them out of {self.out} first"
+                )
             if self.dist.is_main:
                 remove(old)
             if self.dist.enabled:

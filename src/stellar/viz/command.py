@@ -93,10 +93,7 @@ def render_figure(
     if reconstruction is not None:
         rec = to_pil(reconstruction).resize((cell, cell), Image.Resampling.BICUBIC)
         row.append((rec, "reconstruction"))
-    strip = (
-        views["tokens"],
-        "per-token maps (each scaled to its peak; the band: its colour above)",
-    )
+    strip = (views["tokens"], "per-token maps (scaled to each peak; band: the token's colour)")
     return compose_panel([row, [strip]], title=title)
 
 
