@@ -302,6 +302,6 @@ def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expec
     args = [a.format(bad=bad, file=file, folder=tmp_path) for a in args]
     out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path / 'run'}"]
     steps = [] if any(a.startswith("max_steps=") for a in args) else ["max_steps=1"]
-    assert console(["train", *TINY, "max_steps=1", *args, *out, *steps]) == 2
+    assert console(["train", *TINY, *args, *out, *steps]) == 2
     err = capsys.readouterr().err
     assert re.search(expected, err) and "Traceback" not in err and len(err.splitlines()) == 1
