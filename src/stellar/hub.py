@@ -20,7 +20,7 @@ from typing import Any
 import torch
 import yaml
 
-from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, WEIGHTS_NAME
+from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, RUN_CONFIG, WEIGHTS_NAME
 from stellar.checkpoint.official import (
     absent_parts,
     carries,
@@ -298,7 +298,7 @@ def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
 
 def _recorded_tokenizer(name_or_path: str | Path) -> str | None:
     """The ``vq_model`` a training run folder trained with (its ``config.yaml``), or None."""
-    run_config = Path(name_or_path).expanduser() / "config.yaml"
+    run_config = Path(name_or_path).expanduser() / RUN_CONFIG
     data = yaml.safe_load(run_config.read_text()) if run_config.is_file() else None
     return data.get("vq_model") if isinstance(data, dict) else None
 

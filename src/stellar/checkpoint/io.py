@@ -16,6 +16,7 @@ from stellar.outputs import atomic_write
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CONFIG_METADATA_KEY = "stellar_config"
+RUN_CONFIG = "config.yaml"  # a training run's settings, beside its checkpoints/
 
 
 def save_state_dict(

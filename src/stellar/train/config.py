@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import yaml
 
+from stellar.checkpoint.io import RUN_CONFIG
 from stellar.data.augment import FocalMode, MultiViewAugment, num_kept
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
@@ -29,7 +30,6 @@ from stellar.schema import bounded, build, hints
 
 Precision = Literal["auto", "bf16", "fp32"]
 DEFAULT_PRESET = "cpu-smoke"
-RUN_CONFIG = "config.yaml"
 
 # What a resumed run may change: how long it runs, what it logs, where its inputs now are. Any
 # other difference would make the continued run a different one than the checkpoint's.
