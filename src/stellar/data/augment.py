@@ -10,9 +10,10 @@ mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, Literal
 
 import torch
@@ -20,6 +21,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from stellar.data.color import ColorAugment, _pair, _uniform
+from stellar.errors import UsageError
+from stellar.schema import bounded
 
 # The training views' crop aspect-ratio range and flip probability (torchvision's defaults).
 RATIO = (3 / 4, 4 / 3)
@@ -206,46 +209,50 @@ class ViewPlan:
     second: bool = False  # a second global view (global alignment)
 
 
+@dataclass
 class MultiViewAugment:
-    """The STELLAR multi-view pipeline on device: :meth:`make` builds exactly the views a
-    training step's :class:`ViewPlan` asks for, :meth:`mask` the patches the masked ones keep.
+    """The STELLAR multi-view pipeline on device, and the ``augment`` section of a training
+    config (the paper's sizes and counts; scaled down for CPU presets): :meth:`make` builds
+    exactly the views a training step's :class:`ViewPlan` asks for, :meth:`mask` the patches
+    the masked ones keep.
 
-    ``color`` holds :class:`~stellar.data.color.ColorAugment`'s settings; ``n_local`` only says
-    whether local views are made (for the blur kernel's size check).
+    ``color`` holds :class:`~stellar.data.color.ColorAugment`'s settings; ``n_local`` and
+    ``n_masked`` are the views per image a training step asks for (``n_local`` also says
+    whether local views are made, for the blur kernel's size check).
     """
 
-    def __init__(
-        self,
-        global_size: int = 224,
-        local_size: int = 96,
-        n_local: int = 8,
-        global_scale: Sequence[float] = (0.36, 1.0),
-        local_scale: Sequence[float] = (0.06, 0.36),
-        mask_ratio: float = 0.8,
-        focal_mode: FocalMode | None = "gaussian",
-        focal_prob: float = 0.5,
-        **color: Any,
-    ) -> None:
-        self.global_size, self.local_size = int(global_size), int(local_size)
-        self.masking = dict(mask_ratio=mask_ratio, focal_mode=focal_mode, focal_prob=focal_prob)
-        self.global_scale = _pair(global_scale, "global_scale")
-        self.local_scale = _pair(local_scale, "local_scale")
-        for name, (_, hi) in (
-            ("global_scale", self.global_scale),
-            ("local_scale", self.local_scale),
-        ):
-            if hi > 1:
-                raise ValueError(f"expected {name} as fractions of the image area <= 1, got {hi}")
-        self.color_augment = ColorAugment(**color)
-        # Fail at construction, not at the first batch, on bad colour settings and on a blur
-        # kernel too large for the smallest view made.
-        side = min(self.global_size, self.local_size if n_local else self.global_size)
-        self.color_augment(torch.zeros(1, 3, side, side))
+    global_size: int = bounded(224, low=1)
+    local_size: int = bounded(96, low=1)
+    n_local: int = bounded(8, low=0)
+    n_masked: int = bounded(8, low=0)
+    global_scale: tuple[float, float] = (0.36, 1.0)
+    local_scale: tuple[float, float] = (0.06, 0.36)
+    mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
+    focal_mode: FocalMode | None = "gaussian"
+    focal_prob: float = bounded(0.5, low=0, high=1)
+    color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
 
-    def color(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Colour/blur augment views of shape (..., 3, H, W) with this module's settings."""
-        flat = views.reshape(-1, *views.shape[-3:])
-        return self.color_augment(flat, generator).view(views.shape)
+    def __post_init__(self) -> None:
+        """Fail at construction, not at the first batch, on bad scales, on bad colour settings
+        and on a blur kernel too large for the smallest view made (a UsageError naming
+        ``augment``)."""
+        colour_keys = [f.name for f in dataclasses.fields(ColorAugment)]
+        if unknown := sorted(set(self.color) - set(colour_keys)):
+            raise UsageError(
+                f"augment.color: unknown key(s) {', '.join(unknown)}; valid keys: "
+                f"{', '.join(colour_keys)}"
+            )
+        try:
+            for name in ("global_scale", "local_scale"):
+                if (hi := _pair(getattr(self, name), name)[1]) > 1:
+                    raise ValueError(
+                        f"expected {name} as fractions of the image area <= 1, got {hi}"
+                    )
+            self.color_augment = ColorAugment(**self.color)
+            side = min(self.global_size, self.local_size if self.n_local else self.global_size)
+            self.color_augment(torch.zeros(1, 3, side, side))
+        except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
+            raise UsageError(f"augment: {err}") from None
 
     def make(
         self,
@@ -269,7 +276,7 @@ class MultiViewAugment:
             local = random_resized_crop(
                 x, size, self.local_size, plan.local, self.local_scale, generator=generator
             )
-            local = self.color(local, generator)
+            local = self.color_augment(local, generator)
         return {"image": global_views[:, 0], **self.colored(global_views, local, plan, generator)}
 
     def colored(
@@ -285,10 +292,10 @@ class MultiViewAugment:
         if local_views is not None and plan.local:
             out["local_views"] = local_views[:, : plan.local].flatten(0, 1)
         if global_views is not None and plan.masked:
-            masked = self.color(global_views[:, : plan.masked], generator)
+            masked = self.color_augment(global_views[:, : plan.masked], generator)
             out["masked_views"] = masked.flatten(0, 1)
         if global_views is not None and plan.second and global_views.shape[1] > 1:
-            out["second_view"] = self.color(global_views[:, 1], generator)
+            out["second_view"] = self.color_augment(global_views[:, 1], generator)
         return out
 
     def mask(
@@ -300,6 +307,13 @@ class MultiViewAugment:
             views = batch["masked_views"]
             h, w = views.shape[-2] // patch_size, views.shape[-1] // patch_size
             batch["keep_idx"] = random_masking(
-                views.shape[0], h, w, **self.masking, generator=generator, device=views.device
+                views.shape[0],
+                h,
+                w,
+                self.mask_ratio,
+                self.focal_mode,
+                self.focal_prob,
+                generator,
+                views.device,
             )
         return batch

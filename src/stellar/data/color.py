@@ -146,11 +146,11 @@ class ColorAugment:
         object.__setattr__(self, "_sigma", _pair(self.blur_sigma, "blur_sigma"))
 
     def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
-        """Augment ``views`` (N, 3, H, W), float in [0, 1]; same shape and dtype out.
+        """Augment ``views`` (..., 3, H, W), float in [0, 1]; same shape and dtype out.
         ``generator`` (on any device; None: the global RNG) is the source of randomness."""
         ranges, (sig_lo, sig_hi) = self._ranges, self._sigma
-        n = views.shape[0]
-        x = views.float()
+        x = views.reshape(-1, *views.shape[-3:]).float()
+        n = x.shape[0]
         u = _uniform((n, 8), generator, x.device)
 
         def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
@@ -173,4 +173,4 @@ class ColorAugment:
             sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
             blurred = gaussian_blur(x, sigma, self.blur_kernel).clamp(0.0, 1.0)
             x = sel(u[:, 6] < self.blur_p, blurred, x)
-        return x.to(views.dtype)
+        return x.to(views.dtype).view(views.shape)

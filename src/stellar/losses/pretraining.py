@@ -13,8 +13,9 @@ from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_lo
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
 
-# The release's views per image: 8 masked global views, 8 local views of 96 px at 224 px.
-N_MASKED, N_LOCAL, LOCAL_FRACTION = 8, 8, 96 / 224
+# The release's local views: 96 px at 224 px (its 8 masked and 8 local views per image are
+# MultiViewAugment's defaults).
+LOCAL_FRACTION = 96 / 224
 
 
 class StellarForPretraining(STELLAR):
@@ -32,7 +33,6 @@ class StellarForPretraining(STELLAR):
         self.augment = MultiViewAugment(
             global_size=size,
             local_size=p * max(1, round(size * LOCAL_FRACTION / p)),
-            n_local=N_LOCAL,
         )
 
     @property
@@ -100,7 +100,7 @@ class StellarForPretraining(STELLAR):
         """The objective's batch: the main view and the views its enabled terms read, those of
         a kind not given made from ``image`` by our augmentation."""
         image = inputs["image"]
-        plan = self.objective.config.views(N_MASKED, N_LOCAL)
+        plan = self.objective.config.views(self.augment.n_masked, self.augment.n_local)
         given = inputs.get("global_views"), inputs.get("local_views")
         missing = dataclasses.replace(
             plan,

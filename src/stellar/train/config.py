@@ -20,8 +20,7 @@ from typing import Any, Literal
 import yaml
 
 from stellar.checkpoint.io import RUN_CONFIG
-from stellar.data.augment import FocalMode, MultiViewAugment, num_kept
-from stellar.data.color import ColorAugment
+from stellar.data.augment import MultiViewAugment, num_kept
 from stellar.errors import UsageError
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
@@ -64,36 +63,6 @@ class DataConfig:
 
 
 @dataclass
-class AugmentConfig:
-    """Multi-view augmentation sizes and counts (the paper's; scaled down for CPU presets)."""
-
-    global_size: int = bounded(224, low=1)
-    local_size: int = bounded(96, low=1)
-    n_local: int = bounded(8, low=0)
-    n_masked: int = bounded(8, low=0)
-    global_scale: tuple[float, float] = (0.36, 1.0)
-    local_scale: tuple[float, float] = (0.06, 0.36)
-    mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
-    focal_mode: FocalMode | None = "gaussian"
-    focal_prob: float = bounded(0.5, low=0, high=1)
-    color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
-
-    def pipeline(self) -> MultiViewAugment:
-        """The augmentation these settings describe (it checks its scales and colour settings)."""
-        return MultiViewAugment(
-            self.global_size,
-            self.local_size,
-            self.n_local,
-            self.global_scale,
-            self.local_scale,
-            self.mask_ratio,
-            self.focal_mode,
-            self.focal_prob,
-            **self.color,
-        )
-
-
-@dataclass
 class OptimConfig:
     """AdamW with a cosine schedule, linear warm-up and a floor (the paper's ViT-B/16 recipe)."""
 
@@ -130,7 +99,7 @@ class TrainConfig:
     model_overrides: dict[str, Any] = field(default_factory=dict)
     vq_model: str | None = None
     data: DataConfig = field(default_factory=DataConfig)
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    augment: MultiViewAugment = field(default_factory=MultiViewAugment)
     objective: ObjectiveConfig = field(default_factory=ObjectiveConfig)
     optim: OptimConfig = field(default_factory=OptimConfig)
     ema: EMAConfig = field(default_factory=EMAConfig)
@@ -156,7 +125,6 @@ class TrainConfig:
 
     def __post_init__(self) -> None:
         """The rules that join fields; UsageError naming the keys."""
-        a = self.augment
         # recorded absolute, so that a resume from another working folder finds them
         if self.data.root:
             self.data.root = os.path.abspath(self.data.root)
@@ -169,17 +137,6 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        colour_keys = [f.name for f in dataclasses.fields(ColorAugment)]
-        unknown = sorted(set(a.color) - set(colour_keys))
-        if unknown:
-            raise UsageError(
-                f"augment.color: unknown key(s) {', '.join(unknown)}; valid keys: "
-                f"{', '.join(colour_keys)}"
-            )
-        try:
-            a.pipeline()
-        except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
-            raise UsageError(f"augment: {err}") from None
         if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
             if self.init.encoder:
                 raise UsageError(

@@ -135,7 +135,7 @@ class Trainer(TrainerCheckpoints):
         # The views the enabled terms need: the pipeline makes exactly these.
         self.plan = cfg.objective.views(a.n_masked, a.n_local)
         self.step_fn = self._wrap(self.objective)
-        self.augment = a.pipeline()
+        self.augment = a
         if cfg.init.checkpoint:  # a preset's architecture was checked with the config
             check_against_model(cfg, self.model.config)
         self.optimizer = torch.optim.AdamW(
