@@ -28,11 +28,11 @@ METRICS_NAME = "metrics.json"
 
 
 # ---------------------------------------------------------------------------- options
-def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0) -> None:
-    """How ``stellar eval`` and ``extract`` read a model and encode images with it."""
+def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0, batch_size: int = 64) -> None:
+    """How `stellar eval`, `extract`, `viz` and `retrieve` read a model and encode images."""
     p.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    p.add_argument("--batch-size", type=positive_int, default=64, help="images per encoder batch")
+    p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per batch")
     p.add_argument("--num-workers", type=nonneg_int, default=num_workers, help="decoding workers")
     p.add_argument(
         "--resolution", type=positive_int, default=None, help="input side (default: native)"

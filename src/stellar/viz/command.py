@@ -18,12 +18,11 @@ from PIL import Image
 from torch import Tensor
 
 from stellar.data.folder import EvalImages
-from stellar.errors import UsageError, positive_int
-from stellar.eval.common import format_table, write_json
+from stellar.eval.common import add_encoding, format_table, write_json
 from stellar.eval.common import resolution as eval_resolution
-from stellar.eval.encoder import make_loader
+from stellar.eval.encoder import decodable_batches
 from stellar.outputs import atomic_write, check_fresh, output_folder, remove
-from stellar.runtime import add_precision_argument, autocast, pick_device
+from stellar.runtime import autocast, pick_device
 from stellar.viz.maps import compose_panel, concept_views, to_pil
 
 if TYPE_CHECKING:
@@ -99,24 +98,15 @@ def render_figure(
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar viz``."""
-    parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
+    add_encoding(parser, batch_size=8)
     parser.add_argument(
         "--images", required=True, nargs="+", help="image files and/or folders (recursive)"
     )
     parser.add_argument("--out", required=True, help="output folder for the PNGs")
-    parser.add_argument(
-        "--resolution",
-        type=positive_int,
-        default=None,
-        help="input side, a multiple of the patch size (default: the model's native size)",
-    )
     parser.add_argument("--vq-model", default=None, help="MaskGIT-VQGAN weights (vq-head models)")
-    parser.add_argument("--batch-size", type=positive_int, default=8, help="images per batch")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     parser.add_argument(
         "--overwrite", action="store_true", help="replace the figures of an earlier viz in --out"
     )
-    add_precision_argument(parser)
 
 
 def _listed_figures(metrics: list[Path]) -> list[Path]:
@@ -151,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
         grid_text = f"{grid[0]}x{grid[1]}"
         model_name = Path(str(args.model)).name
         records: list[dict[str, Any]] = []
-        for batch in make_loader(dataset, args.batch_size):
+        for batch in decodable_batches(dataset, args.batch_size, args.num_workers, desc="viz"):
             with torch.inference_mode(), autocast(device):
                 images = batch["image"].to(device)
                 out = model.encode(images)
@@ -182,10 +172,6 @@ def run(args: argparse.Namespace) -> int:
                         "mean_peak": round(float(peaks[b]), 4),
                     }
                 )
-        if not records:  # every file was unreadable (each one named in a warning)
-            raise UsageError(
-                f"expected at least one readable image among {args.images}, found none"
-            )
         summary = {
             "model": str(args.model),
             "resolution": resolution,

@@ -17,12 +17,12 @@ from torch import Tensor
 
 from stellar.data.folder import EvalImages
 from stellar.errors import UsageError, nonneg_int, positive_int
+from stellar.eval.common import add_encoding, write_json
 from stellar.eval.common import resolution as eval_resolution
-from stellar.eval.common import write_json
 from stellar.eval.encoder import Encoder, encode_batch, encode_batches, make_loader
 from stellar.images import open_image, preprocess
 from stellar.outputs import atomic_write, output_folder
-from stellar.runtime import add_precision_argument, pick_device
+from stellar.runtime import pick_device
 from stellar.viz.maps import compose_panel, concept_overlay, to_pil
 from stellar.viz.token_index import (
     INDEX_FILE,
@@ -55,7 +55,7 @@ def _tile(image: Tensor, spatial: Tensor, grid: tuple[int, int], token: int) -> 
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Arguments of ``stellar retrieve``."""
-    parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
+    add_encoding(parser, num_workers=4)
     parser.add_argument("--data", default=None, help="image folder (or file) to index")
     parser.add_argument("--query", required=True, help="the query image file")
     parser.add_argument(
@@ -63,13 +63,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--k", type=positive_int, default=8, help="number of neighbours")
     parser.add_argument("--out", required=True, help="output folder (figure, results.json)")
-    parser.add_argument(
-        "--resolution", type=positive_int, default=None, help="input side (default: native)"
-    )
-    parser.add_argument("--batch-size", type=positive_int, default=64, help="images per batch")
-    parser.add_argument("--num-workers", type=nonneg_int, default=4, help="decoding workers")
-    parser.add_argument("--device", default=None, help="default: cuda if available, else cpu")
-    add_precision_argument(parser)
 
 
 def _draw(
