@@ -518,19 +518,3 @@ def test_ctrl_c_during_extract_is_one_line_that_says_how_to_resume(
     assert [p.name for p in out.glob("shard-*")] == [shard_name(0)]
     monkeypatch.setattr(stellar.eval.extract, "write_shard", real)
     assert console(argv) == 0 and _meta(out)["count"] == 4
-
-
-def test_a_folder_of_the_older_decoding_is_not_resumed(model, tmp_path: Path) -> None:
-    """Extractions made before files were decoded at full size (no JPEG draft) record no
-    decoding: they are another job's features, not resumed or mixed with new shards."""
-    from stellar.eval.shards import settings_id
-
-    ds = EvalImages(_images(tmp_path / "data", 3), RES)
-    out = tmp_path / "out"
-    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
-    meta = _meta(out)
-    del meta["decoding"]
-    meta.update(complete=False, id=settings_id(meta))  # as the older code wrote it
-    (out / "meta.json").write_text(json.dumps(meta))
-    with pytest.raises(ValueError, match="other settings .*decoding"):
-        extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)

@@ -103,7 +103,7 @@ def test_retrieval_uses_the_fingerprinted_cached_index(explorer, tmp_path, caplo
     enc = collection.encoded(str(explorer.picks[3]))
     found = collection.neighbours(enc.sparse[2], k=5)
     assert len(found) == 5
-    assert found[0].path == str(explorer.picks[3]) and found[0].token == 2
+    assert found[0].encoded.name == explorer.picks[3].name and found[0].token == 2
     assert found[0].similarity == pytest.approx(1.0, abs=1e-4)
     assert [n.similarity for n in found] == sorted((n.similarity for n in found), reverse=True)
     index = collection.index()

@@ -28,7 +28,6 @@ from stellar.eval.encoder import (
     weights_fingerprint,
 )
 from stellar.eval.shards import (
-    DECODING,
     META_NAME,
     differences,
     finalize_dir,
@@ -102,7 +101,6 @@ def extract_to_dir(
             "resolution": dataset.resolution,
             "resize_ratio": dataset.resize_ratio,
             "crop": dataset.crop,
-            "decoding": DECODING,
             "fp16": bool(fp16),
             "precision": "bf16" if encoding_dtype(model.device) else "fp32",
             "shard_size": shard_size,

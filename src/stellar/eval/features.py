@@ -32,7 +32,7 @@ from stellar.eval.common import (
     percent,
 )
 from stellar.eval.encoder import extract_features, pool_features, weights_fingerprint
-from stellar.eval.shards import DECODING, differences, load_features, read_meta
+from stellar.eval.shards import differences, load_features, read_meta
 from stellar.models.stellar import STELLAR
 
 logger = logging.getLogger(__name__)
@@ -138,7 +138,7 @@ def classification_setup(
         meta = metas[flag]
         precisions.add(meta.get("precision", "an unrecorded precision"))
         expected = {"weights": weights_fingerprint(ours), "resolution": res}
-        expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True, "decoding": DECODING}
+        expected |= {"resize_ratio": EVAL_RESIZE_RATIO, "crop": True}
         diff = differences(meta, expected)
         diff += [] if args.key in meta["keys"] else [f"keys: {meta['keys']} lack {args.key!r}"]
         if diff:

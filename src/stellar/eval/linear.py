@@ -85,7 +85,6 @@ def train_linear_probe(
 
 
 AUG_SCALE: tuple[float, float] = (0.2, 1.0)
-AUG_RATIO: tuple[float, float] = (3 / 4, 4 / 3)
 
 
 def train_linear_augmented(
@@ -120,9 +119,8 @@ def train_linear_augmented(
     def loss_of(batch: dict[str, Any]) -> tuple[torch.Tensor, int]:
         canvas = batch["canvas"].to(device, non_blocking=True)
         views = random_resized_crop(
-            canvas, batch["size"].to(device), resolution, 1, scale=AUG_SCALE, ratio=AUG_RATIO,
-            generator=gen, flip_p=0.5,
-        )[:, 0]  # fmt: skip
+            canvas, batch["size"].to(device), resolution, 1, scale=AUG_SCALE, generator=gen
+        )[:, 0]
         with torch.no_grad(), autocast(device):
             feats = pool_features(model.forward_encode(views)[key]).float()
         target = batch["label"].to(device)

@@ -31,9 +31,6 @@ from stellar.outputs import atomic_write
 logger = logging.getLogger(__name__)
 
 META_NAME = "meta.json"
-# How image files were decoded, in every extraction's settings: "full" since JPEGs are no longer
-# decoded at a reduced scale (6bc8b58), so folders of the older decoding are not resumed or read.
-DECODING = "full"
 NOT_SETTINGS = ("count", "complete", "id", "model")
 
 

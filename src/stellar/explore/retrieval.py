@@ -35,7 +35,6 @@ class Neighbour:
     """One retrieved concept token: ``token`` of the image ``encoded``, cosine ``similarity``."""
 
     encoded: Encoded
-    path: str
     token: int
     similarity: float
 
@@ -102,5 +101,5 @@ class Collection:
             except ValueError:  # deleted or damaged since indexing: left out of the gallery
                 logger.warning("cannot read %s any more; left out", path)
                 continue
-            found.append(Neighbour(encoded, path, int(index.token[row]), float(score)))
+            found.append(Neighbour(encoded, int(index.token[row]), float(score)))
         return found
