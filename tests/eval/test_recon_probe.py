@@ -29,7 +29,6 @@ from stellar.eval.recon_probe import (
 
 SMALL_DECODER = dict(
     decoder={"hidden_size": 64, "num_attention_heads": 2, "intermediate_size": 128},
-    fourier_features=32,
 )
 
 

@@ -52,7 +52,7 @@ def test_official_config_loads_with_its_types(reference_dir):
         (lambda d: {**d, "sk_temp": -0.1}, "sk_temp: expected a number > 0"),
         # In the official schema but never implemented beyond the released 1.0: refused.
         (lambda d: {**d, "sk_scale": 2.0}, r"sk_scale: expected a number in \[1, 1\]"),
-        (lambda d: {**d, "fourier_features": 64}, "2 x fourier_features = 128 wide"),
+        (lambda d: {**d, "decoder": {"hidden_size": 5, "num_attention_heads": 1}}, "5 is odd"),
     ],
 )
 def test_malformed_config_names_the_field(reference_dir, edit, message):

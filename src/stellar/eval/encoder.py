@@ -36,7 +36,7 @@ Images = PathLike | Image.Image | Iterable[PathLike] | Iterable[Image.Image] | D
 class Encoder(Protocol):
     """A frozen image encoder as the protocols use it: ``feature_keys`` are the outputs a probe
     may read; ``config.encoder`` gives the width and native ``image_size``, ``config.decoder``
-    and ``config.fourier_features`` the size of a reconstruction-probe decoder."""
+    the size of a reconstruction-probe decoder."""
 
     patch_size: int
     feature_keys: tuple[str, ...]

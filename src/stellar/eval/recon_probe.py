@@ -194,7 +194,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     entries = load_entries(args)
     for e in entries[1:]:  # the baseline's probe decoder gets STELLAR's decoder size
         e.model.config.decoder = entries[0].model.config.decoder
-        e.model.config.fourier_features = entries[0].model.config.fourier_features
     schedule, batch = ProbeSchedule.from_args(args, args.batch_size), args.batch_size
     read = {"num_workers": args.num_workers, "progress": not args.no_progress, "keep_images": True}
     rows = []

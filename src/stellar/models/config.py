@@ -48,10 +48,10 @@ class DecoderConfig:
 class StellarConfig:
     """Everything that fixes the architecture of a STELLAR model.
 
-    Field names follow the official ``config.json``; ``vq_codebook_size`` and
-    ``fourier_features`` are our additions (the released models use 1024 and 256). Values
-    from outside (a file, overrides) are type- and range-checked by :func:`from_dict` and
-    :meth:`replace`; construction checks the rules that join fields.
+    Field names follow the official ``config.json``; ``vq_codebook_size`` is our addition (the
+    released models use 1024). Values from outside (a file, overrides) are type- and
+    range-checked by :func:`from_dict` and :meth:`replace`; construction checks the rules that
+    join fields.
     """
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
@@ -71,7 +71,6 @@ class StellarConfig:
     # In the official schema; the released models use 1.0 and nothing else is implemented.
     sk_scale: float = bounded(1.0, low=1.0, high=1.0)
     vq_codebook_size: int = bounded(1024, low=1)
-    fourier_features: int = bounded(256, low=1)
     architecture: Literal["stellar"] = ARCHITECTURE
 
     def __post_init__(self) -> None:
@@ -92,12 +91,8 @@ class StellarConfig:
                 f"decoder.hidden_size {dec.hidden_size} is not divisible by its "
                 f"num_attention_heads {dec.num_attention_heads}"
             )
-        if 2 * self.fourier_features != dec.hidden_size:
-            problems.append(
-                f"the decoder's Fourier position encoding is 2 x fourier_features = "
-                f"{2 * self.fourier_features} wide, expected decoder.hidden_size "
-                f"{dec.hidden_size}"
-            )
+        if dec.hidden_size % 2:  # the Fourier position encoding is (sin, cos) pairs
+            problems.append(f"decoder.hidden_size {dec.hidden_size} is odd; expected an even width")
         if problems:
             raise UsageError("invalid STELLAR config: " + "; ".join(problems))
 

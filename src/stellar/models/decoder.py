@@ -27,7 +27,7 @@ class ReconstructionDecoder(Transformer):
         )
         self.head_type = config.decoder_head
         self.proj = nn.Linear(enc.hidden_size, cfg.hidden_size)
-        self.fourier = FourierPositionEncoding(config.fourier_features)
+        self.fourier = FourierPositionEncoding(cfg.hidden_size // 2)
         if self.head_type == "pixel":
             p = enc.patch_size
             self.head = nn.ConvTranspose2d(cfg.hidden_size, 3, p, stride=p)

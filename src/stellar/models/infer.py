@@ -124,8 +124,6 @@ def infer_config(shapes: Mapping[str, Sequence[int]], heads: int | None = None) 
         fields["decoder_head"] = "pixel" if len(head) == 4 else "vq"
         if len(head) == 2:
             fields["vq_codebook_size"] = head[0]
-    if "decoder.fourier.gaussian_matrix" in shapes:
-        fields["fourier_features"] = shapes["decoder.fourier.gaussian_matrix"][1]
     for part in ("clustering_head", "cls_cluster_head"):
         if f"{part}.layer.weight" in shapes:
             fields["num_clusters"], fields["prototype_dim"] = shapes[f"{part}.layer.weight"]
