@@ -127,13 +127,10 @@ def add_precision_argument(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def autocast(
-    device: torch.device, dtype: torch.dtype | str | None = "auto"
-) -> contextlib.AbstractContextManager:
-    """The autocast context for ``device``: ``dtype`` a dtype, None (off) or ``auto`` (the
-    precision the enclosing :func:`precision` block chose, else auto)."""
-    if dtype == "auto":
-        dtype = encoding_dtype(device)
+def autocast(device: torch.device) -> contextlib.AbstractContextManager:
+    """The autocast context for ``device``: the precision the enclosing :func:`precision` block
+    chose, else auto."""
+    dtype = encoding_dtype(device)
     if dtype is None:
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=dtype)
