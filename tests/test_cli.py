@@ -9,8 +9,8 @@ import re
 import pytest
 
 from stellar.cli import console
+from stellar.demo import scenes_command
 from stellar.errors import Bounds, UsageError, nonneg_float, positive_int
-from stellar.models import registry
 
 
 def test_bad_input_is_one_line_on_stderr_with_exit_code_2(capsys) -> None:
@@ -26,14 +26,14 @@ def test_verbose_keeps_the_traceback() -> None:
         console(["-v", "train", "--config", "no-such-preset"])
 
 
-def test_a_bug_keeps_its_traceback_even_when_it_is_a_value_error(monkeypatch) -> None:
+def test_a_bug_keeps_its_traceback_even_when_it_is_a_value_error(monkeypatch, tmp_path) -> None:
     # A ValueError raised by code (e.g. a shape mismatch mid-training) is not bad input.
-    def broken() -> list[str]:
+    def broken(*args) -> None:
         raise ValueError("shape [2, 3] is invalid for input of size 5")
 
-    monkeypatch.setattr(registry, "list_models", broken)
+    monkeypatch.setattr(scenes_command, "export_scenes", broken)
     with pytest.raises(ValueError, match="shape"):
-        console(["models"])
+        console(["scenes", "--out", str(tmp_path / "scenes")])
 
 
 def test_usage_error_is_a_value_error() -> None:
@@ -41,9 +41,7 @@ def test_usage_error_is_a_value_error() -> None:
     assert issubclass(UsageError, ValueError)
 
 
-@pytest.mark.parametrize(
-    "argv", [["--bogus"], ["--bogus", "models"], ["models", "--bogus"], ["train", "--bogus"]]
-)
+@pytest.mark.parametrize("argv", [["--bogus"], ["--bogus", "train"], ["train", "--bogus"]])
 def test_an_unknown_flag_exits_non_zero(argv, capsys) -> None:
     with pytest.raises(SystemExit) as exit_info:
         console(argv)

@@ -16,7 +16,6 @@ from stellar.errors import UsageError
 from stellar.runtime import precision
 
 COMMANDS: dict[str, tuple[str, str]] = {
-    "models": ("stellar.models.registry", "list the registered model names"),
     "demo": (
         "stellar.demo.command",
         "train a small STELLAR on concept scenes, evaluate it, write a report",

@@ -1,12 +1,11 @@
 """Named model sizes: the released checkpoints and small presets for CPU work.
 
 Each entry only sets dimensions. A released name's weights are ``<name>.safetensors`` in the
-hub repository ``microsoft/STELLAR`` (:func:`stellar.load_stellar`). ``stellar models`` lists them.
+hub repository ``microsoft/STELLAR`` (:func:`stellar.load_stellar`).
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import fnmatch
 
@@ -30,24 +29,6 @@ def get_config(name: str) -> StellarConfig:
     if name not in _REGISTRY:
         raise ValueError(f"unknown model name {name!r}; known names: {', '.join(list_models())}")
     return copy.deepcopy(_REGISTRY[name])
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """``stellar models`` takes no arguments."""
-
-
-def run(args: argparse.Namespace) -> int:
-    """``stellar models``: each registered model, its size and whether official weights exist."""
-    print(f"{'name':<14} {'width':>5} {'depth':>5} {'patch':>5} {'tokens':>6}  weights")
-    for name in list_models():
-        c = get_config(name)
-        e = c.encoder
-        kind = "released (microsoft/STELLAR)" if is_released(name) else "random-init preset"
-        print(
-            f"{name:<14} {e.hidden_size:>5} {e.num_hidden_layers:>5} {e.patch_size:>5} "
-            f"{c.num_sparse_tokens:>6}  {kind}"
-        )
-    return 0
 
 
 def _vit(width: int, depth: int, heads: int, patch: int = 16) -> EncoderConfig:
