@@ -41,6 +41,39 @@ def _sentinel_canvas(sizes: list[tuple[int, int]], side: int, content: torch.Ten
     return canvas, torch.tensor(sizes, dtype=torch.int64)
 
 
+def _ramp_canvas(sizes: list[tuple[int, int]], side: int):
+    """:func:`_sentinel_canvas` whose valid region holds each pixel's column / side in channel
+    0, its row / side in channel 1 and mid-gray in channel 2 (where magenta would show)."""
+    coord = torch.arange(side, dtype=torch.float32) / side
+    ramps = torch.stack([coord.expand(side, side), coord[:, None].expand(side, side)])
+    content = torch.cat([ramps, torch.full((1, side, side), 0.5)])
+    return _sentinel_canvas(sizes, side, content.expand(len(sizes), 3, side, side))
+
+
+def _read_boxes(views: torch.Tensor, side: int) -> dict[str, torch.Tensor]:
+    """Each view's crop box (canvas pixels, rounded) and flip, read back from the ramps of a
+    :func:`_ramp_canvas`. Output pixel i of n shows the canvas at ``start + (i + 0.5) / n *
+    extent`` (a flip mirrors the fraction), where the ramp reads that position - 0.5 pixel; a
+    least-squares line through the middle half of the columns (rows), away from the crop's
+    edges, recovers start and extent to within 0.35 px (bicubic's a = -0.75 kernel bends a ramp
+    by up to 0.05 px). Not for crops of a single pixel, whose views are flat."""
+    n = views.shape[-1]
+    mid = slice(n // 4, n - n // 4)
+    f = (torch.arange(n, dtype=torch.float64)[mid] + 0.5) / n
+
+    def line(ramp: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        ramp = ramp[..., mid].double() * side
+        slope = ((f - f.mean()) * (ramp - ramp.mean(-1, keepdim=True))).sum(-1)
+        slope = slope / (f - f.mean()).square().sum()
+        return ramp.mean(-1) - slope * f.mean() + 0.5, slope  # value at fraction 0, extent
+
+    left, dx = line(views[:, :, 0].mean(-2))  # (B, V), the column ramp averaged over rows
+    top, height = line(views[:, :, 1].mean(-1))
+    left = left + dx.clamp(max=0)  # flipped: fraction 0 is the right edge
+    box = {"top": top, "left": left, "height": height, "width": dx.abs()}
+    return {**{k: v.round().long() for k, v in box.items()}, "flip": dx < 0}
+
+
 def test_multiview_shapes_range_and_reproducibility() -> None:
     aug = MultiViewAugment(global_size=24, local_size=12, n_local=2)
     plan = ViewPlan(masked=3, local=2, second=True)
@@ -80,11 +113,9 @@ def test_full_crop_is_bicubic_resize_and_flip_mirrors() -> None:
 def test_fallback_is_centre_crop() -> None:
     content = torch.rand(1, 3, 32, 32)
     canvas, size = _sentinel_canvas([(16, 30)], 32, content)
-    views, p = random_resized_crop(
-        canvas, size, 32, 1, (1.0, 1.0), (1.0, 1.0), _gen(), flip_p=0.0, return_params=True
-    )
+    views = random_resized_crop(canvas, size, 32, 1, (1.0, 1.0), (1.0, 1.0), _gen(), flip_p=0.0)
     # sqrt(16 * 30) > 16 never fits: torchvision falls back to the centred 16 x 16 square
-    assert [int(p[k]) for k in ("top", "left", "height", "width")] == [0, 7, 16, 16]
+    # (rows 0-15, columns 7-22), which the view is a resize of (random content: no other box is)
     ref = F.interpolate(content[:, :, :16, 7:23], size=32, mode="bicubic", align_corners=False)
     ref = ref.clamp(0, 1)
     # away from the crop border (where we read the real neighbours, not a replicated edge)
@@ -92,24 +123,27 @@ def test_fallback_is_centre_crop() -> None:
 
 
 def test_crops_stay_inside_valid_region() -> None:
-    sizes = [(64, 64), (64, 9), (7, 64), (30, 41), (1, 1), (12, 50)]
-    canvas, size = _sentinel_canvas(sizes, 64)
+    sizes = [(64, 64), (64, 9), (7, 64), (30, 41), (12, 50), (1, 1)]
+    canvas, size = _ramp_canvas(sizes, 64)
     for scale, out in (((0.06, 0.36), 8), ((0.36, 1.0), 11), ((0.01, 1.0), 5)):
-        views, p = random_resized_crop(
-            canvas, size, out, 40, scale=scale, generator=_gen(3), return_params=True
-        )
+        views = random_resized_crop(canvas, size, out, 40, scale=scale, generator=_gen(3))
         # any magenta padding leaking in would move a pixel away from the uniform 0.5 gray
-        torch.testing.assert_close(views, torch.full_like(views, 0.5), atol=1e-5, rtol=0)
-        h, w = size[:, None, 0], size[:, None, 1]
+        gray = views[:, :, 2]
+        torch.testing.assert_close(gray, torch.full_like(gray, 0.5), atol=1e-5, rtol=0)
+        # the 1 x 1 image has one crop: its pixel (0, 0)
+        torch.testing.assert_close(views[-1, :, :2], torch.zeros_like(views[-1, :, :2]))
+        # the padding repeats the valid edge, so a box reaching past it shows in the ramps only
+        p = _read_boxes(views[:-1], 64)
+        h, w = size[:-1, None, 0], size[:-1, None, 1]
         assert (p["top"] >= 0).all() and (p["left"] >= 0).all()
         assert (p["height"] >= 1).all() and (p["width"] >= 1).all()
         assert (p["top"] + p["height"] <= h).all() and (p["left"] + p["width"] <= w).all()
 
 
 def test_crop_parameter_distribution() -> None:
-    canvas, size = _sentinel_canvas([(200, 200)] * 4, 200)
-    views, p = random_resized_crop(
-        canvas, size, 4, 250, scale=(0.36, 1.0), generator=_gen(4), return_params=True
+    canvas, size = _ramp_canvas([(200, 200)] * 4, 200)
+    p = _read_boxes(
+        random_resized_crop(canvas, size, 16, 250, scale=(0.36, 1.0), generator=_gen(4)), 200
     )
     area = (p["height"] * p["width"]).double() / 200**2
     aspect = p["width"].double() / p["height"].double()

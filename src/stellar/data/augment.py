@@ -59,15 +59,13 @@ def random_resized_crop(
     ratio: Sequence[float] = RATIO,
     generator: torch.Generator | None = None,
     flip_p: float = FLIP_P,
-    return_params: bool = False,
-) -> Tensor | tuple[Tensor, dict[str, Tensor]]:
+) -> Tensor:
     """``n_views`` RandomResizedCrop + horizontal flip views of every image, in one resample
     that never reads outside the valid region. ``canvas`` (B, C, Hc, Wc) uint8 or float in
     [0, 1]; ``size`` (B, 2) the valid (h, w) at its top-left; ``scale`` a fraction of the valid
     area; ``generator`` on any device (None: the global RNG).
 
-    Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1]; with ``return_params``
-    also (B, n_views) ``top``, ``left``, ``height``, ``width`` (canvas pixels) and ``flip``.
+    Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1].
     """
     b, c, hc, wc = canvas.shape
     s0, s1 = _pair(scale, "scale")
@@ -116,17 +114,7 @@ def random_resized_crop(
     src = _fill_padding(x, hi, wi)
     views = F.grid_sample(src, grid, mode="bicubic", padding_mode="border", align_corners=False)
     views = views.view(b, c, v, out_size, out_size).transpose(1, 2).clamp_(0.0, 1.0)
-    views = views.contiguous()
-    if not return_params:
-        return views
-    params = {
-        "top": top.long(),
-        "left": left.long(),
-        "height": ch.long(),
-        "width": cw.long(),
-        "flip": flip,
-    }
-    return views, params
+    return views.contiguous()
 
 
 FocalMode = Literal["gaussian", "block"]  # the config takes these names (or null)
