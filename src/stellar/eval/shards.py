@@ -48,9 +48,9 @@ def settings_id(meta: dict[str, Any]) -> str:
 
 def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
     """``key: recorded != expected`` for each setting a ``meta.json`` records otherwise (the
-    file list and long values by name only)."""
+    file and class lists by name only)."""
     return [
-        f"{k} differ" if k == "files" or len(repr(v)) > 60 else f"{k}: {recorded.get(k)!r} != {v!r}"
+        f"{k} differ" if k in ("files", "classes") else f"{k}: {recorded.get(k)!r} != {v!r}"
         for k, v in expected.items()
         if recorded.get(k) != v and k not in NOT_SETTINGS
     ]

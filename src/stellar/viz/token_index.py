@@ -18,6 +18,7 @@ from torch.utils.data import Dataset
 
 from stellar.errors import UsageError
 from stellar.eval.encoder import Encoder, extract_features, weights_fingerprint
+from stellar.eval.shards import differences
 from stellar.outputs import atomic_write
 
 INDEX_FILE = "tokens.safetensors"
@@ -103,20 +104,13 @@ def index_meta(
 def index_differences(
     index: TokenIndex, model: Encoder, resolution: int, data: str | None, files: str | None
 ) -> list[str]:
-    """Why ``index`` cannot be reused for ``model`` at ``resolution`` on ``data``: one
-    ``"key saved (this run: wanted)"`` per setting of :func:`index_meta` that differs (the
-    file list only where the collection was scanned: ``files`` not None)."""
+    """Why ``index`` cannot be reused for ``model`` at ``resolution`` on ``data``: the
+    :func:`~stellar.eval.shards.differences` of its settings from :func:`index_meta`'s (the file
+    list only where the collection was scanned: ``files`` not None)."""
     wanted = index_meta(model, resolution, data, files)
-    saved = index.meta
-    if files is None or saved.get("data") != data:  # another folder's files differ anyway
+    if files is None or index.meta.get("data") != data:  # another folder's files differ anyway
         del wanted["files"]
-    return [
-        f"the images under {data} changed since it was built"
-        if k == "files"
-        else f"{k} {saved.get(k)} (this run: {v})"
-        for k, v in wanted.items()
-        if saved.get(k) != v
-    ]
+    return differences(index.meta, wanted)
 
 
 def build_token_index(
