@@ -66,8 +66,6 @@ class ObjectiveConfig:
     koleo: bool = True
     koleo_weight: float = bounded(0.1, low=0)
     global_align: bool = False
-    ot_eps: float = bounded(0.1, low=0, low_open=True)
-    ot_iterations: int = bounded(5, low=1)
 
     def __post_init__(self) -> None:
         if not (self.recon or self.clustering or self.set_align or self.cls_align or self.koleo):
@@ -277,9 +275,7 @@ class StellarObjective(nn.Module):
             terms["koleo_loss"] = cfg.koleo_weight * koleo_loss(out["sparse"])
         if cfg.set_align:
             with record_function(PHASE + "OT matching"):
-                index, _ = sinkhorn_match(
-                    out["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations
-                )
+                index, _ = sinkhorn_match(out["sparse"], main["sparse"])
             logits = model.clustering_head(out["sparse"])
             terms["mask_loss"] = set_alignment_loss(
                 logits, targets, index, model.config.logits_temp
@@ -312,10 +308,8 @@ class StellarObjective(nn.Module):
         logits2 = model.clustering_head(other["sparse"])
         cls_logits2 = model.cls_cluster_head(other["cls"])
         targets2, cls_targets2 = self.targets(second_view, other, True, True, logits2, cls_logits2)
-        to_first, _ = sinkhorn_match(other["sparse"], main["sparse"], cfg.ot_eps, cfg.ot_iterations)
-        to_second, _ = sinkhorn_match(
-            main["sparse"], other["sparse"], cfg.ot_eps, cfg.ot_iterations
-        )
+        to_first, _ = sinkhorn_match(other["sparse"], main["sparse"])
+        to_second, _ = sinkhorn_match(main["sparse"], other["sparse"])
         cluster = 0.5 * (
             set_alignment_loss(logits2, targets, to_first, temp)
             + set_alignment_loss(logits, targets2, to_second, temp)
