@@ -29,7 +29,6 @@ NO_RECONSTRUCTION = (SUPERVISED, "A: no reconstruction")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar demo``."""
     d = DemoSettings()
     parser.add_argument(
         "--out", default=d.out, help="output folder (report.md, metrics.json, PNGs)"

@@ -10,7 +10,6 @@ from stellar.errors import Bounds, nonneg_int, number_type, positive_int
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar scenes``."""
     parser.add_argument(
         "--out", required=True, help="new folder for images/, masks/, instances/, labels.jsonl"
     )
@@ -28,7 +27,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Write the split."""
     path = export_scenes(args.out, args.split, args.count, args.size, args.seed, args.overwrite)
     classes = 1 + len(SHAPES)  # the masks: 0 background, 1 + the shape's class
     print(f"wrote {args.count} {args.split} scenes to {path} (`eval seg --num-classes {classes}`)")

@@ -155,7 +155,6 @@ def _counted(loader: Any, batch_size: int, total: int, bar: Any) -> Iterator[dic
 
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar extract``."""
     add_encoding(parser, num_workers=4)
     parser.add_argument("--data", required=True, help="image folder (sub-folders = labels) or file")
     parser.add_argument("--out", required=True, help="output folder for shards + index")

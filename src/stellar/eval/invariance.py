@@ -235,7 +235,6 @@ def run_invariance(
 
 # ------------------------------------------------------------------ stellar eval invariance
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``stellar eval invariance``."""
     add_common(p)
     p.add_argument("--data", required=True, help="image folder")
     p.add_argument("--crops", type=positive_int, default=8, help="random crops per image")

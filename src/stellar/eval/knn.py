@@ -74,7 +74,6 @@ def knn_accuracy(
 
 # ---------------------------------------------------------------------------- stellar eval knn
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``stellar eval knn``."""
     add_classification_arguments(p)
     p.add_argument("--k", type=positive_int, default=K, help="neighbours that vote")
     p.add_argument(
@@ -98,6 +97,5 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tables(result: dict[str, Any]) -> list[str]:
-    """The printed result."""
     cols = [*ACCURACY_COLUMNS, ("k", lambda r: str(r["k"]))]
     return [format_table(cols, result["rows"])]

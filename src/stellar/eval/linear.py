@@ -132,7 +132,6 @@ def train_linear_augmented(
 
 # ---------------------------------------------------------------------------- stellar eval linear
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``stellar eval linear``."""
     add_classification_arguments(p)
     SCHEDULE.add_arguments(p, "--probe-batch-size")
     p.add_argument(
@@ -167,5 +166,4 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tables(result: dict[str, Any]) -> list[str]:
-    """The printed result."""
     return [format_table(ACCURACY_COLUMNS, result["rows"])]

@@ -149,7 +149,6 @@ def image_metrics(
 
 # ---------------------------------------------------------------------------- stellar eval recon
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``stellar eval recon``."""
     add_common(p)
     add_keys(p, ("lowrank", "dense"))
     p.add_argument("--train", default=None, help="training folder")

@@ -140,7 +140,6 @@ def train_segmentation_probe(
 
 # ---------------------------------------------------------------------------- stellar eval seg
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    """Options of ``stellar eval seg``."""
     add_common(p)
     add_keys(p, ("dense", "lowrank"))
     p.add_argument("--train", required=True, help="ADE20K folder, or images/ beside masks/")
@@ -192,7 +191,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def tables(result: dict[str, Any]) -> list[str]:
-    """The printed result."""
     cols = [
         MODEL,
         KEY,

@@ -16,7 +16,6 @@ logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar explore``."""
     parser.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     parser.add_argument(
         "--collection",

@@ -13,7 +13,6 @@ INTERMIXED = True
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar train``."""
     parser.add_argument(
         "--config",
         default=None,

@@ -51,7 +51,6 @@ class MetricsLog:
                     self.writer.add_scalar(f"train/{name}", value, step)
 
     def close(self) -> None:
-        """Flush and close."""
         self.file.close()
         if self.writer is not None:
             self.writer.close()

@@ -97,7 +97,6 @@ def render_figure(
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar viz``."""
     add_encoding(parser, batch_size=8)
     parser.add_argument(
         "--images", required=True, nargs="+", help="image files and/or folders (recursive)"

@@ -54,7 +54,6 @@ def _tile(image: Tensor, spatial: Tensor, grid: tuple[int, int], token: int) -> 
 
 # ---------------------------------------------------------------------------- command line
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """Arguments of ``stellar retrieve``."""
     add_encoding(parser, num_workers=4)
     parser.add_argument("--data", default=None, help="image folder (or file) to index")
     parser.add_argument("--query", required=True, help="the query image file")
