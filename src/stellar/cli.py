@@ -72,7 +72,6 @@ def main(argv: list[str] | None = None) -> int:
         formatter_class=HelpFormatter,
     )
     module.add_arguments(parser)
-    # INTERMIXED commands take positionals (key=value overrides) on both sides of the flags.
     parse = (
         parser.parse_intermixed_args if getattr(module, "INTERMIXED", False) else parser.parse_args
     )

@@ -154,6 +154,5 @@ def setup(device: str | torch.device | None = None) -> DistInfo:
 
 
 def teardown() -> None:
-    """Leave the process group, if any."""
     if dist.is_available() and dist.is_initialized():
         dist.destroy_process_group()

@@ -35,7 +35,6 @@ def bounded(default: Any, **bounds: Any) -> Any:
 
 @functools.cache
 def hints(cls: type) -> dict[str, Any]:
-    """The resolved annotations of a config dataclass."""
     return typing.get_type_hints(cls)
 
 
@@ -43,7 +42,6 @@ def build(cls: type, data: Any, where: str = "", unknown: Literal["raise", "warn
     """A checked ``cls`` from a mapping of its fields (sections as nested mappings).
 
     Args:
-        cls: the config dataclass.
         data: its fields by name (absent ones keep their defaults), or a ``cls`` to re-check.
         where: the dotted prefix of its keys in messages (``"augment."``).
         unknown: ``"raise"`` on keys that are not fields, or ``"warn"`` and drop them.

@@ -188,13 +188,11 @@ class ImageFolder(Dataset):
         return str(self.root) if self.root is not None else f"{len(self)} image files"
 
     def path(self, index: int) -> Path:
-        """Path of file ``index``."""
         rel = os.fsdecode(self._paths[index])
         return self.root / rel if self.root is not None else Path(rel)
 
     @property
     def paths(self) -> list[Path]:
-        """Every file, in dataset order."""
         return [self.path(i) for i in range(len(self))]
 
     def require_labels(self, what: str) -> list[str]:

@@ -59,7 +59,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Run the demo and print the table."""
     given = {k: v for k, v in vars(args).items() if k in DemoSettings.__annotations__}
     settings = DemoSettings(**given | {"overrides": tuple(args.overrides)})
     result = run_demo(settings)

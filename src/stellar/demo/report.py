@@ -65,7 +65,6 @@ def _markdown(head: list[str], rows: dict[str, list[str]]) -> str:
 
 
 def table(results: dict[str, dict]) -> str:
-    """One row per model, one column per metric."""
     rows = {name: [_cell(k, m.get(k)) for k in COLUMNS] for name, m in results.items()}
     return _markdown(["model", *COLUMNS.values()], rows)
 

@@ -35,7 +35,6 @@ class ProbeSchedule:
     seed: int = 0
 
     def add_arguments(self, p: argparse.ArgumentParser, batch_flag: str | None) -> None:
-        """``--epochs``, ``--lr``, ``--weight-decay`` and ``batch_flag`` (None: none)."""
         p.add_argument("--epochs", type=positive_int, default=self.epochs, help="of the probe")
         p.add_argument("--lr", type=positive_float, default=self.lr, help="AdamW's")
         p.add_argument(
@@ -46,7 +45,6 @@ class ProbeSchedule:
 
     @classmethod
     def from_args(cls, args: argparse.Namespace, batch_size: int) -> ProbeSchedule:
-        """The schedule of a run's options."""
         return cls(args.epochs, args.lr, args.weight_decay, batch_size, args.seed)
 
     def index_batches(self, n: int) -> Callable[[int], list[Tensor]]:

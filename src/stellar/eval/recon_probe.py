@@ -214,7 +214,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         metrics = image_metrics(recons, va["images"], lpips_net, fid_net, batch, on)
         if fid_net is not None and metrics["rfid"] is None:
             unavailable["rfid"] = "needs at least 2 validation images"
-        # the first 8 validation images over their reconstructions
         panel = compose_panel([list(va["images"][:8]), list(recons[:8])], pad=2)
         png = args.out_dir / f"reconstructions_{i}_{e.kind}.png"
         atomic_write(png, lambda tmp, panel=panel: panel.save(tmp, format="PNG"))

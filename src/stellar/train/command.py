@@ -35,7 +35,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Train and print the summary."""
     out, last, _ = train(args.config, args.overrides, resume=args.resume, overwrite=args.overwrite)
     terms = ", ".join(f"{k}={v:.4g}" for k, v in last.items() if k != "epoch")
     if os.environ.get("RANK", "0") == "0":  # under torchrun, once

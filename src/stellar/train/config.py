@@ -159,7 +159,6 @@ class TrainConfig:
         check_against_model(self, build(StellarConfig, merged, "model_overrides."))
 
     def to_dict(self) -> dict[str, Any]:
-        """A plain dict (for YAML/JSON)."""
         return dataclasses.asdict(self)
 
 
@@ -185,7 +184,6 @@ def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
 
 
 def preset_names() -> list[str]:
-    """Names of the YAML presets shipped with the package."""
     folder = resources.files("stellar") / "configs"
     return sorted(p.name[: -len(".yaml")] for p in folder.iterdir() if p.name.endswith(".yaml"))
 

@@ -127,7 +127,6 @@ def run(args: argparse.Namespace) -> int:
         torch.manual_seed(0)  # a random-init preset gets the same weights in every rank and run
         model = load_model(args.model, purpose="encode", device=device)
         if index is not None:
-            # Without --data or --resolution, the index's own are taken.
             data = data or index.meta.get("data")
             if args.resolution is None:
                 resolution = index.meta.get("resolution")
