@@ -177,7 +177,7 @@ def test_an_index_of_other_files_is_refused_and_a_deleted_neighbour_is_listed_on
 ) -> None:
     """The index records its folder's file list: files added since are not silently left out
     of the search; without --data the saved index is used as it is, its deleted files listed
-    in results.json but not drawn."""
+    in results.json but not drawn, as are files that no longer decode."""
     data = _images(tmp_path / "data", 3)
     query = tmp_path / "query.png"
     Image.open(data / "img1.png").save(query)
@@ -191,6 +191,8 @@ def test_an_index_of_other_files_is_refused_and_a_deleted_neighbour_is_listed_on
     assert _retrieve("stellar-tiny", out, query) == 0
     results = json.loads((out / "results.json").read_text())["results"]
     assert len(results) == 3 and "cannot draw" in caplog.text
+    (data / "img1.png").write_bytes(b"not a png")  # there again, but no longer an image
+    assert _retrieve("stellar-tiny", out, query) == 0
 
 
 def test_index_without_identity_is_not_reused(model, tmp_path: Path) -> None:

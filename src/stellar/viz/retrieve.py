@@ -82,8 +82,9 @@ def _draw(
     if present:
         files = EvalImages([index.paths[i] for i in present], q_image.shape[-1], resize_ratio=1.0)
         found = encode_batches(model, make_loader(files, 16), ["spatial"], keep_images=True)
-        encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
-        by_image = {present[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
+        if found["paths"]:  # files that no longer decode are not drawn either
+            encoded = zip(found["indices"].tolist(), found["images"], found["spatial"], strict=True)
+            by_image = {present[i]: (image.float() / 255, spatial) for i, image, spatial in encoded}
     results, records = [], []
     for rank_, (row, sim, img) in enumerate(
         zip(rows.tolist(), scores.tolist(), image_ids, strict=True)
