@@ -195,7 +195,7 @@ def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
 
     model = create_stellar("stellar-tiny")
     root = tmp_path / "checkpoints"
-    first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
+    first = ckpt.save_checkpoint(root, 1, model, {"step": 1, ckpt.CHECKPOINT_ID: "run-1"})
 
     def full(tensors, filename, metadata=None):
         Path(filename).write_bytes(b"partial")
@@ -203,7 +203,7 @@ def test_a_full_disk_names_the_file_and_says_the_previous_checkpoint_is_intact(
 
     monkeypatch.setattr(io, "save_file", full)
     with pytest.raises(UsageError, match="could not write .*step-00000002/model.safe") as err:
-        ckpt.save_checkpoint(root, 2, model, {"step": 2})
+        ckpt.save_checkpoint(root, 2, model, {"step": 2, ckpt.CHECKPOINT_ID: "run-2"})
     assert f"previous checkpoint {first} is intact" in str(err.value)
     assert ckpt.latest_checkpoint(root) == first
     assert not (root / "step-00000002").exists()
@@ -216,7 +216,7 @@ def test_a_full_disk_during_the_trainer_state_removes_the_step_folder(tmp_path, 
 
     model = create_stellar("stellar-tiny")
     root = tmp_path / "checkpoints"
-    first = ckpt.save_checkpoint(root, 1, model, {"step": 1})
+    first = ckpt.save_checkpoint(root, 1, model, {"step": 1, ckpt.CHECKPOINT_ID: "run-1"})
 
     def full(obj, f):
         Path(f).write_bytes(b"partial")
@@ -224,7 +224,7 @@ def test_a_full_disk_during_the_trainer_state_removes_the_step_folder(tmp_path, 
 
     monkeypatch.setattr(ckpt.torch, "save", full)
     with pytest.raises(UsageError, match="could not write .*step-00000002/trainer_state.pt"):
-        ckpt.save_checkpoint(root, 2, model, {"step": 2})
+        ckpt.save_checkpoint(root, 2, model, {"step": 2, ckpt.CHECKPOINT_ID: "run-2"})
     assert ckpt.latest_checkpoint(root) == first
     assert not (root / "step-00000002").exists()
 

@@ -111,6 +111,8 @@ def test_last_is_made_durable_before_older_checkpoints_are_pruned(tmp_path, monk
     )
     model = create_stellar("stellar-tiny")
     for step in (1, 2):
-        ckpt.save_checkpoint(tmp_path, step, model, {"step": step}, keep=1)
+        ckpt.save_checkpoint(
+            tmp_path, step, model, {"step": step, ckpt.CHECKPOINT_ID: f"run-{step}"}, keep=1
+        )
     assert events[-2:] == [("fsync", tmp_path), ("prune", tmp_path)]
     assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "step-00000002"]

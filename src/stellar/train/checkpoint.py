@@ -48,8 +48,7 @@ def save_checkpoint(
     folder = root / f"step-{step:08d}"
     previous = latest_checkpoint(root)
     try:
-        bound = {CHECKPOINT_ID: state[CHECKPOINT_ID]} if CHECKPOINT_ID in state else None
-        save_pretrained(model, folder, weights, metadata=bound)
+        save_pretrained(model, folder, weights, metadata={CHECKPOINT_ID: state[CHECKPOINT_ID]})
         atomic_write(folder / STATE_NAME, lambda tmp: torch.save(state, tmp))
     except UsageError as err:  # atomic_write names the file and why: `last` is unchanged
         if folder.is_dir() and folder != previous:
