@@ -59,6 +59,13 @@ SHAPE_EXTENT: tuple[float, ...] = (
 """Circumradius of each shape at radius R = 1."""
 
 
+def _sdf_box(u: np.ndarray, v: np.ndarray, hx: float, hy: float) -> np.ndarray:
+    qx = np.abs(u) - hx
+    qy = np.abs(v) - hy
+    outside = np.hypot(np.maximum(qx, 0.0), np.maximum(qy, 0.0))
+    return outside + np.minimum(np.maximum(qx, qy), 0.0)
+
+
 def _sdf_regular_polygon(u: np.ndarray, v: np.ndarray, n: int, r: float) -> np.ndarray:
     """Regular n-gon of circumradius ``r`` with an edge midpoint on the +u axis."""
     sector = 2.0 * math.pi / n
@@ -119,7 +126,7 @@ def shape_sdf(shape: int, u: np.ndarray, v: np.ndarray, radius: float) -> np.nda
     if shape == 0:
         return np.hypot(u, v) - r
     if shape == 1:
-        return _sdf_regular_polygon(u, v, 4, _SQUARE_HALF * math.sqrt(2.0) * r)
+        return _sdf_box(u, v, _SQUARE_HALF * r, _SQUARE_HALF * r)
     if shape == 2:
         return _sdf_regular_polygon(u, v, 3, _TRIANGLE_R * r)
     if shape == 3:
