@@ -118,7 +118,7 @@ def test_extract_folders_give_the_same_features(colours, tmp_path) -> None:
         main([*other, "--out", str(tmp_path / "f32"), "--keys", "cls", "--num-workers", "0"]) == 0
     )
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val-features", str(tmp_path / "f32")]
-    with pytest.raises(ValueError, match="f32.*resolution: 32 != 64"):
+    with pytest.raises(ValueError, match="f32.*resolution 32 \\(this run: 64\\)"):
         main([*argv, *mixed])
 
 
@@ -252,16 +252,16 @@ def test_feature_folders_of_another_model_are_refused(colours, tmp_path, caplog)
     assert _metrics(tmp_path / "o")["rows"][0]["k"] == 12  # the training set's size
     assert _metrics(tmp_path / "o")["settings"]["precision"] == "bf16 and fp32"
     # the preset's random weights are not the ones the features were extracted with
-    with pytest.raises(ValueError, match="ftrain.*weights: "):
+    with pytest.raises(ValueError, match="ftrain.*weights '"):
         main([*base, "--model", "stellar-tiny", *feats])
     mixed = ["--train-features", str(tmp_path / "ftrain"), "--val", str(val)]
-    with pytest.raises(ValueError, match="ftrain.*resolution: 64 != 32"):
+    with pytest.raises(ValueError, match="ftrain.*resolution 64 \\(this run: 32\\)"):
         main([*base, "--model", str(other), *mixed, "--resolution", "32"])
     argv = ["extract", "--model", str(other), "--data", str(val), "--keys", "cls"]
     squashed = ["--resize-ratio", "1.0", "--num-workers", "0", "--out", str(tmp_path / "fsq")]
     assert main([*argv, *squashed]) == 0
     mixed = ["--train", str(train), "--val-features", str(tmp_path / "fsq")]
-    with pytest.raises(ValueError, match="fsq.*resize_ratio: 1.0 != 1.14"):
+    with pytest.raises(ValueError, match="fsq.*resize_ratio 1.0 \\(this run: 1.14"):
         main([*base, "--model", str(other), *mixed])
     flat = ["--num-workers", "0", "--out", str(tmp_path / "flat")]  # one class: no class folders
     assert main([*argv[:4], str(val / "blue"), *argv[5:], *flat]) == 0

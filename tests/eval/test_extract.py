@@ -165,7 +165,7 @@ def test_precision_is_recorded_and_a_resume_must_match_it(model, tmp_path: Path)
     exact, fast = (load_features(tmp_path / d)["sparse"] for d in ("fp32", "bf16"))
     assert not torch.equal(exact, fast)  # bf16 autocast really ran
     torch.testing.assert_close(fast, exact, atol=0.1, rtol=0.05)
-    with pytest.raises(ValueError, match="precision: 'fp32' != 'bf16'"), precision("bf16"):
+    with pytest.raises(ValueError, match="precision 'fp32' \\(this run: 'bf16'"), precision("bf16"):
         extract_to_dir(model, ds, tmp_path / "fp32", ["sparse"], progress=False)
     assert json.loads((tmp_path / "fp32" / "meta.json").read_text())["precision"] == "fp32"
 
@@ -518,3 +518,22 @@ def test_ctrl_c_during_extract_is_one_line_that_says_how_to_resume(
     assert [p.name for p in out.glob("shard-*")] == [shard_name(0)]
     monkeypatch.setattr(stellar.eval.extract, "write_shard", real)
     assert console(argv) == 0 and _meta(out)["count"] == 4
+
+
+def test_a_folder_of_another_version_is_refused_not_resumed(model, tmp_path: Path) -> None:
+    """A meta.json with a setting this version no longer records (as extractions recorded
+    "decoding" before 2026-12-07) is another extraction: resuming it would rewrite every shard
+    under a new id and leave the folder unreadable; --overwrite replaces it."""
+    from stellar.eval.shards import settings_id
+
+    ds = EvalImages(_images(tmp_path / "data", 3), RES)
+    out = tmp_path / "out"
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
+    meta = _meta(out)
+    meta["decoding"] = "full"
+    meta.update(complete=False, id=settings_id(meta))  # as the older version wrote it
+    (out / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(ValueError, match="other settings \\(recorded by another version\\)"):
+        extract_to_dir(model, ds, out, ["cls"], shard_size=2, progress=False)
+    extract_to_dir(model, ds, out, ["cls"], shard_size=2, overwrite=True, progress=False)
+    assert len(load_features(out, ["cls"])["cls"]) == 3

@@ -56,10 +56,10 @@ def _prepare_meta(out: Path, meta: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            diff = differences(old, meta)
-            if not diff:
+            if old["id"] == meta["id"]:  # the same settings (a key the version no longer has too)
                 return
-            what = f"features extracted with other settings ({', '.join(diff)})"
+            diff = ", ".join(differences(old, meta)) or "recorded by another version"
+            what = f"features extracted with other settings ({diff})"
     else:
         what = "shards of an unknown extraction"
     remove(check_fresh(out, (META_NAME, "shard-*.safetensors"), overwrite, what))

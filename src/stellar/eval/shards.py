@@ -47,10 +47,10 @@ def settings_id(meta: dict[str, Any]) -> str:
 
 
 def differences(recorded: dict[str, Any], expected: dict[str, Any]) -> list[str]:
-    """``key: recorded != expected`` for each setting a ``meta.json`` records otherwise (the
-    file and class lists by name only)."""
+    """``key recorded (this run: expected)`` for each setting recorded otherwise (the file and
+    class lists by name only)."""
     return [
-        f"{k} differ" if k in ("files", "classes") else f"{k}: {recorded.get(k)!r} != {v!r}"
+        f"{k} differ" if k in ("files", "classes") else f"{k} {recorded.get(k)!r} (this run: {v!r})"
         for k, v in expected.items()
         if recorded.get(k) != v and k not in NOT_SETTINGS
     ]
