@@ -115,7 +115,7 @@ def test_unknown_colour_augmentation_key_fails_before_training(tmp_path):
             load_config("cpu-smoke", [*TINY, f"out={tmp_path}", f"augment.color.{key}=0.5"])
     assert not (tmp_path / "checkpoints").exists()
     cfg = load_config("cpu-smoke", [*TINY, f"out={tmp_path}", "augment.color.hue=0.5"])
-    assert Trainer(cfg).augment.color_augment.hue == 0.5
+    assert Trainer(cfg).cfg.augment.color_augment.hue == 0.5
 
 
 def test_folder_without_images_fails_before_training(tmp_path):

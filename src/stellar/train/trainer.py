@@ -131,11 +131,9 @@ class Trainer(TrainerCheckpoints):
         self.model.encoder.checkpoint_blocks = cfg.activation_checkpointing
         self.teacher = make_teacher(self.model) if cfg.ema.enabled else None
         self.objective = StellarObjective(self.model, cfg.objective, self.teacher)
-        a = cfg.augment
-        # The views the enabled terms need: the pipeline makes exactly these.
-        self.plan = cfg.objective.views(a.n_masked, a.n_local)
+        # The views the enabled terms need: the pipeline (cfg.augment) makes exactly these.
+        self.plan = cfg.objective.views(cfg.augment.n_masked, cfg.augment.n_local)
         self.step_fn = self._wrap(self.objective)
-        self.augment = a
         if cfg.init.checkpoint:  # a preset's architecture was checked with the config
             check_against_model(cfg, self.model.config)
         self.optimizer = torch.optim.AdamW(
@@ -201,8 +199,8 @@ class Trainer(TrainerCheckpoints):
         """Canvases -> the objective's batch: the views of ``self.plan`` and the masks."""
         canvas = batch["canvas"].to(self.device, non_blocking=True)
         size = batch["size"].to(self.device, non_blocking=True)
-        views = self.augment.make(canvas, size, self.plan, g)
-        return self.augment.mask(views, self.model.patch_size, g)
+        views = self.cfg.augment.make(canvas, size, self.plan, g)
+        return self.cfg.augment.mask(views, self.model.patch_size, g)
 
     def train_step(self, micro_batches: list[dict[str, torch.Tensor]]) -> dict[str, torch.Tensor]:
         """One optimizer step over ``grad_accum`` micro-batches.
