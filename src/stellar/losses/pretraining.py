@@ -13,8 +13,7 @@ from stellar.losses.objective import ObjectiveConfig, StellarObjective, total_lo
 from stellar.models.config import StellarConfig
 from stellar.models.stellar import STELLAR
 
-# The release's local views: 96 px at 224 px (its 8 masked and 8 local views per image are
-# MultiViewAugment's defaults).
+# The release's local views: 96 px at 224 px (its view counts are MultiViewAugment's defaults).
 LOCAL_FRACTION = 96 / 224
 
 
