@@ -71,7 +71,8 @@ def measure_name() -> list[str]:
     from huggingface_hub import constants
 
     constants.HF_HUB_CACHE, constants.HF_HUB_OFFLINE = str(tmp / "hub"), True
-    from stellar.checkpoint.io import save_state_dict
+    from safetensors.torch import save_file
+
     from stellar.checkpoint.official import to_official
     from stellar.models.registry import get_config
 
@@ -82,7 +83,7 @@ def measure_name() -> list[str]:
     (snapshot.parents[1] / "refs").mkdir()
     (snapshot.parents[1] / "refs" / "main").write_text("0" * 40)
     zeros = {k: torch.zeros(v.shape, dtype=torch.bfloat16) for k, v in shapes.items()}
-    save_state_dict(zeros, snapshot / "stellar-b16.safetensors")
+    save_file(zeros, snapshot / "stellar-b16.safetensors")
     entry = {
         "weights": "stellar-b16.safetensors",
         "num_sparse_tokens": 16,

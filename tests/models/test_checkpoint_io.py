@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stellar import create_stellar, load_stellar
-from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.weights import read_header, read_state_dict
 from stellar.models.vqgan import load_vqgan
 from stellar.outputs import atomic_write
@@ -84,7 +84,7 @@ def test_pickles_of_both_torch_formats_still_load(tmp_path):
     state = {"a": torch.arange(4.0), "b": torch.ones(2, 2)}
     torch.save(state, tmp_path / "zip.pt")
     torch.save({"model": state}, tmp_path / "legacy.bin", _use_new_zipfile_serialization=False)
-    save_state_dict(state, tmp_path / "renamed.bin")  # safetensors content, other suffix
+    save_file(state, tmp_path / "renamed.bin")  # safetensors content, other suffix
     for name in ("zip.pt", "legacy.bin", "renamed.bin"):
         loaded, _ = read_state_dict(tmp_path / name)
         assert loaded.keys() == state.keys() and torch.equal(loaded["b"], state["b"]), name

@@ -7,9 +7,9 @@ import logging
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stellar import STELLAR, create_stellar, load_stellar
-from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.official import KNOWN_UNUSED_PREFIXES, from_official, to_official
 from stellar.models.infer import infer_config
 from stellar.models.registry import get_config
@@ -69,7 +69,7 @@ def _v5_layout(state):
 def test_transformers_v5_layout_loads_identically(tmp_path):
     model = create_stellar("stellar-tiny", purpose="pretrain")
     official = to_official(model.state_dict())
-    save_state_dict(_v5_layout(official), tmp_path / "v5.safetensors")
+    save_file(_v5_layout(official), tmp_path / "v5.safetensors")
     loaded = load_stellar(tmp_path / "v5.safetensors", purpose="pretrain")
     for key, value in model.state_dict().items():
         torch.testing.assert_close(loaded.state_dict()[key], value, rtol=0, atol=0)
@@ -87,7 +87,7 @@ def test_known_unused_keys_are_accepted(tmp_path, caplog):
     state = to_official(model.state_dict())
     state["encoder.pooler.dense.weight"] = torch.zeros(96, 96)
     state["decoder.embeddings.cls_token"] = torch.zeros(1, 1, 512)
-    save_state_dict(state, tmp_path / "m.safetensors")
+    save_file(state, tmp_path / "m.safetensors")
     load_stellar(tmp_path / "m.safetensors", purpose="reconstruct")
 
 
@@ -107,7 +107,7 @@ def test_strict_loading_names_the_bad_keys(tmp_path, edit, message):
     model = create_stellar("stellar-tiny", purpose="pretrain")
     state = to_official(model.state_dict())
     edit(state)
-    save_state_dict(state, tmp_path / "bad.safetensors")
+    save_file(state, tmp_path / "bad.safetensors")
     with pytest.raises(ValueError, match=message.replace(".", r"\.")):
         load_stellar(tmp_path / "bad.safetensors", purpose="pretrain")
 
@@ -164,7 +164,7 @@ def test_extra_tensors_inside_a_built_part_are_refused(tmp_path):
         }
     )
     state["clustering_head.bogus.weight"] = torch.zeros(3)
-    save_state_dict(state, tmp_path / "extra.safetensors")
+    save_file(state, tmp_path / "extra.safetensors")
     config = create_stellar("stellar-tiny").config.to_dict()
     (tmp_path / "config.json").write_text(json.dumps(config))  # no inferring depth
     (tmp_path / "model.safetensors").symlink_to(tmp_path / "extra.safetensors")
@@ -193,7 +193,7 @@ def test_bare_file_missing_a_decoder_or_head_tensor(tmp_path, drop):
     source = create_stellar("stellar-tiny", purpose="pretrain")
     state = to_official(source.state_dict())
     del state[drop]
-    save_state_dict(state, tmp_path / "bare.safetensors")  # no config: inferred
+    save_file(state, tmp_path / "bare.safetensors")  # no config: inferred
     model = load_stellar(tmp_path / "bare.safetensors", purpose="encode")
     assert model.config.encoder == source.config.encoder
     torch.testing.assert_close(model.sparse_tokens, source.sparse_tokens, rtol=0, atol=0)
@@ -212,6 +212,6 @@ def test_bare_file_missing_a_decoder_or_head_tensor(tmp_path, drop):
 def test_bare_file_missing_an_encoder_tensor_says_so(tmp_path, drop, named):
     state = _tiny_official("encode")
     del state[drop]
-    save_state_dict(state, tmp_path / "bare.safetensors")
+    save_file(state, tmp_path / "bare.safetensors")
     with pytest.raises(ValueError, match=f"cannot read a ViT architecture.*missing the {named}"):
         load_stellar(tmp_path / "bare.safetensors")

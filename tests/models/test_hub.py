@@ -48,11 +48,12 @@ def test_saved_file_is_in_official_v4_layout_and_self_describing(tmp_path):
 
 
 def test_bare_file_without_config_is_inferred(tmp_path):
-    from stellar.checkpoint.io import save_state_dict
+    from safetensors.torch import save_file
+
     from stellar.checkpoint.official import to_official
 
     model = create_stellar("stellar-tiny", purpose="pretrain")
-    save_state_dict(to_official(model.state_dict()), tmp_path / "bare.safetensors")
+    save_file(to_official(model.state_dict()), tmp_path / "bare.safetensors")
     loaded = load_stellar(tmp_path / "bare.safetensors", purpose="pretrain")
     assert loaded.config == model.config
 

@@ -6,9 +6,9 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stellar import create_stellar, load_stellar
-from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.official import to_official
 
 
@@ -17,7 +17,7 @@ def test_non_finite_weights_are_refused_naming_the_tensors(tmp_path):
     state["dense_proj.weight"] = state["dense_proj.weight"].clone()
     state["dense_proj.weight"][0, 0] = float("nan")
     state["sparse_tokens"] = torch.full_like(state["sparse_tokens"], float("inf"))
-    save_state_dict(state, tmp_path / "diverged.safetensors")
+    save_file(state, tmp_path / "diverged.safetensors")
     with pytest.raises(ValueError, match="NaN or infinite.*dense_proj.weight, sparse_tokens"):
         load_stellar(tmp_path / "diverged.safetensors")
 

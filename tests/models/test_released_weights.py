@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import save_file
 
 from stellar import create_stellar, load_stellar
-from stellar.checkpoint.io import save_state_dict
 from stellar.checkpoint.official import to_official
 from stellar.models.registry import get_config, list_models
 from stellar.models.stellar import STELLAR
@@ -211,7 +211,7 @@ def test_a_name_holding_another_architecture_is_refused(hf_hub, tmp_path, layout
     small.save_pretrained(tmp_path / "small")
     weights = tmp_path / "small" / "model.safetensors"
     if layout == "bare file":  # no config anywhere: the registry's, which the shapes refute
-        save_state_dict(to_official(small.state_dict()), weights)
+        save_file(to_official(small.state_dict()), weights)
     hf_hub.put("microsoft/STELLAR", "stellar-b8.safetensors", weights)
     if layout == "own config":
         for load in (load_stellar, inspect_model):
@@ -293,9 +293,7 @@ def test_huggingface_hub_reads_the_cache_and_offline_mode_from_the_environment(
 
 # ------------------------------------------------------------------ inference, own layout
 def test_a_bare_file_logs_the_defaulted_values(tmp_path, caplog):
-    save_state_dict(
-        to_official(create_stellar("stellar-tiny").state_dict()), tmp_path / "b.safetensors"
-    )
+    save_file(to_official(create_stellar("stellar-tiny").state_dict()), tmp_path / "b.safetensors")
     with caplog.at_level(logging.WARNING):
         model = load_stellar(tmp_path / "b.safetensors")
     assert model.config.encoder.num_attention_heads == 4
@@ -306,7 +304,7 @@ def test_a_bare_file_logs_the_defaulted_values(tmp_path, caplog):
 def test_a_bare_file_with_an_ambiguous_head_count_is_refused(tmp_path):
     enc = {"hidden_size": 128, "num_attention_heads": 8, "intermediate_size": 256}
     state = to_official(create_stellar("stellar-tiny", encoder=enc).state_dict())
-    save_state_dict(state, tmp_path / "w128.safetensors")
+    save_file(state, tmp_path / "w128.safetensors")
     with pytest.raises(ValueError, match="number of attention heads of a width-128"):
         load_stellar(tmp_path / "w128.safetensors")
 

@@ -19,15 +19,6 @@ CONFIG_METADATA_KEY = "stellar_config"
 RUN_CONFIG = "config.yaml"  # a training run's settings, beside its checkpoints/
 
 
-def save_state_dict(
-    state: dict[str, Tensor], path: str | Path, metadata: dict | None = None
-) -> Path:
-    """Atomically write tensors as safetensors (contiguous, CPU copies)."""
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in state.items()}
-    meta = {"format": "pt", **(metadata or {})}
-    return atomic_write(path, lambda tmp: save_file(tensors, str(tmp), metadata=meta))
-
-
 def save_pretrained(
     model: nn.Module,
     directory: str | Path,
@@ -44,8 +35,11 @@ def save_pretrained(
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
     official = to_official(model.state_dict() if state is None else state)
-    metadata = {CONFIG_METADATA_KEY: config, **(metadata or {})}
-    save_state_dict(official, directory / WEIGHTS_NAME, metadata)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in official.items()}
+    metadata = {"format": "pt", CONFIG_METADATA_KEY: config, **(metadata or {})}
+    atomic_write(
+        directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)
+    )
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
     card = model_card(model.config.to_dict(), carries(list(official), "decoder"))
     atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
