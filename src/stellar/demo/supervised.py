@@ -7,6 +7,7 @@ import itertools
 import logging
 from collections.abc import Iterator
 
+import torch
 from torch import nn
 
 from stellar.data.scenes import COLOURS, SHAPES
@@ -30,6 +31,7 @@ def train_supervised(settings: DemoSettings) -> STELLAR:
     trainer = demo_trainer(settings, "supervised", [])
     o = trainer.cfg.optim
     width = trainer.model.config.encoder.hidden_size
+    torch.manual_seed(settings.seed)  # the heads' init, whatever the set-up drew before
     heads = nn.ModuleDict(
         {"shape": nn.Linear(width, len(SHAPES)), "colour": nn.Linear(width, len(COLOURS))}
     )
