@@ -29,7 +29,7 @@ METRICS_NAME = "metrics.json"
 
 # ---------------------------------------------------------------------------- options
 def add_encoding(p: argparse.ArgumentParser, num_workers: int = 0, batch_size: int = 64) -> None:
-    """How `stellar eval`, `extract`, `viz` and `retrieve` read a model and encode images."""
+    """How the encoding commands (``eval``, ``extract``, ``viz``, ``retrieve``) read a model."""
     p.add_argument("--model", required=True, help="path, run folder, model name or org/name")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--batch-size", type=positive_int, default=batch_size, help="images per batch")

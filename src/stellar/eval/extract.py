@@ -56,7 +56,7 @@ def _prepare_meta(out: Path, meta: dict[str, Any], overwrite: bool) -> None:
         except UsageError as err:
             what = f"a damaged extraction ({err})"
         else:
-            if old["id"] == meta["id"]:  # the same settings (a key the version no longer has too)
+            if old["id"] == meta["id"]:  # the id hashes every recorded setting, retired ones too
                 return
             diff = ", ".join(differences(old, meta)) or "recorded by another version"
             what = f"features extracted with other settings ({diff})"
