@@ -41,7 +41,7 @@ from stellar.train.stopping import StopRequest, TrainingStopped
 
 logger = logging.getLogger(__name__)
 
-RUN_FILES = ("config.yaml", "metrics.jsonl", "checkpoints", "tensorboard")  # what a run writes
+RUN_FILES = (RUN_CONFIG, "metrics.jsonl", "checkpoints", "tensorboard")  # what a run writes
 
 
 def cosine_lr(step: int, total: int, base: float, warmup: float, floor: float) -> float:
