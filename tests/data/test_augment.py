@@ -256,7 +256,8 @@ def test_blur_matches_scipy_and_keeps_constant_mean() -> None:
 
 
 def test_multiview_color_contract() -> None:
-    aug = MultiViewAugment(16, 8, n_local=3, color={"jitter_p": 0.0, "gray_p": 1.0, "blur_p": 0.0})
+    gray = ColorAugment(jitter_p=0.0, gray_p=1.0, blur_p=0.0)
+    aug = MultiViewAugment(16, 8, n_local=3, color=gray)
     canvas = torch.randint(0, 256, (2, 3, 20, 20), dtype=torch.uint8)
     size = torch.tensor([[20, 20], [20, 15]])
     out = aug.make(canvas, size, ViewPlan(masked=2, local=3, second=True), _gen())
@@ -264,21 +265,20 @@ def test_multiview_color_contract() -> None:
         assert torch.equal(out[key][:, 0], out[key][:, 1])
     assert not torch.equal(out["image"][:, 0], out["image"][:, 1])  # the main view is not
     glob = out["image"].unsqueeze(1)
-    colored = aug.color_augment(glob, _gen())
-    gray = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 1, 1, 16, 16).expand_as(glob)
-    assert colored.shape == glob.shape and torch.equal(colored, gray)
-    with pytest.raises(ValueError, match="hue"):
-        MultiViewAugment(color={"hue": 0.7})
+    colored = aug.color(glob, _gen())
+    luma = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 1, 1, 16, 16).expand_as(glob)
+    assert colored.shape == glob.shape and torch.equal(colored, luma)
 
 
 def test_multiview_rejects_unusable_settings_when_built() -> None:
-    with pytest.raises(ValueError, match="global_scale .* <= 1"):
+    with pytest.raises(ValueError, match="global_scale: .* <= 1"):
         MultiViewAugment(16, 8, global_scale=(0.5, 3.0))
-    with pytest.raises(ValueError, match="larger than 4 px for kernel 9"):
-        MultiViewAugment(16, 4, color={"blur_kernel": 9})  # the local views are too small to blur
-    MultiViewAugment(
-        16, 4, n_local=0, color={"blur_kernel": 9}
-    )  # no local views: nothing too small
+    with pytest.raises(ValueError, match="kernel 9 blurs views larger than 4 px.* 4 px"):
+        MultiViewAugment(16, 4)  # the local views are too small to blur
+    MultiViewAugment(16, 4, n_local=0)  # no local views: nothing too small
+    MultiViewAugment(16, 4, color=ColorAugment(blur_p=0.0))  # no blur
+    with pytest.raises(ValueError, match="blur_kernel: expected an odd size, got 8"):
+        ColorAugment(blur_kernel=8)
 
 
 @pytest.mark.parametrize(
@@ -286,7 +286,7 @@ def test_multiview_rejects_unusable_settings_when_built() -> None:
     [ViewPlan(masked=3, local=2), ViewPlan(masked=0, local=2), ViewPlan(masked=1, second=True)],
 )
 def test_make_builds_exactly_the_planned_views(plan) -> None:
-    aug = MultiViewAugment(32, 16, n_local=3, color=NO_COLOR)
+    aug = MultiViewAugment(32, 16, n_local=3, color=ColorAugment(**NO_COLOR))
     canvas, size = _sentinel_canvas([(40, 36), (48, 48)], 48, torch.rand(2, 3, 48, 48))
     out = aug.make(canvas, size, plan, _gen(1))
     expected = {"image"}

@@ -38,7 +38,8 @@ def test_demo_writes_report_metrics_and_pictures(tmp_path):
     # The recipe override reaches the trainer and is stated in the report.
     assert metrics["settings"]["overrides"] == [override]
     run_config = yaml.safe_load((out / "train-stellar" / "config.yaml").read_text())
-    assert run_config["augment"]["color"] == {"hue": 0.5, "gray_p": 0.5}
+    colour = run_config["augment"]["color"]
+    assert (colour["hue"], colour["gray_p"], colour["jitter_p"]) == (0.5, 0.5, 0.8)
     assert list(metrics["results"]) == ["random init", "STELLAR", SUPERVISED]
     for result in metrics["results"].values():
         assert 0 <= result["linear_top1"] <= 1 and 0 <= result["localization"] <= 1

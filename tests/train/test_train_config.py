@@ -10,6 +10,7 @@ import yaml
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
+from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.train import train
 from stellar.train.config import load_config
@@ -32,7 +33,7 @@ TINY = [*TINY_RUN]
         ("optim.lr=fast", "optim.lr: expected a number, got 'fast'"),
         ("optim.betas=[0.9,x]", r"optim.betas\[1\]: expected a number, got 'x'"),
         ("optim.betas=[0.9]", r"optim.betas: expected a list of 2 values, got \[0.9\]"),
-        ("augment.color=3", "augment.color: expected a mapping, got 3"),
+        ("augment.color=3", "section augment.color: expected a mapping, got int 3"),
         # The enums: each a Literal on its field, so a typo fails when the config is built.
         ("precision=fp16", "precision: expected one of 'auto', 'bf16'.*, got 'fp16'"),
         ("strategy=zero", "strategy: expected one of 'ddp', 'fsdp', got 'zero'"),
@@ -151,12 +152,13 @@ def test_a_section_given_as_a_mapping_is_merged_into_the_preset() -> None:
         a = load_config("cpu-smoke", overrides).augment
         assert a.n_local == 3 and a.global_size == preset.global_size != 224  # not the default
         assert a.local_size == preset.local_size
-    # a dict field merges too, and {} empties it
+    # a nested section merges too, and {} restores its defaults
     colour = load_config(
         load_config("cpu-smoke", ["augment.color={hue: 0.3}"]), ["augment.color={gray_p: 0}"]
-    )
-    assert colour.augment.color == {"hue": 0.3, "gray_p": 0}
-    assert load_config(colour, ["augment.color={}"]).augment.color == {}
+    ).augment.color
+    assert (colour.hue, colour.gray_p, colour.contrast) == (0.3, 0, ColorAugment().contrast)
+    reset = load_config({"augment": {"color": {"hue": 0.3}}}, ["augment.color={}"])
+    assert reset.augment.color == ColorAugment()
 
 
 def test_train_overrides_may_follow_the_flags(monkeypatch):
@@ -270,9 +272,9 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
         (["out={file}"], r"out= '.*file' is a file"),
         (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),
-        (["augment.color.hue=0.7"], r"augment: .*hue"),
-        (["augment.global_scale=[0.5,3.0]"], r"augment: .*global_scale"),
-        (["augment.color.blur_kernel=65"], r"augment: .*kernel 65"),  # wider than a local view
+        (["augment.color.hue=0.7"], r"augment.color.hue: expected a number in \[0, 0.5\]"),
+        (["augment.global_scale=[0.5,3.0]"], r"augment.global_scale: .*<= 1"),
+        (["augment.color.blur_kernel=65"], r"augment.color.blur_kernel: .*kernel 65"),  # > a view
         (["model_overrides.decoder_head=vq"], r"vq_model=.*objective.recon=false"),
         (["augment.mask_ratio=0.99"], r"augment.mask_ratio: .*keeps no patch of 64"),
         (["init.checkpoint={file}", "init.encoder={file}"], r"init.checkpoint .*: pass one of"),

@@ -10,11 +10,10 @@ mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 
 from __future__ import annotations
 
-import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
@@ -204,9 +203,8 @@ class MultiViewAugment:
     exactly the views a training step's :class:`ViewPlan` asks for, :meth:`mask` the patches
     the masked ones keep.
 
-    ``color`` holds :class:`~stellar.data.color.ColorAugment`'s settings; ``n_local`` and
-    ``n_masked`` are the views per image a training step asks for (``n_local`` also says
-    whether local views are made, for the blur kernel's size check).
+    ``n_local`` and ``n_masked`` are the views per image a training step asks for (``n_local``
+    also says whether local views are made, for the blur kernel's size check).
     """
 
     global_size: int = bounded(224, low=1)
@@ -218,29 +216,23 @@ class MultiViewAugment:
     mask_ratio: float = bounded(0.8, low=0, high=1, high_open=True)
     focal_mode: FocalMode | None = "gaussian"
     focal_prob: float = bounded(0.5, low=0, high=1)
-    color: dict[str, Any] = field(default_factory=dict)  # ColorAugment's fields
+    color: ColorAugment = field(default_factory=ColorAugment)
 
     def __post_init__(self) -> None:
-        """Fail at construction, not at the first batch, on bad scales, on bad colour settings
-        and on a blur kernel too large for the smallest view made (a UsageError naming
-        ``augment``)."""
-        colour_keys = [f.name for f in dataclasses.fields(ColorAugment)]
-        if unknown := sorted(set(self.color) - set(colour_keys)):
-            raise UsageError(
-                f"augment.color: unknown key(s) {', '.join(unknown)}; valid keys: "
-                f"{', '.join(colour_keys)}"
-            )
-        try:
-            for name in ("global_scale", "local_scale"):
+        """Fail at construction, not at the first batch, on bad scales and on a blur kernel
+        too large for the smallest view made (a UsageError naming the key)."""
+        for name in ("global_scale", "local_scale"):
+            try:
                 if (hi := _pair(getattr(self, name), name)[1]) > 1:
-                    raise ValueError(
-                        f"expected {name} as fractions of the image area <= 1, got {hi}"
-                    )
-            self.color_augment = ColorAugment(**self.color)
-            side = min(self.global_size, self.local_size if self.n_local else self.global_size)
-            self.color_augment(torch.zeros(1, 3, side, side))
-        except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
-            raise UsageError(f"augment: {err}") from None
+                    raise ValueError(f"expected fractions of the image area <= 1, got {hi}")
+            except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
+                raise UsageError(f"augment.{name}: {err}") from None
+        side = min(self.global_size, self.local_size if self.n_local else self.global_size)
+        if self.color.blur_p and self.color.blur_kernel // 2 >= side:
+            raise UsageError(
+                f"augment.color.blur_kernel: a kernel {self.color.blur_kernel} blurs views larger "
+                f"than {self.color.blur_kernel // 2} px, the smallest view made is {side} px"
+            )
 
     def make(
         self,
@@ -264,7 +256,7 @@ class MultiViewAugment:
             local = random_resized_crop(
                 x, size, self.local_size, plan.local, self.local_scale, generator=generator
             )
-            local = self.color_augment(local, generator)
+            local = self.color(local, generator)
         return {"image": global_views[:, 0], **self.colored(global_views, local, plan, generator)}
 
     def colored(
@@ -280,10 +272,10 @@ class MultiViewAugment:
         if local_views is not None and plan.local:
             out["local_views"] = local_views[:, : plan.local].flatten(0, 1)
         if global_views is not None and plan.masked:
-            masked = self.color_augment(global_views[:, : plan.masked], generator)
+            masked = self.color(global_views[:, : plan.masked], generator)
             out["masked_views"] = masked.flatten(0, 1)
         if global_views is not None and plan.second and global_views.shape[1] > 1:
-            out["second_view"] = self.color_augment(global_views[:, 1], generator)
+            out["second_view"] = self.color(global_views[:, 1], generator)
         return out
 
     def mask(

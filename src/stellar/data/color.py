@@ -1,6 +1,7 @@
 """Per-sample colour augmentation on the device: jitter, grayscale and Gaussian blur in the
 semantics of torchvision's ``ColorJitter``, ``RandomGrayscale`` and ``GaussianBlur``, each on a
-whole batch with the random parameters of every sample drawn at once."""
+whole batch with the random parameters of every sample drawn at once; its settings are the
+``augment.color`` section of a training config."""
 
 from __future__ import annotations
 
@@ -10,6 +11,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from stellar.errors import UsageError
+from stellar.schema import bounded
 
 # ITU-R 601-2 luma weights, as PIL and torchvision use.
 _GRAY_WEIGHTS = (0.299, 0.587, 0.114)
@@ -100,77 +104,65 @@ def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> T
     return y.view(n, c, hh, ww)
 
 
-def _jitter_range(x: float, name: str, hue: bool = False) -> tuple[float, float]:
-    """The factors of a jitter strength ``x``: [max(0, 1 - x), 1 + x], or [-x, x] for the hue."""
-    if not (x >= 0 and (x <= 0.5 or not hue)):
-        raise ValueError(f"expected {name} in {'[0, 0.5]' if hue else '>= 0'}, got {x}")
-    return (-x, x) if hue else (max(0.0, 1.0 - x), 1.0 + x)
-
-
-@dataclass(frozen=True)
+@dataclass
 class ColorAugment:
-    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics); the
-    defaults are the STELLAR recipe's.
+    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics), and the
+    ``augment.color`` section of a training config; the defaults are the STELLAR recipe's.
 
     Order (fixed, unlike torchvision's random jitter order): with probability ``jitter_p``
     brightness -> contrast -> saturation -> hue, each factor drawn per sample (uniform in
-    [1 - x, 1 + x], hue in [-x, x]); then grayscale with probability ``gray_p`` (601 luma
-    copied to the three channels); then blur with probability ``blur_p``, sigma uniform in
-    ``blur_sigma``. Every applied step clamps to [0, 1]; a sample not selected for a step
-    passes through that step bit-exactly.
+    [max(0, 1 - x), 1 + x], hue in [-x, x]; a strength of 0 skips its step); then grayscale
+    with probability ``gray_p`` (601 luma copied to the three channels); then blur with
+    probability ``blur_p``, sigma uniform in ``blur_sigma``. Every applied step clamps to
+    [0, 1]; a sample not selected for a step passes through that step bit-exactly.
     """
 
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.2
-    hue: float = 0.1
-    jitter_p: float = 0.8
-    gray_p: float = 0.2
-    blur_p: float = 0.5
-    blur_kernel: int = 9
-    blur_sigma: Sequence[float] = (0.1, 2.0)
+    brightness: float = bounded(0.4, low=0)
+    contrast: float = bounded(0.4, low=0)
+    saturation: float = bounded(0.2, low=0)
+    hue: float = bounded(0.1, low=0, high=0.5)
+    jitter_p: float = bounded(0.8, low=0, high=1)
+    gray_p: float = bounded(0.2, low=0, high=1)
+    blur_p: float = bounded(0.5, low=0, high=1)
+    blur_kernel: int = bounded(9, low=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __post_init__(self) -> None:
-        probabilities = {"jitter_p": self.jitter_p, "gray_p": self.gray_p, "blur_p": self.blur_p}
-        for name, p in probabilities.items():
-            if not 0.0 <= p <= 1.0:
-                raise ValueError(f"expected {name} in [0, 1], got {p}")
-        ranges = (
-            _jitter_range(self.brightness, "brightness"),
-            _jitter_range(self.contrast, "contrast"),
-            _jitter_range(self.saturation, "saturation"),
-            _jitter_range(self.hue, "hue", hue=True),
-        )
-        # checked once here, not on every call (the training step's hot path)
-        object.__setattr__(self, "_ranges", ranges)
-        object.__setattr__(self, "_sigma", _pair(self.blur_sigma, "blur_sigma"))
+        try:
+            _pair(self.blur_sigma, "blur_sigma")
+        except ValueError as err:
+            raise UsageError(f"augment.color: {err}") from None
+        if self.blur_kernel % 2 == 0:
+            raise UsageError(
+                f"augment.color.blur_kernel: expected an odd size, got {self.blur_kernel}"
+            )
 
     def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """Augment ``views`` (..., 3, H, W), float in [0, 1]; same shape and dtype out.
         ``generator`` (on any device; None: the global RNG) is the source of randomness."""
-        ranges, (sig_lo, sig_hi) = self._ranges, self._sigma
         x = views.reshape(-1, *views.shape[-3:]).float()
-        n = x.shape[0]
-        u = _uniform((n, 8), generator, x.device)
+        u = _uniform((x.shape[0], 8), generator, x.device)
 
         def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
             return torch.where(mask[:, None, None, None], new, old)
 
-        do_jitter = u[:, 0] < self.jitter_p
+        strengths = (self.brightness, self.contrast, self.saturation)
+        ranges = [(max(0.0, 1.0 - s), 1.0 + s) for s in strengths] + [(-self.hue, self.hue)]
         fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
-        # Steps whose range is the identity are skipped (they would only add rounding noise).
-        if ranges[0] != (1.0, 1.0):
-            x = sel(do_jitter, (_per_sample(fb, x) * x).clamp(0.0, 1.0), x)
-        if ranges[1] != (1.0, 1.0):
-            x = sel(do_jitter, adjust_contrast(x, fc), x)
-        if ranges[2] != (1.0, 1.0):
-            x = sel(do_jitter, adjust_saturation(x, fs), x)
-        if ranges[3] != (0.0, 0.0):
-            x = sel(do_jitter, adjust_hue(x, fh), x)
+        jitter = u[:, 0] < self.jitter_p
+        if self.brightness:
+            x = sel(jitter, (_per_sample(fb, x) * x).clamp(0.0, 1.0), x)
+        if self.contrast:
+            x = sel(jitter, adjust_contrast(x, fc), x)
+        if self.saturation:
+            x = sel(jitter, adjust_saturation(x, fs), x)
+        if self.hue:
+            x = sel(jitter, adjust_hue(x, fh), x)
         if self.gray_p > 0:
             x = sel(u[:, 5] < self.gray_p, rgb_to_grayscale(x).expand_as(x), x)
         if self.blur_p > 0:
-            sigma = sig_lo + (sig_hi - sig_lo) * u[:, 7]
+            lo, hi = self.blur_sigma
+            sigma = lo + (hi - lo) * u[:, 7]
             blurred = gaussian_blur(x, sigma, self.blur_kernel).clamp(0.0, 1.0)
             x = sel(u[:, 6] < self.blur_p, blurred, x)
         return x.to(views.dtype).view(views.shape)
