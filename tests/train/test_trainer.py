@@ -279,6 +279,7 @@ def test_the_train_function_and_the_command_give_the_same_run(tmp_path):
 
     run = train("cpu-smoke", TINY, out=tmp_path / "py", max_steps=2, optim__lr=1e-3)
     assert run.out == tmp_path / "py" and run.metrics["step"] == 2
+    assert "\n" not in repr(run) and repr(run).endswith("model=StellarForPretraining)")
     assert (run.out / "checkpoints" / "last" / "model.safetensors").is_file()
     cli = tmp_path / "cli"
     argv = ["train", "--config", "cpu-smoke", *TINY, f"out={cli}", "max_steps=2", "optim.lr=1e-3"]

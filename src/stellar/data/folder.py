@@ -185,7 +185,9 @@ class ImageFolder(Dataset):
         return int(self._paths.shape[0])
 
     def __repr__(self) -> str:  # what messages and logs name: the folder, or the file count
-        return str(self.root) if self.root is not None else f"{len(self)} image files"
+        if self.root is not None:
+            return str(self.root)
+        return f"{len(self)} image file(s) given (the first: {self.path(0)})"
 
     def path(self, index: int) -> Path:
         rel = os.fsdecode(self._paths[index])

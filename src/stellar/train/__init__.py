@@ -34,6 +34,10 @@ class TrainResult(NamedTuple):
     metrics: dict[str, float]  # the last logged step's scalars ({} if nothing was left to do)
     model: nn.Module  # the trained STELLAR (``purpose="pretrain"``)
 
+    def __repr__(self) -> str:  # the model's own repr is its whole module tree
+        model = type(self.model).__name__
+        return f"TrainResult(out={self.out!r}, metrics={self.metrics!r}, model={model})"
+
 
 def train(
     config: str | Path | Mapping[str, Any] | TrainConfig | None = None,
