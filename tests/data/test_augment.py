@@ -273,12 +273,16 @@ def test_multiview_color_contract() -> None:
 def test_multiview_rejects_unusable_settings_when_built() -> None:
     with pytest.raises(ValueError, match="global_scale: .* <= 1"):
         MultiViewAugment(16, 8, global_scale=(0.5, 3.0))
-    with pytest.raises(ValueError, match="kernel 9 blurs views larger than 4 px.* 4 px"):
+    with pytest.raises(ValueError, match=r"expected at most 7 to blur the 4 px views .*got 9"):
         MultiViewAugment(16, 4)  # the local views are too small to blur
     MultiViewAugment(16, 4, n_local=0)  # no local views: nothing too small
     MultiViewAugment(16, 4, color=ColorAugment(blur_p=0.0))  # no blur
     with pytest.raises(ValueError, match="blur_kernel: expected an odd size, got 8"):
         ColorAugment(blur_kernel=8)
+    # Python's mapping form goes through the config checker
+    assert MultiViewAugment(color={"hue": 0.3}).color == ColorAugment(hue=0.3)
+    with pytest.raises(ValueError, match=r"augment.color.hue: expected a number in \[0, 0.5\]"):
+        MultiViewAugment(color={"hue": 0.7})
 
 
 @pytest.mark.parametrize(

@@ -11,7 +11,7 @@ mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from stellar.data.color import ColorAugment, _pair, _uniform
 from stellar.errors import UsageError
-from stellar.schema import bounded
+from stellar.schema import bounded, build
 
 # The training views' crop aspect-ratio range and flip probability (torchvision's defaults).
 RATIO = (3 / 4, 4 / 3)
@@ -227,11 +227,13 @@ class MultiViewAugment:
                     raise ValueError(f"expected fractions of the image area <= 1, got {hi}")
             except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
                 raise UsageError(f"augment.{name}: {err}") from None
+        if isinstance(self.color, Mapping):  # Python's MultiViewAugment(color={...})
+            self.color = build(ColorAugment, self.color, "augment.color.")
         side = min(self.global_size, self.local_size if self.n_local else self.global_size)
         if self.color.blur_p and self.color.blur_kernel // 2 >= side:
             raise UsageError(
-                f"augment.color.blur_kernel: a kernel {self.color.blur_kernel} blurs views larger "
-                f"than {self.color.blur_kernel // 2} px, the smallest view made is {side} px"
+                f"augment.color.blur_kernel: expected at most {2 * side - 1} to blur the "
+                f"{side} px views (or blur_p=0), got {self.color.blur_kernel}"
             )
 
     def make(

@@ -114,7 +114,8 @@ class ColorAugment:
     [max(0, 1 - x), 1 + x], hue in [-x, x]; a strength of 0 skips its step); then grayscale
     with probability ``gray_p`` (601 luma copied to the three channels); then blur with
     probability ``blur_p``, sigma uniform in ``blur_sigma``. Every applied step clamps to
-    [0, 1]; a sample not selected for a step passes through that step bit-exactly.
+    [0, 1]; a sample not selected for a step passes through that step bit-exactly. The field
+    ranges are checked where configs are built (:func:`stellar.schema.build`).
     """
 
     brightness: float = bounded(0.4, low=0)
@@ -131,7 +132,7 @@ class ColorAugment:
         try:
             _pair(self.blur_sigma, "blur_sigma")
         except ValueError as err:
-            raise UsageError(f"augment.color: {err}") from None
+            raise UsageError(f"augment.color.blur_sigma: {err}") from None
         if self.blur_kernel % 2 == 0:
             raise UsageError(
                 f"augment.color.blur_kernel: expected an odd size, got {self.blur_kernel}"
