@@ -280,6 +280,7 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
     ("args", "expected"),
     [
         (["--config", "{bad}"], r"bad.yaml: invalid YAML at line 2"),
+        (["--config", "{twice}"], r"twice.yaml: invalid YAML at line 1.*key augment written twice"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
         (["out={file}"], r"out= '.*file' is a file"),
         (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),
@@ -308,10 +309,11 @@ def test_user_errors_of_stellar_train_are_one_line(tmp_path, capsys, args, expec
     """Issue 22, item 8: broken YAML and an impossible out= name the file or key, no traceback."""
     from stellar.cli import console
 
-    bad, file = tmp_path / "bad.yaml", tmp_path / "file"
+    bad, file, twice = tmp_path / "bad.yaml", tmp_path / "file", tmp_path / "twice.yaml"
     bad.write_text("optim: {lr: [1\n")
+    twice.write_text("augment: {color: {hue: 0.2}}\naugment: {mask_ratio: 0.5}\n")
     file.write_text("not a folder")
-    args = [a.format(bad=bad, file=file, folder=tmp_path) for a in args]
+    args = [a.format(bad=bad, file=file, folder=tmp_path, twice=twice) for a in args]
     out = [] if any(a.startswith("out=") for a in args) else [f"out={tmp_path / 'run'}"]
     steps = [] if any(a.startswith("max_steps=") for a in args) else ["max_steps=1"]
     assert console(["train", *TINY, *args, *out, *steps]) == 2

@@ -248,6 +248,17 @@ class _Loader(yaml.SafeLoader):
     """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string)."""
 
 
+def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+    """A YAML mapping that refuses a key written twice (PyYAML keeps the last one silently)."""
+    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+    if twice := sorted({str(k) for k in keys if keys.count(k) > 1}):
+        raise yaml.constructor.ConstructorError(
+            problem=f"key {', '.join(twice)} written twice", problem_mark=node.start_mark
+        )
+    return loader.construct_mapping(node, deep)
+
+
+_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
