@@ -222,11 +222,8 @@ class MultiViewAugment:
         """Fail at construction, not at the first batch, on bad scales and on a blur kernel
         too large for the smallest view made (a UsageError naming the key)."""
         for name in ("global_scale", "local_scale"):
-            try:
-                if (hi := _pair(getattr(self, name), name)[1]) > 1:
-                    raise ValueError(f"expected fractions of the image area <= 1, got {hi}")
-            except (TypeError, ValueError) as err:  # TypeError: a list where a number belongs
-                raise UsageError(f"augment.{name}: {err}") from None
+            if (hi := _pair(getattr(self, name), f"augment.{name}")[1]) > 1:
+                raise UsageError(f"augment.{name}: expected fractions of the area <= 1, got {hi}")
         if isinstance(self.color, Mapping):  # Python's MultiViewAugment(color={...})
             self.color = build(ColorAugment, self.color, "augment.color.")
         side = min(self.global_size, self.local_size if self.n_local else self.global_size)

@@ -30,7 +30,7 @@ def _uniform(
 def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
     if not 0 < lo <= hi:
-        raise ValueError(f"expected {name} as (low, high) with 0 < low <= high, got {value}")
+        raise UsageError(f"{name}: expected (low, high) with 0 < low <= high, got {value}")
     return lo, hi
 
 
@@ -83,10 +83,8 @@ def adjust_hue(img: Tensor, factor: Tensor | float) -> Tensor:
 
 def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> Tensor:
     """Separable Gaussian blur of ``img`` (N, C, H, W) float with a per-sample ``sigma`` (N,)
-    or scalar, in pixels; reflect padding, so the odd ``kernel_size`` must be smaller than twice
-    H and W."""
-    if kernel_size < 1 or kernel_size % 2 == 0:
-        raise ValueError(f"expected an odd positive kernel_size, got {kernel_size}")
+    or scalar, in pixels; reflect padding, so the odd ``kernel_size`` (checked by
+    :class:`ColorAugment`) must be smaller than twice H and W."""
     n, c, hh, ww = img.shape
     r = kernel_size // 2
     if r >= min(hh, ww):
@@ -129,10 +127,7 @@ class ColorAugment:
     blur_sigma: tuple[float, float] = (0.1, 2.0)
 
     def __post_init__(self) -> None:
-        try:
-            _pair(self.blur_sigma, "blur_sigma")
-        except ValueError as err:
-            raise UsageError(f"augment.color.blur_sigma: {err}") from None
+        _pair(self.blur_sigma, "augment.color.blur_sigma")
         if self.blur_kernel % 2 == 0:
             raise UsageError(
                 f"augment.color.blur_kernel: expected an odd size, got {self.blur_kernel}"
