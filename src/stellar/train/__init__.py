@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -34,9 +33,6 @@ class TrainResult(NamedTuple):
     out: Path  # the run folder; ``load_stellar(out)`` loads its latest checkpoint
     metrics: dict[str, float]  # the last logged step's scalars ({} if nothing was left to do)
     model: nn.Module  # the trained STELLAR (``purpose="pretrain"``)
-
-    def __fspath__(self) -> str:  # load_stellar(run) loads the run folder's latest checkpoint
-        return os.fspath(self.out)
 
     def __repr__(self) -> str:  # the model's own repr is its whole module tree
         model = type(self.model).__name__
