@@ -161,6 +161,13 @@ def test_a_section_given_as_a_mapping_is_merged_into_the_preset() -> None:
     assert reset.augment.color == ColorAugment()
 
 
+def test_a_yaml_merge_key_is_not_a_key_written_twice(tmp_path) -> None:
+    file = tmp_path / "run.yaml"
+    file.write_text("augment:\n  color:\n    <<: {hue: 0.3, gray_p: 0.5}\n    hue: 0.2\n")
+    colour = load_config(str(file)).augment.color
+    assert (colour.hue, colour.gray_p) == (0.2, 0.5)
+
+
 def test_train_overrides_may_follow_the_flags(monkeypatch):
     from stellar.train import command
 

@@ -250,7 +250,8 @@ class _Loader(yaml.SafeLoader):
 
 def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
     """A YAML mapping that refuses a key written twice (PyYAML keeps the last one silently)."""
-    keys = [loader.construct_object(key, deep=True) for key, _ in node.value]
+    written = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]  # not <<
+    keys = [loader.construct_object(key, deep=True) for key in written]
     if twice := sorted({str(k) for k in keys if keys.count(k) > 1}):
         raise yaml.constructor.ConstructorError(
             problem=f"key {', '.join(twice)} written twice", problem_mark=node.start_mark
