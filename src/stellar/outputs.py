@@ -53,7 +53,7 @@ def output_folder(
 
     Re-entrant within a process (a command and the function it calls may both hold it).
     Temporaries are removed from the folder and two levels of sub-folders (not through links).
-    Folders this call made are removed if the job leaves them empty (refused); ``keep_lock=False``
+    A folder this call made is removed if the job leaves it empty (refused); ``keep_lock=False``
     leaves no ``.lock`` naming the job (a folder for the hub).
 
     Raises:
@@ -74,8 +74,7 @@ def output_folder(
             and not any(p.startswith(".") for p in where.relative_to(source).parts)  # scanned
         ):
             raise UsageError(f"{flag} {str(folder)!r} lies inside the input folder {source!r}")
-    # the folders this call makes, deepest first (none for a bad name, refused below)
-    created = [p for p in (folder, *folder.absolute().parents) if not os.path.exists(p)]
+    created = not os.path.exists(folder)  # False for a bad name, refused below
     fd = _open_lock(folder, flag)
     _lock_fds.add(fd)
     holder = None  # this process, once this call took the lock (not an outer call)
@@ -96,8 +95,8 @@ def output_folder(
             with contextlib.suppress(OSError):
                 if not keep_lock or (created and os.listdir(folder) == [LOCK_NAME]):
                     (folder / LOCK_NAME).unlink()
-                for made in created:  # each only if empty
-                    made.rmdir()
+                if created:
+                    folder.rmdir()  # only if empty
         if fd in _lock_fds:  # a forked child's hook closed its copies already
             _lock_fds.discard(fd)
             os.close(fd)  # the lock goes with the descriptor that took it
