@@ -97,6 +97,10 @@ def test_a_refused_job_leaves_no_folder_it_created(tmp_path):
     with pytest.raises(UsageError, match="bad input"), output_folder(out, "job"):
         raise UsageError("bad input")
     assert out.is_dir()
+    through_missing = tmp_path / "ghost" / ".." / "new" / "out"  # names `out` too
+    with pytest.raises(UsageError, match="bad input"), output_folder(through_missing, "job"):
+        raise UsageError("bad input")
+    assert out.is_dir()
 
 
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):

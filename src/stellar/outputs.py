@@ -74,7 +74,7 @@ def output_folder(
             and not any(p.startswith(".") for p in where.relative_to(source).parts)  # scanned
         ):
             raise UsageError(f"{flag} {str(folder)!r} lies inside the input folder {source!r}")
-    created = not os.path.exists(folder)  # False for a bad name, refused below
+    created = not os.path.exists(key)  # resolved: "ghost/../old" is "old"; False for a bad name
     fd = _open_lock(folder, flag)
     _lock_fds.add(fd)
     holder = None  # this process, once this call took the lock (not an outer call)
