@@ -13,7 +13,7 @@ from stellar.cli import main
 from stellar.data.color import ColorAugment
 from stellar.errors import UsageError
 from stellar.train import train
-from stellar.train.config import load_config
+from stellar.train.config import load_config, read_yaml
 from stellar.train.trainer import Trainer
 
 TINY = [*TINY_RUN]
@@ -166,6 +166,9 @@ def test_a_yaml_merge_key_is_not_a_key_written_twice(tmp_path) -> None:
     file.write_text("augment:\n  color:\n    <<: {hue: 0.3, gray_p: 0.5}\n    hue: 0.2\n")
     colour = load_config(str(file)).augment.color
     assert (colour.hue, colour.gray_p) == (0.2, 0.5)
+    nested = "x:\n  <<: &b\n    <<: {p: 1}\n    p: 2\ny: *b\n"  # b is flattened, then aliased
+    file.write_text(nested)
+    assert read_yaml(file) == yaml.safe_load(nested) == {"x": {"p": 2}, "y": {"p": 2}}
 
 
 def test_train_overrides_may_follow_the_flags(monkeypatch):
@@ -287,7 +290,7 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
     ("args", "expected"),
     [
         (["--config", "{bad}"], r"bad.yaml: invalid YAML at line 2"),
-        (["--config", "{twice}"], r"twice.yaml: invalid YAML at line 1.*key augment written twice"),
+        (["--config", "{twice}"], r"twice.yaml: invalid YAML at line 2.*key augment written twice"),
         (["optim.lr=[1"], r"override 'optim.lr=\[1': invalid YAML"),
         (["out={file}"], r"out= '.*file' is a file"),
         (["out={file}/run"], r"out= '.*run' is not a writable folder \(Not a directory"),

@@ -245,21 +245,22 @@ def _yaml(text: str, where: str) -> Any:
 
 
 class _Loader(yaml.SafeLoader):
-    """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string)."""
+    """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string) and refuses a
+    key written twice in a mapping (PyYAML keeps the last one silently)."""
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if not hasattr(node, "checked"):  # a merge flattens a node in place: check it once
+            node.checked = True
+            own = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+            written = [(key.tag, key.value) for key in own]
+            for i, key in enumerate(own):
+                if written[i] in written[:i]:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {key.value} written twice", problem_mark=key.start_mark
+                    )
+        super().flatten_mapping(node)
 
 
-def _mapping(loader: _Loader, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
-    """A YAML mapping that refuses a key written twice (PyYAML keeps the last one silently)."""
-    written = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]  # not <<
-    keys = [loader.construct_object(key, deep=True) for key in written]
-    if twice := sorted({str(k) for k in keys if keys.count(k) > 1}):
-        raise yaml.constructor.ConstructorError(
-            problem=f"key {', '.join(twice)} written twice", problem_mark=node.start_mark
-        )
-    return loader.construct_mapping(node, deep)
-
-
-_Loader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _mapping)
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:float",
     re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
