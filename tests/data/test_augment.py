@@ -268,6 +268,8 @@ def test_multiview_color_contract() -> None:
     colored = aug.color(glob, _gen())
     luma = rgb_to_grayscale(glob.flatten(0, 1)).view(2, 1, 1, 16, 16).expand_as(glob)
     assert colored.shape == glob.shape and torch.equal(colored, luma)
+    aug.color.gray_p = 0.0  # a setting edited in place takes effect at the next call
+    assert torch.equal(aug.color(glob, _gen()), glob)
 
 
 def test_multiview_rejects_unusable_settings_when_built() -> None:
