@@ -138,6 +138,14 @@ def _collect(source: PathLike | Sequence[PathLike]) -> tuple[Path | None, list[t
     return None, files
 
 
+def require_classes(classes: list[str], where: str) -> None:
+    """A UsageError unless ``classes`` (of the images in ``where``) holds at least 2: a probe
+    of one class scores 100 %."""
+    if len(classes) < 2:
+        found = classes or "none (images outside class sub-folders)"
+        raise UsageError(f"expected at least 2 classes (sub-folders) in {where}, found {found}")
+
+
 class ImageFolder(Dataset):
     """The images of ``source`` (a folder, an image file, or a sequence of files and folders;
     see the module doc) through ``view``, a callable of the file path that makes an item's
@@ -207,10 +215,7 @@ class ImageFolder(Dataset):
                 f"(root/<class>/<image>), but {len(flat)} images have no class folder"
                 + (f" (e.g. {flat[0].name})" if flat else "")
             )
-        if len(self.classes) < 2:
-            raise UsageError(
-                f"expected at least 2 classes (sub-folders) in {where}, found {self.classes}"
-            )
+        require_classes(self.classes, where)
         return list(self.classes)
 
     def __getitem__(self, index: int) -> dict[str, Any] | None:

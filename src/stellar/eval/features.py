@@ -18,7 +18,7 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from stellar.data.folder import EvalImages
+from stellar.data.folder import EvalImages, require_classes
 from stellar.errors import UsageError
 from stellar.eval.common import (
     KEY,
@@ -115,12 +115,7 @@ def classification_setup(
     stored = {"--train-features": args.train_features, "--val-features": args.val_features}
     metas = {flag: read_meta(Path(root)) for flag, root in stored.items() if root}
     for flag, meta in metas.items():  # as require_labels checks a folder
-        if len(meta["classes"]) < 2:
-            found = meta["classes"] or "none (images outside class sub-folders)"
-            raise UsageError(
-                f"expected at least 2 classes (sub-folders) in {flag} {stored[flag]!r}, found "
-                f"{found}"
-            )
+        require_classes(meta["classes"], f"{flag} {stored[flag]!r}")
     # the images STELLAR's rows come from, by their file list's hash (a folder's, or recorded)
     train_files = metas["--train-features"]["files"] if args.train_features else train.files_id
     val_files = metas["--val-features"]["files"] if args.val_features else val.files_id
