@@ -26,7 +26,7 @@ from torch import Tensor
 from stellar.errors import UsageError
 from stellar.eval.common import write_json
 from stellar.eval.encoder import check_keys
-from stellar.outputs import atomic_write
+from stellar.outputs import atomic_write, remove
 
 logger = logging.getLogger(__name__)
 
@@ -143,10 +143,11 @@ def finalize_dir(out: Path) -> None:
         logger.info("%d of %d shards not written yet (other ranks?)", missing, len(shards))
         return
     count = sum(check_shard(path, g, meta) for g, path in enumerate(shards))
-    if not count:  # as extract_features: no features is not a result
+    if not count:  # as extract_features: no features is not a result, nor one to resume
+        remove([out / META_NAME, *shards])
         raise UsageError(
             f"none of the {meta['num_files']} files decoded as an image (each named above): "
-            f"expected at least one decodable image; {out} is left incomplete"
+            "expected at least one decodable image"
         )
     write_json(out / META_NAME, {**meta, "count": count, "complete": True})
     logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
