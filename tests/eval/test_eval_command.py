@@ -206,6 +206,16 @@ def test_a_missing_folder_is_named_and_leaves_no_output_folder(tmp_path) -> None
     assert not out.exists()  # the refused run's folder went with it
 
 
+def test_images_and_features_of_one_split_are_refused_together(tmp_path) -> None:
+    """Without a --baseline row nothing reads --train beside --train-features: not ignored."""
+    argv = ["eval", "knn", "--model", "stellar-tiny", "--out", str(tmp_path / "o")]
+    (data := tmp_path / "d").mkdir()
+    argv += ["--train", str(data), "--train-features", str(data), "--val", str(data)]
+    with pytest.raises(ValueError, match="pass --train \\(images\\) or --train-features, not"):
+        main(argv)
+    assert not (tmp_path / "o").exists()
+
+
 def test_format_table_aligns_columns() -> None:
     text = format_table(
         [("model", lambda r: r["m"]), ("top-1 %", lambda r: f"{r['a']:.2f}")],
@@ -284,9 +294,8 @@ def test_a_probe_needs_two_classes_and_says_when_it_scores_on_its_training_set(
         bad = {"--train": str(train), "--val": str(train), split: str(one)}
         with pytest.raises(ValueError, match=f"2 classes \\(sub-folders\\) in {split} .*'red'"):
             main([*base, *itertools.chain(*bad.items())])
-        bad = {"--train": str(train), "--val": str(train)} | {
-            f"{split}-features": str(tmp_path / "f1")
-        }
+        bad = {"--train": str(train), "--val": str(train), split: None}
+        bad = {k: v for k, v in bad.items() if v} | {f"{split}-features": str(tmp_path / "f1")}
         with pytest.raises(
             ValueError, match=f"2 classes \\(sub-folders\\) in {split}-features .*'red'"
         ):

@@ -97,6 +97,9 @@ def classification_setup(
         )
     # the baseline always reads images; STELLAR reads them where no feature folder is given
     with_baseline = args.baseline is not None
+    for split in ("train", "val"):
+        if getattr(args, split) and getattr(args, f"{split}_features") and not with_baseline:
+            raise UsageError(f"pass --{split} (images) or --{split}-features, not both")
     alt = "" if with_baseline else " (or {}-features)"
     train_dir = val_dir = None
     if not args.train_features or with_baseline:
