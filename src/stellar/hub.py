@@ -154,7 +154,7 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
         if len(found) == 1 or (found and found[0].name in WEIGHT_FILES):
             return found[0], None
         raise WeightsNotFoundError(
-            f"{path} holds no {WEIGHTS_NAME} but {len(found)} .safetensors files: pass the file"
+            f"{path} holds no {WEIGHTS_NAME} but {len(found)} other .safetensors: pass the weights"
             if found
             else f"{path} holds no weights: expected a folder with {WEIGHTS_NAME}, or a "
             "training run folder with checkpoints/last"
@@ -162,7 +162,7 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
     if path.is_file():
         return path, None
     name = str(name_or_path)
-    if is_repo_id(name):  # a folder save_pretrained wrote, uploaded (``hf upload``)
+    if is_repo_id(name) and name != STELLAR_REPO:  # a save_pretrained folder, uploaded
         try:
             return hub_file(name, WEIGHTS_NAME, fetch=[CONFIG_NAME]), None
         except WeightsNotFoundError as err:

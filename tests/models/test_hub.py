@@ -76,9 +76,15 @@ def test_a_directory_with_several_weights_files_asks_for_one(tmp_path):
         (tmp_path / "a" / "model.safetensors").rename(tmp_path / "a" / name)
         create_stellar("stellar-tiny").save_pretrained(tmp_path / "a")
     (tmp_path / "a" / "model.safetensors").unlink()
-    with pytest.raises(FileNotFoundError, match="2 .safetensors files: pass the file"):
+    with pytest.raises(FileNotFoundError, match="2 other .safetensors: pass the weights"):
         load_stellar(tmp_path / "a")
     assert load_stellar(tmp_path / "a" / "x.safetensors").config.num_sparse_tokens == 6
+
+
+def test_the_release_repository_asks_for_a_released_name():
+    """microsoft/STELLAR holds stellar-*.safetensors, not the model.safetensors of an org/name."""
+    with pytest.raises(FileNotFoundError, match="registered model name \\(known: stellar-b16"):
+        load_stellar("microsoft/STELLAR")
 
 
 @pytest.mark.parametrize("levels,ok", [(3, False), (4, True), (5, False)])
