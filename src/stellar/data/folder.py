@@ -181,11 +181,6 @@ class ImageFolder(Dataset):
                 self.classes = sorted(set(firsts))
                 index = {c: k for k, c in enumerate(self.classes)}
                 labels = [index[f] for f in firsts]
-            elif any(firsts):  # class folders beside loose images: a stray file unlabels all
-                logger.warning(
-                    "%s: unlabelled, as %d image(s) lie outside its class sub-folders (e.g. %s)",
-                    source, firsts.count(None), files[firsts.index(None)],
-                )  # fmt: skip
         self.labels = torch.tensor(labels, dtype=torch.int64)
         # (N,) uint8, 1 for each file found broken so far
         self.broken_mask = torch.zeros(len(files), dtype=torch.uint8)
@@ -214,9 +209,11 @@ class ImageFolder(Dataset):
         """The class names, after checking that every image has one and there are >= 2."""
         where = f"{what} {str(self.root)!r}" if self.root is not None else what
         if not self.classes:
+            flat = [p for p in self.paths if self.root is None or p.parent == self.root]
             raise UsageError(
                 f"expected labelled images in {where}: one sub-folder per class "
-                "(root/<class>/<image>), and no image beside them"
+                f"(root/<class>/<image>), but {len(flat)} images have no class folder"
+                + (f" (e.g. {flat[0].name})" if flat else "")
             )
         require_classes(self.classes, where)
         return list(self.classes)
