@@ -187,11 +187,11 @@ def check_fresh(
 
 
 def remove(paths: Iterable[Path]) -> None:
-    """Delete files and folders (what :func:`check_fresh` returned, to ``overwrite``)."""
+    """Delete what :func:`check_fresh` returned (``overwrite``)."""
     paths = list(paths)
     if paths:
         more = f" and {len(paths) - 4} more" if len(paths) > 4 else ""
-        logger.warning("deleting %s%s", ", ".join(map(str, paths[:4])), more)
+        logger.warning("overwrite: deleting %s%s", ", ".join(map(str, paths[:4])), more)
     for path in paths:
         if path.is_dir() and not path.is_symlink():
             shutil.rmtree(path)

@@ -26,7 +26,7 @@ from torch import Tensor
 from stellar.errors import UsageError
 from stellar.eval.common import write_json
 from stellar.eval.encoder import check_keys
-from stellar.outputs import atomic_write, remove
+from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)
 
@@ -135,7 +135,8 @@ def write_shard(
 
 
 def finalize_dir(out: Path) -> None:
-    """Mark ``out`` complete in ``meta.json`` if every shard is written."""
+    """Mark ``out`` complete in ``meta.json`` if every shard is written; delete an extraction
+    in which no image decoded (there is nothing to resume)."""
     meta = read_meta(out)
     shards = [out / shard_name(g) for g in range(meta["num_shards"])]
     missing = sum(not path.exists() for path in shards)
@@ -144,7 +145,8 @@ def finalize_dir(out: Path) -> None:
         return
     count = sum(check_shard(path, g, meta) for g, path in enumerate(shards))
     if not count:  # as extract_features: no features is not a result, nor one to resume
-        remove([out / META_NAME, *shards])
+        for path in [out / META_NAME, *shards]:  # this job's own: deleted without a word
+            path.unlink()
         raise UsageError(
             f"none of the {meta['num_files']} files decoded as an image (each named above): "
             "expected at least one decodable image"
