@@ -211,7 +211,7 @@ def test_images_and_features_of_one_split_are_refused_together(tmp_path) -> None
     argv = ["eval", "knn", "--model", "stellar-tiny", "--out", str(tmp_path / "o")]
     (data := tmp_path / "d").mkdir()
     argv += ["--train", str(data), "--train-features", str(data), "--val", str(data)]
-    with pytest.raises(ValueError, match="pass --train \\(images\\) or --train-features, not"):
+    with pytest.raises(ValueError, match="pass --train or --train-features \\(both: only with"):
         main(argv)
     assert not (tmp_path / "o").exists()
 

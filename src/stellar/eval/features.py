@@ -99,7 +99,7 @@ def classification_setup(
     with_baseline = args.baseline is not None
     for split in ("train", "val"):
         if getattr(args, split) and getattr(args, f"{split}_features") and not with_baseline:
-            raise UsageError(f"pass --{split} (images) or --{split}-features, not both")
+            raise UsageError(f"pass --{split} or --{split}-features (both: only with --baseline)")
     alt = "" if with_baseline else " (or {}-features)"
     train_dir = val_dir = None
     if not args.train_features or with_baseline:
