@@ -137,7 +137,8 @@ def test_an_extraction_with_no_decodable_image_is_refused(model, tmp_path: Path)
     (tmp_path / "out" / "notes.txt").write_text("mine")
     with pytest.raises(ValueError, match="none of the 1 files decoded"):
         extract_to_dir(model, ds, tmp_path / "out", ["sparse"], progress=False)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".lock", "notes.txt"]
+    assert (tmp_path / "out" / "notes.txt").read_text() == "mine"  # the user's file stays
+    assert not [*(tmp_path / "out").glob("shard-*"), *(tmp_path / "out").glob("meta.json")]
 
 
 def test_fp16_and_setting_mismatch(model, tmp_path: Path) -> None:
