@@ -63,6 +63,7 @@ def test_values_are_converted_to_the_annotated_type():
     [
         ("ckpt_every=0", "ckpt_every: expected an integer >= 1, got 0"),
         ("log_every=0", "log_every: expected an integer >= 1, got 0"),
+        ("data.scenes_size=8", "data.scenes_size: expected an integer >= 16, got 8"),
         ("max_steps=0", "max_steps: expected an integer >= 1 or null, got 0"),
         ("stop_at=0", "stop_at: expected an integer >= 1 or null, got 0"),
         ("augment.mask_ratio=1.5", r"augment.mask_ratio: expected a number in \[0, 1\), got 1.5"),

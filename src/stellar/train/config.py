@@ -56,7 +56,7 @@ class DataConfig:
     source: Literal["scenes", "folder"] = "scenes"
     root: str | None = None
     canvas_size: int = bounded(256, low=1)
-    scenes_size: int = bounded(64, low=1)
+    scenes_size: int = bounded(64, low=16)  # the scenes' smallest (render.MIN_SIZE)
     scenes_length: int = bounded(10000, low=1)
     num_workers: int = bounded(0, low=0)
     seed: int = 0
