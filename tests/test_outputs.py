@@ -103,29 +103,6 @@ def test_a_refused_job_leaves_no_folder_it_created(tmp_path):
     assert out.is_dir()
 
 
-def test_a_refused_job_leaves_the_record_of_who_wrote_the_folder_as_it_was(tmp_path):
-    """A job refused in a folder of the user's files does not claim it for its kind."""
-    out = tmp_path / "mine"
-    out.mkdir()
-    (out / "notes.txt").write_text("mine")
-    with pytest.raises(UsageError, match="bad input"), output_folder(out, "job a"):
-        raise UsageError("bad input")
-    assert sorted(os.listdir(out)) == ["notes.txt"]
-    with output_folder(out, "job b"):  # not refused as "holds the results of job a"
-        (out / "b.json").write_text("{}")
-    earlier = b"job b (pid 1 on elsewhere: an earlier run)\n"
-    (out / LOCK_NAME).write_bytes(earlier)
-    with pytest.raises(UsageError, match="bad input"), output_folder(out, "job b"):
-        raise UsageError("bad input")
-    assert (out / LOCK_NAME).read_bytes() == earlier  # exactly
-    with pytest.raises(UsageError, match="bad input"), output_folder(out, "job b"):
-        (out / "b2.json").write_text("{}")  # wrote before failing: the folder is this run's
-        raise UsageError("bad input")
-    assert f"job b (pid {os.getpid()}".encode() in (out / LOCK_NAME).read_bytes()
-    with pytest.raises(UsageError, match="holds the results of job b"), output_folder(out, "a"):
-        pass
-
-
 def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
     out = tmp_path / "run"
     with output_folder(out, "first job"):

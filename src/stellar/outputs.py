@@ -53,8 +53,8 @@ def output_folder(
 
     Re-entrant within a process (a command and the function it calls may both hold it).
     Temporaries are removed from the folder and two levels of sub-folders (not through links).
-    A job that leaves the entries as found (refused) leaves ``.lock`` too and removes a folder
-    this call made; ``keep_lock=False`` leaves no ``.lock`` naming the job (a folder for the hub).
+    A folder this call made is removed if the job leaves it empty (refused); ``keep_lock=False``
+    leaves no ``.lock`` naming the job (a folder for the hub).
 
     Raises:
         UsageError: ``path`` is empty, a file, lies under one or in one of the image folders
@@ -80,8 +80,9 @@ def output_folder(
     holder = None  # this process, once this call took the lock (not an outer call)
     try:
         if key not in _held:
-            record, found = _lock(fd, folder, job)  # the last holder's line; the entries
+            _lock(fd, folder, job)
             holder = os.getpid()
+            _clean_temporaries(folder)
         _held[key] = _held.get(key, 0) + 1
         try:
             yield folder
@@ -92,12 +93,8 @@ def output_folder(
     finally:
         if holder == os.getpid():  # still locked, and not a forked child unwinding the block
             with contextlib.suppress(OSError):
-                untouched = sorted(os.listdir(folder)) == found  # e.g. the job was refused
-                if not keep_lock or (untouched and not record):
+                if not keep_lock or (created and os.listdir(folder) == [LOCK_NAME]):
                     (folder / LOCK_NAME).unlink()
-                elif untouched:  # the folder reads as the last holder's again
-                    os.ftruncate(fd, 0)
-                    os.pwrite(fd, record, 0)
                 if created:
                     folder.rmdir()  # only if empty
         if fd in _lock_fds:  # a forked child's hook closed its copies already
@@ -121,7 +118,7 @@ def _open_lock(folder: Path, flag: str) -> int:
         ) from None
 
 
-def _lock(fd: int, folder: Path, job: str) -> tuple[bytes, list[str]]:
+def _lock(fd: int, folder: Path, job: str) -> None:
     try:
         fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
     except BlockingIOError:
@@ -130,8 +127,7 @@ def _lock(fd: int, folder: Path, job: str) -> tuple[bytes, list[str]]:
             f"{folder} is in use by {holder}; wait for it to finish or pass another folder"
         ) from None
     # the last holder's job; a folder of another kind of job is never mixed into
-    record = os.pread(fd, 1 << 16, 0)
-    previous = record.decode(errors="replace").split(" (pid")[0]
+    previous = (folder / LOCK_NAME).read_text(errors="replace").split(" (pid")[0]
     if previous not in ("", job) and any(not p.name.startswith(".") for p in folder.iterdir()):
         raise UsageError(f"{folder} holds the results of {previous}; pass another folder")
     command = " ".join(sys.argv)
@@ -140,8 +136,6 @@ def _lock(fd: int, folder: Path, job: str) -> tuple[bytes, list[str]]:
         os.write(fd, f"{job} (pid {os.getpid()} on {socket.gethostname()}: {command})\n".encode())
     except OSError as err:
         raise UsageError(f"cannot write {folder / LOCK_NAME} ({err.strerror})") from None
-    _clean_temporaries(folder)
-    return record, sorted(os.listdir(folder))
 
 
 def _clean_temporaries(folder: Path) -> None:
