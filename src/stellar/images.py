@@ -8,6 +8,7 @@ One decoder for every reader of image files (the image-folder dataset, query ima
 from __future__ import annotations
 
 import os
+import stat
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -62,9 +63,13 @@ def _to_rgb(img: Image.Image) -> Image.Image:
 
 
 def load_rgb(path: str | os.PathLike[str]) -> Image.Image:
-    """Decode a regular file (its callers scanned or checked it: a FIFO would block) fully as
-    8-bit RGB with EXIF orientation applied (fully: a JPEG decoded at a reduced scale would
-    differ from the same photo given as a PIL image); PIL's or the OS's error if it cannot."""
+    """Decode an image file fully as 8-bit RGB with EXIF orientation applied (fully: a JPEG
+    decoded at a reduced scale would differ from the same photo given as a PIL image). A
+    ValueError for anything but a regular file (FIFO, socket, device); PIL's or the OS's error
+    for unreadable, truncated or unsupported files."""
+    mode = os.stat(path).st_mode
+    if not stat.S_ISREG(mode):
+        raise ValueError(f"{os.fspath(path)!r} is not a regular file")
     with Image.open(path) as img:
         img.load()  # raises on truncated data (LOAD_TRUNCATED_IMAGES is left at False)
         return _to_rgb(upright(img))

@@ -13,7 +13,7 @@ from PIL import Image
 
 from stellar.data.folder import ImageFolder, validate_image_folder
 from stellar.data.loader import build_loader
-from stellar.images import load_rgb, open_image
+from stellar.images import load_rgb
 
 S = 64  # canvas side; most test images have their longer side = S so no resampling happens
 
@@ -243,7 +243,7 @@ def test_a_fifo_named_like_an_image_is_not_read(tmp_path: Path) -> None:
     listed = ImageFolder([tmp_path / "a.jpg"], canvas_size=16)
     assert listed[0] is not None
     with pytest.raises(ValueError, match="not a regular file"):
-        open_image(tmp_path / "b.jpg")  # a user's file: refused before anything opens it
+        load_rgb(tmp_path / "b.jpg")
 
 
 def test_nothing_loadable_is_skipped_and_fails_validation(tmp_path: Path) -> None:
