@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+import yaml
 from PIL import Image
 
 import stellar
@@ -19,6 +20,7 @@ from stellar import STELLAR, StellarForPretraining, create_stellar, load_stellar
 from stellar.data.folder import CentreCropView
 from stellar.losses.objective import StellarObjective
 from stellar.runtime import precision
+from stellar.viz.command import load_for_viz
 
 REPO = Path(__file__).resolve().parents[1]
 CARD_KEYS = {"sparse", "spatial", "concat", "lowrank", "dense", "cls", "peak_dist"}
@@ -266,6 +268,14 @@ def test_a_run_folder_loads_with_the_tokenizer_it_trained_with(reference_dir, tm
         rec = model.reconstruct(model.encode(torch.rand(1, 3, 32, 32)))["reconstruction"]
     assert rec.shape == (1, 3, 32, 32)
     assert load_stellar(run).tokenizer is None  # encoding needs none
+    model, why = load_for_viz(str(run))  # stellar viz and the explorer draw reconstructions
+    assert why is None and model.tokenizer is not None
+    # a run continued from it records the tokenizer, so it resumes on its own
+    child = tmp_path / "child"
+    stellar.train("cpu-smoke", out=child, max_steps=1, init__checkpoint=run, **views)
+    assert yaml.safe_load((child / "config.yaml").read_text())["vq_model"] == str(tokenizer)
+    stellar.train(out=child, resume=True, max_steps=2)
+    assert json.loads((child / "metrics.jsonl").read_text().splitlines()[-1])["step"] == 2
 
 
 def test_overwrite_never_deletes_the_checkpoint_the_run_starts_from(tmp_path):

@@ -123,7 +123,7 @@ def load_stellar(
             "or purpose='encode'"
         )
     if vq_model is None and purpose != "encode" and config.decoder_head == "vq":
-        vq_model = _recorded_tokenizer(name_or_path)
+        vq_model = recorded_tokenizer(name_or_path)
     tokenizer = _tokenizer(config, vq_model, purpose)
     model_class = _model_class(purpose)
     with torch.device("meta"):  # no random init of tensors the file then overwrites
@@ -296,7 +296,7 @@ def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
         )
 
 
-def _recorded_tokenizer(name_or_path: str | Path) -> str | None:
+def recorded_tokenizer(name_or_path: str | Path) -> str | None:
     """The ``vq_model`` a training run folder trained with (its ``config.yaml``), or None."""
     run_config = Path(name_or_path).expanduser() / RUN_CONFIG
     data = yaml.safe_load(run_config.read_text()) if run_config.is_file() else None

@@ -22,6 +22,7 @@ import yaml
 from stellar.checkpoint.io import RUN_CONFIG
 from stellar.data.augment import MultiViewAugment, num_kept
 from stellar.errors import UsageError
+from stellar.hub import recorded_tokenizer
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
@@ -137,7 +138,9 @@ class TrainConfig:
                 f"data.root={self.data.root} is set but data.source is 'scenes' (no files): "
                 "add data.source=folder to train on the folder"
             )
-        if self.init.checkpoint:  # the architecture is the checkpoint's, checked once loaded
+        # init.checkpoint gives the architecture (checked once loaded) and, recorded here for a
+        # resume that reads only this run's config, the tokenizer its run trained with
+        if self.init.checkpoint:
             if self.init.encoder:
                 raise UsageError(
                     "init.checkpoint continues a STELLAR, init.encoder starts one from MAE "
@@ -148,6 +151,7 @@ class TrainConfig:
                     "model_overrides cannot change a model loaded from init.checkpoint; drop "
                     "them, or start from model=PRESET"
                 )
+            self.vq_model = self.vq_model or recorded_tokenizer(self.init.checkpoint)
             return
         if self.model not in list_models():
             raise UsageError(

@@ -38,16 +38,13 @@ def load_for_viz(
     device: torch.device | str | None = None,
     info: ModelInfo | None = None,
 ) -> tuple[Any, str | None]:
-    """``(model, why)``: ``spec`` loaded with its decoder when it can reconstruct (``why`` is
-    None), else encoder-only and the reason in ``why``.
-
-    Encoder-only only when no ``vq_model`` was given and the checkpoint carries no decoder or
-    one that predicts VQ codes (read from the file's header); anything else that goes wrong
-    raises, since a silently missing panel would hide it.
-    """
-    from stellar.hub import inspect_model, load_model
+    """``(model, why)``: ``spec`` with its decoder, or encoder-only with the reason in ``why``
+    when its header shows no decoder, or a vq head and no ``vq_model`` given or recorded by its
+    run; anything else that goes wrong raises, since a silently missing panel would hide it."""
+    from stellar.hub import inspect_model, load_model, recorded_tokenizer
 
     info = info if info is not None else inspect_model(spec)
+    vq_model = vq_model or recorded_tokenizer(spec)  # a run folder's own, as in load_stellar
     why = None
     if vq_model is None:
         if not info.has_decoder:
