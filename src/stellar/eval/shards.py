@@ -152,7 +152,7 @@ def finalize_dir(out: Path) -> None:
             "expected at least one decodable image"
         )
     write_json(out / META_NAME, {**meta, "count": count, "complete": True})
-    logger.info("wrote %d images' features in %d shards to %s", count, len(shards), out)
+    logger.info("wrote %d images' features in %d shard(s) to %s", count, len(shards), out)
 
 
 def load_features(

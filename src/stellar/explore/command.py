@@ -7,12 +7,9 @@ Serves on 127.0.0.1 unless ``--host`` says otherwise, and makes a public share l
 from __future__ import annotations
 
 import argparse
-import logging
 
 from stellar.errors import Bounds, UsageError, number_type
 from stellar.explore.retrieval import CACHE_DIR
-
-logger = logging.getLogger(__name__)
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -52,7 +49,6 @@ def run(args: argparse.Namespace) -> int:
 
     device = str(pick_device(args.device))
     explorer = Explorer.load(args.model, args.collection, args.vq_model, device, args.cache_dir)
-    logger.info("serving the explorer on http://%s:%d", args.host, args.port)
     try:
         build_app(explorer).launch(
             server_name=args.host, server_port=args.port, share=args.share, max_file_size="64mb"
