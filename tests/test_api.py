@@ -268,6 +268,8 @@ def test_a_run_folder_loads_with_the_tokenizer_it_trained_with(reference_dir, tm
         rec = model.reconstruct(model.encode(torch.rand(1, 3, 32, 32)))["reconstruction"]
     assert rec.shape == (1, 3, 32, 32)
     assert load_stellar(run).tokenizer is None  # encoding needs none
+    step = run / "checkpoints" / "last"  # a checkpoint folder of the run knows it too
+    assert load_stellar(step, purpose="reconstruct").tokenizer is not None
     model, why = load_for_viz(str(run))  # stellar viz and the explorer draw reconstructions
     assert why is None and model.tokenizer is not None
     # a run continued from it records the tokenizer, so it resumes on its own

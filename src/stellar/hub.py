@@ -100,8 +100,8 @@ def load_stellar(
             train mode, gradients on; a decoder or heads the checkpoint lacks start fresh).
         vq_model: ``"maskgit-vqgan"`` (TiTok's release, fetched like a name), the path of
             ``maskgit-vqgan-imagenet-f16-256.bin``, or a loaded tokenizer; vq-head models need
-            it to reconstruct and to pretrain (a training run folder's default: the one it
-            trained with).
+            it to reconstruct and to pretrain (default for a training run's folder and its
+            checkpoint folders: the one it trained with).
         device: where to put the model.
 
     Every tensor of the file is used, on the known-unused list, or belongs to a part the
@@ -297,8 +297,11 @@ def _check_matches_name(config: StellarConfig, name: str, source: Path) -> None:
 
 
 def recorded_tokenizer(name_or_path: str | Path) -> str | None:
-    """The ``vq_model`` a training run folder trained with (its ``config.yaml``), or None."""
-    run_config = Path(name_or_path).expanduser() / RUN_CONFIG
+    """The ``vq_model`` a training run (its folder or a checkpoint folder in it) trained with,
+    from the run's ``config.yaml``, or None."""
+    path = Path(name_or_path).expanduser()
+    run = path.parent.parent if path.parent.name == "checkpoints" else path
+    run_config = run / RUN_CONFIG
     data = yaml.safe_load(run_config.read_text()) if run_config.is_file() else None
     return data.get("vq_model") if isinstance(data, dict) else None
 
