@@ -138,7 +138,7 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
     """The weights file ``name_or_path`` means, and the released name it was given as.
 
     A training run folder means its ``checkpoints/last``; a directory its
-    ``model.safetensors``; a released name its file in
+    ``model.safetensors`` (or its only ``.safetensors``); a released name its file in
     ``microsoft/STELLAR``, and a Hugging Face repository id (``org/name``) its
     ``model.safetensors`` (from the Hugging Face cache, else downloaded).
 
@@ -150,12 +150,12 @@ def resolve(name_or_path: str | Path) -> tuple[Path, str | None]:
         path = path / "checkpoints" / "last"
     if path.is_dir():
         found = [path / n for n in WEIGHT_FILES if (path / n).is_file()]
-        if found:
+        found = found or sorted(path.glob("*.safetensors"))
+        if len(found) == 1 or (found and found[0].name in WEIGHT_FILES):
             return found[0], None
-        others = len(list(path.glob("*.safetensors")))
         raise WeightsNotFoundError(
-            f"{path} holds no {WEIGHTS_NAME} but {others} other .safetensors: pass the weights file"
-            if others
+            f"{path} holds no {WEIGHTS_NAME} but {len(found)} other .safetensors: pass the weights"
+            if found
             else f"{path} holds no weights: expected a folder with {WEIGHTS_NAME}, or a "
             "training run folder with checkpoints/last"
         )
