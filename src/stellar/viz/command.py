@@ -44,7 +44,8 @@ def load_for_viz(
     from stellar.hub import inspect_model, load_model, recorded_tokenizer
 
     info = info if info is not None else inspect_model(spec)
-    vq_model = vq_model or recorded_tokenizer(spec)  # a run folder's own, as in load_stellar
+    if info.config.decoder_head == "vq":  # a run's own tokenizer, as in load_stellar
+        vq_model = vq_model or recorded_tokenizer(spec)
     why = None
     if vq_model is None:
         if not info.has_decoder:
