@@ -14,6 +14,7 @@ import torch
 from tiny_run import TINY as TINY_RUN
 from tiny_run import photo_folder
 
+import stellar
 from stellar import load_stellar
 from stellar.train.config import load_config
 from stellar.train.trainer import Trainer, TrainingDiverged
@@ -44,8 +45,9 @@ def _losses(out: Path) -> dict[int, float]:
 
 def test_resume_in_a_fresh_process_matches_straight_run(tmp_path):
     straight, split = tmp_path / "straight", tmp_path / "split"
-    _train_cli(straight, "max_steps=6")
-    _train_cli(split, "max_steps=6", "stop_at=3")
+    # the two first runs in this process (the command is the same call), the resume in a new one
+    stellar.train("cpu-smoke", [f"out={straight}", *TINY, "max_steps=6"])
+    stellar.train("cpu-smoke", [f"out={split}", *TINY, "max_steps=6", "stop_at=3"])
     assert sorted(_losses(split)) == [1, 2, 3]
     _train_cli(split, "max_steps=6", "--resume")
     assert _losses(split) == _losses(straight)
