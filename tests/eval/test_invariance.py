@@ -68,7 +68,9 @@ def test_between_pairs_each_image_with_the_one_before_across_batches(model) -> N
     for name in DISTANCES:
         # the pairs (1, 0) .. (4, 3) whatever the batches: never an image with itself
         between = one["distances"][name]["between"]
-        assert between > 0 and between == pytest.approx(whole["distances"][name]["between"])
+        # float32 kernels differ with the batch size: equal to float precision, not bit for bit
+        assert between > 0
+        assert between == pytest.approx(whole["distances"][name]["between"], rel=1e-4)
 
 
 def test_equivariance_of_concepts_that_ignore_the_image_is_all_in_l(model) -> None:
