@@ -11,7 +11,7 @@ mild down-scaling of the recipe (a 256 canvas to 224 / 96 px views).
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from stellar.data.color import ColorAugment, _pair, _uniform
 from stellar.errors import UsageError
-from stellar.schema import bounded, build
+from stellar.schema import bounded
 
 # The training views' crop aspect-ratio range and flip probability (torchvision's defaults).
 RATIO = (3 / 4, 4 / 3)
@@ -224,8 +224,6 @@ class MultiViewAugment:
         for name in ("global_scale", "local_scale"):
             if (hi := _pair(getattr(self, name), f"augment.{name}")[1]) > 1:
                 raise UsageError(f"augment.{name}: expected fractions of the area <= 1, got {hi}")
-        if isinstance(self.color, Mapping):  # Python's MultiViewAugment(color={...})
-            self.color = build(ColorAugment, self.color, "augment.color.")
         side = min(self.global_size, self.local_size if self.n_local else self.global_size)
         if self.color.blur_p and self.color.blur_kernel // 2 >= side:
             raise UsageError(
