@@ -26,9 +26,6 @@ class _LogWriter:
         elif line:  # logging not set up (a script under nohup or SLURM): shown as tqdm would be
             print(line, file=sys.stderr, flush=True)
 
-    def flush(self) -> None:
-        pass
-
 
 class LoggedBar(tqdm):
     """A tqdm bar that logs a line every ``every`` steps instead of redrawing in place."""
@@ -42,6 +39,10 @@ class LoggedBar(tqdm):
     def set_postfix(self, ordered_dict=None, refresh: bool = True, **kwargs: Any) -> None:
         # the postfix shows on the next cadence line, not as a line of its own
         super().set_postfix(ordered_dict, refresh=False, **kwargs)
+
+    def close(self) -> None:
+        self.leave = self.leave and self.last_print_n < self.n  # else the end is logged already
+        super().close()
 
 
 def progress_bar(
