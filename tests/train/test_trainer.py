@@ -169,6 +169,20 @@ def test_trains_on_an_image_folder(tmp_path):
     assert last["step"] == 2 and all(torch.isfinite(torch.tensor(v)) for v in last.values())
 
 
+def test_a_logged_progress_line_shows_the_loss_of_its_own_step(tmp_path, caplog, monkeypatch):
+    import io
+    import logging
+
+    monkeypatch.setattr("sys.stderr", io.StringIO())  # a pipe: the bar logs a line per step
+    overrides = [*TINY, "progress=true", "max_steps=4", "log_every=2", f"out={tmp_path}"]
+    with caplog.at_level(logging.INFO, logger="stellar.progress"):
+        Trainer(load_config("cpu-smoke", overrides)).train()
+    lines = {r.getMessage().split("/4")[0].split()[-1]: r.getMessage() for r in caplog.records}
+    losses = _losses(tmp_path)
+    for step in (2, 3, 4):  # step 3 shows the latest logged loss, step 2's
+        assert f"loss={losses[step - step % 2]:.3f}" in lines[str(step)], lines
+
+
 def test_skipped_batches_are_counted_and_a_resume_after_them_is_exact(tmp_path):
     from stellar.data.loader import ResumableSampler
 

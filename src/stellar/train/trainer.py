@@ -316,7 +316,6 @@ class Trainer(TrainerCheckpoints):
                         # batches of only unreadable files were skipped but still read
                         position = start + self.loader.drawn * cfg.batch_size
                         self.step += 1
-                        bar.update(1)
                         # Under torchrun the ranks agree at the logging steps, where the loop
                         # waits for the device anyway; one process checks every step.
                         check = not self.dist.enabled or self.step % cfg.log_every == 0
@@ -325,6 +324,7 @@ class Trainer(TrainerCheckpoints):
                         logged = self.step % cfg.log_every == 0 or self.step == self.total_steps
                         saving = self.step % cfg.ckpt_every == 0 and self.step < end
                         if not (logged or saving or self.step == end):
+                            bar.update(1)
                             continue
                         # The one read of the interval: checks every step of it, then logs the last.
                         rows = self._checked(mean_across_ranks(pending))
@@ -338,6 +338,7 @@ class Trainer(TrainerCheckpoints):
                         if log and logged:
                             log.write(last)
                         bar.set_postfix(loss=f"{last['loss']:.3f}", img_s=f"{rate:.0f}")
+                        bar.update(1)  # after the postfix: a logged bar line shows this step's loss
                         if saving:
                             self.save(epoch, position)
                     if self.step < end:  # the data ran out before the step budget: next epoch
