@@ -110,9 +110,14 @@ def test_last_is_made_durable_before_older_checkpoints_are_pruned(tmp_path, monk
         ckpt, "_prune", lambda root, keep: (events.append(("prune", root)), real_prune(root, keep))
     )
     model = create_stellar("stellar-tiny")
+    (tmp_path / "step-00000000.bak").mkdir()  # a user's copy is not the run's to prune
     for step in (1, 2):
         ckpt.save_checkpoint(
             tmp_path, step, model, {"step": step, ckpt.CHECKPOINT_ID: f"run-{step}"}, keep=1
         )
     assert events[-2:] == [("fsync", tmp_path), ("prune", tmp_path)]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["last", "step-00000002"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == [
+        "last",
+        "step-00000000.bak",
+        "step-00000002",
+    ]

@@ -73,7 +73,7 @@ def latest_checkpoint(root: Path) -> Path | None:
 
 
 def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    steps = sorted(p for p in root.glob("step-" + "[0-9]" * 8) if p.is_dir())  # ours, no copy
     current = (root / LAST).resolve()
     for old in steps[: max(0, len(steps) - keep)]:
         if old.resolve() != current:
