@@ -186,7 +186,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             tr[e.key], train_masks[tr["indices"]], va[e.key], val_masks[va["indices"]],
             args.num_classes, schedule, e.model.device, progress,
         )  # fmt: skip
-        rows.append(e.row(**metrics, num_train=len(train), num_val=len(val)))
+        rows.append(e.row(**metrics, num_train=len(tr["paths"]), num_val=len(va["paths"])))
     return {"rows": rows, "layout": {"train": train.layout, "val": val.layout}}
 
 
