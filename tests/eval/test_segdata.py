@@ -45,7 +45,7 @@ def _ade(root: Path, n_train: int = 4, n_val: int = 2) -> Path:
 def test_ade20k_layout_and_zero_label_reduction(tmp_path) -> None:
     root = _ade(tmp_path / "ade")
     train, val = find_split(root, "train"), find_split(root, "val")
-    assert (train.layout, len(train), len(val)) == ("ade20k", 4, 2)
+    assert (train.layout, len(train.images), len(val.images)) == ("ade20k", 4, 2)
     assert [p.name for p in train.labels] == [f"ADE_{i:03d}.png" for i in range(4)]
     assert [p.stem for p in train.images] == [p.stem for p in train.labels]
     raw = load_label_maps(train.labels, 40, 4, reduce_zero=False, progress=False)
@@ -125,6 +125,15 @@ def test_label_maps_follow_the_image_as_the_model_sees_it(tmp_path) -> None:
     image = EvalImages(split.images, 16, crop=False)[0]["image"]
     agree = ((image[0] > 0.5).long() == label.long()).float().mean()
     assert agree > 0.9  # the red half of the displayed image is the labelled half
+
+
+def test_a_file_that_is_no_image_is_named_before_any_work(tmp_path) -> None:
+    _pair(tmp_path / "images", tmp_path / "masks", "a", _label(0))
+    for path in (tmp_path / "images" / "a.jpg", tmp_path / "masks" / "a.png"):
+        path.write_bytes(b"not an image")
+        with pytest.raises(ValueError, match=f"expected an image file, got {path}"):
+            find_split(tmp_path, "train")
+        _pair(tmp_path / "images", tmp_path / "masks", "a", _label(0))
 
 
 def test_truncated_label_map_is_named(tmp_path) -> None:

@@ -50,9 +50,6 @@ class SegmentationSplit:
     images: list[Path]
     labels: list[Path]
 
-    def __len__(self) -> int:
-        return len(self.images)
-
 
 def _locate(root: Path, split: str) -> tuple[str, Path, Path]:
     """(layout, images folder, labels folder) of ``root`` for ``split`` (train / val)."""
@@ -116,15 +113,18 @@ def find_split(root: str | os.PathLike[str], split: str = "train") -> Segmentati
     keys = sorted(images)
     pairs = SegmentationSplit(layout, [images[k] for k in keys], [labels[k] for k in keys])
     _check_headers(pairs)
-    logger.info("%s split of %s (%s layout): %d labelled images", split, root, layout, len(pairs))
+    logger.info("%s split of %s (%s layout): %d labelled images", split, root, layout, len(keys))
     return pairs
 
 
 def _header(path: Path) -> tuple[tuple[int, int], str]:
     """Size as displayed (after EXIF orientation, as the model sees the image) and mode."""
-    with Image.open(path) as img:
-        w, h = img.size
-        return ((h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)), img.mode
+    try:
+        with Image.open(path) as img:
+            w, h = img.size
+            return ((h, w) if exif_orientation(img) in (5, 6, 7, 8) else (w, h)), img.mode
+    except OSError as err:  # PIL's UnidentifiedImageError is one
+        raise UsageError(f"expected an image file, got {path} ({err})") from None
 
 
 def _check_headers(pairs: SegmentationSplit) -> None:
