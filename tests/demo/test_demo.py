@@ -10,7 +10,14 @@ import yaml
 
 from stellar.cli import main
 from stellar.demo.ablation import ABLATIONS, orderings
-from stellar.demo.report import SUPERVISED, full_command, table, verdicts
+from stellar.demo.report import (
+    SUPERVISED,
+    TRANSFORMS,
+    equivariance_section,
+    full_command,
+    table,
+    verdicts,
+)
 from stellar.demo.training import DemoSettings
 
 TINY = [
@@ -154,6 +161,23 @@ def test_verdicts_pass_fail_and_not_learnable_follow_the_numbers():
     assert lines[3].startswith("- FAIL: trained beats random init on knn_top1")
     assert "learnable here" in lines[3]
     assert table(_results(samples)).count("\n") == 4
+
+
+def test_what_vs_where_holds_only_above_half_and_above_random_init():
+    def result(*shares: float) -> dict:
+        eq = {
+            t: {"l_share_mid": v, "s_cos_change": 0.1}
+            for t, v in zip(TRANSFORMS, shares, strict=True)
+        }
+        return {"invariance": {"equivariance": eq}}
+
+    def claim(trained: tuple, random: tuple) -> str:
+        lines = equivariance_section({"random init": result(*random), "STELLAR": result(*trained)})
+        return next(line for line in lines if line.startswith("STELLAR's claim"))
+
+    assert " holds here" in claim((0.9, 0.8, 0.7), (0.6, 0.5, 0.4))
+    assert "does NOT hold" in claim((0.9, 0.8, 0.4), (0.6, 0.5, 0.3))  # one share under half
+    assert "does NOT hold" in claim((0.91, 0.68, 0.52), (0.91, 0.84, 0.71))  # random init's
 
 
 def test_ablation_orderings_say_whether_each_holds():
