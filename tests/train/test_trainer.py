@@ -174,6 +174,7 @@ def test_a_logged_progress_line_shows_the_loss_of_its_own_step(tmp_path, caplog,
     import logging
 
     monkeypatch.setattr("sys.stderr", io.StringIO())  # a pipe: the bar logs a line per step
+    monkeypatch.delitem(sys.modules, "ipykernel", raising=False)  # the notebook test's import
     overrides = [*TINY, "progress=true", "max_steps=4", "log_every=2", f"out={tmp_path}"]
     with caplog.at_level(logging.INFO, logger="stellar.progress"):
         Trainer(load_config("cpu-smoke", overrides)).train()
