@@ -26,6 +26,21 @@ def test_verbose_keeps_the_traceback() -> None:
         console(["-v", "train", "--config", "no-such-preset"])
 
 
+def test_our_info_lines_show_and_other_libraries_only_from_warnings() -> None:
+    import subprocess
+    import sys
+
+    code = (
+        "import logging\nfrom stellar.cli import main\nmain([])\n"  # help: logging set up
+        "for name in ('stellar.x', 'httpx'):\n"
+        "    logging.getLogger(name).info('info of %s', name)\n"
+        "    logging.getLogger(name).warning('warning of %s', name)\n"
+    )
+    run = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert "info of stellar.x" in run.stderr and "warning of httpx" in run.stderr, run.stderr
+    assert "info of httpx" not in run.stderr
+
+
 def test_a_bug_keeps_its_traceback_even_when_it_is_a_value_error(monkeypatch, tmp_path) -> None:
     # A ValueError raised by code (e.g. a shape mismatch mid-training) is not bad input.
     def broken(*args) -> None:

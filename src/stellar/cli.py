@@ -55,13 +55,12 @@ def main(argv: list[str] | None = None) -> int:
     args, rest = top.parse_known_args(argv)
     if args.command is None and rest:  # flags the sub-commands would have read: none given
         top.error(f"unrecognized arguments: {' '.join(rest)}")
-    logging.basicConfig(
-        level=logging.DEBUG if args.verbose else logging.INFO,
+    logging.basicConfig(  # other libraries' info (faiss's loader, httpx's requests) is noise
+        level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         datefmt="%H:%M:%S",
     )
-    if not args.verbose:  # faiss's loader logs each CPU build it tries, failures included
-        logging.getLogger("faiss").setLevel(logging.WARNING)
+    logging.getLogger("stellar").setLevel(logging.DEBUG if args.verbose else logging.INFO)
     if args.command is None:
         top.print_help()
         return 0
