@@ -198,7 +198,10 @@ def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplo
     moved = photos.rename(tmp_path / "elsewhere")
     caplog.set_level(logging.INFO, logger="stellar.train")
     _trainer(run, *folder, f"data.root={moved}", "stop_at=2", resume=True).train()
-    assert f"data.root '{photos}' -> '{moved}'" in caplog.text  # the change is logged
+    # a changed setting of the run is a warning; stop_at is this invocation's, not the run's
+    changes = [r for r in caplog.records if "changed setting" in r.getMessage()]
+    assert [r.levelno for r in changes] == [logging.WARNING], caplog.text
+    assert f"data.root '{photos}' -> '{moved}'" in changes[0].getMessage()
     Image.new("RGB", (40, 40)).save(moved / "8.png")
     with pytest.raises(UsageError, match=r"image folder changed .*\(8 images then, 9 now\)"):
         _trainer(run, *folder, f"data.root={moved}", resume=True).train()

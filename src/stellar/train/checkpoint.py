@@ -102,7 +102,7 @@ class TrainerCheckpoints:
             )
         trained = f"the settings {folder} was trained with"
         for change in resume_changes(state["config"], self.cfg, trained):
-            logger.info("resuming %s with a changed setting: %s", self.out, change)
+            logger.warning("resuming %s with a changed setting: %s", self.out, change)
         fix = f"or start a new run from these weights with init.checkpoint={folder}"
         if (saved_by := len(state["rank_positions"])) != self.dist.world_size:
             raise UsageError(

@@ -314,9 +314,10 @@ def resume_changes(
 ) -> list[str]:
     """The differences of ``cfg`` from a run's ``saved`` settings (``saved_as`` in the error),
     as ``"key old -> new"``; a UsageError naming every differing key not in
-    :data:`RESUMABLE_KEYS`. Keys ``saved`` lacks compare as their defaults."""
+    :data:`RESUMABLE_KEYS`. Keys ``saved`` lacks compare as their defaults; ``out`` and
+    ``stop_at`` (where and until when this invocation runs) are not settings of the run."""
     old, new = flatten(load_config(saved).to_dict()), flatten(cfg.to_dict())
-    differ = sorted(k for k in old.keys() | new.keys() if k != "out" and old.get(k) != new.get(k))
+    differ = sorted(k for k in (old | new).keys() - {"out", "stop_at"} if old.get(k) != new.get(k))
     shown = {k: f"{k} {old.get(k)!r} -> {new.get(k)!r}" for k in differ}
     if refused := [k for k in differ if k not in RESUMABLE_KEYS]:
         why = " (a changed architecture cannot load the checkpoint's weights)"

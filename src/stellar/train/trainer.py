@@ -359,8 +359,8 @@ class Trainer(TrainerCheckpoints):
         if stopped:
             raise TrainingStopped(
                 f"{signal.Signals(stopped).name}: stopped at step {self.step}, checkpoint "
-                f"{latest_checkpoint(self.ckpt_dir)}; continue with `stellar train "
-                f"out={self.out} --resume` (resume=True)",
+                f"{latest_checkpoint(self.ckpt_dir)}; continue on as many processes with "
+                f"`stellar train out={self.out} --resume` (resume=True)",
                 stopped,
             )
         return last
