@@ -22,9 +22,9 @@ class UsageError(ValueError):
 
 @dataclass(frozen=True)
 class Bounds:
-    """A numeric interval (``None``: unbounded on that side); NaN and inf are never inside."""
+    """A numeric interval from ``low`` (``high`` None: unbounded above); NaN, inf never inside."""
 
-    low: float | None = None
+    low: float
     high: float | None = None
     low_open: bool = False
     high_open: bool = False
@@ -33,18 +33,16 @@ class Bounds:
         lo, hi = self.low, self.high
         return (
             math.isfinite(x)
-            and (lo is None or x > lo or (not self.low_open and x == lo))
+            and (x > lo or (not self.low_open and x == lo))
             and (hi is None or x < hi or (not self.high_open and x == hi))
         )
 
     def describe(self) -> str:
         """The rule in words: ``">= 1"``, ``"> 0"``, ``"in [0, 1)"``."""
-        if self.low is not None and self.high is not None:
+        if self.high is not None:
             left, right = "(" if self.low_open else "[", ")" if self.high_open else "]"
             return f"in {left}{_num(self.low)}, {_num(self.high)}{right}"
-        if self.low is not None:
-            return f"{'>' if self.low_open else '>='} {_num(self.low)}"
-        return f"{'<' if self.high_open else '<='} {_num(self.high)}"
+        return f"{'>' if self.low_open else '>='} {_num(self.low)}"
 
 
 def _num(x: float) -> str:
