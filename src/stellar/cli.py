@@ -39,9 +39,8 @@ class HelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """Entry point of the ``stellar`` console script."""
-    argv = sys.argv[1:] if argv is None else argv
+def main(argv: list[str]) -> int:
+    """The command line ``argv`` (without the program name); :func:`console` runs it."""
     top = argparse.ArgumentParser(prog="stellar", description=__doc__.splitlines()[0])
     top.add_argument(
         "-v",
@@ -97,7 +96,3 @@ def console(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt as err:  # a second Ctrl-C, or a run stopped after its checkpoint
         print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
         return getattr(err, "exit_code", 128 + signal.SIGINT)
-
-
-if __name__ == "__main__":
-    sys.exit(console())

@@ -18,7 +18,7 @@ LONG = [*TINY, "max_steps=100000", "epochs=1000", "log_every=1", "ckpt_every=100
 
 
 def _start(out: Path) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "stellar.cli", "train", "--config", "cpu-smoke", *LONG]
+    cmd = [sys.executable, "-m", "stellar", "train", "--config", "cpu-smoke", *LONG]
     return subprocess.Popen(
         [*cmd, f"out={out}"], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )

@@ -31,7 +31,7 @@ def _torchrun(out, *extra):
         "--nproc_per_node",
         "2",
         "-m",
-        "stellar.cli",
+        "stellar",
         "train",
         *ARGS,
         f"out={out}",

@@ -27,7 +27,7 @@ def _train_cli(out: Path, *extra: str) -> None:
     cmd = [
         sys.executable,
         "-m",
-        "stellar.cli",
+        "stellar",
         "train",
         "--config",
         "cpu-smoke",
