@@ -223,7 +223,7 @@ def test_pretraining_model_saves_and_reloads_as_stellar(pixel_model, tmp_path):
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the error without CUDA")
 def test_a_device_without_cuda_is_one_error(tmp_path):
     create_stellar("stellar-tiny").save_pretrained(tmp_path / "tiny")
-    with pytest.raises(ValueError, match="'cuda': this torch build or machine has no CUDA"):
+    with pytest.raises(ValueError, match="'cuda': this torch build or machine has no cuda"):
         load_stellar(tmp_path / "tiny", device="cuda")
 
 

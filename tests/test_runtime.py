@@ -16,8 +16,12 @@ def test_device_and_autocast_choices() -> None:
     if torch.cuda.is_available():
         assert pick_device("cuda", local_rank=3) == torch.device("cuda", 3)  # this rank's GPU
     else:
-        with pytest.raises(UsageError, match="no CUDA device"):
+        with pytest.raises(UsageError, match="has no cuda"):
             pick_device("cuda")
+    for name in ("mps", "meta"):  # no such device here (meta holds no data to compute on)
+        if not (name == "mps" and torch.mps.is_available()):
+            with pytest.raises(UsageError, match=f"has no {name}"):
+                pick_device(name)
     assert pick_device(None).type == ("cuda" if torch.cuda.is_available() else "cpu")
     with pytest.raises(UsageError, match="expected a device"):
         pick_device("gpu")

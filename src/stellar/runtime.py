@@ -55,8 +55,9 @@ def pick_device(spec: str | torch.device | None = None, local_rank: int = 0) -> 
         raise UsageError(
             f"expected a device such as cpu, cuda or cuda:1, got {str(spec)!r} ({err})"
         ) from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError(f"device {spec!r}: this torch build or machine has no CUDA device")
+    backend = getattr(torch, device.type, None)  # torch.cuda, torch.mps, torch.xpu, ...
+    if device.type != "cpu" and not getattr(backend, "is_available", bool)():
+        raise UsageError(f"device {spec!r}: this torch build or machine has no {device.type}")
     if device.type == "cuda" and device.index is None:  # under torchrun: this rank's GPU
         device = torch.device("cuda", local_rank)
     return device
