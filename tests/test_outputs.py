@@ -112,6 +112,22 @@ def test_a_second_holder_is_refused_with_the_first_named(tmp_path):
     assert "acquired" in _try_in_another_process(out)  # released at the end of the block
 
 
+def test_a_failed_record_write_leaves_the_last_holders_record(tmp_path, monkeypatch):
+    with output_folder(tmp_path, "job"):
+        (tmp_path / "result.txt").write_text("kept")
+    before = (tmp_path / LOCK_NAME).read_text()
+
+    def full_disk(*args):
+        raise OSError(28, "No space left on device")
+
+    for name in ("write", "pwrite"):
+        monkeypatch.setattr(os, name, full_disk)
+    with pytest.raises(UsageError, match="No space left"), output_folder(tmp_path, "job"):
+        pass
+    monkeypatch.undo()
+    assert (tmp_path / LOCK_NAME).read_text() == before  # the folder still says whose it is
+
+
 def test_the_holding_process_may_enter_again(tmp_path):
     with output_folder(tmp_path, "command"), output_folder(tmp_path, "the function it calls"):
         assert "refused:" in _try_in_another_process(tmp_path)

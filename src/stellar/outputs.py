@@ -130,10 +130,9 @@ def _lock(fd: int, folder: Path, job: str) -> None:
     previous = (folder / LOCK_NAME).read_text(errors="replace").split(" (pid")[0]
     if previous not in ("", job) and any(not p.name.startswith(".") for p in folder.iterdir()):
         raise UsageError(f"{folder} holds the results of {previous}; pass another folder")
-    command = " ".join(sys.argv)
-    try:
-        os.ftruncate(fd, 0)
-        os.write(fd, f"{job} (pid {os.getpid()} on {socket.gethostname()}: {command})\n".encode())
+    record = f"{job} (pid {os.getpid()} on {socket.gethostname()}: {' '.join(sys.argv)})\n"
+    try:  # over the old record, then cut to its length: a failed write leaves the old one
+        os.ftruncate(fd, os.pwrite(fd, record.encode(), 0))
     except OSError as err:
         raise UsageError(f"cannot write {folder / LOCK_NAME} ({err.strerror})") from None
 
