@@ -180,9 +180,11 @@ def test_resuming_a_finished_run_leaves_its_checkpoint_untouched(run, caplog):
     assert "nothing to train" not in caplog.text
     last = (run / "checkpoints" / "last").resolve()
     before = {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()}
-    _trainer(run, resume=True).train()
-    assert "already at step 3 of 3: nothing to train" in caplog.text
+    config = (run / "config.yaml").read_bytes()
+    _trainer(run, "max_steps=2", resume=True).train()
+    assert "already at step 3 of 2: nothing to train" in caplog.text
     assert {p.name: (p.stat().st_mtime_ns, p.read_bytes()) for p in last.iterdir()} == before
+    assert (run / "config.yaml").read_bytes() == config  # the run's settings stay its own
 
 
 def test_a_moved_image_folder_resumes_but_a_changed_one_does_not(tmp_path, caplog):

@@ -284,7 +284,8 @@ class Trainer(TrainerCheckpoints):
             if self.dist.enabled:
                 torch.distributed.barrier()
             epoch, position = 0, 0
-        if self.dist.is_main:  # atomic_write makes the folder
+        end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
+        if self.dist.is_main and self.step < end:  # atomic_write makes the folder
             text = yaml.safe_dump(cfg.to_dict(), sort_keys=False)
             atomic_write(self.out / RUN_CONFIG, lambda tmp: tmp.write_text(text))
         log = MetricsLog(self.out, cfg.tensorboard, self.step) if self.dist.is_main else None
@@ -297,7 +298,6 @@ class Trainer(TrainerCheckpoints):
             dynamic_ncols=True,
         )
         last: dict[str, float] = {}
-        end = self.total_steps if cfg.stop_at is None else min(self.total_steps, cfg.stop_at)
         first_step = self.step
         pending: list[tuple[int, dict[str, torch.Tensor]]] = []  # read at the logging steps
         since = time.perf_counter()
