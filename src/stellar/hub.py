@@ -18,7 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
 
 from stellar.checkpoint.io import CONFIG_METADATA_KEY, CONFIG_NAME, RUN_CONFIG, WEIGHTS_NAME
 from stellar.checkpoint.official import (
@@ -43,6 +42,7 @@ from stellar.models.registry import BACKBONES, get_config, is_released, list_mod
 from stellar.models.stellar import PURPOSES, STELLAR, Purpose
 from stellar.models.vqgan import MaskGITVQGAN, check_tokenizer, load_vqgan
 from stellar.runtime import pick_device
+from stellar.schema import parse_yaml
 
 logger = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def recorded_tokenizer(name_or_path: str | Path) -> str | None:
     path = Path(name_or_path).expanduser()
     run = path.parent.parent if path.parent.name == "checkpoints" else path
     run_config = run / RUN_CONFIG
-    data = yaml.safe_load(run_config.read_text()) if run_config.is_file() else None
+    data = parse_yaml(run_config.read_text(), str(run_config)) if run_config.is_file() else None
     return data.get("vq_model") if isinstance(data, dict) else None
 
 

@@ -6,7 +6,8 @@ and their sections) are dataclasses: annotations give the types (``int``, ``floa
 :func:`bounded` fields a range. :func:`build` makes one from a mapping (YAML, overrides,
 ``config.json``) or re-checks one made in Python; rules that join fields live in the config's
 ``__post_init__``. OmegaConf structured configs were considered: 2.3 rejects ``Literal`` and has
-no ranges, so a second checker would still be needed beside it.
+no ranges, so a second checker would still be needed beside it. :func:`parse_yaml` is the one
+YAML reader (presets, config files, overrides, a run's ``config.yaml``).
 """
 
 from __future__ import annotations
@@ -17,10 +18,13 @@ import functools
 import logging
 import numbers
 import os
+import re
 import types
 import typing
 from collections.abc import Mapping
 from typing import Any, Literal
+
+import yaml
 
 from stellar.errors import Bounds, UsageError
 
@@ -141,3 +145,38 @@ def describe(hint: Any) -> str:
         return "a mapping"
     words = {bool: "true or false", int: "an integer", float: "a number", str: "a string"}
     return words.get(hint, "null" if hint is type(None) else getattr(hint, "__name__", str(hint)))
+
+
+def parse_yaml(text: str, where: str) -> Any:
+    """``text`` read as YAML; a syntax error is a one-line UsageError naming ``where``."""
+    try:
+        return yaml.load(text, _Loader)
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        problem = getattr(err, "problem", None) or type(err).__name__
+        raise UsageError(f"{where}: invalid YAML{at} ({problem})") from None
+
+
+class _Loader(yaml.SafeLoader):
+    """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string) and refuses a
+    key written twice in a mapping (PyYAML keeps the last one silently)."""
+
+    def flatten_mapping(self, node: yaml.MappingNode) -> None:
+        if not hasattr(node, "checked"):  # a merge flattens a node in place: check it once
+            node.checked = True
+            own = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
+            written = [(key.tag, key.value) for key in own]
+            for i, key in enumerate(own):
+                if written[i] in written[:i]:
+                    raise yaml.constructor.ConstructorError(
+                        problem=f"key {key.value} written twice", problem_mark=key.start_mark
+                    )
+        super().flatten_mapping(node)
+
+
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
+    list("-+0123456789."),
+)

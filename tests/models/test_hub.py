@@ -169,3 +169,12 @@ def test_every_registered_model_builds(name):
     with torch.device("meta"):
         model = create_stellar(name, purpose="pretrain")
     assert model.config.num_sparse_tokens == model.sparse_tokens.shape[0]
+
+
+def test_a_run_folder_with_a_broken_config_yaml_is_one_error_naming_it(tmp_path):
+    from stellar.hub import recorded_tokenizer
+
+    assert recorded_tokenizer(tmp_path) is None  # no run config: no recorded tokenizer
+    (tmp_path / "config.yaml").write_text("vq_model: [tokenizer.bin\n")  # edited by hand
+    with pytest.raises(ValueError, match=f"{tmp_path / 'config.yaml'}: invalid YAML at line 2"):
+        recorded_tokenizer(tmp_path / "checkpoints" / "last")  # a checkpoint folder of the run

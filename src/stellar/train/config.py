@@ -10,14 +10,11 @@ from __future__ import annotations
 import copy
 import dataclasses
 import os
-import re
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
 from typing import Any, Literal
-
-import yaml
 
 from stellar.checkpoint.io import RUN_CONFIG
 from stellar.data.augment import MultiViewAugment, num_kept
@@ -26,7 +23,7 @@ from stellar.hub import recorded_tokenizer
 from stellar.losses.objective import ObjectiveConfig
 from stellar.models.config import StellarConfig, merge_fields
 from stellar.models.registry import get_config, list_models
-from stellar.schema import bounded, build, hints
+from stellar.schema import bounded, build, hints, parse_yaml
 
 Precision = Literal["auto", "bf16", "fp32"]
 DEFAULT_PRESET = "cpu-smoke"
@@ -233,43 +230,8 @@ def parse_overrides(overrides: Iterable[str] | Mapping[str, Any]) -> dict[str, A
             hint = hints(hint).get(part) if dataclasses.is_dataclass(hint) else None
         # YAML would read out=010 as the integer 8; a str field keeps the text.
         text = hint in (str, str | None) and raw != "null"
-        parsed[key] = raw if text else _yaml(raw, f"override {item!r}")
+        parsed[key] = raw if text else parse_yaml(raw, f"override {item!r}")
     return parsed
-
-
-def _yaml(text: str, where: str) -> Any:
-    """``text`` read as YAML; a syntax error is a one-line UsageError naming ``where``."""
-    try:
-        return yaml.load(text, _Loader)
-    except yaml.YAMLError as err:
-        mark = getattr(err, "problem_mark", None)
-        at = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        problem = getattr(err, "problem", None) or type(err).__name__
-        raise UsageError(f"{where}: invalid YAML{at} ({problem})") from None
-
-
-class _Loader(yaml.SafeLoader):
-    """YAML that reads ``1e-3`` as a float (YAML 1.2; PyYAML's 1.1 reads a string) and refuses a
-    key written twice in a mapping (PyYAML keeps the last one silently)."""
-
-    def flatten_mapping(self, node: yaml.MappingNode) -> None:
-        if not hasattr(node, "checked"):  # a merge flattens a node in place: check it once
-            node.checked = True
-            own = [key for key, _ in node.value if key.tag != "tag:yaml.org,2002:merge"]
-            written = [(key.tag, key.value) for key in own]
-            for i, key in enumerate(own):
-                if written[i] in written[:i]:
-                    raise yaml.constructor.ConstructorError(
-                        problem=f"key {key.value} written twice", problem_mark=key.start_mark
-                    )
-        super().flatten_mapping(node)
-
-
-_Loader.add_implicit_resolver(
-    "tag:yaml.org,2002:float",
-    re.compile(r"^[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+$"),
-    list("-+0123456789."),
-)
 
 
 def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
@@ -287,7 +249,7 @@ def read_yaml(preset_or_path: str | Path) -> dict[str, Any]:
     except (OSError, UnicodeDecodeError) as err:
         why = err.strerror if isinstance(err, OSError) else "not UTF-8 text"
         raise UsageError(f"cannot read {preset_or_path}: {why}") from None
-    data = _yaml(text, str(preset_or_path)) or {}
+    data = parse_yaml(text, str(preset_or_path)) or {}
     if not isinstance(data, dict):
         raise UsageError(f"{preset_or_path}: expected a mapping at the top level of the YAML")
     return data
