@@ -25,6 +25,7 @@ def _worker(rank: int, world_size: int, store_path: str, out_dir: str) -> None:
     try:
         shard = _scores().split(list(_SPLIT))[rank]
         torch.save(sinkhorn_knopp(shard, n_iterations=3), Path(out_dir) / f"rank{rank}.pt")
+        dist.barrier()  # no rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 

@@ -57,6 +57,7 @@ def _worker(rank: int, world: int, store: str, result: str) -> None:
         history, state = _run(rank, world)
         if rank == 0:
             torch.save({"history": history, "state": state}, result)
+        dist.barrier()  # no rank tears the group down while the other still uses it
     finally:
         dist.destroy_process_group()
 
