@@ -20,7 +20,7 @@ from shape_supervised_reference import conv_patch_stem
 
 from stellar.cli import main
 from stellar.models.config import EncoderConfig
-from stellar.models.encoder import ViTEncoder
+from stellar.models.networks import ViTEncoder
 
 _linear_patch_init = ViTEncoder.__init__
 

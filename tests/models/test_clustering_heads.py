@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from stellar.losses.clustering import clustering_targets, cross_entropy_soft
-from stellar.models.clustering import OnlineClustering
+from stellar.models.networks import OnlineClustering
 
 _HEADS = [
     ("clustering_head", "encode.sparse", "cluster"),

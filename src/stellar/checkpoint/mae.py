@@ -1,6 +1,6 @@
 """Initialise STELLAR's encoder from MAE weights (the paper starts from facebook/vit-mae-*).
 
-Sources, all returned in :class:`~stellar.models.encoder.ViTEncoder` naming: an HF model id
+Sources, all returned in :class:`~stellar.models.networks.ViTEncoder` naming: an HF model id
 (``facebook/vit-mae-base``, through the Hugging Face cache), an HF model directory
 (``config.json`` + ``model.safetensors`` / ``pytorch_model.bin``) or one of its weights files,
 of ``ViTMAEModel``, ``ViTMAEForPreTraining`` or ``ViTModel`` (keys under no prefix or ``vit.``;

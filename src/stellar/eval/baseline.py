@@ -23,8 +23,8 @@ from stellar.checkpoint.mae import load_mae_weights
 from stellar.checkpoint.weights import load_strict
 from stellar.errors import UsageError
 from stellar.models.config import StellarConfig
-from stellar.models.encoder import ViTEncoder
 from stellar.models.infer import infer_config
+from stellar.models.networks import ViTEncoder
 from stellar.models.stellar import IMAGENET_MEAN, IMAGENET_STD
 
 logger = logging.getLogger(__name__)

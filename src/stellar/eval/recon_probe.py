@@ -1,7 +1,7 @@
 """Reconstruction probe (arXiv 2602.01905): a fresh decoder trained on frozen features;
 ``stellar eval recon``.
 
-A new :class:`~stellar.models.decoder.ReconstructionDecoder` (the model's decoder width, 6
+A new :class:`~stellar.models.networks.ReconstructionDecoder` (the model's decoder width, 6
 blocks by default, **pixel** head: no VQ target) learns to rebuild the image from one frozen
 feature grid (``lowrank`` for STELLAR, ``dense`` for dense baselines) with the pretraining pixel
 loss ``10 · MSE(x_hat, image)``. Validation reports PSNR and SSIM (means over images) and, only
@@ -35,7 +35,7 @@ from stellar.eval.common import (
 from stellar.eval.encoder import Encoder, extract_features
 from stellar.eval.fid import fid_from_features
 from stellar.eval.probe import ProbeSchedule, fit_probe, predict, seeded
-from stellar.models.decoder import ReconstructionDecoder
+from stellar.models.networks import ReconstructionDecoder
 from stellar.outputs import atomic_write
 
 logger = logging.getLogger(__name__)

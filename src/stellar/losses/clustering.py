@@ -2,7 +2,7 @@
 the soft cross-entropy that trains the heads against them, and set alignment, which matches
 masked-view tokens to main-view tokens by optimal transport (Sinkhorn again) first.
 
-The heads themselves (:class:`stellar.models.clustering.OnlineClustering`) are model
+The heads themselves (:class:`stellar.models.networks.OnlineClustering`) are model
 parameters and live beside the model. :func:`sinkhorn_knopp` expects scores that are *already
 divided by the Sinkhorn temperature*: the reference fixture ``sinkhorn.output`` equals
 ``sinkhorn_knopp(sinkhorn.input)`` with no further scaling, and ``cluster.assignments`` equals

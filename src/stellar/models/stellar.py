@@ -19,11 +19,9 @@ from torch import Tensor, nn
 from stellar.checkpoint.io import save_pretrained as write_pretrained
 from stellar.errors import UsageError
 from stellar.images import ImageInput, preprocess
-from stellar.models.clustering import OnlineClustering
 from stellar.models.config import StellarConfig
-from stellar.models.decoder import ReconstructionDecoder
-from stellar.models.encoder import ViTEncoder
 from stellar.models.init import init_vit_layers_
+from stellar.models.networks import OnlineClustering, ReconstructionDecoder, ViTEncoder
 from stellar.models.vqgan import check_tokenizer
 from stellar.outputs import output_folder
 
