@@ -6,14 +6,14 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stellar.losses.clustering import clustering_targets, cross_entropy_soft
+from stellar.losses.objective import clustering_targets, cross_entropy_soft
 
 
 def test_clustering_targets_flatten_batch_dims() -> None:
     logits = torch.randn(3, 4, 10, requires_grad=True)
     targets = clustering_targets(logits, sk_temp=0.1, n_iterations=2)
     assert targets.shape == (3, 4, 10) and not targets.requires_grad
-    from stellar.losses.clustering import sinkhorn_knopp
+    from stellar.losses.objective import sinkhorn_knopp
 
     flat = sinkhorn_knopp(logits.detach().reshape(12, 10) / 0.1, n_iterations=2)
     torch.testing.assert_close(targets, flat.reshape(3, 4, 10), atol=0, rtol=0)

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stellar.losses.clustering import set_alignment_loss, sinkhorn_match
+from stellar.losses.objective import set_alignment_loss, sinkhorn_match
 
 
 def test_fixture_parity(tiny_io: dict[str, torch.Tensor]) -> None:

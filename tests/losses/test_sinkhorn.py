@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from stellar.losses.clustering import sinkhorn_knopp
+from stellar.losses.objective import sinkhorn_knopp
 
 
 def _reference_sinkhorn(scores: np.ndarray, n_iterations: int) -> np.ndarray:

@@ -8,7 +8,7 @@ import torch
 import torch.distributed as dist
 import torch.multiprocessing as mp
 
-from stellar.losses.clustering import sinkhorn_knopp
+from stellar.losses.objective import sinkhorn_knopp
 
 # Uneven shards on purpose: the all-reduces are over (K,) statistics, not rows.
 _SPLIT = (5, 9)

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from stellar.losses.clustering import clustering_targets, cross_entropy_soft
+from stellar.losses.objective import clustering_targets, cross_entropy_soft
 from stellar.models.networks import OnlineClustering
 
 _HEADS = [

@@ -264,7 +264,7 @@ def test_compiled_ddp_all_reduces_only_the_last_micro_batch(tmp_path, monkeypatc
         dist.destroy_process_group()
 
 
-def test_ablated_ddp_names_its_unused_parameters(tmp_path):
+def test_ablated_ddp_looks_for_unused_parameters(tmp_path):
     import torch.distributed as dist
 
     from stellar.runtime import DistInfo

@@ -1,4 +1,5 @@
-"""The STELLAR pretraining objective: one place that computes, weights and sums every term.
+"""The STELLAR pretraining objective: one place that computes, weights and sums every term,
+and its numerics (KoLeo, Sinkhorn-Knopp clustering targets, the OT matching of set alignment).
 
 :class:`StellarObjective` wraps the model so that one ``forward(batch)`` is the whole training
 computation (DDP and ``torch.compile`` see a single module call). The batch holds views that
@@ -11,18 +12,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.profiler import record_function
 
 from stellar.data.augment import ViewPlan
 from stellar.errors import UsageError
-from stellar.losses.clustering import (
-    clustering_targets,
-    cross_entropy_soft,
-    set_alignment_loss,
-    sinkhorn_match,
-)
 from stellar.models.stellar import STELLAR
 from stellar.schema import bounded
 
@@ -31,6 +27,10 @@ PHASE = "phase/"
 PIXEL_RECON_WEIGHT = 10.0
 VQ_RECON_WEIGHT = 0.05
 KOLEO_EPS = 1e-8
+# Offset added after subtracting the column max: keeps exp() far from underflow for the
+# best-scoring entries while exp(50) ~ 5e21 leaves fp32 ample headroom for the column sums.
+_EXP_OFFSET = 50.0
+_SUM_EPS = 1e-8
 
 
 def koleo_loss(x: Tensor) -> Tensor:
@@ -48,6 +48,107 @@ def koleo_loss(x: Tensor) -> Tensor:
         neighbours = torch.gather(xn, 1, nn_idx.unsqueeze(-1).expand_as(xn))
         dist = F.pairwise_distance(xn, neighbours, eps=KOLEO_EPS)
         return -torch.log(0.5 * dist + KOLEO_EPS).mean()
+
+
+@torch.no_grad()
+def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
+    """Balance temperature-scaled scores (N, K) into detached fp32 soft cluster assignments
+    (N, K), rows summing to 1, autocast off.
+
+    Under ``torch.distributed`` the column max and sums are all-reduced, so each rank's rows
+    equal those of one process run on every rank's rows.
+    """
+    distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+    with torch.autocast(device_type=scores.device.type, enabled=False):
+        q = scores.detach().float()
+        col_max = q.amax(dim=0)
+        if distributed:
+            dist.all_reduce(col_max, op=dist.ReduceOp.MAX)
+        q = torch.exp(q - col_max + _EXP_OFFSET)
+        for _ in range(n_iterations):
+            col_sum = q.sum(dim=0)
+            if distributed:
+                dist.all_reduce(col_sum, op=dist.ReduceOp.SUM)
+            q = q / (col_sum + _SUM_EPS)
+            q = q / (q.sum(dim=1, keepdim=True) + _SUM_EPS)
+    return q
+
+
+@torch.no_grad()
+def clustering_targets(
+    logits: torch.Tensor, sk_temp: float = 0.06, n_iterations: int = 3
+) -> torch.Tensor:
+    """Detached Sinkhorn-Knopp targets (..., K), fp32, rows summing to 1, of cluster logits
+    (..., K): every leading dim is a row of ``sinkhorn_knopp(logits / sk_temp)``."""
+    flat = logits.detach().float().reshape(-1, logits.shape[-1])
+    return sinkhorn_knopp(flat / sk_temp, n_iterations=n_iterations).reshape(logits.shape)
+
+
+def cross_entropy_soft(
+    logits: torch.Tensor, targets: torch.Tensor, temp: float = 0.12
+) -> torch.Tensor:
+    """Soft-target cross-entropy of ``logits / temp`` (..., K) against ``targets`` (same shape),
+    averaged over every row (matches ``cluster.loss``/``cls_cluster.loss``); fp32 with autocast
+    off; pass detached targets.
+    """
+    with torch.autocast(device_type=logits.device.type, enabled=False):
+        rows = logits.float().flatten(0, -2) / temp
+        return F.cross_entropy(rows, targets.float().flatten(0, -2))
+
+
+def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
+    """The image of each of ``n_pred`` views, grouped image-major (``p // V``, V views per image,
+    as ``repeat_interleave`` and the reference fixture's ``match.index`` have them)."""
+    if n_images < 1 or n_pred % n_images != 0:
+        raise ValueError(
+            f"expected the number of predicted views ({n_pred}) to be a multiple of the "
+            f"number of target images ({n_images})"
+        )
+    return torch.arange(n_pred, device=device) // (n_pred // n_images)
+
+
+@torch.no_grad()
+def sinkhorn_match(
+    preds: torch.Tensor,
+    targets: torch.Tensor,
+    eps: float = 0.1,
+    n_iterations: int = 5,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Match each predicted token ``preds`` (P, r, d), P = B·V image-major views, to a token
+    of its image's ``targets`` (B, r_t, d) by entropic OT on the Euclidean cost: log-domain
+    Sinkhorn from ``u = v = 0``, match = argmax of the plan over targets; fp32, autocast off.
+
+    Returns ``index`` (P, r) int64 in [0, r_t) and the detached ``plan`` (P, r, r_t).
+    """
+    img = _image_of_view(preds.shape[0], targets.shape[0], preds.device)
+    with torch.autocast(device_type=preds.device.type, enabled=False):
+        p = preds.detach().float()
+        t = targets.detach().float()[img]  # (P, r_t, d) image-major
+        # The direct difference kernel: the matmul shortcut loses precision for near-equal
+        # tokens, and the full (P, r, r_t, d) difference tensor would not fit for real sizes.
+        cost = torch.cdist(p, t, compute_mode="donot_use_mm_for_euclid_dist")  # (P, r, r_t)
+        u = cost.new_zeros(cost.shape[:2])
+        v = cost.new_zeros(cost.shape[0], cost.shape[2])
+        for _ in range(n_iterations):
+            u = -eps * torch.logsumexp((v.unsqueeze(1) - cost) / eps, dim=2)
+            v = -eps * torch.logsumexp((u.unsqueeze(2) - cost) / eps, dim=1)
+        plan = torch.exp((u.unsqueeze(2) + v.unsqueeze(1) - cost) / eps)
+    return plan.argmax(dim=2), plan
+
+
+def set_alignment_loss(
+    pred_logits: torch.Tensor,
+    target_assignments: torch.Tensor,
+    match_index: torch.Tensor,
+    temp: float = 0.12,
+) -> torch.Tensor:
+    """:func:`cross_entropy_soft` of the masked-view tokens' logits
+    ``pred_logits`` (P, r, K) against the detached Sinkhorn targets ``target_assignments``
+    (B, r_t, K) of the main-view tokens they are matched to (``match_index`` (P, r), from
+    :func:`sinkhorn_match`); a scalar fp32 loss."""
+    img = _image_of_view(match_index.shape[0], target_assignments.shape[0], match_index.device)
+    matched = target_assignments.detach()[img.unsqueeze(1), match_index.long()]  # (P, r, K)
+    return cross_entropy_soft(pred_logits, matched, temp)
 
 
 @dataclass
@@ -127,25 +228,6 @@ class StellarObjective(nn.Module):
         # Outside the module tree: the teacher has no gradients and is not DDP-synced.
         object.__setattr__(self, "teacher", teacher)
 
-    def unused_parameters(self, plan: ViewPlan) -> list[str]:
-        """Names of the model's trainable parameters that no enabled term reaches.
-
-        DDP needs ``find_unused_parameters`` exactly when this is non-empty.
-        """
-        cfg = self.config
-        idle = []
-        if not cfg.recon:  # the factorization and the decoder only feed the reconstruction
-            idle += ["decoder.", "dense_proj.", "sparse_proj."]
-        if not (cfg.clustering or (cfg.set_align and plan.masked)):
-            idle.append("clustering_head.")
-        if not (cfg.clustering or (cfg.cls_align and (plan.masked or plan.local))):
-            idle.append("cls_cluster_head.")
-        return [
-            name
-            for name, p in self.model.named_parameters()
-            if p.requires_grad and name.startswith(tuple(idle))
-        ]
-
     def forward(self, batch: dict[str, Tensor]) -> tuple[Tensor, dict[str, Tensor]]:
         """Compute every enabled term on one batch: ``(total, {term: detached value})``."""
         _, terms = self.compute(batch)
@@ -172,19 +254,20 @@ class StellarObjective(nn.Module):
         want_targets = cfg.clustering or (cfg.set_align and masked)
         want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
 
-        terms: dict[str, list[Tensor]] = {}
+        terms: dict[str, Tensor] = {}
 
-        def add(name: str, value: Tensor) -> None:
-            terms.setdefault(name, []).append(value)
+        def add(more: dict[str, Tensor]) -> None:  # a term of several views is their sum
+            for name, value in more.items():
+                terms[name] = terms[name] + value if name in terms else value
 
         image = batch["image"]
         with record_function(PHASE + "main encode"):
             main = model.forward_encode(image) if cfg.recon else model.forward_tokens(image)
         if cfg.recon:
             with record_function(PHASE + "decoder"):
-                add(*self.reconstruction_loss(main, image))
+                add(self.reconstruction_loss(main, image))
         if cfg.koleo:
-            add("koleo_loss", cfg.koleo_weight * koleo_loss(main["sparse"]))
+            add({"koleo_loss": cfg.koleo_weight * koleo_loss(main["sparse"])})
         with record_function(PHASE + "heads and Sinkhorn"):
             logits = model.clustering_head(main["sparse"]) if cfg.clustering else None
             cls_logits = model.cls_cluster_head(main["cls"]) if cfg.clustering else None
@@ -192,41 +275,35 @@ class StellarObjective(nn.Module):
                 image, main, want_targets, want_cls_targets, logits, cls_logits
             )
             if cfg.clustering and not second:
-                add("clustering_loss", cross_entropy_soft(logits, targets, temp))
-                add("cls_clustering_loss", cross_entropy_soft(cls_logits, cls_targets, temp))
+                add({"clustering_loss": cross_entropy_soft(logits, targets, temp)})
+                add({"cls_clustering_loss": cross_entropy_soft(cls_logits, cls_targets, temp)})
         if second:
             with record_function(PHASE + "second view"):
-                for name, value in self.global_alignment(
-                    batch["second_view"], main, logits, cls_logits, targets, cls_targets
-                ).items():
-                    add(name, value)
+                add(self.global_alignment(batch, main, logits, cls_logits, targets, cls_targets))
         if masked:
             with record_function(PHASE + "masked views"):
-                for name, value in self.masked_terms(batch, main, targets, cls_targets).items():
-                    add(name, value)
+                add(self.masked_terms(batch, main, targets, cls_targets))
         if local:
             with record_function(PHASE + "local views"):
                 out = model.forward_tokens(batch["local_views"])
-                add("cls_loss", self.cls_alignment(out["cls"], cls_targets))
-        if not terms:
-            raise ValueError("every loss term is switched off: nothing to train")
-        return main, {name: sum(values[1:], values[0]) for name, values in terms.items()}
+                add({"cls_loss": self.cls_alignment(out["cls"], cls_targets)})
+        return main, terms
 
     # ------------------------------------------------------------------ terms
-    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> tuple[str, Tensor]:
+    def reconstruction_loss(self, main: dict[str, Tensor], image: Tensor) -> dict[str, Tensor]:
         """The term under the release's name: ``MSE`` of the pixel head against the [0, 1] image,
         or ``VQ-CE`` against the tokenizer's codes (B, h*w) of the image resized to grid·16."""
         grid = self.model.grid(image)
         out = self.model.decode(main["lowrank"], grid)
         if "x_hat" in out:
-            return "MSE", F.mse_loss(out["x_hat"].float(), image.float())
+            return {"MSE": F.mse_loss(out["x_hat"].float(), image.float())}
         tokenizer = self.model.tokenizer
         size = (grid[0] * tokenizer.downsample_factor, grid[1] * tokenizer.downsample_factor)
         with torch.no_grad():
             if tuple(image.shape[-2:]) != size:
                 image = F.interpolate(image.float(), size, mode="bicubic", align_corners=False)
             codes = tokenizer.encode(image.clamp(0, 1))
-        return "VQ-CE", F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())
+        return {"VQ-CE": F.cross_entropy(out["logits"].float().flatten(0, 1), codes.flatten())}
 
     @torch.no_grad()
     def targets(
@@ -286,24 +363,23 @@ class StellarObjective(nn.Module):
 
     def cls_alignment(self, cls_tokens: Tensor, cls_targets: Tensor) -> Tensor:
         """CE of views' CLS logits (B·V, 1, d) against their image's main-view CLS targets."""
-        views = cls_tokens.shape[0] // cls_targets.shape[0]
+        img = _image_of_view(cls_tokens.shape[0], cls_targets.shape[0], cls_tokens.device)
         logits = self.model.cls_cluster_head(cls_tokens)
-        expanded = cls_targets.repeat_interleave(views, dim=0)  # image-major views
-        return cross_entropy_soft(logits, expanded, self.model.config.logits_temp)
+        return cross_entropy_soft(logits, cls_targets[img], self.model.config.logits_temp)
 
     def global_alignment(
         self,
-        second_view: Tensor,
+        batch: dict[str, Tensor],
         main: dict[str, Tensor],
         logits: Tensor,
         cls_logits: Tensor,
         targets: Tensor,
         cls_targets: Tensor,
     ) -> dict[str, Tensor]:
-        """Symmetric cross-view clustering between the main and a second global view: each
+        """Symmetric cross-view clustering between the main and the second global view: each
         view's Sinkhorn targets supervise the other's matched logits, directions averaged."""
         cfg, model = self.config, self.model
-        temp = model.config.logits_temp
+        temp, second_view = model.config.logits_temp, batch["second_view"]
         other = model.forward_tokens(second_view)
         logits2 = model.clustering_head(other["sparse"])
         cls_logits2 = model.cls_cluster_head(other["cls"])

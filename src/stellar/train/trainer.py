@@ -179,10 +179,10 @@ class Trainer(TrainerCheckpoints):
             fully_shard(objective)
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Only an ablation leaves parameters without a gradient; DDP must know which.
-            unused = objective.unused_parameters(self.plan)
+            # Only these ablations can leave parameters (decoder, heads) without a gradient.
+            idle = not (self.cfg.objective.recon and self.cfg.objective.clustering)
             wrapped = self.ddp = DistributedDataParallel(
-                objective, device_ids=ids, find_unused_parameters=bool(unused)
+                objective, device_ids=ids, find_unused_parameters=idle
             )
         if self.cfg.compile:
             wrapped = torch.compile(wrapped)
