@@ -5,7 +5,22 @@ from __future__ import annotations
 import pytest
 import torch
 
-from stellar.data.augment import num_kept, random_masking
+from stellar.data.augment import MultiViewAugment, num_kept
+
+
+def random_masking(
+    batch_size,
+    grid_h,
+    grid_w,
+    mask_ratio=0.8,
+    focal_mode="gaussian",
+    focal_prob=0.5,
+    generator=None,
+) -> torch.Tensor:
+    """The kept patches :meth:`MultiViewAugment.mask` draws for views of a grid_h x grid_w grid."""
+    augment = MultiViewAugment(mask_ratio=mask_ratio, focal_mode=focal_mode, focal_prob=focal_prob)
+    views = torch.zeros(batch_size, 3, grid_h, grid_w)  # one-pixel patches
+    return augment.mask({"masked_views": views}, 1, generator)["keep_idx"]
 
 
 def _spread(keep: torch.Tensor, grid_w: int) -> torch.Tensor:

@@ -10,7 +10,7 @@ import yaml
 from tiny_run import TINY as TINY_RUN
 
 from stellar.cli import main
-from stellar.data.color import ColorAugment
+from stellar.data.augment import ColorAugment
 from stellar.errors import UsageError
 from stellar.train import train
 from stellar.train.config import load_config, read_yaml

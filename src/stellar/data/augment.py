@@ -1,5 +1,5 @@
-"""Batched multi-view augmentation on the device (torch ops only, no torchvision), and the
-patches each masked view keeps.
+"""Batched multi-view augmentation on the device (torch ops only, no torchvision): crops, colour
+(jitter, grayscale and blur in torchvision's semantics), and the patches each masked view keeps.
 
 The random parameters of every image and view are drawn at once from an optional
 ``torch.Generator`` (a seeded one reproduces the output exactly on a given device), never in a
@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from stellar.data.color import ColorAugment, _pair, _uniform
 from stellar.errors import UsageError
 from stellar.schema import bounded
 
@@ -27,6 +26,143 @@ from stellar.schema import bounded
 RATIO = (3 / 4, 4 / 3)
 FLIP_P = 0.5
 TRIES = 10  # candidate boxes per crop before the centre-crop fallback
+
+
+def _uniform(
+    shape: Sequence[int], generator: torch.Generator | None, device: torch.device
+) -> Tensor:
+    """U[0, 1) float32 on ``device``, drawn on the generator's own device."""
+    src = generator.device if generator is not None else device
+    return torch.rand(tuple(shape), generator=generator, device=src).to(device)
+
+
+def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
+    lo, hi = (float(v) for v in value)
+    if not 0 < lo <= hi:
+        raise UsageError(f"{name}: expected (low, high) with 0 < low <= high, got {value}")
+    return lo, hi
+
+
+def rgb_to_grayscale(img: Tensor) -> Tensor:
+    """(..., 3, H, W) RGB -> (..., 1, H, W) luma, ITU-R 601-2 weights as PIL and torchvision."""
+    r, g, b = img.unbind(-3)
+    return (0.299 * r + 0.587 * g + 0.114 * b).unsqueeze(-3)
+
+
+def _blend(img: Tensor, other: Tensor | float, factor: Tensor | float) -> Tensor:
+    """``factor * img + (1 - factor) * other`` in [0, 1], ``factor`` (N,) per image (N, 3, H, W)."""
+    f = torch.as_tensor(factor, dtype=img.dtype, device=img.device).reshape(-1, 1, 1, 1)
+    return (f * img + (1.0 - f) * other).clamp(0.0, 1.0)
+
+
+def adjust_contrast(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the mean of each image's grayscale by ``factor``. img (N, 3, H, W)."""
+    mean = rgb_to_grayscale(img).mean(dim=(-3, -2, -1), keepdim=True)
+    return _blend(img, mean, factor)
+
+
+def adjust_saturation(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Blend with the image's own grayscale by ``factor``. img (N, 3, H, W)."""
+    return _blend(img, rgb_to_grayscale(img), factor)
+
+
+def adjust_hue(img: Tensor, factor: Tensor | float) -> Tensor:
+    """Rotate the hue by ``factor`` turns (in [-0.5, 0.5]) in HSV space. img (N, 3, H, W).
+
+    RGB -> HSV -> RGB fused: with v = max, d = max - min (= v * s) and the hue h6 in sixths
+    of a turn, each channel is ``v - d * clamp(min(k, 4 - k), 0, 1)``,
+    ``k = (n + h6) mod 6`` with n = 5, 3, 1 for R, G, B.
+    """
+    r, g, b = img.unbind(-3)
+    maxc = img.amax(-3)
+    d = maxc - img.amin(-3)
+    inv = 1.0 / torch.where(d > 0, d, torch.ones_like(d))
+    # Hue from whichever channel is the maximum; ties give the same hue, gray pixels 0.
+    h6 = torch.where(
+        maxc == r, (g - b) * inv, torch.where(maxc == g, (b - r) * inv + 2.0, (r - g) * inv + 4.0)
+    )
+    h6 = h6 + 6.0 * torch.as_tensor(factor, dtype=img.dtype, device=img.device).reshape(-1, 1, 1)
+    n = torch.tensor([5.0, 3.0, 1.0], dtype=img.dtype, device=img.device).view(3, 1, 1)
+    k = torch.remainder(n + h6.unsqueeze(-3), 6.0)
+    return maxc.unsqueeze(-3) - d.unsqueeze(-3) * torch.minimum(k, 4.0 - k).clamp(0.0, 1.0)
+
+
+def gaussian_blur(img: Tensor, sigma: Tensor | float, kernel_size: int = 9) -> Tensor:
+    """Separable Gaussian blur of ``img`` (N, C, H, W) float with a per-sample ``sigma`` (N,)
+    or scalar, in pixels; reflect padding, so the odd ``kernel_size`` (checked by
+    :class:`ColorAugment`) must be smaller than twice H and W (torch's error otherwise)."""
+    n, c, hh, ww = img.shape
+    r = kernel_size // 2
+    sig = torch.as_tensor(sigma, dtype=img.dtype, device=img.device).expand(n)
+    x = torch.arange(-r, r + 1, dtype=img.dtype, device=img.device)
+    k = torch.exp(-0.5 * (x[None] / sig[:, None]) ** 2)
+    k = (k / k.sum(-1, keepdim=True)).repeat_interleave(c, dim=0)  # (N*C, K)
+    # One grouped conv per axis: every (sample, channel) plane gets its own kernel.
+    y = F.pad(img.reshape(1, n * c, hh, ww), (r, r, r, r), mode="reflect")
+    y = F.conv2d(y, k.view(n * c, 1, 1, kernel_size), groups=n * c)
+    y = F.conv2d(y, k.view(n * c, 1, kernel_size, 1), groups=n * c)
+    return y.view(n, c, hh, ww)
+
+
+@dataclass
+class ColorAugment:
+    """Per-sample colour jitter, grayscale and Gaussian blur (torchvision semantics), and the
+    ``augment.color`` section of a training config; the defaults are the STELLAR recipe's.
+
+    Order (fixed, unlike torchvision's random jitter order): with probability ``jitter_p``
+    brightness -> contrast -> saturation -> hue, each factor drawn per sample (uniform in
+    [max(0, 1 - x), 1 + x], hue in [-x, x]; a strength of 0 skips its step); then grayscale
+    with probability ``gray_p`` (601 luma copied to the three channels); then blur with
+    probability ``blur_p``, sigma uniform in ``blur_sigma``. Every applied step clamps to
+    [0, 1]; a sample not selected for a step passes through that step bit-exactly.
+    """
+
+    brightness: float = bounded(0.4, low=0)
+    contrast: float = bounded(0.4, low=0)
+    saturation: float = bounded(0.2, low=0)
+    hue: float = bounded(0.1, low=0, high=0.5)
+    jitter_p: float = bounded(0.8, low=0, high=1)
+    gray_p: float = bounded(0.2, low=0, high=1)
+    blur_p: float = bounded(0.5, low=0, high=1)
+    blur_kernel: int = bounded(9, low=1)
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+
+    def __post_init__(self) -> None:
+        _pair(self.blur_sigma, "augment.color.blur_sigma")
+        if self.blur_kernel % 2 == 0:
+            raise UsageError(
+                f"augment.color.blur_kernel: expected an odd size, got {self.blur_kernel}"
+            )
+
+    def __call__(self, views: Tensor, generator: torch.Generator | None = None) -> Tensor:
+        """Augment ``views`` (..., 3, H, W), float in [0, 1]; same shape and dtype out.
+        ``generator`` (on any device; None: the global RNG) is the source of randomness."""
+        x = views.reshape(-1, *views.shape[-3:]).float()
+        u = _uniform((x.shape[0], 8), generator, x.device)
+
+        def sel(mask: Tensor, new: Tensor, old: Tensor) -> Tensor:
+            return torch.where(mask[:, None, None, None], new, old)
+
+        strengths = (self.brightness, self.contrast, self.saturation)
+        ranges = [(max(0.0, 1.0 - s), 1.0 + s) for s in strengths] + [(-self.hue, self.hue)]
+        fb, fc, fs, fh = (lo + (hi - lo) * u[:, 1 + k] for k, (lo, hi) in enumerate(ranges))
+        jitter = u[:, 0] < self.jitter_p
+        if self.brightness:
+            x = sel(jitter, _blend(x, 0.0, fb), x)  # towards black
+        if self.contrast:
+            x = sel(jitter, adjust_contrast(x, fc), x)
+        if self.saturation:
+            x = sel(jitter, adjust_saturation(x, fs), x)
+        if self.hue:
+            x = sel(jitter, adjust_hue(x, fh), x)
+        if self.gray_p > 0:
+            x = sel(u[:, 5] < self.gray_p, rgb_to_grayscale(x).expand_as(x), x)
+        if self.blur_p > 0:
+            lo, hi = self.blur_sigma
+            sigma = lo + (hi - lo) * u[:, 7]
+            blurred = gaussian_blur(x, sigma, self.blur_kernel).clamp(0.0, 1.0)
+            x = sel(u[:, 6] < self.blur_p, blurred, x)
+        return x.to(views.dtype).view(views.shape)
 
 
 def _as_float(x: Tensor) -> Tensor:
@@ -67,15 +203,10 @@ def random_resized_crop(
     Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1].
     """
     b, c, hc, wc = canvas.shape
-    s0, s1 = _pair(scale, "scale")
-    r0, r1 = _pair(ratio, "ratio")
-    out_size, n_views = int(out_size), int(n_views)
+    (s0, s1), (r0, r1), v = scale, ratio, n_views  # scales checked where they are set
     x = _as_float(canvas)
     dev = x.device
-    size = size.to(dev)
-
-    v = n_views
-    hi, wi = size[:, 0], size[:, 1]
+    hi, wi = size.to(dev).unbind(1)
     h = hi.to(torch.float32)[:, None]  # (B, 1), broadcast over views
     w = wi.to(torch.float32)[:, None]
     u = _uniform((b, v, 4 * TRIES + 1), generator, dev)
@@ -133,60 +264,6 @@ def num_kept(num_patches: int, mask_ratio: float) -> int:
     return n_keep
 
 
-def random_masking(
-    batch_size: int,
-    grid_h: int,
-    grid_w: int,
-    mask_ratio: float = 0.8,
-    focal_mode: FocalMode | None = "gaussian",
-    focal_prob: float = 0.5,
-    generator: torch.Generator | None = None,
-    device: torch.device | str | None = None,
-) -> torch.Tensor:
-    """The patches each masked view keeps: (batch_size, n_keep) int64 raster indices,
-    ascending in each row, the ``num_kept`` lowest of uniform noise.
-
-    Each row is *focal* with probability ``focal_prob``: ``"gaussian"`` lowers its noise by a
-    Gaussian bump (random centre, sigma uniform in ``SIGMA_RANGE`` of the grid side) so the
-    kept patches cluster; ``"block"`` keeps a near-square block at a random position (the
-    s x s square when ``n_keep = s^2``, else the first ``n_keep`` patches of the smallest
-    ``bh x bw`` block holding them, still contiguous); ``None``: plain random masking.
-    """
-    lo, hi = SIGMA_RANGE
-    n = grid_h * grid_w
-    n_keep = num_kept(n, mask_ratio)
-    kw = {"generator": generator, "device": device}
-
-    noise = torch.rand(batch_size, n, **kw)
-    if focal_mode is not None:
-        focal = torch.rand(batch_size, **kw) < focal_prob  # (B,)
-        rows = torch.arange(grid_h, device=noise.device).repeat_interleave(grid_w)  # (n,)
-        cols = torch.arange(grid_w, device=noise.device).repeat(grid_h)
-        if focal_mode == "gaussian":
-            centre = torch.rand(batch_size, 2, **kw)
-            sigma = lo + (hi - lo) * torch.rand(batch_size, **kw)
-            dy = (rows + 0.5) / grid_h - centre[:, :1]  # (B, n)
-            dx = (cols + 0.5) / grid_w - centre[:, 1:]
-            bump = torch.exp(-(dy.square() + dx.square()) / (2.0 * sigma[:, None].square()))
-            noise = torch.where(focal[:, None], noise - bump, noise)
-        else:
-            # the smallest near-square (bh, bw) block holding n_keep patches inside the grid
-            bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
-            bh = math.ceil(n_keep / bw)
-            if bh > grid_h:
-                bh, bw = grid_h, math.ceil(n_keep / grid_h)
-            corner = torch.rand(batch_size, 2, **kw)
-            top = (corner[:, :1] * (grid_h - bh + 1)).long()  # (B, 1), in [0, grid_h - bh]
-            left = (corner[:, 1:] * (grid_w - bw + 1)).long()
-            ri, ci = rows - top, cols - left  # (B, n) block-relative coordinates
-            inside = (ri >= 0) & (ri < bh) & (ci >= 0) & (ci < bw)
-            # Block patches rank by block raster order, all below the [0, 1) noise range.
-            block_rank = (ri * bw + ci).to(noise.dtype) - n
-            noise = torch.where(focal[:, None] & inside, block_rank, noise)
-    keep = noise.argsort(dim=1)[:, :n_keep]
-    return keep.sort(dim=1).values
-
-
 @dataclass(frozen=True)
 class ViewPlan:
     """The views of one training step, per image, besides the main view (all colour-augmented)."""
@@ -202,14 +279,11 @@ class MultiViewAugment:
     config (the paper's sizes and counts; scaled down for CPU presets): :meth:`make` builds
     exactly the views a training step's :class:`ViewPlan` asks for, :meth:`mask` the patches
     the masked ones keep.
-
-    ``n_local`` and ``n_masked`` are the views per image a training step asks for (``n_local``
-    also says whether local views are made, for the blur kernel's size check).
     """
 
     global_size: int = bounded(224, low=1)
     local_size: int = bounded(96, low=1)
-    n_local: int = bounded(8, low=0)
+    n_local: int = bounded(8, low=0)  # views per image a training step asks for
     n_masked: int = bounded(8, low=0)
     global_scale: tuple[float, float] = (0.36, 1.0)
     local_scale: tuple[float, float] = (0.06, 0.36)
@@ -219,8 +293,7 @@ class MultiViewAugment:
     color: ColorAugment = field(default_factory=ColorAugment)
 
     def __post_init__(self) -> None:
-        """Fail at construction, not at the first batch, on bad scales and on a blur kernel
-        too large for the smallest view made (a UsageError naming the key)."""
+        """Refuse bad scales and a blur kernel too large for the smallest view, when built."""
         for name in ("global_scale", "local_scale"):
             if (hi := _pair(getattr(self, name), f"augment.{name}")[1]) > 1:
                 raise UsageError(f"augment.{name}: expected fractions of the area <= 1, got {hi}")
@@ -278,19 +351,50 @@ class MultiViewAugment:
     def mask(
         self, batch: dict[str, Tensor], patch_size: int, generator: torch.Generator | None = None
     ) -> dict[str, Tensor]:
-        """``batch`` with ``keep_idx`` (B·V, k), the patches each of its ``masked_views`` keeps
-        (:func:`random_masking` with this pipeline's masking settings)."""
-        if "masked_views" in batch:
-            views = batch["masked_views"]
-            h, w = views.shape[-2] // patch_size, views.shape[-1] // patch_size
-            batch["keep_idx"] = random_masking(
-                views.shape[0],
-                h,
-                w,
-                self.mask_ratio,
-                self.focal_mode,
-                self.focal_prob,
-                generator,
-                views.device,
-            )
+        """``batch`` with ``keep_idx`` (B·V, k) int64, the patches each of its ``masked_views``
+        keeps (raster indices, ascending per row): the :func:`num_kept` lowest of uniform noise.
+
+        Each view is *focal* with probability ``focal_prob``: ``"gaussian"`` lowers its noise by a
+        Gaussian bump (random centre, sigma uniform in ``SIGMA_RANGE`` of the grid side) so the
+        kept patches cluster; ``"block"`` keeps a near-square block at a random position (the
+        s x s square when ``n_keep = s^2``, else the first ``n_keep`` patches of the smallest
+        ``bh x bw`` block holding them, still contiguous); ``None``: plain random masking.
+        """
+        if "masked_views" not in batch:
+            return batch
+        views = batch["masked_views"]
+        batch_size, grid_h, grid_w = len(views), *(side // patch_size for side in views.shape[-2:])
+        lo, hi = SIGMA_RANGE
+        n = grid_h * grid_w
+        n_keep = num_kept(n, self.mask_ratio)
+        kw = {"generator": generator, "device": views.device}
+
+        noise = torch.rand(batch_size, n, **kw)
+        if self.focal_mode is not None:
+            focal = torch.rand(batch_size, **kw) < self.focal_prob  # (B,)
+            rows = torch.arange(grid_h, device=noise.device).repeat_interleave(grid_w)  # (n,)
+            cols = torch.arange(grid_w, device=noise.device).repeat(grid_h)
+            if self.focal_mode == "gaussian":
+                centre = torch.rand(batch_size, 2, **kw)
+                sigma = lo + (hi - lo) * torch.rand(batch_size, **kw)
+                dy = (rows + 0.5) / grid_h - centre[:, :1]  # (B, n)
+                dx = (cols + 0.5) / grid_w - centre[:, 1:]
+                bump = torch.exp(-(dy.square() + dx.square()) / (2.0 * sigma[:, None].square()))
+                noise = torch.where(focal[:, None], noise - bump, noise)
+            else:
+                # the smallest near-square (bh, bw) block holding n_keep patches inside the grid
+                bw = min(math.ceil(math.sqrt(n_keep)), grid_w)
+                bh = math.ceil(n_keep / bw)
+                if bh > grid_h:
+                    bh, bw = grid_h, math.ceil(n_keep / grid_h)
+                corner = torch.rand(batch_size, 2, **kw)
+                top = (corner[:, :1] * (grid_h - bh + 1)).long()  # (B, 1), in [0, grid_h - bh]
+                left = (corner[:, 1:] * (grid_w - bw + 1)).long()
+                ri, ci = rows - top, cols - left  # (B, n) block-relative coordinates
+                inside = (ri >= 0) & (ri < bh) & (ci >= 0) & (ci < bw)
+                # Block patches rank by block raster order, all below the [0, 1) noise range.
+                block_rank = (ri * bw + ci).to(noise.dtype) - n
+                noise = torch.where(focal[:, None] & inside, block_rank, noise)
+        keep = noise.argsort(dim=1)[:, :n_keep]
+        batch["keep_idx"] = keep.sort(dim=1).values
         return batch
