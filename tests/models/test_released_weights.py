@@ -317,6 +317,12 @@ def test_save_pretrained_writes_a_model_card(tmp_path):
     assert "width 96, 3 blocks, 4 heads" in card and "| concept tokens (r) | 6 |" in card
     assert "1 block, width" in card  # the tiny decoder's one block
     assert load_stellar(tmp_path / "run").config == model.config  # the card is no obstacle
+    (tmp_path / "run" / "README.md").write_text("my notes")
+    other = create_stellar("stellar-tiny", purpose="reconstruct")
+    other.save_pretrained(tmp_path / "run")  # new weights, the user's card kept
+    assert (tmp_path / "run" / "README.md").read_text() == "my notes"
+    saved = load_stellar(tmp_path / "run", purpose="reconstruct").state_dict()
+    assert all(torch.equal(saved[k], v) for k, v in other.state_dict().items())
 
 
 def test_an_uploaded_save_pretrained_folder_loads_by_repository_id(hf_hub, tmp_path, monkeypatch):

@@ -28,9 +28,9 @@ def save_pretrained(
     """Write a STELLAR ``model`` as ``config.json``, ``model.safetensors`` and a model card.
 
     The weights use the official layout and carry the config in their metadata (the file alone
-    is self-describing); ``README.md`` is a Hugging Face model card, so the folder can be
-    uploaded as it is. ``state`` replaces ``model.state_dict()`` (e.g. gathered FSDP shards);
-    ``metadata`` is added to the weights file's.
+    is self-describing); ``README.md`` is a Hugging Face model card (written when the folder has
+    none), so the folder can be uploaded as it is. ``state`` replaces ``model.state_dict()``
+    (e.g. gathered FSDP shards); ``metadata`` is added to the weights file's.
     """
     directory = Path(directory)
     config = json.dumps(model.config.to_dict(), indent=2) + "\n"
@@ -41,6 +41,7 @@ def save_pretrained(
         directory / WEIGHTS_NAME, lambda tmp: save_file(tensors, str(tmp), metadata=metadata)
     )
     atomic_write(directory / CONFIG_NAME, lambda tmp: tmp.write_text(config))
-    card = model_card(model.config.to_dict(), carries(list(official), "decoder"))
-    atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
+    if not (directory / CARD_NAME).exists():  # a card the user wrote stays, as on the hub
+        card = model_card(model.config.to_dict(), carries(list(official), "decoder"))
+        atomic_write(directory / CARD_NAME, lambda tmp: tmp.write_text(card))
     return directory

@@ -333,9 +333,9 @@ class STELLAR(nn.Module):
 
     # ------------------------------------------------------------------ save / load
     def save_pretrained(self, directory: str | Path) -> Path:
-        """Write ``config.json``, ``model.safetensors`` (official key layout) and ``README.md``,
-        a model card (architecture, how to load), so the folder can be pushed to the hub; a
-        folder that holds a training run or another job's results is refused.
+        """Write ``config.json``, ``model.safetensors`` (official key layout) and, where the folder
+        has none, ``README.md``, a model card (architecture, how to load), so the folder can be
+        pushed to the hub; a folder that holds a training run or another job's results is refused.
 
         The file holds the modules this model has: ``purpose="encode"`` the encoder side,
         ``"reconstruct"`` also the decoder, ``"pretrain"`` also the clustering heads (all).
