@@ -122,6 +122,8 @@ def test_one_key_one_image_and_a_generator_are_taken_as_given(model, tmp_path: P
     torch.testing.assert_close(streamed["cls"], every["cls"])  # no image lost to a look-ahead
     with pytest.raises(TypeError, match="encode"):
         extract_features(model, torch.rand(2, 3, RES, RES), "cls")
+    with pytest.raises(TypeError, match="Image.fromarray"):
+        extract_features(model, np.zeros((2, RES, RES, 3), np.uint8), "cls")
 
 
 def test_the_command_and_the_call_are_one_pass(model, tmp_path: Path) -> None:

@@ -11,6 +11,7 @@ import os
 from collections.abc import Iterable, Iterator, Sequence
 from typing import Any, Protocol
 
+import numpy as np
 import torch
 from PIL import Image
 from torch import Tensor
@@ -210,8 +211,11 @@ def extract_features(
     """
     keys = check_keys([features] if isinstance(features, str) else features)
     res = resolution or model.config.encoder.image_size
-    if isinstance(images, Tensor):
-        raise TypeError("extract_features reads images and files; a tensor batch goes to encode()")
+    if isinstance(images, Tensor | np.ndarray):
+        raise TypeError(
+            "extract_features reads image files and PIL images (Image.fromarray for an array); "
+            "a tensor batch goes to encode()"
+        )
     if isinstance(images, Image.Image):
         images = [images]
     elif not isinstance(images, str | os.PathLike | Dataset):
