@@ -310,3 +310,13 @@ def test_the_train_function_and_the_command_give_the_same_run(tmp_path):
     assert train(resume=True, out=run.out, max_steps=3).metrics["step"] == 3
     with pytest.raises(ValueError, match="these differ: batch_size 4 -> 2"):
         train(resume=True, out=run.out, batch_size=2)
+
+
+def test_a_missing_image_folder_is_named_before_training(tmp_path):
+    from stellar.errors import UsageError
+
+    folder = ["data.source=folder", f"out={tmp_path / 'run'}"]
+    with pytest.raises(UsageError, match="needs data.root="):
+        Trainer(load_config("cpu-smoke", [*TINY, *folder]))
+    with pytest.raises(UsageError, match="'.*nowhere' \\(no such file or folder\\)"):
+        Trainer(load_config("cpu-smoke", [*TINY, *folder, f"data.root={tmp_path / 'nowhere'}"]))

@@ -62,10 +62,8 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
         return ConceptScenes(size=data.scenes_size, length=data.scenes_length, seed=data.seed)
     from stellar.data.folder import validate_image_folder
 
-    if not (data.root and os.path.isdir(data.root)):  # presets leave it to the command line
-        raise UsageError(
-            f"data.source=folder needs data.root=, a folder of images; got {data.root}"
-        )
+    if not data.root:  # presets leave it to the command line; ImageFolder says what is wrong
+        raise UsageError("data.source=folder needs data.root=, a folder of images")
     return validate_image_folder(data.root, canvas_size=data.canvas_size)
 
 
