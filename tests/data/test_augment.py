@@ -155,6 +155,15 @@ def test_crop_parameter_distribution() -> None:
     assert len(torch.unique(p["top"])) > 20 and len(torch.unique(p["left"])) > 20
 
 
+@pytest.mark.parametrize(
+    "scale,ratio", [((0.5, 0.2), (0.75, 1.33)), ((0.5, 3.0), (0.75, 1.33)), ((0.5, 1.0), (2, 1))]
+)
+def test_crop_rejects_bad_scale_and_ratio(scale, ratio) -> None:
+    canvas, size = torch.rand(2, 3, 16, 16), torch.tensor([[16, 16], [4, 4]])
+    with pytest.raises(ValueError, match="scale|ratio"):
+        random_resized_crop(canvas, size, 8, 1, scale=scale, ratio=ratio)
+
+
 def test_color_p0_identity_and_partial_selection() -> None:
     x = torch.rand(64, 3, 12, 12)
     assert torch.equal(color_blur(x, _gen(), **NO_COLOR), x)

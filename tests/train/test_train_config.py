@@ -312,7 +312,12 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
         (
             [f"objective.{k}=false" for k in ("recon", "clustering", "set_align", "cls_align")]
             + ["objective.koleo=false"],
-            r"objective: every loss term is switched off",
+            r"objective: no loss term is on .*nothing to train",
+        ),
+        (  # set alignment on, but no masked views to align
+            [f"objective.{k}=false" for k in ("recon", "clustering", "cls_align", "koleo")]
+            + ["augment.n_masked=0"],
+            r"objective: no loss term is on with the views it needs",
         ),
     ],
 )

@@ -36,10 +36,11 @@ def _uniform(
     return torch.rand(tuple(shape), generator=generator, device=src).to(device)
 
 
-def _pair(value: Sequence[float], name: str) -> tuple[float, float]:
+def _pair(value: Sequence[float], name: str, top: float = math.inf) -> tuple[float, float]:
     lo, hi = (float(v) for v in value)
-    if not 0 < lo <= hi:
-        raise UsageError(f"{name}: expected (low, high) with 0 < low <= high, got {value}")
+    if not 0 < lo <= hi <= top:
+        bound = "" if top == math.inf else f" <= {top:g}"
+        raise UsageError(f"{name}: expected (low, high) with 0 < low <= high{bound}, got {value}")
     return lo, hi
 
 
@@ -203,7 +204,8 @@ def random_resized_crop(
     Returns views (B, n_views, C, out_size, out_size) float32 in [0, 1].
     """
     b, c, hc, wc = canvas.shape
-    (s0, s1), (r0, r1), v = scale, ratio, n_views  # scales checked where they are set
+    (s0, s1), (r0, r1) = _pair(scale, "scale", 1), _pair(ratio, "ratio")
+    v = n_views
     x = _as_float(canvas)
     dev = x.device
     hi, wi = size.to(dev).unbind(1)
@@ -283,7 +285,7 @@ class MultiViewAugment:
 
     global_size: int = bounded(224, low=1)
     local_size: int = bounded(96, low=1)
-    n_local: int = bounded(8, low=0)  # views per image a training step asks for
+    n_local: int = bounded(8, low=0)  # n_local and n_masked: the views per image of a step
     n_masked: int = bounded(8, low=0)
     global_scale: tuple[float, float] = (0.36, 1.0)
     local_scale: tuple[float, float] = (0.06, 0.36)
@@ -294,9 +296,8 @@ class MultiViewAugment:
 
     def __post_init__(self) -> None:
         """Refuse bad scales and a blur kernel too large for the smallest view, when built."""
-        for name in ("global_scale", "local_scale"):
-            if (hi := _pair(getattr(self, name), f"augment.{name}")[1]) > 1:
-                raise UsageError(f"augment.{name}: expected fractions of the area <= 1, got {hi}")
+        for name in ("global_scale", "local_scale"):  # fractions of the area
+            _pair(getattr(self, name), f"augment.{name}", 1)
         side = min(self.global_size, self.local_size if self.n_local else self.global_size)
         if self.color.blur_p and self.color.blur_kernel // 2 >= side:
             raise UsageError(
@@ -356,9 +357,8 @@ class MultiViewAugment:
 
         Each view is *focal* with probability ``focal_prob``: ``"gaussian"`` lowers its noise by a
         Gaussian bump (random centre, sigma uniform in ``SIGMA_RANGE`` of the grid side) so the
-        kept patches cluster; ``"block"`` keeps a near-square block at a random position (the
-        s x s square when ``n_keep = s^2``, else the first ``n_keep`` patches of the smallest
-        ``bh x bw`` block holding them, still contiguous); ``None``: plain random masking.
+        kept patches cluster; ``"block"`` keeps the smallest near-square block holding ``n_keep``
+        patches (its first ones), at a random position; ``None``: plain random masking.
         """
         if "masked_views" not in batch:
             return batch

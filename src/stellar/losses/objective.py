@@ -56,7 +56,7 @@ def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
     (N, K), rows summing to 1, autocast off.
 
     Under ``torch.distributed`` the column max and sums are all-reduced, so each rank's rows
-    equal those of one process run on every rank's rows.
+    equal those of one process run on every rank's rows (ranks may hold different counts, not 0).
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with torch.autocast(device_type=scores.device.type, enabled=False):
@@ -97,8 +97,7 @@ def cross_entropy_soft(
 
 
 def _image_of_view(n_pred: int, n_images: int, device: torch.device) -> torch.Tensor:
-    """The image of each of ``n_pred`` views, grouped image-major (``p // V``, V views per image,
-    as ``repeat_interleave`` and the reference fixture's ``match.index`` have them)."""
+    """The image of each of ``n_pred`` image-major views (``p // V``, as the fixture has them)."""
     if n_images < 1 or n_pred % n_images != 0:
         raise ValueError(
             f"expected the number of predicted views ({n_pred}) to be a multiple of the "
@@ -168,17 +167,20 @@ class ObjectiveConfig:
     koleo_weight: float = bounded(0.1, low=0)
     global_align: bool = False
 
-    def __post_init__(self) -> None:
-        if not (self.recon or self.clustering or self.set_align or self.cls_align or self.koleo):
-            raise UsageError("objective: every loss term is switched off: nothing to train")
-
     def views(self, n_masked: int = 1, n_local: int = 1) -> ViewPlan:
-        """The views the enabled terms need, given the configured counts per image."""
-        return ViewPlan(
+        """The views the enabled terms need, given the counts per image; a UsageError when no
+        enabled term has its views."""
+        plan = ViewPlan(
             masked=n_masked if self.set_align or self.cls_align or self.koleo else 0,
             local=n_local if self.cls_align else 0,
             second=self.global_align and self.clustering,
         )
+        aligned = self.set_align and plan.masked or self.cls_align and (plan.masked or plan.local)
+        if not (self.recon or self.clustering or self.koleo or aligned):
+            raise UsageError(
+                "objective: no loss term is on with the views it needs: nothing to train"
+            )
+        return plan
 
 
 def total_loss(terms: dict[str, Tensor], rec_coeff: float | None = None) -> Tensor:
@@ -315,11 +317,9 @@ class StellarObjective(nn.Module):
         logits: Tensor | None = None,
         cls_logits: Tensor | None = None,
     ) -> tuple[Tensor | None, Tensor | None]:
-        """Sinkhorn targets of a view's concept tokens and CLS token (None where not wanted).
-
-        From the EMA teacher if any (it encodes ``image`` itself), else from the model's own
-        heads on ``encoded`` (reusing ``logits`` / ``cls_logits`` when already computed).
-        """
+        """Sinkhorn targets of a view's concept tokens and CLS token (None where not wanted):
+        from the EMA teacher if any (it encodes ``image`` itself), else from the model's own
+        heads on ``encoded`` (reusing ``logits`` / ``cls_logits`` when already computed)."""
         if not (sparse or cls):
             return None, None
         source = self.model

@@ -172,7 +172,7 @@ def check_against_model(cfg: TrainConfig, model: StellarConfig) -> None:
             raise UsageError(
                 f"augment.{key}: expected a multiple of the patch size {p}, got {size}"
             )
-    if cfg.objective.views(a.n_masked).masked:
+    if cfg.objective.views(a.n_masked, a.n_local).masked:
         try:
             num_kept((a.global_size // p) ** 2, a.mask_ratio)
         except ValueError as err:

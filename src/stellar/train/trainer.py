@@ -25,10 +25,11 @@ from torch.profiler import record_function
 from torch.utils.data import Dataset
 
 from stellar.checkpoint.mae import init_encoder_from_mae
+from stellar.data.augment import ViewPlan
 from stellar.data.loader import build_loader
 from stellar.errors import UsageError
 from stellar.hub import create_stellar, inspect_model, load_stellar
-from stellar.losses.objective import PHASE, StellarObjective
+from stellar.losses.objective import PHASE, ObjectiveConfig, StellarObjective
 from stellar.models.stellar import STELLAR
 from stellar.outputs import atomic_write, check_fresh, remove
 from stellar.progress import progress_bar
@@ -65,6 +66,14 @@ def build_dataset(cfg: TrainConfig) -> Dataset:
     if not data.root:  # presets leave it to the command line; ImageFolder says what is wrong
         raise UsageError("data.source=folder needs data.root=, a folder of images")
     return validate_image_folder(data.root, canvas_size=data.canvas_size)
+
+
+def leaves_parameters_idle(objective: ObjectiveConfig, plan: ViewPlan) -> bool:
+    """Whether a step leaves parameters without a gradient (DDP must then look for them): the
+    decoder without reconstruction, a clustering head that no enabled term with its views reads."""
+    o = objective
+    aligned = o.set_align and plan.masked and o.cls_align and (plan.masked or plan.local)
+    return not (o.recon and (o.clustering or aligned))
 
 
 def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> STELLAR:
@@ -177,8 +186,7 @@ class Trainer(TrainerCheckpoints):
             fully_shard(objective)
         elif self.dist.enabled:
             ids = [self.device.index] if self.device.type == "cuda" else None
-            # Only these ablations can leave parameters (decoder, heads) without a gradient.
-            idle = not (self.cfg.objective.recon and self.cfg.objective.clustering)
+            idle = leaves_parameters_idle(self.cfg.objective, self.plan)
             wrapped = self.ddp = DistributedDataParallel(
                 objective, device_ids=ids, find_unused_parameters=idle
             )
