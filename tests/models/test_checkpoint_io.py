@@ -121,3 +121,16 @@ def test_last_is_made_durable_before_older_checkpoints_are_pruned(tmp_path, monk
         "step-00000000.bak",
         "step-00000002",
     ]
+
+
+def test_an_interrupted_download_says_to_fetch_it_again(tmp_path):
+    create_stellar("stellar-tiny").save_pretrained(tmp_path / "ckpt")
+    path = tmp_path / "ckpt" / "model.safetensors"
+    with open(path, "r+b") as f:  # the header whole, half the tensors' bytes
+        f.truncate(path.stat().st_size // 2)
+    for read in (read_state_dict, load_stellar):
+        with pytest.raises(ValueError) as err:
+            read(path)
+        message = str(err.value)
+        assert message.startswith(f"{path} is a damaged or incomplete .safetensors file")
+        assert message.endswith("fetch or save it again") and "\n" not in message

@@ -113,8 +113,11 @@ def read_state_dict(path: str | Path) -> tuple[dict[str, Tensor], dict[str, str]
             with safe_open(str(path), framework="pt") as f:
                 tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 (not a dict)
                 return tensors, dict(f.metadata() or {})
-        except Exception as err:  # a truncated or corrupt file: same meaning to a user
-            raise UsageError(f"{what}: unreadable safetensors data ({err})") from None
+        except Exception as err:  # a truncated or corrupt file (an interrupted download)
+            raise UsageError(
+                f"{path} is a damaged or incomplete .safetensors file ({err}): fetch or save "
+                "it again"
+            ) from None
     obj = read_pickle(path, what)
     for key in ("model", "state_dict"):
         if isinstance(obj, dict) and isinstance(obj.get(key), dict):
