@@ -120,3 +120,16 @@ def test_help_gives_every_option_default(command, capsys) -> None:
         console([*command, "--help"])
     out = re.sub(r"\s+", " ", capsys.readouterr().out)
     assert any(f"(default: {a.default})" in out for a in valued)
+
+
+def test_a_stopped_run_is_one_line_from_one_process(monkeypatch, capsys) -> None:
+    import stellar.cli
+
+    def stopped(argv):
+        raise KeyboardInterrupt("stopped at step 3; continue with --resume")
+
+    monkeypatch.setattr(stellar.cli, "main", stopped)
+    for rank, lines in (("0", 1), ("1", 0)):  # torchrun numbers its processes in RANK
+        monkeypatch.setenv("RANK", rank)
+        assert console(["train"]) == 130
+        assert len(capsys.readouterr().err.splitlines()) == lines

@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import logging
+import os
 import signal
 import sys
 
@@ -94,5 +95,6 @@ def console(argv: list[str] | None = None) -> int:
         print(f"{prog}: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt as err:  # a second Ctrl-C, or a run stopped after its checkpoint
-        print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
+        if os.environ.get("RANK", "0") == "0":  # torchrun's processes all stop: one says so
+            print(f"{prog}: {str(err) or 'interrupted'}", file=sys.stderr)
         return getattr(err, "exit_code", 128 + signal.SIGINT)
