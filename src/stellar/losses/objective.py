@@ -56,7 +56,7 @@ def sinkhorn_knopp(scores: torch.Tensor, n_iterations: int = 3) -> torch.Tensor:
     (N, K), rows summing to 1, autocast off.
 
     Under ``torch.distributed`` the column max and sums are all-reduced, so each rank's rows
-    equal those of one process run on every rank's rows (ranks may hold different counts, not 0).
+    equal those of one process run on all the rows (each rank holds at least one, any number).
     """
     distributed = dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
     with torch.autocast(device_type=scores.device.type, enabled=False):
@@ -141,10 +141,10 @@ def set_alignment_loss(
     match_index: torch.Tensor,
     temp: float = 0.12,
 ) -> torch.Tensor:
-    """:func:`cross_entropy_soft` of the masked-view tokens' logits
-    ``pred_logits`` (P, r, K) against the detached Sinkhorn targets ``target_assignments``
-    (B, r_t, K) of the main-view tokens they are matched to (``match_index`` (P, r), from
-    :func:`sinkhorn_match`); a scalar fp32 loss."""
+    """:func:`cross_entropy_soft` of the masked-view tokens' logits ``pred_logits`` (P, r, K)
+    against the detached Sinkhorn targets ``target_assignments`` (B, r_t, K) of the main-view
+    tokens they are matched to (``match_index`` (P, r), from :func:`sinkhorn_match`); a scalar
+    fp32 loss."""
     img = _image_of_view(match_index.shape[0], target_assignments.shape[0], match_index.device)
     matched = target_assignments.detach()[img.unsqueeze(1), match_index.long()]  # (P, r, K)
     return cross_entropy_soft(pred_logits, matched, temp)
