@@ -178,6 +178,19 @@ def test_reconstruction_only_touches_no_head_and_solves_no_sinkhorn(monkeypatch)
         assert all(p.grad is None for p in head.parameters())
 
 
+def test_a_batch_without_the_views_of_the_only_term_is_refused_by_name():
+    from stellar.errors import UsageError
+
+    only_set_align = dict(RECON_ONLY, recon=False, set_align=True)
+    objective = StellarObjective(
+        create_stellar("stellar-tiny", purpose="pretrain"), ObjectiveConfig(**only_set_align)
+    )
+    with pytest.raises(UsageError, match="no loss term is on with the views it needs"):
+        objective({"image": _batch()["image"]})  # no masked views to align
+    total, terms = objective(_batch())
+    assert set(terms) == {"mask_loss"} and total.isfinite()
+
+
 @pytest.mark.parametrize(
     "switches,n_masked,n_local",
     [

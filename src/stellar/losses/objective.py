@@ -249,9 +249,8 @@ class StellarObjective(nn.Module):
         """
         cfg, model = self.config, self.model
         temp = model.config.logits_temp
-        plan = cfg.views()
-        masked = plan.masked > 0 and "masked_views" in batch
-        local = plan.local > 0 and "local_views" in batch
+        plan = cfg.views("masked_views" in batch, "local_views" in batch)  # the views it has
+        masked, local = bool(plan.masked), bool(plan.local)
         second = plan.second and "second_view" in batch
         want_targets = cfg.clustering or (cfg.set_align and masked)
         want_cls_targets = cfg.clustering or (cfg.cls_align and (masked or local))
