@@ -314,6 +314,10 @@ def test_resume_without_a_saved_config_is_refused(tmp_path, fake_trainer):
             + ["objective.koleo=false"],
             r"objective: no loss term is on .*nothing to train",
         ),
+        (
+            ["objective.global_align=true", "objective.clustering=false"],
+            r"objective.clustering is off: set objective.global_align=false too",
+        ),
         (  # set alignment on, but no masked views to align
             [f"objective.{k}=false" for k in ("recon", "clustering", "cls_align", "koleo")]
             + ["augment.n_masked=0"],

@@ -14,9 +14,10 @@ ABLATIONS: dict[str, list[str]] = {
         "objective.clustering=false",
         "objective.set_align=false",
         "objective.cls_align=false",
+        "objective.global_align=false",  # the cross-view form of the clustering terms
     ],
     "C: no set and CLS alignment": ["objective.set_align=false", "objective.cls_align=false"],
-    "D: no clustering": ["objective.clustering=false"],
+    "D: no clustering": ["objective.clustering=false", "objective.global_align=false"],
 }
 """Variant name -> the training overrides that make it (on top of the demo's recipe)."""
 

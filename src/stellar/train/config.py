@@ -128,6 +128,11 @@ class TrainConfig:
             self.data.root = os.path.abspath(self.data.root)
         if self.vq_model and os.path.exists(self.vq_model):
             self.vq_model = os.path.abspath(self.vq_model)
+        if self.objective.global_align and not self.objective.clustering:
+            raise UsageError(
+                "objective.global_align makes the clustering terms cross-view, and "
+                "objective.clustering is off: set objective.global_align=false too"
+            )
         if self.strategy == "fsdp" and self.ema.enabled:  # the EMA teacher is not sharded
             raise UsageError("ema.enabled=true is not supported with strategy=fsdp")
         if self.data.source == "scenes" and self.data.root:
