@@ -72,8 +72,8 @@ def leaves_parameters_idle(objective: ObjectiveConfig, plan: ViewPlan) -> bool:
     """Whether a step leaves parameters without a gradient (DDP must then look for them): the
     decoder without reconstruction, a clustering head that no enabled term with its views reads."""
     o = objective
-    aligned = o.set_align and plan.masked and o.cls_align and (plan.masked or plan.local)
-    return not (o.recon and (o.clustering or aligned))
+    both_heads_aligned = o.set_align and plan.masked and o.cls_align and (plan.masked or plan.local)
+    return not (o.recon and (o.clustering or both_heads_aligned))
 
 
 def build_model(cfg: TrainConfig, resume_from: Path | None = None) -> STELLAR:
